@@ -1,0 +1,1 @@
+"""The Redis Lua scripts, one operation per file; shipped as package data."""

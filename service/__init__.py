@@ -1,0 +1,1 @@
+"""Wallet service: balances in Redis, moved only by Lua scripts; a PostgreSQL ledger."""

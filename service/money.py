@@ -1,0 +1,164 @@
+"""Calls the Lua money scripts and turns their return codes into typed results.
+
+Balances are changed only inside the scripts: this module never reads a balance
+to write it back. Scripts are registered once by SHA; redis-py re-loads a script
+when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+"""
+
+from dataclasses import dataclass
+from importlib import resources
+
+from redis.asyncio import Redis
+
+from service import redis_keys
+from service.amounts import MAX_AMOUNT_KOPECKS
+
+IDEMPOTENCY_KEY_MAX_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    txn_id: int
+    created_at_us: int
+    replayed: bool
+
+
+class Refused(Exception):
+    """The script refused the operation; nothing moved. ``code`` is the contract's error code."""
+
+    code = "refused"
+
+    def __init__(self, replayed: bool = False) -> None:
+        super().__init__(self.code)
+        self.replayed = replayed
+
+
+class RecipientNotFound(Refused):
+    code = "recipient_not_found"
+
+
+class InsufficientFunds(Refused):
+    code = "insufficient_funds"
+
+
+class BalanceLimitExceeded(Refused):
+    code = "balance_limit_exceeded"
+
+
+class SelfTransfer(Refused):
+    code = "self_transfer"
+
+
+class IdempotencyKeyReused(Refused):
+    code = "idempotency_key_reused"
+
+
+class AccountNotFound(Refused):
+    """The user has no wallet in Redis: Redis lost data and was not rebuilt."""
+
+    code = "account_not_found"
+
+
+class ScriptArgumentRejected(Exception):
+    """The script's own validation refused what Python sent: a bug on this side."""
+
+
+_REFUSALS: dict[str, type[Refused]] = {
+    cls.code: cls
+    for cls in (
+        RecipientNotFound,
+        InsufficientFunds,
+        BalanceLimitExceeded,
+        SelfTransfer,
+        IdempotencyKeyReused,
+        AccountNotFound,
+    )
+}
+
+
+def is_valid_idempotency_key(key: str) -> bool:
+    return 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH and all(" " <= c <= "~" for c in key)
+
+
+def load_script_source(name: str) -> str:
+    return resources.files("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _check_amount(amount_kopecks: int) -> None:
+    if type(amount_kopecks) is not int or not 1 <= amount_kopecks <= MAX_AMOUNT_KOPECKS:
+        raise ValueError(f"amount_kopecks out of range: {amount_kopecks!r}")
+
+
+def _check_user_id(user_id: int) -> None:
+    if type(user_id) is not int or user_id < 1:
+        raise ValueError(f"bad user id: {user_id!r}")
+
+
+def _result(reply: list[bytes]) -> Accepted:
+    outcome = reply[0].decode()
+    replayed = reply[3] == b"1"
+    if outcome == "ok":
+        return Accepted(txn_id=int(reply[1]), created_at_us=int(reply[2]), replayed=replayed)
+    refusal = _REFUSALS.get(outcome)
+    if refusal is None:
+        raise ScriptArgumentRejected(outcome)
+    raise refusal(replayed=replayed)
+
+
+class MoneyScripts:
+    """The three scripts, bound to one Redis client."""
+
+    def __init__(self, redis: Redis, idempotency_ttl_s: int) -> None:
+        self._idempotency_ttl = str(idempotency_ttl_s)
+        self._register_user = redis.register_script(load_script_source("register_user"))
+        self._deposit = redis.register_script(load_script_source("deposit"))
+        self._transfer = redis.register_script(load_script_source("transfer"))
+
+    async def register_user(self, user_id: int) -> bool:
+        """Gives the user a zero balance unless they have one; True if it was created."""
+        _check_user_id(user_id)
+        reply: list[bytes] = await self._register_user(
+            keys=[redis_keys.user(user_id)], args=[str(user_id)]
+        )
+        outcome = reply[0].decode()
+        if outcome not in ("created", "exists"):
+            raise ScriptArgumentRejected(outcome)
+        return outcome == "created"
+
+    async def deposit(
+        self, user_id: int, amount_kopecks: int, idempotency_key: str | None = None
+    ) -> Accepted:
+        _check_user_id(user_id)
+        _check_amount(amount_kopecks)
+        keys = [redis_keys.TXN_SEQ, redis_keys.TXN_STREAM, redis_keys.user(user_id)]
+        if idempotency_key is not None:
+            keys.append(redis_keys.idempotency(user_id, idempotency_key))
+        args = [str(user_id), str(amount_kopecks), idempotency_key or "", self._idempotency_ttl]
+        return _result(await self._deposit(keys=keys, args=args))
+
+    async def transfer(
+        self,
+        from_user_id: int,
+        to_user_id: int,
+        amount_kopecks: int,
+        idempotency_key: str | None = None,
+    ) -> Accepted:
+        _check_user_id(from_user_id)
+        _check_user_id(to_user_id)
+        _check_amount(amount_kopecks)
+        keys = [
+            redis_keys.TXN_SEQ,
+            redis_keys.TXN_STREAM,
+            redis_keys.user(from_user_id),
+            redis_keys.user(to_user_id),
+        ]
+        if idempotency_key is not None:
+            keys.append(redis_keys.idempotency(from_user_id, idempotency_key))
+        args = [
+            str(from_user_id),
+            str(to_user_id),
+            str(amount_kopecks),
+            idempotency_key or "",
+            self._idempotency_ttl,
+        ]
+        return _result(await self._transfer(keys=keys, args=args))

@@ -1,0 +1,18 @@
+"""Every Redis key name the service uses, in one place.
+
+A user's keys share the hash tag ``{<user_id>}`` so that the keys of one user
+land in one Redis Cluster slot. The Lua scripts check that the keys they are
+given have exactly these shapes.
+"""
+
+TXN_SEQ = "txn:seq"
+TXN_STREAM = "txn:stream"
+WRITER_GROUP = "ledger-writer"
+
+
+def user(user_id: int) -> str:
+    return f"user:{{{user_id}}}"
+
+
+def idempotency(user_id: int, key: str) -> str:
+    return f"idem:{{{user_id}}}:{key}"

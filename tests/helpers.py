@@ -1,0 +1,46 @@
+"""Small readers of Redis state shared by the tests."""
+
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from service import redis_keys
+from service.transactions import Transaction
+
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+async def stream_entries(redis: Redis) -> StreamEntries:
+    return cast(StreamEntries, await redis.xrange(redis_keys.TXN_STREAM))
+
+
+async def stream_fields(redis: Redis) -> list[dict[str, str]]:
+    """The stream as the scripts wrote it, field by field."""
+    entries = await stream_entries(redis)
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+async def stream_transactions(redis: Redis) -> list[Transaction]:
+    return [Transaction.from_stream_fields(fields) for _, fields in await stream_entries(redis)]
+
+
+async def balance(redis: Redis, user_id: int) -> int:
+    raw = await redis.hget(redis_keys.user(user_id), "balance_kopecks")
+    assert raw is not None, f"user {user_id} has no wallet"
+    return int(cast(bytes, raw))
+
+
+async def snapshot(redis: Redis) -> dict[bytes, Any]:
+    """Every key with its value: to prove that a refused call wrote nothing."""
+    state: dict[bytes, Any] = {}
+    for key in sorted(cast(list[bytes], await redis.keys("*"))):
+        kind = cast(bytes, await redis.type(key)).decode()
+        if kind == "string":
+            state[key] = await redis.get(key)
+        elif kind == "hash":
+            state[key] = await redis.hgetall(key)
+        elif kind == "stream":
+            state[key] = await redis.xrange(key)
+        else:
+            raise AssertionError(f"unexpected key type {kind} for {key!r}")
+    return state

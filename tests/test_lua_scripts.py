@@ -1,0 +1,306 @@
+"""Each Lua script, called directly against real Redis."""
+
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from service import redis_keys
+from service.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
+from service.money import (
+    AccountNotFound,
+    BalanceLimitExceeded,
+    IdempotencyKeyReused,
+    InsufficientFunds,
+    MoneyScripts,
+    RecipientNotFound,
+    SelfTransfer,
+    load_script_source,
+)
+from tests.helpers import balance, snapshot, stream_fields
+
+
+@pytest.fixture
+async def users(money: MoneyScripts) -> tuple[int, int]:
+    assert await money.register_user(1)
+    assert await money.register_user(2)
+    return 1, 2
+
+
+async def test_register_user_is_idempotent(money: MoneyScripts, redis_client: Redis) -> None:
+    assert await money.register_user(7) is True
+    await money.deposit(7, 500)
+    assert await money.register_user(7) is False
+    assert await balance(redis_client, 7) == 500
+
+
+async def test_deposit_moves_money_and_appends_one_record(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    before_us = int(time.time() * 1_000_000)
+    first = await money.deposit(1, 10_000)
+    second = await money.deposit(1, 1)
+    assert (first.txn_id, second.txn_id) == (1, 2)
+    assert not first.replayed
+    assert before_us - 1_000_000 <= first.created_at_us <= time.time() * 1_000_000 + 1_000_000
+    assert await balance(redis_client, 1) == 10_001
+    records = await stream_fields(redis_client)
+    assert records == [
+        {
+            "id": "1",
+            "kind": "deposit",
+            "from": "",
+            "to": "1",
+            "amount": "10000",
+            "created_at_us": str(first.created_at_us),
+            "from_balance": "",
+            "to_balance": "10000",
+            "idem_key": "",
+        },
+        {
+            "id": "2",
+            "kind": "deposit",
+            "from": "",
+            "to": "1",
+            "amount": "1",
+            "created_at_us": str(second.created_at_us),
+            "from_balance": "",
+            "to_balance": "10001",
+            "idem_key": "",
+        },
+    ]
+
+
+async def test_deposit_to_unknown_account_writes_nothing(
+    money: MoneyScripts, redis_client: Redis
+) -> None:
+    before = await snapshot(redis_client)
+    with pytest.raises(AccountNotFound):
+        await money.deposit(99, 100)
+    assert await snapshot(redis_client) == before
+
+
+async def test_amount_limit_exactly_at_and_one_past_the_edge(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, MAX_AMOUNT_KOPECKS)
+    assert await balance(redis_client, 1) == MAX_AMOUNT_KOPECKS
+    await money.transfer(1, 2, MAX_AMOUNT_KOPECKS)
+    assert await balance(redis_client, 2) == MAX_AMOUNT_KOPECKS
+    for bad in (MAX_AMOUNT_KOPECKS + 1, 0, -1):
+        with pytest.raises(ValueError, match="amount_kopecks"):
+            await money.deposit(1, bad)
+        with pytest.raises(ValueError, match="amount_kopecks"):
+            await money.transfer(2, 1, bad)
+
+
+async def test_deposit_balance_limit_exactly_at_and_one_past_the_edge(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    for _ in range(MAX_BALANCE_KOPECKS // MAX_AMOUNT_KOPECKS - 1):
+        await money.deposit(1, MAX_AMOUNT_KOPECKS)
+    await money.deposit(1, MAX_AMOUNT_KOPECKS - 1)
+    await money.deposit(1, 1)
+    assert await balance(redis_client, 1) == MAX_BALANCE_KOPECKS
+    records = await stream_fields(redis_client)
+    assert records[-1]["to_balance"] == "1000000000000000"
+    before = await snapshot(redis_client)
+    with pytest.raises(BalanceLimitExceeded):
+        await money.deposit(1, 1)
+    assert await snapshot(redis_client) == before
+
+
+async def test_transfer_moves_money_and_records_both_balances(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 10_000)
+    accepted = await money.transfer(1, 2, 2_500)
+    assert accepted.txn_id == 2
+    assert await balance(redis_client, 1) == 7_500
+    assert await balance(redis_client, 2) == 2_500
+    record = (await stream_fields(redis_client))[-1]
+    assert record == {
+        "id": "2",
+        "kind": "transfer",
+        "from": "1",
+        "to": "2",
+        "amount": "2500",
+        "created_at_us": str(accepted.created_at_us),
+        "from_balance": "7500",
+        "to_balance": "2500",
+        "idem_key": "",
+    }
+
+
+async def test_transfer_of_the_whole_balance_and_one_kopeck_more(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 300)
+    before = await snapshot(redis_client)
+    with pytest.raises(InsufficientFunds):
+        await money.transfer(1, 2, 301)
+    assert await snapshot(redis_client) == before
+    await money.transfer(1, 2, 300)
+    assert await balance(redis_client, 1) == 0
+    assert await balance(redis_client, 2) == 300
+
+
+async def test_transfer_refusals_write_nothing(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 1_000)
+    before = await snapshot(redis_client)
+    with pytest.raises(RecipientNotFound):
+        await money.transfer(1, 3, 10)
+    with pytest.raises(SelfTransfer):
+        await money.transfer(1, 1, 10)
+    with pytest.raises(AccountNotFound):
+        await money.transfer(3, 1, 10)
+    assert await snapshot(redis_client) == before
+
+
+async def test_transfer_recipient_balance_limit_at_and_past_the_edge(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    for _ in range(MAX_BALANCE_KOPECKS // MAX_AMOUNT_KOPECKS - 1):
+        await money.deposit(2, MAX_AMOUNT_KOPECKS)
+    await money.deposit(2, MAX_AMOUNT_KOPECKS - 10)
+    await money.deposit(1, 100)
+    await money.transfer(1, 2, 10)
+    assert await balance(redis_client, 2) == MAX_BALANCE_KOPECKS
+    before = await snapshot(redis_client)
+    with pytest.raises(BalanceLimitExceeded):
+        await money.transfer(1, 2, 1)
+    assert await snapshot(redis_client) == before
+
+
+async def test_idempotent_replay_moves_money_once(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    first = await money.deposit(1, 700, idempotency_key="dep-1")
+    again = await money.deposit(1, 700, idempotency_key="dep-1")
+    assert again == type(first)(first.txn_id, first.created_at_us, replayed=True)
+    sent = await money.transfer(1, 2, 200, idempotency_key="tr-1")
+    resent = await money.transfer(1, 2, 200, idempotency_key="tr-1")
+    assert (resent.txn_id, resent.replayed) == (sent.txn_id, True)
+    assert await balance(redis_client, 1) == 500
+    assert await balance(redis_client, 2) == 200
+    records = await stream_fields(redis_client)
+    assert [r["idem_key"] for r in records] == ["dep-1", "tr-1"]
+    ttl = await redis_client.ttl(redis_keys.idempotency(1, "dep-1"))
+    assert 24 * 3600 - 10 <= ttl <= 24 * 3600
+
+
+async def test_idempotency_key_reused_with_another_payload(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 700, idempotency_key="k")
+    before = await snapshot(redis_client)
+    with pytest.raises(IdempotencyKeyReused):
+        await money.deposit(1, 701, idempotency_key="k")
+    # Keys are scoped per user across both endpoints.
+    with pytest.raises(IdempotencyKeyReused):
+        await money.transfer(1, 2, 700, idempotency_key="k")
+    assert await snapshot(redis_client) == before
+    # Another user's identical key is independent.
+    await money.deposit(2, 700, idempotency_key="k")
+    assert await balance(redis_client, 2) == 700
+
+
+async def test_refused_operation_is_replayed_as_refused(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    with pytest.raises(InsufficientFunds) as first:
+        await money.transfer(1, 2, 100, idempotency_key="retry-me")
+    assert not first.value.replayed
+    await money.deposit(1, 1_000)
+    with pytest.raises(InsufficientFunds) as replay:
+        await money.transfer(1, 2, 100, idempotency_key="retry-me")
+    assert replay.value.replayed
+    with pytest.raises(RecipientNotFound):
+        await money.transfer(1, 3, 100, idempotency_key="nobody")
+    await money.register_user(3)
+    with pytest.raises(RecipientNotFound):
+        await money.transfer(1, 3, 100, idempotency_key="nobody")
+    assert await balance(redis_client, 1) == 1_000
+    assert await balance(redis_client, 3) == 0
+
+
+async def test_validation_refusals_are_not_recorded(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 100)
+    with pytest.raises(SelfTransfer):
+        await money.transfer(1, 1, 10, idempotency_key="self")
+    assert not await redis_client.exists(redis_keys.idempotency(1, "self"))
+    await money.transfer(1, 2, 10, idempotency_key="self")
+    assert await balance(redis_client, 2) == 10
+
+
+async def test_scripts_survive_script_flush(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 100)
+    await redis_client.script_flush()
+    await money.register_user(3)
+    await money.deposit(1, 100)
+    await redis_client.script_flush()
+    await money.transfer(1, 3, 50)
+    assert await balance(redis_client, 1) == 150
+    assert await balance(redis_client, 3) == 50
+
+
+DEPOSIT_KEYS = [redis_keys.TXN_SEQ, redis_keys.TXN_STREAM, redis_keys.user(1)]
+TRANSFER_KEYS = [*DEPOSIT_KEYS, redis_keys.user(2)]
+
+
+@pytest.mark.parametrize(
+    ("script", "keys", "args"),
+    [
+        ("deposit", DEPOSIT_KEYS, ["1", "0", "", "86400"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1000000000001", "", "86400"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "-5", "", "86400"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "05", "", "86400"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1.5", "", "86400"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1e3", "", "86400"]),
+        ("deposit", DEPOSIT_KEYS, ["01", "5", "", "86400"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "0"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", ""]),
+        (
+            "deposit",
+            [redis_keys.TXN_SEQ, redis_keys.TXN_STREAM, redis_keys.user(2)],
+            ["1", "5", "", "86400"],
+        ),
+        ("deposit", [*DEPOSIT_KEYS, redis_keys.idempotency(2, "k")], ["1", "5", "k", "86400"]),
+        (
+            "deposit",
+            [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k" * 65)],
+            ["1", "5", "k" * 65, "86400"],
+        ),
+        ("deposit", [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k\n")], ["1", "5", "k\n", "86400"]),
+        ("deposit", [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k")], ["1", "5", "", "86400"]),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400"]),
+        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400"]),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "5", ""]),
+        (
+            "transfer",
+            [*TRANSFER_KEYS, redis_keys.idempotency(2, "k")],
+            ["1", "2", "5", "k", "86400"],
+        ),
+        ("register_user", [redis_keys.user(2)], ["1"]),
+        ("register_user", [redis_keys.user(0)], ["0"]),
+    ],
+)
+async def test_scripts_refuse_malformed_arguments_and_write_nothing(
+    redis_client: Redis,
+    money: MoneyScripts,
+    users: tuple[int, int],
+    script: str,
+    keys: list[str],
+    args: list[str],
+) -> None:
+    await money.deposit(1, 1_000)
+    before = await snapshot(redis_client)
+    reply = await redis_client.eval(load_script_source(script), len(keys), *keys, *args)
+    assert reply[0] == b"invalid_argument"
+    assert await snapshot(redis_client) == before

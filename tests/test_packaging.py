@@ -1,0 +1,35 @@
+"""The Lua scripts ship inside the installed package, not only in the source tree."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SOURCE_SCRIPTS = sorted((Path(__file__).parent.parent / "lua").glob("*.lua"))
+
+
+def test_installed_package_loads_every_script(tmp_path: Path) -> None:
+    # -I and another working directory: the source tree is not on sys.path, only the install.
+    code = (
+        "import json, sys; from service.money import load_script_source; "
+        "print(json.dumps({n: load_script_source(n) for n in sys.argv[1:]}))"
+    )
+    names = [p.stem for p in SOURCE_SCRIPTS]
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code, *names],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert names == ["deposit", "register_user", "transfer"]
+    assert json.loads(out) == {p.stem: p.read_text(encoding="utf-8") for p in SOURCE_SCRIPTS}
+
+
+def test_every_script_opens_with_its_interface_header() -> None:
+    for path in SOURCE_SCRIPTS:
+        header = path.read_text(encoding="utf-8").split("\n\n", 1)[0]
+        assert header.startswith(f"-- {path.stem}:"), path
+        assert "KEYS[1]" in header, path
+        assert "ARGV[1]" in header, path
+        assert "Returns" in header, path
