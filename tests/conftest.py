@@ -1,18 +1,27 @@
-"""Fixtures: each test run claims its own Redis database number; each test starts empty."""
+"""Fixtures: each run claims its own Redis database and creates its own PostgreSQL database;
+each test starts with both empty."""
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import pytest
 import redis
 from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from persistence.db import connect_database
+from persistence.migrate import migrate
 from service.money import MoneyScripts
 from service.redis_client import connect_redis
 from service.settings import Settings
 
 REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
+# The server and an existing database to connect to while creating this run's own database.
+POSTGRES_ADMIN_DSN = os.environ.get("WALLET_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 CLAIM_KEY = "wallet-test-run-claim"
 CLAIM_TTL_S = 6 * 3600
 # Deletes every key but the claim, atomically, so no other run can claim the database meanwhile.
@@ -39,9 +48,48 @@ def redis_url() -> Iterator[str]:
     pytest.fail(f"no free Redis database on {REDIS_HOST_URL}: all of 1..15 are claimed")
 
 
+async def _admin(statement: str) -> None:
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A database of this run's own, migrated once; dropped at the end."""
+    name = f"wallet_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    server = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].removeprefix("postgresql://")
+    url = f"postgresql+asyncpg://{server}/{name}"
+
+    async def upgrade() -> None:
+        engine = create_async_engine(url)
+        await migrate(engine)
+        await engine.dispose()
+
+    try:
+        asyncio.run(upgrade())
+        yield url
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return Settings(redis_url=redis_url)
+def settings(redis_url: str, database_url: str) -> Settings:
+    return Settings(redis_url=redis_url, database_url=database_url)
+
+
+@pytest.fixture
+async def db_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = connect_database(settings)
+    async with engine.begin() as connection:
+        await connection.execute(text("TRUNCATE transactions, users RESTART IDENTITY CASCADE"))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

@@ -1,0 +1,102 @@
+"""The ledger's tables. The transaction id is the one the Lua script assigned."""
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from service.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
+
+# SQLite (the embedded mode) only autoincrements a column typed exactly INTEGER.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Id, Identity(), primary_key=True)
+    username: Mapped[str] = mapped_column(String(32))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index("users_username_lower_key", func.lower(username), unique=True),
+        CheckConstraint("length(username) BETWEEN 3 AND 32", name="users_username_length"),
+    )
+
+
+class LedgerTransaction(Base):
+    __tablename__ = "transactions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(8))
+    from_user_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
+    to_user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    amount_kopecks: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    from_balance_after_kopecks: Mapped[int | None] = mapped_column(BigInteger)
+    to_balance_after_kopecks: Mapped[int] = mapped_column(BigInteger)
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    stream_entry_id: Mapped[str] = mapped_column(String(48))
+
+    __table_args__ = (
+        CheckConstraint(
+            f"amount_kopecks BETWEEN 1 AND {MAX_AMOUNT_KOPECKS}", name="transactions_amount_range"
+        ),
+        CheckConstraint(
+            f"to_balance_after_kopecks BETWEEN 0 AND {MAX_BALANCE_KOPECKS}"
+            f" AND (from_balance_after_kopecks IS NULL"
+            f" OR from_balance_after_kopecks BETWEEN 0 AND {MAX_BALANCE_KOPECKS})",
+            name="transactions_balance_range",
+        ),
+        CheckConstraint(
+            "(kind = 'deposit' AND from_user_id IS NULL AND from_balance_after_kopecks IS NULL)"
+            " OR (kind = 'transfer' AND from_user_id IS NOT NULL"
+            " AND from_balance_after_kopecks IS NOT NULL AND from_user_id <> to_user_id)",
+            name="transactions_kind_shape",
+        ),
+        # The history queries: newest first per user, keyset on id.
+        Index(
+            "transactions_deposits_by_user",
+            "to_user_id",
+            text("id DESC"),
+            postgresql_where=text("kind = 'deposit'"),
+            sqlite_where=text("kind = 'deposit'"),
+        ),
+        Index(
+            "transactions_transfers_in_by_user",
+            "to_user_id",
+            text("id DESC"),
+            postgresql_where=text("kind = 'transfer'"),
+            sqlite_where=text("kind = 'transfer'"),
+        ),
+        Index(
+            "transactions_transfers_out_by_user",
+            "from_user_id",
+            text("id DESC"),
+            postgresql_where=text("from_user_id IS NOT NULL"),
+            sqlite_where=text("from_user_id IS NOT NULL"),
+        ),
+        # rebuild reloads the idempotency keys of the last 24 hours.
+        Index(
+            "transactions_recent_idempotency_keys",
+            "created_at",
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
