@@ -17,3 +17,16 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=64, ge=1, le=10_000)
     redis_pool_wait_timeout_ms: int = Field(default=5_000, ge=1, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
+
+    # The stream writer (persistence/writer.py).
+    writer_batch_size: int = Field(default=500, ge=1, le=10_000)
+    writer_block_ms: int = Field(default=1_000, ge=1, le=60_000)
+    # Pending entries idle this long belong to a dead writer and are claimed.
+    writer_claim_idle_ms: int = Field(default=30_000, ge=1_000, le=3_600_000)
+    writer_retry_max_backoff_ms: int = Field(default=5_000, ge=10, le=300_000)
+    # "" means <hostname>-<pid>.
+    writer_consumer_name: str = Field(default="", max_length=64)
+    # Stream entries are kept this long after they are persisted, for `wallet replay`.
+    stream_retention_s: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
+    # Read-your-writes merges at most this many not-yet-persisted entries into a history read.
+    history_tail_max_entries: int = Field(default=20_000, ge=100, le=1_000_000)

@@ -1,0 +1,74 @@
+"""lua/stream_tail.lua against real Redis: which entries may not be persisted yet."""
+
+from typing import cast
+
+import pytest
+from redis.asyncio import Redis
+
+from persistence.stream_tail import unpersisted_tail
+from service import redis_keys
+from service.money import MoneyScripts, load_script_source
+
+Delivered = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+
+
+async def deliver(redis: Redis, count: int) -> list[bytes]:
+    reply = cast(
+        Delivered,
+        await redis.xreadgroup(
+            redis_keys.WRITER_GROUP, "w1", {redis_keys.TXN_STREAM: ">"}, count=count
+        ),
+    )
+    return [entry_id for entry_id, _ in reply[0][1]]
+
+
+@pytest.fixture
+async def five_transactions(money: MoneyScripts) -> None:
+    for user_id in (1, 2, 3):
+        await money.register_user(user_id)
+    await money.deposit(1, 1_000)  # 1
+    await money.deposit(2, 1_000)  # 2
+    await money.transfer(1, 2, 10)  # 3
+    await money.transfer(2, 3, 20)  # 4
+    await money.deposit(3, 5)  # 5
+
+
+async def test_without_a_group_the_whole_stream_is_unpersisted(
+    redis_client: Redis, five_transactions: None
+) -> None:
+    tail = await unpersisted_tail(redis_client, max_entries=100)
+    assert [t.txn_id for t in tail.transactions] == [1, 2, 3, 4, 5]
+    assert not tail.overflow
+    mine = await unpersisted_tail(redis_client, max_entries=100, user_id=3)
+    assert [t.txn_id for t in mine.transactions] == [4, 5]
+
+
+async def test_tail_starts_at_the_oldest_pending_entry(
+    redis_client: Redis, five_transactions: None
+) -> None:
+    await redis_client.xgroup_create(redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP, id="0")
+    ids = await deliver(redis_client, 3)  # 1..3 delivered, pending
+    await redis_client.xack(redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP, ids[0], ids[2])
+    tail = await unpersisted_tail(redis_client, max_entries=100)
+    # 2 is still pending; 3 is acknowledged but newer than 2, so it is returned too.
+    assert [t.txn_id for t in tail.transactions] == [2, 3, 4, 5]
+    await redis_client.xack(redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP, ids[1])
+    tail = await unpersisted_tail(redis_client, max_entries=100)
+    assert [t.txn_id for t in tail.transactions] == [4, 5]
+    acked = await deliver(redis_client, 10)
+    await redis_client.xack(redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP, *acked)
+    assert (await unpersisted_tail(redis_client, max_entries=100)).transactions == []
+
+
+async def test_tail_reports_overflow(redis_client: Redis, five_transactions: None) -> None:
+    tail = await unpersisted_tail(redis_client, max_entries=4)
+    assert tail.overflow
+    assert [t.txn_id for t in tail.transactions] == [1, 2, 3, 4]
+
+
+async def test_empty_stream_and_bad_arguments(redis_client: Redis) -> None:
+    assert (await unpersisted_tail(redis_client, max_entries=10)).transactions == []
+    script = load_script_source("stream_tail")
+    for args in (["ledger-writer", "0", ""], ["ledger-writer", "10", "01"], ["", "10", ""]):
+        reply = await redis_client.eval(script, 1, redis_keys.TXN_STREAM, *args)
+        assert reply == [b"invalid_argument"]
