@@ -18,6 +18,17 @@ class Settings(BaseSettings):
     redis_pool_wait_timeout_ms: int = Field(default=5_000, ge=1, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
 
+    # Sessions: the cookie holds only a random id; the data lives in Redis.
+    cookie_secure: bool = False
+    session_idle_timeout_s: int = Field(default=30 * 60, ge=60, le=30 * 24 * 3600)
+    session_absolute_timeout_s: int = Field(default=12 * 3600, ge=60, le=90 * 24 * 3600)
+    login_max_failures: int = Field(default=10, ge=1, le=1_000)
+    login_max_failures_per_address: int = Field(default=100, ge=1, le=100_000)
+    login_failure_window_s: int = Field(default=15 * 60, ge=1, le=24 * 3600)
+    # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile).
+    argon2_time_cost: int = Field(default=3, ge=1, le=10)
+    argon2_memory_kib: int = Field(default=65_536, ge=1_024, le=1_048_576)
+
     # The stream writer (persistence/writer.py).
     writer_batch_size: int = Field(default=500, ge=1, le=10_000)
     writer_block_ms: int = Field(default=1_000, ge=1, le=60_000)

@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 import redis
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -15,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from persistence.db import connect_database
 from persistence.migrate import migrate
+from service.app import create_app
 from service.money import MoneyScripts
 from service.redis_client import connect_redis
 from service.settings import Settings
@@ -100,6 +104,23 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def app_settings(settings: Settings) -> Settings:
+    """Cheap password hashing, so that the tests can sign up hundreds of users."""
+    return settings.model_copy(update={"argon2_time_cost": 1, "argon2_memory_kib": 1024})
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: AiohttpClient,
+    app_settings: Settings,
+    redis_client: Redis,
+    db_engine: AsyncEngine,
+) -> TestClient[web.Request, web.Application]:
+    """An HTTP client on a fresh app; Redis and the database were emptied by their fixtures."""
+    return await aiohttp_client(create_app(app_settings))
 
 
 @pytest.fixture

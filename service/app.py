@@ -1,0 +1,53 @@
+"""The aiohttp application factory."""
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp_session import session_middleware
+
+from persistence.db import connect_database
+from service import auth_routes, health_routes, openapi, wallet_routes
+from service.errors import error_middleware
+from service.money import MoneyScripts
+from service.passwords import Passwords
+from service.redis_client import connect_redis
+from service.sessions import WalletSessionStorage
+from service.settings import Settings
+from service.state import DATABASE, MONEY, PASSWORDS, REDIS, SESSIONS, SETTINGS, THROTTLE
+from service.throttle import LoginThrottle
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[REDIS].aclose()
+
+
+async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[DATABASE] = connect_database(app[SETTINGS])
+    yield
+    await app[DATABASE].dispose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    # The Redis client is made here because the session middleware needs it before
+    # start-up; it opens no connection until the first request, and _redis_ctx closes it.
+    redis = connect_redis(settings)
+    sessions = WalletSessionStorage(redis, settings)
+    # Sessions outermost: a session invalidated by a handler that then answers with an
+    # error is still saved (deleted).
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[session_middleware(sessions), error_middleware],
+    )
+    app[SETTINGS] = settings
+    app[REDIS] = redis
+    app[SESSIONS] = sessions
+    app[MONEY] = MoneyScripts(redis, settings.idempotency_ttl_s)
+    app[PASSWORDS] = Passwords(settings)
+    app[THROTTLE] = LoginThrottle(redis, settings)
+    app.cleanup_ctx.extend([_redis_ctx, _database_ctx])
+    for module in (auth_routes, wallet_routes, health_routes, openapi):
+        app.router.add_routes(module.routes)
+    return app

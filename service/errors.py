@@ -1,0 +1,73 @@
+"""The contract's error model: a status code and {"error": {"code", "message", "field"?}}."""
+
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, object]:
+    error: dict[str, object] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return {"error": error}
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def error_response(error: ApiError) -> web.Response:
+    return json_response(error_body(error.code, error.message, error.field), error.status)
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """The first problem, naming the field at fault; bad JSON is 400 malformed_json."""
+    first = exc.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        return ApiError(400, "malformed_json", "the request body is not valid JSON")
+    location = [str(part) for part in first["loc"]]
+    field = ".".join(location) if location else None
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "model_type" or first["type"] == "dict_type":
+        message = "the body must be a JSON object"
+    else:
+        message = first["msg"]
+    return ApiError(422, "validation_error", message, field)
+
+
+_HTTP_CODES = {
+    404: ("not_found", "no such endpoint"),
+    405: ("method_not_allowed", "method not allowed on this endpoint"),
+    413: ("payload_too_large", "the request body is larger than 64 KiB"),
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Renders every failure in the contract's shape; nothing else leaks (no tracebacks)."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
+        response = json_response(error_body(code, message), exc.status)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response

@@ -1,0 +1,235 @@
+"""Balance, deposit and transfer through HTTP: success, every refusal, idempotency."""
+
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.helpers import snapshot
+from tests.http_helpers import Client, new_user
+
+
+def error_of(body: Any) -> tuple[str, str | None]:
+    return body["error"]["code"], body["error"].get("field")
+
+
+async def test_balance_in_kopecks_and_rubles(client: Client) -> None:
+    user = await new_user(client, "alice", deposit_kopecks=10_100)
+    status, body = await user.get(client, "/api/balance/")
+    assert status == 200
+    assert body == {
+        "user_id": user.id,
+        "balance_kopecks": 10_100,
+        "balance": "101.00",
+        "currency": "RUB",
+    }
+
+
+async def test_deposit_returns_the_transaction(client: Client) -> None:
+    user = await new_user(client, "alice")
+    status, body = await user.post(client, "/api/balance/deposit/", {"amount": 2_000})
+    assert status == 201
+    assert body == {
+        "id": body["id"],
+        "kind": "deposit",
+        "amount": 2_000,
+        "amount_rub": "20.00",
+        "from_user_id": None,
+        "to_user_id": user.id,
+        "created_at": body["created_at"],
+    }
+    assert body["created_at"].endswith("Z") and "T" in body["created_at"]
+    assert await user.balance(client) == 2_000
+
+
+BAD_AMOUNTS: list[Any] = [
+    "10", 1.0, 10.5, True, None, 0, -1, -0, 10**12 + 1, 2**53 - 1, 2**53 + 1, 2**63, [1], {"v": 1},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("amount", BAD_AMOUNTS)
+async def test_bad_amounts_are_refused_and_change_nothing(
+    client: Client, redis_client: Redis, amount: Any
+) -> None:
+    alice = await new_user(client, "alice", deposit_kopecks=500)
+    bob = await new_user(client, "bob")
+    before = await snapshot(redis_client)
+    status, body = await alice.post(client, "/api/balance/deposit/", {"amount": amount})
+    assert (status, error_of(body)) == (422, ("validation_error", "amount"))
+    status, body = await alice.post(
+        client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": amount}
+    )
+    assert (status, error_of(body)) == (422, ("validation_error", "amount"))
+    after = await snapshot(redis_client)
+    sessions = {k for k in after if k.startswith(b"wallet_session_")}
+    assert {k: v for k, v in after.items() if k not in sessions} == {
+        k: v for k, v in before.items() if k not in sessions
+    }
+
+
+async def test_amount_limit_edge_is_accepted(client: Client) -> None:
+    alice = await new_user(client, "alice")
+    status, _ = await alice.post(client, "/api/balance/deposit/", {"amount": 10**12})
+    assert status == 201
+
+
+async def test_deposit_over_the_balance_limit(client: Client) -> None:
+    alice = await new_user(client, "alice")
+    for _ in range(1_000):
+        status, _ = await alice.post(client, "/api/balance/deposit/", {"amount": 10**12})
+        assert status == 201
+    status, body = await alice.post(client, "/api/balance/deposit/", {"amount": 1})
+    assert (status, error_of(body)) == (422, ("balance_limit_exceeded", None))
+    assert await alice.balance(client) == 10**15
+
+
+async def test_transfer_by_id_and_by_username(client: Client) -> None:
+    alice = await new_user(client, "alice", deposit_kopecks=1_000)
+    bob = await new_user(client, "Bob")
+    status, body = await alice.post(
+        client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": 300}
+    )
+    assert status == 201
+    assert (body["kind"], body["from_user_id"], body["to_user_id"], body["amount_rub"]) == (
+        "transfer",
+        alice.id,
+        bob.id,
+        "3.00",
+    )
+    status, body = await alice.post(
+        client, "/api/balance/transfer/", {"to_username": "bOB", "amount": 200}
+    )
+    assert status == 201
+    assert body["to_user_id"] == bob.id
+    assert await alice.balance(client) == 500
+    assert await bob.balance(client) == 500
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        ({"to_user_id": 999_999, "amount": 10}, 404, "recipient_not_found", None),
+        ({"to_username": "nobody", "amount": 10}, 404, "recipient_not_found", None),
+        ({"to_user_id": "BOB", "amount": 10_000}, 409, "insufficient_funds", None),
+        ({"to_user_id": "ALICE", "amount": 10}, 422, "self_transfer", None),
+        ({"to_username": "ALICE", "amount": 10}, 422, "self_transfer", None),
+        ({"to_user_id": "BOB", "to_username": "bob", "amount": 10}, 422, "validation_error", None),
+        ({"amount": 10}, 422, "validation_error", None),
+        ({"to_user_id": "BOB"}, 422, "validation_error", "amount"),
+        ({"to_user_id": "BOB", "amount": 10, "from_user_id": "BOB"}, 422, "validation_error",
+         "from_user_id"),
+        ({"to_user_id": "BOB", "amount": 10, "user_id": "BOB"}, 422, "validation_error", "user_id"),
+        ({"to_user_id": 0, "amount": 10}, 422, "validation_error", "to_user_id"),
+        ({"to_user_id": 1.5, "amount": 10}, 422, "validation_error", "to_user_id"),
+    ],
+)  # fmt: skip
+async def test_transfer_refusals_change_nothing(
+    client: Client,
+    redis_client: Redis,
+    body: dict[str, Any],
+    status: int,
+    code: str,
+    field: str | None,
+) -> None:
+    alice = await new_user(client, "alice", deposit_kopecks=1_000)
+    bob = await new_user(client, "bob", deposit_kopecks=50)
+    ids = {"ALICE": alice.id, "BOB": bob.id}
+    body = {k: ids.get(v, v) if isinstance(v, str) and k != "to_username" else v
+            for k, v in body.items()}  # fmt: skip
+    before = await snapshot(redis_client)
+    got_status, got = await alice.post(client, "/api/balance/transfer/", body)
+    assert (got_status, error_of(got)) == (status, (code, field))
+    assert got["error"]["message"]
+    assert await snapshot(redis_client) == before
+    assert (await alice.balance(client), await bob.balance(client)) == (1_000, 50)
+
+
+async def test_unknown_query_parameters_are_refused(client: Client) -> None:
+    alice = await new_user(client, "alice")
+    response = await client.post(
+        "/api/balance/deposit/?user_id=1", json={"amount": 5}, cookies=alice.cookies
+    )
+    assert response.status == 422
+    assert error_of(await response.json()) == ("validation_error", "user_id")
+    assert await alice.balance(client) == 0
+
+
+async def test_idempotent_deposit_returns_the_first_response(client: Client) -> None:
+    alice = await new_user(client, "alice")
+    first = await alice.post(
+        client, "/api/balance/deposit/", {"amount": 700}, **{"Idempotency-Key": "k1"}
+    )
+    again = await alice.post(
+        client, "/api/balance/deposit/", {"amount": 700}, **{"Idempotency-Key": "k1"}
+    )
+    assert first[0] == again[0] == 201
+    assert first[1] == again[1]
+    assert await alice.balance(client) == 700
+    status, body = await alice.post(
+        client, "/api/balance/deposit/", {"amount": 701}, **{"Idempotency-Key": "k1"}
+    )
+    assert (status, error_of(body)) == (422, ("idempotency_key_reused", None))
+    # Keys are per user and shared by both endpoints.
+    bob = await new_user(client, "bob")
+    status, body = await alice.post(
+        client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": 700},
+        **{"Idempotency-Key": "k1"},
+    )  # fmt: skip
+    assert (status, error_of(body)) == (422, ("idempotency_key_reused", None))
+    status, _ = await bob.post(
+        client, "/api/balance/deposit/", {"amount": 1}, **{"Idempotency-Key": "k1"}
+    )
+    assert status == 201
+    assert await alice.balance(client) == 700
+
+
+async def test_idempotent_transfer_replays_refusals_and_resolves_usernames(client: Client) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    headers = {"Idempotency-Key": "pay-bob-1"}
+    first = await alice.post(
+        client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": 100}, **headers
+    )
+    assert first[0] == 409
+    await alice.post(client, "/api/balance/deposit/", {"amount": 1_000})
+    # The same request is compared after to_username is resolved, so it is the same request.
+    again = await alice.post(
+        client, "/api/balance/transfer/", {"to_username": "BOB", "amount": 100}, **headers
+    )
+    assert again == first
+    assert await bob.balance(client) == 0
+    fresh = await alice.post(client, "/api/balance/transfer/", {"to_username": "bob", "amount": 100},
+                             **{"Idempotency-Key": "pay-bob-2"})  # fmt: skip
+    replay = await alice.post(client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": 100},
+                              **{"Idempotency-Key": "pay-bob-2"})  # fmt: skip
+    assert fresh[0] == 201
+    assert replay == fresh
+    assert await bob.balance(client) == 100
+
+
+@pytest.mark.parametrize("key", ["", "x" * 65, "naïve", "tab\there"])
+async def test_malformed_idempotency_keys_are_refused(client: Client, key: str) -> None:
+    alice = await new_user(client, "alice")
+    response = await client.post(
+        "/api/balance/deposit/",
+        json={"amount": 5},
+        cookies=alice.cookies,
+        headers={"Idempotency-Key": key},
+    )
+    assert response.status == 422
+    assert error_of(await response.json()) == ("validation_error", "Idempotency-Key")
+    assert await alice.balance(client) == 0
+
+
+async def test_unrecorded_validation_refusal_does_not_burn_the_key(client: Client) -> None:
+    alice = await new_user(client, "alice", deposit_kopecks=100)
+    bob = await new_user(client, "bob")
+    headers = {"Idempotency-Key": "once"}
+    status, _ = await alice.post(
+        client, "/api/balance/transfer/", {"to_user_id": alice.id, "amount": 5}, **headers
+    )
+    assert status == 422
+    status, _ = await alice.post(
+        client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": 5}, **headers
+    )
+    assert status == 201
