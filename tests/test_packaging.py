@@ -33,3 +33,15 @@ def test_every_script_opens_with_its_interface_header() -> None:
         assert "KEYS[1]" in header, path
         assert "ARGV[1]" in header, path
         assert "Returns" in header, path
+
+
+def test_installed_package_ships_the_migrations(tmp_path: Path) -> None:
+    code = (
+        "from alembic.script import ScriptDirectory; "
+        "from alembic.util import coerce_resource_to_filename as path; "
+        "print(ScriptDirectory(path('persistence:migrations')).get_current_head())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "0001"
