@@ -32,7 +32,9 @@ class User(Base):
     id: Mapped[int] = mapped_column(Id, Identity(), primary_key=True)
     username: Mapped[str] = mapped_column(String(32))
     password_hash: Mapped[str] = mapped_column(String(256))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.current_timestamp()
+    )
 
     __table_args__ = (
         Index("users_username_lower_key", func.lower(username), unique=True),

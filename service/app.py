@@ -10,7 +10,8 @@ from service import auth_routes, health_routes, openapi, wallet_routes
 from service.errors import error_middleware
 from service.money import MoneyScripts
 from service.passwords import Passwords
-from service.redis_client import connect_redis
+from service.redis_checks import check_redis_durability
+from service.redis_client import MEMORY_URL, connect_redis
 from service.sessions import WalletSessionStorage
 from service.settings import Settings
 from service.state import DATABASE, MONEY, PASSWORDS, REDIS, SESSIONS, SETTINGS, THROTTLE
@@ -20,6 +21,9 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if settings.redis_url != MEMORY_URL:
+        await check_redis_durability(app[REDIS], settings.allow_evicting_redis)
     yield
     await app[REDIS].aclose()
 

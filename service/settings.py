@@ -14,6 +14,8 @@ class Settings(BaseSettings):
         default="postgresql+asyncpg://127.0.0.1:5432/wallet", validation_alias="DATABASE_URL"
     )
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Starting on a Redis whose maxmemory-policy may evict keys (and so balances).
+    allow_evicting_redis: bool = False
     redis_max_connections: int = Field(default=64, ge=1, le=10_000)
     redis_pool_wait_timeout_ms: int = Field(default=5_000, ge=1, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
