@@ -1,5 +1,6 @@
 """The one way the service opens Redis."""
 
+import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from service.settings import Settings
@@ -7,7 +8,7 @@ from service.settings import Settings
 # ``REDIS_URL=memory://``: an in-process Redis (fakeredis, with Lua) for `wallet serve
 # --embedded`. Every client of the process shares this one server.
 MEMORY_URL = "memory://"
-_memory_server: object | None = None
+_memory_server: fakeredis.FakeServer | None = None
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -27,8 +28,6 @@ def connect_redis(settings: Settings) -> Redis:
 
 
 def _memory_redis() -> Redis:
-    import fakeredis  # only the embedded mode needs it
-
     global _memory_server
     if _memory_server is None:
         _memory_server = fakeredis.FakeServer()
