@@ -42,13 +42,16 @@ def _matches(txn: Transaction, user_id: int, kind: str, direction: Direction) ->
 
 
 def _from_row(row: LedgerTransaction) -> Transaction:
+    created_at = row.created_at
+    if created_at.tzinfo is None:  # SQLite keeps no offset; the ledger stores UTC
+        created_at = created_at.replace(tzinfo=UTC)
     return Transaction(
         txn_id=row.id,
         kind="deposit" if row.kind == "deposit" else "transfer",
         from_user_id=row.from_user_id,
         to_user_id=row.to_user_id,
         amount_kopecks=row.amount_kopecks,
-        created_at_us=(row.created_at.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1),
+        created_at_us=(created_at - _EPOCH) // timedelta(microseconds=1),
         from_balance_kopecks=row.from_balance_after_kopecks,
         to_balance_kopecks=row.to_balance_after_kopecks,
         idempotency_key=row.idempotency_key,
@@ -74,10 +77,10 @@ def _ledger_query(
         ids = newest(t.from_user_id == user_id)
     else:
         # Two index-ordered scans, each bounded, instead of one OR that sorts everything.
-        both = union_all(
-            newest(t.kind == "transfer", t.to_user_id == user_id),
-            newest(t.from_user_id == user_id),
-        ).subquery()
+        # Each side is wrapped in a subquery: SQLite refuses LIMIT inside UNION members.
+        incoming = newest(t.kind == "transfer", t.to_user_id == user_id).subquery()
+        outgoing = newest(t.from_user_id == user_id).subquery()
+        both = union_all(select(incoming.c.id), select(outgoing.c.id)).subquery()
         ids = select(both.c.id).order_by(both.c.id.desc()).limit(limit)
     return select(t).where(t.id.in_(ids.scalar_subquery())).order_by(t.id.desc())
 

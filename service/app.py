@@ -6,8 +6,10 @@ from aiohttp import web
 from aiohttp_session import session_middleware
 
 from persistence.db import connect_database
-from service import auth_routes, health_routes, openapi, wallet_routes
+from persistence.writer import ensure_consumer_group
+from service import auth_routes, health_routes, metrics, openapi, wallet_routes
 from service.errors import error_middleware
+from service.metrics import metrics_middleware
 from service.money import MoneyScripts
 from service.passwords import Passwords
 from service.redis_checks import check_redis_durability
@@ -24,6 +26,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if settings.redis_url != MEMORY_URL:
         await check_redis_durability(app[REDIS], settings.allow_evicting_redis)
+    # Before the first transaction: without the group every entry counts as unpersisted.
+    await ensure_consumer_group(app[REDIS])
     yield
     await app[REDIS].aclose()
 
@@ -39,11 +43,11 @@ def create_app(settings: Settings) -> web.Application:
     # start-up; it opens no connection until the first request, and _redis_ctx closes it.
     redis = connect_redis(settings)
     sessions = WalletSessionStorage(redis, settings)
-    # Sessions outermost: a session invalidated by a handler that then answers with an
-    # error is still saved (deleted).
+    # Sessions outside the error middleware: a session invalidated by a handler that then
+    # answers with an error is still saved (deleted).
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[session_middleware(sessions), error_middleware],
+        middlewares=[metrics_middleware, session_middleware(sessions), error_middleware],
     )
     app[SETTINGS] = settings
     app[REDIS] = redis
@@ -52,6 +56,6 @@ def create_app(settings: Settings) -> web.Application:
     app[PASSWORDS] = Passwords(settings)
     app[THROTTLE] = LoginThrottle(redis, settings)
     app.cleanup_ctx.extend([_redis_ctx, _database_ctx])
-    for module in (auth_routes, wallet_routes, health_routes, openapi):
+    for module in (auth_routes, wallet_routes, health_routes, openapi, metrics):
         app.router.add_routes(module.routes)
     return app

@@ -2,20 +2,27 @@
 
 import asyncio
 import logging
+import os
+import shutil
+import signal
 import sys
-from collections.abc import Coroutine
+import tempfile
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from aiohttp import web
 from pydantic import ValidationError
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.db import connect_database
-from persistence.migrate import migrate as run_migrations
-from service.app import create_app
-from service.settings import Settings
+from service.redis_client import connect_redis
+from service.settings import Settings, env_name
 
 T = TypeVar("T")
+RECONCILE_WAIT_FOR_WRITER_S = 10.0
 
 
 def load_settings() -> Settings:
@@ -24,7 +31,7 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            f"{env_name(str(e['loc'][0])) if e['loc'] else '?'}: {e['msg']}" for e in exc.errors()
         )
         raise click.ClickException(f"bad configuration: {problems}") from None
 
@@ -35,6 +42,31 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # uvloop is optional (no wheels on every platform)
         return asyncio.run(coroutine)
     return uvloop.run(coroutine)
+
+
+@asynccontextmanager
+async def connections(settings: Settings) -> AsyncIterator[tuple[Redis, AsyncEngine]]:
+    redis = connect_redis(settings)
+    engine = connect_database(settings)
+    try:
+        yield redis, engine
+    finally:
+        await engine.dispose()
+        await redis.aclose()
+
+
+@contextmanager
+def metrics_directory() -> Iterator[None]:
+    """Gives the workers a shared PROMETHEUS_MULTIPROC_DIR unless one is configured."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="wallet-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @click.group()
@@ -50,23 +82,148 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-def serve(host: str, port: int) -> None:
-    """Run the HTTP API."""
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="processes sharing the port (gunicorn's aiohttp worker, uvloop)",
+)
+@click.option(
+    "--embedded",
+    is_flag=True,
+    help="everything in this process: in-process Redis and an SQLite ledger in --data-dir",
+)
+@click.option(
+    "--data-dir",
+    default="./wallet-data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where --embedded keeps its ledger file",
+)
+def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) -> None:
+    """Run the HTTP API against REDIS_URL and DATABASE_URL, or --embedded."""
     settings = load_settings()
-    web.run_app(create_app(settings), host=host, port=port, print=None)
+    if embedded:
+        if workers != 1:
+            raise click.BadParameter("--embedded runs in one process", param_hint="--workers")
+        from aiohttp import web
+
+        from service.embedded import create_embedded_app, embedded_settings
+
+        app = create_embedded_app(embedded_settings(settings, data_dir))
+        click.echo(f"wallet (embedded, ledger in {data_dir}) on http://{host}:{port}")
+        web.run_app(app, host=host, port=port, print=None)
+        return
+    with metrics_directory():
+        # Imported only now: prometheus_client picks its multi-process mode at import.
+        from service.multiworker import serve_workers
+
+        serve_workers(settings, host, port, workers)
+
+
+@main.command()
+def writer() -> None:
+    """Drain the transactions stream into PostgreSQL until SIGTERM or SIGINT.
+
+    On a signal it finishes the batch in hand, acknowledges it and exits.
+    """
+    from persistence.writer import StreamWriter
+
+    settings = load_settings()
+
+    async def drain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with connections(settings) as (redis, engine):
+            await StreamWriter(settings, redis, engine).run(stop)
+
+    run(drain())
 
 
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
+    from persistence.migrate import migrate as upgrade
+
     settings = load_settings()
 
-    async def upgrade() -> None:
+    async def apply() -> None:
         engine = connect_database(settings)
         try:
-            await run_migrations(engine)
+            await upgrade(engine)
         finally:
             await engine.dispose()
 
-    run(upgrade())
+    run(apply())
     click.echo("schema is up to date")
+
+
+@main.command()
+@click.option(
+    "--from",
+    "from_id",
+    required=True,
+    help="a transaction id (123) or a stream entry id (1700000000000-0)",
+)
+def replay(from_id: str) -> None:
+    """Re-drive retained stream records into PostgreSQL, from a point on (idempotent)."""
+    from persistence.replay import replay as redrive
+
+    settings = load_settings()
+
+    async def go() -> int:
+        async with connections(settings) as (redis, engine):
+            return await redrive(settings, redis, engine, from_id)
+
+    try:
+        inserted = run(go())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+    click.echo(f"replayed: {inserted} rows were missing from the ledger and are now stored")
+
+
+@main.command()
+@click.option(
+    "--wait-for-writer",
+    "wait_s",
+    default=RECONCILE_WAIT_FOR_WRITER_S,
+    show_default=True,
+    type=click.FloatRange(0, 600),
+    help="seconds to wait for the writer to catch up",
+)
+def reconcile(wait_s: float) -> None:
+    """Compare every Redis balance with the ledger; exit 1 on drift or a lagging writer."""
+    from persistence.reconcile import format_report
+    from persistence.reconcile import reconcile as compare
+
+    settings = load_settings()
+
+    async def go() -> Any:
+        async with connections(settings) as (redis, engine):
+            return await compare(redis, engine, wait_s)
+
+    report = run(go())
+    click.echo(format_report(report))
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+def rebuild() -> None:
+    """Reload Redis from the ledger after Redis was lost. Run it with the API stopped."""
+    from persistence.rebuild import LedgerInconsistent, RebuildRefused, format_report
+    from persistence.rebuild import rebuild as restore
+
+    settings = load_settings()
+
+    async def go() -> Any:
+        async with connections(settings) as (redis, engine):
+            return await restore(redis, engine, settings.idempotency_ttl_s)
+
+    try:
+        report = run(go())
+    except (RebuildRefused, LedgerInconsistent) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_report(report))

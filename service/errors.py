@@ -1,5 +1,6 @@
 """The contract's error model: a status code and {"error": {"code", "message", "field"?}}."""
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -7,6 +8,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("wallet.http")
 
 
 class ApiError(Exception):
@@ -71,3 +73,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except Exception:
+        # A bug or an outage (Redis or the database down): logged with its traceback,
+        # answered in the contract's shape without details.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response(error_body("internal_error", "internal error; try again"), 500)

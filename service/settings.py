@@ -43,3 +43,13 @@ class Settings(BaseSettings):
     stream_retention_s: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
     # Read-your-writes merges at most this many not-yet-persisted entries into a history read.
     history_tail_max_entries: int = Field(default=20_000, ge=100, le=1_000_000)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a field (or an alias: REDIS_URL, DATABASE_URL)."""
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return field
+    if isinstance(info.validation_alias, str):
+        return info.validation_alias
+    return f"WALLET_{field.upper()}"

@@ -12,6 +12,7 @@ from service.amounts import CURRENCY, format_rubles
 from service.cursor import decode_cursor, encode_cursor
 from service.errors import ApiError, json_response
 from service.http_input import idempotency_key, read_body, refuse_unknown_query
+from service.metrics import MONEY_OPERATIONS
 from service.schemas import DepositRequest, TransferRequest
 from service.sessions import SessionUser, current_user
 from service.state import DATABASE, MONEY, REDIS, SETTINGS
@@ -108,7 +109,9 @@ async def deposit(request: web.Request) -> web.Response:
     try:
         accepted = await request.app[MONEY].deposit(user.user_id, body.amount, key)
     except money.Refused as refused:
+        MONEY_OPERATIONS.labels("deposit", refused.code).inc()
         raise _refusal_error(refused) from None
+    MONEY_OPERATIONS.labels("deposit", "replayed" if accepted.replayed else "ok").inc()
     return _accepted_response(accepted, None, user.user_id, body.amount)
 
 
@@ -130,7 +133,9 @@ async def transfer(request: web.Request) -> web.Response:
     try:
         accepted = await request.app[MONEY].transfer(user.user_id, to_user_id, body.amount, key)
     except money.Refused as refused:
+        MONEY_OPERATIONS.labels("transfer", refused.code).inc()
         raise _refusal_error(refused) from None
+    MONEY_OPERATIONS.labels("transfer", "replayed" if accepted.replayed else "ok").inc()
     return _accepted_response(accepted, user.user_id, to_user_id, body.amount)
 
 
@@ -138,7 +143,10 @@ def _page_size(request: web.Request) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or len(raw) > 3 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    # isascii(): str.isdigit() also accepts superscript and fullwidth digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 3:
+        raise ApiError(422, "validation_error", f"an integer from 1 to {MAX_PAGE_SIZE}", "limit")
+    if not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise ApiError(422, "validation_error", f"an integer from 1 to {MAX_PAGE_SIZE}", "limit")
     return int(raw)
 

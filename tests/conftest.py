@@ -1,5 +1,9 @@
 """Fixtures: each run claims its own Redis database and creates its own PostgreSQL database;
-each test starts with both empty."""
+each test starts with both empty.
+
+With WALLET_TEST_EMBEDDED=1 the same tests run on the embedded mode's backends instead:
+the in-process Redis (fakeredis) and an SQLite ledger file.
+"""
 
 import asyncio
 import os
@@ -8,10 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-import redis
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -20,12 +24,13 @@ from persistence.db import connect_database
 from persistence.migrate import migrate
 from service.app import create_app
 from service.money import MoneyScripts
-from service.redis_client import connect_redis
+from service.redis_client import MEMORY_URL, connect_redis
 from service.settings import Settings
 
 REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
 # The server and an existing database to connect to while creating this run's own database.
 POSTGRES_ADMIN_DSN = os.environ.get("WALLET_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
+EMBEDDED = os.environ.get("WALLET_TEST_EMBEDDED") == "1"
 CLAIM_KEY = "wallet-test-run-claim"
 CLAIM_TTL_S = 6 * 3600
 # Deletes every key but the claim, atomically, so no other run can claim the database meanwhile.
@@ -38,6 +43,9 @@ end
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
+    if EMBEDDED:
+        yield MEMORY_URL
+        return
     run_id = uuid.uuid4().hex
     for db in range(1, 16):
         client = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}")
@@ -60,21 +68,26 @@ async def _admin(statement: str) -> None:
         await connection.close()
 
 
+async def _migrate(url: str) -> None:
+    engine = create_async_engine(url)
+    await migrate(engine)
+    await engine.dispose()
+
+
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database of this run's own, migrated once; dropped at the end."""
+    if EMBEDDED:
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.sqlite3'}"
+        asyncio.run(_migrate(url))
+        yield url
+        return
     name = f"wallet_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     server = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].removeprefix("postgresql://")
     url = f"postgresql+asyncpg://{server}/{name}"
-
-    async def upgrade() -> None:
-        engine = create_async_engine(url)
-        await migrate(engine)
-        await engine.dispose()
-
     try:
-        asyncio.run(upgrade())
+        asyncio.run(_migrate(url))
         yield url
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -89,7 +102,11 @@ def settings(redis_url: str, database_url: str) -> Settings:
 async def db_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     engine = connect_database(settings)
     async with engine.begin() as connection:
-        await connection.execute(text("TRUNCATE transactions, users RESTART IDENTITY CASCADE"))
+        if EMBEDDED:  # SQLite: no TRUNCATE; emptied INTEGER PRIMARY KEY ids start again at 1
+            await connection.execute(text("DELETE FROM transactions"))
+            await connection.execute(text("DELETE FROM users"))
+        else:
+            await connection.execute(text("TRUNCATE transactions, users RESTART IDENTITY CASCADE"))
     try:
         yield engine
     finally:

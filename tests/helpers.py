@@ -3,8 +3,14 @@
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.models import User
+from persistence.writer import StreamWriter, ensure_consumer_group
 from service import redis_keys
+from service.money import MoneyScripts
+from service.settings import Settings
 from service.transactions import Transaction
 
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -44,3 +50,33 @@ async def snapshot(redis: Redis) -> dict[bytes, Any]:
         else:
             raise AssertionError(f"unexpected key type {kind} for {key!r}")
     return state
+
+
+async def persist(redis: Redis, engine: AsyncEngine, max_batches: int | None = None) -> int:
+    """Runs the real stream writer until the stream is drained (or for max_batches)."""
+    await ensure_consumer_group(redis)
+    settings = Settings(writer_block_ms=1, writer_batch_size=500)
+    writer = StreamWriter(settings, redis, engine)
+    persisted = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        handled = await writer.drain_once()
+        if handled == 0:
+            break
+        persisted += handled
+        batches += 1
+    return persisted
+
+
+async def add_users(
+    engine: AsyncEngine, money: MoneyScripts, user_ids: list[int], wallets: bool = True
+) -> None:
+    """PostgreSQL users with these ids and, unless wallets is False, their Redis wallets."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(User),
+            [{"id": u, "username": f"user{u}", "password_hash": "x"} for u in user_ids],
+        )
+    if wallets:
+        for user_id in user_ids:
+            await money.register_user(user_id)

@@ -22,7 +22,14 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     ).stdout
-    assert {"deposit", "register_user", "transfer", "stream_tail"} <= set(names)
+    assert set(names) == {
+        "deposit",
+        "register_user",
+        "transfer",
+        "stream_tail",
+        "restore_wallet",
+        "restore_idempotency",
+    }
     assert json.loads(out) == {p.stem: p.read_text(encoding="utf-8") for p in SOURCE_SCRIPTS}
 
 

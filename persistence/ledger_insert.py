@@ -1,0 +1,153 @@
+"""Writes stream records into the ``transactions`` table, idempotently.
+
+A record written twice is stored once: every insert is ``ON CONFLICT (id) DO NOTHING`` on
+the transaction id the Lua script assigned.
+
+On PostgreSQL a batch is one statement whatever its size: ``INSERT INTO transactions SELECT
+* FROM unnest($1::bigint[], $2::varchar[], ...) ON CONFLICT (id) DO NOTHING``, one array
+parameter per column. It was measured against a multi-row ``INSERT ... VALUES`` and against
+``COPY`` into a staging table followed by ``INSERT ... SELECT`` and kept because it was the
+fastest (docs/ledger.md). SQLite (the embedded mode) gets a multi-row ``INSERT ... VALUES``.
+"""
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import String, Text, bindparam, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import TypeEngine
+
+from persistence.models import LedgerTransaction
+from service.transactions import Transaction
+
+logger = logging.getLogger("wallet.writer")
+
+_TABLE = LedgerTransaction.__table__
+_COLUMNS = [column.name for column in _TABLE.columns]
+
+
+def _array_type(column_type: TypeEngine[Any]) -> postgresql.ARRAY[Any]:
+    # text[], not varchar(64)[]: an explicit cast to varchar(n) silently truncates a longer
+    # value, whereas the INSERT's own assignment to the column refuses it (SQLSTATE 22001).
+    return postgresql.ARRAY(Text() if isinstance(column_type, String) else column_type)
+
+
+_UNNEST = (
+    func.unnest(
+        *(bindparam(column.name, type_=_array_type(column.type)) for column in _TABLE.columns)
+    )
+    .table_valued(*_COLUMNS)
+    .render_derived()
+)
+_POSTGRES_INSERT = (
+    postgresql.insert(LedgerTransaction)
+    .from_select(_COLUMNS, select(*(_UNNEST.c[name] for name in _COLUMNS)))
+    .on_conflict_do_nothing(index_elements=["id"])
+)
+
+# SQLite allows at most 32766 bind parameters in one statement (since 3.32).
+_SQLITE_ROWS_PER_STATEMENT = 32_766 // len(_COLUMNS)
+
+
+def ledger_row(entry_id: str, txn: Transaction) -> dict[str, Any]:
+    """The ``transactions`` row for one stream entry."""
+    return {
+        "id": txn.txn_id,
+        "kind": txn.kind,
+        "from_user_id": txn.from_user_id,
+        "to_user_id": txn.to_user_id,
+        "amount_kopecks": txn.amount_kopecks,
+        "created_at": txn.created_at,
+        "from_balance_after_kopecks": txn.from_balance_kopecks,
+        "to_balance_after_kopecks": txn.to_balance_kopecks,
+        "idempotency_key": txn.idempotency_key,
+        "stream_entry_id": entry_id,
+    }
+
+
+async def insert_transactions(
+    connection: AsyncConnection, entries: Sequence[tuple[str, Transaction]]
+) -> int:
+    """Inserts ``(stream entry id, transaction)`` pairs; returns the rows actually inserted.
+
+    Rows whose transaction id is already stored are skipped. Runs inside the caller's
+    transaction. Rows go in transaction id order, so two writers inserting overlapping
+    batches take their row locks in the same order and cannot deadlock.
+    """
+    if not entries:
+        return 0
+    rows = sorted((ledger_row(entry_id, txn) for entry_id, txn in entries), key=lambda r: r["id"])
+    if connection.dialect.name != "sqlite":
+        arrays = {name: [row[name] for row in rows] for name in _COLUMNS}
+        return (await connection.execute(_POSTGRES_INSERT, arrays)).rowcount
+    inserted = 0
+    for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
+        statement = (
+            sqlite.insert(LedgerTransaction)
+            .values(rows[start : start + _SQLITE_ROWS_PER_STATEMENT])
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        inserted += (await connection.execute(statement)).rowcount
+    return inserted
+
+
+def is_data_error(error: BaseException) -> bool:
+    """True when the database refused the rows themselves, so retrying cannot help.
+
+    Constraint violations (SQLSTATE class 23), data exceptions such as a string too long
+    (class 22) and a value the driver cannot encode (asyncpg raises a ValueError). A lost
+    connection, a timeout or a server that is down is not a data error.
+    """
+    if isinstance(error, IntegrityError | DataError):
+        return True
+    if not isinstance(error, DBAPIError) or error.connection_invalidated:
+        return False
+    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    if isinstance(code, str) and code[:2] in ("22", "23"):
+        return True
+    return isinstance(error.orig, ValueError) or isinstance(
+        getattr(error.orig, "__cause__", None), ValueError
+    )
+
+
+def _reason(error: Exception) -> str:
+    """The database's own message, without the SQL and the parameters."""
+    message = str(error.orig if isinstance(error, DBAPIError) else error)
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+async def insert_isolating(
+    engine: AsyncEngine, entries: Sequence[tuple[str, Transaction]]
+) -> tuple[int, list[tuple[str, str]]]:
+    """Inserts the batch in one transaction; if the database refuses it for a data reason,
+    inserts it again row by row (one savepoint each) to single out the rows at fault.
+
+    Returns the rows inserted and ``(stream entry id, reason)`` for every refused row.
+    Any other error propagates: nothing is known to be stored then.
+    """
+    try:
+        async with engine.begin() as connection:
+            return await insert_transactions(connection, entries), []
+    except Exception as error:
+        if not is_data_error(error):
+            raise
+        logger.warning(
+            "the database refused a batch of %d, isolating the rows at fault: %s",
+            len(entries),
+            _reason(error),
+        )
+    inserted = 0
+    refused: list[tuple[str, str]] = []
+    async with engine.begin() as connection:
+        for entry_id, txn in entries:
+            try:
+                async with connection.begin_nested():
+                    inserted += await insert_transactions(connection, [(entry_id, txn)])
+            except Exception as error:
+                if not is_data_error(error):
+                    raise
+                refused.append((entry_id, f"refused by the database: {_reason(error)}"))
+    return inserted, refused

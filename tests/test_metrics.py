@@ -1,0 +1,58 @@
+import re
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.writer import ensure_consumer_group
+from service.settings import Settings
+from tests.helpers import persist
+from tests.http_helpers import Client, new_user
+
+
+def sample(text: str, name: str, default: float | None = None, **labels: str) -> float:
+    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = rf"^{name}\{{{label_text}\}} (\S+)$" if labels else rf"^{name} (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    if match is None and default is not None:
+        return default
+    assert match, f"{name} {labels} not in /metrics"
+    return float(match.group(1))
+
+
+async def test_metrics_count_requests_money_and_writer_lag(
+    client: Client, settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+) -> None:
+    await ensure_consumer_group(redis_client)
+    alice = await new_user(client, "alice", deposit_kopecks=100)
+    bob = await new_user(client, "bob")
+    before = await (await client.get("/metrics")).text()
+    ok_before = sample(
+        before, "wallet_money_operations_total", default=0, operation="transfer", result="ok"
+    )
+    await alice.post(client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": 60})
+    await alice.post(client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": 60})
+    response = await client.get("/metrics")
+    assert response.status == 200
+    text = await response.text()
+    assert sample(text, "wallet_money_operations_total", operation="transfer", result="ok") == (
+        ok_before + 1
+    )
+    assert (
+        sample(
+            text, "wallet_money_operations_total", operation="transfer", result="insufficient_funds"
+        )
+        >= 1
+    )
+    assert sample(
+        text, "wallet_http_requests_total",
+        route="/api/balance/transfer/", method="POST", status="409",
+    ) >= 1  # fmt: skip
+    assert sample(text, "wallet_stream_entries") == 2
+    assert sample(text, "wallet_writer_lag_entries") == 2
+    assert sample(text, "wallet_writer_lag_seconds") >= 0
+    await persist(redis_client, db_engine)
+    text = await (await client.get("/metrics")).text()
+    assert sample(text, "wallet_writer_lag_entries") == 0
+    assert sample(text, "wallet_writer_pending_entries") == 0
+    assert sample(text, "wallet_writer_lag_seconds") == 0
+    assert sample(text, "wallet_dead_letter_entries") == 0

@@ -1,0 +1,278 @@
+"""persistence/rebuild.py and its Lua scripts against real Redis and PostgreSQL."""
+
+import time
+from datetime import timedelta
+from typing import cast
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence import rebuild as rebuild_module
+from persistence import reconcile as reconcile_module
+from persistence.models import LedgerTransaction
+from persistence.rebuild import RebuildRefused, format_report, rebuild
+from persistence.reconcile import format_report as format_reconcile
+from persistence.reconcile import reconcile
+from service import redis_keys
+from service.money import IdempotencyKeyReused, MoneyScripts, load_script_source
+from tests.conftest import _EMPTY_BUT_CLAIM, CLAIM_KEY
+from tests.helpers import add_users, balance, persist, snapshot
+
+TTL_S = 24 * 3600
+USERS = list(range(1, 8))
+
+
+async def lose_redis(redis: Redis) -> None:
+    """Every key of this run's Redis database goes, but the run's claim on it."""
+    await redis.eval(_EMPTY_BUT_CLAIM, 1, CLAIM_KEY)
+    assert await redis.keys("user:*") == []
+
+
+async def ledger_last_id(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(select(func.max(LedgerTransaction.id)))).scalar_one())
+
+
+async def balances(redis: Redis) -> dict[int, int]:
+    return {u: await balance(redis, u) for u in USERS}
+
+
+@pytest.fixture
+async def history(
+    redis_client: Redis,
+    db_engine: AsyncEngine,
+    money: MoneyScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[int, int]:
+    """Users 1..7 with persisted deposits and transfers, some under idempotency keys;
+    small batches so that every loop of rebuild pages. Returns the balances."""
+    monkeypatch.setattr(rebuild_module, "BATCH_SIZE", 3)
+    monkeypatch.setattr(reconcile_module, "BATCH_SIZE", 3)
+    await add_users(db_engine, money, USERS)
+    for user_id in USERS:
+        await money.deposit(user_id, 10_000 * user_id, idempotency_key=f"dep-{user_id}")
+    await money.transfer(7, 1, 3_000, idempotency_key="pay-1")
+    await money.transfer(1, 2, 500)
+    await money.transfer(6, 5, 1_234, idempotency_key="pay-1")  # one key, two users
+    await money.deposit(3, 77)
+    await persist(redis_client, db_engine)
+    return await balances(redis_client)
+
+
+async def test_rebuild_restores_what_redis_lost(
+    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+) -> None:
+    last_id = await ledger_last_id(db_engine)
+    await lose_redis(redis_client)
+
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+
+    assert (report.users, report.wallets_created, report.wallets_updated) == (7, 7, 0)
+    assert (report.idempotency_keys_restored, report.idempotency_keys_kept) == (9, 0)
+    assert report.ledger_last_txn_id == last_id
+    assert "7 wallets restored" in format_report(report)
+    assert await balances(redis_client) == history
+    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert check.ok, format_reconcile(check)
+    assert check.users_checked == len(USERS)
+    assert int(cast(bytes, await redis_client.get(redis_keys.TXN_SEQ))) >= last_id
+    assert report.txn_seq >= last_id
+    groups = await redis_client.xinfo_groups(redis_keys.TXN_STREAM)
+    assert [g["name"] for g in groups] == [redis_keys.WRITER_GROUP.encode()]
+
+    # A new transaction gets an id no stored one has. (Were it to reuse an id, the writer's
+    # INSERT ... ON CONFLICT DO NOTHING would silently drop it from the ledger.)
+    fresh = await money.deposit(4, 1)
+    assert fresh.txn_id > last_id
+    assert await persist(redis_client, db_engine) == 1
+    assert await ledger_last_id(db_engine) == fresh.txn_id
+    assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
+
+
+async def test_retries_with_recent_keys_replay_instead_of_moving_money(
+    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+) -> None:
+    original = await redis_client.hgetall(redis_keys.idempotency(7, "pay-1"))
+    await lose_redis(redis_client)
+    await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+
+    assert await redis_client.hgetall(redis_keys.idempotency(7, "pay-1")) == original
+    seq_before = await redis_client.get(redis_keys.TXN_SEQ)
+
+    deposit = await money.deposit(3, 30_000, idempotency_key="dep-3")
+    sent = await money.transfer(7, 1, 3_000, idempotency_key="pay-1")
+    other = await money.transfer(6, 5, 1_234, idempotency_key="pay-1")
+    assert [deposit.replayed, sent.replayed, other.replayed] == [True, True, True]
+    assert sent.txn_id != other.txn_id
+    assert await balances(redis_client) == history
+    assert await redis_client.get(redis_keys.TXN_SEQ) == seq_before
+    with pytest.raises(IdempotencyKeyReused):
+        await money.transfer(7, 1, 3_001, idempotency_key="pay-1")
+    with pytest.raises(IdempotencyKeyReused):
+        await money.deposit(7, 3_000, idempotency_key="pay-1")
+
+
+async def shift_back(engine: AsyncEngine, user_id: int, key: str, seconds: int) -> int:
+    """Makes the ledger row with this key look ``seconds`` older; its new created_at_us."""
+    row = LedgerTransaction
+    async with engine.begin() as connection:
+        created_at = (
+            await connection.execute(
+                update(row)
+                .where(row.idempotency_key == key, row.to_user_id == user_id)
+                .values(created_at=row.created_at - timedelta(seconds=seconds))
+                .returning(row.created_at)
+            )
+        ).scalar_one()
+    return int(created_at.timestamp()) * 1_000_000 + created_at.microsecond
+
+
+async def test_restored_keys_expire_when_the_originals_would_have(
+    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+) -> None:
+    await shift_back(db_engine, 2, "dep-2", TTL_S + 1)
+    created_at_us = await shift_back(db_engine, 4, "dep-4", 3_600)
+    await lose_redis(redis_client)
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    assert report.idempotency_keys_restored == 8
+
+    record = await redis_client.hgetall(redis_keys.idempotency(4, "dep-4"))
+    assert record[b"created_at_us"] == str(created_at_us).encode()
+    ttl_ms = await redis_client.pttl(redis_keys.idempotency(4, "dep-4"))
+    assert (TTL_S - 3_600 - 5) * 1_000 <= ttl_ms <= (TTL_S - 3_600) * 1_000
+    assert (await money.deposit(4, 40_000, idempotency_key="dep-4")).replayed
+
+    assert not await redis_client.exists(redis_keys.idempotency(2, "dep-2"))
+    again = await money.deposit(2, 20_000, idempotency_key="dep-2")
+    assert not again.replayed
+    assert await balance(redis_client, 2) == history[2] + 20_000
+
+
+async def test_of_two_uses_of_one_key_the_newer_is_restored(
+    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+) -> None:
+    # dep-1 was used, expired (a shorter TTL once, say) and was used again for another amount.
+    await shift_back(db_engine, 1, "dep-1", TTL_S // 2)
+    await redis_client.delete(redis_keys.idempotency(1, "dep-1"))
+    newer = await money.deposit(1, 555, idempotency_key="dep-1")
+    await persist(redis_client, db_engine)
+    await lose_redis(redis_client)
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    assert (report.idempotency_keys_restored, report.idempotency_keys_kept) == (9, 1)
+    retry = await money.deposit(1, 555, idempotency_key="dep-1")
+    assert (retry.txn_id, retry.created_at_us, retry.replayed) == (
+        newer.txn_id,
+        newer.created_at_us,
+        True,
+    )
+    with pytest.raises(IdempotencyKeyReused):
+        await money.deposit(1, 10_000, idempotency_key="dep-1")
+    assert await balance(redis_client, 1) == history[1] + 555
+
+
+async def test_rebuild_refuses_while_the_stream_holds_unpersisted_entries(
+    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+) -> None:
+    await money.deposit(5, 1)  # accepted, in the stream, not yet in the ledger
+    before = await snapshot(redis_client)
+    with pytest.raises(RebuildRefused, match="transaction 12") as refused:
+        await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    assert "writer" in str(refused.value)
+    assert await snapshot(redis_client) == before
+    await persist(redis_client, db_engine)
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    assert (report.wallets_created, report.wallets_updated) == (0, 0)
+    assert report.idempotency_keys_kept == 9
+    assert await balance(redis_client, 5) == history[5] + 1
+
+
+async def test_rebuild_over_a_live_redis_corrects_balances_and_never_lowers_the_counter(
+    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+) -> None:
+    await redis_client.hincrby(redis_keys.user(3), "balance_kopecks", 5)
+    await redis_client.set(redis_keys.TXN_SEQ, 1_000)
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    assert (report.wallets_created, report.wallets_updated, report.txn_seq) == (0, 1, 1_000)
+    assert await balances(redis_client) == history
+    assert (await money.deposit(1, 1)).txn_id == 1_001
+
+
+async def test_rebuild_with_an_empty_ledger(redis_client: Redis, db_engine: AsyncEngine) -> None:
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    assert (report.users, report.ledger_last_txn_id, report.txn_seq) == (0, 0, 0)
+    assert await redis_client.xinfo_groups(redis_keys.TXN_STREAM) != []
+
+
+RESTORE_WALLET_KEYS = [redis_keys.TXN_SEQ, redis_keys.user(1)]
+NOW_US = str(int(time.time() * 1_000_000))
+
+
+def idempotency_case(
+    position: int, value: str, key_owner: int = 1, key: str = "k"
+) -> tuple[str, list[str], list[str]]:
+    """restore_idempotency with valid arguments but ARGV[position + 1] = value."""
+    args = ["1", "k", "deposit", "1", "5", "3", NOW_US, "60"]
+    args[position] = value
+    return "restore_idempotency", [redis_keys.idempotency(key_owner, key)], args
+
+
+@pytest.mark.parametrize(
+    ("script", "keys", "args"),
+    [
+        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "-1", "0"]),
+        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "1000000000000001", "0"]),
+        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "01", "0"]),
+        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "1.5", "0"]),
+        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "5", "-3"]),
+        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "5", "1e3"]),
+        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "5"]),
+        ("restore_wallet", [redis_keys.TXN_SEQ, redis_keys.user(2)], ["1", "5", "0"]),
+        ("restore_wallet", [redis_keys.user(1), redis_keys.TXN_SEQ], ["1", "5", "0"]),
+        idempotency_case(3, "2"),  # a deposit to someone else
+        idempotency_case(2, "transfer"),  # a transfer to oneself
+        idempotency_case(2, "refund"),
+        idempotency_case(4, "0"),
+        idempotency_case(4, "1000000000001"),
+        idempotency_case(5, "0"),
+        idempotency_case(6, "-1"),
+        idempotency_case(7, "0"),
+        idempotency_case(1, "j"),  # not the key in KEYS[1]
+        idempotency_case(0, "1", key_owner=2),
+        idempotency_case(1, "k\n", key="k\n"),
+        ("restore_idempotency", [redis_keys.idempotency(1, "k")], ["1", "k", "deposit"]),
+    ],
+)
+async def test_restore_scripts_refuse_malformed_arguments_and_write_nothing(
+    redis_client: Redis, money: MoneyScripts, script: str, keys: list[str], args: list[str]
+) -> None:
+    await money.register_user(1)
+    await money.deposit(1, 1_000)
+    before = await snapshot(redis_client)
+    reply = await redis_client.eval(load_script_source(script), len(keys), *keys, *args)
+    assert reply[0] == b"invalid_argument"
+    assert await snapshot(redis_client) == before
+
+
+async def test_restore_idempotency_outcomes(redis_client: Redis) -> None:
+    source = load_script_source("restore_idempotency")
+    key = redis_keys.idempotency(1, "k")
+
+    async def restore(created_at_us: int, txn_id: str = "3") -> bytes:
+        args = ["1", "k", "transfer", "2", "5", txn_id, str(created_at_us), "60"]
+        return cast(list[bytes], await redis_client.eval(source, 1, key, *args))[0]
+
+    now_us = int(time.time() * 1_000_000)
+    assert await restore(now_us - 61_000_000) == b"expired"
+    assert not await redis_client.exists(key)
+    assert await restore(now_us - 30_000_000) == b"restored"
+    assert 25_000 <= await redis_client.pttl(key) <= 30_000
+    assert await redis_client.hgetall(key) == {
+        b"fingerprint": b"transfer:2:5",
+        b"outcome": b"ok",
+        b"txn_id": b"3",
+        b"created_at_us": str(now_us - 30_000_000).encode(),
+    }
+    assert await restore(now_us, txn_id="4") == b"exists"
+    assert await redis_client.hget(key, "txn_id") == b"3"
