@@ -31,13 +31,12 @@ from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ledger_insert import insert_isolating
-from service.redis_keys import TXN_STREAM, WRITER_GROUP
+from service.money import ScriptArgumentRejected, load_script_source
+from service.redis_keys import TXN_DEAD_LETTER, TXN_STREAM, WRITER_GROUP
 from service.settings import Settings
 from service.transactions import Transaction
 
 logger = logging.getLogger("wallet.writer")
-
-DEAD_LETTER_STREAM = "txn:dead-letter"
 
 # Original fields are stored in the dead-letter record under this prefix.
 DEAD_LETTER_FIELD_PREFIX = b"field:"
@@ -46,12 +45,6 @@ _MAX_BIGINT = 2**63 - 1
 _FIRST_BACKOFF_MS = 25
 _MAX_CLAIM_INTERVAL_S = 5.0
 
-# Adds the dead-letter record and acknowledges the entry atomically: a crash cannot leave
-# an entry acknowledged without its dead-letter record (XADD fails first, XACK never runs).
-_DEAD_LETTER_SCRIPT = """
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-"""
 
 T = TypeVar("T")
 Entry = tuple[str, dict[bytes, bytes]]
@@ -149,7 +142,7 @@ class StreamWriter:
         self._next_claim_at = 0.0
         self._next_trim_at = 0.0
         self._never = asyncio.Event()
-        self._dead_letter = redis.register_script(_DEAD_LETTER_SCRIPT)
+        self._dead_letter = redis.register_script(load_script_source("dead_letter"))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Drains the stream until ``stop`` is set; the batch in hand is finished first."""
@@ -289,9 +282,11 @@ class StreamWriter:
             record += ["consumer", self.consumer, "failed_at_ms", str(int(time.time() * 1000))]
             for name, value in fields_by_id[entry_id].items():
                 record += [DEAD_LETTER_FIELD_PREFIX + name, value]
-            await self._dead_letter(
-                keys=[TXN_STREAM, DEAD_LETTER_STREAM], args=[WRITER_GROUP, entry_id, *record]
+            reply = await self._dead_letter(
+                keys=[TXN_STREAM, TXN_DEAD_LETTER], args=[WRITER_GROUP, entry_id, *record]
             )
+            if not isinstance(reply, int):
+                raise ScriptArgumentRejected(repr(reply))
         if stored_ids:
             await self._redis.xack(TXN_STREAM, WRITER_GROUP, *stored_ids)
         return True

@@ -21,7 +21,6 @@ from prometheus_client import (
 )
 from redis.asyncio import Redis
 
-from persistence.writer import DEAD_LETTER_STREAM
 from service import redis_keys
 from service.errors import Handler
 from service.state import REDIS
@@ -92,7 +91,7 @@ def _text(value: object) -> str:
 async def _refresh_ledger_gauges(redis: Redis) -> None:
     stream = redis_keys.TXN_STREAM
     STREAM_LENGTH.set(await redis.xlen(stream))
-    DEAD_LETTERS.set(await redis.xlen(DEAD_LETTER_STREAM))
+    DEAD_LETTERS.set(await redis.xlen(redis_keys.TXN_DEAD_LETTER))
     groups = cast(list[dict[str, object]], await redis.xinfo_groups(stream))
     group = next((g for g in groups if _text(g["name"]) == redis_keys.WRITER_GROUP), None)
     if group is None:

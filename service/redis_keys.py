@@ -7,6 +7,8 @@ given have exactly these shapes.
 
 TXN_SEQ = "txn:seq"
 TXN_STREAM = "txn:stream"
+# Records the writer could not store, with the reason (lua/dead_letter.lua).
+TXN_DEAD_LETTER = "txn:dead-letter"
 WRITER_GROUP = "ledger-writer"
 
 

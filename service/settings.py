@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     # The stream writer (persistence/writer.py).
     writer_batch_size: int = Field(default=500, ge=1, le=10_000)
     writer_block_ms: int = Field(default=1_000, ge=1, le=60_000)
-    # Pending entries idle this long belong to a dead writer and are claimed.
-    writer_claim_idle_ms: int = Field(default=30_000, ge=1_000, le=3_600_000)
+    # Pending entries idle this long belong to a dead writer and are claimed; well under
+    # the contract's 10 s for a restarted writer (under another name) to resume.
+    writer_claim_idle_ms: int = Field(default=5_000, ge=1_000, le=3_600_000)
     writer_retry_max_backoff_ms: int = Field(default=5_000, ge=10, le=300_000)
     # "" means <hostname>-<pid>.
     writer_consumer_name: str = Field(default="", max_length=64)

@@ -121,6 +121,7 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+        await client.connection_pool.disconnect()
 
 
 @pytest.fixture

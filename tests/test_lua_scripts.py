@@ -1,6 +1,7 @@
 """Each Lua script, called directly against real Redis."""
 
 import time
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -17,7 +18,7 @@ from service.money import (
     SelfTransfer,
     load_script_source,
 )
-from tests.helpers import balance, snapshot, stream_fields
+from tests.helpers import StreamEntries, balance, snapshot, stream_fields
 
 
 @pytest.fixture
@@ -304,3 +305,26 @@ async def test_scripts_refuse_malformed_arguments_and_write_nothing(
     reply = await redis_client.eval(load_script_source(script), len(keys), *keys, *args)
     assert reply[0] == b"invalid_argument"
     assert await snapshot(redis_client) == before
+
+
+async def test_dead_letter_moves_and_acknowledges_atomically(
+    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 5)
+    stream, group = redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP
+    await redis_client.xgroup_create(stream, group, id="0")
+    delivered = cast(
+        list[tuple[bytes, list[tuple[bytes, object]]]],
+        await redis_client.xreadgroup(group, "w", {stream: ">"}),
+    )
+    entry_id = delivered[0][1][0][0].decode()
+    script = load_script_source("dead_letter")
+    keys = [stream, redis_keys.TXN_DEAD_LETTER]
+    before = await snapshot(redis_client)
+    for args in ([group, entry_id, "reason"], [group, "not-an-id", "reason", "x"]):
+        assert await redis_client.eval(script, 2, *keys, *args) == b"invalid_argument"
+    assert await snapshot(redis_client) == before
+    assert await redis_client.eval(script, 2, *keys, group, entry_id, "reason", "bad") == 1
+    assert cast(dict[str, int], await redis_client.xpending(stream, group))["pending"] == 0
+    letters = cast(StreamEntries, await redis_client.xrange(redis_keys.TXN_DEAD_LETTER))
+    assert [fields for _, fields in letters] == [{b"reason": b"bad"}]

@@ -29,6 +29,7 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "stream_tail",
         "restore_wallet",
         "restore_idempotency",
+        "dead_letter",
     }
     assert json.loads(out) == {p.stem: p.read_text(encoding="utf-8") for p in SOURCE_SCRIPTS}
 

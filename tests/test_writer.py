@@ -20,14 +20,13 @@ import persistence.writer
 from persistence.ledger_insert import insert_transactions, is_data_error
 from persistence.models import Base, LedgerTransaction, User
 from persistence.writer import (
-    DEAD_LETTER_STREAM,
     StreamWriter,
     Unparseable,
     ensure_consumer_group,
     parse_entry,
 )
 from service.money import MoneyScripts, Refused
-from service.redis_keys import TXN_SEQ, TXN_STREAM, WRITER_GROUP
+from service.redis_keys import TXN_DEAD_LETTER, TXN_SEQ, TXN_STREAM, WRITER_GROUP
 from service.settings import Settings
 from service.transactions import Transaction
 from tests.helpers import StreamEntries, stream_entries
@@ -104,7 +103,7 @@ async def xadd(redis: Redis, fields: dict[str, str]) -> str:
 
 async def dead_letters(redis: Redis) -> dict[str, dict[bytes, bytes]]:
     """The dead-letter stream's records by the entry id they stand for."""
-    records = cast(StreamEntries, await redis.xrange(DEAD_LETTER_STREAM))
+    records = cast(StreamEntries, await redis.xrange(TXN_DEAD_LETTER))
     return {fields[b"entry_id"].decode(): fields for _, fields in records}
 
 
