@@ -2,13 +2,15 @@
 each test starts with both empty.
 
 With WALLET_TEST_EMBEDDED=1 the same tests run on the embedded mode's backends instead:
-the in-process Redis (fakeredis) and an SQLite ledger file.
+the in-process Redis (fakeredis) and an SQLite ledger file. With WALLET_TEST_SERVED=1 the
+`client` fixture talks to a real `wallet serve --workers 2` on this run's databases.
 """
 
 import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import asyncpg
 import pytest
@@ -26,11 +28,13 @@ from service.app import create_app
 from service.money import MoneyScripts
 from service.redis_client import MEMORY_URL, connect_redis
 from service.settings import Settings
+from tests.served import ServedClient, wallet_serve
 
 REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
 # The server and an existing database to connect to while creating this run's own database.
 POSTGRES_ADMIN_DSN = os.environ.get("WALLET_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 EMBEDDED = os.environ.get("WALLET_TEST_EMBEDDED") == "1"
+SERVED = os.environ.get("WALLET_TEST_SERVED") == "1"
 CLAIM_KEY = "wallet-test-run-claim"
 CLAIM_TTL_S = 6 * 3600
 # Deletes every key but the claim, atomically, so no other run can claim the database meanwhile.
@@ -130,15 +134,45 @@ def app_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"argon2_time_cost": 1, "argon2_memory_kib": 1024})
 
 
+@pytest.fixture(scope="session")
+def served_url(
+    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str | None]:
+    """With WALLET_TEST_SERVED=1: the URL of a real `wallet serve --workers 2`."""
+    if not SERVED:
+        yield None
+        return
+    log_path = tmp_path_factory.mktemp("served") / "wallet-serve.log"
+    with wallet_serve(redis_url, database_url, log_path) as url:
+        yield url
+
+
 @pytest.fixture
 async def client(
     aiohttp_client: AiohttpClient,
     app_settings: Settings,
     redis_client: Redis,
     db_engine: AsyncEngine,
-) -> TestClient[web.Request, web.Application]:
-    """An HTTP client on a fresh app; Redis and the database were emptied by their fixtures."""
-    return await aiohttp_client(create_app(app_settings))
+    served_url: str | None,
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """An HTTP client on a fresh app (or on the served one); Redis and the database were
+    emptied by their fixtures."""
+    if served_url is None:
+        yield await aiohttp_client(create_app(app_settings))
+        return
+    served = ServedClient(served_url)
+    try:
+        yield cast(TestClient[web.Request, web.Application], served)
+    finally:
+        await served.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if SERVED:
+        skip = pytest.mark.skip(reason="patches the app in-process; not possible against a server")
+        for item in items:
+            if "in_process_only" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

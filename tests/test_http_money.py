@@ -240,6 +240,7 @@ async def test_unrecorded_validation_refusal_does_not_burn_the_key(client: Clien
     assert status == 201
 
 
+@pytest.mark.in_process_only
 async def test_an_unexpected_failure_is_a_json_500_without_details(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,77 @@
+"""The HTTP tests against a real `wallet serve --workers 2` (WALLET_TEST_SERVED=1)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+WORKERS = 2
+START_TIMEOUT_S = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def wallet_serve(redis_url: str, database_url: str, log_path: Path) -> Iterator[str]:
+    """Starts the real CLI (gunicorn, two workers) and stops it gracefully afterwards."""
+    port = _free_port()
+    env = os.environ | {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "WALLET_ARGON2_TIME_COST": "1",
+        "WALLET_ARGON2_MEMORY_KIB": "1024",
+    }
+    wallet = str(Path(sys.executable).parent / "wallet")
+    command = [wallet, "serve", "--port", str(port), "--workers", str(WORKERS)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{base_url}/readyz", timeout=1):
+                        break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"wallet serve did not start; see {log_path}") from None
+                    time.sleep(0.2)
+            yield base_url
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+class ServedClient:
+    """Speaks like pytest-aiohttp's TestClient for what the tests use: relative paths,
+    per-request cookies, and ``.session.cookie_jar``."""
+
+    def __init__(self, base_url: str) -> None:
+        self.session = aiohttp.ClientSession(
+            base_url=base_url, cookie_jar=aiohttp.CookieJar(unsafe=True)
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.session.request(method, path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.session.get(path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.session.post(path, **kwargs)
+
+    async def close(self) -> None:
+        await self.session.close()
