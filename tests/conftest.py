@@ -14,7 +14,6 @@ from typing import cast
 
 import asyncpg
 import pytest
-import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -28,6 +27,7 @@ from service.app import create_app
 from service.money import MoneyScripts
 from service.redis_client import MEMORY_URL, connect_redis
 from service.settings import Settings
+from tests.redis_claim import claimed_redis_database, empty_but_claim
 from tests.served import ServedClient, wallet_serve
 
 REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -35,14 +35,6 @@ REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
 POSTGRES_ADMIN_DSN = os.environ.get("WALLET_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 EMBEDDED = os.environ.get("WALLET_TEST_EMBEDDED") == "1"
 SERVED = os.environ.get("WALLET_TEST_SERVED") == "1"
-CLAIM_KEY = "wallet-test-run-claim"
-CLAIM_TTL_S = 6 * 3600
-# Deletes every key but the claim, atomically, so no other run can claim the database meanwhile.
-_EMPTY_BUT_CLAIM = """
-for _, key in ipairs(redis.call('KEYS', '*')) do
-  if key ~= KEYS[1] then redis.call('DEL', key) end
-end
-"""
 
 
 @pytest.fixture(scope="session")
@@ -50,18 +42,8 @@ def redis_url() -> Iterator[str]:
     if EMBEDDED:
         yield MEMORY_URL
         return
-    run_id = uuid.uuid4().hex
-    for db in range(1, 16):
-        client = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}")
-        if client.set(CLAIM_KEY, run_id, nx=True, ex=CLAIM_TTL_S):
-            try:
-                yield f"{REDIS_HOST_URL}/{db}"
-            finally:
-                client.flushdb()
-                client.close()
-            return
-        client.close()
-    pytest.fail(f"no free Redis database on {REDIS_HOST_URL}: all of 1..15 are claimed")
+    with claimed_redis_database(REDIS_HOST_URL) as url:
+        yield url
 
 
 async def _admin(statement: str) -> None:
@@ -120,7 +102,7 @@ async def db_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
     client = connect_redis(Settings(redis_url=redis_url))
-    await client.eval(_EMPTY_BUT_CLAIM, 1, CLAIM_KEY)
+    await empty_but_claim(client)
     try:
         yield client
     finally:

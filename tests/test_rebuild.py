@@ -17,8 +17,8 @@ from persistence.reconcile import format_report as format_reconcile
 from persistence.reconcile import reconcile
 from service import redis_keys
 from service.money import IdempotencyKeyReused, MoneyScripts, load_script_source
-from tests.conftest import _EMPTY_BUT_CLAIM, CLAIM_KEY
 from tests.helpers import add_users, balance, persist, snapshot
+from tests.redis_claim import empty_but_claim
 
 TTL_S = 24 * 3600
 USERS = list(range(1, 8))
@@ -26,7 +26,7 @@ USERS = list(range(1, 8))
 
 async def lose_redis(redis: Redis) -> None:
     """Every key of this run's Redis database goes, but the run's claim on it."""
-    await redis.eval(_EMPTY_BUT_CLAIM, 1, CLAIM_KEY)
+    await empty_but_claim(redis)
     assert await redis.keys("user:*") == []
 
 
