@@ -73,6 +73,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except ConnectionResetError:
+        raise  # the client went away: nobody to answer, nothing to log as our failure
     except Exception:
         # A bug or an outage (Redis or the database down): logged with its traceback,
         # answered in the contract's shape without details.

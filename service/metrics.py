@@ -101,10 +101,12 @@ async def _refresh_ledger_gauges(redis: Redis) -> None:
     WRITER_LAG_ENTRIES.set(cast(int | None, group.get("lag")) or 0)
     # The oldest transaction that may not be persisted: the oldest pending entry, or
     # else the first entry not yet delivered.
+    oldest: str | None = None
     if pending:
         summary = cast(dict[str, object], await redis.xpending(stream, redis_keys.WRITER_GROUP))
-        oldest: str | None = _text(summary["min"])
-    else:
+        # None when the writer acknowledged everything since XINFO answered.
+        oldest = None if summary["min"] is None else _text(summary["min"])
+    if oldest is None:
         after = "(" + _text(group["last-delivered-id"])
         following = cast(list[tuple[bytes, object]], await redis.xrange(stream, after, count=1))
         oldest = _text(following[0][0]) if following else None

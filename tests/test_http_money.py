@@ -1,5 +1,6 @@
 """Balance, deposit and transfer through HTTP: success, every refusal, idempotency."""
 
+import logging
 import re
 from typing import Any
 
@@ -255,3 +256,25 @@ async def test_an_unexpected_failure_is_a_json_500_without_details(
     body = await response.json()
     assert body == {"error": {"code": "internal_error", "message": "internal error; try again"}}
     assert "secret" not in await response.text()
+
+
+async def test_a_client_that_hangs_up_is_not_logged_as_a_failure(
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aiohttp import ClientError, web
+
+    from service.errors import error_middleware
+
+    async def hang_up(request: web.Request) -> web.Response:
+        raise ConnectionResetError("Connection lost")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/", hang_up)
+    test_client = await aiohttp_client(app)
+    with caplog.at_level(logging.ERROR, logger="wallet.http"):
+        try:
+            response = await test_client.get("/")
+            assert response.status != 500 or "internal_error" not in await response.text()
+        except ClientError:
+            pass  # the server dropped the connection, as it should
+    assert "unhandled error" not in caplog.text

@@ -1,4 +1,5 @@
 import re
+import time
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -56,3 +57,32 @@ async def test_metrics_count_requests_money_and_writer_lag(
     assert sample(text, "wallet_writer_pending_entries") == 0
     assert sample(text, "wallet_writer_lag_seconds") == 0
     assert sample(text, "wallet_dead_letter_entries") == 0
+
+
+class RacingRedis:
+    """XINFO still counts a pending entry; XPENDING, a moment later, finds none."""
+
+    def __init__(self, next_entry_ms: int | None) -> None:
+        self._next = next_entry_ms
+
+    async def xlen(self, key: str) -> int:
+        return 3
+
+    async def xinfo_groups(self, key: str) -> list[dict[str, object]]:
+        return [{"name": b"ledger-writer", "pending": 1, "lag": 0, "last-delivered-id": b"5-0"}]
+
+    async def xpending(self, key: str, group: str) -> dict[str, object]:
+        return {"pending": 0, "min": None, "max": None, "consumers": []}
+
+    async def xrange(self, key: str, start: str, count: int) -> list[tuple[bytes, object]]:
+        return [] if self._next is None else [(f"{self._next}-0".encode(), {})]
+
+
+async def test_lag_gauge_survives_the_writer_acknowledging_between_two_reads() -> None:
+    from service import metrics
+
+    await metrics._refresh_ledger_gauges(RacingRedis(None))  # type: ignore[arg-type]
+    assert metrics.WRITER_LAG_SECONDS._value.get() == 0.0
+    two_seconds_ago_ms = int((time.time() - 2) * 1000)
+    await metrics._refresh_ledger_gauges(RacingRedis(two_seconds_ago_ms))  # type: ignore[arg-type]
+    assert 1.5 < metrics.WRITER_LAG_SECONDS._value.get() < 10
