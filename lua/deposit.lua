@@ -1,54 +1,68 @@
 -- deposit: credit amount_kopecks to a user's own balance, append the
 -- transaction to the stream and remember the outcome under an idempotency key,
--- all in one atomic step.
+-- all in one atomic step. With a session to check, the caller's session is
+-- verified in the same step, so an HTTP deposit costs one round trip.
 --
 -- KEYS[1]  txn:seq                   string: last transaction id issued
 -- KEYS[2]  txn:stream                stream: one entry per transaction
 -- KEYS[3]  user:{<user_id>}          hash: balance_kopecks
--- KEYS[4]  idem:{<user_id>}:<key>    optional; present iff ARGV[3] is not ""
+-- KEYS[4]  idem:{<user_id>}:<key>    present iff ARGV[3] is not ""
+-- KEYS[n]  wallet_session_<id>       the last key; present iff ARGV[5] is "1"
 -- ARGV[1]  user_id                   decimal, 1..15 digits, no leading zero
 -- ARGV[2]  amount_kopecks            decimal, 1 .. 10^12
 -- ARGV[3]  idempotency key           1..64 printable ASCII, or "" for none
 -- ARGV[4]  idempotency ttl_s         decimal seconds, 1 .. 10^7
+-- ARGV[5]  check session             "1": KEYS[n] must be a live session of user_id;
+--                                    "0": no session (a trusted internal caller)
+-- ARGV[6]  session absolute_s        decimal seconds, 1 .. 10^7: lifetime since login
+-- ARGV[7]  session idle_s            decimal seconds, 1 .. 10^7: the TTL it gets back
 --
 -- Returns  {outcome, txn_id, created_at_us, replayed}, all strings:
 --   outcome "ok"                      money moved (or replayed: replayed = "1")
 --   outcome "balance_limit_exceeded"  balance would pass 10^15 (recorded under the key)
+--   outcome "unauthorized"            the session is gone, expired or another user's
+--                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
 --   outcome "account_not_found"       no wallet for user_id (not recorded)
---   outcome "invalid_argument"        KEYS/ARGV fail validation (not recorded)
+--   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".
 -- Stream entry fields: id kind from to amount created_at_us from_balance
 -- to_balance idem_key (from and from_balance are "" for a deposit).
 
-local MAX_AMOUNT_KOPECKS = 1000000000000        -- 10^12
-local MAX_BALANCE_KOPECKS = 1000000000000000    -- 10^15, exact in a Lua double
-
-local function valid_id(s)
-  return type(s) == "string" and #s <= 15 and string.match(s, "^[1-9]%d*$") ~= nil
-end
+-- @include validate
+-- @include check_session
 
 local user_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local has_key = idem_key ~= nil and idem_key ~= ""
+local session_flag, absolute_arg, idle_arg = ARGV[5], ARGV[6], ARGV[7]
+local has_key = idem_key ~= ""
+local has_session = session_flag == "1"
+local idem_index = 4
+local session_index = has_key and 5 or 4
 
-if #ARGV ~= 4 or not valid_id(user_id)
-  or type(amount_arg) ~= "string" or #amount_arg > 13 or not string.match(amount_arg, "^[1-9]%d*$")
-  or type(ttl_arg) ~= "string" or #ttl_arg > 8 or not string.match(ttl_arg, "^[1-9]%d*$")
+if #ARGV ~= 7 or not valid_id(user_id)
+  or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
+  or not valid_positive(ttl_arg, MAX_TTL_S)
+  or (session_flag ~= "1" and session_flag ~= "0")
+  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
+  or #KEYS ~= session_index - 1 + (has_session and 1 or 0)
   or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream"
   or KEYS[3] ~= "user:{" .. user_id .. "}"
-  or (has_key and (#idem_key > 64 or string.find(idem_key, "[^\32-\126]")
-                   or #KEYS ~= 4 or KEYS[4] ~= "idem:{" .. user_id .. "}:" .. idem_key))
-  or (not has_key and #KEYS ~= 3) then
+  or (has_key and (not valid_idempotency_key(idem_key)
+                   or KEYS[idem_index] ~= "idem:{" .. user_id .. "}:" .. idem_key))
+  or (has_session and not valid_session_key(KEYS[session_index])) then
   return {"invalid_argument", "", "", "0"}
 end
-local amount = tonumber(amount_arg)
-if amount > MAX_AMOUNT_KOPECKS or tonumber(ttl_arg) > 10000000 then
-  return {"invalid_argument", "", "", "0"}
+
+local now = redis.call("TIME")
+if has_session and not check_session(KEYS[session_index], user_id, tonumber(absolute_arg),
+                                      idle_arg, tonumber(now[1])) then
+  return {"unauthorized", "", "", "0"}
 end
 
 local fingerprint = "deposit:" .. amount_arg
 if has_key then
-  local seen = redis.call("HMGET", KEYS[4], "fingerprint", "outcome", "txn_id", "created_at_us")
+  local seen = redis.call("HMGET", KEYS[idem_index], "fingerprint", "outcome", "txn_id",
+                          "created_at_us")
   if seen[1] then
     if seen[1] ~= fingerprint then
       return {"idempotency_key_reused", "", "", "0"}
@@ -64,12 +78,13 @@ end
 local balance = tonumber(balance_str)
 assert(balance ~= nil and balance >= 0 and balance <= MAX_BALANCE_KOPECKS,
   "invariant: stored balance out of range for user " .. user_id)
+local amount = tonumber(amount_arg)
 
 local function remember(outcome, txn_id, created_at_us)
   if has_key then
-    redis.call("HSET", KEYS[4], "fingerprint", fingerprint, "outcome", outcome,
+    redis.call("HSET", KEYS[idem_index], "fingerprint", fingerprint, "outcome", outcome,
       "txn_id", txn_id, "created_at_us", created_at_us)
-    redis.call("EXPIRE", KEYS[4], ttl_arg)
+    redis.call("EXPIRE", KEYS[idem_index], ttl_arg)
   end
 end
 
@@ -82,11 +97,10 @@ end
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
 local new_balance = redis.call("HINCRBY", KEYS[3], "balance_kopecks", amount_arg)
 local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
-local now = redis.call("TIME")
 local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
 redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "deposit", "from", "", "to", user_id, "amount", amount_arg,
-  "created_at_us", created_at_us, "from_balance", "", "to_balance", string.format("%d", new_balance),
-  "idem_key", idem_key)
+  "created_at_us", created_at_us, "from_balance", "", "to_balance",
+  string.format("%d", new_balance), "idem_key", idem_key)
 remember("ok", txn_id, created_at_us)
 return {"ok", txn_id, created_at_us, "0"}

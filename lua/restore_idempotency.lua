@@ -21,19 +21,14 @@
 --   outcome "expired"           created_at + ttl_s has passed (nothing written)
 --   outcome "invalid_argument"  KEYS/ARGV fail validation (nothing written)
 
-local MAX_AMOUNT_KOPECKS = 1000000000000        -- 10^12
-
-local function valid_id(s)
-  return type(s) == "string" and #s <= 15 and string.match(s, "^[1-9]%d*$") ~= nil
-end
+-- @include validate
 
 local user_id, idem_key, kind, to_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local amount_arg, txn_id, created_arg, ttl_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 
 if #KEYS ~= 1 or #ARGV ~= 8 or not valid_id(user_id) or not valid_id(to_id)
   or not valid_id(txn_id)
-  or type(idem_key) ~= "string" or #idem_key < 1 or #idem_key > 64
-  or string.find(idem_key, "[^\32-\126]")
+  or not valid_idempotency_key(idem_key)
   or not ((kind == "deposit" and to_id == user_id) or (kind == "transfer" and to_id ~= user_id))
   or type(amount_arg) ~= "string" or #amount_arg > 13 or not string.match(amount_arg, "^[1-9]%d*$")
   or type(created_arg) ~= "string" or #created_arg > 16 or not string.match(created_arg, "^[1-9]%d*$")

@@ -18,11 +18,7 @@
 --   outcome "unchanged"         the wallet already had this balance
 --   outcome "invalid_argument"  KEYS/ARGV fail validation (nothing written; txn_seq "")
 
-local MAX_BALANCE_KOPECKS = 1000000000000000    -- 10^15, exact in a Lua double
-
-local function valid_id(s)
-  return type(s) == "string" and #s <= 15 and string.match(s, "^[1-9]%d*$") ~= nil
-end
+-- @include validate
 
 local user_id, balance_arg, last_arg = ARGV[1], ARGV[2], ARGV[3]
 

@@ -1,54 +1,67 @@
 -- transfer: move amount_kopecks from one user's balance to another's, append
 -- the transaction to the stream and remember the outcome under the sender's
--- idempotency key, all in one atomic step.
+-- idempotency key, all in one atomic step. With a session to check, the
+-- sender's session is verified in the same step (one round trip per request).
 --
--- KEYS[1]  txn:seq                   string: last transaction id issued
--- KEYS[2]  txn:stream                stream: one entry per transaction
--- KEYS[3]  user:{<from_user_id>}     hash: balance_kopecks (debited)
--- KEYS[4]  user:{<to_user_id>}       hash: balance_kopecks (credited)
--- KEYS[5]  idem:{<from_user_id>}:<key>  optional; present iff ARGV[4] is not ""
--- ARGV[1]  from_user_id              decimal, 1..15 digits, no leading zero
--- ARGV[2]  to_user_id                decimal, 1..15 digits, no leading zero
--- ARGV[3]  amount_kopecks            decimal, 1 .. 10^12
--- ARGV[4]  idempotency key           1..64 printable ASCII, or "" for none
--- ARGV[5]  idempotency ttl_s         decimal seconds, 1 .. 10^7
+-- KEYS[1]  txn:seq                      string: last transaction id issued
+-- KEYS[2]  txn:stream                   stream: one entry per transaction
+-- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks (debited)
+-- KEYS[4]  user:{<to_user_id>}          hash: balance_kopecks (credited)
+-- KEYS[5]  idem:{<from_user_id>}:<key>  present iff ARGV[4] is not ""
+-- KEYS[n]  wallet_session_<id>          the last key; present iff ARGV[6] is "1"
+-- ARGV[1]  from_user_id                 decimal, 1..15 digits, no leading zero
+-- ARGV[2]  to_user_id                   decimal, 1..15 digits, no leading zero
+-- ARGV[3]  amount_kopecks               decimal, 1 .. 10^12
+-- ARGV[4]  idempotency key              1..64 printable ASCII, or "" for none
+-- ARGV[5]  idempotency ttl_s            decimal seconds, 1 .. 10^7
+-- ARGV[6]  check session                "1": KEYS[n] must be a live session of
+--                                       from_user_id; "0": no session (internal caller)
+-- ARGV[7]  session absolute_s           decimal seconds, 1 .. 10^7: lifetime since login
+-- ARGV[8]  session idle_s               decimal seconds, 1 .. 10^7: the TTL it gets back
 --
 -- Returns  {outcome, txn_id, created_at_us, replayed}, all strings:
 --   outcome "ok"                      money moved (or replayed: replayed = "1")
 --   outcome "recipient_not_found"     no wallet for to_user_id (recorded under the key)
 --   outcome "insufficient_funds"      sender balance < amount (recorded under the key)
 --   outcome "balance_limit_exceeded"  recipient would pass 10^15 (recorded under the key)
+--   outcome "unauthorized"            the session is gone, expired or another user's
+--                                     (checked first; not recorded)
 --   outcome "self_transfer"           from = to (not recorded: a validation error)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
 --   outcome "account_not_found"       no wallet for from_user_id (not recorded)
---   outcome "invalid_argument"        KEYS/ARGV fail validation (not recorded)
+--   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".
 -- Stream entry fields: id kind from to amount created_at_us from_balance
 -- to_balance idem_key.
 
-local MAX_AMOUNT_KOPECKS = 1000000000000        -- 10^12
-local MAX_BALANCE_KOPECKS = 1000000000000000    -- 10^15, exact in a Lua double
-
-local function valid_id(s)
-  return type(s) == "string" and #s <= 15 and string.match(s, "^[1-9]%d*$") ~= nil
-end
+-- @include validate
+-- @include check_session
 
 local from_id, to_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local has_key = idem_key ~= nil and idem_key ~= ""
+local session_flag, absolute_arg, idle_arg = ARGV[6], ARGV[7], ARGV[8]
+local has_key = idem_key ~= ""
+local has_session = session_flag == "1"
+local idem_index = 5
+local session_index = has_key and 6 or 5
 
-if #ARGV ~= 5 or not valid_id(from_id) or not valid_id(to_id)
-  or type(amount_arg) ~= "string" or #amount_arg > 13 or not string.match(amount_arg, "^[1-9]%d*$")
-  or type(ttl_arg) ~= "string" or #ttl_arg > 8 or not string.match(ttl_arg, "^[1-9]%d*$")
+if #ARGV ~= 8 or not valid_id(from_id) or not valid_id(to_id)
+  or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
+  or not valid_positive(ttl_arg, MAX_TTL_S)
+  or (session_flag ~= "1" and session_flag ~= "0")
+  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
+  or #KEYS ~= session_index - 1 + (has_session and 1 or 0)
   or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream"
   or KEYS[3] ~= "user:{" .. from_id .. "}" or KEYS[4] ~= "user:{" .. to_id .. "}"
-  or (has_key and (#idem_key > 64 or string.find(idem_key, "[^\32-\126]")
-                   or #KEYS ~= 5 or KEYS[5] ~= "idem:{" .. from_id .. "}:" .. idem_key))
-  or (not has_key and #KEYS ~= 4) then
+  or (has_key and (not valid_idempotency_key(idem_key)
+                   or KEYS[idem_index] ~= "idem:{" .. from_id .. "}:" .. idem_key))
+  or (has_session and not valid_session_key(KEYS[session_index])) then
   return {"invalid_argument", "", "", "0"}
 end
-local amount = tonumber(amount_arg)
-if amount > MAX_AMOUNT_KOPECKS or tonumber(ttl_arg) > 10000000 then
-  return {"invalid_argument", "", "", "0"}
+
+local now = redis.call("TIME")
+if has_session and not check_session(KEYS[session_index], from_id, tonumber(absolute_arg),
+                                      idle_arg, tonumber(now[1])) then
+  return {"unauthorized", "", "", "0"}
 end
 if from_id == to_id then
   return {"self_transfer", "", "", "0"}
@@ -56,7 +69,8 @@ end
 
 local fingerprint = "transfer:" .. to_id .. ":" .. amount_arg
 if has_key then
-  local seen = redis.call("HMGET", KEYS[5], "fingerprint", "outcome", "txn_id", "created_at_us")
+  local seen = redis.call("HMGET", KEYS[idem_index], "fingerprint", "outcome", "txn_id",
+                          "created_at_us")
   if seen[1] then
     if seen[1] ~= fingerprint then
       return {"idempotency_key_reused", "", "", "0"}
@@ -72,12 +86,13 @@ end
 local from_balance = tonumber(from_str)
 assert(from_balance ~= nil and from_balance >= 0 and from_balance <= MAX_BALANCE_KOPECKS,
   "invariant: stored balance out of range for user " .. from_id)
+local amount = tonumber(amount_arg)
 
 local function remember(outcome, txn_id, created_at_us)
   if has_key then
-    redis.call("HSET", KEYS[5], "fingerprint", fingerprint, "outcome", outcome,
+    redis.call("HSET", KEYS[idem_index], "fingerprint", fingerprint, "outcome", outcome,
       "txn_id", txn_id, "created_at_us", created_at_us)
-    redis.call("EXPIRE", KEYS[5], ttl_arg)
+    redis.call("EXPIRE", KEYS[idem_index], ttl_arg)
   end
 end
 
@@ -104,7 +119,6 @@ end
 local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_arg)
 local new_to = redis.call("HINCRBY", KEYS[4], "balance_kopecks", amount_arg)
 local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
-local now = redis.call("TIME")
 local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
 redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "transfer", "from", from_id, "to", to_id, "amount", amount_arg,

@@ -7,7 +7,7 @@ from service.errors import ApiError, json_response
 from service.http_input import read_body
 from service.schemas import Credentials
 from service.sessions import SessionUser, current_user, end_session, start_session
-from service.state import DATABASE, MONEY, PASSWORDS, SESSIONS, SETTINGS, THROTTLE
+from service.state import DATABASE, MONEY, PASSWORDS, SESSIONS, THROTTLE
 
 routes = web.RouteTableDef()
 
@@ -48,6 +48,6 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.post("/api/logout/")
 async def logout(request: web.Request) -> web.Response:
-    await current_user(request, request.app[SETTINGS].session_idle_timeout_s)
+    await current_user(request)
     await end_session(request)
     return web.Response(status=204)

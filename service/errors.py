@@ -36,10 +36,8 @@ def error_response(error: ApiError) -> web.Response:
 
 
 def validation_error(exc: ValidationError) -> ApiError:
-    """The first problem, naming the field at fault; bad JSON is 400 malformed_json."""
+    """The first problem, naming the field at fault."""
     first = exc.errors(include_url=False)[0]
-    if first["type"] == "json_invalid":
-        return ApiError(400, "malformed_json", "the request body is not valid JSON")
     location = [str(part) for part in first["loc"]]
     field = ".".join(location) if location else None
     if first["type"] == "extra_forbidden":

@@ -1,8 +1,10 @@
 """Reading a request: JSON bodies through the strict models, query strings, headers."""
 
-from typing import TypeVar
+import json
+from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from service.errors import ApiError, validation_error
@@ -11,13 +13,54 @@ from service.money import is_valid_idempotency_key
 Body = TypeVar("Body", bound=BaseModel)
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # An amount given twice is ambiguous: parsers disagree on which one wins.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateKey(name)
+            seen.add(name)
+    return result
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def read_body(request: web.Request, model: type[Body]) -> Body:
-    """Only application/json is read, so a cross-site HTML form cannot post here."""
+    """Only application/json is read, so a cross-site HTML form cannot post here.
+
+    The body must be UTF-8 JSON without NaN/Infinity and without a key given twice;
+    then the model validates it strictly (no coercion, no unknown fields).
+    """
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    raw = await request.read()  # aiohttp answers 413 past client_max_size (64 KiB)
     try:
-        return model.model_validate_json(raw)
+        raw = await request.read()  # aiohttp answers 413 past client_max_size (64 KiB)
+    except RequestPayloadError:
+        raise ApiError(
+            400, "malformed_json", "the body does not match its Content-Encoding"
+        ) from None
+    try:
+        data = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_object_without_duplicate_keys,
+            parse_constant=_refuse_constant,
+        )
+    except _DuplicateKey as duplicate:
+        raise ApiError(422, "validation_error", "given twice", duplicate.name) from None
+    except (ValueError, RecursionError):  # includes UnicodeDecodeError and JSONDecodeError
+        raise ApiError(400, "malformed_json", "the request body is not valid JSON") from None
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
 

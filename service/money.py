@@ -5,6 +5,7 @@ to write it back. Scripts are registered once by SHA; redis-py re-loads a script
 when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH).
 """
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -59,6 +60,12 @@ class AccountNotFound(Refused):
     code = "account_not_found"
 
 
+class Unauthorized(Refused):
+    """The session checked by the script is gone, expired or belongs to another user."""
+
+    code = "unauthorized"
+
+
 class ScriptArgumentRejected(Exception):
     """The script's own validation refused what Python sent: a bug on this side."""
 
@@ -72,16 +79,43 @@ _REFUSALS: dict[str, type[Refused]] = {
         SelfTransfer,
         IdempotencyKeyReused,
         AccountNotFound,
+        Unauthorized,
     )
 }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCheck:
+    """The session the script must find alive and owned by the acting user."""
+
+    redis_key: str
+    absolute_timeout_s: int
+    idle_timeout_s: int
+
+    def args(self) -> list[str]:
+        return ["1", str(self.absolute_timeout_s), str(self.idle_timeout_s)]
+
+
+# Internal callers (operations, tests) act with no session; the timeouts are then unused.
+_NO_SESSION_ARGS = ["0", "1", "1"]
 
 
 def is_valid_idempotency_key(key: str) -> bool:
     return 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH and all(" " <= c <= "~" for c in key)
 
 
+_INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
+
+
 def load_script_source(name: str) -> str:
-    return resources.files("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """A script from lua/, with each ``-- @include NAME`` line replaced by
+    lua/includes/NAME.lua (helpers shared by several scripts, as BullMQ does)."""
+    scripts = resources.files("lua")
+    source = scripts.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(
+        lambda match: scripts.joinpath("includes", f"{match.group(1)}.lua").read_text("utf-8"),
+        source,
+    )
 
 
 def _check_amount(amount_kopecks: int) -> None:
@@ -126,14 +160,21 @@ class MoneyScripts:
         return outcome == "created"
 
     async def deposit(
-        self, user_id: int, amount_kopecks: int, idempotency_key: str | None = None
+        self,
+        user_id: int,
+        amount_kopecks: int,
+        idempotency_key: str | None = None,
+        session: SessionCheck | None = None,
     ) -> Accepted:
         _check_user_id(user_id)
         _check_amount(amount_kopecks)
         keys = [redis_keys.TXN_SEQ, redis_keys.TXN_STREAM, redis_keys.user(user_id)]
         if idempotency_key is not None:
             keys.append(redis_keys.idempotency(user_id, idempotency_key))
+        if session is not None:
+            keys.append(session.redis_key)
         args = [str(user_id), str(amount_kopecks), idempotency_key or "", self._idempotency_ttl]
+        args += _NO_SESSION_ARGS if session is None else session.args()
         return _result(await self._deposit(keys=keys, args=args))
 
     async def transfer(
@@ -142,6 +183,7 @@ class MoneyScripts:
         to_user_id: int,
         amount_kopecks: int,
         idempotency_key: str | None = None,
+        session: SessionCheck | None = None,
     ) -> Accepted:
         _check_user_id(from_user_id)
         _check_user_id(to_user_id)
@@ -154,6 +196,8 @@ class MoneyScripts:
         ]
         if idempotency_key is not None:
             keys.append(redis_keys.idempotency(from_user_id, idempotency_key))
+        if session is not None:
+            keys.append(session.redis_key)
         args = [
             str(from_user_id),
             str(to_user_id),
@@ -161,4 +205,5 @@ class MoneyScripts:
             idempotency_key or "",
             self._idempotency_ttl,
         ]
+        args += _NO_SESSION_ARGS if session is None else session.args()
         return _result(await self._transfer(keys=keys, args=args))

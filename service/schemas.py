@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from service.amounts import MAX_AMOUNT_KOPECKS
+from service.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.\-]{3,32}$"
 
@@ -12,6 +12,17 @@ Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 AmountKopecks = Annotated[int, Field(ge=1, le=MAX_AMOUNT_KOPECKS)]
 UserId = Annotated[int, Field(ge=1, le=10**15 - 1)]
+
+# Output only (they validate nothing at run time): what the responses are, for the spec.
+Id = Annotated[int, Field(ge=1)]
+Rubles = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]*)\.[0-9]{2}$")]
+Timestamp = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$",
+        json_schema_extra={"format": "date-time"},
+    ),
+]
 
 
 class StrictBody(BaseModel):
@@ -30,37 +41,53 @@ class DepositRequest(StrictBody):
 
 
 class TransferRequest(StrictBody):
+    # What exactly_one_recipient enforces, for the spec: one of the two is given, not
+    # null, and the other is absent.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["to_user_id"], "properties": {"to_user_id": {"type": "integer"}}},
+                {"required": ["to_username"], "properties": {"to_username": {"type": "string"}}},
+            ],
+            "not": {"required": ["to_user_id", "to_username"]},
+        }
+    )
+
     to_user_id: UserId | None = None
     to_username: Username | None = None
     amount: AmountKopecks = Field(description="kopecks, a JSON integer")
 
     @model_validator(mode="after")
     def exactly_one_recipient(self) -> "TransferRequest":
-        if (self.to_user_id is None) == (self.to_username is None):
+        # Naming both is refused even when one of them is null.
+        named = {"to_user_id", "to_username"} & self.model_fields_set
+        if len(named) != 1 or (self.to_user_id is None and self.to_username is None):
             raise ValueError("give exactly one of to_user_id and to_username")
         return self
 
 
 class UserOut(BaseModel):
-    id: int
-    username: str
+    id: Id
+    username: Username
 
 
 class BalanceOut(BaseModel):
-    user_id: int
-    balance_kopecks: int
-    balance: str = Field(description="rubles, two decimal places", examples=["101.00"])
+    user_id: Id
+    balance_kopecks: int = Field(ge=0, le=MAX_BALANCE_KOPECKS)
+    balance: Rubles = Field(description="rubles, two decimal places", examples=["101.00"])
     currency: Literal["RUB"]
 
 
 class TransactionOut(BaseModel):
-    id: int
+    id: Id
     kind: Literal["deposit", "transfer"]
-    amount: int = Field(description="kopecks")
-    amount_rub: str = Field(examples=["20.00"])
-    from_user_id: int | None
-    to_user_id: int
-    created_at: str = Field(description="RFC 3339, UTC", examples=["2026-11-26T17:14:11.123456Z"])
+    amount: AmountKopecks = Field(description="kopecks")
+    amount_rub: Rubles = Field(examples=["20.00"])
+    from_user_id: Id | None = Field(description="null for a deposit")
+    to_user_id: Id
+    created_at: Timestamp = Field(
+        description="RFC 3339, UTC", examples=["2026-11-26T17:14:11.123456Z"]
+    )
 
 
 class TransferOut(TransactionOut):

@@ -14,8 +14,8 @@ from service.errors import ApiError, json_response
 from service.http_input import idempotency_key, read_body, refuse_unknown_query
 from service.metrics import MONEY_OPERATIONS
 from service.schemas import DepositRequest, TransferRequest
-from service.sessions import SessionUser, current_user
-from service.state import DATABASE, MONEY, REDIS, SETTINGS
+from service.sessions import SessionUser, WalletSessionStorage, current_user, money_session
+from service.state import DATABASE, MONEY, REDIS, SESSIONS, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -36,6 +36,12 @@ def _refusal_error(refused: money.Refused) -> ApiError:
     status, message = _REFUSAL_STATUS[type(refused)]
     code = "wallet_unavailable" if isinstance(refused, money.AccountNotFound) else refused.code
     return ApiError(status, code, message)
+
+
+def _unauthorized(request: web.Request, sessions: WalletSessionStorage) -> ApiError:
+    """The script found the session gone: forget the cached user; the client logs in again."""
+    sessions.forget(sessions.load_cookie(request) or "")
+    return ApiError(401, "unauthorized", "the session ended; log in again")
 
 
 def transaction_json(
@@ -64,10 +70,6 @@ def transaction_json(
     return body
 
 
-async def _user(request: web.Request) -> SessionUser:
-    return await current_user(request, request.app[SETTINGS].session_idle_timeout_s)
-
-
 def _accepted_response(
     accepted: money.Accepted, from_user_id: int | None, to_user_id: int, amount_kopecks: int
 ) -> web.Response:
@@ -83,7 +85,7 @@ def _accepted_response(
 
 @routes.get("/api/balance/")
 async def get_balance(request: web.Request) -> web.Response:
-    user = await _user(request)
+    user = await current_user(request)
     refuse_unknown_query(request, set())
     redis: Redis = request.app[REDIS]
     raw = await redis.hget(redis_keys.user(user.user_id), "balance_kopecks")
@@ -102,12 +104,15 @@ async def get_balance(request: web.Request) -> web.Response:
 
 @routes.post("/api/balance/deposit/")
 async def deposit(request: web.Request) -> web.Response:
-    user = await _user(request)
+    sessions = request.app[SESSIONS]
+    user, session = await money_session(request, sessions)
     refuse_unknown_query(request, set())
     key = idempotency_key(request)
     body = await read_body(request, DepositRequest)
     try:
-        accepted = await request.app[MONEY].deposit(user.user_id, body.amount, key)
+        accepted = await request.app[MONEY].deposit(user.user_id, body.amount, key, session)
+    except money.Unauthorized:
+        raise _unauthorized(request, sessions) from None
     except money.Refused as refused:
         MONEY_OPERATIONS.labels("deposit", refused.code).inc()
         raise _refusal_error(refused) from None
@@ -117,7 +122,8 @@ async def deposit(request: web.Request) -> web.Response:
 
 @routes.post("/api/balance/transfer/")
 async def transfer(request: web.Request) -> web.Response:
-    user = await _user(request)
+    sessions = request.app[SESSIONS]
+    user, session = await money_session(request, sessions)
     refuse_unknown_query(request, set())
     key = idempotency_key(request)
     body = await read_body(request, TransferRequest)
@@ -131,7 +137,11 @@ async def transfer(request: web.Request) -> web.Response:
     if to_user_id == user.user_id:
         raise _refusal_error(money.SelfTransfer())
     try:
-        accepted = await request.app[MONEY].transfer(user.user_id, to_user_id, body.amount, key)
+        accepted = await request.app[MONEY].transfer(
+            user.user_id, to_user_id, body.amount, key, session
+        )
+    except money.Unauthorized:
+        raise _unauthorized(request, sessions) from None
     except money.Refused as refused:
         MONEY_OPERATIONS.labels("transfer", refused.code).inc()
         raise _refusal_error(refused) from None
@@ -191,14 +201,14 @@ async def _history(
 
 @routes.get("/api/balance/deposit/")
 async def deposit_history(request: web.Request) -> web.Response:
-    user = await _user(request)
+    user = await current_user(request)
     refuse_unknown_query(request, {"limit", "cursor"})
     return await _history(request, user, None)
 
 
 @routes.get("/api/balance/transfer/")
 async def transfer_history(request: web.Request) -> web.Response:
-    user = await _user(request)
+    user = await current_user(request)
     refuse_unknown_query(request, {"direction", "limit", "cursor"})
     direction = request.query.get("direction", "all")
     if direction not in ("all", "in", "out"):

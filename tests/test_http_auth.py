@@ -1,5 +1,8 @@
 """Sign-up, login, logout, sessions and throttling through HTTP."""
 
+import json
+from typing import cast
+
 import pytest
 from redis.asyncio import Redis
 
@@ -210,3 +213,55 @@ async def test_health_and_readiness(client: Client) -> None:
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert await ready.json() == {"status": "ready", "redis": "ok", "database": "ok"}
+
+
+async def test_logout_stops_money_at_once_even_with_the_user_cached(
+    client: Client, redis_client: Redis
+) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    status, _ = await alice.post(client, "/api/balance/deposit/", {"amount": 100})
+    assert status == 201  # the worker now knows alice's cookie
+    # Revoked server-side by another process, as a logout on another worker would be.
+    await redis_client.delete(f"wallet_session_{alice.cookies['wallet_session']}")
+    for path, body in [
+        ("/api/balance/deposit/", {"amount": 5}),
+        ("/api/balance/transfer/", {"to_user_id": bob.id, "amount": 5}),
+    ]:
+        status, error = await alice.post(client, path, body)
+        assert (status, error["error"]["code"]) == (401, "unauthorized")
+    assert await bob.balance(client) == 0
+
+
+async def test_every_request_gives_the_session_its_idle_timeout_back(
+    client: Client, redis_client: Redis
+) -> None:
+    alice = await new_user(client, "alice")
+    key = f"wallet_session_{alice.cookies['wallet_session']}"
+    idle_s = 30 * 60
+    assert idle_s - 5 <= await redis_client.ttl(key) <= idle_s
+    for path, body in [("/api/balance/deposit/", {"amount": 1}), ("/api/balance/", None)]:
+        await redis_client.expire(key, 5)
+        if body is None:
+            status, _ = await alice.get(client, path)
+        else:
+            status, _ = await alice.post(client, path, body)
+        assert status in (200, 201)
+        assert idle_s - 5 <= await redis_client.ttl(key) <= idle_s
+    # An idle session simply expires in Redis: the next request is 401.
+    await redis_client.delete(key)
+    assert (await alice.get(client, "/api/balance/"))[0] == 401
+
+
+async def test_a_session_past_its_absolute_lifetime_is_refused_everywhere(
+    client: Client, redis_client: Redis
+) -> None:
+    alice = await new_user(client, "alice")
+    key = f"wallet_session_{alice.cookies['wallet_session']}"
+    status, _ = await alice.post(client, "/api/balance/deposit/", {"amount": 1})
+    assert status == 201
+    data = json.loads(cast(bytes, await redis_client.get(key)))
+    data["created"] -= 12 * 3600 + 1
+    await redis_client.set(key, json.dumps(data), keepttl=True)
+    assert (await alice.post(client, "/api/balance/deposit/", {"amount": 1}))[0] == 401
+    assert (await alice.get(client, "/api/balance/"))[0] == 401

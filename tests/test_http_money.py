@@ -278,3 +278,49 @@ async def test_a_client_that_hangs_up_is_not_logged_as_a_failure(
         except ClientError:
             pass  # the server dropped the connection, as it should
     assert "unhandled error" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "headers", "status", "field"),
+    [
+        (b'{"amount": 1, "amount": 100}', {}, 422, "amount"),
+        (b'{"to_user_id": 2, "to_username": null, "amount": 1}', {}, 422, None),
+        (b'{"amount": NaN}', {}, 400, None),
+        (b'{"amount": Infinity}', {}, 400, None),
+        (b'{"amount": 1\xff}', {}, 400, None),
+        ('{"amount": 1}'.encode("utf-16"), {}, 400, None),
+        (b'{"amount": 1}', {"Content-Encoding": "gzip"}, 400, None),
+        (b"[" * 100_000 + b"]" * 100_000, {}, 413, None),
+        (b"[" * 30_000 + b"]" * 30_000, {}, 400, None),
+    ],
+)
+async def test_ambiguous_or_undecodable_bodies_move_no_money(
+    client: Client,
+    redis_client: Redis,
+    raw: bytes,
+    headers: dict[str, str],
+    status: int,
+    field: str | None,
+) -> None:
+    alice = await new_user(client, "alice", deposit_kopecks=500)
+    await new_user(client, "bob")
+    before = await snapshot(redis_client)
+    for path in ("/api/balance/deposit/", "/api/balance/transfer/"):
+        response = await client.post(
+            path,
+            data=raw,
+            cookies=alice.cookies,
+            # aiohttp drops a connection whose body it could not decode: one each.
+            headers={"Content-Type": "application/json", "Connection": "close", **headers},
+        )
+        body = await response.json()
+        assert response.status == status, body
+        if status == 422:
+            assert body["error"]["code"] == "validation_error"
+        if field is not None:
+            assert body["error"]["field"] == field
+    assert await alice.balance(client) == 500
+    after = await snapshot(redis_client)
+    assert {k: v for k, v in after.items() if not k.startswith(b"wallet_session_")} == {
+        k: v for k, v in before.items() if not k.startswith(b"wallet_session_")
+    }

@@ -1,5 +1,6 @@
 """Each Lua script, called directly against real Redis."""
 
+import json
 import time
 from typing import cast
 
@@ -16,6 +17,8 @@ from service.money import (
     MoneyScripts,
     RecipientNotFound,
     SelfTransfer,
+    SessionCheck,
+    Unauthorized,
     load_script_source,
 )
 from tests.helpers import StreamEntries, balance, snapshot, stream_fields
@@ -253,40 +256,62 @@ async def test_scripts_survive_script_flush(
 
 DEPOSIT_KEYS = [redis_keys.TXN_SEQ, redis_keys.TXN_STREAM, redis_keys.user(1)]
 TRANSFER_KEYS = [*DEPOSIT_KEYS, redis_keys.user(2)]
+NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
 
 
 @pytest.mark.parametrize(
     ("script", "keys", "args"),
     [
-        ("deposit", DEPOSIT_KEYS, ["1", "0", "", "86400"]),
-        ("deposit", DEPOSIT_KEYS, ["1", "1000000000001", "", "86400"]),
-        ("deposit", DEPOSIT_KEYS, ["1", "-5", "", "86400"]),
-        ("deposit", DEPOSIT_KEYS, ["1", "05", "", "86400"]),
-        ("deposit", DEPOSIT_KEYS, ["1", "1.5", "", "86400"]),
-        ("deposit", DEPOSIT_KEYS, ["1", "1e3", "", "86400"]),
-        ("deposit", DEPOSIT_KEYS, ["01", "5", "", "86400"]),
-        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "0"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "0", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1000000000001", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "-5", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "05", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1.5", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1e3", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["01", "5", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "0", *NO_SESSION]),
         ("deposit", DEPOSIT_KEYS, ["1", "5", ""]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "2", "1", "1"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "1", "1", "1"]),
+        ("deposit", [*DEPOSIT_KEYS, "wallet_session_x"], ["1", "5", "", "86400", "1", "0", "1"]),
+        ("deposit", [*DEPOSIT_KEYS, "wallet_session_x"], ["1", "5", "", "86400", *NO_SESSION]),
+        (
+            "transfer",
+            [*TRANSFER_KEYS, "wallet_session_x"],
+            ["1", "2", "5", "", "86400", "1", "1", "0"],
+        ),
         (
             "deposit",
             [redis_keys.TXN_SEQ, redis_keys.TXN_STREAM, redis_keys.user(2)],
-            ["1", "5", "", "86400"],
+            ["1", "5", "", "86400", *NO_SESSION],
         ),
-        ("deposit", [*DEPOSIT_KEYS, redis_keys.idempotency(2, "k")], ["1", "5", "k", "86400"]),
+        (
+            "deposit",
+            [*DEPOSIT_KEYS, redis_keys.idempotency(2, "k")],
+            ["1", "5", "k", "86400", *NO_SESSION],
+        ),
         (
             "deposit",
             [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k" * 65)],
-            ["1", "5", "k" * 65, "86400"],
+            ["1", "5", "k" * 65, "86400", *NO_SESSION],
         ),
-        ("deposit", [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k\n")], ["1", "5", "k\n", "86400"]),
-        ("deposit", [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k")], ["1", "5", "", "86400"]),
-        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400"]),
-        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400"]),
+        (
+            "deposit",
+            [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k\n")],
+            ["1", "5", "k\n", "86400", *NO_SESSION],
+        ),
+        (
+            "deposit",
+            [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k")],
+            ["1", "5", "", "86400", *NO_SESSION],
+        ),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION]),
+        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400", *NO_SESSION]),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", ""]),
         (
             "transfer",
             [*TRANSFER_KEYS, redis_keys.idempotency(2, "k")],
-            ["1", "2", "5", "k", "86400"],
+            ["1", "2", "5", "k", "86400", *NO_SESSION],
         ),
         ("register_user", [redis_keys.user(2)], ["1"]),
         ("register_user", [redis_keys.user(0)], ["0"]),
@@ -328,3 +353,50 @@ async def test_dead_letter_moves_and_acknowledges_atomically(
     assert cast(dict[str, int], await redis_client.xpending(stream, group))["pending"] == 0
     letters = cast(StreamEntries, await redis_client.xrange(redis_keys.TXN_DEAD_LETTER))
     assert [fields for _, fields in letters] == [{b"reason": b"bad"}]
+
+
+def session_json(user_id: int, created: float) -> str:
+    return json.dumps({"created": int(created), "session": {"user_id": user_id, "username": "u"}})
+
+
+async def test_money_scripts_check_the_session_first(
+    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 1_000)
+    live = SessionCheck("wallet_session_live", absolute_timeout_s=3600, idle_timeout_s=600)
+    await redis_client.set(live.redis_key, session_json(1, time.time()), ex=5)
+    accepted = await money.transfer(1, 2, 10, "k1", session=live)
+    assert accepted.txn_id == 2
+    assert 590 <= await redis_client.ttl(live.redis_key) <= 600  # the idle TTL given back
+    await money.deposit(1, 10, session=live)
+
+    before = await snapshot(redis_client)
+    refused = [
+        SessionCheck("wallet_session_gone", 3600, 600),
+        SessionCheck("wallet_session_bob", 3600, 600),
+        SessionCheck("wallet_session_old", 3600, 600),
+        SessionCheck("wallet_session_junk", 3600, 600),
+    ]
+    await redis_client.set("wallet_session_bob", session_json(2, time.time()))
+    await redis_client.set("wallet_session_old", session_json(1, time.time() - 3601))
+    await redis_client.set("wallet_session_junk", "not json")
+    before = await snapshot(redis_client)
+    for session in refused:
+        with pytest.raises(Unauthorized):
+            await money.transfer(1, 2, 10, "k2", session=session)
+        with pytest.raises(Unauthorized):
+            await money.deposit(1, 10, "k3", session=session)
+        # Checked before the idempotency record: a replay needs a live session too.
+        with pytest.raises(Unauthorized):
+            await money.transfer(1, 2, 10, "k1", session=session)
+    assert await snapshot(redis_client) == before
+
+
+async def test_money_scripts_refuse_a_malformed_session_key(
+    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+) -> None:
+    keys = [*DEPOSIT_KEYS, "not_a_session"]
+    reply = await redis_client.eval(
+        load_script_source("deposit"), len(keys), *keys, "1", "5", "", "86400", "1", "60", "60"
+    )
+    assert reply[0] == b"invalid_argument"

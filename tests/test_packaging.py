@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from service.money import load_script_source
+
 SOURCE_SCRIPTS = sorted((Path(__file__).parent.parent / "lua").glob("*.lua"))
 
 
@@ -31,7 +33,10 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "restore_idempotency",
         "dead_letter",
     }
-    assert json.loads(out) == {p.stem: p.read_text(encoding="utf-8") for p in SOURCE_SCRIPTS}
+    # The same text, includes expanded, as the source tree gives (this process imports it).
+    installed = json.loads(out)
+    assert installed == {name: load_script_source(name) for name in names}
+    assert all("-- @include" not in source for source in installed.values())
 
 
 def test_every_script_opens_with_its_interface_header() -> None:

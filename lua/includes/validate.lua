@@ -1,0 +1,22 @@
+-- validate (included by the money scripts): limits and argument shapes.
+-- Every value arrives as a string; these accept only canonical decimals.
+
+local MAX_AMOUNT_KOPECKS = 1000000000000        -- 10^12
+local MAX_BALANCE_KOPECKS = 1000000000000000    -- 10^15, exact in a Lua double
+local MAX_TTL_S = 10000000
+
+-- A user id: 1..15 digits, no leading zero.
+local function valid_id(s)
+  return type(s) == "string" and #s <= 15 and string.match(s, "^[1-9]%d*$") ~= nil
+end
+
+-- A positive decimal with no leading zero, at most `max`.
+local function valid_positive(s, max)
+  return type(s) == "string" and #s <= 16 and string.match(s, "^[1-9]%d*$") ~= nil
+    and tonumber(s) <= max
+end
+
+-- An idempotency key: 1..64 printable ASCII.
+local function valid_idempotency_key(s)
+  return type(s) == "string" and #s >= 1 and #s <= 64 and not string.find(s, "[^\32-\126]")
+end
