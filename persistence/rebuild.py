@@ -42,7 +42,7 @@ from persistence.reconcile import ledger_balances, user_id_batches
 from persistence.stream_tail import unpersisted_tail
 from service import redis_keys
 from service.amounts import MAX_BALANCE_KOPECKS
-from service.money import ScriptArgumentRejected, load_script_source
+from service.money import LuaScript, ScriptArgumentRejected
 
 BATCH_SIZE = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -106,11 +106,12 @@ async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> 
         last_id = int((await connection.execute(select(func.max(T.id)))).scalar() or 0)
     await _create_group(redis)
 
-    restore_wallet = redis.register_script(load_script_source("restore_wallet"))
+    restore_wallet = LuaScript(redis, "restore_wallet")
     outcomes = {"created": 0, "updated": 0, "unchanged": 0}
     async for user_ids in user_id_batches(engine, BATCH_SIZE):
         async with engine.connect() as connection:
             balances = await ledger_balances(connection, user_ids)
+        await restore_wallet.load()
         async with redis.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
                 kopecks = balances[user_id]
@@ -119,10 +120,10 @@ async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> 
                         f"the ledger gives user {user_id} a balance of {kopecks} kopecks,"
                         f" outside 0..{MAX_BALANCE_KOPECKS}"
                     )
-                await restore_wallet(
+                restore_wallet.queue(
+                    pipe,
                     keys=[redis_keys.TXN_SEQ, redis_keys.user(user_id)],
                     args=[str(user_id), str(kopecks), str(last_id)],
-                    client=pipe,
                 )
             replies = cast(list[list[bytes]], await pipe.execute())
         for reply in replies:
@@ -149,7 +150,7 @@ async def _restore_idempotency_records(
 ) -> tuple[int, int]:
     """Newest first (keyset on created_at, id), so that of two rows with one key the
     newer is written and the older finds it there."""
-    restore = redis.register_script(load_script_source("restore_idempotency"))
+    restore = LuaScript(redis, "restore_idempotency")
     # Redis's clock: the one that stamped created_at and that expires the records.
     seconds, micros = await redis.time()
     cutoff = (
@@ -177,11 +178,13 @@ async def _restore_idempotency_records(
             rows = (await connection.execute(query)).all()
         if not rows:
             return restored, kept
+        await restore.load()
         async with redis.pipeline(transaction=False) as pipe:
             for row in rows:
                 key = cast(str, row.idempotency_key)
                 owner = row.to_user_id if row.kind == "deposit" else cast(int, row.from_user_id)
-                await restore(
+                restore.queue(
+                    pipe,
                     keys=[redis_keys.idempotency(owner, key)],
                     args=[
                         str(owner),
@@ -193,7 +196,6 @@ async def _restore_idempotency_records(
                         str(_micros(row.created_at)),
                         ttl,
                     ],
-                    client=pipe,
                 )
             replies = cast(list[list[bytes]], await pipe.execute())
         for row, reply in zip(rows, replies, strict=True):

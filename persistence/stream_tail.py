@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service import redis_keys
-from service.money import ScriptArgumentRejected, load_script_source
+from service.money import LuaScript, ScriptArgumentRejected
 from service.transactions import Transaction
 
 
@@ -15,15 +15,12 @@ class Tail:
     overflow: bool  # more entries were unpersisted than were scanned
 
 
-_SOURCE = load_script_source("stream_tail")
-
-
 async def unpersisted_tail(redis: Redis, max_entries: int, user_id: int | None = None) -> Tail:
     """Reads the unpersisted tail (of one user, if given) with one atomic script.
 
     Call it before querying PostgreSQL; see the header of lua/stream_tail.lua for why.
     """
-    script = redis.register_script(_SOURCE)  # only hashes the source; EVALSHA, NOSCRIPT-safe
+    script = LuaScript(redis, "stream_tail")
     reply: list[bytes | list[bytes]] = await script(
         keys=[redis_keys.TXN_STREAM],
         args=[redis_keys.WRITER_GROUP, str(max_entries), "" if user_id is None else user_id],

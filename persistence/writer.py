@@ -31,7 +31,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ledger_insert import insert_isolating
-from service.money import ScriptArgumentRejected, load_script_source
+from service.money import LuaScript, ScriptArgumentRejected
 from service.redis_keys import TXN_DEAD_LETTER, TXN_STREAM, WRITER_GROUP
 from service.settings import Settings
 from service.transactions import Transaction
@@ -142,7 +142,7 @@ class StreamWriter:
         self._next_claim_at = 0.0
         self._next_trim_at = 0.0
         self._never = asyncio.Event()
-        self._dead_letter = redis.register_script(load_script_source("dead_letter"))
+        self._dead_letter = LuaScript(redis, "dead_letter")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Drains the stream until ``stop`` is set; the batch in hand is finished first."""
