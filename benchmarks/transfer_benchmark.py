@@ -1,0 +1,273 @@
+"""Side by side in one run: (a) the design's ceiling, (b) the real transfer endpoint,
+(c) the writer's lag during (b) and its drain capacity.
+
+(a) benchmarks/ceiling_app.py: bare aiohttp + uvloop + the same transfer EVALSHA.
+(b) `wallet serve --workers 2`: sessions, strict validation, an Idempotency-Key on half
+    the requests, metrics, with `wallet writer` running.
+Both under gunicorn with 2 uvloop workers; load from `wrk -t1 -c64` on the same machine;
+rounds alternate a, b, a, b, ... and the medians are reported.
+
+    PYTHONPATH=. python benchmarks/transfer_benchmark.py --rounds 5 --seconds 10
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+
+from tests.redis_claim import claimed_redis_database
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CONNECTIONS = 64
+A_PORT, B_PORT = 8090, 8091
+Process = subprocess.Popen[bytes]
+Result = tuple[float, float, float]  # requests/s, p50 ms, p99 ms
+
+A_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"from_user_id":1,"to_user_id":2,"amount":1}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+# Half of the requests carry a fresh Idempotency-Key.
+B_SCRIPT = """
+local n = 0
+request = function()
+  n = n + 1
+  local headers = {["Content-Type"] = "application/json", ["Cookie"] = "wallet_session=%s"}
+  if n %% 2 == 0 then headers["Idempotency-Key"] = "%s-" .. n end
+  return wrk.format("POST", nil, headers, '{"to_user_id":2,"amount":1}')
+end
+"""
+
+
+def http(method: str, url: str, body: object = None, cookie: str = "") -> str:
+    """Sends a JSON request; returns the Set-Cookie header."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if cookie:
+        request.add_header("Cookie", f"wallet_session={cookie}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(response.headers.get("Set-Cookie", ""))
+
+
+def wait_ready(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@contextmanager
+def process(command: list[str], env: dict[str, str], log: Path) -> Iterator[Process]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def rss_of(a: Process, b: Process, writer: Process) -> dict[str, list[float]]:
+    """Resident memory of each worker of (a) and (b), and of the writer, in MiB."""
+    return {
+        "a": [round(rss_mib(p), 1) for p in children(a.pid)],
+        "b": [round(rss_mib(p), 1) for p in children(b.pid)],
+        "writer": [round(rss_mib(writer.pid), 1)],
+    }
+
+
+def wrk(url: str, script: str, seconds: int) -> Result:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        lua.write(script)
+        lua.flush()
+        command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", lua.name]
+        out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"requests failed during the run:\n{out}")
+
+    def number(pattern: str) -> float:
+        match = re.search(pattern, out)
+        if match is None:
+            raise RuntimeError(f"no {pattern!r} in wrk's output:\n{out}")
+        value, unit = match.group(1), match.group(2) if match.lastindex == 2 else ""
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "": 1.0}[unit]
+
+    return (
+        number(r"Requests/sec:\s+([\d.]+)"),
+        number(r"50%\s+([\d.]+)(us|ms|s)"),
+        number(r"99%\s+([\d.]+)(us|ms|s)"),
+    )
+
+
+def metric(base: str, name: str) -> float:
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def unpersisted(base: str) -> float:
+    return metric(base, "wallet_writer_lag_entries") + metric(base, "wallet_writer_pending_entries")
+
+
+class LagSampler(threading.Thread):
+    """Samples the writer's lag from /metrics every 100 ms."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.samples: list[float] = []
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            self.samples.append(metric(self.base, "wallet_writer_lag_seconds"))
+            time.sleep(0.1)
+
+
+async def admin(dsn: str, statement: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
+    subprocess.run([BIN / "wallet", "migrate"], env=env, check=True, capture_output=True)
+    a_url = f"http://127.0.0.1:{A_PORT}/transfer"
+    b_base = f"http://127.0.0.1:{B_PORT}"
+    b_url = f"{b_base}/api/balance/transfer/"
+    a_cmd = [
+        *(str(BIN / "gunicorn"), "benchmarks.ceiling_app:create"),
+        *("--worker-class", "aiohttp.GunicornUVLoopWebWorker"),
+        *("--workers", "2", "--bind", f"127.0.0.1:{A_PORT}"),
+    ]
+    b_cmd = [str(BIN / "wallet"), "serve", "--port", str(B_PORT), "--workers", "2"]
+    writer_cmd = [str(BIN / "wallet"), "writer"]
+    with process(a_cmd, env, logs / "a.log") as a, process(b_cmd, env, logs / "b.log") as b:
+        wait_ready(f"{b_base}/readyz")
+        for user in ("alice", "bob"):
+            http("POST", f"{b_base}/api/sign-up/", {"username": user, "password": "password123"})
+        credentials = {"username": "alice", "password": "password123"}
+        set_cookie = http("POST", f"{b_base}/api/login/", credentials)
+        cookie = set_cookie.split("wallet_session=", 1)[1].split(";", 1)[0]
+        for _ in range(200):
+            http("POST", f"{b_base}/api/balance/deposit/", {"amount": 10**12}, cookie)
+        b_script = B_SCRIPT % (cookie, uuid.uuid4().hex[:12])
+        with process(writer_cmd, env, logs / "writer.log") as writer:
+            wrk(a_url, A_SCRIPT, 3)  # warm-up
+            wrk(b_url, b_script, 3)
+            rss_start = rss_of(a, b, writer)
+            results: dict[str, list[Result]] = {"a": [], "b": []}
+            sampler = LagSampler(b_base)
+            sampler.start()
+            for round_ in range(args.rounds):
+                results["a"].append(wrk(a_url, A_SCRIPT, args.seconds))
+                results["b"].append(wrk(b_url, b_script, args.seconds))
+                a_rate, b_rate = results["a"][-1][0], results["b"][-1][0]
+                print(f"round {round_ + 1}: a {a_rate:.0f}/s, b {b_rate:.0f}/s", flush=True)
+            sampler.running = False
+            rss_end = rss_of(a, b, writer)
+            # (c) drain capacity: the writer paused (SIGSTOP) while a backlog builds up,
+            # then resumed, so no process start-up is in the figure.
+            writer.send_signal(signal.SIGSTOP)
+            wrk(b_url, b_script, args.seconds)
+            backlog = unpersisted(b_base)
+            started = time.monotonic()
+            writer.send_signal(signal.SIGCONT)
+            while unpersisted(b_base):
+                time.sleep(0.02)
+            drain_rate = backlog / (time.monotonic() - started)
+    report(results, sampler.samples, drain_rate, backlog, rss_start, rss_end)
+
+
+def report(
+    results: dict[str, list[Result]],
+    lag_samples: list[float],
+    drain_rate: float,
+    backlog: float,
+    rss_start: dict[str, list[float]],
+    rss_end: dict[str, list[float]],
+) -> None:
+    def median(side: str, i: int) -> float:
+        return statistics.median(r[i] for r in results[side])
+
+    a_rate, b_rate, a_p99, b_p99 = median("a", 0), median("b", 0), median("a", 2), median("b", 2)
+    lag = sorted(lag_samples)
+    lag_p99_ms = 1000 * lag[int(0.99 * (len(lag) - 1))] if lag else float("nan")
+    print()
+    print("| | requests/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|")
+    print(f"| (a) ceiling | {a_rate:.0f} | {median('a', 1):.1f} | {a_p99:.1f} |")
+    print(f"| (b) wallet serve | {b_rate:.0f} | {median('b', 1):.1f} | {b_p99:.1f} |")
+    print()
+    print(f"b/a throughput: {b_rate / a_rate:.2f}; b/a p99: {b_p99 / a_p99:.2f}")
+    print(f"writer drain capacity: {drain_rate:.0f} rows/s from a backlog of {backlog:.0f}")
+    print(f"drain capacity / (b) rate: {drain_rate / b_rate:.1f}")
+    print(f"writer lag during (b): p99 {lag_p99_ms:.0f} ms over {len(lag)} samples")
+    for side in ("a", "b", "writer"):
+        print(f"RSS {side}: start {rss_start[side]} MiB, end {rss_end[side]} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--admin-dsn", default="postgresql://127.0.0.1:5432/test")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379")
+    args = parser.parse_args()
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    server = args.admin_dsn.rsplit("/", 1)[0].removeprefix("postgresql://")
+    asyncio.run(admin(args.admin_dsn, f'CREATE DATABASE "{name}"'))
+    logs = Path(tempfile.mkdtemp(prefix="wallet-bench-"))
+    try:
+        with claimed_redis_database(args.redis) as redis_url:
+            env = os.environ | {
+                "REDIS_URL": redis_url,
+                "DATABASE_URL": f"postgresql+asyncpg://{server}/{name}",
+                "PYTHONPATH": str(ROOT),
+            }
+            measure(args, env, logs)
+    finally:
+        asyncio.run(admin(args.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+        print(f"logs: {logs}")
+
+
+if __name__ == "__main__":
+    main()
