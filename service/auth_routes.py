@@ -5,6 +5,7 @@ from aiohttp import web
 from persistence.users import UsernameTaken, create_user, find_user
 from service.errors import ApiError, json_response
 from service.http_input import read_body
+from service.passwords import PasswordHashingBusy
 from service.schemas import Credentials
 from service.sessions import SessionUser, current_user, end_session, start_session
 from service.state import DATABASE, MONEY, PASSWORDS, SESSIONS, THROTTLE
@@ -12,10 +13,19 @@ from service.state import DATABASE, MONEY, PASSWORDS, SESSIONS, THROTTLE
 routes = web.RouteTableDef()
 
 
+def _busy() -> ApiError:
+    return ApiError(
+        503, "server_busy", "too many sign-ups and logins at once; retry shortly", retry_after_s=1
+    )
+
+
 @routes.post("/api/sign-up/")
 async def sign_up(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
-    password_hash = await request.app[PASSWORDS].hash(body.password)
+    try:
+        password_hash = await request.app[PASSWORDS].hash(body.password)
+    except PasswordHashingBusy:
+        raise _busy() from None
     try:
         # PostgreSQL first, Redis last: a crash in between leaves a user with no wallet,
         # which holds no money and is given one at login.
@@ -34,9 +44,12 @@ async def login(request: web.Request) -> web.Response:
     if await throttle.is_locked(body.username, address):
         raise ApiError(429, "too_many_attempts", "too many failed logins; try again later")
     user = await find_user(request.app[DATABASE], body.username)
-    verified = await request.app[PASSWORDS].verify(
-        None if user is None else user.password_hash, body.password
-    )
+    try:
+        verified = await request.app[PASSWORDS].verify(
+            None if user is None else user.password_hash, body.password
+        )
+    except PasswordHashingBusy:
+        raise _busy() from None
     if user is None or not verified:
         await throttle.record_failure(body.username, address)
         raise ApiError(401, "invalid_credentials", "wrong username or password")

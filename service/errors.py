@@ -12,12 +12,20 @@ log = logging.getLogger("wallet.http")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.retry_after_s = retry_after_s
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, object]:
@@ -32,7 +40,10 @@ def json_response(body: object, status: int = 200) -> web.Response:
 
 
 def error_response(error: ApiError) -> web.Response:
-    return json_response(error_body(error.code, error.message, error.field), error.status)
+    response = json_response(error_body(error.code, error.message, error.field), error.status)
+    if error.retry_after_s is not None:
+        response.headers["Retry-After"] = str(error.retry_after_s)
+    return response
 
 
 def validation_error(exc: ValidationError) -> ApiError:

@@ -30,6 +30,10 @@ class _Server(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self._options.items():
             self.cfg.set(key, value)
+        # gunicorn 27 opens a control socket at one fixed path per user: a second service
+        # on the host would take it over from the first.
+        if "control_socket_disable" in self.cfg.settings:
+            self.cfg.set("control_socket_disable", True)
 
     def load(self) -> web.Application:
         # Runs in each worker after the fork: every worker opens its own pools.

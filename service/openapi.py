@@ -24,7 +24,7 @@ _ERROR_TEXT = {
     422: "validation_error (with field), self_transfer, balance_limit_exceeded or"
     " idempotency_key_reused",
     429: "too_many_attempts",
-    503: "wallet_unavailable or history_unavailable: try again shortly",
+    503: "server_busy, wallet_unavailable or history_unavailable: retry shortly",
 }
 
 
@@ -112,10 +112,10 @@ _TRANSFER_LINKS = {
 
 OPERATIONS = (
     Operation("signUp", "post", "/api/sign-up/", "Create a user with a zero balance", 201,
-              schemas.UserOut, (*_JSON_POST, 409), body=schemas.Credentials, authenticated=False,
-              links=_SIGN_UP_LINKS),
+              schemas.UserOut, (*_JSON_POST, 409, 503), body=schemas.Credentials,
+              authenticated=False, links=_SIGN_UP_LINKS),
     Operation("logIn", "post", "/api/login/", "Log in; sets the session cookie", 200,
-              schemas.UserOut, (*_JSON_POST, 401, 429), body=schemas.Credentials,
+              schemas.UserOut, (*_JSON_POST, 401, 429, 503), body=schemas.Credentials,
               authenticated=False),
     Operation("logOut", "post", "/api/logout/", "Revoke the session", 204, None, (401,)),
     Operation("getBalance", "get", "/api/balance/", "The balance in kopecks and rubles", 200,

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile).
     argon2_time_cost: int = Field(default=3, ge=1, le=10)
     argon2_memory_kib: int = Field(default=65_536, ge=1_024, le=1_048_576)
+    # Per process: hashes at once (each holds argon2_memory_kib) and hashes waiting.
+    password_hash_max_concurrent: int = Field(default=2, ge=1, le=64)
+    password_hash_max_queued: int = Field(default=32, ge=0, le=10_000)
 
     # The stream writer (persistence/writer.py).
     writer_batch_size: int = Field(default=500, ge=1, le=10_000)

@@ -7,7 +7,7 @@ from service.cli import main
 
 
 @pytest.mark.parametrize(
-    "command", ["serve", "writer", "migrate", "replay", "reconcile", "rebuild"]
+    "command", ["serve", "writer", "migrate", "replay", "reconcile", "rebuild", "loadtest"]
 )
 def test_every_command_has_help(command: str) -> None:
     result = CliRunner().invoke(main, [command, "--help"])

@@ -1,11 +1,15 @@
 """Sign-up, login, logout, sessions and throttling through HTTP."""
 
+import asyncio
 import json
 from typing import cast
 
 import pytest
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from service.app import create_app
+from service.settings import Settings
 from tests.http_helpers import PASSWORD, Client, login, new_user, sign_up
 
 
@@ -111,14 +115,10 @@ async def test_a_session_id_the_client_invents_is_not_adopted(client: Client) ->
 
 
 async def test_secure_cookie_flag_is_a_setting(
-    aiohttp_client: object, app_settings: object
+    aiohttp_client: AiohttpClient, app_settings: Settings
 ) -> None:
-    from service.app import create_app
-    from service.settings import Settings
-
-    assert isinstance(app_settings, Settings)
     app = create_app(app_settings.model_copy(update={"cookie_secure": True}))
-    secure_client: Client = await aiohttp_client(app)  # type: ignore[operator]
+    secure_client = await aiohttp_client(app)
     await sign_up(secure_client, "dave")
     response = await secure_client.post(
         "/api/login/", json={"username": "dave", "password": PASSWORD}
@@ -265,3 +265,25 @@ async def test_a_session_past_its_absolute_lifetime_is_refused_everywhere(
     await redis_client.set(key, json.dumps(data), keepttl=True)
     assert (await alice.post(client, "/api/balance/deposit/", {"amount": 1}))[0] == 401
     assert (await alice.get(client, "/api/balance/"))[0] == 401
+
+
+async def test_a_burst_of_password_hashing_is_shed_not_queued_without_bound(
+    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis, db_engine: object
+) -> None:
+    limited = app_settings.model_copy(
+        update={"password_hash_max_concurrent": 1, "password_hash_max_queued": 1}
+    )
+    burst_client = await aiohttp_client(create_app(limited))
+    responses = await asyncio.gather(
+        *(
+            burst_client.post("/api/sign-up/", json={"username": f"burst{n}", "password": PASSWORD})
+            for n in range(12)
+        )
+    )
+    statuses = sorted(r.status for r in responses)
+    assert set(statuses) == {201, 503}, statuses
+    busy = next(r for r in responses if r.status == 503)
+    assert busy.headers["Retry-After"] == "1"
+    assert (await busy.json())["error"]["code"] == "server_busy"
+    # Once the burst is over, hashing works again.
+    await sign_up(burst_client, "after-burst")
