@@ -12,7 +12,6 @@ import asyncio
 import time
 import uuid
 
-import asyncpg
 from redis.asyncio import Redis
 from sqlalchemy import insert
 
@@ -22,6 +21,7 @@ from persistence.models import User
 from persistence.writer import StreamWriter, ensure_consumer_group
 from service.money import MoneyScripts
 from service.settings import Settings
+from tests.postgres_admin import postgres_admin
 from tests.redis_claim import claimed_redis_database
 
 USERS = 100
@@ -43,8 +43,7 @@ async def fill(money: MoneyScripts, transactions: int) -> None:
 
 async def measure(admin_dsn: str, redis_url: str, transactions: int, batch_size: int) -> float:
     name = f"drain_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    await postgres_admin(admin_dsn, f'CREATE DATABASE "{name}"')
     server = admin_dsn.rsplit("/", 1)[0].removeprefix("postgresql://")
     settings = Settings(
         redis_url=redis_url,
@@ -78,8 +77,7 @@ async def measure(admin_dsn: str, redis_url: str, transactions: int, batch_size:
         await redis.delete("txn:stream", "txn:seq", *(f"user:{{{u}}}" for u in range(1, USERS + 1)))
         await redis.aclose()
         await engine.dispose()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+        await postgres_admin(admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 async def main() -> None:

@@ -28,8 +28,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-import asyncpg
-import redis
 from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
@@ -41,10 +39,11 @@ from persistence.models import LedgerTransaction, User
 from service import redis_keys
 from service.money import MoneyScripts
 from service.transactions import Transaction
+from tests.postgres_admin import postgres_admin
+from tests.redis_claim import claimed_redis_database
 
 POSTGRES_ADMIN_DSN = os.environ.get("WALLET_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
-CLAIM_KEY = "wallet-test-run-claim"  # the claim protocol of tests/conftest.py
 USERS = 1_000
 
 Inserter = Callable[[AsyncConnection, Sequence[tuple[str, Transaction]]], Awaitable[int]]
@@ -116,14 +115,6 @@ def synthetic_transactions(count: int, seed: int = 7) -> list[tuple[str, Transac
     return entries
 
 
-async def _admin(statement: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 async def _timed_load(
     engine: AsyncEngine, inserter: Inserter, entries: list[tuple[str, Transaction]], batch: int
 ) -> tuple[float, int]:
@@ -147,7 +138,7 @@ async def _timed_load(
 
 async def insert_vs_copy(rows: int, batch: int, rounds: int) -> None:
     name = f"wallet_bench_{uuid.uuid4().hex[:12]}"
-    await _admin(f'CREATE DATABASE "{name}"')
+    await postgres_admin(POSTGRES_ADMIN_DSN, f'CREATE DATABASE "{name}"')
     server = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].removeprefix("postgresql://")
     engine = create_async_engine(f"postgresql+asyncpg://{server}/{name}", pool_size=1)
     try:
@@ -190,30 +181,13 @@ async def insert_vs_copy(rows: int, batch: int, rounds: int) -> None:
             )
     finally:
         await engine.dispose()
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await postgres_admin(POSTGRES_ADMIN_DSN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-_EMPTY_BUT_CLAIM = """
-for _, key in ipairs(redis.call('KEYS', '*')) do
-  if key ~= KEYS[1] then redis.call('DEL', key) end
-end
-"""
-
-
-async def stream_memory(entries: int, idem_share: float) -> None:
-    run_id = uuid.uuid4().hex
-    for db in range(1, 16):
-        claim = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}")
-        claimed = claim.set(CLAIM_KEY, run_id, nx=True, ex=3600)
-        claim.close()
-        if claimed:
-            break
-    else:
-        raise SystemExit("no free Redis database")
-    pool = BlockingConnectionPool.from_url(f"{REDIS_HOST_URL}/{db}", max_connections=64)
+async def stream_memory(redis_url: str, entries: int, idem_share: float) -> None:
+    pool = BlockingConnectionPool.from_url(redis_url, max_connections=64)
     client = Redis(connection_pool=pool)
     try:
-        await client.eval(_EMPTY_BUT_CLAIM, 1, CLAIM_KEY)
         money = MoneyScripts(client, 24 * 3600)
         rng = random.Random(7)
         for user_id in range(1, USERS + 1):
@@ -241,10 +215,6 @@ async def stream_memory(entries: int, idem_share: float) -> None:
             f" {usage / length * 1e6 / 2**20:.0f} MiB per million entries"
         )
     finally:
-        cleanup = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}")
-        cleanup.eval(_EMPTY_BUT_CLAIM, 1, CLAIM_KEY)
-        cleanup.delete(CLAIM_KEY)
-        cleanup.close()
         await client.aclose()
 
 
@@ -257,7 +227,8 @@ def main() -> None:
     parser.add_argument("--idem-share", type=float, default=0.5, help="with --stream-memory")
     args = parser.parse_args()
     if args.stream_memory:
-        asyncio.run(stream_memory(args.stream_memory, args.idem_share))
+        with claimed_redis_database(REDIS_HOST_URL) as redis_url:
+            asyncio.run(stream_memory(redis_url, args.stream_memory, args.idem_share))
     else:
         asyncio.run(insert_vs_copy(args.rows, args.batch, args.rounds))
 

@@ -28,8 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import asyncpg
-
+from tests.postgres_admin import postgres_admin
 from tests.redis_claim import claimed_redis_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,14 +159,6 @@ class LagSampler(threading.Thread):
             time.sleep(0.1)
 
 
-async def admin(dsn: str, statement: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
     subprocess.run([BIN / "wallet", "migrate"], env=env, check=True, capture_output=True)
     a_url = f"http://127.0.0.1:{A_PORT}/transfer"
@@ -254,7 +245,7 @@ def main() -> None:
     args = parser.parse_args()
     name = f"bench_{uuid.uuid4().hex[:8]}"
     server = args.admin_dsn.rsplit("/", 1)[0].removeprefix("postgresql://")
-    asyncio.run(admin(args.admin_dsn, f'CREATE DATABASE "{name}"'))
+    asyncio.run(postgres_admin(args.admin_dsn, f'CREATE DATABASE "{name}"'))
     logs = Path(tempfile.mkdtemp(prefix="wallet-bench-"))
     try:
         with claimed_redis_database(args.redis) as redis_url:
@@ -265,7 +256,7 @@ def main() -> None:
             }
             measure(args, env, logs)
     finally:
-        asyncio.run(admin(args.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+        asyncio.run(postgres_admin(args.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
         print(f"logs: {logs}")
 
 

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import cast
 
-import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -27,6 +26,7 @@ from service.app import create_app
 from service.money import MoneyScripts
 from service.redis_client import MEMORY_URL, connect_redis
 from service.settings import Settings
+from tests.postgres_admin import postgres_admin
 from tests.redis_claim import claimed_redis_database, empty_but_claim
 from tests.served import ServedClient, wallet_serve
 
@@ -46,14 +46,6 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-async def _admin(statement: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 async def _migrate(url: str) -> None:
     engine = create_async_engine(url)
     await migrate(engine)
@@ -69,14 +61,16 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
         return
     name = f"wallet_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(postgres_admin(POSTGRES_ADMIN_DSN, f'CREATE DATABASE "{name}"'))
     server = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].removeprefix("postgresql://")
     url = f"postgresql+asyncpg://{server}/{name}"
     try:
         asyncio.run(_migrate(url))
         yield url
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(
+            postgres_admin(POSTGRES_ADMIN_DSN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ def claimed_redis_database(host_url: str) -> Iterator[str]:
     for db in range(1, 16):
         client = redis.Redis.from_url(f"{host_url}/{db}")
         if client.set(CLAIM_KEY, run_id, nx=True, ex=CLAIM_TTL_S):
+            # A run that crashed may have left keys behind its expired claim.
+            client.eval(_EMPTY_BUT_CLAIM, 1, CLAIM_KEY)
             try:
                 yield f"{host_url}/{db}"
             finally:
