@@ -9,6 +9,7 @@ from persistence.db import connect_database
 from persistence.writer import ensure_consumer_group
 from service import auth_routes, health_routes, metrics, openapi, wallet_routes
 from service.errors import error_middleware
+from service.logs import request_id_middleware
 from service.metrics import metrics_middleware
 from service.money import MoneyScripts
 from service.passwords import Passwords
@@ -47,7 +48,12 @@ def create_app(settings: Settings) -> web.Application:
     # answers with an error is still saved (deleted).
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[metrics_middleware, session_middleware(sessions), error_middleware],
+        middlewares=[
+            request_id_middleware,
+            metrics_middleware,
+            session_middleware(sessions),
+            error_middleware,
+        ],
     )
     app[SETTINGS] = settings
     app[REDIS] = redis

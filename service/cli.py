@@ -1,7 +1,6 @@
 """The ``wallet`` command line."""
 
 import asyncio
-import logging
 import os
 import shutil
 import signal
@@ -18,6 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.db import connect_database
+from service.logs import configure_logging
 from service.redis_client import connect_redis
 from service.settings import Settings, env_name
 
@@ -72,11 +72,7 @@ def metrics_directory() -> Iterator[None]:
 @click.group()
 def main() -> None:
     """Wallet service: balances in Redis, a PostgreSQL ledger."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging()
 
 
 @main.command()
