@@ -41,7 +41,7 @@ async def login(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
     throttle = request.app[THROTTLE]
     address = request.remote or "unknown"
-    if await throttle.is_locked(body.username, address):
+    if not await throttle.acquire(body.username, address):
         raise ApiError(429, "too_many_attempts", "too many failed logins; try again later")
     user = await find_user(request.app[DATABASE], body.username)
     try:
@@ -49,11 +49,11 @@ async def login(request: web.Request) -> web.Response:
             None if user is None else user.password_hash, body.password
         )
     except PasswordHashingBusy:
+        await throttle.not_checked(body.username, address)
         raise _busy() from None
     if user is None or not verified:
-        await throttle.record_failure(body.username, address)
         raise ApiError(401, "invalid_credentials", "wrong username or password")
-    await throttle.clear(body.username)
+    await throttle.succeeded(body.username, address)
     await request.app[MONEY].register_user(user.id)
     await start_session(request, request.app[SESSIONS], SessionUser(user.id, user.username))
     return json_response({"id": user.id, "username": user.username})

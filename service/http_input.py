@@ -43,6 +43,9 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
     """
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    # Refused on the declared length, before waiting for a body that may never come.
+    if request.content_length is not None and request.content_length > request.client_max_size:
+        raise web.HTTPRequestEntityTooLarge(request.client_max_size, request.content_length)
     try:
         raw = await request.read()  # aiohttp answers 413 past client_max_size (64 KiB)
     except RequestPayloadError:

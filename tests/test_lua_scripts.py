@@ -6,6 +6,7 @@ from typing import cast
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from service import redis_keys
 from service.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
@@ -400,3 +401,14 @@ async def test_money_scripts_refuse_a_malformed_session_key(
         load_script_source("deposit"), len(keys), *keys, "1", "5", "", "86400", "1", "60", "60"
     )
     assert reply[0] == b"invalid_argument"
+
+
+async def test_refund_login_attempt_never_creates_a_counter(redis_client: Redis) -> None:
+    script = load_script_source("refund_login_attempt")
+    await redis_client.set("login-fail:user:alice", 3, ex=900)
+    assert await redis_client.eval(script, 1, "login-fail:user:alice") == 2
+    assert await redis_client.ttl("login-fail:user:alice") > 0
+    assert await redis_client.eval(script, 1, "login-fail:addr:10.0.0.1") == 0
+    assert not await redis_client.exists("login-fail:addr:10.0.0.1")
+    with pytest.raises(ResponseError, match="login-fail"):
+        await redis_client.eval(script, 1, "user:{1}")
