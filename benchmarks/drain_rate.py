@@ -60,6 +60,7 @@ async def measure(admin_dsn: str, redis_url: str, transactions: int, batch_size:
                 {"id": u, "username": f"user{u}", "password_hash": "x"} for u in range(1, USERS + 1)
             ]
             await connection.execute(insert(User), rows)
+        await redis.set("txn:seq", 0)  # a fresh system, as `wallet serve` starts one
         money = MoneyScripts(redis, 3600)
         for user in range(1, USERS + 1):
             await money.register_user(user)

@@ -138,6 +138,10 @@ async def settle(database_url: str, ids: set[int], limit_s: float = 60.0) -> set
 
 
 async def finish(row: Row, stack: Stack, driver: LoadDriver, loader: Loader) -> Verdict:
+    for handle in (stack.serve, stack.writer):
+        if not handle.alive:  # nothing here stops them: something else did, or they crashed
+            assert handle.process is not None
+            row.notes.append(f"{handle.name} exited during the run, code {handle.process.poll()}")
     stats = driver.stats
     acks = list(stats.acks.values())
     await settle(stack.database_url, {a.txn_id for a in acks})
@@ -224,7 +228,9 @@ async def fault_worker(procs: Processes, args: argparse.Namespace) -> Row:
                 windows = []
                 for _ in range(args.worker_kills):
                     await asyncio.sleep(interval)
-                    victim = stack.serve.worker_pids()[0]
+                    workers = stack.serve.worker_pids()
+                    assert workers, f"wallet serve is gone: {stack.serve.process}"
+                    victim = workers[0]
                     os.kill(victim, signal.SIGKILL)
                     killed_at = time.monotonic()
                     replaced.append(await stack.serve.wait_workers(exclude={victim}))

@@ -188,6 +188,7 @@ async def stream_memory(redis_url: str, entries: int, idem_share: float) -> None
     pool = BlockingConnectionPool.from_url(redis_url, max_connections=64)
     client = Redis(connection_pool=pool)
     try:
+        await client.set(redis_keys.TXN_SEQ, 0)  # a fresh system, as `wallet serve` starts one
         money = MoneyScripts(client, 24 * 3600)
         rng = random.Random(7)
         for user_id in range(1, USERS + 1):

@@ -28,6 +28,7 @@
 --                                     (checked first; not recorded)
 --   outcome "self_transfer"           from = to (not recorded: a validation error)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
+--   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
 --   outcome "account_not_found"       no wallet for from_user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".
@@ -62,6 +63,11 @@ local now = redis.call("TIME")
 if has_session and not check_session(KEYS[session_index], from_id, tonumber(absolute_arg),
                                       idle_arg, tonumber(now[1])) then
   return {"unauthorized", "", "", "0"}
+end
+-- No counter means Redis lost its data and was not rebuilt from the ledger yet: an id
+-- issued now could collide with one the ledger holds (`wallet rebuild` restores it).
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  return {"not_rebuilt", "", "", "0"}
 end
 if from_id == to_id then
   return {"self_transfer", "", "", "0"}

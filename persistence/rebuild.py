@@ -133,6 +133,8 @@ async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> 
             outcomes[outcome] += 1
 
     restored, kept = await _restore_idempotency_records(redis, engine, idempotency_ttl_s)
+    # restore_wallet raised the counter with every user; with no user it is still missing.
+    await redis.set(redis_keys.TXN_SEQ, last_id, nx=True)
     seq = int(cast(bytes | None, await redis.get(redis_keys.TXN_SEQ)) or 0)
     return RebuildReport(
         users=sum(outcomes.values()),
@@ -207,6 +209,21 @@ async def _restore_idempotency_records(
             elif outcome != "expired":
                 raise ScriptArgumentRejected(f"restore_idempotency: {outcome} for txn {row.id}")
         after = (rows[-1].created_at, rows[-1].id)
+
+
+async def ensure_transaction_counter(redis: Redis, engine: AsyncEngine) -> bool:
+    """At start: a system with an empty ledger starts its counter at 0. A missing counter
+    with transactions in the ledger means Redis lost its data: the counter stays missing,
+    so the money scripts refuse to issue ids (which could collide with stored ones)
+    until `wallet rebuild`. True when the counter is in place."""
+    if await redis.exists(redis_keys.TXN_SEQ):
+        return True
+    async with engine.connect() as connection:
+        last_id = (await connection.execute(select(func.max(T.id)))).scalar()
+    if last_id is None:
+        await redis.set(redis_keys.TXN_SEQ, 0, nx=True)
+        return True
+    return False
 
 
 def format_report(report: RebuildReport) -> str:

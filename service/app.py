@@ -1,14 +1,16 @@
 """The aiohttp application factory."""
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp_session import session_middleware
 
 from persistence.db import connect_database
+from persistence.rebuild import ensure_transaction_counter
 from persistence.writer import ensure_consumer_group
 from service import auth_routes, health_routes, metrics, openapi, wallet_routes
-from service.errors import error_middleware
+from service.errors import BACKEND_UNAVAILABLE, error_middleware
 from service.logs import request_id_middleware
 from service.metrics import metrics_middleware
 from service.money import MoneyScripts
@@ -21,14 +23,10 @@ from service.state import DATABASE, MONEY, PASSWORDS, REDIS, SESSIONS, SETTINGS,
 from service.throttle import LoginThrottle
 
 MAX_BODY_BYTES = 64 * 1024
+log = logging.getLogger("wallet.app")
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    if settings.redis_url != MEMORY_URL:
-        await check_redis_durability(app[REDIS], settings.allow_evicting_redis)
-    # Before the first transaction: without the group every entry counts as unpersisted.
-    await ensure_consumer_group(app[REDIS])
     yield
     await app[REDIS].aclose()
 
@@ -37,6 +35,28 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DATABASE] = connect_database(app[SETTINGS])
     yield
     await app[DATABASE].dispose()
+
+
+async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Refuses an evicting Redis; prepares the consumer group and the id counter.
+
+    An unreachable Redis or database does not stop the start (a worker restarted during
+    an outage must come up and answer /readyz); the checks then wait for the next start.
+    """
+    settings, redis = app[SETTINGS], app[REDIS]
+    try:
+        if settings.redis_url != MEMORY_URL:
+            await check_redis_durability(redis, settings.allow_evicting_redis)
+        # Before the first transaction: without the group every entry counts as unpersisted.
+        await ensure_consumer_group(redis)
+        if not await ensure_transaction_counter(redis, app[DATABASE]):
+            log.error(
+                "Redis has no transaction counter but the ledger holds transactions: Redis"
+                " lost its data. Deposits and transfers are refused until `wallet rebuild`."
+            )
+    except BACKEND_UNAVAILABLE as exc:
+        log.warning("started while a backend is unreachable (%s); see /readyz", exc)
+    yield
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -61,7 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     app[MONEY] = MoneyScripts(redis, settings.idempotency_ttl_s)
     app[PASSWORDS] = Passwords(settings)
     app[THROTTLE] = LoginThrottle(redis, settings)
-    app.cleanup_ctx.extend([_redis_ctx, _database_ctx])
+    app.cleanup_ctx.extend([_redis_ctx, _database_ctx, _startup_checks_ctx])
     for module in (auth_routes, wallet_routes, health_routes, openapi, metrics):
         app.router.add_routes(module.routes)
     return app

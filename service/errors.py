@@ -6,9 +6,21 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("wallet.http")
+
+# Redis or the database cannot be reached: an outage, not a bug (which stays a 500).
+BACKEND_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OperationalError,
+    InterfaceError,
+    OSError,
+)
 
 
 class ApiError(Exception):
@@ -84,6 +96,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except ConnectionResetError:
         raise  # the client went away: nobody to answer, nothing to log as our failure
+    except BACKEND_UNAVAILABLE as exc:
+        log.warning("backend unavailable on %s %s: %r", request.method, request.path, exc)
+        body = error_body("service_unavailable", "a backend is unavailable; try again shortly")
+        response = json_response(body, 503)
+        response.headers["Retry-After"] = "1"
+        return response
     except Exception:
         # A bug or an outage (Redis or the database down): logged with its traceback,
         # answered in the contract's shape without details.

@@ -64,6 +64,12 @@ class AccountNotFound(Refused):
     code = "account_not_found"
 
 
+class NotRebuilt(Refused):
+    """Redis has no transaction counter: it lost its data and `wallet rebuild` has not run."""
+
+    code = "not_rebuilt"
+
+
 class Unauthorized(Refused):
     """The session checked by the script is gone, expired or belongs to another user."""
 
@@ -83,6 +89,7 @@ _REFUSALS: dict[str, type[Refused]] = {
         SelfTransfer,
         IdempotencyKeyReused,
         AccountNotFound,
+        NotRebuilt,
         Unauthorized,
     )
 }

@@ -29,12 +29,14 @@ _REFUSAL_STATUS: dict[type[money.Refused], tuple[int, str]] = {
     money.SelfTransfer: (422, "a transfer to oneself is not allowed"),
     money.IdempotencyKeyReused: (422, "this Idempotency-Key was used with another request"),
     money.AccountNotFound: (503, "the wallet is being restored; try again later"),
+    money.NotRebuilt: (503, "balances are being restored; try again later"),
 }
 
 
 def _refusal_error(refused: money.Refused) -> ApiError:
     status, message = _REFUSAL_STATUS[type(refused)]
-    code = "wallet_unavailable" if isinstance(refused, money.AccountNotFound) else refused.code
+    unavailable = isinstance(refused, money.AccountNotFound | money.NotRebuilt)
+    code = "wallet_unavailable" if unavailable else refused.code
     return ApiError(status, code, message)
 
 

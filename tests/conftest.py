@@ -17,7 +17,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from persistence.db import connect_database
@@ -26,8 +25,9 @@ from service.app import create_app
 from service.money import MoneyScripts
 from service.redis_client import MEMORY_URL, connect_redis
 from service.settings import Settings
+from tests.helpers import fresh_database, fresh_redis
 from tests.postgres_admin import postgres_admin
-from tests.redis_claim import claimed_redis_database, empty_but_claim
+from tests.redis_claim import claimed_redis_database
 from tests.served import ServedClient, wallet_serve
 
 REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -81,12 +81,7 @@ def settings(redis_url: str, database_url: str) -> Settings:
 @pytest.fixture
 async def db_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     engine = connect_database(settings)
-    async with engine.begin() as connection:
-        if EMBEDDED:  # SQLite: no TRUNCATE; emptied INTEGER PRIMARY KEY ids start again at 1
-            await connection.execute(text("DELETE FROM transactions"))
-            await connection.execute(text("DELETE FROM users"))
-        else:
-            await connection.execute(text("TRUNCATE transactions, users RESTART IDENTITY CASCADE"))
+    await fresh_database(engine)
     try:
         yield engine
     finally:
@@ -96,7 +91,7 @@ async def db_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
     client = connect_redis(Settings(redis_url=redis_url))
-    await empty_but_claim(client)
+    await fresh_redis(client)
     try:
         yield client
     finally:

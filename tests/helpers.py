@@ -3,7 +3,7 @@
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import User
@@ -12,6 +12,7 @@ from service import redis_keys
 from service.money import MoneyScripts
 from service.settings import Settings
 from service.transactions import Transaction
+from tests.redis_claim import empty_but_claim
 
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
@@ -80,3 +81,19 @@ async def add_users(
     if wallets:
         for user_id in user_ids:
             await money.register_user(user_id)
+
+
+async def fresh_redis(redis: Redis) -> None:
+    """This run's Redis database as a freshly started system has it: no data but the
+    run's claim, and the id counter at 0, as `wallet serve` sets it at start."""
+    await empty_but_claim(redis)
+    await redis.set(redis_keys.TXN_SEQ, 0)
+
+
+async def fresh_database(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        if connection.dialect.name == "sqlite":  # no TRUNCATE; emptied ids start again at 1
+            await connection.execute(text("DELETE FROM transactions"))
+            await connection.execute(text("DELETE FROM users"))
+        else:
+            await connection.execute(text("TRUNCATE transactions, users RESTART IDENTITY CASCADE"))

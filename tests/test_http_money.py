@@ -324,3 +324,37 @@ async def test_ambiguous_or_undecodable_bodies_move_no_money(
     assert {k: v for k, v in after.items() if not k.startswith(b"wallet_session_")} == {
         k: v for k, v in before.items() if not k.startswith(b"wallet_session_")
     }
+
+
+async def test_money_is_refused_with_503_until_redis_is_rebuilt(
+    client: Client, redis_client: Redis
+) -> None:
+    alice = await new_user(client, "alice", deposit_kopecks=100)
+    await redis_client.delete("txn:seq")
+    status, body = await alice.post(client, "/api/balance/deposit/", {"amount": 5})
+    assert (status, body["error"]["code"]) == (503, "wallet_unavailable")
+    assert await alice.balance(client) == 100
+
+
+@pytest.mark.in_process_only
+async def test_an_unreachable_backend_is_503_and_a_bug_stays_500(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+
+    alice = await new_user(client, "alice")
+    for failure, status, code in [
+        (RedisConnectionError("Connection refused"), 503, "service_unavailable"),
+        (ResponseError("invariant: stored balance out of range"), 500, "internal_error"),
+    ]:
+
+        async def failing(*args: object, failure: Exception = failure) -> None:
+            raise failure
+
+        monkeypatch.setattr(MoneyScripts, "deposit", failing)
+        response = await client.post(
+            "/api/balance/deposit/", json={"amount": 5}, cookies=alice.cookies
+        )
+        assert response.status == status
+        assert (await response.json())["error"]["code"] == code

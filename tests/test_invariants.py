@@ -33,17 +33,14 @@ from typing import Any, Literal, cast
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.reconcile import reconcile
 from persistence.writer import ensure_consumer_group
 from service import redis_keys
 from service.amounts import MAX_BALANCE_KOPECKS
-from tests.conftest import EMBEDDED
-from tests.helpers import persist
+from tests.helpers import fresh_database, fresh_redis, persist
 from tests.http_helpers import PASSWORD, Client
-from tests.redis_claim import empty_but_claim
 
 DEPOSIT = "/api/balance/deposit/"
 TRANSFER = "/api/balance/transfer/"
@@ -679,13 +676,8 @@ class Runner:
 
 
 async def empty_everything(redis: Redis, engine: AsyncEngine) -> None:
-    await empty_but_claim(redis)
-    async with engine.begin() as connection:
-        if EMBEDDED:
-            await connection.execute(text("DELETE FROM transactions"))
-            await connection.execute(text("DELETE FROM users"))
-        else:
-            await connection.execute(text("TRUNCATE transactions, users RESTART IDENTITY CASCADE"))
+    await fresh_redis(redis)
+    await fresh_database(engine)
     await ensure_consumer_group(redis)
 
 

@@ -16,6 +16,7 @@ from service.money import (
     IdempotencyKeyReused,
     InsufficientFunds,
     MoneyScripts,
+    NotRebuilt,
     RecipientNotFound,
     SelfTransfer,
     SessionCheck,
@@ -412,3 +413,17 @@ async def test_refund_login_attempt_never_creates_a_counter(redis_client: Redis)
     assert not await redis_client.exists("login-fail:addr:10.0.0.1")
     with pytest.raises(ResponseError, match="login-fail"):
         await redis_client.eval(script, 1, "user:{1}")
+
+
+async def test_no_money_moves_while_redis_has_not_been_rebuilt(
+    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 100)
+    # Redis lost its data (a wallet was given again at login), the counter went with it.
+    await redis_client.delete(redis_keys.TXN_SEQ)
+    before = await snapshot(redis_client)
+    with pytest.raises(NotRebuilt):
+        await money.deposit(1, 5, "k")
+    with pytest.raises(NotRebuilt):
+        await money.transfer(1, 2, 5, "k")
+    assert await snapshot(redis_client) == before

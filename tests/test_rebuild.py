@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence import rebuild as rebuild_module
 from persistence import reconcile as reconcile_module
 from persistence.models import LedgerTransaction
-from persistence.rebuild import RebuildRefused, format_report, rebuild
+from persistence.rebuild import RebuildRefused, ensure_transaction_counter, format_report, rebuild
 from persistence.reconcile import format_report as format_reconcile
 from persistence.reconcile import reconcile
 from service import redis_keys
@@ -276,3 +276,27 @@ async def test_restore_idempotency_outcomes(redis_client: Redis) -> None:
     }
     assert await restore(now_us, txn_id="4") == b"exists"
     assert await redis_client.hget(key, "txn_id") == b"3"
+
+
+async def test_the_counter_is_started_only_for_an_empty_ledger(
+    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
+) -> None:
+    await redis_client.delete(redis_keys.TXN_SEQ)
+    assert await ensure_transaction_counter(redis_client, db_engine)
+    assert await redis_client.get(redis_keys.TXN_SEQ) == b"0"
+    await add_users(db_engine, money, USERS)
+    await money.deposit(USERS[0], 100)
+    await persist(redis_client, db_engine)
+    await redis_client.delete(redis_keys.TXN_SEQ)  # Redis lost, the ledger has transaction 1
+    assert not await ensure_transaction_counter(redis_client, db_engine)
+    assert not await redis_client.exists(redis_keys.TXN_SEQ)
+    await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert await redis_client.get(redis_keys.TXN_SEQ) == b"1"
+
+
+async def test_rebuild_of_an_empty_ledger_starts_the_counter(
+    redis_client: Redis, db_engine: AsyncEngine
+) -> None:
+    await lose_redis(redis_client)
+    await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert await redis_client.get(redis_keys.TXN_SEQ) == b"0"

@@ -1,0 +1,62 @@
+"""Process fixtures for the fault tests.
+
+``processes`` starts nothing by itself: tests start `wallet serve`, `wallet writer` and,
+when they stop or restart a server, Redis and PostgreSQL instances of their own (own port,
+own data directory under ``tmp_path``) through it. Its finalizer stops every one of them,
+whatever the outcome of the test. ``shared_servers`` gives the run's claimed Redis
+database and PostgreSQL database, emptied, for the tests that stop neither server.
+"""
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import EMBEDDED
+from tests.faults.procs import POSTGRES_BIN, REDIS_SERVER, PostgresServer, Processes, RedisServer
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    if EMBEDDED:
+        pytest.skip("the fault tests need real servers, not the embedded mode's")
+    if shutil.which(REDIS_SERVER) is None:
+        pytest.skip(f"no {REDIS_SERVER}")
+    if not (POSTGRES_BIN / "postgres").exists():
+        pytest.skip(f"no PostgreSQL in {POSTGRES_BIN} (set WALLET_TEST_POSTGRES_BIN)")
+    registry = Processes(tmp_path)
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+@pytest.fixture
+def shared_servers(
+    redis_client: Redis, db_engine: AsyncEngine, redis_url: str, database_url: str
+) -> tuple[str, str]:
+    """(REDIS_URL, DATABASE_URL) of the shared servers, both emptied by their fixtures."""
+    return redis_url, database_url
+
+
+@pytest.fixture
+async def own_redis(processes: Processes) -> RedisServer:
+    """A Redis of the test's own: append-only file, appendfsync always; ``processes``
+    stops it."""
+    server = processes.redis()
+    server.start()
+    await server.wait_ready()
+    return server
+
+
+@pytest.fixture
+async def own_postgres(processes: Processes) -> PostgresServer:
+    """A PostgreSQL cluster of the test's own, running; ``processes`` stops it."""
+    server = processes.postgres()
+    server.init()
+    server.start()
+    await server.wait_ready()
+    return server
