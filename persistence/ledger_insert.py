@@ -1,7 +1,9 @@
 """Writes stream records into the ``transactions`` table, idempotently.
 
 A record written twice is stored once: every insert is ``ON CONFLICT (id) DO NOTHING`` on
-the transaction id the Lua script assigned.
+the transaction id the Lua script assigned. A skipped row must be the same transaction:
+an id the ledger holds for another one (Redis lost its counter) is refused, so the writer
+dead-letters it instead of dropping money silently.
 
 On PostgreSQL a batch is one statement whatever its size: ``INSERT INTO transactions SELECT
 * FROM unnest($1::bigint[], $2::varchar[], ...) ON CONFLICT (id) DO NOTHING``, one array
@@ -12,6 +14,7 @@ fastest (docs/ledger.md). SQLite (the embedded mode) gets a multi-row ``INSERT .
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import String, Text, bindparam, func, select
@@ -82,16 +85,49 @@ async def insert_transactions(
     rows = sorted((ledger_row(entry_id, txn) for entry_id, txn in entries), key=lambda r: r["id"])
     if connection.dialect.name != "sqlite":
         arrays = {name: [row[name] for row in rows] for name in _COLUMNS}
-        return (await connection.execute(_POSTGRES_INSERT, arrays)).rowcount
-    inserted = 0
-    for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
-        statement = (
-            sqlite.insert(LedgerTransaction)
-            .values(rows[start : start + _SQLITE_ROWS_PER_STATEMENT])
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        inserted += (await connection.execute(statement)).rowcount
+        inserted: int = (await connection.execute(_POSTGRES_INSERT, arrays)).rowcount
+    else:
+        inserted = 0
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
+            statement = (
+                sqlite.insert(LedgerTransaction)
+                .values(rows[start : start + _SQLITE_ROWS_PER_STATEMENT])
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            inserted += (await connection.execute(statement)).rowcount
+    if inserted < len(rows):
+        await _refuse_id_collisions(connection, rows)
     return inserted
+
+
+class IdCollision(Exception):
+    """The ledger holds another transaction under an id that came again from the stream:
+    Redis lost its counter and issued the id twice. Skipping the row would lose money."""
+
+
+_SAME_TRANSACTION = ("kind", "from_user_id", "to_user_id", "amount_kopecks", "created_at")
+
+
+def _utc(value: Any) -> Any:
+    # SQLite gives datetimes back without their offset; the ledger stores UTC.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+async def _refuse_id_collisions(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Some ids were stored already: fine when it is the same transaction delivered again
+    (a retry, a claim, a replay), an IdCollision when the stored one is another."""
+    by_id = {row["id"]: row for row in rows}
+    columns = [getattr(LedgerTransaction, name) for name in ("id", *_SAME_TRANSACTION)]
+    stored = await connection.execute(select(*columns).where(LedgerTransaction.id.in_(list(by_id))))
+    for row in stored:
+        incoming = by_id[row.id]
+        if any(_utc(getattr(row, name)) != _utc(incoming[name]) for name in _SAME_TRANSACTION):
+            raise IdCollision(
+                f"transaction id {row.id} is already in the ledger for another transaction"
+                f" (stream entry {incoming['stream_entry_id']})"
+            )
 
 
 def is_data_error(error: BaseException) -> bool:
@@ -101,7 +137,7 @@ def is_data_error(error: BaseException) -> bool:
     (class 22) and a value the driver cannot encode (asyncpg raises a ValueError). A lost
     connection, a timeout or a server that is down is not a data error.
     """
-    if isinstance(error, IntegrityError | DataError):
+    if isinstance(error, IntegrityError | DataError | IdCollision):
         return True
     if not isinstance(error, DBAPIError) or error.connection_invalidated:
         return False

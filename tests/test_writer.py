@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 import persistence.ledger_insert
 import persistence.writer
-from persistence.ledger_insert import insert_transactions, is_data_error
+from persistence.ledger_insert import insert_isolating, insert_transactions, is_data_error
 from persistence.models import Base, LedgerTransaction, User
 from persistence.writer import (
     StreamWriter,
@@ -663,3 +663,38 @@ async def test_the_writer_trims_as_it_goes(
     # Everything was acknowledged; the last-delivered entry itself is kept.
     assert len(await stream_ids(redis_client)) == 1
     assert await ledger_count(db_engine) == (5, 5)
+
+
+async def test_an_id_issued_twice_is_dead_lettered_not_dropped(
+    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+) -> None:
+    users = await create_users(db_engine, money, 2)
+    await some_transactions(money, users, 3)  # ids 1..3
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    assert await writer.drain_once() == 3
+    delivered_again = await stream_ids(redis_client)
+    # Redis loses its counter: ids 2.. are issued again, for other transactions.
+    await redis_client.set(TXN_SEQ, 1)
+    await money.deposit(users[1], 777)  # id 2 again
+    await money.deposit(users[1], 888)  # id 3 again
+    await money.deposit(users[1], 999)  # id 4, new
+    before = await ledger(db_engine)
+    assert await writer.drain_once() == 3
+    after = await ledger(db_engine)
+    assert {i: after[i] for i in before} == before  # the stored ones are untouched
+    assert after[4]["amount_kopecks"] == 999
+    letters = await dead_letters(redis_client)
+    reasons = sorted(r[b"reason"].decode() for r in letters.values())
+    assert len(reasons) == 2
+    assert all("already in the ledger for another transaction" in r for r in reasons)
+    assert sorted(r[b"field:amount"] for r in letters.values()) == [b"777", b"888"]
+    # The same entries delivered again are still fine: same transaction, stored once.
+    stored = await insert_isolating(
+        db_engine,
+        [
+            (entry_id.decode(), Transaction.from_stream_fields(fields))
+            for entry_id, fields in await stream_entries(redis_client)
+            if entry_id.decode() in delivered_again
+        ],
+    )
+    assert stored == (0, [])
