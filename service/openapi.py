@@ -24,7 +24,8 @@ _ERROR_TEXT = {
     422: "validation_error (with field), self_transfer, balance_limit_exceeded or"
     " idempotency_key_reused",
     429: "too_many_attempts",
-    503: "server_busy, wallet_unavailable or history_unavailable: retry shortly",
+    503: "server_busy, service_unavailable, wallet_unavailable or history_unavailable: retry"
+    " shortly",
 }
 
 
@@ -117,7 +118,7 @@ OPERATIONS = (
     Operation("logIn", "post", "/api/login/", "Log in; sets the session cookie", 200,
               schemas.UserOut, (*_JSON_POST, 401, 429, 503), body=schemas.Credentials,
               authenticated=False),
-    Operation("logOut", "post", "/api/logout/", "Revoke the session", 204, None, (401,)),
+    Operation("logOut", "post", "/api/logout/", "Revoke the session", 204, None, (401, 503)),
     Operation("getBalance", "get", "/api/balance/", "The balance in kopecks and rubles", 200,
               schemas.BalanceOut, (401, 422, 503)),
     Operation("deposit", "post", "/api/balance/deposit/", "Deposit to one's own balance", 201,
