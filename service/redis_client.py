@@ -1,7 +1,9 @@
 """The one way the service opens Redis."""
 
 import fakeredis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.settings import Settings
 
@@ -9,6 +11,22 @@ from service.settings import Settings
 # --embedded`. Every client of the process shares this one server.
 MEMORY_URL = "memory://"
 _memory_server: fakeredis.FakeServer | None = None
+# A connection idle this long is PINGed before it carries a command.
+HEALTH_CHECK_INTERVAL_S = 1
+
+
+class _CheckedConnection(Connection):
+    """Commands are never retried: a money script whose reply was lost may have been
+    applied, and only the client's Idempotency-Key makes a second try safe. But a
+    connection idle for a while is PINGed first, and reconnected once if the PING fails
+    (after a Redis restart every pooled socket is dead): the command was not sent yet."""
+
+    async def check_health(self) -> None:
+        try:
+            await super().check_health()  # type: ignore[no-untyped-call]
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await self.disconnect()
+            await super().check_health()  # type: ignore[no-untyped-call]
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -23,6 +41,10 @@ def connect_redis(settings: Settings) -> Redis:
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_wait_timeout_ms / 1000,
+        connection_class=_CheckedConnection,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        socket_timeout=settings.redis_socket_timeout_ms / 1000,
+        socket_connect_timeout=settings.redis_socket_timeout_ms / 1000,
     )
     return Redis(connection_pool=pool)
 

@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     allow_evicting_redis: bool = False
     redis_max_connections: int = Field(default=64, ge=1, le=10_000)
     redis_pool_wait_timeout_ms: int = Field(default=5_000, ge=1, le=60_000)
+    # A Redis that does not answer within this is an outage (503); a money request's
+    # outcome is then unknown and the client retries with its Idempotency-Key.
+    redis_socket_timeout_ms: int = Field(default=5_000, ge=100, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
 
     # Sessions: the cookie holds only a random id; the data lives in Redis.
