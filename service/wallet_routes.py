@@ -1,5 +1,6 @@
 """GET /api/balance/; POST and GET /api/balance/deposit/ and /api/balance/transfer/."""
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -44,6 +45,25 @@ def _unauthorized(request: web.Request, sessions: WalletSessionStorage) -> ApiEr
     """The script found the session gone: forget the cached user; the client logs in again."""
     sessions.forget(sessions.load_cookie(request) or "")
     return ApiError(401, "unauthorized", "the session ended; log in again")
+
+
+async def _counted(
+    request: web.Request,
+    sessions: WalletSessionStorage,
+    operation: str,
+    move: Awaitable[money.Accepted],
+) -> money.Accepted:
+    """Awaits one money script call, counts its result, and turns a refusal into the
+    contract's error."""
+    try:
+        accepted = await move
+    except money.Unauthorized:
+        raise _unauthorized(request, sessions) from None
+    except money.Refused as refused:
+        MONEY_OPERATIONS.labels(operation, refused.code).inc()
+        raise _refusal_error(refused) from None
+    MONEY_OPERATIONS.labels(operation, "replayed" if accepted.replayed else "ok").inc()
+    return accepted
 
 
 def transaction_json(
@@ -111,14 +131,8 @@ async def deposit(request: web.Request) -> web.Response:
     refuse_unknown_query(request, set())
     key = idempotency_key(request)
     body = await read_body(request, DepositRequest)
-    try:
-        accepted = await request.app[MONEY].deposit(user.user_id, body.amount, key, session)
-    except money.Unauthorized:
-        raise _unauthorized(request, sessions) from None
-    except money.Refused as refused:
-        MONEY_OPERATIONS.labels("deposit", refused.code).inc()
-        raise _refusal_error(refused) from None
-    MONEY_OPERATIONS.labels("deposit", "replayed" if accepted.replayed else "ok").inc()
+    move = request.app[MONEY].deposit(user.user_id, body.amount, key, session)
+    accepted = await _counted(request, sessions, "deposit", move)
     return _accepted_response(accepted, None, user.user_id, body.amount)
 
 
@@ -138,16 +152,8 @@ async def transfer(request: web.Request) -> web.Response:
     assert to_user_id is not None  # the model requires exactly one recipient
     if to_user_id == user.user_id:
         raise _refusal_error(money.SelfTransfer())
-    try:
-        accepted = await request.app[MONEY].transfer(
-            user.user_id, to_user_id, body.amount, key, session
-        )
-    except money.Unauthorized:
-        raise _unauthorized(request, sessions) from None
-    except money.Refused as refused:
-        MONEY_OPERATIONS.labels("transfer", refused.code).inc()
-        raise _refusal_error(refused) from None
-    MONEY_OPERATIONS.labels("transfer", "replayed" if accepted.replayed else "ok").inc()
+    move = request.app[MONEY].transfer(user.user_id, to_user_id, body.amount, key, session)
+    accepted = await _counted(request, sessions, "transfer", move)
     return _accepted_response(accepted, user.user_id, to_user_id, body.amount)
 
 
