@@ -55,14 +55,10 @@ if #ARGV ~= 7 or not valid_id(user_id)
 end
 
 local now = redis.call("TIME")
-if has_session and not check_session(KEYS[session_index], user_id, tonumber(absolute_arg),
-                                      idle_arg, tonumber(now[1])) then
-  return {"unauthorized", "", "", "0"}
-end
--- No counter means Redis lost its data and was not rebuilt from the ledger yet: an id
--- issued now could collide with one the ledger holds (`wallet rebuild` restores it).
-if redis.call("EXISTS", KEYS[1]) == 0 then
-  return {"not_rebuilt", "", "", "0"}
+local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, user_id,
+                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+if refusal then
+  return {refusal, "", "", "0"}
 end
 
 local fingerprint = "deposit:" .. amount_arg

@@ -60,14 +60,10 @@ if #ARGV ~= 8 or not valid_id(from_id) or not valid_id(to_id)
 end
 
 local now = redis.call("TIME")
-if has_session and not check_session(KEYS[session_index], from_id, tonumber(absolute_arg),
-                                      idle_arg, tonumber(now[1])) then
-  return {"unauthorized", "", "", "0"}
-end
--- No counter means Redis lost its data and was not rebuilt from the ledger yet: an id
--- issued now could collide with one the ledger holds (`wallet rebuild` restores it).
-if redis.call("EXISTS", KEYS[1]) == 0 then
-  return {"not_rebuilt", "", "", "0"}
+local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, from_id,
+                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+if refusal then
+  return {refusal, "", "", "0"}
 end
 if from_id == to_id then
   return {"self_transfer", "", "", "0"}
