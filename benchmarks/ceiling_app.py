@@ -10,8 +10,9 @@ import os
 import orjson
 from aiohttp import web
 
-from service.money import MoneyScripts, Refused
-from service.redis_client import connect_redis
+from service.domain.refusals import Refused
+from service.redis.client import connect_redis
+from service.redis.money import MoneyScripts
 from service.settings import Settings
 
 MONEY = web.AppKey("money", MoneyScripts)

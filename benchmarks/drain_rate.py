@@ -18,11 +18,12 @@ from sqlalchemy import insert
 from persistence.db import connect_database
 from persistence.migrate import migrate
 from persistence.models import User
-from persistence.writer import StreamWriter, ensure_consumer_group
-from service.money import MoneyScripts
+from service.ledger.writer import StreamWriter
+from service.redis.money import MoneyScripts
+from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
-from tests.postgres_admin import postgres_admin
-from tests.redis_claim import claimed_redis_database
+from tests.support.postgres_admin import postgres_admin
+from tests.support.redis_claim import claimed_redis_database
 
 USERS = 100
 PIPELINE = 500

@@ -50,7 +50,7 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.faults.checks import (
+from tests.support.faults.checks import (
     Verdict,
     compare,
     idempotency_txn_ids,
@@ -58,8 +58,8 @@ from tests.faults.checks import (
     ledger_rows,
     stream_rows,
 )
-from tests.faults.load import Ack, LoadDriver, Loader
-from tests.faults.procs import (
+from tests.support.faults.load import Ack, LoadDriver, Loader
+from tests.support.faults.procs import (
     DelayProxy,
     PostgresServer,
     Processes,

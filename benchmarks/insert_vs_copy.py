@@ -33,14 +33,14 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from persistence.ledger_insert import insert_transactions, ledger_row
+from persistence.ledger_insert import insert_transactions
 from persistence.migrate import migrate
 from persistence.models import LedgerTransaction, User
-from service import redis_keys
-from service.money import MoneyScripts
-from service.transactions import Transaction
-from tests.postgres_admin import postgres_admin
-from tests.redis_claim import claimed_redis_database
+from service.domain.transactions import Transaction
+from service.redis import keyspace
+from service.redis.money import MoneyScripts
+from tests.support.postgres_admin import postgres_admin
+from tests.support.redis_claim import claimed_redis_database
 
 POSTGRES_ADMIN_DSN = os.environ.get("WALLET_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -66,7 +66,7 @@ async def values_insert(
     connection: AsyncConnection, entries: Sequence[tuple[str, Transaction]]
 ) -> int:
     """Measured and not kept: SQLAlchemy compiles 10 bind parameters per row, every batch."""
-    rows = sorted((ledger_row(entry_id, txn) for entry_id, txn in entries), key=lambda r: r["id"])
+    rows = sorted((txn.ledger_row(entry_id) for entry_id, txn in entries), key=lambda r: r["id"])
     statement = insert(LedgerTransaction).values(rows).on_conflict_do_nothing(index_elements=["id"])
     return (await connection.execute(statement)).rowcount
 
@@ -82,7 +82,7 @@ async def copy_insert(
     )
     raw = await connection.get_raw_connection()
     driver: Any = raw.driver_connection
-    records = [tuple(ledger_row(entry_id, txn)[c] for c in _COLUMNS) for entry_id, txn in entries]
+    records = [tuple(txn.ledger_row(entry_id)[c] for c in _COLUMNS) for entry_id, txn in entries]
     await driver.copy_records_to_table("transactions_staging", records=records, columns=_COLUMNS)
     status: str = await driver.execute(
         "INSERT INTO transactions SELECT * FROM transactions_staging ORDER BY id"
@@ -188,7 +188,7 @@ async def stream_memory(redis_url: str, entries: int, idem_share: float) -> None
     pool = BlockingConnectionPool.from_url(redis_url, max_connections=64)
     client = Redis(connection_pool=pool)
     try:
-        await client.set(redis_keys.TXN_SEQ, 0)  # a fresh system, as `wallet serve` starts one
+        await client.set(keyspace.TXN_SEQ, 0)  # a fresh system, as `wallet serve` starts one
         money = MoneyScripts(client, 24 * 3600)
         rng = random.Random(7)
         for user_id in range(1, USERS + 1):
@@ -208,8 +208,8 @@ async def stream_memory(redis_url: str, entries: int, idem_share: float) -> None
             step = min(200, remaining)
             await asyncio.gather(*(one() for _ in range(step)))
             remaining -= step
-        length = await client.xlen(redis_keys.TXN_STREAM)
-        usage = cast(int, await client.memory_usage(redis_keys.TXN_STREAM, samples=0))
+        length = await client.xlen(keyspace.TXN_STREAM)
+        usage = cast(int, await client.memory_usage(keyspace.TXN_STREAM, samples=0))
         print(
             f"{length} entries ({idem_share:.0%} with a 36-character idempotency key):"
             f" MEMORY USAGE {usage} bytes, {usage / length:.1f} bytes/entry,"

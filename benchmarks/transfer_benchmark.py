@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.postgres_admin import postgres_admin
-from tests.redis_claim import claimed_redis_database
+from tests.support.postgres_admin import postgres_admin
+from tests.support.redis_claim import claimed_redis_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

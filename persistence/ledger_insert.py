@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
 
 from persistence.models import LedgerTransaction
-from service.transactions import Transaction
+from service.domain.transactions import Transaction
 
 logger = logging.getLogger("wallet.writer")
 
@@ -55,22 +55,6 @@ _POSTGRES_INSERT = (
 _SQLITE_ROWS_PER_STATEMENT = 32_766 // len(_COLUMNS)
 
 
-def ledger_row(entry_id: str, txn: Transaction) -> dict[str, Any]:
-    """The ``transactions`` row for one stream entry."""
-    return {
-        "id": txn.txn_id,
-        "kind": txn.kind,
-        "from_user_id": txn.from_user_id,
-        "to_user_id": txn.to_user_id,
-        "amount_kopecks": txn.amount_kopecks,
-        "created_at": txn.created_at,
-        "from_balance_after_kopecks": txn.from_balance_kopecks,
-        "to_balance_after_kopecks": txn.to_balance_kopecks,
-        "idempotency_key": txn.idempotency_key,
-        "stream_entry_id": entry_id,
-    }
-
-
 async def insert_transactions(
     connection: AsyncConnection, entries: Sequence[tuple[str, Transaction]]
 ) -> int:
@@ -82,7 +66,7 @@ async def insert_transactions(
     """
     if not entries:
         return 0
-    rows = sorted((ledger_row(entry_id, txn) for entry_id, txn in entries), key=lambda r: r["id"])
+    rows = sorted((txn.ledger_row(entry_id) for entry_id, txn in entries), key=lambda r: r["id"])
     if connection.dialect.name != "sqlite":
         arrays = {name: [row[name] for row in rows] for name in _COLUMNS}
         inserted: int = (await connection.execute(_POSTGRES_INSERT, arrays)).rowcount

@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from service.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
+from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
 
 # SQLite (the embedded mode) only autoincrements a column typed exactly INTEGER.
 Id = BigInteger().with_variant(Integer(), "sqlite")

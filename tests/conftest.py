@@ -21,14 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from persistence.db import connect_database
 from persistence.migrate import migrate
-from service.app import create_app
-from service.money import MoneyScripts
-from service.redis_client import MEMORY_URL, connect_redis
+from service.http.app import create_app
+from service.redis.client import MEMORY_URL, connect_redis
+from service.redis.money import MoneyScripts
 from service.settings import Settings
-from tests.helpers import fresh_database, fresh_redis
-from tests.postgres_admin import postgres_admin
-from tests.redis_claim import claimed_redis_database
-from tests.served import ServedClient, wallet_serve
+from tests.support.helpers import fresh_database, fresh_redis
+from tests.support.postgres_admin import postgres_admin
+from tests.support.redis_claim import claimed_redis_database
+from tests.support.served import ServedClient, wallet_serve
 
 REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
 # The server and an existing database to connect to while creating this run's own database.

@@ -4,10 +4,10 @@ from pathlib import Path
 
 from pytest_aiohttp import AiohttpClient
 
-from service.embedded import create_embedded_app, embedded_settings
-from service.redis_client import MEMORY_URL, connect_redis
+from service.cli.embedded import create_embedded_app, embedded_settings
+from service.redis.client import MEMORY_URL, connect_redis
 from service.settings import Settings
-from tests.http_helpers import Client, login, new_user
+from tests.support.http_helpers import Client, login, new_user
 
 
 async def start(aiohttp_client: AiohttpClient, settings: Settings) -> Client:

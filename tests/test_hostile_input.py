@@ -20,10 +20,11 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.app import MAX_BODY_BYTES, create_app
+from service.domain.limits import MAX_BODY_BYTES
+from service.http.app import create_app
 from service.settings import Settings
-from tests.helpers import snapshot
-from tests.http_helpers import PASSWORD, Client, LoggedIn, login, new_user, sign_up
+from tests.support.helpers import snapshot
+from tests.support.http_helpers import PASSWORD, Client, LoggedIn, login, new_user, sign_up
 
 DEPOSIT = "/api/balance/deposit/"
 TRANSFER = "/api/balance/transfer/"

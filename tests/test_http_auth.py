@@ -8,9 +8,9 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
-from tests.http_helpers import PASSWORD, Client, login, new_user, sign_up
+from tests.support.http_helpers import PASSWORD, Client, login, new_user, sign_up
 
 
 async def test_sign_up_returns_the_user_and_keeps_the_spelling(client: Client) -> None:

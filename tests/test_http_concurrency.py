@@ -2,7 +2,7 @@
 
 import asyncio
 
-from tests.http_helpers import Client, new_user
+from tests.support.http_helpers import Client, new_user
 
 
 async def test_deposit_and_incoming_transfer_at_the_same_moment_both_count(client: Client) -> None:

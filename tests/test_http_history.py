@@ -6,10 +6,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.writer import ensure_consumer_group
+from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
-from tests.helpers import persist
-from tests.http_helpers import Client, LoggedIn, new_user
+from tests.support.helpers import persist
+from tests.support.http_helpers import Client, LoggedIn, new_user
 
 
 async def all_pages(user: LoggedIn, client: Client, path: str, **query: str) -> list[dict]:  # type: ignore[type-arg]
@@ -134,7 +134,7 @@ async def test_bad_history_queries(
 async def test_history_is_unavailable_rather_than_wrong_when_the_writer_is_far_behind(
     aiohttp_client: object, app_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
 ) -> None:
-    from service.app import create_app
+    from service.http.app import create_app
 
     app = create_app(app_settings.model_copy(update={"history_tail_max_entries": 100}))
     client: Client = await aiohttp_client(app)  # type: ignore[operator]

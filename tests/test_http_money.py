@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service.money import MoneyScripts
-from tests.helpers import snapshot
-from tests.http_helpers import Client, new_user
+from service.redis.money import MoneyScripts
+from tests.support.helpers import snapshot
+from tests.support.http_helpers import Client, new_user
 
 
 def error_of(body: Any) -> tuple[str, str | None]:
@@ -263,7 +263,7 @@ async def test_a_client_that_hangs_up_is_not_logged_as_a_failure(
 ) -> None:
     from aiohttp import ClientError, web
 
-    from service.errors import error_middleware
+    from service.http.errors import error_middleware
 
     async def hang_up(request: web.Request) -> web.Response:
         raise ConnectionResetError("Connection lost")

@@ -35,12 +35,12 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.reconcile import reconcile
-from persistence.writer import ensure_consumer_group
-from service import redis_keys
-from service.amounts import MAX_BALANCE_KOPECKS
-from tests.helpers import fresh_database, fresh_redis, persist
-from tests.http_helpers import PASSWORD, Client
+from service.domain.amounts import MAX_BALANCE_KOPECKS
+from service.ledger.reconcile import reconcile
+from service.redis import keyspace
+from service.redis.streams import ensure_consumer_group
+from tests.support.helpers import fresh_database, fresh_redis, persist
+from tests.support.http_helpers import PASSWORD, Client
 
 DEPOSIT = "/api/balance/deposit/"
 TRANSFER = "/api/balance/transfer/"
@@ -416,7 +416,7 @@ class Runner:
             assert account.id is not None
             self._record(account.id, key, ("deposit", amount), status, body)
             if status >= 400 and key is not None:
-                expected.records = redis_keys.idempotency(account.id, key)
+                expected.records = keyspace.idempotency(account.id, key)
         return expected
 
     def _predict_deposit(
@@ -458,7 +458,7 @@ class Runner:
             to_id = recipient.id or GHOST_ID
             self._record(account.id, key, ("transfer", to_id, amount), status, body)
             if status >= 400 and key is not None:
-                expected.records = redis_keys.idempotency(account.id, key)
+                expected.records = keyspace.idempotency(account.id, key)
         return expected
 
     def _predict_transfer(
@@ -525,14 +525,14 @@ class Runner:
         ids = sorted(self.model.balances)
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id in ids:
-                pipe.hget(redis_keys.user(user_id), "balance_kopecks")
+                pipe.hget(keyspace.user(user_id), "balance_kopecks")
             raw = await pipe.execute()
         stored = {u: int(r) for u, r in zip(ids, raw, strict=True)}
         assert all(b >= 0 for b in stored.values()), stored
         assert stored == self.model.balances
         assert sum(stored.values()) == self.model.deposited
         stream = cast(
-            list[tuple[bytes, dict[bytes, bytes]]], await self.redis.xrange(redis_keys.TXN_STREAM)
+            list[tuple[bytes, dict[bytes, bytes]]], await self.redis.xrange(keyspace.TXN_STREAM)
         )
         deposits_in_stream = sum(
             int(fields[b"amount"]) for _, fields in stream if fields[b"kind"] == b"deposit"

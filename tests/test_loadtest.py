@@ -11,11 +11,11 @@ from pytest_aiohttp import AiohttpServer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.writer import StreamWriter
-from service.app import create_app
-from service.cli import main
-from service.loadtest import LoadtestConfig, parse_mix, run_loadtest
-from service.loadtest_stats import Histogram, IdSet
+from service.cli.main import main
+from service.http.app import create_app
+from service.ledger.writer import StreamWriter
+from service.loadtest.run import LoadtestConfig, parse_mix, run_loadtest
+from service.loadtest.stats import Histogram, IdSet
 from service.settings import Settings
 from tests.conftest import EMBEDDED
 

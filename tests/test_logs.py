@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from service.logs import JsonFormatter, request_id
-from service.money import MoneyScripts
-from tests.http_helpers import Client, new_user
+from service.http.logs import JsonFormatter, request_id
+from service.redis.money import MoneyScripts
+from tests.support.http_helpers import Client, new_user
 
 
 async def test_every_response_carries_a_request_id(client: Client) -> None:

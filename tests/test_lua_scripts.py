@@ -8,22 +8,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from service import redis_keys
-from service.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
-from service.money import (
-    AccountNotFound,
-    BalanceLimitExceeded,
-    IdempotencyKeyReused,
-    InsufficientFunds,
-    MoneyScripts,
-    NotRebuilt,
-    RecipientNotFound,
-    SelfTransfer,
-    SessionCheck,
-    Unauthorized,
-    load_script_source,
-)
-from tests.helpers import StreamEntries, balance, snapshot, stream_fields
+from service.domain import refusals
+from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
+from service.redis import keyspace
+from service.redis.money import MoneyScripts, SessionCheck
+from service.redis.scripts import load_script_source
+from tests.support.helpers import StreamEntries, balance, refusing, snapshot, stream_fields
 
 
 @pytest.fixture
@@ -81,7 +71,7 @@ async def test_deposit_to_unknown_account_writes_nothing(
     money: MoneyScripts, redis_client: Redis
 ) -> None:
     before = await snapshot(redis_client)
-    with pytest.raises(AccountNotFound):
+    with refusing(refusals.ACCOUNT_NOT_FOUND):
         await money.deposit(99, 100)
     assert await snapshot(redis_client) == before
 
@@ -111,7 +101,7 @@ async def test_deposit_balance_limit_exactly_at_and_one_past_the_edge(
     records = await stream_fields(redis_client)
     assert records[-1]["to_balance"] == "1000000000000000"
     before = await snapshot(redis_client)
-    with pytest.raises(BalanceLimitExceeded):
+    with refusing(refusals.BALANCE_LIMIT_EXCEEDED):
         await money.deposit(1, 1)
     assert await snapshot(redis_client) == before
 
@@ -143,7 +133,7 @@ async def test_transfer_of_the_whole_balance_and_one_kopeck_more(
 ) -> None:
     await money.deposit(1, 300)
     before = await snapshot(redis_client)
-    with pytest.raises(InsufficientFunds):
+    with refusing(refusals.INSUFFICIENT_FUNDS):
         await money.transfer(1, 2, 301)
     assert await snapshot(redis_client) == before
     await money.transfer(1, 2, 300)
@@ -156,11 +146,11 @@ async def test_transfer_refusals_write_nothing(
 ) -> None:
     await money.deposit(1, 1_000)
     before = await snapshot(redis_client)
-    with pytest.raises(RecipientNotFound):
+    with refusing(refusals.RECIPIENT_NOT_FOUND):
         await money.transfer(1, 3, 10)
-    with pytest.raises(SelfTransfer):
+    with refusing(refusals.SELF_TRANSFER):
         await money.transfer(1, 1, 10)
-    with pytest.raises(AccountNotFound):
+    with refusing(refusals.ACCOUNT_NOT_FOUND):
         await money.transfer(3, 1, 10)
     assert await snapshot(redis_client) == before
 
@@ -175,7 +165,7 @@ async def test_transfer_recipient_balance_limit_at_and_past_the_edge(
     await money.transfer(1, 2, 10)
     assert await balance(redis_client, 2) == MAX_BALANCE_KOPECKS
     before = await snapshot(redis_client)
-    with pytest.raises(BalanceLimitExceeded):
+    with refusing(refusals.BALANCE_LIMIT_EXCEEDED):
         await money.transfer(1, 2, 1)
     assert await snapshot(redis_client) == before
 
@@ -193,7 +183,7 @@ async def test_idempotent_replay_moves_money_once(
     assert await balance(redis_client, 2) == 200
     records = await stream_fields(redis_client)
     assert [r["idem_key"] for r in records] == ["dep-1", "tr-1"]
-    ttl = await redis_client.ttl(redis_keys.idempotency(1, "dep-1"))
+    ttl = await redis_client.ttl(keyspace.idempotency(1, "dep-1"))
     assert 24 * 3600 - 10 <= ttl <= 24 * 3600
 
 
@@ -202,10 +192,10 @@ async def test_idempotency_key_reused_with_another_payload(
 ) -> None:
     await money.deposit(1, 700, idempotency_key="k")
     before = await snapshot(redis_client)
-    with pytest.raises(IdempotencyKeyReused):
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
         await money.deposit(1, 701, idempotency_key="k")
     # Keys are scoped per user across both endpoints.
-    with pytest.raises(IdempotencyKeyReused):
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
         await money.transfer(1, 2, 700, idempotency_key="k")
     assert await snapshot(redis_client) == before
     # Another user's identical key is independent.
@@ -216,17 +206,17 @@ async def test_idempotency_key_reused_with_another_payload(
 async def test_refused_operation_is_replayed_as_refused(
     money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
 ) -> None:
-    with pytest.raises(InsufficientFunds) as first:
+    with refusing(refusals.INSUFFICIENT_FUNDS) as first:
         await money.transfer(1, 2, 100, idempotency_key="retry-me")
     assert not first.value.replayed
     await money.deposit(1, 1_000)
-    with pytest.raises(InsufficientFunds) as replay:
+    with refusing(refusals.INSUFFICIENT_FUNDS) as replay:
         await money.transfer(1, 2, 100, idempotency_key="retry-me")
     assert replay.value.replayed
-    with pytest.raises(RecipientNotFound):
+    with refusing(refusals.RECIPIENT_NOT_FOUND):
         await money.transfer(1, 3, 100, idempotency_key="nobody")
     await money.register_user(3)
-    with pytest.raises(RecipientNotFound):
+    with refusing(refusals.RECIPIENT_NOT_FOUND):
         await money.transfer(1, 3, 100, idempotency_key="nobody")
     assert await balance(redis_client, 1) == 1_000
     assert await balance(redis_client, 3) == 0
@@ -236,9 +226,9 @@ async def test_validation_refusals_are_not_recorded(
     money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 100)
-    with pytest.raises(SelfTransfer):
+    with refusing(refusals.SELF_TRANSFER):
         await money.transfer(1, 1, 10, idempotency_key="self")
-    assert not await redis_client.exists(redis_keys.idempotency(1, "self"))
+    assert not await redis_client.exists(keyspace.idempotency(1, "self"))
     await money.transfer(1, 2, 10, idempotency_key="self")
     assert await balance(redis_client, 2) == 10
 
@@ -256,8 +246,8 @@ async def test_scripts_survive_script_flush(
     assert await balance(redis_client, 3) == 50
 
 
-DEPOSIT_KEYS = [redis_keys.TXN_SEQ, redis_keys.TXN_STREAM, redis_keys.user(1)]
-TRANSFER_KEYS = [*DEPOSIT_KEYS, redis_keys.user(2)]
+DEPOSIT_KEYS = [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(1)]
+TRANSFER_KEYS = [*DEPOSIT_KEYS, keyspace.user(2)]
 NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
 
 
@@ -284,27 +274,27 @@ NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
         ),
         (
             "deposit",
-            [redis_keys.TXN_SEQ, redis_keys.TXN_STREAM, redis_keys.user(2)],
+            [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(2)],
             ["1", "5", "", "86400", *NO_SESSION],
         ),
         (
             "deposit",
-            [*DEPOSIT_KEYS, redis_keys.idempotency(2, "k")],
+            [*DEPOSIT_KEYS, keyspace.idempotency(2, "k")],
             ["1", "5", "k", "86400", *NO_SESSION],
         ),
         (
             "deposit",
-            [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k" * 65)],
+            [*DEPOSIT_KEYS, keyspace.idempotency(1, "k" * 65)],
             ["1", "5", "k" * 65, "86400", *NO_SESSION],
         ),
         (
             "deposit",
-            [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k\n")],
+            [*DEPOSIT_KEYS, keyspace.idempotency(1, "k\n")],
             ["1", "5", "k\n", "86400", *NO_SESSION],
         ),
         (
             "deposit",
-            [*DEPOSIT_KEYS, redis_keys.idempotency(1, "k")],
+            [*DEPOSIT_KEYS, keyspace.idempotency(1, "k")],
             ["1", "5", "", "86400", *NO_SESSION],
         ),
         ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION]),
@@ -312,11 +302,11 @@ NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", ""]),
         (
             "transfer",
-            [*TRANSFER_KEYS, redis_keys.idempotency(2, "k")],
+            [*TRANSFER_KEYS, keyspace.idempotency(2, "k")],
             ["1", "2", "5", "k", "86400", *NO_SESSION],
         ),
-        ("register_user", [redis_keys.user(2)], ["1"]),
-        ("register_user", [redis_keys.user(0)], ["0"]),
+        ("register_user", [keyspace.user(2)], ["1"]),
+        ("register_user", [keyspace.user(0)], ["0"]),
     ],
 )
 async def test_scripts_refuse_malformed_arguments_and_write_nothing(
@@ -338,7 +328,7 @@ async def test_dead_letter_moves_and_acknowledges_atomically(
     redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 5)
-    stream, group = redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP
+    stream, group = keyspace.TXN_STREAM, keyspace.WRITER_GROUP
     await redis_client.xgroup_create(stream, group, id="0")
     delivered = cast(
         list[tuple[bytes, list[tuple[bytes, object]]]],
@@ -346,14 +336,14 @@ async def test_dead_letter_moves_and_acknowledges_atomically(
     )
     entry_id = delivered[0][1][0][0].decode()
     script = load_script_source("dead_letter")
-    keys = [stream, redis_keys.TXN_DEAD_LETTER]
+    keys = [stream, keyspace.TXN_DEAD_LETTER]
     before = await snapshot(redis_client)
     for args in ([group, entry_id, "reason"], [group, "not-an-id", "reason", "x"]):
         assert await redis_client.eval(script, 2, *keys, *args) == b"invalid_argument"
     assert await snapshot(redis_client) == before
     assert await redis_client.eval(script, 2, *keys, group, entry_id, "reason", "bad") == 1
     assert cast(dict[str, int], await redis_client.xpending(stream, group))["pending"] == 0
-    letters = cast(StreamEntries, await redis_client.xrange(redis_keys.TXN_DEAD_LETTER))
+    letters = cast(StreamEntries, await redis_client.xrange(keyspace.TXN_DEAD_LETTER))
     assert [fields for _, fields in letters] == [{b"reason": b"bad"}]
 
 
@@ -384,12 +374,12 @@ async def test_money_scripts_check_the_session_first(
     await redis_client.set("wallet_session_junk", "not json")
     before = await snapshot(redis_client)
     for session in refused:
-        with pytest.raises(Unauthorized):
+        with refusing(refusals.SESSION_ENDED):
             await money.transfer(1, 2, 10, "k2", session=session)
-        with pytest.raises(Unauthorized):
+        with refusing(refusals.SESSION_ENDED):
             await money.deposit(1, 10, "k3", session=session)
         # Checked before the idempotency record: a replay needs a live session too.
-        with pytest.raises(Unauthorized):
+        with refusing(refusals.SESSION_ENDED):
             await money.transfer(1, 2, 10, "k1", session=session)
     assert await snapshot(redis_client) == before
 
@@ -420,10 +410,10 @@ async def test_no_money_moves_while_redis_has_not_been_rebuilt(
 ) -> None:
     await money.deposit(1, 100)
     # Redis lost its data (a wallet was given again at login), the counter went with it.
-    await redis_client.delete(redis_keys.TXN_SEQ)
+    await redis_client.delete(keyspace.TXN_SEQ)
     before = await snapshot(redis_client)
-    with pytest.raises(NotRebuilt):
+    with refusing(refusals.NOT_REBUILT):
         await money.deposit(1, 5, "k")
-    with pytest.raises(NotRebuilt):
+    with refusing(refusals.NOT_REBUILT):
         await money.transfer(1, 2, 5, "k")
     assert await snapshot(redis_client) == before

@@ -4,10 +4,10 @@ import time
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.writer import ensure_consumer_group
+from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
-from tests.helpers import persist
-from tests.http_helpers import Client, new_user
+from tests.support.helpers import persist
+from tests.support.http_helpers import Client, new_user
 
 
 def sample(text: str, name: str, default: float | None = None, **labels: str) -> float:
@@ -79,7 +79,7 @@ class RacingRedis:
 
 
 async def test_lag_gauge_survives_the_writer_acknowledging_between_two_reads() -> None:
-    from service import metrics
+    from service.http import metrics
 
     await metrics._refresh_ledger_gauges(RacingRedis(None))  # type: ignore[arg-type]
     assert metrics.WRITER_LAG_SECONDS._value.get() == 0.0

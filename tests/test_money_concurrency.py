@@ -6,10 +6,11 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
-from service.money import Accepted, InsufficientFunds, MoneyScripts
-from service.redis_client import connect_redis
+from service.domain.refusals import INSUFFICIENT_FUNDS, Refused
+from service.redis.client import connect_redis
+from service.redis.money import Accepted, MoneyScripts
 from service.settings import Settings
-from tests.helpers import balance, stream_transactions
+from tests.support.helpers import balance, stream_transactions
 
 USERS = (1, 2, 3, 4)
 CONNECTIONS = 6
@@ -37,7 +38,9 @@ async def test_concurrent_operations_conserve_money(redis_url: str, redis_client
         sender, recipient = rng.sample(USERS, 2)
         try:
             result = await money.transfer(sender, recipient, amount)
-        except InsufficientFunds:
+        except Refused as refusal:
+            if refusal.refusal is not INSUFFICIENT_FUNDS:
+                raise
             refused["insufficient_funds"] += 1
             return
         accepted[result.txn_id] = (sender, recipient, amount)

@@ -25,10 +25,10 @@ from pytest_aiohttp import AiohttpServer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.amounts import MAX_AMOUNT_KOPECKS
-from service.app import create_app
-from service.cursor import decode_cursor, encode_cursor
-from service.openapi import CURSOR_PATTERN
+from service.domain.amounts import MAX_AMOUNT_KOPECKS
+from service.domain.cursor import decode_cursor, encode_cursor
+from service.http.app import create_app
+from service.http.docs import CURSOR_PATTERN
 from service.settings import Settings
 
 SEED = 20261126

@@ -9,16 +9,23 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence import rebuild as rebuild_module
-from persistence import reconcile as reconcile_module
 from persistence.models import LedgerTransaction
-from persistence.rebuild import RebuildRefused, ensure_transaction_counter, format_report, rebuild
-from persistence.reconcile import format_report as format_reconcile
-from persistence.reconcile import reconcile
-from service import redis_keys
-from service.money import IdempotencyKeyReused, MoneyScripts, load_script_source
-from tests.helpers import add_users, balance, persist, snapshot
-from tests.redis_claim import empty_but_claim
+from service.domain import refusals
+from service.ledger import rebuild as rebuild_module
+from service.ledger import reconcile as reconcile_module
+from service.ledger.rebuild import (
+    RebuildRefused,
+    ensure_transaction_counter,
+    format_report,
+    rebuild,
+)
+from service.ledger.reconcile import format_report as format_reconcile
+from service.ledger.reconcile import reconcile
+from service.redis import keyspace
+from service.redis.money import MoneyScripts
+from service.redis.scripts import load_script_source
+from tests.support.helpers import add_users, balance, persist, refusing, snapshot
+from tests.support.redis_claim import empty_but_claim
 
 TTL_S = 24 * 3600
 USERS = list(range(1, 8))
@@ -77,10 +84,10 @@ async def test_rebuild_restores_what_redis_lost(
     check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert check.ok, format_reconcile(check)
     assert check.users_checked == len(USERS)
-    assert int(cast(bytes, await redis_client.get(redis_keys.TXN_SEQ))) >= last_id
+    assert int(cast(bytes, await redis_client.get(keyspace.TXN_SEQ))) >= last_id
     assert report.txn_seq >= last_id
-    groups = await redis_client.xinfo_groups(redis_keys.TXN_STREAM)
-    assert [g["name"] for g in groups] == [redis_keys.WRITER_GROUP.encode()]
+    groups = await redis_client.xinfo_groups(keyspace.TXN_STREAM)
+    assert [g["name"] for g in groups] == [keyspace.WRITER_GROUP.encode()]
 
     # A new transaction gets an id no stored one has. (Were it to reuse an id, the writer's
     # INSERT ... ON CONFLICT DO NOTHING would silently drop it from the ledger.)
@@ -94,12 +101,12 @@ async def test_rebuild_restores_what_redis_lost(
 async def test_retries_with_recent_keys_replay_instead_of_moving_money(
     redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
-    original = await redis_client.hgetall(redis_keys.idempotency(7, "pay-1"))
+    original = await redis_client.hgetall(keyspace.idempotency(7, "pay-1"))
     await lose_redis(redis_client)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
 
-    assert await redis_client.hgetall(redis_keys.idempotency(7, "pay-1")) == original
-    seq_before = await redis_client.get(redis_keys.TXN_SEQ)
+    assert await redis_client.hgetall(keyspace.idempotency(7, "pay-1")) == original
+    seq_before = await redis_client.get(keyspace.TXN_SEQ)
 
     deposit = await money.deposit(3, 30_000, idempotency_key="dep-3")
     sent = await money.transfer(7, 1, 3_000, idempotency_key="pay-1")
@@ -107,10 +114,10 @@ async def test_retries_with_recent_keys_replay_instead_of_moving_money(
     assert [deposit.replayed, sent.replayed, other.replayed] == [True, True, True]
     assert sent.txn_id != other.txn_id
     assert await balances(redis_client) == history
-    assert await redis_client.get(redis_keys.TXN_SEQ) == seq_before
-    with pytest.raises(IdempotencyKeyReused):
+    assert await redis_client.get(keyspace.TXN_SEQ) == seq_before
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
         await money.transfer(7, 1, 3_001, idempotency_key="pay-1")
-    with pytest.raises(IdempotencyKeyReused):
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
         await money.deposit(7, 3_000, idempotency_key="pay-1")
 
 
@@ -138,13 +145,13 @@ async def test_restored_keys_expire_when_the_originals_would_have(
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
     assert report.idempotency_keys_restored == 8
 
-    record = await redis_client.hgetall(redis_keys.idempotency(4, "dep-4"))
+    record = await redis_client.hgetall(keyspace.idempotency(4, "dep-4"))
     assert record[b"created_at_us"] == str(created_at_us).encode()
-    ttl_ms = await redis_client.pttl(redis_keys.idempotency(4, "dep-4"))
+    ttl_ms = await redis_client.pttl(keyspace.idempotency(4, "dep-4"))
     assert (TTL_S - 3_600 - 5) * 1_000 <= ttl_ms <= (TTL_S - 3_600) * 1_000
     assert (await money.deposit(4, 40_000, idempotency_key="dep-4")).replayed
 
-    assert not await redis_client.exists(redis_keys.idempotency(2, "dep-2"))
+    assert not await redis_client.exists(keyspace.idempotency(2, "dep-2"))
     again = await money.deposit(2, 20_000, idempotency_key="dep-2")
     assert not again.replayed
     assert await balance(redis_client, 2) == history[2] + 20_000
@@ -155,7 +162,7 @@ async def test_of_two_uses_of_one_key_the_newer_is_restored(
 ) -> None:
     # dep-1 was used, expired (a shorter TTL once, say) and was used again for another amount.
     await shift_back(db_engine, 1, "dep-1", TTL_S // 2)
-    await redis_client.delete(redis_keys.idempotency(1, "dep-1"))
+    await redis_client.delete(keyspace.idempotency(1, "dep-1"))
     newer = await money.deposit(1, 555, idempotency_key="dep-1")
     await persist(redis_client, db_engine)
     await lose_redis(redis_client)
@@ -167,7 +174,7 @@ async def test_of_two_uses_of_one_key_the_newer_is_restored(
         newer.created_at_us,
         True,
     )
-    with pytest.raises(IdempotencyKeyReused):
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
         await money.deposit(1, 10_000, idempotency_key="dep-1")
     assert await balance(redis_client, 1) == history[1] + 555
 
@@ -191,8 +198,8 @@ async def test_rebuild_refuses_while_the_stream_holds_unpersisted_entries(
 async def test_rebuild_over_a_live_redis_corrects_balances_and_never_lowers_the_counter(
     redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
-    await redis_client.hincrby(redis_keys.user(3), "balance_kopecks", 5)
-    await redis_client.set(redis_keys.TXN_SEQ, 1_000)
+    await redis_client.hincrby(keyspace.user(3), "balance_kopecks", 5)
+    await redis_client.set(keyspace.TXN_SEQ, 1_000)
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
     assert (report.wallets_created, report.wallets_updated, report.txn_seq) == (0, 1, 1_000)
     assert await balances(redis_client) == history
@@ -202,10 +209,10 @@ async def test_rebuild_over_a_live_redis_corrects_balances_and_never_lowers_the_
 async def test_rebuild_with_an_empty_ledger(redis_client: Redis, db_engine: AsyncEngine) -> None:
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
     assert (report.users, report.ledger_last_txn_id, report.txn_seq) == (0, 0, 0)
-    assert await redis_client.xinfo_groups(redis_keys.TXN_STREAM) != []
+    assert await redis_client.xinfo_groups(keyspace.TXN_STREAM) != []
 
 
-RESTORE_WALLET_KEYS = [redis_keys.TXN_SEQ, redis_keys.user(1)]
+RESTORE_WALLET_KEYS = [keyspace.TXN_SEQ, keyspace.user(1)]
 NOW_US = str(int(time.time() * 1_000_000))
 
 
@@ -215,7 +222,7 @@ def idempotency_case(
     """restore_idempotency with valid arguments but ARGV[position + 1] = value."""
     args = ["1", "k", "deposit", "1", "5", "3", NOW_US, "60"]
     args[position] = value
-    return "restore_idempotency", [redis_keys.idempotency(key_owner, key)], args
+    return "restore_idempotency", [keyspace.idempotency(key_owner, key)], args
 
 
 @pytest.mark.parametrize(
@@ -228,8 +235,8 @@ def idempotency_case(
         ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "5", "-3"]),
         ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "5", "1e3"]),
         ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "5"]),
-        ("restore_wallet", [redis_keys.TXN_SEQ, redis_keys.user(2)], ["1", "5", "0"]),
-        ("restore_wallet", [redis_keys.user(1), redis_keys.TXN_SEQ], ["1", "5", "0"]),
+        ("restore_wallet", [keyspace.TXN_SEQ, keyspace.user(2)], ["1", "5", "0"]),
+        ("restore_wallet", [keyspace.user(1), keyspace.TXN_SEQ], ["1", "5", "0"]),
         idempotency_case(3, "2"),  # a deposit to someone else
         idempotency_case(2, "transfer"),  # a transfer to oneself
         idempotency_case(2, "refund"),
@@ -241,7 +248,7 @@ def idempotency_case(
         idempotency_case(1, "j"),  # not the key in KEYS[1]
         idempotency_case(0, "1", key_owner=2),
         idempotency_case(1, "k\n", key="k\n"),
-        ("restore_idempotency", [redis_keys.idempotency(1, "k")], ["1", "k", "deposit"]),
+        ("restore_idempotency", [keyspace.idempotency(1, "k")], ["1", "k", "deposit"]),
     ],
 )
 async def test_restore_scripts_refuse_malformed_arguments_and_write_nothing(
@@ -257,7 +264,7 @@ async def test_restore_scripts_refuse_malformed_arguments_and_write_nothing(
 
 async def test_restore_idempotency_outcomes(redis_client: Redis) -> None:
     source = load_script_source("restore_idempotency")
-    key = redis_keys.idempotency(1, "k")
+    key = keyspace.idempotency(1, "k")
 
     async def restore(created_at_us: int, txn_id: str = "3") -> bytes:
         args = ["1", "k", "transfer", "2", "5", txn_id, str(created_at_us), "60"]
@@ -281,17 +288,17 @@ async def test_restore_idempotency_outcomes(redis_client: Redis) -> None:
 async def test_the_counter_is_started_only_for_an_empty_ledger(
     redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
-    await redis_client.delete(redis_keys.TXN_SEQ)
+    await redis_client.delete(keyspace.TXN_SEQ)
     assert await ensure_transaction_counter(redis_client, db_engine)
-    assert await redis_client.get(redis_keys.TXN_SEQ) == b"0"
+    assert await redis_client.get(keyspace.TXN_SEQ) == b"0"
     await add_users(db_engine, money, USERS)
     await money.deposit(USERS[0], 100)
     await persist(redis_client, db_engine)
-    await redis_client.delete(redis_keys.TXN_SEQ)  # Redis lost, the ledger has transaction 1
+    await redis_client.delete(keyspace.TXN_SEQ)  # Redis lost, the ledger has transaction 1
     assert not await ensure_transaction_counter(redis_client, db_engine)
-    assert not await redis_client.exists(redis_keys.TXN_SEQ)
+    assert not await redis_client.exists(keyspace.TXN_SEQ)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert await redis_client.get(redis_keys.TXN_SEQ) == b"1"
+    assert await redis_client.get(keyspace.TXN_SEQ) == b"1"
 
 
 async def test_rebuild_of_an_empty_ledger_starts_the_counter(
@@ -299,4 +306,4 @@ async def test_rebuild_of_an_empty_ledger_starts_the_counter(
 ) -> None:
     await lose_redis(redis_client)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert await redis_client.get(redis_keys.TXN_SEQ) == b"0"
+    assert await redis_client.get(keyspace.TXN_SEQ) == b"0"

@@ -8,12 +8,13 @@ from redis.asyncio import Redis
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence import reconcile as reconcile_module
 from persistence.models import LedgerTransaction
-from persistence.reconcile import Drift, format_report, reconcile
-from service import redis_keys
-from service.money import InsufficientFunds, MoneyScripts
-from tests.helpers import add_users, balance, persist
+from service.domain.refusals import INSUFFICIENT_FUNDS, Refused
+from service.ledger import reconcile as reconcile_module
+from service.ledger.reconcile import Drift, format_report, reconcile
+from service.redis import keyspace
+from service.redis.money import MoneyScripts
+from tests.support.helpers import add_users, balance, persist
 
 
 async def money_mix(money: MoneyScripts) -> None:
@@ -49,7 +50,7 @@ async def test_reports_a_redis_balance_that_drifted(
     await money_mix(money)
     await persist(redis_client, db_engine)
     before = await balance(redis_client, 2)
-    await redis_client.hincrby(redis_keys.user(2), "balance_kopecks", 1)
+    await redis_client.hincrby(keyspace.user(2), "balance_kopecks", 1)
     report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert not report.ok
     assert report.drifts == [Drift(2, before + 1, before)]
@@ -132,7 +133,7 @@ async def test_reports_a_transaction_counter_below_the_ledger(
     for _ in range(3):
         await money.deposit(1, 10)
     await persist(redis_client, db_engine)
-    await redis_client.set(redis_keys.TXN_SEQ, 1)
+    await redis_client.set(keyspace.TXN_SEQ, 1)
     report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert report.seq_behind_ledger == (1, 3)
     assert not report.ok
@@ -161,7 +162,9 @@ async def test_no_false_drift_while_money_keeps_moving(
             sender, recipient = rng.sample(user_ids, 2)
             try:
                 await money.transfer(sender, recipient, rng.randint(1, 300))
-            except InsufficientFunds:
+            except Refused as refusal:
+                if refusal.refusal is not INSUFFICIENT_FUNDS:
+                    raise
                 await money.deposit(sender, 500)
             moved += 1
 

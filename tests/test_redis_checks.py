@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service.redis_checks import UnsafeRedis, check_redis_durability
-from service.redis_client import HEALTH_CHECK_INTERVAL_S, connect_redis
+from service.redis.checks import UnsafeRedis, check_redis_durability
+from service.redis.client import HEALTH_CHECK_INTERVAL_S, connect_redis
 from service.settings import Settings
 
 

@@ -7,13 +7,13 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.replay import parse_from_id, replay
-from persistence.writer import StreamWriter
-from service.money import MoneyScripts
-from service.redis_keys import TXN_STREAM, WRITER_GROUP
+from service.ledger.replay import parse_from_id, replay
+from service.ledger.writer import StreamWriter
+from service.redis.keyspace import TXN_STREAM, WRITER_GROUP
+from service.redis.money import MoneyScripts
 from service.settings import Settings
-from tests.helpers import stream_entries
-from tests.test_writer import (
+from tests.support.helpers import stream_entries
+from tests.support.writer import (
     create_users,
     ledger,
     ledger_count,

@@ -5,9 +5,10 @@ from typing import cast
 import pytest
 from redis.asyncio import Redis
 
-from persistence.stream_tail import unpersisted_tail
-from service import redis_keys
-from service.money import MoneyScripts, load_script_source
+from service.redis import keyspace
+from service.redis.money import MoneyScripts
+from service.redis.scripts import load_script_source
+from service.redis.stream_tail import unpersisted_tail
 
 Delivered = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
@@ -16,7 +17,7 @@ async def deliver(redis: Redis, count: int) -> list[bytes]:
     reply = cast(
         Delivered,
         await redis.xreadgroup(
-            redis_keys.WRITER_GROUP, "w1", {redis_keys.TXN_STREAM: ">"}, count=count
+            keyspace.WRITER_GROUP, "w1", {keyspace.TXN_STREAM: ">"}, count=count
         ),
     )
     return [entry_id for entry_id, _ in reply[0][1]]
@@ -46,17 +47,17 @@ async def test_without_a_group_the_whole_stream_is_unpersisted(
 async def test_tail_starts_at_the_oldest_pending_entry(
     redis_client: Redis, five_transactions: None
 ) -> None:
-    await redis_client.xgroup_create(redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP, id="0")
+    await redis_client.xgroup_create(keyspace.TXN_STREAM, keyspace.WRITER_GROUP, id="0")
     ids = await deliver(redis_client, 3)  # 1..3 delivered, pending
-    await redis_client.xack(redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP, ids[0], ids[2])
+    await redis_client.xack(keyspace.TXN_STREAM, keyspace.WRITER_GROUP, ids[0], ids[2])
     tail = await unpersisted_tail(redis_client, max_entries=100)
     # 2 is still pending; 3 is acknowledged but newer than 2, so it is returned too.
     assert [t.txn_id for t in tail.transactions] == [2, 3, 4, 5]
-    await redis_client.xack(redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP, ids[1])
+    await redis_client.xack(keyspace.TXN_STREAM, keyspace.WRITER_GROUP, ids[1])
     tail = await unpersisted_tail(redis_client, max_entries=100)
     assert [t.txn_id for t in tail.transactions] == [4, 5]
     acked = await deliver(redis_client, 10)
-    await redis_client.xack(redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP, *acked)
+    await redis_client.xack(keyspace.TXN_STREAM, keyspace.WRITER_GROUP, *acked)
     assert (await unpersisted_tail(redis_client, max_entries=100)).transactions == []
 
 
@@ -70,5 +71,5 @@ async def test_empty_stream_and_bad_arguments(redis_client: Redis) -> None:
     assert (await unpersisted_tail(redis_client, max_entries=10)).transactions == []
     script = load_script_source("stream_tail")
     for args in (["ledger-writer", "0", ""], ["ledger-writer", "10", "01"], ["", "10", ""]):
-        reply = await redis_client.eval(script, 1, redis_keys.TXN_STREAM, *args)
+        reply = await redis_client.eval(script, 1, keyspace.TXN_STREAM, *args)
         assert reply == [b"invalid_argument"]

@@ -2,7 +2,6 @@
 redelivery, crashes, concurrent writers, outages, poison records and retention."""
 
 import asyncio
-import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -11,100 +10,38 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import persistence.ledger_insert
-import persistence.writer
+import service.ledger.writer
 from persistence.ledger_insert import insert_isolating, insert_transactions, is_data_error
-from persistence.models import Base, LedgerTransaction, User
-from persistence.writer import (
+from persistence.models import Base, LedgerTransaction
+from service.domain.refusals import Refused
+from service.domain.transactions import Transaction
+from service.ledger.writer import (
     StreamWriter,
     Unparseable,
-    ensure_consumer_group,
     parse_entry,
 )
-from service.money import MoneyScripts, Refused
-from service.redis_keys import TXN_DEAD_LETTER, TXN_SEQ, TXN_STREAM, WRITER_GROUP
+from service.redis.keyspace import TXN_SEQ, TXN_STREAM, WRITER_GROUP
+from service.redis.money import MoneyScripts
+from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
-from service.transactions import Transaction
-from tests.helpers import StreamEntries, stream_entries
+from tests.support.helpers import stream_entries
+from tests.support.writer import (
+    create_users,
+    dead_letters,
+    ledger,
+    ledger_count,
+    pending,
+    some_transactions,
+    writer_settings,
+    xadd,
+)
 
 WAIT_S = 5.0
-_keys = itertools.count()
-
-
-def writer_settings(settings: Settings, **update: Any) -> Settings:
-    """Fast settings for a test writer; model_copy skips validation, so limits can go low."""
-    values: dict[str, Any] = {
-        "writer_block_ms": 20,
-        "writer_consumer_name": "writer-a",
-        "writer_retry_max_backoff_ms": 20,
-    }
-    values.update(update)
-    return settings.model_copy(update=values)
-
-
-async def create_users(engine: AsyncEngine, money: MoneyScripts, count: int) -> list[int]:
-    """Users 1..count in PostgreSQL (the ledger's foreign keys) and with a wallet in Redis."""
-    ids = list(range(1, count + 1))
-    async with engine.begin() as connection:
-        await connection.execute(
-            insert(User), [{"id": i, "username": f"user{i}", "password_hash": "x"} for i in ids]
-        )
-    for user_id in ids:
-        await money.register_user(user_id)
-    return ids
-
-
-async def some_transactions(money: MoneyScripts, users: list[int], count: int) -> list[int]:
-    """``count`` transactions among ``users``: a deposit to each first, then transfers."""
-    txn_ids = []
-    for i in range(count):
-        if i < len(users):
-            key = f"key-{next(_keys)}"
-            accepted = await money.deposit(users[i], 1_000_000, idempotency_key=key)
-        else:
-            sender = users[i % len(users)]
-            recipient = users[(i + 1) % len(users)]
-            accepted = await money.transfer(sender, recipient, 100 + i)
-        txn_ids.append(accepted.txn_id)
-    return txn_ids
-
-
-async def ledger(engine: AsyncEngine) -> dict[int, dict[str, Any]]:
-    async with engine.connect() as connection:
-        rows = await connection.execute(select(LedgerTransaction.__table__))
-        return {row.id: dict(row._mapping) for row in rows}
-
-
-async def ledger_count(engine: AsyncEngine) -> tuple[int, int]:
-    """Rows and distinct transaction ids."""
-    async with engine.connect() as connection:
-        result = await connection.execute(
-            text("SELECT count(*), count(DISTINCT id) FROM transactions")
-        )
-        total, distinct = result.one()
-        return int(total), int(distinct)
-
-
-async def pending(redis: Redis) -> dict[str, int]:
-    """Pending entries per consumer."""
-    summary = await redis.xpending(TXN_STREAM, WRITER_GROUP)
-    return {c["name"].decode(): c["pending"] for c in summary["consumers"]}
-
-
-async def xadd(redis: Redis, fields: dict[str, str]) -> str:
-    """Appends an entry by hand, as no script would."""
-    entry_id = await redis.xadd(TXN_STREAM, cast(dict[Any, Any], fields))
-    return cast(bytes, entry_id).decode()
-
-
-async def dead_letters(redis: Redis) -> dict[str, dict[bytes, bytes]]:
-    """The dead-letter stream's records by the entry id they stand for."""
-    records = cast(StreamEntries, await redis.xrange(TXN_DEAD_LETTER))
-    return {fields[b"entry_id"].decode(): fields for _, fields in records}
 
 
 async def stream_ids(redis: Redis) -> list[str]:
@@ -440,6 +377,48 @@ async def test_postgres_errors_retry_the_same_batch_with_backoff(
     assert await pending(redis_client) == {}
 
 
+async def test_a_programming_error_stops_the_writer_instead_of_being_retried(
+    settings: Settings,
+    redis_client: Redis,
+    money: MoneyScripts,
+    db_engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    users = await create_users(db_engine, money, 2)
+    await some_transactions(money, users, 3)
+    attempts = 0
+
+    async def buggy(connection: AsyncConnection, entries: list[tuple[str, Transaction]]) -> int:
+        nonlocal attempts
+        attempts += 1
+        raise KeyError("a bug, not an outage")
+
+    monkeypatch.setattr(persistence.ledger_insert, "insert_transactions", buggy)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    with pytest.raises(KeyError, match="a bug"):
+        await writer.drain_once()
+    assert attempts == 1
+    assert writer.stats.retries == 0
+    # Nothing was acknowledged: the next writer (after the fix) stores all of it.
+    assert await pending(redis_client) == {"writer-a": 3}
+    monkeypatch.undo()
+    assert await StreamWriter(writer_settings(settings), redis_client, db_engine).drain_once() == 3
+    assert await ledger_count(db_engine) == (3, 3)
+
+
+async def test_redis_lost_the_group_it_is_created_again(
+    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+) -> None:
+    users = await create_users(db_engine, money, 2)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    assert await writer.drain_once() == 0  # creates the group
+    await redis_client.xgroup_destroy(TXN_STREAM, WRITER_GROUP)
+    await some_transactions(money, users, 2)
+    assert await writer.drain_once() == 0  # NOGROUP: the group is created again
+    assert await writer.drain_once() == 2
+    assert await ledger_count(db_engine) == (2, 2)
+
+
 async def test_redis_errors_back_off_too(
     settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
@@ -603,7 +582,7 @@ async def test_stop_finishes_the_batch_in_hand(
         stop.set()  # SIGTERM arrives while the batch is being written
         return await real(*args)
 
-    monkeypatch.setattr(persistence.writer, "insert_isolating", stop_midway)
+    monkeypatch.setattr(service.ledger.writer, "insert_isolating", stop_midway)
     writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
     async with asyncio.timeout(WAIT_S):
         await writer.run(stop)

@@ -16,7 +16,13 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import EMBEDDED
-from tests.faults.procs import POSTGRES_BIN, REDIS_SERVER, PostgresServer, Processes, RedisServer
+from tests.support.faults.procs import (
+    POSTGRES_BIN,
+    REDIS_SERVER,
+    PostgresServer,
+    Processes,
+    RedisServer,
+)
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import time
 
 from redis.asyncio import Redis
 
-from tests.faults.checks import compare, ledger_rows, stream_rows, wait_until_in_ledger
-from tests.faults.load import LoadDriver, Loader
-from tests.faults.procs import PostgresServer, Processes, run_wallet, wallet_env
+from tests.support.faults.checks import compare, ledger_rows, stream_rows, wait_until_in_ledger
+from tests.support.faults.load import LoadDriver, Loader
+from tests.support.faults.procs import PostgresServer, Processes, run_wallet, wallet_env
 
 OUTAGE_S = 10.0  # the issue says 30 s; benchmarks/faults_long_run.py runs that
 

@@ -12,15 +12,15 @@ import time
 
 from redis.asyncio import Redis
 
-from tests.faults.checks import (
+from tests.support.faults.checks import (
     compare,
     ledger_ids,
     ledger_rows,
     redis_balances,
     wait_until_in_ledger,
 )
-from tests.faults.load import LoadDriver, Loader, Request
-from tests.faults.procs import Processes, RedisServer, run_wallet, wallet_env
+from tests.support.faults.load import LoadDriver, Loader, Request
+from tests.support.faults.procs import Processes, RedisServer, run_wallet, wallet_env
 
 DEPOSIT = "/api/balance/deposit/"
 

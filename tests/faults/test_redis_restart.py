@@ -7,7 +7,7 @@ import time
 
 from redis.asyncio import Redis
 
-from tests.faults.checks import (
+from tests.support.faults.checks import (
     compare,
     idempotency_txn_ids,
     ledger_rows,
@@ -17,8 +17,8 @@ from tests.faults.checks import (
     stream_transactions,
     wait_until_in_ledger,
 )
-from tests.faults.load import LoadDriver, Loader
-from tests.faults.procs import Processes, RedisServer, run_wallet, wallet_env
+from tests.support.faults.load import LoadDriver, Loader
+from tests.support.faults.procs import Processes, RedisServer, run_wallet, wallet_env
 
 DOWN_S = 1.0
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
-from tests.faults.checks import (
+from tests.support.faults.checks import (
     compare,
     ledger_rows,
     redis_balances,
@@ -17,8 +17,8 @@ from tests.faults.checks import (
     stream_transactions,
     wait_until_in_ledger,
 )
-from tests.faults.load import LoadDriver, Loader, Request
-from tests.faults.procs import DelayProxy, Processes, RedisServer, run_wallet, wallet_env
+from tests.support.faults.load import LoadDriver, Loader, Request
+from tests.support.faults.procs import DelayProxy, Processes, RedisServer, run_wallet, wallet_env
 
 MAX_KILLS = 5
 

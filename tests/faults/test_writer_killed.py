@@ -8,10 +8,10 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from service import redis_keys
-from tests.faults.checks import compare, ledger_rows, stream_rows, wait_until_in_ledger
-from tests.faults.load import LoadDriver, Loader
-from tests.faults.procs import Processes, run_wallet, wallet_env
+from service.redis import keyspace
+from tests.support.faults.checks import compare, ledger_rows, stream_rows, wait_until_in_ledger
+from tests.support.faults.load import LoadDriver, Loader
+from tests.support.faults.procs import Processes, run_wallet, wallet_env
 
 # The contract: a restarted writer resumes within 10 s, including the records a killed
 # writer had read but not acknowledged.
@@ -21,7 +21,7 @@ RESUME_WITHIN_S = 10.0
 async def _pending_of(redis: Redis, consumer_names: set[str]) -> int:
     consumers = cast(
         list[dict[str, object]],
-        await redis.xinfo_consumers(redis_keys.TXN_STREAM, redis_keys.WRITER_GROUP),
+        await redis.xinfo_consumers(keyspace.TXN_STREAM, keyspace.WRITER_GROUP),
     )
     return sum(
         int(cast(int, c["pending"]))

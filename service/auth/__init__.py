@@ -1,0 +1,1 @@
+"""Who is calling: sessions, password hashing, login throttling."""

@@ -1,0 +1,1 @@
+"""The `wallet` command and the processes it runs."""

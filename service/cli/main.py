@@ -1,0 +1,333 @@
+"""The ``wallet`` command line."""
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.db import connect_database
+from service.http.logs import configure_logging
+from service.redis.client import connect_redis
+from service.settings import Settings, env_name
+
+T = TypeVar("T")
+RECONCILE_WAIT_FOR_WRITER_S = 10.0
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad variable stops the command and is named."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{env_name(str(e['loc'][0])) if e['loc'] else '?'}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.ClickException(f"bad configuration: {problems}") from None
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (no wheels on every platform)
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+@asynccontextmanager
+async def connections(settings: Settings) -> AsyncIterator[tuple[Redis, AsyncEngine]]:
+    redis = connect_redis(settings)
+    engine = connect_database(settings)
+    try:
+        yield redis, engine
+    finally:
+        await engine.dispose()
+        await redis.aclose()
+
+
+@contextmanager
+def metrics_directory() -> Iterator[None]:
+    """Gives the workers a shared PROMETHEUS_MULTIPROC_DIR unless one is configured."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="wallet-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@click.group()
+def main() -> None:
+    """Wallet service: balances in Redis, a PostgreSQL ledger."""
+    configure_logging()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="processes sharing the port (gunicorn's aiohttp worker, uvloop)",
+)
+@click.option(
+    "--embedded",
+    is_flag=True,
+    help="everything in this process: in-process Redis and an SQLite ledger in --data-dir",
+)
+@click.option(
+    "--data-dir",
+    default="./wallet-data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where --embedded keeps its ledger file",
+)
+def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) -> None:
+    """Run the HTTP API against REDIS_URL and DATABASE_URL, or --embedded."""
+    settings = load_settings()
+    if embedded:
+        if workers != 1:
+            raise click.BadParameter("--embedded runs in one process", param_hint="--workers")
+        from aiohttp import web
+
+        from service.cli.embedded import create_embedded_app, embedded_settings
+
+        app = create_embedded_app(embedded_settings(settings, data_dir))
+        click.echo(f"wallet (embedded, ledger in {data_dir}) on http://{host}:{port}")
+        web.run_app(app, host=host, port=port, print=None)
+        return
+    with metrics_directory():
+        # Imported only now: prometheus_client picks its multi-process mode at import.
+        from service.cli.multiworker import serve_workers
+
+        serve_workers(settings, host, port, workers)
+
+
+@main.command()
+def writer() -> None:
+    """Drain the transactions stream into PostgreSQL until SIGTERM or SIGINT.
+
+    On a signal it finishes the batch in hand, acknowledges it and exits.
+    """
+    from service.ledger.writer import StreamWriter
+
+    settings = load_settings()
+
+    async def drain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with connections(settings) as (redis, engine):
+            await StreamWriter(settings, redis, engine).run(stop)
+
+    run(drain())
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    from persistence.migrate import migrate as upgrade
+
+    settings = load_settings()
+
+    async def apply() -> None:
+        engine = connect_database(settings)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    run(apply())
+    click.echo("schema is up to date")
+
+
+@main.command()
+@click.option(
+    "--from",
+    "from_id",
+    required=True,
+    help="a transaction id (123) or a stream entry id (1700000000000-0)",
+)
+def replay(from_id: str) -> None:
+    """Re-drive retained stream records into PostgreSQL, from a point on (idempotent)."""
+    from service.ledger.replay import replay as redrive
+
+    settings = load_settings()
+
+    async def go() -> int:
+        async with connections(settings) as (redis, engine):
+            return await redrive(settings, redis, engine, from_id)
+
+    try:
+        inserted = run(go())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+    click.echo(f"replayed: {inserted} rows were missing from the ledger and are now stored")
+
+
+@main.command()
+@click.option(
+    "--wait-for-writer",
+    "wait_s",
+    default=RECONCILE_WAIT_FOR_WRITER_S,
+    show_default=True,
+    type=click.FloatRange(0, 600),
+    help="seconds to wait for the writer to catch up",
+)
+def reconcile(wait_s: float) -> None:
+    """Compare every Redis balance with the ledger; exit 1 on drift or a lagging writer."""
+    from service.ledger.reconcile import format_report
+    from service.ledger.reconcile import reconcile as compare
+
+    settings = load_settings()
+
+    async def go() -> Any:
+        async with connections(settings) as (redis, engine):
+            return await compare(redis, engine, wait_s)
+
+    report = run(go())
+    click.echo(format_report(report))
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+def rebuild() -> None:
+    """Reload Redis from the ledger after Redis was lost. Run it with the API stopped."""
+    from service.ledger.rebuild import LedgerInconsistent, RebuildRefused, format_report
+    from service.ledger.rebuild import rebuild as restore
+
+    settings = load_settings()
+
+    async def go() -> Any:
+        async with connections(settings) as (redis, engine):
+            return await restore(redis, engine, settings.idempotency_ttl_s)
+
+    try:
+        report = run(go())
+    except (RebuildRefused, LedgerInconsistent) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_report(report))
+
+
+@main.command()
+@click.option("--url", required=True, help="the service, e.g. http://127.0.0.1:8080")
+@click.option("--users", required=True, type=click.IntRange(2, 100_000), help="users to create")
+@click.option("--concurrency", required=True, type=click.IntRange(1, 4096), help="requests at once")
+@click.option("--duration", required=True, type=click.FloatRange(1, 3600), help="seconds of load")
+@click.option(
+    "--mix",
+    default="deposit=20,transfer=70,balance=10",
+    show_default=True,
+    help="relative weights of the operations",
+)
+@click.option(
+    "--idempotency-keys",
+    is_flag=True,
+    help="a fresh Idempotency-Key on every POST; 1 in 20 is sent again, must get the same answer",
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write every figure to this file",
+)
+@click.option(
+    "--redis-url",
+    envvar="REDIS_URL",
+    show_envvar=True,
+    help="the service's Redis; with --database-url, the ledger is checked after the load",
+)
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    show_envvar=True,
+    help="the service's ledger (postgresql+asyncpg://...)",
+)
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="seconds per request",
+)
+@click.option(
+    "--writer-wait",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0, 600),
+    help="seconds to wait for the writer to store every acknowledged transaction",
+)
+@click.option("--seed", type=int, help="seed for the random choices")
+def loadtest(
+    url: str,
+    users: int,
+    concurrency: int,
+    duration: float,
+    mix: str,
+    idempotency_keys: bool,
+    json_file: Path | None,
+    redis_url: str | None,
+    database_url: str | None,
+    timeout: float,
+    writer_wait: float,
+    seed: int | None,
+) -> None:
+    """Create, fund and log in --users users, drive the mix against --url, print throughput,
+    latencies and errors, then verify the money: balances against every 201, and with
+    both Redis and database URLs (options or REDIS_URL, DATABASE_URL) reconcile and the
+    ledger rows. Exit 1 on any violation, 2 if the service could not be reached or the
+    users could not be set up."""
+    import orjson
+
+    from service.loadtest.run import (
+        LoadtestAborted,
+        LoadtestConfig,
+        format_result,
+        parse_mix,
+        run_loadtest,
+    )
+
+    try:
+        weights = parse_mix(mix)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--mix") from None
+    if bool(redis_url) != bool(database_url):
+        raise click.UsageError("the ledger checks need both --redis-url and --database-url")
+    config = LoadtestConfig(
+        url=url,
+        users=users,
+        concurrency=concurrency,
+        duration_s=duration,
+        mix=weights,
+        idempotency_keys=idempotency_keys,
+        redis_url=redis_url or None,
+        database_url=database_url or None,
+        request_timeout_s=timeout,
+        writer_wait_s=writer_wait,
+        seed=seed,
+    )
+    try:
+        result = run(run_loadtest(config))
+    except LoadtestAborted as exc:
+        click.echo(f"loadtest aborted: {exc}", err=True)
+        sys.exit(2)
+    click.echo(format_result(result))
+    if json_file is not None:
+        json_file.write_bytes(orjson.dumps(result.figures, option=orjson.OPT_INDENT_2))
+    sys.exit(0 if result.ok else 1)

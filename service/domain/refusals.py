@@ -1,0 +1,142 @@
+"""The one catalog of refusals: every error the service answers with.
+
+Each entry gives the contract's error code, its HTTP status, the default message and
+whether a money script records it under an Idempotency-Key (so that a retry replays it).
+The Lua outcome parsing (service/redis/money.py), the HTTP error bodies
+(service/http/errors.py) and the OpenAPI error descriptions (service/http/openapi.py) are
+all read from here; nothing else spells a status code for an error.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: str
+    status: int
+    message: str
+    # A money script records this outcome under the request's Idempotency-Key.
+    recorded: bool = False
+    # What the Lua scripts return for it, when that is not ``code``: two script outcomes
+    # share the code the API shows for a Redis that lost its data.
+    lua_outcome: str | None = None
+
+
+class Refused(Exception):
+    """A request refused: nothing changed. Raised anywhere, rendered by the HTTP layer."""
+
+    def __init__(
+        self,
+        refusal: Refusal,
+        message: str | None = None,
+        field: str | None = None,
+        *,
+        retry_after_s: int | None = None,
+        replayed: bool = False,
+    ) -> None:
+        super().__init__(message or refusal.message)
+        self.refusal = refusal
+        self.message = message or refusal.message
+        self.field = field
+        self.retry_after_s = retry_after_s
+        self.replayed = replayed
+
+    @property
+    def code(self) -> str:
+        return self.refusal.code
+
+
+# Input.
+MALFORMED_JSON = Refusal("malformed_json", 400, "the request body is not valid JSON")
+VALIDATION_ERROR = Refusal("validation_error", 422, "the request is not valid")
+PAYLOAD_TOO_LARGE = Refusal("payload_too_large", 413, "the request body is larger than 64 KiB")
+UNSUPPORTED_MEDIA_TYPE = Refusal("unsupported_media_type", 415, "send the body as application/json")
+NOT_FOUND = Refusal("not_found", 404, "no such endpoint")
+METHOD_NOT_ALLOWED = Refusal("method_not_allowed", 405, "method not allowed on this endpoint")
+
+# Accounts and sessions.
+UNAUTHORIZED = Refusal("unauthorized", 401, "log in first")
+INVALID_CREDENTIALS = Refusal("invalid_credentials", 401, "wrong username or password")
+USERNAME_TAKEN = Refusal("username_taken", 409, "this username is taken")
+TOO_MANY_ATTEMPTS = Refusal("too_many_attempts", 429, "too many failed logins; try again later")
+
+# Money: what the scripts answer.
+RECIPIENT_NOT_FOUND = Refusal("recipient_not_found", 404, "no such recipient", recorded=True)
+INSUFFICIENT_FUNDS = Refusal(
+    "insufficient_funds", 409, "the balance is smaller than the amount", recorded=True
+)
+BALANCE_LIMIT_EXCEEDED = Refusal(
+    "balance_limit_exceeded", 422, "the balance would exceed 10^15 kopecks", recorded=True
+)
+SELF_TRANSFER = Refusal("self_transfer", 422, "a transfer to oneself is not allowed")
+IDEMPOTENCY_KEY_REUSED = Refusal(
+    "idempotency_key_reused", 422, "this Idempotency-Key was used with another request"
+)
+# Redis lost its data: a wallet is missing, or the id counter is (`wallet rebuild`).
+ACCOUNT_NOT_FOUND = Refusal(
+    "wallet_unavailable",
+    503,
+    "the wallet is being restored; try again later",
+    lua_outcome="account_not_found",
+)
+NOT_REBUILT = Refusal(
+    "wallet_unavailable",
+    503,
+    "balances are being restored; try again later",
+    lua_outcome="not_rebuilt",
+)
+
+# Capacity and outages.
+SERVER_BUSY = Refusal("server_busy", 503, "too many sign-ups and logins at once; retry shortly")
+SERVICE_UNAVAILABLE = Refusal(
+    "service_unavailable", 503, "a backend is unavailable; try again shortly"
+)
+HISTORY_UNAVAILABLE = Refusal(
+    "history_unavailable", 503, "the ledger is catching up; try again shortly"
+)
+INTERNAL_ERROR = Refusal("internal_error", 500, "internal error; try again")
+
+# The session a money script checked is gone: a 401 like any other.
+SESSION_ENDED = Refusal(
+    "unauthorized", 401, "the session ended; log in again", lua_outcome="unauthorized"
+)
+
+CATALOG: tuple[Refusal, ...] = (
+    MALFORMED_JSON,
+    VALIDATION_ERROR,
+    PAYLOAD_TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    NOT_FOUND,
+    METHOD_NOT_ALLOWED,
+    UNAUTHORIZED,
+    INVALID_CREDENTIALS,
+    USERNAME_TAKEN,
+    TOO_MANY_ATTEMPTS,
+    RECIPIENT_NOT_FOUND,
+    INSUFFICIENT_FUNDS,
+    BALANCE_LIMIT_EXCEEDED,
+    SELF_TRANSFER,
+    IDEMPOTENCY_KEY_REUSED,
+    ACCOUNT_NOT_FOUND,
+    NOT_REBUILT,
+    SERVER_BUSY,
+    SERVICE_UNAVAILABLE,
+    HISTORY_UNAVAILABLE,
+    INTERNAL_ERROR,
+    SESSION_ENDED,
+)
+
+# The money scripts' refusals, by the outcome string a script returns.
+BY_LUA_OUTCOME: dict[str, Refusal] = {
+    refusal.lua_outcome or refusal.code: refusal
+    for refusal in (
+        RECIPIENT_NOT_FOUND,
+        INSUFFICIENT_FUNDS,
+        BALANCE_LIMIT_EXCEEDED,
+        SELF_TRANSFER,
+        IDEMPOTENCY_KEY_REUSED,
+        ACCOUNT_NOT_FOUND,
+        NOT_REBUILT,
+        SESSION_ENDED,
+    )
+}

@@ -1,0 +1,1 @@
+"""The REST API: the app factory, the routes, middlewares, errors and OpenAPI."""

@@ -1,0 +1,53 @@
+"""POST /api/sign-up/, /api/login/, /api/logout/."""
+
+from aiohttp import web
+
+from persistence.users import UsernameTaken, create_user, find_user
+from service.auth.sessions import SessionUser, current_user, end_session, start_session
+from service.domain import refusals
+from service.domain.refusals import Refused
+from service.http.errors import json_response
+from service.http.input import read_body
+from service.http.schemas import Credentials
+from service.http.state import DATABASE, MONEY, PASSWORDS, SESSIONS, THROTTLE
+
+
+async def sign_up(request: web.Request) -> web.Response:
+    body = await read_body(request, Credentials)
+    password_hash = await request.app[PASSWORDS].hash(body.password)
+    try:
+        # PostgreSQL first, Redis last: a crash in between leaves a user with no wallet,
+        # which holds no money and is given one at login.
+        user_id = await create_user(request.app[DATABASE], body.username, password_hash)
+    except UsernameTaken:
+        raise Refused(refusals.USERNAME_TAKEN, field="username") from None
+    await request.app[MONEY].register_user(user_id)
+    return json_response({"id": user_id, "username": body.username}, status=201)
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await read_body(request, Credentials)
+    throttle = request.app[THROTTLE]
+    address = request.remote or "unknown"
+    if not await throttle.acquire(body.username, address):
+        raise Refused(refusals.TOO_MANY_ATTEMPTS)
+    user = await find_user(request.app[DATABASE], body.username)
+    try:
+        verified = await request.app[PASSWORDS].verify(
+            None if user is None else user.password_hash, body.password
+        )
+    except Refused:  # too busy to check it: the attempt is given back
+        await throttle.not_checked(body.username, address)
+        raise
+    if user is None or not verified:
+        raise Refused(refusals.INVALID_CREDENTIALS)
+    await throttle.succeeded(body.username, address)
+    await request.app[MONEY].register_user(user.id)
+    await start_session(request, request.app[SESSIONS], SessionUser(user.id, user.username))
+    return json_response({"id": user.id, "username": user.username})
+
+
+async def logout(request: web.Request) -> web.Response:
+    await current_user(request)
+    await end_session(request)
+    return web.Response(status=204)

@@ -1,0 +1,81 @@
+"""What the OpenAPI document says of parameters, headers and links, beside the table of
+routes (service/http/routes.py) that uses them."""
+
+from service.domain.limits import DEFAULT_PAGE_SIZE, IDEMPOTENCY_KEY_MAX_CHARS, MAX_PAGE_SIZE
+
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_PAGE_SIZE,
+        "default": DEFAULT_PAGE_SIZE,
+    },
+}
+# A cursor (service/domain/cursor.py) is base64url("v1:" + 1 to 16 digits), unpadded: "djE6" for
+# "v1:", then 4 characters per 3 digits and 2 or 3 for a last 1 or 2. A digit byte is
+# 0x30-0x39, which leaves these characters at each place of a 4-character group.
+_DIGITS_HEAD = "(?:[MN][DTjz]|O[DT])"  # the first digit's bits
+_DIGITS3 = f"{_DIGITS_HEAD}[AEIMQUYcgk][w-z0-5]"
+_DIGITS1 = "(?:[MN][AQgw]|O[AQ])"
+_DIGITS2 = f"{_DIGITS_HEAD}[AEIMQUYcgk]"
+_GROUPS = f"(?:{_DIGITS3})"
+CURSOR_PATTERN = f"^djE6(?:{_GROUPS}{{1,5}}|{_GROUPS}{{0,5}}{_DIGITS1}|{_GROUPS}{{0,4}}{_DIGITS2})$"
+CURSOR = {
+    "name": "cursor",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+    "description": "next_cursor of the previous page, as given; anything else is 422",
+}
+DIRECTION = {
+    "name": "direction",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["all", "in", "out"], "default": "all"},
+}
+SIGN_UP_LINKS = {
+    "LogIn": {
+        "operationId": "logIn",
+        "requestBody": {
+            "username": "$request.body#/username",
+            "password": "$request.body#/password",
+        },
+        "description": "The new user logs in with the credentials it signed up with",
+    },
+    "TransferToNewUser": {
+        "operationId": "transfer",
+        "requestBody": {"to_user_id": "$response.body#/id"},
+        "description": "The new user can receive transfers by its id",
+    },
+}
+DEPOSIT_LINKS = {
+    "ListDeposits": {
+        "operationId": "listDeposits",
+        "description": "The deposit is on the first page of the depositor's history at once",
+    },
+}
+TRANSFER_LINKS = {
+    "ListTransfersOut": {
+        "operationId": "listTransfers",
+        "parameters": {"query.direction": "out"},
+        "description": "The transfer is on the first page of the sender's outgoing history at once",
+    },
+}
+
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    # HTTP drops spaces around a header value: a key neither starts nor ends with one.
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": IDEMPOTENCY_KEY_MAX_CHARS,
+        "pattern": "^[!-~](?:[ -~]*[!-~])?$",
+    },
+    "description": "A repeat within 24 h returns the first response and moves no money;"
+    " spaces around the key are not part of it",
+}

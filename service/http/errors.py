@@ -1,0 +1,87 @@
+"""The contract's error model: a status code and {"error": {"code", "message", "field"?}}.
+
+Every refusal is a ``Refused`` carrying an entry of the catalog
+(service/domain/refusals.py); this middleware renders it, and renders aiohttp's own HTTP
+errors, outages and bugs in the same shape.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from service.domain import refusals
+from service.domain.refusals import Refused
+from service.outages import OUTAGE_ERRORS
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("wallet.http")
+
+# Retry-After on a 503 that only needs a moment (an outage, a busy server).
+RETRY_SHORTLY_S = 1
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def error_response(refused: Refused) -> web.Response:
+    error: dict[str, object] = {"code": refused.code, "message": refused.message}
+    if refused.field is not None:
+        error["field"] = refused.field
+    response = json_response({"error": error}, refused.refusal.status)
+    if refused.retry_after_s is not None:
+        response.headers["Retry-After"] = str(refused.retry_after_s)
+    return response
+
+
+def validation_error(exc: ValidationError) -> Refused:
+    """The first problem, naming the field at fault."""
+    first = exc.errors(include_url=False)[0]
+    location = [str(part) for part in first["loc"]]
+    field = ".".join(location) if location else None
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "model_type" or first["type"] == "dict_type":
+        message = "the body must be a JSON object"
+    else:
+        message = first["msg"]
+    return Refused(refusals.VALIDATION_ERROR, message, field)
+
+
+_HTTP_ERRORS = {
+    404: refusals.NOT_FOUND,
+    405: refusals.METHOD_NOT_ALLOWED,
+    413: refusals.PAYLOAD_TOO_LARGE,
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Renders every failure in the contract's shape; nothing else leaks (no tracebacks)."""
+    try:
+        return await handler(request)
+    except Refused as refused:
+        return error_response(refused)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        refusal = _HTTP_ERRORS.get(exc.status)
+        if refusal is None:  # no other HTTP error is raised by aiohttp on a route of ours
+            log.error("unexpected HTTP error %d on %s %s", exc.status, request.method, request.path)
+            refusal = refusals.INTERNAL_ERROR
+        response = error_response(Refused(refusal))
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except ConnectionResetError:
+        raise  # the client went away: nobody to answer, nothing to log as our failure
+    except OUTAGE_ERRORS as exc:
+        log.warning("backend unavailable on %s %s: %r", request.method, request.path, exc)
+        return error_response(Refused(refusals.SERVICE_UNAVAILABLE, retry_after_s=RETRY_SHORTLY_S))
+    except Exception:
+        # A bug: logged with its traceback, answered in the contract's shape without details.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(Refused(refusals.INTERNAL_ERROR))

@@ -1,0 +1,99 @@
+"""Every URL of the service, in one table: the API's operations, with what OpenAPI says of
+each (service/http/openapi.py builds the document from this table), then the operations
+endpoints."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from service.domain import refusals
+from service.domain.refusals import Refusal
+from service.http import auth, docs, metrics, ops, schemas, wallet
+from service.http.errors import Handler
+
+
+@dataclass(frozen=True)
+class Operation:
+    operation_id: str
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    status: int
+    response: type[BaseModel] | None
+    # What this operation may answer besides success; the ones every JSON body, every
+    # session check and every backend outage may give are added by ``refusals_of``.
+    refusals: tuple[Refusal, ...] = ()
+    body: type[BaseModel] | None = None
+    query: tuple[dict[str, Any], ...] = ()
+    authenticated: bool = True
+    idempotent: bool = False
+    # OpenAPI links of the success response: what a client can do next with its data.
+    links: dict[str, Any] = field(default_factory=dict)
+
+
+def refusals_of(op: Operation) -> tuple[Refusal, ...]:
+    body = (
+        (
+            refusals.MALFORMED_JSON,
+            refusals.PAYLOAD_TOO_LARGE,
+            refusals.UNSUPPORTED_MEDIA_TYPE,
+            refusals.VALIDATION_ERROR,
+        )
+        if op.body is not None
+        else ()
+    )
+    session = (refusals.UNAUTHORIZED,) if op.authenticated else ()
+    return (*body, *session, *op.refusals, refusals.SERVICE_UNAVAILABLE)
+
+
+# Every money script may find Redis lost its data (`wallet rebuild`).
+_MONEY = (refusals.IDEMPOTENCY_KEY_REUSED, refusals.ACCOUNT_NOT_FOUND)
+_LISTING = (refusals.VALIDATION_ERROR, refusals.HISTORY_UNAVAILABLE)
+
+OPERATIONS = (
+    Operation("signUp", "POST", "/api/sign-up/", auth.sign_up,
+              "Create a user with a zero balance", 201, schemas.UserOut,
+              (refusals.USERNAME_TAKEN, refusals.SERVER_BUSY), body=schemas.Credentials,
+              authenticated=False, links=docs.SIGN_UP_LINKS),
+    Operation("logIn", "POST", "/api/login/", auth.login,
+              "Log in; sets the session cookie", 200, schemas.UserOut,
+              (refusals.INVALID_CREDENTIALS, refusals.TOO_MANY_ATTEMPTS, refusals.SERVER_BUSY),
+              body=schemas.Credentials, authenticated=False),
+    Operation("logOut", "POST", "/api/logout/", auth.logout, "Revoke the session", 204, None),
+    Operation("getBalance", "GET", "/api/balance/", wallet.get_balance,
+              "The balance in kopecks and rubles", 200, schemas.BalanceOut,
+              (refusals.VALIDATION_ERROR, refusals.ACCOUNT_NOT_FOUND)),
+    Operation("deposit", "POST", "/api/balance/deposit/", wallet.deposit,
+              "Deposit to one's own balance", 201, schemas.TransactionOut,
+              (*_MONEY, refusals.BALANCE_LIMIT_EXCEEDED), body=schemas.DepositRequest,
+              idempotent=True, links=docs.DEPOSIT_LINKS),
+    Operation("listDeposits", "GET", "/api/balance/deposit/", wallet.deposit_history,
+              "Deposit history, newest first", 200, schemas.DepositPage, _LISTING,
+              query=(docs.LIMIT, docs.CURSOR)),
+    Operation("transfer", "POST", "/api/balance/transfer/", wallet.transfer,
+              "Transfer to another user", 201, schemas.TransactionOut,
+              (*_MONEY, refusals.RECIPIENT_NOT_FOUND, refusals.INSUFFICIENT_FUNDS,
+               refusals.SELF_TRANSFER, refusals.BALANCE_LIMIT_EXCEEDED),
+              body=schemas.TransferRequest, idempotent=True, links=docs.TRANSFER_LINKS),
+    Operation("listTransfers", "GET", "/api/balance/transfer/", wallet.transfer_history,
+              "Transfer history, newest first", 200, schemas.TransferPage, _LISTING,
+              query=(docs.DIRECTION, docs.LIMIT, docs.CURSOR)),
+)  # fmt: skip
+
+# Not part of the API document: probes, the document itself, and Prometheus.
+_OPERATIONS_ENDPOINTS = (
+    ("GET", "/healthz", ops.healthz),
+    ("GET", "/readyz", ops.readyz),
+    ("GET", "/api/openapi.json", ops.openapi_json),
+    ("GET", "/metrics", metrics.metrics),
+)
+
+
+def setup_routes(app: web.Application) -> None:
+    for op in OPERATIONS:
+        app.router.add_route(op.method, op.path, op.handler)
+    for method, path, handler in _OPERATIONS_ENDPOINTS:
+        app.router.add_route(method, path, handler)

@@ -1,0 +1,2 @@
+"""What joins Redis and the PostgreSQL ledger: the writer, histories, replay, reconcile and
+rebuild."""

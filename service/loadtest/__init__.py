@@ -1,0 +1,1 @@
+"""`wallet loadtest`: drives a running service and checks the money invariants."""

@@ -1,0 +1,60 @@
+"""The one way the service opens Redis."""
+
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.settings import Settings
+
+# ``REDIS_URL=memory://``: an in-process Redis (fakeredis, with Lua) for `wallet serve
+# --embedded`. Every client of the process shares this one server.
+MEMORY_URL = "memory://"
+_memory_server: Any = None  # fakeredis.FakeServer, imported only when used
+# A connection idle this long is PINGed before it carries a command.
+HEALTH_CHECK_INTERVAL_S = 1
+
+
+class _CheckedConnection(Connection):
+    """Commands are never retried: a money script whose reply was lost may have been
+    applied, and only the client's Idempotency-Key makes a second try safe. But a
+    connection idle for a while is PINGed first, and reconnected once if the PING fails
+    (after a Redis restart every pooled socket is dead): the command was not sent yet."""
+
+    async def check_health(self) -> None:
+        try:
+            await super().check_health()  # type: ignore[no-untyped-call]
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await self.disconnect()
+            await super().check_health()  # type: ignore[no-untyped-call]
+
+
+def connect_redis(settings: Settings) -> Redis:
+    """A client whose pool waits for a free connection instead of failing at the limit.
+
+    redis-py's default asyncio pool raises MaxConnectionsError when every connection is
+    busy; under a burst that would turn into refused payments.
+    """
+    if settings.redis_url == MEMORY_URL:
+        return _memory_redis()
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_wait_timeout_ms / 1000,
+        connection_class=_CheckedConnection,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        socket_timeout=settings.redis_socket_timeout_ms / 1000,
+        socket_connect_timeout=settings.redis_socket_timeout_ms / 1000,
+    )
+    return Redis(connection_pool=pool)
+
+
+def _memory_redis() -> Redis:
+    import fakeredis  # the embedded extra; production processes never import it
+
+    global _memory_server
+    if _memory_server is None:
+        _memory_server = fakeredis.FakeServer()
+    client: Redis = fakeredis.FakeAsyncRedis(server=_memory_server)
+    return client

@@ -1,0 +1,23 @@
+"""The transaction stream's consumer group and entry ids."""
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from service.redis.keyspace import TXN_STREAM, WRITER_GROUP
+
+
+async def ensure_consumer_group(redis: Redis) -> None:
+    """Creates the writers' consumer group (and the stream) at ``0`` unless it exists, so
+    that no entry is ever skipped."""
+    try:
+        await redis.xgroup_create(TXN_STREAM, WRITER_GROUP, id="0", mkstream=True)
+    except ResponseError as error:
+        if not str(error).startswith("BUSYGROUP"):
+            raise
+
+
+def stream_id(raw: bytes | str) -> tuple[int, int]:
+    """``b"1700000000000-3"`` -> ``(1700000000000, 3)``."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,112 @@
+"""Small readers of Redis state shared by the tests."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import insert, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.models import User
+from service.domain.refusals import Refusal, Refused
+from service.domain.transactions import Transaction
+from service.ledger.writer import StreamWriter
+from service.redis import keyspace
+from service.redis.money import MoneyScripts
+from service.redis.streams import ensure_consumer_group
+from service.settings import Settings
+from tests.support.redis_claim import empty_but_claim
+
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+async def stream_entries(redis: Redis) -> StreamEntries:
+    return cast(StreamEntries, await redis.xrange(keyspace.TXN_STREAM))
+
+
+async def stream_fields(redis: Redis) -> list[dict[str, str]]:
+    """The stream as the scripts wrote it, field by field."""
+    entries = await stream_entries(redis)
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+async def stream_transactions(redis: Redis) -> list[Transaction]:
+    return [Transaction.from_stream_fields(fields) for _, fields in await stream_entries(redis)]
+
+
+async def balance(redis: Redis, user_id: int) -> int:
+    raw = await redis.hget(keyspace.user(user_id), "balance_kopecks")
+    assert raw is not None, f"user {user_id} has no wallet"
+    return int(cast(bytes, raw))
+
+
+async def snapshot(redis: Redis) -> dict[bytes, Any]:
+    """Every key with its value: to prove that a refused call wrote nothing."""
+    state: dict[bytes, Any] = {}
+    for key in sorted(cast(list[bytes], await redis.keys("*"))):
+        kind = cast(bytes, await redis.type(key)).decode()
+        if kind == "string":
+            state[key] = await redis.get(key)
+        elif kind == "hash":
+            state[key] = await redis.hgetall(key)
+        elif kind == "stream":
+            state[key] = await redis.xrange(key)
+        else:
+            raise AssertionError(f"unexpected key type {kind} for {key!r}")
+    return state
+
+
+async def persist(redis: Redis, engine: AsyncEngine, max_batches: int | None = None) -> int:
+    """Runs the real stream writer until the stream is drained (or for max_batches)."""
+    await ensure_consumer_group(redis)
+    settings = Settings(writer_block_ms=1, writer_batch_size=500)
+    writer = StreamWriter(settings, redis, engine)
+    persisted = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        handled = await writer.drain_once()
+        if handled == 0:
+            break
+        persisted += handled
+        batches += 1
+    return persisted
+
+
+async def add_users(
+    engine: AsyncEngine, money: MoneyScripts, user_ids: list[int], wallets: bool = True
+) -> None:
+    """PostgreSQL users with these ids and, unless wallets is False, their Redis wallets."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(User),
+            [{"id": u, "username": f"user{u}", "password_hash": "x"} for u in user_ids],
+        )
+    if wallets:
+        for user_id in user_ids:
+            await money.register_user(user_id)
+
+
+async def fresh_redis(redis: Redis) -> None:
+    """This run's Redis database as a freshly started system has it: no data but the
+    run's claim, and the id counter at 0, as `wallet serve` sets it at start."""
+    await empty_but_claim(redis)
+    await redis.set(keyspace.TXN_SEQ, 0)
+
+
+async def fresh_database(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        if connection.dialect.name == "sqlite":  # no TRUNCATE; emptied ids start again at 1
+            await connection.execute(text("DELETE FROM transactions"))
+            await connection.execute(text("DELETE FROM users"))
+        else:
+            await connection.execute(text("TRUNCATE transactions, users RESTART IDENTITY CASCADE"))
+
+
+@contextmanager
+def refusing(refusal: Refusal) -> Iterator[pytest.ExceptionInfo[Refused]]:
+    """Like ``pytest.raises(Refused)``, for one entry of the catalog."""
+    with pytest.raises(Refused) as info:
+        yield info
+    assert info.value.refusal is refusal, info.value.refusal

@@ -1,0 +1,1 @@
+"""Tests that need no server: the domain, the catalog, the spec, packaging, the CLI."""

@@ -1,0 +1,51 @@
+"""An outage is retried (the writer) or answered 503 (the API); anything else is a bug."""
+
+import pytest
+from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+
+from service.outages import is_outage
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RedisConnectionError("reset"),
+        RedisTimeoutError("timeout"),
+        BusyLoadingError("LOADING"),
+        OperationalError("INSERT", {}, Exception("connection reset")),
+        InterfaceError("INSERT", {}, Exception("connection is closed")),
+        DBAPIError("INSERT", {}, Exception("gone"), connection_invalidated=True),
+        DBAPIError("INSERT", {}, _PgError("57P01")),  # admin shutdown
+        DBAPIError("INSERT", {}, _PgError("57P03")),  # cannot connect now
+        DBAPIError("INSERT", {}, _PgError("08006")),  # connection failure
+        ConnectionRefusedError(111, "refused"),
+        TimeoutError(),
+    ],
+)
+def test_outages(error: BaseException) -> None:
+    assert is_outage(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ResponseError("ERR wrong number of arguments"),
+        IntegrityError("INSERT", {}, Exception("check violation")),
+        DataError("INSERT", {}, Exception("value too long")),
+        DBAPIError("INSERT", {}, _PgError("42P01")),  # undefined table: a bug
+        KeyError("id"),
+        ValueError("bad"),
+        AssertionError("invariant"),
+    ],
+)
+def test_bugs_and_data_errors_are_no_outage(error: BaseException) -> None:
+    assert not is_outage(error)

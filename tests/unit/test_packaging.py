@@ -1,0 +1,61 @@
+"""The Lua scripts ship inside the installed package, not only in the source tree."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from service.redis.scripts import load_script_source
+
+SOURCE_SCRIPTS = sorted((Path(__file__).parents[2] / "lua").glob("*.lua"))
+
+
+def test_installed_package_loads_every_script(tmp_path: Path) -> None:
+    # -I and another working directory: the source tree is not on sys.path, only the install.
+    code = (
+        "import json, sys; from service.redis.scripts import load_script_source; "
+        "print(json.dumps({n: load_script_source(n) for n in sys.argv[1:]}))"
+    )
+    names = [p.stem for p in SOURCE_SCRIPTS]
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code, *names],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert set(names) == {
+        "deposit",
+        "register_user",
+        "transfer",
+        "stream_tail",
+        "restore_wallet",
+        "restore_idempotency",
+        "dead_letter",
+        "refund_login_attempt",
+    }
+    # The same text, includes expanded, as the source tree gives (this process imports it).
+    installed = json.loads(out)
+    assert installed == {name: load_script_source(name) for name in names}
+    assert all("-- @include" not in source for source in installed.values())
+
+
+def test_every_script_opens_with_its_interface_header() -> None:
+    for path in SOURCE_SCRIPTS:
+        header = path.read_text(encoding="utf-8").split("\n\n", 1)[0]
+        assert header.startswith(f"-- {path.stem}:"), path
+        assert "KEYS[1]" in header, path
+        assert "ARGV[1]" in header or "-- ARGV     none" in header, path
+        assert "Returns" in header, path
+
+
+def test_installed_package_ships_the_migrations(tmp_path: Path) -> None:
+    code = (
+        "from alembic.script import ScriptDirectory; "
+        "from alembic.util import coerce_resource_to_filename as path; "
+        "print(ScriptDirectory(path('persistence:migrations')).get_current_head())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "0001"
