@@ -26,7 +26,7 @@ def test_stream_entry_to_ledger_row_and_back() -> None:
     row = txn.ledger_row("1764633600123-0")
     assert row["created_at"] == datetime(2025, 12, 2, 0, 0, 0, 123456, tzinfo=UTC)
     assert row["stream_entry_id"] == "1764633600123-0"
-    assert Transaction.from_ledger(SimpleNamespace(**row)) == txn  # type: ignore[arg-type]
+    assert Transaction.from_ledger(SimpleNamespace(**row)) == txn
 
 
 def test_api_object() -> None:
