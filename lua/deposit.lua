@@ -6,7 +6,8 @@
 -- KEYS[1]  txn:seq                   string: last transaction id issued
 -- KEYS[2]  txn:stream                stream: one entry per transaction
 -- KEYS[3]  user:{<user_id>}          hash: balance_kopecks
--- KEYS[4]  idem:{<user_id>}:<key>    present iff ARGV[3] is not ""
+-- KEYS[4]  idem:{<user_id>}:<key>    present iff ARGV[3] is not ""; hash: fingerprint
+--                                    ("deposit:<amount>") outcome txn_id created_at_us
 -- KEYS[n]  wallet_session_<id>       the last key; present iff ARGV[5] is "1"
 -- ARGV[1]  user_id                   decimal, 1..15 digits, no leading zero
 -- ARGV[2]  amount_kopecks            decimal, 1 .. 10^12
@@ -32,6 +33,8 @@
 
 -- @include validate
 -- @include check_session
+-- @include fingerprint
+-- @include idempotency
 
 local user_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local session_flag, absolute_arg, idle_arg = ARGV[5], ARGV[6], ARGV[7]
@@ -61,16 +64,15 @@ if refusal then
   return {refusal, "", "", "0"}
 end
 
-local fingerprint = "deposit:" .. amount_arg
-if has_key then
-  local seen = redis.call("HMGET", KEYS[idem_index], "fingerprint", "outcome", "txn_id",
-                          "created_at_us")
-  if seen[1] then
-    if seen[1] ~= fingerprint then
-      return {"idempotency_key_reused", "", "", "0"}
-    end
-    return {seen[2], seen[3] or "", seen[4] or "", "1"}
-  end
+-- A retry with the key gets the recorded reply back. Its fields between outcome and
+-- replayed are recorded as txn_id and created_at_us: the names restore_idempotency.lua
+-- writes and records already stored have.
+local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg,
+                                request_fingerprint("deposit", amount_arg),
+                                {"txn_id", "created_at_us"})
+local replay = idempotency_lookup(idem)
+if replay then
+  return replay
 end
 
 local balance_str = redis.call("HGET", KEYS[3], "balance_kopecks")
@@ -82,17 +84,8 @@ assert(balance ~= nil and balance >= 0 and balance <= MAX_BALANCE_KOPECKS,
   "invariant: stored balance out of range for user " .. user_id)
 local amount = tonumber(amount_arg)
 
-local function remember(outcome, txn_id, created_at_us)
-  if has_key then
-    redis.call("HSET", KEYS[idem_index], "fingerprint", fingerprint, "outcome", outcome,
-      "txn_id", txn_id, "created_at_us", created_at_us)
-    redis.call("EXPIRE", KEYS[idem_index], ttl_arg)
-  end
-end
-
 if balance + amount > MAX_BALANCE_KOPECKS then
-  remember("balance_limit_exceeded", "", "")
-  return {"balance_limit_exceeded", "", "", "0"}
+  return idempotency_remember(idem, {"balance_limit_exceeded", "", "", "0"})
 end
 
 -- Every check has passed: from here on the script only writes. Integers are
@@ -104,5 +97,4 @@ redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "deposit", "from", "", "to", user_id, "amount", amount_arg,
   "created_at_us", created_at_us, "from_balance", "", "to_balance",
   string.format("%d", new_balance), "idem_key", idem_key)
-remember("ok", txn_id, created_at_us)
-return {"ok", txn_id, created_at_us, "0"}
+return idempotency_remember(idem, {"ok", txn_id, created_at_us, "0"})

@@ -22,6 +22,7 @@
 --   outcome "invalid_argument"  KEYS/ARGV fail validation (nothing written)
 
 -- @include validate
+-- @include fingerprint
 
 local user_id, idem_key, kind, to_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local amount_arg, txn_id, created_arg, ttl_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -56,12 +57,12 @@ if expire_at_ms <= now_ms then
   return {"expired"}
 end
 
--- The fingerprints are the ones deposit.lua and transfer.lua compute.
+-- The fingerprints deposit.lua and transfer.lua compute, from the same function.
 local fingerprint
 if kind == "deposit" then
-  fingerprint = "deposit:" .. amount_arg
+  fingerprint = request_fingerprint("deposit", amount_arg)
 else
-  fingerprint = "transfer:" .. to_id .. ":" .. amount_arg
+  fingerprint = request_fingerprint("transfer", to_id, amount_arg)
 end
 redis.call("HSET", KEYS[1], "fingerprint", fingerprint, "outcome", "ok",
   "txn_id", txn_id, "created_at_us", created_arg)

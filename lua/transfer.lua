@@ -7,7 +7,8 @@
 -- KEYS[2]  txn:stream                   stream: one entry per transaction
 -- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks (debited)
 -- KEYS[4]  user:{<to_user_id>}          hash: balance_kopecks (credited)
--- KEYS[5]  idem:{<from_user_id>}:<key>  present iff ARGV[4] is not ""
+-- KEYS[5]  idem:{<from_user_id>}:<key>  present iff ARGV[4] is not ""; hash: fingerprint
+--                                       ("transfer:<to>:<amount>") outcome txn_id created_at_us
 -- KEYS[n]  wallet_session_<id>          the last key; present iff ARGV[6] is "1"
 -- ARGV[1]  from_user_id                 decimal, 1..15 digits, no leading zero
 -- ARGV[2]  to_user_id                   decimal, 1..15 digits, no leading zero
@@ -37,6 +38,8 @@
 
 -- @include validate
 -- @include check_session
+-- @include fingerprint
+-- @include idempotency
 
 local from_id, to_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local session_flag, absolute_arg, idle_arg = ARGV[6], ARGV[7], ARGV[8]
@@ -69,16 +72,15 @@ if from_id == to_id then
   return {"self_transfer", "", "", "0"}
 end
 
-local fingerprint = "transfer:" .. to_id .. ":" .. amount_arg
-if has_key then
-  local seen = redis.call("HMGET", KEYS[idem_index], "fingerprint", "outcome", "txn_id",
-                          "created_at_us")
-  if seen[1] then
-    if seen[1] ~= fingerprint then
-      return {"idempotency_key_reused", "", "", "0"}
-    end
-    return {seen[2], seen[3] or "", seen[4] or "", "1"}
-  end
+-- A retry with the key gets the recorded reply back. Its fields between outcome and
+-- replayed are recorded as txn_id and created_at_us: the names restore_idempotency.lua
+-- writes and records already stored have.
+local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg,
+                                request_fingerprint("transfer", to_id, amount_arg),
+                                {"txn_id", "created_at_us"})
+local replay = idempotency_lookup(idem)
+if replay then
+  return replay
 end
 
 local from_str = redis.call("HGET", KEYS[3], "balance_kopecks")
@@ -90,30 +92,19 @@ assert(from_balance ~= nil and from_balance >= 0 and from_balance <= MAX_BALANCE
   "invariant: stored balance out of range for user " .. from_id)
 local amount = tonumber(amount_arg)
 
-local function remember(outcome, txn_id, created_at_us)
-  if has_key then
-    redis.call("HSET", KEYS[idem_index], "fingerprint", fingerprint, "outcome", outcome,
-      "txn_id", txn_id, "created_at_us", created_at_us)
-    redis.call("EXPIRE", KEYS[idem_index], ttl_arg)
-  end
-end
-
 local to_str = redis.call("HGET", KEYS[4], "balance_kopecks")
 if not to_str then
-  remember("recipient_not_found", "", "")
-  return {"recipient_not_found", "", "", "0"}
+  return idempotency_remember(idem, {"recipient_not_found", "", "", "0"})
 end
 local to_balance = tonumber(to_str)
 assert(to_balance ~= nil and to_balance >= 0 and to_balance <= MAX_BALANCE_KOPECKS,
   "invariant: stored balance out of range for user " .. to_id)
 
 if from_balance < amount then
-  remember("insufficient_funds", "", "")
-  return {"insufficient_funds", "", "", "0"}
+  return idempotency_remember(idem, {"insufficient_funds", "", "", "0"})
 end
 if to_balance + amount > MAX_BALANCE_KOPECKS then
-  remember("balance_limit_exceeded", "", "")
-  return {"balance_limit_exceeded", "", "", "0"}
+  return idempotency_remember(idem, {"balance_limit_exceeded", "", "", "0"})
 end
 
 -- Every check has passed: from here on the script only writes. Integers are
@@ -126,5 +117,4 @@ redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "transfer", "from", from_id, "to", to_id, "amount", amount_arg,
   "created_at_us", created_at_us, "from_balance", string.format("%d", new_from),
   "to_balance", string.format("%d", new_to), "idem_key", idem_key)
-remember("ok", txn_id, created_at_us)
-return {"ok", txn_id, created_at_us, "0"}
+return idempotency_remember(idem, {"ok", txn_id, created_at_us, "0"})

@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
 from service.redis import keyspace
-from service.redis.money import MoneyScripts, SessionCheck
+from service.redis.money import Accepted, MoneyScripts, SessionCheck
 from service.redis.scripts import load_script_source
 from tests.support.helpers import StreamEntries, balance, refusing, snapshot, stream_fields
 
@@ -220,6 +220,47 @@ async def test_refused_operation_is_replayed_as_refused(
         await money.transfer(1, 3, 100, idempotency_key="nobody")
     assert await balance(redis_client, 1) == 1_000
     assert await balance(redis_client, 3) == 0
+
+
+async def test_idempotency_records_keep_their_stored_form(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    """The hash kept under a key is also written by restore_idempotency.lua (`wallet
+    rebuild`) and read by the tests' checkers; its fingerprints are compared with records
+    stored before any change to the scripts, so they must not change."""
+    deposited = await money.deposit(1, 700, idempotency_key="dep")
+    assert await redis_client.hgetall(keyspace.idempotency(1, "dep")) == {
+        b"fingerprint": b"deposit:700",
+        b"outcome": b"ok",
+        b"txn_id": str(deposited.txn_id).encode(),
+        b"created_at_us": str(deposited.created_at_us).encode(),
+    }
+    sent = await money.transfer(1, 2, 200, idempotency_key="tr")
+    assert await redis_client.hgetall(keyspace.idempotency(1, "tr")) == {
+        b"fingerprint": b"transfer:2:200",
+        b"outcome": b"ok",
+        b"txn_id": str(sent.txn_id).encode(),
+        b"created_at_us": str(sent.created_at_us).encode(),
+    }
+    with refusing(refusals.INSUFFICIENT_FUNDS):
+        await money.transfer(2, 1, 10_000, idempotency_key="short")
+    assert await redis_client.hgetall(keyspace.idempotency(2, "short")) == {
+        b"fingerprint": b"transfer:1:10000",
+        b"outcome": b"insufficient_funds",
+        b"txn_id": b"",
+        b"created_at_us": b"",
+    }
+    # A record written earlier in this form (by an older version, or by a rebuild) replays.
+    await redis_client.hset(
+        keyspace.idempotency(2, "old"),
+        mapping={
+            "fingerprint": "deposit:5",
+            "outcome": "ok",
+            "txn_id": "41",
+            "created_at_us": "17",
+        },
+    )
+    assert await money.deposit(2, 5, idempotency_key="old") == Accepted(41, 17, replayed=True)
 
 
 async def test_validation_refusals_are_not_recorded(

@@ -1,7 +1,7 @@
 """The Lua scripts of lua/: loaded once per process, called by SHA.
 
 A script's ``-- @include NAME`` lines are replaced by lua/includes/NAME.lua (helpers
-shared by several scripts, as BullMQ does).
+shared by several scripts, as BullMQ does); see ``load_script_source``.
 """
 
 import hashlib
@@ -9,13 +9,12 @@ import re
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
-
-_INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
 
 
 class ScriptArgumentRejected(Exception):
@@ -23,25 +22,72 @@ class ScriptArgumentRejected(Exception):
     caller expects: a bug on this side, never retried."""
 
 
-def load_script_source(name: str) -> str:
-    """A script from lua/ with its includes expanded."""
-    return _compiled(name)[0]
+class ScriptIncludeError(Exception):
+    """A script's ``-- @include`` lines cannot be honoured; raised while loading it, before
+    Redis ever sees the script."""
+
+
+# A line that asks for an include; it must then be exactly ``-- @include NAME``. Anything
+# looser (trailing blank, indented, two names) is refused rather than left as a comment,
+# which would leave the script calling functions it does not define.
+_INCLUDE_LINE = re.compile(r"^[ \t]*--[ \t]*@include\b.*$", re.MULTILINE)
+_INCLUDE = re.compile(r"-- @include ([A-Za-z0-9_]+)")
+
+
+def load_script_source(name: str, root: Traversable | None = None) -> str:
+    """A script from lua/ (or from ``root``, for tests) with each ``-- @include NAME`` line
+    replaced by includes/NAME.lua: helpers shared by several scripts, as BullMQ does.
+
+    Includes are one level deep: an include may not include another. The script lists
+    everything it inlines, in the order Lua needs (an include's ``local`` functions exist
+    only below it), so when two includes need a third it is listed once, above both.
+    Refused with ScriptIncludeError, the message starting with the chain
+    (``deposit -> idempotency``): an include line inside an include (which rules out
+    cycles), the same include twice in a script (its second copy would redefine, and
+    shadow, the first's ``local`` functions), a malformed include line, a missing file.
+    """
+    scripts = resources.files("lua") if root is None else root
+    source = scripts.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    included: set[str] = set()
+
+    def inline(line: re.Match[str]) -> str:
+        include = _include_name(line.group(0), name)
+        chain = f"{name} -> {include}"
+        if include in included:
+            raise ScriptIncludeError(
+                f"{chain}: included twice (a second copy would shadow the first's locals)"
+            )
+        included.add(include)
+        path = scripts.joinpath("includes", f"{include}.lua")
+        if not path.is_file():
+            raise ScriptIncludeError(f"{chain}: no file includes/{include}.lua")
+        text = path.read_text(encoding="utf-8")
+        nested = _INCLUDE_LINE.search(text)
+        if nested is not None:
+            inner = nested.group(0).split("@include", 1)[1].strip()
+            raise ScriptIncludeError(
+                f"{chain} -> {inner}: an include cannot include another;"
+                f" include it from {name}.lua itself, before {include}"
+            )
+        return text
+
+    return _INCLUDE_LINE.sub(inline, source)
+
+
+def _include_name(line: str, script: str) -> str:
+    match = _INCLUDE.fullmatch(line)
+    if match is None:
+        raise ScriptIncludeError(
+            f"{script}: malformed include line {line!r} (expected '-- @include NAME')"
+        )
+    return match.group(1)
 
 
 @cache
 def _compiled(name: str) -> tuple[str, str]:
-    """(source, SHA1): read and hashed once per process."""
-    source = _expand(name)
+    """(source, SHA1) of a script of lua/: read and hashed once per process."""
+    source = load_script_source(name)
     return source, hashlib.sha1(source.encode()).hexdigest()
-
-
-def _expand(name: str) -> str:
-    scripts = resources.files("lua")
-    source = scripts.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return _INCLUDE.sub(
-        lambda match: scripts.joinpath("includes", f"{match.group(1)}.lua").read_text("utf-8"),
-        source,
-    )
 
 
 Arg = str | bytes | int
