@@ -1,6 +1,7 @@
 """The ``wallet`` command line."""
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import signal
@@ -116,6 +117,14 @@ def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) ->
         from service.cli.multiworker import serve_workers
 
         serve_workers(settings, host, port, workers)
+
+
+def require_extra(module: str, extra: str) -> None:
+    """Commands whose dependencies production does not need ask for them by name."""
+    if importlib.util.find_spec(module) is None:
+        raise click.UsageError(
+            f"this command needs the {extra!r} extra: pip install 'wallet-service[{extra}]'"
+        )
 
 
 @main.command()
@@ -295,6 +304,7 @@ def loadtest(
     users could not be set up."""
     import orjson
 
+    require_extra("rich", "loadtest")
     from service.loadtest.run import (
         LoadtestAborted,
         LoadtestConfig,
