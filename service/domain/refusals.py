@@ -101,32 +101,7 @@ SESSION_ENDED = Refusal(
     "unauthorized", 401, "the session ended; log in again", lua_outcome="unauthorized"
 )
 
-CATALOG: tuple[Refusal, ...] = (
-    MALFORMED_JSON,
-    VALIDATION_ERROR,
-    PAYLOAD_TOO_LARGE,
-    UNSUPPORTED_MEDIA_TYPE,
-    NOT_FOUND,
-    METHOD_NOT_ALLOWED,
-    UNAUTHORIZED,
-    INVALID_CREDENTIALS,
-    USERNAME_TAKEN,
-    TOO_MANY_ATTEMPTS,
-    RECIPIENT_NOT_FOUND,
-    INSUFFICIENT_FUNDS,
-    BALANCE_LIMIT_EXCEEDED,
-    SELF_TRANSFER,
-    IDEMPOTENCY_KEY_REUSED,
-    ACCOUNT_NOT_FOUND,
-    NOT_REBUILT,
-    SERVER_BUSY,
-    SERVICE_UNAVAILABLE,
-    HISTORY_UNAVAILABLE,
-    INTERNAL_ERROR,
-    SESSION_ENDED,
-)
-
-# The money scripts' refusals, by the outcome string a script returns.
+# What the money scripts can answer, by the outcome string a script returns.
 BY_LUA_OUTCOME: dict[str, Refusal] = {
     refusal.lua_outcome or refusal.code: refusal
     for refusal in (
@@ -140,3 +115,21 @@ BY_LUA_OUTCOME: dict[str, Refusal] = {
         SESSION_ENDED,
     )
 }
+
+CATALOG: tuple[Refusal, ...] = (
+    MALFORMED_JSON,
+    VALIDATION_ERROR,
+    PAYLOAD_TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    NOT_FOUND,
+    METHOD_NOT_ALLOWED,
+    UNAUTHORIZED,
+    INVALID_CREDENTIALS,
+    USERNAME_TAKEN,
+    TOO_MANY_ATTEMPTS,
+    SERVER_BUSY,
+    SERVICE_UNAVAILABLE,
+    HISTORY_UNAVAILABLE,
+    INTERNAL_ERROR,
+    *BY_LUA_OUTCOME.values(),
+)

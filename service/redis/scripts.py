@@ -47,7 +47,14 @@ def load_script_source(name: str, root: Traversable | None = None) -> str:
     shadow, the first's ``local`` functions), a malformed include line, a missing file.
     """
     scripts = resources.files("lua") if root is None else root
-    source = scripts.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    script = scripts.joinpath(f"{name}.lua")
+    if not script.is_file():
+        # The top-level name `lua` is shared with other distributions (README, Architecture).
+        raise ScriptIncludeError(
+            f"{name}: no {name}.lua in {scripts}; is another package named 'lua' shadowing"
+            " the wallet's scripts?"
+        )
+    source = script.read_text(encoding="utf-8")
     included: set[str] = set()
 
     def inline(line: re.Match[str]) -> str:

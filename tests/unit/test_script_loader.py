@@ -111,3 +111,8 @@ def test_the_money_scripts_share_one_idempotency_block() -> None:
         assert source.count(shared) == 1
         assert source.count(fingerprint) == 1
         assert "HMGET" not in source.replace(shared, "")  # no copy of the lookup left behind
+
+
+def test_a_missing_script_names_what_may_shadow_it(root: Path) -> None:
+    with pytest.raises(ScriptIncludeError, match=r"^absent: no absent\.lua in .*'lua' shadowing"):
+        load_script_source("absent", root)
