@@ -1,0 +1,1 @@
+"""Real Valkey and PostgreSQL servers from pip wheels, as child processes on a data directory."""
