@@ -9,16 +9,15 @@ On PostgreSQL a batch is one statement whatever its size: ``INSERT INTO transact
 * FROM unnest($1::bigint[], $2::varchar[], ...) ON CONFLICT (id) DO NOTHING``, one array
 parameter per column. It was measured against a multi-row ``INSERT ... VALUES`` and against
 ``COPY`` into a staging table followed by ``INSERT ... SELECT`` and kept because it was the
-fastest (docs/ledger.md). SQLite (the embedded mode) gets a multi-row ``INSERT ... VALUES``.
+fastest (docs/ledger.md).
 """
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import String, Text, bindparam, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
@@ -51,9 +50,6 @@ _POSTGRES_INSERT = (
     .on_conflict_do_nothing(index_elements=["id"])
 )
 
-# SQLite allows at most 32766 bind parameters in one statement (since 3.32).
-_SQLITE_ROWS_PER_STATEMENT = 32_766 // len(_COLUMNS)
-
 
 async def insert_transactions(
     connection: AsyncConnection, entries: Sequence[tuple[str, Transaction]]
@@ -67,18 +63,8 @@ async def insert_transactions(
     if not entries:
         return 0
     rows = sorted((txn.ledger_row(entry_id) for entry_id, txn in entries), key=lambda r: r["id"])
-    if connection.dialect.name != "sqlite":
-        arrays = {name: [row[name] for row in rows] for name in _COLUMNS}
-        inserted: int = (await connection.execute(_POSTGRES_INSERT, arrays)).rowcount
-    else:
-        inserted = 0
-        for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
-            statement = (
-                sqlite.insert(LedgerTransaction)
-                .values(rows[start : start + _SQLITE_ROWS_PER_STATEMENT])
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
-            inserted += (await connection.execute(statement)).rowcount
+    arrays = {name: [row[name] for row in rows] for name in _COLUMNS}
+    inserted: int = (await connection.execute(_POSTGRES_INSERT, arrays)).rowcount
     if inserted < len(rows):
         await _refuse_id_collisions(connection, rows)
     return inserted
@@ -92,13 +78,6 @@ class IdCollision(Exception):
 _SAME_TRANSACTION = ("kind", "from_user_id", "to_user_id", "amount_kopecks", "created_at")
 
 
-def _utc(value: Any) -> Any:
-    # SQLite gives datetimes back without their offset; the ledger stores UTC.
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 async def _refuse_id_collisions(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Some ids were stored already: fine when it is the same transaction delivered again
     (a retry, a claim, a replay), an IdCollision when the stored one is another."""
@@ -107,7 +86,7 @@ async def _refuse_id_collisions(connection: AsyncConnection, rows: list[dict[str
     stored = await connection.execute(select(*columns).where(LedgerTransaction.id.in_(list(by_id))))
     for row in stored:
         incoming = by_id[row.id]
-        if any(_utc(getattr(row, name)) != _utc(incoming[name]) for name in _SAME_TRANSACTION):
+        if any(getattr(row, name) != incoming[name] for name in _SAME_TRANSACTION):
             raise IdCollision(
                 f"transaction id {row.id} is already in the ledger for another transaction"
                 f" (stream entry {incoming['stream_entry_id']})"

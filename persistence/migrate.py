@@ -5,6 +5,9 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.db import connect_database
+from service.settings import Settings
+
 
 def _upgrade(connection: Connection) -> None:
     config = Config()
@@ -16,3 +19,12 @@ def _upgrade(connection: Connection) -> None:
 async def migrate(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade)
+
+
+async def migrate_database(settings: Settings) -> None:
+    """``migrate`` on a connection of its own to DATABASE_URL."""
+    engine = connect_database(settings)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()

@@ -1,14 +1,12 @@
-"""Fixtures: each run claims its own Redis database and creates its own PostgreSQL database;
-each test starts with both empty.
+"""Fixtures: each run claims its own Redis database and creates its own PostgreSQL database
+(on the servers REDIS_URL and DATABASE_URL name, or on servers of the run's own started
+from the wheels: tests/support/servers.py); each test starts with both empty.
 
-With WALLET_TEST_EMBEDDED=1 the same tests run on the embedded mode's backends instead:
-the in-process Redis (fakeredis) and an SQLite ledger file. With WALLET_TEST_SERVED=1 the
-`client` fixture talks to a real `wallet serve --workers 2` on this run's databases.
+With WALLET_TEST_SERVED=1 the `client` fixture talks to a real `wallet serve --workers 2`
+on this run's databases.
 """
 
-import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import cast
 
@@ -17,60 +15,32 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.db import connect_database
-from persistence.migrate import migrate
 from service.http.app import create_app
-from service.redis.client import MEMORY_URL, connect_redis
+from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.settings import Settings
 from tests.support.helpers import fresh_database, fresh_redis
-from tests.support.postgres_admin import postgres_admin
 from tests.support.redis_claim import claimed_redis_database
 from tests.support.served import ServedClient, wallet_serve
+from tests.support.servers import own_database, postgres_server, redis_server
 
-REDIS_HOST_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379")
-# The server and an existing database to connect to while creating this run's own database.
-POSTGRES_ADMIN_DSN = os.environ.get("WALLET_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
-EMBEDDED = os.environ.get("WALLET_TEST_EMBEDDED") == "1"
 SERVED = os.environ.get("WALLET_TEST_SERVED") == "1"
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    if EMBEDDED:
-        yield MEMORY_URL
-        return
-    with claimed_redis_database(REDIS_HOST_URL) as url:
+    with redis_server() as server, claimed_redis_database(server) as url:
         yield url
-
-
-async def _migrate(url: str) -> None:
-    engine = create_async_engine(url)
-    await migrate(engine)
-    await engine.dispose()
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """A database of this run's own, migrated once; dropped at the end."""
-    if EMBEDDED:
-        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.sqlite3'}"
-        asyncio.run(_migrate(url))
+    with postgres_server() as admin_dsn, own_database(admin_dsn) as url:
         yield url
-        return
-    name = f"wallet_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(postgres_admin(POSTGRES_ADMIN_DSN, f'CREATE DATABASE "{name}"'))
-    server = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].removeprefix("postgresql://")
-    url = f"postgresql+asyncpg://{server}/{name}"
-    try:
-        asyncio.run(_migrate(url))
-        yield url
-    finally:
-        asyncio.run(
-            postgres_admin(POSTGRES_ADMIN_DSN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        )
 
 
 @pytest.fixture

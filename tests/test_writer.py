@@ -10,14 +10,12 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import persistence.ledger_insert
 import service.ledger.writer
 from persistence.ledger_insert import insert_isolating, insert_transactions, is_data_error
-from persistence.models import Base, LedgerTransaction
 from service.domain.refusals import Refused
 from service.domain.transactions import Transaction
 from service.ledger.writer import (
@@ -131,24 +129,6 @@ async def test_inserting_the_same_entries_twice_stores_them_once(
         assert await insert_transactions(connection, []) == 0
 
     assert await ledger_count(db_engine) == (6, 6)
-
-
-async def test_sqlite_insert_is_idempotent_too() -> None:
-    engine = create_async_engine("sqlite+aiosqlite://")
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
-        txns = [
-            (f"{i}-0", Transaction(i, "deposit", None, 1, 5, 10**15, None, 5, None))
-            for i in range(1, 4)
-        ]
-        async with engine.begin() as connection:
-            assert await insert_transactions(connection, txns[:2]) == 2
-            assert await insert_transactions(connection, txns) == 1
-        async with engine.connect() as connection:
-            assert await connection.scalar(select(func.count()).select_from(LedgerTransaction)) == 3
-    finally:
-        await engine.dispose()
 
 
 async def test_claimed_entries_already_stored_are_stored_once(

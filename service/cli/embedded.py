@@ -1,56 +1,75 @@
-"""`wallet serve --embedded`: the whole service in one process, no servers to install.
+"""`wallet serve --embedded`: the whole service with no servers to install.
 
-Redis is in-process (fakeredis, running the same Lua scripts) and the ledger is an
-SQLite file. At every start the schema is migrated and Redis is rebuilt from that file;
-the writer runs as a task and, on a graceful stop, drains the stream completely.
-Killed with SIGKILL, it loses the transactions the writer had not yet stored (normally
-well under a second's worth): it is for trying the service, not for production.
+It starts the real engines that ship as wheels (service/engines/): a Valkey server (an
+append-only file fsynced before every reply, no eviction) and a PostgreSQL server, as
+child processes with their data under ``--data-dir``. Then it migrates the ledger and runs
+the API and the writer in this process, the same code as the real stack.
+
+Durable like the real stack. A kill -9 of this process ends both servers cleanly (the
+kernel signals them when their parent dies); what was acknowledged is in the append-only
+file or committed, and the next start on the same directory resumes: the writer re-reads
+what it had not acknowledged. A second start keeps every balance and history.
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aiohttp import web
 
-from persistence.migrate import migrate
+from persistence.migrate import migrate_database
+from service.engines.postgres import start_postgres
+from service.engines.valkey import start_valkey
 from service.http.app import create_app
 from service.http.state import DATABASE, REDIS, SETTINGS
-from service.ledger.rebuild import format_report, rebuild
 from service.ledger.writer import StreamWriter
-from service.redis.client import MEMORY_URL
 from service.settings import Settings
 
 log = logging.getLogger("wallet.embedded")
-LEDGER_FILE = "ledger.sqlite3"
 
 
-def embedded_settings(settings: Settings, data_dir: Path) -> Settings:
+@contextmanager
+def embedded_engines(settings: Settings, data_dir: Path) -> Iterator[Settings]:
+    """Both servers running on ``data_dir``; the settings that point at them. Stops them
+    (Valkey last: the writer's last acknowledgements go there) on the way out."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    return settings.model_copy(
-        update={
-            "redis_url": MEMORY_URL,
-            "database_url": f"sqlite+aiosqlite:///{(data_dir / LEDGER_FILE).resolve()}",
-        }
-    )
+    with start_valkey(data_dir) as valkey, start_postgres(data_dir) as postgres:
+        yield settings.model_copy(update={"redis_url": valkey.url, "database_url": postgres.url})
 
 
-async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings, redis, engine = app[SETTINGS], app[REDIS], app[DATABASE]
-    await migrate(engine)
-    log.info("%s", format_report(await rebuild(redis, engine, settings.idempotency_ttl_s)))
-    writer = StreamWriter(settings, redis, engine)
+async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The writer as a task of this process; on the way out it finishes its batch."""
+    writer = StreamWriter(app[SETTINGS], app[REDIS], app[DATABASE])
     stop = asyncio.Event()
     task = asyncio.create_task(writer.run(stop))
     yield
     stop.set()
     await task
-    while await writer.drain_once():
-        pass
 
 
-def create_embedded_app(settings: Settings) -> web.Application:
-    app = create_app(settings)
-    app.cleanup_ctx.append(_ledger_ctx)
-    return app
+def serve_embedded(settings: Settings, data_dir: Path, host: str, port: int) -> None:
+    """Runs until SIGINT or SIGTERM, then stops the API, the writer and both servers."""
+    started_s = time.monotonic()
+    with embedded_engines(settings, data_dir) as engine_settings:
+        # Where the data is, for a person or a tool to look at.
+        print(
+            f"wallet (embedded): Valkey on {engine_settings.redis_url}, PostgreSQL on"
+            f" {engine_settings.database_url}, data in {data_dir}",
+            flush=True,
+        )
+        asyncio.run(migrate_database(engine_settings))
+        app = create_app(engine_settings)
+        app.cleanup_ctx.append(_writer_ctx)
+
+        def ready(_: str) -> None:
+            elapsed_s = time.monotonic() - started_s
+            print(
+                f"wallet (embedded) listening on http://{host}:{port},"
+                f" ready in {elapsed_s:.1f} s",
+                flush=True,
+            )
+
+        web.run_app(app, host=host, port=port, print=ready, access_log=None)

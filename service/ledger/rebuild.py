@@ -29,7 +29,7 @@ Rebuilding is idempotent: after an interruption, run it again.
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import cast
 
 from redis.asyncio import Redis
@@ -79,11 +79,6 @@ async def _refuse_over_unpersisted_entries(redis: Redis) -> None:
             " not be in the ledger: run the writer until it has drained the stream, then"
             " rebuild again. Nothing was changed."
         )
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite (the embedded ledger) gives datetimes back without their offset: UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> RebuildReport:
@@ -180,7 +175,7 @@ async def _restore_idempotency_records(
                         str(row.to_user_id),
                         str(row.amount_kopecks),
                         str(row.id),
-                        str(us_from_datetime(_utc(row.created_at))),
+                        str(us_from_datetime(row.created_at)),
                         ttl,
                     ],
                 )

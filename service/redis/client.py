@@ -1,17 +1,11 @@
 """The one way the service opens Redis."""
 
-from typing import Any
-
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.settings import Settings
 
-# ``REDIS_URL=memory://``: an in-process Redis (fakeredis, with Lua) for `wallet serve
-# --embedded`. Every client of the process shares this one server.
-MEMORY_URL = "memory://"
-_memory_server: Any = None  # fakeredis.FakeServer, imported only when used
 # A connection idle this long is PINGed before it carries a command.
 HEALTH_CHECK_INTERVAL_S = 1
 
@@ -36,8 +30,6 @@ def connect_redis(settings: Settings) -> Redis:
     redis-py's default asyncio pool raises MaxConnectionsError when every connection is
     busy; under a burst that would turn into refused payments.
     """
-    if settings.redis_url == MEMORY_URL:
-        return _memory_redis()
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -48,13 +40,3 @@ def connect_redis(settings: Settings) -> Redis:
         socket_connect_timeout=settings.redis_socket_timeout_ms / 1000,
     )
     return Redis(connection_pool=pool)
-
-
-def _memory_redis() -> Redis:
-    import fakeredis  # the embedded extra; production processes never import it
-
-    global _memory_server
-    if _memory_server is None:
-        _memory_server = fakeredis.FakeServer()
-    client: Redis = fakeredis.FakeAsyncRedis(server=_memory_server)
-    return client

@@ -7,7 +7,6 @@ whatever the outcome of the test. ``shared_servers`` gives the run's claimed Red
 database and PostgreSQL database, emptied, for the tests that stop neither server.
 """
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +14,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import EMBEDDED
 from tests.support.faults.procs import (
-    POSTGRES_BIN,
-    REDIS_SERVER,
     PostgresServer,
     Processes,
     RedisServer,
@@ -27,12 +23,6 @@ from tests.support.faults.procs import (
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
-    if EMBEDDED:
-        pytest.skip("the fault tests need real servers, not the embedded mode's")
-    if shutil.which(REDIS_SERVER) is None:
-        pytest.skip(f"no {REDIS_SERVER}")
-    if not (POSTGRES_BIN / "postgres").exists():
-        pytest.skip(f"no PostgreSQL in {POSTGRES_BIN} (set WALLET_TEST_POSTGRES_BIN)")
     registry = Processes(tmp_path)
     try:
         yield registry

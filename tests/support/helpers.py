@@ -97,11 +97,7 @@ async def fresh_redis(redis: Redis) -> None:
 
 async def fresh_database(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
-        if connection.dialect.name == "sqlite":  # no TRUNCATE; emptied ids start again at 1
-            await connection.execute(text("DELETE FROM transactions"))
-            await connection.execute(text("DELETE FROM users"))
-        else:
-            await connection.execute(text("TRUNCATE transactions, users RESTART IDENTITY CASCADE"))
+        await connection.execute(text("TRUNCATE transactions, users RESTART IDENTITY CASCADE"))
 
 
 @contextmanager

