@@ -67,8 +67,7 @@ def serve_embedded(settings: Settings, data_dir: Path, host: str, port: int) -> 
         def ready(_: str) -> None:
             elapsed_s = time.monotonic() - started_s
             print(
-                f"wallet (embedded) listening on http://{host}:{port},"
-                f" ready in {elapsed_s:.1f} s",
+                f"wallet (embedded) listening on http://{host}:{port}, ready in {elapsed_s:.1f} s",
                 flush=True,
             )
 
