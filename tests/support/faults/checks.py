@@ -198,3 +198,18 @@ def compare(
         unacknowledged=sorted(row.txn_id for row in rows if row.txn_id not in acked_ids),
         without_key=sorted(row.txn_id for row in rows if row.key is None),
     )
+
+
+async def check_stream_and_balances(
+    redis: Redis, acks: list[Ack], user_ids: list[int]
+) -> dict[int, int]:
+    """Every 201 is in the stream once (and nothing the stream holds lacks a 201), and each
+    balance is what the stream's transactions give; returns those balances."""
+    verdict = compare(acks, await stream_rows(redis))
+    assert verdict.ok, verdict.summary()
+    assert not verdict.unacknowledged, verdict.summary()
+    applied = replay(await stream_transactions(redis))
+    assert not applied.inconsistent
+    expected = {user_id: applied.balances[user_id] for user_id in user_ids}
+    assert await redis_balances(redis, user_ids) == expected
+    return expected
