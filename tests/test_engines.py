@@ -1,8 +1,7 @@
 """service.engines against the real servers of the wheels: data kept across stop and start,
-and what a start finds after the previous owner was killed with SIGKILL."""
+a directory refused while its owner lives, and what follows a SIGKILL of the owner."""
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -20,13 +19,24 @@ import asyncpg
 import pytest
 from redis import Redis
 
-from service.engines.common import HOST, Deadline, EngineInUseError, pid_alive
-from service.engines.postgres import RunningPostgres, start_postgres
-from service.engines.valkey import RunningValkey, start_valkey
+from service.engines.common import (
+    HOST,
+    Deadline,
+    Engine,
+    EngineInUseError,
+    engine_processes,
+    free_port,
+    parent_of,
+    pid_alive,
+)
+from service.engines.postgres import PostgresEngine, RunningPostgres, start_postgres
+from service.engines.valkey import RunningValkey, ValkeyEngine, start_valkey
 
 REPO = Path(__file__).resolve().parent.parent
 CHILD_START_TIMEOUT_S = 60.0
 SERVER_END_TIMEOUT_S = 30.0
+#: Short: a leftover that is stopped (SIGSTOP) cannot act on its graceful signal anyway.
+LEFTOVER_STOP_TIMEOUT_S = 0.5
 
 # The owner that gets killed: starts both servers on argv[1], reports them, waits.
 OWNER = """
@@ -34,9 +44,7 @@ import json, sys, time
 from pathlib import Path
 from service.engines.postgres import start_postgres
 from service.engines.valkey import start_valkey
-data_dir, die_with_parent = Path(sys.argv[1]), sys.argv[2] == "1"
-valkey = start_valkey(data_dir, die_with_parent=die_with_parent)
-postgres = start_postgres(data_dir, die_with_parent=die_with_parent)
+valkey, postgres = start_valkey(Path(sys.argv[1])), start_postgres(Path(sys.argv[1]))
 report = {"valkey": [valkey.url, valkey.pid], "postgres": [postgres.dsn, postgres.pid]}
 print(json.dumps(report), flush=True)
 time.sleep(600)
@@ -46,9 +54,9 @@ time.sleep(600)
 class Owner:
     """A child python process that owns the servers on a directory."""
 
-    def __init__(self, data_dir: Path, *, die_with_parent: bool) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", OWNER, str(data_dir), "1" if die_with_parent else "0"],
+            [sys.executable, "-c", OWNER, str(data_dir)],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=subprocess.PIPE,
@@ -66,15 +74,43 @@ class Owner:
         assert self.process.stdout is not None
         self.process.stdout.close()
 
-    def end_servers(self) -> None:
-        """Wait for the owner's servers to end, ending them if they do not by themselves."""
-        for pid, sig in ((self.valkey_pid, signal.SIGTERM), (self.postgres_pid, signal.SIGINT)):
-            deadline = Deadline(SERVER_END_TIMEOUT_S)
-            while pid_alive(pid) and not deadline.expired():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-                time.sleep(0.01)
-            assert not pid_alive(pid), f"server pid {pid} of a killed owner still runs"
+
+def server_processes(data_dir: Path) -> list[int]:
+    """Every valkey-server and postgres process working on `data_dir`."""
+    return engine_processes(data_dir / "valkey", "valkey-server") + engine_processes(
+        data_dir / "postgres", "postgres"
+    )
+
+
+def run_leftover(engine: Engine) -> "subprocess.Popen[bytes]":
+    """The engine's server on its directory as nobody's: tied to no owner, holding no lock,
+    in a session of its own (like one that was not told that its owner died)."""
+    engine.prepare(Deadline(CHILD_START_TIMEOUT_S))
+    port, account = free_port(), engine.account
+    process = subprocess.Popen(
+        engine.command(port),
+        cwd=engine.data,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        user=account.uid if account else None,
+        group=account.gid if account else None,
+        extra_groups=[] if account else None,
+    )
+    deadline = Deadline(CHILD_START_TIMEOUT_S)
+    while not engine.ready(process, port):
+        assert not deadline.expired(), f"{engine.program} did not start"
+        time.sleep(0.01)
+    return process
+
+
+def all_ended(pids: list[int], timeout_s: float) -> bool:
+    deadline = Deadline(timeout_s)
+    while any(pid_alive(pid) for pid in pids):
+        if deadline.expired():
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @pytest.fixture
@@ -84,6 +120,8 @@ def data_dir() -> Iterator[Path]:
     out of a cluster there."""
     path = Path(tempfile.mkdtemp(prefix="wallet-engines-"))
     yield path
+    for pid in server_processes(path):  # what a failed test left
+        os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -95,7 +133,6 @@ def owners() -> Iterator[list[Owner]]:
     for owner in started:
         if owner.process.poll() is None:
             owner.kill()
-        owner.end_servers()
 
 
 @pytest.fixture
@@ -158,87 +195,68 @@ def test_data_survives_stop_and_start(data_dir: Path) -> None:
     assert valkey.url == f"redis://127.0.0.1:{valkey.port}/0"
     assert postgres.url == f"postgresql+asyncpg://postgres@127.0.0.1:{postgres.port}/wallet"
     write_both(valkey.url, postgres.dsn, "first")
+    # Owned by this process now: a second start here is refused too.
+    with pytest.raises(EngineInUseError):
+        start_valkey(data_dir)
+    with pytest.raises(EngineInUseError):
+        start_postgres(data_dir)
     valkey.stop()
     postgres.stop()
     valkey.stop()  # twice does nothing
     assert not pid_alive(valkey.pid)
     assert not pid_alive(postgres.pid)
+    assert not server_processes(data_dir)
     assert_port_free(valkey.port)
     assert_port_free(postgres.port)
-    assert not (data_dir / "valkey.pid").exists()
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
 
     with start_valkey(data_dir) as valkey, start_postgres(data_dir) as postgres:
-        assert not valkey.reused
-        assert not postgres.reused
         assert_kept(valkey, postgres, "first")
     assert_port_free(valkey.port)
     assert_port_free(postgres.port)
 
 
-def test_servers_belong_to_their_owner_until_it_is_killed(
+def test_servers_belong_to_their_owner_and_end_when_it_is_killed(
     data_dir: Path, owners: list[Owner], running: list[RunningValkey | RunningPostgres]
 ) -> None:
-    """die_with_parent (the default): while the owner lives, nobody else may take or stop its
-    servers; SIGKILL of the owner ends them cleanly, and the next start finds the
-    acknowledged data and runs servers of its own."""
-    owner = Owner(data_dir, die_with_parent=True)
-    owners.append(owner)
+    """While the owner lives, nobody else may take or stop its servers; SIGKILL of the owner
+    ends them by themselves, and the next start finds the acknowledged data."""
+    owners.append(owner := Owner(data_dir))
     with pytest.raises(EngineInUseError):
-        start_valkey(data_dir, start_timeout_s=5.0)
+        start_valkey(data_dir)
     with pytest.raises(EngineInUseError):
-        start_postgres(data_dir, start_timeout_s=5.0)
-    assert pid_alive(owner.valkey_pid)
-    assert pid_alive(owner.postgres_pid)
+        start_postgres(data_dir)
+    servers = server_processes(data_dir)
+    assert {owner.valkey_pid, owner.postgres_pid} <= set(servers)
     write_both(owner.redis_url, owner.postgres_dsn, "acknowledged")
+
     owner.kill()
+    # Nobody stops them: the kernel tells them that their parent died.
+    assert all_ended(servers, SERVER_END_TIMEOUT_S), f"still running: {server_processes(data_dir)}"
 
     running.append(valkey := start_valkey(data_dir))
     running.append(postgres := start_postgres(data_dir))
-    assert not valkey.reused
-    assert not postgres.reused
-    assert not pid_alive(owner.valkey_pid)
-    assert not pid_alive(owner.postgres_pid)
     assert_kept(valkey, postgres, "acknowledged")
 
 
-def test_leftover_of_killed_owner_is_reused_or_replaced(
-    data_dir: Path,
-    owners: list[Owner],
-    running: list[RunningValkey | RunningPostgres],
+def test_a_leftover_server_is_stopped_by_the_next_start(
+    data_dir: Path, running: list[RunningValkey | RunningPostgres]
 ) -> None:
-    """die_with_parent=False: the servers outlive a killed owner. A start that also does
-    not tie them to itself takes them over; one that does replaces them."""
-    first = Owner(data_dir, die_with_parent=False)
-    owners.append(first)
-    write_both(first.redis_url, first.postgres_dsn, "before the first kill")
-    first.kill()
-    assert pid_alive(first.valkey_pid)
-    assert pid_alive(first.postgres_pid)
+    """Servers still running on the directory, owned by nobody, are ended by the next start
+    (one deaf to its graceful signal too), which runs its own on the same data."""
+    with start_valkey(data_dir) as valkey, start_postgres(data_dir) as postgres:
+        write_both(valkey.url, postgres.dsn, "kept")
+    leftovers = [run_leftover(ValkeyEngine(data_dir)), run_leftover(PostgresEngine(data_dir))]
+    os.kill(leftovers[0].pid, signal.SIGSTOP)
 
-    valkey = start_valkey(data_dir, die_with_parent=False)
-    postgres = start_postgres(data_dir, die_with_parent=False)
-    assert (valkey.reused, valkey.pid) == (True, first.valkey_pid)
-    assert (postgres.reused, postgres.pid) == (True, first.postgres_pid)
-    assert_kept(valkey, postgres, "before the first kill")
-    valkey.stop()
-    postgres.stop()
-    assert not pid_alive(first.valkey_pid)
-    assert not pid_alive(first.postgres_pid)
-    assert_port_free(valkey.port)
-    assert_port_free(postgres.port)
-
-    second = Owner(data_dir, die_with_parent=False)
-    owners.append(second)
-    write_both(second.redis_url, second.postgres_dsn, "before the second kill")
-    second.kill()
-    running.append(valkey := start_valkey(data_dir))
-    running.append(postgres := start_postgres(data_dir))
-    assert not valkey.reused
-    assert not postgres.reused
-    assert not pid_alive(second.valkey_pid)
-    assert not pid_alive(second.postgres_pid)
-    assert_kept(valkey, postgres, "before the second kill")
+    running.append(valkey := start_valkey(data_dir, stop_timeout_s=LEFTOVER_STOP_TIMEOUT_S))
+    running.append(postgres := start_postgres(data_dir, stop_timeout_s=LEFTOVER_STOP_TIMEOUT_S))
+    assert [leftover.poll() for leftover in leftovers] == [-signal.SIGKILL, 0]
+    # Only the new servers (and their children) run on the directory.
+    assert engine_processes(data_dir / "valkey", "valkey-server") == [valkey.pid]
+    postgres_now = engine_processes(data_dir / "postgres", "postgres")
+    assert all(postgres.pid in (pid, parent_of(pid)) for pid in postgres_now)
+    assert_kept(valkey, postgres, "kept")
 
 
 def test_a_server_that_cannot_bind_its_port_is_reported(data_dir: Path) -> None:
@@ -248,17 +266,15 @@ def test_a_server_that_cannot_bind_its_port_is_reported(data_dir: Path) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(Exception, match="Address already in use"):
             start_valkey(data_dir, port=port, start_timeout_s=10.0)
-    assert not any(pid_alive(int(p)) for p in _pids_in(data_dir / "valkey.pid"))
-
-
-def _pids_in(pidfile: Path) -> list[str]:
-    return pidfile.read_text().split() if pidfile.exists() else []
+    assert not server_processes(data_dir)
+    with start_valkey(data_dir):  # the failed start gave the directory up
+        pass
 
 
 def test_stop_escalates_to_sigkill_after_the_bound(data_dir: Path) -> None:
     """A server that ignores its graceful stop is killed once stop_timeout_s has passed."""
     valkey = start_valkey(data_dir, stop_timeout_s=0.2)
-    os.kill(valkey.pid, signal.SIGSTOP)  # deaf to SHUTDOWN and SIGTERM, not to SIGKILL
+    os.kill(valkey.pid, signal.SIGSTOP)  # deaf to SIGTERM, not to SIGKILL
     valkey.stop()
     assert not pid_alive(valkey.pid)
     assert_port_free(valkey.port)

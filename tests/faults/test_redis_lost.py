@@ -39,6 +39,9 @@ async def test_redis_lost_rebuild_then_reconcile_is_clean_and_ids_never_collide(
             await driver.add_users(20)
             async with Loader(driver, concurrency=16):
                 await asyncio.sleep(2.0)
+                # Some of it in the ledger (a loaded machine may start the writer late).
+                first = min(a.txn_id for a in driver.stats.acks.values())
+                await wait_until_in_ledger(database_url, [first], 30)
                 lost_wall = time.time()
                 own_redis.wipe()
                 lost_at = time.monotonic()
