@@ -12,7 +12,7 @@ from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
 from service.redis import keyspace
 from service.redis.money import Accepted, MoneyScripts, SessionCheck
-from service.redis.scripts import load_script_source
+from service.redis.scripts import LuaScript, load_script_source
 from tests.support.helpers import StreamEntries, balance, refusing, snapshot, stream_fields
 
 
@@ -458,3 +458,25 @@ async def test_no_money_moves_while_redis_has_not_been_rebuilt(
     with refusing(refusals.NOT_REBUILT):
         await money.transfer(1, 2, 5, "k")
     assert await snapshot(redis_client) == before
+
+
+async def test_many_calls_in_one_round_trip_survive_a_script_flush_after_the_load(
+    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = LuaScript(redis_client, "register_user")
+    real_load = LuaScript.load
+    flushes = 0
+
+    async def load_then_flush_once(self: LuaScript) -> None:
+        nonlocal flushes
+        await real_load(self)
+        if not flushes:
+            flushes += 1
+            await redis_client.script_flush()  # as a Redis restart between load and call
+
+    monkeypatch.setattr(LuaScript, "load", load_then_flush_once)
+    calls = [([keyspace.user(user_id)], [str(user_id)]) for user_id in (1, 2, 3)]
+    replies = await script.call_many(calls)
+    assert [reply[0] for reply in replies] == [b"created"] * 3
+    assert flushes == 1
+    assert await balance(redis_client, 2) == 0

@@ -95,21 +95,17 @@ async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> 
     async for user_ids in user_id_batches(engine, BATCH_SIZE):
         async with engine.connect() as connection:
             balances = await ledger_balances(connection, user_ids)
-        await restore_wallet.load()
-        async with redis.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                kopecks = balances[user_id]
-                if not 0 <= kopecks <= MAX_BALANCE_KOPECKS:
-                    raise LedgerInconsistent(
-                        f"the ledger gives user {user_id} a balance of {kopecks} kopecks,"
-                        f" outside 0..{MAX_BALANCE_KOPECKS}"
-                    )
-                restore_wallet.queue(
-                    pipe,
-                    keys=[keyspace.TXN_SEQ, keyspace.user(user_id)],
-                    args=[str(user_id), str(kopecks), str(last_id)],
+        calls: list[tuple[list[str], list[str]]] = []
+        for user_id in user_ids:
+            kopecks = balances[user_id]
+            if not 0 <= kopecks <= MAX_BALANCE_KOPECKS:
+                raise LedgerInconsistent(
+                    f"the ledger gives user {user_id} a balance of {kopecks} kopecks,"
+                    f" outside 0..{MAX_BALANCE_KOPECKS}"
                 )
-            replies = cast(list[list[bytes]], await pipe.execute())
+            keys = [keyspace.TXN_SEQ, keyspace.user(user_id)]
+            calls.append((keys, [str(user_id), str(kopecks), str(last_id)]))
+        replies = cast(list[list[bytes]], await restore_wallet.call_many(calls))
         for reply in replies:
             outcome = reply[0].decode()
             if outcome not in outcomes:
@@ -160,26 +156,22 @@ async def _restore_idempotency_records(
             rows = (await connection.execute(query)).all()
         if not rows:
             return restored, kept
-        await restore.load()
-        async with redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                key = cast(str, row.idempotency_key)
-                owner = row.to_user_id if row.kind == "deposit" else cast(int, row.from_user_id)
-                restore.queue(
-                    pipe,
-                    keys=[keyspace.idempotency(owner, key)],
-                    args=[
-                        str(owner),
-                        key,
-                        row.kind,
-                        str(row.to_user_id),
-                        str(row.amount_kopecks),
-                        str(row.id),
-                        str(us_from_datetime(row.created_at)),
-                        ttl,
-                    ],
-                )
-            replies = cast(list[list[bytes]], await pipe.execute())
+        calls = []
+        for row in rows:
+            key = cast(str, row.idempotency_key)
+            owner = row.to_user_id if row.kind == "deposit" else cast(int, row.from_user_id)
+            args = [
+                str(owner),
+                key,
+                row.kind,
+                str(row.to_user_id),
+                str(row.amount_kopecks),
+                str(row.id),
+                str(us_from_datetime(row.created_at)),
+                ttl,
+            ]
+            calls.append(([keyspace.idempotency(owner, key)], args))
+        replies = cast(list[list[bytes]], await restore.call_many(calls))
         for row, reply in zip(rows, replies, strict=True):
             outcome = reply[0].decode()
             if outcome == "restored":

@@ -13,7 +13,6 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 
@@ -124,6 +123,21 @@ class LuaScript:
     async def load(self) -> None:
         await self._redis.script_load(self._source)
 
-    def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
-        """Adds a call to a pipeline; ``load()`` first, as a pipeline cannot retry NOSCRIPT."""
-        pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+    async def call_many(self, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]) -> list[Any]:
+        """Many calls in one round trip (a pipeline, not a transaction); the replies in order.
+
+        A call that finds the script gone (NOSCRIPT: Redis restarted, or SCRIPT FLUSH ran,
+        after the load) did not run, so it is made again on its own, which loads the script.
+        """
+        await self.load()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for index, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                keys, args = calls[index]
+                replies[index] = await self(keys, args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
