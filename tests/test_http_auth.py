@@ -9,6 +9,7 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from service.http.app import create_app
+from service.redis import keyspace
 from service.settings import Settings
 from tests.support.http_helpers import PASSWORD, Client, login, new_user, sign_up
 
@@ -133,6 +134,7 @@ async def test_logout_revokes_the_session_server_side(client: Client, redis_clie
     status, _ = await user.post(client, "/api/logout/", None)
     assert status == 204
     assert not await redis_client.exists(f"wallet_session_{token}")
+    assert not await redis_client.exists(keyspace.sessions_of_user(user.id))
     assert (await user.get(client, "/api/balance/"))[0] == 401
     assert (await user.post(client, "/api/logout/", None))[0] == 401
 

@@ -3,7 +3,7 @@
 from aiohttp import web
 
 from persistence.users import UsernameTaken, create_user, find_user
-from service.auth.sessions import SessionUser, current_user, end_session, start_session
+from service.auth.sessions import SessionUser, end_session, start_session
 from service.domain import refusals
 from service.domain.refusals import Refused
 from service.http.errors import json_response
@@ -43,11 +43,14 @@ async def login(request: web.Request) -> web.Response:
         raise Refused(refusals.INVALID_CREDENTIALS)
     await throttle.succeeded(body.username, address)
     await request.app[MONEY].register_user(user.id)
-    await start_session(request, request.app[SESSIONS], SessionUser(user.id, user.username))
-    return json_response({"id": user.id, "username": user.username})
+    sessions = request.app[SESSIONS]
+    session_id = await start_session(request, sessions, SessionUser(user.id, user.username))
+    response = json_response({"id": user.id, "username": user.username})
+    sessions.set_cookie(response, session_id)
+    return response
 
 
 async def logout(request: web.Request) -> web.Response:
-    await current_user(request)
-    await end_session(request)
-    return web.Response(status=204)
+    response = web.Response(status=204)
+    await end_session(request, request.app[SESSIONS], response)
+    return response
