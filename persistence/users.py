@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -46,3 +46,26 @@ async def find_user(engine: AsyncEngine, username: str) -> StoredUser | None:
             )
         ).one_or_none()
     return None if row is None else StoredUser(row.id, row.username, row.password_hash)
+
+
+async def password_hash_of(engine: AsyncEngine, user_id: int) -> str | None:
+    async with engine.connect() as connection:
+        stored: str | None = (
+            await connection.execute(select(User.password_hash).where(User.id == user_id))
+        ).scalar_one_or_none()
+    return stored
+
+
+async def replace_password_hash(
+    engine: AsyncEngine, user_id: int, old_hash: str, new_hash: str
+) -> bool:
+    """Sets the new hash only if the stored one is still ``old_hash`` (the one the caller
+    verified the current password against); False if another change came first."""
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            update(User)
+            .where(User.id == user_id, User.password_hash == old_hash)
+            .values(password_hash=new_hash)
+            .returning(User.id)
+        )
+        return result.one_or_none() is not None

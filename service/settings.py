@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     cookie_secure: bool = False
     session_idle_timeout_s: int = Field(default=30 * 60, ge=60, le=30 * 24 * 3600)
     session_absolute_timeout_s: int = Field(default=12 * 3600, ge=60, le=90 * 24 * 3600)
+    # Sessions one user may hold at once; a login beyond it ends the user's oldest session.
+    # lua/start_session.lua refuses more than 1000.
+    session_max_per_user: int = Field(default=20, ge=1, le=1_000)
     login_max_failures: int = Field(default=10, ge=1, le=1_000)
     login_max_failures_per_address: int = Field(default=100, ge=1, le=100_000)
     login_failure_window_s: int = Field(default=15 * 60, ge=1, le=24 * 3600)

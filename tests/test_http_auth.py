@@ -9,8 +9,12 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from service.http.app import create_app
+from service.http.state import PASSWORDS, SESSIONS
+from service.redis import keyspace
 from service.settings import Settings
-from tests.support.http_helpers import PASSWORD, Client, login, new_user, sign_up
+from tests.support.http_helpers import PASSWORD, Client, LoggedIn, login, new_user, sign_up
+
+NEW_PASSWORD = "new horse battery staple"
 
 
 async def test_sign_up_returns_the_user_and_keeps_the_spelling(client: Client) -> None:
@@ -133,6 +137,7 @@ async def test_logout_revokes_the_session_server_side(client: Client, redis_clie
     status, _ = await user.post(client, "/api/logout/", None)
     assert status == 204
     assert not await redis_client.exists(f"wallet_session_{token}")
+    assert not await redis_client.exists(keyspace.sessions_of_user(user.id))
     assert (await user.get(client, "/api/balance/"))[0] == 401
     assert (await user.post(client, "/api/logout/", None))[0] == 401
 
@@ -145,6 +150,8 @@ async def test_endpoints_need_a_session(client: Client) -> None:
         ("POST", "/api/balance/transfer/"),
         ("GET", "/api/balance/transfer/"),
         ("POST", "/api/logout/"),
+        ("POST", "/api/logout/all/"),
+        ("POST", "/api/password/"),
     ]:
         response = await client.request(method, path, json={"amount": 1})
         assert response.status == 401, path
@@ -198,6 +205,8 @@ async def test_openapi_describes_every_contract_endpoint(client: Client) -> None
         ("POST", "/api/sign-up/"),
         ("POST", "/api/login/"),
         ("POST", "/api/logout/"),
+        ("POST", "/api/logout/all/"),
+        ("POST", "/api/password/"),
         ("GET", "/api/balance/"),
         ("POST", "/api/balance/deposit/"),
         ("GET", "/api/balance/deposit/"),
@@ -287,3 +296,231 @@ async def test_a_burst_of_password_hashing_is_shed_not_queued_without_bound(
     assert (await busy.json())["error"]["code"] == "server_busy"
     # Once the burst is over, hashing works again.
     await sign_up(burst_client, "after-burst")
+
+
+async def assert_ended(client: Client, user: LoggedIn, recipient_id: int) -> None:
+    """Every endpoint refuses the session, money ones included."""
+    for path, body in [
+        ("/api/balance/deposit/", {"amount": 7}),
+        ("/api/balance/transfer/", {"to_user_id": recipient_id, "amount": 7}),
+        ("/api/logout/", None),
+        ("/api/logout/all/", None),
+        ("/api/password/", {"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+    ]:
+        status, error = await user.post(client, path, body)
+        assert (status, error["error"]["code"]) == (401, "unauthorized"), path
+    for path in ("/api/balance/", "/api/balance/deposit/", "/api/balance/transfer/"):
+        status, error = await user.get(client, path)
+        assert (status, error["error"]["code"]) == (401, "unauthorized"), path
+
+
+async def change_password(
+    client: Client, user: LoggedIn, current: str = PASSWORD, new: str = NEW_PASSWORD
+) -> tuple[int, str | None]:
+    """The status and the new session cookie, if one was set."""
+    response = await client.post(
+        "/api/password/",
+        json={"current_password": current, "new_password": new},
+        cookies=user.cookies,
+    )
+    client.session.cookie_jar.clear()
+    cookie = response.cookies.get("wallet_session")
+    return response.status, None if cookie is None else cookie.value
+
+
+async def test_a_password_change_ends_every_other_session_and_renews_this_one(
+    client: Client, redis_client: Redis
+) -> None:
+    bob = await new_user(client, "bob")
+    phone = await new_user(client, "alice", deposit_kopecks=100)
+    laptop = await login(client, "alice")
+    status, _ = await laptop.post(client, "/api/balance/deposit/", {"amount": 100})
+    assert status == 201  # the process that served it now has the laptop's cookie cached
+    status, renewed_cookie = await change_password(client, phone)
+    assert status == 204
+    assert renewed_cookie is not None
+    assert renewed_cookie != phone.cookies["wallet_session"]
+    for old in (laptop, phone):
+        await assert_ended(client, old, bob.id)
+        assert not await redis_client.exists(keyspace.session(old.cookies["wallet_session"]))
+    renewed = LoggedIn(phone.id, phone.username, {"wallet_session": renewed_cookie})
+    assert await renewed.balance(client) == 200
+    assert await bob.balance(client) == 0
+    assert await redis_client.zrange(keyspace.sessions_of_user(phone.id), 0, -1) == [
+        renewed_cookie.encode()
+    ]
+    response = await client.post("/api/login/", json={"username": "alice", "password": PASSWORD})
+    assert response.status == 401
+    await login(client, "alice", NEW_PASSWORD)
+
+
+async def test_logout_all_ends_every_session_of_the_user_and_no_other(
+    client: Client, redis_client: Redis
+) -> None:
+    bob = await new_user(client, "bob")
+    phone = await new_user(client, "alice", deposit_kopecks=100)
+    laptop = await login(client, "alice")
+    status, _ = await laptop.post(client, "/api/balance/deposit/", {"amount": 100})
+    assert status == 201
+    response = await client.post("/api/logout/all/", cookies=phone.cookies)
+    assert response.status == 204
+    assert response.cookies["wallet_session"].value == ""  # the cookie is cleared
+    client.session.cookie_jar.clear()
+    for old in (phone, laptop):
+        await assert_ended(client, old, bob.id)
+    assert not await redis_client.exists(keyspace.sessions_of_user(phone.id))
+    assert await bob.balance(client) == 0
+    again = await login(client, "alice")  # the password is unchanged
+    assert await again.balance(client) == 200
+
+
+async def test_a_wrong_current_password_changes_nothing(
+    client: Client, redis_client: Redis
+) -> None:
+    alice = await new_user(client, "alice")
+    other = await login(client, "alice")
+    for current in ("wrong password", NEW_PASSWORD):
+        status, cookie = await change_password(client, alice, current=current)
+        assert (status, cookie) == (401, None)
+    response = await client.post(
+        "/api/password/",
+        json={"current_password": "wrong password", "new_password": NEW_PASSWORD},
+        cookies=alice.cookies,
+    )
+    assert (await response.json())["error"]["code"] == "invalid_credentials"
+    assert await alice.balance(client) == 0
+    assert await other.balance(client) == 0
+    await login(client, "alice", PASSWORD)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"current_password": PASSWORD, "new_password": "short"}, "new_password"),
+        ({"current_password": PASSWORD, "new_password": "x" * 129}, "new_password"),
+        ({"current_password": PASSWORD}, "new_password"),
+        ({"new_password": NEW_PASSWORD}, "current_password"),
+        ({"current_password": PASSWORD, "new_password": 12345678}, "new_password"),
+        ({"current_password": PASSWORD, "new_password": NEW_PASSWORD, "user_id": 1}, "user_id"),
+    ],
+)
+async def test_password_change_validation(
+    client: Client, body: dict[str, object], field: str
+) -> None:
+    alice = await new_user(client, "alice")
+    status, answer = await alice.post(client, "/api/password/", body)
+    assert status == 422
+    assert (answer["error"]["code"], answer["error"]["field"]) == ("validation_error", field)
+    assert await alice.balance(client) == 0  # the session is untouched
+    await login(client, "alice", PASSWORD)
+
+
+async def test_a_wrong_current_password_counts_as_a_failed_login(
+    client: Client, redis_client: Redis
+) -> None:
+    alice = await new_user(client, "alice")
+    for _ in range(10):
+        assert (await change_password(client, alice, current="wrong password"))[0] == 401
+    status, answer = await alice.post(
+        client, "/api/password/", {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    )
+    assert (status, answer["error"]["code"]) == (429, "too_many_attempts")
+    locked = await client.post("/api/login/", json={"username": "alice", "password": PASSWORD})
+    assert locked.status == 429
+    assert await alice.balance(client) == 0  # throttled, not logged out
+    await redis_client.delete("login-fail:user:alice")  # the window passes
+    assert (await change_password(client, alice))[0] == 204
+
+
+async def test_logout_all_racing_deposits_of_another_session(client: Client) -> None:
+    phone = await new_user(client, "alice")
+    laptop = await login(client, "alice")
+
+    async def deposit() -> int:
+        return (await laptop.post(client, "/api/balance/deposit/", {"amount": 1}))[0]
+
+    racing = await asyncio.gather(
+        *(deposit() for _ in range(20)),
+        phone.post(client, "/api/logout/all/", None),
+        *(deposit() for _ in range(20)),
+    )
+    logout_all = cast(tuple[int, object], racing.pop(20))
+    assert logout_all[0] == 204
+    statuses = cast(list[int], racing)
+    assert set(statuses) <= {201, 401}, statuses
+    assert [await deposit() for _ in range(5)] == [401] * 5
+    again = await login(client, "alice")
+    # A refused deposit moved nothing; every 201 was applied.
+    assert await again.balance(client) == statuses.count(201)
+
+
+@pytest.mark.parametrize("ending", ["password", "logout-all"])
+async def test_sessions_end_on_every_process_at_once(
+    aiohttp_client: AiohttpClient,
+    app_settings: Settings,
+    redis_client: Redis,
+    db_engine: object,
+    ending: str,
+) -> None:
+    """Two apps on one Redis are two API processes, each with its own cache of cookies."""
+    first = await aiohttp_client(create_app(app_settings))
+    second = await aiohttp_client(create_app(app_settings))
+    bob = await new_user(first, "bob")
+    phone = await new_user(first, "alice")
+    laptop = await login(first, "alice")
+    status, _ = await laptop.post(second, "/api/balance/deposit/", {"amount": 100})
+    assert status == 201
+    laptop_cookie = laptop.cookies["wallet_session"]
+    assert second.app[SESSIONS].cached_user(laptop_cookie) is not None
+    if ending == "password":
+        assert (await change_password(first, phone))[0] == 204
+    else:
+        assert (await phone.post(first, "/api/logout/all/", None))[0] == 204
+    await assert_ended(second, laptop, bob.id)
+    assert second.app[SESSIONS].cached_user(laptop_cookie) is None  # forgotten when refused
+    password = NEW_PASSWORD if ending == "password" else PASSWORD
+    assert await (await login(second, "alice", password)).balance(second) == 100
+    assert await bob.balance(second) == 0
+
+
+async def test_a_login_beyond_the_cap_ends_the_oldest_session(
+    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis, db_engine: object
+) -> None:
+    capped = await aiohttp_client(
+        create_app(app_settings.model_copy(update={"session_max_per_user": 2}))
+    )
+    await sign_up(capped, "alice")
+    oldest, middle, newest = [await login(capped, "alice") for _ in range(3)]
+    assert (await oldest.get(capped, "/api/balance/"))[0] == 401
+    assert await middle.balance(capped) == 0
+    assert await newest.balance(capped) == 0
+    assert await redis_client.zcard(keyspace.sessions_of_user(oldest.id)) == 2
+
+
+@pytest.mark.in_process_only
+async def test_a_login_that_checked_the_old_password_keeps_no_session(
+    client: Client, redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password changes while a login with the old one is between its check of the
+    password and the start of its session: that session must not outlive the change."""
+    alice = await new_user(client, "alice")
+    passwords = client.app[PASSWORDS]
+    verify = passwords.verify
+    changes: list[int] = []
+
+    async def verify_then_change(password_hash: str | None, password: str) -> bool:
+        verified = await verify(password_hash, password)
+        if not changes:  # the login's check; the change's own check comes next
+            changes.append(0)
+            changes[0] = (await change_password(client, alice))[0]
+        return verified
+
+    monkeypatch.setattr(passwords, "verify", verify_then_change)
+    response = await client.post("/api/login/", json={"username": "alice", "password": PASSWORD})
+    assert changes == [204]
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "invalid_credentials"
+    assert "wallet_session" not in response.cookies
+    # Only the session the change gave its own client is left.
+    assert len(await redis_client.keys("wallet_session_*")) == 1
+    assert await redis_client.zcard(keyspace.sessions_of_user(alice.id)) == 1

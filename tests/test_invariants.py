@@ -229,6 +229,8 @@ async def redis_snapshot(redis: Redis) -> Snapshot:
                 pipe.hgetall(name)
             elif kind == "stream":
                 pipe.xrange(name)
+            elif kind == "zset":
+                pipe.zrange(name, 0, -1, withscores=True)
             else:
                 raise AssertionError(f"unexpected key type {kind} for {name!r}")
         values = await pipe.execute()

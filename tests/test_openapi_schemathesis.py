@@ -46,9 +46,12 @@ async def server(
     redis_client: Redis,
     db_engine: AsyncEngine,
 ) -> TestServer:
-    # Schemathesis fails hundreds of logins from 127.0.0.1; the per-address lock would then
-    # refuse its own logins. The per-username lock stays as it is.
-    settings = app_settings.model_copy(update={"login_max_failures_per_address": 100_000})
+    # Schemathesis fails hundreds of logins from 127.0.0.1, and as the sender hundreds of
+    # password changes with a made-up current password (each a failed login of the
+    # sender); the locks would then refuse its own logins.
+    settings = app_settings.model_copy(
+        update={"login_max_failures_per_address": 100_000, "login_max_failures": 100_000}
+    )
     return await aiohttp_server(create_app(settings), host="127.0.0.1")
 
 

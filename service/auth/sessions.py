@@ -9,15 +9,21 @@ Deposits and transfers do not load the session in Python: the session key goes i
 the money script, which checks it in the same round trip (lua/includes/check_session.lua).
 A per-process cache maps a cookie to its user only to build that call; it is a hint,
 never the authority, so a revoked session is refused at once by every process.
+
+Every session is stored once, at login, by lua/start_session.lua, which also enters it in
+its user's index (``sessions:{<user_id>}``); nothing writes a session again, so one that
+ended never comes back. lua/end_sessions.lua ends all of a user's sessions at once
+(logout/all, a password change).
 """
 
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import cast
 
 from aiohttp import web
-from aiohttp_session import Session, get_session, new_session
+from aiohttp_session import Session, get_session
 from aiohttp_session.redis_storage import RedisStorage
 from redis.asyncio import Redis
 
@@ -25,6 +31,7 @@ from service.domain import refusals
 from service.domain.refusals import Refused
 from service.redis import keyspace
 from service.redis.money import SessionCheck
+from service.redis.scripts import LuaScript
 from service.settings import Settings
 
 SESSION_CACHE_MAX_ENTRIES = 100_000
@@ -37,8 +44,8 @@ class SessionUser:
 
 
 class WalletSessionStorage(RedisStorage):
-    """RedisStorage whose key TTL is the idle timeout, and which deletes an invalidated
-    session instead of storing it empty."""
+    """RedisStorage whose key TTL is the idle timeout; a session is stored once, at login
+    (``create``), and never written back."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         super().__init__(
@@ -52,7 +59,10 @@ class WalletSessionStorage(RedisStorage):
         )
         self.idle_timeout_s = settings.session_idle_timeout_s
         self.absolute_timeout_s = settings.session_absolute_timeout_s
+        self.max_sessions_per_user = settings.session_max_per_user
         self._users: OrderedDict[str, SessionUser] = OrderedDict()
+        self._start = LuaScript(redis, "start_session")
+        self._end_all = LuaScript(redis, "end_sessions")
 
     def redis_key(self, identity: str) -> str:
         return keyspace.session(identity)
@@ -76,19 +86,61 @@ class WalletSessionStorage(RedisStorage):
     async def save_session(
         self, request: web.Request, response: web.StreamResponse, session: Session
     ) -> None:
-        if session.empty:
-            await self.revoke(session)
-            self.save_cookie(response, "")
-            return
-        identity = session.identity or self._key_factory()
-        self.save_cookie(response, identity, max_age=session.max_age)
-        data = self._encoder(self._get_session_data(session))
-        await self._redis.set(self.redis_key(identity), data, ex=self.idle_timeout_s)
+        """The middleware calls this for a session a handler changed, and none does: login
+        stores a new one with ``create``, logout ends one with ``end``. Writing a loaded
+        session back could bring back one that logout/all ended meanwhile on another
+        process."""
+        raise RuntimeError("sessions are stored by create() and ended by end() or end_all()")
+
+    async def create(self, user: SessionUser) -> str:
+        """Stores a new session of the user under a new random id and enters it in the
+        user's index (ending their oldest session at the cap); returns the id."""
+        session_id: str = self._key_factory()
+        data = {
+            "created": int(time.time()),
+            "session": {"user_id": user.user_id, "username": user.username},
+        }
+        await self._start(
+            keys=[self.redis_key(session_id), keyspace.sessions_of_user(user.user_id)],
+            args=[
+                user.user_id,
+                session_id,
+                self._encoder(data),
+                self.idle_timeout_s,
+                self.absolute_timeout_s,
+                self.max_sessions_per_user,
+            ],
+        )
+        return session_id
+
+    def set_cookie(self, response: web.StreamResponse, session_id: str) -> None:
+        self.save_cookie(response, session_id, max_age=self.max_age)
+
+    def clear_cookie(self, response: web.StreamResponse) -> None:
+        self.save_cookie(response, "")
+
+    async def end(self, session_id: str, user_id: int | None) -> None:
+        """Ends one session. Without its user (a session past its absolute lifetime loads
+        with no data) its index entry stays until start_session.lua finds the key gone."""
+        self._users.pop(session_id, None)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.redis_key(session_id))
+            if user_id is not None:
+                pipe.zrem(keyspace.sessions_of_user(user_id), session_id)
+            await pipe.execute()
+
+    async def end_all(self, user_id: int) -> int:
+        """Ends every session of the user at once, on every process; returns how many
+        were alive. Other processes' caches keep the cookies only as hints: the money
+        scripts refuse them (lua/end_sessions.lua)."""
+        ended: int = await self._end_all(keys=[keyspace.sessions_of_user(user_id)], args=[])
+        return ended
 
     async def revoke(self, session: Session) -> None:
+        """Ends the session a request loaded, if its cookie named one."""
         if session.identity is not None:
-            self._users.pop(str(session.identity), None)
-            await self._redis.delete(self.redis_key(str(session.identity)))
+            user_id = session.get("user_id")
+            await self.end(str(session.identity), user_id if isinstance(user_id, int) else None)
 
     def remember(self, cookie: str, user: SessionUser) -> None:
         self._users[cookie] = user
@@ -136,13 +188,18 @@ async def money_session(
 
 async def start_session(
     request: web.Request, storage: WalletSessionStorage, user: SessionUser
-) -> None:
-    """A new session id at every login; the one the client sent is revoked (no fixation)."""
+) -> str:
+    """A new session id at every login; the one the client sent is revoked (no fixation).
+    Returns the new id: the caller sets the cookie once the session may stand."""
     await storage.revoke(await get_session(request))
-    session = await new_session(request)
-    session["user_id"] = user.user_id
-    session["username"] = user.username
+    return await storage.create(user)
 
 
-async def end_session(request: web.Request) -> None:
-    (await get_session(request)).invalidate()
+async def end_session(
+    request: web.Request, storage: WalletSessionStorage, response: web.StreamResponse
+) -> None:
+    """Ends the request's session (401 unauthorized without one) and clears its cookie."""
+    session = await get_session(request)
+    user = _session_user(session)
+    await storage.end(str(session.identity), user.user_id)
+    storage.clear_cookie(response)

@@ -74,8 +74,8 @@ def create_app(settings: Settings) -> web.Application:
     # start-up; it opens no connection until the first request, and _redis_ctx closes it.
     redis = connect_redis(settings)
     sessions = WalletSessionStorage(redis, settings)
-    # Sessions outside the error middleware: a session invalidated by a handler that then
-    # answers with an error is still saved (deleted).
+    # The session middleware only loads sessions: they are stored and ended by
+    # service/auth/sessions.py, never saved through it.
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[

@@ -1,14 +1,21 @@
-"""POST /api/sign-up/, /api/login/, /api/logout/."""
+"""POST /api/sign-up/, /api/login/, /api/logout/, /api/logout/all/, /api/password/."""
 
 from aiohttp import web
 
-from persistence.users import UsernameTaken, create_user, find_user
+from persistence.users import (
+    StoredUser,
+    UsernameTaken,
+    create_user,
+    find_user,
+    password_hash_of,
+    replace_password_hash,
+)
 from service.auth.sessions import SessionUser, current_user, end_session, start_session
 from service.domain import refusals
 from service.domain.refusals import Refused
 from service.http.errors import json_response
 from service.http.input import read_body
-from service.http.schemas import Credentials
+from service.http.schemas import Credentials, PasswordChange
 from service.http.state import DATABASE, MONEY, PASSWORDS, SESSIONS, THROTTLE
 
 
@@ -25,29 +32,88 @@ async def sign_up(request: web.Request) -> web.Response:
     return json_response({"id": user_id, "username": body.username}, status=201)
 
 
-async def login(request: web.Request) -> web.Response:
-    body = await read_body(request, Credentials)
+async def _verified_user(request: web.Request, username: str, password: str) -> StoredUser:
+    """The user, if this is their password; else 401 invalid_credentials, counted by the
+    login throttle (429 too_many_attempts once over its limit)."""
     throttle = request.app[THROTTLE]
     address = request.remote or "unknown"
-    if not await throttle.acquire(body.username, address):
+    if not await throttle.acquire(username, address):
         raise Refused(refusals.TOO_MANY_ATTEMPTS)
-    user = await find_user(request.app[DATABASE], body.username)
+    user = await find_user(request.app[DATABASE], username)
     try:
         verified = await request.app[PASSWORDS].verify(
-            None if user is None else user.password_hash, body.password
+            None if user is None else user.password_hash, password
         )
     except Refused:  # too busy to check it: the attempt is given back
-        await throttle.not_checked(body.username, address)
+        await throttle.not_checked(username, address)
         raise
     if user is None or not verified:
         raise Refused(refusals.INVALID_CREDENTIALS)
-    await throttle.succeeded(body.username, address)
+    await throttle.succeeded(username, address)
+    return user
+
+
+async def _open_session(
+    request: web.Request, response: web.StreamResponse, user: SessionUser, verified_hash: str
+) -> None:
+    """Starts a session for a user whose password was just checked against
+    ``verified_hash``, and sets its cookie on the response.
+
+    A password change stores the new hash, then ends every session in the user's index.
+    A login that checked the old hash may store its session just after that end: so the
+    hash is read again once the session is stored, and either the change's end found the
+    session or this read finds the new hash and ends it.
+    """
+    sessions = request.app[SESSIONS]
+    session_id = await start_session(request, sessions, user)
+    if await password_hash_of(request.app[DATABASE], user.user_id) != verified_hash:
+        await sessions.end(session_id, user.user_id)
+        raise Refused(refusals.INVALID_CREDENTIALS)
+    sessions.set_cookie(response, session_id)
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await read_body(request, Credentials)
+    user = await _verified_user(request, body.username, body.password)
     await request.app[MONEY].register_user(user.id)
-    await start_session(request, request.app[SESSIONS], SessionUser(user.id, user.username))
-    return json_response({"id": user.id, "username": user.username})
+    response = json_response({"id": user.id, "username": user.username})
+    await _open_session(request, response, SessionUser(user.id, user.username), user.password_hash)
+    return response
 
 
 async def logout(request: web.Request) -> web.Response:
-    await current_user(request)
-    await end_session(request)
-    return web.Response(status=204)
+    response = web.Response(status=204)
+    await end_session(request, request.app[SESSIONS], response)
+    return response
+
+
+async def logout_all(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    sessions = request.app[SESSIONS]
+    await sessions.end_all(user.user_id)
+    response = web.Response(status=204)
+    # Already ended with the others: this clears its cookie and this process's cache.
+    await end_session(request, sessions, response)
+    return response
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """The current password is checked (and throttled) like a login's; then every session
+    of the user ends, this one included, and this client gets a new one."""
+    user = await current_user(request)
+    body = await read_body(request, PasswordChange)
+    stored = await _verified_user(request, user.username, body.current_password)
+    new_hash = await request.app[PASSWORDS].hash(body.new_password)
+    # Of two changes that checked the same current password, the first to store its hash
+    # wins; for the other the password it was given is no longer the current one.
+    if not await replace_password_hash(
+        request.app[DATABASE], stored.id, stored.password_hash, new_hash
+    ):
+        raise Refused(refusals.INVALID_CREDENTIALS)
+    # The hash is stored before the sessions end (see _open_session). Should Redis fail
+    # in between, the answer is 503 and the old sessions live on: the client retries with
+    # the new password as the current one.
+    await request.app[SESSIONS].end_all(user.user_id)
+    response = web.Response(status=204)
+    await _open_session(request, response, user, new_hash)
+    return response

@@ -42,6 +42,11 @@ class Credentials(StrictBody):
     password: Password
 
 
+class PasswordChange(StrictBody):
+    current_password: Password
+    new_password: Password = Field(description="8-128 characters, as at sign-up")
+
+
 class DepositRequest(StrictBody):
     amount: AmountKopecks = Field(description="kopecks, a JSON integer")
 

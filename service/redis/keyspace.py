@@ -28,6 +28,12 @@ def session(session_id: str) -> str:
     return f"{SESSION_COOKIE}_{session_id}"
 
 
+def sessions_of_user(user_id: int) -> str:
+    """A user's session ids, scored by login time in µs: what lua/end_sessions.lua ends at once.
+    lua/start_session.lua and lua/end_sessions.lua check this shape."""
+    return f"sessions:{{{user_id}}}"
+
+
 def login_failures_of_user(username: str) -> str:
     """Usernames are unique regardless of case: one counter for every spelling."""
     return f"login-fail:user:{username.lower()}"

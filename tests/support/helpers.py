@@ -53,6 +53,8 @@ async def snapshot(redis: Redis) -> dict[bytes, Any]:
             state[key] = await redis.hgetall(key)
         elif kind == "stream":
             state[key] = await redis.xrange(key)
+        elif kind == "zset":
+            state[key] = await redis.zrange(key, 0, -1, withscores=True)
         else:
             raise AssertionError(f"unexpected key type {kind} for {key!r}")
     return state
