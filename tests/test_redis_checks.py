@@ -1,14 +1,12 @@
 import asyncio
 import logging
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from service.engines.valkey import start_valkey
 from service.redis.checks import UnsafeRedis, check_redis_durability
 from service.redis.client import HEALTH_CHECK_INTERVAL_S, connect_redis
 from service.settings import Settings
@@ -56,36 +54,18 @@ async def test_the_real_redis_passes(redis_client: Redis) -> None:
     await check_redis_durability(redis_client, allow_evicting_redis=False)
 
 
-def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return server
-        time.sleep(0.05)
-    server.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 async def test_pooled_connections_survive_a_redis_restart(tmp_path: Path) -> None:
     """Idle pooled connections are checked (PING) and reconnected before a command is sent;
     without that, the first command on each of them after a restart failed."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = _start_redis(port, tmp_path)
-    client = connect_redis(Settings(redis_url=f"redis://127.0.0.1:{port}/0"))
+    first = start_valkey(tmp_path)
+    client = connect_redis(Settings(redis_url=first.url))
     try:
         await asyncio.gather(*(client.set(f"k{n}", n) for n in range(8)))  # several connections
-        server.terminate()
-        server.wait(10)
-        server = _start_redis(port, tmp_path)
-        await asyncio.sleep(HEALTH_CHECK_INTERVAL_S + 0.2)
-        results = await asyncio.gather(*(client.set(f"k{n}", n) for n in range(8)))
-        assert results == [True] * 8
+        first.stop()
+        with start_valkey(tmp_path, port=first.port):
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL_S + 0.2)
+            results = await asyncio.gather(*(client.set(f"k{n}", n) for n in range(8)))
+            assert results == [True] * 8
     finally:
         await client.aclose()
-        server.terminate()
-        server.wait(10)
+        first.stop()
