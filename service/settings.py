@@ -1,7 +1,9 @@
 """All configuration in one typed object, read from the environment."""
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, IPvAnyNetwork, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -22,6 +24,12 @@ class Settings(BaseSettings):
     # outcome is then unknown and the client retries with its Idempotency-Key.
     redis_socket_timeout_ms: int = Field(default=5_000, ge=100, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
+
+    # The proxies whose X-Forwarded-For is believed (service/http/client_address.py): IPs
+    # or CIDRs, comma-separated. Empty: the client address is always the TCP peer.
+    trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = Field(
+        default=(), max_length=1_000
+    )
 
     # Sessions: the cookie holds only a random id; the data lives in Redis.
     cookie_secure: bool = False
@@ -50,6 +58,14 @@ class Settings(BaseSettings):
     stream_retention_s: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
     # Read-your-writes merges at most this many not-yet-persisted entries into a history read.
     history_tail_max_entries: int = Field(default=20_000, ge=100, le=1_000_000)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # "10.0.0.0/8, 192.0.2.7" in the environment; a JSON list would be easy to get wrong.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
 
 def env_name(field: str) -> str:

@@ -6,6 +6,7 @@ from persistence.users import UsernameTaken, create_user, find_user
 from service.auth.sessions import SessionUser, current_user, end_session, start_session
 from service.domain import refusals
 from service.domain.refusals import Refused
+from service.http.client_address import client_address
 from service.http.errors import json_response
 from service.http.input import read_body
 from service.http.schemas import Credentials
@@ -28,7 +29,7 @@ async def sign_up(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
     throttle = request.app[THROTTLE]
-    address = request.remote or "unknown"
+    address = client_address(request)
     if not await throttle.acquire(body.username, address):
         raise Refused(refusals.TOO_MANY_ATTEMPTS)
     user = await find_user(request.app[DATABASE], body.username)
