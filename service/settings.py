@@ -35,9 +35,26 @@ class Settings(BaseSettings):
     cookie_secure: bool = False
     session_idle_timeout_s: int = Field(default=30 * 60, ge=60, le=30 * 24 * 3600)
     session_absolute_timeout_s: int = Field(default=12 * 3600, ge=60, le=90 * 24 * 3600)
-    login_max_failures: int = Field(default=10, ge=1, le=1_000)
-    login_max_failures_per_address: int = Field(default=100, ge=1, le=100_000)
+
+    # Login throttling (service/auth/login_throttle.py; README, "Login throttling"). Each
+    # count of failures lives for the window from its first failure.
     login_failure_window_s: int = Field(default=15 * 60, ge=1, le=24 * 3600)
+    # One username from one address: this many failures are free, then each one makes the
+    # next attempt wait, from delay_base_ms doubling up to delay_max_ms; at the maximum the
+    # pair is refused until its window ends.
+    login_failures_before_delay: int = Field(default=3, ge=0, le=1_000)
+    login_delay_base_ms: int = Field(default=1_000, ge=1, le=3_600_000)
+    login_delay_max_ms: int = Field(default=60_000, ge=1, le=3_600_000)
+    login_max_failures_per_username_and_address: int = Field(default=10, ge=1, le=1_000)
+    # One address, across usernames (password spraying): refused until its window ends.
+    login_max_failures_per_address: int = Field(default=100, ge=1, le=100_000)
+    # One username from this many addresses within a window is an attack: its logins are
+    # refused for everyone for attack_lock_s, and then it cannot be locked again for
+    # attack_cooldown_s, so an attacker cannot keep a user out.
+    login_attack_addresses: int = Field(default=10, ge=2, le=10_000)
+    login_attack_lock_s: int = Field(default=5 * 60, ge=1, le=24 * 3600)
+    login_attack_cooldown_s: int = Field(default=60 * 60, ge=0, le=7 * 24 * 3600)
+
     # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile).
     argon2_time_cost: int = Field(default=3, ge=1, le=10)
     argon2_memory_kib: int = Field(default=65_536, ge=1_024, le=1_048_576)

@@ -437,13 +437,48 @@ async def test_money_scripts_refuse_a_malformed_session_key(
 
 async def test_refund_login_attempt_never_creates_a_counter(redis_client: Redis) -> None:
     script = load_script_source("refund_login_attempt")
-    await redis_client.set("login-fail:user:alice", 3, ex=900)
-    assert await redis_client.eval(script, 1, "login-fail:user:alice") == 2
-    assert await redis_client.ttl("login-fail:user:alice") > 0
-    assert await redis_client.eval(script, 1, "login-fail:addr:10.0.0.1") == 0
-    assert not await redis_client.exists("login-fail:addr:10.0.0.1")
-    with pytest.raises(ResponseError, match="login-fail"):
-        await redis_client.eval(script, 1, "user:{1}")
+    keys = [
+        keyspace.login_failures_of_address("10.0.0.1"),
+        keyspace.login_failures_of_user_at_address("alice", "10.0.0.1"),
+        keyspace.login_failing_addresses_of_user("alice"),
+    ]
+    await redis_client.set(keys[0], 3, ex=900)
+    await redis_client.hset(keys[1], mapping={"failures": 2, "next_at_ms": 10**13})
+    await redis_client.expire(keys[1], 900)
+    await redis_client.sadd(keys[2], "10.0.0.1")
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 1
+    assert await redis_client.get(keys[0]) == b"2"
+    assert await redis_client.ttl(keys[0]) > 0
+    assert await redis_client.hgetall(keys[1]) == {b"failures": b"1", b"next_at_ms": b"0"}
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert not await redis_client.exists(keys[1], keys[2])
+    # Nothing left to give back: nothing is created.
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert await redis_client.get(keys[0]) == b"0"
+    assert not await redis_client.exists(keys[1], keys[2])
+    await redis_client.delete(keys[0])
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert not await redis_client.exists(*keys)
+
+
+@pytest.mark.parametrize("script", ["login_attempt", "login_succeeded", "refund_login_attempt"])
+async def test_login_scripts_refuse_keys_of_another_username_or_address(
+    redis_client: Redis, script: str
+) -> None:
+    source = load_script_source(script)
+    keys = [
+        keyspace.login_failures_of_address("10.0.0.1"),
+        keyspace.login_failures_of_user_at_address("alice", "10.0.0.2"),
+        keyspace.login_failing_addresses_of_user("alice"),
+        keyspace.login_lock_of_user("alice"),
+    ][: 4 if script == "login_attempt" else 3]
+    args = ["10.0.0.1", *(["1"] * 9 if script == "login_attempt" else [])]
+    with pytest.raises(ResponseError, match="one username and address"):
+        await redis_client.eval(source, len(keys), *keys, *args)
+    with pytest.raises(ResponseError, match="one username and address"):
+        await redis_client.eval(source, 1, "user:{1}", *args)
+    assert await redis_client.keys("throttle:*") == []
 
 
 async def test_no_money_moves_while_redis_has_not_been_rebuilt(

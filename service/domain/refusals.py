@@ -34,6 +34,9 @@ class Refused(Exception):
         retry_after_s: int | None = None,
         replayed: bool = False,
     ) -> None:
+        if refusal.status == 429 and retry_after_s is None:
+            # A client told "too many" is always told when to come back (Retry-After).
+            raise ValueError(f"{refusal.code}: a 429 needs retry_after_s")
         super().__init__(message or refusal.message)
         self.refusal = refusal
         self.message = message or refusal.message

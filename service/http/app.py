@@ -7,9 +7,9 @@ from aiohttp import web
 from aiohttp_session import session_middleware
 
 from persistence.db import connect_database
+from service.auth.login_throttle import LoginThrottle
 from service.auth.passwords import Passwords
 from service.auth.sessions import WalletSessionStorage
-from service.auth.throttle import LoginThrottle
 from service.domain.limits import MAX_BODY_BYTES
 from service.http.errors import error_middleware
 from service.http.logs import request_id_middleware
@@ -18,13 +18,13 @@ from service.http.openapi import build_spec
 from service.http.routes import setup_routes
 from service.http.state import (
     DATABASE,
+    LOGIN_THROTTLE,
     MONEY,
     OPENAPI_SPEC,
     PASSWORDS,
     REDIS,
     SESSIONS,
     SETTINGS,
-    THROTTLE,
 )
 from service.ledger.rebuild import ensure_transaction_counter
 from service.outages import OUTAGE_ERRORS
@@ -90,7 +90,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SESSIONS] = sessions
     app[MONEY] = MoneyScripts(redis, settings.idempotency_ttl_s)
     app[PASSWORDS] = Passwords(settings)
-    app[THROTTLE] = LoginThrottle(redis, settings)
+    app[LOGIN_THROTTLE] = LoginThrottle(redis, settings)
     app.cleanup_ctx.extend([_redis_ctx, _database_ctx, _startup_checks_ctx])
     app[OPENAPI_SPEC] = build_spec()
     setup_routes(app)

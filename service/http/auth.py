@@ -10,7 +10,7 @@ from service.http.client_address import client_address
 from service.http.errors import json_response
 from service.http.input import read_body
 from service.http.schemas import Credentials
-from service.http.state import DATABASE, MONEY, PASSWORDS, SESSIONS, THROTTLE
+from service.http.state import DATABASE, LOGIN_THROTTLE, MONEY, PASSWORDS, SESSIONS
 
 
 async def sign_up(request: web.Request) -> web.Response:
@@ -28,16 +28,15 @@ async def sign_up(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
-    throttle = request.app[THROTTLE]
+    throttle = request.app[LOGIN_THROTTLE]
     address = client_address(request)
-    if not await throttle.acquire(body.username, address):
-        raise Refused(refusals.TOO_MANY_ATTEMPTS)
-    user = await find_user(request.app[DATABASE], body.username)
+    await throttle.begin(body.username, address)
     try:
+        user = await find_user(request.app[DATABASE], body.username)
         verified = await request.app[PASSWORDS].verify(
             None if user is None else user.password_hash, body.password
         )
-    except Refused:  # too busy to check it: the attempt is given back
+    except Exception:  # too busy or a backend down: the password was not checked
         await throttle.not_checked(body.username, address)
         raise
     if user is None or not verified:

@@ -53,6 +53,8 @@ async def snapshot(redis: Redis) -> dict[bytes, Any]:
             state[key] = await redis.hgetall(key)
         elif kind == "stream":
             state[key] = await redis.xrange(key)
+        elif kind == "set":
+            state[key] = await redis.smembers(key)
         else:
             raise AssertionError(f"unexpected key type {kind} for {key!r}")
     return state
