@@ -3,7 +3,7 @@
 -- client knows the password, so there is nothing left to slow down there.
 --
 -- KEYS[1]  throttle:login:addr:<address>              string: failures from the address
--- KEYS[2]  throttle:login:user:<name>:addr:<address>  hash: failures, next_at_ms
+-- KEYS[2]  throttle:login:user:<name>:addr:<address>  hash: attempts, failures, next_at_ms
 -- KEYS[3]  throttle:login:user:<name>:addrs           set: addresses failing for the username
 -- ARGV[1]  address                                    as in KEYS[1] and KEYS[2]
 --

@@ -3,11 +3,11 @@
 -- not been made.
 --
 -- KEYS[1]  throttle:login:addr:<address>              string: failures from the address
--- KEYS[2]  throttle:login:user:<name>:addr:<address>  hash: failures, next_at_ms
+-- KEYS[2]  throttle:login:user:<name>:addr:<address>  hash: attempts, failures, next_at_ms
 -- KEYS[3]  throttle:login:user:<name>:addrs           set: addresses failing for the username
 -- ARGV[1]  address                                    as in KEYS[1] and KEYS[2]
 --
--- Returns  the failures of the username from the address after the refund
+-- Returns  the attempts of the username from the address after the refund
 
 -- @include login_keys
 
@@ -18,12 +18,11 @@ login_give_back(KEYS[1])
 if redis.call("EXISTS", KEYS[2]) == 0 then
   return 0
 end
-local failures = redis.call("HINCRBY", KEYS[2], "failures", -1)
-if failures <= 0 then
+local attempts = redis.call("HINCRBY", KEYS[2], "attempts", -1)
+if attempts <= 0 then
+  -- No failure and nothing in flight: as if the username had never been tried from here.
   redis.call("DEL", KEYS[2])
   redis.call("SREM", KEYS[3], ARGV[1])
   return 0
 end
--- The attempt was let in, so any wait before it had passed: none is owed now.
-redis.call("HSET", KEYS[2], "next_at_ms", "0")
-return failures
+return attempts

@@ -4,42 +4,16 @@ The policy is in README ("Login throttling"); every number is a setting.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from ipaddress import ip_network
-from typing import Any
 
 import aiohttp
-import pytest
-from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.http.app import create_app
 from service.redis import keyspace
-from service.settings import Settings
 from tests.support.helpers import snapshot
-from tests.support.http_helpers import PASSWORD, Client, sign_up
+from tests.support.http_helpers import PASSWORD, Client, MakeClient, sign_up
 
 PROXY = ip_network("127.0.0.1/32")  # the test client's own address plays the proxy
-
-
-MakeClient = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-def make_client(
-    aiohttp_client: AiohttpClient,
-    app_settings: Settings,
-    redis_client: Redis,
-    db_engine: AsyncEngine,
-) -> MakeClient:
-    """A client of an app with these settings changed; Redis and the database start empty."""
-
-    async def make(**update: Any) -> Client:
-        client: Client = await aiohttp_client(create_app(app_settings.model_copy(update=update)))
-        return client
-
-    return make
 
 
 async def log_in(
@@ -163,3 +137,10 @@ async def test_a_refused_address_makes_redis_hold_no_new_keys(
         assert refused.status == 429
         assert 890 <= int(refused.headers["Retry-After"]) <= 900
     assert await snapshot(redis_client) == before
+
+
+async def test_logins_in_flight_at_once_do_not_slow_each_other(make_client: MakeClient) -> None:
+    client = await make_client()
+    await sign_up(client, "busy")
+    responses = await asyncio.gather(*(log_in(client, "busy", PASSWORD) for _ in range(10)))
+    assert [r.status for r in responses] == [200] * 10

@@ -443,13 +443,17 @@ async def test_refund_login_attempt_never_creates_a_counter(redis_client: Redis)
         keyspace.login_failing_addresses_of_user("alice"),
     ]
     await redis_client.set(keys[0], 3, ex=900)
-    await redis_client.hset(keys[1], mapping={"failures": 2, "next_at_ms": 10**13})
+    await redis_client.hset(keys[1], mapping={"attempts": 2, "failures": 1, "next_at_ms": 5})
     await redis_client.expire(keys[1], 900)
     await redis_client.sadd(keys[2], "10.0.0.1")
     assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 1
     assert await redis_client.get(keys[0]) == b"2"
     assert await redis_client.ttl(keys[0]) > 0
-    assert await redis_client.hgetall(keys[1]) == {b"failures": b"1", b"next_at_ms": b"0"}
+    assert await redis_client.hgetall(keys[1]) == {
+        b"attempts": b"1",
+        b"failures": b"1",
+        b"next_at_ms": b"5",
+    }
     assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
     assert not await redis_client.exists(keys[1], keys[2])
     # Nothing left to give back: nothing is created.
@@ -460,6 +464,21 @@ async def test_refund_login_attempt_never_creates_a_counter(redis_client: Redis)
     await redis_client.delete(keys[0])
     assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
     assert not await redis_client.exists(*keys)
+
+
+async def test_login_failed_sets_a_doubling_wait_and_never_creates_a_counter(
+    redis_client: Redis,
+) -> None:
+    script = load_script_source("login_failed")
+    key = keyspace.login_failures_of_user_at_address("alice", "10.0.0.1")
+    assert await redis_client.eval(script, 1, key, "3", "1000", "60000") == 0
+    assert not await redis_client.exists(key)
+    await redis_client.hset(key, "attempts", 10)
+    await redis_client.expire(key, 900)
+    waits_ms = [await redis_client.eval(script, 1, key, "3", "1000", "60000") for _ in range(10)]
+    assert waits_ms == [0, 0, 0, 1000, 2000, 4000, 8000, 16000, 32000, 60000]
+    assert await redis_client.hget(key, "failures") == b"10"
+    assert 0 < await redis_client.ttl(key) <= 900
 
 
 @pytest.mark.parametrize("script", ["login_attempt", "login_succeeded", "refund_login_attempt"])
@@ -473,7 +492,7 @@ async def test_login_scripts_refuse_keys_of_another_username_or_address(
         keyspace.login_failing_addresses_of_user("alice"),
         keyspace.login_lock_of_user("alice"),
     ][: 4 if script == "login_attempt" else 3]
-    args = ["10.0.0.1", *(["1"] * 9 if script == "login_attempt" else [])]
+    args = ["10.0.0.1", *(["1"] * 6 if script == "login_attempt" else [])]
     with pytest.raises(ResponseError, match="one username and address"):
         await redis_client.eval(source, len(keys), *keys, *args)
     with pytest.raises(ResponseError, match="one username and address"):

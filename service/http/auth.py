@@ -40,6 +40,7 @@ async def login(request: web.Request) -> web.Response:
         await throttle.not_checked(body.username, address)
         raise
     if user is None or not verified:
+        await throttle.failed(body.username, address)
         raise Refused(refusals.INVALID_CREDENTIALS)
     await throttle.succeeded(body.username, address)
     await request.app[MONEY].register_user(user.id)

@@ -35,6 +35,7 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "refund_login_attempt",
         "login_attempt",
         "login_succeeded",
+        "login_failed",
     }
     # The same text, includes expanded, as the source tree gives (this process imports it).
     installed = json.loads(out)
