@@ -55,12 +55,19 @@ class Settings(BaseSettings):
     login_attack_lock_s: int = Field(default=5 * 60, ge=1, le=24 * 3600)
     login_attack_cooldown_s: int = Field(default=60 * 60, ge=0, le=7 * 24 * 3600)
 
+    # Sign-ups per client address (counted whatever their answer), per fixed window.
+    sign_up_max_per_address: int = Field(default=20, ge=1, le=1_000_000)
+    sign_up_window_s: int = Field(default=60 * 60, ge=1, le=24 * 3600)
     # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile).
     argon2_time_cost: int = Field(default=3, ge=1, le=10)
     argon2_memory_kib: int = Field(default=65_536, ge=1_024, le=1_048_576)
-    # Per process: hashes at once (each holds argon2_memory_kib) and hashes waiting.
-    password_hash_max_concurrent: int = Field(default=2, ge=1, le=64)
-    password_hash_max_queued: int = Field(default=32, ge=0, le=10_000)
+    # Per process: hashes at once (each holds argon2_memory_kib) and hashes waiting, for
+    # logins and, apart, for new passwords (sign-up): a flood of sign-ups cannot take the
+    # threads or the queue that logins use.
+    login_hash_max_concurrent: int = Field(default=2, ge=1, le=64)
+    login_hash_max_queued: int = Field(default=32, ge=0, le=10_000)
+    sign_up_hash_max_concurrent: int = Field(default=1, ge=1, le=64)
+    sign_up_hash_max_queued: int = Field(default=8, ge=0, le=10_000)
 
     # The stream writer (persistence/writer.py).
     writer_batch_size: int = Field(default=500, ge=1, le=10_000)

@@ -70,10 +70,20 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
         await client.connection_pool.disconnect()
 
 
+# The tests sign up hundreds of users from one address; the throttle's own tests set it.
+TEST_SIGN_UP_MAX_PER_ADDRESS = 100_000
+
+
 @pytest.fixture
 def app_settings(settings: Settings) -> Settings:
     """Cheap password hashing, so that the tests can sign up hundreds of users."""
-    return settings.model_copy(update={"argon2_time_cost": 1, "argon2_memory_kib": 1024})
+    return settings.model_copy(
+        update={
+            "argon2_time_cost": 1,
+            "argon2_memory_kib": 1024,
+            "sign_up_max_per_address": TEST_SIGN_UP_MAX_PER_ADDRESS,
+        }
+    )
 
 
 @pytest.fixture

@@ -272,7 +272,7 @@ async def test_a_burst_of_password_hashing_is_shed_not_queued_without_bound(
     aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis, db_engine: object
 ) -> None:
     limited = app_settings.model_copy(
-        update={"password_hash_max_concurrent": 1, "password_hash_max_queued": 1}
+        update={"sign_up_hash_max_concurrent": 1, "sign_up_hash_max_queued": 1}
     )
     burst_client = await aiohttp_client(create_app(limited))
     responses = await asyncio.gather(

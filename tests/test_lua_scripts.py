@@ -512,3 +512,24 @@ async def test_no_money_moves_while_redis_has_not_been_rebuilt(
     with refusing(refusals.NOT_REBUILT):
         await money.transfer(1, 2, 5, "k")
     assert await snapshot(redis_client) == before
+
+
+async def test_fixed_window_limit_counts_up_to_the_limit_then_writes_nothing(
+    redis_client: Redis,
+) -> None:
+    script = load_script_source("fixed_window_limit")
+    key = keyspace.sign_ups_of_address("10.0.0.1")
+    assert await redis_client.eval(script, 1, key, "2", "60000", "look") == 0
+    assert not await redis_client.exists(key)
+    assert await redis_client.eval(script, 1, key, "2", "60000", "count") == 0
+    assert await redis_client.eval(script, 1, key, "2", "60000", "count") == 0
+    assert await redis_client.get(key) == b"2"
+    for mode in ("count", "look"):
+        wait_ms = await redis_client.eval(script, 1, key, "2", "60000", mode)
+        assert 59_000 < wait_ms <= 60_000
+    assert await redis_client.get(key) == b"2"
+    assert 0 < await redis_client.pttl(key) <= 60_000
+    with pytest.raises(ResponseError, match="fixed_window_limit"):
+        await redis_client.eval(script, 1, "user:{1}", "2", "60000", "count")
+    with pytest.raises(ResponseError, match="fixed_window_limit"):
+        await redis_client.eval(script, 1, key, "0", "60000", "count")

@@ -62,6 +62,9 @@ UNAUTHORIZED = Refusal("unauthorized", 401, "log in first")
 INVALID_CREDENTIALS = Refusal("invalid_credentials", 401, "wrong username or password")
 USERNAME_TAKEN = Refusal("username_taken", 409, "this username is taken")
 TOO_MANY_ATTEMPTS = Refusal("too_many_attempts", 429, "too many failed logins; try again later")
+TOO_MANY_SIGN_UPS = Refusal(
+    "too_many_attempts", 429, "too many sign-ups from this address; try again later"
+)
 
 # Money: what the scripts answer.
 RECIPIENT_NOT_FOUND = Refusal("recipient_not_found", 404, "no such recipient", recorded=True)
@@ -130,6 +133,7 @@ CATALOG: tuple[Refusal, ...] = (
     INVALID_CREDENTIALS,
     USERNAME_TAKEN,
     TOO_MANY_ATTEMPTS,
+    TOO_MANY_SIGN_UPS,
     SERVER_BUSY,
     SERVICE_UNAVAILABLE,
     HISTORY_UNAVAILABLE,

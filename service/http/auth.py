@@ -10,16 +10,31 @@ from service.http.client_address import client_address
 from service.http.errors import json_response
 from service.http.input import read_body
 from service.http.schemas import Credentials
-from service.http.state import DATABASE, LOGIN_THROTTLE, MONEY, PASSWORDS, SESSIONS
+from service.http.state import (
+    DATABASE,
+    LOGIN_THROTTLE,
+    MONEY,
+    PASSWORDS,
+    SESSIONS,
+    SIGN_UP_LIMIT,
+)
+from service.redis import keyspace
 
 
 async def sign_up(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
+    address = client_address(request)
+    await request.app[SIGN_UP_LIMIT].count_or_refuse(keyspace.sign_ups_of_address(address))
+    database = request.app[DATABASE]
+    # A cheap look before the costly hash, so that sign-ups for a taken name cost no
+    # hashing; the unique index below stays the guard against two sign-ups at once.
+    if await find_user(database, body.username) is not None:
+        raise Refused(refusals.USERNAME_TAKEN, field="username")
     password_hash = await request.app[PASSWORDS].hash(body.password)
     try:
         # PostgreSQL first, Redis last: a crash in between leaves a user with no wallet,
         # which holds no money and is given one at login.
-        user_id = await create_user(request.app[DATABASE], body.username, password_hash)
+        user_id = await create_user(database, body.username, password_hash)
     except UsernameTaken:
         raise Refused(refusals.USERNAME_TAKEN, field="username") from None
     await request.app[MONEY].register_user(user_id)

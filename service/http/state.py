@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.auth.login_throttle import LoginThrottle
 from service.auth.passwords import Passwords
 from service.auth.sessions import WalletSessionStorage
+from service.auth.window_limit import WindowLimit
 from service.redis.money import MoneyScripts
 from service.settings import Settings
 
@@ -16,6 +17,7 @@ DATABASE = web.AppKey("database", AsyncEngine)
 MONEY = web.AppKey("money", MoneyScripts)
 PASSWORDS = web.AppKey("passwords", Passwords)
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+SIGN_UP_LIMIT = web.AppKey("sign_up_limit", WindowLimit)
 SESSIONS = web.AppKey("sessions", WalletSessionStorage)
 # The OpenAPI document, built once from the table of routes (service/http/routes.py).
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, object])

@@ -48,3 +48,7 @@ def login_failing_addresses_of_user(username: str) -> str:
 
 def login_lock_of_user(username: str) -> str:
     return f"throttle:login:user:{username.lower()}:lock"
+
+
+def sign_ups_of_address(address: str) -> str:
+    return f"throttle:sign-up:addr:{address}"

@@ -36,6 +36,7 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "login_attempt",
         "login_succeeded",
         "login_failed",
+        "fixed_window_limit",
     }
     # The same text, includes expanded, as the source tree gives (this process imports it).
     installed = json.loads(out)
