@@ -71,3 +71,26 @@ async def test_logins_succeed_during_a_flood_of_sign_ups(make_client: MakeClient
     new_statuses = {r.status for r in responses[100:200]}
     assert new_statuses == {201, 503}, new_statuses  # the sign-up hashing was full
     assert [r.status for r in responses[200:]] == [200] * 10
+
+
+async def test_weak_passwords_and_control_characters_are_refused_and_change_nothing(
+    make_client: MakeClient, redis_client: Redis
+) -> None:
+    client = await make_client(sign_up_max_per_address=3)
+    before = await snapshot(redis_client)
+    for password, code in [
+        ("password", "weak_password"),
+        ("AAAAAAAA", "weak_password"),
+        ("\x00" * 8, "validation_error"),
+        ("correct\thorse", "validation_error"),
+    ]:
+        response = await client.post(
+            "/api/sign-up/", json={"username": "weakling", "password": password}
+        )
+        assert response.status == 422, password
+        error = (await response.json())["error"]
+        assert (error["code"], error["field"]) == (code, "password")
+    # Nothing was created, not even a count of sign-ups from this address.
+    assert await snapshot(redis_client) == before
+    assert (await post(client, "/api/login/", "weakling")).status == 401
+    assert (await post(client, "/api/sign-up/", "weakling")).status == 201

@@ -61,6 +61,9 @@ METHOD_NOT_ALLOWED = Refusal("method_not_allowed", 405, "method not allowed on t
 UNAUTHORIZED = Refusal("unauthorized", 401, "log in first")
 INVALID_CREDENTIALS = Refusal("invalid_credentials", 401, "wrong username or password")
 USERNAME_TAKEN = Refusal("username_taken", 409, "this username is taken")
+WEAK_PASSWORD = Refusal(
+    "weak_password", 422, "this password is one of the most commonly used; choose another"
+)
 TOO_MANY_ATTEMPTS = Refusal("too_many_attempts", 429, "too many failed logins; try again later")
 TOO_MANY_SIGN_UPS = Refusal(
     "too_many_attempts", 429, "too many sign-ups from this address; try again later"
@@ -132,6 +135,7 @@ CATALOG: tuple[Refusal, ...] = (
     UNAUTHORIZED,
     INVALID_CREDENTIALS,
     USERNAME_TAKEN,
+    WEAK_PASSWORD,
     TOO_MANY_ATTEMPTS,
     TOO_MANY_SIGN_UPS,
     SERVER_BUSY,

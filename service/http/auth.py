@@ -3,13 +3,14 @@
 from aiohttp import web
 
 from persistence.users import UsernameTaken, create_user, find_user
+from service.auth.password_rules import check_new_password
 from service.auth.sessions import SessionUser, current_user, end_session, start_session
 from service.domain import refusals
 from service.domain.refusals import Refused
 from service.http.client_address import client_address
 from service.http.errors import json_response
 from service.http.input import read_body
-from service.http.schemas import Credentials
+from service.http.schemas import Credentials, SignUpRequest
 from service.http.state import (
     DATABASE,
     LOGIN_THROTTLE,
@@ -22,7 +23,8 @@ from service.redis import keyspace
 
 
 async def sign_up(request: web.Request) -> web.Response:
-    body = await read_body(request, Credentials)
+    body = await read_body(request, SignUpRequest)
+    check_new_password(body.password)
     address = client_address(request)
     await request.app[SIGN_UP_LIMIT].count_or_refuse(keyspace.sign_ups_of_address(address))
     database = request.app[DATABASE]

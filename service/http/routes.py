@@ -56,8 +56,9 @@ _LISTING = (refusals.VALIDATION_ERROR, refusals.HISTORY_UNAVAILABLE)
 OPERATIONS = (
     Operation("signUp", "POST", "/api/sign-up/", auth.sign_up,
               "Create a user with a zero balance", 201, schemas.UserOut,
-              (refusals.USERNAME_TAKEN, refusals.TOO_MANY_SIGN_UPS, refusals.SERVER_BUSY),
-              body=schemas.Credentials, authenticated=False, links=docs.SIGN_UP_LINKS),
+              (refusals.WEAK_PASSWORD, refusals.USERNAME_TAKEN, refusals.TOO_MANY_SIGN_UPS,
+               refusals.SERVER_BUSY),
+              body=schemas.SignUpRequest, authenticated=False, links=docs.SIGN_UP_LINKS),
     Operation("logIn", "POST", "/api/login/", auth.login,
               "Log in; sets the session cookie", 200, schemas.UserOut,
               (refusals.INVALID_CREDENTIALS, refusals.TOO_MANY_ATTEMPTS, refusals.SERVER_BUSY),

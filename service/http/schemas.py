@@ -42,6 +42,13 @@ class Credentials(StrictBody):
     password: Password
 
 
+class SignUpRequest(Credentials):
+    password: Password = Field(
+        description="no control characters, and not one of the most commonly used passwords"
+        " (422 weak_password)"
+    )
+
+
 class DepositRequest(StrictBody):
     amount: AmountKopecks = Field(description="kopecks, a JSON integer")
 
