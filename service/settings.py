@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # outcome is then unknown and the client retries with its Idempotency-Key.
     redis_socket_timeout_ms: int = Field(default=5_000, ge=100, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
+    # Transfers answered 404 recipient_not_found per user, per fixed window; past it the
+    # user's transfers are 429 until the window ends, so ids and names cannot be probed.
+    recipient_not_found_max_per_user: int = Field(default=20, ge=1, le=1_000_000)
+    recipient_not_found_window_s: int = Field(default=60 * 60, ge=1, le=24 * 3600)
 
     # The proxies whose X-Forwarded-For is believed (service/http/client_address.py): IPs
     # or CIDRs, comma-separated. Empty: the client address is always the TCP peer.

@@ -69,6 +69,11 @@ TOO_MANY_SIGN_UPS = Refusal(
     "too_many_attempts", 429, "too many sign-ups from this address; try again later"
 )
 
+# Probing for user ids or names: a 404 recipient_not_found counts.
+TOO_MANY_UNKNOWN_RECIPIENTS = Refusal(
+    "too_many_attempts", 429, "too many transfers to unknown recipients; try again later"
+)
+
 # Money: what the scripts answer.
 RECIPIENT_NOT_FOUND = Refusal("recipient_not_found", 404, "no such recipient", recorded=True)
 INSUFFICIENT_FUNDS = Refusal(
@@ -138,6 +143,7 @@ CATALOG: tuple[Refusal, ...] = (
     WEAK_PASSWORD,
     TOO_MANY_ATTEMPTS,
     TOO_MANY_SIGN_UPS,
+    TOO_MANY_UNKNOWN_RECIPIENTS,
     SERVER_BUSY,
     SERVICE_UNAVAILABLE,
     HISTORY_UNAVAILABLE,

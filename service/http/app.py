@@ -11,7 +11,6 @@ from service.auth.login_throttle import LoginThrottle
 from service.auth.passwords import Passwords
 from service.auth.sessions import WalletSessionStorage
 from service.auth.window_limit import WindowLimit
-from service.domain import refusals
 from service.domain.limits import MAX_BODY_BYTES
 from service.http.errors import error_middleware
 from service.http.logs import request_id_middleware
@@ -24,6 +23,7 @@ from service.http.state import (
     MONEY,
     OPENAPI_SPEC,
     PASSWORDS,
+    RECIPIENT_MISS_LIMIT,
     REDIS,
     SESSIONS,
     SETTINGS,
@@ -100,10 +100,10 @@ def create_app(settings: Settings) -> web.Application:
     app[PASSWORDS] = Passwords(settings)
     app[LOGIN_THROTTLE] = LoginThrottle(redis, settings)
     app[SIGN_UP_LIMIT] = WindowLimit(
-        redis,
-        refusals.TOO_MANY_SIGN_UPS,
-        settings.sign_up_max_per_address,
-        settings.sign_up_window_s,
+        redis, settings.sign_up_max_per_address, settings.sign_up_window_s
+    )
+    app[RECIPIENT_MISS_LIMIT] = WindowLimit(
+        redis, settings.recipient_not_found_max_per_user, settings.recipient_not_found_window_s
     )
     app.cleanup_ctx.extend([_redis_ctx, _database_ctx, _passwords_ctx, _startup_checks_ctx])
     app[OPENAPI_SPEC] = build_spec()

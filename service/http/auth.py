@@ -26,7 +26,10 @@ async def sign_up(request: web.Request) -> web.Response:
     body = await read_body(request, SignUpRequest)
     check_new_password(body.password)
     address = client_address(request)
-    await request.app[SIGN_UP_LIMIT].count_or_refuse(keyspace.sign_ups_of_address(address))
+    sign_ups = keyspace.sign_ups_of_address(address)
+    retry_after_s = await request.app[SIGN_UP_LIMIT].count_unless_reached(sign_ups)
+    if retry_after_s is not None:
+        raise Refused(refusals.TOO_MANY_SIGN_UPS, retry_after_s=retry_after_s)
     database = request.app[DATABASE]
     # A cheap look before the costly hash, so that sign-ups for a taken name cost no
     # hashing; the unique index below stays the guard against two sign-ups at once.

@@ -18,6 +18,7 @@ MONEY = web.AppKey("money", MoneyScripts)
 PASSWORDS = web.AppKey("passwords", Passwords)
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 SIGN_UP_LIMIT = web.AppKey("sign_up_limit", WindowLimit)
+RECIPIENT_MISS_LIMIT = web.AppKey("recipient_miss_limit", WindowLimit)
 SESSIONS = web.AppKey("sessions", WalletSessionStorage)
 # The OpenAPI document, built once from the table of routes (service/http/routes.py).
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, object])

@@ -52,3 +52,7 @@ def login_lock_of_user(username: str) -> str:
 
 def sign_ups_of_address(address: str) -> str:
     return f"throttle:sign-up:addr:{address}"
+
+
+def recipient_misses_of_user(user_id: int) -> str:
+    return f"throttle:recipient-misses:{{{user_id}}}"

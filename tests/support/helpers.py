@@ -60,6 +60,13 @@ async def snapshot(redis: Redis) -> dict[bytes, Any]:
     return state
 
 
+async def snapshot_of_data(redis: Redis) -> dict[bytes, Any]:
+    """``snapshot`` without the throttling counts: a refused request changes no data, but a
+    404 or a failed login is counted, by design."""
+    state = await snapshot(redis)
+    return {key: value for key, value in state.items() if not key.startswith(b"throttle:")}
+
+
 async def persist(redis: Redis, engine: AsyncEngine, max_batches: int | None = None) -> int:
     """Runs the real stream writer until the stream is drained (or for max_batches)."""
     await ensure_consumer_group(redis)
