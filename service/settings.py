@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     session_absolute_timeout_s: int = Field(default=12 * 3600, ge=60, le=90 * 24 * 3600)
 
     # Login throttling (service/auth/login_throttle.py; README, "Login throttling"). Each
-    # count of failures lives for the window from its first failure.
+    # count lives for the window from its first attempt.
     login_failure_window_s: int = Field(default=15 * 60, ge=1, le=24 * 3600)
     # One username from one address: this many failures are free, then each one makes the
     # next attempt wait, from delay_base_ms doubling up to delay_max_ms; at the maximum the
