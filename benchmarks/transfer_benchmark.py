@@ -34,6 +34,8 @@ from tests.support.redis_claim import claimed_redis_database
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CONNECTIONS = 64
+# Not one of the commonly used passwords, which sign-up refuses.
+PASSWORD = "correct-horse-battery"
 A_PORT, B_PORT = 8090, 8091
 Process = subprocess.Popen[bytes]
 Result = tuple[float, float, float]  # requests/s, p50 ms, p99 ms
@@ -174,8 +176,8 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
     with process(a_cmd, env, logs / "a.log") as a, process(b_cmd, env, logs / "b.log") as b:
         wait_ready(f"{b_base}/readyz")
         for user in ("alice", "bob"):
-            http("POST", f"{b_base}/api/sign-up/", {"username": user, "password": "password123"})
-        credentials = {"username": "alice", "password": "password123"}
+            http("POST", f"{b_base}/api/sign-up/", {"username": user, "password": PASSWORD})
+        credentials = {"username": "alice", "password": PASSWORD}
         set_cookie = http("POST", f"{b_base}/api/login/", credentials)
         cookie = set_cookie.split("wallet_session=", 1)[1].split(";", 1)[0]
         for _ in range(200):

@@ -1,17 +1,28 @@
--- refund_login_attempt: give back a login attempt that was counted in advance
--- (service/throttle.py counts every attempt before the password is checked, so
--- that attempts in flight at once are all counted).
+-- refund_login_attempt: give back a login attempt that login_attempt.lua counted in
+-- advance but whose password was never checked (the server was too busy): as if it had
+-- not been made.
 --
--- KEYS[1]  login-fail:user:<name> or login-fail:addr:<address>   string: attempts in the window
--- ARGV     none
+-- KEYS[1]  throttle:login:addr:<address>              string: failures from the address
+-- KEYS[2]  throttle:login:user:<name>:addr:<address>  hash: attempts, failures, next_at_ms
+-- KEYS[3]  throttle:login:user:<name>:addrs           set: addresses failing for the username
+-- ARGV[1]  address                                    as in KEYS[1] and KEYS[2]
 --
--- Returns  the count after the refund, or 0 when the window has ended meanwhile:
---          a DECR of a missing key would leave -1 with no TTL, extra attempts forever.
+-- Returns  the attempts of the username from the address after the refund
 
-if #KEYS ~= 1 or not string.match(KEYS[1], "^login%-fail:") then
-  return redis.error_reply("refund_login_attempt: one login-fail: key expected")
+-- @include login_keys
+
+if #KEYS ~= 3 or #ARGV ~= 1 or login_keys_name(KEYS, ARGV[1]) == nil then
+  return redis.error_reply("refund_login_attempt: the keys of one username and address expected")
 end
-if redis.call("EXISTS", KEYS[1]) == 1 then
-  return redis.call("DECR", KEYS[1])
+login_give_back(KEYS[1])
+if redis.call("EXISTS", KEYS[2]) == 0 then
+  return 0
 end
-return 0
+local attempts = redis.call("HINCRBY", KEYS[2], "attempts", -1)
+if attempts <= 0 then
+  -- No failure and nothing in flight: as if the username had never been tried from here.
+  redis.call("DEL", KEYS[2])
+  redis.call("SREM", KEYS[3], ARGV[1])
+  return 0
+end
+return attempts

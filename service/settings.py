@@ -1,7 +1,9 @@
 """All configuration in one typed object, read from the environment."""
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, IPvAnyNetwork, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -22,6 +24,16 @@ class Settings(BaseSettings):
     # outcome is then unknown and the client retries with its Idempotency-Key.
     redis_socket_timeout_ms: int = Field(default=5_000, ge=100, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
+    # Transfers answered 404 recipient_not_found per user, per fixed window; past it the
+    # user's transfers are 429 until the window ends, so ids and names cannot be probed.
+    recipient_not_found_max_per_user: int = Field(default=20, ge=1, le=1_000_000)
+    recipient_not_found_window_s: int = Field(default=60 * 60, ge=1, le=24 * 3600)
+
+    # The proxies whose X-Forwarded-For is believed (service/http/client_address.py): IPs
+    # or CIDRs, comma-separated. Empty: the client address is always the TCP peer.
+    trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = Field(
+        default=(), max_length=1_000
+    )
 
     # Sessions: the cookie holds only a random id; the data lives in Redis.
     cookie_secure: bool = False
@@ -30,15 +42,39 @@ class Settings(BaseSettings):
     # Sessions one user may hold at once; a login beyond it ends the user's oldest session.
     # lua/start_session.lua refuses more than 1000.
     session_max_per_user: int = Field(default=20, ge=1, le=1_000)
-    login_max_failures: int = Field(default=10, ge=1, le=1_000)
-    login_max_failures_per_address: int = Field(default=100, ge=1, le=100_000)
+
+    # Login throttling (service/auth/login_throttle.py; README, "Login throttling"). Each
+    # count lives for the window from its first attempt.
     login_failure_window_s: int = Field(default=15 * 60, ge=1, le=24 * 3600)
+    # One username from one address: this many failures are free, then each one makes the
+    # next attempt wait, from delay_base_ms doubling up to delay_max_ms; at the maximum the
+    # pair is refused until its window ends.
+    login_failures_before_delay: int = Field(default=3, ge=0, le=1_000)
+    login_delay_base_ms: int = Field(default=1_000, ge=1, le=3_600_000)
+    login_delay_max_ms: int = Field(default=60_000, ge=1, le=3_600_000)
+    login_max_failures_per_username_and_address: int = Field(default=10, ge=1, le=1_000)
+    # One address, across usernames (password spraying): refused until its window ends.
+    login_max_failures_per_address: int = Field(default=100, ge=1, le=100_000)
+    # One username from this many addresses within a window is an attack: its logins are
+    # refused for everyone for attack_lock_s, and then it cannot be locked again for
+    # attack_cooldown_s, so an attacker cannot keep a user out.
+    login_attack_addresses: int = Field(default=10, ge=2, le=10_000)
+    login_attack_lock_s: int = Field(default=5 * 60, ge=1, le=24 * 3600)
+    login_attack_cooldown_s: int = Field(default=60 * 60, ge=0, le=7 * 24 * 3600)
+
+    # Sign-ups per client address (counted whatever their answer), per fixed window.
+    sign_up_max_per_address: int = Field(default=20, ge=1, le=1_000_000)
+    sign_up_window_s: int = Field(default=60 * 60, ge=1, le=24 * 3600)
     # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile).
     argon2_time_cost: int = Field(default=3, ge=1, le=10)
     argon2_memory_kib: int = Field(default=65_536, ge=1_024, le=1_048_576)
-    # Per process: hashes at once (each holds argon2_memory_kib) and hashes waiting.
-    password_hash_max_concurrent: int = Field(default=2, ge=1, le=64)
-    password_hash_max_queued: int = Field(default=32, ge=0, le=10_000)
+    # Per process: hashes at once (each holds argon2_memory_kib) and hashes waiting, for
+    # logins and, apart, for new passwords (sign-up): a flood of sign-ups cannot take the
+    # threads or the queue that logins use.
+    login_hash_max_concurrent: int = Field(default=2, ge=1, le=64)
+    login_hash_max_queued: int = Field(default=32, ge=0, le=10_000)
+    sign_up_hash_max_concurrent: int = Field(default=1, ge=1, le=64)
+    sign_up_hash_max_queued: int = Field(default=8, ge=0, le=10_000)
 
     # The stream writer (persistence/writer.py).
     writer_batch_size: int = Field(default=500, ge=1, le=10_000)
@@ -53,6 +89,14 @@ class Settings(BaseSettings):
     stream_retention_s: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
     # Read-your-writes merges at most this many not-yet-persisted entries into a history read.
     history_tail_max_entries: int = Field(default=20_000, ge=100, le=1_000_000)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # "10.0.0.0/8, 192.0.2.7" in the environment; a JSON list would be easy to get wrong.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
 
 def env_name(field: str) -> str:

@@ -8,7 +8,7 @@ on this run's databases.
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -23,6 +23,7 @@ from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.settings import Settings
 from tests.support.helpers import fresh_database, fresh_redis
+from tests.support.http_helpers import MakeClient
 from tests.support.redis_claim import claimed_redis_database
 from tests.support.served import ServedClient, wallet_serve
 from tests.support.servers import own_database, postgres_server, redis_server
@@ -69,10 +70,36 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
         await client.connection_pool.disconnect()
 
 
+# The tests sign up hundreds of users from one address; the throttle's own tests set it.
+TEST_SIGN_UP_MAX_PER_ADDRESS = 100_000
+
+
 @pytest.fixture
 def app_settings(settings: Settings) -> Settings:
     """Cheap password hashing, so that the tests can sign up hundreds of users."""
-    return settings.model_copy(update={"argon2_time_cost": 1, "argon2_memory_kib": 1024})
+    return settings.model_copy(
+        update={
+            "argon2_time_cost": 1,
+            "argon2_memory_kib": 1024,
+            "sign_up_max_per_address": TEST_SIGN_UP_MAX_PER_ADDRESS,
+        }
+    )
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: AiohttpClient,
+    app_settings: Settings,
+    redis_client: Redis,
+    db_engine: AsyncEngine,
+) -> MakeClient:
+    """Makes a client of an app with these settings changed (``make_client(name=value)``);
+    Redis and the database start empty."""
+
+    async def make(**update: Any) -> TestClient[web.Request, web.Application]:
+        return await aiohttp_client(create_app(app_settings.model_copy(update=update)))
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -620,7 +620,8 @@ async def test_successful_logins_of_many_users_from_one_address_are_not_throttle
 async def test_concurrent_wrong_passwords_cannot_exceed_the_limit(
     client: Client, redis_client: Redis
 ) -> None:
-    """Ten failures per username, however many attempts are in flight at once."""
+    """Ten failures per username and address, however many attempts are in flight at
+    once: each is counted before its password is checked."""
     await sign_up(client, "grace")
     statuses = await asyncio.gather(
         *(_login_status(client, "grace", f"guess-{n:04d}") for n in range(40))
@@ -628,7 +629,7 @@ async def test_concurrent_wrong_passwords_cannot_exceed_the_limit(
     checked = statuses.count(401)
     assert checked + statuses.count(429) + statuses.count(503) == 40
     assert checked <= 10, f"{checked} passwords were checked; the limit is 10"
-    # Locked now, the right password included.
+    # Refused now from this address, the right password included.
     assert await _login_status(client, "grace", PASSWORD) == 429
 
 

@@ -173,21 +173,22 @@ async def test_wrong_password_and_unknown_user_get_the_same_answer(client: Clien
     assert answers[0][1]["error"]["code"] == "invalid_credentials"
 
 
-async def test_login_throttling_per_username(client: Client, redis_client: Redis) -> None:
+async def test_login_throttling_per_username_and_address(client: Client) -> None:
     await sign_up(client, "grace")
     await sign_up(client, "heidi")
-    for _ in range(10):
+    for _ in range(4):  # three free failures, then each one makes the next attempt wait
         response = await client.post(
             "/api/login/", json={"username": "grace", "password": "nope1234"}
         )
         assert response.status == 401
-    locked = await client.post("/api/login/", json={"username": "GRACE", "password": PASSWORD})
-    assert locked.status == 429
-    assert (await locked.json())["error"]["code"] == "too_many_attempts"
+    slowed = await client.post("/api/login/", json={"username": "GRACE", "password": PASSWORD})
+    assert slowed.status == 429
+    assert slowed.headers["Retry-After"] == "1"
+    assert (await slowed.json())["error"]["code"] == "too_many_attempts"
     # Other users from the same address are not affected.
     await login(client, "heidi")
-    # When the window passes, the right password works again.
-    await redis_client.delete("login-fail:user:grace")
+    # When the wait is over, the right password works again.
+    await asyncio.sleep(1.1)
     await login(client, "grace")
 
 
@@ -280,7 +281,7 @@ async def test_a_burst_of_password_hashing_is_shed_not_queued_without_bound(
     aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis, db_engine: object
 ) -> None:
     limited = app_settings.model_copy(
-        update={"password_hash_max_concurrent": 1, "password_hash_max_queued": 1}
+        update={"sign_up_hash_max_concurrent": 1, "sign_up_hash_max_queued": 1}
     )
     burst_client = await aiohttp_client(create_app(limited))
     responses = await asyncio.gather(
@@ -416,19 +417,25 @@ async def test_password_change_validation(
 
 
 async def test_a_wrong_current_password_counts_as_a_failed_login(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: Redis, app_settings: Settings
 ) -> None:
     alice = await new_user(client, "alice")
-    for _ in range(10):
+    # The free failures, then one more: it makes this client wait before the next try.
+    for _ in range(app_settings.login_failures_before_delay + 1):
         assert (await change_password(client, alice, current="wrong password"))[0] == 401
-    status, answer = await alice.post(
-        client, "/api/password/", {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    changed = await client.post(
+        "/api/password/",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        cookies=alice.cookies,
     )
-    assert (status, answer["error"]["code"]) == (429, "too_many_attempts")
+    assert changed.status == 429
+    assert (await changed.json())["error"]["code"] == "too_many_attempts"
+    assert int(changed.headers["Retry-After"]) >= 1
     locked = await client.post("/api/login/", json={"username": "alice", "password": PASSWORD})
     assert locked.status == 429
     assert await alice.balance(client) == 0  # throttled, not logged out
-    await redis_client.delete("login-fail:user:alice")  # the window passes
+    # The wait passes.
+    await redis_client.delete(keyspace.login_failures_of_user_at_address("alice", "127.0.0.1"))
     assert (await change_password(client, alice))[0] == 204
 
 

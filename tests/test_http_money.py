@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from service.redis.money import MoneyScripts
-from tests.support.helpers import snapshot
+from tests.support.helpers import snapshot, snapshot_of_data
 from tests.support.http_helpers import Client, new_user
 
 
@@ -139,11 +139,11 @@ async def test_transfer_refusals_change_nothing(
     ids = {"ALICE": alice.id, "BOB": bob.id}
     body = {k: ids.get(v, v) if isinstance(v, str) and k != "to_username" else v
             for k, v in body.items()}  # fmt: skip
-    before = await snapshot(redis_client)
+    before = await snapshot_of_data(redis_client)
     got_status, got = await alice.post(client, "/api/balance/transfer/", body)
     assert (got_status, error_of(got)) == (status, (code, field))
     assert got["error"]["message"]
-    assert await snapshot(redis_client) == before
+    assert await snapshot_of_data(redis_client) == before
     assert (await alice.balance(client), await bob.balance(client)) == (1_000, 50)
 
 

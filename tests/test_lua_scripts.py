@@ -437,13 +437,67 @@ async def test_money_scripts_refuse_a_malformed_session_key(
 
 async def test_refund_login_attempt_never_creates_a_counter(redis_client: Redis) -> None:
     script = load_script_source("refund_login_attempt")
-    await redis_client.set("login-fail:user:alice", 3, ex=900)
-    assert await redis_client.eval(script, 1, "login-fail:user:alice") == 2
-    assert await redis_client.ttl("login-fail:user:alice") > 0
-    assert await redis_client.eval(script, 1, "login-fail:addr:10.0.0.1") == 0
-    assert not await redis_client.exists("login-fail:addr:10.0.0.1")
-    with pytest.raises(ResponseError, match="login-fail"):
-        await redis_client.eval(script, 1, "user:{1}")
+    keys = [
+        keyspace.login_failures_of_address("10.0.0.1"),
+        keyspace.login_failures_of_user_at_address("alice", "10.0.0.1"),
+        keyspace.login_failing_addresses_of_user("alice"),
+    ]
+    await redis_client.set(keys[0], 3, ex=900)
+    await redis_client.hset(keys[1], mapping={"attempts": 2, "failures": 1, "next_at_ms": 5})
+    await redis_client.expire(keys[1], 900)
+    await redis_client.sadd(keys[2], "10.0.0.1")
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 1
+    assert await redis_client.get(keys[0]) == b"2"
+    assert await redis_client.ttl(keys[0]) > 0
+    assert await redis_client.hgetall(keys[1]) == {
+        b"attempts": b"1",
+        b"failures": b"1",
+        b"next_at_ms": b"5",
+    }
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert not await redis_client.exists(keys[1], keys[2])
+    # Nothing left to give back: nothing is created.
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert await redis_client.get(keys[0]) == b"0"
+    assert not await redis_client.exists(keys[1], keys[2])
+    await redis_client.delete(keys[0])
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert not await redis_client.exists(*keys)
+
+
+async def test_login_failed_sets_a_doubling_wait_and_never_creates_a_counter(
+    redis_client: Redis,
+) -> None:
+    script = load_script_source("login_failed")
+    key = keyspace.login_failures_of_user_at_address("alice", "10.0.0.1")
+    assert await redis_client.eval(script, 1, key, "3", "1000", "60000") == 0
+    assert not await redis_client.exists(key)
+    await redis_client.hset(key, "attempts", 10)
+    await redis_client.expire(key, 900)
+    waits_ms = [await redis_client.eval(script, 1, key, "3", "1000", "60000") for _ in range(10)]
+    assert waits_ms == [0, 0, 0, 1000, 2000, 4000, 8000, 16000, 32000, 60000]
+    assert await redis_client.hget(key, "failures") == b"10"
+    assert 0 < await redis_client.ttl(key) <= 900
+
+
+@pytest.mark.parametrize("script", ["login_attempt", "login_succeeded", "refund_login_attempt"])
+async def test_login_scripts_refuse_keys_of_another_username_or_address(
+    redis_client: Redis, script: str
+) -> None:
+    source = load_script_source(script)
+    keys = [
+        keyspace.login_failures_of_address("10.0.0.1"),
+        keyspace.login_failures_of_user_at_address("alice", "10.0.0.2"),
+        keyspace.login_failing_addresses_of_user("alice"),
+        keyspace.login_lock_of_user("alice"),
+    ][: 4 if script == "login_attempt" else 3]
+    args = ["10.0.0.1", *(["1"] * 6 if script == "login_attempt" else [])]
+    with pytest.raises(ResponseError, match="one username and address"):
+        await redis_client.eval(source, len(keys), *keys, *args)
+    with pytest.raises(ResponseError, match="one username and address"):
+        await redis_client.eval(source, 1, "user:{1}", *args)
+    assert await redis_client.keys("throttle:*") == []
 
 
 async def test_no_money_moves_while_redis_has_not_been_rebuilt(
@@ -480,3 +534,24 @@ async def test_many_calls_in_one_round_trip_survive_a_script_flush_after_the_loa
     assert [reply[0] for reply in replies] == [b"created"] * 3
     assert flushes == 1
     assert await balance(redis_client, 2) == 0
+
+
+async def test_fixed_window_limit_counts_up_to_the_limit_then_writes_nothing(
+    redis_client: Redis,
+) -> None:
+    script = load_script_source("fixed_window_limit")
+    key = keyspace.sign_ups_of_address("10.0.0.1")
+    assert await redis_client.eval(script, 1, key, "2", "60000", "look") == 0
+    assert not await redis_client.exists(key)
+    assert await redis_client.eval(script, 1, key, "2", "60000", "count") == 0
+    assert await redis_client.eval(script, 1, key, "2", "60000", "count") == 0
+    assert await redis_client.get(key) == b"2"
+    for mode in ("count", "look"):
+        wait_ms = await redis_client.eval(script, 1, key, "2", "60000", mode)
+        assert 59_000 < wait_ms <= 60_000
+    assert await redis_client.get(key) == b"2"
+    assert 0 < await redis_client.pttl(key) <= 60_000
+    with pytest.raises(ResponseError, match="fixed_window_limit"):
+        await redis_client.eval(script, 1, "user:{1}", "2", "60000", "count")
+    with pytest.raises(ResponseError, match="fixed_window_limit"):
+        await redis_client.eval(script, 1, key, "0", "60000", "count")

@@ -34,6 +34,9 @@ class Refused(Exception):
         retry_after_s: int | None = None,
         replayed: bool = False,
     ) -> None:
+        if refusal.status == 429 and retry_after_s is None:
+            # A client told "too many" is always told when to come back (Retry-After).
+            raise ValueError(f"{refusal.code}: a 429 needs retry_after_s")
         super().__init__(message or refusal.message)
         self.refusal = refusal
         self.message = message or refusal.message
@@ -58,7 +61,18 @@ METHOD_NOT_ALLOWED = Refusal("method_not_allowed", 405, "method not allowed on t
 UNAUTHORIZED = Refusal("unauthorized", 401, "log in first")
 INVALID_CREDENTIALS = Refusal("invalid_credentials", 401, "wrong username or password")
 USERNAME_TAKEN = Refusal("username_taken", 409, "this username is taken")
+WEAK_PASSWORD = Refusal(
+    "weak_password", 422, "this password is one of the most commonly used; choose another"
+)
 TOO_MANY_ATTEMPTS = Refusal("too_many_attempts", 429, "too many failed logins; try again later")
+TOO_MANY_SIGN_UPS = Refusal(
+    "too_many_attempts", 429, "too many sign-ups from this address; try again later"
+)
+
+# Probing for user ids or names: a 404 recipient_not_found counts.
+TOO_MANY_UNKNOWN_RECIPIENTS = Refusal(
+    "too_many_attempts", 429, "too many transfers to unknown recipients; try again later"
+)
 
 # Money: what the scripts answer.
 RECIPIENT_NOT_FOUND = Refusal("recipient_not_found", 404, "no such recipient", recorded=True)
@@ -126,7 +140,10 @@ CATALOG: tuple[Refusal, ...] = (
     UNAUTHORIZED,
     INVALID_CREDENTIALS,
     USERNAME_TAKEN,
+    WEAK_PASSWORD,
     TOO_MANY_ATTEMPTS,
+    TOO_MANY_SIGN_UPS,
+    TOO_MANY_UNKNOWN_RECIPIENTS,
     SERVER_BUSY,
     SERVICE_UNAVAILABLE,
     HISTORY_UNAVAILABLE,

@@ -7,9 +7,10 @@ from aiohttp import web
 from aiohttp_session import session_middleware
 
 from persistence.db import connect_database
+from service.auth.login_throttle import LoginThrottle
 from service.auth.passwords import Passwords
 from service.auth.sessions import WalletSessionStorage
-from service.auth.throttle import LoginThrottle
+from service.auth.window_limit import WindowLimit
 from service.domain.limits import MAX_BODY_BYTES
 from service.http.errors import error_middleware
 from service.http.logs import request_id_middleware
@@ -18,13 +19,15 @@ from service.http.openapi import build_spec
 from service.http.routes import setup_routes
 from service.http.state import (
     DATABASE,
+    LOGIN_THROTTLE,
     MONEY,
     OPENAPI_SPEC,
     PASSWORDS,
+    RECIPIENT_MISS_LIMIT,
     REDIS,
     SESSIONS,
     SETTINGS,
-    THROTTLE,
+    SIGN_UP_LIMIT,
 )
 from service.ledger.rebuild import ensure_transaction_counter
 from service.outages import OUTAGE_ERRORS
@@ -46,6 +49,11 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DATABASE] = connect_database(app[SETTINGS])
     yield
     await app[DATABASE].dispose()
+
+
+async def _passwords_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[PASSWORDS].close()
 
 
 async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -90,8 +98,14 @@ def create_app(settings: Settings) -> web.Application:
     app[SESSIONS] = sessions
     app[MONEY] = MoneyScripts(redis, settings.idempotency_ttl_s)
     app[PASSWORDS] = Passwords(settings)
-    app[THROTTLE] = LoginThrottle(redis, settings)
-    app.cleanup_ctx.extend([_redis_ctx, _database_ctx, _startup_checks_ctx])
+    app[LOGIN_THROTTLE] = LoginThrottle(redis, settings)
+    app[SIGN_UP_LIMIT] = WindowLimit(
+        redis, settings.sign_up_max_per_address, settings.sign_up_window_s
+    )
+    app[RECIPIENT_MISS_LIMIT] = WindowLimit(
+        redis, settings.recipient_not_found_max_per_user, settings.recipient_not_found_window_s
+    )
+    app.cleanup_ctx.extend([_redis_ctx, _database_ctx, _passwords_ctx, _startup_checks_ctx])
     app[OPENAPI_SPEC] = build_spec()
     setup_routes(app)
     return app

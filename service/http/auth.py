@@ -10,22 +10,43 @@ from persistence.users import (
     password_hash_of,
     replace_password_hash,
 )
+from service.auth.password_rules import check_new_password
 from service.auth.sessions import SessionUser, current_user, end_session, start_session
 from service.domain import refusals
 from service.domain.refusals import Refused
+from service.http.client_address import client_address
 from service.http.errors import json_response
 from service.http.input import read_body
-from service.http.schemas import Credentials, PasswordChange
-from service.http.state import DATABASE, MONEY, PASSWORDS, SESSIONS, THROTTLE
+from service.http.schemas import Credentials, PasswordChange, SignUpRequest
+from service.http.state import (
+    DATABASE,
+    LOGIN_THROTTLE,
+    MONEY,
+    PASSWORDS,
+    SESSIONS,
+    SIGN_UP_LIMIT,
+)
+from service.redis import keyspace
 
 
 async def sign_up(request: web.Request) -> web.Response:
-    body = await read_body(request, Credentials)
+    body = await read_body(request, SignUpRequest)
+    check_new_password(body.password)
+    address = client_address(request)
+    sign_ups = keyspace.sign_ups_of_address(address)
+    retry_after_s = await request.app[SIGN_UP_LIMIT].count_unless_reached(sign_ups)
+    if retry_after_s is not None:
+        raise Refused(refusals.TOO_MANY_SIGN_UPS, retry_after_s=retry_after_s)
+    database = request.app[DATABASE]
+    # A cheap look before the costly hash, so that sign-ups for a taken name cost no
+    # hashing; the unique index below stays the guard against two sign-ups at once.
+    if await find_user(database, body.username) is not None:
+        raise Refused(refusals.USERNAME_TAKEN, field="username")
     password_hash = await request.app[PASSWORDS].hash(body.password)
     try:
         # PostgreSQL first, Redis last: a crash in between leaves a user with no wallet,
         # which holds no money and is given one at login.
-        user_id = await create_user(request.app[DATABASE], body.username, password_hash)
+        user_id = await create_user(database, body.username, password_hash)
     except UsernameTaken:
         raise Refused(refusals.USERNAME_TAKEN, field="username") from None
     await request.app[MONEY].register_user(user_id)
@@ -34,20 +55,20 @@ async def sign_up(request: web.Request) -> web.Response:
 
 async def _verified_user(request: web.Request, username: str, password: str) -> StoredUser:
     """The user, if this is their password; else 401 invalid_credentials, counted by the
-    login throttle (429 too_many_attempts once over its limit)."""
-    throttle = request.app[THROTTLE]
-    address = request.remote or "unknown"
-    if not await throttle.acquire(username, address):
-        raise Refused(refusals.TOO_MANY_ATTEMPTS)
-    user = await find_user(request.app[DATABASE], username)
+    login throttle (429 too_many_attempts, with Retry-After, once over its limits)."""
+    throttle = request.app[LOGIN_THROTTLE]
+    address = client_address(request)
+    await throttle.begin(username, address)
     try:
+        user = await find_user(request.app[DATABASE], username)
         verified = await request.app[PASSWORDS].verify(
             None if user is None else user.password_hash, password
         )
-    except Refused:  # too busy to check it: the attempt is given back
+    except Exception:  # too busy or a backend down: the password was not checked
         await throttle.not_checked(username, address)
         raise
     if user is None or not verified:
+        await throttle.failed(username, address)
         raise Refused(refusals.INVALID_CREDENTIALS)
     await throttle.succeeded(username, address)
     return user
@@ -102,6 +123,7 @@ async def change_password(request: web.Request) -> web.Response:
     of the user ends, this one included, and this client gets a new one."""
     user = await current_user(request)
     body = await read_body(request, PasswordChange)
+    check_new_password(body.new_password, field="new_password")
     stored = await _verified_user(request, user.username, body.current_password)
     new_hash = await request.app[PASSWORDS].hash(body.new_password)
     # Of two changes that checked the same current password, the first to store its hash

@@ -44,7 +44,17 @@ class Credentials(StrictBody):
 
 class PasswordChange(StrictBody):
     current_password: Password
-    new_password: Password = Field(description="8-128 characters, as at sign-up")
+    new_password: Password = Field(
+        description="as at sign-up: no control characters, and not one of the most commonly"
+        " used passwords (422 weak_password)"
+    )
+
+
+class SignUpRequest(Credentials):
+    password: Password = Field(
+        description="no control characters, and not one of the most commonly used passwords"
+        " (422 weak_password)"
+    )
 
 
 class DepositRequest(StrictBody):

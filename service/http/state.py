@@ -4,9 +4,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.auth.login_throttle import LoginThrottle
 from service.auth.passwords import Passwords
 from service.auth.sessions import WalletSessionStorage
-from service.auth.throttle import LoginThrottle
+from service.auth.window_limit import WindowLimit
 from service.redis.money import MoneyScripts
 from service.settings import Settings
 
@@ -15,7 +16,9 @@ REDIS = web.AppKey("redis", Redis)
 DATABASE = web.AppKey("database", AsyncEngine)
 MONEY = web.AppKey("money", MoneyScripts)
 PASSWORDS = web.AppKey("passwords", Passwords)
-THROTTLE = web.AppKey("throttle", LoginThrottle)
+LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+SIGN_UP_LIMIT = web.AppKey("sign_up_limit", WindowLimit)
+RECIPIENT_MISS_LIMIT = web.AppKey("recipient_miss_limit", WindowLimit)
 SESSIONS = web.AppKey("sessions", WalletSessionStorage)
 # The OpenAPI document, built once from the table of routes (service/http/routes.py).
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, object])

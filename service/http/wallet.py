@@ -23,7 +23,7 @@ from service.http.errors import json_response
 from service.http.input import idempotency_key, read_body, refuse_unknown_query
 from service.http.metrics import MONEY_OPERATIONS
 from service.http.schemas import DepositRequest, TransferRequest
-from service.http.state import DATABASE, MONEY, REDIS, SESSIONS, SETTINGS
+from service.http.state import DATABASE, MONEY, RECIPIENT_MISS_LIMIT, REDIS, SESSIONS, SETTINGS
 from service.ledger.history import Direction, HistoryUnavailable, read_history
 from service.redis import keyspace
 from service.redis.money import Accepted
@@ -85,22 +85,43 @@ async def deposit(request: web.Request) -> web.Response:
     return _created(accepted, None, user.user_id, body.amount)
 
 
+async def _is_a_retry(request: web.Request, user_id: int, key: str | None) -> bool:
+    """Whether a request with this Idempotency-Key was answered before (its answer is
+    replayed)."""
+    return key is not None and bool(
+        await request.app[REDIS].exists(keyspace.idempotency(user_id, key))
+    )
+
+
 async def transfer(request: web.Request) -> web.Response:
     user, session = await money_session(request, request.app[SESSIONS])
     refuse_unknown_query(request, set())
     key = idempotency_key(request)
     body = await read_body(request, TransferRequest)
-    to_user_id = body.to_user_id
-    if body.to_username is not None:
-        recipient = await find_user(request.app[DATABASE], body.to_username)
-        if recipient is None:
-            raise Refused(refusals.RECIPIENT_NOT_FOUND)
-        to_user_id = recipient.id
-    assert to_user_id is not None  # the model requires exactly one recipient
-    if to_user_id == user.user_id:
-        raise Refused(refusals.SELF_TRANSFER)
-    move = request.app[MONEY].transfer(user.user_id, to_user_id, body.amount, key, session)
-    accepted = await _counted(request, "transfer", move)
+    # A user whose transfers keep naming no one is probing for ids or names: refused for a
+    # while, whatever the recipient, so that 404 and 409 tell nothing apart. A retry is
+    # still answered as before: it tells nothing new, and its first try may have moved money.
+    misses = request.app[RECIPIENT_MISS_LIMIT]
+    misses_key = keyspace.recipient_misses_of_user(user.user_id)
+    retry_after_s = await misses.retry_after_s(misses_key)
+    if retry_after_s is not None and not await _is_a_retry(request, user.user_id, key):
+        raise Refused(refusals.TOO_MANY_UNKNOWN_RECIPIENTS, retry_after_s=retry_after_s)
+    try:
+        to_user_id = body.to_user_id
+        if body.to_username is not None:
+            recipient = await find_user(request.app[DATABASE], body.to_username)
+            if recipient is None:
+                raise Refused(refusals.RECIPIENT_NOT_FOUND)
+            to_user_id = recipient.id
+        assert to_user_id is not None  # the model requires exactly one recipient
+        if to_user_id == user.user_id:
+            raise Refused(refusals.SELF_TRANSFER)
+        move = request.app[MONEY].transfer(user.user_id, to_user_id, body.amount, key, session)
+        accepted = await _counted(request, "transfer", move)
+    except Refused as refused:
+        if refused.refusal is refusals.RECIPIENT_NOT_FOUND and not refused.replayed:
+            await misses.count_unless_reached(misses_key)
+        raise
     return _created(accepted, user.user_id, to_user_id, body.amount)
 
 

@@ -34,10 +34,31 @@ def sessions_of_user(user_id: int) -> str:
     return f"sessions:{{{user_id}}}"
 
 
-def login_failures_of_user(username: str) -> str:
-    """Usernames are unique regardless of case: one counter for every spelling."""
-    return f"login-fail:user:{username.lower()}"
+# Throttling (service/auth/): counts of attempts, never data. A username is lowered (names
+# are unique regardless of case: one count for every spelling); an address is an IP as
+# service/http/client_address.py spells it. A username has no ":", so the keys of one
+# username and address cannot be read as another's.
 
 
 def login_failures_of_address(address: str) -> str:
-    return f"login-fail:addr:{address}"
+    return f"throttle:login:addr:{address}"
+
+
+def login_failures_of_user_at_address(username: str, address: str) -> str:
+    return f"throttle:login:user:{username.lower()}:addr:{address}"
+
+
+def login_failing_addresses_of_user(username: str) -> str:
+    return f"throttle:login:user:{username.lower()}:addrs"
+
+
+def login_lock_of_user(username: str) -> str:
+    return f"throttle:login:user:{username.lower()}:lock"
+
+
+def sign_ups_of_address(address: str) -> str:
+    return f"throttle:sign-up:addr:{address}"
+
+
+def recipient_misses_of_user(user_id: int) -> str:
+    return f"throttle:recipient-misses:{{{user_id}}}"

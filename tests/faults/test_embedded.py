@@ -28,7 +28,13 @@ from tests.support.faults.procs import Processes, WalletEmbedded
 # The contract's promise for a warm data directory.
 WARM_START_LIMIT_S = 5.0
 SERVERS_GONE_LIMIT_S = 15.0
-ENV = {"WALLET_ARGON2_TIME_COST": "1", "WALLET_ARGON2_MEMORY_KIB": "1024"}
+# Cheap hashing, and room for the load driver's sign-ups (ten at once, from one address).
+ENV = {
+    "WALLET_ARGON2_TIME_COST": "1",
+    "WALLET_ARGON2_MEMORY_KIB": "1024",
+    "WALLET_SIGN_UP_MAX_PER_ADDRESS": "100000",
+    "WALLET_SIGN_UP_HASH_MAX_QUEUED": "64",
+}
 
 
 @pytest.fixture

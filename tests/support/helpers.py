@@ -55,9 +55,18 @@ async def snapshot(redis: Redis) -> dict[bytes, Any]:
             state[key] = await redis.xrange(key)
         elif kind == "zset":
             state[key] = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            state[key] = await redis.smembers(key)
         else:
             raise AssertionError(f"unexpected key type {kind} for {key!r}")
     return state
+
+
+async def snapshot_of_data(redis: Redis) -> dict[bytes, Any]:
+    """``snapshot`` without the throttling counts: a refused request changes no data, but a
+    404 or a failed login is counted, by design."""
+    state = await snapshot(redis)
+    return {key: value for key, value in state.items() if not key.startswith(b"throttle:")}
 
 
 async def persist(redis: Redis, engine: AsyncEngine, max_batches: int | None = None) -> int:

@@ -1,5 +1,6 @@
 """Helpers for the HTTP tests: a logged-in user is a client with its cookie."""
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -7,6 +8,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 Client = TestClient[web.Request, web.Application]
+# The make_client fixture: a client of an app with some settings changed.
+MakeClient = Callable[..., Awaitable[Client]]
 PASSWORD = "correct horse battery"
 
 

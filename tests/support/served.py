@@ -33,6 +33,8 @@ def wallet_serve(redis_url: str, database_url: str, log_path: Path) -> Iterator[
         "DATABASE_URL": database_url,
         "WALLET_ARGON2_TIME_COST": "1",
         "WALLET_ARGON2_MEMORY_KIB": "1024",
+        # The tests sign up hundreds of users from one address.
+        "WALLET_SIGN_UP_MAX_PER_ADDRESS": "100000",
     }
     wallet = str(Path(sys.executable).parent / "wallet")
     command = [wallet, "serve", "--port", str(port), "--workers", str(WORKERS)]

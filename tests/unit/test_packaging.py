@@ -35,6 +35,10 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "refund_login_attempt",
         "start_session",
         "end_sessions",
+        "login_attempt",
+        "login_succeeded",
+        "login_failed",
+        "fixed_window_limit",
     }
     # The same text, includes expanded, as the source tree gives (this process imports it).
     installed = json.loads(out)

@@ -109,3 +109,12 @@ def test_a_refused_carries_its_entry_and_overrides() -> None:
     assert default.message == refusals.INSUFFICIENT_FUNDS.message
     assert default.replayed
     assert isinstance(default.refusal, Refusal)
+
+
+def test_every_429_says_when_to_come_back() -> None:
+    too_many = [refusal for refusal in CATALOG if refusal.status == 429]
+    assert too_many
+    for refusal in too_many:
+        with pytest.raises(ValueError, match="retry_after_s"):
+            refusals.Refused(refusal)
+        assert refusals.Refused(refusal, retry_after_s=3).retry_after_s == 3

@@ -354,13 +354,16 @@ class PostgresServer(Managed):
 
 
 def wallet_env(redis_url: str, database_url: str, **settings: str) -> dict[str, str]:
-    """The environment of a wallet command: the given servers, cheap password hashing."""
+    """The environment of a wallet command: the given servers, cheap password hashing, and
+    room for the load drivers' sign-ups (tens at once, from one address)."""
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env |= {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "WALLET_ARGON2_TIME_COST": "1",
         "WALLET_ARGON2_MEMORY_KIB": "1024",
+        "WALLET_SIGN_UP_MAX_PER_ADDRESS": "100000",
+        "WALLET_SIGN_UP_HASH_MAX_QUEUED": "64",
     }
     env |= {f"WALLET_{name.upper()}": value for name, value in settings.items()}
     return env
