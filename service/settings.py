@@ -1,13 +1,18 @@
 """All configuration in one typed object, read from the environment."""
 
+from collections.abc import Mapping
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "WALLET_"
 
 
 class Settings(BaseSettings):
     """``REDIS_URL`` and ``DATABASE_URL`` by those names; everything else as ``WALLET_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="WALLET_", populate_by_name=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, populate_by_name=True, extra="forbid")
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     database_url: str = Field(
@@ -51,6 +56,8 @@ class Settings(BaseSettings):
     # Read-your-writes merges at most this many not-yet-persisted entries into a history read.
     history_tail_max_entries: int = Field(default=20_000, ge=100, le=1_000_000)
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
 
 def env_name(field: str) -> str:
     """The environment variable that sets a field (or an alias: REDIS_URL, DATABASE_URL)."""
@@ -59,4 +66,15 @@ def env_name(field: str) -> str:
         return field
     if isinstance(info.validation_alias, str):
         return info.validation_alias
-    return f"WALLET_{field.upper()}"
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The WALLET_* variables that set nothing. pydantic-settings ignores them, so a typo
+    (WALLET_COOKIE_SECUR=true) would leave the default in force without a word."""
+    known = {env_name(field).upper() for field in Settings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )

@@ -20,21 +20,30 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.db import connect_database
 from service.http.logs import configure_logging
 from service.redis.client import connect_redis
-from service.settings import Settings, env_name
+from service.settings import Settings, env_name, unknown_variables
 
 T = TypeVar("T")
 RECONCILE_WAIT_FOR_WRITER_S = 10.0
 
 
 def load_settings() -> Settings:
-    """Settings from the environment; a bad variable stops the command and is named."""
+    """Settings from the environment; a bad or unknown variable stops the command and is
+    named. Every command calls it first; logs are at WALLET_LOG_LEVEL from then on."""
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise click.ClickException(
+            f"unknown configuration: {', '.join(unknown)} (no such setting; see README.md,"
+            " Configuration)"
+        )
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
             f"{env_name(str(e['loc'][0])) if e['loc'] else '?'}: {e['msg']}" for e in exc.errors()
         )
         raise click.ClickException(f"bad configuration: {problems}") from None
+    configure_logging(settings.log_level)
+    return settings
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -293,6 +302,7 @@ def loadtest(
     users could not be set up."""
     import orjson
 
+    load_settings()  # the load tester needs none, but a mistyped WALLET_* is refused here too
     require_extra("rich", "loadtest")
     from service.loadtest.run import (
         LoadtestAborted,

@@ -4,7 +4,6 @@ directory keeps every balance and history; a kill -9 under load loses no acknowl
 transaction, leaves no server running, and the next start finds all of it."""
 
 import asyncio
-import os
 import shutil
 import signal
 import tempfile
@@ -24,6 +23,7 @@ from tests.support.faults.checks import (
 )
 from tests.support.faults.load import SESSION_COOKIE, Ack, LoadDriver, Loader, UserSession
 from tests.support.faults.procs import Processes, WalletEmbedded
+from tests.support.served import service_environ
 
 # The contract's promise for a warm data directory.
 WARM_START_LIMIT_S = 5.0
@@ -43,7 +43,7 @@ def data_dir() -> Iterator[Path]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env = {k: v for k, v in service_environ().items() if k not in ("REDIS_URL", "DATABASE_URL")}
     return env | ENV
 
 

@@ -24,11 +24,17 @@ def _free_port() -> int:
         return port
 
 
+def service_environ() -> dict[str, str]:
+    """This environment for a `wallet` command: without the test suite's own WALLET_TEST_*
+    switches, which the command would refuse as unknown settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WALLET_TEST_")}
+
+
 @contextmanager
 def wallet_serve(redis_url: str, database_url: str, log_path: Path) -> Iterator[str]:
     """Starts the real CLI (gunicorn, two workers) and stops it gracefully afterwards."""
     port = _free_port()
-    env = os.environ | {
+    env = service_environ() | {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "WALLET_ARGON2_TIME_COST": "1",

