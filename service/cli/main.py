@@ -2,6 +2,7 @@
 
 import asyncio
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.db import connect_database
 from service.http.logs import configure_logging
+from service.outages import is_outage
 from service.redis.client import connect_redis
 from service.settings import Settings, env_name, unknown_variables
 
@@ -119,11 +121,39 @@ def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) ->
 
         serve_embedded(settings, data_dir, host, port)
         return
+    require_schema(settings)
     with metrics_directory():
         # Imported only now: prometheus_client picks its multi-process mode at import.
         from service.cli.multiworker import serve_workers
 
         serve_workers(settings, host, port, workers)
+
+
+def require_schema(settings: Settings) -> None:
+    """Refuses to serve on a database without the schema (`wallet migrate` forgotten): one
+    line and exit 1, before gunicorn starts workers that would each fail. A database that
+    cannot be reached does not stop the start (the API moves money during an outage); each
+    worker checks again as it starts (service/http/app.py)."""
+    from persistence.migrate import schema_problem
+
+    async def check() -> str | None:
+        engine = connect_database(settings)
+        try:
+            return await schema_problem(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        problem = run(check())
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        logging.getLogger("wallet.cli").warning(
+            "the database cannot be reached (%r); its schema is checked when it answers", exc
+        )
+        return
+    if problem is not None:
+        raise click.ClickException(problem)
 
 
 def require_extra(module: str, extra: str) -> None:

@@ -7,6 +7,7 @@ from aiohttp import web
 from aiohttp_session import session_middleware
 
 from persistence.db import connect_database
+from persistence.migrate import schema_problem
 from service.auth.passwords import Passwords
 from service.auth.sessions import WalletSessionStorage
 from service.auth.throttle import LoginThrottle
@@ -48,8 +49,13 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[DATABASE].dispose()
 
 
+class SchemaMissing(RuntimeError):
+    """The database answers but has not the schema: `wallet migrate` was not run."""
+
+
 async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Refuses an evicting Redis; prepares the consumer group and the id counter.
+    """Refuses an evicting Redis and a database without the schema; prepares the consumer
+    group and the id counter.
 
     An unreachable Redis or database does not stop the start (a worker restarted during
     an outage must come up and answer /readyz); the checks then wait for the next start.
@@ -59,6 +65,9 @@ async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
         await check_redis_durability(redis, settings.allow_evicting_redis)
         # Before the first transaction: without the group every entry counts as unpersisted.
         await ensure_consumer_group(redis)
+        problem = await schema_problem(app[DATABASE])
+        if problem is not None:
+            raise SchemaMissing(problem)
         if not await ensure_transaction_counter(redis, app[DATABASE]):
             log.error(
                 "Redis has no transaction counter but the ledger holds transactions: Redis"

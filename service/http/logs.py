@@ -38,6 +38,8 @@ def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Seven lines naming alembic's plugins whenever alembic loads: nothing to act on.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 @web.middleware
