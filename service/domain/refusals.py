@@ -51,6 +51,7 @@ MALFORMED_JSON = Refusal("malformed_json", 400, "the request body is not valid J
 VALIDATION_ERROR = Refusal("validation_error", 422, "the request is not valid")
 PAYLOAD_TOO_LARGE = Refusal("payload_too_large", 413, "the request body is larger than 64 KiB")
 UNSUPPORTED_MEDIA_TYPE = Refusal("unsupported_media_type", 415, "send the body as application/json")
+REQUEST_TIMEOUT = Refusal("request_timeout", 408, "the request body did not arrive in time")
 NOT_FOUND = Refusal("not_found", 404, "no such endpoint")
 METHOD_NOT_ALLOWED = Refusal("method_not_allowed", 405, "method not allowed on this endpoint")
 
@@ -88,6 +89,7 @@ NOT_REBUILT = Refusal(
 
 # Capacity and outages.
 SERVER_BUSY = Refusal("server_busy", 503, "too many sign-ups and logins at once; retry shortly")
+TOO_MANY_CONNECTIONS = Refusal("server_busy", 503, "too many connections at once; retry shortly")
 SERVICE_UNAVAILABLE = Refusal(
     "service_unavailable", 503, "a backend is unavailable; try again shortly"
 )
@@ -121,6 +123,7 @@ CATALOG: tuple[Refusal, ...] = (
     VALIDATION_ERROR,
     PAYLOAD_TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
+    REQUEST_TIMEOUT,
     NOT_FOUND,
     METHOD_NOT_ALLOWED,
     UNAUTHORIZED,
@@ -128,6 +131,7 @@ CATALOG: tuple[Refusal, ...] = (
     USERNAME_TAKEN,
     TOO_MANY_ATTEMPTS,
     SERVER_BUSY,
+    TOO_MANY_CONNECTIONS,
     SERVICE_UNAVAILABLE,
     HISTORY_UNAVAILABLE,
     INTERNAL_ERROR,

@@ -37,6 +37,11 @@ from service.settings import Settings
 
 log = logging.getLogger("wallet.app")
 
+# After answering a request whose body it did not read (a 408, a 413), aiohttp reads on and
+# discards for this long, so that the client gets the answer rather than a reset; no longer,
+# or a client trickling its body would keep its connection after the 408.
+LINGER_AFTER_UNREAD_BODY_S = 2.0
+
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
@@ -93,6 +98,12 @@ def create_app(settings: Settings) -> web.Application:
             session_middleware(sessions),
             error_middleware,
         ],
+        # How aiohttp treats each connection, whoever runs the app (gunicorn's worker, the
+        # embedded mode, the tests' server): these override what the runner passes.
+        handler_args={
+            "keepalive_timeout": settings.keepalive_timeout_s,
+            "lingering_time": LINGER_AFTER_UNREAD_BODY_S,
+        },
     )
     app[SETTINGS] = settings
     app[REDIS] = redis

@@ -62,3 +62,19 @@ def test_an_unknown_wallet_variable_stops_every_command_and_is_named(
     result = CliRunner().invoke(main, COMMANDS[command], env={variable: "true"})
     assert result.exit_code == 1
     assert f"unknown configuration: {variable} " in result.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WALLET_METRICS_LISTEN", "9464"),
+        ("WALLET_METRICS_LISTEN", "127.0.0.1:99999"),
+        ("WALLET_LOG_LEVEL", "LOUD"),
+        ("WALLET_REQUEST_BODY_TIMEOUT_S", "3600"),
+        ("WALLET_MAX_CONNECTIONS", "0"),
+    ],
+)
+def test_the_serving_settings_are_bounded(variable: str, value: str) -> None:
+    result = CliRunner().invoke(main, ["serve"], env={variable: value})
+    assert result.exit_code == 1
+    assert f"bad configuration: {variable}:" in result.output

@@ -372,7 +372,9 @@ class WalletServe(Managed):
 
     def __init__(self, log_path: Path, env: dict[str, str], workers: int = 2) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         self.workers = workers
+        env = env | {"WALLET_METRICS_LISTEN": f"{HOST}:{self.metrics_port}"}
         command = [
             wallet_executable(),
             "serve",
@@ -426,6 +428,7 @@ class WalletEmbedded(Managed):
     def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.data_dir = data_dir
+        env = env | {"WALLET_METRICS_LISTEN": f"{HOST}:{free_port()}"}
         command = [
             wallet_executable(),
             "serve",

@@ -1,0 +1,199 @@
+"""What slow clients and many connections cost the API, and the address /metrics is on
+(never the API's). The app is served in this process through ``serving``, as every mode
+serves it; tests/test_serve_process.py checks the same under gunicorn.
+"""
+
+import asyncio
+import re
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.http.app import create_app
+from service.http.serving import serving
+from service.settings import Settings
+from tests.support.http_helpers import PASSWORD, Client
+from tests.support.raw_http import RawResponse, closed_within, read_response, request_head
+
+DEPOSIT = "/api/balance/deposit/"
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    match = re.search(rf"^{name}\{{{label_text}\}} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+@dataclass
+class Served:
+    api_port: int
+    metrics_port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.api_port}{path}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def http(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    async def new_user(self, http: aiohttp.ClientSession, name: str) -> str:
+        """Signs up and logs in; the session cookie's value."""
+        credentials = {"username": name, "password": PASSWORD}
+        assert (await http.post(self.url("/api/sign-up/"), json=credentials)).status == 201
+        response = await http.post(self.url("/api/login/"), json=credentials)
+        assert response.status == 200
+        http.cookie_jar.clear()
+        return response.cookies["wallet_session"].value
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[Served]:
+    """The app as every mode serves it: ``serving`` on sockets of its own."""
+    api = socket.create_server(("127.0.0.1", 0))
+    metrics = socket.create_server(("127.0.0.1", 0))
+    async with serving(create_app(settings), [api], metrics, settings.max_connections, 5.0):
+        yield Served(api.getsockname()[1], metrics.getsockname()[1])
+
+
+# --- the API's address ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/metrics", "/metrics/", "/api/%2e%2e/metrics", "/api/%2E%2E/metrics", "/Metrics"]
+)
+async def test_no_path_on_the_api_address_reaches_metrics(client: Client, path: str) -> None:
+    response = await client.get(path)
+    assert response.status == 404
+    assert "wallet_http_requests_total" not in await response.text()
+
+
+# --- slow clients and the connection limit --------------------------------------------------
+
+
+BODY_TIMEOUT_S = 1.0
+
+
+@pytest.fixture
+def slow_settings(app_settings: Settings) -> Settings:
+    return app_settings.model_copy(update={"request_body_timeout_s": BODY_TIMEOUT_S})
+
+
+async def open_slow_posts(
+    served: Served, count: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """Connections that send a sign-up's headers and a few bytes of its body, then wait."""
+    head = request_head(
+        "POST", "/api/sign-up/", "Content-Type: application/json", "Content-Length: 60"
+    )
+    connections = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.api_port)
+        writer.write(head + b'{"username": ')
+        connections.append((reader, writer))
+    await asyncio.gather(*(writer.drain() for _, writer in connections))
+    return connections
+
+
+async def honest_round(served: Served, name: str) -> list[int]:
+    """What an honest client does: sign up, log in, deposit, read the balance."""
+    async with served.http() as http:
+        credentials = {"username": name, "password": PASSWORD}
+        statuses = [(await http.post(served.url("/api/sign-up/"), json=credentials)).status]
+        statuses.append((await http.post(served.url("/api/login/"), json=credentials)).status)
+        statuses.append((await http.post(served.url(DEPOSIT), json={"amount": 5})).status)
+        statuses.append((await http.get(served.url("/api/balance/"))).status)
+    return statuses
+
+
+async def test_many_slow_clients_get_408_and_honest_requests_are_answered_meanwhile(
+    slow_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+) -> None:
+    async with serve(slow_settings) as served:
+        slow = await open_slow_posts(served, 300)
+        started = time.monotonic()
+        assert await honest_round(served, "honest") == [201, 200, 201, 200]
+        assert time.monotonic() - started < BODY_TIMEOUT_S, "the honest client had to wait"
+        answers = await asyncio.gather(
+            *(read_response(reader, BODY_TIMEOUT_S + 5) for reader, _ in slow)
+        )
+        assert {a.status for a in answers} == {408}
+        assert {a.json()["error"]["code"] for a in answers} == {"request_timeout"}
+        # The connections end too: the rest of a body is not awaited for long.
+        assert all(await asyncio.gather(*(closed_within(reader, 5) for reader, _ in slow)))
+        for _, writer in slow:
+            writer.close()
+        assert await honest_round(served, "after") == [201, 200, 201, 200]
+
+
+async def test_a_connection_whose_headers_trickle_in_is_closed(
+    app_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+) -> None:
+    settings = app_settings.model_copy(update={"keepalive_timeout_s": 1.0})
+    async with serve(settings) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.api_port)
+        started = time.monotonic()
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for _ in range(10):  # a byte now and then: the timer is not reset by them
+            await asyncio.sleep(0.2)
+            if writer.is_closing():
+                break
+            writer.write(b"X")
+        assert await closed_within(reader, 3.0)
+        assert time.monotonic() - started < 3.0
+        writer.close()
+
+
+async def test_connections_past_the_limit_are_refused_and_the_process_serves_on(
+    slow_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+) -> None:
+    limit = 20
+    settings = slow_settings.model_copy(update={"max_connections": limit})
+    async with serve(settings) as served:
+        held = await open_slow_posts(served, limit)
+        await asyncio.sleep(0.1)  # every one of them is in
+        refused: list[RawResponse] = []
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.api_port)
+            refused.append(await read_response(reader, 1.0))
+            assert await closed_within(reader, 1.0)
+            writer.close()
+        assert {r.status for r in refused} == {503}
+        assert {r.json()["error"]["code"] for r in refused} == {"server_busy"}
+        assert {r.headers["retry-after"] for r in refused} == {"1"}
+        # The held ones time out like any slow client and free their places.
+        for reader, writer in held:
+            assert (await read_response(reader, BODY_TIMEOUT_S + 5)).status == 408
+            assert await closed_within(reader, 5)
+            writer.close()
+        assert await honest_round(served, "after") == [201, 200, 201, 200]
+        # All the places are back: as many connections as the limit, again.
+        again = await open_slow_posts(served, limit)
+        for reader, _ in again:
+            assert (await read_response(reader, BODY_TIMEOUT_S + 5)).status == 408
+        for _, writer in again:
+            writer.close()
+
+
+async def test_metrics_have_their_own_address(
+    app_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+) -> None:
+    async with serve(app_settings) as served, served.http() as http:
+        assert (await http.get(served.url("/healthz"))).status == 200
+        text = await (await http.get(served.metrics_url)).text()
+        assert sample(
+            text, "wallet_http_requests_total", route="/healthz", method="GET", status="200"
+        )
+        assert (await http.get(served.url("/metrics"))).status == 404
+        # The metrics address serves nothing else.
+        other = f"http://127.0.0.1:{served.metrics_port}/api/balance/"
+        assert (await http.get(other)).status == 404
