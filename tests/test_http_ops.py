@@ -1,28 +1,58 @@
-"""What slow clients and many connections cost the API, and the address /metrics is on
-(never the API's). The app is served in this process through ``serving``, as every mode
-serves it; tests/test_serve_process.py checks the same under gunicorn.
+"""What an operator answers for on the API's address: the paths that do not reach
+/metrics, the access line, and what slow, hung-up or malformed clients cost.
+
+Tests that need raw sockets, settings of their own or the process's logs run the app in
+this process: on aiohttp's test server, or through ``serving`` as every mode serves it;
+tests/test_serve_process.py checks the same under gunicorn.
 """
 
 import asyncio
+import json
+import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.http.app import create_app
+from service.http.logs import JsonFormatter
 from service.http.serving import serving
 from service.settings import Settings
-from tests.support.http_helpers import PASSWORD, Client
-from tests.support.raw_http import RawResponse, closed_within, read_response, request_head
+from tests.support.http_helpers import PASSWORD, Client, new_user
+from tests.support.raw_http import (
+    RawResponse,
+    closed_within,
+    exchange,
+    read_response,
+    request_head,
+)
 
 DEPOSIT = "/api/balance/deposit/"
+JSON = "application/json"
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    """aiohttp logs and counts a request after its answer left: wait for that."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        await asyncio.sleep(0.01)
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    """Every captured record as the service writes it: one JSON object per line."""
+    formatter = JsonFormatter()
+    lines = [formatter.format(record) for record in caplog.records]
+    assert all("\n" not in line for line in lines)
+    return [json.loads(line) for line in lines]
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -75,6 +105,128 @@ async def test_no_path_on_the_api_address_reaches_metrics(client: Client, path: 
     response = await client.get(path)
     assert response.status == 404
     assert "wallet_http_requests_total" not in await response.text()
+
+
+# --- the logs ------------------------------------------------------------------------------
+
+
+async def test_one_json_access_line_per_request_with_its_request_id(
+    aiohttp_client: AiohttpClient,
+    app_settings: Settings,
+    redis_client: Redis,
+    db_engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await aiohttp_client(create_app(app_settings))
+    assert client.server.port is not None
+    caplog.set_level(logging.INFO)
+    await client.get("/api/balance/", headers={"X-Request-Id": "trace-1"})
+    await client.get("/api/holds/7/", headers={"X-Request-Id": "trace-2"})
+    malformed = await exchange("127.0.0.1", client.server.port, b"GET / HTTP/1.1\r\nHost\r\n\r\n")
+    assert malformed.status == 400
+
+    def access() -> list[dict[str, object]]:
+        return [line for line in logged(caplog) if line["logger"] == "wallet.access"]
+
+    await until(lambda: len(access()) == 3)
+    first, second, third = access()
+    assert first["message"] == "GET /api/balance/ 401"
+    assert {k: first[k] for k in ("method", "route", "status", "request_id")} == {
+        "method": "GET",
+        "route": "/api/balance/",
+        "status": 401,
+        "request_id": "trace-1",
+    }
+    assert isinstance(first["latency_ms"], float)
+    assert (second["route"], second["status"], second["request_id"]) == (
+        "unmatched",
+        404,
+        "trace-2",
+    )
+    # Refused by aiohttp's parser, before any route or request id.
+    assert (third["status"], third["route"], third["request_id"]) == (400, None, None)
+
+
+def _cookie_then(extra: str) -> Callable[[str], list[str]]:
+    return lambda session: [f"Cookie: wallet_session={session}{extra}"]
+
+
+ABUSIVE_COOKIES: dict[str, Callable[[str], list[str]]] = {
+    # aiohttp quotes the first 100 bytes of a line past 8190 bytes: the session id.
+    "oversized cookie": _cookie_then("a" * 9_000),
+    # ... the whole value of a header with a NUL byte.
+    "NUL in the cookie": _cookie_then("\x00"),
+    # ... the raw bytes of the request, the Cookie line included, after a bad character.
+    "bad header after the cookie": lambda session: [
+        f"Cookie: wallet_session={session}",
+        "X-Broken: a\x01b",
+    ],
+}
+
+
+@pytest.mark.parametrize("abuse", ABUSIVE_COOKIES)
+async def test_a_request_the_parser_refuses_never_puts_its_cookie_in_the_log(
+    aiohttp_client: AiohttpClient,
+    app_settings: Settings,
+    redis_client: Redis,
+    db_engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+    abuse: str,
+) -> None:
+    client = await aiohttp_client(create_app(app_settings))
+    assert client.server.port is not None
+    alice = await new_user(client, "alice")
+    session_id = alice.cookies["wallet_session"]
+    caplog.set_level(logging.DEBUG)
+    head = request_head("GET", "/api/balance/", *ABUSIVE_COOKIES[abuse](session_id))
+    response = await exchange("127.0.0.1", client.server.port, head)
+    assert response.status in (400, 431)
+    await until(lambda: any(line["logger"] == "wallet.access" for line in logged(caplog)))
+    lines = logged(caplog)
+    assert session_id not in json.dumps(lines)
+    # The refusal itself is still logged, as the client's fault.
+    refusals = [line for line in lines if line["logger"] == "wallet.server"]
+    assert [line["level"] for line in refusals] == ["WARNING"], refusals
+
+
+async def test_a_client_that_hangs_up_is_counted_as_499_in_one_line_not_as_a_500(
+    app_settings: Settings,
+    redis_client: Redis,
+    db_engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serve(app_settings) as served, served.http() as http:
+        alice = await served.new_user(http, "alice")
+
+        async def count(status: str) -> float:
+            text = await (await http.get(served.metrics_url)).text()
+            return sample(
+                text, "wallet_http_requests_total", route=DEPOSIT, method="POST", status=status
+            )
+
+        before_499, before_500 = await count("499"), await count("500")
+        caplog.set_level(logging.DEBUG)
+        head = request_head(
+            "POST",
+            DEPOSIT,
+            "Content-Type: application/json",
+            "Content-Length: 50",
+            f"Cookie: wallet_session={alice}",
+        )
+        _, writer = await asyncio.open_connection("127.0.0.1", served.api_port)
+        writer.write(head + b'{"amount":')
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is reading the body
+        writer.close()
+        deadline = time.monotonic() + 3
+        while await count("499") == before_499:
+            assert time.monotonic() < deadline, "the hang-up was not counted"
+            await asyncio.sleep(0.05)
+        assert await count("499") == before_499 + 1
+        assert await count("500") == before_500
+        lines = [line for line in logged(caplog) if DEPOSIT in str(line)]
+        assert [(line["logger"], line["status"]) for line in lines] == [("wallet.access", 499)]
+        assert not [line for line in logged(caplog) if "exception" in line]
 
 
 # --- slow clients and the connection limit --------------------------------------------------

@@ -1,13 +1,15 @@
-"""`wallet serve --workers N` as an operator runs it (gunicorn): what slow clients cost it,
-and how it refuses to start."""
+"""`wallet serve --workers N` as an operator runs it (gunicorn): what it writes to its log,
+where its metrics are, what slow clients cost it, and how it refuses to start."""
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,10 +17,12 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.postgres_admin import postgres_admin
-from tests.support.raw_http import closed_within, read_response, request_head
+from tests.support.raw_http import closed_within, exchange, read_response, request_head
 from tests.support.served import Served, service_environ, wallet_serve
 
 PASSWORD = "correct horse battery"
+DEPOSIT = "/api/balance/deposit/"
+PROBES = 12
 START_LIMIT_S = 60.0
 
 
@@ -38,6 +42,63 @@ async def _session_cookie(served: Served, name: str) -> str:
         response = await http.post(f"{served.base_url}/api/login/", json=credentials)
         assert response.status == 200
         return response.cookies["wallet_session"].value
+
+
+def _total(metrics_text: str, route: str, status: str) -> float:
+    prefix = f'wallet_http_requests_total{{method="GET",route="{route}",status="{status}"}} '
+    lines = [line for line in metrics_text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+async def test_workers_write_json_lines_only_and_their_metrics_are_served_once(
+    redis_url: str, database_url: str, redis_client: Redis, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "serve.log"
+    with wallet_serve(redis_url, database_url, log_path) as served:
+        # Each probe on a connection of its own, so that both workers answer some.
+        for n in range(PROBES):
+            async with _http() as http:
+                headers = {"X-Request-Id": f"probe-{n}"}
+                response = await http.get(f"{served.base_url}/healthz", headers=headers)
+                assert response.status == 200
+        async with _http() as http:
+            for _ in range(3):  # whichever worker answers, the registry of both
+                text = await (await http.get(f"{served.metrics_url}/metrics")).text()
+                assert _total(text, "/healthz", "200") == PROBES
+            assert (await http.get(f"{served.base_url}/metrics")).status == 404
+        cookie = await _session_cookie(served, "alice")
+        api_port = _port(served.base_url)
+        oversized = request_head(
+            "GET", "/api/balance/", f"Cookie: wallet_session={cookie}{'a' * 9_000}"
+        )
+        assert (await exchange("127.0.0.1", api_port, oversized)).status in (400, 431)
+        # A client that hangs up while its body is read.
+        _, writer = await asyncio.open_connection("127.0.0.1", api_port)
+        hang_up = request_head(
+            "POST",
+            DEPOSIT,
+            "Content-Type: application/json",
+            "Content-Length: 50",
+            f"Cookie: wallet_session={cookie}",
+        )
+        writer.write(hang_up + b'{"amount":')
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()
+        await asyncio.sleep(0.5)
+
+    text = log_path.read_text()
+    lines: list[dict[str, Any]] = [json.loads(line) for line in text.splitlines()]
+    assert cookie not in text
+    assert not [line for line in lines if "exception" in line]
+    assert any(line["logger"] == "gunicorn.error" for line in lines)
+    access = [line for line in lines if line["logger"] == "wallet.access"]
+    probes = [line for line in access if str(line["request_id"]).startswith("probe-")]
+    assert len(probes) == PROBES
+    assert len({line["pid"] for line in probes}) == 2, "one worker answered every probe"
+    assert {(line["route"], line["status"]) for line in probes} == {("/healthz", 200)}
+    deposits = [line for line in access if line["route"] == DEPOSIT]
+    assert [line["status"] for line in deposits] == [499]
 
 
 async def test_slow_clients_time_out_and_connections_past_the_limit_are_refused(

@@ -19,6 +19,7 @@ from aiohttp.worker import GunicornUVLoopWebWorker
 from gunicorn.app.base import BaseApplication
 
 from service.http.app import create_app
+from service.http.logs import logging_config
 from service.http.serving import serving
 from service.settings import Settings
 
@@ -78,6 +79,8 @@ class _Server(BaseApplication):  # type: ignore[misc]
             "worker_class": _Worker,
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "reuse_port": True,
+            # gunicorn's own lines (master and workers) in the service's JSON.
+            "logconfig_dict": logging_config(settings.log_level),
         }
         super().__init__()
 

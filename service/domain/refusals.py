@@ -97,6 +97,11 @@ HISTORY_UNAVAILABLE = Refusal(
     "history_unavailable", 503, "the ledger is catching up; try again shortly"
 )
 INTERNAL_ERROR = Refusal("internal_error", 500, "internal error; try again")
+# Never sent: the client left before the answer. What such a request is counted and logged
+# as (nginx's 499), so that a client's hang-up is not taken for a failure of ours.
+CLIENT_CLOSED_REQUEST = Refusal(
+    "client_closed_request", 499, "the client closed the connection before the answer"
+)
 
 # The session a money script checked is gone: a 401 like any other.
 SESSION_ENDED = Refusal(
@@ -135,5 +140,6 @@ CATALOG: tuple[Refusal, ...] = (
     SERVICE_UNAVAILABLE,
     HISTORY_UNAVAILABLE,
     INTERNAL_ERROR,
+    CLIENT_CLOSED_REQUEST,
     *BY_LUA_OUTCOME.values(),
 )

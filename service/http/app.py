@@ -13,7 +13,7 @@ from service.auth.sessions import WalletSessionStorage
 from service.auth.throttle import LoginThrottle
 from service.domain.limits import MAX_BODY_BYTES
 from service.http.errors import error_middleware
-from service.http.logs import request_id_middleware
+from service.http.logs import ACCESS_LOG, SERVER_LOG, JsonAccessLogger, request_id_middleware
 from service.http.metrics import metrics_middleware
 from service.http.openapi import build_spec
 from service.http.routes import setup_routes
@@ -101,8 +101,15 @@ def create_app(settings: Settings) -> web.Application:
         # How aiohttp treats each connection, whoever runs the app (gunicorn's worker, the
         # embedded mode, the tests' server): these override what the runner passes.
         handler_args={
+            # A handler runs to its end when its client leaves (aiohttp's test server would
+            # cancel it): a money script already sent is counted, and no pooled connection
+            # is torn mid-command.
+            "handler_cancellation": False,
             "keepalive_timeout": settings.keepalive_timeout_s,
             "lingering_time": LINGER_AFTER_UNREAD_BODY_S,
+            "logger": SERVER_LOG,
+            "access_log_class": JsonAccessLogger,
+            "access_log": ACCESS_LOG,
         },
     )
     app[SETTINGS] = settings

@@ -25,6 +25,7 @@ from prometheus_client import (
 from redis.asyncio import Redis
 
 from service.http.errors import Handler
+from service.http.logs import route_of
 from service.http.state import REDIS
 from service.redis import keyspace
 
@@ -70,8 +71,7 @@ DEAD_LETTERS = Gauge(
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
+    route = route_of(request)
     status = 500
     try:
         response = await handler(request)
