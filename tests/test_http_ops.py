@@ -1,5 +1,6 @@
-"""What an operator answers for on the API's address: the paths that do not reach
-/metrics, the access line, and what slow, hung-up or malformed clients cost.
+"""What an operator answers for on the API's address: the headers of every answer, the
+paths that do not reach /metrics, readiness, the access line, and what slow, hung-up or
+malformed clients cost.
 
 Tests that need raw sockets, settings of their own or the process's logs run the app in
 this process: on aiohttp's test server, or through ``serving`` as every mode serves it;
@@ -95,7 +96,23 @@ async def serve(settings: Settings) -> AsyncIterator[Served]:
         yield Served(api.getsockname()[1], metrics.getsockname()[1])
 
 
-# --- the API's address ----------------------------------------------------------------
+# --- every answer ------------------------------------------------------------------------
+
+
+async def test_no_answer_may_be_cached_or_names_the_server_software(client: Client) -> None:
+    alice = await new_user(client, "alice", deposit_kopecks=100)
+    answers = [
+        await client.get("/api/balance/", cookies=alice.cookies),
+        await client.get(DEPOSIT, cookies=alice.cookies),
+        await client.get("/api/balance/transfer/", cookies=alice.cookies),
+        await client.post(DEPOSIT, json={"amount": 1}, cookies=alice.cookies),
+        await client.get("/api/balance/"),  # 401
+        await client.get("/healthz"),
+        await client.get("/no/such/path"),
+    ]
+    for response in answers:
+        assert response.headers.get("Cache-Control") == "no-store", (response.url, response.status)
+        assert "Server" not in response.headers, response.headers["Server"]
 
 
 @pytest.mark.parametrize(
@@ -105,6 +122,23 @@ async def test_no_path_on_the_api_address_reaches_metrics(client: Client, path: 
     response = await client.get(path)
     assert response.status == 404
     assert "wallet_http_requests_total" not in await response.text()
+
+
+async def test_readiness_says_ok_or_unavailable_and_nothing_more(
+    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis
+) -> None:
+    """The address is public: which exception a backend raised is for the log."""
+    nowhere = app_settings.model_copy(
+        update={"database_url": "postgresql+asyncpg://127.0.0.1:1/nothing"}
+    )
+    client = await aiohttp_client(create_app(nowhere))
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert await response.json() == {
+        "status": "degraded",
+        "redis": "ok",
+        "database": "unavailable",
+    }
 
 
 # --- the logs ------------------------------------------------------------------------------

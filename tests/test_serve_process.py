@@ -61,6 +61,7 @@ async def test_workers_write_json_lines_only_and_their_metrics_are_served_once(
                 headers = {"X-Request-Id": f"probe-{n}"}
                 response = await http.get(f"{served.base_url}/healthz", headers=headers)
                 assert response.status == 200
+                assert "Server" not in response.headers
         async with _http() as http:
             for _ in range(3):  # whichever worker answers, the registry of both
                 text = await (await http.get(f"{served.metrics_url}/metrics")).text()

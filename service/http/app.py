@@ -83,6 +83,14 @@ async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp names itself and Python, with their versions: nothing a client needs.
+    response.headers.popall("Server", None)
+    # Balances, histories and sessions stay out of every cache, shared or the browser's;
+    # a handler that means its answer to be cached says so itself.
+    response.headers.setdefault("Cache-Control", "no-store")
+
+
 def create_app(settings: Settings) -> web.Application:
     # The Redis client is made here because the session middleware needs it before
     # start-up; it opens no connection until the first request, and _redis_ctx closes it.
@@ -112,6 +120,7 @@ def create_app(settings: Settings) -> web.Application:
             "access_log": ACCESS_LOG,
         },
     )
+    app.on_response_prepare.append(_response_headers)
     app[SETTINGS] = settings
     app[REDIS] = redis
     app[SESSIONS] = sessions
