@@ -427,8 +427,9 @@ class WalletEmbedded(Managed):
 
     def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str]) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         self.data_dir = data_dir
-        env = env | {"WALLET_METRICS_LISTEN": f"{HOST}:{free_port()}"}
+        env = env | {"WALLET_METRICS_LISTEN": f"{HOST}:{self.metrics_port}"}
         command = [
             wallet_executable(),
             "serve",
