@@ -37,6 +37,8 @@ CONNECTIONS = 64
 # Not one of the commonly used passwords, which sign-up refuses.
 PASSWORD = "correct-horse-battery"
 A_PORT, B_PORT = 8090, 8091
+# B's GET /metrics listener (WALLET_METRICS_LISTEN): never on the API's port.
+B_METRICS_PORT = 8092
 Process = subprocess.Popen[bytes]
 Result = tuple[float, float, float]  # requests/s, p50 ms, p99 ms
 
@@ -165,6 +167,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
     subprocess.run([BIN / "wallet", "migrate"], env=env, check=True, capture_output=True)
     a_url = f"http://127.0.0.1:{A_PORT}/transfer"
     b_base = f"http://127.0.0.1:{B_PORT}"
+    b_metrics = f"http://127.0.0.1:{B_METRICS_PORT}"
     b_url = f"{b_base}/api/balance/transfer/"
     a_cmd = [
         *(str(BIN / "gunicorn"), "benchmarks.ceiling_app:create"),
@@ -188,7 +191,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
             wrk(b_url, b_script, 3)
             rss_start = rss_of(a, b, writer)
             results: dict[str, list[Result]] = {"a": [], "b": []}
-            sampler = LagSampler(b_base)
+            sampler = LagSampler(b_metrics)
             sampler.start()
             for round_ in range(args.rounds):
                 results["a"].append(wrk(a_url, A_SCRIPT, args.seconds))
@@ -201,10 +204,10 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
             # then resumed, so no process start-up is in the figure.
             writer.send_signal(signal.SIGSTOP)
             wrk(b_url, b_script, args.seconds)
-            backlog = unpersisted(b_base)
+            backlog = unpersisted(b_metrics)
             started = time.monotonic()
             writer.send_signal(signal.SIGCONT)
-            while unpersisted(b_base):
+            while unpersisted(b_metrics):
                 time.sleep(0.02)
             drain_rate = backlog / (time.monotonic() - started)
     report(results, sampler.samples, drain_rate, backlog, rss_start, rss_end)
@@ -255,6 +258,7 @@ def main() -> None:
                 "REDIS_URL": redis_url,
                 "DATABASE_URL": f"postgresql+asyncpg://{server}/{name}",
                 "PYTHONPATH": str(ROOT),
+                "WALLET_METRICS_LISTEN": f"127.0.0.1:{B_METRICS_PORT}",
             }
             measure(args, env, logs)
     finally:

@@ -1,15 +1,18 @@
 """All configuration in one typed object, read from the environment."""
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Literal
 
 from pydantic import Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "WALLET_"
 
 
 class Settings(BaseSettings):
     """``REDIS_URL`` and ``DATABASE_URL`` by those names; everything else as ``WALLET_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="WALLET_", populate_by_name=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, populate_by_name=True, extra="forbid")
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     database_url: str = Field(
@@ -98,6 +101,36 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    # HTTP serving, per process. A request body must be in within this many seconds of the
+    # server starting to read it, else 408: a client that trickles its body holds a
+    # connection no longer.
+    request_body_timeout_s: float = Field(default=10.0, ge=1.0, le=60.0)
+    # A connection whose request headers are not all in, or that sits idle between two
+    # requests, is closed after this (aiohttp's keep-alive timer, which starts as the
+    # connection opens and is not reset by a trickle of bytes).
+    keepalive_timeout_s: float = Field(default=15.0, ge=1.0, le=300.0)
+    # Connections open at once per process; one more is answered 503 and closed. Each is a
+    # file descriptor: keep it under the open-file limit (ulimit -n) less the pools.
+    max_connections: int = Field(default=1_000, ge=1, le=100_000)
+    # host:port of GET /metrics, a listener of its own: never on the API's address.
+    metrics_listen: str = "127.0.0.1:9464"
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("give host:port, e.g. 127.0.0.1:9464")
+        return value
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        """(host, port) of WALLET_METRICS_LISTEN; an IPv6 host may be given in brackets."""
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
 
 def env_name(field: str) -> str:
     """The environment variable that sets a field (or an alias: REDIS_URL, DATABASE_URL)."""
@@ -106,4 +139,15 @@ def env_name(field: str) -> str:
         return field
     if isinstance(info.validation_alias, str):
         return info.validation_alias
-    return f"WALLET_{field.upper()}"
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The WALLET_* variables that set nothing. pydantic-settings ignores them, so a typo
+    (WALLET_COOKIE_SECUR=true) would leave the default in force without a word."""
+    known = {env_name(field).upper() for field in Settings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )

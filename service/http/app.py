@@ -7,13 +7,14 @@ from aiohttp import web
 from aiohttp_session import session_middleware
 
 from persistence.db import connect_database
+from persistence.migrate import schema_problem
 from service.auth.login_throttle import LoginThrottle
 from service.auth.passwords import Passwords
 from service.auth.sessions import WalletSessionStorage
 from service.auth.window_limit import WindowLimit
 from service.domain.limits import MAX_BODY_BYTES
 from service.http.errors import error_middleware
-from service.http.logs import request_id_middleware
+from service.http.logs import ACCESS_LOG, SERVER_LOG, JsonAccessLogger, request_id_middleware
 from service.http.metrics import metrics_middleware
 from service.http.openapi import build_spec
 from service.http.routes import setup_routes
@@ -39,6 +40,11 @@ from service.settings import Settings
 
 log = logging.getLogger("wallet.app")
 
+# After answering a request whose body it did not read (a 408, a 413), aiohttp reads on and
+# discards for this long, so that the client gets the answer rather than a reset; no longer,
+# or a client trickling its body would keep its connection after the 408.
+LINGER_AFTER_UNREAD_BODY_S = 2.0
+
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
@@ -56,8 +62,13 @@ async def _passwords_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PASSWORDS].close()
 
 
+class SchemaMissing(RuntimeError):
+    """The database answers but has not the schema: `wallet migrate` was not run."""
+
+
 async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Refuses an evicting Redis; prepares the consumer group and the id counter.
+    """Refuses an evicting Redis and a database without the schema; prepares the consumer
+    group and the id counter.
 
     An unreachable Redis or database does not stop the start (a worker restarted during
     an outage must come up and answer /readyz); the checks then wait for the next start.
@@ -67,6 +78,9 @@ async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
         await check_redis_durability(redis, settings.allow_evicting_redis)
         # Before the first transaction: without the group every entry counts as unpersisted.
         await ensure_consumer_group(redis)
+        problem = await schema_problem(app[DATABASE])
+        if problem is not None:
+            raise SchemaMissing(problem)
         if not await ensure_transaction_counter(redis, app[DATABASE]):
             log.error(
                 "Redis has no transaction counter but the ledger holds transactions: Redis"
@@ -75,6 +89,14 @@ async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
     except OUTAGE_ERRORS as exc:
         log.warning("started while a backend is unreachable (%s); see /readyz", exc)
     yield
+
+
+async def _response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp names itself and Python, with their versions: nothing a client needs.
+    response.headers.popall("Server", None)
+    # Balances, histories and sessions stay out of every cache, shared or the browser's;
+    # a handler that means its answer to be cached says so itself.
+    response.headers.setdefault("Cache-Control", "no-store")
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -92,7 +114,21 @@ def create_app(settings: Settings) -> web.Application:
             session_middleware(sessions),
             error_middleware,
         ],
+        # How aiohttp treats each connection, whoever runs the app (gunicorn's worker, the
+        # embedded mode, the tests' server): these override what the runner passes.
+        handler_args={
+            # A handler runs to its end when its client leaves (aiohttp's test server would
+            # cancel it): a money script already sent is counted, and no pooled connection
+            # is torn mid-command.
+            "handler_cancellation": False,
+            "keepalive_timeout": settings.keepalive_timeout_s,
+            "lingering_time": LINGER_AFTER_UNREAD_BODY_S,
+            "logger": SERVER_LOG,
+            "access_log_class": JsonAccessLogger,
+            "access_log": ACCESS_LOG,
+        },
     )
+    app.on_response_prepare.append(_response_headers)
     app[SETTINGS] = settings
     app[REDIS] = redis
     app[SESSIONS] = sessions

@@ -58,6 +58,11 @@ _HTTP_ERRORS = {
 }
 
 
+def _client_left(request: web.Request) -> bool:
+    # aiohttp drops the transport of a connection the client closed.
+    return request.transport is None or request.transport.is_closing()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Renders every failure in the contract's shape; nothing else leaks (no tracebacks)."""
@@ -76,9 +81,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except ConnectionResetError:
-        raise  # the client went away: nobody to answer, nothing to log as our failure
     except OUTAGE_ERRORS as exc:
+        if isinstance(exc, ConnectionResetError) and _client_left(request):
+            # Reading the body of a client that hung up: nobody to answer, and no failure
+            # of ours. The 499 is never sent; it is what the request is counted and logged as.
+            return error_response(Refused(refusals.CLIENT_CLOSED_REQUEST))
         log.warning("backend unavailable on %s %s: %r", request.method, request.path, exc)
         return error_response(Refused(refusals.SERVICE_UNAVAILABLE, retry_after_s=RETRY_SHORTLY_S))
     except Exception:

@@ -1,5 +1,6 @@
 """Reading a request: JSON bodies through the strict models, query strings, headers."""
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ from service.domain import refusals
 from service.domain.limits import is_valid_idempotency_key
 from service.domain.refusals import Refused
 from service.http.errors import validation_error
+from service.http.state import SETTINGS
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -49,7 +51,12 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
     if request.content_length is not None and request.content_length > request.client_max_size:
         raise web.HTTPRequestEntityTooLarge(request.client_max_size, request.content_length)
     try:
-        raw = await request.read()  # aiohttp answers 413 past client_max_size (64 KiB)
+        # A body trickled in (or never sent) would hold the connection for as long as the
+        # client likes; aiohttp itself waits for ever.
+        async with asyncio.timeout(request.app[SETTINGS].request_body_timeout_s):
+            raw = await request.read()  # aiohttp answers 413 past client_max_size (64 KiB)
+    except TimeoutError:
+        raise Refused(refusals.REQUEST_TIMEOUT) from None
     except RequestPayloadError:
         raise Refused(
             refusals.MALFORMED_JSON, "the body does not match its Content-Encoding"

@@ -1,8 +1,11 @@
-"""Prometheus metrics: GET /metrics.
+"""Prometheus metrics: GET /metrics, on a listener of its own (WALLET_METRICS_LISTEN,
+loopback by default), never on the API's address: the counters tell who is busy with what.
 
 With several workers, each process writes its samples to PROMETHEUS_MULTIPROC_DIR
-(`wallet serve` sets one up) and /metrics merges them. The ledger gauges are read
-from Redis at scrape time, so they are right whichever process answers.
+(`wallet serve` sets one up) and /metrics merges them; the metrics socket is bound once, by
+the gunicorn master, and whichever worker accepts a scrape answers with the merged registry.
+The ledger gauges are read from Redis at scrape time and kept as the most recent value of
+any process, so they are right whichever process answers.
 """
 
 import os
@@ -22,6 +25,7 @@ from prometheus_client import (
 from redis.asyncio import Redis
 
 from service.http.errors import Handler
+from service.http.logs import route_of
 from service.http.state import REDIS
 from service.redis import keyspace
 
@@ -40,35 +44,34 @@ MONEY_OPERATIONS = Counter(
     ["operation", "result"],
 )
 STREAM_LENGTH = Gauge(
-    "wallet_stream_entries", "Entries in the transactions stream", multiprocess_mode="max"
+    "wallet_stream_entries", "Entries in the transactions stream", multiprocess_mode="mostrecent"
 )
 WRITER_LAG_ENTRIES = Gauge(
     "wallet_writer_lag_entries",
     "Stream entries not yet delivered to the writer",
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 WRITER_PENDING = Gauge(
     "wallet_writer_pending_entries",
     "Entries delivered to the writer and not yet acknowledged",
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 WRITER_LAG_SECONDS = Gauge(
     "wallet_writer_lag_seconds",
     "Age of the oldest transaction not yet persisted (0 when none)",
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 DEAD_LETTERS = Gauge(
     "wallet_dead_letter_entries",
     "Stream records the writer could not store (see txn:dead-letter)",
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
+    route = route_of(request)
     status = 500
     try:
         response = await handler(request)
@@ -123,3 +126,13 @@ async def metrics(request: web.Request) -> web.Response:
     else:
         body = generate_latest()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_metrics_app(redis: Redis) -> web.Application:
+    """GET /metrics alone, for the metrics listener; ``redis`` is the API app's client (the
+    API app closes it)."""
+    # No access line for scrapes: they come every few seconds and say nothing.
+    app = web.Application(handler_args={"access_log": None})
+    app[REDIS] = redis
+    app.router.add_get("/metrics", metrics)
+    return app

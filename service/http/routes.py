@@ -1,6 +1,7 @@
-"""Every URL of the service, in one table: the API's operations, with what OpenAPI says of
-each (service/http/openapi.py builds the document from this table), then the operations
-endpoints."""
+"""Every URL of the API's address, in one table: the API's operations, with what OpenAPI
+says of each (service/http/openapi.py builds the document from this table), then the
+operations endpoints. GET /metrics is not here: it has a listener of its own
+(service/http/metrics.py, WALLET_METRICS_LISTEN)."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from pydantic import BaseModel
 
 from service.domain import refusals
 from service.domain.refusals import Refusal
-from service.http import auth, docs, metrics, ops, schemas, wallet
+from service.http import auth, docs, ops, schemas, wallet
 from service.http.errors import Handler
 
 
@@ -38,6 +39,7 @@ def refusals_of(op: Operation) -> tuple[Refusal, ...]:
     body = (
         (
             refusals.MALFORMED_JSON,
+            refusals.REQUEST_TIMEOUT,
             refusals.PAYLOAD_TOO_LARGE,
             refusals.UNSUPPORTED_MEDIA_TYPE,
             refusals.VALIDATION_ERROR,
@@ -46,7 +48,13 @@ def refusals_of(op: Operation) -> tuple[Refusal, ...]:
         else ()
     )
     session = (refusals.UNAUTHORIZED,) if op.authenticated else ()
-    return (*body, *session, *op.refusals, refusals.SERVICE_UNAVAILABLE)
+    return (
+        *body,
+        *session,
+        *op.refusals,
+        refusals.SERVICE_UNAVAILABLE,
+        refusals.TOO_MANY_CONNECTIONS,
+    )
 
 
 # Every money script may find Redis lost its data (`wallet rebuild`).
@@ -92,12 +100,11 @@ OPERATIONS = (
               query=(docs.DIRECTION, docs.LIMIT, docs.CURSOR)),
 )  # fmt: skip
 
-# Not part of the API document: probes, the document itself, and Prometheus.
+# Not part of the API document: probes and the document itself.
 _OPERATIONS_ENDPOINTS = (
     ("GET", "/healthz", ops.healthz),
     ("GET", "/readyz", ops.readyz),
     ("GET", "/api/openapi.json", ops.openapi_json),
-    ("GET", "/metrics", metrics.metrics),
 )
 
 

@@ -4,7 +4,7 @@ directory keeps every balance and history; a kill -9 under load loses no acknowl
 transaction, leaves no server running, and the next start finds all of it."""
 
 import asyncio
-import os
+import json
 import shutil
 import signal
 import tempfile
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -24,6 +25,7 @@ from tests.support.faults.checks import (
 )
 from tests.support.faults.load import SESSION_COOKIE, Ack, LoadDriver, Loader, UserSession
 from tests.support.faults.procs import Processes, WalletEmbedded
+from tests.support.served import service_environ
 
 # The contract's promise for a warm data directory.
 WARM_START_LIMIT_S = 5.0
@@ -49,7 +51,7 @@ def data_dir() -> Iterator[Path]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env = {k: v for k, v in service_environ().items() if k not in ("REDIS_URL", "DATABASE_URL")}
     return env | ENV
 
 
@@ -167,3 +169,25 @@ async def test_kill9_under_load_loses_no_acknowledged_transaction(
             f"{acked_at_kill} acknowledged before the kill, {len(acks)} in all, every one"
             f" kept; restart took {restart_s} s; failed attempts {dict(stats.failures)}"
         )
+
+
+async def test_the_embedded_mode_logs_an_access_line_per_request_and_has_its_metrics_apart(
+    processes: Processes, data_dir: Path
+) -> None:
+    embedded = processes.embedded(data_dir, _env())
+    async with asyncio.timeout(60):
+        await embedded.start()
+        async with aiohttp.ClientSession() as http:
+            probe = await http.get(f"{embedded.base_url}/healthz", headers={"X-Request-Id": "em-1"})
+            assert probe.status == 200
+            assert (await http.get(f"{embedded.base_url}/metrics")).status == 404
+            metrics_url = f"http://127.0.0.1:{embedded.metrics_port}/metrics"
+            assert "wallet_http_requests_total" in await (await http.get(metrics_url)).text()
+        assert embedded.stop(signal.SIGTERM) == 0
+    # The log holds the servers' output and the ready lines too; the service's are JSON.
+    log_lines = embedded.log_path.read_text().splitlines()
+    lines = [json.loads(line) for line in log_lines if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "wallet.access"]
+    probe, metrics_on_the_api = access
+    assert (probe["route"], probe["status"], probe["request_id"]) == ("/healthz", 200, "em-1")
+    assert (metrics_on_the_api["route"], metrics_on_the_api["status"]) == ("unmatched", 404)

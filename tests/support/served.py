@@ -8,6 +8,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +25,42 @@ def _free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class Served:
+    base_url: str
+    metrics_url: str
+
+
+def service_environ() -> dict[str, str]:
+    """This environment for a `wallet` command: without the test suite's own WALLET_TEST_*
+    switches, which the command would refuse as unknown settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WALLET_TEST_")}
+
+
 @contextmanager
-def wallet_serve(redis_url: str, database_url: str, log_path: Path) -> Iterator[str]:
-    """Starts the real CLI (gunicorn, two workers) and stops it gracefully afterwards."""
+def wallet_serve(
+    redis_url: str,
+    database_url: str,
+    log_path: Path,
+    workers: int = WORKERS,
+    **settings: str,
+) -> Iterator[Served]:
+    """Starts the real CLI (gunicorn, two workers unless told) and stops it gracefully
+    afterwards; ``settings`` are given as WALLET_<NAME>."""
     port = _free_port()
-    env = os.environ | {
+    metrics_port = _free_port()
+    env = service_environ() | {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "WALLET_ARGON2_TIME_COST": "1",
         "WALLET_ARGON2_MEMORY_KIB": "1024",
         # The tests sign up hundreds of users from one address.
         "WALLET_SIGN_UP_MAX_PER_ADDRESS": "100000",
+        "WALLET_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
     }
+    env |= {f"WALLET_{name.upper()}": value for name, value in settings.items()}
     wallet = str(Path(sys.executable).parent / "wallet")
-    command = [wallet, "serve", "--port", str(port), "--workers", str(WORKERS)]
+    command = [wallet, "serve", "--port", str(port), "--workers", str(workers)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         base_url = f"http://127.0.0.1:{port}"
@@ -51,7 +74,7 @@ def wallet_serve(redis_url: str, database_url: str, log_path: Path) -> Iterator[
                     if process.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"wallet serve did not start; see {log_path}") from None
                     time.sleep(0.2)
-            yield base_url
+            yield Served(base_url, f"http://127.0.0.1:{metrics_port}")
         finally:
             process.terminate()
             process.wait(timeout=60)

@@ -33,3 +33,48 @@ def test_embedded_mode_is_one_process() -> None:
     result = CliRunner().invoke(main, ["serve", "--embedded", "--workers", "2"])
     assert result.exit_code == 2
     assert "one process" in result.output
+
+
+# Every command with the arguments it needs to start.
+COMMANDS = {
+    "serve": ["serve"],
+    "writer": ["writer"],
+    "migrate": ["migrate"],
+    "replay": ["replay", "--from", "1"],
+    "reconcile": ["reconcile"],
+    "rebuild": ["rebuild"],
+    "loadtest": [
+        "loadtest",
+        "--url", "http://127.0.0.1:1",
+        "--users", "2",
+        "--concurrency", "1",
+        "--duration", "1",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("variable", ["WALLET_COOKIE_SECUR", "wallet_cookie_secur"])
+def test_an_unknown_wallet_variable_stops_every_command_and_is_named(
+    command: str, variable: str
+) -> None:
+    """A typo must not leave the default in force without a word (here: no Secure cookie)."""
+    result = CliRunner().invoke(main, COMMANDS[command], env={variable: "true"})
+    assert result.exit_code == 1
+    assert f"unknown configuration: {variable} " in result.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WALLET_METRICS_LISTEN", "9464"),
+        ("WALLET_METRICS_LISTEN", "127.0.0.1:99999"),
+        ("WALLET_LOG_LEVEL", "LOUD"),
+        ("WALLET_REQUEST_BODY_TIMEOUT_S", "3600"),
+        ("WALLET_MAX_CONNECTIONS", "0"),
+    ],
+)
+def test_the_serving_settings_are_bounded(variable: str, value: str) -> None:
+    result = CliRunner().invoke(main, ["serve"], env={variable: value})
+    assert result.exit_code == 1
+    assert f"bad configuration: {variable}:" in result.output

@@ -56,3 +56,12 @@ def test_compose_commands_are_real_and_the_readme_shows_them() -> None:
         assert shlex.join(command) in readme, f"README.md does not show {shlex.join(command)}"
         result = runner.invoke(main, [*command[1:], "--help"])
         assert result.exit_code == 0, result.output
+
+
+def test_metrics_reach_the_compose_network_but_are_not_published() -> None:
+    api = SERVICES["api"]
+    host, port = api["environment"]["WALLET_METRICS_LISTEN"].rsplit(":", 1)
+    assert host == "0.0.0.0"  # a Prometheus container beside it can scrape
+    assert port in [str(exposed) for exposed in api["expose"]]
+    assert not any(str(published).endswith(f":{port}") for published in api["ports"])
+    assert port != option(api["command"], "--port")

