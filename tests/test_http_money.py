@@ -5,9 +5,12 @@ import re
 from typing import Any
 
 import pytest
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from service.http.app import create_app
 from service.redis.money import MoneyScripts
+from service.settings import Settings
 from tests.support.helpers import snapshot
 from tests.support.http_helpers import Client, new_user
 
@@ -344,8 +347,14 @@ async def test_an_unreachable_backend_is_503_and_a_bug_stays_500(
     from redis.exceptions import ResponseError
 
     alice = await new_user(client, "alice")
+    closed_transport = RuntimeError(
+        "unable to perform operation on <TCPTransport closed=True reading=False 0x7f3a>;"
+        " the handler is closed"
+    )
     for failure, status, code in [
         (RedisConnectionError("Connection refused"), 503, "service_unavailable"),
+        # uvloop's word for a connection Redis closed while it opened: an outage too.
+        (closed_transport, 503, "service_unavailable"),
         (ResponseError("invariant: stored balance out of range"), 500, "internal_error"),
     ]:
 
@@ -358,3 +367,23 @@ async def test_an_unreachable_backend_is_503_and_a_bug_stays_500(
         )
         assert response.status == status
         assert (await response.json())["error"]["code"] == code
+        assert ("Retry-After" in response.headers) == (status == 503)
+
+
+async def test_a_database_that_does_not_exist_is_503_as_readyz_says(
+    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis
+) -> None:
+    server = app_settings.database_url.rsplit("/", 1)[0]
+    settings = app_settings.model_copy(update={"database_url": f"{server}/no_such_database"})
+    missing = await aiohttp_client(create_app(settings))
+    ready = await missing.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["database"].startswith("unavailable")
+    for path, body in [
+        ("/api/sign-up/", {"username": "alice", "password": "correct horse battery"}),
+        ("/api/login/", {"username": "alice", "password": "correct horse battery"}),
+    ]:
+        response = await missing.post(path, json=body)
+        assert response.status == 503, await response.text()
+        assert (await response.json())["error"]["code"] == "service_unavailable"
+        assert response.headers["Retry-After"] == "1"

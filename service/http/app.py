@@ -27,7 +27,7 @@ from service.http.state import (
     THROTTLE,
 )
 from service.ledger.rebuild import ensure_transaction_counter
-from service.outages import OUTAGE_ERRORS
+from service.outages import is_outage
 from service.redis.checks import check_redis_durability
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
@@ -64,7 +64,9 @@ async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
                 "Redis has no transaction counter but the ledger holds transactions: Redis"
                 " lost its data. Deposits and transfers are refused until `wallet rebuild`."
             )
-    except OUTAGE_ERRORS as exc:
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
         log.warning("started while a backend is unreachable (%s); see /readyz", exc)
     yield
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from service.domain import refusals
 from service.domain.refusals import Refused
-from service.outages import OUTAGE_ERRORS
+from service.outages import is_outage
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("wallet.http")
@@ -78,10 +78,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except ConnectionResetError:
         raise  # the client went away: nobody to answer, nothing to log as our failure
-    except OUTAGE_ERRORS as exc:
-        log.warning("backend unavailable on %s %s: %r", request.method, request.path, exc)
-        return error_response(Refused(refusals.SERVICE_UNAVAILABLE, retry_after_s=RETRY_SHORTLY_S))
-    except Exception:
+    except Exception as exc:
+        if is_outage(exc):
+            log.warning("backend unavailable on %s %s: %r", request.method, request.path, exc)
+            return error_response(
+                Refused(refusals.SERVICE_UNAVAILABLE, retry_after_s=RETRY_SHORTLY_S)
+            )
         # A bug: logged with its traceback, answered in the contract's shape without details.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(Refused(refusals.INTERNAL_ERROR))
