@@ -216,6 +216,27 @@ async def test_idempotent_transfer_replays_refusals_and_resolves_usernames(clien
     assert await bob.balance(client) == 100
 
 
+async def test_a_replayed_answer_says_so_in_a_header(client: Client) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+
+    async def post(path: str, body: dict[str, Any], key: str) -> tuple[int, str | None]:
+        response = await client.post(
+            path, json=body, cookies=alice.cookies, headers={"Idempotency-Key": key}
+        )
+        return response.status, response.headers.get("Idempotent-Replayed")
+
+    transfer = {"to_user_id": bob.id, "amount": 100}
+    # A recorded refusal, then a 201: the first answers are not replays, the repeats are.
+    assert await post("/api/balance/transfer/", transfer, "t") == (409, None)
+    assert await post("/api/balance/transfer/", transfer, "t") == (409, "true")
+    assert await post("/api/balance/deposit/", {"amount": 500}, "d") == (201, None)
+    assert await post("/api/balance/deposit/", {"amount": 500}, "d") == (201, "true")
+    # Another request under a used key is refused, not replayed.
+    assert await post("/api/balance/deposit/", {"amount": 501}, "d") == (422, None)
+    assert await post("/api/balance/deposit/", {"amount": 1}, "fresh") == (201, None)
+
+
 @pytest.mark.parametrize("key", ["", "x" * 65, "naïve", "tab\there"])
 async def test_malformed_idempotency_keys_are_refused(client: Client, key: str) -> None:
     alice = await new_user(client, "alice")

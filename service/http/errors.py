@@ -21,6 +21,9 @@ log = logging.getLogger("wallet.http")
 
 # Retry-After on a 503 that only needs a moment (an outage, a busy server).
 RETRY_SHORTLY_S = 1
+# On every answer that an Idempotency-Key replayed (a 201 or a recorded refusal), as the
+# contract's Guarantees name it.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
@@ -34,6 +37,8 @@ def error_response(refused: Refused) -> web.Response:
     response = json_response({"error": error}, refused.refusal.status)
     if refused.retry_after_s is not None:
         response.headers["Retry-After"] = str(refused.retry_after_s)
+    if refused.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     return response
 
 

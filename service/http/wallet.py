@@ -19,7 +19,7 @@ from service.domain.cursor import decode_cursor, encode_cursor
 from service.domain.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from service.domain.refusals import Refused
 from service.domain.transactions import transaction_json
-from service.http.errors import json_response
+from service.http.errors import REPLAYED_HEADER, json_response
 from service.http.input import idempotency_key, read_body, refuse_unknown_query
 from service.http.metrics import MONEY_OPERATIONS
 from service.http.schemas import DepositRequest, TransferRequest
@@ -55,7 +55,10 @@ def _created(
         amount_kopecks=amount_kopecks,
         created_at_us=accepted.created_at_us,
     )
-    return json_response(body, status=201)
+    response = json_response(body, status=201)
+    if accepted.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 async def get_balance(request: web.Request) -> web.Response:
