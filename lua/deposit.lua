@@ -68,7 +68,7 @@ end
 -- replayed are recorded as txn_id and created_at_us: the names restore_idempotency.lua
 -- writes and records already stored have.
 local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg,
-                                request_fingerprint("deposit", amount_arg),
+                                {request_fingerprint("deposit", amount_arg)},
                                 {"txn_id", "created_at_us"})
 local replay = idempotency_lookup(idem)
 if replay then

@@ -216,6 +216,37 @@ async def test_idempotent_transfer_replays_refusals_and_resolves_usernames(clien
     assert await bob.balance(client) == 100
 
 
+async def test_a_name_registered_later_never_turns_a_replay_into_a_payment(
+    client: Client, redis_client: Redis
+) -> None:
+    alice = await new_user(client, "alice", deposit_kopecks=1_000)
+    key = {"Idempotency-Key": "K"}
+    body = {"to_username": "ghost", "amount": 100}
+    first = await alice.post(client, "/api/balance/transfer/", body, **key)
+    assert (first[0], error_of(first[1])) == (404, ("recipient_not_found", None))
+
+    ghost = await new_user(client, "Ghost")
+    stream_before = await redis_client.xlen("txn:stream")
+    response = await client.post(
+        "/api/balance/transfer/", json=body, cookies=alice.cookies, headers=key
+    )
+    assert (response.status, await response.json()) == first
+    assert response.headers["Idempotent-Replayed"] == "true"
+    spelled = {"to_username": "GHOST", "amount": 100}  # names are one regardless of case
+    assert await alice.post(client, "/api/balance/transfer/", spelled, **key) == first
+    # The first request resolved to no one: naming ghost's id is another request.
+    by_id = {"to_user_id": ghost.id, "amount": 100}
+    status, refused = await alice.post(client, "/api/balance/transfer/", by_id, **key)
+    assert (status, error_of(refused)) == (422, ("idempotency_key_reused", None))
+    assert await redis_client.xlen("txn:stream") == stream_before
+    assert (await alice.balance(client), await ghost.balance(client)) == (1_000, 0)
+    # A new key pays the name as it now is.
+    status, paid = await alice.post(
+        client, "/api/balance/transfer/", body, **{"Idempotency-Key": "K2"}
+    )
+    assert (status, paid["to_user_id"]) == (201, ghost.id)
+
+
 async def test_a_replayed_answer_says_so_in_a_header(client: Client) -> None:
     alice = await new_user(client, "alice")
     bob = await new_user(client, "bob")

@@ -222,6 +222,41 @@ async def test_refused_operation_is_replayed_as_refused(
     assert await balance(redis_client, 3) == 0
 
 
+async def test_a_name_that_resolved_to_no_one_is_refused_and_replayed_as_refused(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 1_000)
+    before = await snapshot(redis_client)
+    with refusing(refusals.RECIPIENT_NOT_FOUND) as unkeyed:
+        await money.transfer(1, None, 100, to_username="Ghost")
+    assert not unkeyed.value.replayed
+    assert await snapshot(redis_client) == before  # without a key nothing is written
+    with refusing(refusals.RECIPIENT_NOT_FOUND) as first:
+        await money.transfer(1, None, 100, "k", to_username="Ghost")
+    assert not first.value.replayed
+    record = await redis_client.hget(keyspace.idempotency(1, "k"), "fingerprint")
+    assert record == b"transfer:@ghost:100"
+
+    # Someone registers the name; the same request now resolves to them: still refused.
+    await money.register_user(3)
+    with refusing(refusals.RECIPIENT_NOT_FOUND) as replay:
+        await money.transfer(1, 3, 100, "k", to_username="GHOST")
+    assert replay.value.replayed
+    # By the id alone, or for another amount, it is another request.
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
+        await money.transfer(1, 3, 100, "k")
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
+        await money.transfer(1, 3, 101, "k", to_username="ghost")
+    assert (await balance(redis_client, 1), await balance(redis_client, 3)) == (1_000, 0)
+
+    # A request by name that resolved is recorded by the id: a retry by the id replays it.
+    paid = await money.transfer(1, 3, 100, "k2", to_username="ghost")
+    assert await money.transfer(1, 3, 100, "k2") == Accepted(
+        paid.txn_id, paid.created_at_us, replayed=True
+    )
+    assert await balance(redis_client, 3) == 100
+
+
 async def test_idempotency_records_keep_their_stored_form(
     money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
 ) -> None:
@@ -311,7 +346,7 @@ NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
         (
             "transfer",
             [*TRANSFER_KEYS, "wallet_session_x"],
-            ["1", "2", "5", "", "86400", "1", "1", "0"],
+            ["1", "2", "5", "", "86400", "1", "1", "0", ""],
         ),
         (
             "deposit",
@@ -338,14 +373,22 @@ NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k")],
             ["1", "5", "", "86400", *NO_SESSION],
         ),
-        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION]),
-        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400", *NO_SESSION]),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION, ""]),
+        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400", *NO_SESSION, ""]),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", ""]),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION]),
         (
             "transfer",
             [*TRANSFER_KEYS, keyspace.idempotency(2, "k")],
-            ["1", "2", "5", "k", "86400", *NO_SESSION],
+            ["1", "2", "5", "k", "86400", *NO_SESSION, ""],
         ),
+        # A name that resolved to no one: no recipient key, and the name is required.
+        ("transfer", TRANSFER_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost"]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, ""]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "gh"]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "g:host"]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "gh\u00f6st"]),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "x" * 33]),
         ("register_user", [keyspace.user(2)], ["1"]),
         ("register_user", [keyspace.user(0)], ["0"]),
     ],

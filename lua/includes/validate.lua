@@ -20,3 +20,8 @@ end
 local function valid_idempotency_key(s)
   return type(s) == "string" and #s >= 1 and #s <= 64 and not string.find(s, "[^\32-\126]")
 end
+
+-- A username as sign-up accepts it: 3..32 of A-Z a-z 0-9 _ . - (service/domain/limits.py).
+local function valid_username(s)
+  return type(s) == "string" and #s >= 3 and #s <= 32 and string.match(s, "^[%w_%.%-]+$") ~= nil
+end

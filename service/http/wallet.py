@@ -96,14 +96,17 @@ async def transfer(request: web.Request) -> web.Response:
     to_user_id = body.to_user_id
     if body.to_username is not None:
         recipient = await find_user(request.app[DATABASE], body.to_username)
-        if recipient is None:
-            raise Refused(refusals.RECIPIENT_NOT_FOUND)
-        to_user_id = recipient.id
-    assert to_user_id is not None  # the model requires exactly one recipient
+        # No such name goes to the script all the same (to_user_id None): it refuses the
+        # transfer and records the refusal under the Idempotency-Key, so that a retry after
+        # someone registers the name is answered 404 again instead of paying them.
+        to_user_id = None if recipient is None else recipient.id
     if to_user_id == user.user_id:
         raise Refused(refusals.SELF_TRANSFER)
-    move = request.app[MONEY].transfer(user.user_id, to_user_id, body.amount, key, session)
+    move = request.app[MONEY].transfer(
+        user.user_id, to_user_id, body.amount, key, session, to_username=body.to_username
+    )
     accepted = await _counted(request, "transfer", move)
+    assert to_user_id is not None  # the script accepts no transfer to no one
     return _created(accepted, user.user_id, to_user_id, body.amount)
 
 

@@ -6,12 +6,13 @@ it back. A script's refusal comes back as the catalog's ``Refused``
 Idempotency-Key by an earlier request.
 """
 
+import re
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from service.domain.amounts import MAX_AMOUNT_KOPECKS
-from service.domain.limits import MAX_USER_ID
+from service.domain.limits import MAX_USER_ID, USERNAME_PATTERN
 from service.domain.refusals import BY_LUA_OUTCOME, Refused
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
@@ -48,6 +49,11 @@ def _check_amount(amount_kopecks: int) -> None:
 def _check_user_id(user_id: int) -> None:
     if type(user_id) is not int or not 1 <= user_id <= MAX_USER_ID:
         raise ValueError(f"bad user id: {user_id!r}")
+
+
+def _check_username(username: str) -> None:
+    if type(username) is not str or re.fullmatch(USERNAME_PATTERN, username) is None:
+        raise ValueError(f"bad username: {username!r}")
 
 
 def _result(reply: list[bytes]) -> Accepted:
@@ -100,30 +106,38 @@ class MoneyScripts:
     async def transfer(
         self,
         from_user_id: int,
-        to_user_id: int,
+        to_user_id: int | None,
         amount_kopecks: int,
         idempotency_key: str | None = None,
         session: SessionCheck | None = None,
+        to_username: str | None = None,
     ) -> Accepted:
+        """A transfer to ``to_user_id``; when the request named the recipient by
+        ``to_username``, that name too, with ``to_user_id`` None if it resolved to no one.
+        The script then refuses it (recipient_not_found) and records the refusal under the
+        key, which a retry after the name is registered replays instead of paying."""
         _check_user_id(from_user_id)
-        _check_user_id(to_user_id)
+        if to_user_id is not None:
+            _check_user_id(to_user_id)
+        if to_username is not None:
+            _check_username(to_username)
+        elif to_user_id is None:
+            raise ValueError("a transfer needs to_user_id or to_username")
         _check_amount(amount_kopecks)
-        keys = [
-            keyspace.TXN_SEQ,
-            keyspace.TXN_STREAM,
-            keyspace.user(from_user_id),
-            keyspace.user(to_user_id),
-        ]
+        keys = [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(from_user_id)]
+        if to_user_id is not None:
+            keys.append(keyspace.user(to_user_id))
         if idempotency_key is not None:
             keys.append(keyspace.idempotency(from_user_id, idempotency_key))
         if session is not None:
             keys.append(session.redis_key)
         args = [
             str(from_user_id),
-            str(to_user_id),
+            "" if to_user_id is None else str(to_user_id),
             str(amount_kopecks),
             idempotency_key or "",
             self._idempotency_ttl_s,
         ]
         args += _NO_SESSION_ARGS if session is None else session.args()
+        args.append(to_username or "")
         return _result(await self._transfer(keys=keys, args=args))
