@@ -1,7 +1,9 @@
 -- transfer: move amount_kopecks from one user's balance to another's, append
 -- the transaction to the stream and remember the outcome under the sender's
 -- idempotency key, all in one atomic step. With a session to check, the
--- sender's session is verified in the same step (one round trip per request).
+-- sender's session is verified in the same step (one round trip per request). A
+-- transfer that moves money is recorded under the request's token too, for a reply that
+-- gets lost (includes/request_outcome.lua).
 --
 -- A transfer to a username whose name resolved to no user (in PostgreSQL, before the
 -- call) comes here too, with no to_user_id: it is refused as recipient_not_found and
@@ -11,6 +13,7 @@
 -- KEYS[1]  txn:seq                      string: last transaction id issued
 -- KEYS[2]  txn:stream                   stream: one entry per transaction
 -- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks (debited)
+-- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome)
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{<to_user_id>}          iff ARGV[2] is not ""; hash: balance_kopecks (credited)
 -- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[4] is not ""; hash: fingerprint
@@ -31,9 +34,14 @@
 -- ARGV[9]  to_username                  the username the request named (3..32 of A-Z a-z
 --                                       0-9 _ . -), or "" when it named a user id; required
 --                                       when ARGV[2] is ""
+-- ARGV[10] request token                16..64 of A-Z a-z 0-9 _ -, new for every request
+-- ARGV[11] outcome ttl_s                decimal seconds, 1 .. 10^7: how long the record under
+--                                       the token is kept
 --
 -- Returns  {outcome, txn_id, created_at_us, replayed}, all strings:
 --   outcome "ok"                      money moved (or replayed: replayed = "1")
+--   outcome "not_applied"             the token already has a record (a lookup found it
+--                                     missing): that record is answered, nothing is done
 --   outcome "recipient_not_found"     no wallet for to_user_id (recorded under the key), or
 --                                     no user by the name: to_user_id is ""
 --   outcome "insufficient_funds"      sender balance < amount (recorded under the key)
@@ -53,14 +61,16 @@
 -- @include check_session
 -- @include fingerprint
 -- @include idempotency
+-- @include request_outcome
 
 local from_id, to_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local session_flag, absolute_arg, idle_arg, to_name = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local token, outcome_ttl_arg = ARGV[10], ARGV[11]
 local resolved = to_id ~= ""
 local has_key = idem_key ~= ""
 local has_session = session_flag == "1"
--- The optional keys follow KEYS[3], each present only when its condition holds.
-local key_count = 3
+-- The optional keys follow KEYS[4], each present only when its condition holds.
+local key_count = 4
 local to_index, idem_index, session_index
 if resolved then
   key_count = key_count + 1
@@ -75,7 +85,7 @@ if has_session then
   session_index = key_count
 end
 
-if #ARGV ~= 9 or not valid_id(from_id) or (resolved and not valid_id(to_id))
+if #ARGV ~= 11 or not valid_id(from_id) or (resolved and not valid_id(to_id))
   or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or not valid_positive(ttl_arg, MAX_TTL_S)
@@ -83,11 +93,20 @@ if #ARGV ~= 9 or not valid_id(from_id) or (resolved and not valid_id(to_id))
   or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
   or #KEYS ~= key_count
   or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. from_id .. "}"
+  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
+  or KEYS[4] ~= "req:{" .. from_id .. "}:" .. token
   or (resolved and KEYS[to_index] ~= "user:{" .. to_id .. "}")
   or (has_key and (not valid_idempotency_key(idem_key)
                    or KEYS[idem_index] ~= "idem:{" .. from_id .. "}:" .. idem_key))
   or (has_session and not valid_session_key(KEYS[session_index])) then
   return {"invalid_argument", "", "", "0"}
+end
+
+-- A lookup of this request's lost reply came first: it answered "not applied", so nothing
+-- may be done now.
+local decided = recorded_request_outcome(KEYS[4])
+if decided then
+  return decided
 end
 
 local now = redis.call("TIME")
@@ -158,4 +177,6 @@ redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "transfer", "from", from_id, "to", to_id, "amount", amount_arg,
   "created_at_us", created_at_us, "from_balance", string.format("%d", new_from),
   "to_balance", string.format("%d", new_to), "idem_key", idem_key)
-return idempotency_remember(idem, {"ok", txn_id, created_at_us, "0"})
+local moved = {"ok", txn_id, created_at_us, "0"}
+record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
+return idempotency_remember(idem, moved)

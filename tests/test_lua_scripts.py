@@ -322,73 +322,128 @@ async def test_scripts_survive_script_flush(
     assert await balance(redis_client, 3) == 50
 
 
-DEPOSIT_KEYS = [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(1)]
+TOKEN = "t" * 22
+DEPOSIT_KEYS = [
+    keyspace.TXN_SEQ,
+    keyspace.TXN_STREAM,
+    keyspace.user(1),
+    keyspace.request_outcome(1, TOKEN),
+]
 TRANSFER_KEYS = [*DEPOSIT_KEYS, keyspace.user(2)]
 NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
+OUTCOME = [TOKEN, "60"]  # request token, outcome ttl_s
+# Well-formed calls; each case below breaks one thing in one of them.
+GOOD_CALLS = [
+    ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, *OUTCOME]),
+    ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
+    ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME]),
+]
+
+
+@pytest.mark.parametrize(("script", "keys", "args"), GOOD_CALLS)
+async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
+    redis_client: Redis,
+    money: MoneyScripts,
+    users: tuple[int, int],
+    script: str,
+    keys: list[str],
+    args: list[str],
+) -> None:
+    await money.deposit(1, 1_000)
+    reply = await redis_client.eval(load_script_source(script), len(keys), *keys, *args)
+    assert reply[0] in (b"ok", b"recipient_not_found")
 
 
 @pytest.mark.parametrize(
     ("script", "keys", "args"),
     [
-        ("deposit", DEPOSIT_KEYS, ["1", "0", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "1000000000001", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "-5", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "05", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "1.5", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "1e3", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["01", "5", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "0", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "0", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1000000000001", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "-5", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "05", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1.5", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1e3", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["01", "5", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "0", *NO_SESSION, *OUTCOME]),
         ("deposit", DEPOSIT_KEYS, ["1", "5", ""]),
-        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "2", "1", "1"]),
-        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "1", "1", "1"]),
-        ("deposit", [*DEPOSIT_KEYS, "wallet_session_x"], ["1", "5", "", "86400", "1", "0", "1"]),
-        ("deposit", [*DEPOSIT_KEYS, "wallet_session_x"], ["1", "5", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "2", "1", "1", *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "1", "1", "1", *OUTCOME]),
         (
-            "transfer",
-            [*TRANSFER_KEYS, "wallet_session_x"],
-            ["1", "2", "5", "", "86400", "1", "1", "0", ""],
+            "deposit",
+            [*DEPOSIT_KEYS, "wallet_session_x"],
+            ["1", "5", "", "86400", "1", "0", "1", *OUTCOME],
         ),
         (
             "deposit",
-            [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(2)],
-            ["1", "5", "", "86400", *NO_SESSION],
+            [*DEPOSIT_KEYS, "wallet_session_x"],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
+        ),
+        (
+            "transfer",
+            [*TRANSFER_KEYS, "wallet_session_x"],
+            ["1", "2", "5", "", "86400", "1", "1", "0", "", *OUTCOME],
+        ),
+        (
+            "deposit",
+            [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(2), DEPOSIT_KEYS[3]],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(2, "k")],
-            ["1", "5", "k", "86400", *NO_SESSION],
+            ["1", "5", "k", "86400", *NO_SESSION, *OUTCOME],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k" * 65)],
-            ["1", "5", "k" * 65, "86400", *NO_SESSION],
+            ["1", "5", "k" * 65, "86400", *NO_SESSION, *OUTCOME],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k\n")],
-            ["1", "5", "k\n", "86400", *NO_SESSION],
+            ["1", "5", "k\n", "86400", *NO_SESSION, *OUTCOME],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k")],
-            ["1", "5", "", "86400", *NO_SESSION],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
         ),
-        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION, ""]),
-        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400", *NO_SESSION, ""]),
+        # The request token: its shape, its key (the acting user's), the record's TTL.
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, "t" * 15, "60"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, "t:" * 11, "60"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, "u" * 22, "60"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, TOKEN, "0"]),
+        (
+            "deposit",
+            [*DEPOSIT_KEYS[:3], keyspace.request_outcome(2, TOKEN)],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
+        ),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "", TOKEN, "0"]),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION, "", *OUTCOME]),
+        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", ""]),
-        ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION]),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, ""]),
         (
             "transfer",
             [*TRANSFER_KEYS, keyspace.idempotency(2, "k")],
-            ["1", "2", "5", "k", "86400", *NO_SESSION, ""],
+            ["1", "2", "5", "k", "86400", *NO_SESSION, "", *OUTCOME],
         ),
         # A name that resolved to no one: no recipient key, and the name is required.
-        ("transfer", TRANSFER_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost"]),
-        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, ""]),
-        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "gh"]),
-        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "g:host"]),
-        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "gh\u00f6st"]),
-        ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "x" * 33]),
+        ("transfer", TRANSFER_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "gh", *OUTCOME]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "g:host", *OUTCOME]),
+        (
+            "transfer",
+            DEPOSIT_KEYS,
+            ["1", "", "5", "", "86400", *NO_SESSION, "gh\u00f6st", *OUTCOME],
+        ),
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["1", "2", "5", "", "86400", *NO_SESSION, "x" * 33, *OUTCOME],
+        ),
         ("register_user", [keyspace.user(2)], ["1"]),
         ("register_user", [keyspace.user(0)], ["0"]),
     ],
@@ -472,9 +527,8 @@ async def test_money_scripts_refuse_a_malformed_session_key(
     redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     keys = [*DEPOSIT_KEYS, "not_a_session"]
-    reply = await redis_client.eval(
-        load_script_source("deposit"), len(keys), *keys, "1", "5", "", "86400", "1", "60", "60"
-    )
+    args = ["1", "5", "", "86400", "1", "60", "60", *OUTCOME]
+    reply = await redis_client.eval(load_script_source("deposit"), len(keys), *keys, *args)
     assert reply[0] == b"invalid_argument"
 
 

@@ -25,3 +25,8 @@ end
 local function valid_username(s)
   return type(s) == "string" and #s >= 3 and #s <= 32 and string.match(s, "^[%w_%.%-]+$") ~= nil
 end
+
+-- A request token (service/redis/money.py): 16..64 of A-Z a-z 0-9 _ -.
+local function valid_request_token(s)
+  return type(s) == "string" and #s >= 16 and #s <= 64 and string.match(s, "^[%w_%-]+$") ~= nil
+end

@@ -90,7 +90,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[REDIS] = redis
     app[SESSIONS] = sessions
-    app[MONEY] = MoneyScripts(redis, settings.idempotency_ttl_s)
+    app[MONEY] = MoneyScripts(redis, settings)
     app[PASSWORDS] = Passwords(settings)
     app[THROTTLE] = LoginThrottle(redis, settings)
     app.cleanup_ctx.extend([_redis_ctx, _database_ctx, _startup_checks_ctx])

@@ -19,8 +19,6 @@ from service.outages import is_outage
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("wallet.http")
 
-# Retry-After on a 503 that only needs a moment (an outage, a busy server).
-RETRY_SHORTLY_S = 1
 # On every answer that an Idempotency-Key replayed (a 201 or a recorded refusal), as the
 # contract's Guarantees name it.
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -86,9 +84,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         if is_outage(exc):
             log.warning("backend unavailable on %s %s: %r", request.method, request.path, exc)
-            return error_response(
-                Refused(refusals.SERVICE_UNAVAILABLE, retry_after_s=RETRY_SHORTLY_S)
-            )
+            return error_response(Refused(refusals.SERVICE_UNAVAILABLE))
         # A bug: logged with its traceback, answered in the contract's shape without details.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(Refused(refusals.INTERNAL_ERROR))

@@ -49,8 +49,14 @@ def refusals_of(op: Operation) -> tuple[Refusal, ...]:
     return (*body, *session, *op.refusals, refusals.SERVICE_UNAVAILABLE)
 
 
-# Every money script may find Redis lost its data (`wallet rebuild`).
-_MONEY = (refusals.IDEMPOTENCY_KEY_REUSED, refusals.ACCOUNT_NOT_FOUND)
+# Every money script may find Redis lost its data (`wallet rebuild`); every money request
+# may lose its reply from Redis, and then its outcome may be unknown, or known not applied.
+_MONEY = (
+    refusals.IDEMPOTENCY_KEY_REUSED,
+    refusals.ACCOUNT_NOT_FOUND,
+    refusals.OUTCOME_UNKNOWN,
+    refusals.REQUEST_NOT_APPLIED,
+)
 _LISTING = (refusals.VALIDATION_ERROR, refusals.HISTORY_UNAVAILABLE)
 
 OPERATIONS = (

@@ -33,6 +33,7 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "restore_idempotency",
         "dead_letter",
         "refund_login_attempt",
+        "lookup_request",
     }
     # The same text, includes expanded, as the source tree gives (this process imports it).
     installed = json.loads(out)
