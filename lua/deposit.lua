@@ -5,7 +5,7 @@
 -- moves money is recorded under the request's token too, for a reply that gets lost
 -- (includes/request_outcome.lua).
 --
--- KEYS[1]  txn:seq                   string: last transaction id issued
+-- KEYS[1]  txn:seq                   string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream                stream: one entry per transaction
 -- KEYS[3]  user:{<user_id>}          hash: balance_kopecks
 -- KEYS[4]  req:{<user_id>}:<token>   hash: outcome txn_id created_at_us (request_outcome)
@@ -33,6 +33,7 @@
 --                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
 --   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
+--   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
 --   outcome "account_not_found"       no wallet for user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".

@@ -10,7 +10,7 @@
 -- the refusal is recorded under the key like any other, so a retry after someone has
 -- registered that name is answered with the refusal, not paid to them.
 --
--- KEYS[1]  txn:seq                      string: last transaction id issued
+-- KEYS[1]  txn:seq                      string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream                   stream: one entry per transaction
 -- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks (debited)
 -- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome)
@@ -51,6 +51,7 @@
 --   outcome "self_transfer"           from = to (not recorded: a validation error)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
 --   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
+--   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
 --   outcome "account_not_found"       no wallet for from_user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".

@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 
 from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
+from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.redis import keyspace
 from service.redis.money import Accepted, MoneyScripts, SessionCheck
 from service.redis.scripts import load_script_source
@@ -541,6 +542,21 @@ async def test_refund_login_attempt_never_creates_a_counter(redis_client: Redis)
     assert not await redis_client.exists("login-fail:addr:10.0.0.1")
     with pytest.raises(ResponseError, match="login-fail"):
         await redis_client.eval(script, 1, "user:{1}")
+
+
+async def test_a_counter_never_leaves_its_epoch(
+    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+) -> None:
+    """The next epoch's ids may be another counter's (one started after Redis was lost)."""
+    await money.deposit(1, 100)
+    await redis_client.set(keyspace.TXN_SEQ, TXN_IDS_PER_EPOCH - 2)
+    assert (await money.deposit(1, 5)).txn_id == TXN_IDS_PER_EPOCH - 1  # the epoch's last
+    before = await snapshot(redis_client)
+    with refusing(refusals.EPOCH_EXHAUSTED):
+        await money.deposit(1, 5, "k")
+    with refusing(refusals.EPOCH_EXHAUSTED):
+        await money.transfer(1, 2, 5, "k")
+    assert await snapshot(redis_client) == before
 
 
 async def test_no_money_moves_while_redis_has_not_been_rebuilt(

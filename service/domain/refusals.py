@@ -89,6 +89,14 @@ NOT_REBUILT = Refusal(
     "balances are being restored; try again later",
     lua_outcome="not_rebuilt",
 )
+# The id counter reached the end of its epoch (service/domain/limits.py): `wallet rebuild`
+# starts the next one.
+EPOCH_EXHAUSTED = Refusal(
+    "wallet_unavailable",
+    503,
+    "transaction ids are being renewed; try again later",
+    lua_outcome="epoch_exhausted",
+)
 
 # Capacity and outages.
 # Retry-After of a 503 that only needs a moment (an outage).
@@ -138,6 +146,7 @@ BY_LUA_OUTCOME: dict[str, Refusal] = {
         IDEMPOTENCY_KEY_REUSED,
         ACCOUNT_NOT_FOUND,
         NOT_REBUILT,
+        EPOCH_EXHAUSTED,
         SESSION_ENDED,
         REQUEST_NOT_APPLIED,
     )
