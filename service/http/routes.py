@@ -50,13 +50,9 @@ def refusals_of(op: Operation) -> tuple[Refusal, ...]:
 
 
 # Every money script may find Redis lost its data (`wallet rebuild`); every money request
-# may lose its reply from Redis, and then its outcome may be unknown, or known not applied.
-_MONEY = (
-    refusals.IDEMPOTENCY_KEY_REUSED,
-    refusals.ACCOUNT_NOT_FOUND,
-    refusals.OUTCOME_UNKNOWN,
-    refusals.REQUEST_NOT_APPLIED,
-)
+# may lose its reply from Redis, and then its outcome may be unknown (when it is known not
+# applied, it is a service_unavailable like any outage).
+_MONEY = (refusals.IDEMPOTENCY_KEY_REUSED, refusals.ACCOUNT_NOT_FOUND, refusals.OUTCOME_UNKNOWN)
 _LISTING = (refusals.VALIDATION_ERROR, refusals.HISTORY_UNAVAILABLE)
 
 OPERATIONS = (
