@@ -36,6 +36,6 @@ async def transfer(request: web.Request) -> web.Response:
 async def create() -> web.Application:
     settings = Settings(redis_url=os.environ["REDIS_URL"])
     app = web.Application()
-    app[MONEY] = MoneyScripts(connect_redis(settings), settings.idempotency_ttl_s)
+    app[MONEY] = MoneyScripts(connect_redis(settings), settings)
     app.router.add_post("/transfer", transfer)
     return app

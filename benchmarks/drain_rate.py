@@ -62,7 +62,7 @@ async def measure(admin_dsn: str, redis_url: str, transactions: int, batch_size:
             ]
             await connection.execute(insert(User), rows)
         await redis.set("txn:seq", 0)  # a fresh system, as `wallet serve` starts one
-        money = MoneyScripts(redis, 3600)
+        money = MoneyScripts(redis, settings)
         for user in range(1, USERS + 1):
             await money.register_user(user)
         await ensure_consumer_group(redis)

@@ -39,6 +39,7 @@ from persistence.models import LedgerTransaction, User
 from service.domain.transactions import Transaction
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
+from service.settings import Settings
 from tests.support.postgres_admin import postgres_admin
 from tests.support.redis_claim import claimed_redis_database
 
@@ -189,7 +190,7 @@ async def stream_memory(redis_url: str, entries: int, idem_share: float) -> None
     client = Redis(connection_pool=pool)
     try:
         await client.set(keyspace.TXN_SEQ, 0)  # a fresh system, as `wallet serve` starts one
-        money = MoneyScripts(client, 24 * 3600)
+        money = MoneyScripts(client, Settings())
         rng = random.Random(7)
         for user_id in range(1, USERS + 1):
             await money.register_user(user_id)

@@ -1,12 +1,15 @@
 -- deposit: credit amount_kopecks to a user's own balance, append the
 -- transaction to the stream and remember the outcome under an idempotency key,
 -- all in one atomic step. With a session to check, the caller's session is
--- verified in the same step, so an HTTP deposit costs one round trip.
+-- verified in the same step, so an HTTP deposit costs one round trip. A deposit that
+-- moves money is recorded under the request's token too, for a reply that gets lost
+-- (includes/request_outcome.lua).
 --
--- KEYS[1]  txn:seq                   string: last transaction id issued
+-- KEYS[1]  txn:seq                   string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream                stream: one entry per transaction
 -- KEYS[3]  user:{<user_id>}          hash: balance_kopecks
--- KEYS[4]  idem:{<user_id>}:<key>    present iff ARGV[3] is not ""; hash: fingerprint
+-- KEYS[4]  req:{<user_id>}:<token>   hash: outcome txn_id created_at_us (request_outcome)
+-- KEYS[5]  idem:{<user_id>}:<key>    present iff ARGV[3] is not ""; hash: fingerprint
 --                                    ("deposit:<amount>") outcome txn_id created_at_us
 -- KEYS[n]  wallet_session_<id>       the last key; present iff ARGV[5] is "1"
 -- ARGV[1]  user_id                   decimal, 1..15 digits, no leading zero
@@ -17,14 +20,20 @@
 --                                    "0": no session (a trusted internal caller)
 -- ARGV[6]  session absolute_s        decimal seconds, 1 .. 10^7: lifetime since login
 -- ARGV[7]  session idle_s            decimal seconds, 1 .. 10^7: the TTL it gets back
+-- ARGV[8]  request token             16..64 of A-Z a-z 0-9 _ -, new for every request
+-- ARGV[9]  outcome ttl_s             decimal seconds, 1 .. 10^7: how long the record under
+--                                    the token is kept
 --
 -- Returns  {outcome, txn_id, created_at_us, replayed}, all strings:
 --   outcome "ok"                      money moved (or replayed: replayed = "1")
+--   outcome "not_applied"             the token already has a record (a lookup found it
+--                                     missing): that record is answered, nothing is done
 --   outcome "balance_limit_exceeded"  balance would pass 10^15 (recorded under the key)
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
 --   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
+--   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
 --   outcome "account_not_found"       no wallet for user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".
@@ -35,15 +44,17 @@
 -- @include check_session
 -- @include fingerprint
 -- @include idempotency
+-- @include request_outcome
 
 local user_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local session_flag, absolute_arg, idle_arg = ARGV[5], ARGV[6], ARGV[7]
+local token, outcome_ttl_arg = ARGV[8], ARGV[9]
 local has_key = idem_key ~= ""
 local has_session = session_flag == "1"
-local idem_index = 4
-local session_index = has_key and 5 or 4
+local idem_index = 5
+local session_index = has_key and 6 or 5
 
-if #ARGV ~= 7 or not valid_id(user_id)
+if #ARGV ~= 9 or not valid_id(user_id)
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or not valid_positive(ttl_arg, MAX_TTL_S)
   or (session_flag ~= "1" and session_flag ~= "0")
@@ -51,10 +62,19 @@ if #ARGV ~= 7 or not valid_id(user_id)
   or #KEYS ~= session_index - 1 + (has_session and 1 or 0)
   or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream"
   or KEYS[3] ~= "user:{" .. user_id .. "}"
+  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
+  or KEYS[4] ~= "req:{" .. user_id .. "}:" .. token
   or (has_key and (not valid_idempotency_key(idem_key)
                    or KEYS[idem_index] ~= "idem:{" .. user_id .. "}:" .. idem_key))
   or (has_session and not valid_session_key(KEYS[session_index])) then
   return {"invalid_argument", "", "", "0"}
+end
+
+-- A lookup of this request's lost reply came first: it answered "not applied", so nothing
+-- may be done now.
+local decided = recorded_request_outcome(KEYS[4])
+if decided then
+  return decided
 end
 
 local now = redis.call("TIME")
@@ -68,7 +88,7 @@ end
 -- replayed are recorded as txn_id and created_at_us: the names restore_idempotency.lua
 -- writes and records already stored have.
 local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg,
-                                request_fingerprint("deposit", amount_arg),
+                                {request_fingerprint("deposit", amount_arg)},
                                 {"txn_id", "created_at_us"})
 local replay = idempotency_lookup(idem)
 if replay then
@@ -97,4 +117,6 @@ redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "deposit", "from", "", "to", user_id, "amount", amount_arg,
   "created_at_us", created_at_us, "from_balance", "", "to_balance",
   string.format("%d", new_balance), "idem_key", idem_key)
-return idempotency_remember(idem, {"ok", txn_id, created_at_us, "0"})
+local moved = {"ok", txn_id, created_at_us, "0"}
+record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
+return idempotency_remember(idem, moved)

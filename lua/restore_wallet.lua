@@ -1,16 +1,17 @@
 -- restore_wallet: put back one user's wallet with the balance the ledger gives
 -- (`wallet rebuild`, after Redis lost its data) and raise the transaction id
--- counter to at least the ledger's last id, in one atomic step. So a restored
--- wallet can never be used while txn:seq could still issue an id that the ledger
--- already holds (the writer's ON CONFLICT DO NOTHING would silently drop that
--- transaction), even if a rebuild stops half-way. The balance is overwritten;
--- txn:seq is never lowered.
+-- counter to at least the start of the epoch the rebuild took, in one atomic step. So
+-- a restored wallet can never be used while txn:seq could still issue an id that was
+-- issued before (one the ledger holds: the writer's ON CONFLICT DO NOTHING would
+-- silently drop that transaction; or one acknowledged and lost with Redis), even if a
+-- rebuild stops half-way. The balance is overwritten; txn:seq is never lowered.
 --
 -- KEYS[1]  txn:seq                   string: last transaction id issued
 -- KEYS[2]  user:{<user_id>}          hash: balance_kopecks
 -- ARGV[1]  user_id                   decimal, 1..15 digits, no leading zero
 -- ARGV[2]  balance_kopecks           decimal, 0 .. 10^15, no leading zero
--- ARGV[3]  last_txn_id               decimal, 0 or 1..15 digits: the largest id in the ledger
+-- ARGV[3]  epoch_start               decimal, 0 or 1..15 digits: the counter's new floor, the
+--                                    start of the epoch taken (above every id issued before)
 --
 -- Returns  {outcome, txn_seq}, both strings; txn_seq is txn:seq after the call:
 --   outcome "created"           the wallet did not exist
@@ -20,12 +21,12 @@
 
 -- @include validate
 
-local user_id, balance_arg, last_arg = ARGV[1], ARGV[2], ARGV[3]
+local user_id, balance_arg, floor_arg = ARGV[1], ARGV[2], ARGV[3]
 
 if #KEYS ~= 2 or #ARGV ~= 3 or not valid_id(user_id)
   or type(balance_arg) ~= "string" or #balance_arg > 16
   or not (balance_arg == "0" or string.match(balance_arg, "^[1-9]%d*$"))
-  or not (last_arg == "0" or valid_id(last_arg))
+  or not (floor_arg == "0" or valid_id(floor_arg))
   or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "user:{" .. user_id .. "}" then
   return {"invalid_argument", ""}
 end
@@ -39,9 +40,9 @@ if seq_str then
   seq = tonumber(seq_str)
   assert(seq ~= nil and seq >= 0, "invariant: txn:seq is not a number")
 end
-if tonumber(last_arg) > seq then
-  redis.call("SET", KEYS[1], last_arg)
-  seq_str = last_arg
+if tonumber(floor_arg) > seq then
+  redis.call("SET", KEYS[1], floor_arg)
+  seq_str = floor_arg
 elseif not seq_str then
   seq_str = "0"
 end

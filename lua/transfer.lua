@@ -1,17 +1,29 @@
 -- transfer: move amount_kopecks from one user's balance to another's, append
 -- the transaction to the stream and remember the outcome under the sender's
 -- idempotency key, all in one atomic step. With a session to check, the
--- sender's session is verified in the same step (one round trip per request).
+-- sender's session is verified in the same step (one round trip per request). A
+-- transfer that moves money is recorded under the request's token too, for a reply that
+-- gets lost (includes/request_outcome.lua).
 --
--- KEYS[1]  txn:seq                      string: last transaction id issued
+-- A transfer to a username whose name resolved to no user (in PostgreSQL, before the
+-- call) comes here too, with no to_user_id: it is refused as recipient_not_found and
+-- the refusal is recorded under the key like any other, so a retry after someone has
+-- registered that name is answered with the refusal, not paid to them.
+--
+-- KEYS[1]  txn:seq                      string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream                   stream: one entry per transaction
 -- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks (debited)
--- KEYS[4]  user:{<to_user_id>}          hash: balance_kopecks (credited)
--- KEYS[5]  idem:{<from_user_id>}:<key>  present iff ARGV[4] is not ""; hash: fingerprint
---                                       ("transfer:<to>:<amount>") outcome txn_id created_at_us
--- KEYS[n]  wallet_session_<id>          the last key; present iff ARGV[6] is "1"
+-- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome)
+-- The keys below are present only when their condition holds, in this order:
+-- KEYS[n]  user:{<to_user_id>}          iff ARGV[2] is not ""; hash: balance_kopecks (credited)
+-- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[4] is not ""; hash: fingerprint
+--                                       ("transfer:<to>:<amount>", or "transfer:@<name>:<amount>"
+--                                       when the name resolved to no one) outcome txn_id
+--                                       created_at_us
+-- KEYS[n]  wallet_session_<id>          iff ARGV[6] is "1"
 -- ARGV[1]  from_user_id                 decimal, 1..15 digits, no leading zero
--- ARGV[2]  to_user_id                   decimal, 1..15 digits, no leading zero
+-- ARGV[2]  to_user_id                   decimal, 1..15 digits, no leading zero; "" when the
+--                                       request named a username that resolved to no one
 -- ARGV[3]  amount_kopecks               decimal, 1 .. 10^12
 -- ARGV[4]  idempotency key              1..64 printable ASCII, or "" for none
 -- ARGV[5]  idempotency ttl_s            decimal seconds, 1 .. 10^7
@@ -19,10 +31,19 @@
 --                                       from_user_id; "0": no session (internal caller)
 -- ARGV[7]  session absolute_s           decimal seconds, 1 .. 10^7: lifetime since login
 -- ARGV[8]  session idle_s               decimal seconds, 1 .. 10^7: the TTL it gets back
+-- ARGV[9]  to_username                  the username the request named (3..32 of A-Z a-z
+--                                       0-9 _ . -), or "" when it named a user id; required
+--                                       when ARGV[2] is ""
+-- ARGV[10] request token                16..64 of A-Z a-z 0-9 _ -, new for every request
+-- ARGV[11] outcome ttl_s                decimal seconds, 1 .. 10^7: how long the record under
+--                                       the token is kept
 --
 -- Returns  {outcome, txn_id, created_at_us, replayed}, all strings:
 --   outcome "ok"                      money moved (or replayed: replayed = "1")
---   outcome "recipient_not_found"     no wallet for to_user_id (recorded under the key)
+--   outcome "not_applied"             the token already has a record (a lookup found it
+--                                     missing): that record is answered, nothing is done
+--   outcome "recipient_not_found"     no wallet for to_user_id (recorded under the key), or
+--                                     no user by the name: to_user_id is ""
 --   outcome "insufficient_funds"      sender balance < amount (recorded under the key)
 --   outcome "balance_limit_exceeded"  recipient would pass 10^15 (recorded under the key)
 --   outcome "unauthorized"            the session is gone, expired or another user's
@@ -30,6 +51,7 @@
 --   outcome "self_transfer"           from = to (not recorded: a validation error)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
 --   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
+--   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
 --   outcome "account_not_found"       no wallet for from_user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".
@@ -40,26 +62,52 @@
 -- @include check_session
 -- @include fingerprint
 -- @include idempotency
+-- @include request_outcome
 
 local from_id, to_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local session_flag, absolute_arg, idle_arg = ARGV[6], ARGV[7], ARGV[8]
+local session_flag, absolute_arg, idle_arg, to_name = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local token, outcome_ttl_arg = ARGV[10], ARGV[11]
+local resolved = to_id ~= ""
 local has_key = idem_key ~= ""
 local has_session = session_flag == "1"
-local idem_index = 5
-local session_index = has_key and 6 or 5
+-- The optional keys follow KEYS[4], each present only when its condition holds.
+local key_count = 4
+local to_index, idem_index, session_index
+if resolved then
+  key_count = key_count + 1
+  to_index = key_count
+end
+if has_key then
+  key_count = key_count + 1
+  idem_index = key_count
+end
+if has_session then
+  key_count = key_count + 1
+  session_index = key_count
+end
 
-if #ARGV ~= 8 or not valid_id(from_id) or not valid_id(to_id)
+if #ARGV ~= 11 or not valid_id(from_id) or (resolved and not valid_id(to_id))
+  or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or not valid_positive(ttl_arg, MAX_TTL_S)
   or (session_flag ~= "1" and session_flag ~= "0")
   or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
-  or #KEYS ~= session_index - 1 + (has_session and 1 or 0)
-  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream"
-  or KEYS[3] ~= "user:{" .. from_id .. "}" or KEYS[4] ~= "user:{" .. to_id .. "}"
+  or #KEYS ~= key_count
+  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. from_id .. "}"
+  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
+  or KEYS[4] ~= "req:{" .. from_id .. "}:" .. token
+  or (resolved and KEYS[to_index] ~= "user:{" .. to_id .. "}")
   or (has_key and (not valid_idempotency_key(idem_key)
                    or KEYS[idem_index] ~= "idem:{" .. from_id .. "}:" .. idem_key))
   or (has_session and not valid_session_key(KEYS[session_index])) then
   return {"invalid_argument", "", "", "0"}
+end
+
+-- A lookup of this request's lost reply came first: it answered "not applied", so nothing
+-- may be done now.
+local decided = recorded_request_outcome(KEYS[4])
+if decided then
+  return decided
 end
 
 local now = redis.call("TIME")
@@ -74,9 +122,18 @@ end
 
 -- A retry with the key gets the recorded reply back. Its fields between outcome and
 -- replayed are recorded as txn_id and created_at_us: the names restore_idempotency.lua
--- writes and records already stored have.
-local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg,
-                                request_fingerprint("transfer", to_id, amount_arg),
+-- writes and records already stored have. The body is compared after the name is
+-- resolved: by the id when it resolved, and by the name as a refusal recorded while it
+-- resolved to no one has it.
+local fingerprints = {}
+if resolved then
+  fingerprints[#fingerprints + 1] = request_fingerprint("transfer", to_id, amount_arg)
+end
+if to_name ~= "" then
+  fingerprints[#fingerprints + 1] =
+    request_fingerprint("transfer", "@" .. string.lower(to_name), amount_arg)
+end
+local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg, fingerprints,
                                 {"txn_id", "created_at_us"})
 local replay = idempotency_lookup(idem)
 if replay then
@@ -92,7 +149,11 @@ assert(from_balance ~= nil and from_balance >= 0 and from_balance <= MAX_BALANCE
   "invariant: stored balance out of range for user " .. from_id)
 local amount = tonumber(amount_arg)
 
-local to_str = redis.call("HGET", KEYS[4], "balance_kopecks")
+-- No recipient: the name resolved to no one, or the id has no wallet.
+local to_str = false
+if resolved then
+  to_str = redis.call("HGET", KEYS[to_index], "balance_kopecks")
+end
 if not to_str then
   return idempotency_remember(idem, {"recipient_not_found", "", "", "0"})
 end
@@ -110,11 +171,13 @@ end
 -- Every check has passed: from here on the script only writes. Integers are
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
 local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_arg)
-local new_to = redis.call("HINCRBY", KEYS[4], "balance_kopecks", amount_arg)
+local new_to = redis.call("HINCRBY", KEYS[to_index], "balance_kopecks", amount_arg)
 local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
 local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
 redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "transfer", "from", from_id, "to", to_id, "amount", amount_arg,
   "created_at_us", created_at_us, "from_balance", string.format("%d", new_from),
   "to_balance", string.format("%d", new_to), "idem_key", idem_key)
-return idempotency_remember(idem, {"ok", txn_id, created_at_us, "0"})
+local moved = {"ok", txn_id, created_at_us, "0"}
+record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
+return idempotency_remember(idem, moved)

@@ -9,6 +9,8 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
+    SmallInteger,
     String,
     func,
     text,
@@ -16,6 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
+from service.domain.limits import MAX_TXN_ID_EPOCH
 
 
 class Base(DeclarativeBase):
@@ -96,5 +99,22 @@ class LedgerTransaction(Base):
             "created_at",
             postgresql_where=text("idempotency_key IS NOT NULL"),
             sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+
+class TxnIdEpoch(Base):
+    """One row: the next epoch of transaction ids to hand out (service/domain/limits.py).
+    Taking one commits before its ids are used, so an epoch is never handed out twice."""
+
+    __tablename__ = "txn_id_epoch"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    next_epoch: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint("id = 1", name="txn_id_epoch_one_row"),
+        CheckConstraint(
+            f"next_epoch BETWEEN 0 AND {MAX_TXN_ID_EPOCH + 1}", name="txn_id_epoch_range"
         ),
     )

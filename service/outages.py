@@ -1,22 +1,25 @@
 """What the world did to us, as opposed to a bug: a backend that cannot be reached.
 
-Only these are retried (the writer) or answered 503 (the API). Anything else is a
-programming error: the API answers 500 and logs it, the writer crashes so that it is
-seen and fixed rather than retried for ever.
+``is_outage`` is the one classification: only these are retried (the writer) or answered
+503 (the API and its start-up checks). Anything else is a programming error: the API
+answers 500 and logs it, the writer crashes so that it is seen and fixed rather than
+retried for ever.
 """
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-# SQLSTATE classes of a server that went away or is starting, stopping or overloaded:
-# 08 connection exception, 53 insufficient resources, 57 operator intervention (admin
-# shutdown, cannot connect now), 58 system error.
-_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
+# SQLSTATE classes of a server that went away, is starting, stopping or overloaded, or
+# will not take our connection: 08 connection exception, 28 invalid authorization (a
+# wrong password), 3D invalid catalog name (no such database), 53 insufficient
+# resources, 57 operator intervention (admin shutdown, cannot connect now), 58 system
+# error. /readyz reports each of them as the database being unavailable; so does the API.
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "53", "57", "58"})
 
 # Redis's ConnectionError covers BusyLoadingError (a restarted Redis reading its AOF);
 # OSError covers refused connections and TimeoutError.
-OUTAGE_ERRORS = (
+_OUTAGE_ERRORS = (
     RedisConnectionError,
     RedisTimeoutError,
     OperationalError,
@@ -24,10 +27,20 @@ OUTAGE_ERRORS = (
     OSError,
 )
 
+# uvloop's transports raise RuntimeError("unable to perform operation on
+# <TCPTransport closed=True ...>; the handler is closed") where asyncio's raise an
+# OSError: a write to a connection the server closed (a Redis killed while a connection
+# to it opens). The message is uvloop's own (uvloop/handles/handle.pyx).
+_UVLOOP_CLOSED_PREFIX = "unable to perform operation on <"
+_UVLOOP_CLOSED_SUFFIX = "; the handler is closed"
+
 
 def is_outage(error: BaseException) -> bool:
-    if isinstance(error, OUTAGE_ERRORS):
+    if isinstance(error, _OUTAGE_ERRORS):
         return True
+    if isinstance(error, RuntimeError):
+        message = str(error)
+        return message.startswith(_UVLOOP_CLOSED_PREFIX) and message.endswith(_UVLOOP_CLOSED_SUFFIX)
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
             return True

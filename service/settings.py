@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import Field, IPvAnyNetwork, field_validator
+from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "WALLET_"
@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     allow_evicting_redis: bool = False
     redis_max_connections: int = Field(default=64, ge=1, le=10_000)
     redis_pool_wait_timeout_ms: int = Field(default=5_000, ge=1, le=60_000)
-    # A Redis that does not answer within this is an outage (503); a money request's
-    # outcome is then unknown and the client retries with its Idempotency-Key.
+    # A Redis that does not answer within this is an outage. Commands are never retried: a
+    # money request whose reply did not come asks Redis what became of it instead.
     redis_socket_timeout_ms: int = Field(default=5_000, ge=100, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
     # Transfers answered 404 recipient_not_found per user, per fixed window; past it the
@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = Field(
         default=(), max_length=1_000
     )
+
+    # A money request whose reply is lost after it was sent (a timeout, a dropped
+    # connection) may have been applied: its handler asks Redis what became of it, for at
+    # most this long, before it answers 503 outcome_unknown.
+    request_outcome_wait_ms: int = Field(default=10_000, ge=100, le=120_000)
+    # How long Redis keeps the outcome of a money request that moved money, under the
+    # request's token, for that question (memory: about 200 bytes per transaction of the
+    # last request_outcome_ttl_s seconds). Longer than the wait and the socket timeout
+    # together: see _outcome_outlives_the_wait.
+    request_outcome_ttl_s: int = Field(default=60, ge=10, le=3_600)
 
     # Sessions: the cookie holds only a random id; the data lives in Redis.
     cookie_secure: bool = False
@@ -130,6 +140,19 @@ class Settings(BaseSettings):
         """(host, port) of WALLET_METRICS_LISTEN; an IPv6 host may be given in brackets."""
         host, _, port = self.metrics_listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    @model_validator(mode="after")
+    def _outcome_outlives_the_wait(self) -> "Settings":
+        """A request's outcome is asked for at most socket timeout + wait after the request
+        was sent, so it must be kept at least that long after the script ran."""
+        longest_ask_ms = self.redis_socket_timeout_ms + self.request_outcome_wait_ms
+        if self.request_outcome_ttl_s * 1000 <= longest_ask_ms:
+            raise ValueError(
+                f"WALLET_REQUEST_OUTCOME_TTL_S ({self.request_outcome_ttl_s} s) must be longer"
+                " than WALLET_REDIS_SOCKET_TIMEOUT_MS + WALLET_REQUEST_OUTCOME_WAIT_MS"
+                f" ({longest_ask_ms} ms)"
+            )
+        return self
 
 
 def env_name(field: str) -> str:

@@ -164,4 +164,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def money(redis_client: Redis, settings: Settings) -> MoneyScripts:
-    return MoneyScripts(redis_client, settings.idempotency_ttl_s)
+    return MoneyScripts(redis_client, settings)

@@ -5,9 +5,12 @@ import re
 from typing import Any
 
 import pytest
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from service.http.app import create_app
 from service.redis.money import MoneyScripts
+from service.settings import Settings
 from tests.support.helpers import snapshot, snapshot_of_data
 from tests.support.http_helpers import Client, new_user
 
@@ -213,6 +216,58 @@ async def test_idempotent_transfer_replays_refusals_and_resolves_usernames(clien
     assert await bob.balance(client) == 100
 
 
+async def test_a_name_registered_later_never_turns_a_replay_into_a_payment(
+    client: Client, redis_client: Redis
+) -> None:
+    alice = await new_user(client, "alice", deposit_kopecks=1_000)
+    key = {"Idempotency-Key": "K"}
+    body = {"to_username": "ghost", "amount": 100}
+    first = await alice.post(client, "/api/balance/transfer/", body, **key)
+    assert (first[0], error_of(first[1])) == (404, ("recipient_not_found", None))
+
+    ghost = await new_user(client, "Ghost")
+    stream_before = await redis_client.xlen("txn:stream")
+    response = await client.post(
+        "/api/balance/transfer/", json=body, cookies=alice.cookies, headers=key
+    )
+    assert (response.status, await response.json()) == first
+    assert response.headers["Idempotent-Replayed"] == "true"
+    spelled = {"to_username": "GHOST", "amount": 100}  # names are one regardless of case
+    assert await alice.post(client, "/api/balance/transfer/", spelled, **key) == first
+    # The first request resolved to no one: naming ghost's id is another request.
+    by_id = {"to_user_id": ghost.id, "amount": 100}
+    status, refused = await alice.post(client, "/api/balance/transfer/", by_id, **key)
+    assert (status, error_of(refused)) == (422, ("idempotency_key_reused", None))
+    assert await redis_client.xlen("txn:stream") == stream_before
+    assert (await alice.balance(client), await ghost.balance(client)) == (1_000, 0)
+    # A new key pays the name as it now is.
+    status, paid = await alice.post(
+        client, "/api/balance/transfer/", body, **{"Idempotency-Key": "K2"}
+    )
+    assert (status, paid["to_user_id"]) == (201, ghost.id)
+
+
+async def test_a_replayed_answer_says_so_in_a_header(client: Client) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+
+    async def post(path: str, body: dict[str, Any], key: str) -> tuple[int, str | None]:
+        response = await client.post(
+            path, json=body, cookies=alice.cookies, headers={"Idempotency-Key": key}
+        )
+        return response.status, response.headers.get("Idempotent-Replayed")
+
+    transfer = {"to_user_id": bob.id, "amount": 100}
+    # A recorded refusal, then a 201: the first answers are not replays, the repeats are.
+    assert await post("/api/balance/transfer/", transfer, "t") == (409, None)
+    assert await post("/api/balance/transfer/", transfer, "t") == (409, "true")
+    assert await post("/api/balance/deposit/", {"amount": 500}, "d") == (201, None)
+    assert await post("/api/balance/deposit/", {"amount": 500}, "d") == (201, "true")
+    # Another request under a used key is refused, not replayed.
+    assert await post("/api/balance/deposit/", {"amount": 501}, "d") == (422, None)
+    assert await post("/api/balance/deposit/", {"amount": 1}, "fresh") == (201, None)
+
+
 @pytest.mark.parametrize("key", ["", "x" * 65, "naïve", "tab\there"])
 async def test_malformed_idempotency_keys_are_refused(client: Client, key: str) -> None:
     alice = await new_user(client, "alice")
@@ -344,8 +399,14 @@ async def test_an_unreachable_backend_is_503_and_a_bug_stays_500(
     from redis.exceptions import ResponseError
 
     alice = await new_user(client, "alice")
+    closed_transport = RuntimeError(
+        "unable to perform operation on <TCPTransport closed=True reading=False 0x7f3a>;"
+        " the handler is closed"
+    )
     for failure, status, code in [
         (RedisConnectionError("Connection refused"), 503, "service_unavailable"),
+        # uvloop's word for a connection Redis closed while it opened: an outage too.
+        (closed_transport, 503, "service_unavailable"),
         (ResponseError("invariant: stored balance out of range"), 500, "internal_error"),
     ]:
 
@@ -358,3 +419,23 @@ async def test_an_unreachable_backend_is_503_and_a_bug_stays_500(
         )
         assert response.status == status
         assert (await response.json())["error"]["code"] == code
+        assert ("Retry-After" in response.headers) == (status == 503)
+
+
+async def test_a_database_that_does_not_exist_is_503_as_readyz_says(
+    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis
+) -> None:
+    server = app_settings.database_url.rsplit("/", 1)[0]
+    settings = app_settings.model_copy(update={"database_url": f"{server}/no_such_database"})
+    missing = await aiohttp_client(create_app(settings))
+    ready = await missing.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["database"].startswith("unavailable")
+    for path, body in [
+        ("/api/sign-up/", {"username": "alice", "password": "correct horse battery"}),
+        ("/api/login/", {"username": "alice", "password": "correct horse battery"}),
+    ]:
+        response = await missing.post(path, json=body)
+        assert response.status == 503, await response.text()
+        assert (await response.json())["error"]["code"] == "service_unavailable"
+        assert response.headers["Retry-After"] == "1"

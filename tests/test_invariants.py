@@ -370,12 +370,13 @@ class Runner:
         return expected
 
     def _replay_or_reuse(
-        self, user_id: int, key: str | None, fingerprint: tuple[Any, ...]
+        self, user_id: int, key: str | None, *fingerprints: tuple[Any, ...]
     ) -> Expected | None:
+        """A request matches the record of its key in any of its forms (``fingerprints``)."""
         if key is None or (user_id, key) not in self.model.idempotency:
             return None
         first_fingerprint, status, body = self.model.idempotency[(user_id, key)]
-        if first_fingerprint != fingerprint:
+        if first_fingerprint not in fingerprints:
             return Expected(422, "idempotency_key_reused")
         code = body["error"]["code"] if status >= 400 else None
         return Expected(status, code, body=body, replay=True)
@@ -465,8 +466,10 @@ class Runner:
             self._accept(body, account.id, recipient.id or GHOST_ID, amount)
         if recorded:
             assert account.id is not None
-            to_id = recipient.id or GHOST_ID
-            self._record(account.id, key, ("transfer", to_id, amount), status, body)
+            by_id, by_name_fingerprint = self._transfer_fingerprints(recipient, amount)
+            unresolved = by_name and recipient.id is None
+            fingerprint = by_name_fingerprint if unresolved else by_id
+            self._record(account.id, key, fingerprint, status, body)
             if status >= 400 and key is not None:
                 expected.records = keyspace.idempotency(account.id, key)
         return expected
@@ -482,12 +485,19 @@ class Runner:
         if not valid_amount(amount):
             return Expected(422, "validation_error", "amount"), False
         assert account.id is not None
+        by_id, by_name_fingerprint = self._transfer_fingerprints(recipient, amount)
         if by_name and recipient.id is None:
-            return Expected(404, "recipient_not_found"), False  # resolved before the script
+            # Resolved to no one: refused and recorded under the name, so that a retry after
+            # the name is registered is refused again, not paid.
+            known = self._replay_or_reuse(account.id, key, by_name_fingerprint)
+            if known is not None:
+                return known, False
+            return Expected(404, "recipient_not_found"), True
         to_id = recipient.id or GHOST_ID
         if to_id == account.id:
             return Expected(422, "self_transfer"), False
-        known = self._replay_or_reuse(account.id, key, ("transfer", to_id, amount))
+        fingerprints = (by_id, by_name_fingerprint) if by_name else (by_id,)
+        known = self._replay_or_reuse(account.id, key, *fingerprints)
         if known is not None:
             return known, False
         if recipient.id is None:
@@ -497,6 +507,15 @@ class Runner:
         if self.model.balances[to_id] + amount > MAX_BALANCE_KOPECKS:
             return Expected(422, "balance_limit_exceeded"), True
         return Expected(201), True
+
+    @staticmethod
+    def _transfer_fingerprints(
+        recipient: Account, amount: Any
+    ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """A transfer's body as it is compared: by the id the recipient resolves to, and by
+        the name, as a refusal recorded while the name resolved to no one has it."""
+        by_id = ("transfer", recipient.id or GHOST_ID, amount)
+        return by_id, ("transfer", "@" + recipient.name.lower(), amount)
 
     async def run_writer(self) -> Expected:
         await persist(self.redis, self.engine)
@@ -697,7 +716,9 @@ EVERY_PATH: list[Operation] = [
     Transfer(0, 1, True, "upper", 700, "k1"),  # the same request once "BOB" is resolved: replay
     Transfer(0, 3, False, "as given", 5, "k2"),  # no such id: 404, recorded
     Retry(0),  # the 404 again, replayed
+    Transfer(1, 3, True, "lower", 6, "k2"),  # no such name: 404, recorded under the name
     SignUp(3, "upper"),  # "DEE"
+    Retry(0),  # "dee" is someone now, but the key replays the 404: nobody is paid
     Transfer(0, 3, False, "as given", 5, "k2"),  # now another recipient id: key reused
     Transfer(1, 0, False, "as given", 10**12, "k1"),  # 409, recorded (Bob's k1 is his own)
     Deposit(1, 10**12, None),

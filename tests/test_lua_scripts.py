@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 
 from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
+from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.redis import keyspace
 from service.redis.money import Accepted, MoneyScripts, SessionCheck
 from service.redis.scripts import LuaScript, load_script_source
@@ -222,6 +223,41 @@ async def test_refused_operation_is_replayed_as_refused(
     assert await balance(redis_client, 3) == 0
 
 
+async def test_a_name_that_resolved_to_no_one_is_refused_and_replayed_as_refused(
+    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+) -> None:
+    await money.deposit(1, 1_000)
+    before = await snapshot(redis_client)
+    with refusing(refusals.RECIPIENT_NOT_FOUND) as unkeyed:
+        await money.transfer(1, None, 100, to_username="Ghost")
+    assert not unkeyed.value.replayed
+    assert await snapshot(redis_client) == before  # without a key nothing is written
+    with refusing(refusals.RECIPIENT_NOT_FOUND) as first:
+        await money.transfer(1, None, 100, "k", to_username="Ghost")
+    assert not first.value.replayed
+    record = await redis_client.hget(keyspace.idempotency(1, "k"), "fingerprint")
+    assert record == b"transfer:@ghost:100"
+
+    # Someone registers the name; the same request now resolves to them: still refused.
+    await money.register_user(3)
+    with refusing(refusals.RECIPIENT_NOT_FOUND) as replay:
+        await money.transfer(1, 3, 100, "k", to_username="GHOST")
+    assert replay.value.replayed
+    # By the id alone, or for another amount, it is another request.
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
+        await money.transfer(1, 3, 100, "k")
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
+        await money.transfer(1, 3, 101, "k", to_username="ghost")
+    assert (await balance(redis_client, 1), await balance(redis_client, 3)) == (1_000, 0)
+
+    # A request by name that resolved is recorded by the id: a retry by the id replays it.
+    paid = await money.transfer(1, 3, 100, "k2", to_username="ghost")
+    assert await money.transfer(1, 3, 100, "k2") == Accepted(
+        paid.txn_id, paid.created_at_us, replayed=True
+    )
+    assert await balance(redis_client, 3) == 100
+
+
 async def test_idempotency_records_keep_their_stored_form(
     money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
 ) -> None:
@@ -287,64 +323,127 @@ async def test_scripts_survive_script_flush(
     assert await balance(redis_client, 3) == 50
 
 
-DEPOSIT_KEYS = [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(1)]
+TOKEN = "t" * 22
+DEPOSIT_KEYS = [
+    keyspace.TXN_SEQ,
+    keyspace.TXN_STREAM,
+    keyspace.user(1),
+    keyspace.request_outcome(1, TOKEN),
+]
 TRANSFER_KEYS = [*DEPOSIT_KEYS, keyspace.user(2)]
 NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
+OUTCOME = [TOKEN, "60"]  # request token, outcome ttl_s
+# Well-formed calls; each case below breaks one thing in one of them.
+GOOD_CALLS = [
+    ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, *OUTCOME]),
+    ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
+    ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME]),
+]
+
+
+@pytest.mark.parametrize(("script", "keys", "args"), GOOD_CALLS)
+async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
+    redis_client: Redis,
+    money: MoneyScripts,
+    users: tuple[int, int],
+    script: str,
+    keys: list[str],
+    args: list[str],
+) -> None:
+    await money.deposit(1, 1_000)
+    reply = await redis_client.eval(load_script_source(script), len(keys), *keys, *args)
+    assert reply[0] in (b"ok", b"recipient_not_found")
 
 
 @pytest.mark.parametrize(
     ("script", "keys", "args"),
     [
-        ("deposit", DEPOSIT_KEYS, ["1", "0", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "1000000000001", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "-5", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "05", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "1.5", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "1e3", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["01", "5", "", "86400", *NO_SESSION]),
-        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "0", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "0", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1000000000001", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "-5", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "05", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1.5", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "1e3", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["01", "5", "", "86400", *NO_SESSION, *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "0", *NO_SESSION, *OUTCOME]),
         ("deposit", DEPOSIT_KEYS, ["1", "5", ""]),
-        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "2", "1", "1"]),
-        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "1", "1", "1"]),
-        ("deposit", [*DEPOSIT_KEYS, "wallet_session_x"], ["1", "5", "", "86400", "1", "0", "1"]),
-        ("deposit", [*DEPOSIT_KEYS, "wallet_session_x"], ["1", "5", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "2", "1", "1", *OUTCOME]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "1", "1", "1", *OUTCOME]),
         (
-            "transfer",
-            [*TRANSFER_KEYS, "wallet_session_x"],
-            ["1", "2", "5", "", "86400", "1", "1", "0"],
+            "deposit",
+            [*DEPOSIT_KEYS, "wallet_session_x"],
+            ["1", "5", "", "86400", "1", "0", "1", *OUTCOME],
         ),
         (
             "deposit",
-            [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(2)],
-            ["1", "5", "", "86400", *NO_SESSION],
+            [*DEPOSIT_KEYS, "wallet_session_x"],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
+        ),
+        (
+            "transfer",
+            [*TRANSFER_KEYS, "wallet_session_x"],
+            ["1", "2", "5", "", "86400", "1", "1", "0", "", *OUTCOME],
+        ),
+        (
+            "deposit",
+            [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(2), DEPOSIT_KEYS[3]],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(2, "k")],
-            ["1", "5", "k", "86400", *NO_SESSION],
+            ["1", "5", "k", "86400", *NO_SESSION, *OUTCOME],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k" * 65)],
-            ["1", "5", "k" * 65, "86400", *NO_SESSION],
+            ["1", "5", "k" * 65, "86400", *NO_SESSION, *OUTCOME],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k\n")],
-            ["1", "5", "k\n", "86400", *NO_SESSION],
+            ["1", "5", "k\n", "86400", *NO_SESSION, *OUTCOME],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k")],
-            ["1", "5", "", "86400", *NO_SESSION],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
         ),
-        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION]),
-        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400", *NO_SESSION]),
+        # The request token: its shape, its key (the acting user's), the record's TTL.
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, "t" * 15, "60"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, "t:" * 11, "60"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, "u" * 22, "60"]),
+        ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, TOKEN, "0"]),
+        (
+            "deposit",
+            [*DEPOSIT_KEYS[:3], keyspace.request_outcome(2, TOKEN)],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
+        ),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "", TOKEN, "0"]),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION, "", *OUTCOME]),
+        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", ""]),
+        ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, ""]),
         (
             "transfer",
             [*TRANSFER_KEYS, keyspace.idempotency(2, "k")],
-            ["1", "2", "5", "k", "86400", *NO_SESSION],
+            ["1", "2", "5", "k", "86400", *NO_SESSION, "", *OUTCOME],
+        ),
+        # A name that resolved to no one: no recipient key, and the name is required.
+        ("transfer", TRANSFER_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "gh", *OUTCOME]),
+        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "g:host", *OUTCOME]),
+        (
+            "transfer",
+            DEPOSIT_KEYS,
+            ["1", "", "5", "", "86400", *NO_SESSION, "gh\u00f6st", *OUTCOME],
+        ),
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["1", "2", "5", "", "86400", *NO_SESSION, "x" * 33, *OUTCOME],
         ),
         ("register_user", [keyspace.user(2)], ["1"]),
         ("register_user", [keyspace.user(0)], ["0"]),
@@ -429,9 +528,8 @@ async def test_money_scripts_refuse_a_malformed_session_key(
     redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     keys = [*DEPOSIT_KEYS, "not_a_session"]
-    reply = await redis_client.eval(
-        load_script_source("deposit"), len(keys), *keys, "1", "5", "", "86400", "1", "60", "60"
-    )
+    args = ["1", "5", "", "86400", "1", "60", "60", *OUTCOME]
+    reply = await redis_client.eval(load_script_source("deposit"), len(keys), *keys, *args)
     assert reply[0] == b"invalid_argument"
 
 
@@ -498,6 +596,21 @@ async def test_login_scripts_refuse_keys_of_another_username_or_address(
     with pytest.raises(ResponseError, match="one username and address"):
         await redis_client.eval(source, 1, "user:{1}", *args)
     assert await redis_client.keys("throttle:*") == []
+
+
+async def test_a_counter_never_leaves_its_epoch(
+    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+) -> None:
+    """The next epoch's ids may be another counter's (one started after Redis was lost)."""
+    await money.deposit(1, 100)
+    await redis_client.set(keyspace.TXN_SEQ, TXN_IDS_PER_EPOCH - 2)
+    assert (await money.deposit(1, 5)).txn_id == TXN_IDS_PER_EPOCH - 1  # the epoch's last
+    before = await snapshot(redis_client)
+    with refusing(refusals.EPOCH_EXHAUSTED):
+        await money.deposit(1, 5, "k")
+    with refusing(refusals.EPOCH_EXHAUSTED):
+        await money.transfer(1, 2, 5, "k")
+    assert await snapshot(redis_client) == before
 
 
 async def test_no_money_moves_while_redis_has_not_been_rebuilt(

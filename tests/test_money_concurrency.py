@@ -20,7 +20,7 @@ OPERATIONS = 600
 async def test_concurrent_operations_conserve_money(redis_url: str, redis_client: Redis) -> None:
     settings = Settings(redis_url=redis_url, redis_max_connections=8)
     clients = [connect_redis(settings) for _ in range(CONNECTIONS)]
-    scripts = [MoneyScripts(client, idempotency_ttl_s=3600) for client in clients]
+    scripts = [MoneyScripts(client, settings) for client in clients]
     for user_id in USERS:
         await scripts[0].register_user(user_id)
     rng = random.Random(20261126)

@@ -6,11 +6,12 @@ from typing import cast
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import LedgerTransaction
 from service.domain import refusals
+from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.ledger import rebuild as rebuild_module
 from service.ledger import reconcile as reconcile_module
 from service.ledger.rebuild import (
@@ -96,6 +97,29 @@ async def test_rebuild_restores_what_redis_lost(
     assert await persist(redis_client, db_engine) == 1
     assert await ledger_last_id(db_engine) == fresh.txn_id
     assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
+
+
+async def test_ids_acknowledged_but_lost_with_redis_are_never_issued_again(
+    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+) -> None:
+    """Transactions acknowledged just before Redis is lost, not yet in the ledger, are lost
+    with it; their ids, which clients hold in 201s, must never name another transaction."""
+    acknowledged = [await money.deposit(1, 11), await money.transfer(2, 3, 22)]
+    await lose_redis(redis_client)
+    await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    fresh = [await money.deposit(4, 1), await money.transfer(4, 5, 1)]
+    assert min(f.txn_id for f in fresh) > max(a.txn_id for a in acknowledged)
+
+
+async def test_the_new_epoch_is_above_the_ledgers_ids_even_if_none_was_recorded(
+    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+) -> None:
+    """Ids an older version issued (all in epoch 0) were never recorded as an epoch."""
+    async with db_engine.begin() as connection:
+        await connection.execute(text("UPDATE txn_id_epoch SET next_epoch = 0"))
+    await lose_redis(redis_client)
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    assert (report.txn_id_epoch, report.txn_seq) == (1, TXN_IDS_PER_EPOCH)
 
 
 async def test_retries_with_recent_keys_replay_instead_of_moving_money(
@@ -195,15 +219,23 @@ async def test_rebuild_refuses_while_the_stream_holds_unpersisted_entries(
     assert await balance(redis_client, 5) == history[5] + 1
 
 
-async def test_rebuild_over_a_live_redis_corrects_balances_and_never_lowers_the_counter(
+async def test_rebuild_over_a_live_redis_corrects_balances_and_starts_a_new_epoch(
     redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
+    """A Redis that came back with older data (an AOF cut short) may hold a counter below
+    ids it issued: the rebuild moves it to a new epoch all the same."""
     await redis_client.hincrby(keyspace.user(3), "balance_kopecks", 5)
     await redis_client.set(keyspace.TXN_SEQ, 1_000)
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
-    assert (report.wallets_created, report.wallets_updated, report.txn_seq) == (0, 1, 1_000)
+    assert (report.wallets_created, report.wallets_updated) == (0, 1)
+    # fresh_database handed epoch 0 out to the counter the tests start with.
+    assert (report.txn_id_epoch, report.txn_seq) == (1, TXN_IDS_PER_EPOCH)
+    assert "from epoch 1" in format_report(report)
     assert await balances(redis_client) == history
-    assert (await money.deposit(1, 1)).txn_id == 1_001
+    assert (await money.deposit(1, 1)).txn_id == TXN_IDS_PER_EPOCH + 1
+    # Each rebuild takes an epoch of its own.
+    await persist(redis_client, db_engine)
+    assert (await rebuild(redis_client, db_engine, TTL_S)).txn_seq == 2 * TXN_IDS_PER_EPOCH
 
 
 async def test_rebuild_with_an_empty_ledger(redis_client: Redis, db_engine: AsyncEngine) -> None:
@@ -288,17 +320,21 @@ async def test_restore_idempotency_outcomes(redis_client: Redis) -> None:
 async def test_the_counter_is_started_only_for_an_empty_ledger(
     redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
+    # Nothing in the ledger: the counter starts at a new epoch (ids may have been issued,
+    # and lost, before any reached the ledger).
     await redis_client.delete(keyspace.TXN_SEQ)
     assert await ensure_transaction_counter(redis_client, db_engine)
-    assert await redis_client.get(keyspace.TXN_SEQ) == b"0"
+    assert await redis_client.get(keyspace.TXN_SEQ) == str(TXN_IDS_PER_EPOCH).encode()
+    assert await ensure_transaction_counter(redis_client, db_engine)  # in place: unchanged
+    assert await redis_client.get(keyspace.TXN_SEQ) == str(TXN_IDS_PER_EPOCH).encode()
     await add_users(db_engine, money, USERS)
     await money.deposit(USERS[0], 100)
     await persist(redis_client, db_engine)
-    await redis_client.delete(keyspace.TXN_SEQ)  # Redis lost, the ledger has transaction 1
+    await redis_client.delete(keyspace.TXN_SEQ)  # Redis lost, the ledger has a transaction
     assert not await ensure_transaction_counter(redis_client, db_engine)
     assert not await redis_client.exists(keyspace.TXN_SEQ)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert await redis_client.get(keyspace.TXN_SEQ) == b"1"
+    assert await redis_client.get(keyspace.TXN_SEQ) == str(2 * TXN_IDS_PER_EPOCH).encode()
 
 
 async def test_rebuild_of_an_empty_ledger_starts_the_counter(
@@ -306,4 +342,4 @@ async def test_rebuild_of_an_empty_ledger_starts_the_counter(
 ) -> None:
     await lose_redis(redis_client)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert await redis_client.get(keyspace.TXN_SEQ) == b"0"
+    assert await redis_client.get(keyspace.TXN_SEQ) == str(TXN_IDS_PER_EPOCH).encode()

@@ -7,7 +7,9 @@
 -- before a change (kept for the idempotency TTL, and put back from the ledger by
 -- `wallet rebuild`) would otherwise no longer match its own retry, which would then be
 -- refused as idempotency_key_reused. Today they are "deposit:<amount_kopecks>" and
--- "transfer:<to_user_id>:<amount_kopecks>", as the scripts built them inline before.
+-- "transfer:<to_user_id>:<amount_kopecks>", as the scripts built them inline before, and
+-- "transfer:@<username in lower case>:<amount_kopecks>" for a transfer to a username
+-- that resolved to no one (a user id is digits only: the two never meet).
 
 -- operation and its arguments joined by ":". Every part must be a string with no ":"
 -- (the scripts pass validated decimals): a ":" inside a part would let two different

@@ -17,10 +17,22 @@
 
 -- The idempotency record of one request. key: its idem: key, or nil when the request
 -- has none (idempotency_lookup then finds nothing and idempotency_remember writes
--- nothing). ttl_s: decimal seconds. fingerprint: request_fingerprint(...) of the request.
+-- nothing). ttl_s: decimal seconds. fingerprints: request_fingerprint(...) of the request,
+-- in every form it may have been recorded under; the first is the one recorded now.
+-- (A transfer to a username has two: by the id the name resolves to, and by the name, as
+-- a refusal recorded while the name resolved to no one stores it.)
 -- reply_fields: the names of the script's reply fields between outcome and replayed.
-local function idempotency_record(key, ttl_s, fingerprint, reply_fields)
-  return {key = key, ttl_s = ttl_s, fingerprint = fingerprint, reply_fields = reply_fields}
+local function idempotency_record(key, ttl_s, fingerprints, reply_fields)
+  return {key = key, ttl_s = ttl_s, fingerprints = fingerprints, reply_fields = reply_fields}
+end
+
+local function is_one_of(value, list)
+  for _, item in ipairs(list) do
+    if value == item then
+      return true
+    end
+  end
+  return false
 end
 
 -- nil when the key has no record yet: go on with the request. Otherwise the reply to
@@ -36,7 +48,7 @@ local function idempotency_lookup(record)
     return nil
   end
   local reply = {}
-  if seen[1] ~= record.fingerprint then
+  if not is_one_of(seen[1], record.fingerprints) then
     reply[1] = "idempotency_key_reused"
     for i = 1, #fields do
       reply[i + 1] = ""
@@ -58,7 +70,7 @@ end
 -- runs after the money moved, where a Lua error would leave the move unrecorded.
 local function idempotency_remember(record, reply)
   if record.key then
-    local hash = {"fingerprint", record.fingerprint, "outcome", reply[1]}
+    local hash = {"fingerprint", record.fingerprints[1], "outcome", reply[1]}
     for i, name in ipairs(record.reply_fields) do
       hash[#hash + 1] = name
       hash[#hash + 1] = reply[i + 1]

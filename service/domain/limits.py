@@ -12,6 +12,14 @@ MAX_USER_ID = 10**15 - 1
 
 IDEMPOTENCY_KEY_MAX_CHARS = 64
 
+# Transaction ids come in epochs: epoch e is the ids e * TXN_IDS_PER_EPOCH + 1 ..
+# (e + 1) * TXN_IDS_PER_EPOCH - 1. PostgreSQL hands each epoch out once (persistence/
+# txn_id_epochs.py), a Redis counter starts at the beginning of one and never leaves it
+# (lua/includes/check_session.lua), so no id is issued twice, whatever Redis loses.
+# 1000 epochs of 10^12 ids keep every id within the 15 digits the scripts accept.
+TXN_IDS_PER_EPOCH = 10**12
+MAX_TXN_ID_EPOCH = 999
+
 # History pages.
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100

@@ -1,7 +1,8 @@
 """The one catalog of refusals: every error the service answers with.
 
-Each entry gives the contract's error code, its HTTP status, the default message and
-whether a money script records it under an Idempotency-Key (so that a retry replays it).
+Each entry gives the contract's error code, its HTTP status, the default message,
+whether a money script records it under an Idempotency-Key (so that a retry replays it)
+and whether it says when to retry (Retry-After).
 The Lua outcome parsing (service/redis/money.py), the HTTP error bodies
 (service/http/errors.py) and the OpenAPI error descriptions (service/http/openapi.py) are
 all read from here; nothing else spells a status code for an error.
@@ -20,6 +21,9 @@ class Refusal:
     # What the Lua scripts return for it, when that is not ``code``: two script outcomes
     # share the code the API shows for a Redis that lost its data.
     lua_outcome: str | None = None
+    # Retry-After, in seconds: only on refusals after which the very same request is safe
+    # to send again and soon likely to succeed (nothing was done, the cause is passing).
+    retry_after_s: int | None = None
 
 
 class Refused(Exception):
@@ -41,7 +45,7 @@ class Refused(Exception):
         self.refusal = refusal
         self.message = message or refusal.message
         self.field = field
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = refusal.retry_after_s if retry_after_s is None else retry_after_s
         self.replayed = replayed
 
     @property
@@ -100,12 +104,42 @@ NOT_REBUILT = Refusal(
     "balances are being restored; try again later",
     lua_outcome="not_rebuilt",
 )
+# The id counter reached the end of its epoch (service/domain/limits.py): `wallet rebuild`
+# starts the next one.
+EPOCH_EXHAUSTED = Refusal(
+    "wallet_unavailable",
+    503,
+    "transaction ids are being renewed; try again later",
+    lua_outcome="epoch_exhausted",
+)
 
 # Capacity and outages.
+# Retry-After of a 503 that only needs a moment (an outage).
+RETRY_SHORTLY_S = 1
 SERVER_BUSY = Refusal("server_busy", 503, "too many sign-ups and logins at once; retry shortly")
 TOO_MANY_CONNECTIONS = Refusal("server_busy", 503, "too many connections at once; retry shortly")
 SERVICE_UNAVAILABLE = Refusal(
-    "service_unavailable", 503, "a backend is unavailable; try again shortly"
+    "service_unavailable",
+    503,
+    "a backend is unavailable; try again shortly",
+    retry_after_s=RETRY_SHORTLY_S,
+)
+# A money request whose reply from Redis was lost, and which Redis then said it had not
+# applied (and now never will: lua/lookup_request.lua). A retry is safe.
+REQUEST_NOT_APPLIED = Refusal(
+    "service_unavailable",
+    503,
+    "a backend did not answer in time; nothing was done; try again shortly",
+    lua_outcome="not_applied",
+    retry_after_s=RETRY_SHORTLY_S,
+)
+# A money request whose reply from Redis was lost, and whose outcome Redis could not tell
+# within the wait: it may have been applied, so no Retry-After (the contract's Guarantees).
+OUTCOME_UNKNOWN = Refusal(
+    "outcome_unknown",
+    503,
+    "the request may or may not have been applied; send it again with the same"
+    " Idempotency-Key to get its outcome (without one, read the history first)",
 )
 HISTORY_UNAVAILABLE = Refusal(
     "history_unavailable", 503, "the ledger is catching up; try again shortly"
@@ -133,7 +167,9 @@ BY_LUA_OUTCOME: dict[str, Refusal] = {
         IDEMPOTENCY_KEY_REUSED,
         ACCOUNT_NOT_FOUND,
         NOT_REBUILT,
+        EPOCH_EXHAUSTED,
         SESSION_ENDED,
+        REQUEST_NOT_APPLIED,
     )
 }
 
@@ -155,6 +191,7 @@ CATALOG: tuple[Refusal, ...] = (
     SERVER_BUSY,
     TOO_MANY_CONNECTIONS,
     SERVICE_UNAVAILABLE,
+    OUTCOME_UNKNOWN,
     HISTORY_UNAVAILABLE,
     INTERNAL_ERROR,
     CLIENT_CLOSED_REQUEST,

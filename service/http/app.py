@@ -31,7 +31,7 @@ from service.http.state import (
     SIGN_UP_LIMIT,
 )
 from service.ledger.rebuild import ensure_transaction_counter
-from service.outages import OUTAGE_ERRORS
+from service.outages import is_outage
 from service.redis.checks import check_redis_durability
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
@@ -86,7 +86,9 @@ async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
                 "Redis has no transaction counter but the ledger holds transactions: Redis"
                 " lost its data. Deposits and transfers are refused until `wallet rebuild`."
             )
-    except OUTAGE_ERRORS as exc:
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
         log.warning("started while a backend is unreachable (%s); see /readyz", exc)
     yield
 
@@ -132,7 +134,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[REDIS] = redis
     app[SESSIONS] = sessions
-    app[MONEY] = MoneyScripts(redis, settings.idempotency_ttl_s)
+    app[MONEY] = MoneyScripts(redis, settings)
     app[PASSWORDS] = Passwords(settings)
     app[LOGIN_THROTTLE] = LoginThrottle(redis, settings)
     app[SIGN_UP_LIMIT] = WindowLimit(

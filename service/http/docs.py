@@ -2,6 +2,7 @@
 routes (service/http/routes.py) that uses them."""
 
 from service.domain.limits import DEFAULT_PAGE_SIZE, IDEMPOTENCY_KEY_MAX_CHARS, MAX_PAGE_SIZE
+from service.http.errors import REPLAYED_HEADER
 
 LIMIT = {
     "name": "limit",
@@ -78,4 +79,14 @@ IDEMPOTENCY_HEADER = {
     },
     "description": "A repeat within 24 h returns the first response and moves no money;"
     " spaces around the key are not part of it",
+}
+# On the responses an Idempotency-Key can replay: the success, and the refusals recorded
+# under the key.
+REPLAYED_RESPONSE_HEADERS = {
+    REPLAYED_HEADER: {
+        "required": False,
+        "schema": {"type": "string", "enum": ["true"]},
+        "description": "present when this is the recorded answer to an earlier request"
+        " with the same Idempotency-Key; no money moved this time",
+    }
 }

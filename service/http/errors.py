@@ -14,13 +14,14 @@ from pydantic import ValidationError
 
 from service.domain import refusals
 from service.domain.refusals import Refused
-from service.outages import OUTAGE_ERRORS
+from service.outages import is_outage
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("wallet.http")
 
-# Retry-After on a 503 that only needs a moment (an outage, a busy server).
-RETRY_SHORTLY_S = 1
+# On every answer that an Idempotency-Key replayed (a 201 or a recorded refusal), as the
+# contract's Guarantees name it.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
@@ -34,6 +35,8 @@ def error_response(refused: Refused) -> web.Response:
     response = json_response({"error": error}, refused.refusal.status)
     if refused.retry_after_s is not None:
         response.headers["Retry-After"] = str(refused.retry_after_s)
+    if refused.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     return response
 
 
@@ -81,14 +84,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except OUTAGE_ERRORS as exc:
+    except Exception as exc:
         if isinstance(exc, ConnectionResetError) and _client_left(request):
             # Reading the body of a client that hung up: nobody to answer, and no failure
             # of ours. The 499 is never sent; it is what the request is counted and logged as.
             return error_response(Refused(refusals.CLIENT_CLOSED_REQUEST))
-        log.warning("backend unavailable on %s %s: %r", request.method, request.path, exc)
-        return error_response(Refused(refusals.SERVICE_UNAVAILABLE, retry_after_s=RETRY_SHORTLY_S))
-    except Exception:
+        if is_outage(exc):
+            log.warning("backend unavailable on %s %s: %r", request.method, request.path, exc)
+            return error_response(Refused(refusals.SERVICE_UNAVAILABLE))
         # A bug: logged with its traceback, answered in the contract's shape without details.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(Refused(refusals.INTERNAL_ERROR))

@@ -26,13 +26,16 @@ def _error_responses(op: Operation) -> dict[str, Any]:
     by_status: dict[int, dict[str, Refusal]] = {}
     for refusal in refusals_of(op):
         by_status.setdefault(refusal.status, {}).setdefault(refusal.code, refusal)
-    return {
-        str(status): {
+    responses: dict[str, Any] = {}
+    for status, codes in sorted(by_status.items()):
+        response: dict[str, Any] = {
             "description": "\n".join(f"- `{r.code}`: {r.message}" for r in codes.values()),
             "content": _json_content(schemas.ErrorOut),
         }
-        for status, codes in sorted(by_status.items())
-    }
+        if op.idempotent and any(r.recorded for r in codes.values()):
+            response["headers"] = docs.REPLAYED_RESPONSE_HEADERS
+        responses[str(status)] = response
+    return responses
 
 
 @cache
@@ -53,6 +56,8 @@ def build_spec() -> dict[str, Any]:
             success["content"] = _json_content(op.response)
         if op.links:
             success["links"] = op.links
+        if op.idempotent:
+            success["headers"] = docs.REPLAYED_RESPONSE_HEADERS
         operation: dict[str, Any] = {
             "operationId": op.operation_id,
             "summary": op.summary,

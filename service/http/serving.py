@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from service.domain import refusals
-from service.http.errors import RETRY_SHORTLY_S
+from service.domain.refusals import RETRY_SHORTLY_S
 from service.http.metrics import create_metrics_app
 from service.http.state import REDIS
 

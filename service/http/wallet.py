@@ -19,7 +19,7 @@ from service.domain.cursor import decode_cursor, encode_cursor
 from service.domain.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from service.domain.refusals import Refused
 from service.domain.transactions import transaction_json
-from service.http.errors import json_response
+from service.http.errors import REPLAYED_HEADER, json_response
 from service.http.input import idempotency_key, read_body, refuse_unknown_query
 from service.http.metrics import MONEY_OPERATIONS
 from service.http.schemas import DepositRequest, TransferRequest
@@ -55,7 +55,10 @@ def _created(
         amount_kopecks=amount_kopecks,
         created_at_us=accepted.created_at_us,
     )
-    return json_response(body, status=201)
+    response = json_response(body, status=201)
+    if accepted.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 async def get_balance(request: web.Request) -> web.Response:
@@ -110,18 +113,21 @@ async def transfer(request: web.Request) -> web.Response:
         to_user_id = body.to_user_id
         if body.to_username is not None:
             recipient = await find_user(request.app[DATABASE], body.to_username)
-            if recipient is None:
-                raise Refused(refusals.RECIPIENT_NOT_FOUND)
-            to_user_id = recipient.id
-        assert to_user_id is not None  # the model requires exactly one recipient
+            # No such name goes to the script all the same (to_user_id None): it refuses
+            # the transfer and records the refusal under the Idempotency-Key, so that a
+            # retry after someone registers the name is answered 404 again, not paid.
+            to_user_id = None if recipient is None else recipient.id
         if to_user_id == user.user_id:
             raise Refused(refusals.SELF_TRANSFER)
-        move = request.app[MONEY].transfer(user.user_id, to_user_id, body.amount, key, session)
+        move = request.app[MONEY].transfer(
+            user.user_id, to_user_id, body.amount, key, session, to_username=body.to_username
+        )
         accepted = await _counted(request, "transfer", move)
     except Refused as refused:
         if refused.refusal is refusals.RECIPIENT_NOT_FOUND and not refused.replayed:
             await misses.count_unless_reached(misses_key)
         raise
+    assert to_user_id is not None  # the script accepts no transfer to no one
     return _created(accepted, user.user_id, to_user_id, body.amount)
 
 

@@ -8,11 +8,15 @@ What it restores, in bounded batches:
 - the writer's consumer group (created at ``0`` if missing, so no entry is skipped);
 - every PostgreSQL user's wallet, with the balance the ledger gives (deposits in +
   transfers in - transfers out), ``BATCH_SIZE`` users at a time;
-- ``txn:seq`` raised to at least the ledger's largest id, never lowered, so new ids never
-  collide with stored ones: the writer inserts with ON CONFLICT DO NOTHING and would
-  silently drop a new transaction that reused an id. ``lua/restore_wallet.lua`` raises it
-  in the same atomic step that restores each wallet, so no restored wallet is ever usable
-  with a counter that is still too low;
+- ``txn:seq`` raised to the start of a new epoch of ids (service/domain/limits.py), taken
+  from PostgreSQL (persistence/txn_id_epochs.py) and never lowered, so new ids collide with
+  no id ever issued: not with the ledger's (the writer inserts with ON CONFLICT DO NOTHING
+  and would silently drop a new transaction that reused one), and not with those of the
+  transactions acknowledged just before the loss and lost with Redis before the writer
+  stored them, whose ids clients hold in their 201s. Every counter runs in an epoch handed
+  out to it alone and never leaves it, so the new epoch is above every id issued before.
+  ``lua/restore_wallet.lua`` raises it in the same atomic step that restores each wallet,
+  so no restored wallet is ever usable with a counter that is still too low;
 - the idempotency records of the accepted transactions of the last ``idempotency_ttl_s``
   seconds, each expiring when the original would have (``lua/restore_idempotency.lua``);
   a record Redis still holds is kept, and of two ledger rows with one key the newer wins.
@@ -37,7 +41,9 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import LedgerTransaction
+from persistence.txn_id_epochs import take_txn_id_epoch
 from service.domain.amounts import MAX_BALANCE_KOPECKS
+from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.domain.times import datetime_from_us, us_from_datetime
 from service.ledger.reconcile import ledger_balances, user_id_batches
 from service.redis import keyspace
@@ -66,7 +72,8 @@ class RebuildReport:
     idempotency_keys_restored: int
     idempotency_keys_kept: int  # Redis still held a record under the key
     ledger_last_txn_id: int
-    txn_seq: int  # after the rebuild; >= ledger_last_txn_id
+    txn_id_epoch: int  # the epoch taken for the ids from now on
+    txn_seq: int  # after the rebuild: the start of that epoch (or a live counter above it)
 
 
 async def _refuse_over_unpersisted_entries(redis: Redis) -> None:
@@ -89,6 +96,8 @@ async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> 
     async with engine.connect() as connection:
         last_id = int((await connection.execute(select(func.max(T.id)))).scalar() or 0)
     await ensure_consumer_group(redis)
+    epoch = await take_txn_id_epoch(engine, at_least_id=last_id)
+    epoch_start = epoch * TXN_IDS_PER_EPOCH
 
     restore_wallet = LuaScript(redis, "restore_wallet")
     outcomes = {"created": 0, "updated": 0, "unchanged": 0}
@@ -104,7 +113,7 @@ async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> 
                     f" outside 0..{MAX_BALANCE_KOPECKS}"
                 )
             keys = [keyspace.TXN_SEQ, keyspace.user(user_id)]
-            calls.append((keys, [str(user_id), str(kopecks), str(last_id)]))
+            calls.append((keys, [str(user_id), str(kopecks), str(epoch_start)]))
         replies = cast(list[list[bytes]], await restore_wallet.call_many(calls))
         for reply in replies:
             outcome = reply[0].decode()
@@ -113,8 +122,9 @@ async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> 
             outcomes[outcome] += 1
 
     restored, kept = await _restore_idempotency_records(redis, engine, idempotency_ttl_s)
-    # restore_wallet raised the counter with every user; with no user it is still missing.
-    await redis.set(keyspace.TXN_SEQ, last_id, nx=True)
+    # restore_wallet raised the counter with every user. With no user there is no
+    # transaction either (the ledger's rows name users): it is started, if missing.
+    await redis.set(keyspace.TXN_SEQ, epoch_start, nx=True)
     seq = int(cast(bytes | None, await redis.get(keyspace.TXN_SEQ)) or 0)
     return RebuildReport(
         users=sum(outcomes.values()),
@@ -123,6 +133,7 @@ async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> 
         idempotency_keys_restored=restored,
         idempotency_keys_kept=kept,
         ledger_last_txn_id=last_id,
+        txn_id_epoch=epoch,
         txn_seq=seq,
     )
 
@@ -184,18 +195,22 @@ async def _restore_idempotency_records(
 
 
 async def ensure_transaction_counter(redis: Redis, engine: AsyncEngine) -> bool:
-    """At start: a system with an empty ledger starts its counter at 0. A missing counter
-    with transactions in the ledger means Redis lost its data: the counter stays missing,
-    so the money scripts refuse to issue ids (which could collide with stored ones)
-    until `wallet rebuild`. True when the counter is in place."""
+    """At start: a system with an empty ledger starts its counter at the start of a new
+    epoch of ids (epoch 0 for a new system; a later one if ids were issued and lost before
+    any reached the ledger). A missing counter with transactions in the ledger means Redis
+    lost its data: the counter stays missing, so the money scripts refuse to move money
+    (the balances are gone too) until `wallet rebuild`. True when the counter is in place."""
     if await redis.exists(keyspace.TXN_SEQ):
         return True
     async with engine.connect() as connection:
         last_id = (await connection.execute(select(func.max(T.id)))).scalar()
-    if last_id is None:
-        await redis.set(keyspace.TXN_SEQ, 0, nx=True)
-        return True
-    return False
+    if last_id is not None:
+        return False
+    epoch = await take_txn_id_epoch(engine, at_least_id=0)
+    # Two processes starting at once each take an epoch; one counter wins, the other epoch
+    # is never used. Ids are unique, not dense.
+    await redis.set(keyspace.TXN_SEQ, epoch * TXN_IDS_PER_EPOCH, nx=True)
+    return True
 
 
 def format_report(report: RebuildReport) -> str:
@@ -205,7 +220,8 @@ def format_report(report: RebuildReport) -> str:
             f" {report.wallets_updated} corrected to the ledger)",
             f"idempotency records: {report.idempotency_keys_restored} restored,"
             f" {report.idempotency_keys_kept} already in Redis (kept)",
-            f"txn:seq is {report.txn_seq}; the ledger's last transaction is"
+            f"txn:seq is {report.txn_seq}: new ids go on from epoch {report.txn_id_epoch},"
+            f" above every id issued before; the ledger's last transaction is"
             f" {report.ledger_last_txn_id}",
         ]
     )

@@ -12,7 +12,7 @@ HEALTH_CHECK_INTERVAL_S = 1
 
 class _CheckedConnection(Connection):
     """Commands are never retried: a money script whose reply was lost may have been
-    applied, and only the client's Idempotency-Key makes a second try safe. But a
+    applied, so the money calls ask Redis what became of it instead (redis/money.py). But a
     connection idle for a while is PINGed first, and reconnected once if the PING fails
     (after a Redis restart every pooled socket is dead): the command was not sent yet."""
 

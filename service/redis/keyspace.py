@@ -24,6 +24,11 @@ def idempotency(user_id: int, key: str) -> str:
     return f"idem:{{{user_id}}}:{key}"
 
 
+def request_outcome(user_id: int, token: str) -> str:
+    """What became of one money request: lua/includes/request_outcome.lua."""
+    return f"req:{{{user_id}}}:{token}"
+
+
 def session(session_id: str) -> str:
     return f"{SESSION_COOKIE}_{session_id}"
 

@@ -4,17 +4,45 @@ Balances are changed only inside the scripts: this module never reads a balance 
 it back. A script's refusal comes back as the catalog's ``Refused``
 (service/domain/refusals.py), with ``replayed`` when it was recorded under the
 Idempotency-Key by an earlier request.
+
+A money request is never answered as refused or "retry later" when it may have been
+applied. Each call carries a new random request token; a script that moves money records
+its transaction under it (lua/includes/request_outcome.lua). When the reply is lost after
+the command was sent (ReplyLost: a timeout, a dropped connection), the call asks Redis what
+became of the request (lua/lookup_request.lua) until Redis answers, for at most
+``request_outcome_wait_ms``: the transaction (answered as if the reply had come), or "not
+applied, and now never will be" (REQUEST_NOT_APPLIED: a 503 with Retry-After, honest). If
+Redis does not answer in time: OUTCOME_UNKNOWN (503, no Retry-After). A failure before the
+command was sent (no connection) is raised as it is: an outage, nothing was done.
 """
 
+import asyncio
+import logging
+import re
+import secrets
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS
-from service.domain.limits import MAX_USER_ID
+from service.domain.limits import MAX_USER_ID, USERNAME_PATTERN
 from service.domain.refusals import BY_LUA_OUTCOME, Refused
+from service.outages import is_outage
 from service.redis import keyspace
-from service.redis.scripts import LuaScript, ScriptArgumentRejected
+from service.redis.scripts import LuaScript, ReplyLost, ScriptArgumentRejected
+from service.settings import Settings
+
+log = logging.getLogger("wallet.money")
+
+# Bytes of randomness in a request token (22 URL-safe characters).
+REQUEST_TOKEN_BYTES = 16
+# Between two questions about a lost reply while Redis does not answer.
+OUTCOME_LOOKUP_PAUSE_S = 0.1
+# How long a lookup's "not applied" stops a copy of the request that is still on its way
+# to Redis: far longer than TCP keeps retransmitting a segment of a closed connection.
+# Written only when a reply was lost and nothing was recorded.
+NOT_APPLIED_TTL_S = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +78,11 @@ def _check_user_id(user_id: int) -> None:
         raise ValueError(f"bad user id: {user_id!r}")
 
 
+def _check_username(username: str) -> None:
+    if type(username) is not str or re.fullmatch(USERNAME_PATTERN, username) is None:
+        raise ValueError(f"bad username: {username!r}")
+
+
 def _result(reply: list[bytes]) -> Accepted:
     outcome = reply[0].decode()
     replayed = reply[3] == b"1"
@@ -62,11 +95,14 @@ def _result(reply: list[bytes]) -> Accepted:
 
 
 class MoneyScripts:
-    def __init__(self, redis: Redis, idempotency_ttl_s: int) -> None:
-        self._idempotency_ttl_s = str(idempotency_ttl_s)
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._idempotency_ttl_s = str(settings.idempotency_ttl_s)
+        self._outcome_ttl_s = str(settings.request_outcome_ttl_s)
+        self._outcome_wait_s = settings.request_outcome_wait_ms / 1000
         self._register_user = LuaScript(redis, "register_user")
         self._deposit = LuaScript(redis, "deposit")
         self._transfer = LuaScript(redis, "transfer")
+        self._lookup_request = LuaScript(redis, "lookup_request")
 
     async def register_user(self, user_id: int) -> bool:
         """Gives the user a zero balance unless they have one; True if it was created."""
@@ -88,42 +124,97 @@ class MoneyScripts:
     ) -> Accepted:
         _check_user_id(user_id)
         _check_amount(amount_kopecks)
-        keys = [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(user_id)]
+        token = secrets.token_urlsafe(REQUEST_TOKEN_BYTES)
+        keys = [
+            keyspace.TXN_SEQ,
+            keyspace.TXN_STREAM,
+            keyspace.user(user_id),
+            keyspace.request_outcome(user_id, token),
+        ]
         if idempotency_key is not None:
             keys.append(keyspace.idempotency(user_id, idempotency_key))
         if session is not None:
             keys.append(session.redis_key)
         args = [str(user_id), str(amount_kopecks), idempotency_key or "", self._idempotency_ttl_s]
         args += _NO_SESSION_ARGS if session is None else session.args()
-        return _result(await self._deposit(keys=keys, args=args))
+        args += [token, self._outcome_ttl_s]
+        return await self._run(self._deposit, keys, args, user_id, token)
 
     async def transfer(
         self,
         from_user_id: int,
-        to_user_id: int,
+        to_user_id: int | None,
         amount_kopecks: int,
         idempotency_key: str | None = None,
         session: SessionCheck | None = None,
+        to_username: str | None = None,
     ) -> Accepted:
+        """A transfer to ``to_user_id``; when the request named the recipient by
+        ``to_username``, that name too, with ``to_user_id`` None if it resolved to no one.
+        The script then refuses it (recipient_not_found) and records the refusal under the
+        key, which a retry after the name is registered replays instead of paying."""
         _check_user_id(from_user_id)
-        _check_user_id(to_user_id)
+        if to_user_id is not None:
+            _check_user_id(to_user_id)
+        if to_username is not None:
+            _check_username(to_username)
+        elif to_user_id is None:
+            raise ValueError("a transfer needs to_user_id or to_username")
         _check_amount(amount_kopecks)
+        token = secrets.token_urlsafe(REQUEST_TOKEN_BYTES)
         keys = [
             keyspace.TXN_SEQ,
             keyspace.TXN_STREAM,
             keyspace.user(from_user_id),
-            keyspace.user(to_user_id),
+            keyspace.request_outcome(from_user_id, token),
         ]
+        if to_user_id is not None:
+            keys.append(keyspace.user(to_user_id))
         if idempotency_key is not None:
             keys.append(keyspace.idempotency(from_user_id, idempotency_key))
         if session is not None:
             keys.append(session.redis_key)
         args = [
             str(from_user_id),
-            str(to_user_id),
+            "" if to_user_id is None else str(to_user_id),
             str(amount_kopecks),
             idempotency_key or "",
             self._idempotency_ttl_s,
         ]
         args += _NO_SESSION_ARGS if session is None else session.args()
-        return _result(await self._transfer(keys=keys, args=args))
+        args += [to_username or "", token, self._outcome_ttl_s]
+        return await self._run(self._transfer, keys, args, from_user_id, token)
+
+    async def _run(
+        self, script: LuaScript, keys: list[str], args: list[str], user_id: int, token: str
+    ) -> Accepted:
+        """The script's result; when its reply was lost, what Redis says became of it."""
+        try:
+            reply: list[bytes] = await script(keys=keys, args=args)
+        except ReplyLost as lost:
+            log.warning("the reply of a money request was lost (%s); asking Redis", lost)
+            reply = await self._outcome_after_lost_reply(user_id, token)
+        return _result(reply)
+
+    async def _outcome_after_lost_reply(self, user_id: int, token: str) -> list[bytes]:
+        """Asks Redis what became of the request, until it answers, for at most the
+        outcome wait; raises Refused(OUTCOME_UNKNOWN) if it does not answer in time. The
+        lookup is safe to repeat: its first answer is the one it records."""
+        keys = [keyspace.request_outcome(user_id, token), keyspace.TXN_SEQ]
+        args = [str(user_id), token, str(NOT_APPLIED_TTL_S)]
+        try:
+            async with asyncio.timeout(self._outcome_wait_s):
+                while True:
+                    try:
+                        reply: list[bytes] = await self._lookup_request(keys=keys, args=args)
+                    except Exception as error:
+                        if not is_outage(error):
+                            raise
+                    else:
+                        # Redis lost its data: what it knew of the request went with it.
+                        if reply[0] != b"not_rebuilt":
+                            return reply
+                    await asyncio.sleep(OUTCOME_LOOKUP_PAUSE_S)
+        except TimeoutError:
+            log.warning("the outcome of a money request is unknown: Redis did not tell in time")
+            raise Refused(refusals.OUTCOME_UNKNOWN) from None

@@ -13,12 +13,22 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from service.outages import is_outage
 
 
 class ScriptArgumentRejected(Exception):
     """A script's own validation refused what Python sent, or it answered something no
     caller expects: a bug on this side, never retried."""
+
+
+class ReplyLost(RedisConnectionError):
+    """A script call failed after its command began to be written to Redis (a timeout, a
+    dropped connection): the script may have run, or may still run. To most callers an
+    outage like any other (it is a ConnectionError); the money scripts find out what became
+    of the request instead (service/redis/money.py)."""
 
 
 class ScriptIncludeError(Exception):
@@ -103,9 +113,13 @@ class LuaScript:
     """One script of lua/, called by SHA (EVALSHA) and loaded again when Redis answers
     NOSCRIPT (after a restart or SCRIPT FLUSH).
 
-    It calls execute_command directly: redis-py's own Script wrapper adds layers
-    (argument checks, a deprecation decorator) that cost a measurable share of a
-    request on the money path (docs/performance.md).
+    It takes a connection from the pool and sends the command itself, rather than through
+    execute_command, to know where a failure happened: before the command is written
+    (no free connection, a connection that cannot be opened or fails its health check:
+    the script surely did not run, the error is raised as it is) or after (ReplyLost).
+    redis-py's own Script wrapper would also add layers (argument checks, a deprecation
+    decorator) that cost a measurable share of a request on the money path
+    (docs/performance.md).
     """
 
     def __init__(self, redis: Redis, name: str) -> None:
@@ -113,12 +127,35 @@ class LuaScript:
         self._source, self._sha = _compiled(name)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """The script's reply. Raises ReplyLost when the command may have reached Redis
+        without its reply coming back; any other outage means it did not run."""
         command = ("EVALSHA", self._sha, len(keys), *keys, *args)
         try:
-            return await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
-        except NoScriptError:
+            return await self._send(command)
+        except NoScriptError:  # Redis answered: the script did not run
             await self.load()
-            return await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
+            return await self._send(command)
+
+    async def _send(self, command: tuple[Arg, ...]) -> Any:
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            # Nothing of the command has left this process yet: a failure here is an
+            # outage in which it surely did not run. (send_command would PING an idle
+            # connection too, but after the point where a failure means "maybe sent".)
+            await connection.check_health()
+            try:
+                await connection.send_command(*command, check_health=False)
+                return await connection.read_response()
+            except ResponseError:
+                raise  # Redis answered (NOSCRIPT, an error raised by the script)
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                await connection.disconnect()  # a reply may still come: never read it
+                raise ReplyLost(f"{command[0]!s} sent, no reply: {error!r}") from error
+        finally:
+            await pool.release(connection)
 
     async def load(self) -> None:
         await self._redis.script_load(self._source)

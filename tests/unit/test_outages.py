@@ -27,8 +27,15 @@ class _PgError(Exception):
         DBAPIError("INSERT", {}, _PgError("57P01")),  # admin shutdown
         DBAPIError("INSERT", {}, _PgError("57P03")),  # cannot connect now
         DBAPIError("INSERT", {}, _PgError("08006")),  # connection failure
+        DBAPIError("SELECT 1", {}, _PgError("3D000")),  # no such database
+        DBAPIError("SELECT 1", {}, _PgError("28P01")),  # password authentication failed
         ConnectionRefusedError(111, "refused"),
         TimeoutError(),
+        # uvloop, writing to a connection Redis closed while it opened (Redis killed).
+        RuntimeError(
+            "unable to perform operation on <TCPTransport closed=True reading=False"
+            " 0x7f0e2c1a3b40>; the handler is closed"
+        ),
     ],
 )
 def test_outages(error: BaseException) -> None:
@@ -42,6 +49,9 @@ def test_outages(error: BaseException) -> None:
         IntegrityError("INSERT", {}, Exception("check violation")),
         DataError("INSERT", {}, Exception("value too long")),
         DBAPIError("INSERT", {}, _PgError("42P01")),  # undefined table: a bug
+        DBAPIError("SELECT 1", {}, _PgError("42703")),  # undefined column: a bug
+        RuntimeError("dictionary changed size during iteration"),
+        RuntimeError("unable to perform operation on <TCPTransport>; something else"),
         KeyError("id"),
         ValueError("bad"),
         AssertionError("invariant"),

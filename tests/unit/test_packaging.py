@@ -39,6 +39,7 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "login_succeeded",
         "login_failed",
         "fixed_window_limit",
+        "lookup_request",
     }
     # The same text, includes expanded, as the source tree gives (this process imports it).
     installed = json.loads(out)
@@ -64,4 +65,4 @@ def test_installed_package_ships_the_migrations(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
     ).stdout
-    assert out.strip() == "0001"
+    assert out.strip() == "0002"

@@ -95,7 +95,7 @@ def test_a_transfer_documents_its_money_refusals() -> None:
     assert codes["404"] == {"recipient_not_found"}
     assert codes["409"] == {"insufficient_funds"}
     assert {"self_transfer", "balance_limit_exceeded", "idempotency_key_reused"} <= codes["422"]
-    assert {"wallet_unavailable", "service_unavailable"} <= codes["503"]
+    assert {"wallet_unavailable", "service_unavailable", "outcome_unknown"} <= codes["503"]
 
 
 def test_a_refused_carries_its_entry_and_overrides() -> None:

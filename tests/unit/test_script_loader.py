@@ -106,11 +106,14 @@ def test_the_money_scripts_share_one_idempotency_block() -> None:
     includes = resources.files("lua").joinpath("includes")
     shared = includes.joinpath("idempotency.lua").read_text(encoding="utf-8")
     fingerprint = includes.joinpath("fingerprint.lua").read_text(encoding="utf-8")
+    outcome = includes.joinpath("request_outcome.lua").read_text(encoding="utf-8")
     for name in ("deposit", "transfer"):
         source = load_script_source(name)
         assert source.count(shared) == 1
         assert source.count(fingerprint) == 1
-        assert "HMGET" not in source.replace(shared, "")  # no copy of the lookup left behind
+        assert source.count(outcome) == 1
+        # No copy of either lookup left behind.
+        assert "HMGET" not in source.replace(shared, "").replace(outcome, "")
 
 
 def test_a_missing_script_names_what_may_shadow_it(root: Path) -> None:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from service.domain.transactions import Transaction
 from service.redis import keyspace
-from tests.support.faults.load import Ack
+from tests.support.faults.load import Ack, Answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,3 +213,60 @@ async def check_stream_and_balances(
     expected = {user_id: applied.balances[user_id] for user_id in user_ids}
     assert await redis_balances(redis, user_ids) == expected
     return expected
+
+
+@dataclass(slots=True)
+class AnswerVerdict:
+    """Unkeyed answers against the stream: an applied request may be answered 201 (with its
+    transaction), 503 outcome_unknown, or not at all; anything else says it was not applied
+    (a refusal, a 503 with Retry-After) and is a lie about money."""
+
+    answers: int
+    applied: int
+    # Applied, yet answered as refused or as "retry later": (answer, stream txn id).
+    lied: list[tuple[Answer, int]] = field(default_factory=list)
+    # A 201 whose transaction is not in the stream (or another one).
+    phantom: list[Answer] = field(default_factory=list)
+    # Unkeyed transactions no request explains, or one request applied twice.
+    unexplained: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lied or self.phantom or self.unexplained)
+
+    def summary(self) -> str:
+        return (
+            f"{self.answers} answers, {self.applied} applied; {len(self.lied)} applied but"
+            f" answered as not {self.lied[:5]}; {len(self.phantom)} 201s not in the stream"
+            f" {self.phantom[:5]}; {len(self.unexplained)} unexplained {self.unexplained[:10]}"
+        )
+
+
+def compare_answers(answers: Iterable[Answer], stream: Iterable[Transaction]) -> AnswerVerdict:
+    answers = list(answers)
+    unkeyed = [t for t in stream if t.idempotency_key is None]
+    by_amount: dict[int, Transaction] = {}
+    verdict = AnswerVerdict(answers=len(answers), applied=0)
+    for txn in unkeyed:
+        if txn.amount_kopecks in by_amount:
+            verdict.unexplained.append(txn.txn_id)  # one amount, one request: applied twice
+        by_amount[txn.amount_kopecks] = txn
+    for answer in answers:
+        if answer.amount not in by_amount:
+            if answer.status == 201:
+                verdict.phantom.append(answer)
+            continue
+        txn = by_amount.pop(answer.amount)
+        verdict.applied += 1
+        same = (txn.kind, txn.from_user_id, txn.to_user_id) == (
+            answer.kind,
+            answer.from_user_id,
+            answer.to_user_id,
+        )
+        if answer.status == 201:
+            if not same or answer.txn_id != txn.txn_id:
+                verdict.phantom.append(answer)
+        elif not (answer.says_unknown or answer.status == 0):
+            verdict.lied.append((answer, txn.txn_id))
+    verdict.unexplained += [txn.txn_id for txn in by_amount.values()]
+    return verdict

@@ -4,6 +4,10 @@ answer, as a careful client of a payments API would.
 
 Every answer is recorded: a 201 with its transaction, a refusal (404, 409, 422) with its
 code, and every failed attempt (a dropped connection, a timeout, a 5xx) that was retried.
+
+Unkeyed, the driver is a careless client instead: each request is sent once, without an
+Idempotency-Key, and its one answer is recorded (``Answer``). Every such request moves a
+different amount, so the stream tells which request a transaction is.
 """
 
 import asyncio
@@ -48,6 +52,26 @@ class Ack:
         return self.attempts > 1 and self.created_at_us < self.sent_wall * 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The one answer to a request sent once without an Idempotency-Key."""
+
+    kind: str  # "deposit" or "transfer"
+    from_user_id: int | None
+    to_user_id: int
+    amount: int  # different for every unkeyed request: it names the request in the stream
+    status: int  # 0: no HTTP answer (the connection dropped, the client timed out)
+    code: str | None  # the error code of a refusal
+    retry_after: str | None  # the Retry-After header, if any
+    txn_id: int | None  # the transaction a 201 names
+    latency_s: float
+
+    @property
+    def says_unknown(self) -> bool:
+        """503 outcome_unknown, without Retry-After: the contract's honest "I don't know"."""
+        return self.status == 503 and self.code == "outcome_unknown" and self.retry_after is None
+
+
 @dataclass(slots=True)
 class UserSession:
     id: int
@@ -75,6 +99,8 @@ class LoadStats:
     conflicting_replays: list[tuple[str, int, int]] = field(default_factory=list)
     # (time.monotonic(), status or failure) for every attempt, for windows of time.
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    # Unkeyed requests, each sent once, with their one answer.
+    answers: list[Answer] = field(default_factory=list)
 
     def answered_between(self, start: float, end: float, status: str = "201") -> int:
         return sum(1 for at, what in self.timeline if start <= at < end and what == status)
@@ -193,16 +219,20 @@ class LoadDriver:
 
     # Money.
 
-    def next_request(self) -> Request:
-        """A deposit (30 %) or a transfer to another user, with a new Idempotency-Key."""
+    def next_request(self, unique_amount: bool = False) -> Request:
+        """A deposit (30 %) or a transfer to another user, with a new Idempotency-Key.
+        With ``unique_amount`` it moves its serial number of kopecks, an amount no other
+        request moves (below the funding deposits): the stream then tells which request a
+        transaction is, without a key."""
         self._serial += 1
         user = self.random.choice(self.users)
         key = f"{self.prefix}-{user.id}-{self._serial}"
         if len(self.users) < 2 or self.random.random() < 0.3:
-            body: dict[str, Any] = {"amount": self.random.randint(1_000, 100_000)}
-            return Request(key, user.id, "/api/balance/deposit/", body)
+            amount = self._serial if unique_amount else self.random.randint(1_000, 100_000)
+            return Request(key, user.id, "/api/balance/deposit/", {"amount": amount})
         to = self.random.choice([u for u in self.users if u.id != user.id])
-        body = {"to_user_id": to.id, "amount": self.random.randint(1, 20_000)}
+        amount = self._serial if unique_amount else self.random.randint(1, 20_000)
+        body = {"to_user_id": to.id, "amount": amount}
         return Request(key, user.id, "/api/balance/transfer/", body)
 
     async def send(self, request: Request) -> int | None:
@@ -268,14 +298,56 @@ class LoadDriver:
         elif first.txn_id != ack.txn_id:
             self.stats.conflicting_replays.append((request.key, first.txn_id, ack.txn_id))
 
-    async def run(self, stop: asyncio.Event, concurrency: int = 16) -> None:
-        """``concurrency`` clients, each sending one request at a time until ``stop``."""
+    async def run(self, stop: asyncio.Event, concurrency: int = 16, unkeyed: bool = False) -> None:
+        """``concurrency`` clients, each sending one request at a time until ``stop``;
+        unkeyed: each request once, without an Idempotency-Key (``send_once``)."""
 
         async def client() -> None:
             while not stop.is_set():
-                await self.send(self.next_request())
+                if unkeyed:
+                    await self.send_once(self.next_request(unique_amount=True))
+                else:
+                    await self.send(self.next_request())
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
+
+    async def fund(self, amount: int) -> None:
+        """A deposit of ``amount`` for every user (with a key, retried until answered), so
+        that transfers can succeed from the start."""
+        for user in self.users:
+            deposit = Request(f"{self.prefix}-fund-{user.id}", user.id, "/api/balance/deposit/",
+                              {"amount": amount})  # fmt: skip
+            assert await self.send(deposit) == 201
+
+    async def send_once(self, request: Request) -> Answer:
+        """Sends the request once, without its Idempotency-Key, and records the answer."""
+        user = self._user(request.owner)
+        body = request.body
+        started = time.monotonic()
+        status, code, retry_after, txn_id = 0, None, None, None
+        try:
+            status, payload, response = await self._post_json(request.path, body, user.cookie)
+            retry_after = response.headers.get("Retry-After")
+            if status == 201:
+                txn_id = int(payload["id"])
+            elif isinstance(payload, dict):
+                code = payload.get("error", {}).get("code")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self._failed(type(error).__name__)
+        deposit = "to_user_id" not in body
+        answer = Answer(
+            kind="deposit" if deposit else "transfer",
+            from_user_id=None if deposit else request.owner,
+            to_user_id=request.owner if deposit else int(body["to_user_id"]),
+            amount=int(body["amount"]),
+            status=status,
+            code=code,
+            retry_after=retry_after,
+            txn_id=txn_id,
+            latency_s=time.monotonic() - started,
+        )
+        self.stats.answers.append(answer)
+        return answer
 
     async def resend(self, acks: list[Ack]) -> list[tuple[Ack, int, Any]]:
         """Sends acknowledged requests again, same key and body: (ack, status, body)."""
@@ -307,9 +379,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class Loader:
     """Runs a driver in the background: ``async with Loader(driver): ...``."""
 
-    def __init__(self, driver: LoadDriver, concurrency: int = 16) -> None:
+    def __init__(self, driver: LoadDriver, concurrency: int = 16, unkeyed: bool = False) -> None:
         self.driver = driver
         self.concurrency = concurrency
+        self.unkeyed = unkeyed
         self.stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.started_at = 0.0
@@ -317,7 +390,7 @@ class Loader:
 
     async def __aenter__(self) -> "Loader":
         self.started_at = time.monotonic()
-        self._task = asyncio.create_task(self.driver.run(self.stop, self.concurrency))
+        self._task = asyncio.create_task(self.driver.run(self.stop, self.concurrency, self.unkeyed))
         return self
 
     async def finish(self) -> None:

@@ -140,6 +140,15 @@ class Managed:
         self._wait_exit(STOP_TIMEOUT_S)
         self._reap()
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stops answering, its sockets still accept what is sent
+        (a Redis hung on a slow disk, or frozen by the kernel)."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``: it goes on with what it had been sent meanwhile."""
+        os.kill(self.pid, signal.SIGCONT)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """Sends ``sig`` and waits; SIGKILL after ``timeout``. What the process leaves in
         its group (gunicorn workers, PostgreSQL backends) is killed, and it is reaped.
@@ -603,6 +612,12 @@ class DelayProxy:
 
     def url(self, database: int = 0) -> str:
         return f"redis://{HOST}:{self.port}/{database}"
+
+    def drop_connections(self) -> None:
+        """Cuts every proxied connection at once; replies still held back are never
+        delivered (what a crash of the server leaves of replies on their way)."""
+        for task in list(self._tasks):
+            task.cancel()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:

@@ -1,0 +1,303 @@
+"""A money request whose reply from Redis is lost is answered with what it did: its
+transaction, or "not applied" (and then it never will be), or 503 outcome_unknown when
+Redis cannot tell in time; never "refused" or "retry later" when it may have been applied.
+
+The lost reply is made here by wrapping a money script: it runs (or not), then the call
+fails as a timeout after sending would. tests/faults/test_lost_replies.py makes the same
+happen to real processes, with Redis paused and killed.
+"""
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from service.domain import refusals
+from service.redis import keyspace
+from service.redis.client import connect_redis
+from service.redis.money import MoneyScripts
+from service.redis.scripts import Arg, LuaScript, ReplyLost
+from service.settings import Settings
+from tests.support.helpers import balance, refusing, snapshot, stream_fields
+from tests.support.http_helpers import Client, new_user
+
+
+class LosesTheReply:
+    """A money script whose reply never comes back: it runs first (``runs``) or not at all
+    (its command is still on its way), then fails as a reply lost after sending does."""
+
+    def __init__(self, script: LuaScript, runs: bool) -> None:
+        self.script = script
+        self.runs = runs
+        self.sent: list[tuple[list[str], list[Arg]]] = []
+
+    async def __call__(self, keys: list[str], args: list[Arg]) -> Any:
+        self.sent.append((keys, args))
+        if self.runs:
+            await self.script(keys=keys, args=args)
+        raise ReplyLost("EVALSHA sent, no reply: TimeoutError('Timeout reading')")
+
+    async def arrives_late(self) -> Any:
+        """The command that was on its way reaches Redis after all."""
+        keys, args = self.sent[-1]
+        return await self.script(keys=keys, args=args)
+
+
+@pytest.fixture
+async def users(money: MoneyScripts) -> tuple[int, int]:
+    await money.register_user(1)
+    await money.register_user(2)
+    await money.deposit(1, 1_000)
+    return 1, 2
+
+
+def losing(money: MoneyScripts, script: str, runs: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    attribute = f"_{script}"
+    wrapper = LosesTheReply(getattr(money, attribute), runs)
+    monkeypatch.setattr(money, attribute, wrapper)
+    return wrapper
+
+
+async def test_a_request_that_ran_is_answered_with_its_transaction(
+    money: MoneyScripts,
+    redis_client: Redis,
+    users: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    losing(money, "transfer", True, monkeypatch)
+    accepted = await money.transfer(1, 2, 300)
+    losing(money, "deposit", True, monkeypatch)
+    deposited = await money.deposit(2, 5)
+    stream = await stream_fields(redis_client)
+    assert [(r["id"], r["kind"], r["amount"]) for r in stream[-2:]] == [
+        (str(accepted.txn_id), "transfer", "300"),
+        (str(deposited.txn_id), "deposit", "5"),
+    ]
+    assert not accepted.replayed
+    assert (await balance(redis_client, 1), await balance(redis_client, 2)) == (700, 305)
+
+
+async def test_a_request_that_did_not_run_is_not_applied_and_never_will_be(
+    money: MoneyScripts,
+    redis_client: Redis,
+    users: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lost = losing(money, "transfer", False, monkeypatch)
+    with refusing(refusals.REQUEST_NOT_APPLIED) as refused:
+        await money.transfer(1, 2, 300, "k")
+    assert refused.value.retry_after_s == 1  # safe to send again: nothing was done
+    before = await snapshot(redis_client)
+    # The command reaches Redis after the lookup: it does nothing.
+    assert (await lost.arrives_late())[0] == b"not_applied"
+    assert await snapshot(redis_client) == before
+    assert not await redis_client.exists(keyspace.idempotency(1, "k"))
+    assert (await balance(redis_client, 1), await balance(redis_client, 2)) == (1_000, 0)
+    assert len(await stream_fields(redis_client)) == 1  # the opening deposit
+
+
+async def test_a_refusal_whose_reply_was_lost_is_answered_not_applied(
+    money: MoneyScripts,
+    redis_client: Redis,
+    users: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused request changed nothing and records nothing under its token: the lookup
+    says "not applied", which is true; a retry with the key gets the recorded refusal."""
+    losing(money, "transfer", True, monkeypatch)
+    with refusing(refusals.REQUEST_NOT_APPLIED):
+        await money.transfer(1, 2, 5_000, "k")
+    monkeypatch.undo()
+    with refusing(refusals.INSUFFICIENT_FUNDS) as replay:
+        await money.transfer(1, 2, 5_000, "k")
+    assert replay.value.replayed
+
+
+async def test_a_moved_request_leaves_a_record_that_expires(
+    money: MoneyScripts,
+    redis_client: Redis,
+    users: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent = losing(money, "deposit", True, monkeypatch)
+    accepted = await money.deposit(1, 1)
+    keys, _ = sent.sent[-1]
+    record = await redis_client.hgetall(keys[3])
+    assert record == {
+        b"outcome": b"ok",
+        b"txn_id": str(accepted.txn_id).encode(),
+        b"created_at_us": str(accepted.created_at_us).encode(),
+    }
+    assert 0 < await redis_client.ttl(keys[3]) <= Settings().request_outcome_ttl_s
+
+
+async def test_the_outcome_is_unknown_when_redis_does_not_tell_in_time(
+    redis_client: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    money = MoneyScripts(redis_client, settings.model_copy(update={"request_outcome_wait_ms": 300}))
+    await money.register_user(1)
+    losing(money, "deposit", True, monkeypatch)
+    asked = 0
+
+    async def redis_down(keys: list[str], args: list[Arg]) -> Any:
+        nonlocal asked
+        asked += 1
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(money, "_lookup_request", redis_down)
+    started = time.monotonic()
+    with refusing(refusals.OUTCOME_UNKNOWN) as unknown:
+        await money.deposit(1, 5)
+    assert 0.3 <= time.monotonic() - started < 1.0
+    assert asked > 1  # asked again and again within the wait
+    assert unknown.value.retry_after_s is None  # it may have been applied: no "retry later"
+
+
+async def test_nothing_is_known_of_a_request_while_redis_has_lost_its_data(
+    redis_client: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis that lost its data lost the records too: "not applied" would be a guess."""
+    money = MoneyScripts(redis_client, settings.model_copy(update={"request_outcome_wait_ms": 300}))
+    await money.register_user(1)
+    lost = losing(money, "deposit", False, monkeypatch)
+    await redis_client.delete(keyspace.TXN_SEQ)
+    with refusing(refusals.OUTCOME_UNKNOWN):
+        await money.deposit(1, 5)
+    keys, _ = lost.sent[-1]
+    assert not await redis_client.exists(keys[3])
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy to Redis that, when told to, drops the reply to the next script call
+    (EVALSHA) and everything after it on that connection: the script runs in Redis, and
+    its reply is lost on the wire."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.drop_next = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> "ReplyDroppingProxy":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        dropping = False
+
+        async def to_redis() -> None:
+            nonlocal dropping
+            while data := await client_r.read(1 << 16):
+                if self.drop_next and b"EVALSHA" in data:
+                    self.drop_next, dropping = False, True
+                upstream_w.write(data)
+                await upstream_w.drain()
+
+        async def to_client() -> None:
+            while data := await upstream_r.read(1 << 16):
+                if not dropping:
+                    client_w.write(data)
+                    await client_w.drain()
+
+        pumps = [asyncio.create_task(to_redis()), asyncio.create_task(to_client())]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+                self._tasks.discard(pump)
+            client_w.close()
+            upstream_w.close()
+
+
+async def test_a_reply_lost_on_the_wire_is_found_again(
+    redis_url: str, settings: Settings, redis_client: Redis
+) -> None:
+    """End to end: the script runs in Redis, its reply is dropped, the call times out after
+    sending (ReplyLost), and the lookup finds the transaction."""
+    shared = urlsplit(redis_url)
+    async with ReplyDroppingProxy(shared.port or 6379) as proxy:
+        through = settings.model_copy(
+            update={
+                "redis_url": f"redis://127.0.0.1:{proxy.port}{shared.path}",
+                "redis_socket_timeout_ms": 300,
+            }
+        )
+        client = connect_redis(through)
+        try:
+            money = MoneyScripts(client, through)
+            await money.register_user(1)
+            proxy.drop_next = True
+            with pytest.raises(ReplyLost):
+                await LuaScript(client, "register_user")(keys=[keyspace.user(2)], args=["2"])
+            assert await redis_client.exists(keyspace.user(2))  # it ran all the same
+
+            proxy.drop_next = True
+            accepted = await money.deposit(1, 500)
+            assert not proxy.drop_next  # the deposit's reply was the one dropped
+            [record] = await stream_fields(redis_client)
+            assert (record["id"], record["amount"]) == (str(accepted.txn_id), "500")
+            assert await balance(redis_client, 1) == 500
+        finally:
+            await client.aclose()
+
+
+async def test_a_failure_before_sending_is_raised_as_the_outage_it_is() -> None:
+    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    free_port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()  # nothing listens there now: the connection is refused
+    refused = Redis(host="127.0.0.1", port=free_port, socket_timeout=0.2)
+    try:
+        with pytest.raises(RedisConnectionError) as never_sent:
+            await LuaScript(refused, "deposit")(keys=["k"], args=["a"])
+        assert not isinstance(never_sent.value, ReplyLost)
+    finally:
+        await refused.aclose()
+
+
+@pytest.mark.in_process_only
+async def test_over_http_an_unknown_outcome_is_503_without_retry_after(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.http.state import MONEY
+
+    app = client.app
+    assert app is not None
+    alice = await new_user(client, "alice", deposit_kopecks=100)
+    money = app[MONEY]
+    monkeypatch.setattr(money, "_outcome_wait_s", 0.2)
+    losing(money, "deposit", True, monkeypatch)
+
+    async def redis_down(keys: list[str], args: list[Arg]) -> Any:
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(money, "_lookup_request", redis_down)
+    response = await client.post("/api/balance/deposit/", json={"amount": 5}, cookies=alice.cookies)
+    assert response.status == 503
+    body = await response.json()
+    assert body["error"]["code"] == "outcome_unknown"
+    assert "Idempotency-Key" in body["error"]["message"]
+    assert "Retry-After" not in response.headers
+
+    monkeypatch.undo()
+    losing(money, "deposit", True, monkeypatch)
+    response = await client.post("/api/balance/deposit/", json={"amount": 7}, cookies=alice.cookies)
+    assert response.status == 201  # the lookup found the transaction
+    assert (await response.json())["amount"] == 7
+    assert await alice.balance(client) == 112
