@@ -8,6 +8,7 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from service.domain.refusals import INTERNAL_ERROR
 from service.http.app import create_app
 from service.redis.money import MoneyScripts
 from service.settings import Settings
@@ -309,7 +310,7 @@ async def test_an_unexpected_failure_is_a_json_500_without_details(
     response = await client.post("/api/balance/deposit/", json={"amount": 5}, cookies=alice.cookies)
     assert response.status == 500
     body = await response.json()
-    assert body == {"error": {"code": "internal_error", "message": "internal error; try again"}}
+    assert body == {"error": {"code": "internal_error", "message": INTERNAL_ERROR.message}}
     assert "secret" not in await response.text()
 
 

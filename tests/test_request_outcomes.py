@@ -22,6 +22,7 @@ from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.redis.scripts import Arg, LuaScript, ReplyLost
 from service.settings import Settings
+from tests.support.faults.procs import DelayProxy
 from tests.support.helpers import balance, refusing, snapshot, stream_fields
 from tests.support.http_helpers import Client, new_user
 
@@ -171,67 +172,13 @@ async def test_nothing_is_known_of_a_request_while_redis_has_lost_its_data(
     assert not await redis_client.exists(keys[3])
 
 
-class ReplyDroppingProxy:
-    """A TCP proxy to Redis that, when told to, drops the reply to the next script call
-    (EVALSHA) and everything after it on that connection: the script runs in Redis, and
-    its reply is lost on the wire."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.drop_next = False
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> "ReplyDroppingProxy":
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        dropping = False
-
-        async def to_redis() -> None:
-            nonlocal dropping
-            while data := await client_r.read(1 << 16):
-                if self.drop_next and b"EVALSHA" in data:
-                    self.drop_next, dropping = False, True
-                upstream_w.write(data)
-                await upstream_w.drain()
-
-        async def to_client() -> None:
-            while data := await upstream_r.read(1 << 16):
-                if not dropping:
-                    client_w.write(data)
-                    await client_w.drain()
-
-        pumps = [asyncio.create_task(to_redis()), asyncio.create_task(to_client())]
-        self._tasks.update(pumps)
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pump in pumps:
-                pump.cancel()
-                self._tasks.discard(pump)
-            client_w.close()
-            upstream_w.close()
-
-
 async def test_a_reply_lost_on_the_wire_is_found_again(
     redis_url: str, settings: Settings, redis_client: Redis
 ) -> None:
     """End to end: the script runs in Redis, its reply is dropped, the call times out after
     sending (ReplyLost), and the lookup finds the transaction."""
     shared = urlsplit(redis_url)
-    async with ReplyDroppingProxy(shared.port or 6379) as proxy:
+    async with DelayProxy(shared.port or 6379) as proxy:
         through = settings.model_copy(
             update={
                 "redis_url": f"redis://127.0.0.1:{proxy.port}{shared.path}",

@@ -144,7 +144,13 @@ OUTCOME_UNKNOWN = Refusal(
 HISTORY_UNAVAILABLE = Refusal(
     "history_unavailable", 503, "the ledger is catching up; try again shortly"
 )
-INTERNAL_ERROR = Refusal("internal_error", 500, "internal error; try again")
+# A bug: whether a money request moved money is then unknown too, so a retry is safe only
+# with the request's Idempotency-Key.
+INTERNAL_ERROR = Refusal(
+    "internal_error",
+    500,
+    "internal error; retry a money request only with its Idempotency-Key",
+)
 # Never sent: the client left before the answer. What such a request is counted and logged
 # as (nginx's 499), so that a client's hang-up is not taken for a failure of ours.
 CLIENT_CLOSED_REQUEST = Refusal(

@@ -582,17 +582,21 @@ class Processes:
 
 
 class DelayProxy:
-    """A TCP proxy on loopback that delays what the server sends back by ``delay_s``.
+    """A TCP proxy on loopback to a Redis: it delays what Redis sends back by ``delay_s``,
+    and once ``drop_next`` is set it drops the reply to the next script call
+    (EVALSHA) and everything after it on that connection (then ``drop_next`` is False).
 
-    Put between the API and Redis, it models network latency: a money script has run in
-    Redis ``delay_s`` before the worker sees its reply, so a worker killed in that time
-    leaves an applied transaction whose 201 never left.
+    Put between the API and Redis, it models the network: a money script has run in Redis
+    ``delay_s`` before the worker sees its reply, so a worker killed in that time leaves an
+    applied transaction whose 201 never left; and a reply lost on the wire is a script that
+    ran with nobody told.
     """
 
-    def __init__(self, upstream_port: int, delay_s: float) -> None:
+    def __init__(self, upstream_port: int, delay_s: float = 0.0) -> None:
         self.upstream_port = upstream_port
         self.delay_s = delay_s
         self.port = 0
+        self.drop_next = False
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -625,9 +629,10 @@ class DelayProxy:
         except OSError:
             client_w.close()
             return
+        dropping = asyncio.Event()  # this connection's replies are lost from now on
         pumps = [
-            asyncio.create_task(self._pump(client_r, upstream_w, 0.0)),
-            asyncio.create_task(self._pump(upstream_r, client_w, self.delay_s)),
+            asyncio.create_task(self._requests(client_r, upstream_w, dropping)),
+            asyncio.create_task(self._replies(upstream_r, client_w, dropping)),
         ]
         self._tasks.update(pumps)
         try:
@@ -639,9 +644,19 @@ class DelayProxy:
             for writer in (client_w, upstream_w):
                 writer.close()
 
-    @staticmethod
-    async def _pump(
-        source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay_s: float
+    async def _requests(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, dropping: asyncio.Event
+    ) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while chunk := await source.read(65536):
+                if self.drop_next and b"EVALSHA" in chunk:
+                    self.drop_next = False
+                    dropping.set()
+                sink.write(chunk)
+                await sink.drain()
+
+    async def _replies(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, dropping: asyncio.Event
     ) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -652,13 +667,14 @@ class DelayProxy:
                 if not chunk:
                     return
                 await asyncio.sleep(max(0.0, due - loop.time()))
-                sink.write(chunk)
-                await sink.drain()
+                if not dropping.is_set():
+                    sink.write(chunk)
+                    await sink.drain()
 
         delivery = asyncio.create_task(deliver())
         try:
             while chunk := await source.read(65536):
-                queue.put_nowait((loop.time() + delay_s, chunk))
+                queue.put_nowait((loop.time() + self.delay_s, chunk))
             queue.put_nowait((0.0, b""))
             await delivery
         except (OSError, asyncio.IncompleteReadError):
