@@ -7,8 +7,16 @@ retried for ever.
 """
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 # SQLSTATE classes of a server that went away, is starting, stopping or overloaded, or
 # will not take our connection: 08 connection exception, 28 invalid authorization (a
@@ -18,14 +26,24 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "53", "57", "58"})
 
 # Redis's ConnectionError covers BusyLoadingError (a restarted Redis reading its AOF);
-# OSError covers refused connections and TimeoutError.
+# OSError covers refused connections and TimeoutError. The Redis refusals are answers of a
+# server that cannot take writes now (at maxmemory, a replica, no master, a slot moving):
+# the command did not run. PoolTimeoutError: no database connection came free in time.
 _OUTAGE_ERRORS = (
     RedisConnectionError,
     RedisTimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    MasterDownError,
+    TryAgainError,
     OperationalError,
     InterfaceError,
+    PoolTimeoutError,
     OSError,
 )
+# Redis refusals redis-py has no class for: a script running too long (BUSY), too few
+# replicas for a write (NOREPLICAS).
+_OUTAGE_REPLY_PREFIXES = ("BUSY ", "NOREPLICAS ")
 
 # uvloop's transports raise RuntimeError("unable to perform operation on
 # <TCPTransport closed=True ...>; the handler is closed") where asyncio's raise an
@@ -38,6 +56,8 @@ _UVLOOP_CLOSED_SUFFIX = "; the handler is closed"
 def is_outage(error: BaseException) -> bool:
     if isinstance(error, _OUTAGE_ERRORS):
         return True
+    if isinstance(error, ResponseError):
+        return str(error).startswith(_OUTAGE_REPLY_PREFIXES)
     if isinstance(error, RuntimeError):
         message = str(error)
         return message.startswith(_UVLOOP_CLOSED_PREFIX) and message.endswith(_UVLOOP_CLOSED_SUFFIX)

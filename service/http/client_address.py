@@ -4,10 +4,20 @@ It is the TCP peer, unless the peer is one of ``WALLET_TRUSTED_PROXIES``: then i
 last hop of X-Forwarded-For that is not a trusted proxy. The header is read right to left
 because each proxy appends the address it saw: the hops at the right were written by our
 own proxies, the ones at the left by whoever sent the request, who can write anything.
+
+An IPv6 client is counted by its /64: one subscriber is usually given a whole /64, so
+counting single IPv6 addresses would let one client rotate through unlimited addresses.
 """
 
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
 
 from aiohttp import web
 
@@ -18,6 +28,8 @@ Network = IPv4Network | IPv6Network
 
 # A peer with no IP address (a Unix socket): all such clients share one address.
 UNKNOWN = "unknown"
+# The IPv6 prefix one client is counted by.
+IPV6_CLIENT_PREFIX_BITS = 64
 
 
 def _parse(text: str | None) -> Address | None:
@@ -52,6 +64,8 @@ def resolve_client_address(
             # itself is the last hop we know.
             break
         address = previous
+    if isinstance(address, IPv6Address):
+        return str(ip_network(f"{address}/{IPV6_CLIENT_PREFIX_BITS}", strict=False))
     return str(address)
 
 

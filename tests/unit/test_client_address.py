@@ -57,9 +57,19 @@ def test_a_hop_that_is_no_address_stops_the_walk_at_the_last_known_one(garbage: 
 
 
 def test_addresses_are_spelled_canonically() -> None:
-    assert resolve_client_address("2001:DB8:0:0::5", [" 2001:0db9::1 "], PROXIES) == "2001:db9::1"
+    assert resolve_client_address("2001:DB8:0:0::5", [" 2001:0db9::1 "], PROXIES) == (
+        "2001:db9::/64"
+    )
     # An IPv4 client seen over an IPv6 socket counts as the IPv4 client.
     assert resolve_client_address("::ffff:192.0.2.1", [], ()) == "192.0.2.1"
+
+
+def test_an_ipv6_client_is_counted_by_its_64_so_it_cannot_rotate_past_the_limits() -> None:
+    one_subscriber = {
+        resolve_client_address(f"2001:db8:aaaa:bbbb::{n:x}", [], ()) for n in range(1, 500)
+    }
+    assert one_subscriber == {"2001:db8:aaaa:bbbb::/64"}
+    assert resolve_client_address("2001:db8:aaaa:bbbc::1", [], ()) == "2001:db8:aaaa:bbbc::/64"
 
 
 @pytest.mark.parametrize("peer", [None, "", "not-an-ip"])

@@ -1,10 +1,17 @@
 """An outage is retried (the writer) or answered 503 (the API); anything else is a bug."""
 
 import pytest
-from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from service.outages import is_outage
 
@@ -30,6 +37,12 @@ class _PgError(Exception):
         DBAPIError("SELECT 1", {}, _PgError("3D000")),  # no such database
         DBAPIError("SELECT 1", {}, _PgError("28P01")),  # password authentication failed
         ConnectionRefusedError(111, "refused"),
+        OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
+        ReadOnlyError("READONLY You can't write against a read only replica."),
+        MasterDownError("MASTERDOWN Link with MASTER is down"),
+        ResponseError("BUSY Redis is busy running a script."),
+        ResponseError("NOREPLICAS Not enough good replicas to write."),
+        PoolTimeoutError("QueuePool limit of size 10 overflow 0 reached"),
         TimeoutError(),
         # uvloop, writing to a connection Redis closed while it opened (Redis killed).
         RuntimeError(
