@@ -4,12 +4,10 @@ a directory refused while its owner lives, and what follows a SIGKILL of the own
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ from service.engines.common import (
 )
 from service.engines.postgres import PostgresEngine, RunningPostgres, start_postgres
 from service.engines.valkey import RunningValkey, ValkeyEngine, start_valkey
+from tests.support.servers import scratch_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CHILD_START_TIMEOUT_S = 60.0
@@ -118,11 +117,10 @@ def data_dir() -> Iterator[Path]:
     """A fresh directory, not under data_dir: each pytest session start (any concurrent run
     included) sets /tmp/pytest-of-USER back to 0700, which as root locks the server's user
     out of a cluster there."""
-    path = Path(tempfile.mkdtemp(prefix="wallet-engines-"))
-    yield path
-    for pid in server_processes(path):  # what a failed test left
-        os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir("engines") as path:
+        yield path
+        for pid in server_processes(path):  # what a failed test left
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

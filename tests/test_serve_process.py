@@ -16,6 +16,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.engines.common import free_port
 from tests.support.postgres_admin import postgres_admin
 from tests.support.raw_http import closed_within, exchange, read_response, request_head
 from tests.support.served import Served, service_environ, wallet_serve
@@ -143,13 +144,6 @@ def _run_wallet(args: list[str], env: dict[str, str]) -> subprocess.CompletedPro
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def unmigrated_database(database_url: str) -> Iterator[str]:
     """An empty database on the run's server: `wallet migrate` never ran on it."""
@@ -168,9 +162,9 @@ def test_serve_without_the_schema_says_what_to_run_in_one_line(
     env = {
         "REDIS_URL": redis_url,
         "DATABASE_URL": unmigrated_database,
-        "WALLET_METRICS_LISTEN": f"127.0.0.1:{_free_port()}",
+        "WALLET_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
     }
-    args = ["serve", "--port", str(_free_port()), "--workers", "2"]
+    args = ["serve", "--port", str(free_port()), "--workers", "2"]
     result = _run_wallet(args, env)
     assert result.returncode == 1
     output = (result.stdout + result.stderr).strip().splitlines()
@@ -187,7 +181,7 @@ def test_serve_on_a_taken_metrics_address_says_so_in_one_line(
             "DATABASE_URL": database_url,
             "WALLET_METRICS_LISTEN": address,
         }
-        result = _run_wallet(["serve", "--port", str(_free_port())], env)
+        result = _run_wallet(["serve", "--port", str(free_port())], env)
     assert result.returncode == 1
     output = (result.stdout + result.stderr).strip().splitlines()
     assert output == [f"Error: WALLET_METRICS_LISTEN {address}: Address already in use"]

@@ -5,9 +5,7 @@ transaction, leaves no server running, and the next start finds all of it."""
 
 import asyncio
 import json
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from tests.support.faults.checks import (
 from tests.support.faults.load import SESSION_COOKIE, Ack, LoadDriver, Loader, UserSession
 from tests.support.faults.procs import Processes, WalletEmbedded
 from tests.support.served import service_environ
+from tests.support.servers import scratch_dir
 
 # The contract's promise for a warm data directory.
 WARM_START_LIMIT_S = 5.0
@@ -41,13 +40,8 @@ ENV = {
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    # Not tmp_path: pytest resets /tmp/pytest-of-<user> to 0700 at every start, which
-    # locks out PostgreSQL's own system user when the run is root's.
-    directory = Path(tempfile.mkdtemp(prefix="wallet-embedded-"))
-    try:
+    with scratch_dir("embedded") as directory:
         yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _env() -> dict[str, str]:

@@ -1,7 +1,6 @@
 """The HTTP tests against a real `wallet serve --workers 2` (WALLET_TEST_SERVED=1)."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ from typing import Any
 
 import aiohttp
 
+from service.engines.common import free_port
+
 WORKERS = 2
 START_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -47,8 +41,8 @@ def wallet_serve(
 ) -> Iterator[Served]:
     """Starts the real CLI (gunicorn, two workers unless told) and stops it gracefully
     afterwards; ``settings`` are given as WALLET_<NAME>."""
-    port = _free_port()
-    metrics_port = _free_port()
+    port = free_port()
+    metrics_port = free_port()
     env = service_environ() | {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,

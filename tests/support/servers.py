@@ -24,7 +24,7 @@ from tests.support.postgres_admin import postgres_admin
 
 
 @contextmanager
-def _scratch_dir(what: str) -> Iterator[Path]:
+def scratch_dir(what: str) -> Iterator[Path]:
     # Not pytest's tmp_path: every pytest start resets /tmp/pytest-of-<user> to 0700,
     # which locks out PostgreSQL's own system user when the run is root's.
     directory = Path(tempfile.mkdtemp(prefix=f"wallet-test-{what}-"))
@@ -42,7 +42,7 @@ def redis_server() -> Iterator[str]:
         parts = urlsplit(given)
         yield f"{parts.scheme}://{parts.netloc}"
         return
-    with _scratch_dir("valkey") as directory, start_valkey(directory) as valkey:
+    with scratch_dir("valkey") as directory, start_valkey(directory) as valkey:
         yield valkey.url.rsplit("/", 1)[0]
 
 
@@ -53,7 +53,7 @@ def postgres_server() -> Iterator[str]:
     if given:
         yield given.replace("postgresql+asyncpg://", "postgresql://", 1)
         return
-    with _scratch_dir("postgres") as directory, start_postgres(directory) as postgres:
+    with scratch_dir("postgres") as directory, start_postgres(directory) as postgres:
         yield postgres.dsn
 
 

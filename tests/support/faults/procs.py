@@ -22,7 +22,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import aiohttp
 import asyncpg
 import redis
 
+from service.engines.common import free_port
 from service.engines.postgres import postgres_bin_dir
 from service.engines.valkey import valkey_binary
 from tests.support.served import service_environ
@@ -48,13 +48,6 @@ START_TIMEOUT_S = 30.0
 
 class ProcessError(RuntimeError):
     """A process did not start, or a one-shot command failed; the message has its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wallet_executable() -> str:
