@@ -94,6 +94,28 @@ def _result(reply: list[bytes]) -> Accepted:
     raise Refused(refusal, replayed=replayed)
 
 
+def _head_keys(user_id: int, token: str) -> list[str]:
+    """The keys every money script takes first (their headers: KEYS[1..4])."""
+    return [
+        keyspace.TXN_SEQ,
+        keyspace.TXN_STREAM,
+        keyspace.user(user_id),
+        keyspace.request_outcome(user_id, token),
+    ]
+
+
+def _tail_keys(
+    user_id: int, idempotency_key: str | None, session: SessionCheck | None
+) -> list[str]:
+    """The keys every money script takes last, each only when it is given."""
+    keys = []
+    if idempotency_key is not None:
+        keys.append(keyspace.idempotency(user_id, idempotency_key))
+    if session is not None:
+        keys.append(session.redis_key)
+    return keys
+
+
 class MoneyScripts:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._idempotency_ttl_s = str(settings.idempotency_ttl_s)
@@ -125,16 +147,7 @@ class MoneyScripts:
         _check_user_id(user_id)
         _check_amount(amount_kopecks)
         token = secrets.token_urlsafe(REQUEST_TOKEN_BYTES)
-        keys = [
-            keyspace.TXN_SEQ,
-            keyspace.TXN_STREAM,
-            keyspace.user(user_id),
-            keyspace.request_outcome(user_id, token),
-        ]
-        if idempotency_key is not None:
-            keys.append(keyspace.idempotency(user_id, idempotency_key))
-        if session is not None:
-            keys.append(session.redis_key)
+        keys = [*_head_keys(user_id, token), *_tail_keys(user_id, idempotency_key, session)]
         args = [str(user_id), str(amount_kopecks), idempotency_key or "", self._idempotency_ttl_s]
         args += _NO_SESSION_ARGS if session is None else session.args()
         args += [token, self._outcome_ttl_s]
@@ -162,18 +175,10 @@ class MoneyScripts:
             raise ValueError("a transfer needs to_user_id or to_username")
         _check_amount(amount_kopecks)
         token = secrets.token_urlsafe(REQUEST_TOKEN_BYTES)
-        keys = [
-            keyspace.TXN_SEQ,
-            keyspace.TXN_STREAM,
-            keyspace.user(from_user_id),
-            keyspace.request_outcome(from_user_id, token),
-        ]
+        keys = _head_keys(from_user_id, token)
         if to_user_id is not None:
             keys.append(keyspace.user(to_user_id))
-        if idempotency_key is not None:
-            keys.append(keyspace.idempotency(from_user_id, idempotency_key))
-        if session is not None:
-            keys.append(session.redis_key)
+        keys += _tail_keys(from_user_id, idempotency_key, session)
         args = [
             str(from_user_id),
             "" if to_user_id is None else str(to_user_id),
