@@ -54,6 +54,9 @@ class LedgerTransaction(Base):
     to_balance_after_kopecks: Mapped[int] = mapped_column(BigInteger)
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
     stream_entry_id: Mapped[str] = mapped_column(String(48))
+    # A capture of a hold: the hold. A refund: the transfer it refunds.
+    hold_id: Mapped[int | None] = mapped_column(BigInteger)
+    refund_of: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(

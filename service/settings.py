@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     stream_retention_s: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
     # Read-your-writes merges at most this many not-yet-persisted entries into a history read.
     history_tail_max_entries: int = Field(default=20_000, ge=100, le=1_000_000)
+    # Holds: Redis keeps a hold that is no longer pending this long (GET and repeated captures
+    # and voids read it there; past it, from the ledger).
+    hold_retention_s: int = Field(default=7 * 24 * 3600, ge=60, le=90 * 24 * 3600)
+    # The sweeper (part of `wallet writer`) looks for expired holds this often, and marks at
+    # most this many per pass.
+    hold_sweep_interval_ms: int = Field(default=1_000, ge=10, le=60_000)
+    hold_sweep_batch: int = Field(default=100, ge=1, le=10_000)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -28,3 +28,19 @@ MAX_PAGE_SIZE = 100
 def is_valid_idempotency_key(key: str) -> bool:
     """1..64 printable ASCII, as the scripts check it."""
     return 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_CHARS and all(" " <= c <= "~" for c in key)
+
+
+# Holds (the contract's "Holds"): how long a hold may stay pending, in seconds.
+MIN_HOLD_EXPIRES_IN_S = 60
+MAX_HOLD_EXPIRES_IN_S = 604_800
+DEFAULT_HOLD_EXPIRES_IN_S = 86_400
+# Pending holds one payer may have at once: every script that spends releases the payer's
+# expired holds first (lua/includes/holds.lua), so this bounds that work.
+MAX_PENDING_HOLDS_PER_PAYER = 1_000
+
+# Batch transfers: legs in one batch.
+MAX_BATCH_LEGS = 100
+
+# Statements: items in one, and the longest period it covers.
+MAX_STATEMENT_ITEMS = 10_000
+MAX_STATEMENT_DAYS = 366

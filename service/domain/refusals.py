@@ -88,6 +88,33 @@ BALANCE_LIMIT_EXCEEDED = Refusal(
     "balance_limit_exceeded", 422, "the balance would exceed 10^15 kopecks", recorded=True
 )
 SELF_TRANSFER = Refusal("self_transfer", 422, "a transfer to oneself is not allowed")
+# Holds, refunds: what the hold, capture, void and refund scripts answer besides the above.
+# hold_not_found: no such hold, or the caller is not the party who may do this with it.
+HOLD_NOT_FOUND = Refusal("hold_not_found", 404, "no such hold", recorded=True)
+HOLD_NOT_PENDING = Refusal(
+    "hold_not_pending", 409, "the hold was captured, voided or has expired", recorded=True
+)
+CAPTURE_EXCEEDS_HOLD = Refusal(
+    "validation_error",
+    422,
+    "a capture is at most the held amount",
+    lua_outcome="capture_exceeds_hold",
+)
+TOO_MANY_HOLDS = Refusal(
+    "too_many_holds",
+    409,
+    "too many pending holds; capture, void or let some expire first",
+    recorded=True,
+)
+TRANSACTION_NOT_FOUND = Refusal(
+    "transaction_not_found", 404, "no such transfer received by you", recorded=True
+)
+REFUND_EXCEEDS_TRANSFER = Refusal(
+    "refund_exceeds_transfer",
+    422,
+    "the refunds of a transfer cannot add up to more than it",
+    recorded=True,
+)
 IDEMPOTENCY_KEY_REUSED = Refusal(
     "idempotency_key_reused", 422, "this Idempotency-Key was used with another request"
 )
@@ -141,6 +168,11 @@ OUTCOME_UNKNOWN = Refusal(
     "the request may or may not have been applied; send it again with the same"
     " Idempotency-Key to get its outcome (without one, read the history first)",
 )
+STATEMENT_TOO_LARGE = Refusal(
+    "statement_too_large",
+    422,
+    "the period holds more than 10000 transactions; ask for a shorter one",
+)
 HISTORY_UNAVAILABLE = Refusal(
     "history_unavailable", 503, "the ledger is catching up; try again shortly"
 )
@@ -170,6 +202,12 @@ BY_LUA_OUTCOME: dict[str, Refusal] = {
         INSUFFICIENT_FUNDS,
         BALANCE_LIMIT_EXCEEDED,
         SELF_TRANSFER,
+        HOLD_NOT_FOUND,
+        HOLD_NOT_PENDING,
+        CAPTURE_EXCEEDS_HOLD,
+        TOO_MANY_HOLDS,
+        TRANSACTION_NOT_FOUND,
+        REFUND_EXCEEDS_TRANSFER,
         IDEMPOTENCY_KEY_REUSED,
         ACCOUNT_NOT_FOUND,
         NOT_REBUILT,
@@ -199,6 +237,7 @@ CATALOG: tuple[Refusal, ...] = (
     SERVICE_UNAVAILABLE,
     OUTCOME_UNKNOWN,
     HISTORY_UNAVAILABLE,
+    STATEMENT_TOO_LARGE,
     INTERNAL_ERROR,
     CLIENT_CLOSED_REQUEST,
     *BY_LUA_OUTCOME.values(),

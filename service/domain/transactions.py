@@ -9,8 +9,8 @@ from typing import Any, Literal, Protocol
 from service.domain.amounts import format_rubles
 from service.domain.times import datetime_from_us, rfc3339, us_from_datetime
 
-Kind = Literal["deposit", "transfer"]
-Direction = Literal["in", "out"]
+Kind = Literal["deposit", "transfer", "refund"]
+KINDS: tuple[Kind, ...] = ("deposit", "transfer", "refund")
 
 
 class LedgerRow(Protocol):
@@ -25,6 +25,8 @@ class LedgerRow(Protocol):
     from_balance_after_kopecks: int | None
     to_balance_after_kopecks: int
     idempotency_key: str | None
+    hold_id: int | None
+    refund_of: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,27 +40,45 @@ class Transaction:
     from_balance_kopecks: int | None
     to_balance_kopecks: int
     idempotency_key: str | None
+    # A capture of a hold (kind transfer): the hold. A refund: the transfer it refunds.
+    hold_id: int | None = None
+    refund_of: int | None = None
 
     @property
     def created_at(self) -> datetime:
         return datetime_from_us(self.created_at_us)
 
-    # The stream entry (lua/deposit.lua, lua/transfer.lua).
+    def balance_after_kopecks(self, viewer_user_id: int) -> int:
+        """The viewer's balance right after this transaction (the viewer is a party)."""
+        if viewer_user_id == self.to_user_id:
+            return self.to_balance_kopecks
+        if viewer_user_id == self.from_user_id and self.from_balance_kopecks is not None:
+            return self.from_balance_kopecks
+        raise ValueError(f"user {viewer_user_id} is not a party to transaction {self.txn_id}")
+
+    # The stream entry (lua/deposit.lua, lua/transfer.lua, lua/transfer_batch.lua,
+    # lua/hold_capture.lua, lua/refund.lua). ``hold_id`` and ``refund_of`` are present only
+    # when they apply.
 
     @classmethod
     def from_stream_fields(cls, fields: dict[bytes, bytes]) -> "Transaction":
         """Parses one stream entry; raises ValueError or KeyError on a malformed one."""
         kind = fields[b"kind"].decode()
-        if kind not in ("deposit", "transfer"):
+        if kind not in KINDS:
             raise ValueError(f"unknown transaction kind {kind!r}")
         from_raw, from_balance_raw = fields[b"from"], fields[b"from_balance"]
         if (kind == "deposit") != (from_raw == b"") or (from_raw == b"") != (
             from_balance_raw == b""
         ):
             raise ValueError(f"sender fields do not match kind {kind!r}")
+        hold_raw, refund_of_raw = fields.get(b"hold_id", b""), fields.get(b"refund_of", b"")
+        if (hold_raw != b"" and kind != "transfer") or (
+            (refund_of_raw != b"") != (kind == "refund")
+        ):
+            raise ValueError(f"hold_id or refund_of do not match kind {kind!r}")
         record = cls(
             txn_id=int(fields[b"id"]),
-            kind="deposit" if kind == "deposit" else "transfer",
+            kind=_kind(kind),
             from_user_id=int(from_raw) if from_raw else None,
             to_user_id=int(fields[b"to"]),
             amount_kopecks=int(fields[b"amount"]),
@@ -66,6 +86,8 @@ class Transaction:
             from_balance_kopecks=int(from_balance_raw) if from_balance_raw else None,
             to_balance_kopecks=int(fields[b"to_balance"]),
             idempotency_key=fields[b"idem_key"].decode("ascii") or None,
+            hold_id=int(hold_raw) if hold_raw else None,
+            refund_of=int(refund_of_raw) if refund_of_raw else None,
         )
         if record.txn_id < 1 or record.amount_kopecks < 1 or record.to_balance_kopecks < 0:
             raise ValueError(f"values out of range in transaction {record.txn_id}")
@@ -85,13 +107,15 @@ class Transaction:
             "to_balance_after_kopecks": self.to_balance_kopecks,
             "idempotency_key": self.idempotency_key,
             "stream_entry_id": stream_entry_id,
+            "hold_id": self.hold_id,
+            "refund_of": self.refund_of,
         }
 
     @classmethod
     def from_ledger(cls, row: LedgerRow) -> "Transaction":
         return cls(
             txn_id=row.id,
-            kind="deposit" if row.kind == "deposit" else "transfer",
+            kind=_kind(row.kind),
             from_user_id=row.from_user_id,
             to_user_id=row.to_user_id,
             amount_kopecks=row.amount_kopecks,
@@ -99,39 +123,63 @@ class Transaction:
             from_balance_kopecks=row.from_balance_after_kopecks,
             to_balance_kopecks=row.to_balance_after_kopecks,
             idempotency_key=row.idempotency_key,
+            hold_id=row.hold_id,
+            refund_of=row.refund_of,
         )
 
-    def as_json(self, direction: Direction | None = None) -> dict[str, object]:
-        return transaction_json(
+    def as_json(self, viewer_user_id: int, with_direction: bool) -> dict[str, object]:
+        """The transaction as the viewer sees it in a history or a statement: with the
+        viewer's balance right after it, and (in transfer history) its direction."""
+        body = transaction_json(
             txn_id=self.txn_id,
+            kind=self.kind,
             from_user_id=self.from_user_id,
             to_user_id=self.to_user_id,
             amount_kopecks=self.amount_kopecks,
             created_at_us=self.created_at_us,
-            direction=direction,
+            hold_id=self.hold_id,
+            refund_of=self.refund_of,
         )
+        if with_direction:
+            body["direction"] = "out" if self.from_user_id == viewer_user_id else "in"
+        balance_after = self.balance_after_kopecks(viewer_user_id)
+        body["balance_after_kopecks"] = balance_after
+        body["balance_after"] = format_rubles(balance_after)
+        return body
+
+
+def _kind(raw: str) -> Kind:
+    for kind in KINDS:
+        if raw == kind:
+            return kind
+    raise ValueError(f"unknown transaction kind {raw!r}")
 
 
 def transaction_json(
     *,
     txn_id: int,
+    kind: Kind,
     from_user_id: int | None,
     to_user_id: int,
     amount_kopecks: int,
     created_at_us: int,
-    direction: Direction | None = None,
+    hold_id: int | None = None,
+    refund_of: int | None = None,
 ) -> dict[str, object]:
-    """The API's transaction object (the contract's "A transaction"); ``direction`` only
-    in transfer history. A 201 builds it from what the script answered."""
+    """The API's transaction object (the contract's "A transaction"), with ``hold_id``
+    for a capture and ``refund_of`` for a refund. A 201 builds it from what the script
+    answered; histories add the viewer's direction and balance (``Transaction.as_json``)."""
     body: dict[str, object] = {
         "id": txn_id,
-        "kind": "deposit" if from_user_id is None else "transfer",
+        "kind": kind,
         "amount": amount_kopecks,
         "amount_rub": format_rubles(amount_kopecks),
         "from_user_id": from_user_id,
         "to_user_id": to_user_id,
         "created_at": rfc3339(datetime_from_us(created_at_us)),
     }
-    if direction is not None:
-        body["direction"] = direction
+    if hold_id is not None:
+        body["hold_id"] = hold_id
+    if refund_of is not None:
+        body["refund_of"] = refund_of
     return body

@@ -50,6 +50,7 @@ def _created(
 ) -> web.Response:
     body = transaction_json(
         txn_id=accepted.txn_id,
+        kind="deposit" if from_user_id is None else "transfer",
         from_user_id=from_user_id,
         to_user_id=to_user_id,
         amount_kopecks=amount_kopecks,
@@ -161,10 +162,7 @@ async def _history(
     except HistoryUnavailable:
         raise Refused(refusals.HISTORY_UNAVAILABLE) from None
     items = [
-        txn.as_json(
-            None if direction is None else ("out" if txn.from_user_id == user.user_id else "in")
-        )
-        for txn in page.transactions
+        txn.as_json(user.user_id, with_direction=direction is not None) for txn in page.transactions
     ]
     next_cursor = encode_cursor(page.transactions[-1].txn_id) if page.has_more else None
     return json_response({"items": items, "next_cursor": next_cursor})

@@ -20,6 +20,30 @@ def user(user_id: int) -> str:
     return f"user:{{{user_id}}}"
 
 
+def pending_holds(user_id: int) -> str:
+    """Sorted set: the holds whose payer is ``user_id`` and whose money the payer's
+    ``held_kopecks`` still counts; member ``<hold_id>:<to_user_id>:<amount_kopecks>``,
+    score ``expires_at_us`` (lua/includes/holds.lua)."""
+    return f"holds:{{{user_id}}}"
+
+
+def hold(hold_id: int) -> str:
+    """Hash: one hold (lua/hold_create.lua). Not tagged with a user: the payee acts on it
+    knowing only its id. lua/hold_create.lua builds this name itself, from the id it assigns."""
+    return f"hold:{hold_id}"
+
+
+# Sorted set: the holds whose payee's ``incoming_kopecks`` still counts them (pending, or
+# expired and not yet swept); member ``<hold_id>``, score ``expires_at_us``. The sweeper
+# reads it (service/ledger/hold_sweeper.py).
+HOLDS_DUE = "holds:due"
+
+
+def refunded(user_id: int, txn_id: int) -> str:
+    """String: kopecks refunded so far of transfer ``txn_id``, received by ``user_id``."""
+    return f"refunded:{{{user_id}}}:{txn_id}"
+
+
 def idempotency(user_id: int, key: str) -> str:
     return f"idem:{{{user_id}}}:{key}"
 

@@ -59,6 +59,11 @@ def test_only_what_a_script_can_replay_is_recorded() -> None:
         "recipient_not_found",
         "insufficient_funds",
         "balance_limit_exceeded",
+        "hold_not_found",
+        "hold_not_pending",
+        "too_many_holds",
+        "transaction_not_found",
+        "refund_exceeds_transfer",
     }
 
 

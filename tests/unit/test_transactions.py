@@ -31,7 +31,7 @@ def test_stream_entry_to_ledger_row_and_back() -> None:
 
 def test_api_object() -> None:
     txn = Transaction.from_stream_fields(FIELDS)
-    assert txn.as_json("out") == {
+    assert txn.as_json(1, with_direction=True) == {
         "id": 7,
         "kind": "transfer",
         "amount": 2000,
@@ -40,18 +40,36 @@ def test_api_object() -> None:
         "to_user_id": 2,
         "created_at": "2025-12-02T00:00:00.123456Z",
         "direction": "out",
+        "balance_after_kopecks": 8100,
+        "balance_after": "81.00",
     }
+    assert txn.as_json(2, with_direction=True)["direction"] == "in"
+    assert txn.as_json(2, with_direction=True)["balance_after_kopecks"] == 2000
+    with pytest.raises(ValueError, match="not a party"):
+        txn.as_json(3, with_direction=False)
     deposit = Transaction.from_stream_fields(
         FIELDS | {b"kind": b"deposit", b"from": b"", b"from_balance": b""}
     )
-    assert deposit.as_json()["kind"] == "deposit"
-    assert "direction" not in deposit.as_json()
+    assert deposit.as_json(2, with_direction=False)["kind"] == "deposit"
+    assert "direction" not in deposit.as_json(2, with_direction=False)
+
+
+def test_capture_and_refund_carry_their_link() -> None:
+    capture = Transaction.from_stream_fields(FIELDS | {b"hold_id": b"5"})
+    assert capture.hold_id == 5
+    assert capture.as_json(1, with_direction=False)["hold_id"] == 5
+    refund = Transaction.from_stream_fields(FIELDS | {b"kind": b"refund", b"refund_of": b"3"})
+    assert refund.refund_of == 3
+    assert refund.as_json(2, with_direction=True)["refund_of"] == 3
 
 
 @pytest.mark.parametrize(
     "broken",
     [
         {b"kind": b"refund"},
+        {b"kind": b"hold_created"},
+        {b"refund_of": b"3"},
+        {b"kind": b"deposit", b"from": b"", b"from_balance": b"", b"hold_id": b"5"},
         {b"from": b""},
         {b"from_balance": b""},
         {b"amount": b"0"},
