@@ -149,7 +149,7 @@ async def test_the_outcome_is_unknown_when_redis_does_not_tell_in_time(
         asked += 1
         raise RedisConnectionError("Connection refused")
 
-    monkeypatch.setattr(money, "_lookup_request", redis_down)
+    monkeypatch.setattr(money._runner, "_lookup_request", redis_down)
     started = time.monotonic()
     with refusing(refusals.OUTCOME_UNKNOWN) as unknown:
         await money.deposit(1, 5)
@@ -234,7 +234,7 @@ async def test_over_http_an_unknown_outcome_is_503_without_retry_after(
     async def redis_down(keys: list[str], args: list[Arg]) -> Any:
         raise RedisConnectionError("Connection refused")
 
-    monkeypatch.setattr(money, "_lookup_request", redis_down)
+    monkeypatch.setattr(money._runner, "_lookup_request", redis_down)
     response = await client.post("/api/balance/deposit/", json={"amount": 5}, cookies=alice.cookies)
     assert response.status == 503
     body = await response.json()

@@ -68,34 +68,44 @@ class SessionCheck:
 _NO_SESSION_ARGS = ["0", "1", "1"]
 
 
-def _check_amount(amount_kopecks: int) -> None:
+def check_amount(amount_kopecks: int) -> None:
     if type(amount_kopecks) is not int or not 1 <= amount_kopecks <= MAX_AMOUNT_KOPECKS:
         raise ValueError(f"amount_kopecks out of range: {amount_kopecks!r}")
 
 
-def _check_user_id(user_id: int) -> None:
+def check_user_id(user_id: int) -> None:
     if type(user_id) is not int or not 1 <= user_id <= MAX_USER_ID:
         raise ValueError(f"bad user id: {user_id!r}")
 
 
-def _check_username(username: str) -> None:
+def check_username(username: str) -> None:
     if type(username) is not str or re.fullmatch(USERNAME_PATTERN, username) is None:
         raise ValueError(f"bad username: {username!r}")
 
 
 def _result(reply: list[bytes]) -> Accepted:
     outcome = reply[0].decode()
-    replayed = reply[3] == b"1"
+    replayed = reply[-1] == b"1"
     if outcome == "ok":
         return Accepted(txn_id=int(reply[1]), created_at_us=int(reply[2]), replayed=replayed)
+    raise refused(outcome, replayed)
+
+
+def refused(outcome: str, replayed: bool, field: str | None = None) -> Refused:
+    """The catalog's refusal for a script's outcome; a bug when the catalog has none."""
     refusal = BY_LUA_OUTCOME.get(outcome)
     if refusal is None:
         raise ScriptArgumentRejected(outcome)
-    raise Refused(refusal, replayed=replayed)
+    return Refused(refusal, field=field, replayed=replayed)
 
 
-def _head_keys(user_id: int, token: str) -> list[str]:
-    """The keys every money script takes first (their headers: KEYS[1..4])."""
+def new_request_token() -> str:
+    return secrets.token_urlsafe(REQUEST_TOKEN_BYTES)
+
+
+def head_keys(user_id: int, token: str) -> list[str]:
+    """The keys every money script takes first (their headers: KEYS[1..4]); ``user_id``
+    is the acting user."""
     return [
         keyspace.TXN_SEQ,
         keyspace.TXN_STREAM,
@@ -104,9 +114,7 @@ def _head_keys(user_id: int, token: str) -> list[str]:
     ]
 
 
-def _tail_keys(
-    user_id: int, idempotency_key: str | None, session: SessionCheck | None
-) -> list[str]:
+def tail_keys(user_id: int, idempotency_key: str | None, session: SessionCheck | None) -> list[str]:
     """The keys every money script takes last, each only when it is given."""
     keys = []
     if idempotency_key is not None:
@@ -116,90 +124,34 @@ def _tail_keys(
     return keys
 
 
-class MoneyScripts:
+def session_args(session: SessionCheck | None) -> list[str]:
+    """The three ARGV of a money script about the session: check flag, absolute, idle."""
+    return _NO_SESSION_ARGS if session is None else session.args()
+
+
+class MoneyScriptRunner:
+    """Runs a money script and, when its reply is lost, asks Redis what became of the
+    request (the module's docstring). Shared by every module that calls money scripts."""
+
     def __init__(self, redis: Redis, settings: Settings) -> None:
-        self._idempotency_ttl_s = str(settings.idempotency_ttl_s)
-        self._outcome_ttl_s = str(settings.request_outcome_ttl_s)
+        self.idempotency_ttl_s = str(settings.idempotency_ttl_s)
+        self.outcome_ttl_s = str(settings.request_outcome_ttl_s)
         self._outcome_wait_s = settings.request_outcome_wait_ms / 1000
-        self._register_user = LuaScript(redis, "register_user")
-        self._deposit = LuaScript(redis, "deposit")
-        self._transfer = LuaScript(redis, "transfer")
         self._lookup_request = LuaScript(redis, "lookup_request")
 
-    async def register_user(self, user_id: int) -> bool:
-        """Gives the user a zero balance unless they have one; True if it was created."""
-        _check_user_id(user_id)
-        reply: list[bytes] = await self._register_user(
-            keys=[keyspace.user(user_id)], args=[str(user_id)]
-        )
-        outcome = reply[0].decode()
-        if outcome not in ("created", "exists"):
-            raise ScriptArgumentRejected(outcome)
-        return outcome == "created"
-
-    async def deposit(
-        self,
-        user_id: int,
-        amount_kopecks: int,
-        idempotency_key: str | None = None,
-        session: SessionCheck | None = None,
-    ) -> Accepted:
-        _check_user_id(user_id)
-        _check_amount(amount_kopecks)
-        token = secrets.token_urlsafe(REQUEST_TOKEN_BYTES)
-        keys = [*_head_keys(user_id, token), *_tail_keys(user_id, idempotency_key, session)]
-        args = [str(user_id), str(amount_kopecks), idempotency_key or "", self._idempotency_ttl_s]
-        args += _NO_SESSION_ARGS if session is None else session.args()
-        args += [token, self._outcome_ttl_s]
-        return await self._run(self._deposit, keys, args, user_id, token)
-
-    async def transfer(
-        self,
-        from_user_id: int,
-        to_user_id: int | None,
-        amount_kopecks: int,
-        idempotency_key: str | None = None,
-        session: SessionCheck | None = None,
-        to_username: str | None = None,
-    ) -> Accepted:
-        """A transfer to ``to_user_id``; when the request named the recipient by
-        ``to_username``, that name too, with ``to_user_id`` None if it resolved to no one.
-        The script then refuses it (recipient_not_found) and records the refusal under the
-        key, which a retry after the name is registered replays instead of paying."""
-        _check_user_id(from_user_id)
-        if to_user_id is not None:
-            _check_user_id(to_user_id)
-        if to_username is not None:
-            _check_username(to_username)
-        elif to_user_id is None:
-            raise ValueError("a transfer needs to_user_id or to_username")
-        _check_amount(amount_kopecks)
-        token = secrets.token_urlsafe(REQUEST_TOKEN_BYTES)
-        keys = _head_keys(from_user_id, token)
-        if to_user_id is not None:
-            keys.append(keyspace.user(to_user_id))
-        keys += _tail_keys(from_user_id, idempotency_key, session)
-        args = [
-            str(from_user_id),
-            "" if to_user_id is None else str(to_user_id),
-            str(amount_kopecks),
-            idempotency_key or "",
-            self._idempotency_ttl_s,
-        ]
-        args += _NO_SESSION_ARGS if session is None else session.args()
-        args += [to_username or "", token, self._outcome_ttl_s]
-        return await self._run(self._transfer, keys, args, from_user_id, token)
-
-    async def _run(
+    async def run(
         self, script: LuaScript, keys: list[str], args: list[str], user_id: int, token: str
-    ) -> Accepted:
-        """The script's result; when its reply was lost, what Redis says became of it."""
+    ) -> list[bytes]:
+        """The script's reply; when it was lost, lookup_request.lua's instead: then
+        ``{outcome, txn_id, created_at_us, "0"}`` whatever the script's own reply shape
+        (outcome "ok" with the request's recorded transaction, or "not_applied"). Raises
+        Refused(OUTCOME_UNKNOWN) when Redis does not tell in time."""
         try:
             reply: list[bytes] = await script(keys=keys, args=args)
         except ReplyLost as lost:
             log.warning("the reply of a money request was lost (%s); asking Redis", lost)
             reply = await self._outcome_after_lost_reply(user_id, token)
-        return _result(reply)
+        return reply
 
     async def _outcome_after_lost_reply(self, user_id: int, token: str) -> list[bytes]:
         """Asks Redis what became of the request, until it answers, for at most the
@@ -223,3 +175,77 @@ class MoneyScripts:
         except TimeoutError:
             log.warning("the outcome of a money request is unknown: Redis did not tell in time")
             raise Refused(refusals.OUTCOME_UNKNOWN) from None
+
+
+class MoneyScripts:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._runner = MoneyScriptRunner(redis, settings)
+        self._register_user = LuaScript(redis, "register_user")
+        self._deposit = LuaScript(redis, "deposit")
+        self._transfer = LuaScript(redis, "transfer")
+
+    async def register_user(self, user_id: int) -> bool:
+        """Gives the user a zero balance unless they have one; True if it was created."""
+        check_user_id(user_id)
+        reply: list[bytes] = await self._register_user(
+            keys=[keyspace.user(user_id)], args=[str(user_id)]
+        )
+        outcome = reply[0].decode()
+        if outcome not in ("created", "exists"):
+            raise ScriptArgumentRejected(outcome)
+        return outcome == "created"
+
+    async def deposit(
+        self,
+        user_id: int,
+        amount_kopecks: int,
+        idempotency_key: str | None = None,
+        session: SessionCheck | None = None,
+    ) -> Accepted:
+        check_user_id(user_id)
+        check_amount(amount_kopecks)
+        runner = self._runner
+        token = new_request_token()
+        keys = [*head_keys(user_id, token), *tail_keys(user_id, idempotency_key, session)]
+        args = [str(user_id), str(amount_kopecks), idempotency_key or "", runner.idempotency_ttl_s]
+        args += session_args(session)
+        args += [token, runner.outcome_ttl_s]
+        return _result(await runner.run(self._deposit, keys, args, user_id, token))
+
+    async def transfer(
+        self,
+        from_user_id: int,
+        to_user_id: int | None,
+        amount_kopecks: int,
+        idempotency_key: str | None = None,
+        session: SessionCheck | None = None,
+        to_username: str | None = None,
+    ) -> Accepted:
+        """A transfer to ``to_user_id``; when the request named the recipient by
+        ``to_username``, that name too, with ``to_user_id`` None if it resolved to no one.
+        The script then refuses it (recipient_not_found) and records the refusal under the
+        key, which a retry after the name is registered replays instead of paying."""
+        check_user_id(from_user_id)
+        if to_user_id is not None:
+            check_user_id(to_user_id)
+        if to_username is not None:
+            check_username(to_username)
+        elif to_user_id is None:
+            raise ValueError("a transfer needs to_user_id or to_username")
+        check_amount(amount_kopecks)
+        runner = self._runner
+        token = new_request_token()
+        keys = head_keys(from_user_id, token)
+        if to_user_id is not None:
+            keys.append(keyspace.user(to_user_id))
+        keys += tail_keys(from_user_id, idempotency_key, session)
+        args = [
+            str(from_user_id),
+            "" if to_user_id is None else str(to_user_id),
+            str(amount_kopecks),
+            idempotency_key or "",
+            runner.idempotency_ttl_s,
+        ]
+        args += session_args(session)
+        args += [to_username or "", token, runner.outcome_ttl_s]
+        return _result(await runner.run(self._transfer, keys, args, from_user_id, token))
