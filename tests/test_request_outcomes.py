@@ -228,7 +228,7 @@ async def test_over_http_an_unknown_outcome_is_503_without_retry_after(
     assert app is not None
     alice = await new_user(client, "alice", deposit_kopecks=100)
     money = app[MONEY]
-    monkeypatch.setattr(money, "_outcome_wait_s", 0.2)
+    monkeypatch.setattr(money._runner, "_outcome_wait_s", 0.2)
     losing(money, "deposit", True, monkeypatch)
 
     async def redis_down(keys: list[str], args: list[Arg]) -> Any:
