@@ -13,11 +13,7 @@ from service.http.app import create_app
 from service.redis.money import MoneyScripts
 from service.settings import Settings
 from tests.support.helpers import snapshot, snapshot_of_data
-from tests.support.http_helpers import Client, new_user
-
-
-def error_of(body: Any) -> tuple[str, str | None]:
-    return body["error"]["code"], body["error"].get("field")
+from tests.support.http_helpers import Client, error_of, new_user
 
 
 async def test_balance_in_kopecks_and_rubles(client: Client) -> None:
@@ -118,8 +114,8 @@ async def test_transfer_by_id_and_by_username(client: Client) -> None:
         ({"to_user_id": 999_999, "amount": 10}, 404, "recipient_not_found", None),
         ({"to_username": "nobody", "amount": 10}, 404, "recipient_not_found", None),
         ({"to_user_id": "BOB", "amount": 10_000}, 409, "insufficient_funds", None),
-        ({"to_user_id": "ALICE", "amount": 10}, 422, "self_transfer", None),
-        ({"to_username": "ALICE", "amount": 10}, 422, "self_transfer", None),
+        ({"to_user_id": "ALICE", "amount": 10}, 422, "self_transfer", "to_user_id"),
+        ({"to_username": "ALICE", "amount": 10}, 422, "self_transfer", "to_username"),
         ({"to_user_id": "BOB", "to_username": "bob", "amount": 10}, 422, "validation_error", None),
         ({"amount": 10}, 422, "validation_error", None),
         ({"to_user_id": "BOB"}, 422, "validation_error", "amount"),

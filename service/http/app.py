@@ -19,22 +19,28 @@ from service.http.metrics import metrics_middleware
 from service.http.openapi import build_spec
 from service.http.routes import setup_routes
 from service.http.state import (
+    BATCHES,
     DATABASE,
+    HOLDS,
     LOGIN_THROTTLE,
     MONEY,
     OPENAPI_SPEC,
     PASSWORDS,
     RECIPIENT_MISS_LIMIT,
     REDIS,
+    REFUNDS,
     SESSIONS,
     SETTINGS,
     SIGN_UP_LIMIT,
 )
 from service.ledger.rebuild import ensure_transaction_counter
 from service.outages import is_outage
+from service.redis.batches import BatchScripts
 from service.redis.checks import check_redis_durability
 from service.redis.client import connect_redis
+from service.redis.holds import HoldScripts
 from service.redis.money import MoneyScripts
+from service.redis.refunds import RefundScripts
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
 
@@ -135,6 +141,9 @@ def create_app(settings: Settings) -> web.Application:
     app[REDIS] = redis
     app[SESSIONS] = sessions
     app[MONEY] = MoneyScripts(redis, settings)
+    app[HOLDS] = HoldScripts(redis, settings)
+    app[BATCHES] = BatchScripts(redis, settings)
+    app[REFUNDS] = RefundScripts(redis, settings)
     app[PASSWORDS] = Passwords(settings)
     app[LOGIN_THROTTLE] = LoginThrottle(redis, settings)
     app[SIGN_UP_LIMIT] = WindowLimit(

@@ -1,7 +1,14 @@
 """What the OpenAPI document says of parameters, headers and links, beside the table of
 routes (service/http/routes.py) that uses them."""
 
-from service.domain.limits import DEFAULT_PAGE_SIZE, IDEMPOTENCY_KEY_MAX_CHARS, MAX_PAGE_SIZE
+from service.domain.holds import STATUSES
+from service.domain.limits import (
+    DEFAULT_PAGE_SIZE,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    MAX_PAGE_SIZE,
+    MAX_STATEMENT_DAYS,
+    MAX_USER_ID,
+)
 from service.http.errors import REPLAYED_HEADER
 
 LIMIT = {
@@ -36,6 +43,71 @@ DIRECTION = {
     "in": "query",
     "required": False,
     "schema": {"type": "string", "enum": ["all", "in", "out"], "default": "all"},
+}
+_INSTANT = {"type": "string", "format": "date-time"}
+AT = {
+    "name": "at",
+    "in": "query",
+    "required": False,
+    "schema": _INSTANT,
+    "description": "an RFC 3339 instant (send + as %2B): the posted balance right after the"
+    " user's last transaction at or before it, 0 before the first",
+}
+FROM = {
+    "name": "from",
+    "in": "query",
+    "required": True,
+    "schema": _INSTANT,
+    "description": "the first instant of the period (included)",
+}
+TO = {
+    "name": "to",
+    "in": "query",
+    "required": True,
+    "schema": _INSTANT,
+    "description": f"the end of the period (excluded); at most {MAX_STATEMENT_DAYS} days"
+    " after from",
+}
+FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"},
+}
+HOLD_STATUS = {
+    "name": "status",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": list(STATUSES)},
+    "description": "a pending hold past its expires_at is expired",
+}
+HOLD_ROLE = {
+    "name": "role",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["payer", "payee"]},
+    "description": "absent: holds where the user is either",
+}
+_ID = {"type": "integer", "minimum": 1, "maximum": MAX_USER_ID}
+HOLD_ID = {"name": "id", "in": "path", "required": True, "schema": _ID}
+TRANSACTION_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": _ID,
+    "description": "a transfer the user received",
+}
+HOLD_LINKS = {
+    "CaptureHold": {
+        "operationId": "captureHold",
+        "parameters": {"path.id": "$response.body#/id"},
+        "description": "The payee captures the hold",
+    },
+    "VoidHold": {
+        "operationId": "voidHold",
+        "parameters": {"path.id": "$response.body#/id"},
+        "description": "The payee voids the hold",
+    },
 }
 SIGN_UP_LINKS = {
     "LogIn": {

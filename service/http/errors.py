@@ -40,11 +40,22 @@ def error_response(refused: Refused) -> web.Response:
     return response
 
 
+def _field_path(location: tuple[int | str, ...]) -> str | None:
+    """``("transfers", 3, "amount")`` -> ``"transfers[3].amount"``, as the contract names a
+    batch's leg."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path or None
+
+
 def validation_error(exc: ValidationError) -> Refused:
     """The first problem, naming the field at fault."""
     first = exc.errors(include_url=False)[0]
-    location = [str(part) for part in first["loc"]]
-    field = ".".join(location) if location else None
+    field = _field_path(first["loc"])
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     elif first["type"] == "model_type" or first["type"] == "dict_type":

@@ -9,8 +9,9 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from service.domain import refusals
-from service.domain.limits import is_valid_idempotency_key
-from service.domain.refusals import Refused
+from service.domain.cursor import decode_cursor
+from service.domain.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, is_valid_idempotency_key
+from service.domain.refusals import Refusal, Refused
 from service.http.errors import validation_error
 from service.http.state import SETTINGS
 
@@ -95,3 +96,42 @@ def idempotency_key(request: web.Request) -> str | None:
             refusals.VALIDATION_ERROR, "1-64 printable ASCII characters", "Idempotency-Key"
         )
     return key
+
+
+def page_size(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    # isascii(): str.isdigit() also accepts superscript and fullwidth digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 3 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise Refused(refusals.VALIDATION_ERROR, f"an integer from 1 to {MAX_PAGE_SIZE}", "limit")
+    return int(raw)
+
+
+def cursor_id(request: web.Request) -> int | None:
+    """The id a page starts below: from ``?cursor=`` (a previous page's next_cursor)."""
+    cursor = request.query.get("cursor")
+    return None if cursor is None else decode_cursor(cursor)
+
+
+Choice = TypeVar("Choice", bound=str)
+
+
+def query_choice(request: web.Request, name: str, choices: tuple[Choice, ...]) -> Choice | None:
+    """``?name=`` when it is one of ``choices``; None when absent; else 422."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    for choice in choices:
+        if raw == choice:
+            return choice
+    raise Refused(refusals.VALIDATION_ERROR, "one of " + ", ".join(choices), name)
+
+
+def path_id(request: web.Request, missing: Refusal) -> int:
+    """The id in the path (``{id}``): a positive integer of at most 15 digits, as ids are;
+    anything else names nothing there can be, and is answered as ``missing``."""
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15 or int(raw) < 1:
+        raise Refused(missing)
+    return int(raw)

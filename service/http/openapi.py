@@ -54,6 +54,10 @@ def build_spec() -> dict[str, Any]:
         success: dict[str, Any] = {"description": "success"}
         if op.response is not None:
             success["content"] = _json_content(op.response)
+        if op.csv:
+            success.setdefault("content", {})["text/csv"] = {
+                "schema": {"type": "string", "description": "a header row, then one row per item"}
+            }
         if op.links:
             success["links"] = op.links
         if op.idempotent:
@@ -63,7 +67,7 @@ def build_spec() -> dict[str, Any]:
             "summary": op.summary,
             "responses": {str(op.status): success, **_error_responses(op)},
         }
-        parameters = [*op.query, *([docs.IDEMPOTENCY_HEADER] if op.idempotent else [])]
+        parameters = [*op.parameters, *([docs.IDEMPOTENCY_HEADER] if op.idempotent else [])]
         if parameters:
             operation["parameters"] = parameters
         if op.body is not None:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from service.domain import refusals
 from service.domain.refusals import Refusal
-from service.http import auth, docs, ops, schemas, wallet
+from service.http import auth, batches, docs, holds, ops, refunds, schemas, statements, wallet
 from service.http.errors import Handler
 
 
@@ -28,7 +28,10 @@ class Operation:
     # session check and every backend outage may give are added by ``refusals_of``.
     refusals: tuple[Refusal, ...] = ()
     body: type[BaseModel] | None = None
-    query: tuple[dict[str, Any], ...] = ()
+    # OpenAPI parameters besides Idempotency-Key: the path's and the query's.
+    parameters: tuple[dict[str, Any], ...] = ()
+    # Also answers text/csv (with ?format=csv).
+    csv: bool = False
     authenticated: bool = True
     idempotent: bool = False
     # OpenAPI links of the success response: what a client can do next with its data.
@@ -82,15 +85,18 @@ OPERATIONS = (
                      refusals.TOO_MANY_ATTEMPTS, refusals.SERVER_BUSY),
               body=schemas.PasswordChange),
     Operation("getBalance", "GET", "/api/balance/", wallet.get_balance,
-              "The balance in kopecks and rubles", 200, schemas.BalanceOut,
-              (refusals.VALIDATION_ERROR, refusals.ACCOUNT_NOT_FOUND)),
+              "The balance in kopecks and rubles, with what pending holds keep; with `at`,"
+              " the posted balance at that instant", 200, schemas.BalanceAnswer,
+              (refusals.VALIDATION_ERROR, refusals.ACCOUNT_NOT_FOUND,
+               refusals.HISTORY_UNAVAILABLE),
+              parameters=(docs.AT,)),
     Operation("deposit", "POST", "/api/balance/deposit/", wallet.deposit,
               "Deposit to one's own balance", 201, schemas.TransactionOut,
               (*_MONEY, refusals.BALANCE_LIMIT_EXCEEDED), body=schemas.DepositRequest,
               idempotent=True, links=docs.DEPOSIT_LINKS),
     Operation("listDeposits", "GET", "/api/balance/deposit/", wallet.deposit_history,
               "Deposit history, newest first", 200, schemas.DepositPage, _LISTING,
-              query=(docs.LIMIT, docs.CURSOR)),
+              parameters=(docs.LIMIT, docs.CURSOR)),
     Operation("transfer", "POST", "/api/balance/transfer/", wallet.transfer,
               "Transfer to another user", 201, schemas.TransactionOut,
               (*_MONEY, refusals.RECIPIENT_NOT_FOUND, refusals.INSUFFICIENT_FUNDS,
@@ -99,7 +105,49 @@ OPERATIONS = (
               body=schemas.TransferRequest, idempotent=True, links=docs.TRANSFER_LINKS),
     Operation("listTransfers", "GET", "/api/balance/transfer/", wallet.transfer_history,
               "Transfer history, newest first", 200, schemas.TransferPage, _LISTING,
-              query=(docs.DIRECTION, docs.LIMIT, docs.CURSOR)),
+              parameters=(docs.DIRECTION, docs.LIMIT, docs.CURSOR)),
+    Operation("transferBatch", "POST", "/api/balance/transfer/batch/", batches.transfer_batch,
+              "Transfer to 1-100 recipients, all or nothing", 201, schemas.BatchOut,
+              (*_MONEY, refusals.RECIPIENT_NOT_FOUND, refusals.INSUFFICIENT_FUNDS,
+               refusals.SELF_TRANSFER, refusals.BALANCE_LIMIT_EXCEEDED,
+               refusals.TOO_MANY_UNKNOWN_RECIPIENTS),
+              body=schemas.BatchRequest, idempotent=True),
+    Operation("refundTransfer", "POST", "/api/balance/transfer/{id}/refund/", refunds.refund,
+              "Refund, as its recipient, all or part of a transfer", 201, schemas.TransactionOut,
+              (*_MONEY, refusals.TRANSACTION_NOT_FOUND, refusals.INSUFFICIENT_FUNDS,
+               refusals.REFUND_EXCEEDS_TRANSFER, refusals.BALANCE_LIMIT_EXCEEDED,
+               refusals.HISTORY_UNAVAILABLE),
+              body=schemas.RefundRequest, parameters=(docs.TRANSACTION_ID,), idempotent=True),
+    Operation("getStatement", "GET", "/api/balance/statement/", statements.statement,
+              "A statement for [from, to): opening and closing balance, every transaction"
+              " with the balance after it", 200, schemas.StatementOut,
+              (*_LISTING, refusals.STATEMENT_TOO_LARGE),
+              parameters=(docs.FROM, docs.TO, docs.FORMAT), csv=True),
+    Operation("createHold", "POST", "/api/holds/", holds.create_hold,
+              "Reserve money for a payee, who captures or voids it before it expires", 201,
+              schemas.HoldOut,
+              (*_MONEY, refusals.RECIPIENT_NOT_FOUND, refusals.INSUFFICIENT_FUNDS,
+               refusals.SELF_TRANSFER, refusals.BALANCE_LIMIT_EXCEEDED, refusals.TOO_MANY_HOLDS,
+               refusals.TOO_MANY_UNKNOWN_RECIPIENTS),
+              body=schemas.HoldRequest, idempotent=True, links=docs.HOLD_LINKS),
+    Operation("listHolds", "GET", "/api/holds/", holds.list_my_holds,
+              "Holds as payer or payee, newest first", 200, schemas.HoldPage, _LISTING,
+              parameters=(docs.HOLD_STATUS, docs.HOLD_ROLE, docs.LIMIT, docs.CURSOR)),
+    Operation("getHold", "GET", "/api/holds/{id}/", holds.get_hold,
+              "One hold, to its payer or payee", 200, schemas.HoldOut,
+              (refusals.VALIDATION_ERROR, refusals.HOLD_NOT_FOUND, refusals.HISTORY_UNAVAILABLE),
+              parameters=(docs.HOLD_ID,)),
+    Operation("captureHold", "POST", "/api/holds/{id}/capture/", holds.capture_hold,
+              "Capture all or part of a pending hold, as its payee", 201, schemas.TransactionOut,
+              (*_MONEY, refusals.HOLD_NOT_FOUND, refusals.HOLD_NOT_PENDING,
+               refusals.CAPTURE_EXCEEDS_HOLD, refusals.HISTORY_UNAVAILABLE),
+              body=schemas.CaptureRequest, parameters=(docs.HOLD_ID,), idempotent=True),
+    Operation("voidHold", "POST", "/api/holds/{id}/void/", holds.void_hold,
+              "Void a pending hold, as its payee: the money is the payer's again", 200,
+              schemas.HoldOut,
+              (*_MONEY, refusals.HOLD_NOT_FOUND, refusals.HOLD_NOT_PENDING,
+               refusals.HISTORY_UNAVAILABLE),
+              parameters=(docs.HOLD_ID,), idempotent=True),
 )  # fmt: skip
 
 # Not part of the API document: probes and the document itself.

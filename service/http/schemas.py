@@ -2,12 +2,16 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
 from service.domain.limits import (
+    DEFAULT_HOLD_EXPIRES_IN_S,
+    MAX_BATCH_LEGS,
+    MAX_HOLD_EXPIRES_IN_S,
     MAX_PASSWORD_CHARS,
     MAX_USER_ID,
+    MIN_HOLD_EXPIRES_IN_S,
     MIN_PASSWORD_CHARS,
     USERNAME_PATTERN,
 )
@@ -61,7 +65,9 @@ class DepositRequest(StrictBody):
     amount: AmountKopecks = Field(description="kopecks, a JSON integer")
 
 
-class TransferRequest(StrictBody):
+class Recipient(StrictBody):
+    """A body that names its recipient by user id or by username, exactly one of them."""
+
     # What exactly_one_recipient enforces, for the spec: one of the two is given, not
     # null, and the other is absent.
     model_config = ConfigDict(
@@ -76,10 +82,9 @@ class TransferRequest(StrictBody):
 
     to_user_id: UserId | None = None
     to_username: Username | None = None
-    amount: AmountKopecks = Field(description="kopecks, a JSON integer")
 
     @model_validator(mode="after")
-    def exactly_one_recipient(self) -> "TransferRequest":
+    def exactly_one_recipient(self) -> "Recipient":
         # Naming both is refused even when one of them is null.
         named = {"to_user_id", "to_username"} & self.model_fields_set
         if len(named) != 1 or (self.to_user_id is None and self.to_username is None):
@@ -87,21 +92,75 @@ class TransferRequest(StrictBody):
         return self
 
 
+class TransferRequest(Recipient):
+    amount: AmountKopecks = Field(description="kopecks, a JSON integer")
+
+
+class BatchRequest(StrictBody):
+    transfers: list[TransferRequest] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_LEGS,
+        description=f"1 to {MAX_BATCH_LEGS} legs, applied all or none, in this order",
+    )
+
+
+class RefundRequest(StrictBody):
+    amount: AmountKopecks | None = Field(
+        default=None, description="kopecks; absent: all that is not refunded yet"
+    )
+
+
+class HoldRequest(Recipient):
+    amount: AmountKopecks = Field(description="kopecks, a JSON integer")
+    expires_in_s: int = Field(
+        default=DEFAULT_HOLD_EXPIRES_IN_S,
+        ge=MIN_HOLD_EXPIRES_IN_S,
+        le=MAX_HOLD_EXPIRES_IN_S,
+        description="seconds until the hold expires unless captured or voided",
+    )
+
+
+class CaptureRequest(StrictBody):
+    amount: AmountKopecks | None = Field(
+        default=None, description="kopecks, at most the hold's amount; absent: all of it"
+    )
+
+
 class UserOut(BaseModel):
     id: Id
     username: Username
 
 
+Kopecks = Annotated[int, Field(ge=0, le=MAX_BALANCE_KOPECKS)]
+
+
 class BalanceOut(BaseModel):
     user_id: Id
-    balance_kopecks: int = Field(ge=0, le=MAX_BALANCE_KOPECKS)
+    balance_kopecks: Kopecks = Field(description="posted: held money included")
     balance: Rubles = Field(description="rubles, two decimal places", examples=["101.00"])
+    held_kopecks: Kopecks = Field(description="reserved by the user's pending holds")
+    available_kopecks: Kopecks = Field(description="balance - held: what the user can spend")
+    available: Rubles
     currency: Literal["RUB"]
+
+
+class BalanceAtOut(BaseModel):
+    user_id: Id
+    at: Timestamp = Field(description="the instant asked for")
+    balance_kopecks: Kopecks = Field(
+        description="posted balance right after the last transaction at or before `at`"
+    )
+    balance: Rubles
+    currency: Literal["RUB"]
+
+
+class BalanceAnswer(RootModel[BalanceOut | BalanceAtOut]):
+    """GET /api/balance/: the balance now, or with ``at`` the balance at that instant."""
 
 
 class TransactionOut(BaseModel):
     id: Id
-    kind: Literal["deposit", "transfer"]
+    kind: Literal["deposit", "transfer", "refund"]
     amount: AmountKopecks = Field(description="kopecks")
     amount_rub: Rubles = Field(examples=["20.00"])
     from_user_id: Id | None = Field(description="null for a deposit")
@@ -109,19 +168,59 @@ class TransactionOut(BaseModel):
     created_at: Timestamp = Field(
         description="RFC 3339, UTC", examples=["2026-11-26T17:14:11.123456Z"]
     )
+    hold_id: Id | None = Field(default=None, description="a capture: the hold it captured")
+    refund_of: Id | None = Field(default=None, description="a refund: the transfer it refunds")
 
 
-class TransferOut(TransactionOut):
+class HistoryItem(TransactionOut):
+    balance_after_kopecks: Kopecks = Field(description="the viewer's balance right after it")
+    balance_after: Rubles
+
+
+class TransferItem(HistoryItem):
     direction: Literal["in", "out"]
 
 
 class DepositPage(BaseModel):
-    items: list[TransactionOut]
+    items: list[HistoryItem]
     next_cursor: str | None
 
 
 class TransferPage(BaseModel):
-    items: list[TransferOut]
+    items: list[TransferItem]
+    next_cursor: str | None
+
+
+class BatchOut(BaseModel):
+    items: list[TransactionOut] = Field(description="one transaction per leg, in the order given")
+
+
+class StatementOut(BaseModel):
+    user_id: Id
+    from_: Timestamp = Field(alias="from")
+    to: Timestamp
+    opening_balance_kopecks: Kopecks
+    closing_balance_kopecks: Kopecks
+    items: list[TransferItem] = Field(
+        description="oldest first; direction is in for deposits and transfers received"
+    )
+
+
+class HoldOut(BaseModel):
+    id: Id
+    status: Literal["pending", "captured", "voided", "expired"]
+    amount: AmountKopecks
+    amount_rub: Rubles
+    captured_amount: int = Field(ge=0, description="0 unless captured")
+    from_user_id: Id = Field(description="the payer")
+    to_user_id: Id = Field(description="the payee: only they capture or void")
+    created_at: Timestamp
+    expires_at: Timestamp
+    capture_transaction_id: Id | None
+
+
+class HoldPage(BaseModel):
+    items: list[HoldOut]
     next_cursor: str | None
 
 

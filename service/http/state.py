@@ -8,13 +8,19 @@ from service.auth.login_throttle import LoginThrottle
 from service.auth.passwords import Passwords
 from service.auth.sessions import WalletSessionStorage
 from service.auth.window_limit import WindowLimit
+from service.redis.batches import BatchScripts
+from service.redis.holds import HoldScripts
 from service.redis.money import MoneyScripts
+from service.redis.refunds import RefundScripts
 from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 DATABASE = web.AppKey("database", AsyncEngine)
 MONEY = web.AppKey("money", MoneyScripts)
+HOLDS = web.AppKey("holds", HoldScripts)
+BATCHES = web.AppKey("batches", BatchScripts)
+REFUNDS = web.AppKey("refunds", RefundScripts)
 PASSWORDS = web.AppKey("passwords", Passwords)
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 SIGN_UP_LIMIT = web.AppKey("sign_up_limit", WindowLimit)

@@ -17,6 +17,7 @@ from service.domain.transactions import Transaction
 from service.redis.stream_tail import unpersisted_tail
 
 Direction = Literal["all", "in", "out"]
+DIRECTIONS: tuple[Direction, ...] = ("all", "in", "out")
 
 
 class HistoryUnavailable(Exception):

@@ -27,10 +27,22 @@ class LoggedIn:
         response = await client.get(path, params=query, cookies=self.cookies)
         return response.status, await response.json()
 
+    async def amounts(self, client: Client) -> tuple[int, int, int]:
+        """Balance, held and available kopecks, as GET /api/balance/ shows them."""
+        status, body = await self.get(client, "/api/balance/")
+        assert status == 200, body
+        assert body["available_kopecks"] == body["balance_kopecks"] - body["held_kopecks"]
+        return body["balance_kopecks"], body["held_kopecks"], body["available_kopecks"]
+
     async def balance(self, client: Client) -> int:
         status, body = await self.get(client, "/api/balance/")
         assert status == 200, body
         return int(body["balance_kopecks"])
+
+
+def error_of(body: Any) -> tuple[str, str | None]:
+    """An error body's code and field."""
+    return body["error"]["code"], body["error"].get("field")
 
 
 async def sign_up(client: Client, username: str) -> int:

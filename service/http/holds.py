@@ -1,0 +1,162 @@
+"""/api/holds/: create a hold (the payer), read and list them (either party), capture and
+void them (the payee only). Each change is one Lua script (service/redis/holds.py); reads
+merge the ledger with what the writer has not stored yet (service/ledger/hold_reads.py)."""
+
+import time
+
+from aiohttp import web
+
+from service.auth.sessions import current_user, money_session
+from service.domain import refusals
+from service.domain.cursor import encode_cursor
+from service.domain.holds import STATUSES, Hold
+from service.domain.refusals import Refused
+from service.domain.transactions import transaction_json
+from service.http.errors import json_response
+from service.http.input import (
+    cursor_id,
+    idempotency_key,
+    page_size,
+    path_id,
+    query_choice,
+    read_body,
+    refuse_unknown_query,
+)
+from service.http.money_calls import (
+    answer,
+    count_recipient_miss,
+    counted,
+    read_optional_body,
+    refuse_probing,
+    resolve_recipient,
+)
+from service.http.schemas import CaptureRequest, HoldRequest
+from service.http.state import DATABASE, HOLDS, REDIS, SESSIONS, SETTINGS
+from service.ledger.history import HistoryUnavailable
+from service.ledger.hold_reads import list_holds, read_hold
+
+ROLES = ("payer", "payee")
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+async def _read_hold(request: web.Request, hold_id: int) -> Hold | None:
+    try:
+        return await read_hold(
+            request.app[REDIS],
+            request.app[DATABASE],
+            hold_id,
+            tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
+        )
+    except HistoryUnavailable:
+        raise Refused(refusals.HISTORY_UNAVAILABLE) from None
+
+
+async def _not_found_or_ended(request: web.Request, hold_id: int, user_id: int) -> Refused:
+    """What to answer when Redis no longer has the hold: it ended long ago (409, when the
+    ledger has it and the caller is its payee) or there is none for the caller (404)."""
+    hold = await _read_hold(request, hold_id)
+    if hold is not None and hold.to_user_id == user_id:
+        return Refused(refusals.HOLD_NOT_PENDING)
+    return Refused(refusals.HOLD_NOT_FOUND)
+
+
+async def create_hold(request: web.Request) -> web.Response:
+    user, session = await money_session(request, request.app[SESSIONS])
+    refuse_unknown_query(request, set())
+    key = idempotency_key(request)
+    body = await read_body(request, HoldRequest)
+    await refuse_probing(request, user.user_id, key)
+    try:
+        to_user_id = await resolve_recipient(request, user.user_id, body)
+        call = request.app[HOLDS].create(
+            user.user_id,
+            to_user_id,
+            body.amount,
+            body.expires_in_s,
+            key,
+            session,
+            to_username=body.to_username,
+        )
+        accepted = await counted(request, "hold", call)
+    except Refused as refused:
+        await count_recipient_miss(request, user.user_id, refused)
+        raise
+    return answer(accepted.hold.as_json(_now_us()), accepted.replayed)
+
+
+async def capture_hold(request: web.Request) -> web.Response:
+    user, session = await money_session(request, request.app[SESSIONS])
+    refuse_unknown_query(request, set())
+    hold_id = path_id(request, refusals.HOLD_NOT_FOUND)
+    key = idempotency_key(request)
+    body = await read_optional_body(request, CaptureRequest)
+    call = request.app[HOLDS].capture(user.user_id, hold_id, body.amount, key, session)
+    try:
+        captured = await counted(request, "capture", call)
+    except Refused as refused:
+        if refused.refusal is refusals.HOLD_NOT_FOUND and not refused.replayed:
+            raise await _not_found_or_ended(request, hold_id, user.user_id) from None
+        raise
+    body_out = transaction_json(
+        txn_id=captured.txn_id,
+        kind="transfer",
+        from_user_id=captured.from_user_id,
+        to_user_id=captured.to_user_id,
+        amount_kopecks=captured.amount_kopecks,
+        created_at_us=captured.created_at_us,
+        hold_id=captured.hold_id,
+    )
+    return answer(body_out, captured.replayed)
+
+
+async def void_hold(request: web.Request) -> web.Response:
+    user, session = await money_session(request, request.app[SESSIONS])
+    refuse_unknown_query(request, set())
+    hold_id = path_id(request, refusals.HOLD_NOT_FOUND)
+    key = idempotency_key(request)
+    call = request.app[HOLDS].void(user.user_id, hold_id, key, session)
+    try:
+        voided = await counted(request, "void", call)
+    except Refused as refused:
+        if refused.refusal is refusals.HOLD_NOT_FOUND and not refused.replayed:
+            raise await _not_found_or_ended(request, hold_id, user.user_id) from None
+        raise
+    return answer(voided.hold.as_json(_now_us()), voided.replayed, status=200)
+
+
+async def get_hold(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    refuse_unknown_query(request, set())
+    hold = await _read_hold(request, path_id(request, refusals.HOLD_NOT_FOUND))
+    if hold is None or user.user_id not in (hold.from_user_id, hold.to_user_id):
+        raise Refused(refusals.HOLD_NOT_FOUND)
+    return json_response(hold.as_json(_now_us()))
+
+
+async def list_my_holds(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    refuse_unknown_query(request, {"status", "role", "limit", "cursor"})
+    status = query_choice(request, "status", STATUSES)
+    role = query_choice(request, "role", ROLES)
+    limit = page_size(request)
+    now_us = _now_us()
+    try:
+        page = await list_holds(
+            request.app[REDIS],
+            request.app[DATABASE],
+            user_id=user.user_id,
+            status=status,
+            role=role,
+            before_id=cursor_id(request),
+            limit=limit,
+            now_us=now_us,
+            tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
+        )
+    except HistoryUnavailable:
+        raise Refused(refusals.HISTORY_UNAVAILABLE) from None
+    items = [hold.as_json(now_us) for hold in page.holds]
+    next_cursor = encode_cursor(page.holds[-1].hold_id) if page.has_more else None
+    return json_response({"items": items, "next_cursor": next_cursor})

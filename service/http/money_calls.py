@@ -1,0 +1,96 @@
+"""What every money endpoint does around its script call: count the result, answer 201
+with the replay header, resolve a recipient named by username, and refuse a user who keeps
+naming recipients that do not exist (probing for ids or names)."""
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from persistence.users import find_user
+from service.domain import refusals
+from service.domain.refusals import Refused
+from service.http.errors import REPLAYED_HEADER, json_response
+from service.http.input import read_body
+from service.http.metrics import MONEY_OPERATIONS
+from service.http.schemas import Recipient
+from service.http.state import DATABASE, RECIPIENT_MISS_LIMIT, REDIS, SESSIONS
+from service.redis import keyspace
+
+Result = TypeVar("Result")
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def counted(request: web.Request, operation: str, call: Awaitable[Result]) -> Result:
+    """Awaits one money script call and counts its result (``replayed`` when the result has
+    it set). A session the script found gone is forgotten by this process's cache: the
+    client logs in again."""
+    try:
+        result = await call
+    except Refused as refused:
+        if refused.refusal is refusals.SESSION_ENDED:
+            sessions = request.app[SESSIONS]
+            sessions.forget(sessions.load_cookie(request) or "")
+        else:
+            MONEY_OPERATIONS.labels(operation, refused.code).inc()
+        raise
+    replayed = getattr(result, "replayed", False)
+    MONEY_OPERATIONS.labels(operation, "replayed" if replayed else "ok").inc()
+    return result
+
+
+def answer(body: object, replayed: bool, status: int = 201) -> web.Response:
+    response = json_response(body, status=status)
+    if replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+async def read_optional_body(request: web.Request, model: type[Body]) -> Body:
+    """A body that may be left out altogether (``{}`` is then assumed)."""
+    if not request.body_exists:
+        return model()
+    return await read_body(request, model)
+
+
+async def _is_a_retry(request: web.Request, user_id: int, key: str | None) -> bool:
+    """Whether a request with this Idempotency-Key was answered before (its answer is
+    replayed)."""
+    return key is not None and bool(
+        await request.app[REDIS].exists(keyspace.idempotency(user_id, key))
+    )
+
+
+async def refuse_probing(request: web.Request, user_id: int, key: str | None) -> None:
+    """A user whose payments keep naming no one is probing for ids or names: refused for a
+    while, whatever the recipient, so that 404 and 409 tell nothing apart. A retry is still
+    answered as before: it tells nothing new, and its first try may have moved money."""
+    misses_key = keyspace.recipient_misses_of_user(user_id)
+    retry_after_s = await request.app[RECIPIENT_MISS_LIMIT].retry_after_s(misses_key)
+    if retry_after_s is not None and not await _is_a_retry(request, user_id, key):
+        raise Refused(refusals.TOO_MANY_UNKNOWN_RECIPIENTS, retry_after_s=retry_after_s)
+
+
+async def count_recipient_miss(request: web.Request, user_id: int, refused: Refused) -> None:
+    """Counts a first answer of recipient_not_found toward refuse_probing's limit."""
+    if refused.refusal is refusals.RECIPIENT_NOT_FOUND and not refused.replayed:
+        misses_key = keyspace.recipient_misses_of_user(user_id)
+        await request.app[RECIPIENT_MISS_LIMIT].count_unless_reached(misses_key)
+
+
+async def resolve_recipient(
+    request: web.Request, user_id: int, recipient: Recipient, field_prefix: str = ""
+) -> int | None:
+    """The recipient's user id; None for a username that resolves to no one. That goes to
+    the script all the same: it refuses the payment and records the refusal under the
+    Idempotency-Key, so that a retry after someone registers the name is answered 404
+    again, not paid. Paying oneself is refused here (422 self_transfer)."""
+    to_user_id = recipient.to_user_id
+    if recipient.to_username is not None:
+        found = await find_user(request.app[DATABASE], recipient.to_username)
+        to_user_id = None if found is None else found.id
+    if to_user_id == user_id:
+        named = "to_user_id" if recipient.to_username is None else "to_username"
+        raise Refused(refusals.SELF_TRANSFER, field=field_prefix + named)
+    return to_user_id

@@ -1,0 +1,46 @@
+"""POST /api/balance/transfer/{id}/refund/: the recipient of a transfer sends all or part
+of it back, never more than it in total (lua/refund.lua through service/redis/refunds.py).
+The transfer's facts are read from the ledger merged with what the writer has not stored
+yet; the refunded total lives in Redis, and only the script changes it."""
+
+from aiohttp import web
+
+from service.auth.sessions import money_session
+from service.domain import refusals
+from service.domain.refusals import Refused
+from service.domain.transactions import transaction_json
+from service.http.input import idempotency_key, path_id, refuse_unknown_query
+from service.http.money_calls import answer, counted, read_optional_body
+from service.http.schemas import RefundRequest
+from service.http.state import DATABASE, REDIS, REFUNDS, SESSIONS, SETTINGS
+from service.ledger.history import HistoryUnavailable
+from service.ledger.lookup import find_transaction
+
+
+async def refund(request: web.Request) -> web.Response:
+    user, session = await money_session(request, request.app[SESSIONS])
+    refuse_unknown_query(request, set())
+    txn_id = path_id(request, refusals.TRANSACTION_NOT_FOUND)
+    key = idempotency_key(request)
+    body = await read_optional_body(request, RefundRequest)
+    try:
+        transfer = await find_transaction(
+            request.app[REDIS],
+            request.app[DATABASE],
+            txn_id,
+            tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
+        )
+    except HistoryUnavailable:
+        raise Refused(refusals.HISTORY_UNAVAILABLE) from None
+    call = request.app[REFUNDS].refund(user.user_id, txn_id, transfer, body.amount, key, session)
+    refunded = await counted(request, "refund", call)
+    body_out = transaction_json(
+        txn_id=refunded.txn_id,
+        kind="refund",
+        from_user_id=user.user_id,
+        to_user_id=refunded.to_user_id,
+        amount_kopecks=refunded.amount_kopecks,
+        created_at_us=refunded.created_at_us,
+        refund_of=txn_id,
+    )
+    return answer(body_out, refunded.replayed)
