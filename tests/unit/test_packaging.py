@@ -40,6 +40,7 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "login_failed",
         "fixed_window_limit",
         "lookup_request",
+        "read_balance",
     }
     # The same text, includes expanded, as the source tree gives (this process imports it).
     installed = json.loads(out)
