@@ -11,6 +11,7 @@ from typing import cast
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
@@ -21,6 +22,7 @@ from service.domain.limits import (
     MIN_HOLD_EXPIRES_IN_S,
 )
 from service.domain.refusals import Refused
+from service.ledger.hold_sweeper import run_hold_sweeper
 from service.redis import keyspace
 from service.redis.client import connect_redis
 from service.redis.holds import HoldAccepted, HoldScripts
@@ -815,3 +817,46 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
     reply = await redis_client.eval(load_script_source(script), len(keys), *keys, *args)
     assert reply[0] == b"ok"
     await assert_invariants(redis_client)
+
+
+# The sweeper loop (part of `wallet writer`).
+
+
+async def test_the_sweeper_loop_retries_outages_and_stops_with_the_writer(
+    holds: HoldScripts, redis_client: Redis, users: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hold = await create(holds, 800)
+    await move_expiry(redis_client, hold, await redis_now_us(redis_client))
+    real_sweep = holds.sweep
+    passes = 0
+
+    async def down_once(limit: int) -> int:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            raise RedisConnectionError("Connection refused")
+        return await real_sweep(limit)
+
+    monkeypatch.setattr(holds, "sweep", down_once)
+    stop = asyncio.Event()
+    sweeper = asyncio.create_task(run_hold_sweeper(holds, 0.01, 10, stop))
+    for _ in range(200):
+        if (await stored_hold(redis_client, hold.hold_id)).status == "expired":
+            break
+        await asyncio.sleep(0.01)
+    assert (await stored_hold(redis_client, hold.hold_id)).status == "expired"
+    assert passes >= 2
+    stop.set()
+    await asyncio.wait_for(sweeper, 1)
+    await assert_invariants(redis_client)
+
+
+async def test_a_sweeper_bug_ends_the_sweeper(
+    holds: HoldScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def bug(limit: int) -> int:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(holds, "sweep", bug)
+    with pytest.raises(KeyError):
+        await asyncio.wait_for(run_hold_sweeper(holds, 0.01, 10, asyncio.Event()), 1)
