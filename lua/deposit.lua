@@ -7,7 +7,7 @@
 --
 -- KEYS[1]  txn:seq                   string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream                stream: one entry per transaction
--- KEYS[3]  user:{<user_id>}          hash: balance_kopecks
+-- KEYS[3]  user:{<user_id>}          hash: balance_kopecks incoming_kopecks
 -- KEYS[4]  req:{<user_id>}:<token>   hash: outcome txn_id created_at_us (request_outcome)
 -- KEYS[5]  idem:{<user_id>}:<key>    present iff ARGV[3] is not ""; hash: fingerprint
 --                                    ("deposit:<amount>") outcome txn_id created_at_us
@@ -28,7 +28,8 @@
 --   outcome "ok"                      money moved (or replayed: replayed = "1")
 --   outcome "not_applied"             the token already has a record (a lookup found it
 --                                     missing): that record is answered, nothing is done
---   outcome "balance_limit_exceeded"  balance would pass 10^15 (recorded under the key)
+--   outcome "balance_limit_exceeded"  balance + incoming would pass 10^15 (recorded under the key)
+--                                     (incoming: what pending holds toward the user bring)
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
@@ -45,6 +46,7 @@
 -- @include fingerprint
 -- @include idempotency
 -- @include request_outcome
+-- @include holds
 
 local user_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local session_flag, absolute_arg, idle_arg = ARGV[5], ARGV[6], ARGV[7]
@@ -95,16 +97,12 @@ if replay then
   return replay
 end
 
-local balance_str = redis.call("HGET", KEYS[3], "balance_kopecks")
-if not balance_str then
+local wallet = wallet_amounts(KEYS[3], user_id)
+if not wallet then
   return {"account_not_found", "", "", "0"}
 end
-local balance = tonumber(balance_str)
-assert(balance ~= nil and balance >= 0 and balance <= MAX_BALANCE_KOPECKS,
-  "invariant: stored balance out of range for user " .. user_id)
-local amount = tonumber(amount_arg)
 
-if balance + amount > MAX_BALANCE_KOPECKS then
+if not credit_fits(wallet, tonumber(amount_arg)) then
   return idempotency_remember(idem, {"balance_limit_exceeded", "", "", "0"})
 end
 

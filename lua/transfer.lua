@@ -10,12 +10,18 @@
 -- the refusal is recorded under the key like any other, so a retry after someone has
 -- registered that name is answered with the refusal, not paid to them.
 --
+-- The sender spends from available = balance - held + (their holds that have expired): the
+-- expired holds are released (includes/holds.lua) only once every check has passed. The
+-- recipient's ceiling counts incoming_kopecks (what pending holds toward them will bring).
+--
 -- KEYS[1]  txn:seq                      string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream                   stream: one entry per transaction
--- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks (debited)
+-- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks (debited) held_kopecks
 -- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome)
+-- KEYS[5]  holds:{<from_user_id>}       sorted set: the sender's holds held_kopecks counts
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{<to_user_id>}          iff ARGV[2] is not ""; hash: balance_kopecks (credited)
+--                                       incoming_kopecks
 -- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[4] is not ""; hash: fingerprint
 --                                       ("transfer:<to>:<amount>", or "transfer:@<name>:<amount>"
 --                                       when the name resolved to no one) outcome txn_id
@@ -44,8 +50,9 @@
 --                                     missing): that record is answered, nothing is done
 --   outcome "recipient_not_found"     no wallet for to_user_id (recorded under the key), or
 --                                     no user by the name: to_user_id is ""
---   outcome "insufficient_funds"      sender balance < amount (recorded under the key)
---   outcome "balance_limit_exceeded"  recipient would pass 10^15 (recorded under the key)
+--   outcome "insufficient_funds"      sender's available < amount (recorded under the key)
+--   outcome "balance_limit_exceeded"  recipient would pass 10^15 (recorded under the key),
+--                                     counting its incoming_kopecks
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "self_transfer"           from = to (not recorded: a validation error)
@@ -56,13 +63,14 @@
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".
 -- Stream entry fields: id kind from to amount created_at_us from_balance
--- to_balance idem_key.
+-- to_balance idem_key; before it, one hold_expired entry per expired hold released.
 
 -- @include validate
 -- @include check_session
 -- @include fingerprint
 -- @include idempotency
 -- @include request_outcome
+-- @include holds
 
 local from_id, to_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local session_flag, absolute_arg, idle_arg, to_name = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -70,8 +78,8 @@ local token, outcome_ttl_arg = ARGV[10], ARGV[11]
 local resolved = to_id ~= ""
 local has_key = idem_key ~= ""
 local has_session = session_flag == "1"
--- The optional keys follow KEYS[4], each present only when its condition holds.
-local key_count = 4
+-- The optional keys follow KEYS[5], each present only when its condition holds.
+local key_count = 5
 local to_index, idem_index, session_index
 if resolved then
   key_count = key_count + 1
@@ -96,6 +104,7 @@ if #ARGV ~= 11 or not valid_id(from_id) or (resolved and not valid_id(to_id))
   or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. from_id .. "}"
   or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
   or KEYS[4] ~= "req:{" .. from_id .. "}:" .. token
+  or KEYS[5] ~= "holds:{" .. from_id .. "}"
   or (resolved and KEYS[to_index] ~= "user:{" .. to_id .. "}")
   or (has_key and (not valid_idempotency_key(idem_key)
                    or KEYS[idem_index] ~= "idem:{" .. from_id .. "}:" .. idem_key))
@@ -140,40 +149,36 @@ if replay then
   return replay
 end
 
-local from_str = redis.call("HGET", KEYS[3], "balance_kopecks")
-if not from_str then
+local sender = wallet_amounts(KEYS[3], from_id)
+if not sender then
   return {"account_not_found", "", "", "0"}
 end
-local from_balance = tonumber(from_str)
-assert(from_balance ~= nil and from_balance >= 0 and from_balance <= MAX_BALANCE_KOPECKS,
-  "invariant: stored balance out of range for user " .. from_id)
 local amount = tonumber(amount_arg)
 
 -- No recipient: the name resolved to no one, or the id has no wallet.
-local to_str = false
+local recipient = nil
 if resolved then
-  to_str = redis.call("HGET", KEYS[to_index], "balance_kopecks")
+  recipient = wallet_amounts(KEYS[to_index], to_id)
 end
-if not to_str then
+if not recipient then
   return idempotency_remember(idem, {"recipient_not_found", "", "", "0"})
 end
-local to_balance = tonumber(to_str)
-assert(to_balance ~= nil and to_balance >= 0 and to_balance <= MAX_BALANCE_KOPECKS,
-  "invariant: stored balance out of range for user " .. to_id)
 
-if from_balance < amount then
+local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
+local due, due_sum = due_holds(KEYS[5], created_at_us)
+if available_kopecks(sender, due_sum) < amount then
   return idempotency_remember(idem, {"insufficient_funds", "", "", "0"})
 end
-if to_balance + amount > MAX_BALANCE_KOPECKS then
+if not credit_fits(recipient, amount) then
   return idempotency_remember(idem, {"balance_limit_exceeded", "", "", "0"})
 end
 
 -- Every check has passed: from here on the script only writes. Integers are
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
+release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
 local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_arg)
 local new_to = redis.call("HINCRBY", KEYS[to_index], "balance_kopecks", amount_arg)
 local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
-local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
 redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "transfer", "from", from_id, "to", to_id, "amount", amount_arg,
   "created_at_us", created_at_us, "from_balance", string.format("%d", new_from),

@@ -330,14 +330,17 @@ DEPOSIT_KEYS = [
     keyspace.user(1),
     keyspace.request_outcome(1, TOKEN),
 ]
-TRANSFER_KEYS = [*DEPOSIT_KEYS, keyspace.user(2)]
+# A transfer's sender's holds follow the head; then the recipient, unless the name
+# resolved to no one.
+UNRESOLVED_KEYS = [*DEPOSIT_KEYS, keyspace.pending_holds(1)]
+TRANSFER_KEYS = [*UNRESOLVED_KEYS, keyspace.user(2)]
 NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
 OUTCOME = [TOKEN, "60"]  # request token, outcome ttl_s
 # Well-formed calls; each case below breaks one thing in one of them.
 GOOD_CALLS = [
     ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, *OUTCOME]),
     ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
-    ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME]),
+    ("transfer", UNRESOLVED_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME]),
 ]
 
 
@@ -424,6 +427,17 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
         ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION, "", *OUTCOME]),
         ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", ""]),
+        # The sender's holds: missing, or another user's.
+        (
+            "transfer",
+            [*DEPOSIT_KEYS, keyspace.user(2)],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME],
+        ),
+        (
+            "transfer",
+            [*DEPOSIT_KEYS, keyspace.pending_holds(2), keyspace.user(2)],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME],
+        ),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, ""]),
         (
             "transfer",
@@ -432,9 +446,9 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
         ),
         # A name that resolved to no one: no recipient key, and the name is required.
         ("transfer", TRANSFER_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME]),
-        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
-        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "gh", *OUTCOME]),
-        ("transfer", DEPOSIT_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "g:host", *OUTCOME]),
+        ("transfer", UNRESOLVED_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
+        ("transfer", UNRESOLVED_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "gh", *OUTCOME]),
+        ("transfer", UNRESOLVED_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "g:host", *OUTCOME]),
         (
             "transfer",
             DEPOSIT_KEYS,

@@ -34,8 +34,9 @@ def hold(hold_id: int) -> str:
 
 
 # Sorted set: the holds whose payee's ``incoming_kopecks`` still counts them (pending, or
-# expired and not yet swept); member ``<hold_id>``, score ``expires_at_us``. The sweeper
-# reads it (service/ledger/hold_sweeper.py).
+# expired and not yet swept); member ``<hold_id>:<from_user_id>:<to_user_id>:<amount>``
+# (the sweeper settles a hold from it alone), score ``expires_at_us``. The sweeper reads it
+# (service/ledger/hold_sweeper.py, lua/hold_expire.lua).
 HOLDS_DUE = "holds:due"
 
 

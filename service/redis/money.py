@@ -53,6 +53,19 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
+class WalletAmounts:
+    """What GET /api/balance/ shows: the posted balance (held money included) and what the
+    user's pending holds keep of it, expired holds not counted (lua/read_balance.lua)."""
+
+    balance_kopecks: int
+    held_kopecks: int
+
+    @property
+    def available_kopecks(self) -> int:
+        return self.balance_kopecks - self.held_kopecks
+
+
+@dataclass(frozen=True, slots=True)
 class SessionCheck:
     """The session the script must find alive and owned by the acting user."""
 
@@ -183,6 +196,7 @@ class MoneyScripts:
         self._register_user = LuaScript(redis, "register_user")
         self._deposit = LuaScript(redis, "deposit")
         self._transfer = LuaScript(redis, "transfer")
+        self._read_balance = LuaScript(redis, "read_balance")
 
     async def register_user(self, user_id: int) -> bool:
         """Gives the user a zero balance unless they have one; True if it was created."""
@@ -235,7 +249,7 @@ class MoneyScripts:
         check_amount(amount_kopecks)
         runner = self._runner
         token = new_request_token()
-        keys = head_keys(from_user_id, token)
+        keys = [*head_keys(from_user_id, token), keyspace.pending_holds(from_user_id)]
         if to_user_id is not None:
             keys.append(keyspace.user(to_user_id))
         keys += tail_keys(from_user_id, idempotency_key, session)
@@ -249,3 +263,15 @@ class MoneyScripts:
         args += session_args(session)
         args += [to_username or "", token, runner.outcome_ttl_s]
         return _result(await runner.run(self._transfer, keys, args, from_user_id, token))
+
+    async def balance(self, user_id: int) -> WalletAmounts:
+        """The wallet's balance and held money now; Refused(ACCOUNT_NOT_FOUND) when it has
+        no wallet (Redis lost its data and was not rebuilt yet)."""
+        check_user_id(user_id)
+        reply: list[bytes] = await self._read_balance(
+            keys=[keyspace.user(user_id), keyspace.pending_holds(user_id)], args=[str(user_id)]
+        )
+        outcome = reply[0].decode()
+        if outcome != "ok":
+            raise refused(outcome, replayed=False)
+        return WalletAmounts(balance_kopecks=int(reply[1]), held_kopecks=int(reply[2]))

@@ -40,6 +40,11 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "login_failed",
         "fixed_window_limit",
         "lookup_request",
+        "hold_create",
+        "hold_capture",
+        "hold_void",
+        "hold_expire",
+        "read_balance",
     }
     # The same text, includes expanded, as the source tree gives (this process imports it).
     installed = json.loads(out)

@@ -16,6 +16,7 @@ LUA = Path(__file__).parents[2] / "lua"
 _OUTCOME = re.compile(r'outcome "(\w+)"')
 # Outcomes that are no refusal: money moved, or a bug on the caller's side.
 _NOT_REFUSALS = {"ok", "invalid_argument"}
+MONEY_SCRIPTS = ["deposit", "transfer", "hold_create", "hold_capture", "hold_void"]
 
 
 def _script_outcomes(name: str) -> set[str]:
@@ -23,14 +24,14 @@ def _script_outcomes(name: str) -> set[str]:
     return set(_OUTCOME.findall(header)) - _NOT_REFUSALS
 
 
-@pytest.mark.parametrize("script", ["deposit", "transfer"])
+@pytest.mark.parametrize("script", MONEY_SCRIPTS)
 def test_every_refusal_a_money_script_returns_is_in_the_catalog(script: str) -> None:
     outcomes = _script_outcomes(script)
     assert outcomes
     assert outcomes <= set(BY_LUA_OUTCOME), outcomes - set(BY_LUA_OUTCOME)
 
 
-@pytest.mark.parametrize("script", ["deposit", "transfer"])
+@pytest.mark.parametrize("script", MONEY_SCRIPTS)
 def test_recorded_under_the_key_exactly_where_the_script_says_so(script: str) -> None:
     header = (LUA / f"{script}.lua").read_text(encoding="utf-8").split("\n\n", 1)[0]
     for outcome in _script_outcomes(script):

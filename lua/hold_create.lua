@@ -1,0 +1,202 @@
+-- hold_create: reserve amount_kopecks of the payer (the acting user) for one payee, in one
+-- atomic step: the payer's held_kopecks and the payee's incoming_kopecks grow by the amount,
+-- the hold is written (hash hold:<id>, holds:{<payer>}, holds:due), a hold_created record is
+-- appended to the stream, and the outcome is remembered under the request's token and the
+-- payer's idempotency key (docs/holds.md). It keeps transfer.lua's order: validate, the
+-- token's recorded outcome, session and id counter, idempotency replay, reads and checks,
+-- then only writes. The payer's holds that have expired count as available and are released
+-- (includes/holds.lua) once every check has passed.
+--
+-- The hold's hash hold:<id> is NOT among KEYS: its name is built here from the id this
+-- script assigns (INCR txn:seq), which the caller cannot know in advance.
+--
+-- A hold for a username that resolved to no user comes here with no to_user_id, as in
+-- transfer.lua: refused as recipient_not_found, recorded under the key.
+--
+-- KEYS[1]  txn:seq                      string: last id issued (holds and transactions)
+-- KEYS[2]  txn:stream                   stream: one entry per transaction or hold event
+-- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks held_kopecks (the payer)
+-- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome;
+--                                       txn_id is the hold id)
+-- KEYS[5]  holds:{<from_user_id>}       sorted set: the payer's holds held_kopecks counts
+-- KEYS[6]  holds:due                    sorted set: the holds incoming_kopecks counts
+-- The keys below are present only when their condition holds, in this order:
+-- KEYS[n]  user:{<to_user_id>}          iff ARGV[2] is not ""; hash: incoming_kopecks (payee)
+-- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[5] is not ""; hash: fingerprint
+--                                       ("hold:<to>:<amount>:<expires_in_s>", or
+--                                       "hold:@<name>:<amount>:<expires_in_s>" when the name
+--                                       resolved to no one) outcome txn_id (the hold id)
+--                                       created_at_us expires_at_us
+-- KEYS[n]  wallet_session_<id>          iff ARGV[7] is "1"
+-- ARGV[1]  from_user_id                 decimal, 1..15 digits, no leading zero
+-- ARGV[2]  to_user_id                   decimal, 1..15 digits, no leading zero; "" when the
+--                                       request named a username that resolved to no one
+-- ARGV[3]  amount_kopecks               decimal, 1 .. 10^12
+-- ARGV[4]  expires_in_s                 decimal seconds, 60 .. 604800
+-- ARGV[5]  idempotency key              1..64 printable ASCII, or "" for none
+-- ARGV[6]  idempotency ttl_s            decimal seconds, 1 .. 10^7
+-- ARGV[7]  check session                "1": KEYS[n] must be a live session of
+--                                       from_user_id; "0": no session (internal caller)
+-- ARGV[8]  session absolute_s           decimal seconds, 1 .. 10^7
+-- ARGV[9]  session idle_s               decimal seconds, 1 .. 10^7
+-- ARGV[10] to_username                  the username the request named, or "" when it named
+--                                       a user id; required when ARGV[2] is ""
+-- ARGV[11] request token                16..64 of A-Z a-z 0-9 _ -, new for every request
+-- ARGV[12] outcome ttl_s                decimal seconds, 1 .. 10^7
+-- ARGV[13] hold_retention_s             decimal seconds, 1 .. 10^7: hold:<id> lives until
+--                                       expires_at + this
+--
+-- Returns  {outcome, hold_id, created_at_us, expires_at_us, replayed}, all strings:
+--   outcome "ok"                      the hold was made (or replayed: replayed = "1")
+--   outcome "not_applied"             the token already has a record (a lookup found it
+--                                     missing): that record is answered, nothing is done
+--   outcome "recipient_not_found"     no such payee wallet or name (recorded under the key)
+--   outcome "too_many_holds"          the payer has 1000 holds pending (recorded under the key)
+--   outcome "insufficient_funds"      payer's available < amount (recorded under the key)
+--   outcome "balance_limit_exceeded"  payee would pass 10^15 (recorded under the key):
+--                                     balance + incoming + amount > 10^15
+--   outcome "unauthorized"            the session is gone, expired or another user's
+--                                     (checked first; not recorded)
+--   outcome "self_transfer"           from = to (not recorded: a validation error)
+--   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
+--   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
+--   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
+--   outcome "account_not_found"       no wallet for from_user_id (not recorded)
+--   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
+--   hold_id, created_at_us and expires_at_us are "" unless outcome is "ok"; expires_at_us
+--   is created_at_us + expires_in_s * 10^6 exactly.
+-- Stream entry fields: kind ("hold_created") hold from to amount created_at_us
+-- expires_at_us idem_key; before it, one hold_expired entry per expired hold released.
+
+-- @include validate
+-- @include check_session
+-- @include fingerprint
+-- @include idempotency
+-- @include request_outcome
+-- @include holds
+
+local MIN_EXPIRES_IN_S, MAX_EXPIRES_IN_S = 60, 604800
+local MAX_PENDING_HOLDS = 1000
+
+local from_id, to_id, amount_arg, expires_in_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local idem_key, ttl_arg, session_flag, absolute_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local idle_arg, to_name, token, outcome_ttl_arg = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local retention_arg = ARGV[13]
+local resolved = to_id ~= ""
+local has_key = idem_key ~= ""
+local has_session = session_flag == "1"
+local key_count = 6
+local to_index, idem_index, session_index
+if resolved then
+  key_count = key_count + 1
+  to_index = key_count
+end
+if has_key then
+  key_count = key_count + 1
+  idem_index = key_count
+end
+if has_session then
+  key_count = key_count + 1
+  session_index = key_count
+end
+
+if #ARGV ~= 13 or not valid_id(from_id) or (resolved and not valid_id(to_id))
+  or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
+  or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
+  or not valid_positive(expires_in_arg, MAX_EXPIRES_IN_S)
+  or tonumber(expires_in_arg) < MIN_EXPIRES_IN_S
+  or not valid_positive(ttl_arg, MAX_TTL_S)
+  or (session_flag ~= "1" and session_flag ~= "0")
+  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
+  or not valid_positive(retention_arg, MAX_TTL_S)
+  or #KEYS ~= key_count
+  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. from_id .. "}"
+  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
+  or KEYS[4] ~= "req:{" .. from_id .. "}:" .. token
+  or KEYS[5] ~= "holds:{" .. from_id .. "}" or KEYS[6] ~= "holds:due"
+  or (resolved and KEYS[to_index] ~= "user:{" .. to_id .. "}")
+  or (has_key and (not valid_idempotency_key(idem_key)
+                   or KEYS[idem_index] ~= "idem:{" .. from_id .. "}:" .. idem_key))
+  or (has_session and not valid_session_key(KEYS[session_index])) then
+  return {"invalid_argument", "", "", "", "0"}
+end
+
+local decided = recorded_request_outcome(KEYS[4])
+if decided then
+  -- {outcome, hold_id, created_at_us, "0"}: the shape lookup_request.lua answers with too.
+  return decided
+end
+
+local now = redis.call("TIME")
+local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, from_id,
+                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+if refusal then
+  return {refusal, "", "", "", "0"}
+end
+if from_id == to_id then
+  return {"self_transfer", "", "", "", "0"}
+end
+
+local fingerprints = {}
+if resolved then
+  fingerprints[#fingerprints + 1] = request_fingerprint("hold", to_id, amount_arg, expires_in_arg)
+end
+if to_name ~= "" then
+  fingerprints[#fingerprints + 1] =
+    request_fingerprint("hold", "@" .. string.lower(to_name), amount_arg, expires_in_arg)
+end
+local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg, fingerprints,
+                                {"txn_id", "created_at_us", "expires_at_us"})
+local replay = idempotency_lookup(idem)
+if replay then
+  return replay
+end
+
+local payer = wallet_amounts(KEYS[3], from_id)
+if not payer then
+  return {"account_not_found", "", "", "", "0"}
+end
+local payee = nil
+if resolved then
+  payee = wallet_amounts(KEYS[to_index], to_id)
+end
+if not payee then
+  return idempotency_remember(idem, {"recipient_not_found", "", "", "", "0"})
+end
+
+local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
+local now_us = tonumber(created_at_us)
+local due, due_sum = due_holds(KEYS[5], created_at_us)
+local amount = tonumber(amount_arg)
+if redis.call("ZCARD", KEYS[5]) - #due >= MAX_PENDING_HOLDS then
+  return idempotency_remember(idem, {"too_many_holds", "", "", "", "0"})
+end
+if available_kopecks(payer, due_sum) < amount then
+  return idempotency_remember(idem, {"insufficient_funds", "", "", "", "0"})
+end
+if not credit_fits(payee, amount) then
+  return idempotency_remember(idem, {"balance_limit_exceeded", "", "", "", "0"})
+end
+
+-- Every check has passed: from here on the script only writes.
+release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
+local hold_id = string.format("%d", redis.call("INCR", KEYS[1]))
+local expires_at_us = string.format("%d", now_us + tonumber(expires_in_arg) * 1000000)
+local held = redis.call("HINCRBY", KEYS[3], "held_kopecks", amount_arg)
+redis.call("HINCRBY", KEYS[to_index], "incoming_kopecks", amount_arg)
+assert(held <= payer.balance, "invariant: held above balance for user " .. from_id)
+redis.call("ZADD", KEYS[5], expires_at_us, hold_id .. ":" .. to_id .. ":" .. amount_arg)
+redis.call("ZADD", KEYS[6], expires_at_us,
+  hold_id .. ":" .. from_id .. ":" .. to_id .. ":" .. amount_arg)
+local hold_key = "hold:" .. hold_id
+redis.call("HSET", hold_key, "from", from_id, "to", to_id, "amount", amount_arg,
+  "status", "pending", "captured_amount", "0", "created_at_us", created_at_us,
+  "expires_at_us", expires_at_us, "capture_txn_id", "")
+redis.call("PEXPIREAT", hold_key, string.format("%d",
+  math.floor(tonumber(expires_at_us) / 1000) + tonumber(retention_arg) * 1000))
+redis.call("XADD", KEYS[2], "*",
+  "kind", "hold_created", "hold", hold_id, "from", from_id, "to", to_id, "amount", amount_arg,
+  "created_at_us", created_at_us, "expires_at_us", expires_at_us, "idem_key", idem_key)
+local made = {"ok", hold_id, created_at_us, expires_at_us, "0"}
+record_request_outcome(KEYS[4], outcome_ttl_arg, made)
+return idempotency_remember(idem, made)

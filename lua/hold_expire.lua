@@ -1,0 +1,84 @@
+-- hold_expire: the sweeper (service/ledger/hold_sweeper.py) marks one hold of holds:due
+-- that has expired, in one atomic step: the payer's side if holds:{<payer>} still lists it
+-- (held_kopecks, the member and a hold_expired record, exactly as includes/holds.lua's
+-- release_holds does when a spending script finds it first), then the payee's side
+-- (incoming_kopecks, the holds:due member), and the hold's status becomes expired. No
+-- session, no idempotency key: it is safe to call any number of times, and it never touches
+-- a hold that is not due (now < expires_at_us).
+--
+-- The holds:due member names the hold, its payer, payee and amount, so that the money is
+-- settled even when hold:<id> is gone (its hash lives until expires_at + hold_retention_s;
+-- a sweeper stopped longer than that must not leave incoming_kopecks counting it for ever).
+--
+-- KEYS[1]  hold:<hold_id>               hash: the hold (status set to expired if present)
+-- KEYS[2]  user:{<from>}                hash: the payer's wallet
+-- KEYS[3]  holds:{<from>}               sorted set: the payer's holds
+-- KEYS[4]  user:{<to>}                  hash: the payee's wallet
+-- KEYS[5]  holds:due                    sorted set: member <hold_id>:<from>:<to>:<amount>
+-- KEYS[6]  txn:stream                   stream
+-- ARGV[1]  the member of holds:due      "<hold_id>:<from>:<to>:<amount>"
+--
+-- Returns  {outcome}:
+--   outcome "expired"           the hold was due: its money was released and it is expired
+--   outcome "not_due"           now < expires_at_us: nothing written
+--   outcome "gone"              holds:due does not list it (swept, captured or voided before):
+--                               nothing written
+--   outcome "not_pending"       holds:due listed a hold that its hash says ended: the member
+--                               was removed, no money touched (it was settled when it ended)
+--   outcome "invalid_argument"  KEYS/ARGV fail validation (nothing written)
+-- Stream entry fields (only when the payer's side is released here): kind ("hold_expired")
+-- hold from to amount created_at_us (now) expires_at_us idem_key ("").
+
+-- @include validate
+-- @include holds
+
+local member = ARGV[1]
+local hold_id, from_id, to_id, amount_arg
+if type(member) == "string" then
+  hold_id, from_id, to_id, amount_arg = string.match(member, "^(%d+):(%d+):(%d+):(%d+)$")
+end
+if #KEYS ~= 6 or #ARGV ~= 1 or not hold_id or not valid_id(hold_id) or not valid_id(from_id)
+  or not valid_id(to_id) or from_id == to_id
+  or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
+  or KEYS[1] ~= "hold:" .. hold_id
+  or KEYS[2] ~= "user:{" .. from_id .. "}" or KEYS[3] ~= "holds:{" .. from_id .. "}"
+  or KEYS[4] ~= "user:{" .. to_id .. "}" or KEYS[5] ~= "holds:due"
+  or KEYS[6] ~= "txn:stream" then
+  return {"invalid_argument"}
+end
+
+local score = redis.call("ZSCORE", KEYS[5], member)
+if not score then
+  return {"gone"}
+end
+local now = redis.call("TIME")
+local now_us = now[1] .. string.format("%06d", tonumber(now[2]))
+local expires_at_us = string.format("%d", tonumber(score))
+if tonumber(now_us) < tonumber(expires_at_us) then
+  return {"not_due"}
+end
+local status = redis.call("HGET", KEYS[1], "status")
+if status and status ~= "pending" then
+  redis.call("ZREM", KEYS[5], member)
+  return {"not_pending"}
+end
+
+local payer_member = hold_id .. ":" .. to_id .. ":" .. amount_arg
+local payer_side = redis.call("ZSCORE", KEYS[3], payer_member)
+local payer, payee = wallet_amounts(KEYS[2], from_id), wallet_amounts(KEYS[4], to_id)
+assert(payer and payee and payee.incoming >= tonumber(amount_arg)
+  and (not payer_side or payer.held >= tonumber(amount_arg)),
+  "invariant: a due hold that its parties' wallets do not count: hold " .. hold_id)
+
+-- Every check has passed: from here on the script only writes.
+if payer_side then
+  release_holds({{member = payer_member, hold_id = hold_id, to_id = to_id, amount = amount_arg,
+                  expires_at_us = expires_at_us}},
+                KEYS[3], KEYS[2], KEYS[6], from_id, now_us)
+end
+redis.call("HINCRBY", KEYS[4], "incoming_kopecks", "-" .. amount_arg)
+redis.call("ZREM", KEYS[5], member)
+if status then
+  redis.call("HSET", KEYS[1], "status", "expired")
+end
+return {"expired"}
