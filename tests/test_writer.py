@@ -90,6 +90,8 @@ async def test_writer_stores_every_field_and_acknowledges(
             "to_balance_after_kopecks": txn.to_balance_kopecks,
             "idempotency_key": txn.idempotency_key,
             "stream_entry_id": entry_id.decode(),
+            "hold_id": None,
+            "refund_of": None,
         }
     assert rows[1]["idempotency_key"] is not None
     assert rows[4]["kind"] == "transfer"
