@@ -464,7 +464,9 @@ def test_parse_entry_refuses_what_postgres_cannot_hold() -> None:
         b"to_balance": b"5",
         b"idem_key": b"",
     }
-    assert parse_entry(good).txn_id == 7
+    parsed = parse_entry(good)
+    assert isinstance(parsed, Transaction)
+    assert parsed.txn_id == 7
     for field, value in [
         (b"amount", b"100000000000000000000"),
         (b"created_at_us", b"99999999999999999999"),
