@@ -10,10 +10,17 @@ On PostgreSQL a batch is one statement whatever its size: ``INSERT INTO transact
 parameter per column. It was measured against a multi-row ``INSERT ... VALUES`` and against
 ``COPY`` into a staging table followed by ``INSERT ... SELECT`` and kept because it was the
 fastest (docs/ledger.md).
+
+Hold records (docs/holds.md) go in the same database transaction: a ``hold_created``
+record is a ``holds`` row, a ``hold_voided`` or ``hold_expired`` record a ``hold_events``
+row, and a capture (a transfer with ``hold_id``) is its ``transactions`` row plus its
+``captured`` event. They are inserted the same way, ``ON CONFLICT DO NOTHING`` on the hold
+id, and a skipped row must be the same record too: a hold id stored for another hold, or a
+hold's end stored as another event, is refused like an id collision.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import String, Text, bindparam, func, select
@@ -22,13 +29,11 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
 
-from persistence.models import LedgerTransaction
+from persistence.models import Base, LedgerHold, LedgerHoldEvent, LedgerTransaction
+from service.domain.records import StreamRecord, capture_event_row
 from service.domain.transactions import Transaction
 
 logger = logging.getLogger("wallet.writer")
-
-_TABLE = LedgerTransaction.__table__
-_COLUMNS = [column.name for column in _TABLE.columns]
 
 
 def _array_type(column_type: TypeEngine[Any]) -> postgresql.ARRAY[Any]:
@@ -37,18 +42,37 @@ def _array_type(column_type: TypeEngine[Any]) -> postgresql.ARRAY[Any]:
     return postgresql.ARRAY(Text() if isinstance(column_type, String) else column_type)
 
 
-_UNNEST = (
-    func.unnest(
-        *(bindparam(column.name, type_=_array_type(column.type)) for column in _TABLE.columns)
+def _columns(model: type[Base]) -> list[str]:
+    return [column.name for column in model.__table__.columns]
+
+
+def _unnest_insert(model: type[Base], key: str) -> Any:
+    """``INSERT INTO <table> SELECT * FROM unnest(<one array per column>) ON CONFLICT
+    (<key>) DO NOTHING``: one statement for any number of rows, compiled once."""
+    columns = _columns(model)
+    unnest = (
+        func.unnest(
+            *(
+                bindparam(column.name, type_=_array_type(column.type))
+                for column in model.__table__.columns
+            )
+        )
+        .table_valued(*columns)
+        .render_derived()
     )
-    .table_valued(*_COLUMNS)
-    .render_derived()
-)
-_POSTGRES_INSERT = (
-    postgresql.insert(LedgerTransaction)
-    .from_select(_COLUMNS, select(*(_UNNEST.c[name] for name in _COLUMNS)))
-    .on_conflict_do_nothing(index_elements=["id"])
-)
+    return (
+        postgresql.insert(model)
+        .from_select(columns, select(*(unnest.c[name] for name in columns)))
+        .on_conflict_do_nothing(index_elements=[key])
+    )
+
+
+_COLUMNS = _columns(LedgerTransaction)
+_POSTGRES_INSERT = _unnest_insert(LedgerTransaction, "id")
+_HOLD_COLUMNS = _columns(LedgerHold)
+_HOLDS_INSERT = _unnest_insert(LedgerHold, "id")
+_EVENT_COLUMNS = _columns(LedgerHoldEvent)
+_EVENTS_INSERT = _unnest_insert(LedgerHoldEvent, "hold_id")
 
 
 async def insert_transactions(
@@ -71,26 +95,121 @@ async def insert_transactions(
 
 
 class IdCollision(Exception):
-    """The ledger holds another transaction under an id that came again from the stream:
-    Redis lost its counter and issued the id twice. Skipping the row would lose money."""
+    """The ledger holds another record under a key that came again from the stream: Redis
+    lost its counter and issued the id twice, or a hold got a second, different end.
+    Skipping the row would lose money (or a hold's history)."""
 
 
 _SAME_TRANSACTION = ("kind", "from_user_id", "to_user_id", "amount_kopecks", "created_at")
+_SAME_HOLD = ("from_user_id", "to_user_id", "amount_kopecks", "created_at", "expires_at")
+_SAME_HOLD_EVENT = ("event", "at", "amount_kopecks", "transaction_id")
+
+
+async def _refuse_conflicts(
+    connection: AsyncConnection,
+    model: type[Base],
+    key: str,
+    same: tuple[str, ...],
+    rows: list[dict[str, Any]],
+    what: str,  # the message, with {} for the key
+) -> None:
+    """Some keys were stored already: fine when it is the same record delivered again (a
+    retry, a claim, a replay), an IdCollision when the stored one is another. Every
+    incoming row is compared, so two different rows under one key in a batch are caught
+    too."""
+    key_column = getattr(model, key)
+    columns = [key_column, *(getattr(model, name) for name in same)]
+    keys = sorted({row[key] for row in rows})
+    stored = {
+        row[0]: row
+        for row in await connection.execute(select(*columns).where(key_column.in_(keys)))
+    }
+    for incoming in rows:
+        row = stored.get(incoming[key])
+        if row is not None and any(getattr(row, name) != incoming[name] for name in same):
+            raise IdCollision(
+                what.format(incoming[key]) + f" (stream entry {incoming['stream_entry_id']})"
+            )
 
 
 async def _refuse_id_collisions(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Some ids were stored already: fine when it is the same transaction delivered again
-    (a retry, a claim, a replay), an IdCollision when the stored one is another."""
-    by_id = {row["id"]: row for row in rows}
-    columns = [getattr(LedgerTransaction, name) for name in ("id", *_SAME_TRANSACTION)]
-    stored = await connection.execute(select(*columns).where(LedgerTransaction.id.in_(list(by_id))))
-    for row in stored:
-        incoming = by_id[row.id]
-        if any(getattr(row, name) != incoming[name] for name in _SAME_TRANSACTION):
-            raise IdCollision(
-                f"transaction id {row.id} is already in the ledger for another transaction"
-                f" (stream entry {incoming['stream_entry_id']})"
-            )
+    await _refuse_conflicts(
+        connection,
+        LedgerTransaction,
+        "id",
+        _SAME_TRANSACTION,
+        rows,
+        "transaction id {} is already in the ledger for another transaction",
+    )
+
+
+async def _insert_rows(
+    connection: AsyncConnection,
+    statement: Any,
+    columns: list[str],
+    rows: list[dict[str, Any]],
+    refuse_conflicts: Callable[[list[dict[str, Any]]], Awaitable[None]],
+) -> int:
+    if not rows:
+        return 0
+    arrays = {name: [row[name] for row in rows] for name in columns}
+    inserted: int = (await connection.execute(statement, arrays)).rowcount
+    if inserted < len(rows):
+        await refuse_conflicts(rows)
+    return inserted
+
+
+async def insert_records(
+    connection: AsyncConnection, entries: Sequence[tuple[str, StreamRecord]]
+) -> int:
+    """Inserts ``(stream entry id, record)`` pairs, transactions and hold events alike;
+    returns the rows actually inserted (a capture is two: its transaction and its
+    ``captured`` event). Runs inside the caller's transaction.
+
+    Tables go in one order (transactions, holds, hold_events) and rows in key order within
+    each, so overlapping batches of two writers cannot deadlock; a capture's transaction
+    goes in before its event, which refers to it.
+    """
+    transactions: list[tuple[str, Transaction]] = []
+    holds: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for entry_id, record in entries:
+        if isinstance(record, Transaction):
+            transactions.append((entry_id, record))
+            if record.hold_id is not None:
+                events.append(capture_event_row(record, entry_id))
+        else:
+            table, row = record.ledger_row(entry_id)
+            (holds if table == "holds" else events).append(row)
+    inserted = await insert_transactions(connection, transactions) if transactions else 0
+    holds.sort(key=lambda row: row["id"])
+    events.sort(key=lambda row: row["hold_id"])
+
+    async def refuse_holds(rows: list[dict[str, Any]]) -> None:
+        await _refuse_conflicts(
+            connection,
+            LedgerHold,
+            "id",
+            _SAME_HOLD,
+            rows,
+            "hold id {} is already in the ledger for another hold",
+        )
+
+    async def refuse_events(rows: list[dict[str, Any]]) -> None:
+        await _refuse_conflicts(
+            connection,
+            LedgerHoldEvent,
+            "hold_id",
+            _SAME_HOLD_EVENT,
+            rows,
+            "hold {} has already ended otherwise in the ledger",
+        )
+
+    inserted += await _insert_rows(connection, _HOLDS_INSERT, _HOLD_COLUMNS, holds, refuse_holds)
+    inserted += await _insert_rows(
+        connection, _EVENTS_INSERT, _EVENT_COLUMNS, events, refuse_events
+    )
+    return inserted
 
 
 def is_data_error(error: BaseException) -> bool:
@@ -119,7 +238,7 @@ def _reason(error: Exception) -> str:
 
 
 async def insert_isolating(
-    engine: AsyncEngine, entries: Sequence[tuple[str, Transaction]]
+    engine: AsyncEngine, entries: Sequence[tuple[str, StreamRecord]]
 ) -> tuple[int, list[tuple[str, str]]]:
     """Inserts the batch in one transaction; if the database refuses it for a data reason,
     inserts it again row by row (one savepoint each) to single out the rows at fault.
@@ -129,7 +248,7 @@ async def insert_isolating(
     """
     try:
         async with engine.begin() as connection:
-            return await insert_transactions(connection, entries), []
+            return await insert_records(connection, entries), []
     except Exception as error:
         if not is_data_error(error):
             raise
@@ -141,10 +260,10 @@ async def insert_isolating(
     inserted = 0
     refused: list[tuple[str, str]] = []
     async with engine.begin() as connection:
-        for entry_id, txn in entries:
+        for entry_id, record in entries:
             try:
                 async with connection.begin_nested():
-                    inserted += await insert_transactions(connection, [(entry_id, txn)])
+                    inserted += await insert_records(connection, [(entry_id, record)])
             except Exception as error:
                 if not is_data_error(error):
                     raise

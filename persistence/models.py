@@ -41,6 +41,24 @@ class User(Base):
     )
 
 
+# What each kind of transaction carries: a deposit has no sender; a transfer and a refund
+# have one, other than the recipient; only a transfer may be a hold's capture (hold_id), and
+# a refund always names the transfer it refunds (refund_of).
+TRANSACTIONS_KIND_SHAPE = (
+    "(kind = 'deposit' AND from_user_id IS NULL AND from_balance_after_kopecks IS NULL"
+    " AND hold_id IS NULL AND refund_of IS NULL)"
+    " OR (kind = 'transfer' AND from_user_id IS NOT NULL"
+    " AND from_balance_after_kopecks IS NOT NULL AND from_user_id <> to_user_id"
+    " AND refund_of IS NULL)"
+    " OR (kind = 'refund' AND from_user_id IS NOT NULL"
+    " AND from_balance_after_kopecks IS NOT NULL AND from_user_id <> to_user_id"
+    " AND hold_id IS NULL AND refund_of IS NOT NULL)"
+)
+# The kinds in transfer history (both directions), as SQL: a literal, so that the planner
+# matches the partial index whatever plan a prepared statement gets.
+TRANSFER_KINDS_SQL = "kind IN ('transfer', 'refund')"
+
+
 class LedgerTransaction(Base):
     __tablename__ = "transactions"
 
@@ -68,12 +86,7 @@ class LedgerTransaction(Base):
             f" OR from_balance_after_kopecks BETWEEN 0 AND {MAX_BALANCE_KOPECKS})",
             name="transactions_balance_range",
         ),
-        CheckConstraint(
-            "(kind = 'deposit' AND from_user_id IS NULL AND from_balance_after_kopecks IS NULL)"
-            " OR (kind = 'transfer' AND from_user_id IS NOT NULL"
-            " AND from_balance_after_kopecks IS NOT NULL AND from_user_id <> to_user_id)",
-            name="transactions_kind_shape",
-        ),
+        CheckConstraint(TRANSACTIONS_KIND_SHAPE, name="transactions_kind_shape"),
         # The history queries: newest first per user, keyset on id.
         Index(
             "transactions_deposits_by_user",
@@ -82,12 +95,13 @@ class LedgerTransaction(Base):
             postgresql_where=text("kind = 'deposit'"),
             sqlite_where=text("kind = 'deposit'"),
         ),
+        # Transfer history "in": transfers and refunds received.
         Index(
             "transactions_transfers_in_by_user",
             "to_user_id",
             text("id DESC"),
-            postgresql_where=text("kind = 'transfer'"),
-            sqlite_where=text("kind = 'transfer'"),
+            postgresql_where=text(TRANSFER_KINDS_SQL),
+            sqlite_where=text(TRANSFER_KINDS_SQL),
         ),
         Index(
             "transactions_transfers_out_by_user",
@@ -96,12 +110,89 @@ class LedgerTransaction(Base):
             postgresql_where=text("from_user_id IS NOT NULL"),
             sqlite_where=text("from_user_id IS NOT NULL"),
         ),
+        # Statements and past balances: a user's transactions in time order, each side.
+        Index("transactions_by_payee_time", "to_user_id", "created_at", "id"),
+        Index(
+            "transactions_by_payer_time",
+            "from_user_id",
+            "created_at",
+            "id",
+            postgresql_where=text("from_user_id IS NOT NULL"),
+            sqlite_where=text("from_user_id IS NOT NULL"),
+        ),
+        # The refunds of a transfer (refunded totals).
+        Index(
+            "transactions_refunds_by_original",
+            "refund_of",
+            postgresql_where=text("refund_of IS NOT NULL"),
+            sqlite_where=text("refund_of IS NOT NULL"),
+        ),
         # rebuild reloads the idempotency keys of the last 24 hours.
         Index(
             "transactions_recent_idempotency_keys",
             "created_at",
             postgresql_where=text("idempotency_key IS NOT NULL"),
             sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+
+class LedgerHold(Base):
+    """One row per hold, from its ``hold_created`` stream record (docs/holds.md). The id is
+    the one the Lua script assigned, from the same counter as transaction ids."""
+
+    __tablename__ = "holds"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    from_user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    to_user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    amount_kopecks: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    stream_entry_id: Mapped[str] = mapped_column(String(48))
+
+    __table_args__ = (
+        CheckConstraint(
+            f"amount_kopecks BETWEEN 1 AND {MAX_AMOUNT_KOPECKS}", name="holds_amount_range"
+        ),
+        CheckConstraint("from_user_id <> to_user_id", name="holds_two_parties"),
+        CheckConstraint("expires_at > created_at", name="holds_expire_after_creation"),
+        # A user's holds, newest first, keyset on id: as payer and as payee.
+        Index("holds_by_payer", "from_user_id", text("id DESC")),
+        Index("holds_by_payee", "to_user_id", text("id DESC")),
+    )
+
+
+class LedgerHoldEvent(Base):
+    """The end of a hold: at most one row per hold (the primary key). ``captured`` is
+    stored from the capture's transaction (a transfer with hold_id), ``voided`` and
+    ``expired`` from their stream records. No foreign key to ``holds``: writers may store
+    a hold's end before its creation."""
+
+    __tablename__ = "hold_events"
+
+    hold_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event: Mapped[str] = mapped_column(String(8))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Captured: the amount captured. Voided or expired: the amount released to the payer.
+    amount_kopecks: Mapped[int] = mapped_column(BigInteger)
+    # Captured only: the capture's transaction (stored in the same database transaction).
+    transaction_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("transactions.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    stream_entry_id: Mapped[str] = mapped_column(String(48))
+
+    __table_args__ = (
+        CheckConstraint(
+            "event IN ('captured', 'voided', 'expired')", name="hold_events_event_kind"
+        ),
+        CheckConstraint(
+            f"amount_kopecks BETWEEN 1 AND {MAX_AMOUNT_KOPECKS}",
+            name="hold_events_amount_range",
+        ),
+        CheckConstraint(
+            "(event = 'captured') = (transaction_id IS NOT NULL)",
+            name="hold_events_capture_transaction",
         ),
     )
 

@@ -35,9 +35,12 @@ async def test_read_your_writes_with_the_writer_stopped(client: Client) -> None:
     # Nothing has been persisted: no writer runs in this test.
     status, out = await alice.get(client, "/api/balance/transfer/")
     assert status == 200
-    assert out == {"items": [dict(sent, direction="out")], "next_cursor": None}
+    # Every item carries the viewer's balance right after it.
+    mine = dict(sent, direction="out", balance_after_kopecks=700, balance_after="7.00")
+    assert out == {"items": [mine], "next_cursor": None}
     status, incoming = await bob.get(client, "/api/balance/transfer/", direction="in")
-    assert incoming["items"] == [dict(sent, direction="in")]
+    theirs = dict(sent, direction="in", balance_after_kopecks=300, balance_after="3.00")
+    assert incoming["items"] == [theirs]
     assert (await bob.get(client, "/api/balance/transfer/", direction="out"))[1]["items"] == []
     deposits = (await alice.get(client, "/api/balance/deposit/"))[1]["items"]
     assert [(d["kind"], d["amount"], d["amount_rub"]) for d in deposits] == [

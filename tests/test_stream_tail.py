@@ -9,6 +9,7 @@ from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.scripts import load_script_source
 from service.redis.stream_tail import unpersisted_tail
+from tests.support.records import SECOND, T0, Book, append
 
 Delivered = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
@@ -73,3 +74,34 @@ async def test_empty_stream_and_bad_arguments(redis_client: Redis) -> None:
     for args in (["ledger-writer", "0", ""], ["ledger-writer", "10", "01"], ["", "10", ""]):
         reply = await redis_client.eval(script, 1, keyspace.TXN_STREAM, *args)
         assert reply == [b"invalid_argument"]
+
+
+async def test_hold_records_are_in_the_tail_and_unparseable_ones_only_counted(
+    redis_client: Redis,
+) -> None:
+    book = Book()
+    created = book.hold(1, 2, 300, T0, T0 + SECOND)
+    ids = await append(
+        redis_client,
+        book.deposit(1, 1_000, T0),
+        created,
+        {"kind": "hold_voided", "hold": "x"},
+        book.end("hold_voided", 1, T0 + 1),
+        book.capture(1, 300, T0 + 2) | {"to": "3"},
+    )
+    tail = await unpersisted_tail(redis_client, max_entries=100)
+    assert [type(r).__name__ for r in tail.records] == [
+        "Transaction",
+        "HoldEvent",
+        "HoldEvent",
+        "Transaction",
+    ]
+    assert [e.kind for e in tail.hold_events] == ["hold_created", "hold_voided"]
+    assert [t.hold_id for t in tail.transactions] == [None, 1]
+    assert tail.unparseable == (ids[2],)
+    mine = await unpersisted_tail(redis_client, max_entries=100, user_id=2)
+    assert [e.kind for e in mine.hold_events] == ["hold_created", "hold_voided"]
+    assert mine.transactions == []
+    first = await unpersisted_tail(redis_client, max_entries=1, user_id=2)
+    assert first.describe_first() is None  # the deposit is user 1's
+    assert first.overflow

@@ -90,6 +90,8 @@ async def test_writer_stores_every_field_and_acknowledges(
             "to_balance_after_kopecks": txn.to_balance_kopecks,
             "idempotency_key": txn.idempotency_key,
             "stream_entry_id": entry_id.decode(),
+            "hold_id": None,
+            "refund_of": None,
         }
     assert rows[1]["idempotency_key"] is not None
     assert rows[4]["kind"] == "transfer"
@@ -462,7 +464,9 @@ def test_parse_entry_refuses_what_postgres_cannot_hold() -> None:
         b"to_balance": b"5",
         b"idem_key": b"",
     }
-    assert parse_entry(good).txn_id == 7
+    parsed = parse_entry(good)
+    assert isinstance(parsed, Transaction)
+    assert parsed.txn_id == 7
     for field, value in [
         (b"amount", b"100000000000000000000"),
         (b"created_at_us", b"99999999999999999999"),

@@ -78,11 +78,11 @@ class RebuildReport:
 
 async def _refuse_over_unpersisted_entries(redis: Redis) -> None:
     tail = await unpersisted_tail(redis, max_entries=1)
-    if tail.transactions:
-        first = tail.transactions[0].txn_id
+    if not tail.empty:
+        first = tail.describe_first()
         more = " and later ones" if tail.overflow else ""
         raise RebuildRefused(
-            f"Redis still holds transaction {first}{more} in {keyspace.TXN_STREAM} that may"
+            f"Redis still holds {first}{more} in {keyspace.TXN_STREAM} that may"
             " not be in the ledger: run the writer until it has drained the stream, then"
             " rebuild again. Nothing was changed."
         )

@@ -1,14 +1,16 @@
 """``wallet reconcile``: every Redis balance against the PostgreSQL ledger.
 
-A user's ledger balance is deposits in + transfers in - transfers out. Money may keep
+A user's ledger balance is deposits in + transfers and refunds in - transfers and refunds
+out (holds move no posted money until captured; a capture is a transfer). Money may keep
 moving while this runs, so each batch of users is compared at one point in time:
 
 1. one MULTI/EXEC reads the batch's balances together with ``txn:seq`` (S), so the
    balances are exactly the result of transactions 1..S;
-2. the ledger is complete up to S once the writer's unpersisted tail holds no
-   transaction with id <= S (the stream is in id order: the scripts assign the id
-   and append the entry in one atomic step). We wait up to ``wait_for_writer_s``
-   for that, else the report says "writer behind", a failure;
+2. the ledger is complete up to S once the writer's unpersisted tail starts after
+   transaction S (the stream is in id order: the scripts assign the id and append the
+   entry in one atomic step; a new hold's id comes from the same counter, and a void or
+   an expiry of a hold, which takes no id, counts as not after S). We wait up to
+   ``wait_for_writer_s`` for that, else the report says "writer behind", a failure;
 3. the ledger sums for the batch count only ``id <= S``.
 
 It also reports users in PostgreSQL without a Redis wallet, Redis wallets without a
@@ -23,13 +25,15 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
 from redis.asyncio import Redis
-from sqlalchemy import func, select
+from sqlalchemy import Boolean, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.models import LedgerTransaction, User
+from persistence.models import TRANSFER_KINDS_SQL, LedgerTransaction, User
 from service.domain.amounts import format_rubles
+from service.domain.holds import HoldEvent
+from service.domain.transactions import Transaction
 from service.redis import keyspace
-from service.redis.stream_tail import unpersisted_tail
+from service.redis.stream_tail import Tail, unpersisted_tail
 
 BATCH_SIZE = 500
 _POLL_S = 0.05
@@ -53,7 +57,8 @@ class ReconcileReport:
     missing_in_ledger: list[int] = field(default_factory=list)
     # A transaction already in Redis did not reach the ledger within the wait.
     writer_behind: bool = False
-    first_unpersisted_txn_id: int | None = None
+    first_unpersisted_txn_id: int | None = None  # when that first record is a transaction
+    first_unpersisted: str | None = None  # the first record not in the ledger, described
     # (txn:seq, largest ledger id) when the counter is below the ledger.
     seq_behind_ledger: tuple[int, int] | None = None
     # The largest S a batch was compared at.
@@ -79,15 +84,16 @@ async def ledger_balances(
     """Each user's ledger balance (0 for a user with no transactions), counting only
     transactions with ``id <= through_txn_id`` when it is given.
 
-    Three queries, one per partial index: deposits in, transfers in, transfers out.
+    Three queries, one per partial index: deposits in, transfers and refunds in, transfers
+    and refunds out.
     """
     balances = dict.fromkeys(user_ids, 0)
     if not user_ids:
         return balances
     limit = () if through_txn_id is None else (T.id <= through_txn_id,)
     parts = [
-        (T.to_user_id, 1, (T.kind == "deposit",)),
-        (T.to_user_id, 1, (T.kind == "transfer",)),
+        (T.to_user_id, 1, (literal_column("kind = 'deposit'", Boolean),)),
+        (T.to_user_id, 1, (literal_column(TRANSFER_KINDS_SQL, Boolean),)),
         (T.from_user_id, -1, (T.from_user_id.is_not(None),)),
     ]
     for column, sign, where in parts:
@@ -130,20 +136,30 @@ async def _snapshot(redis: Redis, user_ids: Sequence[int]) -> tuple[list[int | N
     return [None if raw is None else int(raw) for raw in replies[:-1]], int(seq or 0)
 
 
-async def _first_unpersisted_at_or_below(
-    redis: Redis, through_txn_id: int, wait_s: float
-) -> int | None:
-    """None once every transaction with id <= through_txn_id is in the ledger; otherwise,
-    after waiting up to wait_s, the id of the first one that is not."""
+def _starts_after(tail: Tail, through_txn_id: int) -> bool:
+    """True when the tail's first entry came after transaction ``through_txn_id``."""
+    if tail.empty:
+        return True
+    first = tail.records[0] if tail.records else None
+    if isinstance(first, Transaction):
+        return first.txn_id > through_txn_id
+    if isinstance(first, HoldEvent) and first.kind == "hold_created":
+        return first.hold_id > through_txn_id
+    return False  # a void or an expiry (no id of its own), or an unparseable entry
+
+
+async def _first_unpersisted_at_or_below(redis: Redis, through_txn_id: int, wait_s: float) -> Tail:
+    """An empty tail once every transaction with id <= through_txn_id is in the ledger;
+    otherwise, after waiting up to wait_s, the tail's first entry (max_entries=1)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
         tail = await unpersisted_tail(redis, max_entries=1)
-        if not tail.transactions or tail.transactions[0].txn_id > through_txn_id:
-            return None
+        if _starts_after(tail, through_txn_id):
+            return Tail(records=[], overflow=False)
         remaining = deadline - loop.time()
         if remaining <= 0:
-            return tail.transactions[0].txn_id
+            return tail
         await asyncio.sleep(min(_POLL_S, remaining))
 
 
@@ -185,10 +201,12 @@ async def reconcile(redis: Redis, engine: AsyncEngine, wait_for_writer_s: float)
         )
         if report.writer_behind or not present:
             continue  # without a complete ledger a comparison would only report false drift
-        first = await _first_unpersisted_at_or_below(redis, seq, wait_for_writer_s)
-        if first is not None:
+        behind = await _first_unpersisted_at_or_below(redis, seq, wait_for_writer_s)
+        if not behind.empty:
             report.writer_behind = True
-            report.first_unpersisted_txn_id = first
+            first = behind.transactions[0] if behind.transactions else None
+            report.first_unpersisted_txn_id = first.txn_id if first else None
+            report.first_unpersisted = behind.describe_first()
             continue
         async with engine.connect() as connection:
             ledger = await ledger_balances(connection, [u for u, _ in present], seq)
@@ -245,7 +263,7 @@ def format_report(report: ReconcileReport) -> str:
     ]
     if report.writer_behind:
         lines.append(
-            f"writer behind: transaction {report.first_unpersisted_txn_id} is in Redis but not"
+            f"writer behind: {report.first_unpersisted} is in Redis but not"
             " yet in the ledger; balances from there on were not compared"
         )
     if report.drifts:

@@ -1,8 +1,9 @@
 """``wallet replay --from <transaction id | stream id>``: re-drives the records still retained
 in ``txn:stream`` into PostgreSQL.
 
-Idempotent (``ON CONFLICT (id) DO NOTHING``): rows already stored are left as they are, so
-replaying a range twice, or while the writer runs, stores every record once. The consumer
+Idempotent (``ON CONFLICT DO NOTHING`` on the transaction or hold id): rows already stored
+are left as they are, so replaying a range twice, or while the writer runs, stores every
+record once; transactions and hold records alike (docs/holds.md). The consumer
 group is not touched: nothing is read through it or acknowledged.
 """
 
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ledger_insert import insert_isolating
-from service.domain.transactions import Transaction
+from service.domain.records import StreamRecord
 from service.ledger.writer import Unparseable, parse_entry
 from service.redis.keyspace import TXN_STREAM
 from service.settings import Settings
@@ -43,43 +44,40 @@ def parse_from_id(from_id: str) -> tuple[str | None, int | None]:
 
 
 def _txn_id(fields: dict[bytes, bytes]) -> int | None:
+    """The id the entry's script took from the counter: a transaction's id, or a new
+    hold's (ids of holds and transactions come from one counter, docs/holds.md). None for
+    a hold's void or expiry, which takes no id, and for a malformed entry."""
     try:
+        if fields.get(b"kind") == b"hold_created":
+            return int(fields[b"hold"])
         return int(fields[b"id"])
     except (KeyError, ValueError):
         return None
 
 
+def _takes_no_id(fields: dict[bytes, bytes]) -> bool:
+    return fields.get(b"kind") in (b"hold_voided", b"hold_expired")
+
+
 async def replay(settings: Settings, redis: Redis, engine: AsyncEngine, from_id: str) -> int:
     """Inserts the retained stream records from ``from_id`` on; returns the rows newly
     inserted. ``from_id`` is a stream entry id (start there) or a transaction id (start at
-    the first entry whose transaction id is at least that). Raises ValueError on a
-    malformed ``from_id``."""
+    the first entry whose transaction or hold id is at least that, and the voids and
+    expiries of holds just before it that came after the last id below it). Raises
+    ValueError on a malformed ``from_id``."""
     start_entry, start_txn = parse_from_id(from_id)
     chunk = settings.writer_batch_size
     cursor = start_entry or "-"
     started = passed_earlier = False
+    # Voids and expiries (no id of their own) seen since the last id below the start.
+    idless: list[tuple[bytes, dict[bytes, bytes]]] = []
     inserted = scanned = skipped = 0
-    while True:
-        entries = cast(StreamEntries, await redis.xrange(TXN_STREAM, min=cursor, count=chunk))
-        if not entries:
-            break
-        cursor = "(" + entries[-1][0].decode()
-        batch: list[tuple[str, Transaction]] = []
-        for raw_id, fields in entries:
+
+    async def store(todo: StreamEntries) -> None:
+        nonlocal inserted, scanned, skipped
+        batch: list[tuple[str, StreamRecord]] = []
+        for raw_id, fields in todo:
             entry_id = raw_id.decode()
-            if start_txn is not None and not started:
-                txn_id = _txn_id(fields)
-                if txn_id is None or txn_id < start_txn:
-                    passed_earlier = passed_earlier or txn_id is not None
-                    continue
-                started = True
-                if txn_id > start_txn and not passed_earlier:
-                    logger.warning(
-                        "the stream no longer holds transactions %d to %d; replaying from %d",
-                        start_txn,
-                        txn_id - 1,
-                        txn_id,
-                    )
             scanned += 1
             try:
                 batch.append((entry_id, parse_entry(fields)))
@@ -92,8 +90,40 @@ async def replay(settings: Settings, redis: Redis, engine: AsyncEngine, from_id:
             skipped += len(refused)
             for entry_id, reason in refused:
                 logger.warning("skipping stream entry %s: %s", entry_id, reason)
+
+    while True:
+        entries = cast(StreamEntries, await redis.xrange(TXN_STREAM, min=cursor, count=chunk))
+        if not entries:
+            break
+        cursor = "(" + entries[-1][0].decode()
+        todo: StreamEntries = []
+        for raw_id, fields in entries:
+            if start_txn is not None and not started:
+                txn_id = _txn_id(fields)
+                if txn_id is None and _takes_no_id(fields):
+                    # A void or an expiry after the last id below the start: it may belong
+                    # to the range, so it is replayed with it (twice is harmless).
+                    idless.append((raw_id, fields))
+                    continue
+                if txn_id is None or txn_id < start_txn:
+                    passed_earlier = passed_earlier or txn_id is not None
+                    idless.clear()
+                    continue
+                started = True
+                if txn_id > start_txn and not passed_earlier:
+                    logger.warning(
+                        "the stream no longer holds transactions %d to %d; replaying from %d",
+                        start_txn,
+                        txn_id - 1,
+                        txn_id,
+                    )
+                todo += idless
+            todo.append((raw_id, fields))
+        await store(todo)
         if len(entries) < chunk:
             break
+    if not started and idless:
+        await store(idless)  # voids and expiries after the last id issued
     logger.info(
         "replay from %s: %d entries read, %d rows inserted, %d skipped",
         from_id,

@@ -32,6 +32,8 @@ from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ledger_insert import insert_isolating
+from service.domain.records import StreamRecord, record_from_stream_fields
+from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
 from service.outages import is_outage
 from service.redis.keyspace import TXN_DEAD_LETTER, TXN_STREAM, WRITER_GROUP
@@ -68,32 +70,53 @@ class WriterStats:
 
 
 class Unparseable(ValueError):
-    """A stream entry that is not a valid transaction record."""
+    """A stream entry that is not a valid transaction or hold record."""
 
 
-def parse_entry(fields: dict[bytes, bytes]) -> Transaction:
-    """The transaction in a stream entry; raises Unparseable with the reason."""
+def parse_entry(fields: dict[bytes, bytes]) -> StreamRecord:
+    """The record in a stream entry: a transaction, or a hold event (``kind``
+    hold_created, hold_voided, hold_expired; docs/holds.md). Raises Unparseable with the
+    reason."""
     if not fields:
         raise Unparseable("the entry is no longer in the stream (deleted before it was stored)")
     try:
-        txn = Transaction.from_stream_fields(fields)
-        txn.created_at  # noqa: B018 - a timestamp out of datetime's range raises here
+        record = record_from_stream_fields(fields)
+        # A timestamp out of datetime's range raises here.
+        if isinstance(record, Transaction):
+            record.created_at  # noqa: B018
+        else:
+            datetime_from_us(record.at_us)
+            datetime_from_us(record.expires_at_us)
     except KeyError as error:
         raise Unparseable(f"missing field {error}") from error
     except (ValueError, TypeError, OverflowError, OSError) as error:
         raise Unparseable(f"{type(error).__name__}: {error}") from error
-    numbers = (
-        txn.txn_id,
-        txn.from_user_id or 0,
-        txn.to_user_id,
-        txn.amount_kopecks,
-        txn.created_at_us,
-        txn.from_balance_kopecks or 0,
-        txn.to_balance_kopecks,
-    )
+    if isinstance(record, Transaction):
+        what = f"transaction {record.txn_id}"
+        numbers: tuple[int, ...] = (
+            record.txn_id,
+            record.from_user_id or 0,
+            record.to_user_id,
+            record.amount_kopecks,
+            record.created_at_us,
+            record.from_balance_kopecks or 0,
+            record.to_balance_kopecks,
+            record.hold_id or 0,
+            record.refund_of or 0,
+        )
+    else:
+        what = f"{record.kind} of hold {record.hold_id}"
+        numbers = (
+            record.hold_id,
+            record.from_user_id,
+            record.to_user_id,
+            record.amount_kopecks,
+            record.at_us,
+            record.expires_at_us,
+        )
     if not all(0 <= n <= _MAX_BIGINT for n in numbers):
-        raise Unparseable(f"a number is out of range in transaction {txn.txn_id}")
-    return txn
+        raise Unparseable(f"a number is out of range in {what}")
+    return record
 
 
 def _text(raw: bytes | str) -> str:
@@ -235,7 +258,7 @@ class StreamWriter:
 
     async def _handle(self, entries: list[Entry], stop: asyncio.Event) -> int:
         fields_by_id = dict(entries)
-        good: list[tuple[str, Transaction]] = []
+        good: list[tuple[str, StreamRecord]] = []
         dead: list[tuple[str, str]] = []
         for entry_id, fields in entries:
             try:

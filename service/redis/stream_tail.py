@@ -1,22 +1,61 @@
-"""The transactions that may not be in PostgreSQL yet, read from the Redis stream."""
+"""The records that may not be in PostgreSQL yet, read from the Redis stream: transactions
+and hold events (service/domain/records.py)."""
 
+import logging
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from service.domain.holds import HoldEvent
+from service.domain.records import StreamRecord, record_from_stream_fields
 from service.domain.transactions import Transaction
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 
+logger = logging.getLogger("wallet.stream_tail")
+
 
 @dataclass(frozen=True, slots=True)
 class Tail:
-    transactions: list[Transaction]  # oldest first
+    records: list[StreamRecord]  # oldest first
     overflow: bool  # more entries were unpersisted than were scanned
+    # Entries that are not a valid record (the writer dead-letters them), left out of
+    # ``records``: a read skips them, but they are unpersisted entries all the same.
+    unparseable: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """Nothing unpersisted at all (within the entries scanned)."""
+        return not self.records and not self.unparseable
+
+    def describe_first(self) -> str | None:
+        """The oldest entry, for a message ("transaction 12", "the hold_voided record of
+        hold 5"); None when there is none. With both sorts of entries, the oldest
+        parseable one is named."""
+        if self.records:
+            first = self.records[0]
+            if isinstance(first, Transaction):
+                return f"transaction {first.txn_id}"
+            return f"the {first.kind} record of hold {first.hold_id}"
+        if self.unparseable:
+            return f"the unparseable entry {self.unparseable[0]}"
+        return None
+
+    @property
+    def transactions(self) -> list[Transaction]:
+        """The transactions among the records, oldest first."""
+        return [record for record in self.records if isinstance(record, Transaction)]
+
+    @property
+    def hold_events(self) -> list[HoldEvent]:
+        """The hold events (created, voided, expired) among the records, oldest first; a
+        capture is a transaction (with ``hold_id``)."""
+        return [record for record in self.records if isinstance(record, HoldEvent)]
 
 
 async def unpersisted_tail(redis: Redis, max_entries: int, user_id: int | None = None) -> Tail:
-    """Reads the unpersisted tail (of one user, if given) with one atomic script.
+    """Reads the unpersisted tail (of one user, if given: records whose from or to is the
+    user) with one atomic script.
 
     Call it before querying PostgreSQL; see the header of lua/stream_tail.lua for why.
     """
@@ -28,10 +67,18 @@ async def unpersisted_tail(redis: Redis, max_entries: int, user_id: int | None =
     head = reply[0]
     if head not in (b"0", b"1"):
         raise ScriptArgumentRejected(repr(head))
-    transactions = []
+    records: list[StreamRecord] = []
+    unparseable: list[str] = []
     for i in range(2, len(reply), 2):
         flat = reply[i]
         assert isinstance(flat, list)
         fields = dict(zip(flat[0::2], flat[1::2], strict=True))
-        transactions.append(Transaction.from_stream_fields(fields))
-    return Tail(transactions=transactions, overflow=head == b"1")
+        try:
+            records.append(record_from_stream_fields(fields))
+        except (KeyError, ValueError) as error:
+            # The writer dead-letters it: it will never be in the ledger either.
+            entry_id = reply[i - 1]
+            assert isinstance(entry_id, bytes)
+            unparseable.append(entry_id.decode())
+            logger.warning("unparseable stream entry %s in the tail: %r", entry_id, error)
+    return Tail(records=records, overflow=head == b"1", unparseable=tuple(unparseable))

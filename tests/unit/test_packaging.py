@@ -70,4 +70,4 @@ def test_installed_package_ships_the_migrations(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
     ).stdout
-    assert out.strip() == "0002"
+    assert out.strip() == "0003"

@@ -1,0 +1,34 @@
+"""A record of ``txn:stream``: a transaction (deposit, transfer, refund; a capture is a
+transfer with ``hold_id``) or a hold event (hold_created, hold_voided, hold_expired). The
+field ``kind`` tells them apart (docs/holds.md, "Stream records")."""
+
+from typing import Any
+
+from service.domain.holds import STREAM_KINDS, HoldEvent
+from service.domain.transactions import Transaction
+
+StreamRecord = Transaction | HoldEvent
+
+
+def record_from_stream_fields(fields: dict[bytes, bytes]) -> StreamRecord:
+    """Parses one stream entry of either sort; raises ValueError or KeyError on a
+    malformed one (an unknown kind is a ValueError)."""
+    if fields[b"kind"].decode() in STREAM_KINDS:
+        return HoldEvent.from_stream_fields(fields)
+    return Transaction.from_stream_fields(fields)
+
+
+def capture_event_row(capture: Transaction, stream_entry_id: str) -> dict[str, Any]:
+    """The ``hold_events`` row a capture's transaction (a transfer with ``hold_id``) ends
+    its hold with: captured, at the transaction's instant, for its amount."""
+    if capture.hold_id is None or capture.kind != "transfer":
+        raise ValueError(f"transaction {capture.txn_id} is not a capture")
+    return {
+        "hold_id": capture.hold_id,
+        "event": "captured",
+        "at": capture.created_at,
+        "amount_kopecks": capture.amount_kopecks,
+        "transaction_id": capture.txn_id,
+        "idempotency_key": capture.idempotency_key,
+        "stream_entry_id": stream_entry_id,
+    }
