@@ -20,7 +20,7 @@
 --                                       out; hash: balance_kopecks incoming_kopecks
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[2] is not ""; hash: fingerprint
---                                       ("batch:<sha1 hex of the legs as given>") outcome
+--                                       ("batch:<sha1 hex of the legs>", below) outcome
 --                                       txn_id created_at_us leg
 -- KEYS[n]  wallet_session_<id>          iff ARGV[4] is "1"
 -- ARGV[1]  from_user_id                 decimal, 1..15 digits, no leading zero
@@ -41,9 +41,12 @@
 --                                       required when to_user_id is ""), amount_kopecks
 --                                       (decimal, 1 .. 10^12)
 --
--- The fingerprint compares the legs as the request gave them: per leg the id, or "@" and
--- the name in lower case when the leg named a username (resolved or not), and the amount,
--- so that a name registered later never turns a recorded refusal into a payment.
+-- Fingerprints: "batch:" and the SHA-1 (hex) of the legs, each "<to>=<amount_kopecks>",
+-- joined by ",". A refusal records them by name (<to>: "@" and the name in lower case for
+-- a leg that named a username, resolved or not; the id otherwise), so that a name
+-- registered later never turns a recorded refusal into a payment; a batch that moved money
+-- records them by id (<to>: every leg's id), which `wallet rebuild` can compute again from
+-- the ledger. A retry matches either form.
 --
 -- Returns  {outcome, txn_id, created_at_us, leg, replayed}, all strings:
 --   outcome "ok"                      money moved (or replayed: replayed = "1"); txn_id is
@@ -166,15 +169,26 @@ if math.floor((seq + #legs) / TXN_IDS_PER_EPOCH) ~= math.floor(seq / TXN_IDS_PER
 end
 
 -- A retry with the key gets the recorded reply back (its leg too, so that a replayed
--- refusal names the same field).
-local canonical = {}
+-- refusal names the same field). The legs are compared in two forms, as transfer.lua
+-- compares one: by name, where each leg that named a username has "@" and the name in lower
+-- case (what a refusal records: a name registered later leaves it unchanged); and, when
+-- every leg resolved, by id (what a batch that moved money records: `wallet rebuild` can
+-- compute it again from the ledger, whose rows have the ids in leg order).
+local by_name, by_id, all_resolved = {}, {}, true
 for i, leg in ipairs(legs) do
   local target = leg.to_name ~= "" and ("@" .. string.lower(leg.to_name)) or leg.to_id
-  canonical[i] = target .. "=" .. leg.amount_arg
+  by_name[i] = target .. "=" .. leg.amount_arg
+  by_id[i] = leg.to_id .. "=" .. leg.amount_arg
+  all_resolved = all_resolved and leg.to_id ~= ""
 end
-local fingerprint = request_fingerprint("batch", redis.sha1hex(table.concat(canonical, ",")))
-local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg, {fingerprint},
-                                {"txn_id", "created_at_us", "leg"})
+local name_fingerprint = request_fingerprint("batch", redis.sha1hex(table.concat(by_name, ",")))
+local id_fingerprint = all_resolved
+  and request_fingerprint("batch", redis.sha1hex(table.concat(by_id, ","))) or nil
+local idem_key_name = has_key and KEYS[idem_index] or nil
+local reply_fields = {"txn_id", "created_at_us", "leg"}
+-- Refusals are recorded by name, money moved by id; either form is a retry.
+local idem = idempotency_record(idem_key_name, ttl_arg, {name_fingerprint, id_fingerprint},
+                                reply_fields)
 local replay = idempotency_lookup(idem)
 if replay then
   return replay
@@ -238,4 +252,6 @@ for i, leg in ipairs(legs) do
 end
 local moved = {"ok", string.format("%d", first_id), now_us, "", "0"}
 record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
-return idempotency_remember(idem, moved)
+return idempotency_remember(
+  idempotency_record(idem_key_name, ttl_arg, {id_fingerprint, name_fingerprint}, reply_fields),
+  moved)

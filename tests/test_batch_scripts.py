@@ -149,6 +149,40 @@ async def test_a_leg_by_name_that_resolved_pays_the_id(
     assert await balance(redis_client, 2) == 15
 
 
+def fingerprint(legs: str) -> bytes:
+    """What a batch's idempotency record keeps: "batch:" and the SHA-1 of its legs, each
+    "<to>=<amount>" (<to>: the id, or "@" and the name in lower case), joined by ","."""
+    return b"batch:" + hashlib.sha1(legs.encode()).hexdigest().encode()
+
+
+async def test_money_moved_is_recorded_by_id_a_refusal_by_name(
+    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+) -> None:
+    await money.deposit(PAYER, 100)
+    sent = await batches.transfer_batch(PAYER, [Leg(2, 10, "Bob"), Leg(3, 5, "carol")], "ok")
+    record = await redis_client.hgetall(keyspace.idempotency(PAYER, "ok"))
+    assert record == {
+        b"fingerprint": fingerprint("2=10,3=5"),
+        b"outcome": b"ok",
+        b"txn_id": str(sent.first_txn_id).encode(),
+        b"created_at_us": str(sent.created_at_us).encode(),
+        b"leg": b"",
+    }
+    # By name again (any spelling), or by id: a retry.
+    for legs in ([Leg(2, 10, "BOB"), Leg(3, 5, "Carol")], [Leg(2, 10), Leg(3, 5)]):
+        assert (await batches.transfer_batch(PAYER, legs, "ok")).replayed
+    with pytest.raises(Refused) as short:
+        await batches.transfer_batch(PAYER, [Leg(2, 10, "Bob"), Leg(3, 500)], "short")
+    recorded = await redis_client.hget(keyspace.idempotency(PAYER, "short"), "fingerprint")
+    assert recorded == fingerprint("@bob=10,3=500")
+    assert (await refused_leg(batches, [Leg(2, 10, "bob"), Leg(3, 500)], "short")).replayed
+    # A refusal by name retried by id is another request, as for a transfer.
+    with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
+        await batches.transfer_batch(PAYER, [Leg(2, 10), Leg(3, 500)], "short")
+    assert short.value.field == "transfers[1].amount"
+    assert await balance(redis_client, PAYER) == 85
+
+
 async def refused_leg(batches: BatchScripts, legs: list[Leg], key: str | None = None) -> Refused:
     with pytest.raises(Refused) as info:
         await batches.transfer_batch(PAYER, legs, idempotency_key=key)
@@ -250,16 +284,17 @@ async def test_replays_and_key_reuse(
     sent = await batches.transfer_batch(PAYER, [Leg(2, 100), Leg(3, 200)], "k")
     again = await batches.transfer_batch(PAYER, [Leg(2, 100), Leg(3, 200)], "k")
     assert again == BatchAccepted(sent.first_txn_id, sent.created_at_us, replayed=True)
+    # Money moved: recorded by id, so a leg by the name that resolved to that id is a retry.
+    by_name = await batches.transfer_batch(PAYER, [Leg(2, 100, "Bob"), Leg(3, 200)], "k")
+    assert by_name == again
     assert await balance(redis_client, PAYER) == 700
-    # The legs as given, per leg "<to_user_id or @name in lower case>=<amount>", joined by ",".
-    fingerprint = await redis_client.hget(keyspace.idempotency(PAYER, "k"), "fingerprint")
-    assert fingerprint == b"batch:" + hashlib.sha1(b"2=100,3=200").hexdigest().encode()
+    recorded = await redis_client.hget(keyspace.idempotency(PAYER, "k"), "fingerprint")
+    assert recorded == fingerprint("2=100,3=200")
     before = await snapshot(redis_client)
     for other in (
         [Leg(2, 100), Leg(3, 201)],
         [Leg(3, 200), Leg(2, 100)],
         [Leg(2, 100)],
-        [Leg(2, 100, "bob"), Leg(3, 200)],  # compared as given: a name is not its id
     ):
         with refusing(refusals.IDEMPOTENCY_KEY_REUSED) as reused:
             await batches.transfer_batch(PAYER, other, "k")
@@ -285,6 +320,8 @@ async def test_replayed_refusals_keep_their_leg(
         "transfers[1].to_username",
         False,
     )
+    recorded = await redis_client.hget(keyspace.idempotency(PAYER, "ghost"), "fingerprint")
+    assert recorded == fingerprint("2=10,@ghost=10")  # a refusal: by name
     # The name is registered (as user 4) since: the retry still replays the refusal.
     replay = await refused_leg(batches, [Leg(2, 10), Leg(4, 10, "GHOST")], "ghost")
     assert (replay.refusal, replay.field, replay.replayed) == (
@@ -302,9 +339,7 @@ async def test_replayed_refusals_keep_their_leg(
         True,
     )
     assert await redis_client.hgetall(keyspace.idempotency(PAYER, "short")) == {
-        b"fingerprint": (
-            await redis_client.hget(keyspace.idempotency(PAYER, "short"), "fingerprint")
-        ),
+        b"fingerprint": fingerprint("2=60,3=41"),
         b"outcome": b"insufficient_funds",
         b"txn_id": b"",
         b"created_at_us": b"",
