@@ -23,6 +23,7 @@ MONEY_SCRIPTS = [
     "hold_capture",
     "hold_void",
     "transfer_batch",
+    "refund",
 ]
 
 
