@@ -414,6 +414,23 @@ async def test_a_lost_reply_is_answered_with_the_batch(
     ]
 
 
+async def test_a_lost_request_that_did_not_run_never_runs(
+    batches: BatchScripts,
+    money: MoneyScripts,
+    redis_client: Redis,
+    users: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await money.deposit(PAYER, 100)
+    lost = LosesTheReply(batches._transfer_batch, runs=False)
+    monkeypatch.setattr(batches, "_transfer_batch", lost)
+    with refusing(refusals.REQUEST_NOT_APPLIED):
+        await batches.transfer_batch(PAYER, [Leg(2, 10)])
+    before = await snapshot(redis_client)
+    assert await lost.arrives_late() == [b"not_applied", b"", b"", b"", b"0"]
+    assert await snapshot(redis_client) == before
+
+
 async def test_concurrent_batches_on_one_balance(
     redis_url: str, money: MoneyScripts, redis_client: Redis, users: None
 ) -> None:

@@ -274,6 +274,21 @@ async def test_a_lost_reply_is_answered_with_the_refund_and_its_amount(
     ]
 
 
+async def test_a_lost_request_that_did_not_run_never_runs(
+    refunds: RefundScripts,
+    redis_client: Redis,
+    transfer: Transaction,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lost = LosesTheReply(refunds._refund, runs=False)
+    monkeypatch.setattr(refunds, "_refund", lost)
+    with refusing(refusals.REQUEST_NOT_APPLIED):
+        await refunds.refund(PAYEE, 2, transfer, None)
+    before = await snapshot(redis_client)
+    assert await lost.arrives_late() == [b"not_applied", b"", b"", b"", b"0"]
+    assert await snapshot(redis_client) == before
+
+
 @pytest.mark.parametrize("amount", [200, None])
 async def test_concurrent_refunds_of_one_transfer(
     redis_url: str, redis_client: Redis, transfer: Transaction, amount: int | None

@@ -27,11 +27,21 @@ async def put_hold(
 
 
 class LosesTheReply:
-    """A money script that runs, then fails as a reply lost after sending does."""
+    """A money script that runs first (``runs``) or not at all (its command is still on its
+    way), then fails as a reply lost after sending does."""
 
-    def __init__(self, script: LuaScript) -> None:
+    def __init__(self, script: LuaScript, runs: bool = True) -> None:
         self.script = script
+        self.runs = runs
+        self.sent: list[tuple[list[str], list[Arg]]] = []
 
     async def __call__(self, keys: list[str], args: list[Arg]) -> Any:
-        await self.script(keys=keys, args=args)
+        self.sent.append((keys, args))
+        if self.runs:
+            await self.script(keys=keys, args=args)
         raise ReplyLost("EVALSHA sent, no reply: TimeoutError('Timeout reading')")
+
+    async def arrives_late(self) -> Any:
+        """The command that was on its way reaches Redis after all: its raw reply."""
+        keys, args = self.sent[-1]
+        return await self.script(keys=keys, args=args)
