@@ -5,18 +5,29 @@ import dataclasses
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import refusals
 from service.domain.amounts import MAX_BALANCE_KOPECKS
 from service.domain.refusals import Refused
 from service.domain.transactions import Transaction
 from service.redis import keyspace
+from service.redis.batches import BatchScripts, Leg
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts, SessionCheck
 from service.redis.refunds import RefundAccepted, RefundScripts
 from service.settings import Settings
 from tests.support.held_money import HOUR_US, LosesTheReply, now_us, put_hold
-from tests.support.helpers import balance, refusing, snapshot, stream_fields, stream_transactions
+from tests.support.helpers import (
+    add_users,
+    balance,
+    persist,
+    refusing,
+    snapshot,
+    stream_fields,
+    stream_transactions,
+)
 
 PAYER, PAYEE, STRANGER = 1, 2, 3
 TRANSFERRED = 3_000
@@ -340,3 +351,42 @@ async def test_concurrent_refunds_on_one_balance(
     assert await balance(redis_client, PAYEE) == 0
     assert await balance(redis_client, PAYER) == 8_000
     assert await refunded_so_far(redis_client) == 1_000
+
+
+async def test_the_writer_stores_batch_legs_and_refunds_as_they_are(
+    redis_client: Redis, db_engine: AsyncEngine, settings: Settings
+) -> None:
+    money = MoneyScripts(redis_client, settings)
+    await add_users(db_engine, money, [PAYER, PAYEE, STRANGER])
+    await money.deposit(PAYER, 10_000)
+    batch = await BatchScripts(redis_client, settings).transfer_batch(
+        PAYER, [Leg(PAYEE, 3_000), Leg(STRANGER, 1_000), Leg(PAYEE, 500)], "b"
+    )
+    legs = await stream_transactions_of_kind(redis_client, "transfer")
+    refunds = RefundScripts(redis_client, settings)
+    first = await refunds.refund(PAYEE, batch.first_txn_id, legs[0], 1_000, "r1")
+    rest = await refunds.refund(PAYEE, batch.first_txn_id, legs[0], None, "r2")
+    stored = await persist(redis_client, db_engine)
+    assert stored >= 6
+    assert await redis_client.xlen(keyspace.TXN_DEAD_LETTER) == 0
+    async with db_engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT id, kind, from_user_id, to_user_id, amount_kopecks,"
+                    " from_balance_after_kopecks, to_balance_after_kopecks, idempotency_key,"
+                    " refund_of FROM transactions ORDER BY id"
+                )
+            )
+        ).all()
+    assert [tuple(row) for row in rows[1:]] == [
+        (2, "transfer", PAYER, PAYEE, 3_000, 7_000, 3_000, "b", None),
+        (3, "transfer", PAYER, STRANGER, 1_000, 6_000, 1_000, "b", None),
+        (4, "transfer", PAYER, PAYEE, 500, 5_500, 3_500, "b", None),
+        (first.txn_id, "refund", PAYEE, PAYER, 1_000, 2_500, 6_500, "r1", 2),
+        (rest.txn_id, "refund", PAYEE, PAYER, 2_000, 500, 8_500, "r2", 2),
+    ]
+
+
+async def stream_transactions_of_kind(redis: Redis, kind: str) -> list[Transaction]:
+    return [t for t in await stream_transactions(redis) if t.kind == kind]
