@@ -45,6 +45,8 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "hold_void",
         "hold_expire",
         "read_balance",
+        "transfer_batch",
+        "refund",
     }
     # The same text, includes expanded, as the source tree gives (this process imports it).
     installed = json.loads(out)

@@ -16,7 +16,15 @@ LUA = Path(__file__).parents[2] / "lua"
 _OUTCOME = re.compile(r'outcome "(\w+)"')
 # Outcomes that are no refusal: money moved, or a bug on the caller's side.
 _NOT_REFUSALS = {"ok", "invalid_argument"}
-MONEY_SCRIPTS = ["deposit", "transfer", "hold_create", "hold_capture", "hold_void"]
+MONEY_SCRIPTS = [
+    "deposit",
+    "transfer",
+    "hold_create",
+    "hold_capture",
+    "hold_void",
+    "transfer_batch",
+    "refund",
+]
 
 
 def _script_outcomes(name: str) -> set[str]:

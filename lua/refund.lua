@@ -1,0 +1,192 @@
+-- refund: the recipient of a transfer (a capture included) sends all or part of it back
+-- to its payer, in one atomic step: the refunds of one transfer never add up to more than
+-- it (refunded:{<refunder>}:<txn_id>, which only this script changes), the refunder spends
+-- from available (includes/holds.lua) and the payer's credit keeps within the ceiling.
+-- docs/holds.md gives the design; the order of the steps is transfer.lua's.
+--
+-- The transfer's facts (payer, amount) are immutable: the caller reads them from the
+-- ledger merged with the unpersisted stream tail and passes them. When the caller found no
+-- transfer received by the refunder, it passes "" for both and the script answers
+-- transaction_not_found, recorded under the key like any other refusal, so that a key used
+-- on an id that does not exist yet never later turns into a refund.
+--
+-- A lost reply's lookup (lookup_request.lua) answers outcome, txn_id and created_at_us
+-- only: the refunded amount is also kept under the request's token, as an extra field
+-- "amount" of req:{<user_id>}:<token> (request_outcome.lua's three fields are unchanged),
+-- which the caller reads when the lookup found the refund (service/redis/refunds.py).
+--
+-- KEYS[1]  txn:seq                      string: last transaction id issued, within its epoch
+-- KEYS[2]  txn:stream                   stream: one entry per transaction
+-- KEYS[3]  user:{<user_id>}             hash: the refunder's wallet (debited)
+-- KEYS[4]  req:{<user_id>}:<token>      hash: outcome txn_id created_at_us (request_outcome),
+--                                       and amount
+-- KEYS[5]  holds:{<user_id>}            sorted set: the refunder's holds held_kopecks counts
+-- The keys below are present only when their condition holds, in this order:
+-- KEYS[n]  user:{<payer_id>}            iff ARGV[3] is not ""; hash: the transfer's payer's
+--                                       wallet (credited)
+-- KEYS[n]  refunded:{<user_id>}:<txn_id> always; string: kopecks refunded so far
+-- KEYS[n]  idem:{<user_id>}:<key>       iff ARGV[6] is not ""; hash: fingerprint
+--                                       ("refund:<txn_id>:<amount or "all">") outcome
+--                                       txn_id created_at_us amount
+-- KEYS[n]  wallet_session_<id>          iff ARGV[8] is "1"
+-- ARGV[1]  user_id                      the refunder: decimal, 1..15 digits, no leading zero
+-- ARGV[2]  txn_id                       the transfer to refund: decimal, 1..15 digits
+-- ARGV[3]  payer_id                     the transfer's payer (decimal, <> user_id), or ""
+--                                       when the caller found no transfer txn_id received by
+--                                       user_id
+-- ARGV[4]  transfer amount_kopecks      decimal, 1 .. 10^12; "" iff ARGV[3] is ""
+-- ARGV[5]  amount_kopecks               decimal, 1 .. 10^12, or "" for all that is left
+-- ARGV[6]  idempotency key              1..64 printable ASCII, or "" for none
+-- ARGV[7]  idempotency ttl_s            decimal seconds, 1 .. 10^7
+-- ARGV[8]  check session                "1": KEYS[n] must be a live session of user_id;
+--                                       "0": no session (internal caller)
+-- ARGV[9]  session absolute_s           decimal seconds, 1 .. 10^7: lifetime since login
+-- ARGV[10] session idle_s               decimal seconds, 1 .. 10^7: the TTL it gets back
+-- ARGV[11] request token                16..64 of A-Z a-z 0-9 _ -, new for every request
+-- ARGV[12] outcome ttl_s                decimal seconds, 1 .. 10^7: how long the record under
+--                                       the token is kept
+--
+-- Returns  {outcome, txn_id, created_at_us, amount, replayed}, all strings:
+--   outcome "ok"                      money moved (or replayed: replayed = "1"); amount:
+--                                     the kopecks this refund sent back
+--   outcome "not_applied"             the token already has a record (a lookup found it
+--                                     missing): that record is answered, nothing is done
+--   outcome "transaction_not_found"   not a transfer to user_id (recorded under the key)
+--   outcome "refund_exceeds_transfer" more than is left unrefunded (recorded under the key),
+--                                     or nothing is left
+--   outcome "insufficient_funds"      refunder's available < amount (recorded under the key)
+--   outcome "balance_limit_exceeded"  the payer would pass 10^15 (recorded under the key)
+--   outcome "unauthorized"            the session is gone, expired or another user's
+--                                     (checked first; not recorded)
+--   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
+--   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
+--   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
+--   outcome "account_not_found"       no wallet for user_id or for the payer (not recorded)
+--   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
+--   txn_id, created_at_us and amount are "" unless outcome is "ok".
+-- Stream entry fields: id kind ("refund") from (user_id) to (payer_id) amount
+-- created_at_us from_balance to_balance idem_key refund_of (txn_id).
+
+-- @include validate
+-- @include check_session
+-- @include fingerprint
+-- @include idempotency
+-- @include request_outcome
+-- @include holds
+
+local user_id, txn_id, payer_id, transfer_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local amount_arg, idem_key, ttl_arg, session_flag = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local absolute_arg, idle_arg, token, outcome_ttl_arg = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local found = payer_id ~= ""
+local has_key = idem_key ~= ""
+local has_session = session_flag == "1"
+local key_count = 5
+local payer_index, refunded_index, idem_index, session_index
+if found then
+  key_count = key_count + 1
+  payer_index = key_count
+end
+key_count = key_count + 1
+refunded_index = key_count
+if has_key then
+  key_count = key_count + 1
+  idem_index = key_count
+end
+if has_session then
+  key_count = key_count + 1
+  session_index = key_count
+end
+
+if #ARGV ~= 12 or not valid_id(user_id) or not valid_id(txn_id)
+  or (found and (not valid_id(payer_id) or payer_id == user_id
+                 or not valid_positive(transfer_arg, MAX_AMOUNT_KOPECKS)))
+  or (not found and transfer_arg ~= "")
+  or (amount_arg ~= "" and not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS))
+  or not valid_positive(ttl_arg, MAX_TTL_S)
+  or (session_flag ~= "1" and session_flag ~= "0")
+  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
+  or #KEYS ~= key_count
+  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. user_id .. "}"
+  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
+  or KEYS[4] ~= "req:{" .. user_id .. "}:" .. token
+  or KEYS[5] ~= "holds:{" .. user_id .. "}"
+  or (found and KEYS[payer_index] ~= "user:{" .. payer_id .. "}")
+  or KEYS[refunded_index] ~= "refunded:{" .. user_id .. "}:" .. txn_id
+  or (has_key and (not valid_idempotency_key(idem_key)
+                   or KEYS[idem_index] ~= "idem:{" .. user_id .. "}:" .. idem_key))
+  or (has_session and not valid_session_key(KEYS[session_index])) then
+  return {"invalid_argument", "", "", "", "0"}
+end
+
+-- A lookup of this request's lost reply came first: it answered "not applied", so nothing
+-- may be done now.
+local decided = recorded_request_outcome(KEYS[4])
+if decided then
+  return {decided[1], decided[2], decided[3], redis.call("HGET", KEYS[4], "amount") or "", "0"}
+end
+
+local now = redis.call("TIME")
+local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, user_id,
+                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+if refusal then
+  return {refusal, "", "", "", "0"}
+end
+
+-- A retry with the key gets the recorded reply back, with the amount it refunded.
+local fingerprint = request_fingerprint("refund", txn_id, amount_arg ~= "" and amount_arg or "all")
+local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg, {fingerprint},
+                                {"txn_id", "created_at_us", "amount"})
+local replay = idempotency_lookup(idem)
+if replay then
+  return replay
+end
+
+local refunder = wallet_amounts(KEYS[3], user_id)
+if not refunder then
+  return {"account_not_found", "", "", "", "0"}
+end
+if not found then
+  return idempotency_remember(idem, {"transaction_not_found", "", "", "", "0"})
+end
+local payer = wallet_amounts(KEYS[payer_index], payer_id)
+if not payer then
+  return {"account_not_found", "", "", "", "0"}
+end
+
+local refunded = tonumber(redis.call("GET", KEYS[refunded_index]) or "0")
+local transfer_amount = tonumber(transfer_arg)
+assert(refunded ~= nil and refunded >= 0 and refunded <= transfer_amount,
+  "invariant: refunded out of range for transfer " .. txn_id)
+local left = transfer_amount - refunded
+local amount = left
+if amount_arg ~= "" then
+  amount = tonumber(amount_arg)
+end
+if left == 0 or amount > left then
+  return idempotency_remember(idem, {"refund_exceeds_transfer", "", "", "", "0"})
+end
+local now_us = now[1] .. string.format("%06d", tonumber(now[2]))
+local due, due_sum = due_holds(KEYS[5], now_us)
+if available_kopecks(refunder, due_sum) < amount then
+  return idempotency_remember(idem, {"insufficient_funds", "", "", "", "0"})
+end
+if not credit_fits(payer, amount) then
+  return idempotency_remember(idem, {"balance_limit_exceeded", "", "", "", "0"})
+end
+
+-- Every check has passed: from here on the script only writes. Integers are
+-- formatted with %d because tostring() would print 10^15 as "1e+15".
+local amount_str = string.format("%d", amount)
+release_holds(due, KEYS[5], KEYS[3], KEYS[2], user_id, now_us)
+redis.call("INCRBY", KEYS[refunded_index], amount_str)
+local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_str)
+local new_to = redis.call("HINCRBY", KEYS[payer_index], "balance_kopecks", amount_str)
+local refund_id = string.format("%d", redis.call("INCR", KEYS[1]))
+redis.call("XADD", KEYS[2], "*",
+  "id", refund_id, "kind", "refund", "from", user_id, "to", payer_id, "amount", amount_str,
+  "created_at_us", now_us, "from_balance", string.format("%d", new_from),
+  "to_balance", string.format("%d", new_to), "idem_key", idem_key, "refund_of", txn_id)
+local moved = {"ok", refund_id, now_us, amount_str, "0"}
+record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
+redis.call("HSET", KEYS[4], "amount", amount_str)
+return idempotency_remember(idem, moved)

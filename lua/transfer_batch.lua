@@ -1,0 +1,257 @@
+-- transfer_batch: move money from one payer to 1..100 recipients, all or nothing, in one
+-- atomic step: every leg is checked first, in the order given, and only when all of them
+-- pass are the balances changed, one transaction id per leg taken (consecutive, one
+-- INCRBY) and one transfer record per leg appended to the stream. A refused batch writes
+-- nothing but its recorded refusal. docs/holds.md gives the design; the order of the steps
+-- is transfer.lua's.
+--
+-- The payer spends from available = balance - held, where holds that have expired keep
+-- nothing (includes/holds.lua): they are released, with their stream records, only once
+-- every check has passed. Every credit keeps balance + incoming + credits <= 10^15,
+-- counting all the legs to the same recipient.
+--
+-- KEYS[1]  txn:seq                      string: last transaction id issued, within its epoch
+-- KEYS[2]  txn:stream                   stream: one entry per transaction
+-- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks held_kopecks (debited)
+-- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome)
+-- KEYS[5]  holds:{<from_user_id>}       sorted set: the payer's holds held_kopecks counts
+-- KEYS[6..5+r] user:{<to_user_id>}      one per distinct recipient id of the legs, in the
+--                                       order of its first leg, the payer's own id left
+--                                       out; hash: balance_kopecks incoming_kopecks
+-- The keys below are present only when their condition holds, in this order:
+-- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[2] is not ""; hash: fingerprint
+--                                       ("batch:<sha1 hex of the legs>", below) outcome
+--                                       txn_id created_at_us leg
+-- KEYS[n]  wallet_session_<id>          iff ARGV[4] is "1"
+-- ARGV[1]  from_user_id                 decimal, 1..15 digits, no leading zero
+-- ARGV[2]  idempotency key              1..64 printable ASCII, or "" for none
+-- ARGV[3]  idempotency ttl_s            decimal seconds, 1 .. 10^7
+-- ARGV[4]  check session                "1": KEYS[n] must be a live session of
+--                                       from_user_id; "0": no session (internal caller)
+-- ARGV[5]  session absolute_s           decimal seconds, 1 .. 10^7: lifetime since login
+-- ARGV[6]  session idle_s               decimal seconds, 1 .. 10^7: the TTL it gets back
+-- ARGV[7]  request token                16..64 of A-Z a-z 0-9 _ -, new for every request
+-- ARGV[8]  outcome ttl_s                decimal seconds, 1 .. 10^7: how long the record under
+--                                       the token is kept
+-- ARGV[9]  leg count n                  decimal, 1 .. 100
+-- ARGV[10..9+3n] the legs, three each:  to_user_id (decimal, 1..15 digits; "" when the leg
+--                                       named a username that resolved to no one),
+--                                       to_username (as the request named it, 3..32 of
+--                                       A-Z a-z 0-9 _ . -, or "" when it named an id;
+--                                       required when to_user_id is ""), amount_kopecks
+--                                       (decimal, 1 .. 10^12)
+--
+-- Fingerprints: "batch:" and the SHA-1 (hex) of the legs, each "<to>=<amount_kopecks>",
+-- joined by ",". A refusal records them by name (<to>: "@" and the name in lower case for
+-- a leg that named a username, resolved or not; the id otherwise), so that a name
+-- registered later never turns a recorded refusal into a payment; a batch that moved money
+-- records them by id (<to>: every leg's id), which `wallet rebuild` can compute again from
+-- the ledger. A retry matches either form.
+--
+-- Returns  {outcome, txn_id, created_at_us, leg, replayed}, all strings:
+--   outcome "ok"                      money moved (or replayed: replayed = "1"); txn_id is
+--                                     the first leg's id, leg i (from 0) has txn_id + i
+--   outcome "not_applied"             the token already has a record (a lookup found it
+--                                     missing): that record is answered, nothing is done
+--   outcome "recipient_not_found"     a leg's recipient is unknown (recorded under the key):
+--                                     no wallet, or its name resolved to no one
+--   outcome "insufficient_funds"      the legs so far exceed available (recorded under the key)
+--   outcome "balance_limit_exceeded"  a recipient would pass 10^15 (recorded under the key)
+--   outcome "self_transfer"           a leg names the payer (not recorded)
+--   outcome "unauthorized"            the session is gone, expired or another user's
+--                                     (checked first; not recorded)
+--   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
+--   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
+--   outcome "epoch_exhausted"         the n ids would cross the end of txn:seq's epoch
+--                                     (not recorded)
+--   outcome "account_not_found"       no wallet for from_user_id (not recorded)
+--   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
+--   txn_id and created_at_us are "" unless outcome is "ok"; leg is the index (from 0) of
+--   the leg at fault for recipient_not_found, self_transfer, insufficient_funds and
+--   balance_limit_exceeded, else "".
+-- Stream entry fields, one entry per leg in order: id kind ("transfer") from to amount
+-- created_at_us from_balance to_balance idem_key, the balances right after that leg.
+
+-- @include validate
+-- @include check_session
+-- @include fingerprint
+-- @include idempotency
+-- @include request_outcome
+-- @include holds
+
+local MAX_LEGS = 100  -- service/domain/limits.py MAX_BATCH_LEGS
+local FIRST_LEG_ARG = 10
+
+local from_id, idem_key, ttl_arg, session_flag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local absolute_arg, idle_arg, token, outcome_ttl_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local count_arg = ARGV[9]
+local has_key = idem_key ~= ""
+local has_session = session_flag == "1"
+
+local function invalid()
+  return {"invalid_argument", "", "", "", "0"}
+end
+
+if #ARGV < FIRST_LEG_ARG or not valid_id(from_id) or not valid_positive(count_arg, MAX_LEGS)
+  or #ARGV ~= FIRST_LEG_ARG - 1 + 3 * tonumber(count_arg) then
+  return invalid()
+end
+
+-- The legs, and the distinct recipients whose wallets follow KEYS[5].
+local legs = {}
+local recipients = {}      -- to_user_id -> index into KEYS
+local recipient_ids = {}   -- in the order of KEYS
+for i = 1, tonumber(count_arg) do
+  local base = FIRST_LEG_ARG + 3 * (i - 1)
+  local leg = {to_id = ARGV[base], to_name = ARGV[base + 1], amount_arg = ARGV[base + 2]}
+  if (leg.to_id ~= "" and not valid_id(leg.to_id))
+    or (leg.to_name ~= "" and not valid_username(leg.to_name))
+    or (leg.to_id == "" and leg.to_name == "")
+    or not valid_positive(leg.amount_arg, MAX_AMOUNT_KOPECKS) then
+    return invalid()
+  end
+  leg.amount = tonumber(leg.amount_arg)
+  if leg.to_id ~= "" and leg.to_id ~= from_id and not recipients[leg.to_id] then
+    recipient_ids[#recipient_ids + 1] = leg.to_id
+    recipients[leg.to_id] = 5 + #recipient_ids
+  end
+  legs[i] = leg
+end
+
+local key_count = 5 + #recipient_ids
+local idem_index, session_index
+if has_key then
+  key_count = key_count + 1
+  idem_index = key_count
+end
+if has_session then
+  key_count = key_count + 1
+  session_index = key_count
+end
+
+if not valid_positive(ttl_arg, MAX_TTL_S)
+  or (session_flag ~= "1" and session_flag ~= "0")
+  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
+  or #KEYS ~= key_count
+  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. from_id .. "}"
+  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
+  or KEYS[4] ~= "req:{" .. from_id .. "}:" .. token
+  or KEYS[5] ~= "holds:{" .. from_id .. "}"
+  or (has_key and (not valid_idempotency_key(idem_key)
+                   or KEYS[idem_index] ~= "idem:{" .. from_id .. "}:" .. idem_key))
+  or (has_session and not valid_session_key(KEYS[session_index])) then
+  return invalid()
+end
+for j, to_id in ipairs(recipient_ids) do
+  if KEYS[5 + j] ~= "user:{" .. to_id .. "}" then
+    return invalid()
+  end
+end
+
+-- A lookup of this request's lost reply came first: it answered "not applied", so nothing
+-- may be done now.
+local decided = recorded_request_outcome(KEYS[4])
+if decided then
+  return {decided[1], decided[2], decided[3], "", "0"}
+end
+
+local now = redis.call("TIME")
+local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, from_id,
+                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+if refusal then
+  return {refusal, "", "", "", "0"}
+end
+-- The n ids after the counter must all be in its epoch: none may be a multiple of
+-- TXN_IDS_PER_EPOCH (refusal_before_money checked the first).
+local seq = tonumber(redis.call("GET", KEYS[1]))
+if math.floor((seq + #legs) / TXN_IDS_PER_EPOCH) ~= math.floor(seq / TXN_IDS_PER_EPOCH) then
+  return {"epoch_exhausted", "", "", "", "0"}
+end
+
+-- A retry with the key gets the recorded reply back (its leg too, so that a replayed
+-- refusal names the same field). The legs are compared in two forms, as transfer.lua
+-- compares one: by name, where each leg that named a username has "@" and the name in lower
+-- case (what a refusal records: a name registered later leaves it unchanged); and, when
+-- every leg resolved, by id (what a batch that moved money records: `wallet rebuild` can
+-- compute it again from the ledger, whose rows have the ids in leg order).
+local by_name, by_id, all_resolved = {}, {}, true
+for i, leg in ipairs(legs) do
+  local target = leg.to_name ~= "" and ("@" .. string.lower(leg.to_name)) or leg.to_id
+  by_name[i] = target .. "=" .. leg.amount_arg
+  by_id[i] = leg.to_id .. "=" .. leg.amount_arg
+  all_resolved = all_resolved and leg.to_id ~= ""
+end
+local name_fingerprint = request_fingerprint("batch", redis.sha1hex(table.concat(by_name, ",")))
+local id_fingerprint = all_resolved
+  and request_fingerprint("batch", redis.sha1hex(table.concat(by_id, ","))) or nil
+local idem_key_name = has_key and KEYS[idem_index] or nil
+local reply_fields = {"txn_id", "created_at_us", "leg"}
+-- Refusals are recorded by name, money moved by id; either form is a retry.
+local idem = idempotency_record(idem_key_name, ttl_arg, {name_fingerprint, id_fingerprint},
+                                reply_fields)
+local replay = idempotency_lookup(idem)
+if replay then
+  return replay
+end
+
+local payer = wallet_amounts(KEYS[3], from_id)
+if not payer then
+  return {"account_not_found", "", "", "", "0"}
+end
+local now_us = now[1] .. string.format("%06d", tonumber(now[2]))
+local due, due_sum = due_holds(KEYS[5], now_us)
+local available = available_kopecks(payer, due_sum)
+
+local function refuse_at(outcome, i)
+  return idempotency_remember(idem, {outcome, "", "", string.format("%d", i - 1), "0"})
+end
+
+-- Every leg in order; the first at fault is named.
+local wallets = {}   -- to_user_id -> wallet_amounts, false when it has none
+local credited = {}  -- to_user_id -> the legs' credits so far
+local total = 0
+for i, leg in ipairs(legs) do
+  if leg.to_id == "" then
+    return refuse_at("recipient_not_found", i)
+  end
+  if leg.to_id == from_id then
+    return {"self_transfer", "", "", string.format("%d", i - 1), "0"}
+  end
+  local wallet = wallets[leg.to_id]
+  if wallet == nil then
+    wallet = wallet_amounts(KEYS[recipients[leg.to_id]], leg.to_id) or false
+    wallets[leg.to_id] = wallet
+  end
+  if not wallet then
+    return refuse_at("recipient_not_found", i)
+  end
+  total = total + leg.amount
+  if total > available then
+    return refuse_at("insufficient_funds", i)
+  end
+  credited[leg.to_id] = (credited[leg.to_id] or 0) + leg.amount
+  if not credit_fits(wallet, credited[leg.to_id]) then
+    return refuse_at("balance_limit_exceeded", i)
+  end
+end
+
+-- Every check has passed: from here on the script only writes. Integers are
+-- formatted with %d because tostring() would print 10^15 as "1e+15".
+release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, now_us)
+local last_id = redis.call("INCRBY", KEYS[1], #legs)
+local first_id = last_id - #legs + 1
+for i, leg in ipairs(legs) do
+  local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. leg.amount_arg)
+  local new_to = redis.call("HINCRBY", KEYS[recipients[leg.to_id]], "balance_kopecks",
+                            leg.amount_arg)
+  redis.call("XADD", KEYS[2], "*",
+    "id", string.format("%d", first_id + i - 1), "kind", "transfer", "from", from_id,
+    "to", leg.to_id, "amount", leg.amount_arg, "created_at_us", now_us,
+    "from_balance", string.format("%d", new_from), "to_balance", string.format("%d", new_to),
+    "idem_key", idem_key)
+end
+local moved = {"ok", string.format("%d", first_id), now_us, "", "0"}
+record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
+return idempotency_remember(
+  idempotency_record(idem_key_name, ttl_arg, {id_fingerprint, name_fingerprint}, reply_fields),
+  moved)

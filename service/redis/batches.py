@@ -1,0 +1,128 @@
+"""Batch transfers (lua/transfer_batch.lua), bound to one Redis client: one payer, 1..100
+legs, all or nothing. docs/holds.md gives the design.
+
+A refused leg comes back as the catalog's ``Refused`` with the field of the leg at fault
+(``transfers[<i>].amount``, ``transfers[<i>].to_user_id`` or ``transfers[<i>].to_username``,
+``i`` from 0, as the request gave the legs), replayed refusals included: the script records
+the leg's index with the refusal.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from service.domain.limits import MAX_BATCH_LEGS
+from service.redis import keyspace
+from service.redis.money import (
+    MoneyScriptRunner,
+    SessionCheck,
+    check_amount,
+    check_user_id,
+    check_username,
+    head_keys,
+    new_request_token,
+    refused,
+    session_args,
+    tail_keys,
+)
+from service.redis.scripts import LuaScript
+from service.settings import Settings
+
+# Refusals that name a leg's recipient rather than its amount.
+_RECIPIENT_OUTCOMES = frozenset({"recipient_not_found", "self_transfer"})
+_LEG_OUTCOMES = _RECIPIENT_OUTCOMES | {"insufficient_funds", "balance_limit_exceeded"}
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    to_user_id: int | None  # None: the leg named a username that resolved to no one
+    amount_kopecks: int
+    to_username: str | None = None  # the username as the request named it, if it did
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAccepted:
+    first_txn_id: int  # leg i has id first_txn_id + i
+    created_at_us: int
+    replayed: bool
+
+
+def _check_legs(legs: Sequence[Leg]) -> None:
+    if not 1 <= len(legs) <= MAX_BATCH_LEGS:
+        raise ValueError(f"a batch has 1..{MAX_BATCH_LEGS} legs, not {len(legs)}")
+    for leg in legs:
+        if not isinstance(leg, Leg):
+            raise ValueError(f"not a Leg: {leg!r}")
+        if leg.to_user_id is not None:
+            check_user_id(leg.to_user_id)
+        if leg.to_username is not None:
+            check_username(leg.to_username)
+        elif leg.to_user_id is None:
+            raise ValueError("a leg needs to_user_id or to_username")
+        check_amount(leg.amount_kopecks)
+
+
+def _field(leg_index: int, leg: Leg, outcome: str) -> str:
+    if outcome in _RECIPIENT_OUTCOMES:
+        name = "to_username" if leg.to_username is not None else "to_user_id"
+    else:
+        name = "amount"
+    return f"transfers[{leg_index}].{name}"
+
+
+def batch_result(reply: list[bytes], legs: Sequence[Leg]) -> BatchAccepted:
+    """The script's reply ({outcome, txn_id, created_at_us, leg, replayed}), or a lost
+    reply's lookup ({outcome, txn_id, created_at_us, "0"}: no leg, never replayed)."""
+    outcome = reply[0].decode()
+    replayed = len(reply) == 5 and reply[4] == b"1"
+    if outcome == "ok":
+        return BatchAccepted(
+            first_txn_id=int(reply[1]), created_at_us=int(reply[2]), replayed=replayed
+        )
+    field = None
+    leg_raw = reply[3] if len(reply) == 5 else b""
+    if outcome in _LEG_OUTCOMES and leg_raw:
+        index = int(leg_raw)
+        field = _field(index, legs[index], outcome)
+    raise refused(outcome, replayed, field)
+
+
+class BatchScripts:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._runner = MoneyScriptRunner(redis, settings)
+        self._transfer_batch = LuaScript(redis, "transfer_batch")
+
+    async def transfer_batch(
+        self,
+        from_user_id: int,
+        legs: Sequence[Leg],
+        idempotency_key: str | None = None,
+        session: SessionCheck | None = None,
+    ) -> BatchAccepted:
+        """Every leg or none. Raises ``Refused`` (with the leg's field where a leg is at
+        fault); ValueError for arguments no request can produce (wrong leg count, ids,
+        names or amounts out of range)."""
+        check_user_id(from_user_id)
+        _check_legs(legs)
+        runner = self._runner
+        token = new_request_token()
+        keys = [*head_keys(from_user_id, token), keyspace.pending_holds(from_user_id)]
+        seen: set[int] = set()
+        for leg in legs:
+            to = leg.to_user_id
+            if to is not None and to != from_user_id and to not in seen:
+                seen.add(to)
+                keys.append(keyspace.user(to))
+        keys += tail_keys(from_user_id, idempotency_key, session)
+        args = [str(from_user_id), idempotency_key or "", runner.idempotency_ttl_s]
+        args += session_args(session)
+        args += [token, runner.outcome_ttl_s, str(len(legs))]
+        for leg in legs:
+            args += [
+                "" if leg.to_user_id is None else str(leg.to_user_id),
+                leg.to_username or "",
+                str(leg.amount_kopecks),
+            ]
+        reply = await runner.run(self._transfer_batch, keys, args, from_user_id, token)
+        return batch_result(reply, legs)
