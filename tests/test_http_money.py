@@ -24,6 +24,9 @@ async def test_balance_in_kopecks_and_rubles(client: Client) -> None:
         "user_id": user.id,
         "balance_kopecks": 10_100,
         "balance": "101.00",
+        "held_kopecks": 0,
+        "available_kopecks": 10_100,
+        "available": "101.00",
         "currency": "RUB",
     }
 

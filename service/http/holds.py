@@ -3,6 +3,7 @@ void them (the payee only). Each change is one Lua script (service/redis/holds.p
 merge the ledger with what the writer has not stored yet (service/ledger/hold_reads.py)."""
 
 import time
+from typing import Literal
 
 from aiohttp import web
 
@@ -35,7 +36,7 @@ from service.http.state import DATABASE, HOLDS, REDIS, SESSIONS, SETTINGS
 from service.ledger.history import HistoryUnavailable
 from service.ledger.hold_reads import list_holds, read_hold
 
-ROLES = ("payer", "payee")
+ROLES: tuple[Literal["payer", "payee"], ...] = ("payer", "payee")
 
 
 def _now_us() -> int:
