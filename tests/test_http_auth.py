@@ -213,6 +213,14 @@ async def test_openapi_describes_every_contract_endpoint(client: Client) -> None
         ("GET", "/api/balance/deposit/"),
         ("POST", "/api/balance/transfer/"),
         ("GET", "/api/balance/transfer/"),
+        ("POST", "/api/balance/transfer/batch/"),
+        ("POST", "/api/balance/transfer/{id}/refund/"),
+        ("GET", "/api/balance/statement/"),
+        ("POST", "/api/holds/"),
+        ("GET", "/api/holds/"),
+        ("GET", "/api/holds/{id}/"),
+        ("POST", "/api/holds/{id}/capture/"),
+        ("POST", "/api/holds/{id}/void/"),
     }
     amount = spec["components"]["schemas"]["DepositRequest"]["properties"]["amount"]
     assert (amount["type"], amount["minimum"], amount["maximum"]) == ("integer", 1, 10**12)

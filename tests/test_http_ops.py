@@ -155,7 +155,7 @@ async def test_one_json_access_line_per_request_with_its_request_id(
     assert client.server.port is not None
     caplog.set_level(logging.INFO)
     await client.get("/api/balance/", headers={"X-Request-Id": "trace-1"})
-    await client.get("/api/holds/7/", headers={"X-Request-Id": "trace-2"})
+    await client.get("/api/no-such-thing/", headers={"X-Request-Id": "trace-2"})
     malformed = await exchange("127.0.0.1", client.server.port, b"GET / HTTP/1.1\r\nHost\r\n\r\n")
     assert malformed.status == 400
 

@@ -150,15 +150,18 @@ async def test_statement_refusals(client: Client, monkeypatch: pytest.MonkeyPatc
         ({"from": "2026-01-01T00:00:00Z"}, "to"),
         ({"from": "2026-01-01T00:00:00", "to": "2026-01-02T00:00:00Z"}, "from"),
         ({"from": "yesterday", "to": "2026-01-02T00:00:00Z"}, "from"),
-        ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-02T00:00:00Z"}, "to"),
+        ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T23:59:59.999999Z"}, "to"),
         ({"from": "2026-01-01T00:00:00Z", "to": "2027-01-02T00:00:01Z"}, "to"),
         ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z", "format": "xml"}, "format"),
         ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z", "page": "1"}, "page"),
     ):
         status, body = await alice.get(client, "/api/balance/statement/", **query)
         assert (status, error_of(body)) == (422, ("validation_error", field)), query
-    # 366 days exactly is allowed.
+    # 366 days exactly is allowed, and so is an empty period.
     await statement(alice, client, "2026-01-01T00:00:00Z", "2027-01-02T00:00:00Z")
+    empty = await statement(alice, client, done[1]["created_at"], done[1]["created_at"])
+    assert empty["items"] == []
+    assert empty["opening_balance_kopecks"] == empty["closing_balance_kopecks"] == 1_000
     monkeypatch.setattr("service.http.statements.MAX_STATEMENT_ITEMS", len(done) - 1)
     status, body = await alice.get(
         client,

@@ -495,7 +495,7 @@ class Runner:
             return Expected(404, "recipient_not_found"), True
         to_id = recipient.id or GHOST_ID
         if to_id == account.id:
-            return Expected(422, "self_transfer"), False
+            return Expected(422, "self_transfer", "to_username" if by_name else "to_user_id"), False
         fingerprints = (by_id, by_name_fingerprint) if by_name else (by_id,)
         known = self._replay_or_reuse(account.id, key, *fingerprints)
         if known is not None:
@@ -608,6 +608,12 @@ class Runner:
             assert item[party] == account.id
         total = sum(d["amount"] for d in deposits) + sum(incoming.values()) - sum(outgoing.values())
         assert total == self.model.balances[account.id]  # == the balance in Redis, checked
+        # Every item carries the viewer's balance right after it: the running sum, in id order.
+        running = 0
+        for item in sorted(deposits + transfers, key=lambda item: item["id"]):
+            running += item["amount"] if item.get("direction", "in") == "in" else -item["amount"]
+            assert item["balance_after_kopecks"] == running, item
+            assert item["balance_after"] == rubles(running)
         if balance_endpoint:
             status, balance, _ = await self.call("GET", "/api/balance/", account.auditor)
             assert status == 200, balance
@@ -615,6 +621,9 @@ class Runner:
                 "user_id": account.id,
                 "balance_kopecks": total,
                 "balance": rubles(total),
+                "held_kopecks": 0,
+                "available_kopecks": total,
+                "available": rubles(total),
                 "currency": "RUB",
             }
         return {"deposit": deposits, "all": transfers}

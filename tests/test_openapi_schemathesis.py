@@ -101,21 +101,25 @@ positive_data_acceptance.enabled = false
 # would meet a key already used with another body (422 idempotency_key_reused) and never
 # move money. A valid key is made unique per request content; a repeat stays a repeat.
 # Three kinds of valid-by-the-schema requests are refused by rules the schema does not state,
-# so they are not generated: a transfer to the sender's own id (422 self_transfer), 1.0 for
+# so they are not generated: a statement's period past its limit, a payment to the sender
+# (422 self_transfer: a transfer, a hold, a batch's leg), 1.0 for
 # an integer (JSON Schema counts it as one; the contract refuses floats), and a sign-up whose
 # password the password rules refuse (a control character, or a commonly used password: a
 # list the schema only names in words).
 _HOOKS = """
 import hashlib
 import re
+from datetime import datetime, timedelta
 
 import schemathesis
 
 from service.auth.password_rules import check_new_password
+from service.domain.limits import MAX_STATEMENT_DAYS
 from service.domain.refusals import Refused
 
 VALID_KEY = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 SENDER_ID = {sender_id}
+SENDER_NAME = "{sender_name}"
 
 
 def _refused_password(password):
@@ -126,23 +130,58 @@ def _refused_password(password):
     return False
 
 
+def _integral_float(value):
+    if isinstance(value, float):
+        return value.is_integer()
+    if isinstance(value, dict):
+        return any(_integral_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_integral_float(item) for item in value)
+    return False
+
+
+def _pays_the_sender(body):
+    return body.get("to_user_id") == SENDER_ID or body.get("to_username") == SENDER_NAME
+
+
+# A statement's period the schema cannot state a limit for: to before from, or longer than
+# MAX_STATEMENT_DAYS.
+def _period_refused(query):
+    try:
+        start = datetime.fromisoformat(query["from"])
+        end = datetime.fromisoformat(query["to"])
+        return not timedelta(0) <= end - start <= timedelta(days=MAX_STATEMENT_DAYS)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 @schemathesis.hook
 def filter_case(context, case):
+    if case.path == "/api/balance/statement/" and _period_refused(case.query or {{}}):
+        return False
     if not isinstance(case.body, dict):
         return True
-    if any(isinstance(value, float) and value.is_integer() for value in case.body.values()):
+    if _integral_float(case.body):
         return False
     password = case.body.get("password")
     if case.path == "/api/sign-up/" and isinstance(password, str) and _refused_password(password):
         return False
-    return not (case.path == "/api/balance/transfer/" and case.body.get("to_user_id") == SENDER_ID)
+    if case.path in ("/api/balance/transfer/", "/api/holds/") and _pays_the_sender(case.body):
+        return False
+    legs = case.body.get("transfers")
+    return not (
+        case.path == "/api/balance/transfer/batch/"
+        and isinstance(legs, list)
+        and any(isinstance(leg, dict) and _pays_the_sender(leg) for leg in legs)
+    )
 
 
 @schemathesis.hook
 def map_case(context, case):
     key = case.headers.get("Idempotency-Key") if case.headers else None
     if isinstance(key, str) and len(key) <= 64 and VALID_KEY.fullmatch(key):
-        digest = hashlib.sha256(repr((case.method, case.path, case.body)).encode()).hexdigest()
+        request = (case.method, case.path, case.path_parameters, case.body)
+        digest = hashlib.sha256(repr(request).encode()).hexdigest()
         case.headers["Idempotency-Key"] = f"{{digest[:12]}}-{{key[-51:]}}"
     return case
 """
@@ -202,7 +241,7 @@ async def test_the_api_conforms_to_its_openapi_spec(server: TestServer, tmp_path
     assert await _new_user(base, RECIPIENT, deposits=0) == 1
     sender_id = await _new_user(base, SENDER, deposits=2)
     hooks = tmp_path / "hooks.py"
-    hooks.write_text(_HOOKS.format(sender_id=sender_id))
+    hooks.write_text(_HOOKS.format(sender_id=sender_id, sender_name=SENDER))
     await _schemathesis(tmp_path, "anonymous", _common_config(f'hooks = "{hooks}"'), spec_url)
     await _schemathesis(tmp_path, "authenticated", _authenticated_config(hooks), spec_url)
 

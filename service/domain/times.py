@@ -20,7 +20,8 @@ def us_from_datetime(moment: datetime) -> int:
 
 def rfc3339(moment: datetime) -> str:
     """``2026-11-26T17:14:11.123456Z``: always UTC, always six fractional digits."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: strftime's %Y does not pad a year below 1000 ("9-01-22").
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 # RFC 3339's date-time: a time zone is required (Z or an offset); the fraction may have any

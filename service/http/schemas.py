@@ -2,7 +2,16 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
 from service.domain.limits import (
@@ -104,10 +113,23 @@ class BatchRequest(StrictBody):
     )
 
 
+# An amount that may be left out, but not given as null (the contract refuses null for an
+# amount); SkipJsonSchema keeps null out of the spec too.
+OptionalAmount = AmountKopecks | SkipJsonSchema[None]
+
+
+def _not_null(value: object) -> object:
+    if value is None:
+        raise ValueError("leave the field out instead of null")
+    return value
+
+
 class RefundRequest(StrictBody):
-    amount: AmountKopecks | None = Field(
+    amount: OptionalAmount = Field(
         default=None, description="kopecks; absent: all that is not refunded yet"
     )
+
+    _amount_not_null = field_validator("amount", mode="before")(_not_null)
 
 
 class HoldRequest(Recipient):
@@ -121,9 +143,11 @@ class HoldRequest(Recipient):
 
 
 class CaptureRequest(StrictBody):
-    amount: AmountKopecks | None = Field(
+    amount: OptionalAmount = Field(
         default=None, description="kopecks, at most the hold's amount; absent: all of it"
     )
+
+    _amount_not_null = field_validator("amount", mode="before")(_not_null)
 
 
 class UserOut(BaseModel):

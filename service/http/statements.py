@@ -76,8 +76,8 @@ def _period(request: web.Request) -> tuple[int, int]:
             raise Refused(refusals.VALIDATION_ERROR, "required: " + _INSTANT_HINT, name)
         bounds.append(_instant_us(raw, name))
     from_us, to_us = bounds
-    if to_us <= from_us:
-        raise Refused(refusals.VALIDATION_ERROR, "must be later than from", "to")
+    if to_us < from_us:
+        raise Refused(refusals.VALIDATION_ERROR, "must not be earlier than from", "to")
     if to_us - from_us > timedelta(days=MAX_STATEMENT_DAYS) // timedelta(microseconds=1):
         raise Refused(
             refusals.VALIDATION_ERROR, f"a period of at most {MAX_STATEMENT_DAYS} days", "to"
