@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.cli.main import main
 from service.http.app import create_app
 from service.ledger.writer import StreamWriter
-from service.loadtest.run import LoadtestConfig, parse_mix, run_loadtest
+from service.loadtest.known import KnownHold, held_bounds
+from service.loadtest.run import DEFAULT_MIX, LoadtestConfig, parse_mix, run_loadtest
 from service.loadtest.stats import Histogram, IdSet
 from service.settings import Settings
 
@@ -36,7 +37,7 @@ async def service_url(
     await writer
 
 
-async def test_a_short_run_passes_every_check_and_reports_its_figures(
+async def test_a_short_run_of_the_whole_mix_passes_every_check_and_reports_its_figures(
     service_url: str, app_settings: Settings
 ) -> None:
     config = LoadtestConfig(
@@ -50,34 +51,55 @@ async def test_a_short_run_passes_every_check_and_reports_its_figures(
         progress=False,
         seed=7,
     )
+    assert set(config.mix) == {
+        "deposit", "transfer", "balance", "hold", "capture", "void", "batch", "refund"
+    }  # fmt: skip
+    assert max(config.mix, key=config.mix.__getitem__) == "transfer"
     result = await run_loadtest(config)
     assert result.violations == []
     assert result.ok
     figures = result.figures
     assert figures["operations"] > 100
     assert figures["throughput_rps"] > 0
-    for op in ("deposit", "transfer", "balance"):
+    for op in config.mix:
         row = figures["latency"][op]
-        assert row["count"] > 0
+        assert row["count"] > 0, op
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
-    # Some transfers are refused, and the refusals are counted by code.
-    refused = [e for e in figures["errors"] if e["code"] == "insufficient_funds"]
-    assert refused
-    assert {e["status"] for e in refused} == {409}
+    # Some transfers, holds and batches are refused for want of money, and some refunds
+    # for asking more than is left; the refusals are counted by code.
+    codes = {(e["operation"], e["status"], e["code"]) for e in figures["errors"]}
+    assert ("transfer", 409, "insufficient_funds") in codes
+    assert ("hold", 409, "insufficient_funds") in codes
+    assert ("batch", 409, "insufficient_funds") in codes
+    assert ("refund", 422, "refund_exceeds_transfer") in codes
     replays = figures["idempotency_replays"]
     assert replays["sent"] > 0
     assert replays["identical"] == replays["sent"]
+    done = figures["holds_batches_refunds"]
+    for name in ("holds", "captured", "voided", "batches", "refunds"):
+        assert done[name] > 0, name
+    assert done["batch_legs"] >= done["batches"]
+    assert done["holds"] >= done["captured"] + done["voided"] + done["pending_known"]
     balances = figures["balances"]
     assert balances["users"] == 20
     assert balances["sum_balances_kopecks"] == balances["sum_acknowledged_deposits_kopecks"]
     assert balances["balances_not_as_acknowledged"] == 0
+    assert balances["held_not_as_acknowledged"] == 0
+    assert balances["held_or_available_inconsistent"] == 0
+    assert balances["sum_held_kopecks"] == done["pending_known_kopecks"] > 0
     ledger = figures["ledger"]
     assert ledger["reconcile_ok"]
     assert ledger["writer_caught_up"]
-    # Funding deposits included, each acknowledged transaction is one row.
+    # Funding deposits included, each acknowledged transaction is one row; each hold too.
     assert ledger["ledger_rows"] == ledger["acknowledged_transactions"] > 20
     assert ledger["missing"] == ledger["unacknowledged_rows"] == ledger["users_differing"] == 0
-    assert ledger["duplicated_ids"] == 0
+    assert ledger["duplicated_ids"] == ledger["kind_hold_or_refund_differing"] == 0
+    assert ledger["refunds_over_transfer"] == ledger["refunds_of_no_transfer_received"] == 0
+    assert ledger["hold_rows"] == done["holds"]
+    assert ledger["holds_missing"] == ledger["unacknowledged_holds"] == 0
+    assert ledger["payers_holds_differing"] == 0
+    assert ledger["hold_events"] == done["captured"] + done["voided"]
+    assert ledger["hold_events_missing"] == ledger["hold_events_unacknowledged"] == 0
 
 
 async def _invoke_in_a_thread(args: list[str]) -> Result:
@@ -114,6 +136,41 @@ async def test_a_balance_moved_behind_the_services_back_fails_the_run(
     assert any("reconcile" in v for v in figures["violations"])
 
 
+async def test_held_money_moved_behind_the_services_back_fails_the_run(
+    service_url: str, app_settings: Settings, redis_client: Redis
+) -> None:
+    config = LoadtestConfig(
+        url=service_url,
+        users=5,
+        concurrency=8,
+        duration_s=2,
+        idempotency_keys=True,
+        redis_url=app_settings.redis_url,
+        database_url=app_settings.database_url,
+        progress=False,
+        seed=11,
+    )
+    run = asyncio.create_task(run_loadtest(config))
+    holds: list[bytes] = []
+    while not holds and not run.done():
+        await asyncio.sleep(0.05)
+        holds = [key async for key in redis_client.scan_iter(match="hold:*")]
+    payer = await redis_client.hget(holds[0], "from")
+    assert payer is not None
+    # One kopeck more held than the payer's holds: the posted balance is untouched.
+    await redis_client.hincrby(f"user:{{{int(payer)}}}", "held_kopecks", 1)
+    result = await run
+
+    assert not result.ok
+    balances = result.figures["balances"]
+    assert balances["held_not_as_acknowledged"] == 1
+    assert balances["balances_not_as_acknowledged"] == 0
+    assert balances["sum_balances_kopecks"] == balances["sum_acknowledged_deposits_kopecks"]
+    assert result.figures["ledger"]["reconcile_ok"]
+    assert [v for v in result.violations if "held" in v] == result.violations
+    assert f"user {int(payer)}: the holds known pending say" in result.violations[0]
+
+
 def test_an_unreachable_service_exits_2() -> None:
     args = ["loadtest", "--url", "http://127.0.0.1:9", "--users", "2"]
     args += ["--concurrency", "1", "--duration", "1", "--timeout", "2"]
@@ -123,15 +180,43 @@ def test_an_unreachable_service_exits_2() -> None:
 
 
 def test_the_mix_names_known_operations_with_integer_weights() -> None:
-    assert parse_mix("transfer=1") == {"deposit": 0, "transfer": 1, "balance": 0}
-    assert parse_mix(" deposit=20, transfer=70,balance=10 ") == {
+    assert parse_mix("transfer=1") == dict.fromkeys(DEFAULT_MIX, 0) | {"transfer": 1}
+    assert parse_mix(" deposit=20, transfer=70,balance=10 , refund=3") == {
         "deposit": 20,
         "transfer": 70,
         "balance": 10,
+        "hold": 0,
+        "capture": 0,
+        "void": 0,
+        "batch": 0,
+        "refund": 3,
     }
-    for bad in ("withdraw=5", "deposit=1.5", "deposit", "deposit=0,transfer=0"):
+    for bad in ("withdraw=5", "deposit=1.5", "deposit", "deposit=0,transfer=0", "hold=-1"):
         with pytest.raises(ValueError, match=r"expected|add up"):
             parse_mix(bad)
+
+
+def test_the_command_lines_default_mix_is_the_default_mix() -> None:
+    option = next(p for p in main.commands["loadtest"].params if p.name == "mix")
+    assert isinstance(option.default, str)
+    assert parse_mix(option.default) == DEFAULT_MIX
+
+
+def test_held_money_is_bounded_by_the_holds_that_may_have_expired_meanwhile() -> None:
+    def hold(hold_id: int, payer: int, amount: int, expiry: float) -> KnownHold:
+        return KnownHold(hold_id, payer, 99, amount, expiry - 0.1, expiry)
+
+    pending = [
+        hold(1, 1, 100, expiry=1000.0),  # surely pending while reading at 10..20
+        hold(2, 1, 20, expiry=15.0),  # expires during the reads: either way
+        hold(3, 1, 7, expiry=5.0),  # surely expired before
+        hold(4, 2, 50, expiry=1000.0),
+    ]
+    ended = hold(5, 2, 1, expiry=1000.0)
+    ended.open = False
+    doubtful = [hold(6, 3, 30, expiry=1000.0)]  # its capture got no answer
+    bounds = held_bounds([*pending, ended], doubtful, sent=10.0, answered=20.0)
+    assert bounds == {1: (100, 120), 2: (50, 50), 3: (0, 30)}
 
 
 def test_the_histogram_gives_percentiles_within_half_a_percent() -> None:

@@ -303,9 +303,9 @@ def rebuild() -> None:
 @click.option("--duration", required=True, type=click.FloatRange(1, 3600), help="seconds of load")
 @click.option(
     "--mix",
-    default="deposit=20,transfer=70,balance=10",
+    default="deposit=15,transfer=55,balance=10,hold=6,capture=3,void=1,batch=5,refund=5",
     show_default=True,
-    help="relative weights of the operations",
+    help="relative weights of the operations (unnamed ones: 0)",
 )
 @click.option(
     "--idempotency-keys",

@@ -1,37 +1,53 @@
 """The checks of ``wallet loadtest``, once the load has stopped.
 
 Over HTTP: every user's balance (GET /api/balance/). Their sum must equal the sum of the
-acknowledged deposits (funding included; transfers only move money between the tool's
-users), none may be negative, and each must equal what the user's own acknowledged
-operations add up to. This is exact because only the tool moves its users.
+acknowledged deposits (funding included; transfers, captures and refunds only move money
+between the tool's users), none may be negative, and each must equal what the user's own
+acknowledged operations add up to (holds move no posted money). ``held_kopecks`` must be
+the sum of the user's holds the tool knows pending and not expired (a hold that may have
+expired during the reads counts either way), ``0 <= held <= balance`` and ``available =
+balance - held``. This is exact because only the tool moves its users.
 
 With the Redis and database URLs: once the writer has stored every acknowledged
-transaction (waited for up to ``writer_wait_s``), ``service.ledger.reconcile`` must be
-clean, and the ledger rows that touch the tool's users must be exactly the acknowledged
-transactions: every acknowledged id once, no other id, and per user the same deposits,
-transfers in and out (sums and count) as the 201 bodies said.
+transaction and hold event (waited for up to ``writer_wait_s``), ``service.ledger.reconcile``
+must be clean, and the ledger rows that touch the tool's users must be exactly the
+acknowledged transactions: every acknowledged id once, no other id, each with its kind,
+``hold_id`` (a capture) and ``refund_of`` (a refund) as acknowledged, and per user the same
+deposits, transfers in and out (sums and count) as the 201 bodies said; no transfer's
+refunds add up to more than it; ``holds`` has every acknowledged hold and no other of the
+tool's users (per payer the same count and sum), and ``hold_events`` has each
+acknowledged capture (with its transaction) and void, and no other end but an expiry of a
+hold that may have expired.
 """
 
 import asyncio
+import time
 from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from persistence.db import connect_database
+from persistence.models import LedgerHold as H
+from persistence.models import LedgerHoldEvent as E
 from persistence.models import LedgerTransaction as T
+from service.domain.holds import HoldEvent
+from service.domain.transactions import Transaction
 from service.ledger.reconcile import format_report, reconcile
 from service.loadtest.driver import (
     CHECK_CONCURRENCY,
     Driver,
     Recorder,
     Totals,
+    balance_problem,
     book,
     bounded_map,
 )
+from service.loadtest.known import HoldTotals, held_bounds
 from service.loadtest.stats import IdSet
 from service.redis.client import connect_redis
-from service.redis.stream_tail import unpersisted_tail
+from service.redis.stream_tail import Tail, unpersisted_tail
 from service.settings import Settings
 
 PAGE = 10_000
@@ -47,17 +63,25 @@ def _listed(items: list[Any]) -> str:
 
 async def check_balances(driver: Driver, violations: list[str]) -> dict[str, Any]:
     users, rec = driver.users, driver.rec
+    sent = time.time()
     replies = await bounded_map(
         min(driver.config.concurrency, CHECK_CONCURRENCY),
         lambda user: driver.call("check balance", "GET", "/api/balance/", user),
         users,
     )
+    bounds = held_bounds(rec.pending, rec.doubtful, sent, time.time())
     observed: dict[int, int] = {}
+    held: dict[int, int] = {}
+    inconsistent: list[str] = []
     for user, reply in zip(users, replies, strict=True):
-        if reply is None or reply.status != 200:
+        problem = balance_problem(reply.body) if reply and reply.status == 200 else "?"
+        if reply is None or problem == "?" or problem.startswith("a balance without"):
             violations.append(f"could not read the balance of user {user.id}")
-        else:
-            observed[user.id] = int(reply.body["balance_kopecks"])
+            continue
+        observed[user.id] = int(reply.body["balance_kopecks"])
+        held[user.id] = int(reply.body["held_kopecks"])
+        if problem:
+            inconsistent.append(f"user {user.id}: {problem}")
     total = sum(observed.values())
     negative = sorted(u for u, b in observed.items() if b < 0)
     wrong = [
@@ -65,6 +89,13 @@ async def check_balances(driver: Driver, violations: list[str]) -> dict[str, Any
         for u, b in sorted(observed.items())
         if b != rec.totals[u].balance
     ]
+    wrong_held = []
+    for u, h in sorted(held.items()):
+        low, high = bounds.get(u, (0, 0))
+        high += rec.doubtful_held[u]
+        if not low <= h <= high:
+            known = f"{low}" if low == high else f"{low}..{high}"
+            wrong_held.append(f"user {u}: the holds known pending say {known}, service says {h}")
     if rec.unknown_outcomes:
         violations.append(
             f"{rec.unknown_outcomes} POSTs got no answer, their outcome is unknown: the money"
@@ -76,14 +107,54 @@ async def check_balances(driver: Driver, violations: list[str]) -> dict[str, Any
         violations.append(f"{len(negative)} negative balances: users {_listed(negative)}")
     if wrong:
         violations.append(f"{len(wrong)} balances differ from the 201s: {_listed(wrong)}")
+    if wrong_held:
+        violations.append(
+            f"{len(wrong_held)} held amounts differ from the holds: {_listed(wrong_held)}"
+        )
+    if inconsistent:
+        violations.append(f"{len(inconsistent)} balances inconsistent: {_listed(inconsistent)}")
     return {
         "users": len(users),
         "sum_balances_kopecks": total,
         "sum_acknowledged_deposits_kopecks": rec.deposits,
+        "sum_held_kopecks": sum(held.values()),
         "negative_balances": len(negative),
         "balances_not_as_acknowledged": len(wrong),
+        "held_not_as_acknowledged": len(wrong_held),
+        "held_or_available_inconsistent": len(inconsistent),
         "unknown_outcomes": rec.unknown_outcomes,
     }
+
+
+def hold_figures(rec: Recorder) -> dict[str, int]:
+    """What the tool's acknowledged holds, batches and refunds came to."""
+    now = time.time()
+    pending = [h for h in rec.pending if h.open and not h.expired_from(now)]
+    return {
+        "holds": len(rec.holds),
+        "captured": len(rec.captures),
+        "voided": len(rec.voided),
+        "expired_seen": len(rec.expired) + len(rec.pending) - len(pending),
+        "pending_known": len(pending),
+        "pending_known_kopecks": sum(h.amount for h in pending),
+        "batches": rec.batches,
+        "batch_legs": rec.batch_legs,
+        "refunds": len(rec.refunds),
+        "refunded_kopecks": rec.refunded_kopecks,
+    }
+
+
+def _caught_up(tail: Tail, last_id: int) -> bool:
+    """True once the writer's unpersisted tail starts after every id the tool knows (a void
+    or an expiry, which have no id of their own, first in the tail: not yet)."""
+    if tail.empty:
+        return True
+    first = tail.records[0] if tail.records else None
+    if isinstance(first, Transaction):
+        return first.txn_id > last_id
+    if isinstance(first, HoldEvent) and first.kind == "hold_created":
+        return first.hold_id > last_id
+    return False
 
 
 async def check_ledger(
@@ -94,24 +165,28 @@ async def check_ledger(
     start = loop.time()
     try:
         # The stream is in id order: the writer has caught up with the tool once its
-        # unpersisted tail starts after the last acknowledged id.
+        # unpersisted tail starts after the last acknowledged id (of a transaction or a
+        # hold: both come from one counter).
+        last_id = max(rec.acked.max, rec.holds.max)
         while True:
             tail = await unpersisted_tail(redis, max_entries=1)
-            caught_up = not tail.transactions or tail.transactions[0].txn_id > rec.acked.max
+            caught_up = _caught_up(tail, last_id)
             if caught_up or loop.time() - start >= writer_wait_s:
                 break
             await asyncio.sleep(_POLL_S)
         waited = loop.time() - start
         if not caught_up:
             violations.append(
-                f"the writer had not stored transaction {tail.transactions[0].txn_id}"
-                f" after {writer_wait_s:g} s"
+                f"the writer had not stored {tail.describe_first()} after {writer_wait_s:g} s"
             )
         report = await reconcile(redis, engine, max(1.0, writer_wait_s - waited))
         if not report.ok:
             violations.append("reconcile: " + format_report(report))
         async with engine.connect() as connection:
             figures = await _compare_rows(connection, rec, violations)
+            figures |= await _compare_refunds(connection, rec, violations)
+            figures |= await _compare_holds(connection, rec, violations)
+            figures |= await _compare_hold_events(connection, rec, violations)
     finally:
         await engine.dispose()
         await redis.aclose()
@@ -135,24 +210,37 @@ async def _compare_rows(
     totals: dict[int, Totals] = {}
     extra: list[int] = []
     duplicated: list[int] = []
+    unlike: list[int] = []  # kind, hold_id or refund_of not as acknowledged
     after = first - 1
-    columns = (T.id, T.from_user_id, T.to_user_id, T.amount_kopecks)
     while after < last:
         page = (
             await connection.execute(
-                select(*columns).where(T.id > after, T.id <= last).order_by(T.id).limit(PAGE)
+                select(
+                    T.id,
+                    T.from_user_id,
+                    T.to_user_id,
+                    T.amount_kopecks,
+                    T.kind,
+                    T.hold_id,
+                    T.refund_of,
+                )
+                .where(T.id > after, T.id <= last)
+                .order_by(T.id)
+                .limit(PAGE)
             )
         ).all()
         if not page:
             break
         after = page[-1][0]
-        for txn_id, from_id, to_id, amount in page:
+        for txn_id, from_id, to_id, amount, kind, hold_id, refund_of in page:
             if to_id not in users and from_id not in users:
                 continue
             if not seen.add(txn_id):
                 duplicated.append(txn_id)
             elif txn_id not in rec.acked:
                 extra.append(txn_id)
+            elif (kind, hold_id, refund_of) != _acknowledged_kind(rec, txn_id, from_id):
+                unlike.append(txn_id)
             book(totals, from_id, to_id, amount)
     outside = 0
     user_list = list(users)
@@ -172,6 +260,7 @@ async def _compare_rows(
         (missing, "acknowledged transactions are not in the ledger: ids"),
         (extra, "ledger rows of the tool's users were never acknowledged: ids"),
         (duplicated, "transaction ids are in the ledger more than once:"),
+        (unlike, "ledger rows differ in kind, hold_id or refund_of from their 201s: ids"),
         (differing, "users' ledger rows differ from their 201s: users"),
     ):
         if ids:
@@ -183,7 +272,170 @@ async def _compare_rows(
         "missing": len(missing),
         "unacknowledged_rows": len(extra) + outside,
         "duplicated_ids": len(duplicated),
+        "kind_hold_or_refund_differing": len(unlike),
         "users_differing": len(differing),
+    }
+
+
+def _acknowledged_kind(rec: Recorder, txn_id: int, from_id: int | None) -> tuple[Any, ...]:
+    """(kind, hold_id, refund_of) of an acknowledged transaction, as its row must have them."""
+    if txn_id in rec.refunds:
+        return ("refund", None, rec.refunds[txn_id])
+    return ("deposit" if from_id is None else "transfer", rec.captures.get(txn_id), None)
+
+
+async def _compare_refunds(
+    connection: AsyncConnection, rec: Recorder, violations: list[str]
+) -> dict[str, int]:
+    """No transfer's refunds in the ledger add up to more than it, and each refund is of a
+    transfer its refunder received."""
+    if not rec.refunds:
+        return {"refunds_over_transfer": 0, "refunds_of_no_transfer_received": 0}
+    R = aliased(T)
+    # refund_of -> (refunded so far, the transfer's amount, 0 when there is no transfer)
+    refunded: dict[int, tuple[int, int]] = {}
+    strays: list[int] = []
+    user_list = list(rec.totals)
+    for i in range(0, len(user_list), USER_CHUNK):
+        rows = await connection.execute(
+            select(
+                R.id,
+                R.refund_of,
+                R.amount_kopecks,
+                R.from_user_id,
+                T.kind,
+                T.to_user_id,
+                T.amount_kopecks,
+            )
+            .join(T, T.id == R.refund_of, isouter=True)
+            .where(R.kind == "refund", R.from_user_id.in_(user_list[i : i + USER_CHUNK]))
+        )
+        for refund_id, refund_of, amount, refunder, kind, recipient, transfer in rows:
+            if refund_of is None or kind != "transfer" or recipient != refunder:
+                strays.append(refund_id)
+                continue
+            so_far, _ = refunded.get(refund_of, (0, 0))
+            refunded[refund_of] = (so_far + amount, transfer)
+    over = [f"{t}: {r} of {a}" for t, (r, a) in sorted(refunded.items()) if r > a]
+    if over:
+        violations.append(f"{len(over)} transfers refunded beyond their amount: {_listed(over)}")
+    if strays:
+        violations.append(
+            f"{len(strays)} refunds are of no transfer their refunder received: {_listed(strays)}"
+        )
+    return {"refunds_over_transfer": len(over), "refunds_of_no_transfer_received": len(strays)}
+
+
+async def _compare_holds(
+    connection: AsyncConnection, rec: Recorder, violations: list[str]
+) -> dict[str, int]:
+    """The ``holds`` rows of the tool's users are exactly the acknowledged holds, with per
+    payer the same count and sum."""
+    users = rec.totals.keys()
+    seen = IdSet()
+    totals: dict[int, HoldTotals] = {}
+    extra: list[int] = []
+    after, last = rec.holds.min - 1, rec.holds.max
+    while after < last:
+        page = (
+            await connection.execute(
+                select(H.id, H.from_user_id, H.to_user_id, H.amount_kopecks)
+                .where(H.id > after, H.id <= last)
+                .order_by(H.id)
+                .limit(PAGE)
+            )
+        ).all()
+        if not page:
+            break
+        after = page[-1][0]
+        for hold_id, from_id, to_id, amount in page:
+            if from_id not in users and to_id not in users:
+                continue
+            seen.add(hold_id)
+            if hold_id not in rec.holds:
+                extra.append(hold_id)
+            total = totals.get(from_id, HoldTotals())
+            totals[from_id] = HoldTotals(total.holds + 1, total.kopecks + amount)
+    outside = 0
+    user_list = list(users)
+    for i in range(0, len(user_list), USER_CHUNK):
+        chunk = user_list[i : i + USER_CHUNK]
+        outside += (
+            await connection.execute(
+                select(func.count()).where(
+                    or_(H.from_user_id.in_(chunk), H.to_user_id.in_(chunk)),
+                    or_(H.id < rec.holds.min, H.id > last),
+                )
+            )
+        ).scalar_one()
+    missing = [h for h in rec.holds if h not in seen]
+    differing = [
+        u for u in users if totals.get(u, HoldTotals()) != rec.hold_totals.get(u, HoldTotals())
+    ]
+    for ids, what in (
+        (missing, "acknowledged holds are not in the ledger: ids"),
+        (extra, "ledger holds of the tool's users were never acknowledged: ids"),
+        (differing, "users' ledger holds differ from their 201s: users"),
+    ):
+        if ids:
+            violations.append(f"{len(ids)} {what} {_listed(ids)}")
+    if outside:
+        violations.append(f"{outside} ledger holds of the tool's users outside the ids it knows")
+    return {
+        "hold_rows": seen.count + outside,
+        "holds_missing": len(missing),
+        "unacknowledged_holds": len(extra) + outside,
+        "payers_holds_differing": len(differing),
+    }
+
+
+async def _compare_hold_events(
+    connection: AsyncConnection, rec: Recorder, violations: list[str]
+) -> dict[str, int]:
+    """Each acknowledged capture and void has its ``hold_events`` row; no hold the tool
+    made has another end, but an expiry of one that may have expired (or whose capture or
+    void got no answer)."""
+    captured_by = {hold_id: txn_id for txn_id, hold_id in rec.captures.items()}
+    doubtful = {h.id for h in rec.doubtful}
+    may_expire = {h.id for h in rec.pending if not h.pending_throughout(time.time())}
+    events: dict[int, tuple[str, int | None]] = {}
+    after, last = rec.holds.min - 1, rec.holds.max
+    while after < last:
+        page = (
+            await connection.execute(
+                select(E.hold_id, E.event, E.transaction_id)
+                .where(E.hold_id > after, E.hold_id <= last)
+                .order_by(E.hold_id)
+                .limit(PAGE)
+            )
+        ).all()
+        if not page:
+            break
+        after = page[-1][0]
+        events.update((h, (event, txn)) for h, event, txn in page if h in rec.holds)
+    missing = [h for h, txn in captured_by.items() if events.get(h) != ("captured", txn)]
+    missing += [h for h in rec.voided if events.get(h, ("",))[0] != "voided"]
+    wrong = [
+        f"hold {h}: {event}"
+        for h, (event, _) in sorted(events.items())
+        if h not in captured_by
+        and h not in rec.voided
+        and h not in doubtful
+        and not (event == "expired" and h in may_expire)
+    ]
+    if missing:
+        violations.append(
+            f"{len(missing)} acknowledged captures and voids have no hold_events row as"
+            f" acknowledged: holds {_listed(missing)}"
+        )
+    if wrong:
+        violations.append(
+            f"{len(wrong)} holds ended in the ledger unlike the 201s: {_listed(wrong)}"
+        )
+    return {
+        "hold_events": len(events),
+        "hold_events_missing": len(missing),
+        "hold_events_unacknowledged": len(wrong),
     }
 
 

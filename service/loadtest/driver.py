@@ -1,13 +1,15 @@
 """The load of ``wallet loadtest``: set up the users, then drive the mix; record it all.
 
 setup: signs up, logs in and funds ``users`` fresh users (names ``lt<run>_<n>``).
-run: ``concurrency`` workers on one aiohttp session, each request by a random user, the
-operation drawn from the mix, until ``duration_s`` has passed.
+run: ``concurrency`` workers on one aiohttp session, the operation drawn from the mix,
+until ``duration_s`` has passed. Deposits, transfers, holds, batches and balance reads are
+by a random user; captures and voids by the payee of a hold the tool made, refunds by the
+recipient of a transfer the tool saw acknowledged (service/loadtest/operations.py).
 
-Every 201 is recorded as the transaction its body describes, checked against what was
-sent. A POST without an answer (timeout, broken connection) is retried with its
-``Idempotency-Key`` until it is answered, which settles its outcome; without keys its
-outcome stays unknown and is counted.
+Every 201 (and a void's 200) is recorded as the transaction or hold its body describes,
+checked against what was sent. A POST without an answer (timeout, broken connection) is
+retried with its ``Idempotency-Key`` until it is answered, which settles its outcome;
+without keys its outcome stays unknown and is counted.
 """
 
 import asyncio
@@ -23,16 +25,41 @@ from typing import Any, NamedTuple, TypeVar
 import aiohttp
 import orjson
 
+from service.loadtest import operations
+from service.loadtest.known import (
+    HoldTotals,
+    KnownHold,
+    Pool,
+    Received,
+    Reply,
+    Txn,
+    User,
+    error_code,
+)
 from service.loadtest.stats import Histogram, IdSet
 from service.redis.keyspace import SESSION_COOKIE
 
-OPERATIONS = ("deposit", "transfer", "balance")
-DEFAULT_MIX = {"deposit": 20, "transfer": 70, "balance": 10}
+OPERATIONS = ("deposit", "transfer", "balance", "hold", "capture", "void", "batch", "refund")
+# Transfers dominate. Fewer captures and voids than holds (some of which are refused), so
+# some holds stay pending and, in a run of over a minute, expire.
+DEFAULT_MIX = {
+    "deposit": 15,
+    "transfer": 55,
+    "balance": 10,
+    "hold": 6,
+    "capture": 3,
+    "void": 1,
+    "batch": 5,
+    "refund": 5,
+}
 FUNDING_KOPECKS = 100_000
 MAX_DEPOSIT_KOPECKS = 1_000
-# A transfer is of 1..(1.1 x the sender's balance as the tool knows it): most are
-# accepted, some get 409 insufficient_funds.
+# A transfer, hold or batch is of 1..(1.1 x the sender's available balance as the tool
+# knows it): most are accepted, some get 409 insufficient_funds.
 OVERDRAW_FACTOR = 1.1
+# The acknowledged transfers kept as candidates for refunds; past this many a new one
+# replaces a random one, so the run's memory stays bounded.
+REFUNDABLE_LIMIT = 20_000
 # With --idempotency-keys, this share of answered POSTs is sent again with the same key.
 REPLAY_FRACTION = 0.05
 # Retries of a POST that got no answer, with its key, to learn its outcome.
@@ -68,26 +95,8 @@ class LoadtestConfig:
     seed: int | None = None
 
 
-class User(NamedTuple):
-    id: int
-    username: str
-    cookie: str
-
-
-class Txn(NamedTuple):
-    """An acknowledged operation, as its 201 body described it."""
-
-    kind: str
-    from_user_id: int | None
-    to_user_id: int
-    amount: int
-
-
-class Reply(NamedTuple):
-    status: int
-    body: Any
-    raw: bytes
-    cookie: str | None
+# Settles a POST's answer: (reply, time.time() of the first send, of the answer).
+Settle = Callable[[Reply, float, float], None]
 
 
 class Totals(NamedTuple):
@@ -117,14 +126,58 @@ class Recorder:
     unknown_outcomes: int = 0
     replays: int = 0
     replays_identical: int = 0
+    # Holds: every acknowledged id, the payers' totals, those the tool knows pending (not
+    # being captured or voided right now), what it knows pending per payer (for the
+    # amounts it asks), how they ended.
+    holds: IdSet = field(default_factory=IdSet)
+    hold_totals: dict[int, HoldTotals] = field(default_factory=dict)
+    pending: Pool[KnownHold] = field(default_factory=Pool)
+    held: Counter[int] = field(default_factory=Counter)
+    captures: dict[int, int] = field(default_factory=dict)  # capture txn id -> hold id
+    voided: IdSet = field(default_factory=IdSet)
+    expired: IdSet = field(default_factory=IdSet)  # holds it saw refused or past expiry
+    # Holds whose capture or void got no answer, and kopecks of hold requests that got
+    # none, per payer: they may or may not be held.
+    doubtful: list[KnownHold] = field(default_factory=list)
+    doubtful_held: Counter[int] = field(default_factory=Counter)
+    batches: int = 0
+    batch_legs: int = 0
+    refunds: dict[int, int] = field(default_factory=dict)  # refund txn id -> refund_of
+    refunded_kopecks: int = 0
+    refundable: Pool[Received] = field(default_factory=lambda: Pool(REFUNDABLE_LIMIT))
 
-    def acknowledge(self, txn_id: int, txn: Txn) -> None:
+    def acknowledge(self, txn_id: int, txn: Txn) -> bool:
         if not self.acked.add(txn_id):
             self.violations.append(f"transaction id {txn_id} acknowledged twice, now for {txn}")
-            return
+            return False
+        if txn_id in self.holds:
+            self.violations.append(f"transaction id {txn_id} ({txn}) is also a hold's id")
         book(self.totals, txn.from_user_id, txn.to_user_id, txn.amount)
         if txn.from_user_id is None:
             self.deposits += txn.amount
+        return True
+
+    def acknowledge_hold(self, hold: KnownHold, rng: random.Random) -> None:
+        if not self.holds.add(hold.id):
+            self.violations.append(f"hold id {hold.id} acknowledged twice, now for {hold}")
+            return
+        if hold.id in self.acked:
+            self.violations.append(f"hold id {hold.id} ({hold}) is also a transaction's id")
+        total = self.hold_totals.get(hold.from_user_id, HoldTotals())
+        self.hold_totals[hold.from_user_id] = HoldTotals(
+            total.holds + 1, total.kopecks + hold.amount
+        )
+        self.held[hold.from_user_id] += hold.amount
+        self.pending.add(hold, rng)
+
+    def close_hold(self, hold: KnownHold) -> bool:
+        """The hold was captured, voided or expired: it holds no more. False if the tool
+        had already seen it end."""
+        if not hold.open:
+            return False
+        hold.open = False
+        self.held[hold.from_user_id] -= hold.amount
+        return True
 
 
 def book(totals: dict[int, Totals], from_user_id: int | None, to_user_id: int, amount: int) -> None:
@@ -144,11 +197,21 @@ def book(totals: dict[int, Totals], from_user_id: int | None, to_user_id: int, a
     )
 
 
-def _error_code(status: int, body: Any) -> str:
-    if status < 400:
-        return ""
-    error = body.get("error") if isinstance(body, dict) else None
-    return str(error.get("code")) if isinstance(error, dict) else "not_json"
+def balance_problem(body: Any) -> str:
+    """What is wrong with a GET /api/balance/ answer on its own ("" if nothing): a negative
+    balance, held money outside 0..balance, available other than balance - held."""
+    try:
+        balance, held = int(body["balance_kopecks"]), int(body["held_kopecks"])
+        available = int(body["available_kopecks"])
+    except (KeyError, TypeError, ValueError):
+        return "a balance without balance_kopecks, held_kopecks and available_kopecks"
+    if balance < 0:
+        return "a negative balance"
+    if not 0 <= held <= balance:
+        return "held money outside 0..balance"
+    if available != balance - held:
+        return "available is not balance - held"
+    return ""
 
 
 class Driver:
@@ -159,6 +222,7 @@ class Driver:
         self.rng = random.Random(config.seed)
         self.rec = Recorder()
         self.users: list[User] = []
+        self.user_by_id: dict[int, User] = {}
         self.weights = [config.mix.get(op, 0) for op in OPERATIONS]
         self.done_in_run = 0
         self.timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
@@ -205,16 +269,18 @@ class Driver:
             parsed = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             parsed = None
-        self.rec.outcomes[(op, status, _error_code(status, parsed))] += 1
+        self.rec.outcomes[(op, status, error_code(status, parsed))] += 1
         return Reply(status, parsed, raw, None if cookie is None else cookie.value)
 
     async def post_money(
-        self, op: str, user: User, path: str, body: dict[str, int]
+        self, op: str, user: User, path: str, body: dict[str, Any] | None, settle: Settle
     ) -> Reply | None:
-        """A deposit or a transfer; with keys, an unanswered one is retried until answered,
-        and a share of the answered ones is replayed and must get the identical answer.
-        Returns the first answer, None if there was none."""
+        """A money POST, its answer given to ``settle``; with keys, an unanswered one is
+        retried until answered, and a share of the answered ones (those the service
+        records under the key) is replayed and must get the identical answer. Returns the
+        first answer, None if there was none."""
         key = uuid.uuid4().hex if self.config.idempotency_keys else ""
+        sent = time.time()
         reply = await self.call(op, "POST", path, user, body, key)
         for _ in range(RESOLVE_ATTEMPTS if key else 0):
             if reply is not None:
@@ -223,8 +289,9 @@ class Driver:
         if reply is None:
             self.rec.unknown_outcomes += 1
             return None
-        self._settle(op, user, body, reply)
-        if key and reply.status in (201, 409) and self.rng.random() < REPLAY_FRACTION:
+        settle(reply, sent, time.time())
+        recorded = reply.status in (200, 201, 409) or reply.code == "refund_exceeds_transfer"
+        if key and recorded and self.rng.random() < REPLAY_FRACTION:
             again = await self.call(f"{op} (replay)", "POST", path, user, body, key)
             if again is None:
                 return reply
@@ -237,10 +304,11 @@ class Driver:
                 f" first answer {reply.status} {reply.raw!r}"
             )
             if again.status == 201 and again.body != reply.body:
-                self._settle(op, user, body, again)  # it moved money again: count it
+                settle(again, sent, time.time())  # it moved money again: count it
         return reply
 
-    def _settle(self, op: str, user: User, body: dict[str, int], reply: Reply) -> None:
+    def settle_money(self, op: str, user: User, body: dict[str, int], reply: Reply) -> None:
+        """A deposit's or a transfer's 201: the transaction as sent, else a violation."""
         if reply.status != 201:
             return
         kind = "transfer" if "to_user_id" in body else "deposit"
@@ -255,14 +323,41 @@ class Driver:
         if tuple(got.get(name) for name in fields) != sent or type(got.get("id")) is not int:
             self.rec.violations.append(f"{op} by user {user.id}: sent {sent}, got {reply.raw!r}")
             return
-        self.rec.acknowledge(got["id"], sent)
+        if self.rec.acknowledge(got["id"], sent) and kind == "transfer":
+            self.received(got["id"], sent)
+
+    def received(self, txn_id: int, txn: Txn) -> None:
+        """An acknowledged transfer: its recipient may refund it."""
+        assert txn.from_user_id is not None
+        refundable = Received(txn_id, txn.from_user_id, txn.to_user_id, txn.amount)
+        self.rec.refundable.add(refundable, self.rng)
+
+    async def deposit_or_transfer(
+        self, op: str, user: User, path: str, body: dict[str, int]
+    ) -> Reply | None:
+        def settle(reply: Reply, sent: float, answered: float) -> None:
+            self.settle_money(op, user, body, reply)
+
+        return await self.post_money(op, user, path, body, settle)
+
+    def other_user(self, user: User) -> User:
+        other = self.rng.choice(self.users)
+        while other.id == user.id:
+            other = self.rng.choice(self.users)
+        return other
+
+    def ceiling(self, user: User) -> int:
+        """The most a spending request of the user asks: a little over what the tool knows
+        is available, so that most are accepted and some refused."""
+        available = self.rec.totals[user.id].balance - self.rec.held[user.id]
+        return max(1, int(available * OVERDRAW_FACTOR))
 
     async def set_up_user(self, username: str, password: str) -> User:
         credentials = {"username": username, "password": password}
         reply = await self._answered("sign-up", "/api/sign-up/", credentials)
         # A retried sign-up may find the name taken by its own first attempt; the
         # names are random, so that is the only way it can be taken.
-        if reply.status != 201 and _error_code(reply.status, reply.body) != "username_taken":
+        if reply.status != 201 and error_code(reply.status, reply.body) != "username_taken":
             raise LoadtestAborted(f"sign-up of {username}: {reply.status} {reply.raw[:300]!r}")
         reply = await self._answered("login", "/api/login/", credentials)
         if reply.status != 200:
@@ -272,7 +367,7 @@ class Driver:
         user = User(int(reply.body["id"]), username, reply.cookie)
         self.rec.totals[user.id] = Totals()
         funding = {"amount": FUNDING_KOPECKS}
-        funded = await self.post_money("fund", user, "/api/balance/deposit/", funding)
+        funded = await self.deposit_or_transfer("fund", user, "/api/balance/deposit/", funding)
         if self.rec.totals[user.id].deposits != FUNDING_KOPECKS:
             answer = "no answer" if funded is None else f"{funded.status} {funded.raw[:300]!r}"
             raise LoadtestAborted(f"the funding deposit of {username}: {answer}")
@@ -294,6 +389,7 @@ class Driver:
         names = (f"{prefix}{n}" for n in range(self.config.users))
         limit = min(self.config.concurrency, SETUP_CONCURRENCY)
         self.users = await bounded_map(limit, lambda name: self.set_up_user(name, password), names)
+        self.user_by_id = {user.id: user for user in self.users}
 
     async def one_operation(self) -> None:
         rng, users = self.rng, self.users
@@ -301,19 +397,28 @@ class Driver:
         user = rng.choice(users)
         if op == "balance":
             reply = await self.call("balance", "GET", "/api/balance/", user)
-            if reply is not None and reply.status == 200 and reply.body["balance_kopecks"] < 0:
-                self.rec.violations.append(f"user {user.id}: a negative balance {reply.raw!r}")
+            problem = balance_problem(reply.body) if reply and reply.status == 200 else ""
+            if reply and problem:
+                self.rec.violations.append(f"user {user.id}: {problem} {reply.raw!r}")
         elif op == "deposit":
             body = {"amount": rng.randint(1, MAX_DEPOSIT_KOPECKS)}
-            await self.post_money("deposit", user, "/api/balance/deposit/", body)
+            await self.deposit_or_transfer("deposit", user, "/api/balance/deposit/", body)
+        elif op == "hold":
+            await operations.hold(self, user)
+        elif op == "capture" or op == "void":
+            await operations.capture_or_void(self, op)
+        elif op == "batch":
+            await operations.batch(self, user)
+        elif op == "refund":
+            await operations.refund(self)
         else:
-            to = rng.choice(users)
-            while to.id == user.id:
-                to = rng.choice(users)
-            ceiling = max(1, int(self.rec.totals[user.id].balance * OVERDRAW_FACTOR))
-            body = {"to_user_id": to.id, "amount": rng.randint(1, ceiling)}
-            await self.post_money("transfer", user, "/api/balance/transfer/", body)
+            await self.transfer(user)
         self.done_in_run += 1
+
+    async def transfer(self, user: User) -> None:
+        to = self.other_user(user)
+        body = {"to_user_id": to.id, "amount": self.rng.randint(1, self.ceiling(user))}
+        await self.deposit_or_transfer("transfer", user, "/api/balance/transfer/", body)
 
     async def run(self, deadline: float) -> None:
         """The workers, each sending one request after another until the deadline."""

@@ -1,8 +1,9 @@
 """``wallet loadtest``: drive a running service at high concurrency, then verify the money.
 
-``run_loadtest`` sets up the users and drives the mix (service/loadtest_driver.py) with a
-live progress bar on stderr, then runs the checks (service/loadtest_checks.py) and
-returns every figure with the violations found. ``format_result`` is the printed report.
+``run_loadtest`` sets up the users and drives the mix (service/loadtest/driver.py and
+operations.py) with a live progress bar on stderr, then runs the checks
+(service/loadtest/checks.py) and returns every figure with the violations found.
+``format_result`` is the printed report.
 """
 
 import asyncio
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from service.loadtest.checks import check_balances, check_ledger
+from service.loadtest.checks import check_balances, check_ledger, hold_figures
 from service.loadtest.driver import (
     DEFAULT_MIX,
     OPERATIONS,
@@ -29,8 +30,16 @@ __all__ = ["DEFAULT_MIX", "LoadtestAborted", "LoadtestConfig", "format_result", 
 
 T = TypeVar("T")
 PERCENTILES = (50, 90, 99)
-# Answers the tool's valid requests may legitimately get.
-EXPECTED = {200, 201, (409, "insufficient_funds")}
+# Answers the tool's valid requests may legitimately get (whether a hold_not_pending or a
+# refund_exceeds_transfer was right, the operations check: service/loadtest/operations.py).
+EXPECTED = {
+    200,
+    201,
+    (409, "insufficient_funds"),
+    (409, "hold_not_pending"),
+    (409, "too_many_holds"),
+    (422, "refund_exceeds_transfer"),
+}
 SETUP_OPERATIONS = {"healthz", "sign-up", "login"}
 
 
@@ -45,7 +54,7 @@ class LoadtestResult:
 
 
 def parse_mix(text: str) -> dict[str, int]:
-    """``"deposit=20,transfer=70,balance=10"`` -> weights (unnamed ones 0); ValueError."""
+    """``"deposit=20,transfer=70,hold=5"`` -> weights (unnamed ones 0); ValueError."""
     mix = dict.fromkeys(OPERATIONS, 0)
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, weight = (s.strip() for s in part.partition("="))
@@ -165,8 +174,11 @@ async def run_loadtest(config: LoadtestConfig) -> LoadtestResult:
             "idempotency_replays": {"sent": rec.replays, "identical": rec.replays_identical},
         }
         if unexpected := _unexpected(rec):
-            result.violations.append(f"{unexpected} answers other than 200, 201 or 409")
+            result.violations.append(
+                f"{unexpected} answers other than 200, 201, 409 or 422 refund_exceeds_transfer"
+            )
         result.figures["balances"] = await check_balances(driver, result.violations)
+        result.figures["holds_batches_refunds"] = hold_figures(rec)
     if config.redis_url and config.database_url:
         settings = Settings(redis_url=config.redis_url, database_url=config.database_url)
         result.figures["ledger"] = await check_ledger(
@@ -213,13 +225,22 @@ def format_result(result: LoadtestResult) -> str:
     b = f["balances"]
     lines.append(
         f"balances: {b['users']} users, sum {b['sum_balances_kopecks']} kopecks,"
-        f" acknowledged deposits {b['sum_acknowledged_deposits_kopecks']} kopecks"
+        f" acknowledged deposits {b['sum_acknowledged_deposits_kopecks']} kopecks;"
+        f" held {b['sum_held_kopecks']} kopecks"
+    )
+    h = f["holds_batches_refunds"]
+    lines.append(
+        f"holds: {h['holds']} acknowledged, {h['captured']} captured, {h['voided']} voided,"
+        f" {h['expired_seen']} expired, {h['pending_known']} pending"
+        f" ({h['pending_known_kopecks']} kopecks); batches: {h['batches']}"
+        f" ({h['batch_legs']} legs); refunds: {h['refunds']} ({h['refunded_kopecks']} kopecks)"
     )
     if "ledger" in f:
         led = f["ledger"]
         lines.append(
             f"ledger: {led['ledger_rows']} rows for {led['acknowledged_transactions']}"
-            f" acknowledged transactions; writer caught up in {led['writer_wait_s']} s;"
+            f" acknowledged transactions, {led['hold_rows']} holds, {led['hold_events']}"
+            f" hold events; writer caught up in {led['writer_wait_s']} s;"
             f" reconcile {'OK' if led['reconcile_ok'] else 'FAILED'}"
         )
     else:
