@@ -1,6 +1,6 @@
 """Request and response models. The same models validate input and generate the OpenAPI spec."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -11,7 +11,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
 
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
 from service.domain.limits import (
@@ -113,15 +112,22 @@ class BatchRequest(StrictBody):
     )
 
 
-# An amount that may be left out, but not given as null (the contract refuses null for an
-# amount); SkipJsonSchema keeps null out of the spec too.
-OptionalAmount = AmountKopecks | SkipJsonSchema[None]
-
-
 def _not_null(value: object) -> object:
     if value is None:
         raise ValueError("leave the field out instead of null")
     return value
+
+
+def _integer_only(schema: dict[str, Any]) -> None:
+    """The spec of an amount that may be left out but is never null (_not_null): the
+    integer branch of pydantic's ``anyOf: [integer, null]``."""
+    branches = schema.pop("anyOf")
+    schema.update(next(branch for branch in branches if branch.get("type") == "integer"))
+
+
+# An amount that may be left out, but not given as null: the contract refuses null for an
+# amount.
+OptionalAmount = Annotated[AmountKopecks | None, Field(json_schema_extra=_integer_only)]
 
 
 class RefundRequest(StrictBody):
