@@ -17,8 +17,9 @@ from service.redis.batches import BatchAccepted, BatchScripts, Leg
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts, SessionCheck
 from service.settings import Settings
-from tests.support.held_money import HOUR_US, LosesTheReply, now_us, put_hold
+from tests.support.held_money import HOUR_US, now_us, put_hold
 from tests.support.helpers import balance, refusing, snapshot, stream_fields
+from tests.support.lost_replies import LosesTheReply
 
 PAYER = 1
 

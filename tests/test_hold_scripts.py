@@ -12,7 +12,10 @@ from typing import cast
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.models import LedgerHoldEvent, User
 from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
 from service.domain.holds import Hold
@@ -22,15 +25,16 @@ from service.domain.limits import (
     MIN_HOLD_EXPIRES_IN_S,
 )
 from service.domain.refusals import Refused
-from service.ledger.hold_sweeper import run_hold_sweeper
+from service.ledger.hold_sweeper import run_hold_sweeper, run_writer_and_sweeper
 from service.redis import keyspace
 from service.redis.client import connect_redis
 from service.redis.holds import HoldAccepted, HoldScripts
 from service.redis.money import MoneyScripts, SessionCheck, WalletAmounts
 from service.redis.scripts import load_script_source
+from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
 from tests.support.helpers import refusing, snapshot, stream_fields
-from tests.test_request_outcomes import LosesTheReply
+from tests.support.lost_replies import LosesTheReply
 
 PAYER, PAYEE, STRANGER = 1, 2, 3
 HOUR_S = 3600
@@ -860,3 +864,41 @@ async def test_a_sweeper_bug_ends_the_sweeper(
     monkeypatch.setattr(holds, "sweep", bug)
     with pytest.raises(KeyError):
         await asyncio.wait_for(run_hold_sweeper(holds, 0.01, 10, asyncio.Event()), 1)
+
+
+async def test_the_writer_and_the_sweeper_run_together_and_store_the_expiry(
+    holds: HoldScripts, redis_client: Redis, db_engine: AsyncEngine, settings: Settings
+) -> None:
+    """What `wallet writer` and `wallet serve --embedded` both run: the hold's creation and
+    its expiry reach the ledger with no request touching the hold."""
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            insert(User),
+            [{"id": u, "username": f"user{u}", "password_hash": "x"} for u in (PAYER, PAYEE)],
+        )
+    money = MoneyScripts(redis_client, settings)
+    for user_id in (PAYER, PAYEE, STRANGER):
+        await money.register_user(user_id)
+    await money.deposit(PAYER, 1_000)
+    await ensure_consumer_group(redis_client)
+    hold = await create(holds, 600)
+    await move_expiry(redis_client, hold, await redis_now_us(redis_client))
+    stop = asyncio.Event()
+    running = asyncio.create_task(run_writer_and_sweeper(settings, redis_client, db_engine, stop))
+    try:
+        for _ in range(500):
+            async with db_engine.connect() as connection:
+                event = (
+                    await connection.execute(
+                        select(LedgerHoldEvent.event).where(LedgerHoldEvent.hold_id == hold.hold_id)
+                    )
+                ).scalar()
+            if event is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert event == "expired"
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 5)
+    assert (await stored_hold(redis_client, hold.hold_id)).status == "expired"
+    await assert_invariants(redis_client)

@@ -18,7 +18,7 @@ from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts, SessionCheck
 from service.redis.refunds import RefundAccepted, RefundScripts
 from service.settings import Settings
-from tests.support.held_money import HOUR_US, LosesTheReply, now_us, put_hold
+from tests.support.held_money import HOUR_US, now_us, put_hold
 from tests.support.helpers import (
     add_users,
     balance,
@@ -28,6 +28,7 @@ from tests.support.helpers import (
     stream_fields,
     stream_transactions,
 )
+from tests.support.lost_replies import LosesTheReply
 
 PAYER, PAYEE, STRANGER = 1, 2, 3
 TRANSFERRED = 3_000

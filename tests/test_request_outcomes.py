@@ -25,27 +25,7 @@ from service.settings import Settings
 from tests.support.faults.procs import DelayProxy
 from tests.support.helpers import balance, refusing, snapshot, stream_fields
 from tests.support.http_helpers import Client, new_user
-
-
-class LosesTheReply:
-    """A money script whose reply never comes back: it runs first (``runs``) or not at all
-    (its command is still on its way), then fails as a reply lost after sending does."""
-
-    def __init__(self, script: LuaScript, runs: bool) -> None:
-        self.script = script
-        self.runs = runs
-        self.sent: list[tuple[list[str], list[Arg]]] = []
-
-    async def __call__(self, keys: list[str], args: list[Arg]) -> Any:
-        self.sent.append((keys, args))
-        if self.runs:
-            await self.script(keys=keys, args=args)
-        raise ReplyLost("EVALSHA sent, no reply: TimeoutError('Timeout reading')")
-
-    async def arrives_late(self) -> Any:
-        """The command that was on its way reaches Redis after all."""
-        keys, args = self.sent[-1]
-        return await self.script(keys=keys, args=args)
+from tests.support.lost_replies import LosesTheReply
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from service.engines.valkey import start_valkey
 from service.http.app import create_app
 from service.http.serving import serve_until_stopped
 from service.http.state import DATABASE, REDIS, SETTINGS
-from service.ledger.writer import StreamWriter
+from service.ledger.hold_sweeper import run_writer_and_sweeper
 from service.settings import Settings
 
 log = logging.getLogger("wallet.embedded")
@@ -45,10 +45,12 @@ def embedded_engines(settings: Settings, data_dir: Path) -> Iterator[Settings]:
 
 
 async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The writer as a task of this process; on the way out it finishes its batch."""
-    writer = StreamWriter(app[SETTINGS], app[REDIS], app[DATABASE])
+    """The writer and the hold sweeper as tasks of this process; on the way out the writer
+    finishes its batch."""
     stop = asyncio.Event()
-    task = asyncio.create_task(writer.run(stop))
+    task = asyncio.create_task(
+        run_writer_and_sweeper(app[SETTINGS], app[REDIS], app[DATABASE], stop)
+    )
     yield
     stop.set()
     await task

@@ -189,9 +189,7 @@ def writer() -> None:
     On a signal it finishes the batch in hand, acknowledges it and exits. A sweeper that
     fails for anything but an outage stops the writer too, and the error is raised.
     """
-    from service.ledger.hold_sweeper import run_hold_sweeper
-    from service.ledger.writer import StreamWriter
-    from service.redis.holds import HoldScripts
+    from service.ledger.hold_sweeper import run_writer_and_sweeper
 
     settings = load_settings()
 
@@ -201,20 +199,7 @@ def writer() -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         async with connections(settings) as (redis, engine):
-            sweeper = asyncio.create_task(
-                run_hold_sweeper(
-                    HoldScripts(redis, settings),
-                    settings.hold_sweep_interval_ms / 1000,
-                    settings.hold_sweep_batch,
-                    stop,
-                )
-            )
-            sweeper.add_done_callback(lambda _: stop.set())
-            try:
-                await StreamWriter(settings, redis, engine).run(stop)
-            finally:
-                stop.set()
-                await sweeper
+            await run_writer_and_sweeper(settings, redis, engine, stop)
 
     run(drain())
 

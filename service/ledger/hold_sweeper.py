@@ -1,4 +1,5 @@
-"""The hold sweeper, run inside `wallet writer`: every ``hold_sweep_interval_ms`` it marks up
+"""The hold sweeper, run beside the stream writer (``run_writer_and_sweeper``, by `wallet
+writer` and `wallet serve --embedded`): every ``hold_sweep_interval_ms`` it marks up
 to ``hold_sweep_batch`` holds that have expired (lua/hold_expire.lua through
 HoldScripts.sweep), at once again while a pass finds a full batch. A hold is expired from
 ``expires_at_us`` whether or not it was swept (docs/holds.md): the sweeper only releases
@@ -6,22 +7,22 @@ the payee's side, records the event and sets the status, so a late sweep costs n
 a stricter ceiling for the payee meanwhile.
 
 Outages (service/outages.py) are logged and retried at the next pass; anything else is a
-bug and ends the sweeper with it, which stops the writer too (service/cli/main.py).
+bug and ends the sweeper with it, which stops the writer too.
 """
 
 import asyncio
 import contextlib
 import logging
 
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.ledger.writer import StreamWriter
 from service.outages import is_outage
 from service.redis.holds import HoldScripts
+from service.settings import Settings
 
 log = logging.getLogger("wallet.hold_sweeper")
-
-
-async def sweep_expired_holds(holds: HoldScripts, limit: int) -> int:
-    """One pass: the number of holds marked expired."""
-    return await holds.sweep(limit)
 
 
 async def run_hold_sweeper(
@@ -30,7 +31,7 @@ async def run_hold_sweeper(
     """Sweeps until ``stop`` is set."""
     while not stop.is_set():
         try:
-            marked = await sweep_expired_holds(holds, batch)
+            marked = await holds.sweep(batch)
         except Exception as error:
             if not is_outage(error):
                 raise
@@ -41,3 +42,24 @@ async def run_hold_sweeper(
         if marked < batch:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
+
+
+async def run_writer_and_sweeper(
+    settings: Settings, redis: Redis, engine: AsyncEngine, stop: asyncio.Event
+) -> None:
+    """The stream writer and the hold sweeper until ``stop`` is set. A sweeper that fails
+    for anything but an outage stops the writer too, and its error is raised."""
+    sweeper = asyncio.create_task(
+        run_hold_sweeper(
+            HoldScripts(redis, settings),
+            settings.hold_sweep_interval_ms / 1000,
+            settings.hold_sweep_batch,
+            stop,
+        )
+    )
+    sweeper.add_done_callback(lambda _: stop.set())
+    try:
+        await StreamWriter(settings, redis, engine).run(stop)
+    finally:
+        stop.set()
+        await sweeper

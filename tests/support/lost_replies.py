@@ -1,0 +1,26 @@
+"""A money script whose reply is lost: for the tests of what the API does then."""
+
+from typing import Any
+
+from service.redis.scripts import Arg, LuaScript, ReplyLost
+
+
+class LosesTheReply:
+    """A money script that runs first (``runs``) or not at all (its command is still on its
+    way), then fails as a reply lost after sending does."""
+
+    def __init__(self, script: LuaScript, runs: bool = True) -> None:
+        self.script = script
+        self.runs = runs
+        self.sent: list[tuple[list[str], list[Arg]]] = []
+
+    async def __call__(self, keys: list[str], args: list[Arg]) -> Any:
+        self.sent.append((keys, args))
+        if self.runs:
+            await self.script(keys=keys, args=args)
+        raise ReplyLost("EVALSHA sent, no reply: TimeoutError('Timeout reading')")
+
+    async def arrives_late(self) -> Any:
+        """The command that was on its way reaches Redis after all: its raw reply."""
+        keys, args = self.sent[-1]
+        return await self.script(keys=keys, args=args)
