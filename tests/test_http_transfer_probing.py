@@ -52,3 +52,26 @@ async def test_a_retry_of_an_answered_transfer_is_still_answered_as_before(
     assert await payer.post(client, TRANSFER, pay, **pay_key) == paid
     assert await payer.post(client, TRANSFER, miss, **miss_key) == missed
     assert await payer.balance(client) == 95
+
+
+async def test_holds_and_batches_count_and_are_refused_alike(make_client: MakeClient) -> None:
+    """Every payment that names a recipient probes alike: a hold's and a batch's misses
+    count with the transfers', and then all three are refused."""
+    client = await make_client(recipient_not_found_max_per_user=2)
+    prober = await new_user(client, "prober", deposit_kopecks=100)
+    target = await new_user(client, "target")
+    status, _ = await prober.post(client, "/api/holds/", {"to_user_id": 999_001, "amount": 1})
+    assert status == 404
+    batch = {
+        "transfers": [{"to_user_id": target.id, "amount": 1}, {"to_username": "ghost", "amount": 1}]
+    }
+    status, error = await prober.post(client, "/api/balance/transfer/batch/", batch)
+    assert (status, error["error"]["field"]) == (404, "transfers[1].to_username")
+    for path, body in (
+        (TRANSFER, {"to_user_id": target.id, "amount": 1}),
+        ("/api/holds/", {"to_user_id": target.id, "amount": 1}),
+        ("/api/balance/transfer/batch/", {"transfers": [{"to_user_id": target.id, "amount": 1}]}),
+    ):
+        status, error = await prober.post(client, path, body)
+        assert (status, error["error"]["code"]) == (429, "too_many_attempts"), path
+    assert await prober.balance(client) == 100

@@ -3,44 +3,37 @@ script (lua/transfer_batch.lua through service/redis/batches.py)."""
 
 from aiohttp import web
 
-from service.auth.sessions import money_session
-from service.domain.refusals import Refused
 from service.domain.transactions import transaction_json
-from service.http.input import idempotency_key, read_body, refuse_unknown_query
 from service.http.money_calls import (
     answer,
-    count_recipient_miss,
     counted,
-    refuse_probing,
+    guarding_against_probing,
+    money_request,
     resolve_recipient,
 )
 from service.http.schemas import BatchRequest
-from service.http.state import BATCHES, SESSIONS
+from service.http.state import BATCHES
 from service.redis.batches import Leg
 
 
 async def transfer_batch(request: web.Request) -> web.Response:
-    user, session = await money_session(request, request.app[SESSIONS])
-    refuse_unknown_query(request, set())
-    key = idempotency_key(request)
-    body = await read_body(request, BatchRequest)
-    await refuse_probing(request, user.user_id, key)
-    try:
+    money = await money_request(request, BatchRequest)
+    user_id = money.user.user_id
+    async with guarding_against_probing(request, user_id, money.idempotency_key):
         legs = [
             Leg(
                 to_user_id=await resolve_recipient(
-                    request, user.user_id, leg, field_prefix=f"transfers[{i}]."
+                    request, user_id, leg, field_prefix=f"transfers[{i}]."
                 ),
                 amount_kopecks=leg.amount,
                 to_username=leg.to_username,
             )
-            for i, leg in enumerate(body.transfers)
+            for i, leg in enumerate(money.body.transfers)
         ]
-        call = request.app[BATCHES].transfer_batch(user.user_id, legs, key, session)
+        call = request.app[BATCHES].transfer_batch(
+            user_id, legs, money.idempotency_key, money.session
+        )
         accepted = await counted(request, "batch", call)
-    except Refused as refused:
-        await count_recipient_miss(request, user.user_id, refused)
-        raise
     items = []
     for i, leg in enumerate(legs):
         assert leg.to_user_id is not None  # the script accepts no leg to no one
@@ -48,7 +41,7 @@ async def transfer_batch(request: web.Request) -> web.Response:
             transaction_json(
                 txn_id=accepted.first_txn_id + i,
                 kind="transfer",
-                from_user_id=user.user_id,
+                from_user_id=user_id,
                 to_user_id=leg.to_user_id,
                 amount_kopecks=leg.amount_kopecks,
                 created_at_us=accepted.created_at_us,

@@ -3,36 +3,30 @@ void them (the payee only). Each change is one Lua script (service/redis/holds.p
 merge the ledger with what the writer has not stored yet (service/ledger/hold_reads.py)."""
 
 import time
+from collections.abc import Awaitable
 from typing import Literal
 
 from aiohttp import web
 
-from service.auth.sessions import current_user, money_session
+from service.auth.sessions import current_user
 from service.domain import refusals
 from service.domain.cursor import encode_cursor
 from service.domain.holds import STATUSES, Hold
 from service.domain.refusals import Refused
 from service.domain.transactions import transaction_json
 from service.http.errors import json_response
-from service.http.input import (
-    cursor_id,
-    idempotency_key,
-    page_size,
-    path_id,
-    query_choice,
-    read_body,
-    refuse_unknown_query,
-)
+from service.http.input import cursor_id, page_size, path_id, query_choice, refuse_unknown_query
 from service.http.money_calls import (
+    Result,
     answer,
-    count_recipient_miss,
     counted,
-    read_optional_body,
-    refuse_probing,
+    guarding_against_probing,
+    money_caller,
+    money_request,
     resolve_recipient,
 )
 from service.http.schemas import CaptureRequest, HoldRequest
-from service.http.state import DATABASE, HOLDS, REDIS, SESSIONS, SETTINGS
+from service.http.state import DATABASE, HOLDS, REDIS, SETTINGS
 from service.ledger.history import HistoryUnavailable
 from service.ledger.hold_reads import list_holds, read_hold
 
@@ -65,42 +59,42 @@ async def _not_found_or_ended(request: web.Request, hold_id: int, user_id: int) 
 
 
 async def create_hold(request: web.Request) -> web.Response:
-    user, session = await money_session(request, request.app[SESSIONS])
-    refuse_unknown_query(request, set())
-    key = idempotency_key(request)
-    body = await read_body(request, HoldRequest)
-    await refuse_probing(request, user.user_id, key)
-    try:
-        to_user_id = await resolve_recipient(request, user.user_id, body)
+    money = await money_request(request, HoldRequest)
+    user_id, body = money.user.user_id, money.body
+    async with guarding_against_probing(request, user_id, money.idempotency_key):
+        to_user_id = await resolve_recipient(request, user_id, body)
         call = request.app[HOLDS].create(
-            user.user_id,
+            user_id,
             to_user_id,
             body.amount,
             body.expires_in_s,
-            key,
-            session,
+            money.idempotency_key,
+            money.session,
             to_username=body.to_username,
         )
         accepted = await counted(request, "hold", call)
-    except Refused as refused:
-        await count_recipient_miss(request, user.user_id, refused)
-        raise
     return answer(accepted.hold.as_json(_now_us()), accepted.replayed)
 
 
-async def capture_hold(request: web.Request) -> web.Response:
-    user, session = await money_session(request, request.app[SESSIONS])
-    refuse_unknown_query(request, set())
-    hold_id = path_id(request, refusals.HOLD_NOT_FOUND)
-    key = idempotency_key(request)
-    body = await read_optional_body(request, CaptureRequest)
-    call = request.app[HOLDS].capture(user.user_id, hold_id, body.amount, key, session)
+async def _acting_on_hold(
+    request: web.Request, operation: str, hold_id: int, user_id: int, call: Awaitable[Result]
+) -> Result:
+    """A capture or void: a hold Redis no longer has is answered from the ledger."""
     try:
-        captured = await counted(request, "capture", call)
+        return await counted(request, operation, call)
     except Refused as refused:
         if refused.refusal is refusals.HOLD_NOT_FOUND and not refused.replayed:
-            raise await _not_found_or_ended(request, hold_id, user.user_id) from None
+            raise await _not_found_or_ended(request, hold_id, user_id) from None
         raise
+
+
+async def capture_hold(request: web.Request) -> web.Response:
+    money = await money_request(request, CaptureRequest, body_optional=True)
+    user_id, hold_id = money.user.user_id, path_id(request, refusals.HOLD_NOT_FOUND)
+    call = request.app[HOLDS].capture(
+        user_id, hold_id, money.body.amount, money.idempotency_key, money.session
+    )
+    captured = await _acting_on_hold(request, "capture", hold_id, user_id, call)
     body_out = transaction_json(
         txn_id=captured.txn_id,
         kind="transfer",
@@ -114,17 +108,11 @@ async def capture_hold(request: web.Request) -> web.Response:
 
 
 async def void_hold(request: web.Request) -> web.Response:
-    user, session = await money_session(request, request.app[SESSIONS])
-    refuse_unknown_query(request, set())
+    """The body, if any, is not read: the contract's void takes none."""
+    user, session, key = await money_caller(request)
     hold_id = path_id(request, refusals.HOLD_NOT_FOUND)
-    key = idempotency_key(request)
     call = request.app[HOLDS].void(user.user_id, hold_id, key, session)
-    try:
-        voided = await counted(request, "void", call)
-    except Refused as refused:
-        if refused.refusal is refusals.HOLD_NOT_FOUND and not refused.replayed:
-            raise await _not_found_or_ended(request, hold_id, user.user_id) from None
-        raise
+    voided = await _acting_on_hold(request, "void", hold_id, user.user_id, call)
     return answer(voided.hold.as_json(_now_us()), voided.replayed, status=200)
 
 

@@ -2,21 +2,25 @@
 with the replay header, resolve a recipient named by username, and refuse a user who keeps
 naming recipients that do not exist (probing for ids or names)."""
 
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from persistence.users import find_user
+from service.auth.sessions import SessionUser, money_session
 from service.domain import refusals
 from service.domain.refusals import Refused
 from service.http.errors import REPLAYED_HEADER, json_response
-from service.http.input import read_body
+from service.http.input import idempotency_key, read_body, refuse_unknown_query
 from service.http.metrics import MONEY_OPERATIONS
 from service.http.schemas import Recipient
 from service.http.state import DATABASE, RECIPIENT_MISS_LIMIT, REDIS, SESSIONS
 from service.redis import keyspace
+from service.redis.money import SessionCheck
 
 Result = TypeVar("Result")
 Body = TypeVar("Body", bound=BaseModel)
@@ -47,11 +51,33 @@ def answer(body: object, replayed: bool, status: int = 201) -> web.Response:
     return response
 
 
-async def read_optional_body(request: web.Request, model: type[Body]) -> Body:
-    """A body that may be left out altogether (``{}`` is then assumed)."""
-    if not request.body_exists:
-        return model()
-    return await read_body(request, model)
+@dataclass(frozen=True, slots=True)
+class MoneyRequest(Generic[Body]):
+    user: SessionUser
+    session: SessionCheck
+    idempotency_key: str | None
+    body: Body
+
+
+async def money_caller(request: web.Request) -> tuple[SessionUser, SessionCheck, str | None]:
+    """What every money endpoint reads first, in this order: the session (401 before
+    anything else), no query string, the Idempotency-Key."""
+    user, session = await money_session(request, request.app[SESSIONS])
+    refuse_unknown_query(request, set())
+    return user, session, idempotency_key(request)
+
+
+async def money_request(
+    request: web.Request, model: type[Body], *, body_optional: bool = False
+) -> MoneyRequest[Body]:
+    """``money_caller``, then the body (with ``body_optional``, a request without one is
+    read as ``{}``)."""
+    user, session, key = await money_caller(request)
+    if body_optional and not request.body_exists:
+        body = model()
+    else:
+        body = await read_body(request, model)
+    return MoneyRequest(user, session, key, body)
 
 
 async def _is_a_retry(request: web.Request, user_id: int, key: str | None) -> bool:
@@ -62,21 +88,26 @@ async def _is_a_retry(request: web.Request, user_id: int, key: str | None) -> bo
     )
 
 
-async def refuse_probing(request: web.Request, user_id: int, key: str | None) -> None:
-    """A user whose payments keep naming no one is probing for ids or names: refused for a
-    while, whatever the recipient, so that 404 and 409 tell nothing apart. A retry is still
-    answered as before: it tells nothing new, and its first try may have moved money."""
+@asynccontextmanager
+async def guarding_against_probing(
+    request: web.Request, user_id: int, key: str | None
+) -> AsyncIterator[None]:
+    """Around a payment that names its recipients. A user whose payments keep naming no one
+    is probing for ids or names: refused for a while, whatever the recipient, so that 404
+    and 409 tell nothing apart; each first answer of recipient_not_found counts. A retry is
+    still answered as before: it tells nothing new, and its first try may have moved
+    money."""
+    limit = request.app[RECIPIENT_MISS_LIMIT]
     misses_key = keyspace.recipient_misses_of_user(user_id)
-    retry_after_s = await request.app[RECIPIENT_MISS_LIMIT].retry_after_s(misses_key)
+    retry_after_s = await limit.retry_after_s(misses_key)
     if retry_after_s is not None and not await _is_a_retry(request, user_id, key):
         raise Refused(refusals.TOO_MANY_UNKNOWN_RECIPIENTS, retry_after_s=retry_after_s)
-
-
-async def count_recipient_miss(request: web.Request, user_id: int, refused: Refused) -> None:
-    """Counts a first answer of recipient_not_found toward refuse_probing's limit."""
-    if refused.refusal is refusals.RECIPIENT_NOT_FOUND and not refused.replayed:
-        misses_key = keyspace.recipient_misses_of_user(user_id)
-        await request.app[RECIPIENT_MISS_LIMIT].count_unless_reached(misses_key)
+    try:
+        yield
+    except Refused as refused:
+        if refused.refusal is refusals.RECIPIENT_NOT_FOUND and not refused.replayed:
+            await limit.count_unless_reached(misses_key)
+        raise
 
 
 async def resolve_recipient(

@@ -5,24 +5,21 @@ yet; the refunded total lives in Redis, and only the script changes it."""
 
 from aiohttp import web
 
-from service.auth.sessions import money_session
 from service.domain import refusals
 from service.domain.refusals import Refused
 from service.domain.transactions import transaction_json
-from service.http.input import idempotency_key, path_id, refuse_unknown_query
-from service.http.money_calls import answer, counted, read_optional_body
+from service.http.input import path_id
+from service.http.money_calls import answer, counted, money_request
 from service.http.schemas import RefundRequest
-from service.http.state import DATABASE, REDIS, REFUNDS, SESSIONS, SETTINGS
+from service.http.state import DATABASE, REDIS, REFUNDS, SETTINGS
 from service.ledger.history import HistoryUnavailable
 from service.ledger.lookup import find_transaction
 
 
 async def refund(request: web.Request) -> web.Response:
-    user, session = await money_session(request, request.app[SESSIONS])
-    refuse_unknown_query(request, set())
+    money = await money_request(request, RefundRequest, body_optional=True)
+    user, key, session = money.user, money.idempotency_key, money.session
     txn_id = path_id(request, refusals.TRANSACTION_NOT_FOUND)
-    key = idempotency_key(request)
-    body = await read_optional_body(request, RefundRequest)
     try:
         transfer = await find_transaction(
             request.app[REDIS],
@@ -32,7 +29,9 @@ async def refund(request: web.Request) -> web.Response:
         )
     except HistoryUnavailable:
         raise Refused(refusals.HISTORY_UNAVAILABLE) from None
-    call = request.app[REFUNDS].refund(user.user_id, txn_id, transfer, body.amount, key, session)
+    call = request.app[REFUNDS].refund(
+        user.user_id, txn_id, transfer, money.body.amount, key, session
+    )
     refunded = await counted(request, "refund", call)
     body_out = transaction_json(
         txn_id=refunded.txn_id,

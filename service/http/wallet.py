@@ -9,7 +9,7 @@ the funds, moves the money and appends the transaction to the stream; the writer
 
 from aiohttp import web
 
-from service.auth.sessions import SessionUser, current_user, money_session
+from service.auth.sessions import SessionUser, current_user
 from service.domain import refusals
 from service.domain.amounts import CURRENCY, format_rubles
 from service.domain.cursor import encode_cursor
@@ -18,21 +18,19 @@ from service.domain.transactions import Kind, transaction_json
 from service.http.errors import json_response
 from service.http.input import (
     cursor_id,
-    idempotency_key,
     page_size,
     query_choice,
-    read_body,
     refuse_unknown_query,
 )
 from service.http.money_calls import (
     answer,
-    count_recipient_miss,
     counted,
-    refuse_probing,
+    guarding_against_probing,
+    money_request,
     resolve_recipient,
 )
 from service.http.schemas import DepositRequest, TransferRequest
-from service.http.state import DATABASE, MONEY, REDIS, SESSIONS, SETTINGS
+from service.http.state import DATABASE, MONEY, REDIS, SETTINGS
 from service.http.statements import balance_at_instant
 from service.ledger.history import DIRECTIONS, Direction, HistoryUnavailable, read_history
 from service.redis.money import Accepted
@@ -61,32 +59,29 @@ async def get_balance(request: web.Request) -> web.Response:
 
 
 async def deposit(request: web.Request) -> web.Response:
-    user, session = await money_session(request, request.app[SESSIONS])
-    refuse_unknown_query(request, set())
-    key = idempotency_key(request)
-    body = await read_body(request, DepositRequest)
-    move = request.app[MONEY].deposit(user.user_id, body.amount, key, session)
+    money = await money_request(request, DepositRequest)
+    user_id, amount = money.user.user_id, money.body.amount
+    move = request.app[MONEY].deposit(user_id, amount, money.idempotency_key, money.session)
     accepted = await counted(request, "deposit", move)
-    return _created(accepted, "deposit", None, user.user_id, body.amount)
+    return _created(accepted, "deposit", None, user_id, amount)
 
 
 async def transfer(request: web.Request) -> web.Response:
-    user, session = await money_session(request, request.app[SESSIONS])
-    refuse_unknown_query(request, set())
-    key = idempotency_key(request)
-    body = await read_body(request, TransferRequest)
-    await refuse_probing(request, user.user_id, key)
-    try:
-        to_user_id = await resolve_recipient(request, user.user_id, body)
+    money = await money_request(request, TransferRequest)
+    user_id, body = money.user.user_id, money.body
+    async with guarding_against_probing(request, user_id, money.idempotency_key):
+        to_user_id = await resolve_recipient(request, user_id, body)
         move = request.app[MONEY].transfer(
-            user.user_id, to_user_id, body.amount, key, session, to_username=body.to_username
+            user_id,
+            to_user_id,
+            body.amount,
+            money.idempotency_key,
+            money.session,
+            to_username=body.to_username,
         )
         accepted = await counted(request, "transfer", move)
-    except Refused as refused:
-        await count_recipient_miss(request, user.user_id, refused)
-        raise
     assert to_user_id is not None  # the script accepts no transfer to no one
-    return _created(accepted, "transfer", user.user_id, to_user_id, body.amount)
+    return _created(accepted, "transfer", user_id, to_user_id, body.amount)
 
 
 def _created(
