@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from service.domain import refusals
 from service.domain.refusals import Refused
+from service.ledger.history import HistoryUnavailable
 from service.outages import is_outage
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -84,6 +85,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except Refused as refused:
         return error_response(refused)
+    except HistoryUnavailable:
+        # Any read that merges the ledger with the stream's unpersisted tail.
+        return error_response(Refused(refusals.HISTORY_UNAVAILABLE))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

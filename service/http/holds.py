@@ -27,7 +27,6 @@ from service.http.money_calls import (
 )
 from service.http.schemas import CaptureRequest, HoldRequest
 from service.http.state import DATABASE, HOLDS, REDIS, SETTINGS
-from service.ledger.history import HistoryUnavailable
 from service.ledger.hold_reads import list_holds, read_hold
 
 ROLES: tuple[Literal["payer", "payee"], ...] = ("payer", "payee")
@@ -38,15 +37,12 @@ def _now_us() -> int:
 
 
 async def _read_hold(request: web.Request, hold_id: int) -> Hold | None:
-    try:
-        return await read_hold(
-            request.app[REDIS],
-            request.app[DATABASE],
-            hold_id,
-            tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
-        )
-    except HistoryUnavailable:
-        raise Refused(refusals.HISTORY_UNAVAILABLE) from None
+    return await read_hold(
+        request.app[REDIS],
+        request.app[DATABASE],
+        hold_id,
+        tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
+    )
 
 
 async def _not_found_or_ended(request: web.Request, hold_id: int, user_id: int) -> Refused:
@@ -132,20 +128,17 @@ async def list_my_holds(request: web.Request) -> web.Response:
     role = query_choice(request, "role", ROLES)
     limit = page_size(request)
     now_us = _now_us()
-    try:
-        page = await list_holds(
-            request.app[REDIS],
-            request.app[DATABASE],
-            user_id=user.user_id,
-            status=status,
-            role=role,
-            before_id=cursor_id(request),
-            limit=limit,
-            now_us=now_us,
-            tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
-        )
-    except HistoryUnavailable:
-        raise Refused(refusals.HISTORY_UNAVAILABLE) from None
+    page = await list_holds(
+        request.app[REDIS],
+        request.app[DATABASE],
+        user_id=user.user_id,
+        status=status,
+        role=role,
+        before_id=cursor_id(request),
+        limit=limit,
+        now_us=now_us,
+        tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
+    )
     items = [hold.as_json(now_us) for hold in page.holds]
     next_cursor = encode_cursor(page.holds[-1].hold_id) if page.has_more else None
     return json_response({"items": items, "next_cursor": next_cursor})

@@ -6,13 +6,11 @@ yet; the refunded total lives in Redis, and only the script changes it."""
 from aiohttp import web
 
 from service.domain import refusals
-from service.domain.refusals import Refused
 from service.domain.transactions import transaction_json
 from service.http.input import path_id
 from service.http.money_calls import answer, counted, money_request
 from service.http.schemas import RefundRequest
 from service.http.state import DATABASE, REDIS, REFUNDS, SETTINGS
-from service.ledger.history import HistoryUnavailable
 from service.ledger.lookup import find_transaction
 
 
@@ -20,15 +18,12 @@ async def refund(request: web.Request) -> web.Response:
     money = await money_request(request, RefundRequest, body_optional=True)
     user, key, session = money.user, money.idempotency_key, money.session
     txn_id = path_id(request, refusals.TRANSACTION_NOT_FOUND)
-    try:
-        transfer = await find_transaction(
-            request.app[REDIS],
-            request.app[DATABASE],
-            txn_id,
-            tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
-        )
-    except HistoryUnavailable:
-        raise Refused(refusals.HISTORY_UNAVAILABLE) from None
+    transfer = await find_transaction(
+        request.app[REDIS],
+        request.app[DATABASE],
+        txn_id,
+        tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
+    )
     call = request.app[REFUNDS].refund(
         user.user_id, txn_id, transfer, money.body.amount, key, session
     )

@@ -17,7 +17,6 @@ from service.domain.times import datetime_from_us, parse_rfc3339, rfc3339, us_fr
 from service.http.errors import json_response
 from service.http.input import query_choice, refuse_unknown_query
 from service.http.state import DATABASE, REDIS, SETTINGS
-from service.ledger.history import HistoryUnavailable
 from service.ledger.statements import StatementTooLarge, balance_at, read_statement
 
 # A query string turns "+" into a space: an offset such as +03:00 must be sent as %2B03:00.
@@ -47,16 +46,13 @@ def _instant_us(raw: str, field: str) -> int:
 
 async def balance_at_instant(request: web.Request, user_id: int, raw_at: str) -> web.Response:
     at_us = _instant_us(raw_at, "at")
-    try:
-        balance_kopecks = await balance_at(
-            request.app[REDIS],
-            request.app[DATABASE],
-            user_id=user_id,
-            at_us=at_us,
-            tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
-        )
-    except HistoryUnavailable:
-        raise Refused(refusals.HISTORY_UNAVAILABLE) from None
+    balance_kopecks = await balance_at(
+        request.app[REDIS],
+        request.app[DATABASE],
+        user_id=user_id,
+        at_us=at_us,
+        tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
+    )
     return json_response(
         {
             "user_id": user_id,
@@ -113,8 +109,6 @@ async def statement(request: web.Request) -> web.Response:
         )
     except StatementTooLarge:
         raise Refused(refusals.STATEMENT_TOO_LARGE, field="to") from None
-    except HistoryUnavailable:
-        raise Refused(refusals.HISTORY_UNAVAILABLE) from None
     signed_kopecks = sum(
         txn.amount_kopecks if txn.to_user_id == user.user_id else -txn.amount_kopecks
         for txn in found.transactions

@@ -10,10 +10,8 @@ the funds, moves the money and appends the transaction to the stream; the writer
 from aiohttp import web
 
 from service.auth.sessions import SessionUser, current_user
-from service.domain import refusals
 from service.domain.amounts import CURRENCY, format_rubles
 from service.domain.cursor import encode_cursor
-from service.domain.refusals import Refused
 from service.domain.transactions import Kind, transaction_json
 from service.http.errors import json_response
 from service.http.input import (
@@ -32,7 +30,7 @@ from service.http.money_calls import (
 from service.http.schemas import DepositRequest, TransferRequest
 from service.http.state import DATABASE, MONEY, REDIS, SETTINGS
 from service.http.statements import balance_at_instant
-from service.ledger.history import DIRECTIONS, Direction, HistoryUnavailable, read_history
+from service.ledger.history import DIRECTIONS, Direction, read_history
 from service.redis.money import Accepted
 
 
@@ -107,19 +105,16 @@ async def _history(
 ) -> web.Response:
     limit = page_size(request)
     before_id = cursor_id(request)
-    try:
-        page = await read_history(
-            request.app[REDIS],
-            request.app[DATABASE],
-            user_id=user.user_id,
-            kind="deposit" if direction is None else "transfer",
-            direction=direction or "all",
-            before_id=before_id,
-            limit=limit,
-            tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
-        )
-    except HistoryUnavailable:
-        raise Refused(refusals.HISTORY_UNAVAILABLE) from None
+    page = await read_history(
+        request.app[REDIS],
+        request.app[DATABASE],
+        user_id=user.user_id,
+        kind="deposit" if direction is None else "transfer",
+        direction=direction or "all",
+        before_id=before_id,
+        limit=limit,
+        tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
+    )
     items = [
         txn.as_json(user.user_id, with_direction=direction is not None) for txn in page.transactions
     ]
