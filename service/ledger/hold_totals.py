@@ -218,3 +218,17 @@ async def refunded_totals_of(
         for total in _refunded(rows)
         if (total.refunder, total.txn_id) in wanted
     }
+
+
+async def last_stream_entry_id(connection: AsyncConnection) -> EntryId | None:
+    """The largest stream entry id any ledger row was stored from (None: no rows)."""
+    found: list[EntryId] = []
+    for column in (T.stream_entry_id, H.stream_entry_id, E.stream_entry_id):
+        ms = func.split_part(column, "-", 1).cast(BigInteger)
+        seq = func.split_part(column, "-", 2).cast(BigInteger)
+        row = (
+            await connection.execute(select(ms, seq).order_by(ms.desc(), seq.desc()).limit(1))
+        ).first()
+        if row is not None:
+            found.append((int(row[0]), int(row[1])))
+    return max(found, default=None)

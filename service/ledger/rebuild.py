@@ -76,6 +76,7 @@ from service.domain.times import datetime_from_us, us_from_datetime
 from service.ledger.hold_totals import (
     PendingHold,
     incoming_of_payees,
+    last_stream_entry_id,
     pending_holds_of_payers,
     pending_holds_page,
     refunded_totals_page,
@@ -84,7 +85,7 @@ from service.ledger.reconcile import ledger_balances, user_id_batches
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import unpersisted_tail
-from service.redis.streams import ensure_consumer_group
+from service.redis.streams import ensure_consumer_group, stream_id
 from service.settings import Settings
 
 BATCH_SIZE = 1000
@@ -155,6 +156,7 @@ async def rebuild(
     await _refuse_over_unpersisted_entries(redis)
     last_id = await _ledger_last_id(engine)
     await ensure_consumer_group(redis)
+    await _continue_stream_ids(redis, engine)
     epoch = await take_txn_id_epoch(engine, at_least_id=last_id)
     epoch_start = epoch * TXN_IDS_PER_EPOCH
 
@@ -181,6 +183,21 @@ async def rebuild(
         refunded_totals_restored=refunded,
         idempotency_keys_skipped=skipped,
     )
+
+
+async def _continue_stream_ids(redis: Redis, engine: AsyncEngine) -> None:
+    """Raises the stream's last id to the largest the ledger holds, so that every entry
+    from now on is above every stored one, whatever the clock did: `wallet reconcile`
+    reads the ledger as of a stream entry id (service/ledger/hold_totals.py), and a new
+    stream would otherwise start below the stored entries (at 0-0, until its first entry)."""
+    async with engine.connect() as connection:
+        stored = await last_stream_entry_id(connection)
+    info = await redis.xinfo_stream(keyspace.TXN_STREAM)
+    current = stream_id(cast(bytes, info["last-generated-id"]))
+    if stored is not None and stored > current:
+        async with redis.pipeline(transaction=False) as pipe:  # (no typed XSETID method)
+            pipe.execute_command("XSETID", keyspace.TXN_STREAM, f"{stored[0]}-{stored[1]}")
+            await pipe.execute()
 
 
 async def _restore_wallets(redis: Redis, engine: AsyncEngine, epoch_start: int) -> dict[str, int]:
