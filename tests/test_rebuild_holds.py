@@ -13,10 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.models import LedgerHold, LedgerHoldEvent, LedgerTransaction
 from service.domain import refusals
 from service.domain.refusals import Refusal, Refused
+from service.ledger.hold_totals import last_stream_entry_id
 from service.ledger.rebuild import format_report, rebuild
 from service.ledger.reconcile import format_report as format_reconcile
 from service.ledger.reconcile import reconcile
 from service.redis import keyspace
+from service.redis.streams import stream_id
 from service.settings import Settings
 from tests.support.helpers import persist, refusing, snapshot
 from tests.support.mixed_workload import USERS, Scripts, Workload, run_mixed_workload
@@ -158,6 +160,14 @@ async def test_restored_holds_work_as_before(
     assert not await redis_client.exists(keyspace.pending_holds(unreleased.from_user_id))
     new = await scripts.holds.create(3, 5, 10, 3600)
     assert new.hold.hold_id > max(hold.hold_id for hold in workload.holds.values())
+    # The new stream's entries continue above the ledger's (reconcile compares them).
+    async with db_engine.connect() as connection:
+        stored = await last_stream_entry_id(connection)
+    assert stored is not None
+    newest = cast(
+        list[tuple[bytes, Any]], await redis_client.xrevrange(keyspace.TXN_STREAM, count=1)
+    )
+    assert stream_id(newest[0][0]) > stored
     await persist(redis_client, db_engine)
     async with db_engine.connect() as connection:
         ended = await connection.execute(
