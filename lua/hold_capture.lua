@@ -60,7 +60,8 @@
 --   outcome "account_not_found"       no wallet for user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 -- Stream entry fields: id kind ("transfer") from to amount created_at_us from_balance
--- to_balance idem_key hold_id.
+-- to_balance idem_key hold_id, and idem_fp (the fingerprint recorded under the key) iff
+-- ARGV[5] is not "".
 
 -- @include validate
 -- @include check_session
@@ -122,8 +123,9 @@ if refusal then
   return {refusal, "", "", "", "", "0"}
 end
 
-local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg,
-  {request_fingerprint("capture", hold_id, amount_arg ~= "" and amount_arg or "all")},
+local fingerprint =
+  request_fingerprint("capture", hold_id, amount_arg ~= "" and amount_arg or "all")
+local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg, {fingerprint},
   {"txn_id", "created_at_us", "from", "amount"})
 local replay = idempotency_lookup(idem)
 if replay then
@@ -184,9 +186,14 @@ local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
 redis.call("HSET", KEYS[5], "status", "captured", "captured_amount", captured_arg,
   "capture_txn_id", txn_id)
 redis.call("EXPIRE", KEYS[5], retention_arg)
-redis.call("XADD", KEYS[2], "*",
-  "id", txn_id, "kind", "transfer", "from", payer_id, "to", user_id, "amount", captured_arg,
-  "created_at_us", created_at_us, "from_balance", new_from, "to_balance", new_to,
-  "idem_key", idem_key, "hold_id", hold_id)
+local record = {"id", txn_id, "kind", "transfer", "from", payer_id, "to", user_id,
+  "amount", captured_arg, "created_at_us", created_at_us,
+  "from_balance", new_from, "to_balance", new_to,
+  "idem_key", idem_key, "hold_id", hold_id}
+if has_key then
+  -- "all" or the amount: the ledger's row alone cannot tell (`wallet rebuild`).
+  record[#record + 1], record[#record + 2] = "idem_fp", fingerprint
+end
+redis.call("XADD", KEYS[2], "*", unpack(record))
 record_request_outcome(KEYS[4], outcome_ttl_arg, {"ok", txn_id, created_at_us, "0"})
 return idempotency_remember(idem, {"ok", txn_id, created_at_us, payer_id, captured_arg, "0"})

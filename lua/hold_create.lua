@@ -66,7 +66,8 @@
 --   hold_id, created_at_us and expires_at_us are "" unless outcome is "ok"; expires_at_us
 --   is created_at_us + expires_in_s * 10^6 exactly.
 -- Stream entry fields: kind ("hold_created") hold from to amount created_at_us
--- expires_at_us idem_key; before it, one hold_expired entry per expired hold released.
+-- expires_at_us idem_key, and idem_fp (the fingerprint recorded under the key) iff ARGV[5]
+-- is not ""; before it, one hold_expired entry per expired hold released.
 
 -- @include validate
 -- @include check_session
@@ -194,9 +195,14 @@ redis.call("HSET", hold_key, "from", from_id, "to", to_id, "amount", amount_arg,
   "expires_at_us", expires_at_us, "capture_txn_id", "")
 redis.call("PEXPIREAT", hold_key, string.format("%d",
   math.floor(tonumber(expires_at_us) / 1000) + tonumber(retention_arg) * 1000))
-redis.call("XADD", KEYS[2], "*",
-  "kind", "hold_created", "hold", hold_id, "from", from_id, "to", to_id, "amount", amount_arg,
-  "created_at_us", created_at_us, "expires_at_us", expires_at_us, "idem_key", idem_key)
+local record = {"kind", "hold_created", "hold", hold_id, "from", from_id, "to", to_id,
+  "amount", amount_arg, "created_at_us", created_at_us, "expires_at_us", expires_at_us,
+  "idem_key", idem_key}
+if has_key then
+  -- What idempotency_remember records below, for `wallet rebuild` (docs/holds.md).
+  record[#record + 1], record[#record + 2] = "idem_fp", fingerprints[1]
+end
+redis.call("XADD", KEYS[2], "*", unpack(record))
 local made = {"ok", hold_id, created_at_us, expires_at_us, "0"}
 record_request_outcome(KEYS[4], outcome_ttl_arg, made)
 return idempotency_remember(idem, made)

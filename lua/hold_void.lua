@@ -54,7 +54,8 @@
 --   outcome "account_not_found"       no wallet for user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 -- Stream entry fields: kind ("hold_voided") hold from to amount created_at_us (the void's
--- instant) expires_at_us idem_key.
+-- instant) expires_at_us idem_key, and idem_fp (the fingerprint recorded under the key)
+-- iff ARGV[4] is not "".
 
 -- @include validate
 -- @include check_session
@@ -158,8 +159,12 @@ redis.call("HINCRBY", KEYS[payer_index], "held_kopecks", "-" .. amount_arg)
 redis.call("HINCRBY", KEYS[3], "incoming_kopecks", "-" .. amount_arg)
 redis.call("HSET", KEYS[5], "status", "voided")
 redis.call("EXPIRE", KEYS[5], retention_arg)
-redis.call("XADD", KEYS[2], "*",
-  "kind", "hold_voided", "hold", hold_id, "from", payer_id, "to", user_id, "amount", amount_arg,
-  "created_at_us", now_us, "expires_at_us", raw[6], "idem_key", idem_key)
+local record = {"kind", "hold_voided", "hold", hold_id, "from", payer_id, "to", user_id,
+  "amount", amount_arg, "created_at_us", now_us, "expires_at_us", raw[6], "idem_key", idem_key}
+if has_key then
+  -- What idempotency_remember records below, for `wallet rebuild` (docs/holds.md).
+  record[#record + 1], record[#record + 2] = "idem_fp", idem.fingerprints[1]
+end
+redis.call("XADD", KEYS[2], "*", unpack(record))
 record_request_outcome(KEYS[4], outcome_ttl_arg, {"ok", hold_id, now_us, "0"})
 return idempotency_remember(idem, {"ok", payer_id, amount_arg, raw[5], raw[6], "0"})

@@ -65,7 +65,8 @@
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id, created_at_us and amount are "" unless outcome is "ok".
 -- Stream entry fields: id kind ("refund") from (user_id) to (payer_id) amount
--- created_at_us from_balance to_balance idem_key refund_of (txn_id).
+-- created_at_us from_balance to_balance idem_key refund_of (txn_id), and idem_fp (the
+-- fingerprint recorded under the key) iff ARGV[6] is not "".
 
 -- @include validate
 -- @include check_session
@@ -182,10 +183,14 @@ redis.call("INCRBY", KEYS[refunded_index], amount_str)
 local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_str)
 local new_to = redis.call("HINCRBY", KEYS[payer_index], "balance_kopecks", amount_str)
 local refund_id = string.format("%d", redis.call("INCR", KEYS[1]))
-redis.call("XADD", KEYS[2], "*",
-  "id", refund_id, "kind", "refund", "from", user_id, "to", payer_id, "amount", amount_str,
-  "created_at_us", now_us, "from_balance", string.format("%d", new_from),
-  "to_balance", string.format("%d", new_to), "idem_key", idem_key, "refund_of", txn_id)
+local record = {"id", refund_id, "kind", "refund", "from", user_id, "to", payer_id,
+  "amount", amount_str, "created_at_us", now_us, "from_balance", string.format("%d", new_from),
+  "to_balance", string.format("%d", new_to), "idem_key", idem_key, "refund_of", txn_id}
+if has_key then
+  -- "all" or the amount: the ledger's row alone cannot tell (`wallet rebuild`).
+  record[#record + 1], record[#record + 2] = "idem_fp", fingerprint
+end
+redis.call("XADD", KEYS[2], "*", unpack(record))
 local moved = {"ok", refund_id, now_us, amount_str, "0"}
 record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
 redis.call("HSET", KEYS[4], "amount", amount_str)

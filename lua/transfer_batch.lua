@@ -70,7 +70,8 @@
 --   the leg at fault for recipient_not_found, self_transfer, insufficient_funds and
 --   balance_limit_exceeded, else "".
 -- Stream entry fields, one entry per leg in order: id kind ("transfer") from to amount
--- created_at_us from_balance to_balance idem_key, the balances right after that leg.
+-- created_at_us from_balance to_balance idem_key, the balances right after that leg, and
+-- idem_fp (the fingerprint recorded under the key: by id) iff ARGV[2] is not "".
 
 -- @include validate
 -- @include check_session
@@ -250,11 +251,15 @@ for i, leg in ipairs(legs) do
   from_balance = from_balance - leg.amount
   local to_balance = (to_balances[leg.to_id] or wallets[leg.to_id].balance) + leg.amount
   to_balances[leg.to_id] = to_balance
-  redis.call("XADD", KEYS[2], "*",
-    "id", string.format("%d", first_id + i - 1), "kind", "transfer", "from", from_id,
-    "to", leg.to_id, "amount", leg.amount_arg, "created_at_us", now_us,
+  local record = {"id", string.format("%d", first_id + i - 1), "kind", "transfer",
+    "from", from_id, "to", leg.to_id, "amount", leg.amount_arg, "created_at_us", now_us,
     "from_balance", string.format("%d", from_balance),
-    "to_balance", string.format("%d", to_balance), "idem_key", idem_key)
+    "to_balance", string.format("%d", to_balance), "idem_key", idem_key}
+  if has_key then
+    -- On every leg: a one-leg batch is otherwise a transfer's row (`wallet rebuild`).
+    record[#record + 1], record[#record + 2] = "idem_fp", id_fingerprint
+  end
+  redis.call("XADD", KEYS[2], "*", unpack(record))
 end
 redis.call("HINCRBY", KEYS[3], "balance_kopecks", string.format("%d", -total))
 for _, to_id in ipairs(recipient_ids) do  -- each has legs, all of them checked above

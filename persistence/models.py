@@ -75,6 +75,11 @@ class LedgerTransaction(Base):
     # A capture of a hold: the hold. A refund: the transfer it refunds.
     hold_id: Mapped[int | None] = mapped_column(BigInteger)
     refund_of: Mapped[int | None] = mapped_column(BigInteger)
+    # The fingerprint the script recorded under idempotency_key (stream field idem_fp), for
+    # the operations whose fingerprint the row alone does not give: a capture or a refund
+    # ("all" or an amount), a batch leg (a one-leg batch is a transfer's row). NULL for
+    # deposits and transfers (derived from the row) and without a key. `wallet rebuild`.
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint(
@@ -151,6 +156,8 @@ class LedgerHold(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
     stream_entry_id: Mapped[str] = mapped_column(String(48))
+    # The fingerprint hold_create.lua recorded under the payer's key (stream field idem_fp).
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint(
@@ -161,6 +168,13 @@ class LedgerHold(Base):
         # A user's holds, newest first, keyset on id: as payer and as payee.
         Index("holds_by_payer", "from_user_id", text("id DESC")),
         Index("holds_by_payee", "to_user_id", text("id DESC")),
+        # rebuild reloads the idempotency keys of the last 24 hours.
+        Index(
+            "holds_recent_idempotency_keys",
+            "created_at",
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
 
@@ -181,6 +195,9 @@ class LedgerHoldEvent(Base):
     transaction_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("transactions.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
     stream_entry_id: Mapped[str] = mapped_column(String(48))
+    # The fingerprint recorded under the payee's key: void.lua's, or a capture's (as on
+    # its transaction).
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint(
@@ -193,6 +210,14 @@ class LedgerHoldEvent(Base):
         CheckConstraint(
             "(event = 'captured') = (transaction_id IS NOT NULL)",
             name="hold_events_capture_transaction",
+        ),
+        # rebuild reloads the idempotency keys of the voids of the last 24 hours (a
+        # capture's key is its transaction's).
+        Index(
+            "hold_events_recent_void_keys",
+            "at",
+            postgresql_where=text("event = 'voided' AND idempotency_key IS NOT NULL"),
+            sqlite_where=text("event = 'voided' AND idempotency_key IS NOT NULL"),
         ),
     )
 

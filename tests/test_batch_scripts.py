@@ -36,9 +36,16 @@ async def users(money: MoneyScripts) -> None:
 
 
 def transfer_record(
-    txn_id: int, to: int, amount: int, at: int, from_balance: int, to_balance: int, key: str = ""
+    txn_id: int,
+    to: int,
+    amount: int,
+    at: int,
+    from_balance: int,
+    to_balance: int,
+    key: str = "",
+    fingerprint: str | None = None,
 ) -> dict[str, str]:
-    return {
+    record = {
         "id": str(txn_id),
         "kind": "transfer",
         "from": str(PAYER),
@@ -49,6 +56,9 @@ def transfer_record(
         "to_balance": str(to_balance),
         "idem_key": key,
     }
+    if fingerprint is not None:  # the fingerprint recorded under the key, on every leg
+        record["idem_fp"] = fingerprint
+    return record
 
 
 async def test_one_leg(
@@ -87,6 +97,9 @@ async def test_a_hundred_legs_take_consecutive_ids_and_one_record_each(
                 payer_left,
                 credited[leg.to_user_id],
                 "hundred",
+                fingerprint(
+                    ",".join(f"{leg.to_user_id}={leg.amount_kopecks}" for leg in legs)
+                ).decode(),
             )
         )
     assert records == expected

@@ -148,6 +148,7 @@ async def test_create_reserves_on_both_sides_and_records_the_hold(
         "created_at_us": str(hold.created_at_us),
         "expires_at_us": str(hold.expires_at_us),
         "idem_key": "h1",
+        "idem_fp": "hold:2:3000:3600",
     }
     assert await redis_client.hgetall(keyspace.idempotency(PAYER, "h1")) == {
         b"fingerprint": b"hold:2:3000:3600",
@@ -316,6 +317,7 @@ async def test_a_capture_of_the_whole_hold(
         "to_balance": "3000",
         "idem_key": "c1",
         "hold_id": "2",
+        "idem_fp": "capture:2:all",
     }
     assert (await redis_client.hgetall(keyspace.idempotency(PAYEE, "c1")))[
         b"fingerprint"
@@ -369,6 +371,7 @@ async def test_a_void_releases_both_sides(
         "amount": "4000",
         "expires_at_us": str(hold.expires_at_us),
         "idem_key": "v1",
+        "idem_fp": "void:2",
     }
     assert (await redis_client.hgetall(keyspace.idempotency(PAYEE, "v1")))[
         b"fingerprint"

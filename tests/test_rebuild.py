@@ -244,43 +244,90 @@ async def test_rebuild_with_an_empty_ledger(redis_client: Redis, db_engine: Asyn
     assert await redis_client.xinfo_groups(keyspace.TXN_STREAM) != []
 
 
-RESTORE_WALLET_KEYS = [keyspace.TXN_SEQ, keyspace.user(1)]
+RESTORE_WALLET_KEYS = [keyspace.TXN_SEQ, keyspace.user(1), keyspace.pending_holds(1)]
 NOW_US = str(int(time.time() * 1_000_000))
+LATER_US = str(int(NOW_US) + 3_600_000_000)
+
+
+def wallet_case(*args: str) -> tuple[str, list[str], list[str]]:
+    return "restore_wallet", RESTORE_WALLET_KEYS, list(args)
 
 
 def idempotency_case(
     position: int, value: str, key_owner: int = 1, key: str = "k"
 ) -> tuple[str, list[str], list[str]]:
     """restore_idempotency with valid arguments but ARGV[position + 1] = value."""
-    args = ["1", "k", "deposit", "1", "5", "3", NOW_US, "60"]
+    args = ["1", "k", "deposit", NOW_US, "60", "", "3", NOW_US, "5"]
     args[position] = value
     return "restore_idempotency", [keyspace.idempotency(key_owner, key)], args
+
+
+def idempotency_facts(kind: str, *facts: str) -> tuple[str, list[str], list[str]]:
+    args = ["1", "k", kind, NOW_US, "60", "", *facts]
+    return "restore_idempotency", [keyspace.idempotency(1, "k")], args
+
+
+def hold_case(position: int, value: str, key: str = "hold:9") -> tuple[str, list[str], list[str]]:
+    args = ["9", "1", "2", "5", NOW_US, LATER_US, "60"]
+    args[position] = value
+    return "restore_hold", [key, keyspace.HOLDS_DUE], args
 
 
 @pytest.mark.parametrize(
     ("script", "keys", "args"),
     [
-        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "-1", "0"]),
-        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "1000000000000001", "0"]),
-        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "01", "0"]),
-        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "1.5", "0"]),
-        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "5", "-3"]),
-        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "5", "1e3"]),
-        ("restore_wallet", RESTORE_WALLET_KEYS, ["1", "5"]),
-        ("restore_wallet", [keyspace.TXN_SEQ, keyspace.user(2)], ["1", "5", "0"]),
-        ("restore_wallet", [keyspace.user(1), keyspace.TXN_SEQ], ["1", "5", "0"]),
-        idempotency_case(3, "2"),  # a deposit to someone else
-        idempotency_case(2, "transfer"),  # a transfer to oneself
-        idempotency_case(2, "refund"),
+        wallet_case("1", "-1", "0", "0", "0"),
+        wallet_case("1", "1000000000000001", "0", "0", "0"),
+        wallet_case("1", "01", "0", "0", "0"),
+        wallet_case("1", "1.5", "0", "0", "0"),
+        wallet_case("1", "5", "-3", "0", "0"),
+        wallet_case("1", "5", "1e3", "0", "0"),
+        wallet_case("1", "5", "0", "0"),
+        wallet_case("1", "5", "0", "6", "0", "9", "2", "6", LATER_US),  # held above balance
+        wallet_case("1", "5", "0", "3", "0", "9", "2", "2", LATER_US),  # held is not the sum
+        wallet_case("1", "5", "0", "3", "0", "9", "1", "3", LATER_US),  # a hold to oneself
+        wallet_case("1", "5", "0", "3", "0", "9", "2", "3"),  # a hold without its expiry
+        wallet_case("1", "1000000000000000", "0", "0", "1"),  # over the ceiling with incoming
+        (
+            "restore_wallet",
+            [keyspace.TXN_SEQ, keyspace.user(2), keyspace.pending_holds(2)],
+            ["1", "5", "0", "0", "0"],
+        ),
+        ("restore_wallet", [keyspace.TXN_SEQ, keyspace.user(1)], ["1", "5", "0", "0", "0"]),
+        (
+            "restore_wallet",
+            [keyspace.user(1), keyspace.TXN_SEQ, keyspace.pending_holds(1)],
+            ["1", "5", "0", "0", "0"],
+        ),
+        idempotency_case(2, "withdrawal"),
+        idempotency_case(8, "0"),
+        idempotency_case(8, "1000000000001"),
+        idempotency_case(6, "0"),
+        idempotency_case(7, "-1"),
         idempotency_case(4, "0"),
-        idempotency_case(4, "1000000000001"),
-        idempotency_case(5, "0"),
-        idempotency_case(6, "-1"),
-        idempotency_case(7, "0"),
+        idempotency_case(3, "0"),
+        idempotency_case(5, "x" * 65),
         idempotency_case(1, "j"),  # not the key in KEYS[1]
         idempotency_case(0, "1", key_owner=2),
         idempotency_case(1, "k\n", key="k\n"),
         ("restore_idempotency", [keyspace.idempotency(1, "k")], ["1", "k", "deposit"]),
+        idempotency_facts("deposit", "3", NOW_US, "5", "5"),  # one fact too many
+        idempotency_facts("transfer", "3", NOW_US, "1", "5"),  # to oneself
+        idempotency_facts("batch", "3", NOW_US, "2", "2", "5"),  # one leg of two
+        idempotency_facts("batch", "3", NOW_US, "1", "1", "5"),  # a leg to oneself
+        idempotency_facts("batch", "3", NOW_US, "0"),
+        idempotency_facts("hold", "3", NOW_US, str(int(NOW_US) + 60_500_000), "2", "5"),
+        idempotency_facts("hold", "3", NOW_US, str(int(NOW_US) + 59_000_000), "2", "5"),
+        idempotency_facts("hold", "3", NOW_US, LATER_US, "1", "5"),  # to oneself
+        idempotency_facts("capture", "3", NOW_US, "2", "1", "5"),  # from oneself
+        idempotency_facts("void", "2", "1", "5", NOW_US, LATER_US),  # of one's own hold
+        idempotency_facts("refund", "3", NOW_US, "2"),
+        hold_case(1, "2"),  # to oneself
+        hold_case(3, "0"),
+        hold_case(5, NOW_US),  # expires when made
+        hold_case(6, "0"),
+        hold_case(0, "8"),  # not the hold in KEYS[1]
+        ("restore_hold", [keyspace.hold(9)], ["9", "1", "2", "5", NOW_US, LATER_US, "60"]),
     ],
 )
 async def test_restore_scripts_refuse_malformed_arguments_and_write_nothing(
@@ -299,7 +346,8 @@ async def test_restore_idempotency_outcomes(redis_client: Redis) -> None:
     key = keyspace.idempotency(1, "k")
 
     async def restore(created_at_us: int, txn_id: str = "3") -> bytes:
-        args = ["1", "k", "transfer", "2", "5", txn_id, str(created_at_us), "60"]
+        at = str(created_at_us)
+        args = ["1", "k", "transfer", at, "60", "", txn_id, at, "2", "5"]
         return cast(list[bytes], await redis_client.eval(source, 1, key, *args))[0]
 
     now_us = int(time.time() * 1_000_000)
@@ -315,6 +363,28 @@ async def test_restore_idempotency_outcomes(redis_client: Redis) -> None:
     }
     assert await restore(now_us, txn_id="4") == b"exists"
     assert await redis_client.hget(key, "txn_id") == b"3"
+
+
+@pytest.mark.parametrize(
+    ("kind", "facts", "fingerprint"),
+    [
+        ("capture", ["3", NOW_US, "2", "2", "5"], "capture:2:6"),
+        ("capture", ["3", NOW_US, "2", "2", "5"], "capture:7:all"),
+        ("refund", ["3", NOW_US, "2", "5"], "refund:2:4"),
+        ("refund", ["3", NOW_US, "2", "5"], "transfer:2:5"),
+        ("transfer", ["3", NOW_US, "2", "5"], "transfer:2:6"),
+        ("batch", ["3", NOW_US, "1", "2", "5"], "transfer:2:5"),  # a transfer's, not a batch's
+        ("void", ["2", "2", "5", NOW_US, LATER_US], "void:3"),
+    ],
+)
+async def test_restore_idempotency_refuses_a_fingerprint_the_facts_do_not_give(
+    redis_client: Redis, kind: str, facts: list[str], fingerprint: str
+) -> None:
+    key = keyspace.idempotency(1, "k")
+    args = ["1", "k", kind, NOW_US, "60", fingerprint, *facts]
+    reply = await redis_client.eval(load_script_source("restore_idempotency"), 1, key, *args)
+    assert reply == [b"fingerprint_mismatch"]
+    assert not await redis_client.exists(key)
 
 
 async def test_the_counter_is_started_only_for_an_empty_ledger(

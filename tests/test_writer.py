@@ -92,6 +92,7 @@ async def test_writer_stores_every_field_and_acknowledges(
             "stream_entry_id": entry_id.decode(),
             "hold_id": None,
             "refund_of": None,
+            "idempotency_fingerprint": None,
         }
     assert rows[1]["idempotency_key"] is not None
     assert rows[4]["kind"] == "transfer"

@@ -50,13 +50,13 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
     book = Book()
     records = [
         book.deposit(1, 10_000, T0),  # 1
-        book.hold(1, 2, 3_000, T0 + 1, T0 + 100 * SECOND, idem_key="h-1"),  # hold 2
+        book.hold(1, 2, 3_000, T0 + 1, T0 + 100 * SECOND, "h-1", "hold:2:3000:99"),  # hold 2
         book.hold(1, 3, 1_000, T0 + 2, T0 + 100 * SECOND),  # hold 3
         book.hold(1, 2, 500, T0 + 3, T0 + 5 * SECOND),  # hold 4
-        book.capture(2, 2_500, T0 + 4, idem_key="c-1"),  # 5
-        book.end("hold_voided", 3, T0 + 5, idem_key="v-1"),
+        book.capture(2, 2_500, T0 + 4, idem_key="c-1", idem_fp="capture:2:2500"),  # 5
+        book.end("hold_voided", 3, T0 + 5, idem_key="v-1", idem_fp="void:3"),
         book.end("hold_expired", 4, T0 + 5 * SECOND),
-        book.refund(2, 1, 1_000, T0 + 6, refund_of=5, idem_key="r-1"),  # 6
+        book.refund(2, 1, 1_000, T0 + 6, refund_of=5, idem_key="r-1", idem_fp="refund:5:all"),
     ]
     entry_ids = await append(redis_client, *records)
 
@@ -68,6 +68,11 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
     assert sorted(txns) == [1, 5, 6]
     assert (txns[5]["kind"], txns[5]["hold_id"], txns[5]["refund_of"]) == ("transfer", 2, None)
     assert (txns[6]["kind"], txns[6]["hold_id"], txns[6]["refund_of"]) == ("refund", None, 5)
+    assert (txns[5]["idempotency_fingerprint"], txns[6]["idempotency_fingerprint"]) == (
+        "capture:2:2500",
+        "refund:5:all",
+    )
+    assert txns[1]["idempotency_fingerprint"] is None
     assert txns[6]["from_balance_after_kopecks"] == 1_500
     assert txns[6]["to_balance_after_kopecks"] == 8_500
     assert await hold_rows(db_engine) == {
@@ -80,6 +85,7 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
             "expires_at": datetime_from_us(T0 + 100 * SECOND),
             "idempotency_key": "h-1",
             "stream_entry_id": entry_ids[1],
+            "idempotency_fingerprint": "hold:2:3000:99",
         },
         3: {
             "id": 3,
@@ -90,6 +96,7 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
             "expires_at": datetime_from_us(T0 + 100 * SECOND),
             "idempotency_key": None,
             "stream_entry_id": entry_ids[2],
+            "idempotency_fingerprint": None,
         },
         4: {
             "id": 4,
@@ -100,6 +107,7 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
             "expires_at": datetime_from_us(T0 + 5 * SECOND),
             "idempotency_key": None,
             "stream_entry_id": entry_ids[3],
+            "idempotency_fingerprint": None,
         },
     }
     assert await hold_event_rows(db_engine) == {
@@ -111,6 +119,7 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
             "transaction_id": 5,
             "idempotency_key": "c-1",
             "stream_entry_id": entry_ids[4],
+            "idempotency_fingerprint": "capture:2:2500",
         },
         3: {
             "hold_id": 3,
@@ -120,6 +129,7 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
             "transaction_id": None,
             "idempotency_key": "v-1",
             "stream_entry_id": entry_ids[5],
+            "idempotency_fingerprint": "void:3",
         },
         4: {
             "hold_id": 4,
@@ -129,6 +139,7 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
             "transaction_id": None,
             "idempotency_key": None,
             "stream_entry_id": entry_ids[6],
+            "idempotency_fingerprint": None,
         },
     }
 

@@ -272,7 +272,9 @@ def rebuild() -> None:
 
     async def go() -> Any:
         async with connections(settings) as (redis, engine):
-            return await restore(redis, engine, settings.idempotency_ttl_s)
+            return await restore(
+                redis, engine, settings.idempotency_ttl_s, settings.hold_retention_s
+            )
 
     try:
         report = run(go())

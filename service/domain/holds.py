@@ -157,8 +157,9 @@ class HoldEventRow(Protocol):
 class HoldEvent:
     """A stream entry of kind hold_created, hold_voided or hold_expired.
 
-    Fields: kind hold from to amount created_at_us expires_at_us idem_key. ``amount`` is
-    the hold's amount (created) or the amount released to the payer (voided, expired);
+    Fields: kind hold from to amount created_at_us expires_at_us idem_key, and idem_fp
+    (the fingerprint recorded under the key) when there is a key. ``amount`` is the hold's
+    amount (created) or the amount released to the payer (voided, expired);
     ``created_at_us`` is the instant of the event; ``expires_at_us`` is the hold's, in
     every kind; ``idem_key`` is "" for an expiry.
     """
@@ -171,6 +172,7 @@ class HoldEvent:
     at_us: int
     expires_at_us: int
     idempotency_key: str | None
+    idempotency_fingerprint: str | None = None
 
     @classmethod
     def from_stream_fields(cls, fields: dict[bytes, bytes]) -> "HoldEvent":
@@ -184,6 +186,9 @@ class HoldEvent:
             kind = "hold_expired"
         else:
             raise ValueError(f"not a hold event: {raw_kind!r}")
+        idem_key, fingerprint = fields[b"idem_key"], fields.get(b"idem_fp", b"")
+        if fingerprint and not idem_key:
+            raise ValueError("idem_fp without idem_key")
         event = cls(
             kind=kind,
             hold_id=int(fields[b"hold"]),
@@ -192,7 +197,8 @@ class HoldEvent:
             amount_kopecks=int(fields[b"amount"]),
             at_us=int(fields[b"created_at_us"]),
             expires_at_us=int(fields[b"expires_at_us"]),
-            idempotency_key=fields[b"idem_key"].decode("ascii") or None,
+            idempotency_key=idem_key.decode("ascii") or None,
+            idempotency_fingerprint=fingerprint.decode("ascii") or None,
         )
         if (
             min(event.hold_id, event.from_user_id, event.to_user_id, event.amount_kopecks) < 1
@@ -213,6 +219,7 @@ class HoldEvent:
                 "expires_at": datetime_from_us(self.expires_at_us),
                 "idempotency_key": self.idempotency_key,
                 "stream_entry_id": stream_entry_id,
+                "idempotency_fingerprint": self.idempotency_fingerprint,
             }
         return "hold_events", {
             "hold_id": self.hold_id,
@@ -222,4 +229,5 @@ class HoldEvent:
             "transaction_id": None,
             "idempotency_key": self.idempotency_key,
             "stream_entry_id": stream_entry_id,
+            "idempotency_fingerprint": self.idempotency_fingerprint,
         }

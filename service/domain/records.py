@@ -31,4 +31,5 @@ def capture_event_row(capture: Transaction, stream_entry_id: str) -> dict[str, A
         "transaction_id": capture.txn_id,
         "idempotency_key": capture.idempotency_key,
         "stream_entry_id": stream_entry_id,
+        "idempotency_fingerprint": capture.idempotency_fingerprint,
     }

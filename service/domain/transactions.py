@@ -27,6 +27,7 @@ class LedgerRow(Protocol):
     idempotency_key: str | None
     hold_id: int | None
     refund_of: int | None
+    idempotency_fingerprint: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,11 @@ class Transaction:
     # A capture of a hold (kind transfer): the hold. A refund: the transfer it refunds.
     hold_id: int | None = None
     refund_of: int | None = None
+    # The fingerprint the script recorded under idempotency_key (stream field idem_fp),
+    # written by the scripts whose fingerprint the record alone does not give: a capture,
+    # a refund, a batch's legs (docs/holds.md). None without a key, and for deposits and
+    # transfers, whose fingerprint is derived from the record.
+    idempotency_fingerprint: str | None = None
 
     @property
     def created_at(self) -> datetime:
@@ -57,8 +63,8 @@ class Transaction:
         raise ValueError(f"user {viewer_user_id} is not a party to transaction {self.txn_id}")
 
     # The stream entry (lua/deposit.lua, lua/transfer.lua, lua/transfer_batch.lua,
-    # lua/hold_capture.lua, lua/refund.lua). ``hold_id`` and ``refund_of`` are present only
-    # when they apply.
+    # lua/hold_capture.lua, lua/refund.lua). ``hold_id``, ``refund_of`` and ``idem_fp`` are
+    # present only when they apply.
 
     @classmethod
     def from_stream_fields(cls, fields: dict[bytes, bytes]) -> "Transaction":
@@ -76,6 +82,9 @@ class Transaction:
             (refund_of_raw != b"") != (kind == "refund")
         ):
             raise ValueError(f"hold_id or refund_of do not match kind {kind!r}")
+        idem_key, fingerprint = fields[b"idem_key"], fields.get(b"idem_fp", b"")
+        if fingerprint and not idem_key:
+            raise ValueError("idem_fp without idem_key")
         record = cls(
             txn_id=int(fields[b"id"]),
             kind=_kind(kind),
@@ -85,9 +94,10 @@ class Transaction:
             created_at_us=int(fields[b"created_at_us"]),
             from_balance_kopecks=int(from_balance_raw) if from_balance_raw else None,
             to_balance_kopecks=int(fields[b"to_balance"]),
-            idempotency_key=fields[b"idem_key"].decode("ascii") or None,
+            idempotency_key=idem_key.decode("ascii") or None,
             hold_id=int(hold_raw) if hold_raw else None,
             refund_of=int(refund_of_raw) if refund_of_raw else None,
+            idempotency_fingerprint=fingerprint.decode("ascii") or None,
         )
         if record.txn_id < 1 or record.amount_kopecks < 1 or record.to_balance_kopecks < 0:
             raise ValueError(f"values out of range in transaction {record.txn_id}")
@@ -109,6 +119,7 @@ class Transaction:
             "stream_entry_id": stream_entry_id,
             "hold_id": self.hold_id,
             "refund_of": self.refund_of,
+            "idempotency_fingerprint": self.idempotency_fingerprint,
         }
 
     @classmethod
@@ -125,6 +136,7 @@ class Transaction:
             idempotency_key=row.idempotency_key,
             hold_id=row.hold_id,
             refund_of=row.refund_of,
+            idempotency_fingerprint=row.idempotency_fingerprint,
         )
 
     def as_json(self, viewer_user_id: int, with_direction: bool) -> dict[str, object]:

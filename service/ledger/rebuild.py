@@ -3,56 +3,99 @@
 Run it with the API stopped (and the writer too, or idle): it overwrites balances with
 what the ledger says, so a transaction made while it runs could be lost from a balance.
 
-What it restores, in bounded batches:
+What it restores, in bounded batches (docs/holds.md gives the Redis shapes):
 
 - the writer's consumer group (created at ``0`` if missing, so no entry is skipped);
 - every PostgreSQL user's wallet, with the balance the ledger gives (deposits in +
-  transfers in - transfers out), ``BATCH_SIZE`` users at a time;
+  transfers and refunds in - transfers and refunds out), ``held_kopecks`` (the sum of the
+  user's pending holds as payer: a ``holds`` row with no ``hold_events`` row) with the
+  ``holds:{<user>}`` members that make it up, and ``incoming_kopecks`` (the sum of the
+  pending holds toward the user), ``BATCH_SIZE`` users at a time, each wallet in one atomic
+  step (``lua/restore_wallet.lua``);
 - ``txn:seq`` raised to the start of a new epoch of ids (service/domain/limits.py), taken
-  from PostgreSQL (persistence/txn_id_epochs.py) and never lowered, so new ids collide with
-  no id ever issued: not with the ledger's (the writer inserts with ON CONFLICT DO NOTHING
-  and would silently drop a new transaction that reused one), and not with those of the
-  transactions acknowledged just before the loss and lost with Redis before the writer
-  stored them, whose ids clients hold in their 201s. Every counter runs in an epoch handed
-  out to it alone and never leaves it, so the new epoch is above every id issued before.
-  ``lua/restore_wallet.lua`` raises it in the same atomic step that restores each wallet,
-  so no restored wallet is ever usable with a counter that is still too low;
-- the idempotency records of the accepted transactions of the last ``idempotency_ttl_s``
-  seconds, each expiring when the original would have (``lua/restore_idempotency.lua``);
-  a record Redis still holds is kept, and of two ledger rows with one key the newer wins.
+  from PostgreSQL (persistence/txn_id_epochs.py) above every transaction and hold id the
+  ledger holds, and never lowered, so new ids collide with no id ever issued: not with the
+  ledger's (the writer inserts with ON CONFLICT DO NOTHING and would silently drop a new
+  transaction that reused one), and not with those of the transactions acknowledged just
+  before the loss and lost with Redis before the writer stored them, whose ids clients
+  hold in their 201s. Every counter runs in an epoch handed out to it alone and never
+  leaves it, so the new epoch is above every id issued before. ``lua/restore_wallet.lua``
+  raises it in the same atomic step that restores each wallet, so no restored wallet is
+  ever usable with a counter that is still too low;
+- every pending hold's ``hold:<id>`` hash and ``holds:due`` member, after every wallet
+  (``lua/restore_hold.lua``), so that the sweeper never meets a due hold its payee's
+  ``incoming_kopecks`` does not count. ``holds:due`` is emptied first: it is rebuilt from
+  the ledger alone. A hold past its expiry with no end in the ledger is restored pending,
+  as Redis had it: expired all the same (every script compares the time), and released
+  by the next spending script or the sweeper, which records its expiry. A hold whose
+  expiry the ledger has (the payer's side released by a spending script) but which the
+  sweeper had not yet taken off ``holds:due`` is not restored: its payee's
+  ``incoming_kopecks`` no longer counts it, as after the sweep;
+- every refunded total ``refunded:{<refunder>}:<txn_id>``: the sum of the refunds with
+  that ``refund_of`` (no TTL, as refund.lua keeps it);
+- the idempotency records of the operations accepted in the last ``idempotency_ttl_s``
+  seconds: deposits, transfers, batches (one record per key, for all its legs), holds
+  made, captures and voids (under the payee's key), refunds; each with the fingerprint
+  and reply fields the live script wrote, expiring when the original would have
+  (``lua/restore_idempotency.lua``). The fingerprint is the one the ledger kept
+  (``idempotency_fingerprint``, from the stream field ``idem_fp``) where the script wrote
+  one, else it is derived from the row. A record Redis still holds is kept, and of two
+  ledger records with one key (a key used again after its record was lost) the newer wins.
 
 It refuses (``RebuildRefused``) while Redis holds stream entries that may not be in the
 ledger yet (the writer's unpersisted tail is not empty): the balances would miss those
 transactions. Let the writer drain them first.
 
-Not restored: sessions (users log in again), login throttling counters, and the records of
-refused requests (only accepted transactions are in the ledger). Redis wallets without a
-PostgreSQL user are left alone; ``wallet reconcile`` reports them.
+Not restored: sessions (users log in again), login throttling counters, the records of
+refused requests (only accepted operations are in the ledger), request tokens
+(``req:``: a lost reply from before the loss answers outcome_unknown; its retry with the
+key replays), and the hashes of holds that have ended (reads and retries find them in the
+ledger, as after ``hold_retention_s``). Redis wallets without a PostgreSQL user are left
+alone; ``wallet reconcile`` reports them. Keys of a Redis that was not empty (``hold:``,
+``refunded:``) that the ledger does not know are left as they are; reconcile reports
+a refunded total the ledger does not have.
 
 Rebuilding is idempotent: after an interruption, run it again.
 """
 
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from sqlalchemy import func, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.models import LedgerTransaction
+from persistence.models import LedgerHold, LedgerHoldEvent, LedgerTransaction
 from persistence.txn_id_epochs import take_txn_id_epoch
 from service.domain.amounts import MAX_BALANCE_KOPECKS
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.domain.times import datetime_from_us, us_from_datetime
+from service.ledger.hold_totals import (
+    PendingHold,
+    incoming_of_payees,
+    last_stream_entry_id,
+    pending_holds_of_payers,
+    pending_holds_page,
+    refunded_totals_page,
+)
 from service.ledger.reconcile import ledger_balances, user_id_batches
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import unpersisted_tail
-from service.redis.streams import ensure_consumer_group
+from service.redis.streams import ensure_consumer_group, stream_id
+from service.settings import Settings
 
 BATCH_SIZE = 1000
 T = LedgerTransaction
+H = LedgerHold
+E = LedgerHoldEvent
+DEFAULT_HOLD_RETENTION_S = cast(int, Settings.model_fields["hold_retention_s"].default)
+BATCH_FINGERPRINT_PREFIX = "batch:"
+
+logger = logging.getLogger("wallet.rebuild")
 
 
 class RebuildRefused(Exception):
@@ -61,19 +104,24 @@ class RebuildRefused(Exception):
 
 
 class LedgerInconsistent(Exception):
-    """The ledger gives a balance no wallet can hold; wallets before it were restored."""
+    """The ledger gives a wallet no script could have left (a balance out of range, held
+    above the balance); wallets before it were restored."""
 
 
 @dataclass(frozen=True, slots=True)
 class RebuildReport:
     users: int  # wallets written, one per PostgreSQL user
     wallets_created: int
-    wallets_updated: int  # existed with another balance
+    wallets_updated: int  # existed with another balance, held or incoming
     idempotency_keys_restored: int
     idempotency_keys_kept: int  # Redis still held a record under the key
-    ledger_last_txn_id: int
+    ledger_last_txn_id: int  # the largest id in the ledger (transactions and holds)
     txn_id_epoch: int  # the epoch taken for the ids from now on
     txn_seq: int  # after the rebuild: the start of that epoch (or a live counter above it)
+    holds_restored: int = 0  # pending holds put back
+    refunded_totals_restored: int = 0
+    # The ledger's fingerprint is none the live script could have recorded for its row.
+    idempotency_keys_skipped: int = 0
 
 
 async def _refuse_over_unpersisted_entries(redis: Redis) -> None:
@@ -88,40 +136,36 @@ async def _refuse_over_unpersisted_entries(redis: Redis) -> None:
         )
 
 
-async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> RebuildReport:
-    """Reloads wallets, txn:seq, recent idempotency records and the consumer group from
-    the ledger; see the module docstring. Raises RebuildRefused before writing anything
-    when Redis holds stream entries that may not be in the ledger."""
-    await _refuse_over_unpersisted_entries(redis)
+async def _ledger_last_id(engine: AsyncEngine) -> int:
+    """The largest id the ledger holds: transactions and holds take ids from one counter."""
     async with engine.connect() as connection:
-        last_id = int((await connection.execute(select(func.max(T.id)))).scalar() or 0)
+        last_txn = (await connection.execute(select(func.max(T.id)))).scalar()
+        last_hold = (await connection.execute(select(func.max(H.id)))).scalar()
+    return max(int(last_txn or 0), int(last_hold or 0))
+
+
+async def rebuild(
+    redis: Redis,
+    engine: AsyncEngine,
+    idempotency_ttl_s: int,
+    hold_retention_s: int = DEFAULT_HOLD_RETENTION_S,
+) -> RebuildReport:
+    """Reloads wallets, holds, refunded totals, txn:seq, recent idempotency records and the
+    consumer group from the ledger; see the module docstring. Raises RebuildRefused before
+    writing anything when Redis holds stream entries that may not be in the ledger."""
+    await _refuse_over_unpersisted_entries(redis)
+    last_id = await _ledger_last_id(engine)
     await ensure_consumer_group(redis)
+    await _continue_stream_ids(redis, engine)
     epoch = await take_txn_id_epoch(engine, at_least_id=last_id)
     epoch_start = epoch * TXN_IDS_PER_EPOCH
 
-    restore_wallet = LuaScript(redis, "restore_wallet")
-    outcomes = {"created": 0, "updated": 0, "unchanged": 0}
-    async for user_ids in user_id_batches(engine, BATCH_SIZE):
-        async with engine.connect() as connection:
-            balances = await ledger_balances(connection, user_ids)
-        calls: list[tuple[list[str], list[str]]] = []
-        for user_id in user_ids:
-            kopecks = balances[user_id]
-            if not 0 <= kopecks <= MAX_BALANCE_KOPECKS:
-                raise LedgerInconsistent(
-                    f"the ledger gives user {user_id} a balance of {kopecks} kopecks,"
-                    f" outside 0..{MAX_BALANCE_KOPECKS}"
-                )
-            keys = [keyspace.TXN_SEQ, keyspace.user(user_id)]
-            calls.append((keys, [str(user_id), str(kopecks), str(epoch_start)]))
-        replies = cast(list[list[bytes]], await restore_wallet.call_many(calls))
-        for reply in replies:
-            outcome = reply[0].decode()
-            if outcome not in outcomes:
-                raise ScriptArgumentRejected(f"restore_wallet: {outcome}")
-            outcomes[outcome] += 1
-
-    restored, kept = await _restore_idempotency_records(redis, engine, idempotency_ttl_s)
+    # holds:due comes back from the ledger alone, after the wallets (restore_hold.lua).
+    await redis.delete(keyspace.HOLDS_DUE)
+    outcomes = await _restore_wallets(redis, engine, epoch_start)
+    holds = await _restore_pending_holds(redis, engine, hold_retention_s)
+    refunded = await _restore_refunded_totals(redis, engine)
+    restored, kept, skipped = await _restore_idempotency_records(redis, engine, idempotency_ttl_s)
     # restore_wallet raised the counter with every user. With no user there is no
     # transaction either (the ledger's rows name users): it is started, if missing.
     await redis.set(keyspace.TXN_SEQ, epoch_start, nx=True)
@@ -135,21 +179,232 @@ async def rebuild(redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int) -> 
         ledger_last_txn_id=last_id,
         txn_id_epoch=epoch,
         txn_seq=seq,
+        holds_restored=holds,
+        refunded_totals_restored=refunded,
+        idempotency_keys_skipped=skipped,
     )
+
+
+async def _continue_stream_ids(redis: Redis, engine: AsyncEngine) -> None:
+    """Raises the stream's last id to the largest the ledger holds, so that every entry
+    from now on is above every stored one, whatever the clock did: `wallet reconcile`
+    reads the ledger as of a stream entry id (service/ledger/hold_totals.py), and a new
+    stream would otherwise start below the stored entries (at 0-0, until its first entry)."""
+    async with engine.connect() as connection:
+        stored = await last_stream_entry_id(connection)
+    info = await redis.xinfo_stream(keyspace.TXN_STREAM)
+    current = stream_id(cast(bytes, info["last-generated-id"]))
+    if stored is not None and stored > current:
+        async with redis.pipeline(transaction=False) as pipe:  # (no typed XSETID method)
+            pipe.execute_command("XSETID", keyspace.TXN_STREAM, f"{stored[0]}-{stored[1]}")
+            await pipe.execute()
+
+
+async def _restore_wallets(redis: Redis, engine: AsyncEngine, epoch_start: int) -> dict[str, int]:
+    restore_wallet = LuaScript(redis, "restore_wallet")
+    outcomes = {"created": 0, "updated": 0, "unchanged": 0}
+    async for user_ids in user_id_batches(engine, BATCH_SIZE):
+        async with engine.connect() as connection:
+            balances = await ledger_balances(connection, user_ids)
+            holds = await pending_holds_of_payers(connection, user_ids)
+            incoming = await incoming_of_payees(connection, user_ids)
+        calls: list[tuple[list[str], list[str]]] = []
+        for user_id in user_ids:
+            kopecks = balances[user_id]
+            held = sum(hold.amount_kopecks for hold in holds[user_id])
+            if not 0 <= held <= kopecks <= MAX_BALANCE_KOPECKS - incoming[user_id]:
+                raise LedgerInconsistent(
+                    f"the ledger gives user {user_id} a balance of {kopecks} kopecks with"
+                    f" {held} held and {incoming[user_id]} incoming: no wallet holds that"
+                    f" (0 <= held <= balance, balance + incoming <= {MAX_BALANCE_KOPECKS})"
+                )
+            keys = [keyspace.TXN_SEQ, keyspace.user(user_id), keyspace.pending_holds(user_id)]
+            args = [str(user_id), str(kopecks), str(epoch_start), str(held), str(incoming[user_id])]
+            for hold in holds[user_id]:
+                args += [
+                    str(hold.hold_id),
+                    str(hold.to_user_id),
+                    str(hold.amount_kopecks),
+                    str(hold.expires_at_us),
+                ]
+            calls.append((keys, args))
+        replies = cast(list[list[bytes]], await restore_wallet.call_many(calls))
+        for reply in replies:
+            outcome = reply[0].decode()
+            if outcome not in outcomes:
+                raise ScriptArgumentRejected(f"restore_wallet: {outcome}")
+            outcomes[outcome] += 1
+    return outcomes
+
+
+async def _restore_pending_holds(redis: Redis, engine: AsyncEngine, retention_s: int) -> int:
+    restore_hold = LuaScript(redis, "restore_hold")
+    restored, after = 0, 0
+    while True:
+        async with engine.connect() as connection:
+            holds = await pending_holds_page(connection, after, BATCH_SIZE)
+        if not holds:
+            return restored
+        calls = [_restore_hold_call(hold, retention_s) for hold in holds]
+        for hold, reply in zip(
+            holds, cast(list[list[bytes]], await restore_hold.call_many(calls)), strict=True
+        ):
+            if reply[0] != b"restored":
+                raise ScriptArgumentRejected(f"restore_hold: {reply[0]!r} for hold {hold.hold_id}")
+        restored += len(holds)
+        after = holds[-1].hold_id
+
+
+def _restore_hold_call(hold: PendingHold, retention_s: int) -> tuple[list[str], list[str]]:
+    keys = [keyspace.hold(hold.hold_id), keyspace.HOLDS_DUE]
+    args = [
+        str(hold.hold_id),
+        str(hold.from_user_id),
+        str(hold.to_user_id),
+        str(hold.amount_kopecks),
+        str(hold.created_at_us),
+        str(hold.expires_at_us),
+        str(retention_s),
+    ]
+    return keys, args
+
+
+async def _restore_refunded_totals(redis: Redis, engine: AsyncEngine) -> int:
+    """``refunded:{<refunder>}:<txn_id>`` = the sum of the refunds of that transfer, without
+    TTL, as refund.lua keeps it. A total above the transfer (which refund.lua never lets
+    happen) is written as the ledger has it; reconcile reports it."""
+    restored, after = 0, 0
+    while True:
+        async with engine.connect() as connection:
+            totals = await refunded_totals_page(connection, after, BATCH_SIZE)
+        if not totals:
+            return restored
+        async with redis.pipeline(transaction=False) as pipe:
+            for total in totals:
+                pipe.set(keyspace.refunded(total.refunder, total.txn_id), total.refunded_kopecks)
+            await pipe.execute()
+        restored += len(totals)
+        after = totals[-1].txn_id
+
+
+# Idempotency records.
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """One idempotency record to restore: the arguments of restore_idempotency.lua."""
+
+    recorded_at_us: int  # when the live script wrote it (its TTL ran from then)
+    order: int  # an id, newest first among records of one instant
+    owner: int  # the acting user, whose key it is
+    key: str
+    kind: str
+    fingerprint: str | None  # as the ledger kept it
+    facts: tuple[int | str, ...]
+    what: str  # for messages
+    # Why the ledger's rows cannot be restored as this record (then it is skipped).
+    problem: str | None = None
+
+    def call(self, ttl_s: int) -> tuple[list[str], list[str]]:
+        args = [
+            str(self.owner),
+            self.key,
+            self.kind,
+            str(self.recorded_at_us),
+            str(ttl_s),
+            self.fingerprint or "",
+            *(str(fact) for fact in self.facts),
+        ]
+        return [keyspace.idempotency(self.owner, self.key)], args
 
 
 async def _restore_idempotency_records(
     redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int
-) -> tuple[int, int]:
-    """Newest first (keyset on created_at, id), so that of two rows with one key the
-    newer is written and the older finds it there."""
+) -> tuple[int, int, int]:
+    """Newest first over every source (the time the record was written, then the id), so
+    that of two records with one key the newer is written and the older finds it there."""
     restore = LuaScript(redis, "restore_idempotency")
     # Redis's clock: the one that stamped created_at and that expires the records.
     seconds, micros = await redis.time()
     cutoff = datetime_from_us(seconds * 1_000_000 + micros) - timedelta(seconds=idempotency_ttl_s)
-    ttl = str(idempotency_ttl_s)
-    restored = kept = 0
+    restored = kept = skipped = 0
+    chunk: list[_Record] = []
+
+    async def flush() -> None:
+        nonlocal restored, kept, skipped
+        for record in chunk:
+            if record.problem is not None:
+                skipped += 1
+                logger.error(
+                    "idempotency key %r of user %d not restored: %s",
+                    record.key,
+                    record.owner,
+                    record.problem,
+                )
+        sendable = [record for record in chunk if record.problem is None]
+        calls = [record.call(idempotency_ttl_s) for record in sendable]
+        replies = cast(list[list[bytes]], await restore.call_many(calls)) if calls else []
+        for record, reply in zip(sendable, replies, strict=True):
+            outcome = reply[0].decode()
+            if outcome == "restored":
+                restored += 1
+            elif outcome == "exists":
+                kept += 1
+            elif outcome == "fingerprint_mismatch":
+                skipped += 1
+                logger.error(
+                    "idempotency key %r of user %d not restored: the ledger's fingerprint %r"
+                    " is none the script could have recorded for %s",
+                    record.key,
+                    record.owner,
+                    record.fingerprint,
+                    record.what,
+                )
+            elif outcome != "expired":
+                raise ScriptArgumentRejected(f"restore_idempotency: {outcome} for {record.what}")
+        chunk.clear()
+
+    async for record in _newest_first(
+        _transaction_records(engine, cutoff),
+        _hold_records(engine, cutoff),
+        _void_records(engine, cutoff),
+    ):
+        chunk.append(record)
+        if len(chunk) >= BATCH_SIZE:
+            await flush()
+    if chunk:
+        await flush()
+    return restored, kept, skipped
+
+
+async def _newest_first(*sources: AsyncIterator[_Record]) -> AsyncIterator[_Record]:
+    """Merges sources that are each newest first."""
+    heads: list[tuple[_Record, AsyncIterator[_Record]]] = []
+    for source in sources:
+        first = await anext(source, None)
+        if first is not None:
+            heads.append((first, source))
+    while heads:
+        index = max(
+            range(len(heads)), key=lambda i: (heads[i][0].recorded_at_us, heads[i][0].order)
+        )
+        record, source = heads[index]
+        yield record
+        following = await anext(source, None)
+        if following is None:
+            heads.pop(index)
+        else:
+            heads[index] = (following, source)
+
+
+_BatchId = tuple[int, str, datetime]  # payer, key, instant: the legs of one batch
+
+
+async def _transaction_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
+    """Deposits, transfers, captures, refunds and batches (one record for all the legs),
+    newest first, keyset on (created_at, id)."""
     after: tuple[datetime, int] | None = None
+    emitted: set[_BatchId] = set()  # batches already given, all of one instant
     while True:
         query = select(
             T.id,
@@ -159,39 +414,207 @@ async def _restore_idempotency_records(
             T.amount_kopecks,
             T.created_at,
             T.idempotency_key,
+            T.hold_id,
+            T.refund_of,
+            T.idempotency_fingerprint,
         ).where(T.idempotency_key.is_not(None), T.created_at > cutoff)
         if after is not None:
             query = query.where(tuple_(T.created_at, T.id) < tuple_(*after))
         query = query.order_by(T.created_at.desc(), T.id.desc()).limit(BATCH_SIZE)
         async with engine.connect() as connection:
             rows = (await connection.execute(query)).all()
+            wanted = {_batch_id(row) for row in rows if _is_batch_leg(row)} - emitted
+            legs = await _batch_legs(connection, wanted)
         if not rows:
-            return restored, kept
-        calls = []
+            return
         for row in rows:
-            key = cast(str, row.idempotency_key)
-            owner = row.to_user_id if row.kind == "deposit" else cast(int, row.from_user_id)
-            args = [
-                str(owner),
-                key,
-                row.kind,
-                str(row.to_user_id),
-                str(row.amount_kopecks),
-                str(row.id),
-                str(us_from_datetime(row.created_at)),
-                ttl,
-            ]
-            calls.append(([keyspace.idempotency(owner, key)], args))
-        replies = cast(list[list[bytes]], await restore.call_many(calls))
-        for row, reply in zip(rows, replies, strict=True):
-            outcome = reply[0].decode()
-            if outcome == "restored":
-                restored += 1
-            elif outcome == "exists":
-                kept += 1
-            elif outcome != "expired":
-                raise ScriptArgumentRejected(f"restore_idempotency: {outcome} for txn {row.id}")
+            if emitted and next(iter(emitted))[2] != row.created_at:
+                emitted.clear()  # the keyset moved past their instant: they never come again
+            if _is_batch_leg(row):
+                batch = _batch_id(row)
+                if batch not in emitted:
+                    emitted.add(batch)
+                    yield _batch_record(row, legs[batch])
+                continue
+            yield _transaction_record(row)
         after = (rows[-1].created_at, rows[-1].id)
+
+
+def _is_batch_leg(row: Any) -> bool:
+    fingerprint = row.idempotency_fingerprint
+    return (
+        row.kind == "transfer"
+        and row.hold_id is None
+        and fingerprint is not None
+        and fingerprint.startswith(BATCH_FINGERPRINT_PREFIX)
+    )
+
+
+def _batch_id(row: Any) -> _BatchId:
+    return (cast(int, row.from_user_id), cast(str, row.idempotency_key), row.created_at)
+
+
+async def _batch_legs(
+    connection: AsyncConnection, batches: set[_BatchId]
+) -> dict[_BatchId, list[Any]]:
+    """Every leg of these batches, in id order (the legs' order)."""
+    legs: dict[_BatchId, list[Any]] = {batch: [] for batch in batches}
+    if not batches:
+        return legs
+    rows = await connection.execute(
+        select(
+            T.id, T.from_user_id, T.to_user_id, T.amount_kopecks, T.created_at, T.idempotency_key
+        )
+        .where(
+            T.kind == "transfer",
+            T.hold_id.is_(None),
+            T.idempotency_fingerprint.like(BATCH_FINGERPRINT_PREFIX + "%"),
+            tuple_(T.from_user_id, T.idempotency_key, T.created_at).in_(sorted(batches)),
+        )
+        .order_by(T.id)
+    )
+    for row in rows:
+        legs[_batch_id(row)].append(row)
+    return legs
+
+
+def _batch_record(row: Any, legs: list[Any]) -> _Record:
+    first = legs[0].id if legs else row.id
+    facts: list[int | str] = [first, us_from_datetime(row.created_at), len(legs)]
+    for leg in legs:
+        facts += [leg.to_user_id, leg.amount_kopecks]
+    problem = None
+    if [leg.id for leg in legs] != list(range(first, first + len(legs))):
+        # A batch's legs take consecutive ids: the ledger lacks some of them.
+        problem = f"the legs of the batch with transaction {row.id} do not have consecutive ids"
+    return _Record(
+        recorded_at_us=us_from_datetime(row.created_at),
+        order=row.id,
+        owner=row.from_user_id,
+        key=row.idempotency_key,
+        kind="batch",
+        fingerprint=row.idempotency_fingerprint,
+        facts=tuple(facts),
+        what=f"the batch of transactions {first}..{first + len(legs) - 1}",
+        problem=problem,
+    )
+
+
+def _transaction_record(row: Any) -> _Record:
+    created_at_us = us_from_datetime(row.created_at)
+    facts: tuple[int | str, ...]
+    if row.kind == "deposit":
+        kind, owner = "deposit", row.to_user_id
+        facts = (row.id, created_at_us, row.amount_kopecks)
+    elif row.kind == "refund":
+        kind, owner = "refund", row.from_user_id
+        facts = (row.id, created_at_us, row.refund_of, row.amount_kopecks)
+    elif row.hold_id is not None:  # a capture: the payee's key
+        kind, owner = "capture", row.to_user_id
+        facts = (row.id, created_at_us, row.hold_id, row.from_user_id, row.amount_kopecks)
+    else:
+        kind, owner = "transfer", row.from_user_id
+        facts = (row.id, created_at_us, row.to_user_id, row.amount_kopecks)
+    return _Record(
+        recorded_at_us=created_at_us,
+        order=row.id,
+        owner=owner,
+        key=row.idempotency_key,
+        kind=kind,
+        fingerprint=row.idempotency_fingerprint,
+        facts=facts,
+        what=f"transaction {row.id}",
+    )
+
+
+async def _hold_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
+    """Holds made, under the payer's key, newest first."""
+    after: tuple[datetime, int] | None = None
+    while True:
+        query = select(
+            H.id,
+            H.from_user_id,
+            H.to_user_id,
+            H.amount_kopecks,
+            H.created_at,
+            H.expires_at,
+            H.idempotency_key,
+            H.idempotency_fingerprint,
+        ).where(H.idempotency_key.is_not(None), H.created_at > cutoff)
+        if after is not None:
+            query = query.where(tuple_(H.created_at, H.id) < tuple_(*after))
+        query = query.order_by(H.created_at.desc(), H.id.desc()).limit(BATCH_SIZE)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        if not rows:
+            return
+        for row in rows:
+            created_at_us = us_from_datetime(row.created_at)
+            yield _Record(
+                recorded_at_us=created_at_us,
+                order=row.id,
+                owner=row.from_user_id,
+                key=row.idempotency_key,
+                kind="hold",
+                fingerprint=row.idempotency_fingerprint,
+                facts=(
+                    row.id,
+                    created_at_us,
+                    us_from_datetime(row.expires_at),
+                    row.to_user_id,
+                    row.amount_kopecks,
+                ),
+                what=f"hold {row.id}",
+            )
+        after = (rows[-1].created_at, rows[-1].id)
+
+
+async def _void_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
+    """Voids, under the payee's key, newest first by the void's instant. (A capture's key
+    is its transaction's; an expiry has none.) A void whose hold is not in the ledger names
+    no payee and is left out."""
+    after: tuple[datetime, int] | None = None
+    while True:
+        query = (
+            select(
+                E.hold_id,
+                E.at,
+                E.idempotency_key,
+                E.idempotency_fingerprint,
+                H.from_user_id,
+                H.to_user_id,
+                H.amount_kopecks,
+                H.created_at,
+                H.expires_at,
+            )
+            .join(H, H.id == E.hold_id)
+            .where(E.event == "voided", E.idempotency_key.is_not(None), E.at > cutoff)
+        )
+        if after is not None:
+            query = query.where(tuple_(E.at, E.hold_id) < tuple_(*after))
+        query = query.order_by(E.at.desc(), E.hold_id.desc()).limit(BATCH_SIZE)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        if not rows:
+            return
+        for row in rows:
+            yield _Record(
+                recorded_at_us=us_from_datetime(row.at),
+                order=row.hold_id,
+                owner=row.to_user_id,
+                key=row.idempotency_key,
+                kind="void",
+                fingerprint=row.idempotency_fingerprint,
+                facts=(
+                    row.hold_id,
+                    row.from_user_id,
+                    row.amount_kopecks,
+                    us_from_datetime(row.created_at),
+                    us_from_datetime(row.expires_at),
+                ),
+                what=f"the void of hold {row.hold_id}",
+            )
+        after = (rows[-1].at, rows[-1].hold_id)
 
 
 async def ensure_transaction_counter(redis: Redis, engine: AsyncEngine) -> bool:
@@ -218,10 +641,18 @@ def format_report(report: RebuildReport) -> str:
         [
             f"rebuild done: {report.users} wallets restored ({report.wallets_created} created,"
             f" {report.wallets_updated} corrected to the ledger)",
+            f"holds: {report.holds_restored} pending holds restored; refunded totals:"
+            f" {report.refunded_totals_restored} restored",
             f"idempotency records: {report.idempotency_keys_restored} restored,"
-            f" {report.idempotency_keys_kept} already in Redis (kept)",
+            f" {report.idempotency_keys_kept} already in Redis (kept)"
+            + (
+                f", {report.idempotency_keys_skipped} NOT restored (the ledger's rows do not"
+                " give the record: see the log)"
+                if report.idempotency_keys_skipped
+                else ""
+            ),
             f"txn:seq is {report.txn_seq}: new ids go on from epoch {report.txn_id_epoch},"
-            f" above every id issued before; the ledger's last transaction is"
+            f" above every id issued before; the ledger's last transaction or hold is"
             f" {report.ledger_last_txn_id}",
         ]
     )

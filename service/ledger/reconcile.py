@@ -1,17 +1,39 @@
-"""``wallet reconcile``: every Redis balance against the PostgreSQL ledger.
+"""``wallet reconcile``: Redis against the PostgreSQL ledger.
 
-A user's ledger balance is deposits in + transfers and refunds in - transfers and refunds
-out (holds move no posted money until captured; a capture is a transfer). Money may keep
-moving while this runs, so each batch of users is compared at one point in time:
+For every user: the balance, ``held_kopecks`` and ``incoming_kopecks``; for every refunded
+transfer: its refunded total. Money may keep moving while this runs, so each batch is
+compared at one point in time:
 
-1. one MULTI/EXEC reads the batch's balances together with ``txn:seq`` (S), so the
-   balances are exactly the result of transactions 1..S;
-2. the ledger is complete up to S once the writer's unpersisted tail starts after
-   transaction S (the stream is in id order: the scripts assign the id and append the
-   entry in one atomic step; a new hold's id comes from the same counter, and a void or
-   an expiry of a hold, which takes no id, counts as not after S). We wait up to
-   ``wait_for_writer_s`` for that, else the report says "writer behind", a failure;
-3. the ledger sums for the batch count only ``id <= S``.
+1. one atomic read (``lua/reconcile_snapshot.lua``) takes the batch's wallets (or refunded
+   totals) together with ``txn:seq`` (S), the stream's last entry id (L) and the
+   ``holds:due`` members already due: the state is exactly the result of the stream's
+   entries up to L (every script appends its entries in the step that changes the state),
+   and of transactions 1..S;
+2. the ledger holds every record up to L once the writer's unpersisted tail starts after
+   L. We wait up to ``wait_for_writer_s`` for that, else the report says "writer behind",
+   a failure;
+3. the ledger is read as of that point: balances and refunded totals count only
+   transactions with ``id <= S``, holds only the records up to L (``stream_entry_id``),
+   so that a hold voided or expired after the read, which takes no id, does not count.
+
+What each amount must be (docs/holds.md):
+
+- balance: deposits in + transfers and refunds in - transfers and refunds out (holds
+  move no posted money until captured; a capture is a transfer);
+- held: the sum of the user's pending holds as payer (a hold with no end). Exact: a
+  hold leaves ``holds:{<payer>}`` (and held) only in a step that records its end (a
+  capture, a void, or an expiry released by a spending script or the sweeper), so an
+  expired hold not yet released is pending in both;
+- incoming: the sum of the pending holds toward the user, plus those of the user's holds
+  that the ledger says expired and that ``holds:due`` still lists (read in the same step).
+  Exact: a hold leaves ``holds:due`` (and its payee's incoming) when captured or voided
+  (recorded), or when the sweeper takes it, which records its expiry unless a spending
+  script recorded it before, so the holds:due members that the ledger says ended can only
+  be expired ones the sweeper has not taken yet; and a member is due (its score, the
+  expiry, is past) before anything can expire it;
+- refunded total ``refunded:{<refunder>}:<txn_id>``: the sum of the refunds of that
+  transfer (both ways: keys the ledger has no refunds for are reported too), and no
+  transfer is refunded beyond its amount.
 
 It also reports users in PostgreSQL without a Redis wallet, Redis wallets without a
 PostgreSQL user, and a ``txn:seq`` below the ledger's largest id (new ids would
@@ -22,23 +44,32 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from redis.asyncio import Redis
 from sqlalchemy import Boolean, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.models import TRANSFER_KINDS_SQL, LedgerTransaction, User
+from persistence.models import TRANSFER_KINDS_SQL, LedgerHold, LedgerTransaction, User
 from service.domain.amounts import format_rubles
-from service.domain.holds import HoldEvent
-from service.domain.transactions import Transaction
+from service.ledger.hold_totals import (
+    EntryId,
+    expired_holds,
+    incoming_of_payees,
+    parse_entry_id,
+    pending_holds_of_payers,
+    refunded_totals_of,
+    refunded_totals_page,
+)
 from service.redis import keyspace
+from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import Tail, unpersisted_tail
 
 BATCH_SIZE = 500
 _POLL_S = 0.05
 _REPORT_LIMIT = 20
 _WALLET_KEY = re.compile(rb"user:\{([1-9][0-9]{0,14})\}")
+_REFUNDED_KEY = re.compile(rb"refunded:\{([1-9][0-9]{0,14})\}:([1-9][0-9]{0,14})")
 
 
 class Drift(NamedTuple):
@@ -47,15 +78,35 @@ class Drift(NamedTuple):
     ledger_kopecks: int
 
 
+class RefundedDrift(NamedTuple):
+    refunder: int
+    txn_id: int  # the transfer refunded
+    redis_kopecks: int
+    ledger_kopecks: int
+
+
+class OverRefund(NamedTuple):
+    txn_id: int
+    refunded_kopecks: int
+    transfer_kopecks: int | None  # None: the ledger has no such transfer
+
+
 @dataclass(slots=True)
 class ReconcileReport:
     users_checked: int = 0
     drifts: list[Drift] = field(default_factory=list)
+    # held_kopecks against the ledger's pending holds as payer.
+    held_drifts: list[Drift] = field(default_factory=list)
+    # incoming_kopecks against the ledger's pending (or expired and unswept) holds toward.
+    incoming_drifts: list[Drift] = field(default_factory=list)
+    refunded_checked: int = 0
+    refunded_drifts: list[RefundedDrift] = field(default_factory=list)
+    over_refunded: list[OverRefund] = field(default_factory=list)
     # PostgreSQL users without a wallet in Redis.
     missing_in_redis: list[int] = field(default_factory=list)
     # Redis wallets without a PostgreSQL user.
     missing_in_ledger: list[int] = field(default_factory=list)
-    # A transaction already in Redis did not reach the ledger within the wait.
+    # A record already in Redis did not reach the ledger within the wait.
     writer_behind: bool = False
     first_unpersisted_txn_id: int | None = None  # when that first record is a transaction
     first_unpersisted: str | None = None  # the first record not in the ledger, described
@@ -68,6 +119,10 @@ class ReconcileReport:
     def ok(self) -> bool:
         return not (
             self.drifts
+            or self.held_drifts
+            or self.incoming_drifts
+            or self.refunded_drifts
+            or self.over_refunded
             or self.missing_in_redis
             or self.missing_in_ledger
             or self.writer_behind
@@ -125,42 +180,78 @@ async def user_id_batches(engine: AsyncEngine, size: int) -> AsyncIterator[list[
         last = ids[-1]
 
 
-async def _snapshot(redis: Redis, user_ids: Sequence[int]) -> tuple[list[int | None], int]:
-    """The users' balances (None: no wallet) and txn:seq, read atomically."""
-    async with redis.pipeline(transaction=True) as pipe:
-        for user_id in user_ids:
-            pipe.hget(keyspace.user(user_id), "balance_kopecks")
-        pipe.get(keyspace.TXN_SEQ)
-        replies = cast(list[bytes | None], await pipe.execute())
-    seq = replies[-1]
-    return [None if raw is None else int(raw) for raw in replies[:-1]], int(seq or 0)
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    seq: int
+    last_entry: EntryId
+    due: list[tuple[int, int, int, int]]  # holds:due members due: hold, from, to, amount
+    wallets: list[tuple[int, int, int] | None]  # balance, held, incoming; None: no wallet
+    refunded: list[int | None]
 
 
-def _starts_after(tail: Tail, through_txn_id: int) -> bool:
-    """True when the tail's first entry came after transaction ``through_txn_id``."""
-    if tail.empty:
+def _int(raw: Any) -> int:
+    return 0 if raw is None else int(raw)
+
+
+async def _snapshot(
+    redis: Redis,
+    user_ids: Sequence[int] = (),
+    refunded: Sequence[tuple[int, int]] = (),
+    with_due: bool = False,
+) -> _Snapshot:
+    keys = [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.HOLDS_DUE]
+    keys += [keyspace.user(user_id) for user_id in user_ids]
+    keys += [keyspace.refunded(refunder, txn_id) for refunder, txn_id in refunded]
+    reply = await LuaScript(redis, "reconcile_snapshot")(
+        keys=keys, args=[str(len(user_ids)), "1" if with_due else "0"]
+    )
+    if len(reply) != 6:
+        raise ScriptArgumentRejected(f"reconcile_snapshot: {reply!r}")
+    seq, last_entry, _, due_raw, wallets_raw, refunded_raw = reply
+    due = []
+    for member in due_raw[0::2]:
+        hold_id, from_id, to_id, amount = (int(part) for part in member.split(b":"))
+        due.append((hold_id, from_id, to_id, amount))
+    wallets: list[tuple[int, int, int] | None] = []
+    for i in range(0, len(wallets_raw), 3):
+        balance, held, incoming = wallets_raw[i : i + 3]
+        wallets.append(None if balance is None else (int(balance), _int(held), _int(incoming)))
+    return _Snapshot(
+        seq=int(seq),
+        last_entry=parse_entry_id(last_entry.decode()),
+        due=due,
+        wallets=wallets,
+        refunded=[None if raw is None else int(raw) for raw in refunded_raw],
+    )
+
+
+def _starts_after(tail: Tail, last_entry: EntryId) -> bool:
+    """True when the tail's first entry came after stream entry ``last_entry``."""
+    if tail.empty or tail.first_entry_id is None:
         return True
-    first = tail.records[0] if tail.records else None
-    if isinstance(first, Transaction):
-        return first.txn_id > through_txn_id
-    if isinstance(first, HoldEvent) and first.kind == "hold_created":
-        return first.hold_id > through_txn_id
-    return False  # a void or an expiry (no id of its own), or an unparseable entry
+    return parse_entry_id(tail.first_entry_id) > last_entry
 
 
-async def _first_unpersisted_at_or_below(redis: Redis, through_txn_id: int, wait_s: float) -> Tail:
-    """An empty tail once every transaction with id <= through_txn_id is in the ledger;
+async def _wait_for_writer(redis: Redis, last_entry: EntryId, wait_s: float) -> Tail:
+    """An empty tail once every stream entry up to ``last_entry`` is in the ledger;
     otherwise, after waiting up to wait_s, the tail's first entry (max_entries=1)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
         tail = await unpersisted_tail(redis, max_entries=1)
-        if _starts_after(tail, through_txn_id):
+        if _starts_after(tail, last_entry):
             return Tail(records=[], overflow=False)
         remaining = deadline - loop.time()
         if remaining <= 0:
             return tail
         await asyncio.sleep(min(_POLL_S, remaining))
+
+
+def _note_writer_behind(report: ReconcileReport, behind: Tail) -> None:
+    report.writer_behind = True
+    first = behind.transactions[0] if behind.transactions else None
+    report.first_unpersisted_txn_id = first.txn_id if first else None
+    report.first_unpersisted = behind.describe_first()
 
 
 async def _wallets_without_user(redis: Redis, engine: AsyncEngine) -> list[int]:
@@ -191,43 +282,135 @@ async def _wallets_without_user(redis: Redis, engine: AsyncEngine) -> list[int]:
 
 
 async def reconcile(redis: Redis, engine: AsyncEngine, wait_for_writer_s: float) -> ReconcileReport:
-    """Compares every Redis balance with the ledger; see the module docstring."""
+    """Compares every Redis wallet and refunded total with the ledger; see the module
+    docstring."""
     report = ReconcileReport()
     async for user_ids in user_id_batches(engine, BATCH_SIZE):
-        balances, seq = await _snapshot(redis, user_ids)
-        present = [(u, b) for u, b in zip(user_ids, balances, strict=True) if b is not None]
+        snapshot = await _snapshot(redis, user_ids, with_due=True)
+        present = [(u, w) for u, w in zip(user_ids, snapshot.wallets, strict=True) if w is not None]
         report.missing_in_redis.extend(
-            u for u, b in zip(user_ids, balances, strict=True) if b is None
+            u for u, w in zip(user_ids, snapshot.wallets, strict=True) if w is None
         )
         if report.writer_behind or not present:
             continue  # without a complete ledger a comparison would only report false drift
-        behind = await _first_unpersisted_at_or_below(redis, seq, wait_for_writer_s)
+        behind = await _wait_for_writer(redis, snapshot.last_entry, wait_for_writer_s)
         if not behind.empty:
-            report.writer_behind = True
-            first = behind.transactions[0] if behind.transactions else None
-            report.first_unpersisted_txn_id = first.txn_id if first else None
-            report.first_unpersisted = behind.describe_first()
+            _note_writer_behind(report, behind)
             continue
-        async with engine.connect() as connection:
-            ledger = await ledger_balances(connection, [u for u, _ in present], seq)
-        report.users_checked += len(present)
-        report.through_txn_id = max(report.through_txn_id, seq)
-        report.drifts.extend(
-            Drift(user_id, kopecks, ledger[user_id])
-            for user_id, kopecks in present
-            if kopecks != ledger[user_id]
-        )
+        await _compare_wallets(engine, snapshot, present, report)
+    if not report.writer_behind:
+        await _compare_refunded_totals(redis, engine, wait_for_writer_s, report)
     # A user signing up is committed in PostgreSQL a moment before the wallet exists:
     # look once more before calling a wallet missing.
     report.missing_in_redis = await _still_missing(redis, report.missing_in_redis)
     report.missing_in_ledger = await _wallets_without_user(redis, engine)
     # The ledger first: every id in it was issued before this GET.
     async with engine.connect() as connection:
-        last_id = int((await connection.execute(select(func.max(T.id)))).scalar() or 0)
+        last_txn = (await connection.execute(select(func.max(T.id)))).scalar()
+        last_hold = (await connection.execute(select(func.max(LedgerHold.id)))).scalar()
+    last_id = max(int(last_txn or 0), int(last_hold or 0))
     seq = int(cast(bytes | None, await redis.get(keyspace.TXN_SEQ)) or 0)
     if seq < last_id:
         report.seq_behind_ledger = (seq, last_id)
     return report
+
+
+async def _compare_wallets(
+    engine: AsyncEngine,
+    snapshot: _Snapshot,
+    present: list[tuple[int, tuple[int, int, int]]],
+    report: ReconcileReport,
+) -> None:
+    user_ids = [u for u, _ in present]
+    async with engine.connect() as connection:
+        balances = await ledger_balances(connection, user_ids, snapshot.seq)
+        holds = await pending_holds_of_payers(connection, user_ids, snapshot.last_entry)
+        incoming = await incoming_of_payees(connection, user_ids, snapshot.last_entry)
+        # Due members toward these users that the ledger says expired: not swept yet.
+        wanted = set(user_ids)
+        candidates = [hold_id for hold_id, _, to_id, _ in snapshot.due if to_id in wanted]
+        unswept = await expired_holds(connection, candidates, snapshot.last_entry)
+    for hold in unswept.values():
+        incoming[hold.to_user_id] += hold.amount_kopecks
+    report.users_checked += len(present)
+    report.through_txn_id = max(report.through_txn_id, snapshot.seq)
+    for user_id, (balance, held, incoming_kopecks) in present:
+        ledger_held = sum(hold.amount_kopecks for hold in holds[user_id])
+        if balance != balances[user_id]:
+            report.drifts.append(Drift(user_id, balance, balances[user_id]))
+        if held != ledger_held:
+            report.held_drifts.append(Drift(user_id, held, ledger_held))
+        if incoming_kopecks != incoming[user_id]:
+            report.incoming_drifts.append(Drift(user_id, incoming_kopecks, incoming[user_id]))
+
+
+async def _compare_refunded_totals(
+    redis: Redis, engine: AsyncEngine, wait_s: float, report: ReconcileReport
+) -> None:
+    """Every refunded transfer of the ledger, then every refunded total Redis holds (one
+    the ledger has no refunds for is drift too)."""
+    seen: set[tuple[int, int]] = set()
+    over: set[int] = set()
+    after = 0
+    while not report.writer_behind:
+        async with engine.connect() as connection:
+            totals = await refunded_totals_page(connection, after, BATCH_SIZE)
+        if not totals:
+            break
+        after = totals[-1].txn_id
+        await _compare_refunded(
+            redis, engine, [(t.refunder, t.txn_id) for t in totals], wait_s, report, seen, over
+        )
+    batch: list[tuple[int, int]] = []
+    async for key in redis.scan_iter(match="refunded:{*}:*", count=1000):
+        if report.writer_behind:
+            return
+        match = _REFUNDED_KEY.fullmatch(cast(bytes, key))
+        if match is None:
+            continue
+        batch.append((int(match.group(1)), int(match.group(2))))
+        if len(batch) >= BATCH_SIZE:
+            await _compare_refunded(redis, engine, batch, wait_s, report, seen, over)
+            batch = []
+    if batch and not report.writer_behind:
+        await _compare_refunded(redis, engine, batch, wait_s, report, seen, over)
+
+
+async def _compare_refunded(
+    redis: Redis,
+    engine: AsyncEngine,
+    pairs: list[tuple[int, int]],
+    wait_s: float,
+    report: ReconcileReport,
+    seen: set[tuple[int, int]],
+    over: set[int],
+) -> None:
+    pairs = sorted(set(pairs) - seen)
+    if not pairs:
+        return
+    snapshot = await _snapshot(redis, refunded=pairs)
+    behind = await _wait_for_writer(redis, snapshot.last_entry, wait_s)
+    if not behind.empty:
+        _note_writer_behind(report, behind)
+        return
+    async with engine.connect() as connection:
+        totals = await refunded_totals_of(connection, pairs, snapshot.seq)
+    seen.update(pairs)
+    report.refunded_checked += len(pairs)
+    for pair, redis_kopecks in zip(pairs, snapshot.refunded, strict=True):
+        total = totals.get(pair)
+        ledger_kopecks = 0 if total is None else total.refunded_kopecks
+        if (redis_kopecks or 0) != ledger_kopecks:
+            report.refunded_drifts.append(
+                RefundedDrift(pair[0], pair[1], redis_kopecks or 0, ledger_kopecks)
+            )
+        if total is None or total.txn_id in over:
+            continue
+        if total.transfer_kopecks is None or total.refunded_kopecks > total.transfer_kopecks:
+            over.add(total.txn_id)
+            report.over_refunded.append(
+                OverRefund(total.txn_id, total.refunded_kopecks, total.transfer_kopecks)
+            )
 
 
 async def _still_missing(redis: Redis, user_ids: list[int]) -> list[int]:
@@ -260,22 +443,58 @@ def format_report(report: ReconcileReport) -> str:
     lines = [
         f"reconcile {status}: {report.users_checked} users checked against the ledger"
         f" through transaction {report.through_txn_id}"
+        + (f", {report.refunded_checked} refunded totals" if report.refunded_checked else "")
     ]
     if report.writer_behind:
         lines.append(
             f"writer behind: {report.first_unpersisted} is in Redis but not"
-            " yet in the ledger; balances from there on were not compared"
+            " yet in the ledger; wallets and refunded totals from there on were not compared"
         )
-    if report.drifts:
-        lines.append(f"drift in {len(report.drifts)} balances:")
-        for drift in report.drifts[:_REPORT_LIMIT]:
+    for drifts, what, ledger_side in (
+        (report.drifts, "balances", "ledger"),
+        (report.held_drifts, "held amounts", "ledger's pending holds as payer"),
+        (
+            report.incoming_drifts,
+            "incoming amounts",
+            "ledger's pending (or expired, unswept) holds toward the user",
+        ),
+    ):
+        if not drifts:
+            continue
+        lines.append(f"drift in {len(drifts)} {what}:")
+        for drift in drifts[:_REPORT_LIMIT]:
             diff = drift.redis_kopecks - drift.ledger_kopecks
             lines.append(
                 f"  user {drift.user_id}: Redis {_kopecks(drift.redis_kopecks)},"
-                f" ledger {_kopecks(drift.ledger_kopecks)}, difference {diff:+d} kopecks"
+                f" {ledger_side} {_kopecks(drift.ledger_kopecks)}, difference {diff:+d} kopecks"
             )
-        if len(report.drifts) > _REPORT_LIMIT:
-            lines.append(f"  and {len(report.drifts) - _REPORT_LIMIT} more")
+        if len(drifts) > _REPORT_LIMIT:
+            lines.append(f"  and {len(drifts) - _REPORT_LIMIT} more")
+    if report.refunded_drifts:
+        lines.append(f"drift in {len(report.refunded_drifts)} refunded totals:")
+        for refunded in report.refunded_drifts[:_REPORT_LIMIT]:
+            diff = refunded.redis_kopecks - refunded.ledger_kopecks
+            lines.append(
+                f"  transfer {refunded.txn_id} refunded by user {refunded.refunder}:"
+                f" Redis {_kopecks(refunded.redis_kopecks)}, ledger refunds"
+                f" {_kopecks(refunded.ledger_kopecks)}, difference {diff:+d} kopecks"
+            )
+        if len(report.refunded_drifts) > _REPORT_LIMIT:
+            lines.append(f"  and {len(report.refunded_drifts) - _REPORT_LIMIT} more")
+    if report.over_refunded:
+        lines.append(f"{len(report.over_refunded)} transfers refunded beyond their amount:")
+        for over in report.over_refunded[:_REPORT_LIMIT]:
+            of = (
+                "no transfer in the ledger"
+                if over.transfer_kopecks is None
+                else (f"a transfer of {_kopecks(over.transfer_kopecks)}")
+            )
+            lines.append(
+                f"  transaction {over.txn_id}: refunds of {_kopecks(over.refunded_kopecks)}"
+                f" for {of}"
+            )
+        if len(report.over_refunded) > _REPORT_LIMIT:
+            lines.append(f"  and {len(report.over_refunded) - _REPORT_LIMIT} more")
     if report.missing_in_redis:
         lines.append(
             f"{len(report.missing_in_redis)} users have no Redis wallet:"

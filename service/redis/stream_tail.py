@@ -22,6 +22,8 @@ class Tail:
     # Entries that are not a valid record (the writer dead-letters them), left out of
     # ``records``: a read skips them, but they are unpersisted entries all the same.
     unparseable: tuple[str, ...] = ()
+    # The stream id of the oldest unpersisted entry scanned, parseable or not.
+    first_entry_id: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -69,6 +71,8 @@ async def unpersisted_tail(redis: Redis, max_entries: int, user_id: int | None =
         raise ScriptArgumentRejected(repr(head))
     records: list[StreamRecord] = []
     unparseable: list[str] = []
+    first = reply[1] if len(reply) > 1 else None
+    assert first is None or isinstance(first, bytes)
     for i in range(2, len(reply), 2):
         flat = reply[i]
         assert isinstance(flat, list)
@@ -81,4 +85,9 @@ async def unpersisted_tail(redis: Redis, max_entries: int, user_id: int | None =
             assert isinstance(entry_id, bytes)
             unparseable.append(entry_id.decode())
             logger.warning("unparseable stream entry %s in the tail: %r", entry_id, error)
-    return Tail(records=records, overflow=head == b"1", unparseable=tuple(unparseable))
+    return Tail(
+        records=records,
+        overflow=head == b"1",
+        unparseable=tuple(unparseable),
+        first_entry_id=None if first is None else first.decode(),
+    )

@@ -58,6 +58,7 @@ class Book:
         hold_id: int | None = None,
         refund_of: int | None = None,
         idem_key: str = "",
+        idem_fp: str = "",
     ) -> Fields:
         self.balances[sender] -= amount
         self.balances[to] += amount
@@ -77,17 +78,40 @@ class Book:
             fields["hold_id"] = str(hold_id)
         if refund_of is not None:
             fields["refund_of"] = str(refund_of)
+        if idem_fp:
+            fields["idem_fp"] = idem_fp
         return fields
 
     def refund(
-        self, sender: int, to: int, amount: int, at: int, refund_of: int, idem_key: str = ""
+        self,
+        sender: int,
+        to: int,
+        amount: int,
+        at: int,
+        refund_of: int,
+        idem_key: str = "",
+        idem_fp: str = "",
     ) -> Fields:
         return self.transfer(
-            sender, to, amount, at, kind="refund", refund_of=refund_of, idem_key=idem_key
+            sender,
+            to,
+            amount,
+            at,
+            kind="refund",
+            refund_of=refund_of,
+            idem_key=idem_key,
+            idem_fp=idem_fp,
         )
 
     def hold(
-        self, payer: int, payee: int, amount: int, at: int, expires_at: int, idem_key: str = ""
+        self,
+        payer: int,
+        payee: int,
+        amount: int,
+        at: int,
+        expires_at: int,
+        idem_key: str = "",
+        idem_fp: str = "",
     ) -> Fields:
         """hold_created: the posted balances do not change (held money stays posted)."""
         hold_id = self.next_id()
@@ -102,17 +126,32 @@ class Book:
             "idem_key": idem_key,
         }
         self.holds[hold_id] = fields
+        if idem_fp:
+            return dict(fields, idem_fp=idem_fp)
         return fields
 
-    def capture(self, hold_id: int, amount: int, at: int, idem_key: str = "") -> Fields:
+    def capture(
+        self, hold_id: int, amount: int, at: int, idem_key: str = "", idem_fp: str = ""
+    ) -> Fields:
         hold = self.holds[hold_id]
         return self.transfer(
-            int(hold["from"]), int(hold["to"]), amount, at, hold_id=hold_id, idem_key=idem_key
+            int(hold["from"]),
+            int(hold["to"]),
+            amount,
+            at,
+            hold_id=hold_id,
+            idem_key=idem_key,
+            idem_fp=idem_fp,
         )
 
-    def end(self, kind: str, hold_id: int, at: int, idem_key: str = "") -> Fields:
+    def end(
+        self, kind: str, hold_id: int, at: int, idem_key: str = "", idem_fp: str = ""
+    ) -> Fields:
         """hold_voided or hold_expired: the whole amount goes back to the payer."""
-        return dict(self.holds[hold_id], kind=kind, created_at_us=str(at), idem_key=idem_key)
+        fields = dict(self.holds[hold_id], kind=kind, created_at_us=str(at), idem_key=idem_key)
+        if idem_fp:
+            fields["idem_fp"] = idem_fp
+        return fields
 
 
 async def append(redis: Redis, *records: Fields) -> list[str]:

@@ -31,6 +31,8 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "stream_tail",
         "restore_wallet",
         "restore_idempotency",
+        "restore_hold",
+        "reconcile_snapshot",
         "dead_letter",
         "refund_login_attempt",
         "start_session",

@@ -93,3 +93,16 @@ def test_rfc3339_is_utc_with_six_digits() -> None:
 def test_a_naive_datetime_is_no_instant() -> None:
     with pytest.raises(ValueError, match="naive"):
         us_from_datetime(datetime(2026, 1, 1))
+
+
+def test_the_fingerprint_recorded_under_the_key_goes_to_the_ledger_and_back() -> None:
+    capture = Transaction.from_stream_fields(
+        FIELDS | {b"hold_id": b"5", b"idem_fp": b"capture:5:all"}
+    )
+    assert capture.idempotency_fingerprint == "capture:5:all"
+    row = capture.ledger_row("1764633600123-0")
+    assert row["idempotency_fingerprint"] == "capture:5:all"
+    assert Transaction.from_ledger(SimpleNamespace(**row)) == capture
+    assert Transaction.from_stream_fields(FIELDS).idempotency_fingerprint is None
+    with pytest.raises(ValueError, match="idem_fp without idem_key"):
+        Transaction.from_stream_fields(FIELDS | {b"idem_key": b"", b"idem_fp": b"deposit:5"})

@@ -8,6 +8,9 @@ Revises: 0002
   ``created_at`` on both sides (statements, past balances) and by ``refund_of``.
 - ``holds``: one row per hold; ``hold_events``: at most one end event per hold. No foreign
   key between the two: several writers may store a hold's end before its creation.
+- ``idempotency_fingerprint`` (nullable) in all three: the fingerprint a script recorded
+  under an idempotency key, where the row does not give it (``wallet rebuild``); indexes
+  of the recent keyed holds and voids for rebuild.
 
 docs/holds.md gives the design.
 """
@@ -55,6 +58,10 @@ def _transfers_in_index(where: str) -> None:
 def upgrade() -> None:
     op.add_column("transactions", sa.Column("hold_id", sa.BigInteger(), nullable=True))
     op.add_column("transactions", sa.Column("refund_of", sa.BigInteger(), nullable=True))
+    op.add_column(
+        "transactions",
+        sa.Column("idempotency_fingerprint", sa.String(length=64), nullable=True),
+    )
     op.drop_constraint("transactions_kind_shape", "transactions", type_="check")
     op.create_check_constraint("transactions_kind_shape", "transactions", _SHAPE_0003)
     _transfers_in_index(_IN_0003)
@@ -91,6 +98,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("idempotency_key", sa.String(length=64), nullable=True),
         sa.Column("stream_entry_id", sa.String(length=48), nullable=False),
+        sa.Column("idempotency_fingerprint", sa.String(length=64), nullable=True),
         sa.CheckConstraint(
             f"amount_kopecks BETWEEN 1 AND {_MAX_AMOUNT}", name="holds_amount_range"
         ),
@@ -106,6 +114,14 @@ def upgrade() -> None:
     op.create_index(
         "holds_by_payee", "holds", ["to_user_id", sa.literal_column("id DESC")], unique=False
     )
+    op.create_index(
+        "holds_recent_idempotency_keys",
+        "holds",
+        ["created_at"],
+        unique=False,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+    )
 
     op.create_table(
         "hold_events",
@@ -116,6 +132,7 @@ def upgrade() -> None:
         sa.Column("transaction_id", sa.BigInteger(), nullable=True),
         sa.Column("idempotency_key", sa.String(length=64), nullable=True),
         sa.Column("stream_entry_id", sa.String(length=48), nullable=False),
+        sa.Column("idempotency_fingerprint", sa.String(length=64), nullable=True),
         sa.CheckConstraint(
             "event IN ('captured', 'voided', 'expired')", name="hold_events_event_kind"
         ),
@@ -129,10 +146,20 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["transaction_id"], ["transactions.id"]),
         sa.PrimaryKeyConstraint("hold_id"),
     )
+    op.create_index(
+        "hold_events_recent_void_keys",
+        "hold_events",
+        ["at"],
+        unique=False,
+        postgresql_where=sa.text("event = 'voided' AND idempotency_key IS NOT NULL"),
+        sqlite_where=sa.text("event = 'voided' AND idempotency_key IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("hold_events_recent_void_keys", table_name="hold_events")
     op.drop_table("hold_events")
+    op.drop_index("holds_recent_idempotency_keys", table_name="holds")
     op.drop_index("holds_by_payee", table_name="holds")
     op.drop_index("holds_by_payer", table_name="holds")
     op.drop_table("holds")
@@ -144,5 +171,6 @@ def downgrade() -> None:
     _transfers_in_index(_IN_0001)
     op.drop_constraint("transactions_kind_shape", "transactions", type_="check")
     op.create_check_constraint("transactions_kind_shape", "transactions", _SHAPE_0001)
+    op.drop_column("transactions", "idempotency_fingerprint")
     op.drop_column("transactions", "refund_of")
     op.drop_column("transactions", "hold_id")

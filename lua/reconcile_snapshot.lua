@@ -1,0 +1,67 @@
+-- reconcile_snapshot: what `wallet reconcile` compares with the ledger, read in one atomic
+-- step, so that it is exactly the result of the stream's entries up to the last one then:
+-- some wallets' amounts, some refunded totals, the id counter, the stream's last entry id
+-- and the holds:due members already due. Read only.
+--
+-- KEYS[1]  txn:seq                   string
+-- KEYS[2]  txn:stream                stream (its last-generated-id, kept by Redis even when
+--                                    the entries themselves were trimmed)
+-- KEYS[3]  holds:due                 sorted set
+-- KEYS[4..3+n]  user:{<id>}          hash: balance_kopecks held_kopecks incoming_kopecks
+-- KEYS[4+n..]   refunded:{<id>}:<txn_id>  string
+-- ARGV[1]  n                         decimal, the number of wallets among KEYS
+-- ARGV[2]  "1": read the holds:due members due now (score <= now); "0": none
+--
+-- Returns  {txn_seq, last_entry_id, now_us, due, wallets, refunded}:
+--   txn_seq        "0" when missing
+--   last_entry_id  "0-0" when the stream does not exist
+--   due            {member, score, member, score, ...}
+--   wallets        three per wallet: balance_kopecks, held_kopecks, incoming_kopecks, each
+--                  false (nil) when missing
+--   refunded       one per refunded key, false (nil) when missing
+--   {"invalid_argument"} when KEYS/ARGV fail validation.
+
+local count_arg, due_flag = ARGV[1], ARGV[2]
+if #ARGV ~= 2 or type(count_arg) ~= "string" or not string.match(count_arg, "^%d+$")
+  or #count_arg > 6 or (due_flag ~= "0" and due_flag ~= "1")
+  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "holds:due"
+  or #KEYS < 3 + tonumber(count_arg) then
+  return {"invalid_argument"}
+end
+local wallet_count = tonumber(count_arg)
+for i = 4, #KEYS do
+  local wanted = i <= 3 + wallet_count and "^user:{[1-9]%d*}$" or "^refunded:{[1-9]%d*}:[1-9]%d*$"
+  if not string.match(KEYS[i], wanted) then
+    return {"invalid_argument"}
+  end
+end
+
+local seq = redis.call("GET", KEYS[1]) or "0"
+local last_entry_id = "0-0"
+if redis.call("EXISTS", KEYS[2]) == 1 then
+  local info = redis.call("XINFO", "STREAM", KEYS[2])
+  for i = 1, #info, 2 do
+    if info[i] == "last-generated-id" then
+      last_entry_id = info[i + 1]
+    end
+  end
+end
+local now = redis.call("TIME")
+local now_us = now[1] .. string.format("%06d", tonumber(now[2]))
+
+local due = {}
+if due_flag == "1" then
+  due = redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now_us, "WITHSCORES")
+end
+local wallets = {}
+for i = 4, 3 + wallet_count do
+  local raw = redis.call("HMGET", KEYS[i], "balance_kopecks", "held_kopecks", "incoming_kopecks")
+  wallets[#wallets + 1] = raw[1]
+  wallets[#wallets + 1] = raw[2]
+  wallets[#wallets + 1] = raw[3]
+end
+local refunded = {}
+for i = 4 + wallet_count, #KEYS do
+  refunded[#refunded + 1] = redis.call("GET", KEYS[i])
+end
+return {seq, last_entry_id, now_us, due, wallets, refunded}
