@@ -43,6 +43,7 @@
 
 -- @include validate
 -- @include check_session
+-- @include money_frame
 -- @include fingerprint
 -- @include idempotency
 -- @include request_outcome
@@ -51,24 +52,10 @@
 local user_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local session_flag, absolute_arg, idle_arg = ARGV[5], ARGV[6], ARGV[7]
 local token, outcome_ttl_arg = ARGV[8], ARGV[9]
-local has_key = idem_key ~= ""
-local has_session = session_flag == "1"
-local idem_index = 5
-local session_index = has_key and 6 or 5
+local frame = money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
+                          token, outcome_ttl_arg, 4)
 
-if #ARGV ~= 9 or not valid_id(user_id)
-  or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
-  or not valid_positive(ttl_arg, MAX_TTL_S)
-  or (session_flag ~= "1" and session_flag ~= "0")
-  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
-  or #KEYS ~= session_index - 1 + (has_session and 1 or 0)
-  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream"
-  or KEYS[3] ~= "user:{" .. user_id .. "}"
-  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
-  or KEYS[4] ~= "req:{" .. user_id .. "}:" .. token
-  or (has_key and (not valid_idempotency_key(idem_key)
-                   or KEYS[idem_index] ~= "idem:{" .. user_id .. "}:" .. idem_key))
-  or (has_session and not valid_session_key(KEYS[session_index])) then
+if #ARGV ~= 9 or not frame.valid or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) then
   return {"invalid_argument", "", "", "0"}
 end
 
@@ -79,9 +66,7 @@ if decided then
   return decided
 end
 
-local now = redis.call("TIME")
-local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, user_id,
-                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+local now, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "0"}
 end
@@ -89,7 +74,7 @@ end
 -- A retry with the key gets the recorded reply back. Its fields between outcome and
 -- replayed are recorded as txn_id and created_at_us: the names restore_idempotency.lua
 -- writes and records already stored have.
-local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg,
+local idem = idempotency_record(frame_idempotency_key(frame), ttl_arg,
                                 {request_fingerprint("deposit", amount_arg)},
                                 {"txn_id", "created_at_us"})
 local replay = idempotency_lookup(idem)

@@ -65,6 +65,7 @@
 
 -- @include validate
 -- @include check_session
+-- @include money_frame
 -- @include fingerprint
 -- @include idempotency
 -- @include request_outcome
@@ -74,40 +75,18 @@ local user_id, payer_id, hold_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4
 local idem_key, ttl_arg, session_flag, absolute_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local idle_arg, token, outcome_ttl_arg, retention_arg = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local payer_known = payer_id ~= ""
-local has_key = idem_key ~= ""
-local has_session = session_flag == "1"
-local key_count = 6
-local payer_index, idem_index, session_index
-if payer_known then
-  payer_index = key_count + 1
-  key_count = key_count + 2
-end
-if has_key then
-  key_count = key_count + 1
-  idem_index = key_count
-end
-if has_session then
-  key_count = key_count + 1
-  session_index = key_count
-end
+-- The payer's wallet and holds follow holds:due, only when the payer is known.
+local payer_index = 7
+local frame = money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
+                          token, outcome_ttl_arg, payer_known and 8 or 6)
 
-if #ARGV ~= 12 or not valid_id(user_id) or (payer_known and not valid_id(payer_id))
+if #ARGV ~= 12 or not frame.valid or (payer_known and not valid_id(payer_id))
   or not valid_id(hold_id)
   or (amount_arg ~= "" and not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS))
-  or not valid_positive(ttl_arg, MAX_TTL_S)
-  or (session_flag ~= "1" and session_flag ~= "0")
-  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
   or not valid_positive(retention_arg, MAX_TTL_S)
-  or #KEYS ~= key_count
-  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. user_id .. "}"
-  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
-  or KEYS[4] ~= "req:{" .. user_id .. "}:" .. token
   or KEYS[5] ~= "hold:" .. hold_id or KEYS[6] ~= "holds:due"
   or (payer_known and (KEYS[payer_index] ~= "user:{" .. payer_id .. "}"
-                       or KEYS[payer_index + 1] ~= "holds:{" .. payer_id .. "}"))
-  or (has_key and (not valid_idempotency_key(idem_key)
-                   or KEYS[idem_index] ~= "idem:{" .. user_id .. "}:" .. idem_key))
-  or (has_session and not valid_session_key(KEYS[session_index])) then
+                       or KEYS[payer_index + 1] ~= "holds:{" .. payer_id .. "}")) then
   return {"invalid_argument", "", "", "", "", "0"}
 end
 
@@ -116,16 +95,14 @@ if decided then
   return decided
 end
 
-local now = redis.call("TIME")
-local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, user_id,
-                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+local now, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "", "", "0"}
 end
 
 local fingerprint =
   request_fingerprint("capture", hold_id, amount_arg ~= "" and amount_arg or "all")
-local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg, {fingerprint},
+local idem = idempotency_record(frame_idempotency_key(frame), ttl_arg, {fingerprint},
   {"txn_id", "created_at_us", "from", "amount"})
 local replay = idempotency_lookup(idem)
 if replay then
@@ -190,7 +167,7 @@ local record = {"id", txn_id, "kind", "transfer", "from", payer_id, "to", user_i
   "amount", captured_arg, "created_at_us", created_at_us,
   "from_balance", new_from, "to_balance", new_to,
   "idem_key", idem_key, "hold_id", hold_id}
-if has_key then
+if frame.has_key then
   -- "all" or the amount: the ledger's row alone cannot tell (`wallet rebuild`).
   record[#record + 1], record[#record + 2] = "idem_fp", fingerprint
 end

@@ -71,6 +71,7 @@
 
 -- @include validate
 -- @include check_session
+-- @include money_frame
 -- @include fingerprint
 -- @include idempotency
 -- @include request_outcome
@@ -84,41 +85,18 @@ local idem_key, ttl_arg, session_flag, absolute_arg = ARGV[5], ARGV[6], ARGV[7],
 local idle_arg, to_name, token, outcome_ttl_arg = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local retention_arg = ARGV[13]
 local resolved = to_id ~= ""
-local has_key = idem_key ~= ""
-local has_session = session_flag == "1"
-local key_count = 6
-local to_index, idem_index, session_index
-if resolved then
-  key_count = key_count + 1
-  to_index = key_count
-end
-if has_key then
-  key_count = key_count + 1
-  idem_index = key_count
-end
-if has_session then
-  key_count = key_count + 1
-  session_index = key_count
-end
+-- The payee's wallet follows holds:due, only when the name resolved.
+local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
+                          token, outcome_ttl_arg, resolved and 7 or 6)
 
-if #ARGV ~= 13 or not valid_id(from_id) or (resolved and not valid_id(to_id))
+if #ARGV ~= 13 or not frame.valid or (resolved and not valid_id(to_id))
   or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or not valid_positive(expires_in_arg, MAX_EXPIRES_IN_S)
   or tonumber(expires_in_arg) < MIN_EXPIRES_IN_S
-  or not valid_positive(ttl_arg, MAX_TTL_S)
-  or (session_flag ~= "1" and session_flag ~= "0")
-  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
   or not valid_positive(retention_arg, MAX_TTL_S)
-  or #KEYS ~= key_count
-  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. from_id .. "}"
-  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
-  or KEYS[4] ~= "req:{" .. from_id .. "}:" .. token
   or KEYS[5] ~= "holds:{" .. from_id .. "}" or KEYS[6] ~= "holds:due"
-  or (resolved and KEYS[to_index] ~= "user:{" .. to_id .. "}")
-  or (has_key and (not valid_idempotency_key(idem_key)
-                   or KEYS[idem_index] ~= "idem:{" .. from_id .. "}:" .. idem_key))
-  or (has_session and not valid_session_key(KEYS[session_index])) then
+  or (resolved and KEYS[7] ~= "user:{" .. to_id .. "}") then
   return {"invalid_argument", "", "", "", "0"}
 end
 
@@ -128,9 +106,7 @@ if decided then
   return decided
 end
 
-local now = redis.call("TIME")
-local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, from_id,
-                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+local now, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "", "0"}
 end
@@ -146,7 +122,7 @@ if to_name ~= "" then
   fingerprints[#fingerprints + 1] =
     request_fingerprint("hold", "@" .. string.lower(to_name), amount_arg, expires_in_arg)
 end
-local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg, fingerprints,
+local idem = idempotency_record(frame_idempotency_key(frame), ttl_arg, fingerprints,
                                 {"txn_id", "created_at_us", "expires_at_us"})
 local replay = idempotency_lookup(idem)
 if replay then
@@ -159,7 +135,7 @@ if not payer then
 end
 local payee = nil
 if resolved then
-  payee = wallet_amounts(KEYS[to_index], to_id)
+  payee = wallet_amounts(KEYS[7], to_id)
 end
 if not payee then
   return idempotency_remember(idem, {"recipient_not_found", "", "", "", "0"})
@@ -184,7 +160,7 @@ release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
 local hold_id = string.format("%d", redis.call("INCR", KEYS[1]))
 local expires_at_us = string.format("%d", now_us + tonumber(expires_in_arg) * 1000000)
 local held = redis.call("HINCRBY", KEYS[3], "held_kopecks", amount_arg)
-redis.call("HINCRBY", KEYS[to_index], "incoming_kopecks", amount_arg)
+redis.call("HINCRBY", KEYS[7], "incoming_kopecks", amount_arg)
 assert(held <= payer.balance, "invariant: held above balance for user " .. from_id)
 redis.call("ZADD", KEYS[5], expires_at_us, hold_id .. ":" .. to_id .. ":" .. amount_arg)
 redis.call("ZADD", KEYS[6], expires_at_us,
@@ -198,7 +174,7 @@ redis.call("PEXPIREAT", hold_key, string.format("%d",
 local record = {"kind", "hold_created", "hold", hold_id, "from", from_id, "to", to_id,
   "amount", amount_arg, "created_at_us", created_at_us, "expires_at_us", expires_at_us,
   "idem_key", idem_key}
-if has_key then
+if frame.has_key then
   -- What idempotency_remember records below, for `wallet rebuild` (docs/holds.md).
   record[#record + 1], record[#record + 2] = "idem_fp", fingerprints[1]
 end

@@ -70,6 +70,7 @@
 
 -- @include validate
 -- @include check_session
+-- @include money_frame
 -- @include fingerprint
 -- @include idempotency
 -- @include request_outcome
@@ -79,43 +80,20 @@ local user_id, txn_id, payer_id, transfer_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[
 local amount_arg, idem_key, ttl_arg, session_flag = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local absolute_arg, idle_arg, token, outcome_ttl_arg = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local found = payer_id ~= ""
-local has_key = idem_key ~= ""
-local has_session = session_flag == "1"
-local key_count = 5
-local payer_index, refunded_index, idem_index, session_index
-if found then
-  key_count = key_count + 1
-  payer_index = key_count
-end
-key_count = key_count + 1
-refunded_index = key_count
-if has_key then
-  key_count = key_count + 1
-  idem_index = key_count
-end
-if has_session then
-  key_count = key_count + 1
-  session_index = key_count
-end
+-- The original payer's wallet follows holds:{refunder}, only when the transfer was found.
+local payer_index = 6
+local refunded_index = found and 7 or 6
+local frame = money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
+                          token, outcome_ttl_arg, refunded_index)
 
-if #ARGV ~= 12 or not valid_id(user_id) or not valid_id(txn_id)
+if #ARGV ~= 12 or not frame.valid or not valid_id(txn_id)
   or (found and (not valid_id(payer_id) or payer_id == user_id
                  or not valid_positive(transfer_arg, MAX_AMOUNT_KOPECKS)))
   or (not found and transfer_arg ~= "")
   or (amount_arg ~= "" and not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS))
-  or not valid_positive(ttl_arg, MAX_TTL_S)
-  or (session_flag ~= "1" and session_flag ~= "0")
-  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
-  or #KEYS ~= key_count
-  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. user_id .. "}"
-  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
-  or KEYS[4] ~= "req:{" .. user_id .. "}:" .. token
   or KEYS[5] ~= "holds:{" .. user_id .. "}"
   or (found and KEYS[payer_index] ~= "user:{" .. payer_id .. "}")
-  or KEYS[refunded_index] ~= "refunded:{" .. user_id .. "}:" .. txn_id
-  or (has_key and (not valid_idempotency_key(idem_key)
-                   or KEYS[idem_index] ~= "idem:{" .. user_id .. "}:" .. idem_key))
-  or (has_session and not valid_session_key(KEYS[session_index])) then
+  or KEYS[refunded_index] ~= "refunded:{" .. user_id .. "}:" .. txn_id then
   return {"invalid_argument", "", "", "", "0"}
 end
 
@@ -126,16 +104,14 @@ if decided then
   return {decided[1], decided[2], decided[3], redis.call("HGET", KEYS[4], "amount") or "", "0"}
 end
 
-local now = redis.call("TIME")
-local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, user_id,
-                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+local now, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "", "0"}
 end
 
 -- A retry with the key gets the recorded reply back, with the amount it refunded.
 local fingerprint = request_fingerprint("refund", txn_id, amount_arg ~= "" and amount_arg or "all")
-local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg, {fingerprint},
+local idem = idempotency_record(frame_idempotency_key(frame), ttl_arg, {fingerprint},
                                 {"txn_id", "created_at_us", "amount"})
 local replay = idempotency_lookup(idem)
 if replay then
@@ -186,7 +162,7 @@ local refund_id = string.format("%d", redis.call("INCR", KEYS[1]))
 local record = {"id", refund_id, "kind", "refund", "from", user_id, "to", payer_id,
   "amount", amount_str, "created_at_us", now_us, "from_balance", string.format("%d", new_from),
   "to_balance", string.format("%d", new_to), "idem_key", idem_key, "refund_of", txn_id}
-if has_key then
+if frame.has_key then
   -- "all" or the amount: the ledger's row alone cannot tell (`wallet rebuild`).
   record[#record + 1], record[#record + 2] = "idem_fp", fingerprint
 end

@@ -67,6 +67,7 @@
 
 -- @include validate
 -- @include check_session
+-- @include money_frame
 -- @include fingerprint
 -- @include idempotency
 -- @include request_outcome
@@ -76,39 +77,15 @@ local from_id, to_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3],
 local session_flag, absolute_arg, idle_arg, to_name = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local token, outcome_ttl_arg = ARGV[10], ARGV[11]
 local resolved = to_id ~= ""
-local has_key = idem_key ~= ""
-local has_session = session_flag == "1"
--- The optional keys follow KEYS[5], each present only when its condition holds.
-local key_count = 5
-local to_index, idem_index, session_index
-if resolved then
-  key_count = key_count + 1
-  to_index = key_count
-end
-if has_key then
-  key_count = key_count + 1
-  idem_index = key_count
-end
-if has_session then
-  key_count = key_count + 1
-  session_index = key_count
-end
+-- The recipient's wallet follows holds:{from}, only when the name resolved.
+local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
+                          token, outcome_ttl_arg, resolved and 6 or 5)
 
-if #ARGV ~= 11 or not valid_id(from_id) or (resolved and not valid_id(to_id))
+if #ARGV ~= 11 or not frame.valid or (resolved and not valid_id(to_id))
   or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
-  or not valid_positive(ttl_arg, MAX_TTL_S)
-  or (session_flag ~= "1" and session_flag ~= "0")
-  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
-  or #KEYS ~= key_count
-  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. from_id .. "}"
-  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
-  or KEYS[4] ~= "req:{" .. from_id .. "}:" .. token
   or KEYS[5] ~= "holds:{" .. from_id .. "}"
-  or (resolved and KEYS[to_index] ~= "user:{" .. to_id .. "}")
-  or (has_key and (not valid_idempotency_key(idem_key)
-                   or KEYS[idem_index] ~= "idem:{" .. from_id .. "}:" .. idem_key))
-  or (has_session and not valid_session_key(KEYS[session_index])) then
+  or (resolved and KEYS[6] ~= "user:{" .. to_id .. "}") then
   return {"invalid_argument", "", "", "0"}
 end
 
@@ -119,9 +96,7 @@ if decided then
   return decided
 end
 
-local now = redis.call("TIME")
-local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, from_id,
-                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+local now, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "0"}
 end
@@ -142,7 +117,7 @@ if to_name ~= "" then
   fingerprints[#fingerprints + 1] =
     request_fingerprint("transfer", "@" .. string.lower(to_name), amount_arg)
 end
-local idem = idempotency_record(has_key and KEYS[idem_index] or nil, ttl_arg, fingerprints,
+local idem = idempotency_record(frame_idempotency_key(frame), ttl_arg, fingerprints,
                                 {"txn_id", "created_at_us"})
 local replay = idempotency_lookup(idem)
 if replay then
@@ -158,7 +133,7 @@ local amount = tonumber(amount_arg)
 -- No recipient: the name resolved to no one, or the id has no wallet.
 local recipient = nil
 if resolved then
-  recipient = wallet_amounts(KEYS[to_index], to_id)
+  recipient = wallet_amounts(KEYS[6], to_id)
 end
 if not recipient then
   return idempotency_remember(idem, {"recipient_not_found", "", "", "0"})
@@ -177,7 +152,7 @@ end
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
 release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
 local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_arg)
-local new_to = redis.call("HINCRBY", KEYS[to_index], "balance_kopecks", amount_arg)
+local new_to = redis.call("HINCRBY", KEYS[6], "balance_kopecks", amount_arg)
 local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
 redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "transfer", "from", from_id, "to", to_id, "amount", amount_arg,

@@ -75,6 +75,7 @@
 
 -- @include validate
 -- @include check_session
+-- @include money_frame
 -- @include fingerprint
 -- @include idempotency
 -- @include request_outcome
@@ -86,8 +87,6 @@ local FIRST_LEG_ARG = 10
 local from_id, idem_key, ttl_arg, session_flag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local absolute_arg, idle_arg, token, outcome_ttl_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local count_arg = ARGV[9]
-local has_key = idem_key ~= ""
-local has_session = session_flag == "1"
 
 local function invalid()
   return {"invalid_argument", "", "", "", "0"}
@@ -119,28 +118,10 @@ for i = 1, tonumber(count_arg) do
   legs[i] = leg
 end
 
-local key_count = 5 + #recipient_ids
-local idem_index, session_index
-if has_key then
-  key_count = key_count + 1
-  idem_index = key_count
-end
-if has_session then
-  key_count = key_count + 1
-  session_index = key_count
-end
-
-if not valid_positive(ttl_arg, MAX_TTL_S)
-  or (session_flag ~= "1" and session_flag ~= "0")
-  or not valid_positive(absolute_arg, MAX_TTL_S) or not valid_positive(idle_arg, MAX_TTL_S)
-  or #KEYS ~= key_count
-  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "user:{" .. from_id .. "}"
-  or not valid_request_token(token) or not valid_positive(outcome_ttl_arg, MAX_TTL_S)
-  or KEYS[4] ~= "req:{" .. from_id .. "}:" .. token
-  or KEYS[5] ~= "holds:{" .. from_id .. "}"
-  or (has_key and (not valid_idempotency_key(idem_key)
-                   or KEYS[idem_index] ~= "idem:{" .. from_id .. "}:" .. idem_key))
-  or (has_session and not valid_session_key(KEYS[session_index])) then
+-- The recipients' wallets follow holds:{from}.
+local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
+                          token, outcome_ttl_arg, 5 + #recipient_ids)
+if not frame.valid or KEYS[5] ~= "holds:{" .. from_id .. "}" then
   return invalid()
 end
 for j, to_id in ipairs(recipient_ids) do
@@ -156,9 +137,7 @@ if decided then
   return {decided[1], decided[2], decided[3], "", "0"}
 end
 
-local now = redis.call("TIME")
-local refusal = refusal_before_money(has_session and KEYS[session_index] or nil, from_id,
-                                     tonumber(absolute_arg), idle_arg, tonumber(now[1]), KEYS[1])
+local now, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "", "0"}
 end
@@ -185,7 +164,7 @@ end
 local name_fingerprint = request_fingerprint("batch", redis.sha1hex(table.concat(by_name, ",")))
 local id_fingerprint = all_resolved
   and request_fingerprint("batch", redis.sha1hex(table.concat(by_id, ","))) or nil
-local idem_key_name = has_key and KEYS[idem_index] or nil
+local idem_key_name = frame_idempotency_key(frame)
 local reply_fields = {"txn_id", "created_at_us", "leg"}
 -- Refusals are recorded by name, money moved by id; either form is a retry.
 local idem = idempotency_record(idem_key_name, ttl_arg, {name_fingerprint, id_fingerprint},
@@ -255,7 +234,7 @@ for i, leg in ipairs(legs) do
     "from", from_id, "to", leg.to_id, "amount", leg.amount_arg, "created_at_us", now_us,
     "from_balance", string.format("%d", from_balance),
     "to_balance", string.format("%d", to_balance), "idem_key", idem_key}
-  if has_key then
+  if frame.has_key then
     -- On every leg: a one-leg batch is otherwise a transfer's row (`wallet rebuild`).
     record[#record + 1], record[#record + 2] = "idem_fp", id_fingerprint
   end

@@ -1,0 +1,54 @@
+-- money_frame (included by every money script, after validate and check_session): the
+-- frame every money call shares around its own arguments.
+--
+-- KEYS begin with txn:seq, txn:stream, the acting user's wallet user:{<id>} and the request
+-- token's record req:{<id>}:<token>; then the script's own keys; then the Idempotency-Key's
+-- record idem:{<id>}:<key> and the session, each only when given. ARGV carry, besides the
+-- script's own: the key ("" for none) and its TTL, the session check ("1" or "0", absolute
+-- and idle seconds), the request token and how long its outcome is kept.
+
+-- The frame of one call. own_key_count: the keys before the optional two (the four above
+-- and the script's own). frame.valid tells whether the frame's KEYS and ARGV are well
+-- formed (the script checks its own besides); frame.idem_index and frame.session_index are
+-- the indexes of the optional keys, nil when absent. Every argument may be nil (a call with
+-- too few ARGV): the checks then fail before any is used.
+local function money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
+                           token, outcome_ttl_arg, own_key_count)
+  local frame = {user_id = user_id, absolute_arg = absolute_arg, idle_arg = idle_arg,
+                 has_key = idem_key ~= "", has_session = session_flag == "1"}
+  local key_count = own_key_count
+  if frame.has_key then
+    key_count = key_count + 1
+    frame.idem_index = key_count
+  end
+  if frame.has_session then
+    key_count = key_count + 1
+    frame.session_index = key_count
+  end
+  frame.valid = valid_id(user_id) and valid_positive(ttl_arg, MAX_TTL_S)
+    and (session_flag == "1" or session_flag == "0")
+    and valid_positive(absolute_arg, MAX_TTL_S) and valid_positive(idle_arg, MAX_TTL_S)
+    and valid_request_token(token) and valid_positive(outcome_ttl_arg, MAX_TTL_S)
+    and #KEYS == key_count
+    and KEYS[1] == "txn:seq" and KEYS[2] == "txn:stream" and KEYS[3] == "user:{" .. user_id .. "}"
+    and KEYS[4] == "req:{" .. user_id .. "}:" .. token
+    and (not frame.has_key or (valid_idempotency_key(idem_key)
+                               and KEYS[frame.idem_index] == "idem:{" .. user_id .. "}:" .. idem_key))
+    and (not frame.has_session or valid_session_key(KEYS[frame.session_index]))
+  return frame
+end
+
+-- Redis's clock now ({seconds, microseconds}, as TIME gives it), and what refuses the call
+-- before any money is looked at (refusal_before_money: the session, then the id counter),
+-- or nil.
+local function money_frame_refusal(frame)
+  local now = redis.call("TIME")
+  local session_key = frame.has_session and KEYS[frame.session_index] or nil
+  return now, refusal_before_money(session_key, frame.user_id, tonumber(frame.absolute_arg),
+                                   frame.idle_arg, tonumber(now[1]), KEYS[1])
+end
+
+-- The frame's idempotency key, or nil when the call has none (idempotency_record's `key`).
+local function frame_idempotency_key(frame)
+  return frame.has_key and KEYS[frame.idem_index] or nil
+end
