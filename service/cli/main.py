@@ -83,6 +83,7 @@ def metrics_directory() -> Iterator[None]:
 
 
 @click.group()
+@click.version_option(package_name="wallet-service", prog_name="wallet")
 def main() -> None:
     """Wallet service: balances in Redis, a PostgreSQL ledger."""
     configure_logging()

@@ -3,6 +3,7 @@ models that validate (service/http/schemas.py) and the catalog of refusals: each
 response lists the codes that operation may answer with that status."""
 
 from functools import cache
+from importlib.metadata import version
 from typing import Any
 
 from pydantic import BaseModel
@@ -76,7 +77,12 @@ def build_spec() -> dict[str, Any]:
         paths.setdefault(op.path, {})[op.method.lower()] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Wallet service", "version": "1.0.0"},
+        "info": {
+            "title": "Wallet service",
+            # One version everywhere: the package's (pyproject.toml, CHANGELOG.md).
+            "version": version("wallet-service"),
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
         "paths": paths,
         "components": {
             "schemas": defs.get("$defs", {}),

@@ -1,9 +1,13 @@
 """The command line as an operator meets it."""
 
+from importlib.metadata import version
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
 from service.cli.main import main
+from service.http.openapi import build_spec
 
 
 @pytest.mark.parametrize(
@@ -86,3 +90,14 @@ def test_the_serving_settings_are_bounded(variable: str, value: str) -> None:
     result = CliRunner().invoke(main, ["serve"], env={variable: value})
     assert result.exit_code == 1
     assert f"bad configuration: {variable}:" in result.output
+
+
+def test_one_version_everywhere() -> None:
+    """The package's version, as `wallet --version`, the OpenAPI document and the changelog
+    give it."""
+    package = version("wallet-service")
+    result = CliRunner().invoke(main, ["--version"])
+    assert (result.exit_code, result.output) == (0, f"wallet, version {package}\n")
+    assert build_spec()["info"]["version"] == package
+    changelog = (Path(__file__).parents[2] / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert f"\n## {package} " in changelog

@@ -75,3 +75,16 @@ def test_installed_package_ships_the_migrations(tmp_path: Path) -> None:
         [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
     ).stdout
     assert out.strip() == "0003"
+
+
+def test_the_packages_say_they_are_typed(tmp_path: Path) -> None:
+    """PEP 561: an application's type checker reads our annotations."""
+    code = (
+        "from importlib import resources; "
+        "print(all(resources.files(p).joinpath('py.typed').is_file()"
+        " for p in ('service', 'persistence')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "True"
