@@ -59,13 +59,13 @@ Rebuilding is idempotent: after an interruption, run it again.
 """
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import Row, Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.models import LedgerHold, LedgerHoldEvent, LedgerTransaction
@@ -400,33 +400,45 @@ async def _newest_first(*sources: AsyncIterator[_Record]) -> AsyncIterator[_Reco
 _BatchId = tuple[int, str, datetime]  # payer, key, instant: the legs of one batch
 
 
+async def _newest_rows(
+    engine: AsyncEngine, query: Select[*tuple[Any, ...]], instant: Any, row_id: Any
+) -> AsyncIterator[Sequence[Row[*tuple[Any, ...]]]]:
+    """The rows of ``query``, newest first by ``(instant, row_id)``, a page of BATCH_SIZE at a
+    time (keyset: each page starts below the last row of the one before)."""
+    after: tuple[datetime, int] | None = None
+    while True:
+        page = query
+        if after is not None:
+            page = page.where(tuple_(instant, row_id) < tuple_(*after))
+        page = page.order_by(instant.desc(), row_id.desc()).limit(BATCH_SIZE)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(page)).all()
+        if not rows:
+            return
+        yield rows
+        after = (getattr(rows[-1], instant.key), getattr(rows[-1], row_id.key))
+
+
 async def _transaction_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
     """Deposits, transfers, captures, refunds and batches (one record for all the legs),
     newest first, keyset on (created_at, id)."""
-    after: tuple[datetime, int] | None = None
     emitted: set[_BatchId] = set()  # batches already given, all of one instant
-    while True:
-        query = select(
-            T.id,
-            T.kind,
-            T.from_user_id,
-            T.to_user_id,
-            T.amount_kopecks,
-            T.created_at,
-            T.idempotency_key,
-            T.hold_id,
-            T.refund_of,
-            T.idempotency_fingerprint,
-        ).where(T.idempotency_key.is_not(None), T.created_at > cutoff)
-        if after is not None:
-            query = query.where(tuple_(T.created_at, T.id) < tuple_(*after))
-        query = query.order_by(T.created_at.desc(), T.id.desc()).limit(BATCH_SIZE)
+    query = select(
+        T.id,
+        T.kind,
+        T.from_user_id,
+        T.to_user_id,
+        T.amount_kopecks,
+        T.created_at,
+        T.idempotency_key,
+        T.hold_id,
+        T.refund_of,
+        T.idempotency_fingerprint,
+    ).where(T.idempotency_key.is_not(None), T.created_at > cutoff)
+    async for rows in _newest_rows(engine, query, T.created_at, T.id):
         async with engine.connect() as connection:
-            rows = (await connection.execute(query)).all()
             wanted = {_batch_id(row) for row in rows if _is_batch_leg(row)} - emitted
             legs = await _batch_legs(connection, wanted)
-        if not rows:
-            return
         for row in rows:
             if emitted and next(iter(emitted))[2] != row.created_at:
                 emitted.clear()  # the keyset moved past their instant: they never come again
@@ -437,7 +449,6 @@ async def _transaction_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIt
                     yield _batch_record(row, legs[batch])
                 continue
             yield _transaction_record(row)
-        after = (rows[-1].created_at, rows[-1].id)
 
 
 def _is_batch_leg(row: Any) -> bool:
@@ -529,25 +540,17 @@ def _transaction_record(row: Any) -> _Record:
 
 async def _hold_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
     """Holds made, under the payer's key, newest first."""
-    after: tuple[datetime, int] | None = None
-    while True:
-        query = select(
-            H.id,
-            H.from_user_id,
-            H.to_user_id,
-            H.amount_kopecks,
-            H.created_at,
-            H.expires_at,
-            H.idempotency_key,
-            H.idempotency_fingerprint,
-        ).where(H.idempotency_key.is_not(None), H.created_at > cutoff)
-        if after is not None:
-            query = query.where(tuple_(H.created_at, H.id) < tuple_(*after))
-        query = query.order_by(H.created_at.desc(), H.id.desc()).limit(BATCH_SIZE)
-        async with engine.connect() as connection:
-            rows = (await connection.execute(query)).all()
-        if not rows:
-            return
+    query = select(
+        H.id,
+        H.from_user_id,
+        H.to_user_id,
+        H.amount_kopecks,
+        H.created_at,
+        H.expires_at,
+        H.idempotency_key,
+        H.idempotency_fingerprint,
+    ).where(H.idempotency_key.is_not(None), H.created_at > cutoff)
+    async for rows in _newest_rows(engine, query, H.created_at, H.id):
         for row in rows:
             created_at_us = us_from_datetime(row.created_at)
             yield _Record(
@@ -566,37 +569,28 @@ async def _hold_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[
                 ),
                 what=f"hold {row.id}",
             )
-        after = (rows[-1].created_at, rows[-1].id)
 
 
 async def _void_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
     """Voids, under the payee's key, newest first by the void's instant. (A capture's key
     is its transaction's; an expiry has none.) A void whose hold is not in the ledger names
     no payee and is left out."""
-    after: tuple[datetime, int] | None = None
-    while True:
-        query = (
-            select(
-                E.hold_id,
-                E.at,
-                E.idempotency_key,
-                E.idempotency_fingerprint,
-                H.from_user_id,
-                H.to_user_id,
-                H.amount_kopecks,
-                H.created_at,
-                H.expires_at,
-            )
-            .join(H, H.id == E.hold_id)
-            .where(E.event == "voided", E.idempotency_key.is_not(None), E.at > cutoff)
+    query = (
+        select(
+            E.hold_id,
+            E.at,
+            E.idempotency_key,
+            E.idempotency_fingerprint,
+            H.from_user_id,
+            H.to_user_id,
+            H.amount_kopecks,
+            H.created_at,
+            H.expires_at,
         )
-        if after is not None:
-            query = query.where(tuple_(E.at, E.hold_id) < tuple_(*after))
-        query = query.order_by(E.at.desc(), E.hold_id.desc()).limit(BATCH_SIZE)
-        async with engine.connect() as connection:
-            rows = (await connection.execute(query)).all()
-        if not rows:
-            return
+        .join(H, H.id == E.hold_id)
+        .where(E.event == "voided", E.idempotency_key.is_not(None), E.at > cutoff)
+    )
+    async for rows in _newest_rows(engine, query, E.at, E.hold_id):
         for row in rows:
             yield _Record(
                 recorded_at_us=us_from_datetime(row.at),
@@ -614,7 +608,6 @@ async def _void_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[
                 ),
                 what=f"the void of hold {row.hold_id}",
             )
-        after = (rows[-1].at, rows[-1].hold_id)
 
 
 async def ensure_transaction_counter(redis: Redis, engine: AsyncEngine) -> bool:
