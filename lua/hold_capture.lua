@@ -70,6 +70,7 @@
 -- @include idempotency
 -- @include request_outcome
 -- @include holds
+-- @include hold_action
 
 local user_id, payer_id, hold_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local idem_key, ttl_arg, session_flag, absolute_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -113,38 +114,27 @@ local payee = wallet_amounts(KEYS[3], user_id)
 if not payee then
   return {"account_not_found", "", "", "", "", "0"}
 end
-local raw = redis.call("HMGET", KEYS[5], "from", "to", "amount", "status", "expires_at_us")
-if not raw[1] or not payer_known then
-  return {"hold_not_found", "", "", "", "", "0"}
-end
-if raw[2] ~= user_id or raw[1] ~= payer_id then
-  return idempotency_remember(idem, {"hold_not_found", "", "", "", "", "0"})
-end
 local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
-if raw[4] ~= "pending" or tonumber(created_at_us) >= tonumber(raw[5]) then
-  return idempotency_remember(idem, {"hold_not_pending", "", "", "", "", "0"})
+local hold, refused, recorded = pending_hold_of_payee(KEYS[5], user_id, payer_id,
+                                                      tonumber(created_at_us))
+if not hold then
+  local reply = {refused, "", "", "", "", "0"}
+  return recorded and idempotency_remember(idem, reply) or reply
 end
-local hold_amount_arg = raw[3]
-local hold_amount = tonumber(hold_amount_arg)
+local hold_amount_arg, hold_amount = hold.amount_arg, hold.amount
 local captured_arg = amount_arg ~= "" and amount_arg or hold_amount_arg
 local captured = tonumber(captured_arg)
 if captured > hold_amount then
   return {"capture_exceeds_hold", "", "", "", "", "0"}
 end
 local payer = wallet_amounts(KEYS[payer_index], payer_id)
-assert(payer and payer.held >= hold_amount and payee.incoming >= hold_amount,
-  "invariant: a pending hold that its parties' wallets do not count: hold " .. hold_id)
+local payer_member, due_member = counted_hold_members(hold_id, hold, payer_id, user_id, payer,
+                                                      payee, KEYS[payer_index + 1], KEYS[6])
 -- What the writes below leave: the payer keeps balance >= held >= 0; the payee stays within
 -- the ceiling, which hold_create.lua checked with this hold counted in incoming_kopecks.
 assert(payer.balance - captured >= payer.held - hold_amount
   and payee.balance + captured + payee.incoming - hold_amount <= MAX_BALANCE_KOPECKS,
   "invariant: a capture would break the payer's held or the payee's ceiling: hold " .. hold_id)
-
-local payer_member = hold_id .. ":" .. user_id .. ":" .. hold_amount_arg
-local due_member = hold_id .. ":" .. payer_id .. ":" .. user_id .. ":" .. hold_amount_arg
-assert(redis.call("ZSCORE", KEYS[payer_index + 1], payer_member)
-  and redis.call("ZSCORE", KEYS[6], due_member),
-  "invariant: a pending hold missing from its sorted sets: hold " .. hold_id)
 
 -- Every check has passed: from here on the script only writes.
 redis.call("ZREM", KEYS[payer_index + 1], payer_member)

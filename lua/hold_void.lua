@@ -64,6 +64,7 @@
 -- @include idempotency
 -- @include request_outcome
 -- @include holds
+-- @include hold_action
 
 local user_id, payer_id, hold_id, idem_key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl_arg, session_flag, absolute_arg, idle_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -105,29 +106,17 @@ local payee = wallet_amounts(KEYS[3], user_id)
 if not payee then
   return {"account_not_found", "", "", "", "", "0"}
 end
-local raw = redis.call("HMGET", KEYS[5], "from", "to", "amount", "status", "created_at_us",
-  "expires_at_us")
-if not raw[1] or not payer_known then
-  return {"hold_not_found", "", "", "", "", "0"}
-end
-if raw[2] ~= user_id or raw[1] ~= payer_id then
-  return idempotency_remember(idem, {"hold_not_found", "", "", "", "", "0"})
-end
 local now_us = now[1] .. string.format("%06d", tonumber(now[2]))
-if raw[4] ~= "pending" or tonumber(now_us) >= tonumber(raw[6]) then
-  return idempotency_remember(idem, {"hold_not_pending", "", "", "", "", "0"})
+local hold, refused, recorded = pending_hold_of_payee(KEYS[5], user_id, payer_id,
+                                                      tonumber(now_us))
+if not hold then
+  local reply = {refused, "", "", "", "", "0"}
+  return recorded and idempotency_remember(idem, reply) or reply
 end
-local amount_arg = raw[3]
-local amount = tonumber(amount_arg)
+local amount_arg = hold.amount_arg
 local payer = wallet_amounts(KEYS[payer_index], payer_id)
-assert(payer and payer.held >= amount and payee.incoming >= amount,
-  "invariant: a pending hold that its parties' wallets do not count: hold " .. hold_id)
-
-local payer_member = hold_id .. ":" .. user_id .. ":" .. amount_arg
-local due_member = hold_id .. ":" .. payer_id .. ":" .. user_id .. ":" .. amount_arg
-assert(redis.call("ZSCORE", KEYS[payer_index + 1], payer_member)
-  and redis.call("ZSCORE", KEYS[6], due_member),
-  "invariant: a pending hold missing from its sorted sets: hold " .. hold_id)
+local payer_member, due_member = counted_hold_members(hold_id, hold, payer_id, user_id, payer,
+                                                      payee, KEYS[payer_index + 1], KEYS[6])
 
 -- Every check has passed: from here on the script only writes.
 redis.call("ZREM", KEYS[payer_index + 1], payer_member)
@@ -137,11 +126,12 @@ redis.call("HINCRBY", KEYS[3], "incoming_kopecks", "-" .. amount_arg)
 redis.call("HSET", KEYS[5], "status", "voided")
 redis.call("EXPIRE", KEYS[5], retention_arg)
 local record = {"kind", "hold_voided", "hold", hold_id, "from", payer_id, "to", user_id,
-  "amount", amount_arg, "created_at_us", now_us, "expires_at_us", raw[6], "idem_key", idem_key}
+  "amount", amount_arg, "created_at_us", now_us, "expires_at_us", hold.expires_at_us, "idem_key", idem_key}
 if frame.has_key then
   -- What idempotency_remember records below, for `wallet rebuild` (docs/holds.md).
   record[#record + 1], record[#record + 2] = "idem_fp", idem.fingerprints[1]
 end
 redis.call("XADD", KEYS[2], "*", unpack(record))
 record_request_outcome(KEYS[4], outcome_ttl_arg, {"ok", hold_id, now_us, "0"})
-return idempotency_remember(idem, {"ok", payer_id, amount_arg, raw[5], raw[6], "0"})
+return idempotency_remember(idem,
+  {"ok", payer_id, amount_arg, hold.created_at_us, hold.expires_at_us, "0"})
