@@ -1,13 +1,20 @@
-"""Side by side in one run: (a) the design's ceiling, (b) the real transfer endpoint,
-(c) the writer's lag during (b) and its drain capacity.
+"""Side by side in one run: (a) the bare design, (a2) the project's Redis client and money
+scripts without the HTTP features, (b) the real transfer endpoint, (c) the writer's lag
+during (b) and its drain capacity.
 
-(a) benchmarks/ceiling_app.py: bare aiohttp + uvloop + the same transfer EVALSHA.
-(b) `wallet serve --workers 2`: sessions, strict validation, an Idempotency-Key on half
-    the requests, metrics, with `wallet writer` running.
-Both under gunicorn with 2 uvloop workers; load from `wrk -t1 -c64` on the same machine;
-rounds alternate a, b, a, b, ... and the medians are reported.
+(a)  benchmarks/bare_app.py: aiohttp + uvloop + redis-py's default client + a transfer
+     script of the same shape; none of the project's code. The ceiling.
+(a2) benchmarks/ceiling_app.py: the project's Redis client and `MoneyScripts.transfer`
+     behind a bare endpoint: what the project's money path costs before any HTTP feature.
+(b)  `wallet serve --workers 2`: sessions, strict validation, an Idempotency-Key on half
+     the requests, metrics, with `wallet writer` running.
+All under gunicorn with 2 uvloop workers; load from `wrk -t1 -c64` on the same machine;
+rounds alternate a, a2, b, a, a2, b, ... and the medians are reported.
 
-    PYTHONPATH=. python benchmarks/transfer_benchmark.py --rounds 5 --seconds 10
+    PYTHONPATH=. python benchmarks/transfer_benchmark.py --rounds 5 --seconds 10 [--profile]
+
+With ``--profile``, one more round of each server with py-spy on one of its workers prints
+the CPU of one request in microseconds per part (benchmarks/request_profile.py).
 """
 
 import argparse
@@ -28,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks import request_profile
 from tests.support.postgres_admin import postgres_admin
 from tests.support.redis_claim import claimed_redis_database
 
@@ -36,7 +44,8 @@ BIN = Path(sys.executable).parent
 CONNECTIONS = 64
 # Not one of the commonly used passwords, which sign-up refuses.
 PASSWORD = "correct-horse-battery"
-A_PORT, B_PORT = 8090, 8091
+A_PORT, A2_PORT, B_PORT = 8093, 8090, 8091
+SIDES = ("a", "a2", "b")
 # B's GET /metrics listener (WALLET_METRICS_LISTEN): never on the API's port.
 B_METRICS_PORT = 8092
 Process = subprocess.Popen[bytes]
@@ -106,13 +115,18 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def rss_of(a: Process, b: Process, writer: Process) -> dict[str, list[float]]:
-    """Resident memory of each worker of (a) and (b), and of the writer, in MiB."""
-    return {
-        "a": [round(rss_mib(p), 1) for p in children(a.pid)],
-        "b": [round(rss_mib(p), 1) for p in children(b.pid)],
-        "writer": [round(rss_mib(writer.pid), 1)],
-    }
+def rss_of(servers: dict[str, Process], writer: Process) -> dict[str, list[float]]:
+    """Resident memory of each worker of every server, and of the writer, in MiB."""
+    rss = {side: [round(rss_mib(p), 1) for p in children(s.pid)] for side, s in servers.items()}
+    return rss | {"writer": [round(rss_mib(writer.pid), 1)]}
+
+
+def gunicorn(app: str, port: int) -> list[str]:
+    return [
+        *(str(BIN / "gunicorn"), app),
+        *("--worker-class", "aiohttp.GunicornUVLoopWebWorker"),
+        *("--workers", "2", "--bind", f"127.0.0.1:{port}"),
+    ]
 
 
 def wrk(url: str, script: str, seconds: int) -> Result:
@@ -148,35 +162,47 @@ def unpersisted(base: str) -> float:
     return metric(base, "wallet_writer_lag_entries") + metric(base, "wallet_writer_pending_entries")
 
 
+DROP_BARE_STREAM = (
+    "import os, redis; redis.Redis.from_url(os.environ['REDIS_URL']).delete('bare:stream')"
+)
+
+
 class LagSampler(threading.Thread):
-    """Samples the writer's lag from /metrics every 100 ms."""
+    """Samples the writer's lag from /metrics every 100 ms while ``active`` (during (b))."""
 
     def __init__(self, base: str) -> None:
         super().__init__(daemon=True)
         self.base = base
         self.samples: list[float] = []
         self.running = True
+        self.active = False
+        self.start()
 
     def run(self) -> None:
         while self.running:
-            self.samples.append(metric(self.base, "wallet_writer_lag_seconds"))
+            if self.active:
+                self.samples.append(metric(self.base, "wallet_writer_lag_seconds"))
             time.sleep(0.1)
 
 
 def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
     subprocess.run([BIN / "wallet", "migrate"], env=env, check=True, capture_output=True)
-    a_url = f"http://127.0.0.1:{A_PORT}/transfer"
     b_base = f"http://127.0.0.1:{B_PORT}"
     b_metrics = f"http://127.0.0.1:{B_METRICS_PORT}"
     b_url = f"{b_base}/api/balance/transfer/"
-    a_cmd = [
-        *(str(BIN / "gunicorn"), "benchmarks.ceiling_app:create"),
-        *("--worker-class", "aiohttp.GunicornUVLoopWebWorker"),
-        *("--workers", "2", "--bind", f"127.0.0.1:{A_PORT}"),
-    ]
+    urls = {
+        "a": f"http://127.0.0.1:{A_PORT}/transfer",
+        "a2": f"http://127.0.0.1:{A2_PORT}/transfer",
+        "b": b_url,
+    }
     b_cmd = [str(BIN / "wallet"), "serve", "--port", str(B_PORT), "--workers", "2"]
     writer_cmd = [str(BIN / "wallet"), "writer"]
-    with process(a_cmd, env, logs / "a.log") as a, process(b_cmd, env, logs / "b.log") as b:
+    with (
+        process(gunicorn("benchmarks.bare_app:create", A_PORT), env, logs / "a.log") as a,
+        process(gunicorn("benchmarks.ceiling_app:create", A2_PORT), env, logs / "a2.log") as a2,
+        process(b_cmd, env, logs / "b.log") as b,
+    ):
+        servers = {"a": a, "a2": a2, "b": b}
         wait_ready(f"{b_base}/readyz")
         for user in ("alice", "bob"):
             http("POST", f"{b_base}/api/sign-up/", {"username": user, "password": PASSWORD})
@@ -185,25 +211,32 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
         cookie = set_cookie.split("wallet_session=", 1)[1].split(";", 1)[0]
         for _ in range(200):
             http("POST", f"{b_base}/api/balance/deposit/", {"amount": 10**12}, cookie)
-        b_script = B_SCRIPT % (cookie, uuid.uuid4().hex[:12])
+        scripts = {"a": A_SCRIPT, "a2": A_SCRIPT, "b": B_SCRIPT % (cookie, uuid.uuid4().hex[:12])}
         with process(writer_cmd, env, logs / "writer.log") as writer:
-            wrk(a_url, A_SCRIPT, 3)  # warm-up
-            wrk(b_url, b_script, 3)
-            rss_start = rss_of(a, b, writer)
-            results: dict[str, list[Result]] = {"a": [], "b": []}
+            for side in SIDES:  # warm-up
+                wrk(urls[side], scripts[side], 3)
+            rss_start = rss_of(servers, writer)
+            results: dict[str, list[Result]] = {side: [] for side in SIDES}
             sampler = LagSampler(b_metrics)
-            sampler.start()
             for round_ in range(args.rounds):
-                results["a"].append(wrk(a_url, A_SCRIPT, args.seconds))
-                results["b"].append(wrk(b_url, b_script, args.seconds))
-                a_rate, b_rate = results["a"][-1][0], results["b"][-1][0]
-                print(f"round {round_ + 1}: a {a_rate:.0f}/s, b {b_rate:.0f}/s", flush=True)
+                for side in SIDES:
+                    sampler.active = side == "b"
+                    results[side].append(wrk(urls[side], scripts[side], args.seconds))
+                    sampler.active = False
+                    if side == "a":  # the bare design's stream is not drained by anyone
+                        subprocess.run(
+                            [BIN / "python", "-c", DROP_BARE_STREAM], env=env, check=True
+                        )
+                rates = ", ".join(f"{side} {results[side][-1][0]:.0f}/s" for side in SIDES)
+                print(f"round {round_ + 1}: {rates}", flush=True)
             sampler.running = False
-            rss_end = rss_of(a, b, writer)
+            rss_end = rss_of(servers, writer)
+            if args.profile:
+                profile(servers, urls, scripts, args.seconds, logs)
             # (c) drain capacity: the writer paused (SIGSTOP) while a backlog builds up,
             # then resumed, so no process start-up is in the figure.
             writer.send_signal(signal.SIGSTOP)
-            wrk(b_url, b_script, args.seconds)
+            wrk(b_url, scripts["b"], args.seconds)
             backlog = unpersisted(b_metrics)
             started = time.monotonic()
             writer.send_signal(signal.SIGCONT)
@@ -211,6 +244,29 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
                 time.sleep(0.02)
             drain_rate = backlog / (time.monotonic() - started)
     report(results, sampler.samples, drain_rate, backlog, rss_start, rss_end)
+
+
+def profile(
+    servers: dict[str, Process],
+    urls: dict[str, str],
+    scripts: dict[str, str],
+    seconds: int,
+    logs: Path,
+) -> None:
+    """One more round of each server with py-spy on its first worker; prints µs per part."""
+    columns = {}
+    for side, server in servers.items():
+        workers = children(server.pid)
+        raw = logs / f"profile-{side}.txt"
+        spy = request_profile.record(workers[0], seconds, raw)
+        cpu_before = request_profile.cpu_seconds(workers)
+        rate, _, _ = wrk(urls[side], scripts[side], seconds)
+        cpu = request_profile.cpu_seconds(workers) - cpu_before
+        spy.wait(timeout=60)
+        columns[side] = (request_profile.shares(raw), 1e6 * cpu / (rate * seconds))
+    print()
+    request_profile.print_parts(columns)
+    print(f"(py-spy raw stacks: {logs}/profile-*.txt)")
 
 
 def report(
@@ -224,20 +280,29 @@ def report(
     def median(side: str, i: int) -> float:
         return statistics.median(r[i] for r in results[side])
 
-    a_rate, b_rate, a_p99, b_p99 = median("a", 0), median("b", 0), median("a", 2), median("b", 2)
     lag = sorted(lag_samples)
     lag_p99_ms = 1000 * lag[int(0.99 * (len(lag) - 1))] if lag else float("nan")
+    names = {
+        "a": "(a) bare design",
+        "a2": "(a2) project client, no HTTP features",
+        "b": "(b) wallet serve",
+    }
     print()
     print("| | requests/s | p50 ms | p99 ms |")
     print("|---|---|---|---|")
-    print(f"| (a) ceiling | {a_rate:.0f} | {median('a', 1):.1f} | {a_p99:.1f} |")
-    print(f"| (b) wallet serve | {b_rate:.0f} | {median('b', 1):.1f} | {b_p99:.1f} |")
+    for side in SIDES:
+        rate, p50, p99 = median(side, 0), median(side, 1), median(side, 2)
+        print(f"| {names[side]} | {rate:.0f} | {p50:.1f} | {p99:.1f} |")
     print()
-    print(f"b/a throughput: {b_rate / a_rate:.2f}; b/a p99: {b_p99 / a_p99:.2f}")
+    for top, bottom in (("b", "a"), ("a2", "a"), ("b", "a2")):
+        rate = median(top, 0) / median(bottom, 0)
+        p99 = median(top, 2) / median(bottom, 2)
+        print(f"{top}/{bottom}: throughput {rate:.2f}, p99 {p99:.2f}")
+    b_rate = median("b", 0)
     print(f"writer drain capacity: {drain_rate:.0f} rows/s from a backlog of {backlog:.0f}")
     print(f"drain capacity / (b) rate: {drain_rate / b_rate:.1f}")
     print(f"writer lag during (b): p99 {lag_p99_ms:.0f} ms over {len(lag)} samples")
-    for side in ("a", "b", "writer"):
+    for side in (*SIDES, "writer"):
         print(f"RSS {side}: start {rss_start[side]} MiB, end {rss_end[side]} MiB")
 
 
@@ -245,6 +310,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="py-spy: µs per request by part")
     parser.add_argument("--admin-dsn", default="postgresql://127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     args = parser.parse_args()

@@ -7,7 +7,6 @@ fails as a timeout after sending would. tests/faults/test_lost_replies.py makes 
 happen to real processes, with Redis paused and killed.
 """
 
-import asyncio
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +19,8 @@ from service.domain import refusals
 from service.redis import keyspace
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
-from service.redis.scripts import Arg, LuaScript, ReplyLost
+from service.redis.pipelining import Arg, ReplyLost
+from service.redis.scripts import LuaScript
 from service.settings import Settings
 from tests.support.faults.procs import DelayProxy
 from tests.support.helpers import balance, refusing, snapshot, stream_fields
@@ -182,20 +182,6 @@ async def test_a_reply_lost_on_the_wire_is_found_again(
             assert await balance(redis_client, 1) == 500
         finally:
             await client.aclose()
-
-
-async def test_a_failure_before_sending_is_raised_as_the_outage_it_is() -> None:
-    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    free_port = listener.sockets[0].getsockname()[1]
-    listener.close()
-    await listener.wait_closed()  # nothing listens there now: the connection is refused
-    refused = Redis(host="127.0.0.1", port=free_port, socket_timeout=0.2)
-    try:
-        with pytest.raises(RedisConnectionError) as never_sent:
-            await LuaScript(refused, "deposit")(keys=["k"], args=["a"])
-        assert not isinstance(never_sent.value, ReplyLost)
-    finally:
-        await refused.aclose()
 
 
 @pytest.mark.in_process_only

@@ -4,6 +4,7 @@ from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.redis.pipelining import AutoPipeline
 from service.settings import Settings
 
 # A connection idle this long is PINGed before it carries a command.
@@ -24,13 +25,21 @@ class _CheckedConnection(Connection):
             await super().check_health()  # type: ignore[no-untyped-call]
 
 
+class _PipeliningPool(BlockingConnectionPool):
+    """The pool of a client opened by connect_redis; it carries the client's auto-pipeline
+    (set once, right after the pool is made), shared by every script of the process."""
+
+    auto_pipeline: AutoPipeline
+
+
 def connect_redis(settings: Settings) -> Redis:
-    """A client whose pool waits for a free connection instead of failing at the limit.
+    """A client whose pool waits for a free connection instead of failing at the limit,
+    and whose script calls share round trips (``script_calls``).
 
     redis-py's default asyncio pool raises MaxConnectionsError when every connection is
     busy; under a burst that would turn into refused payments.
     """
-    pool = BlockingConnectionPool.from_url(
+    pool = _PipeliningPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_wait_timeout_ms / 1000,
@@ -39,4 +48,20 @@ def connect_redis(settings: Settings) -> Redis:
         socket_timeout=settings.redis_socket_timeout_ms / 1000,
         socket_connect_timeout=settings.redis_socket_timeout_ms / 1000,
     )
+    pool.auto_pipeline = AutoPipeline(
+        pool,
+        max_batch_calls=settings.redis_pipeline_max_calls,
+        max_batches_in_flight=settings.redis_pipeline_max_batches,
+        timeout_s=settings.redis_socket_timeout_ms / 1000,
+    )
     return Redis(connection_pool=pool)
+
+
+def script_calls(redis: Redis) -> AutoPipeline:
+    """The auto-pipeline of a client opened by connect_redis, through which scripts are
+    called. Any other client is a programming error: its calls would skip the batching and
+    the lost-reply classification that the money scripts rely on."""
+    pool = redis.connection_pool
+    if not isinstance(pool, _PipeliningPool):
+        raise TypeError(f"a Redis client not opened by connect_redis: {redis!r}")
+    return pool.auto_pipeline

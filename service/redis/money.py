@@ -30,7 +30,8 @@ from service.domain.limits import MAX_USER_ID, USERNAME_PATTERN
 from service.domain.refusals import BY_LUA_OUTCOME, Refused
 from service.outages import is_outage
 from service.redis import keyspace
-from service.redis.scripts import LuaScript, ReplyLost, ScriptArgumentRejected
+from service.redis.pipelining import ReplyLost
+from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.settings import Settings
 
 log = logging.getLogger("wallet.money")

@@ -4,6 +4,7 @@ A script's ``-- @include NAME`` lines are replaced by lua/includes/NAME.lua (hel
 shared by several scripts, as BullMQ does); see ``load_script_source``.
 """
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
@@ -13,22 +14,15 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
-from service.outages import is_outage
+from service.redis.client import script_calls
+from service.redis.pipelining import Arg
 
 
 class ScriptArgumentRejected(Exception):
     """A script's own validation refused what Python sent, or it answered something no
     caller expects: a bug on this side, never retried."""
-
-
-class ReplyLost(RedisConnectionError):
-    """A script call failed after its command began to be written to Redis (a timeout, a
-    dropped connection): the script may have run, or may still run. To most callers an
-    outage like any other (it is a ConnectionError); the money scripts find out what became
-    of the request instead (service/redis/money.py)."""
 
 
 class ScriptIncludeError(Exception):
@@ -106,24 +100,20 @@ def _compiled(name: str) -> tuple[str, str]:
     return source, hashlib.sha1(source.encode()).hexdigest()
 
 
-Arg = str | bytes | int
-
-
 class LuaScript:
     """One script of lua/, called by SHA (EVALSHA) and loaded again when Redis answers
     NOSCRIPT (after a restart or SCRIPT FLUSH).
 
-    It takes a connection from the pool and sends the command itself, rather than through
-    execute_command, to know where a failure happened: before the command is written
-    (no free connection, a connection that cannot be opened or fails its health check:
-    the script surely did not run, the error is raised as it is) or after (ReplyLost).
-    redis-py's own Script wrapper would also add layers (argument checks, a deprecation
-    decorator) that cost a measurable share of a request on the money path
-    (docs/performance.md).
+    Calls go through the client's auto-pipeline (service/redis/pipelining.py), which tells
+    a failure before the command was written (raised as it is: the script surely did not
+    run) from one after (ReplyLost). redis-py's own Script wrapper would add layers
+    (argument checks, a deprecation decorator) that cost a measurable share of a request
+    on the money path (docs/performance.md).
     """
 
     def __init__(self, redis: Redis, name: str) -> None:
         self._redis = redis
+        self._calls = script_calls(redis)
         self._source, self._sha = _compiled(name)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -131,50 +121,17 @@ class LuaScript:
         without its reply coming back; any other outage means it did not run."""
         command = ("EVALSHA", self._sha, len(keys), *keys, *args)
         try:
-            return await self._send(command)
+            return await self._calls.call(command)
         except NoScriptError:  # Redis answered: the script did not run
             await self.load()
-            return await self._send(command)
-
-    async def _send(self, command: tuple[Arg, ...]) -> Any:
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            # Nothing of the command has left this process yet: a failure here is an
-            # outage in which it surely did not run. (send_command would PING an idle
-            # connection too, but after the point where a failure means "maybe sent".)
-            await connection.check_health()
-            try:
-                await connection.send_command(*command, check_health=False)
-                return await connection.read_response()
-            except ResponseError:
-                raise  # Redis answered (NOSCRIPT, an error raised by the script)
-            except Exception as error:
-                if not is_outage(error):
-                    raise
-                await connection.disconnect()  # a reply may still come: never read it
-                raise ReplyLost(f"{command[0]!s} sent, no reply: {error!r}") from error
-        finally:
-            await pool.release(connection)
+            return await self._calls.call(command)
 
     async def load(self) -> None:
         await self._redis.script_load(self._source)
 
     async def call_many(self, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]) -> list[Any]:
-        """Many calls in one round trip (a pipeline, not a transaction); the replies in order.
-
-        A call that finds the script gone (NOSCRIPT: Redis restarted, or SCRIPT FLUSH ran,
-        after the load) did not run, so it is made again on its own, which loads the script.
-        """
+        """Many calls, sharing round trips through the auto-pipeline; the replies in order.
+        Loads the script first, so that a Redis without it answers NOSCRIPT at most once
+        per call rather than to every one."""
         await self.load()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        for index, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                keys, args = calls[index]
-                replies[index] = await self(keys, args)
-            elif isinstance(reply, Exception):
-                raise reply
-        return replies
+        return await asyncio.gather(*(self(keys, args) for keys, args in calls))

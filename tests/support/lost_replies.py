@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from service.redis.scripts import Arg, LuaScript, ReplyLost
+from service.redis.pipelining import Arg, ReplyLost
+from service.redis.scripts import LuaScript
 
 
 class LosesTheReply:

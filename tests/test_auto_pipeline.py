@@ -1,0 +1,157 @@
+"""The auto-pipeline (service/redis/pipelining.py) against a real Redis: concurrent calls
+share round trips, and each keeps the outcome it would have had alone."""
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from service.redis import keyspace
+from service.redis.client import connect_redis, script_calls
+from service.redis.pipelining import AutoPipeline, ReplyLost
+from service.redis.scripts import LuaScript, load_script_source
+from service.settings import Settings
+from tests.support.faults.procs import DelayProxy
+
+
+@pytest.fixture
+async def one_batch_at_a_time(
+    settings: Settings, redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[AutoPipeline, list[int]]]:
+    """A client whose pipeline sends one batch at a time, and the number of connections
+    each of its batches took from the pool (one per batch)."""
+    client = connect_redis(settings.model_copy(update={"redis_pipeline_max_batches": 1}))
+    pool = client.connection_pool
+    taken: list[int] = []
+    get_connection = pool.get_connection
+
+    async def counted() -> Any:
+        taken.append(1)
+        return await get_connection()  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(pool, "get_connection", counted)
+    try:
+        yield script_calls(client), taken
+    finally:
+        await client.aclose()
+
+
+async def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(
+    one_batch_at_a_time: tuple[AutoPipeline, list[int]], settings: Settings
+) -> None:
+    calls, taken = one_batch_at_a_time
+    replies = await asyncio.gather(*(calls.call(("INCR", "counted")) for _ in range(300)))
+    # Sent in the order called, each reply to its own call.
+    assert replies == list(range(1, 301))
+    # 128 + 128 + 44: the calls made while a batch was on the wire waited for the next.
+    assert settings.redis_pipeline_max_calls == 128
+    assert len(taken) == 3
+
+
+async def test_an_error_reply_goes_to_its_call_alone(redis_client: Redis) -> None:
+    calls = script_calls(redis_client)
+    await redis_client.set("a-string", "x")
+    replies = await asyncio.gather(
+        calls.call(("INCR", "n")),
+        calls.call(("HGET", "a-string", "field")),  # WRONGTYPE
+        calls.call(("INCR", "n")),
+        return_exceptions=True,
+    )
+    assert replies[0] == 1
+    assert isinstance(replies[1], ResponseError)
+    assert "WRONGTYPE" in str(replies[1])
+    assert replies[2] == 2
+
+
+async def test_a_script_flushed_away_is_loaded_again_for_every_call_that_found_it_gone(
+    redis_client: Redis,
+) -> None:
+    register = LuaScript(redis_client, "register_user")
+    await register.load()
+    await redis_client.script_flush()  # as a Redis restart between the load and the calls
+    replies = await asyncio.gather(
+        *(register(keys=[keyspace.user(n)], args=[str(n)]) for n in range(1, 21))
+    )
+    assert replies == [[b"created"]] * 20
+
+
+async def test_a_caller_cancelled_before_the_batch_left_is_not_sent(redis_client: Redis) -> None:
+    calls = script_calls(redis_client)
+    waiting = asyncio.create_task(calls.call(("INCR", "never")))
+    await asyncio.sleep(0)  # the call is queued and the flush scheduled, not yet run
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await calls.call(("INCR", "sent")) == 1  # a later batch went out
+    assert await redis_client.get("never") is None
+
+
+async def test_replies_lost_on_the_wire_leave_every_call_of_the_batch_unknown(
+    redis_url: str, settings: Settings, redis_client: Redis
+) -> None:
+    shared = urlsplit(redis_url)
+    register = LuaScript(redis_client, "register_user")
+    await register.load()
+    async with DelayProxy(shared.port or 6379) as proxy:
+        through = settings.model_copy(
+            update={
+                "redis_url": f"redis://127.0.0.1:{proxy.port}{shared.path}",
+                "redis_socket_timeout_ms": 300,
+            }
+        )
+        client = connect_redis(through)
+        try:
+            calls = script_calls(client)
+            assert await calls.call(("PING",)) == b"PONG"  # a connection is open
+            # The proxy sees the batch's EVALSHA and from then on drops what Redis answers on
+            # that connection: the replies of the whole batch.
+            proxy.drop_next = True
+            command = ("EVALSHA", _sha("register_user"), 1, keyspace.user(7), "7")
+            replies = await asyncio.gather(
+                calls.call(("INCR", "before")),
+                calls.call(command),
+                calls.call(("INCR", "after")),
+                return_exceptions=True,
+            )
+        finally:
+            await client.aclose()
+    assert all(isinstance(reply, ReplyLost) for reply in replies), replies
+    # Each of them ran all the same: that is why their outcome is "unknown", not "failed".
+    assert await redis_client.get("before") == b"1"
+    assert await redis_client.exists(keyspace.user(7))
+    assert await redis_client.get("after") == b"1"
+
+
+async def test_a_failure_before_sending_is_raised_to_every_call_as_the_outage_it_is() -> None:
+    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    free_port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()  # nothing listens there now: the connection is refused
+    refused = connect_redis(Settings(redis_url=f"redis://127.0.0.1:{free_port}/0"))
+    try:
+        calls = script_calls(refused)
+        replies = await asyncio.gather(
+            calls.call(("INCR", "n")), calls.call(("INCR", "n")), return_exceptions=True
+        )
+    finally:
+        await refused.aclose()
+    for reply in replies:
+        assert isinstance(reply, RedisConnectionError)
+        assert not isinstance(reply, ReplyLost)
+
+
+async def test_a_client_not_opened_by_connect_redis_is_refused() -> None:
+    other = Redis()
+    with pytest.raises(TypeError, match="connect_redis"):
+        script_calls(other)
+    await other.aclose()
+
+
+def _sha(name: str) -> str:
+    return hashlib.sha1(load_script_source(name).encode()).hexdigest()
