@@ -63,6 +63,20 @@ async def test_metrics_count_requests_money_and_writer_lag(
     assert sample(text, "wallet_dead_letter_entries") == 0
 
 
+async def test_methods_the_api_does_not_use_share_one_series(
+    client: Client, metrics_client: Client
+) -> None:
+    for method in ("PROPFIND", "MKCOL", "TRACE"):
+        response = await client.request(method, "/api/balance/")
+        assert response.status in (404, 405), method
+    text = await (await metrics_client.get("/metrics")).text()
+    for method in ("PROPFIND", "MKCOL", "TRACE"):
+        assert method not in text
+    assert sample(
+        text, "wallet_http_requests_total", route="unmatched", method="OTHER", status="405"
+    ) >= 3  # fmt: skip
+
+
 class RacingRedis:
     """XINFO still counts a pending entry; XPENDING, a moment later, finds none."""
 

@@ -68,6 +68,11 @@ DEAD_LETTERS = Gauge(
 )
 
 
+# The method is the client's to choose: any other than these is counted as "OTHER", so that
+# no client can make the series (and the multiprocess files) grow without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -81,8 +86,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+        method = request.method if request.method in _METHODS else "OTHER"
+        HTTP_REQUESTS.labels(route, method, str(status)).inc()
+        HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - started)
 
 
 def _text(value: object) -> str:
