@@ -8,13 +8,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from service.redis import keyspace
 from service.redis.client import connect_redis, script_calls
-from service.redis.pipelining import AutoPipeline, ReplyLost
+from service.redis.pipelining import Arg, AutoPipeline, ReplyLost, pack_command
 from service.redis.scripts import LuaScript, load_script_source
 from service.settings import Settings
 from tests.support.faults.procs import DelayProxy
@@ -22,36 +23,46 @@ from tests.support.faults.procs import DelayProxy
 
 @pytest.fixture
 async def one_batch_at_a_time(
-    settings: Settings, redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[AutoPipeline, list[int]]]:
-    """A client whose pipeline sends one batch at a time, and the number of connections
-    each of its batches took from the pool (one per batch)."""
-    client = connect_redis(settings.model_copy(update={"redis_pipeline_max_batches": 1}))
-    pool = client.connection_pool
-    taken: list[int] = []
-    get_connection = pool.get_connection
+    """A pipeline that sends one batch at a time, and the size of each write it made (one
+    per batch)."""
+    writes: list[int] = []
+    connections: list[AbstractConnection] = []
 
-    async def counted() -> Any:
-        taken.append(1)
-        return await get_connection()  # type: ignore[no-untyped-call]
+    def counting_connection() -> AbstractConnection:
+        connection: AbstractConnection = redis_client.connection_pool.new_pipeline_connection()  # type: ignore[attr-defined]
+        send = connection.send_packed_command
 
-    monkeypatch.setattr(pool, "get_connection", counted)
+        async def counted(command: Any, check_health: bool = True) -> None:
+            if isinstance(command, bytes):  # a batch (the handshake writes lists of parts)
+                writes.append(len(command))
+            await send(command, check_health)
+
+        monkeypatch.setattr(connection, "send_packed_command", counted)
+        connections.append(connection)
+        return connection
+
+    pipeline = AutoPipeline(
+        counting_connection, max_batch_calls=128, max_batches_in_flight=1, timeout_s=5
+    )
     try:
-        yield script_calls(client), taken
+        yield pipeline, writes
     finally:
-        await client.aclose()
+        await pipeline.disconnect()
+    assert len(connections) == 1
 
 
 async def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(
-    one_batch_at_a_time: tuple[AutoPipeline, list[int]], settings: Settings
+    one_batch_at_a_time: tuple[AutoPipeline, list[int]],
 ) -> None:
-    calls, taken = one_batch_at_a_time
+    calls, writes = one_batch_at_a_time
     replies = await asyncio.gather(*(calls.call(("INCR", "counted")) for _ in range(300)))
     # Sent in the order called, each reply to its own call.
     assert replies == list(range(1, 301))
-    # 128 + 128 + 44: the calls made while a batch was on the wire waited for the next.
-    assert settings.redis_pipeline_max_calls == 128
-    assert len(taken) == 3
+    # 128 + 128 + 44 calls: the calls made while a batch was on the wire waited for the next.
+    one = len(pack_command(("INCR", "counted")))
+    assert writes == [128 * one, 128 * one, 44 * one]
 
 
 async def test_an_error_reply_goes_to_its_call_alone(redis_client: Redis) -> None:
@@ -144,6 +155,18 @@ async def test_a_failure_before_sending_is_raised_to_every_call_as_the_outage_it
     for reply in replies:
         assert isinstance(reply, RedisConnectionError)
         assert not isinstance(reply, ReplyLost)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("EVALSHA", "a" * 40, 2, "user:{1}", "idem:{1}:k", "1", "", "86400"),
+        ("SET", "k", b"\x00\xff bytes", 0, -12),
+        ("HSET", "h", "name", "Алиса"),  # not ASCII: lengths in bytes
+    ],
+)
+def test_commands_are_written_as_redis_py_writes_them(command: tuple[Arg, ...]) -> None:
+    assert pack_command(command) == b"".join(Connection().pack_command(*command))
 
 
 async def test_a_client_not_opened_by_connect_redis_is_refused() -> None:

@@ -1,6 +1,7 @@
 """The one way the service opens Redis."""
 
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,9 +28,21 @@ class _CheckedConnection(Connection):
 
 class _PipeliningPool(BlockingConnectionPool):
     """The pool of a client opened by connect_redis; it carries the client's auto-pipeline
-    (set once, right after the pool is made), shared by every script of the process."""
+    (set once, right after the pool is made), shared by every script of the process, and
+    closes the pipeline's connections with its own."""
 
     auto_pipeline: AutoPipeline
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        await self.auto_pipeline.disconnect()
+
+    def new_pipeline_connection(self) -> AbstractConnection:
+        """A connection for the auto-pipeline: like the pool's, but with no socket timeout
+        of its own (which costs a timer, and a task per write, on every command): the
+        pipeline gives each batch one deadline instead."""
+        kwargs = self.connection_kwargs | {"socket_timeout": None}
+        return self.connection_class(**kwargs)
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -49,12 +62,13 @@ def connect_redis(settings: Settings) -> Redis:
         socket_connect_timeout=settings.redis_socket_timeout_ms / 1000,
     )
     pool.auto_pipeline = AutoPipeline(
-        pool,
+        pool.new_pipeline_connection,
         max_batch_calls=settings.redis_pipeline_max_calls,
         max_batches_in_flight=settings.redis_pipeline_max_batches,
         timeout_s=settings.redis_socket_timeout_ms / 1000,
     )
-    return Redis(connection_pool=pool)
+    # from_pool: closing the client closes the pool, and with it the pipeline's connections.
+    return Redis.from_pool(pool)
 
 
 def script_calls(redis: Redis) -> AutoPipeline:
