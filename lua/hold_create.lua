@@ -20,6 +20,9 @@
 --                                       txn_id is the hold id)
 -- KEYS[5]  holds:{<from_user_id>}       sorted set: the payer's holds held_kopecks counts
 -- KEYS[6]  holds:due                    sorted set: the holds incoming_kopecks counts
+-- KEYS[7]  throttle:recipient-misses:{<from_user_id>}
+--                                       string, TTL: recipient_not_found answers counted
+--                                       (includes/recipient_misses.lua)
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{<to_user_id>}          iff ARGV[2] is not ""; hash: incoming_kopecks (payee)
 -- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[5] is not ""; hash: fingerprint
@@ -45,12 +48,18 @@
 -- ARGV[12] outcome ttl_s                decimal seconds, 1 .. 10^7
 -- ARGV[13] hold_retention_s             decimal seconds, 1 .. 10^7: hold:<id> lives until
 --                                       expires_at + this
+-- ARGV[14] recipient misses limit       decimal, 1 .. 10^9: per window, then refused
+-- ARGV[15] recipient misses window_ms   decimal, 1 .. 10^12
 --
 -- Returns  {outcome, hold_id, created_at_us, expires_at_us, replayed}, all strings:
 --   outcome "ok"                      the hold was made (or replayed: replayed = "1")
 --   outcome "not_applied"             the token already has a record (a lookup found it
 --                                     missing): that record is answered, nothing is done
---   outcome "recipient_not_found"     no such payee wallet or name (recorded under the key)
+--   outcome "recipient_not_found"     no such payee wallet or name (recorded under the key);
+--                                     counted in KEYS[7] unless replayed
+--   outcome "too_many_unknown_recipients"  the payer's recipient misses reached the limit
+--                                     in this window (checked after a replay; not recorded);
+--                                     the second field is then the ms until it ends
 --   outcome "too_many_holds"          the payer has 1000 holds pending (recorded under the key)
 --   outcome "insufficient_funds"      payer's available < amount (recorded under the key)
 --   outcome "balance_limit_exceeded"  payee would pass 10^15 (recorded under the key):
@@ -76,6 +85,7 @@
 -- @include idempotency
 -- @include request_outcome
 -- @include holds
+-- @include recipient_misses
 
 local MIN_EXPIRES_IN_S, MAX_EXPIRES_IN_S = 60, 604800
 local MAX_PENDING_HOLDS = 1000
@@ -83,20 +93,21 @@ local MAX_PENDING_HOLDS = 1000
 local from_id, to_id, amount_arg, expires_in_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local idem_key, ttl_arg, session_flag, absolute_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local idle_arg, to_name, token, outcome_ttl_arg = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local retention_arg = ARGV[13]
+local retention_arg, misses_limit_arg, misses_window_arg = ARGV[13], ARGV[14], ARGV[15]
 local resolved = to_id ~= ""
--- The payee's wallet follows holds:due, only when the name resolved.
+-- The payee's wallet follows the misses counter, only when the name resolved.
 local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
-                          token, outcome_ttl_arg, resolved and 7 or 6)
+                          token, outcome_ttl_arg, resolved and 8 or 7)
 
-if #ARGV ~= 13 or not frame.valid or (resolved and not valid_id(to_id))
+if #ARGV ~= 15 or not frame.valid or (resolved and not valid_id(to_id))
   or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or not valid_positive(expires_in_arg, MAX_EXPIRES_IN_S)
   or tonumber(expires_in_arg) < MIN_EXPIRES_IN_S
   or not valid_positive(retention_arg, MAX_TTL_S)
   or KEYS[5] ~= "holds:{" .. from_id .. "}" or KEYS[6] ~= "holds:due"
-  or (resolved and KEYS[7] ~= "user:{" .. to_id .. "}") then
+  or not valid_recipient_misses(KEYS[7], from_id, misses_limit_arg, misses_window_arg)
+  or (resolved and KEYS[8] ~= "user:{" .. to_id .. "}") then
   return {"invalid_argument", "", "", "", "0"}
 end
 
@@ -128,6 +139,10 @@ local replay = idempotency_lookup(idem)
 if replay then
   return replay
 end
+local misses_wait_ms = recipient_misses_wait_ms(KEYS[7], misses_limit_arg)
+if misses_wait_ms then
+  return {"too_many_unknown_recipients", misses_wait_ms, "", "", "0"}
+end
 
 local payer = wallet_amounts(KEYS[3], from_id)
 if not payer then
@@ -135,9 +150,10 @@ if not payer then
 end
 local payee = nil
 if resolved then
-  payee = wallet_amounts(KEYS[7], to_id)
+  payee = wallet_amounts(KEYS[8], to_id)
 end
 if not payee then
+  count_recipient_miss(KEYS[7], misses_limit_arg, misses_window_arg)
   return idempotency_remember(idem, {"recipient_not_found", "", "", "", "0"})
 end
 
@@ -160,7 +176,7 @@ release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
 local hold_id = string.format("%d", redis.call("INCR", KEYS[1]))
 local expires_at_us = string.format("%d", now_us + tonumber(expires_in_arg) * 1000000)
 local held = redis.call("HINCRBY", KEYS[3], "held_kopecks", amount_arg)
-redis.call("HINCRBY", KEYS[7], "incoming_kopecks", amount_arg)
+redis.call("HINCRBY", KEYS[8], "incoming_kopecks", amount_arg)
 assert(held <= payer.balance, "invariant: held above balance for user " .. from_id)
 redis.call("ZADD", KEYS[5], expires_at_us, hold_id .. ":" .. to_id .. ":" .. amount_arg)
 redis.call("ZADD", KEYS[6], expires_at_us,

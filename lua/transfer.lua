@@ -19,6 +19,9 @@
 -- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks (debited) held_kopecks
 -- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome)
 -- KEYS[5]  holds:{<from_user_id>}       sorted set: the sender's holds held_kopecks counts
+-- KEYS[6]  throttle:recipient-misses:{<from_user_id>}
+--                                       string, TTL: recipient_not_found answers counted
+--                                       (includes/recipient_misses.lua)
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{<to_user_id>}          iff ARGV[2] is not ""; hash: balance_kopecks (credited)
 --                                       incoming_kopecks
@@ -43,13 +46,19 @@
 -- ARGV[10] request token                16..64 of A-Z a-z 0-9 _ -, new for every request
 -- ARGV[11] outcome ttl_s                decimal seconds, 1 .. 10^7: how long the record under
 --                                       the token is kept
+-- ARGV[12] recipient misses limit       decimal, 1 .. 10^9: per window, then refused
+-- ARGV[13] recipient misses window_ms   decimal, 1 .. 10^12
 --
 -- Returns  {outcome, txn_id, created_at_us, replayed}, all strings:
 --   outcome "ok"                      money moved (or replayed: replayed = "1")
 --   outcome "not_applied"             the token already has a record (a lookup found it
 --                                     missing): that record is answered, nothing is done
 --   outcome "recipient_not_found"     no wallet for to_user_id (recorded under the key), or
---                                     no user by the name: to_user_id is ""
+--                                     no user by the name: to_user_id is ""; counted in
+--                                     KEYS[6] unless replayed
+--   outcome "too_many_unknown_recipients"  the sender's recipient misses reached the limit
+--                                     in this window (checked after a replay; not recorded);
+--                                     the second field is then the ms until it ends
 --   outcome "insufficient_funds"      sender's available < amount (recorded under the key)
 --   outcome "balance_limit_exceeded"  recipient would pass 10^15 (recorded under the key),
 --                                     counting its incoming_kopecks
@@ -72,20 +81,23 @@
 -- @include idempotency
 -- @include request_outcome
 -- @include holds
+-- @include recipient_misses
 
 local from_id, to_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local session_flag, absolute_arg, idle_arg, to_name = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local token, outcome_ttl_arg = ARGV[10], ARGV[11]
+local token, outcome_ttl_arg, misses_limit_arg, misses_window_arg = ARGV[10], ARGV[11], ARGV[12],
+                                                                   ARGV[13]
 local resolved = to_id ~= ""
--- The recipient's wallet follows holds:{from}, only when the name resolved.
+-- The recipient's wallet follows the misses counter, only when the name resolved.
 local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
-                          token, outcome_ttl_arg, resolved and 6 or 5)
+                          token, outcome_ttl_arg, resolved and 7 or 6)
 
-if #ARGV ~= 11 or not frame.valid or (resolved and not valid_id(to_id))
+if #ARGV ~= 13 or not frame.valid or (resolved and not valid_id(to_id))
   or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or KEYS[5] ~= "holds:{" .. from_id .. "}"
-  or (resolved and KEYS[6] ~= "user:{" .. to_id .. "}") then
+  or not valid_recipient_misses(KEYS[6], from_id, misses_limit_arg, misses_window_arg)
+  or (resolved and KEYS[7] ~= "user:{" .. to_id .. "}") then
   return {"invalid_argument", "", "", "0"}
 end
 
@@ -123,6 +135,10 @@ local replay = idempotency_lookup(idem)
 if replay then
   return replay
 end
+local misses_wait_ms = recipient_misses_wait_ms(KEYS[6], misses_limit_arg)
+if misses_wait_ms then
+  return {"too_many_unknown_recipients", misses_wait_ms, "", "0"}
+end
 
 local sender = wallet_amounts(KEYS[3], from_id)
 if not sender then
@@ -133,9 +149,10 @@ local amount = tonumber(amount_arg)
 -- No recipient: the name resolved to no one, or the id has no wallet.
 local recipient = nil
 if resolved then
-  recipient = wallet_amounts(KEYS[6], to_id)
+  recipient = wallet_amounts(KEYS[7], to_id)
 end
 if not recipient then
+  count_recipient_miss(KEYS[6], misses_limit_arg, misses_window_arg)
   return idempotency_remember(idem, {"recipient_not_found", "", "", "0"})
 end
 
@@ -152,7 +169,7 @@ end
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
 release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
 local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_arg)
-local new_to = redis.call("HINCRBY", KEYS[6], "balance_kopecks", amount_arg)
+local new_to = redis.call("HINCRBY", KEYS[7], "balance_kopecks", amount_arg)
 local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
 redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "transfer", "from", from_id, "to", to_id, "amount", amount_arg,

@@ -15,7 +15,10 @@
 -- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks held_kopecks (debited)
 -- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome)
 -- KEYS[5]  holds:{<from_user_id>}       sorted set: the payer's holds held_kopecks counts
--- KEYS[6..5+r] user:{<to_user_id>}      one per distinct recipient id of the legs, in the
+-- KEYS[6]  throttle:recipient-misses:{<from_user_id>}
+--                                       string, TTL: recipient_not_found answers counted
+--                                       (includes/recipient_misses.lua)
+-- KEYS[7..6+r] user:{<to_user_id>}      one per distinct recipient id of the legs, in the
 --                                       order of its first leg, the payer's own id left
 --                                       out; hash: balance_kopecks incoming_kopecks
 -- The keys below are present only when their condition holds, in this order:
@@ -33,8 +36,10 @@
 -- ARGV[7]  request token                16..64 of A-Z a-z 0-9 _ -, new for every request
 -- ARGV[8]  outcome ttl_s                decimal seconds, 1 .. 10^7: how long the record under
 --                                       the token is kept
--- ARGV[9]  leg count n                  decimal, 1 .. 100
--- ARGV[10..9+3n] the legs, three each:  to_user_id (decimal, 1..15 digits; "" when the leg
+-- ARGV[9]  recipient misses limit       decimal, 1 .. 10^9: per window, then refused
+-- ARGV[10] recipient misses window_ms   decimal, 1 .. 10^12
+-- ARGV[11] leg count n                  decimal, 1 .. 100
+-- ARGV[12..11+3n] the legs, three each: to_user_id (decimal, 1..15 digits; "" when the leg
 --                                       named a username that resolved to no one),
 --                                       to_username (as the request named it, 3..32 of
 --                                       A-Z a-z 0-9 _ . -, or "" when it named an id;
@@ -54,7 +59,11 @@
 --   outcome "not_applied"             the token already has a record (a lookup found it
 --                                     missing): that record is answered, nothing is done
 --   outcome "recipient_not_found"     a leg's recipient is unknown (recorded under the key):
---                                     no wallet, or its name resolved to no one
+--                                     no wallet, or its name resolved to no one; counted in
+--                                     KEYS[6] unless replayed
+--   outcome "too_many_unknown_recipients"  the payer's recipient misses reached the limit
+--                                     in this window (checked after a replay; not recorded);
+--                                     the second field is then the ms until it ends
 --   outcome "insufficient_funds"      the legs so far exceed available (recorded under the key)
 --   outcome "balance_limit_exceeded"  a recipient would pass 10^15 (recorded under the key)
 --   outcome "self_transfer"           a leg names the payer (not recorded)
@@ -80,13 +89,14 @@
 -- @include idempotency
 -- @include request_outcome
 -- @include holds
+-- @include recipient_misses
 
 local MAX_LEGS = 100  -- service/domain/limits.py MAX_BATCH_LEGS
-local FIRST_LEG_ARG = 10
+local FIRST_LEG_ARG = 12
 
 local from_id, idem_key, ttl_arg, session_flag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local absolute_arg, idle_arg, token, outcome_ttl_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local count_arg = ARGV[9]
+local misses_limit_arg, misses_window_arg, count_arg = ARGV[9], ARGV[10], ARGV[11]
 
 local function invalid()
   return {"invalid_argument", "", "", "", "0"}
@@ -97,7 +107,7 @@ if #ARGV < FIRST_LEG_ARG or not valid_id(from_id) or not valid_positive(count_ar
   return invalid()
 end
 
--- The legs, and the distinct recipients whose wallets follow KEYS[5].
+-- The legs, and the distinct recipients whose wallets follow KEYS[6].
 local legs = {}
 local recipients = {}      -- to_user_id -> index into KEYS
 local recipient_ids = {}   -- in the order of KEYS
@@ -113,19 +123,20 @@ for i = 1, tonumber(count_arg) do
   leg.amount = tonumber(leg.amount_arg)
   if leg.to_id ~= "" and leg.to_id ~= from_id and not recipients[leg.to_id] then
     recipient_ids[#recipient_ids + 1] = leg.to_id
-    recipients[leg.to_id] = 5 + #recipient_ids
+    recipients[leg.to_id] = 6 + #recipient_ids
   end
   legs[i] = leg
 end
 
--- The recipients' wallets follow holds:{from}.
+-- The recipients' wallets follow the misses counter.
 local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
-                          token, outcome_ttl_arg, 5 + #recipient_ids)
-if not frame.valid or KEYS[5] ~= "holds:{" .. from_id .. "}" then
+                          token, outcome_ttl_arg, 6 + #recipient_ids)
+if not frame.valid or KEYS[5] ~= "holds:{" .. from_id .. "}"
+  or not valid_recipient_misses(KEYS[6], from_id, misses_limit_arg, misses_window_arg) then
   return invalid()
 end
 for j, to_id in ipairs(recipient_ids) do
-  if KEYS[5 + j] ~= "user:{" .. to_id .. "}" then
+  if KEYS[6 + j] ~= "user:{" .. to_id .. "}" then
     return invalid()
   end
 end
@@ -173,6 +184,10 @@ local replay = idempotency_lookup(idem)
 if replay then
   return replay
 end
+local misses_wait_ms = recipient_misses_wait_ms(KEYS[6], misses_limit_arg)
+if misses_wait_ms then
+  return {"too_many_unknown_recipients", misses_wait_ms, "", "", "0"}
+end
 
 local payer = wallet_amounts(KEYS[3], from_id)
 if not payer then
@@ -183,6 +198,9 @@ local due, due_sum = due_holds(KEYS[5], now_us)
 local available = available_kopecks(payer, due_sum)
 
 local function refuse_at(outcome, i)
+  if outcome == "recipient_not_found" then
+    count_recipient_miss(KEYS[6], misses_limit_arg, misses_window_arg)
+  end
   return idempotency_remember(idem, {outcome, "", "", string.format("%d", i - 1), "0"})
 end
 

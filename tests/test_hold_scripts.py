@@ -174,7 +174,10 @@ async def test_create_refusals_write_nothing_but_the_recorded_ones(
         await holds.create(PAYER, None, 10, HOUR_S, to_username="Ghost")
     with refusing(refusals.INSUFFICIENT_FUNDS):
         await holds.create(PAYER, PAYEE, 10_001, HOUR_S)
-    assert await snapshot(redis_client) == before
+    after = await snapshot(redis_client)
+    # Their one write: the two 404s counted against probing.
+    assert after.pop(keyspace.recipient_misses_of_user(PAYER).encode()) == b"2"
+    assert after == before
 
     # With a key, the refusals that depend on the state are recorded and replayed.
     for key, to_id, name, amount, refusal, fingerprint in [
@@ -749,8 +752,16 @@ TOKEN = "t" * 22
 HEAD = [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(1), keyspace.request_outcome(1, TOKEN)]
 PAYEE_HEAD = [*HEAD[:2], keyspace.user(2), keyspace.request_outcome(2, TOKEN)]
 NO_SESSION = ["0", "1", "1"]
-CREATE_KEYS = [*HEAD, keyspace.pending_holds(1), keyspace.HOLDS_DUE, keyspace.user(2)]
+CREATE_KEYS = [
+    *HEAD,
+    keyspace.pending_holds(1),
+    keyspace.HOLDS_DUE,
+    keyspace.recipient_misses_of_user(1),
+    keyspace.user(2),
+]
+# ..., hold retention_s, recipient misses limit and window_ms
 CREATE_ARGS = ["1", "2", "5", "60", "", "86400", *NO_SESSION, "", TOKEN, "60", "600"]
+CREATE_ARGS += ["20", "3600000"]
 ACTION_KEYS = [
     *PAYEE_HEAD,
     keyspace.hold(2),
@@ -774,6 +785,9 @@ def _with(args: list[str], index: int, value: str) -> list[str]:
         ("hold_create", CREATE_KEYS, _with(CREATE_ARGS, 2, "1000000000001")),
         ("hold_create", CREATE_KEYS, _with(CREATE_ARGS, 12, "0")),
         ("hold_create", CREATE_KEYS, CREATE_ARGS[:-1]),
+        ("hold_create", CREATE_KEYS, _with(CREATE_ARGS, 13, "0")),
+        ("hold_create", CREATE_KEYS, _with(CREATE_ARGS, 14, "1000000000001")),
+        ("hold_create", _with(CREATE_KEYS, 6, keyspace.recipient_misses_of_user(2)), CREATE_ARGS),
         ("hold_create", [*HEAD, keyspace.pending_holds(2), *CREATE_KEYS[5:]], CREATE_ARGS),
         ("hold_create", CREATE_KEYS[:-1], CREATE_ARGS),
         ("hold_create", [*CREATE_KEYS[:-1], keyspace.user(3)], CREATE_ARGS),

@@ -153,7 +153,10 @@ async def test_transfer_refusals_write_nothing(
         await money.transfer(1, 1, 10)
     with refusing(refusals.ACCOUNT_NOT_FOUND):
         await money.transfer(3, 1, 10)
-    assert await snapshot(redis_client) == before
+    after = await snapshot(redis_client)
+    # Their one write: the 404 counted against probing (lua/includes/recipient_misses.lua).
+    assert after.pop(keyspace.recipient_misses_of_user(1).encode()) == b"1"
+    assert after == before
 
 
 async def test_transfer_recipient_balance_limit_at_and_past_the_edge(
@@ -231,7 +234,10 @@ async def test_a_name_that_resolved_to_no_one_is_refused_and_replayed_as_refused
     with refusing(refusals.RECIPIENT_NOT_FOUND) as unkeyed:
         await money.transfer(1, None, 100, to_username="Ghost")
     assert not unkeyed.value.replayed
-    assert await snapshot(redis_client) == before  # without a key nothing is written
+    # Without a key nothing is written but the 404 counted against probing.
+    after = await snapshot(redis_client)
+    assert after.pop(keyspace.recipient_misses_of_user(1).encode()) == b"1"
+    assert after == before
     with refusing(refusals.RECIPIENT_NOT_FOUND) as first:
         await money.transfer(1, None, 100, "k", to_username="Ghost")
     assert not first.value.replayed
@@ -243,6 +249,8 @@ async def test_a_name_that_resolved_to_no_one_is_refused_and_replayed_as_refused
     with refusing(refusals.RECIPIENT_NOT_FOUND) as replay:
         await money.transfer(1, 3, 100, "k", to_username="GHOST")
     assert replay.value.replayed
+    # Counted once per first answer: the replay tells nothing new.
+    assert await redis_client.get(keyspace.recipient_misses_of_user(1)) == b"2"
     # By the id alone, or for another amount, it is another request.
     with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
         await money.transfer(1, 3, 100, "k")
@@ -330,17 +338,26 @@ DEPOSIT_KEYS = [
     keyspace.user(1),
     keyspace.request_outcome(1, TOKEN),
 ]
-# A transfer's sender's holds follow the head; then the recipient, unless the name
-# resolved to no one.
-UNRESOLVED_KEYS = [*DEPOSIT_KEYS, keyspace.pending_holds(1)]
+# A transfer's sender's holds and recipient misses follow the head; then the recipient,
+# unless the name resolved to no one.
+UNRESOLVED_KEYS = [
+    *DEPOSIT_KEYS,
+    keyspace.pending_holds(1),
+    keyspace.recipient_misses_of_user(1),
+]
 TRANSFER_KEYS = [*UNRESOLVED_KEYS, keyspace.user(2)]
 NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
 OUTCOME = [TOKEN, "60"]  # request token, outcome ttl_s
+MISSES = ["20", "3600000"]  # recipient misses limit, window_ms
 # Well-formed calls; each case below breaks one thing in one of them.
 GOOD_CALLS = [
     ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, *OUTCOME]),
-    ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
-    ("transfer", UNRESOLVED_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME]),
+    ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES]),
+    (
+        "transfer",
+        UNRESOLVED_KEYS,
+        ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME, *MISSES],
+    ),
 ]
 
 
@@ -386,32 +403,32 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
         (
             "transfer",
             [*TRANSFER_KEYS, "wallet_session_x"],
-            ["1", "2", "5", "", "86400", "1", "1", "0", "", *OUTCOME],
+            ["1", "2", "5", "", "86400", "1", "1", "0", "", *OUTCOME, *MISSES],
         ),
         (
             "deposit",
             [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(2), DEPOSIT_KEYS[3]],
-            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME, *MISSES],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(2, "k")],
-            ["1", "5", "k", "86400", *NO_SESSION, *OUTCOME],
+            ["1", "5", "k", "86400", *NO_SESSION, *OUTCOME, *MISSES],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k" * 65)],
-            ["1", "5", "k" * 65, "86400", *NO_SESSION, *OUTCOME],
+            ["1", "5", "k" * 65, "86400", *NO_SESSION, *OUTCOME, *MISSES],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k\n")],
-            ["1", "5", "k\n", "86400", *NO_SESSION, *OUTCOME],
+            ["1", "5", "k\n", "86400", *NO_SESSION, *OUTCOME, *MISSES],
         ),
         (
             "deposit",
             [*DEPOSIT_KEYS, keyspace.idempotency(1, "k")],
-            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME, *MISSES],
         ),
         # The request token: its shape, its key (the acting user's), the record's TTL.
         ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, "t" * 15, "60"]),
@@ -423,41 +440,90 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
             [*DEPOSIT_KEYS[:3], keyspace.request_outcome(2, TOKEN)],
             ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
         ),
-        ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "", TOKEN, "0"]),
-        ("transfer", TRANSFER_KEYS, ["1", "2", "0", "", "86400", *NO_SESSION, "", *OUTCOME]),
-        ("transfer", TRANSFER_KEYS, ["2", "1", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", TOKEN, "0", *MISSES],
+        ),
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["1", "2", "0", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+        ),
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["2", "1", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+        ),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", ""]),
         # The sender's holds: missing, or another user's.
         (
             "transfer",
             [*DEPOSIT_KEYS, keyspace.user(2)],
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
         ),
         (
             "transfer",
             [*DEPOSIT_KEYS, keyspace.pending_holds(2), keyspace.user(2)],
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
         ),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, ""]),
+        # The recipient misses: missing, another user's, a limit or window of 0.
         (
             "transfer",
-            [*TRANSFER_KEYS, keyspace.idempotency(2, "k")],
-            ["1", "2", "5", "k", "86400", *NO_SESSION, "", *OUTCOME],
+            [*DEPOSIT_KEYS, keyspace.pending_holds(1), keyspace.user(2)],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
         ),
-        # A name that resolved to no one: no recipient key, and the name is required.
-        ("transfer", TRANSFER_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME]),
-        ("transfer", UNRESOLVED_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "", *OUTCOME]),
-        ("transfer", UNRESOLVED_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "gh", *OUTCOME]),
-        ("transfer", UNRESOLVED_KEYS, ["1", "", "5", "", "86400", *NO_SESSION, "g:host", *OUTCOME]),
         (
             "transfer",
-            DEPOSIT_KEYS,
-            ["1", "", "5", "", "86400", *NO_SESSION, "gh\u00f6st", *OUTCOME],
+            [*UNRESOLVED_KEYS[:5], keyspace.recipient_misses_of_user(2), keyspace.user(2)],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
         ),
         (
             "transfer",
             TRANSFER_KEYS,
-            ["1", "2", "5", "", "86400", *NO_SESSION, "x" * 33, *OUTCOME],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, "0", "1"],
+        ),
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, "1", "0"],
+        ),
+        (
+            "transfer",
+            [*TRANSFER_KEYS, keyspace.idempotency(2, "k")],
+            ["1", "2", "5", "k", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+        ),
+        # A name that resolved to no one: no recipient key, and the name is required.
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME, *MISSES],
+        ),
+        (
+            "transfer",
+            UNRESOLVED_KEYS,
+            ["1", "", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+        ),
+        (
+            "transfer",
+            UNRESOLVED_KEYS,
+            ["1", "", "5", "", "86400", *NO_SESSION, "gh", *OUTCOME, *MISSES],
+        ),
+        (
+            "transfer",
+            UNRESOLVED_KEYS,
+            ["1", "", "5", "", "86400", *NO_SESSION, "g:host", *OUTCOME, *MISSES],
+        ),
+        (
+            "transfer",
+            DEPOSIT_KEYS,
+            ["1", "", "5", "", "86400", *NO_SESSION, "gh\u00f6st", *OUTCOME, *MISSES],
+        ),
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["1", "2", "5", "", "86400", *NO_SESSION, "x" * 33, *OUTCOME, *MISSES],
         ),
         ("register_user", [keyspace.user(2)], ["1"]),
         ("register_user", [keyspace.user(0)], ["0"]),

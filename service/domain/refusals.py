@@ -76,7 +76,10 @@ TOO_MANY_SIGN_UPS = Refusal(
 
 # Probing for user ids or names: a 404 recipient_not_found counts.
 TOO_MANY_UNKNOWN_RECIPIENTS = Refusal(
-    "too_many_attempts", 429, "too many transfers to unknown recipients; try again later"
+    "too_many_attempts",
+    429,
+    "too many transfers to unknown recipients; try again later",
+    lua_outcome="too_many_unknown_recipients",
 )
 
 # Money: what the scripts answer.
@@ -199,6 +202,7 @@ BY_LUA_OUTCOME: dict[str, Refusal] = {
     refusal.lua_outcome or refusal.code: refusal
     for refusal in (
         RECIPIENT_NOT_FOUND,
+        TOO_MANY_UNKNOWN_RECIPIENTS,
         INSUFFICIENT_FUNDS,
         BALANCE_LIMIT_EXCEEDED,
         SELF_TRANSFER,
@@ -231,7 +235,6 @@ CATALOG: tuple[Refusal, ...] = (
     WEAK_PASSWORD,
     TOO_MANY_ATTEMPTS,
     TOO_MANY_SIGN_UPS,
-    TOO_MANY_UNKNOWN_RECIPIENTS,
     SERVER_BUSY,
     TOO_MANY_CONNECTIONS,
     SERVICE_UNAVAILABLE,

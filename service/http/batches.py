@@ -7,8 +7,8 @@ from service.domain.transactions import transaction_json
 from service.http.money_calls import (
     answer,
     counted,
-    guarding_against_probing,
     money_request,
+    refuse_probing_by_name,
     resolve_recipient,
 )
 from service.http.schemas import BatchRequest
@@ -19,21 +19,19 @@ from service.redis.batches import Leg
 async def transfer_batch(request: web.Request) -> web.Response:
     money = await money_request(request, BatchRequest)
     user_id = money.user.user_id
-    async with guarding_against_probing(request, user_id, money.idempotency_key):
-        legs = [
-            Leg(
-                to_user_id=await resolve_recipient(
-                    request, user_id, leg, field_prefix=f"transfers[{i}]."
-                ),
-                amount_kopecks=leg.amount,
-                to_username=leg.to_username,
-            )
-            for i, leg in enumerate(money.body.transfers)
-        ]
-        call = request.app[BATCHES].transfer_batch(
-            user_id, legs, money.idempotency_key, money.session
+    await refuse_probing_by_name(request, user_id, money.idempotency_key, money.body.transfers)
+    legs = [
+        Leg(
+            to_user_id=await resolve_recipient(
+                request, user_id, leg, field_prefix=f"transfers[{i}]."
+            ),
+            amount_kopecks=leg.amount,
+            to_username=leg.to_username,
         )
-        accepted = await counted(request, "batch", call)
+        for i, leg in enumerate(money.body.transfers)
+    ]
+    call = request.app[BATCHES].transfer_batch(user_id, legs, money.idempotency_key, money.session)
+    accepted = await counted(request, "batch", call)
     items = []
     for i, leg in enumerate(legs):
         assert leg.to_user_id is not None  # the script accepts no leg to no one

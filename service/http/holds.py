@@ -20,9 +20,9 @@ from service.http.money_calls import (
     Result,
     answer,
     counted,
-    guarding_against_probing,
     money_caller,
     money_request,
+    refuse_probing_by_name,
     resolve_recipient,
 )
 from service.http.schemas import CaptureRequest, HoldRequest
@@ -57,18 +57,18 @@ async def _not_found_or_ended(request: web.Request, hold_id: int, user_id: int) 
 async def create_hold(request: web.Request) -> web.Response:
     money = await money_request(request, HoldRequest)
     user_id, body = money.user.user_id, money.body
-    async with guarding_against_probing(request, user_id, money.idempotency_key):
-        to_user_id = await resolve_recipient(request, user_id, body)
-        call = request.app[HOLDS].create(
-            user_id,
-            to_user_id,
-            body.amount,
-            body.expires_in_s,
-            money.idempotency_key,
-            money.session,
-            to_username=body.to_username,
-        )
-        accepted = await counted(request, "hold", call)
+    await refuse_probing_by_name(request, user_id, money.idempotency_key, [body])
+    to_user_id = await resolve_recipient(request, user_id, body)
+    call = request.app[HOLDS].create(
+        user_id,
+        to_user_id,
+        body.amount,
+        body.expires_in_s,
+        money.idempotency_key,
+        money.session,
+        to_username=body.to_username,
+    )
+    accepted = await counted(request, "hold", call)
     return answer(accepted.hold.as_json(_now_us()), accepted.replayed)
 
 

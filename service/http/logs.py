@@ -6,7 +6,6 @@ master and its workers are given the same configuration, ``logging_config``).
 """
 
 import contextvars
-import json
 import logging
 import logging.config
 import re
@@ -15,6 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
@@ -52,7 +52,9 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # orjson: a tenth of json.dumps's cost, on a line written for every request; it keeps
+        # non-ASCII text as UTF-8, as ensure_ascii=False did.
+        return orjson.dumps(entry, default=str).decode()
 
 
 def logging_config(level: str) -> dict[str, Any]:

@@ -2,8 +2,7 @@
 with the replay header, resolve a recipient named by username, and refuse a user who keeps
 naming recipients that do not exist (probing for ids or names)."""
 
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -88,26 +87,22 @@ async def _is_a_retry(request: web.Request, user_id: int, key: str | None) -> bo
     )
 
 
-@asynccontextmanager
-async def guarding_against_probing(
-    request: web.Request, user_id: int, key: str | None
-) -> AsyncIterator[None]:
-    """Around a payment that names its recipients. A user whose payments keep naming no one
-    is probing for ids or names: refused for a while, whatever the recipient, so that 404
-    and 409 tell nothing apart; each first answer of recipient_not_found counts. A retry is
-    still answered as before: it tells nothing new, and its first try may have moved
-    money."""
-    limit = request.app[RECIPIENT_MISS_LIMIT]
+async def refuse_probing_by_name(
+    request: web.Request, user_id: int, key: str | None, recipients: Sequence[Recipient]
+) -> None:
+    """Before the usernames a payment names are looked up in PostgreSQL. A user whose
+    payments keep naming no one is probing for ids or names: the payment scripts count each
+    first answer of recipient_not_found and, past the limit, refuse the user's payments for
+    a while, whatever the recipient (lua/includes/recipient_misses.lua). A refused user's
+    payments by name are refused here already, so that they cost the database nothing. A
+    retry is still answered as before: it tells nothing new, and its first try may have
+    moved money."""
+    if all(recipient.to_username is None for recipient in recipients):
+        return
     misses_key = keyspace.recipient_misses_of_user(user_id)
-    retry_after_s = await limit.retry_after_s(misses_key)
+    retry_after_s = await request.app[RECIPIENT_MISS_LIMIT].retry_after_s(misses_key)
     if retry_after_s is not None and not await _is_a_retry(request, user_id, key):
         raise Refused(refusals.TOO_MANY_UNKNOWN_RECIPIENTS, retry_after_s=retry_after_s)
-    try:
-        yield
-    except Refused as refused:
-        if refused.refusal is refusals.RECIPIENT_NOT_FOUND and not refused.replayed:
-            await limit.count_unless_reached(misses_key)
-        raise
 
 
 async def resolve_recipient(

@@ -23,8 +23,8 @@ from service.http.input import (
 from service.http.money_calls import (
     answer,
     counted,
-    guarding_against_probing,
     money_request,
+    refuse_probing_by_name,
     resolve_recipient,
 )
 from service.http.schemas import DepositRequest, TransferRequest
@@ -67,17 +67,17 @@ async def deposit(request: web.Request) -> web.Response:
 async def transfer(request: web.Request) -> web.Response:
     money = await money_request(request, TransferRequest)
     user_id, body = money.user.user_id, money.body
-    async with guarding_against_probing(request, user_id, money.idempotency_key):
-        to_user_id = await resolve_recipient(request, user_id, body)
-        move = request.app[MONEY].transfer(
-            user_id,
-            to_user_id,
-            body.amount,
-            money.idempotency_key,
-            money.session,
-            to_username=body.to_username,
-        )
-        accepted = await counted(request, "transfer", move)
+    await refuse_probing_by_name(request, user_id, money.idempotency_key, [body])
+    to_user_id = await resolve_recipient(request, user_id, body)
+    move = request.app[MONEY].transfer(
+        user_id,
+        to_user_id,
+        body.amount,
+        money.idempotency_key,
+        money.session,
+        to_username=body.to_username,
+    )
+    accepted = await counted(request, "transfer", move)
     assert to_user_id is not None  # the script accepts no transfer to no one
     return _created(accepted, "transfer", user_id, to_user_id, body.amount)
 

@@ -85,7 +85,7 @@ def batch_result(reply: list[bytes], legs: Sequence[Leg]) -> BatchAccepted:
     if outcome in _LEG_OUTCOMES and leg_raw:
         index = int(leg_raw)
         field = _field(index, legs[index], outcome)
-    raise refused(outcome, replayed, field)
+    raise refused(outcome, replayed, field, wait_ms=reply[1])
 
 
 class BatchScripts:
@@ -107,7 +107,11 @@ class BatchScripts:
         _check_legs(legs)
         runner = self._runner
         token = new_request_token()
-        keys = [*head_keys(from_user_id, token), keyspace.pending_holds(from_user_id)]
+        keys = [
+            *head_keys(from_user_id, token),
+            keyspace.pending_holds(from_user_id),
+            keyspace.recipient_misses_of_user(from_user_id),
+        ]
         seen: set[int] = set()
         for leg in legs:
             to = leg.to_user_id
@@ -117,7 +121,7 @@ class BatchScripts:
         keys += tail_keys(from_user_id, idempotency_key, session)
         args = [str(from_user_id), idempotency_key or "", runner.idempotency_ttl_s]
         args += session_args(session)
-        args += [token, runner.outcome_ttl_s, str(len(legs))]
+        args += [token, runner.outcome_ttl_s, *runner.recipient_misses_args, str(len(legs))]
         for leg in legs:
             args += [
                 "" if leg.to_user_id is None else str(leg.to_user_id),

@@ -132,6 +132,7 @@ class HoldScripts:
             *head_keys(from_user_id, token),
             keyspace.pending_holds(from_user_id),
             keyspace.HOLDS_DUE,
+            keyspace.recipient_misses_of_user(from_user_id),
         ]
         if to_user_id is not None:
             keys.append(keyspace.user(to_user_id))
@@ -146,10 +147,11 @@ class HoldScripts:
         ]
         args += session_args(session)
         args += [to_username or "", token, runner.outcome_ttl_s, self._retention_s]
+        args += runner.recipient_misses_args
         reply = await runner.run(self._create, keys, args, from_user_id, token)
         outcome = reply[0].decode()
         if outcome != "ok":
-            raise refused(outcome, _replayed(reply))
+            raise refused(outcome, _replayed(reply), wait_ms=reply[1])
         # {ok, hold_id, created_at_us, expires_at_us, replayed}, or the lookup's
         # {ok, hold_id, created_at_us, "0"} after a lost reply (the module's docstring).
         # An "ok" always has a resolved payee: a name that resolved to no one is refused.

@@ -18,6 +18,7 @@ command was sent (no connection) is raised as it is: an outage, nothing was done
 
 import asyncio
 import logging
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -102,15 +103,22 @@ def _result(reply: list[bytes]) -> Accepted:
     replayed = reply[-1] == b"1"
     if outcome == "ok":
         return Accepted(txn_id=int(reply[1]), created_at_us=int(reply[2]), replayed=replayed)
-    raise refused(outcome, replayed)
+    raise refused(outcome, replayed, wait_ms=reply[1])
 
 
-def refused(outcome: str, replayed: bool, field: str | None = None) -> Refused:
-    """The catalog's refusal for a script's outcome; a bug when the catalog has none."""
+def refused(
+    outcome: str, replayed: bool, field: str | None = None, wait_ms: bytes = b""
+) -> Refused:
+    """The catalog's refusal for a script's outcome; a bug when the catalog has none.
+    ``wait_ms``: the reply's second field, which says how long a payer refused for naming
+    unknown recipients waits (lua/includes/recipient_misses.lua); its Retry-After."""
     refusal = BY_LUA_OUTCOME.get(outcome)
     if refusal is None:
         raise ScriptArgumentRejected(outcome)
-    return Refused(refusal, field=field, replayed=replayed)
+    retry_after_s = None
+    if refusal is refusals.TOO_MANY_UNKNOWN_RECIPIENTS:
+        retry_after_s = math.ceil(int(wait_ms) / 1000)
+    return Refused(refusal, field=field, replayed=replayed, retry_after_s=retry_after_s)
 
 
 def new_request_token() -> str:
@@ -150,6 +158,12 @@ class MoneyScriptRunner:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.idempotency_ttl_s = str(settings.idempotency_ttl_s)
         self.outcome_ttl_s = str(settings.request_outcome_ttl_s)
+        # The two ARGV of the scripts of payments that name recipients about recipient
+        # misses (lua/includes/recipient_misses.lua): the limit and the window in ms.
+        self.recipient_misses_args = [
+            str(settings.recipient_not_found_max_per_user),
+            str(settings.recipient_not_found_window_s * 1000),
+        ]
         self._outcome_wait_s = settings.request_outcome_wait_ms / 1000
         self._lookup_request = LuaScript(redis, "lookup_request")
 
@@ -250,7 +264,11 @@ class MoneyScripts:
         check_amount(amount_kopecks)
         runner = self._runner
         token = new_request_token()
-        keys = [*head_keys(from_user_id, token), keyspace.pending_holds(from_user_id)]
+        keys = [
+            *head_keys(from_user_id, token),
+            keyspace.pending_holds(from_user_id),
+            keyspace.recipient_misses_of_user(from_user_id),
+        ]
         if to_user_id is not None:
             keys.append(keyspace.user(to_user_id))
         keys += tail_keys(from_user_id, idempotency_key, session)
@@ -262,7 +280,7 @@ class MoneyScripts:
             runner.idempotency_ttl_s,
         ]
         args += session_args(session)
-        args += [to_username or "", token, runner.outcome_ttl_s]
+        args += [to_username or "", token, runner.outcome_ttl_s, *runner.recipient_misses_args]
         return _result(await runner.run(self._transfer, keys, args, from_user_id, token))
 
     async def balance(self, user_id: int) -> WalletAmounts:
