@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     # Auto-pipelining (service/redis/pipelining.py): script calls of one turn of the event
     # loop go out together, at most this many per batch and this many batches at once.
     redis_pipeline_max_calls: int = Field(default=128, ge=1, le=10_000)
-    redis_pipeline_max_batches: int = Field(default=4, ge=1, le=1_000)
+    redis_pipeline_max_batches: int = Field(default=2, ge=1, le=1_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
     # Transfers answered 404 recipient_not_found per user, per fixed window; past it the
     # user's transfers are 429 until the window ends, so ids and names cannot be probed.

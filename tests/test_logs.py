@@ -3,10 +3,11 @@
 import io
 import json
 import logging
+import multiprocessing
 
 import pytest
 
-from service.http.logs import JsonFormatter, request_id
+from service.http.logs import _REQUEST_IDS, JsonFormatter, request_id
 from service.redis.money import MoneyScripts
 from tests.support.http_helpers import Client, new_user
 
@@ -14,6 +15,8 @@ from tests.support.http_helpers import Client, new_user
 async def test_every_response_carries_a_request_id(client: Client) -> None:
     generated = await client.get("/healthz")
     assert len(generated.headers["X-Request-Id"]) == 32
+    again = await client.get("/healthz")
+    assert again.headers["X-Request-Id"] != generated.headers["X-Request-Id"]
     echoed = await client.get("/healthz", headers={"X-Request-Id": "trace-42.a:b"})
     assert echoed.headers["X-Request-Id"] == "trace-42.a:b"
     for unsafe in ("x" * 65, "two words", "new\\nline", ""):
@@ -64,3 +67,23 @@ async def test_the_error_log_of_a_failing_request_names_its_request_id(
     entry = json.loads(lines.getvalue().splitlines()[0])
     assert entry["request_id"] == "req-7"
     assert "RuntimeError: boom" in entry["exception"]
+
+
+def _child_request_id(ids: "multiprocessing.Queue[str]") -> None:
+    ids.put(_REQUEST_IDS.new())
+
+
+def test_a_forked_worker_draws_request_ids_of_its_own() -> None:
+    # gunicorn forks its workers from a master that imported this module.
+    ids: multiprocessing.Queue[str] = multiprocessing.get_context("fork").Queue()
+    children = [
+        multiprocessing.get_context("fork").Process(target=_child_request_id, args=(ids,))
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=30)
+    mine = _REQUEST_IDS.new()
+    theirs = [ids.get(timeout=5), ids.get(timeout=5)]
+    assert len({mine[:16], theirs[0][:16], theirs[1][:16]}) == 3, (mine, theirs)

@@ -40,6 +40,12 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+# Made once: json.loads with hooks builds a new decoder on every call.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicate_keys, parse_constant=_refuse_constant
+)
+
+
 async def read_body(request: web.Request, model: type[Body]) -> Body:
     """Only application/json is read, so a cross-site HTML form cannot post here.
 
@@ -52,10 +58,13 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
     if request.content_length is not None and request.content_length > request.client_max_size:
         raise web.HTTPRequestEntityTooLarge(request.client_max_size, request.content_length)
     try:
-        # A body trickled in (or never sent) would hold the connection for as long as the
-        # client likes; aiohttp itself waits for ever.
-        async with asyncio.timeout(request.app[SETTINGS].request_body_timeout_s):
-            raw = await request.read()  # aiohttp answers 413 past client_max_size (64 KiB)
+        if request.content.is_eof():  # all of it came with the headers: nothing to wait for
+            raw = await request.read()
+        else:
+            # A body trickled in (or never sent) would hold the connection for as long as
+            # the client likes; aiohttp itself waits for ever.
+            async with asyncio.timeout(request.app[SETTINGS].request_body_timeout_s):
+                raw = await request.read()  # aiohttp answers 413 past client_max_size
     except TimeoutError:
         raise Refused(refusals.REQUEST_TIMEOUT) from None
     except RequestPayloadError:
@@ -63,11 +72,7 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
             refusals.MALFORMED_JSON, "the body does not match its Content-Encoding"
         ) from None
     try:
-        data = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_object_without_duplicate_keys,
-            parse_constant=_refuse_constant,
-        )
+        data = _DECODER.decode(raw.decode("utf-8"))
     except _DuplicateKey as duplicate:
         raise Refused(refusals.VALIDATION_ERROR, "given twice", duplicate.name) from None
     except (ValueError, RecursionError):  # includes UnicodeDecodeError and JSONDecodeError
