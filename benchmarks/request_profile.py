@@ -12,6 +12,7 @@ part gets its share of it. Used by transfer_benchmark.py ``--profile``.
 import collections
 import os
 import re
+import resource
 import subprocess
 from pathlib import Path
 
@@ -24,7 +25,12 @@ PARTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("access log, request id", re.compile(r"\((logging/|service/http/logs)")),
     ("response body (orjson, errors)", re.compile(r"\((service/http/errors|orjson)")),
     ("handlers and domain (service/)", re.compile(r"\((service|persistence)/")),
-    ("aiohttp (parse, dispatch, write)", re.compile(r"\((aiohttp|multidict|yarl)/")),
+    # aiohttp/worker.py is the gunicorn worker's run loop: a sample there is in the event
+    # loop itself (uvloop's C code has no Python frame), counted with the rest.
+    (
+        "aiohttp (parse, dispatch, write)",
+        re.compile(r"\((aiohttp/(?!worker\.py)|multidict/|yarl/)"),
+    ),
 )
 REST = "event loop, asyncio and the rest"
 _FRAME = re.compile(r"[^;]+ \([^;]+\)")
@@ -56,12 +62,38 @@ def shares(raw: Path) -> dict[str, float]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of these processes so far."""
+    """User + system CPU of these processes so far (those that have exited count 0)."""
     ticks = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def load_client_cpu_seconds() -> float:
+    """CPU of this process's children that have been waited for (each wrk run)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def print_machine(columns: dict[str, dict[str, float]]) -> None:
+    """A table: µs of CPU per request by process group, one column per server."""
+    names = list(columns)
+    groups = list(next(iter(columns.values())))
+    print("| process | " + " | ".join(f"{n} µs/request" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for group in groups:
+        print(f"| {group} | " + " | ".join(f"{columns[n][group]:.0f}" for n in names) + " |")
+    totals = [f"{sum(columns[n].values()):.0f}" for n in names]
+    print("| total | " + " | ".join(totals) + " |")
 
 
 def print_parts(columns: dict[str, tuple[dict[str, float], float]]) -> None:

@@ -232,7 +232,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
             sampler.running = False
             rss_end = rss_of(servers, writer)
             if args.profile:
-                profile(servers, urls, scripts, args.seconds, logs)
+                profile(servers, writer, urls, scripts, args.seconds, logs)
             # (c) drain capacity: the writer paused (SIGSTOP) while a backlog builds up,
             # then resumed, so no process start-up is in the figure.
             writer.send_signal(signal.SIGSTOP)
@@ -248,25 +248,43 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
 
 def profile(
     servers: dict[str, Process],
+    writer: Process,
     urls: dict[str, str],
     scripts: dict[str, str],
     seconds: int,
     logs: Path,
 ) -> None:
-    """One more round of each server with py-spy on its first worker; prints µs per part."""
+    """One more round of each server with py-spy on its first worker; prints µs per part,
+    and the CPU of one request on the whole machine by process (other work left out)."""
     columns = {}
+    machine = {}
     for side, server in servers.items():
-        workers = children(server.pid)
+        groups = {
+            "API workers": children(server.pid),
+            "Redis": request_profile.pids_named("redis-server")
+            + request_profile.pids_named("valkey-server"),
+            "writer": [writer.pid],
+            "PostgreSQL": request_profile.pids_named("postgres"),
+        }
         raw = logs / f"profile-{side}.txt"
-        spy = request_profile.record(workers[0], seconds, raw)
-        cpu_before = request_profile.cpu_seconds(workers)
+        spy = request_profile.record(groups["API workers"][0], seconds, raw)
+        before = {name: request_profile.cpu_seconds(pids) for name, pids in groups.items()}
+        client_before = request_profile.load_client_cpu_seconds()
         rate, _, _ = wrk(urls[side], scripts[side], seconds)
-        cpu = request_profile.cpu_seconds(workers) - cpu_before
+        requests = rate * seconds
+        machine[side] = {
+            name: 1e6 * (request_profile.cpu_seconds(pids) - before[name]) / requests
+            for name, pids in groups.items()
+        }
+        client_cpu = request_profile.load_client_cpu_seconds() - client_before
+        machine[side]["load client (wrk)"] = 1e6 * client_cpu / requests
         spy.wait(timeout=60)
-        columns[side] = (request_profile.shares(raw), 1e6 * cpu / (rate * seconds))
+        columns[side] = (request_profile.shares(raw), machine[side]["API workers"])
     print()
     request_profile.print_parts(columns)
     print(f"(py-spy raw stacks: {logs}/profile-*.txt)")
+    print()
+    request_profile.print_machine(machine)
 
 
 def report(
