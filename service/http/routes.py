@@ -60,10 +60,16 @@ def refusals_of(op: Operation) -> tuple[Refusal, ...]:
     )
 
 
-# Every money script may find Redis lost its data (`wallet rebuild`); every money request
-# may lose its reply from Redis, and then its outcome may be unknown (when it is known not
-# applied, it is a service_unavailable like any outage).
-_MONEY = (refusals.IDEMPOTENCY_KEY_REUSED, refusals.ACCOUNT_NOT_FOUND, refusals.OUTCOME_UNKNOWN)
+# Every money request has its Idempotency-Key header and its (empty) query string checked,
+# body or not (money_calls.money_caller); every money script may find Redis lost its data
+# (`wallet rebuild`); every money request may lose its reply from Redis, and then its outcome
+# may be unknown (when it is known not applied, it is a service_unavailable like any outage).
+_MONEY = (
+    refusals.VALIDATION_ERROR,
+    refusals.IDEMPOTENCY_KEY_REUSED,
+    refusals.ACCOUNT_NOT_FOUND,
+    refusals.OUTCOME_UNKNOWN,
+)
 _LISTING = (refusals.VALIDATION_ERROR, refusals.HISTORY_UNAVAILABLE)
 
 OPERATIONS = (
