@@ -154,11 +154,16 @@ async def test_sign_up_lists_both_fields(client: Client) -> None:
 @pytest.mark.parametrize(
     ("path", "query", "headers", "problem"),
     [
-        ("/api/balance/deposit/", {"limit": "0"}, {}, ("limit", "limit must be an integer from 1 to 100")),
-        ("/api/balance/transfer/", {"direction": "up"}, {}, ("direction", "direction must be one of all, in, out")),
-        ("/api/balance/deposit/", {"cursor": "x"}, {}, ("cursor", "cursor must be the next_cursor of a previous page, as given")),
-        ("/api/balance/", {"user_id": "1"}, {}, ("user_id", "user_id is not a parameter of this request")),
-        ("/api/holds/1/void/", {}, {"Idempotency-Key": "k" * 65}, ("Idempotency-Key", "Idempotency-Key must be 1 to 64 printable ASCII characters")),
+        ("/api/balance/deposit/", {"limit": "0"}, {},
+         ("limit", "limit must be an integer from 1 to 100")),
+        ("/api/balance/transfer/", {"direction": "up"}, {},
+         ("direction", "direction must be one of all, in, out")),
+        ("/api/balance/deposit/", {"cursor": "x"}, {},
+         ("cursor", "cursor must be the next_cursor of a previous page, as given")),
+        ("/api/balance/", {"user_id": "1"}, {},
+         ("user_id", "user_id is not a parameter of this request")),
+        ("/api/holds/1/void/", {}, {"Idempotency-Key": "k" * 65},
+         ("Idempotency-Key", "Idempotency-Key must be 1 to 64 printable ASCII characters")),
     ],
 )  # fmt: skip
 async def test_a_refused_query_or_header_is_one_problem_in_the_same_form(
