@@ -11,7 +11,18 @@ from pydantic import BaseModel
 
 from service.domain import refusals
 from service.domain.refusals import Refusal
-from service.http import auth, batches, docs, holds, ops, refunds, schemas, statements, wallet
+from service.http import (
+    api_docs,
+    auth,
+    batches,
+    docs,
+    holds,
+    ops,
+    refunds,
+    schemas,
+    statements,
+    wallet,
+)
 from service.http.errors import Handler
 
 
@@ -156,11 +167,13 @@ OPERATIONS = (
               parameters=(docs.HOLD_ID,), idempotent=True),
 )  # fmt: skip
 
-# Not part of the API document: probes and the document itself.
+# Not part of the API document: probes, the document itself and the page that shows it.
 _OPERATIONS_ENDPOINTS = (
     ("GET", "/healthz", ops.healthz),
     ("GET", "/readyz", ops.readyz),
     ("GET", "/api/openapi.json", ops.openapi_json),
+    ("GET", "/api/docs", api_docs.docs_page),
+    ("GET", api_docs.ASSETS_PATH + "{name}", api_docs.docs_asset),
 )
 
 
