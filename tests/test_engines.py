@@ -214,6 +214,18 @@ def test_data_survives_stop_and_start(data_dir: Path) -> None:
     assert_port_free(postgres.port)
 
 
+def test_a_first_start_and_the_next_leave_no_error_in_the_postgres_log(data_dir: Path) -> None:
+    """The `wallet` database is looked up in the catalog, not by connecting to it: a first
+    start is no error (it was a FATAL "database does not exist" in the server's log)."""
+    for _ in range(2):
+        with start_postgres(data_dir) as postgres:
+            assert postgres_run(postgres.dsn, "SELECT current_database()") == [("wallet",)]
+    log = (data_dir / "postgres.log").read_text()
+    assert "database system is ready to accept connections" in log
+    problems = [line for line in log.splitlines() if "ERROR:" in line or "FATAL:" in line]
+    assert problems == []
+
+
 def test_servers_belong_to_their_owner_and_end_when_it_is_killed(
     data_dir: Path, owners: list[Owner], running: list[RunningValkey | RunningPostgres]
 ) -> None:

@@ -32,14 +32,19 @@ JSON = "application/json"
 
 
 def assert_error(body: Any, code: str | None = None, field: str | None = None) -> None:
-    """The contract's error body: {"error": {"code", "message", "field"?}} and nothing else."""
+    """The contract's error body: {"error": {"code", "message", "field"?}} and nothing else;
+    a validation_error also lists its problems in "errors", the first one's field in "field"."""
     assert isinstance(body, dict), body
     assert set(body) == {"error"}, body
     error = body["error"]
-    assert {"code", "message"} <= set(error) <= {"code", "message", "field"}, body
+    validation = error.get("code") == "validation_error"
+    assert set(error) - {"field"} == {"code", "message", *(["errors"] if validation else [])}, body
     assert isinstance(error["code"], str)
     assert isinstance(error["message"], str)
     assert error["message"]
+    if validation:
+        assert error["errors"], body
+        assert error["errors"][0].get("field") == error.get("field"), body
     if code is not None:
         assert error["code"] == code, body
     if field is not None:

@@ -27,6 +27,8 @@ def check_new_password(password: str, field: str = "password") -> None:
     it in the error."""
     # Control characters cannot be typed, differ between clients, and hide in logs.
     if any(unicodedata.category(char) == "Cc" for char in password):
-        raise Refused(refusals.VALIDATION_ERROR, "control characters are not allowed", field)
+        raise Refused(
+            refusals.VALIDATION_ERROR, f"{field} must not contain control characters", field
+        )
     if password.lower() in _common_passwords():
         raise Refused(refusals.WEAK_PASSWORD, field=field)

@@ -19,5 +19,9 @@ def decode_cursor(cursor: str) -> int:
         text = ""
     digits = text.removeprefix(_PREFIX)
     if not text.startswith(_PREFIX) or not digits.isdigit() or not 1 <= len(digits) <= 16:
-        raise Refused(VALIDATION_ERROR, "unreadable cursor", "cursor")
+        raise Refused(
+            VALIDATION_ERROR,
+            "cursor must be the next_cursor of a previous page, as given",
+            "cursor",
+        )
     return int(digits)

@@ -70,7 +70,6 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 2.0
 CANNOT_CONNECT_NOW = "57P03"  # starting up, shutting down, in recovery
-INVALID_CATALOG_NAME = "3D000"  # no such database
 
 
 class RunningPostgres(RunningServer):
@@ -201,15 +200,17 @@ class PostgresEngine(Engine):
         return True
 
     def finish(self, port: int, deadline: Deadline) -> None:
-        """Create the `wallet` database if it does not exist yet."""
+        """Create the `wallet` database if it does not exist yet. Asked of the catalog, not
+        by connecting to it: a connection to a missing database is a FATAL in the server's
+        log, which a first start is not."""
         timeout_s = max(PROBE_TIMEOUT_S, deadline.remaining_s())
+        exists = f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"
         try:
-            _session(port, DATABASE, timeout_s=timeout_s)
+            if not _session(port, USER, timeout_s=timeout_s, query=exists):
+                _session(port, USER, timeout_s=timeout_s, query=f'CREATE DATABASE "{DATABASE}"')
+                log.info("postgres: database %s created", DATABASE)
         except _PgError as error:
-            if error.code != INVALID_CATALOG_NAME:
-                raise EngineError(f"cannot connect to database {DATABASE}: {error}") from error
-            _session(port, USER, timeout_s=timeout_s, query=f'CREATE DATABASE "{DATABASE}"')
-            log.info("postgres: database %s created", DATABASE)
+            raise EngineError(f"cannot create database {DATABASE}: {error}") from error
 
     def url(self, port: int) -> str:
         return f"postgresql+asyncpg://{USER}@{HOST}:{port}/{DATABASE}"
@@ -256,8 +257,9 @@ class _PgError(Exception):
         super().__init__(f"{fields.get('S', 'ERROR')} {self.code}: {fields.get('M', '')}")
 
 
-def _session(port: int, database: str, *, timeout_s: float, query: str | None = None) -> None:
-    """Connect as USER with trust authentication, optionally run `query`, disconnect."""
+def _session(port: int, database: str, *, timeout_s: float, query: str | None = None) -> int:
+    """Connect as USER with trust authentication, optionally run `query`, disconnect; the
+    number of rows `query` returned."""
     with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
         parameters = b"".join(
             key + b"\0" + value.encode() + b"\0"
@@ -266,21 +268,27 @@ def _session(port: int, database: str, *, timeout_s: float, query: str | None = 
         body = struct.pack("!i", 196608) + parameters + b"\0"  # protocol 3.0
         sock.sendall(struct.pack("!i", len(body) + 4) + body)
         _until_ready(sock)
+        rows = 0
         if query is not None:
             text = query.encode() + b"\0"
             sock.sendall(b"Q" + struct.pack("!i", len(text) + 4) + text)
-            _until_ready(sock)
+            rows = _until_ready(sock)
         sock.sendall(b"X" + struct.pack("!i", 4))
+        return rows
 
 
-def _until_ready(sock: socket.socket) -> None:
-    """Read messages up to ReadyForQuery; raise on an error or an authentication demand."""
+def _until_ready(sock: socket.socket) -> int:
+    """Read messages up to ReadyForQuery; raise on an error or an authentication demand;
+    the number of data rows read."""
+    rows = 0
     while True:
         kind = _receive(sock, 1)
         (length,) = struct.unpack("!i", _receive(sock, 4))
         body = _receive(sock, length - 4)
         if kind == b"Z":
-            return
+            return rows
+        if kind == b"D":
+            rows += 1
         if kind == b"E":
             parts = (part for part in body.split(b"\0") if part)
             raise _PgError({part[:1].decode(): part[1:].decode(errors="replace") for part in parts})

@@ -1,4 +1,5 @@
-"""The contract's error model: a status code and {"error": {"code", "message", "field"?}}.
+"""The contract's error model: a status code and {"error": {"code", "message", "field"?}};
+a validation_error also lists every problem: "errors": [{"field"?, "message"}, ...].
 
 Every refusal is a ``Refused`` carrying an entry of the catalog
 (service/domain/refusals.py); this middleware renders it, and renders aiohttp's own HTTP
@@ -6,14 +7,17 @@ errors, outages and bugs in the same shape.
 """
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from service.domain import refusals
 from service.domain.refusals import Refused
+from service.http.schemas import BOTH_RECIPIENTS, FIELD_RULES, NO_RECIPIENT
 from service.ledger.history import HistoryUnavailable
 from service.outages import is_outage
 
@@ -29,10 +33,44 @@ def json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a request: the field at fault (None: the body as a whole) and
+    what it must be, in words."""
+
+    field: str | None
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        if self.field is None:
+            return {"message": self.message}
+        return {"field": self.field, "message": self.message}
+
+
+class InvalidInput(Refused):
+    """A 422 validation_error with every problem found, in the body's order: ``field`` is
+    the first one's (as before there was a list), ``message`` says them all."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__(
+            refusals.VALIDATION_ERROR,
+            "; ".join(problem.message for problem in problems),
+            problems[0].field,
+        )
+        self.problems = tuple(problems)
+
+
 def error_response(refused: Refused) -> web.Response:
     error: dict[str, object] = {"code": refused.code, "message": refused.message}
     if refused.field is not None:
         error["field"] = refused.field
+    if refused.code == refusals.VALIDATION_ERROR.code:
+        problems = (
+            refused.problems
+            if isinstance(refused, InvalidInput)
+            else (Problem(refused.field, refused.message),)
+        )
+        error["errors"] = [problem.as_json() for problem in problems]
     response = json_response({"error": error}, refused.refusal.status)
     if refused.retry_after_s is not None:
         response.headers["Retry-After"] = str(refused.retry_after_s)
@@ -53,17 +91,31 @@ def _field_path(location: tuple[int | str, ...]) -> str | None:
     return path or None
 
 
-def validation_error(exc: ValidationError) -> Refused:
-    """The first problem, naming the field at fault."""
-    first = exc.errors(include_url=False)[0]
-    field = _field_path(first["loc"])
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif first["type"] == "model_type" or first["type"] == "dict_type":
-        message = "the body must be a JSON object"
-    else:
-        message = first["msg"]
-    return Refused(refusals.VALIDATION_ERROR, message, field)
+def _problem(error: ErrorDetails) -> Problem:
+    """What pydantic found, in words a person reads: the field's rule (FIELD_RULES), never
+    pydantic's own text or a pattern."""
+    location, kind = error["loc"], error["type"]
+    field = _field_path(location)
+    if kind == "extra_forbidden":
+        return Problem(field, f"{field} is not a field of this request")
+    if kind in ("model_type", "dict_type"):
+        return Problem(field, f"{field or 'the body'} must be a JSON object")
+    if kind in (BOTH_RECIPIENTS, NO_RECIPIENT):
+        rule = (
+            "give either to_user_id or to_username, not both"
+            if kind == BOTH_RECIPIENTS
+            else "give to_user_id or to_username"
+        )
+        return Problem(field, rule if field is None else f"{field}: {rule}")
+    name = next(part for part in reversed(location) if isinstance(part, str))
+    if kind == "missing":
+        return Problem(field, f"{field} is required: {FIELD_RULES[name]}")
+    return Problem(field, f"{field} must be {FIELD_RULES[name]}")
+
+
+def validation_error(exc: ValidationError) -> InvalidInput:
+    """Every problem, each naming its field."""
+    return InvalidInput([_problem(error) for error in exc.errors(include_url=False)])
 
 
 _HTTP_ERRORS = {

@@ -74,7 +74,9 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
     try:
         data = _DECODER.decode(raw.decode("utf-8"))
     except _DuplicateKey as duplicate:
-        raise Refused(refusals.VALIDATION_ERROR, "given twice", duplicate.name) from None
+        raise Refused(
+            refusals.VALIDATION_ERROR, f"{duplicate.name} is given twice", duplicate.name
+        ) from None
     except (ValueError, RecursionError):  # includes UnicodeDecodeError and JSONDecodeError
         raise Refused(refusals.MALFORMED_JSON) from None
     try:
@@ -86,10 +88,12 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
 def refuse_unknown_query(request: web.Request, allowed: set[str]) -> None:
     for name in request.query:
         if name not in allowed:
-            raise Refused(refusals.VALIDATION_ERROR, "unknown query parameter", name)
+            raise Refused(
+                refusals.VALIDATION_ERROR, f"{name} is not a parameter of this request", name
+            )
     for name in allowed:
         if len(request.query.getall(name, [])) > 1:
-            raise Refused(refusals.VALIDATION_ERROR, "give this parameter once", name)
+            raise Refused(refusals.VALIDATION_ERROR, f"give {name} once", name)
 
 
 def idempotency_key(request: web.Request) -> str | None:
@@ -98,7 +102,9 @@ def idempotency_key(request: web.Request) -> str | None:
         return None
     if not is_valid_idempotency_key(key):
         raise Refused(
-            refusals.VALIDATION_ERROR, "1-64 printable ASCII characters", "Idempotency-Key"
+            refusals.VALIDATION_ERROR,
+            "Idempotency-Key must be 1 to 64 printable ASCII characters",
+            "Idempotency-Key",
         )
     return key
 
@@ -109,7 +115,11 @@ def page_size(request: web.Request) -> int:
         return DEFAULT_PAGE_SIZE
     # isascii(): str.isdigit() also accepts superscript and fullwidth digits.
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 3 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise Refused(refusals.VALIDATION_ERROR, f"an integer from 1 to {MAX_PAGE_SIZE}", "limit")
+        raise Refused(
+            refusals.VALIDATION_ERROR,
+            f"limit must be an integer from 1 to {MAX_PAGE_SIZE}",
+            "limit",
+        )
     return int(raw)
 
 
@@ -130,7 +140,7 @@ def query_choice(request: web.Request, name: str, choices: tuple[Choice, ...]) -
     for choice in choices:
         if raw == choice:
             return choice
-    raise Refused(refusals.VALIDATION_ERROR, "one of " + ", ".join(choices), name)
+    raise Refused(refusals.VALIDATION_ERROR, f"{name} must be one of " + ", ".join(choices), name)
 
 
 def path_id(request: web.Request, missing: Refusal) -> int:

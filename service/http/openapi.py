@@ -83,6 +83,9 @@ def build_spec() -> dict[str, Any]:
             "version": version("wallet-service"),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
+        # Relative: the paths are on the origin that serves this document, whatever host,
+        # port or proxy a client reached it through.
+        "servers": [{"url": "/", "description": "the server that serves this document"}],
         "paths": paths,
         "components": {
             "schemas": defs.get("$defs", {}),

@@ -11,7 +11,18 @@ from pydantic import BaseModel
 
 from service.domain import refusals
 from service.domain.refusals import Refusal
-from service.http import auth, batches, docs, holds, ops, refunds, schemas, statements, wallet
+from service.http import (
+    api_docs,
+    auth,
+    batches,
+    docs,
+    holds,
+    ops,
+    refunds,
+    schemas,
+    statements,
+    wallet,
+)
 from service.http.errors import Handler
 
 
@@ -60,10 +71,16 @@ def refusals_of(op: Operation) -> tuple[Refusal, ...]:
     )
 
 
-# Every money script may find Redis lost its data (`wallet rebuild`); every money request
-# may lose its reply from Redis, and then its outcome may be unknown (when it is known not
-# applied, it is a service_unavailable like any outage).
-_MONEY = (refusals.IDEMPOTENCY_KEY_REUSED, refusals.ACCOUNT_NOT_FOUND, refusals.OUTCOME_UNKNOWN)
+# Every money request has its Idempotency-Key header and its (empty) query string checked,
+# body or not (money_calls.money_caller); every money script may find Redis lost its data
+# (`wallet rebuild`); every money request may lose its reply from Redis, and then its outcome
+# may be unknown (when it is known not applied, it is a service_unavailable like any outage).
+_MONEY = (
+    refusals.VALIDATION_ERROR,
+    refusals.IDEMPOTENCY_KEY_REUSED,
+    refusals.ACCOUNT_NOT_FOUND,
+    refusals.OUTCOME_UNKNOWN,
+)
 _LISTING = (refusals.VALIDATION_ERROR, refusals.HISTORY_UNAVAILABLE)
 
 OPERATIONS = (
@@ -150,11 +167,13 @@ OPERATIONS = (
               parameters=(docs.HOLD_ID,), idempotent=True),
 )  # fmt: skip
 
-# Not part of the API document: probes and the document itself.
+# Not part of the API document: probes, the document itself and the page that shows it.
 _OPERATIONS_ENDPOINTS = (
     ("GET", "/healthz", ops.healthz),
     ("GET", "/readyz", ops.readyz),
     ("GET", "/api/openapi.json", ops.openapi_json),
+    ("GET", "/api/docs", api_docs.docs_page),
+    ("GET", api_docs.ASSETS_PATH + "{name}", api_docs.docs_asset),
 )
 
 

@@ -6,11 +6,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     RootModel,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
 from service.domain.limits import (
@@ -25,11 +28,27 @@ from service.domain.limits import (
 )
 
 Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
+USERNAME_RULE = "3 to 32 characters of A-Z a-z 0-9 _ . -"
 Password = Annotated[
     str, StringConstraints(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)
 ]
 AmountKopecks = Annotated[int, Field(ge=1, le=MAX_AMOUNT_KOPECKS)]
 UserId = Annotated[int, Field(ge=1, le=MAX_USER_ID)]
+
+_PASSWORD_RULE = f"{MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
+# What each field of a request body must be, in words: a 422 says "<field> must be <rule>"
+# (service/http/errors.py), whatever pydantic found wrong with it.
+FIELD_RULES = {
+    "username": USERNAME_RULE,
+    "password": _PASSWORD_RULE,
+    "current_password": _PASSWORD_RULE,
+    "new_password": _PASSWORD_RULE,
+    "amount": f"an integer from 1 to {MAX_AMOUNT_KOPECKS}",
+    "to_user_id": f"an integer from 1 to {MAX_USER_ID}",
+    "to_username": USERNAME_RULE,
+    "expires_in_s": f"an integer from {MIN_HOLD_EXPIRES_IN_S} to {MAX_HOLD_EXPIRES_IN_S}",
+    "transfers": f"a list of 1 to {MAX_BATCH_LEGS} transfers",
+}
 
 # Output only (they validate nothing at run time): what the responses are, for the spec.
 Id = Annotated[int, Field(ge=1)]
@@ -43,10 +62,33 @@ Timestamp = Annotated[
 ]
 
 
-class StrictBody(BaseModel):
-    """JSON integers only for integers, no coercion, no unknown fields."""
+def _without_null(schema: dict[str, Any]) -> None:
+    """The spec of a body: a field that may be left out is never null (StrictBody refuses
+    null), so each property keeps only the non-null branch of pydantic's ``anyOf: [..., null]``
+    and no ``default: null``. Generated clients then type it as "absent or a value"."""
+    for prop in schema.get("properties", {}).values():
+        branches = prop.pop("anyOf", None)
+        if branches is not None:
+            (kept,) = [branch for branch in branches if branch != {"type": "null"}]
+            prop.update(kept)
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+class StrictBody(BaseModel):
+    """JSON integers only for integers, no coercion, no unknown fields, and no null: a field
+    that may be left out is left out."""
+
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, json_schema_extra=_without_null
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("null")
+        return value
 
 
 class Credentials(StrictBody):
@@ -73,31 +115,70 @@ class DepositRequest(StrictBody):
     amount: AmountKopecks = Field(description="kopecks, a JSON integer")
 
 
+RECIPIENT_FIELDS = ("to_user_id", "to_username")
+
+
+def _recipient_schema(schema: dict[str, Any]) -> None:
+    """Exactly one of the two, as if/then/else: validators enforce it and client generators
+    ignore it. A ``oneOf`` or ``anyOf`` of the two makes generators build a body type per
+    branch, without the other fields (a transfer without its amount)."""
+    _without_null(schema)
+    schema["if"] = {"required": ["to_user_id"]}
+    schema["then"] = {"not": {"required": ["to_username"]}}
+    schema["else"] = {"required": ["to_username"]}
+    schema["description"] = "Name the recipient by to_user_id or by to_username, not both."
+
+
 class Recipient(StrictBody):
     """A body that names its recipient by user id or by username, exactly one of them."""
 
-    # What exactly_one_recipient enforces, for the spec: one of the two is given, not
-    # null, and the other is absent.
-    model_config = ConfigDict(
-        json_schema_extra={
-            "oneOf": [
-                {"required": ["to_user_id"], "properties": {"to_user_id": {"type": "integer"}}},
-                {"required": ["to_username"], "properties": {"to_username": {"type": "string"}}},
-            ],
-            "not": {"required": ["to_user_id", "to_username"]},
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=_recipient_schema)
 
     to_user_id: UserId | None = None
     to_username: Username | None = None
 
-    @model_validator(mode="after")
-    def exactly_one_recipient(self) -> "Recipient":
-        # Naming both is refused even when one of them is null.
-        named = {"to_user_id", "to_username"} & self.model_fields_set
-        if len(named) != 1 or (self.to_user_id is None and self.to_username is None):
-            raise ValueError("give exactly one of to_user_id and to_username")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def exactly_one_recipient(
+        cls, data: Any, handler: ModelWrapValidatorHandler["Recipient"]
+    ) -> "Recipient":
+        """Both or neither is refused next to whatever else is wrong with the body (an
+        "after" validator would only run once every field is valid)."""
+        problem = _recipient_problem(data)
+        try:
+            body = handler(data)
+        except ValidationError as exc:
+            if problem is None:
+                raise
+            errors = [_reraised(error) for error in exc.errors()]
+            errors.append({"type": problem, "loc": (), "input": data})
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+        if problem is not None:
+            raise problem
+        return body
+
+
+def _reraised(error: ErrorDetails) -> InitErrorDetails:
+    again: InitErrorDetails = {"type": error["type"], "loc": error["loc"], "input": error["input"]}
+    if "ctx" in error:
+        again["ctx"] = error["ctx"]
+    return again
+
+
+# The error types of the recipient rule (service/http/errors.py words them).
+BOTH_RECIPIENTS = "both_recipients"
+NO_RECIPIENT = "no_recipient"
+
+
+def _recipient_problem(data: Any) -> PydanticCustomError | None:
+    if not isinstance(data, dict):
+        return None  # not an object: the handler says so
+    named = len(set(RECIPIENT_FIELDS) & data.keys())
+    if named == 2:
+        return PydanticCustomError(BOTH_RECIPIENTS, "both to_user_id and to_username")
+    if named == 0:
+        return PydanticCustomError(NO_RECIPIENT, "neither to_user_id nor to_username")
+    return None
 
 
 class TransferRequest(Recipient):
@@ -112,30 +193,10 @@ class BatchRequest(StrictBody):
     )
 
 
-def _not_null(value: object) -> object:
-    if value is None:
-        raise ValueError("leave the field out instead of null")
-    return value
-
-
-def _integer_only(schema: dict[str, Any]) -> None:
-    """The spec of an amount that may be left out but is never null (_not_null): the
-    integer branch of pydantic's ``anyOf: [integer, null]``."""
-    branches = schema.pop("anyOf")
-    schema.update(next(branch for branch in branches if branch.get("type") == "integer"))
-
-
-# An amount that may be left out, but not given as null: the contract refuses null for an
-# amount.
-OptionalAmount = Annotated[AmountKopecks | None, Field(json_schema_extra=_integer_only)]
-
-
 class RefundRequest(StrictBody):
-    amount: OptionalAmount = Field(
+    amount: AmountKopecks | None = Field(
         default=None, description="kopecks; absent: all that is not refunded yet"
     )
-
-    _amount_not_null = field_validator("amount", mode="before")(_not_null)
 
 
 class HoldRequest(Recipient):
@@ -149,11 +210,9 @@ class HoldRequest(Recipient):
 
 
 class CaptureRequest(StrictBody):
-    amount: OptionalAmount = Field(
+    amount: AmountKopecks | None = Field(
         default=None, description="kopecks, at most the hold's amount; absent: all of it"
     )
-
-    _amount_not_null = field_validator("amount", mode="before")(_not_null)
 
 
 class UserOut(BaseModel):
@@ -254,10 +313,25 @@ class HoldPage(BaseModel):
     next_cursor: str | None
 
 
+class FieldError(BaseModel):
+    field: str | None = Field(
+        default=None,
+        description="the input at fault: a body field (transfers[i].amount for a batch's leg),"
+        " a query parameter or a header; absent when it is the body as a whole",
+    )
+    message: str = Field(description="what it must be, in words")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
-    field: str | None = None
+    field: str | None = Field(
+        default=None, description="where one input is at fault: the first one of `errors`"
+    )
+    errors: list[FieldError] | None = Field(
+        default=None,
+        description="validation_error only: every problem found, in the body's order",
+    )
 
 
 class ErrorOut(BaseModel):

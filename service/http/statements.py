@@ -41,7 +41,9 @@ def _instant_us(raw: str, field: str) -> int:
     try:
         return us_from_datetime(parse_rfc3339(raw))
     except (ValueError, OverflowError):
-        raise Refused(refusals.VALIDATION_ERROR, _INSTANT_HINT, field) from None
+        raise Refused(
+            refusals.VALIDATION_ERROR, f"{field} must be {_INSTANT_HINT}", field
+        ) from None
 
 
 async def balance_at_instant(request: web.Request, user_id: int, raw_at: str) -> web.Response:
@@ -69,14 +71,16 @@ def _period(request: web.Request) -> tuple[int, int]:
     for name in ("from", "to"):
         raw = request.query.get(name)
         if raw is None:
-            raise Refused(refusals.VALIDATION_ERROR, "required: " + _INSTANT_HINT, name)
+            raise Refused(refusals.VALIDATION_ERROR, f"{name} is required: {_INSTANT_HINT}", name)
         bounds.append(_instant_us(raw, name))
     from_us, to_us = bounds
     if to_us < from_us:
-        raise Refused(refusals.VALIDATION_ERROR, "must not be earlier than from", "to")
+        raise Refused(refusals.VALIDATION_ERROR, "to must not be earlier than from", "to")
     if to_us - from_us > timedelta(days=MAX_STATEMENT_DAYS) // timedelta(microseconds=1):
         raise Refused(
-            refusals.VALIDATION_ERROR, f"a period of at most {MAX_STATEMENT_DAYS} days", "to"
+            refusals.VALIDATION_ERROR,
+            f"to must be at most {MAX_STATEMENT_DAYS} days after from",
+            "to",
         )
     return from_us, to_us
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from service.engines.common import free_port
 
@@ -76,12 +77,16 @@ def wallet_serve(
 
 class ServedClient:
     """Speaks like pytest-aiohttp's TestClient for what the tests use: relative paths,
-    per-request cookies, and ``.session.cookie_jar``."""
+    per-request cookies, ``.session.cookie_jar`` and ``make_url``."""
 
     def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
         self.session = aiohttp.ClientSession(
             base_url=base_url, cookie_jar=aiohttp.CookieJar(unsafe=True)
         )
+
+    def make_url(self, path: str) -> URL:
+        return URL(self.base_url + path)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.session.request(method, path, **kwargs)

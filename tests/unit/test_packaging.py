@@ -1,10 +1,12 @@
 """The Lua scripts ship inside the installed package, not only in the source tree."""
 
+import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from service.http.api_docs import ASSETS
 from service.redis.scripts import load_script_source
 
 SOURCE_SCRIPTS = sorted((Path(__file__).parents[2] / "lua").glob("*.lua"))
@@ -88,3 +90,28 @@ def test_the_packages_say_they_are_typed(tmp_path: Path) -> None:
         [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
     ).stdout
     assert out.strip() == "True"
+
+
+def test_installed_package_ships_swagger_ui_with_its_license(tmp_path: Path) -> None:
+    """GET /api/docs serves these from the installed package (no CDN at run time); CI
+    installs the wheel, so this is the wheel's content."""
+    source = Path(__file__).parents[2] / "service" / "http" / "swagger_ui"
+    names = sorted(path.name for path in source.iterdir())
+    assert {*ASSETS, "LICENSE", "NOTICE", "swagger-ui-bundle.js.LICENSE.txt"} == set(names)
+    code = (
+        "import hashlib, json, sys; from importlib import resources; "
+        "folder = resources.files('service.http').joinpath('swagger_ui'); "
+        "print(json.dumps({n: hashlib.sha256(folder.joinpath(n).read_bytes()).hexdigest()"
+        " for n in sys.argv[1:]}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code, *names],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert json.loads(out) == {
+        name: hashlib.sha256((source / name).read_bytes()).hexdigest() for name in names
+    }
+    assert "Apache License" in (source / "LICENSE").read_text(encoding="utf-8")
