@@ -8,6 +8,7 @@ on this run's databases.
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -24,6 +25,7 @@ from service.http.state import REDIS
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.settings import Settings
+from tests.support.faults.procs import Processes
 from tests.support.helpers import fresh_database, fresh_redis
 from tests.support.http_helpers import MakeClient
 from tests.support.redis_claim import claimed_redis_database
@@ -160,6 +162,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item in items:
             if "in_process_only" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Starts nothing by itself: the `wallet` processes and servers a test starts through
+    it are stopped at the end, whatever the outcome (tests/support/faults/procs.py)."""
+    registry = Processes(tmp_path)
+    try:
+        yield registry
+    finally:
+        registry.close()
 
 
 @pytest.fixture
