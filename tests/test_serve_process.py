@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.engines.common import free_port
+from tests.support.container_files import compose_healthcheck, image_healthcheck, run_healthcheck
 from tests.support.postgres_admin import postgres_admin
 from tests.support.raw_http import closed_within, exchange, read_response, request_head
 from tests.support.served import Served, service_environ, wallet_serve
@@ -130,6 +131,18 @@ async def test_slow_clients_time_out_and_connections_past_the_limit_are_refused(
             assert await closed_within(reader, 5.0)
             writer.close()
         await _session_cookie(served, "honest")
+
+
+def test_the_image_and_compose_healthchecks_pass_on_a_served_api_and_fail_without_it(
+    redis_url: str, database_url: str, redis_client: Redis, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """The Dockerfile's HEALTHCHECK (alive) and compose's api healthcheck (ready), run
+    here with the port of a real `wallet serve`."""
+    checks = [image_healthcheck(), compose_healthcheck("api")]
+    with wallet_serve(redis_url, database_url, tmp_path / "serve.log") as served:
+        port = _port(served.base_url)
+        assert [run_healthcheck(check, port) for check in checks] == [0, 0]
+    assert 0 not in [run_healthcheck(check, port) for check in checks]
 
 
 def _run_wallet(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

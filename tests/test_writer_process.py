@@ -1,5 +1,6 @@
 """`wallet writer` as an operator runs it: its own listener (WALLET_WRITER_METRICS_LISTEN)
-with GET /metrics (what the writer did) and GET /healthz, and how it refuses to start."""
+with GET /metrics (what the writer did) and GET /healthz, which docker-compose.yml's
+healthcheck asks, and how it refuses to start."""
 
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.ledger_insert import insert_isolating
 from service.ledger.writer import parse_entry
 from service.redis.money import MoneyScripts
+from tests.support.container_files import compose_healthcheck, run_healthcheck
 from tests.support.faults.procs import Processes, wallet_env, wallet_executable
 from tests.support.helpers import stream_entries
 from tests.support.scrape import Page, scrape_until
@@ -65,6 +67,11 @@ async def test_the_writer_serves_what_it_did_on_its_own_listener(
 
     async with aiohttp.ClientSession() as http, http.get(f"{writer.metrics_url}/healthz") as got:
         assert (got.status, await got.json()) == (200, {"status": "ok"})
+    # docker-compose.yml's healthcheck of the writer, run here: healthy, then not.
+    healthcheck = compose_healthcheck("writer")
+    assert run_healthcheck(healthcheck, writer.metrics_port) == 0
+    writer.stop()
+    assert run_healthcheck(healthcheck, writer.metrics_port) != 0
 
 
 def test_the_writer_on_a_taken_metrics_address_says_so_in_one_line(
