@@ -6,19 +6,15 @@ import json
 import socket
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.engines.common import free_port
 from tests.support.container_files import compose_healthcheck, image_healthcheck, run_healthcheck
-from tests.support.postgres_admin import postgres_admin
 from tests.support.raw_http import closed_within, exchange, read_response, request_head
 from tests.support.served import Served, service_environ, wallet_serve
 
@@ -155,18 +151,6 @@ def _run_wallet(args: list[str], env: dict[str, str]) -> subprocess.CompletedPro
         timeout=START_LIMIT_S,
         check=False,
     )
-
-
-@pytest.fixture
-def unmigrated_database(database_url: str) -> Iterator[str]:
-    """An empty database on the run's server: `wallet migrate` never ran on it."""
-    admin_dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    name = f"wallet_unmigrated_{uuid.uuid4().hex[:12]}"
-    asyncio.run(postgres_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
-    try:
-        yield database_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        asyncio.run(postgres_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_serve_without_the_schema_says_what_to_run_in_one_line(
