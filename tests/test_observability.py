@@ -1,7 +1,7 @@
 """deploy/: every metric the Grafana dashboard and the alert rules select is one the service
 exports under that job, as real scrapes show it: `wallet serve --workers 2` (job
 wallet-api) after some money moved, and a `wallet writer` (job wallet-writer) that stored
-it."""
+it; and docs/operations.md describes every one of the service's own."""
 
 from pathlib import Path
 from typing import cast
@@ -66,6 +66,12 @@ async def test_the_dashboard_and_the_alerts_select_only_what_the_service_exports
             assert job is not None, f"{where}: {name} names no job"
             for each in job.split("|"):
                 assert name in exported[each].names(), f"{where}: {each} does not export {name}"
+    # And docs/operations.md describes every metric of the service's own.
+    operations = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    for page in exported.values():
+        for family in page.families:
+            if family.name.startswith("wallet_"):
+                assert f"`{family.name}" in operations, family.name
     # The point of them: the ledger, the writer, Redis and the processes are all watched.
     for name in (
         "wallet_writer_lag_seconds",
