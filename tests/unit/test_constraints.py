@@ -68,6 +68,7 @@ def test_the_pins_are_versions_pyproject_allows() -> None:
         name = canonicalize_name(requirement.name)
         if name == PACKAGE or not _applies(requirement, frozenset()):
             continue
+        assert name in pinned, f"{text} is not pinned: run .ci/refresh-constraints"
         assert requirement.specifier.contains(pinned[name], prereleases=True), text
 
 
