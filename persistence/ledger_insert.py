@@ -212,6 +212,12 @@ async def insert_records(
     return inserted
 
 
+def ledger_row_count(record: StreamRecord) -> int:
+    """The rows ``insert_records`` makes of a record: one, or two for a capture (its
+    transaction and its ``captured`` event)."""
+    return 2 if isinstance(record, Transaction) and record.hold_id is not None else 1
+
+
 def is_data_error(error: BaseException) -> bool:
     """True when the database refused the rows themselves, so retrying cannot help.
 

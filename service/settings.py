@@ -135,10 +135,13 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1_000, ge=1, le=100_000)
     # host:port of GET /metrics, a listener of its own: never on the API's address.
     metrics_listen: str = "127.0.0.1:9464"
+    # host:port of `wallet writer`'s own GET /metrics and GET /healthz; two writers on one
+    # host need two addresses.
+    writer_metrics_listen: str = "127.0.0.1:9465"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("metrics_listen")
+    @field_validator("metrics_listen", "writer_metrics_listen")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
         host, _, port = value.rpartition(":")
@@ -149,8 +152,12 @@ class Settings(BaseSettings):
     @property
     def metrics_address(self) -> tuple[str, int]:
         """(host, port) of WALLET_METRICS_LISTEN; an IPv6 host may be given in brackets."""
-        host, _, port = self.metrics_listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return _address(self.metrics_listen)
+
+    @property
+    def writer_metrics_address(self) -> tuple[str, int]:
+        """(host, port) of WALLET_WRITER_METRICS_LISTEN."""
+        return _address(self.writer_metrics_listen)
 
     @model_validator(mode="after")
     def _outcome_outlives_the_wait(self) -> "Settings":
@@ -164,6 +171,11 @@ class Settings(BaseSettings):
                 f" ({longest_ask_ms} ms)"
             )
         return self
+
+
+def _address(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def env_name(field: str) -> str:

@@ -6,8 +6,11 @@ With WALLET_TEST_SERVED=1 the `client` fixture talks to a real `wallet serve --w
 on this run's databases.
 """
 
+import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -24,8 +27,10 @@ from service.http.state import REDIS
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.settings import Settings
+from tests.support.faults.procs import Processes
 from tests.support.helpers import fresh_database, fresh_redis
 from tests.support.http_helpers import MakeClient
+from tests.support.postgres_admin import postgres_admin
 from tests.support.redis_claim import claimed_redis_database
 from tests.support.served import Served, ServedClient, wallet_serve
 from tests.support.servers import own_database, postgres_server, redis_server
@@ -160,6 +165,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item in items:
             if "in_process_only" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def unmigrated_database(database_url: str) -> Iterator[str]:
+    """An empty database on the run's server: `wallet migrate` never ran on it."""
+    admin_dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = f"wallet_unmigrated_{uuid.uuid4().hex[:12]}"
+    asyncio.run(postgres_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
+    try:
+        yield database_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(postgres_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Starts nothing by itself: the `wallet` processes and servers a test starts through
+    it are stopped at the end, whatever the outcome (tests/support/faults/procs.py)."""
+    registry = Processes(tmp_path)
+    try:
+        yield registry
+    finally:
+        registry.close()
 
 
 @pytest.fixture

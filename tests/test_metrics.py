@@ -4,6 +4,8 @@ import time
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.http.ledger_gauges import read_ledger
+from service.redis.keyspace import TXN_STREAM, WRITER_GROUP
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
 from tests.support.helpers import persist
@@ -52,9 +54,12 @@ async def test_metrics_count_requests_money_and_writer_lag(
         text, "wallet_http_requests_total",
         route="/api/balance/transfer/", method="POST", status="409",
     ) >= 1  # fmt: skip
+    assert sample(text, "wallet_redis_up") == 1
     assert sample(text, "wallet_stream_entries") == 2
     assert sample(text, "wallet_writer_lag_entries") == 2
     assert sample(text, "wallet_writer_lag_seconds") >= 0
+    assert sample(text, "wallet_redis_used_memory_bytes") > 0
+    assert sample(text, "wallet_redis_maxmemory_bytes") >= 0
     await persist(redis_client, db_engine)
     text = await (await metrics_client.get("/metrics")).text()
     assert sample(text, "wallet_writer_lag_entries") == 0
@@ -77,6 +82,21 @@ async def test_methods_the_api_does_not_use_share_one_series(
     ) >= 3  # fmt: skip
 
 
+async def test_before_any_writer_every_entry_counts_as_lag(
+    client: Client, metrics_client: Client, redis_client: Redis
+) -> None:
+    """No consumer group (Redis lost its data and the API wrote the stream anew before a
+    writer came back): the writer will read from the first entry on, so every entry is
+    lag, as old as the first."""
+    await new_user(client, "alice", deposit_kopecks=100)
+    await new_user(client, "bob", deposit_kopecks=100)
+    await redis_client.xgroup_destroy(TXN_STREAM, WRITER_GROUP)
+    text = await (await metrics_client.get("/metrics")).text()
+    assert sample(text, "wallet_writer_lag_entries") == sample(text, "wallet_stream_entries") == 2
+    assert sample(text, "wallet_writer_pending_entries") == 0
+    assert sample(text, "wallet_writer_lag_seconds") > 0
+
+
 class RacingRedis:
     """XINFO still counts a pending entry; XPENDING, a moment later, finds none."""
 
@@ -85,6 +105,12 @@ class RacingRedis:
 
     async def xlen(self, key: str) -> int:
         return 3
+
+    async def exists(self, key: str) -> int:
+        return 1
+
+    async def info(self, section: str) -> dict[str, object]:
+        return {"used_memory": 1_000_000, "maxmemory": 0}
 
     async def xinfo_groups(self, key: str) -> list[dict[str, object]]:
         return [{"name": b"ledger-writer", "pending": 1, "lag": 0, "last-delivered-id": b"5-0"}]
@@ -96,11 +122,9 @@ class RacingRedis:
         return [] if self._next is None else [(f"{self._next}-0".encode(), {})]
 
 
-async def test_lag_gauge_survives_the_writer_acknowledging_between_two_reads() -> None:
-    from service.http import metrics
-
-    await metrics._refresh_ledger_gauges(RacingRedis(None))  # type: ignore[arg-type]
-    assert metrics.WRITER_LAG_SECONDS._value.get() == 0.0
+async def test_lag_survives_the_writer_acknowledging_between_two_reads() -> None:
+    reading = await read_ledger(RacingRedis(None))  # type: ignore[arg-type]
+    assert reading.writer_lag_seconds == 0.0
     two_seconds_ago_ms = int((time.time() - 2) * 1000)
-    await metrics._refresh_ledger_gauges(RacingRedis(two_seconds_ago_ms))  # type: ignore[arg-type]
-    assert 1.5 < metrics.WRITER_LAG_SECONDS._value.get() < 10
+    reading = await read_ledger(RacingRedis(two_seconds_ago_ms))  # type: ignore[arg-type]
+    assert 1.5 < reading.writer_lag_seconds < 10

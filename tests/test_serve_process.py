@@ -6,18 +6,15 @@ import json
 import socket
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.engines.common import free_port
-from tests.support.postgres_admin import postgres_admin
+from tests.support.container_files import compose_healthcheck, image_healthcheck, run_healthcheck
 from tests.support.raw_http import closed_within, exchange, read_response, request_head
 from tests.support.served import Served, service_environ, wallet_serve
 
@@ -132,6 +129,18 @@ async def test_slow_clients_time_out_and_connections_past_the_limit_are_refused(
         await _session_cookie(served, "honest")
 
 
+def test_the_image_and_compose_healthchecks_pass_on_a_served_api_and_fail_without_it(
+    redis_url: str, database_url: str, redis_client: Redis, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """The Dockerfile's HEALTHCHECK (alive) and compose's api healthcheck (ready), run
+    here with the port of a real `wallet serve`."""
+    checks = [image_healthcheck(), compose_healthcheck("api")]
+    with wallet_serve(redis_url, database_url, tmp_path / "serve.log") as served:
+        port = _port(served.base_url)
+        assert [run_healthcheck(check, port) for check in checks] == [0, 0]
+    assert 0 not in [run_healthcheck(check, port) for check in checks]
+
+
 def _run_wallet(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     wallet = str(Path(sys.executable).parent / "wallet")
     return subprocess.run(
@@ -142,18 +151,6 @@ def _run_wallet(args: list[str], env: dict[str, str]) -> subprocess.CompletedPro
         timeout=START_LIMIT_S,
         check=False,
     )
-
-
-@pytest.fixture
-def unmigrated_database(database_url: str) -> Iterator[str]:
-    """An empty database on the run's server: `wallet migrate` never ran on it."""
-    admin_dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    name = f"wallet_unmigrated_{uuid.uuid4().hex[:12]}"
-    asyncio.run(postgres_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
-    try:
-        yield database_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        asyncio.run(postgres_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_serve_without_the_schema_says_what_to_run_in_one_line(

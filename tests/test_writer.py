@@ -4,6 +4,7 @@ redelivery, crashes, concurrent writers, outages, poison records and retention."
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -98,7 +99,9 @@ async def test_writer_stores_every_field_and_acknowledges(
     assert rows[4]["kind"] == "transfer"
     assert await pending(redis_client) == {}
     assert (writer.stats.persisted, writer.stats.batches, writer.stats.dead_lettered) == (5, 1, 0)
+    assert (writer.stats.rows_inserted, writer.stats.rows_skipped) == (5, 0)
     assert writer.stats.last_batch_lag_ms > 0
+    assert writer.stats.last_batch_at_s >= writer.stats.last_read_at_s > time.time() - 60
     assert await writer.drain_once() == 0
 
 

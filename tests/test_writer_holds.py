@@ -63,6 +63,8 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
     writer = await drain(settings, redis_client, db_engine)
 
     assert (writer.stats.persisted, writer.stats.dead_lettered) == (8, 0)
+    # Nine rows: the capture is a transaction and its "captured" event.
+    assert (writer.stats.rows_inserted, writer.stats.rows_skipped) == (9, 0)
     assert await pending(redis_client) == {}
     txns = await ledger(db_engine)
     assert sorted(txns) == [1, 5, 6]
@@ -156,7 +158,8 @@ async def test_every_record_delivered_again_is_stored_once(
         book.end("hold_expired", 3, T0 + 100 * SECOND),
     ]
     await append(redis_client, *records)
-    await drain(settings, redis_client, db_engine)
+    first = await drain(settings, redis_client, db_engine)
+    assert (first.stats.rows_inserted, first.stats.rows_skipped) == (6, 0)
     before = (await ledger(db_engine), await hold_rows(db_engine), await hold_event_rows(db_engine))
     entries = [(i.decode(), parse_entry(f)) for i, f in await stream_entries(redis_client)]
 
@@ -167,6 +170,8 @@ async def test_every_record_delivered_again_is_stored_once(
     writer = await drain(settings, redis_client, db_engine)
 
     assert writer.stats.dead_lettered == 0
+    # Two holds, the capture's transaction and event, the expiry: all in the ledger already.
+    assert (writer.stats.rows_inserted, writer.stats.rows_skipped) == (0, 5)
     after = (await ledger(db_engine), await hold_rows(db_engine), await hold_event_rows(db_engine))
     assert after == before
     assert await dead_letters(redis_client) == {}

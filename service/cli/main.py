@@ -189,18 +189,29 @@ def writer() -> None:
 
     On a signal it finishes the batch in hand, acknowledges it and exits. A sweeper that
     fails for anything but an outage stops the writer too, and the error is raised.
+    GET /metrics and GET /healthz are served on WALLET_WRITER_METRICS_LISTEN.
     """
+    from service.http.writer_metrics import serving_writer_metrics
     from service.ledger.hold_sweeper import run_writer_and_sweeper
+    from service.ledger.writer import WriterStats
 
     settings = load_settings()
+    metrics_socket = listening_socket(
+        *settings.writer_metrics_address, "WALLET_WRITER_METRICS_LISTEN"
+    )
+    stats = WriterStats()
 
     async def drain() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        async with connections(settings) as (redis, engine):
-            await run_writer_and_sweeper(settings, redis, engine, stop)
+        # The listener outlives the writer: it answers until the last batch is in.
+        async with (
+            serving_writer_metrics(stats, metrics_socket),
+            connections(settings) as (redis, engine),
+        ):
+            await run_writer_and_sweeper(settings, redis, engine, stop, stats)
 
     run(drain())
 

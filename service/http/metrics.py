@@ -3,31 +3,35 @@ loopback by default), never on the API's address: the counters tell who is busy 
 
 With several workers, each process writes its samples to PROMETHEUS_MULTIPROC_DIR
 (`wallet serve` sets one up) and /metrics merges them; the metrics socket is bound once, by
-the gunicorn master, and whichever worker accepts a scrape answers with the merged registry.
-The ledger gauges are read from Redis at scrape time and kept as the most recent value of
-any process, so they are right whichever process answers.
+the gunicorn master, and whichever worker accepts a scrape answers with the merged registry
+and the process_* of every process, by pid (service/http/process_metrics.py). The ledger
+gauges are read from Redis by the process that answers, at scrape time, and left out while
+Redis does not answer (service/http/ledger_gauges.py): /metrics answers all the same.
 """
 
 import os
 import time
-from typing import cast
+from collections.abc import Iterable
 
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from service.http.errors import Handler
+from service.http.ledger_gauges import LedgerGauges, LedgerReading, read_ledger_if_redis_answers
 from service.http.logs import route_of
+from service.http.process_metrics import ServiceProcesses
 from service.http.state import REDIS
-from service.redis import keyspace
 
 HTTP_REQUESTS = Counter(
     "wallet_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
@@ -42,29 +46,6 @@ MONEY_OPERATIONS = Counter(
     "wallet_money_operations_total",
     "Deposits and transfers by result: ok, replayed, or the refusal code",
     ["operation", "result"],
-)
-STREAM_LENGTH = Gauge(
-    "wallet_stream_entries", "Entries in the transactions stream", multiprocess_mode="mostrecent"
-)
-WRITER_LAG_ENTRIES = Gauge(
-    "wallet_writer_lag_entries",
-    "Stream entries not yet delivered to the writer",
-    multiprocess_mode="mostrecent",
-)
-WRITER_PENDING = Gauge(
-    "wallet_writer_pending_entries",
-    "Entries delivered to the writer and not yet acknowledged",
-    multiprocess_mode="mostrecent",
-)
-WRITER_LAG_SECONDS = Gauge(
-    "wallet_writer_lag_seconds",
-    "Age of the oldest transaction not yet persisted (0 when none)",
-    multiprocess_mode="mostrecent",
-)
-DEAD_LETTERS = Gauge(
-    "wallet_dead_letter_entries",
-    "Stream records the writer could not store (see txn:dead-letter)",
-    multiprocess_mode="mostrecent",
 )
 
 
@@ -91,46 +72,31 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - started)
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+class _ThisProcess(Collector):
+    """What this process registered with prometheus_client: the counters above, and its
+    own process_* and python_*."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
 
 
-async def _refresh_ledger_gauges(redis: Redis) -> None:
-    stream = keyspace.TXN_STREAM
-    STREAM_LENGTH.set(await redis.xlen(stream))
-    DEAD_LETTERS.set(await redis.xlen(keyspace.TXN_DEAD_LETTER))
-    groups = cast(list[dict[str, object]], await redis.xinfo_groups(stream))
-    group = next((g for g in groups if _text(g["name"]) == keyspace.WRITER_GROUP), None)
-    if group is None:
-        return
-    pending = cast(int, group["pending"])
-    WRITER_PENDING.set(pending)
-    WRITER_LAG_ENTRIES.set(cast(int | None, group.get("lag")) or 0)
-    # The oldest transaction that may not be persisted: the oldest pending entry, or
-    # else the first entry not yet delivered.
-    oldest: str | None = None
-    if pending:
-        summary = cast(dict[str, object], await redis.xpending(stream, keyspace.WRITER_GROUP))
-        # None when the writer acknowledged everything since XINFO answered.
-        oldest = None if summary["min"] is None else _text(summary["min"])
-    if oldest is None:
-        after = "(" + _text(group["last-delivered-id"])
-        following = cast(list[tuple[bytes, object]], await redis.xrange(stream, after, count=1))
-        oldest = _text(following[0][0]) if following else None
-    oldest_ms = None if oldest is None else int(oldest.split("-", 1)[0])
-    WRITER_LAG_SECONDS.set(0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000))
+def _scrape_registry(reading: LedgerReading | None) -> CollectorRegistry:
+    """One scrape's registry: every worker's samples merged (with each process's process_*
+    by pid) or this process's, and the gauges read from Redis for it."""
+    registry = CollectorRegistry()
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(ServiceProcesses())
+    else:
+        registry.register(_ThisProcess())
+    registry.register(LedgerGauges(reading))
+    return registry
 
 
 async def metrics(request: web.Request) -> web.Response:
-    redis = request.app[REDIS]
-    if await redis.exists(keyspace.TXN_STREAM):
-        await _refresh_ledger_gauges(redis)
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        body = generate_latest(registry)
-    else:
-        body = generate_latest()
+    """Answers whether or not Redis does (service/http/ledger_gauges.py)."""
+    reading = await read_ledger_if_redis_answers(request.app[REDIS])
+    body = generate_latest(_scrape_registry(reading))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -17,7 +17,7 @@ import logging
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.ledger.writer import StreamWriter
+from service.ledger.writer import StreamWriter, WriterStats
 from service.outages import is_outage
 from service.redis.holds import HoldScripts
 from service.settings import Settings
@@ -45,10 +45,15 @@ async def run_hold_sweeper(
 
 
 async def run_writer_and_sweeper(
-    settings: Settings, redis: Redis, engine: AsyncEngine, stop: asyncio.Event
+    settings: Settings,
+    redis: Redis,
+    engine: AsyncEngine,
+    stop: asyncio.Event,
+    stats: WriterStats | None = None,
 ) -> None:
     """The stream writer and the hold sweeper until ``stop`` is set. A sweeper that fails
-    for anything but an outage stops the writer too, and its error is raised."""
+    for anything but an outage stops the writer too, and its error is raised. The writer
+    counts its work in ``stats`` when given (`wallet writer` serves them as metrics)."""
     sweeper = asyncio.create_task(
         run_hold_sweeper(
             HoldScripts(redis, settings),
@@ -59,7 +64,7 @@ async def run_writer_and_sweeper(
     )
     sweeper.add_done_callback(lambda _: stop.set())
     try:
-        await StreamWriter(settings, redis, engine).run(stop)
+        await StreamWriter(settings, redis, engine, stats).run(stop)
     finally:
         stop.set()
         await sweeper

@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.ledger_insert import insert_isolating
+from persistence.ledger_insert import insert_isolating, ledger_row_count
 from service.domain.records import StreamRecord, record_from_stream_fields
 from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
@@ -57,16 +57,24 @@ Entry = tuple[str, dict[bytes, bytes]]
 
 @dataclass(slots=True)
 class WriterStats:
-    """Counters since start, for metrics."""
+    """Counters since start, for metrics (service/http/writer_metrics.py)."""
 
     # Entries stored in the ledger (or found already stored) and acknowledged.
     persisted: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    # Ledger rows of the stored entries (a capture is two): inserted, or skipped because the
+    # ledger held them already (an entry delivered again: a retry, a claim, a replay).
+    rows_inserted: int = 0
+    rows_skipped: int = 0
     # Failed attempts at a Redis or PostgreSQL step, each followed by a backoff.
     retries: int = 0
     # Age of the last batch's oldest entry when the batch was acknowledged.
     last_batch_lag_ms: float = 0.0
+    # Unix times: of the last batch acknowledged, and of the last read of the stream that
+    # answered (every writer_block_ms at most while idle): 0.0 before the first.
+    last_batch_at_s: float = 0.0
+    last_read_at_s: float = 0.0
 
 
 class Unparseable(ValueError):
@@ -138,12 +146,19 @@ class StreamWriter:
     # Trim the stream at most this often.
     trim_interval_s = 5.0
 
-    def __init__(self, settings: Settings, redis: Redis, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        engine: AsyncEngine,
+        stats: WriterStats | None = None,
+    ) -> None:
         self._settings = settings
         self._redis = redis
         self._engine = engine
         self.consumer = settings.writer_consumer_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.stats = WriterStats()
+        # Given by a caller that serves them as metrics.
+        self.stats = WriterStats() if stats is None else stats
         self._group_ready = False
         # Re-reading this consumer's own pending entries: the next id to read after;
         # None once they are all read.
@@ -170,6 +185,8 @@ class StreamWriter:
 
     async def _drain(self, stop: asyncio.Event) -> int:
         entries = await self._retrying("read the stream", self._next_batch_or_none, stop)
+        if entries is not None:
+            self.stats.last_read_at_s = time.time()
         handled = await self._handle(entries, stop) if entries else 0
         if time.monotonic() >= self._next_trim_at:
             self._next_trim_at = time.monotonic() + self.trim_interval_s
@@ -265,12 +282,14 @@ class StreamWriter:
                 good.append((entry_id, parse_entry(fields)))
             except Unparseable as error:
                 dead.append((entry_id, f"unparseable: {error}"))
+        inserted = 0
         if good:
             stored = await self._retrying(
                 "write the batch to PostgreSQL", lambda: insert_isolating(self._engine, good), stop
             )
             if stored is None:
                 return 0
+            inserted = stored[0]
             dead += stored[1]
         for entry_id, reason in dead:
             logger.error("dead-lettering stream entry %s: %s", entry_id, reason)
@@ -283,10 +302,15 @@ class StreamWriter:
         if acked is None:
             return 0
         oldest_ms = min(stream_id(entry_id)[0] for entry_id, _ in entries)
+        rows = sum(ledger_row_count(record) for i, record in good if i not in dead_ids)
+        now_s = time.time()
         self.stats.persisted += len(entries) - len(dead)
         self.stats.dead_lettered += len(dead)
         self.stats.batches += 1
-        self.stats.last_batch_lag_ms = max(0.0, time.time() * 1000 - oldest_ms)
+        self.stats.rows_inserted += inserted
+        self.stats.rows_skipped += rows - inserted
+        self.stats.last_batch_lag_ms = max(0.0, now_s * 1000 - oldest_ms)
+        self.stats.last_batch_at_s = now_s
         return len(entries)
 
     async def _ack(

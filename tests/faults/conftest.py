@@ -1,14 +1,11 @@
 """Process fixtures for the fault tests.
 
-``processes`` starts nothing by itself: tests start `wallet serve`, `wallet writer` and,
-when they stop or restart a server, Redis and PostgreSQL instances of their own (own port,
-own data directory under ``tmp_path``) through it. Its finalizer stops every one of them,
-whatever the outcome of the test. ``shared_servers`` gives the run's claimed Redis
-database and PostgreSQL database, emptied, for the tests that stop neither server.
+Tests start `wallet serve`, `wallet writer` and, when they stop or restart a server, Redis
+and PostgreSQL instances of their own (own port, own data directory under ``tmp_path``)
+through ``processes`` (tests/conftest.py), which stops every one of them whatever the
+outcome of the test. ``shared_servers`` gives the run's claimed Redis database and
+PostgreSQL database, emptied, for the tests that stop neither server.
 """
-
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -19,15 +16,6 @@ from tests.support.faults.procs import (
     Processes,
     RedisServer,
 )
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    registry = Processes(tmp_path)
-    try:
-        yield registry
-    finally:
-        registry.close()
 
 
 @pytest.fixture

@@ -81,6 +81,8 @@ def test_an_unknown_wallet_variable_stops_every_command_and_is_named(
     [
         ("WALLET_METRICS_LISTEN", "9464"),
         ("WALLET_METRICS_LISTEN", "127.0.0.1:99999"),
+        ("WALLET_WRITER_METRICS_LISTEN", "9465"),
+        ("WALLET_WRITER_METRICS_LISTEN", "127.0.0.1:0"),
         ("WALLET_LOG_LEVEL", "LOUD"),
         ("WALLET_REQUEST_BODY_TIMEOUT_S", "3600"),
         ("WALLET_MAX_CONNECTIONS", "0"),

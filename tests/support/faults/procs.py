@@ -485,8 +485,17 @@ _EMBEDDED_READY = re.compile(r"listening on \S+, ready in ([0-9.]+) s")
 
 
 class WalletWriter(Managed):
+    """``wallet writer``, with its metrics listener on a free port (the default address
+    would let only one writer run on this machine at a time)."""
+
     def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+        self.metrics_port = free_port()
+        env = env | {"WALLET_WRITER_METRICS_LISTEN": f"{HOST}:{self.metrics_port}"}
         super().__init__("wallet writer", [wallet_executable(), "writer"], log_path, env)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.metrics_port}"
 
     def start(self) -> None:
         self.spawn()

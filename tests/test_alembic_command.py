@@ -1,0 +1,124 @@
+"""The `alembic` command, with alembic.ini from the repository's top directory, on a
+database of the test's own: configured as `wallet migrate` is (DATABASE_URL from the
+environment), it upgrades, downgrades, prints the SQL without a database, and compares the
+models with the schema (autogenerate)."""
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.db import connect_database
+from persistence.migrate import schema_problem
+from persistence.models import Base
+from service.settings import Settings
+from tests.support.served import service_environ
+
+ROOT = Path(__file__).parents[1]
+ALEMBIC = str(Path(sys.executable).parent / "alembic")
+COMMAND_TIMEOUT_S = 120.0
+# Nothing listens there: a command that tried to connect would fail.
+NO_DATABASE = "postgresql+asyncpg://127.0.0.1:1/nowhere"
+
+
+def alembic(database_url: str, *args: str, cwd: Path = ROOT) -> str:
+    """Runs `alembic ARGS` as a person would in ``cwd``; its output (stdout)."""
+    result = subprocess.run(
+        [ALEMBIC, *args],
+        cwd=cwd,
+        env=service_environ() | {"DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+async def _schema(database_url: str) -> tuple[str | None, set[str], str | None]:
+    """(alembic's revision, the tables, what `wallet serve` would object to)."""
+    engine: AsyncEngine = connect_database(Settings(database_url=database_url))
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+            revision = None
+            if "alembic_version" in tables:
+                query = text("SELECT version_num FROM alembic_version")
+                revision = (await connection.execute(query)).scalar_one()
+        return revision, tables, await schema_problem(engine)
+    finally:
+        await engine.dispose()
+
+
+def schema(database_url: str) -> tuple[str | None, set[str], str | None]:
+    return asyncio.run(_schema(database_url))
+
+
+def test_alembic_upgrades_and_downgrades_the_database_url_as_wallet_migrate_does(
+    unmigrated_database: str,
+) -> None:
+    alembic(unmigrated_database, "upgrade", "head")
+    assert schema(unmigrated_database) == ("0003", {"alembic_version", *Base.metadata.tables}, None)
+    # autogenerate finds nothing between persistence/models.py and the schema.
+    assert "No new upgrade operations detected" in alembic(unmigrated_database, "check")
+
+    alembic(unmigrated_database, "downgrade", "-1")
+    revision, tables, problem = schema(unmigrated_database)
+    assert revision == "0002"
+    assert not {"holds", "hold_events"} & tables
+    assert problem == "the database has schema revision 0002, not 0003: run `wallet migrate` first"
+
+    alembic(unmigrated_database, "upgrade", "head")
+    assert schema(unmigrated_database)[0] == "0003"
+
+
+def test_alembic_prints_the_upgrade_sql_without_a_database() -> None:
+    sql = alembic(NO_DATABASE, "upgrade", "head", "--sql")
+    assert sql.startswith("BEGIN;")
+    assert sql.rstrip().endswith("COMMIT;")
+    for statement in (
+        "CREATE TABLE users (",
+        "CREATE TABLE txn_id_epoch (",
+        "CREATE TABLE holds (",
+        "INSERT INTO alembic_version (version_num) VALUES ('0001')",
+        "UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002'",
+    ):
+        assert statement in sql, statement
+    only_0003 = alembic(NO_DATABASE, "upgrade", "0002:head", "--sql")
+    assert "CREATE TABLE holds (" in only_0003
+    assert "CREATE TABLE users (" not in only_0003
+
+
+def test_alembic_autogenerates_a_revision_from_the_models(
+    unmigrated_database: str, tmp_path: Path
+) -> None:
+    """On a database at 0002 and the migrations without 0003, autogenerate derives from
+    persistence/models.py what 0003 does. In a copy of the migrations: the checkout's
+    versions/ stays as it is."""
+    alembic(unmigrated_database, "upgrade", "0002")
+    migrations = tmp_path / "migrations"
+    shutil.copytree(
+        ROOT / "persistence" / "migrations",
+        migrations,
+        ignore=shutil.ignore_patterns("__pycache__", "0003_*"),
+    )
+    ini = (ROOT / "alembic.ini").read_text()
+    ini = ini.replace("%(here)s/persistence/migrations", "%(here)s/migrations")
+    (tmp_path / "alembic.ini").write_text(ini.replace("= %(here)s\n", f"= {ROOT}\n"))
+
+    alembic(unmigrated_database, "revision", "--autogenerate", "--rev-id", "0004", "-m", "again",
+            cwd=tmp_path)  # fmt: skip
+
+    [revision] = (migrations / "versions").glob("0004_*.py")
+    source = revision.read_text()
+    assert "down_revision = '0002'" in source
+    for table in ("holds", "hold_events"):
+        assert f"op.create_table('{table}'" in source, table
+    for column in ("hold_id", "refund_of", "idempotency_fingerprint"):
+        assert f"sa.Column('{column}'" in source, column
+    assert schema(unmigrated_database)[0] == "0002"  # autogenerate changes no schema
