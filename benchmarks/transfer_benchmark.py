@@ -48,6 +48,7 @@ A_PORT, A2_PORT, B_PORT = 8093, 8090, 8091
 SIDES = ("a", "a2", "b")
 # B's GET /metrics listener (WALLET_METRICS_LISTEN): never on the API's port.
 B_METRICS_PORT = 8092
+WRITER_METRICS_PORT = 8097
 Process = subprocess.Popen[bytes]
 Result = tuple[float, float, float]  # requests/s, p50 ms, p99 ms
 
@@ -343,6 +344,7 @@ def main() -> None:
                 "DATABASE_URL": f"postgresql+asyncpg://{server}/{name}",
                 "PYTHONPATH": str(ROOT),
                 "WALLET_METRICS_LISTEN": f"127.0.0.1:{B_METRICS_PORT}",
+                "WALLET_WRITER_METRICS_LISTEN": f"127.0.0.1:{WRITER_METRICS_PORT}",
             }
             measure(args, env, logs)
     finally:
