@@ -14,11 +14,14 @@ rounds alternate a, a2, b, a, a2, b, ... and the medians are reported.
     PYTHONPATH=. python benchmarks/transfer_benchmark.py --rounds 5 --seconds 10 [--profile]
 
 With ``--profile``, one more round of each server with py-spy on one of its workers prints
-the CPU of one request in microseconds per part (benchmarks/request_profile.py).
+the CPU of one request in microseconds per part (benchmarks/request_profile.py). With
+``--before DIR``, (b0) joins the rounds: `wallet serve` of another checkout, installed in
+DIR/.venv (an earlier commit, to measure a change side by side), on the same servers.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -44,10 +47,10 @@ BIN = Path(sys.executable).parent
 CONNECTIONS = 64
 # Not one of the commonly used passwords, which sign-up refuses.
 PASSWORD = "correct-horse-battery"
-A_PORT, A2_PORT, B_PORT = 8093, 8090, 8091
-SIDES = ("a", "a2", "b")
+A_PORT, A2_PORT, B_PORT, B0_PORT = 8093, 8090, 8091, 8089
 # B's GET /metrics listener (WALLET_METRICS_LISTEN): never on the API's port.
 B_METRICS_PORT = 8092
+B0_METRICS_PORT = 8088
 WRITER_METRICS_PORT = 8097
 Process = subprocess.Popen[bytes]
 Result = tuple[float, float, float]  # requests/s, p50 ms, p99 ms
@@ -198,13 +201,29 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
     }
     b_cmd = [str(BIN / "wallet"), "serve", "--port", str(B_PORT), "--workers", "2"]
     writer_cmd = [str(BIN / "wallet"), "writer"]
-    with (
-        process(gunicorn("benchmarks.bare_app:create", A_PORT), env, logs / "a.log") as a,
-        process(gunicorn("benchmarks.ceiling_app:create", A2_PORT), env, logs / "a2.log") as a2,
-        process(b_cmd, env, logs / "b.log") as b,
-    ):
-        servers = {"a": a, "a2": a2, "b": b}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            "a": stack.enter_context(
+                process(gunicorn("benchmarks.bare_app:create", A_PORT), env, logs / "a.log")
+            ),
+            "a2": stack.enter_context(
+                process(gunicorn("benchmarks.ceiling_app:create", A2_PORT), env, logs / "a2.log")
+            ),
+        }
+        if args.before is not None:
+            urls["b0"] = f"http://127.0.0.1:{B0_PORT}/api/balance/transfer/"
+            b0_cmd = [str(args.before / ".venv/bin/wallet"), "serve", "--port", str(B0_PORT)]
+            # Its own installed code: not this checkout's on PYTHONPATH.
+            b0_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+            b0_env["WALLET_METRICS_LISTEN"] = f"127.0.0.1:{B0_METRICS_PORT}"
+            servers["b0"] = stack.enter_context(
+                process([*b0_cmd, "--workers", "2"], b0_env, logs / "b0.log")
+            )
+        servers["b"] = stack.enter_context(process(b_cmd, env, logs / "b.log"))
+        sides = list(servers)
         wait_ready(f"{b_base}/readyz")
+        if args.before is not None:
+            wait_ready(f"http://127.0.0.1:{B0_PORT}/readyz")
         for user in ("alice", "bob"):
             http("POST", f"{b_base}/api/sign-up/", {"username": user, "password": PASSWORD})
         credentials = {"username": "alice", "password": PASSWORD}
@@ -213,14 +232,15 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
         for _ in range(200):
             http("POST", f"{b_base}/api/balance/deposit/", {"amount": 10**12}, cookie)
         scripts = {"a": A_SCRIPT, "a2": A_SCRIPT, "b": B_SCRIPT % (cookie, uuid.uuid4().hex[:12])}
+        scripts["b0"] = B_SCRIPT % (cookie, uuid.uuid4().hex[:12])
         with process(writer_cmd, env, logs / "writer.log") as writer:
-            for side in SIDES:  # warm-up
+            for side in sides:  # warm-up
                 wrk(urls[side], scripts[side], 3)
             rss_start = rss_of(servers, writer)
-            results: dict[str, list[Result]] = {side: [] for side in SIDES}
+            results: dict[str, list[Result]] = {side: [] for side in sides}
             sampler = LagSampler(b_metrics)
             for round_ in range(args.rounds):
-                for side in SIDES:
+                for side in sides:
                     sampler.active = side == "b"
                     results[side].append(wrk(urls[side], scripts[side], args.seconds))
                     sampler.active = False
@@ -228,7 +248,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
                         subprocess.run(
                             [BIN / "python", "-c", DROP_BARE_STREAM], env=env, check=True
                         )
-                rates = ", ".join(f"{side} {results[side][-1][0]:.0f}/s" for side in SIDES)
+                rates = ", ".join(f"{side} {results[side][-1][0]:.0f}/s" for side in sides)
                 print(f"round {round_ + 1}: {rates}", flush=True)
             sampler.running = False
             rss_end = rss_of(servers, writer)
@@ -305,15 +325,17 @@ def report(
         "a": "(a) bare design",
         "a2": "(a2) project client, no HTTP features",
         "b": "(b) wallet serve",
+        "b0": "(b0) wallet serve of --before",
     }
     print()
     print("| | requests/s | p50 ms | p99 ms |")
     print("|---|---|---|---|")
-    for side in SIDES:
+    for side in results:
         rate, p50, p99 = median(side, 0), median(side, 1), median(side, 2)
         print(f"| {names[side]} | {rate:.0f} | {p50:.1f} | {p99:.1f} |")
     print()
-    for top, bottom in (("b", "a"), ("a2", "a"), ("b", "a2")):
+    pairs = [("b", "a"), ("a2", "a"), ("b", "a2")] + [("b", "b0")] * ("b0" in results)
+    for top, bottom in pairs:
         rate = median(top, 0) / median(bottom, 0)
         p99 = median(top, 2) / median(bottom, 2)
         print(f"{top}/{bottom}: throughput {rate:.2f}, p99 {p99:.2f}")
@@ -321,7 +343,7 @@ def report(
     print(f"writer drain capacity: {drain_rate:.0f} rows/s from a backlog of {backlog:.0f}")
     print(f"drain capacity / (b) rate: {drain_rate / b_rate:.1f}")
     print(f"writer lag during (b): p99 {lag_p99_ms:.0f} ms over {len(lag)} samples")
-    for side in (*SIDES, "writer"):
+    for side in (*results, "writer"):
         print(f"RSS {side}: start {rss_start[side]} MiB, end {rss_end[side]} MiB")
 
 
@@ -330,6 +352,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="py-spy: µs per request by part")
+    parser.add_argument("--before", type=Path, help="a checkout with .venv: its serve as (b0)")
     parser.add_argument("--admin-dsn", default="postgresql://127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     args = parser.parse_args()
