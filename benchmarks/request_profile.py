@@ -24,7 +24,9 @@ PARTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("JSON body and validation", re.compile(r"\((json/|pydantic|service/http/(input|schemas))")),
     ("access log, request id", re.compile(r"\((logging/|service/http/logs)")),
     ("response body (orjson, errors)", re.compile(r"\((service/http/errors|orjson)")),
-    ("handlers and domain (service/)", re.compile(r"\((service|persistence)/")),
+    # service/cli/ holds the worker's run loop (serve_workers): a sample whose deepest
+    # frame of ours is there is in the event loop, counted with the rest.
+    ("handlers and domain (service/)", re.compile(r"\((service/(?!cli/)|persistence/)")),
     # aiohttp/worker.py is the gunicorn worker's run loop: a sample there is in the event
     # loop itself (uvloop's C code has no Python frame), counted with the rest.
     (

@@ -213,8 +213,13 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
         if args.before is not None:
             urls["b0"] = f"http://127.0.0.1:{B0_PORT}/api/balance/transfer/"
             b0_cmd = [str(args.before / ".venv/bin/wallet"), "serve", "--port", str(B0_PORT)]
-            # Its own installed code: not this checkout's on PYTHONPATH.
-            b0_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+            # Its own installed code, not this checkout's on PYTHONPATH; and only settings it
+            # knows (it refuses the others).
+            b0_env = {
+                k: v
+                for k, v in env.items()
+                if k not in ("PYTHONPATH", "WALLET_WRITER_METRICS_LISTEN")
+            }
             b0_env["WALLET_METRICS_LISTEN"] = f"127.0.0.1:{B0_METRICS_PORT}"
             servers["b0"] = stack.enter_context(
                 process([*b0_cmd, "--workers", "2"], b0_env, logs / "b0.log")
