@@ -7,19 +7,13 @@ warm-up to the last, then the load test's own verdict (every invariant of the mo
 """
 
 import argparse
-import asyncio
-import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from benchmarks.transfer_benchmark import BIN, children, process, rss_mib, wait_ready
-from tests.support.postgres_admin import postgres_admin
-from tests.support.redis_claim import claimed_redis_database
+from benchmarks.transfer_benchmark import BIN, children, own_databases, process, rss_mib, wait_ready
 
 PORT, METRICS_PORT, WRITER_METRICS_PORT = 8094, 8096, 8098
 
@@ -77,24 +71,14 @@ def main() -> None:
     parser.add_argument("--admin-dsn", default="postgresql://127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     args = parser.parse_args()
-    name = f"soak_{uuid.uuid4().hex[:8]}"
-    server = args.admin_dsn.rsplit("/", 1)[0].removeprefix("postgresql://")
-    asyncio.run(postgres_admin(args.admin_dsn, f'CREATE DATABASE "{name}"'))
-    logs = Path(tempfile.mkdtemp(prefix="wallet-soak-"))
-    try:
-        with claimed_redis_database(args.redis) as redis_url:
-            env = os.environ | {
-                "REDIS_URL": redis_url,
-                "DATABASE_URL": f"postgresql+asyncpg://{server}/{name}",
-                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-                "WALLET_METRICS_LISTEN": f"127.0.0.1:{METRICS_PORT}",
-                "WALLET_WRITER_METRICS_LISTEN": f"127.0.0.1:{WRITER_METRICS_PORT}",
-            }
-            started = time.monotonic()
-            code = soak(args, env, logs)
-            print(f"soak of {time.monotonic() - started:.0f} s; logs: {logs}")
-    finally:
-        asyncio.run(postgres_admin(args.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with own_databases(args.admin_dsn, args.redis, "soak") as (env, logs):
+        env["WALLET_METRICS_LISTEN"] = f"127.0.0.1:{METRICS_PORT}"
+        env["WALLET_WRITER_METRICS_LISTEN"] = f"127.0.0.1:{WRITER_METRICS_PORT}"
+        # Every user signs up from the one address of the load client.
+        env["WALLET_SIGN_UP_MAX_PER_ADDRESS"] = "100000"
+        started = time.monotonic()
+        code = soak(args, env, logs)
+        print(f"soak of {time.monotonic() - started:.0f} s")
     sys.exit(code)
 
 

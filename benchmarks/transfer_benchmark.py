@@ -361,22 +361,33 @@ def main() -> None:
     parser.add_argument("--admin-dsn", default="postgresql://127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     args = parser.parse_args()
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    server = args.admin_dsn.rsplit("/", 1)[0].removeprefix("postgresql://")
-    asyncio.run(postgres_admin(args.admin_dsn, f'CREATE DATABASE "{name}"'))
-    logs = Path(tempfile.mkdtemp(prefix="wallet-bench-"))
+    with own_databases(args.admin_dsn, args.redis, "bench") as (env, logs):
+        env["WALLET_METRICS_LISTEN"] = f"127.0.0.1:{B_METRICS_PORT}"
+        env["WALLET_WRITER_METRICS_LISTEN"] = f"127.0.0.1:{WRITER_METRICS_PORT}"
+        measure(args, env, logs)
+
+
+@contextlib.contextmanager
+def own_databases(admin_dsn: str, redis: str, prefix: str) -> Iterator[tuple[dict[str, str], Path]]:
+    """A PostgreSQL database and a Redis database of the run's own (dropped, released at
+    the end), and the environment that names them; a directory for the processes' logs."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    server = admin_dsn.rsplit("/", 1)[0].removeprefix("postgresql://")
+    asyncio.run(postgres_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
+    logs = Path(tempfile.mkdtemp(prefix=f"wallet-{prefix}-"))
     try:
-        with claimed_redis_database(args.redis) as redis_url:
-            env = os.environ | {
-                "REDIS_URL": redis_url,
-                "DATABASE_URL": f"postgresql+asyncpg://{server}/{name}",
-                "PYTHONPATH": str(ROOT),
-                "WALLET_METRICS_LISTEN": f"127.0.0.1:{B_METRICS_PORT}",
-                "WALLET_WRITER_METRICS_LISTEN": f"127.0.0.1:{WRITER_METRICS_PORT}",
-            }
-            measure(args, env, logs)
+        with claimed_redis_database(redis) as redis_url:
+            yield (
+                os.environ
+                | {
+                    "REDIS_URL": redis_url,
+                    "DATABASE_URL": f"postgresql+asyncpg://{server}/{name}",
+                    "PYTHONPATH": str(ROOT),
+                },
+                logs,
+            )
     finally:
-        asyncio.run(postgres_admin(args.admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+        asyncio.run(postgres_admin(admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
         print(f"logs: {logs}")
 
 

@@ -5,7 +5,6 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Connection, Redis
@@ -18,7 +17,7 @@ from service.redis.client import connect_redis, script_calls
 from service.redis.pipelining import Arg, AutoPipeline, ReplyLost, pack_command
 from service.redis.scripts import LuaScript, load_script_source
 from service.settings import Settings
-from tests.support.faults.procs import DelayProxy
+from tests.support.lost_replies import through_a_proxy
 
 
 @pytest.fixture
@@ -106,16 +105,9 @@ async def test_a_caller_cancelled_before_the_batch_left_is_not_sent(redis_client
 async def test_replies_lost_on_the_wire_leave_every_call_of_the_batch_unknown(
     redis_url: str, settings: Settings, redis_client: Redis
 ) -> None:
-    shared = urlsplit(redis_url)
     register = LuaScript(redis_client, "register_user")
     await register.load()
-    async with DelayProxy(shared.port or 6379) as proxy:
-        through = settings.model_copy(
-            update={
-                "redis_url": f"redis://127.0.0.1:{proxy.port}{shared.path}",
-                "redis_socket_timeout_ms": 300,
-            }
-        )
+    async with through_a_proxy(settings, redis_url) as (proxy, through):
         client = connect_redis(through)
         try:
             calls = script_calls(client)

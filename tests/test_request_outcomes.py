@@ -9,7 +9,6 @@ happen to real processes, with Redis paused and killed.
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -22,10 +21,9 @@ from service.redis.money import MoneyScripts
 from service.redis.pipelining import Arg, ReplyLost
 from service.redis.scripts import LuaScript
 from service.settings import Settings
-from tests.support.faults.procs import DelayProxy
 from tests.support.helpers import balance, refusing, snapshot, stream_fields
 from tests.support.http_helpers import Client, new_user
-from tests.support.lost_replies import LosesTheReply
+from tests.support.lost_replies import LosesTheReply, through_a_proxy
 
 
 @pytest.fixture
@@ -157,14 +155,7 @@ async def test_a_reply_lost_on_the_wire_is_found_again(
 ) -> None:
     """End to end: the script runs in Redis, its reply is dropped, the call times out after
     sending (ReplyLost), and the lookup finds the transaction."""
-    shared = urlsplit(redis_url)
-    async with DelayProxy(shared.port or 6379) as proxy:
-        through = settings.model_copy(
-            update={
-                "redis_url": f"redis://127.0.0.1:{proxy.port}{shared.path}",
-                "redis_socket_timeout_ms": 300,
-            }
-        )
+    async with through_a_proxy(settings, redis_url) as (proxy, through):
         client = connect_redis(through)
         try:
             money = MoneyScripts(client, through)

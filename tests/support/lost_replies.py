@@ -1,9 +1,14 @@
 """A money script whose reply is lost: for the tests of what the API does then."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from service.redis.pipelining import Arg, ReplyLost
 from service.redis.scripts import LuaScript
+from service.settings import Settings
+from tests.support.faults.procs import DelayProxy
 
 
 class LosesTheReply:
@@ -25,3 +30,22 @@ class LosesTheReply:
         """The command that was on its way reaches Redis after all: its raw reply."""
         keys, args = self.sent[-1]
         return await self.script(keys=keys, args=args)
+
+
+@asynccontextmanager
+async def through_a_proxy(
+    settings: Settings, redis_url: str
+) -> AsyncIterator[tuple[DelayProxy, Settings]]:
+    """A DelayProxy in front of the run's Redis, and ``settings`` that reach Redis through
+    it, with a socket timeout of 300 ms: a reply the proxy drops is lost quickly."""
+    shared = urlsplit(redis_url)
+    async with DelayProxy(shared.port or 6379) as proxy:
+        yield (
+            proxy,
+            settings.model_copy(
+                update={
+                    "redis_url": f"redis://127.0.0.1:{proxy.port}{shared.path}",
+                    "redis_socket_timeout_ms": 300,
+                }
+            ),
+        )

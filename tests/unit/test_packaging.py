@@ -12,20 +12,20 @@ from service.redis.scripts import load_script_source
 SOURCE_SCRIPTS = sorted((Path(__file__).parents[2] / "lua").glob("*.lua"))
 
 
+def _run_installed(code: str, cwd: Path, *args: str) -> str:
+    """What ``code`` prints, run with -I in another working directory: the source tree is
+    not on sys.path, only the installed package."""
+    command = [sys.executable, "-I", "-c", code, *args]
+    return subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
 def test_installed_package_loads_every_script(tmp_path: Path) -> None:
-    # -I and another working directory: the source tree is not on sys.path, only the install.
     code = (
         "import json, sys; from service.redis.scripts import load_script_source; "
         "print(json.dumps({n: load_script_source(n) for n in sys.argv[1:]}))"
     )
     names = [p.stem for p in SOURCE_SCRIPTS]
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", code, *names],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = _run_installed(code, tmp_path, *names)
     assert set(names) == {
         "deposit",
         "register_user",
@@ -73,9 +73,7 @@ def test_installed_package_ships_the_migrations(tmp_path: Path) -> None:
         "from alembic.util import coerce_resource_to_filename as path; "
         "print(ScriptDirectory(path('persistence:migrations')).get_current_head())"
     )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
-    ).stdout
+    out = _run_installed(code, tmp_path)
     assert out.strip() == "0003"
 
 
@@ -86,9 +84,7 @@ def test_the_packages_say_they_are_typed(tmp_path: Path) -> None:
         "print(all(resources.files(p).joinpath('py.typed').is_file()"
         " for p in ('service', 'persistence')))"
     )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
-    ).stdout
+    out = _run_installed(code, tmp_path)
     assert out.strip() == "True"
 
 
@@ -104,13 +100,7 @@ def test_installed_package_ships_swagger_ui_with_its_license(tmp_path: Path) -> 
         "print(json.dumps({n: hashlib.sha256(folder.joinpath(n).read_bytes()).hexdigest()"
         " for n in sys.argv[1:]}))"
     )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", code, *names],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = _run_installed(code, tmp_path, *names)
     assert json.loads(out) == {
         name: hashlib.sha256((source / name).read_bytes()).hexdigest() for name in names
     }
