@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.cli.main import main
 from service.http.app import create_app
 from service.ledger.writer import StreamWriter
+from service.loadtest.checks import unacknowledged_ends
 from service.loadtest.known import KnownHold, held_bounds
 from service.loadtest.run import DEFAULT_MIX, LoadtestConfig, parse_mix, run_loadtest
 from service.loadtest.stats import Histogram, IdSet
@@ -239,3 +240,19 @@ def test_the_id_set_holds_each_id_once_in_any_order() -> None:
     assert 11 not in ids
     assert 10 in ids
     assert 5_000_000 not in ids
+
+
+def test_a_hold_may_end_expired_only_if_the_tool_could_have_seen_it_expire() -> None:
+    # 1 and 5 the tool saw past their expiry or had pending near it; 2 and 3 it captured
+    # and voided; 4 it knew surely pending; 6 may have expired, but was captured behind
+    # its back (no capture of it was answered).
+    events: dict[int, tuple[str, int | None]] = {
+        1: ("expired", None),
+        2: ("captured", 10),
+        3: ("voided", None),
+        4: ("expired", None),
+        5: ("expired", None),
+        6: ("captured", 11),
+    }
+    wrong = unacknowledged_ends(events, acknowledged={2, 3}, may_expire={1, 5, 6})
+    assert wrong == ["hold 4: expired", "hold 6: captured"]

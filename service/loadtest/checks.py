@@ -389,6 +389,19 @@ async def _compare_holds(
     }
 
 
+def unacknowledged_ends(
+    events: dict[int, tuple[str, int | None]], acknowledged: set[int], may_expire: set[int]
+) -> list[str]:
+    """The holds whose end in the ledger no answer of the service explains: neither a
+    capture or void it acknowledged (or that got no answer), nor an expiry of a hold that
+    may have expired."""
+    return [
+        f"hold {h}: {event}"
+        for h, (event, _) in sorted(events.items())
+        if h not in acknowledged and not (event == "expired" and h in may_expire)
+    ]
+
+
 async def _compare_hold_events(
     connection: AsyncConnection, rec: Recorder, violations: list[str]
 ) -> dict[str, int]:
@@ -415,14 +428,10 @@ async def _compare_hold_events(
         events.update((h, (event, txn)) for h, event, txn in page if h in rec.holds)
     missing = [h for h, txn in captured_by.items() if events.get(h) != ("captured", txn)]
     missing += [h for h in rec.voided if events.get(h, ("",))[0] != "voided"]
-    wrong = [
-        f"hold {h}: {event}"
-        for h, (event, _) in sorted(events.items())
-        if h not in captured_by
-        and h not in rec.voided
-        and h not in doubtful
-        and not (event == "expired" and h in may_expire)
-    ]
+    # It may have expired if the tool saw it past its expiry (or refused as not pending),
+    # or still had it pending but not surely so until now.
+    may_expire |= set(rec.expired)
+    wrong = unacknowledged_ends(events, set(captured_by) | set(rec.voided) | doubtful, may_expire)
     if missing:
         violations.append(
             f"{len(missing)} acknowledged captures and voids have no hold_events row as"
