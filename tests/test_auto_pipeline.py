@@ -170,3 +170,24 @@ async def test_a_client_not_opened_by_connect_redis_is_refused() -> None:
 
 def _sha(name: str) -> str:
     return hashlib.sha1(load_script_source(name).encode()).hexdigest()
+
+
+async def test_scripts_lost_again_between_the_load_and_the_call_are_loaded_again(
+    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register = LuaScript(redis_client, "register_user")
+    real_load = register.load
+    flushes = 0
+
+    async def load_and_lose_it_again() -> None:
+        # A SCRIPT FLUSH (or a restart) right after each of the first two loads.
+        nonlocal flushes
+        await real_load()
+        if flushes < 2:
+            flushes += 1
+            await redis_client.script_flush()
+
+    monkeypatch.setattr(register, "load", load_and_lose_it_again)
+    await redis_client.script_flush()
+    assert await register(keys=[keyspace.user(1)], args=["1"]) == [b"created"]
+    assert flushes == 2

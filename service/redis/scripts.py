@@ -19,6 +19,11 @@ from redis.exceptions import NoScriptError
 from service.redis.client import script_calls
 from service.redis.pipelining import Arg
 
+# NOSCRIPT means the script did not run: Redis lost its scripts (a restart, a failover, SCRIPT
+# FLUSH), and may lose them again between the load and the call. So many loads, then the
+# NOSCRIPT is raised.
+NOSCRIPT_RELOADS = 3
+
 
 class ScriptArgumentRejected(Exception):
     """A script's own validation refused what Python sent, or it answered something no
@@ -120,11 +125,12 @@ class LuaScript:
         """The script's reply. Raises ReplyLost when the command may have reached Redis
         without its reply coming back; any other outage means it did not run."""
         command = ("EVALSHA", self._sha, len(keys), *keys, *args)
-        try:
-            return await self._calls.call(command)
-        except NoScriptError:  # Redis answered: the script did not run
-            await self.load()
-            return await self._calls.call(command)
+        for _ in range(NOSCRIPT_RELOADS):
+            try:
+                return await self._calls.call(command)
+            except NoScriptError:  # Redis answered: the script did not run
+                await self.load()
+        return await self._calls.call(command)
 
     async def load(self) -> None:
         await self._redis.script_load(self._source)
