@@ -6,6 +6,11 @@ these shapes.
 """
 
 TXN_SEQ = "txn:seq"
+# Sentinel deployments (lua/follow_primary.lua): the replication id of the primary the
+# counter was last used on, and a counter set aside when the primary changed, until the
+# writer starts it again in a new epoch (lua/restart_counter.lua).
+TXN_SEQ_PRIMARY = "txn:seq:primary"
+TXN_SEQ_BEHIND = "txn:seq:behind"
 TXN_STREAM = "txn:stream"
 # Records the writer could not store, with the reason (lua/dead_letter.lua).
 TXN_DEAD_LETTER = "txn:dead-letter"

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -115,8 +116,14 @@ class AutoPipeline:
         finally:
             self._idle.append(connection)
 
-    async def disconnect(self) -> None:
-        """Closes every connection of the pipeline; a later call opens a new one."""
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        """Closes every connection of the pipeline, or only the idle ones (as the pools do
+        when the primary moved); a later call opens a new one."""
+        if not inuse_connections:
+            for connection in self._idle:
+                # nowait: closed at once, so no batch takes it up while it is closing.
+                await connection.disconnect(nowait=True)
+            return
         await asyncio.gather(*(c.disconnect() for c in self._connections), return_exceptions=True)
 
     async def _exchange(self, connection: AbstractConnection, calls: list[_Call]) -> None:
@@ -128,6 +135,7 @@ class AutoPipeline:
             await connection.check_health()  # type: ignore[no-untyped-call]
             packed = b"".join([pack_command(call.command) for call in calls])
         except Exception as error:
+            await connection.disconnect()  # a reply may still come: never read it
             _fail(calls, error)
             return
         answered = 0
@@ -136,17 +144,23 @@ class AutoPipeline:
             async with asyncio.timeout(self._timeout_s):
                 await connection.send_packed_command(packed, check_health=False)
                 for call in calls:
-                    try:
-                        reply = await connection.read_response(timeout=math.inf)
-                    except ResponseError as error:  # Redis answered this call with an error
-                        _settle(call, error)
-                    else:
-                        _settle(call, reply)
+                    _settle(call, await _read_reply(connection))
                     answered += 1
         except Exception as error:
             await connection.disconnect()  # replies may still come: never read them
             for call in calls[answered:]:
                 _settle(call, ReplyLost(f"sent in a batch of {len(calls)}, no reply: {error!r}"))
+        # A connection that found its server demoted (service/redis/sentinel.py).
+        if connection.should_reconnect():  # type: ignore[no-untyped-call]
+            await connection.disconnect()
+
+
+async def _read_reply(connection: AbstractConnection) -> object:
+    """The next reply; an error reply is returned, not raised: it is one call's answer."""
+    try:
+        return await connection.read_response(timeout=math.inf)
+    except ResponseError as error:
+        return error
 
 
 def _settle(call: _Call, outcome: object) -> None:
@@ -171,3 +185,14 @@ def pack_command(command: tuple[Arg, ...]) -> bytes:
         data = arg if type(arg) is bytes else str(arg).encode()
         parts += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(parts)
+
+
+def script_calls(redis: Redis) -> AutoPipeline:
+    """The auto-pipeline of a client opened by connect_redis (service/redis/client.py),
+    through which scripts are called. Any other client is a programming error: its calls
+    would skip the batching and the lost-reply classification that the money scripts rely
+    on."""
+    pipeline = getattr(redis.connection_pool, "auto_pipeline", None)
+    if not isinstance(pipeline, AutoPipeline):
+        raise TypeError(f"a Redis client not opened by connect_redis: {redis!r}")
+    return pipeline

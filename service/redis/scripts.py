@@ -16,8 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from service.redis.client import script_calls
-from service.redis.pipelining import Arg
+from service.redis.pipelining import Arg, script_calls
 
 
 class ScriptArgumentRejected(Exception):

@@ -1,0 +1,60 @@
+"""REDIS_URL names the deployment (service/settings.py): a standalone Redis is left to
+redis-py; a redis+sentinel:// URL is read here, and a malformed one stops every command."""
+
+import pytest
+from click.testing import CliRunner
+
+from service.cli.main import main
+from service.settings import SentinelUrl, sentinel_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis+sentinel://10.0.0.1:26379,10.0.0.2:26380,sentinel-3:26381/wallet",
+            SentinelUrl(
+                (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("sentinel-3", 26381)), "wallet", 0
+            ),
+        ),
+        (
+            "redis+sentinel://127.0.0.1:26379/my.primary-1/3",
+            SentinelUrl((("127.0.0.1", 26379),), "my.primary-1", 3),
+        ),
+        ("redis+sentinel://[::1]:26379/wallet/0", SentinelUrl((("::1", 26379),), "wallet", 0)),
+    ],
+)
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database(
+    url: str, expected: SentinelUrl
+) -> None:
+    assert sentinel_url(url) == expected
+
+
+def test_a_standalone_url_is_not_a_sentinel_one() -> None:
+    assert sentinel_url("redis://127.0.0.1:6379/0") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://127.0.0.1:26379",  # no service name
+        "redis+sentinel://127.0.0.1:26379/",
+        "redis+sentinel://127.0.0.1/wallet",  # no port
+        "redis+sentinel://127.0.0.1:0/wallet",
+        "redis+sentinel://127.0.0.1:26379,/wallet",
+        "redis+sentinel://127.0.0.1:26379/wallet/zero",
+        "redis+sentinel://127.0.0.1:26379/wallet/0/more",
+        "redis+sentinel://127.0.0.1:26379/wal let",
+        "redis+sentinel://:secret@127.0.0.1:26379/wallet",  # credentials are not read
+        "redis+sentinel://127.0.0.1:26379/wallet?db=1",
+    ],
+)
+def test_a_malformed_sentinel_url_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match=r"^redis\+sentinel: "):
+        sentinel_url(url)
+
+
+def test_a_malformed_redis_url_stops_the_command_and_is_named() -> None:
+    result = CliRunner().invoke(main, ["migrate"], env={"REDIS_URL": "redis+sentinel://h/"})
+    assert result.exit_code == 1
+    assert "bad configuration: REDIS_URL:" in result.output
