@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     # loop go out together, at most this many per batch and this many batches at once.
     redis_pipeline_max_calls: int = Field(default=128, ge=1, le=10_000)
     redis_pipeline_max_batches: int = Field(default=2, ge=1, le=1_000)
+    # A money request is answered only once its writes are on this many replicas (WAIT and
+    # WAITAOF, or WAIT alone where the server has no WAITAOF), asked once per pipelined
+    # batch; replicas that do not confirm within redis_replica_wait_ms (each command) make
+    # it 503 outcome_unknown (service/redis/replicas.py, docs/reliability.md). A replica
+    # that misses an acknowledgement reports again a second later: the default outlasts
+    # that.
+    redis_min_replicas: int = Field(default=0, ge=0, le=100)
+    redis_replica_wait_ms: int = Field(default=1_500, ge=10, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
     # Transfers answered 404 recipient_not_found per user, per fixed window; past it the
     # user's transfers are 429 until the window ends, so ids and names cannot be probed.
@@ -210,6 +218,20 @@ class Settings(BaseSettings):
     def _known_deployment(cls, value: str) -> str:
         sentinel_url(value)  # a malformed redis+sentinel:// URL is refused here, at start
         return value
+
+    @model_validator(mode="after")
+    def _replica_wait_within_the_batch_deadline(self) -> "Settings":
+        """The replicas' confirmation (WAIT, then WAITAOF: up to twice the wait) is read
+        within the batch's one deadline (the socket timeout): a longer wait would be cut
+        off by it, its batch's replies lost."""
+        longest_wait_ms = 2 * self.redis_replica_wait_ms
+        if self.redis_min_replicas and longest_wait_ms >= self.redis_socket_timeout_ms:
+            raise ValueError(
+                f"WALLET_REDIS_REPLICA_WAIT_MS ({self.redis_replica_wait_ms}) must be less than"
+                " half WALLET_REDIS_SOCKET_TIMEOUT_MS"
+                f" ({self.redis_socket_timeout_ms}): WAIT and WAITAOF wait that long each"
+            )
+        return self
 
     @model_validator(mode="after")
     def _outcome_outlives_the_wait(self) -> "Settings":

@@ -48,6 +48,7 @@ async def one_batch_at_a_time(
         max_batch_calls=128,
         max_batches_in_flight=1,
         timeout_s=5,
+        replica_wait=None,
     )
     try:
         yield pipeline, writes

@@ -73,7 +73,9 @@ async def test_money_moves_on_the_primary_the_sentinels_name(
 async def test_after_a_failover_the_client_follows_and_no_id_is_issued_twice(
     deployment: SentinelDeployment, db_engine: AsyncEngine
 ) -> None:
-    settings = Settings(redis_url=deployment.url())
+    # With a replica's confirmation: the demoted primary, which takes writes until the
+    # Sentinels reconfigure it, can acknowledge none (it has no replica left).
+    settings = Settings(redis_url=deployment.url(), redis_min_replicas=1)
     client = connect_redis(settings)
     try:
         await _follow_a_failover(deployment, db_engine, settings, client)
@@ -115,6 +117,9 @@ async def _follow_a_failover(
 
     # What the writer's keeper does: a new epoch, above every id issued before.
     assert await restart_counter_set_aside(client, db_engine) == TXN_IDS_PER_EPOCH
+    # The new primary's writes are confirmed once the Sentinels made the old one its
+    # replica (they do when they next poll it: within 10 s).
+    await deployment.wait_until_replicating(deployment.primary, FAILOVER_LIMIT_S)
     after = await money.deposit(1, 100)  # the deposit script loaded again on the new primary
     assert after.txn_id == TXN_IDS_PER_EPOCH + 1
     assert on_new.hget(keyspace.user(1), "balance_kopecks") == b"400"

@@ -5,6 +5,7 @@ from redis.asyncio import Redis
 
 from service.redis.pipelining import AutoPipeline
 from service.redis.pools import HEALTH_CHECK_INTERVAL_S, CheckedConnection, PipeliningPool
+from service.redis.replicas import replica_wait
 from service.redis.sentinel import open_sentinel_pool
 from service.settings import Settings, sentinel_url
 
@@ -36,6 +37,7 @@ def connect_redis(settings: Settings) -> Redis:
         max_batch_calls=settings.redis_pipeline_max_calls,
         max_batches_in_flight=settings.redis_pipeline_max_batches,
         timeout_s=settings.redis_socket_timeout_ms / 1000,
+        replica_wait=replica_wait(settings),
     )
     # from_pool: closing the client closes the pool, and with it the pipeline's connections.
     return Redis.from_pool(pool)

@@ -14,6 +14,12 @@ for the socket timeout, a write, a read); sent together, a batch pays most of th
   reply had not come with ``ReplyLost``: each may have run, and the money calls ask Redis
   what became of their request (service/redis/money.py).
 
+With a replica wait (WALLET_REDIS_MIN_REPLICAS, replicas.py), a batch that holds a call made
+with ``wait_for_replicas`` ends with one WAIT and WAITAOF: the replies of those calls are
+held until it answers, and a call that ran without its writes confirmed on the replicas in
+time gets ``ReplicasNotConfirmed`` with its reply. The other calls of the batch get their
+replies as they come.
+
 At most ``max_batches_in_flight`` batches are on the wire at once, each on a connection of
 its own, kept by the pipeline (no pool lock, no timer per command: one deadline per batch);
 calls made meanwhile wait for the next batch, which grows instead (up to
@@ -31,6 +37,14 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.redis.replicas import (
+    WAITAOF_PROBE,
+    ReplicasNotConfirmed,
+    ReplicaWait,
+    is_unknown_command,
+)
 
 Arg = str | bytes | int
 
@@ -46,6 +60,7 @@ class ReplyLost(RedisConnectionError):
 class _Call:
     command: tuple[Arg, ...]
     reply: "asyncio.Future[Any]"
+    wait_for_replicas: bool
 
 
 class AutoPipeline:
@@ -56,6 +71,7 @@ class AutoPipeline:
         max_batch_calls: int,
         max_batches_in_flight: int,
         timeout_s: float,
+        replica_wait: ReplicaWait | None,
     ) -> None:
         assert max_batch_calls >= 1, max_batch_calls
         assert max_batches_in_flight >= 1, max_batches_in_flight
@@ -66,15 +82,20 @@ class AutoPipeline:
         self._max_batch_calls = max_batch_calls
         self._max_batches_in_flight = max_batches_in_flight
         self._timeout_s = timeout_s
+        self._replica_wait = replica_wait
+        # Whether the server has WAITAOF: asked (WAITAOF_PROBE) before the first wait.
+        self._has_waitaof: bool | None = None
         self._waiting: list[_Call] = []
         self._flush_scheduled = False
         self._batches: set[asyncio.Task[None]] = set()
 
-    async def call(self, command: Sequence[Arg]) -> Any:
+    async def call(self, command: Sequence[Arg], *, wait_for_replicas: bool = False) -> Any:
         """Redis's reply to one command; raises its error reply (ResponseError), an outage
-        in which it was not sent, or ReplyLost."""
+        in which it was not sent, or ReplyLost. With ``wait_for_replicas`` and a replica
+        wait, a reply that is not an error comes only once the replicas confirmed the
+        writes; else ReplicasNotConfirmed, with the reply."""
         loop = asyncio.get_running_loop()
-        call = _Call(tuple(command), loop.create_future())
+        call = _Call(tuple(command), loop.create_future(), wait_for_replicas)
         self._waiting.append(call)
         self._schedule_flush(loop)
         return await call.reply
@@ -127,32 +148,72 @@ class AutoPipeline:
         await asyncio.gather(*(c.disconnect() for c in self._connections), return_exceptions=True)
 
     async def _exchange(self, connection: AbstractConnection, calls: list[_Call]) -> None:
+        wait = self._replica_wait
+        if not any(call.wait_for_replicas for call in calls):
+            wait = None
         try:
-            # Nothing of the batch has left this process yet: a failure here is an outage
-            # in which none of its calls ran.
+            # None of the batch's calls has left this process yet: a failure here is an
+            # outage in which none of them ran.
             if not connection.is_connected:
                 await connection.connect()  # type: ignore[no-untyped-call]
             await connection.check_health()  # type: ignore[no-untyped-call]
-            packed = b"".join([pack_command(call.command) for call in calls])
+            commands = [call.command for call in calls]
+            if wait is not None:
+                commands += wait.commands(await self._waitaof(connection))
+            packed = b"".join([pack_command(command) for command in commands])
         except Exception as error:
             await connection.disconnect()  # a reply may still come: never read it
             _fail(calls, error)
             return
         answered = 0
+        held: list[tuple[_Call, object]] = []  # replies waiting for the replicas' word
+        wait_reply: object = None
         try:
             # One deadline for the whole exchange, rather than a timer per reply.
             async with asyncio.timeout(self._timeout_s):
                 await connection.send_packed_command(packed, check_health=False)
                 for call in calls:
-                    _settle(call, await _read_reply(connection))
+                    reply = await _read_reply(connection)
                     answered += 1
+                    if wait is not None and call.wait_for_replicas:
+                        held.append((call, reply))
+                    else:
+                        _settle(call, reply)
+                if wait is not None:
+                    for _ in range(len(commands) - len(calls)):  # the last one tells
+                        wait_reply = await _read_reply(connection)
         except Exception as error:
             await connection.disconnect()  # replies may still come: never read them
             for call in calls[answered:]:
                 _settle(call, ReplyLost(f"sent in a batch of {len(calls)}, no reply: {error!r}"))
+        if wait is not None:
+            if isinstance(wait_reply, ResponseError) and is_unknown_command(wait_reply):
+                self._has_waitaof = None  # another server now (a failover): ask it again
+            confirmed = wait.confirmed(wait_reply)
+            for call, reply in held:
+                if confirmed or isinstance(reply, ResponseError):
+                    _settle(call, reply)
+                else:
+                    _settle(call, ReplicasNotConfirmed(reply, wait_reply))
         # A connection that found its server demoted (service/redis/sentinel.py).
         if connection.should_reconnect():  # type: ignore[no-untyped-call]
             await connection.disconnect()
+
+    async def _waitaof(self, connection: AbstractConnection) -> bool:
+        """Whether the server has WAITAOF, asked once (on the connection about to be used)."""
+        if self._has_waitaof is None:
+            await connection.send_packed_command(pack_command(WAITAOF_PROBE), check_health=False)
+            try:
+                reply = await connection.read_response(timeout=self._timeout_s)
+            except ResponseError as error:
+                if not is_unknown_command(error):  # e.g. a replica: it takes no writes
+                    raise RedisConnectionError(f"WAITAOF refused: {error}") from error
+                self._has_waitaof = False
+            else:
+                if reply is None:
+                    raise RedisTimeoutError("no answer to WAITAOF within the timeout")
+                self._has_waitaof = True
+        return self._has_waitaof
 
 
 async def _read_reply(connection: AbstractConnection) -> object:

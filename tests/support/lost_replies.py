@@ -15,10 +15,12 @@ class LosesTheReply:
         self.runs = runs
         self.sent: list[tuple[list[str], list[Arg]]] = []
 
-    async def __call__(self, keys: list[str], args: list[Arg]) -> Any:
+    async def __call__(
+        self, keys: list[str], args: list[Arg], wait_for_replicas: bool = False
+    ) -> Any:
         self.sent.append((keys, args))
         if self.runs:
-            await self.script(keys=keys, args=args)
+            await self.script(keys=keys, args=args, wait_for_replicas=wait_for_replicas)
         raise ReplyLost("EVALSHA sent, no reply: TimeoutError('Timeout reading')")
 
     async def arrives_late(self) -> Any:

@@ -58,3 +58,22 @@ def test_a_malformed_redis_url_stops_the_command_and_is_named() -> None:
     result = CliRunner().invoke(main, ["migrate"], env={"REDIS_URL": "redis+sentinel://h/"})
     assert result.exit_code == 1
     assert "bad configuration: REDIS_URL:" in result.output
+
+
+def test_the_replicas_wait_must_fit_in_the_batch_deadline() -> None:
+    env = {
+        "WALLET_REDIS_MIN_REPLICAS": "1",
+        "WALLET_REDIS_REPLICA_WAIT_MS": "2500",
+        "WALLET_REDIS_SOCKET_TIMEOUT_MS": "5000",
+    }
+    result = CliRunner().invoke(main, ["migrate"], env=env)
+    assert result.exit_code == 1
+    assert "WALLET_REDIS_REPLICA_WAIT_MS (2500) must be less than half" in result.output
+    # Without a replica to wait for, the wait is not used, and not checked (the command
+    # then goes on, to a database that is not there).
+    nowhere = {
+        "WALLET_REDIS_MIN_REPLICAS": "0",
+        "DATABASE_URL": "postgresql+asyncpg://127.0.0.1:1/x",
+    }
+    result = CliRunner().invoke(main, ["migrate"], env=env | nowhere)
+    assert "bad configuration" not in result.output
