@@ -109,6 +109,11 @@ class SentinelDeployment:
         ]
         processes.handles += self.sentinels
 
+    def replicate_through(self, port: int) -> None:
+        """Before ``start``: the replica copies the primary through ``port``, a proxy to
+        the primary's (tests/support/faults/procs.py's DelayProxy)."""
+        self.replica.extra = [*NO_SYNC_DELAY, "--replicaof", HOST, str(port)]
+
     def url(self, db: int = 0) -> str:
         sentinels = ",".join(f"{HOST}:{sentinel.port}" for sentinel in self.sentinels)
         return f"redis+sentinel://{sentinels}/{SERVICE_NAME}/{db}"
