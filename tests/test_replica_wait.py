@@ -23,6 +23,7 @@ from service.settings import Settings
 from tests.support.faults.checks import ledger_ids
 from tests.support.faults.procs import HOST, Processes, RedisServer
 from tests.support.helpers import add_users, refusing
+from tests.support.lost_replies import LosesTheReply
 from tests.support.sentinel import primary_and_replica, start_primary_and_replica
 
 # Short, so that an unconfirmed call is answered soon; far above what a live replica takes
@@ -135,6 +136,23 @@ async def test_without_the_replica_a_payment_is_outcome_unknown_and_a_refusal_st
         assert balance_on(replica, 1) == 150
 
 
+async def test_a_lost_reply_is_answered_once_the_replica_has_what_the_lookup_found(
+    pair: tuple[RedisServer, RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary, replica = pair
+    async with money_on(primary, request_outcome_wait_ms=3_000) as money:
+        await money.register_user(1)
+        # The deposit runs; its reply is lost; the lookup finds it, and the replica has it.
+        monkeypatch.setattr(money, "_deposit", LosesTheReply(money._deposit))
+        found = await money.deposit(1, 10)
+        assert balance_on(replica, 1) == 10
+        with paused(replica), refusing(refusals.OUTCOME_UNKNOWN):
+            # Found again and again, never confirmed: it may still be lost by a failover.
+            await money.deposit(1, 10)
+        assert balance_on(primary, 1) == 20
+        assert found.txn_id > 0
+
+
 async def test_wait_stands_in_where_the_server_has_no_waitaof(tmp_path: Path) -> None:
     with servers(tmp_path, ("--rename-command", "WAITAOF", "")) as (primary, replica):
         async with money_on(primary) as money:
@@ -168,20 +186,25 @@ async def test_the_writer_stores_only_what_the_replica_has(
         writer = asyncio.create_task(StreamWriter(settings, client, db_engine).run(stop))
         try:
             confirmed = await money.deposit(1, 10)
+            await _until_in_ledger(db_engine, {confirmed.txn_id})
             with paused(replica):
                 with refusing(refusals.OUTCOME_UNKNOWN):
                     await money.deposit(1, 20)
                 await asyncio.sleep(1.5)  # the writer reads it, and waits for the replica
                 assert await ledger_ids(_url(db_engine)) == {confirmed.txn_id}
-            for _ in range(100):  # the replica has it now: stored
-                if len(await ledger_ids(_url(db_engine))) == 2:
-                    break
-                await asyncio.sleep(0.1)
-            assert await ledger_ids(_url(db_engine)) == {confirmed.txn_id, confirmed.txn_id + 1}
+            # The replica has it now: stored.
+            await _until_in_ledger(db_engine, {confirmed.txn_id, confirmed.txn_id + 1})
         finally:
             stop.set()
             await writer
             await client.aclose()
+
+
+async def _until_in_ledger(engine: AsyncEngine, ids: set[int], limit_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while (stored := await ledger_ids(_url(engine))) != ids:
+        assert asyncio.get_running_loop().time() < deadline, (stored, ids)
+        await asyncio.sleep(0.05)
 
 
 def _url(engine: AsyncEngine) -> str:

@@ -44,7 +44,7 @@ from service.domain.records import StreamRecord, record_from_stream_fields
 from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
 from service.outages import is_outage
-from service.redis.keyspace import TXN_DEAD_LETTER, TXN_STREAM, WRITER_GROUP
+from service.redis.keyspace import TXN_DEAD_LETTER, TXN_STREAM, WRITER_GROUP, WRITER_WAIT
 from service.redis.replicas import ReplicasNotConfirmed, has_waitaof, replica_wait
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.streams import ensure_consumer_group, stream_id
@@ -58,6 +58,8 @@ DEAD_LETTER_FIELD_PREFIX = b"field:"
 _MAX_BIGINT = 2**63 - 1
 _FIRST_BACKOFF_MS = 25
 _MAX_CLAIM_INTERVAL_S = 5.0
+# The writer's mark before a wait for the replicas (keyspace.WRITER_WAIT) outlives no writer.
+WRITER_WAIT_TTL_MS = 60_000
 
 
 T = TypeVar("T")
@@ -280,6 +282,10 @@ class StreamWriter:
             if wait is not None:
                 if self._has_waitaof is None:
                     self._has_waitaof = await has_waitaof(self._redis)
+                # The wait covers this connection's writes only (a read of pending entries
+                # writes nothing, and the pool may hand out another connection each time):
+                # a write of its own covers every entry added before.
+                pipe.set(WRITER_WAIT, self.consumer, px=WRITER_WAIT_TTL_MS)
                 for command in wait.commands(self._has_waitaof):
                     pipe.execute_command(*command)
             # An error reply is raised below as it is, not annotated by the pipeline (the

@@ -15,6 +15,11 @@ TXN_STREAM = "txn:stream"
 # Records the writer could not store, with the reason (lua/dead_letter.lua).
 TXN_DEAD_LETTER = "txn:dead-letter"
 WRITER_GROUP = "ledger-writer"
+# String, short TTL: with WALLET_REDIS_MIN_REPLICAS, written by the writer right before it
+# waits for the replicas (service/ledger/writer.py). The wait covers only what its own
+# connection wrote, and a read of pending entries writes nothing: this write makes the wait
+# cover every entry read.
+WRITER_WAIT = "txn:writer-wait"
 
 # aiohttp-session's RedisStorage names a session ``<cookie name>_<id>``;
 # lua/includes/check_session.lua checks this shape.

@@ -149,7 +149,7 @@ class AutoPipeline:
 
     async def _exchange(self, connection: AbstractConnection, calls: list[_Call]) -> None:
         wait = self._replica_wait
-        if not any(call.wait_for_replicas for call in calls):
+        if wait is not None and not any(call.wait_for_replicas for call in calls):
             wait = None
         try:
             # None of the batch's calls has left this process yet: a failure here is an
@@ -180,8 +180,9 @@ class AutoPipeline:
                     else:
                         _settle(call, reply)
                 if wait is not None:
-                    for _ in range(len(commands) - len(calls)):  # the last one tells
-                        wait_reply = await _read_reply(connection)
+                    waits = len(commands) - len(calls)
+                    # Only the last one tells, and only once every one was read.
+                    wait_reply = [await _read_reply(connection) for _ in range(waits)][-1]
         except Exception as error:
             await connection.disconnect()  # replies may still come: never read them
             for call in calls[answered:]:

@@ -14,15 +14,20 @@ report, a second later (measured: every pipelined ``INCR; WAITAOF 0 1`` took 1.0
 Valkey 9.1). WAIT makes the replica report once; the WAITAOF after it asks again, by
 when the replica has fsynced (``INCR; WAIT 1; WAITAOF 0 1``: 2.6 ms median, 11 ms p99).
 
-A money call whose script moved money is then answered
-only if the replicas confirmed; if they did not in time (or the confirmation was lost),
-its caller gets ``ReplicasNotConfirmed`` with the script's reply, and answers 503
-outcome_unknown (service/redis/money.py). A call answered with an error, or with a
-refusal, is answered as it is: it moved no money.
+Since the wait covers the connection's own writes, a call it confirms must have written:
+every money call of the API does, even a replay (the session's expiry, checked first in
+every money script), and lua/lookup_request.lua rewrites the record it finds for that
+reason; the writer writes a mark of its own (keyspace.WRITER_WAIT).
 
-The writer reads the stream the same way (service/ledger/writer.py): it stores in the
-ledger only what N replicas have, so a failover never leaves the ledger with a
-transaction the new primary lacks.
+A money call whose script moved money is then answered only if the replicas confirmed;
+if they did not in time (or the confirmation was lost), its caller gets
+``ReplicasNotConfirmed`` with the script's reply, and answers 503 outcome_unknown
+(service/redis/money.py). A call answered with an error, or with a refusal, is answered
+as it is: it moved no money.
+
+The writer waits the same way after each read of the stream (service/ledger/writer.py):
+it stores in the ledger only what N replicas have, so a failover never leaves the ledger
+with a transaction the new primary lacks.
 """
 
 from dataclasses import dataclass

@@ -48,7 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.redis import keyspace
 from service.redis.pools import CheckedConnection, PipeliningPool
-from service.redis.scripts import load_script_source
+from service.redis.scripts import ScriptArgumentRejected, load_script_source
 from service.settings import SentinelUrl
 
 log = logging.getLogger("wallet.redis")
@@ -125,7 +125,7 @@ class PrimaryConnection(CheckedConnection):
                 replid,
             )
         elif outcome not in (b"same", b"adopted"):
-            raise RuntimeError(f"follow_primary.lua answered {outcome!r}")
+            raise ScriptArgumentRejected(f"follow_primary.lua answered {outcome!r}")
 
     async def _ask(self, *command: str | int) -> Any:
         """One command of the handshake and its reply, within the connect timeout (a

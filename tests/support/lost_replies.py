@@ -18,9 +18,11 @@ class LosesTheReply:
     async def __call__(
         self, keys: list[str], args: list[Arg], wait_for_replicas: bool = False
     ) -> Any:
+        """``wait_for_replicas`` is not honoured: the reply, and the replicas' word after
+        it, are what is lost."""
         self.sent.append((keys, args))
         if self.runs:
-            await self.script(keys=keys, args=args, wait_for_replicas=wait_for_replicas)
+            await self.script(keys=keys, args=args)
         raise ReplyLost("EVALSHA sent, no reply: TimeoutError('Timeout reading')")
 
     async def arrives_late(self) -> Any:
