@@ -35,6 +35,13 @@ if redis.call("EXISTS", KEYS[2]) == 0 then
 end
 local recorded = recorded_request_outcome(KEYS[1])
 if recorded then
+  -- Its expiry set again, unchanged: a write of this call's own, so that the replica wait
+  -- after it (WALLET_REDIS_MIN_REPLICAS: service/redis/replicas.py) covers the transaction
+  -- the record names, written before. (Every record is written with an expiry.)
+  local ttl_ms = redis.call("PTTL", KEYS[1])
+  if ttl_ms > 0 then
+    redis.call("PEXPIRE", KEYS[1], ttl_ms)
+  end
   return recorded
 end
 local not_applied = {"not_applied", "", "", "0"}

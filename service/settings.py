@@ -1,12 +1,65 @@
 """All configuration in one typed object, read from the environment."""
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "WALLET_"
+
+SENTINEL_SCHEME = "redis+sentinel"
+# What a Sentinel deployment may name its primary here: Sentinel itself takes any name
+# without blanks; these are the ones that need no quoting in a URL.
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_MAX_SENTINELS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """``redis+sentinel://host:port[,host:port...]/<service name>[/db]``: the Sentinels to
+    ask where the primary of ``service_name`` is, and the database to use there."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int
+
+
+def sentinel_url(url: str) -> SentinelUrl | None:
+    """The Sentinel deployment a REDIS_URL names; None for any other scheme (a standalone
+    Redis, read by redis-py). Raises ValueError, naming what is wrong, for a malformed one."""
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL_SCHEME:
+        return None
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ValueError(
+            f"{SENTINEL_SCHEME}: give host:port[,host:port...]/<service name>[/db];"
+            " credentials, query and fragment are not supported"
+        )
+    sentinels = tuple(_host_port(address) for address in parts.netloc.split(","))
+    if len(sentinels) > _MAX_SENTINELS:
+        raise ValueError(f"{SENTINEL_SCHEME}: at most {_MAX_SENTINELS} Sentinels")
+    path = parts.path.removeprefix("/").split("/")
+    if not 1 <= len(path) <= 2 or _SERVICE_NAME.fullmatch(path[0]) is None:
+        raise ValueError(
+            f"{SENTINEL_SCHEME}: the path is /<service name>[/db], the name 1-64 of"
+            " A-Z a-z 0-9 . _ -"
+        )
+    db = path[1] if len(path) == 2 else "0"
+    if not db.isdigit() or int(db) > 10_000:
+        raise ValueError(f"{SENTINEL_SCHEME}: the database is a number, got {db!r}")
+    return SentinelUrl(sentinels, path[0], int(db))
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # an IPv6 address is given in brackets
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{SENTINEL_SCHEME}: {address!r} is not host:port")
+    return host, int(port)
 
 
 class Settings(BaseSettings):
@@ -30,6 +83,14 @@ class Settings(BaseSettings):
     # loop go out together, at most this many per batch and this many batches at once.
     redis_pipeline_max_calls: int = Field(default=128, ge=1, le=10_000)
     redis_pipeline_max_batches: int = Field(default=2, ge=1, le=1_000)
+    # A money request is answered only once its writes are on this many replicas (WAIT and
+    # WAITAOF, or WAIT alone where the server has no WAITAOF), asked once per pipelined
+    # batch; replicas that do not confirm within redis_replica_wait_ms (each command) make
+    # it 503 outcome_unknown (service/redis/replicas.py, docs/reliability.md). A replica
+    # that misses an acknowledgement reports again a second later: the default outlasts
+    # that.
+    redis_min_replicas: int = Field(default=0, ge=0, le=100)
+    redis_replica_wait_ms: int = Field(default=1_500, ge=10, le=60_000)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, le=10_000_000)
     # Transfers answered 404 recipient_not_found per user, per fixed window; past it the
     # user's transfers are 429 until the window ends, so ids and names cannot be probed.
@@ -158,6 +219,26 @@ class Settings(BaseSettings):
     def writer_metrics_address(self) -> tuple[str, int]:
         """(host, port) of WALLET_WRITER_METRICS_LISTEN."""
         return _address(self.writer_metrics_listen)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_deployment(cls, value: str) -> str:
+        sentinel_url(value)  # a malformed redis+sentinel:// URL is refused here, at start
+        return value
+
+    @model_validator(mode="after")
+    def _replica_wait_within_the_batch_deadline(self) -> "Settings":
+        """The replicas' confirmation (WAIT, then WAITAOF: up to twice the wait) is read
+        within the batch's one deadline (the socket timeout): a longer wait would be cut
+        off by it, its batch's replies lost."""
+        longest_wait_ms = 2 * self.redis_replica_wait_ms
+        if self.redis_min_replicas and longest_wait_ms >= self.redis_socket_timeout_ms:
+            raise ValueError(
+                f"WALLET_REDIS_REPLICA_WAIT_MS ({self.redis_replica_wait_ms}) must be less than"
+                " half WALLET_REDIS_SOCKET_TIMEOUT_MS"
+                f" ({self.redis_socket_timeout_ms}): WAIT and WAITAOF wait that long each"
+            )
+        return self
 
     @model_validator(mode="after")
     def _outcome_outlives_the_wait(self) -> "Settings":

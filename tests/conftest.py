@@ -3,7 +3,10 @@
 from the wheels: tests/support/servers.py); each test starts with both empty.
 
 With WALLET_TEST_SERVED=1 the `client` fixture talks to a real `wallet serve --workers 2`
-on this run's databases.
+on this run's databases. With WALLET_TEST_SENTINEL=1 the run's Redis is a deployment of its
+own with a replica and Sentinel (tests/support/sentinel.py), named by a redis+sentinel://
+URL; WALLET_REDIS_MIN_REPLICAS, read by every Settings, may then ask for the replica's
+confirmation of every money request.
 """
 
 import asyncio
@@ -32,14 +35,20 @@ from tests.support.helpers import fresh_database, fresh_redis
 from tests.support.http_helpers import MakeClient
 from tests.support.postgres_admin import postgres_admin
 from tests.support.redis_claim import claimed_redis_database
+from tests.support.sentinel import sentinel_deployment
 from tests.support.served import Served, ServedClient, wallet_serve
-from tests.support.servers import own_database, postgres_server, redis_server
+from tests.support.servers import own_database, postgres_server, redis_server, scratch_dir
 
 SERVED = os.environ.get("WALLET_TEST_SERVED") == "1"
+SENTINEL = os.environ.get("WALLET_TEST_SENTINEL") == "1"
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
+    if SENTINEL:
+        with scratch_dir("sentinel") as directory, sentinel_deployment(directory) as deployment:
+            yield deployment.url()
+        return
     with redis_server() as server, claimed_redis_database(server) as url:
         yield url
 

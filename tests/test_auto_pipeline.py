@@ -13,8 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from service.redis import keyspace
-from service.redis.client import connect_redis, script_calls
-from service.redis.pipelining import Arg, AutoPipeline, ReplyLost, pack_command
+from service.redis.client import connect_redis
+from service.redis.pipelining import Arg, AutoPipeline, ReplyLost, pack_command, script_calls
 from service.redis.scripts import LuaScript, load_script_source
 from service.settings import Settings
 from tests.support.lost_replies import through_a_proxy
@@ -43,7 +43,11 @@ async def one_batch_at_a_time(
         return connection
 
     pipeline = AutoPipeline(
-        counting_connection, max_batch_calls=128, max_batches_in_flight=1, timeout_s=5
+        counting_connection,
+        max_batch_calls=128,
+        max_batches_in_flight=1,
+        timeout_s=5,
+        replica_wait=None,
     )
     try:
         yield pipeline, writes

@@ -8,7 +8,8 @@ from redis.asyncio import Redis
 
 from service.engines.valkey import start_valkey
 from service.redis.checks import UnsafeRedis, check_redis_durability
-from service.redis.client import HEALTH_CHECK_INTERVAL_S, connect_redis
+from service.redis.client import connect_redis
+from service.redis.pools import HEALTH_CHECK_INTERVAL_S
 from service.settings import Settings
 
 

@@ -122,7 +122,7 @@ async def test_the_outcome_is_unknown_when_redis_does_not_tell_in_time(
     losing(money, "deposit", True, monkeypatch)
     asked = 0
 
-    async def redis_down(keys: list[str], args: list[Arg]) -> Any:
+    async def redis_down(keys: list[str], args: list[Arg], wait_for_replicas: bool) -> Any:
         nonlocal asked
         asked += 1
         raise RedisConnectionError("Connection refused")
@@ -188,7 +188,7 @@ async def test_over_http_an_unknown_outcome_is_503_without_retry_after(
     monkeypatch.setattr(money._runner, "_outcome_wait_s", 0.2)
     losing(money, "deposit", True, monkeypatch)
 
-    async def redis_down(keys: list[str], args: list[Arg]) -> Any:
+    async def redis_down(keys: list[str], args: list[Arg], wait_for_replicas: bool) -> Any:
         raise RedisConnectionError("Connection refused")
 
     monkeypatch.setattr(money._runner, "_lookup_request", redis_down)

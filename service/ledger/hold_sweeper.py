@@ -1,6 +1,7 @@
 """The hold sweeper, run beside the stream writer (``run_writer_and_sweeper``, by `wallet
-writer` and `wallet serve --embedded`): every ``hold_sweep_interval_ms`` it marks up
-to ``hold_sweep_batch`` holds that have expired (lua/hold_expire.lua through
+writer` and `wallet serve --embedded`, with the id counter's keeper of
+service/ledger/id_counter.py): every ``hold_sweep_interval_ms`` it marks up to
+``hold_sweep_batch`` holds that have expired (lua/hold_expire.lua through
 HoldScripts.sweep), at once again while a pass finds a full batch. A hold is expired from
 ``expires_at_us`` whether or not it was swept (docs/holds.md): the sweeper only releases
 the payee's side, records the event and sets the status, so a late sweep costs nothing but
@@ -17,6 +18,7 @@ import logging
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.ledger.id_counter import KEEPER_INTERVAL_S, run_counter_keeper
 from service.ledger.writer import StreamWriter, WriterStats
 from service.outages import is_outage
 from service.redis.holds import HoldScripts
@@ -51,20 +53,25 @@ async def run_writer_and_sweeper(
     stop: asyncio.Event,
     stats: WriterStats | None = None,
 ) -> None:
-    """The stream writer and the hold sweeper until ``stop`` is set. A sweeper that fails
-    for anything but an outage stops the writer too, and its error is raised. The writer
-    counts its work in ``stats`` when given (`wallet writer` serves them as metrics)."""
-    sweeper = asyncio.create_task(
-        run_hold_sweeper(
-            HoldScripts(redis, settings),
-            settings.hold_sweep_interval_ms / 1000,
-            settings.hold_sweep_batch,
-            stop,
-        )
-    )
-    sweeper.add_done_callback(lambda _: stop.set())
+    """The stream writer, the hold sweeper and the id counter's keeper until ``stop`` is
+    set. A sweeper or keeper that fails for anything but an outage stops the writer too,
+    and its error is raised. The writer counts its work in ``stats`` when given (`wallet
+    writer` serves them as metrics)."""
+    helpers = [
+        asyncio.create_task(
+            run_hold_sweeper(
+                HoldScripts(redis, settings),
+                settings.hold_sweep_interval_ms / 1000,
+                settings.hold_sweep_batch,
+                stop,
+            )
+        ),
+        asyncio.create_task(run_counter_keeper(redis, engine, KEEPER_INTERVAL_S, stop)),
+    ]
+    for helper in helpers:
+        helper.add_done_callback(lambda _: stop.set())
     try:
         await StreamWriter(settings, redis, engine, stats).run(stop)
     finally:
         stop.set()
-        await sweeper
+        await asyncio.gather(*helpers)

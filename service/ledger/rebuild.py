@@ -81,6 +81,7 @@ from service.ledger.hold_totals import (
     pending_holds_page,
     refunded_totals_page,
 )
+from service.ledger.id_counter import restart_counter_set_aside
 from service.ledger.reconcile import ledger_balances, user_id_batches
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
@@ -613,10 +614,14 @@ async def _void_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[
 async def ensure_transaction_counter(redis: Redis, engine: AsyncEngine) -> bool:
     """At start: a system with an empty ledger starts its counter at the start of a new
     epoch of ids (epoch 0 for a new system; a later one if ids were issued and lost before
-    any reached the ledger). A missing counter with transactions in the ledger means Redis
-    lost its data: the counter stays missing, so the money scripts refuse to move money
-    (the balances are gone too) until `wallet rebuild`. True when the counter is in place."""
+    any reached the ledger). A counter set aside because the primary changed starts again
+    in a new epoch (service/ledger/id_counter.py). A missing counter with transactions in
+    the ledger otherwise means Redis lost its data: the counter stays missing, so the money
+    scripts refuse to move money (the balances are gone too) until `wallet rebuild`. True
+    when the counter is in place."""
     if await redis.exists(keyspace.TXN_SEQ):
+        return True
+    if await restart_counter_set_aside(redis, engine) is not None:
         return True
     async with engine.connect() as connection:
         last_id = (await connection.execute(select(func.max(T.id)))).scalar()

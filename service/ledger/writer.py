@@ -15,6 +15,13 @@ a bug, and the writer stops with it (service/outages.py).
 
 Acknowledged entries stay in the stream for ``stream_retention_s`` (for ``wallet replay``)
 and are then trimmed; an entry not yet acknowledged is never trimmed. See docs/ledger.md.
+
+With WALLET_REDIS_MIN_REPLICAS=N, each read of the stream is followed, on the same
+connection, by the WAIT and WAITAOF the money calls use (service/redis/replicas.py): the
+writer stores only entries that N replicas have, so a failover never leaves the ledger
+with a transaction the new primary lacks (one whose request was answered outcome_unknown,
+and whose retry would then be applied again). Entries read without that confirmation are
+read again (they are this consumer's pending entries) once it comes.
 """
 
 import asyncio
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,7 +44,8 @@ from service.domain.records import StreamRecord, record_from_stream_fields
 from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
 from service.outages import is_outage
-from service.redis.keyspace import TXN_DEAD_LETTER, TXN_STREAM, WRITER_GROUP
+from service.redis.keyspace import TXN_DEAD_LETTER, TXN_STREAM, WRITER_GROUP, WRITER_WAIT
+from service.redis.replicas import ReplicasNotConfirmed, has_waitaof, replica_wait
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.streams import ensure_consumer_group, stream_id
 from service.settings import Settings
@@ -49,6 +58,8 @@ DEAD_LETTER_FIELD_PREFIX = b"field:"
 _MAX_BIGINT = 2**63 - 1
 _FIRST_BACKOFF_MS = 25
 _MAX_CLAIM_INTERVAL_S = 5.0
+# The writer's mark before a wait for the replicas (keyspace.WRITER_WAIT) outlives no writer.
+WRITER_WAIT_TTL_MS = 60_000
 
 
 T = TypeVar("T")
@@ -168,6 +179,8 @@ class StreamWriter:
         self._next_trim_at = 0.0
         self._never = asyncio.Event()
         self._dead_letter = LuaScript(redis, "dead_letter")
+        self._replica_wait = replica_wait(settings)
+        self._has_waitaof: bool | None = None  # asked before the first wait
 
     async def run(self, stop: asyncio.Event) -> None:
         """Drains the stream until ``stop`` is set; the batch in hand is finished first."""
@@ -231,12 +244,14 @@ class StreamWriter:
             return []
 
     async def _read_group(self, after: str, block_ms: int | None) -> list[Entry]:
-        reply = await self._redis.xreadgroup(
-            WRITER_GROUP,
-            self.consumer,
-            {TXN_STREAM: after},
-            count=self._settings.writer_batch_size,
-            block=block_ms,
+        reply = await self._read_confirmed(
+            lambda pipe: pipe.xreadgroup(
+                WRITER_GROUP,
+                self.consumer,
+                {TXN_STREAM: after},
+                count=self._settings.writer_batch_size,
+                block=block_ms,
+            )
         )
         streams = reply.items() if isinstance(reply, dict) else (reply or [])
         entries: list[Entry] = []
@@ -247,13 +262,15 @@ class StreamWriter:
 
     async def _claim(self) -> list[Entry]:
         """Takes over entries that another (dead) consumer read and left unacknowledged."""
-        reply: list[Any] = await self._redis.xautoclaim(
-            TXN_STREAM,
-            WRITER_GROUP,
-            self.consumer,
-            min_idle_time=self._settings.writer_claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=self._settings.writer_batch_size,
+        reply: list[Any] = await self._read_confirmed(
+            lambda pipe: pipe.xautoclaim(
+                TXN_STREAM,
+                WRITER_GROUP,
+                self.consumer,
+                min_idle_time=self._settings.writer_claim_idle_ms,
+                start_id=self._claim_cursor,
+                count=self._settings.writer_batch_size,
+            )
         )
         self._claim_cursor = _text(reply[0])
         if self._claim_cursor == "0-0":  # the whole pending list was scanned
@@ -270,6 +287,36 @@ class StreamWriter:
                 self._settings.writer_claim_idle_ms,
             )
         return entries
+
+    async def _read_confirmed(self, read: Callable[[Pipeline], object]) -> Any:
+        """The reply of one read of the stream (``read`` queues it on a pipeline); with a
+        replica wait, followed by it on the same connection: a read whose entries the
+        replicas do not have yet raises ReplicasNotConfirmed (an outage: retried), and the
+        entries it delivered to this consumer are read again next time."""
+        wait = self._replica_wait
+        async with self._redis.pipeline(transaction=False) as pipe:
+            read(pipe)
+            if wait is not None:
+                if self._has_waitaof is None:
+                    self._has_waitaof = await has_waitaof(self._redis)
+                # The wait covers this connection's writes only (a read of pending entries
+                # writes nothing, and the pool may hand out another connection each time):
+                # a write of its own covers every entry added before.
+                pipe.set(WRITER_WAIT, self.consumer, px=WRITER_WAIT_TTL_MS)
+                for command in wait.commands(self._has_waitaof):
+                    pipe.execute_command(*command)
+            # An error reply is raised below as it is, not annotated by the pipeline (the
+            # callers read its message).
+            replies = await pipe.execute(raise_on_error=False)
+        reply = replies[0]
+        if isinstance(reply, Exception):
+            raise reply
+        if wait is not None and not wait.confirmed(replies[-1]):
+            if isinstance(replies[-1], ResponseError):
+                self._has_waitaof = None  # another server now (a failover): ask it again
+            self._own_pending_cursor = "0"
+            raise ReplicasNotConfirmed(reply, replies[-1])
+        return reply
 
     # Storing and acknowledging.
 

@@ -6,10 +6,20 @@ these shapes.
 """
 
 TXN_SEQ = "txn:seq"
+# Sentinel deployments (lua/follow_primary.lua): the replication id of the primary the
+# counter was last used on, and a counter set aside when the primary changed, until the
+# writer starts it again in a new epoch (lua/restart_counter.lua).
+TXN_SEQ_PRIMARY = "txn:seq:primary"
+TXN_SEQ_BEHIND = "txn:seq:behind"
 TXN_STREAM = "txn:stream"
 # Records the writer could not store, with the reason (lua/dead_letter.lua).
 TXN_DEAD_LETTER = "txn:dead-letter"
 WRITER_GROUP = "ledger-writer"
+# String, short TTL: with WALLET_REDIS_MIN_REPLICAS, written by the writer right before it
+# waits for the replicas (service/ledger/writer.py). The wait covers only what its own
+# connection wrote, and a read of pending entries writes nothing: this write makes the wait
+# cover every entry read.
+WRITER_WAIT = "txn:writer-wait"
 
 # aiohttp-session's RedisStorage names a session ``<cookie name>_<id>``;
 # lua/includes/check_session.lua checks this shape.

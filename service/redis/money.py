@@ -14,6 +14,10 @@ became of the request (lua/lookup_request.lua) until Redis answers, for at most
 applied, and now never will be" (REQUEST_NOT_APPLIED: a 503 with Retry-After, honest). If
 Redis does not answer in time: OUTCOME_UNKNOWN (503, no Retry-After). A failure before the
 command was sent (no connection) is raised as it is: an outage, nothing was done.
+
+With WALLET_REDIS_MIN_REPLICAS, a money call is answered only once its writes are on the
+replicas (service/redis/replicas.py): a call that moved money without their confirmation
+in time is OUTCOME_UNKNOWN too; a refusal moved nothing and is answered as it is.
 """
 
 import asyncio
@@ -32,6 +36,7 @@ from service.domain.refusals import BY_LUA_OUTCOME, Refused
 from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.pipelining import ReplyLost
+from service.redis.replicas import ReplicasNotConfirmed
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.settings import Settings
 
@@ -173,25 +178,40 @@ class MoneyScriptRunner:
         """The script's reply; when it was lost, lookup_request.lua's instead: then
         ``{outcome, txn_id, created_at_us, "0"}`` whatever the script's own reply shape
         (outcome "ok" with the request's recorded transaction, or "not_applied"). Raises
-        Refused(OUTCOME_UNKNOWN) when Redis does not tell in time."""
+        Refused(OUTCOME_UNKNOWN) when Redis does not tell in time, or when the replicas did
+        not confirm a call that moved money."""
         try:
-            reply: list[bytes] = await script(keys=keys, args=args)
+            reply: list[bytes] = await script(keys=keys, args=args, wait_for_replicas=True)
         except ReplyLost as lost:
             log.warning("the reply of a money request was lost (%s); asking Redis", lost)
             reply = await self._outcome_after_lost_reply(user_id, token)
+        except ReplicasNotConfirmed as unconfirmed:
+            reply = unconfirmed.reply
+            if reply[0] == b"ok":  # it moved money, which a failover may take back
+                log.warning("the outcome of a money request is unknown: %s", unconfirmed)
+                raise Refused(refusals.OUTCOME_UNKNOWN) from None
         return reply
 
     async def _outcome_after_lost_reply(self, user_id: int, token: str) -> list[bytes]:
         """Asks Redis what became of the request, until it answers, for at most the
         outcome wait; raises Refused(OUTCOME_UNKNOWN) if it does not answer in time. The
-        lookup is safe to repeat: its first answer is the one it records."""
+        lookup is safe to repeat: its first answer is the one it records. A transaction it
+        finds is answered only once the replicas have it (asked again until they do)."""
         keys = [keyspace.request_outcome(user_id, token), keyspace.TXN_SEQ]
         args = [str(user_id), token, str(NOT_APPLIED_TTL_S)]
         try:
             async with asyncio.timeout(self._outcome_wait_s):
                 while True:
                     try:
-                        reply: list[bytes] = await self._lookup_request(keys=keys, args=args)
+                        reply: list[bytes] = await self._lookup_request(
+                            keys=keys, args=args, wait_for_replicas=True
+                        )
+                    except ReplicasNotConfirmed as unconfirmed:
+                        # "not_applied" stays true wherever the replicas are: the request
+                        # ran nowhere else.
+                        if unconfirmed.reply[0] != b"ok":
+                            reply = unconfirmed.reply
+                            return reply
                     except Exception as error:
                         if not is_outage(error):
                             raise

@@ -14,6 +14,12 @@ for the socket timeout, a write, a read); sent together, a batch pays most of th
   reply had not come with ``ReplyLost``: each may have run, and the money calls ask Redis
   what became of their request (service/redis/money.py).
 
+With a replica wait (WALLET_REDIS_MIN_REPLICAS, replicas.py), a batch that holds a call made
+with ``wait_for_replicas`` ends with one WAIT and WAITAOF: the replies of those calls are
+held until it answers, and a call that ran without its writes confirmed on the replicas in
+time gets ``ReplicasNotConfirmed`` with its reply. The other calls of the batch get their
+replies as they come.
+
 At most ``max_batches_in_flight`` batches are on the wire at once, each on a connection of
 its own, kept by the pipeline (no pool lock, no timer per command: one deadline per batch);
 calls made meanwhile wait for the next batch, which grows instead (up to
@@ -27,9 +33,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.redis.replicas import (
+    WAITAOF_PROBE,
+    ReplicasNotConfirmed,
+    ReplicaWait,
+    is_unknown_command,
+)
 
 Arg = str | bytes | int
 
@@ -45,6 +60,7 @@ class ReplyLost(RedisConnectionError):
 class _Call:
     command: tuple[Arg, ...]
     reply: "asyncio.Future[Any]"
+    wait_for_replicas: bool
 
 
 class AutoPipeline:
@@ -55,6 +71,7 @@ class AutoPipeline:
         max_batch_calls: int,
         max_batches_in_flight: int,
         timeout_s: float,
+        replica_wait: ReplicaWait | None,
     ) -> None:
         assert max_batch_calls >= 1, max_batch_calls
         assert max_batches_in_flight >= 1, max_batches_in_flight
@@ -65,15 +82,20 @@ class AutoPipeline:
         self._max_batch_calls = max_batch_calls
         self._max_batches_in_flight = max_batches_in_flight
         self._timeout_s = timeout_s
+        self._replica_wait = replica_wait
+        # Whether the server has WAITAOF: asked (WAITAOF_PROBE) before the first wait.
+        self._has_waitaof: bool | None = None
         self._waiting: list[_Call] = []
         self._flush_scheduled = False
         self._batches: set[asyncio.Task[None]] = set()
 
-    async def call(self, command: Sequence[Arg]) -> Any:
+    async def call(self, command: Sequence[Arg], *, wait_for_replicas: bool = False) -> Any:
         """Redis's reply to one command; raises its error reply (ResponseError), an outage
-        in which it was not sent, or ReplyLost."""
+        in which it was not sent, or ReplyLost. With ``wait_for_replicas`` and a replica
+        wait, a reply that is not an error comes only once the replicas confirmed the
+        writes; else ReplicasNotConfirmed, with the reply."""
         loop = asyncio.get_running_loop()
-        call = _Call(tuple(command), loop.create_future())
+        call = _Call(tuple(command), loop.create_future(), wait_for_replicas)
         self._waiting.append(call)
         self._schedule_flush(loop)
         return await call.reply
@@ -115,38 +137,92 @@ class AutoPipeline:
         finally:
             self._idle.append(connection)
 
-    async def disconnect(self) -> None:
-        """Closes every connection of the pipeline; a later call opens a new one."""
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        """Closes every connection of the pipeline, or only the idle ones (as the pools do
+        when the primary moved); a later call opens a new one."""
+        if not inuse_connections:
+            for connection in self._idle:
+                # nowait: closed at once, so no batch takes it up while it is closing.
+                await connection.disconnect(nowait=True)
+            return
         await asyncio.gather(*(c.disconnect() for c in self._connections), return_exceptions=True)
 
     async def _exchange(self, connection: AbstractConnection, calls: list[_Call]) -> None:
+        wait = self._replica_wait
+        if wait is not None and not any(call.wait_for_replicas for call in calls):
+            wait = None
         try:
-            # Nothing of the batch has left this process yet: a failure here is an outage
-            # in which none of its calls ran.
+            # None of the batch's calls has left this process yet: a failure here is an
+            # outage in which none of them ran.
             if not connection.is_connected:
                 await connection.connect()  # type: ignore[no-untyped-call]
             await connection.check_health()  # type: ignore[no-untyped-call]
-            packed = b"".join([pack_command(call.command) for call in calls])
+            commands = [call.command for call in calls]
+            if wait is not None:
+                commands += wait.commands(await self._waitaof(connection))
+            packed = b"".join([pack_command(command) for command in commands])
         except Exception as error:
+            await connection.disconnect()  # a reply may still come: never read it
             _fail(calls, error)
             return
         answered = 0
+        held: list[tuple[_Call, object]] = []  # replies waiting for the replicas' word
+        wait_reply: object = None
         try:
             # One deadline for the whole exchange, rather than a timer per reply.
             async with asyncio.timeout(self._timeout_s):
                 await connection.send_packed_command(packed, check_health=False)
                 for call in calls:
-                    try:
-                        reply = await connection.read_response(timeout=math.inf)
-                    except ResponseError as error:  # Redis answered this call with an error
-                        _settle(call, error)
+                    reply = await _read_reply(connection)
+                    answered += 1
+                    if wait is not None and call.wait_for_replicas:
+                        held.append((call, reply))
                     else:
                         _settle(call, reply)
-                    answered += 1
+                if wait is not None:
+                    waits = len(commands) - len(calls)
+                    # Only the last one tells, and only once every one was read.
+                    wait_reply = [await _read_reply(connection) for _ in range(waits)][-1]
         except Exception as error:
             await connection.disconnect()  # replies may still come: never read them
             for call in calls[answered:]:
                 _settle(call, ReplyLost(f"sent in a batch of {len(calls)}, no reply: {error!r}"))
+        if wait is not None:
+            if isinstance(wait_reply, ResponseError) and is_unknown_command(wait_reply):
+                self._has_waitaof = None  # another server now (a failover): ask it again
+            confirmed = wait.confirmed(wait_reply)
+            for call, reply in held:
+                if confirmed or isinstance(reply, ResponseError):
+                    _settle(call, reply)
+                else:
+                    _settle(call, ReplicasNotConfirmed(reply, wait_reply))
+        # A connection that found its server demoted (service/redis/sentinel.py).
+        if connection.should_reconnect():  # type: ignore[no-untyped-call]
+            await connection.disconnect()
+
+    async def _waitaof(self, connection: AbstractConnection) -> bool:
+        """Whether the server has WAITAOF, asked once (on the connection about to be used)."""
+        if self._has_waitaof is None:
+            await connection.send_packed_command(pack_command(WAITAOF_PROBE), check_health=False)
+            try:
+                reply = await connection.read_response(timeout=self._timeout_s)
+            except ResponseError as error:
+                if not is_unknown_command(error):  # e.g. a replica: it takes no writes
+                    raise RedisConnectionError(f"WAITAOF refused: {error}") from error
+                self._has_waitaof = False
+            else:
+                if reply is None:
+                    raise RedisTimeoutError("no answer to WAITAOF within the timeout")
+                self._has_waitaof = True
+        return self._has_waitaof
+
+
+async def _read_reply(connection: AbstractConnection) -> object:
+    """The next reply; an error reply is returned, not raised: it is one call's answer."""
+    try:
+        return await connection.read_response(timeout=math.inf)
+    except ResponseError as error:
+        return error
 
 
 def _settle(call: _Call, outcome: object) -> None:
@@ -171,3 +247,14 @@ def pack_command(command: tuple[Arg, ...]) -> bytes:
         data = arg if type(arg) is bytes else str(arg).encode()
         parts += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(parts)
+
+
+def script_calls(redis: Redis) -> AutoPipeline:
+    """The auto-pipeline of a client opened by connect_redis (service/redis/client.py),
+    through which scripts are called. Any other client is a programming error: its calls
+    would skip the batching and the lost-reply classification that the money scripts rely
+    on."""
+    pipeline = getattr(redis.connection_pool, "auto_pipeline", None)
+    if not isinstance(pipeline, AutoPipeline):
+        raise TypeError(f"a Redis client not opened by connect_redis: {redis!r}")
+    return pipeline

@@ -16,8 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from service.redis.client import script_calls
-from service.redis.pipelining import Arg
+from service.redis.pipelining import Arg, script_calls
 
 # NOSCRIPT means the script did not run: Redis lost its scripts (a restart, a failover, SCRIPT
 # FLUSH), and may lose them again between the load and the call. So many loads, then the
@@ -121,16 +120,21 @@ class LuaScript:
         self._calls = script_calls(redis)
         self._source, self._sha = _compiled(name)
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def __call__(
+        self, keys: Sequence[str], args: Sequence[Arg], *, wait_for_replicas: bool = False
+    ) -> Any:
         """The script's reply. Raises ReplyLost when the command may have reached Redis
-        without its reply coming back; any other outage means it did not run."""
+        without its reply coming back; any other outage means it did not run.
+        ``wait_for_replicas`` (the money scripts): a reply only once the replicas have the
+        script's writes, when WALLET_REDIS_MIN_REPLICAS asks for it; else
+        ReplicasNotConfirmed, with the reply (service/redis/replicas.py)."""
         command = ("EVALSHA", self._sha, len(keys), *keys, *args)
         for _ in range(NOSCRIPT_RELOADS):
             try:
-                return await self._calls.call(command)
+                return await self._calls.call(command, wait_for_replicas=wait_for_replicas)
             except NoScriptError:  # Redis answered: the script did not run
                 await self.load()
-        return await self._calls.call(command)
+        return await self._calls.call(command, wait_for_replicas=wait_for_replicas)
 
     async def load(self) -> None:
         await self._redis.script_load(self._source)

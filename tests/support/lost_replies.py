@@ -20,7 +20,11 @@ class LosesTheReply:
         self.runs = runs
         self.sent: list[tuple[list[str], list[Arg]]] = []
 
-    async def __call__(self, keys: list[str], args: list[Arg]) -> Any:
+    async def __call__(
+        self, keys: list[str], args: list[Arg], wait_for_replicas: bool = False
+    ) -> Any:
+        """``wait_for_replicas`` is not honoured: the reply, and the replicas' word after
+        it, are what is lost."""
         self.sent.append((keys, args))
         if self.runs:
             await self.script(keys=keys, args=args)

@@ -30,6 +30,15 @@ README = (ROOT / "README.md").read_text()
 # The README's prose with its line breaks as spaces.
 README_TEXT = " ".join(README.split())
 LONG_RUNNING = ("redis", "postgres", "api", "writer")
+# The "sentinel" profile's (tests/unit/test_compose_sentinel.py): long-running too.
+SENTINEL_PROFILE = (
+    "redis-replica",
+    "sentinel-1",
+    "sentinel-2",
+    "sentinel-3",
+    "api-sentinel",
+    "writer-sentinel",
+)
 _URL = re.compile(r"urlopen\('([^']+)'")
 
 
@@ -101,12 +110,14 @@ def test_compose_commands_are_real_and_the_readme_shows_them() -> None:
 
 
 def test_every_long_running_service_has_a_healthcheck_and_the_one_shot_none() -> None:
-    for name in LONG_RUNNING:
+    for name in (*LONG_RUNNING, *SENTINEL_PROFILE):
         test = SERVICES[name]["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL"), name
     # The image's HEALTHCHECK probes the API, which the migration does not run.
     assert SERVICES["migrate"]["healthcheck"] == {"disable": True}
-    assert set(SERVICES) == {*LONG_RUNNING, "migrate"}
+    assert set(SERVICES) == {*LONG_RUNNING, *SENTINEL_PROFILE, "migrate"}
+    for name, plain in (("api-sentinel", "api"), ("writer-sentinel", "writer")):
+        assert SERVICES[name]["healthcheck"] == SERVICES[plain]["healthcheck"], name
 
 
 def test_the_api_healthcheck_asks_readiness_on_the_port_it_serves() -> None:

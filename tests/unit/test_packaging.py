@@ -51,6 +51,8 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "read_balance",
         "transfer_batch",
         "refund",
+        "follow_primary",
+        "restart_counter",
     }
     # The same text, includes expanded, as the source tree gives (this process imports it).
     installed = json.loads(out)

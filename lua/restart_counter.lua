@@ -1,0 +1,41 @@
+-- restart_counter: start the transaction id counter again after follow_primary.lua set it
+-- aside (the primary changed), at the beginning of an epoch just taken from PostgreSQL for
+-- it (service/ledger/id_counter.py): above every id the counter issued before, and every
+-- id any other counter issued (each runs in an epoch of its own, service/domain/limits.py).
+--
+-- KEYS[1]  txn:seq            string: last transaction id issued
+-- KEYS[2]  txn:seq:behind     string: the counter set aside
+-- ARGV[1]  epoch_start        decimal, 1..15 digits: the new counter, the epoch's start
+--
+-- Returns  outcome, a string:
+--   "restarted"         txn:seq is epoch_start; the set-aside counter is gone
+--   "none"              nothing is set aside (nothing written)
+--   "already"           a counter is back (a rebuild, or another writer, started it in an
+--                       epoch of its own): the set-aside counter is dropped
+--   "below"             epoch_start is not above the set-aside counter: a bug, nothing
+--                       written
+--   "invalid_argument"  KEYS/ARGV fail validation (nothing written)
+
+-- @include validate
+
+local epoch_start = ARGV[1]
+
+if #KEYS ~= 2 or #ARGV ~= 1 or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:seq:behind"
+  or not valid_id(epoch_start) or tonumber(epoch_start) % TXN_IDS_PER_EPOCH ~= 0 then
+  return "invalid_argument"
+end
+
+local behind = redis.call("GET", KEYS[2])
+if not behind then
+  return "none"
+end
+if redis.call("EXISTS", KEYS[1]) == 1 then
+  redis.call("DEL", KEYS[2])
+  return "already"
+end
+if tonumber(epoch_start) <= tonumber(behind) then
+  return "below"
+end
+redis.call("SET", KEYS[1], epoch_start)
+redis.call("DEL", KEYS[2])
+return "restarted"

@@ -1,0 +1,79 @@
+"""REDIS_URL names the deployment (service/settings.py): a standalone Redis is left to
+redis-py; a redis+sentinel:// URL is read here, and a malformed one stops every command."""
+
+import pytest
+from click.testing import CliRunner
+
+from service.cli.main import main
+from service.settings import SentinelUrl, sentinel_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis+sentinel://10.0.0.1:26379,10.0.0.2:26380,sentinel-3:26381/wallet",
+            SentinelUrl(
+                (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("sentinel-3", 26381)), "wallet", 0
+            ),
+        ),
+        (
+            "redis+sentinel://127.0.0.1:26379/my.primary-1/3",
+            SentinelUrl((("127.0.0.1", 26379),), "my.primary-1", 3),
+        ),
+        ("redis+sentinel://[::1]:26379/wallet/0", SentinelUrl((("::1", 26379),), "wallet", 0)),
+    ],
+)
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database(
+    url: str, expected: SentinelUrl
+) -> None:
+    assert sentinel_url(url) == expected
+
+
+def test_a_standalone_url_is_not_a_sentinel_one() -> None:
+    assert sentinel_url("redis://127.0.0.1:6379/0") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://127.0.0.1:26379",  # no service name
+        "redis+sentinel://127.0.0.1:26379/",
+        "redis+sentinel://127.0.0.1/wallet",  # no port
+        "redis+sentinel://127.0.0.1:0/wallet",
+        "redis+sentinel://127.0.0.1:26379,/wallet",
+        "redis+sentinel://127.0.0.1:26379/wallet/zero",
+        "redis+sentinel://127.0.0.1:26379/wallet/0/more",
+        "redis+sentinel://127.0.0.1:26379/wal let",
+        "redis+sentinel://:secret@127.0.0.1:26379/wallet",  # credentials are not read
+        "redis+sentinel://127.0.0.1:26379/wallet?db=1",
+    ],
+)
+def test_a_malformed_sentinel_url_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match=r"^redis\+sentinel: "):
+        sentinel_url(url)
+
+
+def test_a_malformed_redis_url_stops_the_command_and_is_named() -> None:
+    result = CliRunner().invoke(main, ["migrate"], env={"REDIS_URL": "redis+sentinel://h/"})
+    assert result.exit_code == 1
+    assert "bad configuration: REDIS_URL:" in result.output
+
+
+def test_the_replicas_wait_must_fit_in_the_batch_deadline() -> None:
+    env = {
+        "WALLET_REDIS_MIN_REPLICAS": "1",
+        "WALLET_REDIS_REPLICA_WAIT_MS": "2500",
+        "WALLET_REDIS_SOCKET_TIMEOUT_MS": "5000",
+    }
+    result = CliRunner().invoke(main, ["migrate"], env=env)
+    assert result.exit_code == 1
+    assert "WALLET_REDIS_REPLICA_WAIT_MS (2500) must be less than half" in result.output
+    # Without a replica to wait for, the wait is not used, and not checked (the command
+    # then goes on, to a database that is not there).
+    nowhere = {
+        "WALLET_REDIS_MIN_REPLICAS": "0",
+        "DATABASE_URL": "postgresql+asyncpg://127.0.0.1:1/x",
+    }
+    result = CliRunner().invoke(main, ["migrate"], env=env | nowhere)
+    assert "bad configuration" not in result.output
