@@ -24,9 +24,8 @@ from pathlib import Path
 from benchmarks.transfer_benchmark import (
     B_SCRIPT,
     BIN,
-    PASSWORD,
     Result,
-    http,
+    funded_payer,
     process,
     wait_ready,
     wrk,
@@ -58,13 +57,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dict[i
     with servers[0], servers[1]:
         for base in bases.values():
             wait_ready(f"{base}/readyz")
-        for user in ("alice", "bob"):
-            http("POST", f"{bases[0]}/api/sign-up/", {"username": user, "password": PASSWORD})
-        credentials = {"username": "alice", "password": PASSWORD}
-        set_cookie = http("POST", f"{bases[0]}/api/login/", credentials)
-        cookie = set_cookie.split("wallet_session=", 1)[1].split(";", 1)[0]
-        for _ in range(200):
-            http("POST", f"{bases[0]}/api/balance/deposit/", {"amount": 10**12}, cookie)
+        cookie = funded_payer(bases[0])
         urls = {n: f"{base}/api/balance/transfer/" for n, base in bases.items()}
         # One session for both: the servers share Redis. Keys of their own per side.
         scripts = {n: B_SCRIPT % (cookie, f"{n}-{uuid.uuid4().hex[:12]}") for n in PORTS}

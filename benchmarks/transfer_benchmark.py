@@ -83,6 +83,18 @@ def http(method: str, url: str, body: object = None, cookie: str = "") -> str:
         return str(response.headers.get("Set-Cookie", ""))
 
 
+def funded_payer(base: str) -> str:
+    """Signs up alice (the payer) and bob, and funds alice with 200 deposits of 10^12
+    kopecks; her session cookie."""
+    for user in ("alice", "bob"):
+        http("POST", f"{base}/api/sign-up/", {"username": user, "password": PASSWORD})
+    set_cookie = http("POST", f"{base}/api/login/", {"username": "alice", "password": PASSWORD})
+    cookie = set_cookie.split("wallet_session=", 1)[1].split(";", 1)[0]
+    for _ in range(200):
+        http("POST", f"{base}/api/balance/deposit/", {"amount": 10**12}, cookie)
+    return cookie
+
+
 def wait_ready(url: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -229,13 +241,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], logs: Path) -> None:
         wait_ready(f"{b_base}/readyz")
         if args.before is not None:
             wait_ready(f"http://127.0.0.1:{B0_PORT}/readyz")
-        for user in ("alice", "bob"):
-            http("POST", f"{b_base}/api/sign-up/", {"username": user, "password": PASSWORD})
-        credentials = {"username": "alice", "password": PASSWORD}
-        set_cookie = http("POST", f"{b_base}/api/login/", credentials)
-        cookie = set_cookie.split("wallet_session=", 1)[1].split(";", 1)[0]
-        for _ in range(200):
-            http("POST", f"{b_base}/api/balance/deposit/", {"amount": 10**12}, cookie)
+        cookie = funded_payer(b_base)
         scripts = {"a": A_SCRIPT, "a2": A_SCRIPT, "b": B_SCRIPT % (cookie, uuid.uuid4().hex[:12])}
         scripts["b0"] = B_SCRIPT % (cookie, uuid.uuid4().hex[:12])
         with process(writer_cmd, env, logs / "writer.log") as writer:
