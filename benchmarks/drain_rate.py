@@ -1,6 +1,6 @@
 """How fast the writer drains a backlog into PostgreSQL (rows/s), by batch size.
 
-Fills txn:stream through the real Lua scripts with no writer running, then times the
+Fills the transactions stream through the real Lua scripts with no writer running, then times the
 real StreamWriter (service/ledger/writer.py) emptying it. Uses a Redis database and a
 PostgreSQL database of its own, created and dropped here.
 
@@ -19,9 +19,11 @@ from persistence.db import connect_database
 from persistence.migrate import migrate
 from persistence.models import User
 from service.ledger.writer import StreamWriter
+from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.postgres_admin import postgres_admin
 from tests.support.redis_claim import claimed_redis_database
 
@@ -61,14 +63,14 @@ async def measure(admin_dsn: str, redis_url: str, transactions: int, batch_size:
                 {"id": u, "username": f"user{u}", "password_hash": "x"} for u in range(1, USERS + 1)
             ]
             await connection.execute(insert(User), rows)
-        await redis.set("txn:seq", 0)  # a fresh system, as `wallet serve` starts one
+        await redis.set(keyspace.txn_seq(BUCKET), 0)  # a fresh system, as `wallet serve` starts one
         money = MoneyScripts(redis, settings)
         for user in range(1, USERS + 1):
             await money.register_user(user)
-        await ensure_consumer_group(redis)
+        await ensure_consumer_group(redis, BUCKET)
         await fill(money, transactions)
-        backlog = await redis.xlen("txn:stream")
-        writer = StreamWriter(settings, redis, engine)
+        backlog = await redis.xlen(keyspace.txn_stream(BUCKET))
+        writer = StreamWriter(settings, redis, engine, BUCKET)
         started = time.perf_counter()
         while await writer.drain_once():
             pass
@@ -76,7 +78,11 @@ async def measure(admin_dsn: str, redis_url: str, transactions: int, batch_size:
         assert writer.stats.persisted == backlog, (writer.stats.persisted, backlog)
         return backlog / elapsed
     finally:
-        await redis.delete("txn:stream", "txn:seq", *(f"user:{{{u}}}" for u in range(1, USERS + 1)))
+        await redis.delete(
+            keyspace.txn_stream(BUCKET),
+            keyspace.txn_seq(BUCKET),
+            *(keyspace.user(u) for u in range(1, USERS + 1)),
+        )
         await redis.aclose()
         await engine.dispose()
         await postgres_admin(admin_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')

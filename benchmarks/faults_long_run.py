@@ -51,6 +51,8 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from service.redis import keyspace
+from tests.support.buckets import BUCKET
 from tests.support.faults.checks import (
     Verdict,
     compare,
@@ -205,7 +207,7 @@ async def fault_writer(procs: Processes, args: argparse.Namespace) -> Row:
 
 
 async def _pending(redis: Redis, consumer: str) -> int:
-    consumers = await redis.xinfo_consumers("txn:stream", "ledger-writer")
+    consumers = await redis.xinfo_consumers(keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP)
     for entry in consumers:
         name = entry["name"]
         if (name.decode() if isinstance(name, bytes) else name) == consumer:
@@ -346,7 +348,7 @@ async def fault_redis(
                 await asyncio.sleep(0.01)
             redis = Redis.from_url(stack.redis.url)
             survived = compare(acked_at_crash.values(), await stream_rows(redis))
-            seq = int(await redis.get("txn:seq") or 0)
+            seq = int(await redis.get(keyspace.txn_seq(BUCKET)) or 0)
             await asyncio.sleep(args.load_s / 2)
             records = await idempotency_txn_ids(redis, acked_at_crash.values())
         verdict = await finish(row, stack, driver, loader)

@@ -40,6 +40,7 @@ from service.domain.transactions import Transaction
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.postgres_admin import postgres_admin
 from tests.support.redis_claim import claimed_redis_database
 
@@ -189,7 +190,9 @@ async def stream_memory(redis_url: str, entries: int, idem_share: float) -> None
     pool = BlockingConnectionPool.from_url(redis_url, max_connections=64)
     client = Redis(connection_pool=pool)
     try:
-        await client.set(keyspace.TXN_SEQ, 0)  # a fresh system, as `wallet serve` starts one
+        await client.set(
+            keyspace.txn_seq(BUCKET), 0
+        )  # a fresh system, as `wallet serve` starts one
         money = MoneyScripts(client, Settings())
         rng = random.Random(7)
         for user_id in range(1, USERS + 1):
@@ -209,8 +212,8 @@ async def stream_memory(redis_url: str, entries: int, idem_share: float) -> None
             step = min(200, remaining)
             await asyncio.gather(*(one() for _ in range(step)))
             remaining -= step
-        length = await client.xlen(keyspace.TXN_STREAM)
-        usage = cast(int, await client.memory_usage(keyspace.TXN_STREAM, samples=0))
+        length = await client.xlen(keyspace.txn_stream(BUCKET))
+        usage = cast(int, await client.memory_usage(keyspace.txn_stream(BUCKET), samples=0))
         print(
             f"{length} entries ({idem_share:.0%} with a 36-character idempotency key):"
             f" MEMORY USAGE {usage} bytes, {usage / length:.1f} bytes/entry,"

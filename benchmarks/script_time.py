@@ -53,6 +53,7 @@ from service.redis.money import MoneyScripts, SessionCheck
 from service.redis.refunds import RefundScripts
 from service.redis.scripts import LuaScript
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.servers import scratch_dir
 
 PAYERS = 100  # per operation: calls are spread over this many acting users
@@ -116,10 +117,12 @@ class Bench:
     def check(self, user_id: int) -> SessionCheck | None:
         if not self.session:
             return None
-        return SessionCheck(f"wallet_session_bench{user_id}", SESSION_ABSOLUTE_S, SESSION_IDLE_S)
+        return SessionCheck(
+            f"wallet_session:{{b0}}:bench{user_id}", SESSION_ABSOLUTE_S, SESSION_IDLE_S
+        )
 
     async def set_up(self) -> None:
-        await self.redis.set(keyspace.TXN_SEQ, 0)  # as `wallet serve` starts a new system
+        await self.redis.set(keyspace.txn_seq(BUCKET), 0)  # as `wallet serve` starts a new system
         for name in SCRIPTS:  # loaded up front: no NOSCRIPT reply and reload in a window
             await LuaScript(self.redis, name).load()
         users = [
@@ -134,7 +137,7 @@ class Bench:
             if self.session:
                 # aiohttp-session's JSON, as the service stores a login (check_session.lua).
                 body = f'{{"created": {int(time.time())}, "session": {{"user_id": {user}}}}}'
-                await self.redis.set(f"wallet_session_bench{user}", body, ex=SESSION_IDLE_S)
+                await self.redis.set(f"wallet_session:{{b0}}:bench{user}", body, ex=SESSION_IDLE_S)
         for first in (TRANSFER_PAYERS, HOLD_PAYERS, BATCH_PAYERS):
             await self.run([self._deposit(user, FUNDS) for user in range(first, first + PAYERS)])
 
@@ -261,7 +264,7 @@ class Bench:
 
     async def trim(self) -> None:
         """The stream emptied (nothing reads it here), so every window starts alike."""
-        await self.redis.xtrim(keyspace.TXN_STREAM, maxlen=0, approximate=False)
+        await self.redis.xtrim(keyspace.txn_stream(BUCKET), maxlen=0, approximate=False)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 -- stream and acknowledge it, atomically: a crash can never leave an entry
 -- acknowledged without its dead-letter record (if XADD fails, XACK never runs).
 --
--- KEYS[1]  txn:stream                the transactions stream
--- KEYS[2]  txn:dead-letter           stream: one entry per record that could not be stored
+-- KEYS[1]  txn:stream:{b}            the transactions stream
+-- KEYS[2]  txn:dead-letter:{b}       stream: one entry per record that could not be stored
 -- ARGV[1]  group                     the writer's consumer group (ledger-writer)
 -- ARGV[2]  entry_id                  the stream entry being given up on
 -- ARGV[3..] field, value, ...        the dead-letter record: an even number of strings
@@ -11,7 +11,9 @@
 -- Returns  the number of entries acknowledged (0 or 1), or
 --          "invalid_argument" when KEYS/ARGV fail validation (nothing written).
 
-if #KEYS ~= 2 or KEYS[1] ~= "txn:stream" or KEYS[2] ~= "txn:dead-letter"
+-- @include bucket
+
+if #KEYS ~= 2 or KEYS[1] ~= bucket_key("txn:stream") or KEYS[2] ~= bucket_key("txn:dead-letter")
   or #ARGV < 4 or #ARGV % 2 ~= 0 or ARGV[1] == ""
   or not string.match(ARGV[2], "^%d+%-%d+$") then
   return "invalid_argument"

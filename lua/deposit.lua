@@ -5,13 +5,13 @@
 -- moves money is recorded under the request's token too, for a reply that gets lost
 -- (includes/request_outcome.lua).
 --
--- KEYS[1]  txn:seq                   string: last transaction id issued, within its epoch
--- KEYS[2]  txn:stream                stream: one entry per transaction
--- KEYS[3]  user:{<user_id>}          hash: balance_kopecks incoming_kopecks
--- KEYS[4]  req:{<user_id>}:<token>   hash: outcome txn_id created_at_us (request_outcome)
--- KEYS[5]  idem:{<user_id>}:<key>    present iff ARGV[3] is not ""; hash: fingerprint
+-- KEYS[1]  txn:seq:{b}               string: last transaction id issued, within its epoch
+-- KEYS[2]  txn:stream:{b}            stream: one entry per transaction
+-- KEYS[3]  user:{b}:<user_id>        hash: balance_kopecks incoming_kopecks
+-- KEYS[4]  req:{b}:<user_id>:<token>   hash: outcome txn_id created_at_us (request_outcome)
+-- KEYS[5]  idem:{b}:<user_id>:<key>  present iff ARGV[3] is not ""; hash: fingerprint
 --                                    ("deposit:<amount>") outcome txn_id created_at_us
--- KEYS[n]  wallet_session_<id>       the last key; present iff ARGV[5] is "1"
+-- KEYS[n]  wallet_session:{b}:<token>       the last key; present iff ARGV[5] is "1"
 -- ARGV[1]  user_id                   decimal, 1..15 digits, no leading zero
 -- ARGV[2]  amount_kopecks            decimal, 1 .. 10^12
 -- ARGV[3]  idempotency key           1..64 printable ASCII, or "" for none
@@ -33,14 +33,17 @@
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
---   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
---   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
+--   outcome "not_rebuilt"             txn:seq:{b} is missing: Redis lost its data
+--                                     (not recorded)
+--   outcome "epoch_exhausted"         txn:seq:{b} is at the last id of its epoch
+--                                     (not recorded)
 --   outcome "account_not_found"       no wallet for user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".
 -- Stream entry fields: id kind from to amount created_at_us from_balance
 -- to_balance idem_key (from and from_balance are "" for a deposit).
 
+-- @include bucket
 -- @include validate
 -- @include check_session
 -- @include money_frame

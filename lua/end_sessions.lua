@@ -12,23 +12,27 @@
 -- The session keys are named by the index's entries, not passed in KEYS: that holds on a
 -- standalone Redis (and with Sentinel), not in a Redis Cluster (see start_session.lua).
 --
--- KEYS[1]  sessions:{<user_id>}   sorted set: session id -> login time in µs
+-- KEYS[1]  sessions:{b}:<user_id>   sorted set: session id -> login time in µs
 --                                 (start_session.lua)
 -- ARGV     none
 --
 -- Returns  the number of session keys deleted (sessions that were still alive);
 --          an error reply when KEYS or ARGV fail validation (nothing written).
 
+-- @include bucket
 -- @include validate
 
 if #KEYS ~= 1 or #ARGV ~= 0 or type(KEYS[1]) ~= "string"
-  or not valid_id(string.match(KEYS[1], "^sessions:{(%d+)}$")) then
-  return redis.error_reply("end_sessions: one sessions:{<user_id>} key expected")
+  or not valid_id(string.match(KEYS[1], "^sessions:{b%d+}:(%d+)$")) then
+  return redis.error_reply("end_sessions: one sessions:{b<bucket>}:<user_id> key expected")
 end
 
 local ended = 0
 for _, id in ipairs(redis.call("ZRANGE", KEYS[1], 0, -1)) do
-  ended = ended + redis.call("DEL", "wallet_session_" .. id)
+  local session_key = session_key_of(id)
+  if session_key then
+    ended = ended + redis.call("DEL", session_key)
+  end
 end
 redis.call("DEL", KEYS[1])
 return ended

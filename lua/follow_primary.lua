@@ -2,15 +2,15 @@
 -- (service/redis/sentinel.py), before it carries any command. A primary with another
 -- replication history than the one the id counter was last used under (a replica promoted
 -- by a failover; a primary restarted, which starts a new history too) may lack the last
--- transactions of the previous history, and its txn:seq may be behind ids that were given
+-- transactions of the previous history, and its txn:seq:{b} may be behind ids that were given
 -- to them. The counter is then set aside: the money scripts refuse to move money while
--- txn:seq is missing (503 wallet_unavailable), until the writer starts it again at the
+-- txn:seq:{b} is missing (503 wallet_unavailable), until the writer starts it again at the
 -- beginning of a new epoch of ids, above every id ever issued (restart_counter.lua,
 -- service/ledger/id_counter.py).
 --
--- KEYS[1]  txn:seq            string: last transaction id issued
--- KEYS[2]  txn:seq:primary    string: the replication id the counter was last used under
--- KEYS[3]  txn:seq:behind     string: a counter set aside (the highest, if several were)
+-- KEYS[1]  txn:seq:{b}        string: last transaction id issued
+-- KEYS[2]  txn:seq:primary:{b}    string: the replication id the counter was last used under
+-- KEYS[3]  txn:seq:behind:{b}     string: a counter set aside (the highest, if several were)
 -- ARGV[1]  replication id     the server's master_replid (INFO replication): 40 hex digits
 --
 -- Returns  outcome, a string:
@@ -18,13 +18,16 @@
 --   "adopted"           no history was recorded (a new system, a rebuild, a standalone
 --                       Redis put under Sentinel), or there is no counter to set aside:
 --                       this history is recorded as the counter's
---   "set_aside"         txn:seq moved to txn:seq:behind; this history recorded
+--   "set_aside"         txn:seq:{b} moved to txn:seq:behind:{b}; this history recorded
 --   "invalid_argument"  KEYS/ARGV fail validation (nothing written)
+
+-- @include bucket
 
 local replid = ARGV[1]
 
-if #KEYS ~= 3 or #ARGV ~= 1 or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:seq:primary"
-  or KEYS[3] ~= "txn:seq:behind" or type(replid) ~= "string" or #replid ~= 40
+if #KEYS ~= 3 or #ARGV ~= 1 or KEYS[1] ~= bucket_key("txn:seq")
+  or KEYS[2] ~= bucket_key("txn:seq:primary")
+  or KEYS[3] ~= bucket_key("txn:seq:behind") or type(replid) ~= "string" or #replid ~= 40
   or string.match(replid, "^%x+$") == nil then
   return "invalid_argument"
 end

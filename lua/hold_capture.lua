@@ -13,20 +13,20 @@
 --
 -- The payee's credit cannot be refused: hold_create.lua reserved it in incoming_kopecks.
 --
--- KEYS[1]  txn:seq                      string: last id issued (holds and transactions)
--- KEYS[2]  txn:stream                   stream
--- KEYS[3]  user:{<user_id>}             hash: the payee's (acting user's) wallet
--- KEYS[4]  req:{<user_id>}:<token>      hash: outcome txn_id created_at_us (request_outcome)
--- KEYS[5]  hold:<hold_id>               hash: from to amount status captured_amount
+-- KEYS[1]  txn:seq:{b}                  string: last id issued (holds and transactions)
+-- KEYS[2]  txn:stream:{b}               stream
+-- KEYS[3]  user:{b}:<user_id>           hash: the payee's (acting user's) wallet
+-- KEYS[4]  req:{b}:<user_id>:<token>    hash: outcome txn_id created_at_us (request_outcome)
+-- KEYS[5]  hold:{b}:<hold_id>           hash: from to amount status captured_amount
 --                                       created_at_us expires_at_us capture_txn_id
--- KEYS[6]  holds:due                    sorted set: member <hold_id>:<from>:<to>:<amount>
+-- KEYS[6]  holds:due:{b}                sorted set: member <hold_id>:<from>:<to>:<amount>
 -- The keys below are present only when their condition holds, in this order:
--- KEYS[n]  user:{<payer_id>}            iff ARGV[2] is not ""; hash: the payer's wallet
--- KEYS[n]  holds:{<payer_id>}           iff ARGV[2] is not ""; sorted set: the payer's holds
--- KEYS[n]  idem:{<user_id>}:<key>       iff ARGV[5] is not ""; hash: fingerprint
+-- KEYS[n]  user:{b}:<payer_id>          iff ARGV[2] is not ""; hash: the payer's wallet
+-- KEYS[n]  holds:{b}:<payer_id>         iff ARGV[2] is not ""; sorted set: the payer's holds
+-- KEYS[n]  idem:{b}:<user_id>:<key>     iff ARGV[5] is not ""; hash: fingerprint
 --                                       ("capture:<hold_id>:<amount or all>") outcome txn_id
 --                                       created_at_us from amount
--- KEYS[n]  wallet_session_<id>          iff ARGV[7] is "1"
+-- KEYS[n]  wallet_session:{b}:<token>   iff ARGV[7] is "1"
 -- ARGV[1]  user_id                      the acting user: decimal, 1..15 digits
 -- ARGV[2]  payer_id                     the hold's from as read before the call, or ""
 -- ARGV[3]  hold_id                      decimal, 1..15 digits
@@ -55,14 +55,17 @@
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
---   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
---   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
+--   outcome "not_rebuilt"             txn:seq:{b} is missing: Redis lost its data
+--                                     (not recorded)
+--   outcome "epoch_exhausted"         txn:seq:{b} is at the last id of its epoch
+--                                     (not recorded)
 --   outcome "account_not_found"       no wallet for user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 -- Stream entry fields: id kind ("transfer") from to amount created_at_us from_balance
 -- to_balance idem_key hold_id, and idem_fp (the fingerprint recorded under the key) iff
 -- ARGV[5] is not "".
 
+-- @include bucket
 -- @include validate
 -- @include check_session
 -- @include money_frame
@@ -76,7 +79,7 @@ local user_id, payer_id, hold_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4
 local idem_key, ttl_arg, session_flag, absolute_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local idle_arg, token, outcome_ttl_arg, retention_arg = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local payer_known = payer_id ~= ""
--- The payer's wallet and holds follow holds:due, only when the payer is known.
+-- The payer's wallet and holds follow holds:due:{b}, only when the payer is known.
 local payer_index = 7
 local frame = money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
                           token, outcome_ttl_arg, payer_known and 8 or 6)
@@ -85,9 +88,9 @@ if #ARGV ~= 12 or not frame.valid or (payer_known and not valid_id(payer_id))
   or not valid_id(hold_id)
   or (amount_arg ~= "" and not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS))
   or not valid_positive(retention_arg, MAX_TTL_S)
-  or KEYS[5] ~= "hold:" .. hold_id or KEYS[6] ~= "holds:due"
-  or (payer_known and (KEYS[payer_index] ~= "user:{" .. payer_id .. "}"
-                       or KEYS[payer_index + 1] ~= "holds:{" .. payer_id .. "}")) then
+  or KEYS[5] ~= bucket_member_key("hold", hold_id) or KEYS[6] ~= bucket_key("holds:due")
+  or (payer_known and (KEYS[payer_index] ~= bucket_member_key("user", payer_id)
+                       or KEYS[payer_index + 1] ~= bucket_member_key("holds", payer_id))) then
   return {"invalid_argument", "", "", "", "", "0"}
 end
 

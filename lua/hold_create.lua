@@ -1,6 +1,6 @@
 -- hold_create: reserve amount_kopecks of the payer (the acting user) for one payee, in one
 -- atomic step: the payer's held_kopecks and the payee's incoming_kopecks grow by the amount,
--- the hold is written (hash hold:<id>, holds:{<payer>}, holds:due), a hold_created record is
+-- the hold is written (hash hold:<id>, holds:{b}:<payer>, holds:due:{b}), a hold_created record is
 -- appended to the stream, and the outcome is remembered under the request's token and the
 -- payer's idempotency key (docs/holds.md). It keeps transfer.lua's order: validate, the
 -- token's recorded outcome, session and id counter, idempotency replay, reads and checks,
@@ -8,29 +8,29 @@
 -- (includes/holds.lua) once every check has passed.
 --
 -- The hold's hash hold:<id> is NOT among KEYS: its name is built here from the id this
--- script assigns (INCR txn:seq), which the caller cannot know in advance.
+-- script assigns (INCR txn:seq:{b}), which the caller cannot know in advance.
 --
 -- A hold for a username that resolved to no user comes here with no to_user_id, as in
 -- transfer.lua: refused as recipient_not_found, recorded under the key.
 --
--- KEYS[1]  txn:seq                      string: last id issued (holds and transactions)
--- KEYS[2]  txn:stream                   stream: one entry per transaction or hold event
--- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks held_kopecks (the payer)
--- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome;
+-- KEYS[1]  txn:seq:{b}                  string: last id issued (holds and transactions)
+-- KEYS[2]  txn:stream:{b}               stream: one entry per transaction or hold event
+-- KEYS[3]  user:{b}:<from_user_id>      hash: balance_kopecks held_kopecks (the payer)
+-- KEYS[4]  req:{b}:<from_user_id>:<token> hash: outcome txn_id created_at_us (request_outcome;
 --                                       txn_id is the hold id)
--- KEYS[5]  holds:{<from_user_id>}       sorted set: the payer's holds held_kopecks counts
--- KEYS[6]  holds:due                    sorted set: the holds incoming_kopecks counts
--- KEYS[7]  throttle:recipient-misses:{<from_user_id>}
+-- KEYS[5]  holds:{b}:<from_user_id>     sorted set: the payer's holds held_kopecks counts
+-- KEYS[6]  holds:due:{b}                sorted set: the holds incoming_kopecks counts
+-- KEYS[7]  throttle:recipient-misses:{b}:<from_user_id>
 --                                       string, TTL: recipient_not_found answers counted
 --                                       (includes/recipient_misses.lua)
 -- The keys below are present only when their condition holds, in this order:
--- KEYS[n]  user:{<to_user_id>}          iff ARGV[2] is not ""; hash: incoming_kopecks (payee)
--- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[5] is not ""; hash: fingerprint
+-- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not ""; hash: incoming_kopecks (payee)
+-- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[5] is not ""; hash: fingerprint
 --                                       ("hold:<to>:<amount>:<expires_in_s>", or
 --                                       "hold:@<name>:<amount>:<expires_in_s>" when the name
 --                                       resolved to no one) outcome txn_id (the hold id)
 --                                       created_at_us expires_at_us
--- KEYS[n]  wallet_session_<id>          iff ARGV[7] is "1"
+-- KEYS[n]  wallet_session:{b}:<token>   iff ARGV[7] is "1"
 -- ARGV[1]  from_user_id                 decimal, 1..15 digits, no leading zero
 -- ARGV[2]  to_user_id                   decimal, 1..15 digits, no leading zero; "" when the
 --                                       request named a username that resolved to no one
@@ -68,8 +68,10 @@
 --                                     (checked first; not recorded)
 --   outcome "self_transfer"           from = to (not recorded: a validation error)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
---   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
---   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
+--   outcome "not_rebuilt"             txn:seq:{b} is missing: Redis lost its data
+--                                     (not recorded)
+--   outcome "epoch_exhausted"         txn:seq:{b} is at the last id of its epoch
+--                                     (not recorded)
 --   outcome "account_not_found"       no wallet for from_user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   hold_id, created_at_us and expires_at_us are "" unless outcome is "ok"; expires_at_us
@@ -78,6 +80,7 @@
 -- expires_at_us idem_key, and idem_fp (the fingerprint recorded under the key) iff ARGV[5]
 -- is not ""; before it, one hold_expired entry per expired hold released.
 
+-- @include bucket
 -- @include validate
 -- @include check_session
 -- @include money_frame
@@ -105,9 +108,9 @@ if #ARGV ~= 15 or not frame.valid or (resolved and not valid_id(to_id))
   or not valid_positive(expires_in_arg, MAX_EXPIRES_IN_S)
   or tonumber(expires_in_arg) < MIN_EXPIRES_IN_S
   or not valid_positive(retention_arg, MAX_TTL_S)
-  or KEYS[5] ~= "holds:{" .. from_id .. "}" or KEYS[6] ~= "holds:due"
+  or KEYS[5] ~= bucket_member_key("holds", from_id) or KEYS[6] ~= bucket_key("holds:due")
   or not valid_recipient_misses(KEYS[7], from_id, misses_limit_arg, misses_window_arg)
-  or (resolved and KEYS[8] ~= "user:{" .. to_id .. "}") then
+  or (resolved and KEYS[8] ~= bucket_member_key("user", to_id)) then
   return {"invalid_argument", "", "", "", "0"}
 end
 
@@ -181,7 +184,7 @@ assert(held <= payer.balance, "invariant: held above balance for user " .. from_
 redis.call("ZADD", KEYS[5], expires_at_us, hold_id .. ":" .. to_id .. ":" .. amount_arg)
 redis.call("ZADD", KEYS[6], expires_at_us,
   hold_id .. ":" .. from_id .. ":" .. to_id .. ":" .. amount_arg)
-local hold_key = "hold:" .. hold_id
+local hold_key = bucket_member_key("hold", hold_id)
 redis.call("HSET", hold_key, "from", from_id, "to", to_id, "amount", amount_arg,
   "status", "pending", "captured_amount", "0", "created_at_us", created_at_us,
   "expires_at_us", expires_at_us, "capture_txn_id", "")

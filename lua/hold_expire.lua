@@ -1,34 +1,35 @@
--- hold_expire: the sweeper (service/ledger/hold_sweeper.py) marks one hold of holds:due
--- that has expired, in one atomic step: the payer's side if holds:{<payer>} still lists it
+-- hold_expire: the sweeper (service/ledger/hold_sweeper.py) marks one hold of holds:due:{b}
+-- that has expired, in one atomic step: the payer's side if holds:{b}:<payer> still lists it
 -- (held_kopecks, the member and a hold_expired record, exactly as includes/holds.lua's
 -- release_holds does when a spending script finds it first), then the payee's side
--- (incoming_kopecks, the holds:due member), and the hold's status becomes expired. No
+-- (incoming_kopecks, the holds:due:{b} member), and the hold's status becomes expired. No
 -- session, no idempotency key: it is safe to call any number of times, and it never touches
 -- a hold that is not due (now < expires_at_us).
 --
--- The holds:due member names the hold, its payer, payee and amount, so that the money is
+-- The holds:due:{b} member names the hold, its payer, payee and amount, so that the money is
 -- settled even when hold:<id> is gone (its hash lives until expires_at + hold_retention_s;
 -- a sweeper stopped longer than that must not leave incoming_kopecks counting it for ever).
 --
--- KEYS[1]  hold:<hold_id>               hash: the hold (status set to expired if present)
--- KEYS[2]  user:{<from>}                hash: the payer's wallet
--- KEYS[3]  holds:{<from>}               sorted set: the payer's holds
--- KEYS[4]  user:{<to>}                  hash: the payee's wallet
--- KEYS[5]  holds:due                    sorted set: member <hold_id>:<from>:<to>:<amount>
--- KEYS[6]  txn:stream                   stream
--- ARGV[1]  the member of holds:due      "<hold_id>:<from>:<to>:<amount>"
+-- KEYS[1]  hold:{b}:<hold_id>           hash: the hold (status set to expired if present)
+-- KEYS[2]  user:{b}:<from>              hash: the payer's wallet
+-- KEYS[3]  holds:{b}:<from>             sorted set: the payer's holds
+-- KEYS[4]  user:{b}:<to>                hash: the payee's wallet
+-- KEYS[5]  holds:due:{b}                sorted set: member <hold_id>:<from>:<to>:<amount>
+-- KEYS[6]  txn:stream:{b}               stream
+-- ARGV[1]  the member of holds:due:{b}  "<hold_id>:<from>:<to>:<amount>"
 --
 -- Returns  {outcome}:
 --   outcome "expired"           the hold was due: its money was released and it is expired
 --   outcome "not_due"           now < expires_at_us: nothing written
---   outcome "gone"              holds:due does not list it (swept, captured or voided before):
+--   outcome "gone"          holds:due:{b} does not list it (swept, captured or voided before):
 --                               nothing written
---   outcome "not_pending"       holds:due listed a hold that its hash says ended: the member
+--   outcome "not_pending"   holds:due:{b} listed a hold that its hash says ended: the member
 --                               was removed, no money touched (it was settled when it ended)
 --   outcome "invalid_argument"  KEYS/ARGV fail validation (nothing written)
 -- Stream entry fields (only when the payer's side is released here): kind ("hold_expired")
 -- hold from to amount created_at_us (now) expires_at_us idem_key ("").
 
+-- @include bucket
 -- @include validate
 -- @include holds
 
@@ -40,10 +41,10 @@ end
 if #KEYS ~= 6 or #ARGV ~= 1 or not hold_id or not valid_id(hold_id) or not valid_id(from_id)
   or not valid_id(to_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
-  or KEYS[1] ~= "hold:" .. hold_id
-  or KEYS[2] ~= "user:{" .. from_id .. "}" or KEYS[3] ~= "holds:{" .. from_id .. "}"
-  or KEYS[4] ~= "user:{" .. to_id .. "}" or KEYS[5] ~= "holds:due"
-  or KEYS[6] ~= "txn:stream" then
+  or KEYS[1] ~= bucket_member_key("hold", hold_id)
+  or KEYS[2] ~= bucket_member_key("user", from_id) or KEYS[3] ~= bucket_member_key("holds", from_id)
+  or KEYS[4] ~= bucket_member_key("user", to_id) or KEYS[5] ~= bucket_key("holds:due")
+  or KEYS[6] ~= bucket_key("txn:stream") then
   return {"invalid_argument"}
 end
 

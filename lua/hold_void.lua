@@ -1,6 +1,6 @@
 -- hold_void: the payee (the acting user) lets a pending hold go, in one atomic step: the
 -- payer's held_kopecks and the payee's incoming_kopecks lose the hold's amount, the hold
--- leaves holds:{<payer>} and holds:due and is marked voided, a hold_voided record is
+-- leaves holds:{b}:<payer> and holds:due:{b} and is marked voided, a hold_voided record is
 -- appended, and the outcome is remembered under the token and the payee's key. No money
 -- moves and no id is issued.
 --
@@ -9,20 +9,20 @@
 -- gets its recorded reply after the hash is gone. The reply carries what the API renders
 -- the hold with, so that a replay needs no hash.
 --
--- KEYS[1]  txn:seq                      string: checked as by every money script (not raised)
--- KEYS[2]  txn:stream                   stream
--- KEYS[3]  user:{<user_id>}             hash: the payee's (acting user's) wallet
--- KEYS[4]  req:{<user_id>}:<token>      hash: outcome txn_id created_at_us (request_outcome;
+-- KEYS[1]  txn:seq:{b}                  string: checked as by every money script (not raised)
+-- KEYS[2]  txn:stream:{b}               stream
+-- KEYS[3]  user:{b}:<user_id>           hash: the payee's (acting user's) wallet
+-- KEYS[4]  req:{b}:<user_id>:<token>    hash: outcome txn_id created_at_us (request_outcome;
 --                                       txn_id is the hold id, created_at_us the void's instant)
--- KEYS[5]  hold:<hold_id>               hash: the hold
--- KEYS[6]  holds:due                    sorted set: member <hold_id>:<from>:<to>:<amount>
+-- KEYS[5]  hold:{b}:<hold_id>           hash: the hold
+-- KEYS[6]  holds:due:{b}                sorted set: member <hold_id>:<from>:<to>:<amount>
 -- The keys below are present only when their condition holds, in this order:
--- KEYS[n]  user:{<payer_id>}            iff ARGV[2] is not ""; hash: the payer's wallet
--- KEYS[n]  holds:{<payer_id>}           iff ARGV[2] is not ""; sorted set: the payer's holds
--- KEYS[n]  idem:{<user_id>}:<key>       iff ARGV[4] is not ""; hash: fingerprint
+-- KEYS[n]  user:{b}:<payer_id>          iff ARGV[2] is not ""; hash: the payer's wallet
+-- KEYS[n]  holds:{b}:<payer_id>         iff ARGV[2] is not ""; sorted set: the payer's holds
+-- KEYS[n]  idem:{b}:<user_id>:<key>     iff ARGV[4] is not ""; hash: fingerprint
 --                                       ("void:<hold_id>") outcome from amount created_at_us
 --                                       expires_at_us
--- KEYS[n]  wallet_session_<id>          iff ARGV[6] is "1"
+-- KEYS[n]  wallet_session:{b}:<token>   iff ARGV[6] is "1"
 -- ARGV[1]  user_id                      the acting user: decimal, 1..15 digits
 -- ARGV[2]  payer_id                     the hold's from as read before the call, or ""
 -- ARGV[3]  hold_id                      decimal, 1..15 digits
@@ -49,14 +49,17 @@
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
---   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
---   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
+--   outcome "not_rebuilt"             txn:seq:{b} is missing: Redis lost its data
+--                                     (not recorded)
+--   outcome "epoch_exhausted"         txn:seq:{b} is at the last id of its epoch
+--                                     (not recorded)
 --   outcome "account_not_found"       no wallet for user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 -- Stream entry fields: kind ("hold_voided") hold from to amount created_at_us (the void's
 -- instant) expires_at_us idem_key, and idem_fp (the fingerprint recorded under the key)
 -- iff ARGV[4] is not "".
 
+-- @include bucket
 -- @include validate
 -- @include check_session
 -- @include money_frame
@@ -70,7 +73,7 @@ local user_id, payer_id, hold_id, idem_key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl_arg, session_flag, absolute_arg, idle_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local token, outcome_ttl_arg, retention_arg = ARGV[9], ARGV[10], ARGV[11]
 local payer_known = payer_id ~= ""
--- The payer's wallet and holds follow holds:due, only when the payer is known.
+-- The payer's wallet and holds follow holds:due:{b}, only when the payer is known.
 local payer_index = 7
 local frame = money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
                           token, outcome_ttl_arg, payer_known and 8 or 6)
@@ -78,9 +81,9 @@ local frame = money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_arg
 if #ARGV ~= 11 or not frame.valid or (payer_known and not valid_id(payer_id))
   or not valid_id(hold_id)
   or not valid_positive(retention_arg, MAX_TTL_S)
-  or KEYS[5] ~= "hold:" .. hold_id or KEYS[6] ~= "holds:due"
-  or (payer_known and (KEYS[payer_index] ~= "user:{" .. payer_id .. "}"
-                       or KEYS[payer_index + 1] ~= "holds:{" .. payer_id .. "}")) then
+  or KEYS[5] ~= bucket_member_key("hold", hold_id) or KEYS[6] ~= bucket_key("holds:due")
+  or (payer_known and (KEYS[payer_index] ~= bucket_member_key("user", payer_id)
+                       or KEYS[payer_index + 1] ~= bucket_member_key("holds", payer_id))) then
   return {"invalid_argument", "", "", "", "", "0"}
 end
 

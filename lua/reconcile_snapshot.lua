@@ -1,16 +1,16 @@
 -- reconcile_snapshot: what `wallet reconcile` compares with the ledger, read in one atomic
 -- step, so that it is exactly the result of the stream's entries up to the last one then:
 -- some wallets' amounts, some refunded totals, the id counter, the stream's last entry id
--- and the holds:due members already due. Read only.
+-- and the holds:due:{b} members already due. Read only.
 --
--- KEYS[1]  txn:seq                   string
--- KEYS[2]  txn:stream                stream (its last-generated-id, kept by Redis even when
+-- KEYS[1]  txn:seq:{b}               string
+-- KEYS[2]  txn:stream:{b}            stream (its last-generated-id, kept by Redis even when
 --                                    the entries themselves were trimmed)
--- KEYS[3]  holds:due                 sorted set
--- KEYS[4..3+n]  user:{<id>}          hash: balance_kopecks held_kopecks incoming_kopecks
--- KEYS[4+n..]   refunded:{<id>}:<txn_id>  string
+-- KEYS[3]  holds:due:{b}             sorted set
+-- KEYS[4..3+n]  user:{b}:<id>        hash: balance_kopecks held_kopecks incoming_kopecks
+-- KEYS[4+n..]   refunded:{b}:<id>:<txn_id>  string
 -- ARGV[1]  n                         decimal, the number of wallets among KEYS
--- ARGV[2]  "1": read the holds:due members due now (score <= now); "0": none
+-- ARGV[2]  "1": read the holds:due:{b} members due now (score <= now); "0": none
 --
 -- Returns  {txn_seq, last_entry_id, now_us, due, wallets, refunded}:
 --   txn_seq        "0" when missing
@@ -21,17 +21,22 @@
 --   refunded       one per refunded key, false (nil) when missing
 --   {"invalid_argument"} when KEYS/ARGV fail validation.
 
+-- @include bucket
+
 local count_arg, due_flag = ARGV[1], ARGV[2]
 if #ARGV ~= 2 or type(count_arg) ~= "string" or not string.match(count_arg, "^%d+$")
   or #count_arg > 6 or (due_flag ~= "0" and due_flag ~= "1")
-  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:stream" or KEYS[3] ~= "holds:due"
+  or KEYS[1] ~= bucket_key("txn:seq") or KEYS[2] ~= bucket_key("txn:stream")
+  or KEYS[3] ~= bucket_key("holds:due")
   or #KEYS < 3 + tonumber(count_arg) then
   return {"invalid_argument"}
 end
 local wallet_count = tonumber(count_arg)
 for i = 4, #KEYS do
-  local wanted = i <= 3 + wallet_count and "^user:{[1-9]%d*}$" or "^refunded:{[1-9]%d*}:[1-9]%d*$"
-  if not string.match(KEYS[i], wanted) then
+  local kind, rest = string.match(KEYS[i], "^([a-z]+):{b%d+}:([1-9][%d:]*)$")
+  local wanted = i <= 3 + wallet_count and "user" or "refunded"
+  if kind ~= wanted or KEYS[i] ~= bucket_member_key(kind, rest)
+    or not string.match(rest, kind == "user" and "^[1-9]%d*$" or "^[1-9]%d*:[1-9]%d*$") then
     return {"invalid_argument"}
   end
 end

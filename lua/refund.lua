@@ -1,6 +1,6 @@
 -- refund: the recipient of a transfer (a capture included) sends all or part of it back
 -- to its payer, in one atomic step: the refunds of one transfer never add up to more than
--- it (refunded:{<refunder>}:<txn_id>, which only this script changes), the refunder spends
+-- it (refunded:{b}:<refunder>:<txn_id>, which only this script changes), the refunder spends
 -- from available (includes/holds.lua) and the payer's credit keeps within the ceiling.
 -- docs/holds.md gives the design; the order of the steps is transfer.lua's.
 --
@@ -12,23 +12,23 @@
 --
 -- A lost reply's lookup (lookup_request.lua) answers outcome, txn_id and created_at_us
 -- only: the refunded amount is also kept under the request's token, as an extra field
--- "amount" of req:{<user_id>}:<token> (request_outcome.lua's three fields are unchanged),
+-- "amount" of req:{b}:<user_id>:<token> (request_outcome.lua's three fields are unchanged),
 -- which the caller reads when the lookup found the refund (service/redis/refunds.py).
 --
--- KEYS[1]  txn:seq                      string: last transaction id issued, within its epoch
--- KEYS[2]  txn:stream                   stream: one entry per transaction
--- KEYS[3]  user:{<user_id>}             hash: the refunder's wallet (debited)
--- KEYS[4]  req:{<user_id>}:<token>      hash: outcome txn_id created_at_us (request_outcome),
+-- KEYS[1]  txn:seq:{b}                  string: last transaction id issued, within its epoch
+-- KEYS[2]  txn:stream:{b}               stream: one entry per transaction
+-- KEYS[3]  user:{b}:<user_id>           hash: the refunder's wallet (debited)
+-- KEYS[4]  req:{b}:<user_id>:<token>    hash: outcome txn_id created_at_us (request_outcome),
 --                                       and amount
--- KEYS[5]  holds:{<user_id>}            sorted set: the refunder's holds held_kopecks counts
+-- KEYS[5]  holds:{b}:<user_id>          sorted set: the refunder's holds held_kopecks counts
 -- The keys below are present only when their condition holds, in this order:
--- KEYS[n]  user:{<payer_id>}            iff ARGV[3] is not ""; hash: the transfer's payer's
+-- KEYS[n]  user:{b}:<payer_id>          iff ARGV[3] is not ""; hash: the transfer's payer's
 --                                       wallet (credited)
--- KEYS[n]  refunded:{<user_id>}:<txn_id> always; string: kopecks refunded so far
--- KEYS[n]  idem:{<user_id>}:<key>       iff ARGV[6] is not ""; hash: fingerprint
+-- KEYS[n]  refunded:{b}:<user_id>:<txn_id> always; string: kopecks refunded so far
+-- KEYS[n]  idem:{b}:<user_id>:<key>     iff ARGV[6] is not ""; hash: fingerprint
 --                                       ("refund:<txn_id>:<amount or "all">") outcome
 --                                       txn_id created_at_us amount
--- KEYS[n]  wallet_session_<id>          iff ARGV[8] is "1"
+-- KEYS[n]  wallet_session:{b}:<token>   iff ARGV[8] is "1"
 -- ARGV[1]  user_id                      the refunder: decimal, 1..15 digits, no leading zero
 -- ARGV[2]  txn_id                       the transfer to refund: decimal, 1..15 digits
 -- ARGV[3]  payer_id                     the transfer's payer (decimal, <> user_id), or ""
@@ -59,8 +59,10 @@
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
---   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
---   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
+--   outcome "not_rebuilt"             txn:seq:{b} is missing: Redis lost its data
+--                                     (not recorded)
+--   outcome "epoch_exhausted"         txn:seq:{b} is at the last id of its epoch
+--                                     (not recorded)
 --   outcome "account_not_found"       no wallet for user_id or for the payer (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id, created_at_us and amount are "" unless outcome is "ok".
@@ -68,6 +70,7 @@
 -- created_at_us from_balance to_balance idem_key refund_of (txn_id), and idem_fp (the
 -- fingerprint recorded under the key) iff ARGV[6] is not "".
 
+-- @include bucket
 -- @include validate
 -- @include check_session
 -- @include money_frame
@@ -91,9 +94,9 @@ if #ARGV ~= 12 or not frame.valid or not valid_id(txn_id)
                  or not valid_positive(transfer_arg, MAX_AMOUNT_KOPECKS)))
   or (not found and transfer_arg ~= "")
   or (amount_arg ~= "" and not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS))
-  or KEYS[5] ~= "holds:{" .. user_id .. "}"
-  or (found and KEYS[payer_index] ~= "user:{" .. payer_id .. "}")
-  or KEYS[refunded_index] ~= "refunded:{" .. user_id .. "}:" .. txn_id then
+  or KEYS[5] ~= bucket_member_key("holds", user_id)
+  or (found and KEYS[payer_index] ~= bucket_member_key("user", payer_id))
+  or KEYS[refunded_index] ~= bucket_member_key("refunded", user_id) .. ":" .. txn_id then
   return {"invalid_argument", "", "", "", "0"}
 end
 

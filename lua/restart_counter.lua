@@ -3,12 +3,12 @@
 -- it (service/ledger/id_counter.py): above every id the counter issued before, and every
 -- id any other counter issued (each runs in an epoch of its own, service/domain/limits.py).
 --
--- KEYS[1]  txn:seq            string: last transaction id issued
--- KEYS[2]  txn:seq:behind     string: the counter set aside
+-- KEYS[1]  txn:seq:{b}        string: last transaction id issued
+-- KEYS[2]  txn:seq:behind:{b}     string: the counter set aside
 -- ARGV[1]  epoch_start        decimal, 1..15 digits: the new counter, the epoch's start
 --
 -- Returns  outcome, a string:
---   "restarted"         txn:seq is epoch_start; the set-aside counter is gone
+--   "restarted"     txn:seq:{b} is epoch_start; the set-aside counter is gone
 --   "none"              nothing is set aside (nothing written)
 --   "already"           a counter is back (a rebuild, or another writer, started it in an
 --                       epoch of its own): the set-aside counter is dropped
@@ -16,11 +16,13 @@
 --                       written
 --   "invalid_argument"  KEYS/ARGV fail validation (nothing written)
 
+-- @include bucket
 -- @include validate
 
 local epoch_start = ARGV[1]
 
-if #KEYS ~= 2 or #ARGV ~= 1 or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "txn:seq:behind"
+if #KEYS ~= 2 or #ARGV ~= 1 or KEYS[1] ~= bucket_key("txn:seq")
+  or KEYS[2] ~= bucket_key("txn:seq:behind")
   or not valid_id(epoch_start) or tonumber(epoch_start) % TXN_IDS_PER_EPOCH ~= 0 then
   return "invalid_argument"
 end

@@ -1,7 +1,7 @@
 -- restore_hold: put back one hold that the ledger says is pending (a hold_created record
 -- and no end: no capture, void or expiry), after Redis lost its data (`wallet rebuild`):
--- its hash hold:<id> and its holds:due member, exactly as hold_create.lua wrote them
--- (docs/holds.md). The payer's side (holds:{<payer>}, held_kopecks) and both parties'
+-- its hash hold:<id> and its holds:due:{b} member, exactly as hold_create.lua wrote them
+-- (docs/holds.md). The payer's side (holds:{b}:<payer>, held_kopecks) and both parties'
 -- amounts come back with their wallets (restore_wallet.lua), which `wallet rebuild` restores
 -- first: so the sweeper never finds a due hold whose payee's incoming_kopecks does not count
 -- it.
@@ -10,11 +10,11 @@
 -- same (every reader and script compares expires_at_us with the time), and a spending
 -- script or the sweeper releases it as usual, with its hold_expired record. Its hash
 -- expires at expires_at + hold_retention_s, as hold_create.lua set it: at once, if that has
--- passed (holds:due keeps the member, from which the sweeper settles the hold).
+-- passed (holds:due:{b} keeps the member, from which the sweeper settles the hold).
 --
--- KEYS[1]  hold:<hold_id>            hash: from to amount status captured_amount
+-- KEYS[1]  hold:{b}:<hold_id>        hash: from to amount status captured_amount
 --                                    created_at_us expires_at_us capture_txn_id (overwritten)
--- KEYS[2]  holds:due                 sorted set: member <hold_id>:<from>:<to>:<amount>,
+-- KEYS[2]  holds:due:{b}             sorted set: member <hold_id>:<from>:<to>:<amount>,
 --                                    score expires_at_us
 -- ARGV[1]  hold_id                   decimal, 1..15 digits
 -- ARGV[2]  from_user_id              decimal, 1..15 digits (the payer)
@@ -28,6 +28,7 @@
 --   outcome "restored"          written
 --   outcome "invalid_argument"  KEYS/ARGV fail validation (nothing written)
 
+-- @include bucket
 -- @include validate
 
 local hold_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -40,7 +41,7 @@ if #KEYS ~= 2 or #ARGV ~= 7 or not valid_id(hold_id) or not valid_id(from_id)
   or not valid_positive(created_arg, MAX_US) or not valid_positive(expires_arg, MAX_US)
   or tonumber(expires_arg) <= tonumber(created_arg)
   or not valid_positive(retention_arg, MAX_TTL_S)
-  or KEYS[1] ~= "hold:" .. hold_id or KEYS[2] ~= "holds:due" then
+  or KEYS[1] ~= bucket_member_key("hold", hold_id) or KEYS[2] ~= bucket_key("holds:due") then
   return {"invalid_argument"}
 end
 

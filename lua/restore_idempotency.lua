@@ -12,7 +12,7 @@
 -- column idempotency_fingerprint) and passes it as ARGV[6]; it must be one the live
 -- script could have recorded for these facts. Without it the first form below is used.
 --
--- KEYS[1]  idem:{<user_id>}:<key>    hash: fingerprint outcome <the kind's reply fields>
+-- KEYS[1]  idem:{b}:<user_id>:<key>  hash: fingerprint outcome <the kind's reply fields>
 -- ARGV[1]  user_id                   the key's owner: the acting user of the operation
 -- ARGV[2]  idempotency key           1..64 printable ASCII
 -- ARGV[3]  kind                      deposit | transfer | batch | hold | capture | void | refund
@@ -49,6 +49,7 @@
 --                                   recorded for these facts (nothing written)
 --   outcome "invalid_argument"      KEYS/ARGV fail validation (nothing written)
 
+-- @include bucket
 -- @include validate
 -- @include fingerprint
 
@@ -70,7 +71,7 @@ end
 if #KEYS ~= 1 or #ARGV < 6 or not valid_id(user_id) or not valid_idempotency_key(idem_key)
   or not valid_positive(recorded_arg, MAX_US) or not valid_positive(ttl_arg, MAX_TTL_S)
   or type(kept) ~= "string" or #kept > 64
-  or KEYS[1] ~= "idem:{" .. user_id .. "}:" .. idem_key then
+  or KEYS[1] ~= bucket_member_key("idem", user_id) .. ":" .. idem_key then
   return invalid()
 end
 

@@ -1,22 +1,22 @@
 -- restore_wallet: put back one user's wallet with what the ledger gives (`wallet rebuild`,
 -- after Redis lost its data): the posted balance, the money the user's pending holds keep
--- as payer (held_kopecks, with the holds:{<user_id>} members that make it up) and the money
+-- as payer (held_kopecks, with the holds:{b}:<user_id> members that make it up) and the money
 -- pending holds toward the user will bring (incoming_kopecks); and raise the transaction id
 -- counter to at least the start of the epoch the rebuild took; all in one atomic step. So
--- a restored wallet can never be used while txn:seq could still issue an id that was
+-- a restored wallet can never be used while txn:seq:{b} could still issue an id that was
 -- issued before (one the ledger holds: the writer's ON CONFLICT DO NOTHING would
 -- silently drop that transaction; or one acknowledged and lost with Redis), even if a
--- rebuild stops half-way, and held_kopecks always equals the sum of holds:{<user_id>}
--- (docs/holds.md). The wallet's amounts and the sorted set are overwritten; txn:seq is
+-- rebuild stops half-way, and held_kopecks always equals the sum of holds:{b}:<user_id>
+-- (docs/holds.md). The wallet's amounts and the sorted set are overwritten; txn:seq:{b} is
 -- never lowered.
 --
--- The holds' hashes and their holds:due members are put back after every wallet
+-- The holds' hashes and their holds:due:{b} members are put back after every wallet
 -- (restore_hold.lua), so that the sweeper never finds a due hold whose payee's
 -- incoming_kopecks does not count it yet.
 --
--- KEYS[1]  txn:seq                   string: last transaction id issued
--- KEYS[2]  user:{<user_id>}          hash: balance_kopecks held_kopecks incoming_kopecks
--- KEYS[3]  holds:{<user_id>}         sorted set: member <hold_id>:<to_user_id>:<amount>,
+-- KEYS[1]  txn:seq:{b}               string: last transaction id issued
+-- KEYS[2]  user:{b}:<user_id>        hash: balance_kopecks held_kopecks incoming_kopecks
+-- KEYS[3]  holds:{b}:<user_id>       sorted set: member <hold_id>:<to_user_id>:<amount>,
 --                                    score expires_at_us (replaced)
 -- ARGV[1]  user_id                   decimal, 1..15 digits, no leading zero
 -- ARGV[2]  balance_kopecks           decimal, 0 .. 10^15, no leading zero
@@ -28,13 +28,14 @@
 --                                    amount_kopecks; then expires_at_us as the score:
 --                                    four arguments per hold
 --
--- Returns  {outcome, txn_seq}, both strings; txn_seq is txn:seq after the call:
+-- Returns  {outcome, txn_seq}, both strings; txn_seq is txn:seq:{b} after the call:
 --   outcome "created"           the wallet did not exist
 --   outcome "updated"           the wallet existed with another balance, held or incoming
 --   outcome "unchanged"         the wallet already had these amounts
 --   outcome "invalid_argument"  KEYS/ARGV fail validation, or the amounts do not add up
 --                               (nothing written; txn_seq "")
 
+-- @include bucket
 -- @include validate
 
 local user_id, balance_arg, floor_arg = ARGV[1], ARGV[2], ARGV[3]
@@ -49,8 +50,8 @@ if #KEYS ~= 3 or #ARGV < 5 or (#ARGV - 5) % 4 ~= 0 or not valid_id(user_id)
   or not amount_or_zero(balance_arg) or not amount_or_zero(held_arg)
   or not amount_or_zero(incoming_arg)
   or not (floor_arg == "0" or valid_id(floor_arg))
-  or KEYS[1] ~= "txn:seq" or KEYS[2] ~= "user:{" .. user_id .. "}"
-  or KEYS[3] ~= "holds:{" .. user_id .. "}" then
+  or KEYS[1] ~= bucket_key("txn:seq") or KEYS[2] ~= bucket_member_key("user", user_id)
+  or KEYS[3] ~= bucket_member_key("holds", user_id) then
   return {"invalid_argument", ""}
 end
 local balance, held, incoming = tonumber(balance_arg), tonumber(held_arg), tonumber(incoming_arg)

@@ -8,9 +8,9 @@
 -- on a standalone Redis (and with Sentinel), not in a Redis Cluster, where the session
 -- keys would need the user's hash tag.
 --
--- KEYS[1]  wallet_session_<id>     string: the new session, aiohttp-session's JSON;
+-- KEYS[1]  wallet_session:{b}:<token>     string: the new session, aiohttp-session's JSON;
 --                                  TTL idle_s (every request gives it back)
--- KEYS[2]  sessions:{<user_id>}    sorted set: session id -> login time (unix µs, Redis
+-- KEYS[2]  sessions:{b}:<user_id>  sorted set: session id -> login time (unix µs, Redis
 --                                  clock); TTL absolute_s from the newest login, the
 --                                  longest any session in it can be used (a raised
 --                                  absolute timeout also lengthens sessions started
@@ -25,6 +25,7 @@
 -- Returns  the number of live sessions ended to make room (0 under the cap);
 --          an error reply when KEYS or ARGV fail validation (nothing written).
 
+-- @include bucket
 -- @include validate
 
 -- service/settings.py bounds session_max_per_user the same.
@@ -35,17 +36,16 @@ local user_id, session_id, session, idle_arg, absolute_arg, max_arg =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
 if #KEYS ~= 2 or #ARGV ~= 6 or not valid_id(user_id)
-  or type(session_id) ~= "string" or #session_id > 64
-  or not string.match(session_id, "^[%w_%-]+$")
-  or session_key ~= "wallet_session_" .. session_id
-  or index_key ~= "sessions:{" .. user_id .. "}"
+  or session_key ~= session_key_of(session_id)
+  or index_key ~= bucket_member_key("sessions", user_id)
   or not valid_positive(idle_arg, MAX_TTL_S) or not valid_positive(absolute_arg, MAX_TTL_S)
   or not valid_positive(max_arg, MAX_SESSIONS_PER_USER) then
   return redis.error_reply("start_session: invalid arguments")
 end
 
 for _, id in ipairs(redis.call("ZRANGE", index_key, 0, -1)) do
-  if redis.call("EXISTS", "wallet_session_" .. id) == 0 then
+  local key = session_key_of(id)
+  if not key or redis.call("EXISTS", key) == 0 then
     redis.call("ZREM", index_key, id)
   end
 end
@@ -53,7 +53,10 @@ end
 local ended = 0
 while redis.call("ZCARD", index_key) >= tonumber(max_arg) do
   local oldest = redis.call("ZPOPMIN", index_key)
-  ended = ended + redis.call("DEL", "wallet_session_" .. oldest[1])
+  local key = session_key_of(oldest[1])
+  if key then
+    ended = ended + redis.call("DEL", key)
+  end
 end
 
 local now = redis.call("TIME")

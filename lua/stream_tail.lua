@@ -6,7 +6,7 @@
 -- this BEFORE querying PostgreSQL: an entry acknowledged after this read was
 -- committed before the acknowledgement, so the later query sees it.
 --
--- KEYS[1]  txn:stream        the transactions stream
+-- KEYS[1]  txn:stream:{b}    the transactions stream
 -- ARGV[1]  group             the writer's consumer group (ledger-writer)
 -- ARGV[2]  max_entries       decimal, 1 .. 1000000: how many entries to scan at most
 -- ARGV[3]  user_id           decimal, or "" for every user: keep entries whose
@@ -17,8 +17,11 @@
 --   then incomplete), else "0"; fields_i is the entry's flat field/value list.
 --   {"invalid_argument"} when ARGV fails validation.
 
+-- @include bucket
+
 local stream, group, max_arg, user_id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-if #KEYS ~= 1 or #ARGV ~= 3 or stream ~= "txn:stream" or type(group) ~= "string" or group == ""
+if #KEYS ~= 1 or #ARGV ~= 3 or stream ~= bucket_key("txn:stream")
+  or type(group) ~= "string" or group == ""
   or not string.match(max_arg, "^[1-9]%d*$") or #max_arg > 7
   or (user_id ~= "" and (#user_id > 15 or not string.match(user_id, "^[1-9]%d*$"))) then
   return {"invalid_argument"}

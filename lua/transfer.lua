@@ -14,22 +14,22 @@
 -- expired holds are released (includes/holds.lua) only once every check has passed. The
 -- recipient's ceiling counts incoming_kopecks (what pending holds toward them will bring).
 --
--- KEYS[1]  txn:seq                      string: last transaction id issued, within its epoch
--- KEYS[2]  txn:stream                   stream: one entry per transaction
--- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks (debited) held_kopecks
--- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome)
--- KEYS[5]  holds:{<from_user_id>}       sorted set: the sender's holds held_kopecks counts
--- KEYS[6]  throttle:recipient-misses:{<from_user_id>}
+-- KEYS[1]  txn:seq:{b}                  string: last transaction id issued, within its epoch
+-- KEYS[2]  txn:stream:{b}               stream: one entry per transaction
+-- KEYS[3]  user:{b}:<from_user_id>      hash: balance_kopecks (debited) held_kopecks
+-- KEYS[4]  req:{b}:<from_user_id>:<token> hash: outcome txn_id created_at_us (request_outcome)
+-- KEYS[5]  holds:{b}:<from_user_id>     sorted set: the sender's holds held_kopecks counts
+-- KEYS[6]  throttle:recipient-misses:{b}:<from_user_id>
 --                                       string, TTL: recipient_not_found answers counted
 --                                       (includes/recipient_misses.lua)
 -- The keys below are present only when their condition holds, in this order:
--- KEYS[n]  user:{<to_user_id>}          iff ARGV[2] is not ""; hash: balance_kopecks (credited)
+-- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not ""; hash: balance_kopecks (credited)
 --                                       incoming_kopecks
--- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[4] is not ""; hash: fingerprint
+-- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[4] is not ""; hash: fingerprint
 --                                       ("transfer:<to>:<amount>", or "transfer:@<name>:<amount>"
 --                                       when the name resolved to no one) outcome txn_id
 --                                       created_at_us
--- KEYS[n]  wallet_session_<id>          iff ARGV[6] is "1"
+-- KEYS[n]  wallet_session:{b}:<token>   iff ARGV[6] is "1"
 -- ARGV[1]  from_user_id                 decimal, 1..15 digits, no leading zero
 -- ARGV[2]  to_user_id                   decimal, 1..15 digits, no leading zero; "" when the
 --                                       request named a username that resolved to no one
@@ -66,14 +66,17 @@
 --                                     (checked first; not recorded)
 --   outcome "self_transfer"           from = to (not recorded: a validation error)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
---   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
---   outcome "epoch_exhausted"         txn:seq is at the last id of its epoch (not recorded)
+--   outcome "not_rebuilt"             txn:seq:{b} is missing: Redis lost its data
+--                                     (not recorded)
+--   outcome "epoch_exhausted"         txn:seq:{b} is at the last id of its epoch
+--                                     (not recorded)
 --   outcome "account_not_found"       no wallet for from_user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".
 -- Stream entry fields: id kind from to amount created_at_us from_balance
 -- to_balance idem_key; before it, one hold_expired entry per expired hold released.
 
+-- @include bucket
 -- @include validate
 -- @include check_session
 -- @include money_frame
@@ -95,9 +98,9 @@ local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg
 if #ARGV ~= 13 or not frame.valid or (resolved and not valid_id(to_id))
   or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
-  or KEYS[5] ~= "holds:{" .. from_id .. "}"
+  or KEYS[5] ~= bucket_member_key("holds", from_id)
   or not valid_recipient_misses(KEYS[6], from_id, misses_limit_arg, misses_window_arg)
-  or (resolved and KEYS[7] ~= "user:{" .. to_id .. "}") then
+  or (resolved and KEYS[7] ~= bucket_member_key("user", to_id)) then
   return {"invalid_argument", "", "", "0"}
 end
 

@@ -10,22 +10,22 @@
 -- every check has passed. Every credit keeps balance + incoming + credits <= 10^15,
 -- counting all the legs to the same recipient.
 --
--- KEYS[1]  txn:seq                      string: last transaction id issued, within its epoch
--- KEYS[2]  txn:stream                   stream: one entry per transaction
--- KEYS[3]  user:{<from_user_id>}        hash: balance_kopecks held_kopecks (debited)
--- KEYS[4]  req:{<from_user_id>}:<token> hash: outcome txn_id created_at_us (request_outcome)
--- KEYS[5]  holds:{<from_user_id>}       sorted set: the payer's holds held_kopecks counts
--- KEYS[6]  throttle:recipient-misses:{<from_user_id>}
+-- KEYS[1]  txn:seq:{b}                  string: last transaction id issued, within its epoch
+-- KEYS[2]  txn:stream:{b}               stream: one entry per transaction
+-- KEYS[3]  user:{b}:<from_user_id>      hash: balance_kopecks held_kopecks (debited)
+-- KEYS[4]  req:{b}:<from_user_id>:<token> hash: outcome txn_id created_at_us (request_outcome)
+-- KEYS[5]  holds:{b}:<from_user_id>     sorted set: the payer's holds held_kopecks counts
+-- KEYS[6]  throttle:recipient-misses:{b}:<from_user_id>
 --                                       string, TTL: recipient_not_found answers counted
 --                                       (includes/recipient_misses.lua)
--- KEYS[7..6+r] user:{<to_user_id>}      one per distinct recipient id of the legs, in the
+-- KEYS[7..6+r] user:{b}:<to_user_id>    one per distinct recipient id of the legs, in the
 --                                       order of its first leg, the payer's own id left
 --                                       out; hash: balance_kopecks incoming_kopecks
 -- The keys below are present only when their condition holds, in this order:
--- KEYS[n]  idem:{<from_user_id>}:<key>  iff ARGV[2] is not ""; hash: fingerprint
+-- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[2] is not ""; hash: fingerprint
 --                                       ("batch:<sha1 hex of the legs>", below) outcome
 --                                       txn_id created_at_us leg
--- KEYS[n]  wallet_session_<id>          iff ARGV[4] is "1"
+-- KEYS[n]  wallet_session:{b}:<token>   iff ARGV[4] is "1"
 -- ARGV[1]  from_user_id                 decimal, 1..15 digits, no leading zero
 -- ARGV[2]  idempotency key              1..64 printable ASCII, or "" for none
 -- ARGV[3]  idempotency ttl_s            decimal seconds, 1 .. 10^7
@@ -70,8 +70,9 @@
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
---   outcome "not_rebuilt"             txn:seq is missing: Redis lost its data (not recorded)
---   outcome "epoch_exhausted"         the n ids would cross the end of txn:seq's epoch
+--   outcome "not_rebuilt"             txn:seq:{b} is missing: Redis lost its data
+--                                     (not recorded)
+--   outcome "epoch_exhausted"         the n ids would cross the end of txn:seq:{b}'s epoch
 --                                     (not recorded)
 --   outcome "account_not_found"       no wallet for from_user_id (not recorded)
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
@@ -82,6 +83,7 @@
 -- created_at_us from_balance to_balance idem_key, the balances right after that leg, and
 -- idem_fp (the fingerprint recorded under the key: by id) iff ARGV[2] is not "".
 
+-- @include bucket
 -- @include validate
 -- @include check_session
 -- @include money_frame
@@ -131,12 +133,12 @@ end
 -- The recipients' wallets follow the misses counter.
 local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
                           token, outcome_ttl_arg, 6 + #recipient_ids)
-if not frame.valid or KEYS[5] ~= "holds:{" .. from_id .. "}"
+if not frame.valid or KEYS[5] ~= bucket_member_key("holds", from_id)
   or not valid_recipient_misses(KEYS[6], from_id, misses_limit_arg, misses_window_arg) then
   return invalid()
 end
 for j, to_id in ipairs(recipient_ids) do
-  if KEYS[6 + j] ~= "user:{" .. to_id .. "}" then
+  if KEYS[6 + j] ~= bucket_member_key("user", to_id) then
     return invalid()
   end
 end

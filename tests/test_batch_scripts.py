@@ -17,6 +17,7 @@ from service.redis.batches import BatchAccepted, BatchScripts, Leg
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts, SessionCheck
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.held_money import HOUR_US, now_us, put_hold
 from tests.support.helpers import balance, refusing, snapshot, stream_fields
 from tests.support.lost_replies import LosesTheReply
@@ -72,7 +73,7 @@ async def test_one_leg(
     assert (await stream_fields(redis_client))[1:] == [
         transfer_record(2, 2, 1, accepted.created_at_us, 999, 1)
     ]
-    assert await redis_client.get(keyspace.TXN_SEQ) == b"2"
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == b"2"
 
 
 async def test_a_hundred_legs_take_consecutive_ids_and_one_record_each(
@@ -103,7 +104,7 @@ async def test_a_hundred_legs_take_consecutive_ids_and_one_record_each(
             )
         )
     assert records == expected
-    assert await redis_client.get(keyspace.TXN_SEQ) == str(1 + MAX_BATCH_LEGS).encode()
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == str(1 + MAX_BATCH_LEGS).encode()
     assert await balance(redis_client, PAYER) == payer_left
     for user_id in (2, 3, 4):
         assert await balance(redis_client, user_id) == credited[user_id]
@@ -270,7 +271,7 @@ async def test_a_batch_never_crosses_the_end_of_an_epoch(
 ) -> None:
     await money.deposit(PAYER, 100)
     last = TXN_IDS_PER_EPOCH - 1  # the last id of epoch 0
-    await redis_client.set(keyspace.TXN_SEQ, last - 3)
+    await redis_client.set(keyspace.txn_seq(BUCKET), last - 3)
     before = await snapshot(redis_client)
     with refusing(refusals.EPOCH_EXHAUSTED) as crossing:
         await batches.transfer_batch(PAYER, [Leg(2, 1)] * 4, idempotency_key="k")
@@ -286,7 +287,7 @@ async def test_a_batch_never_crosses_the_end_of_an_epoch(
     with refusing(refusals.EPOCH_EXHAUSTED):
         await batches.transfer_batch(PAYER, [Leg(2, 1)])
     # A later epoch, from its start.
-    await redis_client.set(keyspace.TXN_SEQ, 7 * TXN_IDS_PER_EPOCH)
+    await redis_client.set(keyspace.txn_seq(BUCKET), 7 * TXN_IDS_PER_EPOCH)
     later = await batches.transfer_batch(PAYER, [Leg(3, 1)] * 2)
     assert later.first_txn_id == 7 * TXN_IDS_PER_EPOCH + 1
 
@@ -408,7 +409,7 @@ async def test_the_session_is_checked(
     await money.deposit(PAYER, 100)
     with refusing(refusals.SESSION_ENDED):
         await batches.transfer_batch(
-            PAYER, [Leg(2, 1)], session=SessionCheck("wallet_session_gone", 3600, 600)
+            PAYER, [Leg(2, 1)], session=SessionCheck("wallet_session:{b0}:gone", 3600, 600)
         )
     assert await balance(redis_client, PAYER) == 100
 

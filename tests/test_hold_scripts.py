@@ -33,6 +33,7 @@ from service.redis.money import MoneyScripts, SessionCheck, WalletAmounts
 from service.redis.scripts import load_script_source
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import refusing, snapshot, stream_fields
 from tests.support.lost_replies import LosesTheReply
 
@@ -67,7 +68,7 @@ async def amounts(redis: Redis, user_id: int) -> tuple[int, int, int]:
 async def assert_invariants(redis: Redis, user_ids: tuple[int, ...] = (1, 2, 3)) -> None:
     """docs/holds.md: 0 <= held <= balance; held = the sum of holds:{payer}; incoming = the
     sum of the holds:due holds toward the user; balance + incoming <= 10^15."""
-    due = cast(list[bytes], await redis.zrange(keyspace.HOLDS_DUE, 0, -1))
+    due = cast(list[bytes], await redis.zrange(keyspace.holds_due(BUCKET), 0, -1))
     incoming_by_user = Counter[int]()
     for member in due:
         _, _, to_id, amount = (int(part) for part in member.split(b":"))
@@ -88,17 +89,17 @@ async def redis_now_us(redis: Redis) -> int:
 
 async def move_expiry(redis: Redis, hold: Hold, expires_at_us: int) -> None:
     """Rewrites a hold's expires_at_us everywhere Redis keeps it (the hash, both scores)."""
-    await redis.hset(keyspace.hold(hold.hold_id), "expires_at_us", str(expires_at_us))
+    await redis.hset(keyspace.hold(BUCKET, hold.hold_id), "expires_at_us", str(expires_at_us))
     payer_member = f"{hold.hold_id}:{hold.to_user_id}:{hold.amount_kopecks}"
     due_member = f"{hold.hold_id}:{hold.from_user_id}:{hold.to_user_id}:{hold.amount_kopecks}"
     await redis.zadd(
         keyspace.pending_holds(hold.from_user_id), {payer_member: expires_at_us}, xx=True
     )
-    await redis.zadd(keyspace.HOLDS_DUE, {due_member: expires_at_us}, xx=True)
+    await redis.zadd(keyspace.holds_due(BUCKET), {due_member: expires_at_us}, xx=True)
 
 
 async def stored_hold(redis: Redis, hold_id: int) -> Hold:
-    raw = cast(dict[bytes, bytes], await redis.hgetall(keyspace.hold(hold_id)))
+    raw = cast(dict[bytes, bytes], await redis.hgetall(keyspace.hold(BUCKET, hold_id)))
     return Hold.from_redis_hash(hold_id, raw)
 
 
@@ -125,13 +126,13 @@ async def test_create_reserves_on_both_sides_and_records_the_hold(
     assert hold == Hold(2, PAYER, PAYEE, 3_000, "pending", 0, hold.created_at_us,
                         hold.created_at_us + HOUR_S * 1_000_000, None)  # fmt: skip
     assert await stored_hold(redis_client, 2) == hold
-    assert (await redis_client.hgetall(keyspace.hold(2)))[b"capture_txn_id"] == b""
-    ttl_s = await redis_client.ttl(keyspace.hold(2))
+    assert (await redis_client.hgetall(keyspace.hold(BUCKET, 2)))[b"capture_txn_id"] == b""
+    ttl_s = await redis_client.ttl(keyspace.hold(BUCKET, 2))
     assert HOUR_S + settings.hold_retention_s - 5 <= ttl_s <= HOUR_S + settings.hold_retention_s
     assert await redis_client.zrange(keyspace.pending_holds(PAYER), 0, -1, withscores=True) == [
         (b"2:2:3000", float(hold.expires_at_us))
     ]
-    assert await redis_client.zrange(keyspace.HOLDS_DUE, 0, -1, withscores=True) == [
+    assert await redis_client.zrange(keyspace.holds_due(BUCKET), 0, -1, withscores=True) == [
         (b"2:1:2:3000", float(hold.expires_at_us))
     ]
     assert await amounts(redis_client, PAYER) == (10_000, 3_000, 0)
@@ -305,10 +306,10 @@ async def test_a_capture_of_the_whole_hold(
     assert await stored_hold(redis_client, 2) == Hold(
         2, PAYER, PAYEE, 3_000, "captured", 3_000, hold.created_at_us, hold.expires_at_us, 3
     )
-    ttl_s = await redis_client.ttl(keyspace.hold(2))
+    ttl_s = await redis_client.ttl(keyspace.hold(BUCKET, 2))
     assert settings.hold_retention_s - 5 <= ttl_s <= settings.hold_retention_s
     assert await redis_client.zcard(keyspace.pending_holds(PAYER)) == 0
-    assert await redis_client.zcard(keyspace.HOLDS_DUE) == 0
+    assert await redis_client.zcard(keyspace.holds_due(BUCKET)) == 0
     assert (await stream_fields(redis_client))[-1] == {
         "id": "3",
         "kind": "transfer",
@@ -361,7 +362,7 @@ async def test_a_void_releases_both_sides(
     voided = Hold(2, PAYER, PAYEE, 4_000, "voided", 0, hold.created_at_us, hold.expires_at_us, None)
     assert accepted == HoldAccepted(voided, replayed=False)
     assert await stored_hold(redis_client, 2) == voided
-    assert await redis_client.ttl(keyspace.hold(2)) >= settings.hold_retention_s - 5
+    assert await redis_client.ttl(keyspace.hold(BUCKET, 2)) >= settings.hold_retention_s - 5
     assert await amounts(redis_client, PAYER) == (10_000, 0, 0)
     assert await amounts(redis_client, PAYEE) == (0, 0, 0)
     record = (await stream_fields(redis_client))[-1]
@@ -471,7 +472,7 @@ async def test_replays_and_key_reuse(holds: HoldScripts, redis_client: Redis, us
         await holds.void(PAYEE, hold_id, "v")
     state = await snapshot(redis_client)
     # The replies are replayed even once the holds' hashes are gone (past their retention).
-    await redis_client.delete(keyspace.hold(hold_id), keyspace.hold(second.hold_id))
+    await redis_client.delete(keyspace.hold(BUCKET, hold_id), keyspace.hold(BUCKET, second.hold_id))
     recaptured = await holds.capture(PAYEE, hold_id, 400, "c")
     assert recaptured.replayed
     assert recaptured == replace(captured, replayed=True)
@@ -479,8 +480,8 @@ async def test_replays_and_key_reuse(holds: HoldScripts, redis_client: Redis, us
     assert revoided == HoldAccepted(voided.hold, replayed=True)
     # The creation replays the hold as the first answer gave it (pending).
     assert await holds.create(PAYER, PAYEE, 1_000, HOUR_S, "k") == again
-    state.pop(keyspace.hold(hold_id).encode())
-    state.pop(keyspace.hold(second.hold_id).encode())
+    state.pop(keyspace.hold(BUCKET, hold_id).encode())
+    state.pop(keyspace.hold(BUCKET, second.hold_id).encode())
     assert await snapshot(redis_client) == state
     assert await amounts(redis_client, PAYER) == (9_600, 0, 0)
     await assert_invariants(redis_client)
@@ -491,13 +492,13 @@ async def test_money_scripts_check_the_session_first(
 ) -> None:
     hold = await create(holds, 100)
     session = {"created": int(time.time()), "session": {"user_id": PAYEE}}
-    await redis_client.set("wallet_session_bob", json.dumps(session))
-    bob = SessionCheck("wallet_session_bob", 3600, 600)
+    await redis_client.set("wallet_session:{b0}:bob", json.dumps(session))
+    bob = SessionCheck("wallet_session:{b0}:bob", 3600, 600)
     before = await snapshot(redis_client)
     with refusing(refusals.SESSION_ENDED):
         await holds.create(PAYER, PAYEE, 10, HOUR_S, session=bob)
     for user_id in (PAYEE, STRANGER):
-        gone = SessionCheck("wallet_session_gone", 3600, 600)
+        gone = SessionCheck("wallet_session:{b0}:gone", 3600, 600)
         with refusing(refusals.SESSION_ENDED):
             await holds.capture(user_id, hold.hold_id, None, session=gone)
         with refusing(refusals.SESSION_ENDED):
@@ -562,12 +563,12 @@ async def test_expired_money_is_available_before_any_sweep_and_the_sweeper_ends_
     assert stored.status_at(await redis_now_us(redis_client)) == "expired"
     await assert_invariants(redis_client)
 
-    assert await holds.sweep(100) == 1
+    assert await holds.sweep(BUCKET, 100) == 1
     assert (await stored_hold(redis_client, hold.hold_id)).status == "expired"
     assert await amounts(redis_client, PAYEE) == (0, 0, 0)
-    assert await redis_client.zcard(keyspace.HOLDS_DUE) == 0
+    assert await redis_client.zcard(keyspace.holds_due(BUCKET)) == 0
     assert len(await stream_fields(redis_client)) == records_before + 2  # no second record
-    assert await holds.sweep(100) == 0
+    assert await holds.sweep(BUCKET, 100) == 0
     await assert_invariants(redis_client)
 
 
@@ -580,9 +581,9 @@ async def test_the_sweeper_marks_due_holds_only_in_batches(
     for n, hold in enumerate(due):
         await move_expiry(redis_client, hold, now_us - 10 + n)
     records_before = len(await stream_fields(redis_client))
-    assert await holds.sweep(2) == 2
-    assert await holds.sweep(2) == 1
-    assert await holds.sweep(2) == 0
+    assert await holds.sweep(BUCKET, 2) == 2
+    assert await holds.sweep(BUCKET, 2) == 1
+    assert await holds.sweep(BUCKET, 2) == 0
     for hold in due:
         assert (await stored_hold(redis_client, hold.hold_id)).status == "expired"
     assert await stored_hold(redis_client, pending.hold_id) == pending
@@ -603,12 +604,12 @@ async def test_hold_expire_is_idempotent_and_leaves_what_is_not_due(
     hold = await create(holds, 700)
     member = f"{hold.hold_id}:1:2:700"
     keys = [
-        keyspace.hold(hold.hold_id),
+        keyspace.hold(BUCKET, hold.hold_id),
         keyspace.user(PAYER),
         keyspace.pending_holds(PAYER),
         keyspace.user(PAYEE),
-        keyspace.HOLDS_DUE,
-        keyspace.TXN_STREAM,
+        keyspace.holds_due(BUCKET),
+        keyspace.txn_stream(BUCKET),
     ]
     script = load_script_source("hold_expire")
     before = await snapshot(redis_client)
@@ -634,11 +635,11 @@ async def test_the_sweeper_settles_a_hold_whose_hash_is_gone(
     member still names the parties, so the payee's incoming is released all the same."""
     hold = await create(holds, 900)
     await move_expiry(redis_client, hold, await redis_now_us(redis_client))
-    await redis_client.delete(keyspace.hold(hold.hold_id))
-    assert await holds.sweep(10) == 1
+    await redis_client.delete(keyspace.hold(BUCKET, hold.hold_id))
+    assert await holds.sweep(BUCKET, 10) == 1
     assert await amounts(redis_client, PAYER) == (10_000, 0, 0)
     assert await amounts(redis_client, PAYEE) == (0, 0, 0)
-    assert not await redis_client.exists(keyspace.hold(hold.hold_id))
+    assert not await redis_client.exists(keyspace.hold(BUCKET, hold.hold_id))
     assert (await stream_fields(redis_client))[-1]["kind"] == "hold_expired"
     await assert_invariants(redis_client)
 
@@ -749,13 +750,18 @@ async def test_a_create_that_did_not_run_is_not_applied_and_never_will_be(
 # Malformed calls.
 
 TOKEN = "t" * 22
-HEAD = [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(1), keyspace.request_outcome(1, TOKEN)]
+HEAD = [
+    keyspace.txn_seq(BUCKET),
+    keyspace.txn_stream(BUCKET),
+    keyspace.user(1),
+    keyspace.request_outcome(1, TOKEN),
+]
 PAYEE_HEAD = [*HEAD[:2], keyspace.user(2), keyspace.request_outcome(2, TOKEN)]
 NO_SESSION = ["0", "1", "1"]
 CREATE_KEYS = [
     *HEAD,
     keyspace.pending_holds(1),
-    keyspace.HOLDS_DUE,
+    keyspace.holds_due(BUCKET),
     keyspace.recipient_misses_of_user(1),
     keyspace.user(2),
 ]
@@ -764,8 +770,8 @@ CREATE_ARGS = ["1", "2", "5", "60", "", "86400", *NO_SESSION, "", TOKEN, "60", "
 CREATE_ARGS += ["20", "3600000"]
 ACTION_KEYS = [
     *PAYEE_HEAD,
-    keyspace.hold(2),
-    keyspace.HOLDS_DUE,
+    keyspace.hold(BUCKET, 2),
+    keyspace.holds_due(BUCKET),
     keyspace.user(1),
     keyspace.pending_holds(1),
 ]
@@ -851,16 +857,16 @@ async def test_the_sweeper_loop_retries_outages_and_stops_with_the_writer(
     real_sweep = holds.sweep
     passes = 0
 
-    async def down_once(limit: int) -> int:
+    async def down_once(bucket: int, limit: int) -> int:
         nonlocal passes
         passes += 1
         if passes == 1:
             raise RedisConnectionError("Connection refused")
-        return await real_sweep(limit)
+        return await real_sweep(bucket, limit)
 
     monkeypatch.setattr(holds, "sweep", down_once)
     stop = asyncio.Event()
-    sweeper = asyncio.create_task(run_hold_sweeper(holds, 0.01, 10, stop))
+    sweeper = asyncio.create_task(run_hold_sweeper(holds, BUCKET, 0.01, 10, stop))
     for _ in range(200):
         if (await stored_hold(redis_client, hold.hold_id)).status == "expired":
             break
@@ -875,12 +881,12 @@ async def test_the_sweeper_loop_retries_outages_and_stops_with_the_writer(
 async def test_a_sweeper_bug_ends_the_sweeper(
     holds: HoldScripts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def bug(limit: int) -> int:
+    async def bug(bucket: int, limit: int) -> int:
         raise KeyError("bug")
 
     monkeypatch.setattr(holds, "sweep", bug)
     with pytest.raises(KeyError):
-        await asyncio.wait_for(run_hold_sweeper(holds, 0.01, 10, asyncio.Event()), 1)
+        await asyncio.wait_for(run_hold_sweeper(holds, BUCKET, 0.01, 10, asyncio.Event()), 1)
 
 
 async def test_the_writer_and_the_sweeper_run_together_and_store_the_expiry(
@@ -897,7 +903,7 @@ async def test_the_writer_and_the_sweeper_run_together_and_store_the_expiry(
     for user_id in (PAYER, PAYEE, STRANGER):
         await money.register_user(user_id)
     await money.deposit(PAYER, 1_000)
-    await ensure_consumer_group(redis_client)
+    await ensure_consumer_group(redis_client, BUCKET)
     hold = await create(holds, 600)
     await move_expiry(redis_client, hold, await redis_now_us(redis_client))
     stop = asyncio.Event()

@@ -136,10 +136,10 @@ async def test_secure_cookie_flag_is_a_setting(
 async def test_logout_revokes_the_session_server_side(client: Client, redis_client: Redis) -> None:
     user = await new_user(client, "erin")
     token = user.cookies["wallet_session"]
-    assert await redis_client.exists(f"wallet_session_{token}")
+    assert await redis_client.exists(str(keyspace.session(token)))
     status, _ = await user.post(client, "/api/logout/", None)
     assert status == 204
-    assert not await redis_client.exists(f"wallet_session_{token}")
+    assert not await redis_client.exists(str(keyspace.session(token)))
     assert not await redis_client.exists(keyspace.sessions_of_user(user.id))
     assert (await user.get(client, "/api/balance/"))[0] == 401
     assert (await user.post(client, "/api/logout/", None))[0] == 401
@@ -244,7 +244,7 @@ async def test_logout_stops_money_at_once_even_with_the_user_cached(
     status, _ = await alice.post(client, "/api/balance/deposit/", {"amount": 100})
     assert status == 201  # the worker now knows alice's cookie
     # Revoked server-side by another process, as a logout on another worker would be.
-    await redis_client.delete(f"wallet_session_{alice.cookies['wallet_session']}")
+    await redis_client.delete(str(keyspace.session(alice.cookies["wallet_session"])))
     for path, body in [
         ("/api/balance/deposit/", {"amount": 5}),
         ("/api/balance/transfer/", {"to_user_id": bob.id, "amount": 5}),
@@ -258,7 +258,7 @@ async def test_every_request_gives_the_session_its_idle_timeout_back(
     client: Client, redis_client: Redis
 ) -> None:
     alice = await new_user(client, "alice")
-    key = f"wallet_session_{alice.cookies['wallet_session']}"
+    key = str(keyspace.session(alice.cookies["wallet_session"]))
     idle_s = 30 * 60
     assert idle_s - 5 <= await redis_client.ttl(key) <= idle_s
     for path, body in [("/api/balance/deposit/", {"amount": 1}), ("/api/balance/", None)]:
@@ -278,7 +278,7 @@ async def test_a_session_past_its_absolute_lifetime_is_refused_everywhere(
     client: Client, redis_client: Redis
 ) -> None:
     alice = await new_user(client, "alice")
-    key = f"wallet_session_{alice.cookies['wallet_session']}"
+    key = str(keyspace.session(alice.cookies["wallet_session"]))
     status, _ = await alice.post(client, "/api/balance/deposit/", {"amount": 1})
     assert status == 201
     data = json.loads(cast(bytes, await redis_client.get(key)))
@@ -380,7 +380,8 @@ async def test_a_password_change_ends_every_other_session_and_renews_this_one(
     assert renewed_cookie != phone.cookies["wallet_session"]
     for old in (laptop, phone):
         await assert_ended(client, old, bob.id)
-        assert not await redis_client.exists(keyspace.session(old.cookies["wallet_session"]))
+        assert keyspace.session(old.cookies["wallet_session"]) is not None
+        assert not await redis_client.exists(str(keyspace.session(old.cookies["wallet_session"])))
     renewed = LoggedIn(phone.id, phone.username, {"wallet_session": renewed_cookie})
     assert await renewed.balance(client) == 200
     assert await bob.balance(client) == 0
@@ -566,5 +567,5 @@ async def test_a_login_that_checked_the_old_password_keeps_no_session(
     assert (await response.json())["error"]["code"] == "invalid_credentials"
     assert "wallet_session" not in response.cookies
     # Only the session the change gave its own client is left.
-    assert len(await redis_client.keys("wallet_session_*")) == 1
+    assert len(await redis_client.keys("wallet_session:*")) == 1
     assert await redis_client.zcard(keyspace.sessions_of_user(alice.id)) == 1

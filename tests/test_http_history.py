@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import persist
 from tests.support.http_helpers import Client, LoggedIn, new_user
 
@@ -53,7 +54,7 @@ async def test_history_merges_persisted_and_unpersisted_without_repeats(
 ) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=100_000)
     bob = await new_user(client, "bob", deposit_kopecks=100_000)
-    await ensure_consumer_group(redis_client)
+    await ensure_consumer_group(redis_client, BUCKET)
     sent_ids = []
     for n in range(1, 31):
         sender, recipient = (alice, bob) if n % 3 else (bob, alice)

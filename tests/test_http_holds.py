@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from service.domain.times import parse_rfc3339
 from service.redis import keyspace
+from tests.support.buckets import BUCKET
 from tests.support.helpers import snapshot_of_data
 from tests.support.http_helpers import Client, LoggedIn, error_of, new_user
 
@@ -28,12 +29,12 @@ async def expire_now(redis: Redis, hold_id: int) -> None:
     scripts and readers must treat it as expired from that instant on, swept or not."""
     seconds, micros = await redis.time()
     now_us = seconds * 1_000_000 + micros
-    fields = await redis.hgetall(keyspace.hold(hold_id))
+    fields = await redis.hgetall(keyspace.hold(BUCKET, hold_id))
     payer = int(fields[b"from"])
     member = f"{hold_id}:{int(fields[b'to'])}:{int(fields[b'amount'])}"
-    await redis.hset(keyspace.hold(hold_id), "expires_at_us", str(now_us))
+    await redis.hset(keyspace.hold(BUCKET, hold_id), "expires_at_us", str(now_us))
     await redis.zadd(keyspace.pending_holds(payer), {member: now_us}, xx=True)
-    await redis.zadd(keyspace.HOLDS_DUE, {str(hold_id): now_us}, xx=True)
+    await redis.zadd(keyspace.holds_due(BUCKET), {str(hold_id): now_us}, xx=True)
 
 
 async def test_a_hold_reserves_then_its_payee_captures_part(client: Client) -> None:

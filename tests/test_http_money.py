@@ -10,8 +10,10 @@ from redis.asyncio import Redis
 
 from service.domain.refusals import INTERNAL_ERROR
 from service.http.app import create_app
+from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import snapshot, snapshot_of_data
 from tests.support.http_helpers import Client, error_of, new_user
 
@@ -67,7 +69,7 @@ async def test_bad_amounts_are_refused_and_change_nothing(
     )
     assert (status, error_of(body)) == (422, ("validation_error", "amount"))
     after = await snapshot(redis_client)
-    sessions = {k for k in after if k.startswith(b"wallet_session_")}
+    sessions = {k for k in after if k.startswith(b"wallet_session:")}
     assert {k: v for k, v in after.items() if k not in sessions} == {
         k: v for k, v in before.items() if k not in sessions
     }
@@ -226,7 +228,7 @@ async def test_a_name_registered_later_never_turns_a_replay_into_a_payment(
     assert (first[0], error_of(first[1])) == (404, ("recipient_not_found", None))
 
     ghost = await new_user(client, "Ghost")
-    stream_before = await redis_client.xlen("txn:stream")
+    stream_before = await redis_client.xlen(keyspace.txn_stream(BUCKET))
     response = await client.post(
         "/api/balance/transfer/", json=body, cookies=alice.cookies, headers=key
     )
@@ -238,7 +240,7 @@ async def test_a_name_registered_later_never_turns_a_replay_into_a_payment(
     by_id = {"to_user_id": ghost.id, "amount": 100}
     status, refused = await alice.post(client, "/api/balance/transfer/", by_id, **key)
     assert (status, error_of(refused)) == (422, ("idempotency_key_reused", None))
-    assert await redis_client.xlen("txn:stream") == stream_before
+    assert await redis_client.xlen(keyspace.txn_stream(BUCKET)) == stream_before
     assert (await alice.balance(client), await ghost.balance(client)) == (1_000, 0)
     # A new key pays the name as it now is.
     status, paid = await alice.post(
@@ -376,8 +378,8 @@ async def test_ambiguous_or_undecodable_bodies_move_no_money(
             assert body["error"]["field"] == field
     assert await alice.balance(client) == 500
     after = await snapshot(redis_client)
-    assert {k: v for k, v in after.items() if not k.startswith(b"wallet_session_")} == {
-        k: v for k, v in before.items() if not k.startswith(b"wallet_session_")
+    assert {k: v for k, v in after.items() if not k.startswith(b"wallet_session:")} == {
+        k: v for k, v in before.items() if not k.startswith(b"wallet_session:")
     }
 
 
@@ -385,7 +387,7 @@ async def test_money_is_refused_with_503_until_redis_is_rebuilt(
     client: Client, redis_client: Redis
 ) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=100)
-    await redis_client.delete("txn:seq")
+    await redis_client.delete(keyspace.txn_seq(BUCKET))
     status, body = await alice.post(client, "/api/balance/deposit/", {"amount": 5})
     assert (status, body["error"]["code"]) == (503, "wallet_unavailable")
     assert await alice.balance(client) == 100

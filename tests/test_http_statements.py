@@ -15,6 +15,7 @@ from service.domain.limits import MAX_STATEMENT_ITEMS
 from service.domain.times import parse_rfc3339, rfc3339
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
+from tests.support.buckets import BUCKET
 from tests.support.helpers import persist
 from tests.support.http_helpers import Client, LoggedIn, error_of, new_user
 
@@ -67,7 +68,7 @@ def check_running_balance(body: dict[str, Any]) -> None:
 async def test_a_statement_adds_up_from_opening_to_closing(
     client: Client, redis_client: Redis, db_engine: AsyncEngine, persisted: bool
 ) -> None:
-    await ensure_consumer_group(redis_client)
+    await ensure_consumer_group(redis_client, BUCKET)
     alice, _, done = await activity(client)
     if persisted:  # else everything is still only in the stream: read-your-writes
         await persist(redis_client, db_engine)

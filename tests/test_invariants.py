@@ -39,6 +39,7 @@ from service.domain.amounts import MAX_BALANCE_KOPECKS
 from service.ledger.reconcile import reconcile
 from service.redis import keyspace
 from service.redis.streams import ensure_consumer_group
+from tests.support.buckets import BUCKET
 from tests.support.helpers import fresh_database, fresh_redis, persist
 from tests.support.http_helpers import PASSWORD, Client
 
@@ -563,7 +564,8 @@ class Runner:
         assert stored == self.model.balances
         assert sum(stored.values()) == self.model.deposited
         stream = cast(
-            list[tuple[bytes, dict[bytes, bytes]]], await self.redis.xrange(keyspace.TXN_STREAM)
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await self.redis.xrange(keyspace.txn_stream(BUCKET)),
         )
         deposits_in_stream = sum(
             int(fields[b"amount"]) for _, fields in stream if fields[b"kind"] == b"deposit"
@@ -718,7 +720,7 @@ class Runner:
 async def empty_everything(redis: Redis, engine: AsyncEngine) -> None:
     await fresh_redis(redis)
     await fresh_database(engine)
-    await ensure_consumer_group(redis)
+    await ensure_consumer_group(redis, BUCKET)
 
 
 # Played first, every run: the paths random sequences reach only now and then.

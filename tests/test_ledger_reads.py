@@ -18,9 +18,13 @@ from service.ledger.lookup import find_transaction
 from service.ledger.reconcile import ledger_balances
 from service.ledger.statements import StatementTooLarge, balance_at, read_statement
 from service.redis import keyspace
+from tests.support.buckets import BUCKET
 from tests.support.helpers import persist
 from tests.support.records import SECOND, T0, Book, Fields, add_ledger_users, append
 
+# With one bucket, any user finds any transaction or hold by id (the caller checks that
+# they are a party to it).
+READER = 1
 TAIL = 1_000
 Store = Callable[..., Awaitable[None]]
 
@@ -107,17 +111,19 @@ async def test_find_transaction_in_the_tail_or_the_ledger(
     await store(records, split(records, how))
     for fields in records:
         found = await find_transaction(
-            redis_client, db_engine, int(fields["id"]), tail_max_entries=TAIL
+            redis_client, db_engine, READER, int(fields["id"]), tail_max_entries=TAIL
         )
         assert found is not None
         assert found.txn_id == int(fields["id"])
         assert found.kind == fields["kind"]
         assert found.to_balance_kopecks == int(fields["to_balance"])
-    refund = await find_transaction(redis_client, db_engine, 5, tail_max_entries=TAIL)
+    refund = await find_transaction(redis_client, db_engine, READER, 5, tail_max_entries=TAIL)
     assert refund is not None
     assert (refund.kind, refund.refund_of, refund.from_user_id) == ("refund", 2, 2)
     for missing in (0, 8, 10**15):
-        found = await find_transaction(redis_client, db_engine, missing, tail_max_entries=TAIL)
+        found = await find_transaction(
+            redis_client, db_engine, READER, missing, tail_max_entries=TAIL
+        )
         assert found is None
 
 
@@ -126,12 +132,16 @@ async def test_find_transaction_refuses_to_answer_none_over_an_overflowing_tail(
 ) -> None:
     _, records = money_story()
     await store(records, 2)  # 5 unpersisted
-    assert await find_transaction(redis_client, db_engine, 1, tail_max_entries=2) is not None
-    assert await find_transaction(redis_client, db_engine, 3, tail_max_entries=2) is not None
+    assert (
+        await find_transaction(redis_client, db_engine, READER, 1, tail_max_entries=2) is not None
+    )
+    assert (
+        await find_transaction(redis_client, db_engine, READER, 3, tail_max_entries=2) is not None
+    )
     with pytest.raises(HistoryUnavailable):
-        await find_transaction(redis_client, db_engine, 6, tail_max_entries=2)
+        await find_transaction(redis_client, db_engine, READER, 6, tail_max_entries=2)
     with pytest.raises(HistoryUnavailable):
-        await find_transaction(redis_client, db_engine, 99, tail_max_entries=2)
+        await find_transaction(redis_client, db_engine, READER, 99, tail_max_entries=2)
 
 
 # Past balances and statements.
@@ -348,7 +358,7 @@ async def test_holds_merge_the_ledger_and_the_tail(
     assert await page(before_id=2) == ([], False)
 
     async def hold(hold_id: int) -> Hold | None:
-        return await read_hold(redis_client, db_engine, hold_id, tail_max_entries=TAIL)
+        return await read_hold(redis_client, db_engine, READER, hold_id, tail_max_entries=TAIL)
 
     captured = await hold(2)
     assert captured is not None
@@ -382,8 +392,8 @@ async def test_read_hold_takes_the_redis_hash_first(
         "expires_at_us": str(LONG),
         "capture_txn_id": "77",
     }
-    await redis_client.hset(keyspace.hold(3), mapping=fields)  # type: ignore[arg-type]
-    found = await read_hold(redis_client, db_engine, 3, tail_max_entries=TAIL)
+    await redis_client.hset(keyspace.hold(BUCKET, 3), mapping=fields)  # type: ignore[arg-type]
+    found = await read_hold(redis_client, db_engine, READER, 3, tail_max_entries=TAIL)
     assert found == Hold(3, 1, 3, 2_000, "captured", 1_500, T0 + 2, LONG, 77)
 
 
@@ -393,11 +403,13 @@ async def test_read_hold_of_an_ended_hold_needs_no_tail(
     _, records = hold_story()
     await store(records, len(records))
     await append(redis_client, *[Book(100).deposit(1, 1, T0 + 100) for _ in range(5)])
-    found = await read_hold(redis_client, db_engine, 6, tail_max_entries=2)
+    found = await read_hold(redis_client, db_engine, READER, 6, tail_max_entries=2)
     assert found is not None
     assert found.status == "voided"
     with pytest.raises(HistoryUnavailable):
-        await read_hold(redis_client, db_engine, 3, tail_max_entries=2)  # pending: maybe not
+        await read_hold(
+            redis_client, db_engine, READER, 3, tail_max_entries=2
+        )  # pending: maybe not
     with pytest.raises(HistoryUnavailable):
         await list_holds(
             redis_client,

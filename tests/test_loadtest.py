@@ -18,7 +18,9 @@ from service.loadtest.checks import unacknowledged_ends
 from service.loadtest.known import KnownHold, held_bounds
 from service.loadtest.run import DEFAULT_MIX, LoadtestConfig, parse_mix, run_loadtest
 from service.loadtest.stats import Histogram, IdSet
+from service.redis import keyspace
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ async def service_url(
     server = await aiohttp_server(create_app(app_settings))
     settings = app_settings.model_copy(update={"writer_block_ms": 100})
     stop = asyncio.Event()
-    writer = asyncio.create_task(StreamWriter(settings, redis_client, db_engine).run(stop))
+    writer = asyncio.create_task(StreamWriter(settings, redis_client, db_engine, BUCKET).run(stop))
     yield str(server.make_url("/"))
     stop.set()
     await writer
@@ -120,7 +122,7 @@ async def test_a_balance_moved_behind_the_services_back_fails_the_run(
     wallets: list[bytes] = []
     while len(wallets) < 5 and not run.done():
         await asyncio.sleep(0.05)
-        wallets = [key async for key in redis_client.scan_iter(match="user:{*}")]
+        wallets = [key async for key in redis_client.scan_iter(match="user:{b*}:*")]
     await asyncio.sleep(0.5)  # the users are being funded, then the load starts
     await redis_client.hincrby(wallets[0], "balance_kopecks", 1)
     result = await run
@@ -159,7 +161,7 @@ async def test_held_money_moved_behind_the_services_back_fails_the_run(
     payer = await redis_client.hget(holds[0], "from")
     assert payer is not None
     # One kopeck more held than the payer's holds: the posted balance is untouched.
-    await redis_client.hincrby(f"user:{{{int(payer)}}}", "held_kopecks", 1)
+    await redis_client.hincrby(keyspace.user(int(payer)), "held_kopecks", 1)
     result = await run
 
     assert not result.ok

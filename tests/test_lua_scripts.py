@@ -14,6 +14,7 @@ from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.redis import keyspace
 from service.redis.money import Accepted, MoneyScripts, SessionCheck
 from service.redis.scripts import LuaScript, load_script_source
+from tests.support.buckets import BUCKET
 from tests.support.helpers import StreamEntries, balance, refusing, snapshot, stream_fields
 
 
@@ -333,8 +334,8 @@ async def test_scripts_survive_script_flush(
 
 TOKEN = "t" * 22
 DEPOSIT_KEYS = [
-    keyspace.TXN_SEQ,
-    keyspace.TXN_STREAM,
+    keyspace.txn_seq(BUCKET),
+    keyspace.txn_stream(BUCKET),
     keyspace.user(1),
     keyspace.request_outcome(1, TOKEN),
 ]
@@ -392,22 +393,27 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
         ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", "1", "1", "1", *OUTCOME]),
         (
             "deposit",
-            [*DEPOSIT_KEYS, "wallet_session_x"],
+            [*DEPOSIT_KEYS, "wallet_session:{b0}:x"],
             ["1", "5", "", "86400", "1", "0", "1", *OUTCOME],
         ),
         (
             "deposit",
-            [*DEPOSIT_KEYS, "wallet_session_x"],
+            [*DEPOSIT_KEYS, "wallet_session:{b0}:x"],
             ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
         ),
         (
             "transfer",
-            [*TRANSFER_KEYS, "wallet_session_x"],
+            [*TRANSFER_KEYS, "wallet_session:{b0}:x"],
             ["1", "2", "5", "", "86400", "1", "1", "0", "", *OUTCOME, *MISSES],
         ),
         (
             "deposit",
-            [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.user(2), DEPOSIT_KEYS[3]],
+            [
+                keyspace.txn_seq(BUCKET),
+                keyspace.txn_stream(BUCKET),
+                keyspace.user(2),
+                DEPOSIT_KEYS[3],
+            ],
             ["1", "5", "", "86400", *NO_SESSION, *OUTCOME, *MISSES],
         ),
         (
@@ -548,7 +554,7 @@ async def test_dead_letter_moves_and_acknowledges_atomically(
     redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 5)
-    stream, group = keyspace.TXN_STREAM, keyspace.WRITER_GROUP
+    stream, group = keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP
     await redis_client.xgroup_create(stream, group, id="0")
     delivered = cast(
         list[tuple[bytes, list[tuple[bytes, object]]]],
@@ -556,14 +562,14 @@ async def test_dead_letter_moves_and_acknowledges_atomically(
     )
     entry_id = delivered[0][1][0][0].decode()
     script = load_script_source("dead_letter")
-    keys = [stream, keyspace.TXN_DEAD_LETTER]
+    keys = [stream, keyspace.txn_dead_letter(BUCKET)]
     before = await snapshot(redis_client)
     for args in ([group, entry_id, "reason"], [group, "not-an-id", "reason", "x"]):
         assert await redis_client.eval(script, 2, *keys, *args) == b"invalid_argument"
     assert await snapshot(redis_client) == before
     assert await redis_client.eval(script, 2, *keys, group, entry_id, "reason", "bad") == 1
     assert cast(dict[str, int], await redis_client.xpending(stream, group))["pending"] == 0
-    letters = cast(StreamEntries, await redis_client.xrange(keyspace.TXN_DEAD_LETTER))
+    letters = cast(StreamEntries, await redis_client.xrange(keyspace.txn_dead_letter(BUCKET)))
     assert [fields for _, fields in letters] == [{b"reason": b"bad"}]
 
 
@@ -575,7 +581,7 @@ async def test_money_scripts_check_the_session_first(
     redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 1_000)
-    live = SessionCheck("wallet_session_live", absolute_timeout_s=3600, idle_timeout_s=600)
+    live = SessionCheck("wallet_session:{b0}:live", absolute_timeout_s=3600, idle_timeout_s=600)
     await redis_client.set(live.redis_key, session_json(1, time.time()), ex=5)
     accepted = await money.transfer(1, 2, 10, "k1", session=live)
     assert accepted.txn_id == 2
@@ -584,14 +590,14 @@ async def test_money_scripts_check_the_session_first(
 
     before = await snapshot(redis_client)
     refused = [
-        SessionCheck("wallet_session_gone", 3600, 600),
-        SessionCheck("wallet_session_bob", 3600, 600),
-        SessionCheck("wallet_session_old", 3600, 600),
-        SessionCheck("wallet_session_junk", 3600, 600),
+        SessionCheck("wallet_session:{b0}:gone", 3600, 600),
+        SessionCheck("wallet_session:{b0}:bob", 3600, 600),
+        SessionCheck("wallet_session:{b0}:old", 3600, 600),
+        SessionCheck("wallet_session:{b0}:junk", 3600, 600),
     ]
-    await redis_client.set("wallet_session_bob", session_json(2, time.time()))
-    await redis_client.set("wallet_session_old", session_json(1, time.time() - 3601))
-    await redis_client.set("wallet_session_junk", "not json")
+    await redis_client.set("wallet_session:{b0}:bob", session_json(2, time.time()))
+    await redis_client.set("wallet_session:{b0}:old", session_json(1, time.time() - 3601))
+    await redis_client.set("wallet_session:{b0}:junk", "not json")
     before = await snapshot(redis_client)
     for session in refused:
         with refusing(refusals.SESSION_ENDED):
@@ -683,7 +689,7 @@ async def test_a_counter_never_leaves_its_epoch(
 ) -> None:
     """The next epoch's ids may be another counter's (one started after Redis was lost)."""
     await money.deposit(1, 100)
-    await redis_client.set(keyspace.TXN_SEQ, TXN_IDS_PER_EPOCH - 2)
+    await redis_client.set(keyspace.txn_seq(BUCKET), TXN_IDS_PER_EPOCH - 2)
     assert (await money.deposit(1, 5)).txn_id == TXN_IDS_PER_EPOCH - 1  # the epoch's last
     before = await snapshot(redis_client)
     with refusing(refusals.EPOCH_EXHAUSTED):
@@ -698,7 +704,7 @@ async def test_no_money_moves_while_redis_has_not_been_rebuilt(
 ) -> None:
     await money.deposit(1, 100)
     # Redis lost its data (a wallet was given again at login), the counter went with it.
-    await redis_client.delete(keyspace.TXN_SEQ)
+    await redis_client.delete(keyspace.txn_seq(BUCKET))
     before = await snapshot(redis_client)
     with refusing(refusals.NOT_REBUILT):
         await money.deposit(1, 5, "k")

@@ -5,9 +5,11 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.http.ledger_gauges import read_ledger
-from service.redis.keyspace import TXN_STREAM, WRITER_GROUP
+from service.redis import keyspace
+from service.redis.keyspace import WRITER_GROUP
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import persist
 from tests.support.http_helpers import Client, new_user
 
@@ -29,7 +31,7 @@ async def test_metrics_count_requests_money_and_writer_lag(
     redis_client: Redis,
     db_engine: AsyncEngine,
 ) -> None:
-    await ensure_consumer_group(redis_client)
+    await ensure_consumer_group(redis_client, BUCKET)
     alice = await new_user(client, "alice", deposit_kopecks=100)
     bob = await new_user(client, "bob")
     before = await (await metrics_client.get("/metrics")).text()
@@ -90,7 +92,7 @@ async def test_before_any_writer_every_entry_counts_as_lag(
     lag, as old as the first."""
     await new_user(client, "alice", deposit_kopecks=100)
     await new_user(client, "bob", deposit_kopecks=100)
-    await redis_client.xgroup_destroy(TXN_STREAM, WRITER_GROUP)
+    await redis_client.xgroup_destroy(keyspace.txn_stream(BUCKET), WRITER_GROUP)
     text = await (await metrics_client.get("/metrics")).text()
     assert sample(text, "wallet_writer_lag_entries") == sample(text, "wallet_stream_entries") == 2
     assert sample(text, "wallet_writer_pending_entries") == 0

@@ -25,6 +25,7 @@ from service.ledger.reconcile import reconcile
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.scripts import load_script_source
+from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, balance, persist, refusing, snapshot
 from tests.support.redis_claim import empty_but_claim
 
@@ -85,9 +86,9 @@ async def test_rebuild_restores_what_redis_lost(
     check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert check.ok, format_reconcile(check)
     assert check.users_checked == len(USERS)
-    assert int(cast(bytes, await redis_client.get(keyspace.TXN_SEQ))) >= last_id
-    assert report.txn_seq >= last_id
-    groups = await redis_client.xinfo_groups(keyspace.TXN_STREAM)
+    assert int(cast(bytes, await redis_client.get(keyspace.txn_seq(BUCKET)))) >= last_id
+    assert report.txn_seqs[0] >= last_id
+    groups = await redis_client.xinfo_groups(keyspace.txn_stream(BUCKET))
     assert [g["name"] for g in groups] == [keyspace.WRITER_GROUP.encode()]
 
     # A new transaction gets an id no stored one has. (Were it to reuse an id, the writer's
@@ -119,7 +120,7 @@ async def test_the_new_epoch_is_above_the_ledgers_ids_even_if_none_was_recorded(
         await connection.execute(text("UPDATE txn_id_epoch SET next_epoch = 0"))
     await lose_redis(redis_client)
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
-    assert (report.txn_id_epoch, report.txn_seq) == (1, TXN_IDS_PER_EPOCH)
+    assert (report.txn_id_epochs, report.txn_seqs) == ((1,), (TXN_IDS_PER_EPOCH,))
 
 
 async def test_retries_with_recent_keys_replay_instead_of_moving_money(
@@ -130,7 +131,7 @@ async def test_retries_with_recent_keys_replay_instead_of_moving_money(
     await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
 
     assert await redis_client.hgetall(keyspace.idempotency(7, "pay-1")) == original
-    seq_before = await redis_client.get(keyspace.TXN_SEQ)
+    seq_before = await redis_client.get(keyspace.txn_seq(BUCKET))
 
     deposit = await money.deposit(3, 30_000, idempotency_key="dep-3")
     sent = await money.transfer(7, 1, 3_000, idempotency_key="pay-1")
@@ -138,7 +139,7 @@ async def test_retries_with_recent_keys_replay_instead_of_moving_money(
     assert [deposit.replayed, sent.replayed, other.replayed] == [True, True, True]
     assert sent.txn_id != other.txn_id
     assert await balances(redis_client) == history
-    assert await redis_client.get(keyspace.TXN_SEQ) == seq_before
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == seq_before
     with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
         await money.transfer(7, 1, 3_001, idempotency_key="pay-1")
     with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
@@ -225,26 +226,26 @@ async def test_rebuild_over_a_live_redis_corrects_balances_and_starts_a_new_epoc
     """A Redis that came back with older data (an AOF cut short) may hold a counter below
     ids it issued: the rebuild moves it to a new epoch all the same."""
     await redis_client.hincrby(keyspace.user(3), "balance_kopecks", 5)
-    await redis_client.set(keyspace.TXN_SEQ, 1_000)
+    await redis_client.set(keyspace.txn_seq(BUCKET), 1_000)
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
     assert (report.wallets_created, report.wallets_updated) == (0, 1)
     # fresh_database handed epoch 0 out to the counter the tests start with.
-    assert (report.txn_id_epoch, report.txn_seq) == (1, TXN_IDS_PER_EPOCH)
-    assert "from epoch 1" in format_report(report)
+    assert (report.txn_id_epochs, report.txn_seqs) == ((1,), (TXN_IDS_PER_EPOCH,))
+    assert "from epochs 1," in format_report(report)
     assert await balances(redis_client) == history
     assert (await money.deposit(1, 1)).txn_id == TXN_IDS_PER_EPOCH + 1
     # Each rebuild takes an epoch of its own.
     await persist(redis_client, db_engine)
-    assert (await rebuild(redis_client, db_engine, TTL_S)).txn_seq == 2 * TXN_IDS_PER_EPOCH
+    assert (await rebuild(redis_client, db_engine, TTL_S)).txn_seqs == (2 * TXN_IDS_PER_EPOCH,)
 
 
 async def test_rebuild_with_an_empty_ledger(redis_client: Redis, db_engine: AsyncEngine) -> None:
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
-    assert (report.users, report.ledger_last_txn_id, report.txn_seq) == (0, 0, 0)
-    assert await redis_client.xinfo_groups(keyspace.TXN_STREAM) != []
+    assert (report.users, report.ledger_last_txn_id, report.txn_seqs) == (0, 0, (0,))
+    assert await redis_client.xinfo_groups(keyspace.txn_stream(BUCKET)) != []
 
 
-RESTORE_WALLET_KEYS = [keyspace.TXN_SEQ, keyspace.user(1), keyspace.pending_holds(1)]
+RESTORE_WALLET_KEYS = [keyspace.txn_seq(BUCKET), keyspace.user(1), keyspace.pending_holds(1)]
 NOW_US = str(int(time.time() * 1_000_000))
 LATER_US = str(int(NOW_US) + 3_600_000_000)
 
@@ -270,7 +271,7 @@ def idempotency_facts(kind: str, *facts: str) -> tuple[str, list[str], list[str]
 def hold_case(position: int, value: str, key: str = "hold:9") -> tuple[str, list[str], list[str]]:
     args = ["9", "1", "2", "5", NOW_US, LATER_US, "60"]
     args[position] = value
-    return "restore_hold", [key, keyspace.HOLDS_DUE], args
+    return "restore_hold", [key, keyspace.holds_due(BUCKET)], args
 
 
 @pytest.mark.parametrize(
@@ -290,13 +291,13 @@ def hold_case(position: int, value: str, key: str = "hold:9") -> tuple[str, list
         wallet_case("1", "1000000000000000", "0", "0", "1"),  # over the ceiling with incoming
         (
             "restore_wallet",
-            [keyspace.TXN_SEQ, keyspace.user(2), keyspace.pending_holds(2)],
+            [keyspace.txn_seq(BUCKET), keyspace.user(2), keyspace.pending_holds(2)],
             ["1", "5", "0", "0", "0"],
         ),
-        ("restore_wallet", [keyspace.TXN_SEQ, keyspace.user(1)], ["1", "5", "0", "0", "0"]),
+        ("restore_wallet", [keyspace.txn_seq(BUCKET), keyspace.user(1)], ["1", "5", "0", "0", "0"]),
         (
             "restore_wallet",
-            [keyspace.user(1), keyspace.TXN_SEQ, keyspace.pending_holds(1)],
+            [keyspace.user(1), keyspace.txn_seq(BUCKET), keyspace.pending_holds(1)],
             ["1", "5", "0", "0", "0"],
         ),
         idempotency_case(2, "withdrawal"),
@@ -327,7 +328,7 @@ def hold_case(position: int, value: str, key: str = "hold:9") -> tuple[str, list
         hold_case(5, NOW_US),  # expires when made
         hold_case(6, "0"),
         hold_case(0, "8"),  # not the hold in KEYS[1]
-        ("restore_hold", [keyspace.hold(9)], ["9", "1", "2", "5", NOW_US, LATER_US, "60"]),
+        ("restore_hold", [keyspace.hold(BUCKET, 9)], ["9", "1", "2", "5", NOW_US, LATER_US, "60"]),
     ],
 )
 async def test_restore_scripts_refuse_malformed_arguments_and_write_nothing(
@@ -392,19 +393,19 @@ async def test_the_counter_is_started_only_for_an_empty_ledger(
 ) -> None:
     # Nothing in the ledger: the counter starts at a new epoch (ids may have been issued,
     # and lost, before any reached the ledger).
-    await redis_client.delete(keyspace.TXN_SEQ)
+    await redis_client.delete(keyspace.txn_seq(BUCKET))
     assert await ensure_transaction_counter(redis_client, db_engine)
-    assert await redis_client.get(keyspace.TXN_SEQ) == str(TXN_IDS_PER_EPOCH).encode()
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == str(TXN_IDS_PER_EPOCH).encode()
     assert await ensure_transaction_counter(redis_client, db_engine)  # in place: unchanged
-    assert await redis_client.get(keyspace.TXN_SEQ) == str(TXN_IDS_PER_EPOCH).encode()
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == str(TXN_IDS_PER_EPOCH).encode()
     await add_users(db_engine, money, USERS)
     await money.deposit(USERS[0], 100)
     await persist(redis_client, db_engine)
-    await redis_client.delete(keyspace.TXN_SEQ)  # Redis lost, the ledger has a transaction
+    await redis_client.delete(keyspace.txn_seq(BUCKET))  # Redis lost, the ledger has a transaction
     assert not await ensure_transaction_counter(redis_client, db_engine)
-    assert not await redis_client.exists(keyspace.TXN_SEQ)
+    assert not await redis_client.exists(keyspace.txn_seq(BUCKET))
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert await redis_client.get(keyspace.TXN_SEQ) == str(2 * TXN_IDS_PER_EPOCH).encode()
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == str(2 * TXN_IDS_PER_EPOCH).encode()
 
 
 async def test_rebuild_of_an_empty_ledger_starts_the_counter(
@@ -412,4 +413,4 @@ async def test_rebuild_of_an_empty_ledger_starts_the_counter(
 ) -> None:
     await lose_redis(redis_client)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert await redis_client.get(keyspace.TXN_SEQ) == str(TXN_IDS_PER_EPOCH).encode()
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == str(TXN_IDS_PER_EPOCH).encode()

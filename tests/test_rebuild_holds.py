@@ -20,6 +20,7 @@ from service.ledger.reconcile import reconcile
 from service.redis import keyspace
 from service.redis.streams import stream_id
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import persist, refusing, snapshot
 from tests.support.mixed_workload import USERS, Scripts, Workload, run_mixed_workload
 from tests.support.redis_claim import empty_but_claim
@@ -84,14 +85,14 @@ async def test_rebuild_puts_back_holds_refunds_and_every_idempotency_record(
         f"{released.hold_id}:{released.from_user_id}:{released.to_user_id}:"
         f"{released.amount_kopecks}".encode()
     )
-    assert released_member in dict(before[keyspace.HOLDS_DUE.encode()])
+    assert released_member in dict(before[keyspace.holds_due(BUCKET).encode()])
     idem_keys = [keyspace.idempotency(owner, key).encode() for owner, key in workload.keyed]
     assert set(keys_of(before, b"idem:")) == set(idem_keys)  # every request was accepted
     pending = [workload.holds[n] for n in ("pending", "pending-2", "incoming-only", "unreleased")]
-    hold_keys = [keyspace.hold(hold.hold_id).encode() for hold in pending]
+    hold_keys = [keyspace.hold(BUCKET, hold.hold_id).encode() for hold in pending]
     # (The aged hold's hash kept the TTL it was made with: not compared.)
     before_ttls = await ttls(redis_client, idem_keys + hold_keys[:-1])
-    seq_before = int(before[keyspace.TXN_SEQ.encode()])
+    seq_before = int(before[keyspace.txn_seq(BUCKET).encode()])
     assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
 
     await lose_redis(redis_client)
@@ -115,9 +116,9 @@ async def test_rebuild_puts_back_holds_refunds_and_every_idempotency_record(
     assert await wallets(redis_client) == expected
 
     # The holds' sorted sets, hashes (and their expiry), refunded totals, records.
-    due = dict(before[keyspace.HOLDS_DUE.encode()])
+    due = dict(before[keyspace.holds_due(BUCKET).encode()])
     del due[released_member]
-    assert dict(after[keyspace.HOLDS_DUE.encode()]) == due
+    assert dict(after[keyspace.holds_due(BUCKET).encode()]) == due
     for user_id in USERS:
         holds_key = keyspace.pending_holds(user_id).encode()
         assert after.get(holds_key) == before.get(holds_key), user_id
@@ -136,7 +137,7 @@ async def test_rebuild_puts_back_holds_refunds_and_every_idempotency_record(
         with refusing(refusals.IDEMPOTENCY_KEY_REUSED):
             await other()
     assert await wallets(redis_client) == expected
-    assert int(cast(bytes, await redis_client.get(keyspace.TXN_SEQ))) >= seq_before
+    assert int(cast(bytes, await redis_client.get(keyspace.txn_seq(BUCKET)))) >= seq_before
     check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert check.ok, format_reconcile(check)
 
@@ -156,7 +157,7 @@ async def test_restored_holds_work_as_before(
 
     captured = await scripts.holds.capture(2, pending.hold_id, 1_000, "after")
     assert (captured.from_user_id, captured.amount_kopecks) == (1, 1_000)
-    assert await scripts.holds.sweep(100) == 1
+    assert await scripts.holds.sweep(BUCKET, 100) == 1
     assert not await redis_client.exists(keyspace.pending_holds(unreleased.from_user_id))
     new = await scripts.holds.create(3, 5, 10, 3600)
     assert new.hold.hold_id > max(hold.hold_id for hold in workload.holds.values())
@@ -165,7 +166,7 @@ async def test_restored_holds_work_as_before(
         stored = await last_stream_entry_id(connection)
     assert stored is not None
     newest = cast(
-        list[tuple[bytes, Any]], await redis_client.xrevrange(keyspace.TXN_STREAM, count=1)
+        list[tuple[bytes, Any]], await redis_client.xrevrange(keyspace.txn_stream(BUCKET), count=1)
     )
     assert stream_id(newest[0][0]) > stored
     await persist(redis_client, db_engine)

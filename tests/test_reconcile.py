@@ -14,6 +14,7 @@ from service.ledger import reconcile as reconcile_module
 from service.ledger.reconcile import Drift, format_report, reconcile
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
+from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, balance, persist
 
 
@@ -133,7 +134,7 @@ async def test_reports_a_transaction_counter_below_the_ledger(
     for _ in range(3):
         await money.deposit(1, 10)
     await persist(redis_client, db_engine)
-    await redis_client.set(keyspace.TXN_SEQ, 1)
+    await redis_client.set(keyspace.txn_seq(BUCKET), 1)
     report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert report.seq_behind_ledger == (1, 3)
     assert not report.ok

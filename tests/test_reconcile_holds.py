@@ -16,6 +16,7 @@ from service.ledger import reconcile as reconcile_module
 from service.ledger.reconcile import Drift, OverRefund, RefundedDrift, format_report, reconcile
 from service.redis import keyspace
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, persist
 from tests.support.mixed_workload import Scripts, Workload, run_mixed_workload, transaction
 
@@ -78,11 +79,11 @@ async def test_an_unswept_expired_hold_counts_only_while_holds_due_lists_it(
     payee = released.to_user_id
     _, incoming = await amounts(redis_client, payee)
     member = f"{released.hold_id}:{released.from_user_id}:{payee}:{released.amount_kopecks}"
-    await redis_client.zrem(keyspace.HOLDS_DUE, member)  # gone, but still counted
+    await redis_client.zrem(keyspace.holds_due(BUCKET), member)  # gone, but still counted
     report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert report.incoming_drifts == [Drift(payee, incoming, incoming - released.amount_kopecks)]
-    await redis_client.zadd(keyspace.HOLDS_DUE, {member: released.expires_at_us})
-    assert await scripts.holds.sweep(100) == 2  # it, and the expired hold not yet released
+    await redis_client.zadd(keyspace.holds_due(BUCKET), {member: released.expires_at_us})
+    assert await scripts.holds.sweep(BUCKET, 100) == 2  # it, and the expired hold not yet released
     await persist(redis_client, db_engine)
     report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert report.ok, format_report(report)

@@ -18,6 +18,7 @@ from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts, SessionCheck
 from service.redis.refunds import RefundAccepted, RefundScripts
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.held_money import HOUR_US, now_us, put_hold
 from tests.support.helpers import (
     add_users,
@@ -247,14 +248,14 @@ async def test_refusals_before_any_money(
     before = await snapshot(redis_client)
     with refusing(refusals.SESSION_ENDED):
         await refunds.refund(
-            PAYEE, 2, transfer, None, session=SessionCheck("wallet_session_gone", 3600, 600)
+            PAYEE, 2, transfer, None, session=SessionCheck("wallet_session:{b0}:gone", 3600, 600)
         )
     with refusing(refusals.ACCOUNT_NOT_FOUND):
         await refunds.refund(9, 2, dataclasses.replace(transfer, to_user_id=9), None)
-    await redis_client.set(keyspace.TXN_SEQ, 10**12 - 1)
+    await redis_client.set(keyspace.txn_seq(BUCKET), 10**12 - 1)
     with refusing(refusals.EPOCH_EXHAUSTED):
         await refunds.refund(PAYEE, 2, transfer, None, idempotency_key="k")
-    await redis_client.set(keyspace.TXN_SEQ, 2)
+    await redis_client.set(keyspace.txn_seq(BUCKET), 2)
     assert await snapshot(redis_client) == before
     for bad in (
         dict(txn_id=0, transfer=None, amount_kopecks=None),
@@ -369,7 +370,7 @@ async def test_the_writer_stores_batch_legs_and_refunds_as_they_are(
     rest = await refunds.refund(PAYEE, batch.first_txn_id, legs[0], None, "r2")
     stored = await persist(redis_client, db_engine)
     assert stored >= 6
-    assert await redis_client.xlen(keyspace.TXN_DEAD_LETTER) == 0
+    assert await redis_client.xlen(keyspace.txn_dead_letter(BUCKET)) == 0
     async with db_engine.connect() as connection:
         rows = (
             await connection.execute(

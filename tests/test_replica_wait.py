@@ -20,6 +20,7 @@ from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.faults.checks import ledger_ids
 from tests.support.faults.procs import HOST, Processes, RedisServer
 from tests.support.helpers import add_users, refusing
@@ -58,7 +59,7 @@ async def money_on(primary: RedisServer, **update: object) -> AsyncIterator[Mone
     ).model_copy(update=update)
     client = connect_redis(settings)
     try:
-        await client.set(keyspace.TXN_SEQ, 0)
+        await client.set(keyspace.txn_seq(BUCKET), 0)
         yield MoneyScripts(client, settings)
     finally:
         await client.aclose()
@@ -181,9 +182,9 @@ async def test_the_writer_stores_only_what_the_replica_has(
         )
         client = connect_redis(settings)
         await add_users(db_engine, money, [1])
-        await ensure_consumer_group(client)
+        await ensure_consumer_group(client, BUCKET)
         stop = asyncio.Event()
-        writer = asyncio.create_task(StreamWriter(settings, client, db_engine).run(stop))
+        writer = asyncio.create_task(StreamWriter(settings, client, db_engine, BUCKET).run(stop))
         try:
             confirmed = await money.deposit(1, 10)
             await _until_in_ledger(db_engine, {confirmed.txn_id})

@@ -21,6 +21,7 @@ from service.redis.money import MoneyScripts
 from service.redis.pipelining import Arg, ReplyLost
 from service.redis.scripts import LuaScript
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import balance, refusing, snapshot, stream_fields
 from tests.support.http_helpers import Client, new_user
 from tests.support.lost_replies import LosesTheReply, through_a_proxy
@@ -143,7 +144,7 @@ async def test_nothing_is_known_of_a_request_while_redis_has_lost_its_data(
     money = MoneyScripts(redis_client, settings.model_copy(update={"request_outcome_wait_ms": 300}))
     await money.register_user(1)
     lost = losing(money, "deposit", False, monkeypatch)
-    await redis_client.delete(keyspace.TXN_SEQ)
+    await redis_client.delete(keyspace.txn_seq(BUCKET))
     with refusing(refusals.OUTCOME_UNKNOWN):
         await money.deposit(1, 5)
     keys, _ = lost.sent[-1]

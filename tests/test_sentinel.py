@@ -26,6 +26,7 @@ from service.redis.money import MoneyScripts
 from service.redis.pipelining import ReplyLost
 from service.redis.scripts import LuaScript
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.faults.procs import HOST, RedisServer
 from tests.support.sentinel import SERVICE_NAME, SentinelDeployment, sentinel_deployment
 
@@ -59,7 +60,7 @@ def replication_id(server: RedisServer) -> str:
 async def test_money_moves_on_the_primary_the_sentinels_name(
     deployment: SentinelDeployment, client: Redis
 ) -> None:
-    await client.set(keyspace.TXN_SEQ, 0)  # a new system (db_engine: epoch 0 taken)
+    await client.set(keyspace.txn_seq(BUCKET), 0)  # a new system (db_engine: epoch 0 taken)
     money = MoneyScripts(client, Settings(redis_url=deployment.url()))
     await money.register_user(1)
     accepted = await money.deposit(1, 500)
@@ -67,7 +68,9 @@ async def test_money_moves_on_the_primary_the_sentinels_name(
     primary = direct(deployment.primary)
     assert primary.hget(keyspace.user(1), "balance_kopecks") == b"500"
     # The first connection recorded the primary's replication history as the counter's.
-    assert primary.get(keyspace.TXN_SEQ_PRIMARY) == replication_id(deployment.primary).encode()
+    assert (
+        primary.get(keyspace.txn_seq_primary(BUCKET)) == replication_id(deployment.primary).encode()
+    )
 
 
 async def test_after_a_failover_the_client_follows_and_no_id_is_issued_twice(
@@ -86,7 +89,7 @@ async def test_after_a_failover_the_client_follows_and_no_id_is_issued_twice(
 async def _follow_a_failover(
     deployment: SentinelDeployment, db_engine: AsyncEngine, settings: Settings, client: Redis
 ) -> None:
-    await client.set(keyspace.TXN_SEQ, 0)
+    await client.set(keyspace.txn_seq(BUCKET), 0)
     money = MoneyScripts(client, settings)
     await money.register_user(1)
     before = [(await money.deposit(1, 100)).txn_id for _ in range(3)]
@@ -111,12 +114,12 @@ async def _follow_a_failover(
     for failure in failures[:-1]:
         assert is_outage(failure) or _is(failure, refusals.OUTCOME_UNKNOWN), repr(failure)
     on_new = direct(new)
-    assert on_new.get(keyspace.TXN_SEQ) is None
-    assert on_new.get(keyspace.TXN_SEQ_BEHIND) == b"3"
-    assert on_new.get(keyspace.TXN_SEQ_PRIMARY) == replication_id(new).encode()
+    assert on_new.get(keyspace.txn_seq(BUCKET)) is None
+    assert on_new.get(keyspace.txn_seq_behind(BUCKET)) == b"3"
+    assert on_new.get(keyspace.txn_seq_primary(BUCKET)) == replication_id(new).encode()
 
     # What the writer's keeper does: a new epoch, above every id issued before.
-    assert await restart_counter_set_aside(client, db_engine) == TXN_IDS_PER_EPOCH
+    assert await restart_counter_set_aside(client, db_engine, BUCKET) == TXN_IDS_PER_EPOCH
     # The new primary's writes are confirmed once the Sentinels made the old one its
     # replica (they do when they next poll it: within 10 s).
     await deployment.wait_until_replicating(deployment.primary, FAILOVER_LIMIT_S)
@@ -134,7 +137,7 @@ async def _follow_a_failover(
 async def test_a_primary_demoted_under_an_open_connection_refuses_and_nothing_runs(
     deployment: SentinelDeployment, client: Redis
 ) -> None:
-    await client.set(keyspace.TXN_SEQ, 0)
+    await client.set(keyspace.txn_seq(BUCKET), 0)
     money = MoneyScripts(client, Settings(redis_url=deployment.url()))
     await money.register_user(1)
     await money.deposit(1, 100)  # the pipeline's connection to the primary is open
@@ -157,37 +160,39 @@ async def test_a_primary_demoted_under_an_open_connection_refuses_and_nothing_ru
 async def test_a_counter_set_aside_starts_again_once_in_a_new_epoch(
     redis_client: Redis, db_engine: AsyncEngine
 ) -> None:
-    assert await restart_counter_set_aside(redis_client, db_engine) is None  # none set aside
-    await redis_client.delete(keyspace.TXN_SEQ)
-    await redis_client.set(keyspace.TXN_SEQ_BEHIND, 41)
-    assert await restart_counter_set_aside(redis_client, db_engine) == TXN_IDS_PER_EPOCH
-    assert await redis_client.get(keyspace.TXN_SEQ) == str(TXN_IDS_PER_EPOCH).encode()
-    assert not await redis_client.exists(keyspace.TXN_SEQ_BEHIND)
+    assert (
+        await restart_counter_set_aside(redis_client, db_engine, BUCKET) is None
+    )  # none set aside
+    await redis_client.delete(keyspace.txn_seq(BUCKET))
+    await redis_client.set(keyspace.txn_seq_behind(BUCKET), 41)
+    assert await restart_counter_set_aside(redis_client, db_engine, BUCKET) == TXN_IDS_PER_EPOCH
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == str(TXN_IDS_PER_EPOCH).encode()
+    assert not await redis_client.exists(keyspace.txn_seq_behind(BUCKET))
     # A counter another process (or a rebuild) started first is kept; the one set aside
     # is dropped.
-    await redis_client.set(keyspace.TXN_SEQ_BEHIND, 41)
-    assert await restart_counter_set_aside(redis_client, db_engine) is None
-    assert await redis_client.get(keyspace.TXN_SEQ) == str(TXN_IDS_PER_EPOCH).encode()
-    assert not await redis_client.exists(keyspace.TXN_SEQ_BEHIND)
+    await redis_client.set(keyspace.txn_seq_behind(BUCKET), 41)
+    assert await restart_counter_set_aside(redis_client, db_engine, BUCKET) is None
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == str(TXN_IDS_PER_EPOCH).encode()
+    assert not await redis_client.exists(keyspace.txn_seq_behind(BUCKET))
     # An epoch that would not be above the counter set aside is a bug, and writes nothing.
-    await redis_client.delete(keyspace.TXN_SEQ)
-    await redis_client.set(keyspace.TXN_SEQ_BEHIND, 5 * TXN_IDS_PER_EPOCH)
+    await redis_client.delete(keyspace.txn_seq(BUCKET))
+    await redis_client.set(keyspace.txn_seq_behind(BUCKET), 5 * TXN_IDS_PER_EPOCH)
     restart = LuaScript(redis_client, "restart_counter")
-    keys = [keyspace.TXN_SEQ, keyspace.TXN_SEQ_BEHIND]
+    keys = [keyspace.txn_seq(BUCKET), keyspace.txn_seq_behind(BUCKET)]
     assert await restart(keys=keys, args=[str(5 * TXN_IDS_PER_EPOCH)]) == b"below"
-    assert not await redis_client.exists(keyspace.TXN_SEQ)
+    assert not await redis_client.exists(keyspace.txn_seq(BUCKET))
     # Through the keeper, the epoch taken is above it.
-    assert await restart_counter_set_aside(redis_client, db_engine) == 6 * TXN_IDS_PER_EPOCH
+    assert await restart_counter_set_aside(redis_client, db_engine, BUCKET) == 6 * TXN_IDS_PER_EPOCH
 
 
 async def test_the_api_starts_a_counter_set_aside_again_at_start(
     redis_client: Redis, db_engine: AsyncEngine
 ) -> None:
     """No writer running: the API's start (ensure_transaction_counter) does it too."""
-    await redis_client.delete(keyspace.TXN_SEQ)
-    await redis_client.set(keyspace.TXN_SEQ_BEHIND, 7)
+    await redis_client.delete(keyspace.txn_seq(BUCKET))
+    await redis_client.set(keyspace.txn_seq_behind(BUCKET), 7)
     assert await ensure_transaction_counter(redis_client, db_engine)
-    assert await redis_client.get(keyspace.TXN_SEQ) == str(TXN_IDS_PER_EPOCH).encode()
+    assert await redis_client.get(keyspace.txn_seq(BUCKET)) == str(TXN_IDS_PER_EPOCH).encode()
 
 
 def _is(error: BaseException, refusal: refusals.Refusal) -> bool:

@@ -19,12 +19,18 @@ IDLE_S = 600
 ABSOLUTE_S = 3600
 
 
+def session_key(session_id: str) -> str:
+    key = keyspace.session(session_id)
+    assert key is not None, session_id
+    return key
+
+
 def session_json(user_id: int) -> str:
     return json.dumps({"created": int(time.time()), "session": {"user_id": user_id}})
 
 
 async def start(redis: Redis, user_id: int, session_id: str, max_sessions: int = 5) -> int:
-    keys = [keyspace.session(session_id), keyspace.sessions_of_user(user_id)]
+    keys = [session_key(session_id), keyspace.sessions_of_user(user_id)]
     args: list[str | int] = [
         user_id,
         session_id,
@@ -51,14 +57,14 @@ async def index(redis: Redis, user_id: int) -> list[str]:
 async def test_a_session_is_stored_with_the_idle_ttl_and_indexed_until_the_absolute_end(
     redis_client: Redis,
 ) -> None:
-    assert await start(redis_client, 1, "s1") == 0
-    key = keyspace.session("s1")
+    assert await start(redis_client, 1, "0.s1") == 0
+    key = session_key("0.s1")
     assert json.loads(cast(bytes, await redis_client.get(key)))["session"] == {"user_id": 1}
     assert IDLE_S - 5 <= await redis_client.ttl(key) <= IDLE_S
-    assert await index(redis_client, 1) == ["s1"]
+    assert await index(redis_client, 1) == ["0.s1"]
     index_key = keyspace.sessions_of_user(1)
     assert ABSOLUTE_S - 5 <= await redis_client.ttl(index_key) <= ABSOLUTE_S
-    score = await redis_client.zscore(index_key, "s1")
+    score = await redis_client.zscore(index_key, "0.s1")
     assert score is not None
     assert abs(score - time.time() * 1_000_000) < 5_000_000  # login time in µs
 
@@ -66,55 +72,56 @@ async def test_a_session_is_stored_with_the_idle_ttl_and_indexed_until_the_absol
 async def test_entries_of_ended_sessions_leave_the_index_at_the_next_login(
     redis_client: Redis,
 ) -> None:
-    for session_id in ("s1", "s2", "s3"):
+    for session_id in ("0.s1", "0.s2", "0.s3"):
         await start(redis_client, 1, session_id)
-    await redis_client.delete(keyspace.session("s2"))  # logged out, or idle
-    await start(redis_client, 1, "s4")
-    assert await index(redis_client, 1) == ["s1", "s3", "s4"]
+    await redis_client.delete(session_key("0.s2"))  # logged out, or idle
+    await start(redis_client, 1, "0.s4")
+    assert await index(redis_client, 1) == ["0.s1", "0.s3", "0.s4"]
 
 
 async def test_at_the_cap_a_login_ends_the_oldest_session(redis_client: Redis) -> None:
     # Names in reverse order of login, within one second: the oldest goes by login time.
-    for session_id in ("s3", "s2", "s1"):
+    for session_id in ("0.s3", "0.s2", "0.s1"):
         assert await start(redis_client, 1, session_id, max_sessions=3) == 0
-    assert await start(redis_client, 1, "s4", max_sessions=3) == 1
-    assert await index(redis_client, 1) == ["s2", "s1", "s4"]
+    assert await start(redis_client, 1, "0.s4", max_sessions=3) == 1
+    assert await index(redis_client, 1) == ["0.s2", "0.s1", "0.s4"]
     # Ended, not only forgotten: the index must name every session that exists.
-    assert not await redis_client.exists(keyspace.session("s3"))
+    assert not await redis_client.exists(session_key("0.s3"))
     # An ended session makes room before a live one is ended.
-    await redis_client.delete(keyspace.session("s1"))
-    assert await start(redis_client, 1, "s5", max_sessions=3) == 0
-    assert await index(redis_client, 1) == ["s2", "s4", "s5"]
+    await redis_client.delete(session_key("0.s1"))
+    assert await start(redis_client, 1, "0.s5", max_sessions=3) == 0
+    assert await index(redis_client, 1) == ["0.s2", "0.s4", "0.s5"]
 
 
 async def test_end_sessions_deletes_every_session_of_the_user_and_no_other(
     redis_client: Redis,
 ) -> None:
-    for session_id in ("a1", "a2", "a3"):
+    for session_id in ("0.a1", "0.a2", "0.a3"):
         await start(redis_client, 1, session_id)
-    await start(redis_client, 2, "b1")
-    await redis_client.delete(keyspace.session("a2"))
+    await start(redis_client, 2, "0.b1")
+    await redis_client.delete(session_key("0.a2"))
     assert await end_all(redis_client, 1) == 2
-    for session_id in ("a1", "a2", "a3"):
-        assert not await redis_client.exists(keyspace.session(session_id))
+    for session_id in ("0.a1", "0.a2", "0.a3"):
+        assert not await redis_client.exists(session_key(session_id))
     assert not await redis_client.exists(keyspace.sessions_of_user(1))
-    assert await redis_client.exists(keyspace.session("b1"))
-    assert await index(redis_client, 2) == ["b1"]
+    assert await redis_client.exists(session_key("0.b1"))
+    assert await index(redis_client, 2) == ["0.b1"]
     assert await end_all(redis_client, 1) == 0  # nothing left: a no-op
 
 
-GOOD_KEYS = [keyspace.session("s"), keyspace.sessions_of_user(1)]
-GOOD_ARGS = ["1", "s", "{}", "60", "60", "5"]
+GOOD_KEYS = [session_key("0.s"), keyspace.sessions_of_user(1)]
+GOOD_ARGS = ["1", "0.s", "{}", "60", "60", "5"]
 
 
 @pytest.mark.parametrize(
     ("keys", "args"),
     [
-        ([keyspace.session("s"), keyspace.sessions_of_user(2)], GOOD_ARGS),
-        ([keyspace.session("t"), keyspace.sessions_of_user(1)], GOOD_ARGS),
+        ([session_key("0.s"), keyspace.sessions_of_user(2)], GOOD_ARGS),
+        ([session_key("0.t"), keyspace.sessions_of_user(1)], GOOD_ARGS),
         (["other_s", keyspace.sessions_of_user(1)], GOOD_ARGS),
-        ([keyspace.session("s:x"), keyspace.sessions_of_user(1)], ["1", "s:x", *GOOD_ARGS[2:]]),
-        ([keyspace.session("s"), "sessions:{01}"], ["01", *GOOD_ARGS[1:]]),
+        (["wallet_session:{b0}:s:x", keyspace.sessions_of_user(1)], ["1", "0.s:x", *GOOD_ARGS[2:]]),
+        (["wallet_session:{b1}:s", keyspace.sessions_of_user(1)], ["1", "1.s", *GOOD_ARGS[2:]]),
+        ([session_key("0.s"), "sessions:{b0}:01"], ["01", *GOOD_ARGS[1:]]),
         (GOOD_KEYS, [*GOOD_ARGS[:3], "0", "60", "5"]),
         (GOOD_KEYS, [*GOOD_ARGS[:5], "0"]),
         (GOOD_KEYS, [*GOOD_ARGS[:5], "1001"]),
@@ -125,7 +132,7 @@ GOOD_ARGS = ["1", "s", "{}", "60", "60", "5"]
 async def test_start_session_refuses_malformed_arguments_and_writes_nothing(
     redis_client: Redis, keys: list[str], args: list[str]
 ) -> None:
-    await start(redis_client, 1, "live")
+    await start(redis_client, 1, "0.live")
     before = await snapshot(redis_client)
     with pytest.raises(ResponseError, match="start_session: invalid arguments"):
         await redis_client.eval(load_script_source("start_session"), len(keys), *keys, *args)
@@ -133,12 +140,20 @@ async def test_start_session_refuses_malformed_arguments_and_writes_nothing(
 
 
 @pytest.mark.parametrize(
-    "keys", [[], ["sessions:{0}"], ["sessions:1"], ["user:{1}"], ["sessions:{1}", "sessions:{2}"]]
+    "keys",
+    [
+        [],
+        ["sessions:{b0}:0"],
+        ["sessions:1"],
+        ["sessions:{1}"],
+        ["user:{b0}:1"],
+        ["sessions:{b0}:1", "sessions:{b0}:2"],
+    ],
 )
 async def test_end_sessions_refuses_any_other_key_and_writes_nothing(
     redis_client: Redis, keys: list[str]
 ) -> None:
-    await start(redis_client, 1, "live")
+    await start(redis_client, 1, "0.live")
     before = await snapshot(redis_client)
     with pytest.raises(ResponseError, match="end_sessions:"):
         await redis_client.eval(load_script_source("end_sessions"), len(keys), *keys)
@@ -151,8 +166,8 @@ async def test_no_money_moves_with_a_session_ended_by_end_sessions(
     await money.register_user(1)
     await money.register_user(2)
     await money.deposit(1, 1_000)
-    await start(redis_client, 1, "s1")
-    session = SessionCheck(keyspace.session("s1"), ABSOLUTE_S, IDLE_S)
+    await start(redis_client, 1, "0.s1")
+    session = SessionCheck(session_key("0.s1"), ABSOLUTE_S, IDLE_S)
     await money.deposit(1, 1, "k", session=session)
     await end_all(redis_client, 1)
     before = await snapshot(redis_client)

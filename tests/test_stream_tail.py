@@ -9,6 +9,7 @@ from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.scripts import load_script_source
 from service.redis.stream_tail import unpersisted_tail
+from tests.support.buckets import BUCKET
 from tests.support.records import SECOND, T0, Book, append
 
 Delivered = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
@@ -18,7 +19,7 @@ async def deliver(redis: Redis, count: int) -> list[bytes]:
     reply = cast(
         Delivered,
         await redis.xreadgroup(
-            keyspace.WRITER_GROUP, "w1", {keyspace.TXN_STREAM: ">"}, count=count
+            keyspace.WRITER_GROUP, "w1", {keyspace.txn_stream(BUCKET): ">"}, count=count
         ),
     )
     return [entry_id for entry_id, _ in reply[0][1]]
@@ -38,41 +39,41 @@ async def five_transactions(money: MoneyScripts) -> None:
 async def test_without_a_group_the_whole_stream_is_unpersisted(
     redis_client: Redis, five_transactions: None
 ) -> None:
-    tail = await unpersisted_tail(redis_client, max_entries=100)
+    tail = await unpersisted_tail(redis_client, BUCKET, max_entries=100)
     assert [t.txn_id for t in tail.transactions] == [1, 2, 3, 4, 5]
     assert not tail.overflow
-    mine = await unpersisted_tail(redis_client, max_entries=100, user_id=3)
+    mine = await unpersisted_tail(redis_client, BUCKET, max_entries=100, user_id=3)
     assert [t.txn_id for t in mine.transactions] == [4, 5]
 
 
 async def test_tail_starts_at_the_oldest_pending_entry(
     redis_client: Redis, five_transactions: None
 ) -> None:
-    await redis_client.xgroup_create(keyspace.TXN_STREAM, keyspace.WRITER_GROUP, id="0")
+    await redis_client.xgroup_create(keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP, id="0")
     ids = await deliver(redis_client, 3)  # 1..3 delivered, pending
-    await redis_client.xack(keyspace.TXN_STREAM, keyspace.WRITER_GROUP, ids[0], ids[2])
-    tail = await unpersisted_tail(redis_client, max_entries=100)
+    await redis_client.xack(keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP, ids[0], ids[2])
+    tail = await unpersisted_tail(redis_client, BUCKET, max_entries=100)
     # 2 is still pending; 3 is acknowledged but newer than 2, so it is returned too.
     assert [t.txn_id for t in tail.transactions] == [2, 3, 4, 5]
-    await redis_client.xack(keyspace.TXN_STREAM, keyspace.WRITER_GROUP, ids[1])
-    tail = await unpersisted_tail(redis_client, max_entries=100)
+    await redis_client.xack(keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP, ids[1])
+    tail = await unpersisted_tail(redis_client, BUCKET, max_entries=100)
     assert [t.txn_id for t in tail.transactions] == [4, 5]
     acked = await deliver(redis_client, 10)
-    await redis_client.xack(keyspace.TXN_STREAM, keyspace.WRITER_GROUP, *acked)
-    assert (await unpersisted_tail(redis_client, max_entries=100)).transactions == []
+    await redis_client.xack(keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP, *acked)
+    assert (await unpersisted_tail(redis_client, BUCKET, max_entries=100)).transactions == []
 
 
 async def test_tail_reports_overflow(redis_client: Redis, five_transactions: None) -> None:
-    tail = await unpersisted_tail(redis_client, max_entries=4)
+    tail = await unpersisted_tail(redis_client, BUCKET, max_entries=4)
     assert tail.overflow
     assert [t.txn_id for t in tail.transactions] == [1, 2, 3, 4]
 
 
 async def test_empty_stream_and_bad_arguments(redis_client: Redis) -> None:
-    assert (await unpersisted_tail(redis_client, max_entries=10)).transactions == []
+    assert (await unpersisted_tail(redis_client, BUCKET, max_entries=10)).transactions == []
     script = load_script_source("stream_tail")
     for args in (["ledger-writer", "0", ""], ["ledger-writer", "10", "01"], ["", "10", ""]):
-        reply = await redis_client.eval(script, 1, keyspace.TXN_STREAM, *args)
+        reply = await redis_client.eval(script, 1, keyspace.txn_stream(BUCKET), *args)
         assert reply == [b"invalid_argument"]
 
 
@@ -89,7 +90,7 @@ async def test_hold_records_are_in_the_tail_and_unparseable_ones_only_counted(
         book.end("hold_voided", 1, T0 + 1),
         book.capture(1, 300, T0 + 2) | {"to": "3"},
     )
-    tail = await unpersisted_tail(redis_client, max_entries=100)
+    tail = await unpersisted_tail(redis_client, BUCKET, max_entries=100)
     assert [type(r).__name__ for r in tail.records] == [
         "Transaction",
         "HoldEvent",
@@ -99,9 +100,9 @@ async def test_hold_records_are_in_the_tail_and_unparseable_ones_only_counted(
     assert [e.kind for e in tail.hold_events] == ["hold_created", "hold_voided"]
     assert [t.hold_id for t in tail.transactions] == [None, 1]
     assert tail.unparseable == (ids[2],)
-    mine = await unpersisted_tail(redis_client, max_entries=100, user_id=2)
+    mine = await unpersisted_tail(redis_client, BUCKET, max_entries=100, user_id=2)
     assert [e.kind for e in mine.hold_events] == ["hold_created", "hold_voided"]
     assert mine.transactions == []
-    first = await unpersisted_tail(redis_client, max_entries=1, user_id=2)
+    first = await unpersisted_tail(redis_client, BUCKET, max_entries=1, user_id=2)
     assert first.describe_first() is None  # the deposit is user 1's
     assert first.overflow

@@ -24,10 +24,12 @@ from service.ledger.writer import (
     Unparseable,
     parse_entry,
 )
-from service.redis.keyspace import TXN_SEQ, TXN_STREAM, WRITER_GROUP
+from service.redis import keyspace
+from service.redis.keyspace import WRITER_GROUP
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import stream_entries
 from tests.support.writer import (
     create_users,
@@ -57,13 +59,13 @@ async def wait_for(condition: Callable[[], Awaitable[bool]]) -> None:
 
 
 async def test_consumer_group_is_created_once(redis_client: Redis) -> None:
-    await ensure_consumer_group(redis_client)
-    await ensure_consumer_group(redis_client)  # BUSYGROUP is not an error
+    await ensure_consumer_group(redis_client, BUCKET)
+    await ensure_consumer_group(redis_client, BUCKET)  # BUSYGROUP is not an error
 
-    groups = await redis_client.xinfo_groups(TXN_STREAM)
+    groups = await redis_client.xinfo_groups(keyspace.txn_stream(BUCKET))
     assert [g["name"] for g in groups] == [WRITER_GROUP.encode()]
     assert groups[0]["last-delivered-id"] == b"0-0"
-    assert await redis_client.type(TXN_STREAM) == b"stream"
+    assert await redis_client.type(keyspace.txn_stream(BUCKET)) == b"stream"
 
 
 async def test_writer_stores_every_field_and_acknowledges(
@@ -71,7 +73,7 @@ async def test_writer_stores_every_field_and_acknowledges(
 ) -> None:
     users = await create_users(db_engine, money, 3)
     await some_transactions(money, users, 5)
-    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
 
     assert await writer.drain_once() == 5
 
@@ -110,7 +112,9 @@ async def test_batches_are_bounded_by_the_batch_size(
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 7)
-    writer = StreamWriter(writer_settings(settings, writer_batch_size=3), redis_client, db_engine)
+    writer = StreamWriter(
+        writer_settings(settings, writer_batch_size=3), redis_client, db_engine, BUCKET
+    )
 
     assert [await writer.drain_once() for _ in range(4)] == [3, 3, 1, 0]
     assert await ledger_count(db_engine) == (7, 7)
@@ -146,7 +150,7 @@ async def test_claimed_entries_already_stored_are_stored_once(
 ) -> None:
     users = await create_users(db_engine, money, 3)
     await some_transactions(money, users, 6)
-    first = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    first = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
 
     async def lost_ack(*args: Any) -> bool:
         return True
@@ -159,6 +163,7 @@ async def test_claimed_entries_already_stored_are_stored_once(
         writer_settings(settings, writer_consumer_name="writer-b", writer_claim_idle_ms=50),
         redis_client,
         db_engine,
+        BUCKET,
     )
     await asyncio.sleep(0.1)
     assert await second.drain_once() == 6  # XAUTOCLAIMed, written again
@@ -192,7 +197,7 @@ async def test_writer_killed_between_commit_and_ack_is_resumed_by_its_successor(
 ) -> None:
     users = await create_users(db_engine, money, 3)
     await some_transactions(money, users, 5)
-    doomed = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    doomed = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
     reached = asyncio.Event()
 
     async def hang(*args: Any) -> bool:
@@ -206,7 +211,9 @@ async def test_writer_killed_between_commit_and_ack_is_resumed_by_its_successor(
     assert await pending(redis_client) == {"writer-a": 5}  # never acknowledged
 
     await some_transactions(money, users, 1)  # a new entry arrives meanwhile
-    successor = StreamWriter(writer_settings(settings), redis_client, db_engine)  # same name
+    successor = StreamWriter(
+        writer_settings(settings), redis_client, db_engine, BUCKET
+    )  # same name
     assert await successor.drain_once() == 5  # its own pending entries first
     assert await pending(redis_client) == {}
     assert await successor.drain_once() == 1  # then the new one
@@ -231,7 +238,7 @@ async def test_writer_killed_between_read_and_commit_is_claimed_by_another(
         return 0
 
     monkeypatch.setattr(persistence.ledger_insert, "insert_transactions", hang)
-    doomed = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    doomed = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
     await _kill(await _run_until(doomed, reached, asyncio.Event()))
     monkeypatch.undo()
     assert await ledger_count(db_engine) == (0, 0)
@@ -241,6 +248,7 @@ async def test_writer_killed_between_read_and_commit_is_claimed_by_another(
         writer_settings(settings, writer_consumer_name="writer-b", writer_claim_idle_ms=100),
         redis_client,
         db_engine,
+        BUCKET,
     )
     assert await other.drain_once() == 0  # not idle long enough yet: not claimed
     await asyncio.sleep(0.15)
@@ -263,6 +271,7 @@ async def test_two_writers_under_concurrent_load_store_everything_once(
             writer_settings(settings, writer_consumer_name=name, writer_batch_size=16),
             redis_client,
             db_engine,
+            BUCKET,
         )
         for name in ("writer-a", "writer-b")
     ]
@@ -281,7 +290,7 @@ async def test_two_writers_under_concurrent_load_store_everything_once(
     try:
         for _ in range(8):
             await asyncio.gather(*(operation() for _ in range(50)))
-        last_id = int(cast(bytes, await redis_client.get(TXN_SEQ)))
+        last_id = int(cast(bytes, await redis_client.get(keyspace.txn_seq(BUCKET))))
 
         async def caught_up() -> bool:
             return (await ledger_count(db_engine))[0] >= last_id
@@ -307,7 +316,7 @@ async def test_postgres_unreachable_means_backoff_and_no_ack_then_catch_up(
     await some_transactions(money, users, 4)
     down = create_async_engine("postgresql+asyncpg://127.0.0.1:1/x")
     try:
-        blocked = StreamWriter(writer_settings(settings), redis_client, down)
+        blocked = StreamWriter(writer_settings(settings), redis_client, down, BUCKET)
         stop = asyncio.Event()
         task = asyncio.create_task(blocked.run(stop))
 
@@ -324,7 +333,7 @@ async def test_postgres_unreachable_means_backoff_and_no_ack_then_catch_up(
         await down.dispose()
     assert await pending(redis_client) == {"writer-a": 4}
 
-    back = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    back = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
     assert await back.drain_once() == 4
     assert await ledger_count(db_engine) == (4, 4)
     assert await pending(redis_client) == {}
@@ -351,7 +360,7 @@ async def test_postgres_errors_retry_the_same_batch_with_backoff(
         return await real_insert(connection, entries)
 
     monkeypatch.setattr(persistence.ledger_insert, "insert_transactions", flaky)
-    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
 
     assert await writer.drain_once() == 4
 
@@ -380,7 +389,7 @@ async def test_a_programming_error_stops_the_writer_instead_of_being_retried(
         raise KeyError("a bug, not an outage")
 
     monkeypatch.setattr(persistence.ledger_insert, "insert_transactions", buggy)
-    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
     with pytest.raises(KeyError, match="a bug"):
         await writer.drain_once()
     assert attempts == 1
@@ -388,7 +397,10 @@ async def test_a_programming_error_stops_the_writer_instead_of_being_retried(
     # Nothing was acknowledged: the next writer (after the fix) stores all of it.
     assert await pending(redis_client) == {"writer-a": 3}
     monkeypatch.undo()
-    assert await StreamWriter(writer_settings(settings), redis_client, db_engine).drain_once() == 3
+    assert (
+        await StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET).drain_once()
+        == 3
+    )
     assert await ledger_count(db_engine) == (3, 3)
 
 
@@ -396,9 +408,9 @@ async def test_redis_lost_the_group_it_is_created_again(
     settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
-    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
     assert await writer.drain_once() == 0  # creates the group
-    await redis_client.xgroup_destroy(TXN_STREAM, WRITER_GROUP)
+    await redis_client.xgroup_destroy(keyspace.txn_stream(BUCKET), WRITER_GROUP)
     await some_transactions(money, users, 2)
     assert await writer.drain_once() == 0  # NOGROUP: the group is created again
     assert await writer.drain_once() == 2
@@ -410,7 +422,7 @@ async def test_redis_errors_back_off_too(
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 3)
-    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
     real_xack = redis_client.xack
     failures = 0
 
@@ -506,7 +518,7 @@ async def test_poison_records_are_dead_lettered_and_do_not_block_the_rest(
     long_key = {**base, "id": "1002", "to": "1", "idem_key": "k" * 65}  # varchar(64)
     long_key_id = await xadd(redis_client, long_key)
     await money.transfer(1, 2, 50)
-    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
 
     with caplog.at_level(logging.ERROR, logger="wallet.writer"):
         assert await writer.drain_once() == 7
@@ -538,11 +550,13 @@ async def test_pending_entry_deleted_from_the_stream_is_dead_lettered(
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 3)
-    await ensure_consumer_group(redis_client)
-    await redis_client.xreadgroup(WRITER_GROUP, "writer-a", {TXN_STREAM: ">"}, count=10)
+    await ensure_consumer_group(redis_client, BUCKET)
+    await redis_client.xreadgroup(
+        WRITER_GROUP, "writer-a", {keyspace.txn_stream(BUCKET): ">"}, count=10
+    )
     gone = (await stream_ids(redis_client))[1]
-    await redis_client.xdel(TXN_STREAM, gone)
-    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    await redis_client.xdel(keyspace.txn_stream(BUCKET), gone)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
 
     assert await writer.drain_once() == 3
 
@@ -571,7 +585,7 @@ async def test_stop_finishes_the_batch_in_hand(
         return await real(*args)
 
     monkeypatch.setattr(service.ledger.writer, "insert_isolating", stop_midway)
-    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
     async with asyncio.timeout(WAIT_S):
         await writer.run(stop)
 
@@ -584,14 +598,18 @@ async def test_retention_trims_only_acknowledged_entries_older_than_the_window(
     settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
-    writer = StreamWriter(writer_settings(settings, stream_retention_s=1), redis_client, db_engine)
+    writer = StreamWriter(
+        writer_settings(settings, stream_retention_s=1), redis_client, db_engine, BUCKET
+    )
     writer.trim_interval_s = 3600.0  # trims only when called below
     await some_transactions(money, users, 3)
     assert await writer.drain_once() == 3
     old_acked = await stream_ids(redis_client)
     await some_transactions(money, users, 2)
     # A dead writer read these and never acknowledged them.
-    await redis_client.xreadgroup(WRITER_GROUP, "dead", {TXN_STREAM: ">"}, count=10)
+    await redis_client.xreadgroup(
+        WRITER_GROUP, "dead", {keyspace.txn_stream(BUCKET): ">"}, count=10
+    )
     old_pending = (await stream_ids(redis_client))[3:]
     await asyncio.sleep(1.1)
     await some_transactions(money, users, 2)
@@ -604,15 +622,17 @@ async def test_retention_trims_only_acknowledged_entries_older_than_the_window(
     assert await writer.trim_stream() == 3
     assert await stream_ids(redis_client) == old_pending + young_acked + undelivered
 
-    await redis_client.xack(TXN_STREAM, WRITER_GROUP, *old_pending)
+    await redis_client.xack(keyspace.txn_stream(BUCKET), WRITER_GROUP, *old_pending)
     assert await writer.trim_stream() == 2
     assert await stream_ids(redis_client) == young_acked + undelivered
     assert await writer.trim_stream() == 0  # young_acked are inside the window
 
     no_window = StreamWriter(
-        writer_settings(settings, stream_retention_s=0), redis_client, db_engine
+        writer_settings(settings, stream_retention_s=0), redis_client, db_engine, BUCKET
     )
-    await redis_client.xreadgroup(WRITER_GROUP, "dead", {TXN_STREAM: ">"}, count=10)
+    await redis_client.xreadgroup(
+        WRITER_GROUP, "dead", {keyspace.txn_stream(BUCKET): ">"}, count=10
+    )
     # undelivered is now pending: only what precedes it may go.
     assert await no_window.trim_stream() == 2
     assert await stream_ids(redis_client) == undelivered
@@ -623,7 +643,9 @@ async def test_the_writer_trims_as_it_goes(
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 5)
-    writer = StreamWriter(writer_settings(settings, stream_retention_s=0), redis_client, db_engine)
+    writer = StreamWriter(
+        writer_settings(settings, stream_retention_s=0), redis_client, db_engine, BUCKET
+    )
 
     assert await writer.drain_once() == 5
 
@@ -637,11 +659,11 @@ async def test_an_id_issued_twice_is_dead_lettered_not_dropped(
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 3)  # ids 1..3
-    writer = StreamWriter(writer_settings(settings), redis_client, db_engine)
+    writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
     assert await writer.drain_once() == 3
     delivered_again = await stream_ids(redis_client)
     # Redis loses its counter: ids 2.. are issued again, for other transactions.
-    await redis_client.set(TXN_SEQ, 1)
+    await redis_client.set(keyspace.txn_seq(BUCKET), 1)
     await money.deposit(users[1], 777)  # id 2 again
     await money.deposit(users[1], 888)  # id 3 again
     await money.deposit(users[1], 999)  # id 4, new

@@ -15,6 +15,7 @@ from service.domain.times import datetime_from_us
 from service.ledger.replay import replay
 from service.ledger.writer import StreamWriter, Unparseable, parse_entry
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import stream_entries
 from tests.support.records import (
     SECOND,
@@ -38,7 +39,7 @@ def b(fields: dict[str, str]) -> dict[bytes, bytes]:
 
 
 async def drain(settings: Settings, redis: Redis, engine: AsyncEngine) -> StreamWriter:
-    writer = StreamWriter(writer_settings(settings), redis, engine)
+    writer = StreamWriter(writer_settings(settings), redis, engine, BUCKET)
     while await writer.drain_once():
         pass
     return writer
@@ -324,16 +325,16 @@ async def test_replay_restores_hold_records_and_captures(
     await _delete(db_engine, "transactions", "id", [4, 6])
     await _delete(db_engine, "holds", "id", [2, 5])
     # From 5: hold 5, refund 6, and the void just before hold 5 (it took no id).
-    assert await replay(settings, redis_client, db_engine, "5") == 3
+    assert await replay(settings, redis_client, db_engine, BUCKET, "5") == 3
     after = await _everything(db_engine)
     assert sorted(after[0]) == [1, 6]
     assert sorted(after[1]) == [3, 5]
     assert sorted(after[2]) == [3]
     # Everything: the capture is its transaction and its event again.
-    assert await replay(settings, redis_client, db_engine, "1") == 3
+    assert await replay(settings, redis_client, db_engine, BUCKET, "1") == 3
     assert await _everything(db_engine) == before
-    assert await replay(settings, redis_client, db_engine, "1") == 0
+    assert await replay(settings, redis_client, db_engine, BUCKET, "1") == 0
     # A void of the last hold, after the last id issued, is replayed from the next id on.
     ids = await append(redis_client, book.end("hold_voided", 5, T0 + 7))
-    assert await replay(settings, redis_client, db_engine, "7") == 1
+    assert await replay(settings, redis_client, db_engine, BUCKET, "7") == 1
     assert (await hold_event_rows(db_engine))[5]["stream_entry_id"] == ids[0]

@@ -5,8 +5,11 @@
 -- refusal_before_money puts it together with the counter checks, in the order both
 -- money scripts need; it needs validate.lua included before it.
 
+-- A session key of the call's bucket (includes/bucket.lua, included before this).
 local function valid_session_key(s)
-  return type(s) == "string" and #s <= 128 and string.match(s, "^wallet_session_[%w_%-]+$") ~= nil
+  local token = type(s) == "string" and #s <= 128
+    and string.match(s, "^wallet_session:{b%d+}:([%w_%-]+)$")
+  return token and s == bucket_member_key("wallet_session", token) or false
 end
 
 local function check_session(session_key, user_id, absolute_s, idle_s, now_s)

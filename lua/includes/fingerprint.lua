@@ -1,7 +1,7 @@
 -- fingerprint (included by the money scripts and restore_idempotency.lua): what the
 -- idempotency record of a request keeps to tell a retry of that request from another
 -- request sent with the same key. The user is not part of it: the key is per user
--- (idem:{<user_id>}:<key>).
+-- (idem:{b}:<user_id>:<key>).
 --
 -- The strings must stay byte-identical to the ones already stored: a record written
 -- before a change (kept for the idempotency TTL, and put back from the ledger by

@@ -24,7 +24,7 @@ local function pending_hold_of_payee(hold_key, user_id, payer_id, now_us)
           expires_at_us = raw[6]}
 end
 
--- The hold's members of holds:{<payer>} and holds:due, once it is checked that both
+-- The hold's members of holds:{b}:<payer> and holds:due:{b}, once it is checked that both
 -- wallets and both sets count it, as they must while it is pending (wallet_amounts of
 -- payer and payee, read by the caller).
 local function counted_hold_members(hold_id, hold, payer_id, user_id, payer, payee,

@@ -2,10 +2,10 @@
 -- held and incoming amounts, and the payer's holds that have expired. docs/holds.md
 -- gives the design; it needs validate.lua included before it.
 --
--- A wallet user:{<id>} is a hash:
+-- A wallet user:{b}:<id> is a hash:
 --   balance_kopecks   posted balance (held money included)
---   held_kopecks      the sum of the user's holds as payer that holds:{<id>} still lists
---   incoming_kopecks  the sum of the holds toward the user that holds:due still lists
+--   held_kopecks    the sum of the user's holds as payer that holds:{b}:<id> still lists
+--   incoming_kopecks  the sum of the holds toward the user that holds:due:{b} still lists
 -- A missing held or incoming field is 0 (wallets made before holds existed).
 --
 -- A hold reserves on both sides, as TigerBeetle's pending transfers do: the payer's
@@ -13,7 +13,7 @@
 -- that every credit checks balance + incoming + amount <= 10^15, and a capture, the credit
 -- that follows the reservation, can never be refused).
 --
--- holds:{<payer>} is a sorted set of the payer's holds that held_kopecks counts: member
+-- holds:{b}:<payer> is a sorted set of the payer's holds that held_kopecks counts: member
 -- "<hold_id>:<to_user_id>:<amount_kopecks>", score expires_at_us. A hold expires at
 -- expires_at_us exactly. A script that spends first finds the payer's holds that have
 -- expired (due_holds), counts their money as available, and releases them (release_holds)

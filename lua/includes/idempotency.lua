@@ -3,7 +3,7 @@
 -- a second time.
 --
 -- A money script answers {outcome, <reply fields>..., replayed}, all strings, replayed
--- ("1" or "0") last. The record is a hash under idem:{<user_id>}:<key>: fingerprint,
+-- ("1" or "0") last. The record is a hash under idem:{b}:<user_id>:<key>: fingerprint,
 -- outcome, and one field per reply field, under the name the script gives it (deposit
 -- and transfer: txn_id, created_at_us). Fields named by the script, rather than one
 -- encoded reply, keep records already stored, and the ones restore_idempotency.lua

@@ -1,9 +1,10 @@
 -- money_frame (included by every money script, after validate and check_session): the
 -- frame every money call shares around its own arguments.
 --
--- KEYS begin with txn:seq, txn:stream, the acting user's wallet user:{<id>} and the request
--- token's record req:{<id>}:<token>; then the script's own keys; then the Idempotency-Key's
--- record idem:{<id>}:<key> and the session, each only when given. ARGV carry, besides the
+-- KEYS begin with txn:seq:{b}, txn:stream:{b}, the acting user's wallet user:{b}:<id> and the
+-- request token's record req:{b}:<id>:<token>; then the script's own keys; then the
+-- Idempotency-Key's record idem:{b}:<id>:<key> and the session, each only when given
+-- ({b}: the call's bucket tag, includes/bucket.lua). ARGV carry, besides the
 -- script's own: the key ("" for none) and its TTL, the session check ("1" or "0", absolute
 -- and idle seconds), the request token and how long its outcome is kept.
 
@@ -30,10 +31,12 @@ local function money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_ar
     and valid_positive(absolute_arg, MAX_TTL_S) and valid_positive(idle_arg, MAX_TTL_S)
     and valid_request_token(token) and valid_positive(outcome_ttl_arg, MAX_TTL_S)
     and #KEYS == key_count
-    and KEYS[1] == "txn:seq" and KEYS[2] == "txn:stream" and KEYS[3] == "user:{" .. user_id .. "}"
-    and KEYS[4] == "req:{" .. user_id .. "}:" .. token
+    and KEYS[1] == bucket_key("txn:seq") and KEYS[2] == bucket_key("txn:stream")
+    and KEYS[3] == bucket_member_key("user", user_id)
+    and KEYS[4] == bucket_member_key("req", user_id) .. ":" .. token
     and (not frame.has_key or (valid_idempotency_key(idem_key)
-                               and KEYS[frame.idem_index] == "idem:{" .. user_id .. "}:" .. idem_key))
+                               and KEYS[frame.idem_index]
+                                   == bucket_member_key("idem", user_id) .. ":" .. idem_key))
     and (not frame.has_session or valid_session_key(KEYS[frame.session_index]))
   return frame
 end

@@ -7,11 +7,11 @@
 -- it for Retry-After), checked here in the payment's own step rather than in a round trip
 -- before it.
 --
--- The key is throttle:recipient-misses:{<user_id>}: a string with a TTL, the misses counted.
+-- The key is throttle:recipient-misses:{b}:<user_id>: a string with a TTL, the misses counted.
 
 -- The key, the limit (1 .. 10^9 misses) and the window (1 .. 10^12 ms), as given.
 local function valid_recipient_misses(key, user_id, limit_arg, window_ms_arg)
-  return key == "throttle:recipient-misses:{" .. user_id .. "}"
+  return key == bucket_member_key("throttle:recipient-misses", user_id)
     and valid_positive(limit_arg, 1000000000) and valid_positive(window_ms_arg, 1000000000000)
 end
 

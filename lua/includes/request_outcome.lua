@@ -3,7 +3,7 @@
 -- request whose reply was lost (a timeout, a dropped connection) is still answered with
 -- what it did (service/redis/money.py).
 --
--- The record is a hash under req:{<user_id>}:<token>: outcome, txn_id, created_at_us.
+-- The record is a hash under req:{b}:<user_id>:<token>: outcome, txn_id, created_at_us.
 -- - A money script that moves money records outcome "ok" with its transaction, for the
 --   outcome ttl_s (a setting: longer than the API waits for a lost reply's outcome).
 -- - lookup_request.lua, finding no record, writes outcome "not_applied": the request has

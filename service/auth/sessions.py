@@ -65,16 +65,18 @@ class WalletSessionStorage(RedisStorage):
         self._end_all = LuaScript(redis, "end_sessions")
 
     def redis_key(self, identity: str) -> str:
-        return keyspace.session(identity)
+        """The key of a session that loaded, or that ``create`` made."""
+        key = keyspace.session(identity)
+        assert key is not None, "only a session that loaded, or a new one, has a key"
+        return key
 
     async def load_session(self, request: web.Request) -> Session:
         cookie = self.load_cookie(request)
+        # A cookie no session can have (keyspace.session) loads as none, unasked.
+        key = None if cookie is None else keyspace.session(cookie)
         raw = None
-        if cookie is not None:
-            raw = cast(
-                bytes | None,
-                await self._redis.getex(self.redis_key(cookie), ex=self.idle_timeout_s),
-            )
+        if key is not None:
+            raw = cast(bytes | None, await self._redis.getex(key, ex=self.idle_timeout_s))
         if raw is None:
             return Session(None, data=None, new=True, max_age=self.max_age)
         try:
@@ -95,7 +97,7 @@ class WalletSessionStorage(RedisStorage):
     async def create(self, user: SessionUser) -> str:
         """Stores a new session of the user under a new random id and enters it in the
         user's index (ending their oldest session at the cap); returns the id."""
-        session_id: str = self._key_factory()
+        session_id = keyspace.new_session_id(user.user_id, self._key_factory())
         data = {
             "created": int(time.time()),
             "session": {"user_id": user.user_id, "username": user.username},

@@ -233,14 +233,19 @@ def migrate() -> None:
     help="a transaction id (123) or a stream entry id (1700000000000-0)",
 )
 def replay(from_id: str) -> None:
-    """Re-drive retained stream records into PostgreSQL, from a point on (idempotent)."""
+    """Re-drive retained stream records into PostgreSQL, from a point on (idempotent), in
+    every bucket's stream."""
     from service.ledger.replay import replay as redrive
+    from service.redis import keyspace
 
     settings = load_settings()
 
     async def go() -> int:
         async with connections(settings) as (redis, engine):
-            return await redrive(settings, redis, engine, from_id)
+            inserted = 0
+            for bucket in keyspace.all_buckets():
+                inserted += await redrive(settings, redis, engine, bucket, from_id)
+            return inserted
 
     try:
         inserted = run(go())

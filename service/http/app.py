@@ -35,6 +35,7 @@ from service.http.state import (
 )
 from service.ledger.rebuild import ensure_transaction_counter
 from service.outages import is_outage
+from service.redis import keyspace
 from service.redis.batches import BatchScripts
 from service.redis.checks import check_redis_durability
 from service.redis.client import connect_redis
@@ -83,7 +84,8 @@ async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         await check_redis_durability(redis, settings.allow_evicting_redis)
         # Before the first transaction: without the group every entry counts as unpersisted.
-        await ensure_consumer_group(redis)
+        for bucket in keyspace.all_buckets():
+            await ensure_consumer_group(redis, bucket)
         problem = await schema_problem(app[DATABASE])
         if problem is not None:
             raise SchemaMissing(problem)

@@ -36,10 +36,11 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-async def _read_hold(request: web.Request, hold_id: int) -> Hold | None:
+async def _read_hold(request: web.Request, reader_id: int, hold_id: int) -> Hold | None:
     return await read_hold(
         request.app[REDIS],
         request.app[DATABASE],
+        reader_id,
         hold_id,
         tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
     )
@@ -48,7 +49,7 @@ async def _read_hold(request: web.Request, hold_id: int) -> Hold | None:
 async def _not_found_or_ended(request: web.Request, hold_id: int, user_id: int) -> Refused:
     """What to answer when Redis no longer has the hold: it ended long ago (409, when the
     ledger has it and the caller is its payee) or there is none for the caller (404)."""
-    hold = await _read_hold(request, hold_id)
+    hold = await _read_hold(request, user_id, hold_id)
     if hold is not None and hold.to_user_id == user_id:
         return Refused(refusals.HOLD_NOT_PENDING)
     return Refused(refusals.HOLD_NOT_FOUND)
@@ -115,7 +116,7 @@ async def void_hold(request: web.Request) -> web.Response:
 async def get_hold(request: web.Request) -> web.Response:
     user = await current_user(request)
     refuse_unknown_query(request, set())
-    hold = await _read_hold(request, path_id(request, refusals.HOLD_NOT_FOUND))
+    hold = await _read_hold(request, user.user_id, path_id(request, refusals.HOLD_NOT_FOUND))
     if hold is None or user.user_id not in (hold.from_user_id, hold.to_user_id):
         raise Refused(refusals.HOLD_NOT_FOUND)
     return json_response(hold.as_json(_now_us()))

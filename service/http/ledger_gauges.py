@@ -1,6 +1,6 @@
-"""The gauges GET /metrics reads from Redis when it is scraped: the transactions stream,
-the writers' progress through it, the dead letters and Redis's memory; and
-``wallet_redis_up``, whether Redis answered those reads.
+"""The gauges GET /metrics reads from Redis when it is scraped: the transactions streams
+(of every bucket, summed), the writers' progress through them, the dead letters and
+Redis's memory; and ``wallet_redis_up``, whether Redis answered those reads.
 
 Whichever process answers the scrape reads them, so they are right with any number of
 workers. When Redis does not answer within ``REDIS_READ_TIMEOUT_S`` (stopped, restarting,
@@ -50,11 +50,21 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def read_ledger(redis: Redis) -> LedgerReading:
-    stream = keyspace.TXN_STREAM
+@dataclass(frozen=True, slots=True)
+class _StreamReading:
+    """One bucket's stream."""
+
+    entries: int
+    dead_letter_entries: int
+    pending: int
+    lag_entries: int
+    oldest_ms: int | None
+
+
+async def _read_stream(redis: Redis, bucket: int) -> _StreamReading:
+    stream = keyspace.txn_stream(bucket)
     stream_entries = await redis.xlen(stream)
-    dead_letter_entries = await redis.xlen(keyspace.TXN_DEAD_LETTER)
-    memory = cast(dict[str, object], await redis.info("memory"))
+    dead_letter_entries = await redis.xlen(keyspace.txn_dead_letter(bucket))
     group: dict[str, object] | None = None
     if await redis.exists(stream):
         groups = cast(list[dict[str, object]], await redis.xinfo_groups(stream))
@@ -75,11 +85,19 @@ async def read_ledger(redis: Redis) -> LedgerReading:
         following = cast(list[tuple[bytes, object]], await redis.xrange(stream, after, count=1))
         oldest = _text(following[0][0]) if following else None
     oldest_ms = None if oldest is None else int(oldest.split("-", 1)[0])
+    return _StreamReading(stream_entries, dead_letter_entries, pending, lag_entries, oldest_ms)
+
+
+async def read_ledger(redis: Redis) -> LedgerReading:
+    """The streams of every bucket, summed (the lag: the oldest of them)."""
+    streams = [await _read_stream(redis, bucket) for bucket in keyspace.all_buckets()]
+    memory = cast(dict[str, object], await redis.info("memory"))
+    oldest_ms = min((s.oldest_ms for s in streams if s.oldest_ms is not None), default=None)
     return LedgerReading(
-        stream_entries=stream_entries,
-        dead_letter_entries=dead_letter_entries,
-        writer_pending_entries=pending,
-        writer_lag_entries=lag_entries,
+        stream_entries=sum(s.entries for s in streams),
+        dead_letter_entries=sum(s.dead_letter_entries for s in streams),
+        writer_pending_entries=sum(s.pending for s in streams),
+        writer_lag_entries=sum(s.lag_entries for s in streams),
         writer_lag_seconds=0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000),
         used_memory_bytes=cast(int, memory["used_memory"]),
         maxmemory_bytes=cast(int, memory["maxmemory"]),
@@ -132,7 +150,7 @@ class LedgerGauges(Collector):
             ),
             (
                 "wallet_dead_letter_entries",
-                "Stream records the writer could not store (see txn:dead-letter)",
+                "Stream records the writer could not store (see txn:dead-letter:{b<bucket>})",
                 reading.dead_letter_entries,
             ),
             (

@@ -21,6 +21,7 @@ async def refund(request: web.Request) -> web.Response:
     transfer = await find_transaction(
         request.app[REDIS],
         request.app[DATABASE],
+        user.user_id,
         txn_id,
         tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
     )

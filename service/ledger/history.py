@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from persistence.models import TRANSFER_KINDS_SQL, LedgerTransaction
 from service.domain.transactions import Transaction
+from service.redis import keyspace
 from service.redis.stream_tail import Tail, unpersisted_tail
 
 Direction = Literal["all", "in", "out"]
@@ -29,10 +30,10 @@ class HistoryUnavailable(Exception):
     """The writer is so far behind that the unpersisted tail cannot be merged."""
 
 
-async def complete_tail(redis: Redis, tail_max_entries: int, user_id: int | None) -> Tail:
-    """The unpersisted tail (of one user, if given), whole; HistoryUnavailable when the
-    writer is so far behind that it overflows. Read it before querying PostgreSQL."""
-    tail = await unpersisted_tail(redis, tail_max_entries, user_id)
+async def complete_tail(redis: Redis, tail_max_entries: int, user_id: int) -> Tail:
+    """The unpersisted tail of one user, whole; HistoryUnavailable when the writer is so
+    far behind that it overflows. Read it before querying PostgreSQL."""
+    tail = await unpersisted_tail(redis, keyspace.bucket_of(user_id), tail_max_entries, user_id)
     if tail.overflow:
         raise HistoryUnavailable(f"more than {tail_max_entries} records are not persisted")
     return tail

@@ -140,10 +140,11 @@ def _merged(stored: dict[int, Hold], tail: Tail) -> dict[int, Hold]:
 
 
 async def read_hold(
-    redis: Redis, engine: AsyncEngine, hold_id: int, *, tail_max_entries: int
+    redis: Redis, engine: AsyncEngine, reader_id: int, hold_id: int, *, tail_max_entries: int
 ) -> Hold | None:
-    """The hold with this id, with its status as recorded (``status_at`` gives it at an
-    instant); None if there is none.
+    """The hold with this id, as a party to it (``reader_id``, payer or payee) finds it,
+    with its status as recorded (``status_at`` gives it at an instant); None if there is
+    none (the caller tells whether the reader is a party).
 
     Redis's ``hold:<id>`` first. Without it, the ledger: a hold that has ended there is
     final. Otherwise the tail (of the hold's payer, when the ledger knows the hold) and the
@@ -152,7 +153,7 @@ async def read_hold(
     """
     if hold_id < 1:
         return None
-    raw = cast(dict[bytes, bytes], await redis.hgetall(keyspace.hold(hold_id)))
+    raw = cast(dict[bytes, bytes], await redis.hgetall(keyspace.hold_of_party(reader_id, hold_id)))
     if raw:
         return Hold.from_redis_hash(hold_id, raw)
     async with AsyncSession(engine) as session:
@@ -161,7 +162,7 @@ async def read_hold(
     if known is not None and known.status != "pending":
         return known
     payer = None if known is None else known.from_user_id
-    tail = await unpersisted_tail(redis, tail_max_entries, payer)
+    tail = await unpersisted_tail(redis, keyspace.bucket_of(reader_id), tail_max_entries, payer)
     async with AsyncSession(engine) as session:
         stored = await _stored_holds(session, [hold_id])
     hold = _merged(stored, tail).get(hold_id)

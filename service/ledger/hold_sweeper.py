@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.ledger.id_counter import KEEPER_INTERVAL_S, run_counter_keeper
 from service.ledger.writer import StreamWriter, WriterStats
 from service.outages import is_outage
+from service.redis import keyspace
 from service.redis.holds import HoldScripts
 from service.settings import Settings
 
@@ -28,12 +29,12 @@ log = logging.getLogger("wallet.hold_sweeper")
 
 
 async def run_hold_sweeper(
-    holds: HoldScripts, interval_s: float, batch: int, stop: asyncio.Event
+    holds: HoldScripts, bucket: int, interval_s: float, batch: int, stop: asyncio.Event
 ) -> None:
-    """Sweeps until ``stop`` is set."""
+    """Sweeps the bucket's holds until ``stop`` is set."""
     while not stop.is_set():
         try:
-            marked = await holds.sweep(batch)
+            marked = await holds.sweep(bucket, batch)
         except Exception as error:
             if not is_outage(error):
                 raise
@@ -53,25 +54,30 @@ async def run_writer_and_sweeper(
     stop: asyncio.Event,
     stats: WriterStats | None = None,
 ) -> None:
-    """The stream writer, the hold sweeper and the id counter's keeper until ``stop`` is
-    set. A sweeper or keeper that fails for anything but an outage stops the writer too,
-    and its error is raised. The writer counts its work in ``stats`` when given (`wallet
+    """For every bucket, the stream writer, the hold sweeper and the id counter's keeper,
+    until ``stop`` is set. A task that fails for anything but an outage stops the others,
+    and its error is raised. The writers count their work in ``stats`` when given (`wallet
     writer` serves them as metrics)."""
-    helpers = [
-        asyncio.create_task(
-            run_hold_sweeper(
-                HoldScripts(redis, settings),
-                settings.hold_sweep_interval_ms / 1000,
-                settings.hold_sweep_batch,
-                stop,
-            )
-        ),
-        asyncio.create_task(run_counter_keeper(redis, engine, KEEPER_INTERVAL_S, stop)),
-    ]
-    for helper in helpers:
-        helper.add_done_callback(lambda _: stop.set())
+    holds = HoldScripts(redis, settings)
+    tasks = []
+    for bucket in keyspace.all_buckets():
+        tasks += [
+            asyncio.create_task(StreamWriter(settings, redis, engine, bucket, stats).run(stop)),
+            asyncio.create_task(
+                run_hold_sweeper(
+                    holds,
+                    bucket,
+                    settings.hold_sweep_interval_ms / 1000,
+                    settings.hold_sweep_batch,
+                    stop,
+                )
+            ),
+            asyncio.create_task(run_counter_keeper(redis, engine, bucket, KEEPER_INTERVAL_S, stop)),
+        ]
+    for task in tasks:
+        task.add_done_callback(lambda _: stop.set())
     try:
-        await StreamWriter(settings, redis, engine, stats).run(stop)
+        await asyncio.gather(*tasks)
     finally:
         stop.set()
-        await asyncio.gather(*helpers)
+        await asyncio.gather(*tasks, return_exceptions=True)

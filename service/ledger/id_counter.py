@@ -39,10 +39,10 @@ log = logging.getLogger("wallet.id_counter")
 KEEPER_INTERVAL_S = 0.5
 
 
-async def restart_counter_set_aside(redis: Redis, engine: AsyncEngine) -> int | None:
-    """Starts a counter set aside again in a new epoch; the new ``txn:seq``, or None when
-    no counter is set aside (or another process started it meanwhile)."""
-    raw = await redis.get(keyspace.TXN_SEQ_BEHIND)
+async def restart_counter_set_aside(redis: Redis, engine: AsyncEngine, bucket: int) -> int | None:
+    """Starts the bucket's counter, set aside, again in a new epoch; the new counter, or
+    None when it is not set aside (or another process started it meanwhile)."""
+    raw = await redis.get(keyspace.txn_seq_behind(bucket))
     if raw is None:
         return None
     behind = int(raw)
@@ -56,7 +56,10 @@ async def restart_counter_set_aside(redis: Redis, engine: AsyncEngine) -> int | 
     epoch_start = epoch * TXN_IDS_PER_EPOCH
     restart = LuaScript(redis, "restart_counter")
     outcome = (
-        await restart(keys=[keyspace.TXN_SEQ, keyspace.TXN_SEQ_BEHIND], args=[str(epoch_start)])
+        await restart(
+            keys=[keyspace.txn_seq(bucket), keyspace.txn_seq_behind(bucket)],
+            args=[str(epoch_start)],
+        )
     ).decode()
     if outcome in ("none", "already"):
         return None  # another process did it; the epoch taken goes unused
@@ -73,13 +76,13 @@ async def restart_counter_set_aside(redis: Redis, engine: AsyncEngine) -> int | 
 
 
 async def run_counter_keeper(
-    redis: Redis, engine: AsyncEngine, interval_s: float, stop: asyncio.Event
+    redis: Redis, engine: AsyncEngine, bucket: int, interval_s: float, stop: asyncio.Event
 ) -> None:
-    """Starts a counter set aside again whenever one is, until ``stop`` is set. Outages
-    are logged and retried at the next pass; anything else is a bug and ends it."""
+    """Starts the bucket's counter again whenever it is set aside, until ``stop`` is set.
+    Outages are logged and retried at the next pass; anything else is a bug and ends it."""
     while not stop.is_set():
         try:
-            await restart_counter_set_aside(redis, engine)
+            await restart_counter_set_aside(redis, engine, bucket)
         except Exception as error:
             if not is_outage(error):
                 raise

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from persistence.models import LedgerTransaction
 from service.domain.transactions import Transaction
 from service.ledger.history import HistoryUnavailable
+from service.redis import keyspace
 from service.redis.stream_tail import unpersisted_tail
 
 
@@ -19,9 +20,11 @@ async def _stored(engine: AsyncEngine, txn_id: int) -> Transaction | None:
 
 
 async def find_transaction(
-    redis: Redis, engine: AsyncEngine, txn_id: int, *, tail_max_entries: int
+    redis: Redis, engine: AsyncEngine, reader_id: int, txn_id: int, *, tail_max_entries: int
 ) -> Transaction | None:
-    """The transaction with this id, wherever it is; None if there is none.
+    """The transaction with this id, wherever it is, as a party to it (``reader_id``) finds
+    it: in the ledger, or in the tail of the reader's bucket; None if there is none (the
+    caller tells whether the reader is a party).
 
     A stored transaction never changes, so the ledger is asked first: most lookups are of
     transactions stored long ago, and they cost one indexed query and no tail. Otherwise
@@ -35,7 +38,7 @@ async def find_transaction(
     stored = await _stored(engine, txn_id)
     if stored is not None:
         return stored
-    tail = await unpersisted_tail(redis, tail_max_entries)
+    tail = await unpersisted_tail(redis, keyspace.bucket_of(reader_id), tail_max_entries)
     for txn in tail.transactions:
         if txn.txn_id == txn_id:
             return txn

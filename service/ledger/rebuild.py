@@ -117,21 +117,23 @@ class RebuildReport:
     idempotency_keys_restored: int
     idempotency_keys_kept: int  # Redis still held a record under the key
     ledger_last_txn_id: int  # the largest id in the ledger (transactions and holds)
-    txn_id_epoch: int  # the epoch taken for the ids from now on
-    txn_seq: int  # after the rebuild: the start of that epoch (or a live counter above it)
+    # Per bucket, in bucket order: the epoch taken for its ids from now on, and its counter
+    # after the rebuild (the start of that epoch, or a live counter above it).
+    txn_id_epochs: tuple[int, ...]
+    txn_seqs: tuple[int, ...]
     holds_restored: int = 0  # pending holds put back
     refunded_totals_restored: int = 0
     # The ledger's fingerprint is none the live script could have recorded for its row.
     idempotency_keys_skipped: int = 0
 
 
-async def _refuse_over_unpersisted_entries(redis: Redis) -> None:
-    tail = await unpersisted_tail(redis, max_entries=1)
+async def _refuse_over_unpersisted_entries(redis: Redis, bucket: int) -> None:
+    tail = await unpersisted_tail(redis, bucket, max_entries=1)
     if not tail.empty:
         first = tail.describe_first()
         more = " and later ones" if tail.overflow else ""
         raise RebuildRefused(
-            f"Redis still holds {first}{more} in {keyspace.TXN_STREAM} that may"
+            f"Redis still holds {first}{more} in {keyspace.txn_stream(bucket)} that may"
             " not be in the ledger: run the writer until it has drained the stream, then"
             " rebuild again. Nothing was changed."
         )
@@ -154,23 +156,29 @@ async def rebuild(
     """Reloads wallets, holds, refunded totals, txn:seq, recent idempotency records and the
     consumer group from the ledger; see the module docstring. Raises RebuildRefused before
     writing anything when Redis holds stream entries that may not be in the ledger."""
-    await _refuse_over_unpersisted_entries(redis)
+    buckets = list(keyspace.all_buckets())
+    for bucket in buckets:
+        await _refuse_over_unpersisted_entries(redis, bucket)
     last_id = await _ledger_last_id(engine)
-    await ensure_consumer_group(redis)
-    await _continue_stream_ids(redis, engine)
-    epoch = await take_txn_id_epoch(engine, at_least_id=last_id)
-    epoch_start = epoch * TXN_IDS_PER_EPOCH
-
-    # holds:due comes back from the ledger alone, after the wallets (restore_hold.lua).
-    await redis.delete(keyspace.HOLDS_DUE)
-    outcomes = await _restore_wallets(redis, engine, epoch_start)
+    epochs: list[int] = []
+    for bucket in buckets:
+        await ensure_consumer_group(redis, bucket)
+        await _continue_stream_ids(redis, engine, bucket)
+        epochs.append(await take_txn_id_epoch(engine, at_least_id=last_id))
+        # holds:due comes back from the ledger alone, after the wallets (restore_hold.lua).
+        await redis.delete(keyspace.holds_due(bucket))
+    epoch_starts = [epoch * TXN_IDS_PER_EPOCH for epoch in epochs]
+    outcomes = await _restore_wallets(redis, engine, epoch_starts)
     holds = await _restore_pending_holds(redis, engine, hold_retention_s)
     refunded = await _restore_refunded_totals(redis, engine)
     restored, kept, skipped = await _restore_idempotency_records(redis, engine, idempotency_ttl_s)
-    # restore_wallet raised the counter with every user. With no user there is no
-    # transaction either (the ledger's rows name users): it is started, if missing.
-    await redis.set(keyspace.TXN_SEQ, epoch_start, nx=True)
-    seq = int(cast(bytes | None, await redis.get(keyspace.TXN_SEQ)) or 0)
+    # restore_wallet raised each counter with every user of its bucket. A bucket with no
+    # user has no transaction either (the ledger's rows name users): its counter is
+    # started, if missing.
+    seqs: list[int] = []
+    for bucket in buckets:
+        await redis.set(keyspace.txn_seq(bucket), epoch_starts[bucket], nx=True)
+        seqs.append(int(cast(bytes | None, await redis.get(keyspace.txn_seq(bucket))) or 0))
     return RebuildReport(
         users=sum(outcomes.values()),
         wallets_created=outcomes["created"],
@@ -178,30 +186,33 @@ async def rebuild(
         idempotency_keys_restored=restored,
         idempotency_keys_kept=kept,
         ledger_last_txn_id=last_id,
-        txn_id_epoch=epoch,
-        txn_seq=seq,
+        txn_id_epochs=tuple(epochs),
+        txn_seqs=tuple(seqs),
         holds_restored=holds,
         refunded_totals_restored=refunded,
         idempotency_keys_skipped=skipped,
     )
 
 
-async def _continue_stream_ids(redis: Redis, engine: AsyncEngine) -> None:
-    """Raises the stream's last id to the largest the ledger holds, so that every entry
+async def _continue_stream_ids(redis: Redis, engine: AsyncEngine, bucket: int) -> None:
+    """Raises the bucket's stream's last id to the largest the ledger holds, so that every entry
     from now on is above every stored one, whatever the clock did: `wallet reconcile`
     reads the ledger as of a stream entry id (service/ledger/hold_totals.py), and a new
     stream would otherwise start below the stored entries (at 0-0, until its first entry)."""
     async with engine.connect() as connection:
         stored = await last_stream_entry_id(connection)
-    info = await redis.xinfo_stream(keyspace.TXN_STREAM)
+    stream = keyspace.txn_stream(bucket)
+    info = await redis.xinfo_stream(stream)
     current = stream_id(cast(bytes, info["last-generated-id"]))
     if stored is not None and stored > current:
         async with redis.pipeline(transaction=False) as pipe:  # (no typed XSETID method)
-            pipe.execute_command("XSETID", keyspace.TXN_STREAM, f"{stored[0]}-{stored[1]}")
+            pipe.execute_command("XSETID", stream, f"{stored[0]}-{stored[1]}")
             await pipe.execute()
 
 
-async def _restore_wallets(redis: Redis, engine: AsyncEngine, epoch_start: int) -> dict[str, int]:
+async def _restore_wallets(
+    redis: Redis, engine: AsyncEngine, epoch_starts: list[int]
+) -> dict[str, int]:
     restore_wallet = LuaScript(redis, "restore_wallet")
     outcomes = {"created": 0, "updated": 0, "unchanged": 0}
     async for user_ids in user_id_batches(engine, BATCH_SIZE):
@@ -219,8 +230,19 @@ async def _restore_wallets(redis: Redis, engine: AsyncEngine, epoch_start: int) 
                     f" {held} held and {incoming[user_id]} incoming: no wallet holds that"
                     f" (0 <= held <= balance, balance + incoming <= {MAX_BALANCE_KOPECKS})"
                 )
-            keys = [keyspace.TXN_SEQ, keyspace.user(user_id), keyspace.pending_holds(user_id)]
-            args = [str(user_id), str(kopecks), str(epoch_start), str(held), str(incoming[user_id])]
+            bucket = keyspace.bucket_of(user_id)
+            keys = [
+                keyspace.txn_seq(bucket),
+                keyspace.user(user_id),
+                keyspace.pending_holds(user_id),
+            ]
+            args = [
+                str(user_id),
+                str(kopecks),
+                str(epoch_starts[bucket]),
+                str(held),
+                str(incoming[user_id]),
+            ]
             for hold in holds[user_id]:
                 args += [
                     str(hold.hold_id),
@@ -257,7 +279,8 @@ async def _restore_pending_holds(redis: Redis, engine: AsyncEngine, retention_s:
 
 
 def _restore_hold_call(hold: PendingHold, retention_s: int) -> tuple[list[str], list[str]]:
-    keys = [keyspace.hold(hold.hold_id), keyspace.HOLDS_DUE]
+    bucket = keyspace.bucket_of(hold.from_user_id)  # a hold is in its payer's bucket
+    keys = [keyspace.hold(bucket, hold.hold_id), keyspace.holds_due(bucket)]
     args = [
         str(hold.hold_id),
         str(hold.from_user_id),
@@ -618,10 +641,17 @@ async def ensure_transaction_counter(redis: Redis, engine: AsyncEngine) -> bool:
     in a new epoch (service/ledger/id_counter.py). A missing counter with transactions in
     the ledger otherwise means Redis lost its data: the counter stays missing, so the money
     scripts refuse to move money (the balances are gone too) until `wallet rebuild`. True
-    when the counter is in place."""
-    if await redis.exists(keyspace.TXN_SEQ):
+    when every bucket's counter is in place."""
+    in_place = True
+    for bucket in keyspace.all_buckets():
+        in_place &= await _ensure_bucket_counter(redis, engine, bucket)
+    return in_place
+
+
+async def _ensure_bucket_counter(redis: Redis, engine: AsyncEngine, bucket: int) -> bool:
+    if await redis.exists(keyspace.txn_seq(bucket)):
         return True
-    if await restart_counter_set_aside(redis, engine) is not None:
+    if await restart_counter_set_aside(redis, engine, bucket) is not None:
         return True
     async with engine.connect() as connection:
         last_id = (await connection.execute(select(func.max(T.id)))).scalar()
@@ -630,7 +660,7 @@ async def ensure_transaction_counter(redis: Redis, engine: AsyncEngine) -> bool:
     epoch = await take_txn_id_epoch(engine, at_least_id=0)
     # Two processes starting at once each take an epoch; one counter wins, the other epoch
     # is never used. Ids are unique, not dense.
-    await redis.set(keyspace.TXN_SEQ, epoch * TXN_IDS_PER_EPOCH, nx=True)
+    await redis.set(keyspace.txn_seq(bucket), epoch * TXN_IDS_PER_EPOCH, nx=True)
     return True
 
 
@@ -649,8 +679,12 @@ def format_report(report: RebuildReport) -> str:
                 if report.idempotency_keys_skipped
                 else ""
             ),
-            f"txn:seq is {report.txn_seq}: new ids go on from epoch {report.txn_id_epoch},"
-            f" above every id issued before; the ledger's last transaction or hold is"
-            f" {report.ledger_last_txn_id}",
+            f"transaction id counters (per bucket): {_listed(report.txn_seqs)}; new ids go on"
+            f" from epochs {_listed(report.txn_id_epochs)}, above every id issued before;"
+            f" the ledger's last transaction or hold is {report.ledger_last_txn_id}",
         ]
     )
+
+
+def _listed(numbers: tuple[int, ...]) -> str:
+    return ", ".join(str(n) for n in numbers)

@@ -68,8 +68,12 @@ from service.redis.stream_tail import Tail, unpersisted_tail
 BATCH_SIZE = 500
 _POLL_S = 0.05
 _REPORT_LIMIT = 20
-_WALLET_KEY = re.compile(rb"user:\{([1-9][0-9]{0,14})\}")
-_REFUNDED_KEY = re.compile(rb"refunded:\{([1-9][0-9]{0,14})\}:([1-9][0-9]{0,14})")
+_WALLET_KEY = re.compile(rb"user:\{b[0-9]+\}:([1-9][0-9]{0,14})")
+_REFUNDED_KEY = re.compile(rb"refunded:\{b[0-9]+\}:([1-9][0-9]{0,14}):([1-9][0-9]{0,14})")
+# The comparison reads the ledger as of one counter and one stream position (the module
+# docstring): those of the one bucket. Per bucket, with ledger rows of several buckets, is
+# the cluster's next step (docs/scaling.md).
+_BUCKET = 0
 
 
 class Drift(NamedTuple):
@@ -199,7 +203,12 @@ async def _snapshot(
     refunded: Sequence[tuple[int, int]] = (),
     with_due: bool = False,
 ) -> _Snapshot:
-    keys = [keyspace.TXN_SEQ, keyspace.TXN_STREAM, keyspace.HOLDS_DUE]
+    assert keyspace.BUCKETS == 1, "reconcile compares one bucket"
+    keys = [
+        keyspace.txn_seq(_BUCKET),
+        keyspace.txn_stream(_BUCKET),
+        keyspace.holds_due(_BUCKET),
+    ]
     keys += [keyspace.user(user_id) for user_id in user_ids]
     keys += [keyspace.refunded(refunder, txn_id) for refunder, txn_id in refunded]
     reply = await LuaScript(redis, "reconcile_snapshot")(
@@ -238,7 +247,7 @@ async def _wait_for_writer(redis: Redis, last_entry: EntryId, wait_s: float) -> 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        tail = await unpersisted_tail(redis, max_entries=1)
+        tail = await unpersisted_tail(redis, _BUCKET, max_entries=1)
         if _starts_after(tail, last_entry):
             return Tail(records=[], overflow=False)
         remaining = deadline - loop.time()
@@ -268,7 +277,7 @@ async def _wallets_without_user(redis: Redis, engine: AsyncEngine) -> list[int]:
         orphans.extend(sorted(ids - known))
 
     batch: set[int] = set()
-    async for key in redis.scan_iter(match="user:{*}", count=1000):
+    async for key in redis.scan_iter(match="user:{b*}:*", count=1000):
         match = _WALLET_KEY.fullmatch(cast(bytes, key))
         if match is None:
             continue
@@ -309,7 +318,7 @@ async def reconcile(redis: Redis, engine: AsyncEngine, wait_for_writer_s: float)
         last_txn = (await connection.execute(select(func.max(T.id)))).scalar()
         last_hold = (await connection.execute(select(func.max(LedgerHold.id)))).scalar()
     last_id = max(int(last_txn or 0), int(last_hold or 0))
-    seq = int(cast(bytes | None, await redis.get(keyspace.TXN_SEQ)) or 0)
+    seq = int(cast(bytes | None, await redis.get(keyspace.txn_seq(_BUCKET))) or 0)
     if seq < last_id:
         report.seq_behind_ledger = (seq, last_id)
     return report
@@ -362,7 +371,7 @@ async def _compare_refunded_totals(
             redis, engine, [(t.refunder, t.txn_id) for t in totals], wait_s, report, seen, over
         )
     batch: list[tuple[int, int]] = []
-    async for key in redis.scan_iter(match="refunded:{*}:*", count=1000):
+    async for key in redis.scan_iter(match="refunded:{b*}:*", count=1000):
         if report.writer_behind:
             return
         match = _REFUNDED_KEY.fullmatch(cast(bytes, key))

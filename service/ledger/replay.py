@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.ledger_insert import insert_isolating
 from service.domain.records import StreamRecord
 from service.ledger.writer import Unparseable, parse_entry
-from service.redis.keyspace import TXN_STREAM
+from service.redis import keyspace
 from service.settings import Settings
 
 logger = logging.getLogger("wallet.replay")
@@ -59,13 +59,16 @@ def _takes_no_id(fields: dict[bytes, bytes]) -> bool:
     return fields.get(b"kind") in (b"hold_voided", b"hold_expired")
 
 
-async def replay(settings: Settings, redis: Redis, engine: AsyncEngine, from_id: str) -> int:
-    """Inserts the retained stream records from ``from_id`` on; returns the rows newly
-    inserted. ``from_id`` is a stream entry id (start there) or a transaction id (start at
-    the first entry whose transaction or hold id is at least that, and the voids and
-    expiries of holds just before it that came after the last id below it). Raises
+async def replay(
+    settings: Settings, redis: Redis, engine: AsyncEngine, bucket: int, from_id: str
+) -> int:
+    """Inserts the retained records of the bucket's stream from ``from_id`` on; returns the
+    rows newly inserted. ``from_id`` is a stream entry id (start there) or a transaction id
+    (start at the first entry whose transaction or hold id is at least that, and the voids
+    and expiries of holds just before it that came after the last id below it). Raises
     ValueError on a malformed ``from_id``."""
     start_entry, start_txn = parse_from_id(from_id)
+    stream = keyspace.txn_stream(bucket)
     chunk = settings.writer_batch_size
     cursor = start_entry or "-"
     started = passed_earlier = False
@@ -92,7 +95,7 @@ async def replay(settings: Settings, redis: Redis, engine: AsyncEngine, from_id:
                 logger.warning("skipping stream entry %s: %s", entry_id, reason)
 
     while True:
-        entries = cast(StreamEntries, await redis.xrange(TXN_STREAM, min=cursor, count=chunk))
+        entries = cast(StreamEntries, await redis.xrange(stream, min=cursor, count=chunk))
         if not entries:
             break
         cursor = "(" + entries[-1][0].decode()
@@ -125,7 +128,8 @@ async def replay(settings: Settings, redis: Redis, engine: AsyncEngine, from_id:
     if not started and idless:
         await store(idless)  # voids and expiries after the last id issued
     logger.info(
-        "replay from %s: %d entries read, %d rows inserted, %d skipped",
+        "replay of %s from %s: %d entries read, %d rows inserted, %d skipped",
+        stream,
         from_id,
         scanned,
         inserted,

@@ -1,4 +1,5 @@
-"""The ledger writer: drains the ``txn:stream`` Redis stream into PostgreSQL.
+"""The ledger writer: drains a bucket's ``txn:stream:{b<bucket>}`` Redis stream into
+PostgreSQL (one StreamWriter per bucket; run_writer_and_sweeper runs one for every bucket).
 
 Delivery is at least once and storage exactly once. Entries are read through the consumer
 group ``ledger-writer``; a batch is written in one PostgreSQL transaction with ``ON CONFLICT
@@ -8,7 +9,7 @@ id 0), another writer claims them once they have been idle ``writer_claim_idle_m
 (XAUTOCLAIM). Writing them twice stores them once.
 
 A record that cannot be parsed, or that PostgreSQL refuses for a data reason, is copied to
-the ``txn:dead-letter`` stream with its entry id, its fields and the reason, logged, and
+the bucket's ``txn:dead-letter`` stream with its entry id, its fields and the reason, logged, and
 acknowledged in the same atomic step. When PostgreSQL or Redis cannot be reached the batch
 in hand is retried with exponential backoff and nothing is acknowledged; any other error is
 a bug, and the writer stops with it (service/outages.py).
@@ -44,7 +45,8 @@ from service.domain.records import StreamRecord, record_from_stream_fields
 from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
 from service.outages import is_outage
-from service.redis.keyspace import TXN_DEAD_LETTER, TXN_STREAM, WRITER_GROUP, WRITER_WAIT
+from service.redis import keyspace
+from service.redis.keyspace import WRITER_GROUP
 from service.redis.replicas import ReplicasNotConfirmed, has_waitaof, replica_wait
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.streams import ensure_consumer_group, stream_id
@@ -58,7 +60,7 @@ DEAD_LETTER_FIELD_PREFIX = b"field:"
 _MAX_BIGINT = 2**63 - 1
 _FIRST_BACKOFF_MS = 25
 _MAX_CLAIM_INTERVAL_S = 5.0
-# The writer's mark before a wait for the replicas (keyspace.WRITER_WAIT) outlives no writer.
+# The writer's mark before a wait for the replicas (keyspace.writer_wait) outlives no writer.
 WRITER_WAIT_TTL_MS = 60_000
 
 
@@ -152,7 +154,8 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 
 
 class StreamWriter:
-    """One consumer of the writers' group. Several may run at once, in any processes."""
+    """One consumer of the writers' group of one bucket's stream. Several may run at once,
+    in any processes."""
 
     # Trim the stream at most this often.
     trim_interval_s = 5.0
@@ -162,11 +165,16 @@ class StreamWriter:
         settings: Settings,
         redis: Redis,
         engine: AsyncEngine,
+        bucket: int,
         stats: WriterStats | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
         self._engine = engine
+        self._bucket = bucket
+        self._stream = keyspace.txn_stream(bucket)
+        self._dead_letters = keyspace.txn_dead_letter(bucket)
+        self._wait_mark = keyspace.writer_wait(bucket)
         self.consumer = settings.writer_consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         # Given by a caller that serves them as metrics.
         self.stats = WriterStats() if stats is None else stats
@@ -208,7 +216,7 @@ class StreamWriter:
             except Exception as error:
                 if not is_outage(error):
                     raise
-                logger.warning("could not trim %s: %s", TXN_STREAM, error)
+                logger.warning("could not trim %s: %s", self._stream, error)
         return handled
 
     # Reading.
@@ -216,7 +224,7 @@ class StreamWriter:
     async def _next_batch(self) -> list[Entry]:
         """This consumer's own pending entries first, then claimable ones, then new ones."""
         if not self._group_ready:
-            await ensure_consumer_group(self._redis)
+            await ensure_consumer_group(self._redis, self._bucket)
             self._group_ready = True
         if self._own_pending_cursor is not None:
             entries = await self._read_group(self._own_pending_cursor, block_ms=None)
@@ -248,7 +256,7 @@ class StreamWriter:
             lambda pipe: pipe.xreadgroup(
                 WRITER_GROUP,
                 self.consumer,
-                {TXN_STREAM: after},
+                {self._stream: after},
                 count=self._settings.writer_batch_size,
                 block=block_ms,
             )
@@ -264,7 +272,7 @@ class StreamWriter:
         """Takes over entries that another (dead) consumer read and left unacknowledged."""
         reply: list[Any] = await self._read_confirmed(
             lambda pipe: pipe.xautoclaim(
-                TXN_STREAM,
+                self._stream,
                 WRITER_GROUP,
                 self.consumer,
                 min_idle_time=self._settings.writer_claim_idle_ms,
@@ -302,7 +310,7 @@ class StreamWriter:
                 # The wait covers this connection's writes only (a read of pending entries
                 # writes nothing, and the pool may hand out another connection each time):
                 # a write of its own covers every entry added before.
-                pipe.set(WRITER_WAIT, self.consumer, px=WRITER_WAIT_TTL_MS)
+                pipe.set(self._wait_mark, self.consumer, px=WRITER_WAIT_TTL_MS)
                 for command in wait.commands(self._has_waitaof):
                     pipe.execute_command(*command)
             # An error reply is raised below as it is, not annotated by the pipeline (the
@@ -373,12 +381,12 @@ class StreamWriter:
             for name, value in fields_by_id[entry_id].items():
                 record += [DEAD_LETTER_FIELD_PREFIX + name, value]
             reply = await self._dead_letter(
-                keys=[TXN_STREAM, TXN_DEAD_LETTER], args=[WRITER_GROUP, entry_id, *record]
+                keys=[self._stream, self._dead_letters], args=[WRITER_GROUP, entry_id, *record]
             )
             if not isinstance(reply, int):
                 raise ScriptArgumentRejected(repr(reply))
         if stored_ids:
-            await self._redis.xack(TXN_STREAM, WRITER_GROUP, *stored_ids)
+            await self._redis.xack(self._stream, WRITER_GROUP, *stored_ids)
         return True
 
     async def _retrying(
@@ -433,7 +441,7 @@ class StreamWriter:
         last-delivered id that is not pending at the later read was acknowledged.
         """
         try:
-            groups = await self._redis.xinfo_groups(TXN_STREAM)
+            groups = await self._redis.xinfo_groups(self._stream)
         except ResponseError as error:
             if "no such key" not in str(error):
                 raise
@@ -442,7 +450,7 @@ class StreamWriter:
             return 0
         bound = min(stream_id(group["last-delivered-id"]) for group in groups)
         for group in groups:
-            pending = await self._redis.xpending(TXN_STREAM, group["name"])
+            pending = await self._redis.xpending(self._stream, group["name"])
             if pending["pending"]:
                 bound = min(bound, stream_id(pending["min"]))
         seconds, micros = await self._redis.time()
@@ -452,8 +460,8 @@ class StreamWriter:
         if min_id <= (0, 0):
             return 0
         removed = await self._redis.xtrim(
-            TXN_STREAM, minid=f"{min_id[0]}-{min_id[1]}", approximate=False
+            self._stream, minid=f"{min_id[0]}-{min_id[1]}", approximate=False
         )
         if removed:
-            logger.info("trimmed %d entries below %d-%d from %s", removed, *min_id, TXN_STREAM)
+            logger.info("trimmed %d entries below %d-%d from %s", removed, *min_id, self._stream)
         return removed

@@ -46,6 +46,7 @@ from service.loadtest.driver import (
 )
 from service.loadtest.known import HoldTotals, held_bounds
 from service.loadtest.stats import IdSet
+from service.redis import keyspace
 from service.redis.client import connect_redis
 from service.redis.stream_tail import Tail, unpersisted_tail
 from service.settings import Settings
@@ -169,15 +170,16 @@ async def check_ledger(
         # hold: both come from one counter).
         last_id = max(rec.acked.max, rec.holds.max)
         while True:
-            tail = await unpersisted_tail(redis, max_entries=1)
-            caught_up = _caught_up(tail, last_id)
+            tails = [await unpersisted_tail(redis, b, 1) for b in keyspace.all_buckets()]
+            behind = [tail for tail in tails if not _caught_up(tail, last_id)]
+            caught_up = not behind
             if caught_up or loop.time() - start >= writer_wait_s:
                 break
             await asyncio.sleep(_POLL_S)
         waited = loop.time() - start
         if not caught_up:
             violations.append(
-                f"the writer had not stored {tail.describe_first()} after {writer_wait_s:g} s"
+                f"the writer had not stored {behind[0].describe_first()} after {writer_wait_s:g} s"
             )
         report = await reconcile(redis, engine, max(1.0, writer_wait_s - waited))
         if not report.ok:

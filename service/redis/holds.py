@@ -131,7 +131,7 @@ class HoldScripts:
         keys = [
             *head_keys(from_user_id, token),
             keyspace.pending_holds(from_user_id),
-            keyspace.HOLDS_DUE,
+            keyspace.holds_due(keyspace.bucket_of(from_user_id)),
             keyspace.recipient_misses_of_user(from_user_id),
         ]
         if to_user_id is not None:
@@ -186,7 +186,7 @@ class HoldScripts:
         check_hold_id(hold_id)
         if amount_kopecks is not None:
             check_amount(amount_kopecks)
-        facts = await self._facts(hold_id, idempotency_key)
+        facts = await self._facts(user_id, hold_id, idempotency_key)
         runner = self._runner
         token = new_request_token()
         keys, payer = self._action_keys(user_id, hold_id, facts, token)
@@ -232,7 +232,7 @@ class HoldScripts:
         """The payee ``user_id`` lets the hold go; the hold as voided."""
         check_user_id(user_id)
         check_hold_id(hold_id)
-        facts = await self._facts(hold_id, idempotency_key)
+        facts = await self._facts(user_id, hold_id, idempotency_key)
         runner = self._runner
         token = new_request_token()
         keys, payer = self._action_keys(user_id, hold_id, facts, token)
@@ -267,16 +267,16 @@ class HoldScripts:
         )
         return HoldAccepted(hold=hold, replayed=_replayed(reply))
 
-    async def sweep(self, limit: int) -> int:
-        """Marks up to ``limit`` of the holds due now as expired (lua/hold_expire.lua);
-        the number marked this pass."""
+    async def sweep(self, bucket: int, limit: int) -> int:
+        """Marks up to ``limit`` of the bucket's holds due now as expired
+        (lua/hold_expire.lua); the number marked this pass."""
         if type(limit) is not int or limit < 1:
             raise ValueError(f"bad sweep limit: {limit!r}")
         seconds, micros = await self._redis.time()
         now_us = seconds * US_PER_S + micros
         members = cast(
             list[bytes],
-            await self._redis.zrangebyscore(keyspace.HOLDS_DUE, "-inf", now_us, 0, limit),
+            await self._redis.zrangebyscore(keyspace.holds_due(bucket), "-inf", now_us, 0, limit),
         )
         if not members:
             return 0
@@ -285,12 +285,12 @@ class HoldScripts:
             member = raw.decode()
             hold_id, from_id, to_id, _ = (int(part) for part in member.split(":"))
             keys = [
-                keyspace.hold(hold_id),
+                keyspace.hold(bucket, hold_id),
                 keyspace.user(from_id),
                 keyspace.pending_holds(from_id),
                 keyspace.user(to_id),
-                keyspace.HOLDS_DUE,
-                keyspace.TXN_STREAM,
+                keyspace.holds_due(bucket),
+                keyspace.txn_stream(bucket),
             ]
             calls.append((keys, [member]))
         replies = cast(list[list[bytes]], await self._expire.call_many(calls))
@@ -303,13 +303,17 @@ class HoldScripts:
                 raise ScriptArgumentRejected(outcome)
         return marked
 
-    async def _facts(self, hold_id: int, idempotency_key: str | None) -> _Facts | None:
-        """The hold's immutable fields; None when ``hold:<id>`` is missing and a key was
-        given (the script then looks for a replay); else Refused(HOLD_NOT_FOUND)."""
+    async def _facts(
+        self, user_id: int, hold_id: int, idempotency_key: str | None
+    ) -> _Facts | None:
+        """The immutable fields of a hold the payee ``user_id`` acts on; None when the hold
+        is missing and a key was given (the script then looks for a replay); else
+        Refused(HOLD_NOT_FOUND)."""
         raw = cast(
             list[bytes | None],
             await self._redis.hmget(
-                keyspace.hold(hold_id), ["from", "to", "amount", "created_at_us", "expires_at_us"]
+                keyspace.hold_of_party(user_id, hold_id),
+                ["from", "to", "amount", "created_at_us", "expires_at_us"],
             ),
         )
         if any(value is None for value in raw):
@@ -325,7 +329,12 @@ class HoldScripts:
     ) -> tuple[list[str], str]:
         """The keys of hold_capture.lua / hold_void.lua before the tail, and the payer
         argument ("" when the hold is unknown)."""
-        keys = [*head_keys(user_id, token), keyspace.hold(hold_id), keyspace.HOLDS_DUE]
+        bucket = keyspace.bucket_of(user_id)
+        keys = [
+            *head_keys(user_id, token),
+            keyspace.hold_of_party(user_id, hold_id),
+            keyspace.holds_due(bucket),
+        ]
         if facts is None:
             return keys, ""
         keys += [keyspace.user(facts.from_user_id), keyspace.pending_holds(facts.from_user_id)]

@@ -1,77 +1,158 @@
 """Every Redis key the service uses, in one place.
 
-A user's keys share the hash tag ``{<user_id>}`` so that the keys of one user land in
-one Redis Cluster slot. The Lua scripts check that the keys they are given have exactly
-these shapes.
+Money keys live in buckets (the contract's "Deployments", docs/scaling.md): every key of a
+bucket carries its hash tag ``{b<bucket>}``, so a bucket is one Redis Cluster slot and a
+script may touch any of its keys. A user's keys are all in the user's bucket; each bucket
+has its own transaction id counter, stream, dead letters and due holds. There is one
+bucket for now (``BUCKETS``): every money key shares one slot, so a cluster spreads the
+sessions and throttles but not the money; the Lua scripts check that every key they are
+given carries the tag of their first.
 """
 
-TXN_SEQ = "txn:seq"
-# Sentinel deployments (lua/follow_primary.lua): the replication id of the primary the
-# counter was last used on, and a counter set aside when the primary changed, until the
-# writer starts it again in a new epoch (lua/restart_counter.lua).
-TXN_SEQ_PRIMARY = "txn:seq:primary"
-TXN_SEQ_BEHIND = "txn:seq:behind"
-TXN_STREAM = "txn:stream"
-# Records the writer could not store, with the reason (lua/dead_letter.lua).
-TXN_DEAD_LETTER = "txn:dead-letter"
-WRITER_GROUP = "ledger-writer"
-# String, short TTL: with WALLET_REDIS_MIN_REPLICAS, written by the writer right before it
-# waits for the replicas (service/ledger/writer.py). The wait covers only what its own
-# connection wrote, and a read of pending entries writes nothing: this write makes the wait
-# cover every entry read.
-WRITER_WAIT = "txn:writer-wait"
+import re
+from collections.abc import Iterator
 
-# aiohttp-session's RedisStorage names a session ``<cookie name>_<id>``;
-# lua/includes/check_session.lua checks this shape.
+BUCKETS = 1
+
+WRITER_GROUP = "ledger-writer"
+
+# aiohttp-session's cookie, whose value is a session id ``<bucket>.<token>``
+# (service/auth/sessions.py); lua/includes/check_session.lua checks the key's shape.
 SESSION_COOKIE = "wallet_session"
 
 
+def bucket_of(user_id: int) -> int:
+    # Not checked here: the scripts refuse a malformed id, and tests make keys of such ids.
+    return user_id % BUCKETS
+
+
+def all_buckets() -> Iterator[int]:
+    return iter(range(BUCKETS))
+
+
+def _tag(bucket: int) -> str:
+    assert 0 <= bucket < BUCKETS, bucket
+    return f"{{b{bucket}}}"
+
+
+def _user_tag(user_id: int) -> str:
+    return f"{_tag(bucket_of(user_id))}:{user_id}"
+
+
+# Per bucket.
+
+
+def txn_seq(bucket: int) -> str:
+    """String: the last transaction id the bucket issued, within its epoch."""
+    return f"txn:seq:{_tag(bucket)}"
+
+
+def txn_seq_primary(bucket: int) -> str:
+    """Sentinel deployments (lua/follow_primary.lua): the replication id of the primary the
+    counter was last used on."""
+    return f"txn:seq:primary:{_tag(bucket)}"
+
+
+def txn_seq_behind(bucket: int) -> str:
+    """A counter set aside when the primary changed, until the writer starts it again in a
+    new epoch (lua/restart_counter.lua)."""
+    return f"txn:seq:behind:{_tag(bucket)}"
+
+
+def txn_stream(bucket: int) -> str:
+    """Stream: one entry per transaction or hold event of the bucket."""
+    return f"txn:stream:{_tag(bucket)}"
+
+
+def txn_dead_letter(bucket: int) -> str:
+    """Stream: records the writer could not store, with the reason (lua/dead_letter.lua)."""
+    return f"txn:dead-letter:{_tag(bucket)}"
+
+
+def writer_wait(bucket: int) -> str:
+    """String, short TTL: with WALLET_REDIS_MIN_REPLICAS, written by the writer right before
+    it waits for the replicas (service/ledger/writer.py). The wait covers only what its own
+    connection wrote, and a read of pending entries writes nothing: this write makes the
+    wait cover every entry read."""
+    return f"txn:writer-wait:{_tag(bucket)}"
+
+
+def holds_due(bucket: int) -> str:
+    """Sorted set: the holds whose payee's ``incoming_kopecks`` still counts them (pending,
+    or expired and not yet swept); member ``<hold_id>:<from_user_id>:<to_user_id>:<amount>``
+    (the sweeper settles a hold from it alone), score ``expires_at_us``. The sweeper reads
+    it (service/ledger/hold_sweeper.py, lua/hold_expire.lua)."""
+    return f"holds:due:{_tag(bucket)}"
+
+
+def hold(bucket: int, hold_id: int) -> str:
+    """Hash: one hold (lua/hold_create.lua), in its payer's bucket. lua/hold_create.lua
+    builds this name itself, from the id it assigns."""
+    return f"hold:{_tag(bucket)}:{hold_id}"
+
+
+def hold_of_party(user_id: int, hold_id: int) -> str:
+    """The key under which a party to a hold (its payer or payee, ``user_id``) finds it:
+    the hold's bucket is its payer's, which is the payee's too while there is one bucket."""
+    assert BUCKETS == 1, "a payee finds a hold of another bucket by its id alone"
+    return hold(bucket_of(user_id), hold_id)
+
+
+# Per user, in the user's bucket.
+
+
 def user(user_id: int) -> str:
-    return f"user:{{{user_id}}}"
+    return f"user:{_user_tag(user_id)}"
 
 
 def pending_holds(user_id: int) -> str:
     """Sorted set: the holds whose payer is ``user_id`` and whose money the payer's
     ``held_kopecks`` still counts; member ``<hold_id>:<to_user_id>:<amount_kopecks>``,
     score ``expires_at_us`` (lua/includes/holds.lua)."""
-    return f"holds:{{{user_id}}}"
-
-
-def hold(hold_id: int) -> str:
-    """Hash: one hold (lua/hold_create.lua). Not tagged with a user: the payee acts on it
-    knowing only its id. lua/hold_create.lua builds this name itself, from the id it assigns."""
-    return f"hold:{hold_id}"
-
-
-# Sorted set: the holds whose payee's ``incoming_kopecks`` still counts them (pending, or
-# expired and not yet swept); member ``<hold_id>:<from_user_id>:<to_user_id>:<amount>``
-# (the sweeper settles a hold from it alone), score ``expires_at_us``. The sweeper reads it
-# (service/ledger/hold_sweeper.py, lua/hold_expire.lua).
-HOLDS_DUE = "holds:due"
+    return f"holds:{_user_tag(user_id)}"
 
 
 def refunded(user_id: int, txn_id: int) -> str:
     """String: kopecks refunded so far of transfer ``txn_id``, received by ``user_id``."""
-    return f"refunded:{{{user_id}}}:{txn_id}"
+    return f"refunded:{_user_tag(user_id)}:{txn_id}"
 
 
 def idempotency(user_id: int, key: str) -> str:
-    return f"idem:{{{user_id}}}:{key}"
+    return f"idem:{_user_tag(user_id)}:{key}"
 
 
 def request_outcome(user_id: int, token: str) -> str:
     """What became of one money request: lua/includes/request_outcome.lua."""
-    return f"req:{{{user_id}}}:{token}"
+    return f"req:{_user_tag(user_id)}:{token}"
 
 
-def session(session_id: str) -> str:
-    return f"{SESSION_COOKIE}_{session_id}"
+def recipient_misses_of_user(user_id: int) -> str:
+    return f"throttle:recipient-misses:{_user_tag(user_id)}"
 
 
 def sessions_of_user(user_id: int) -> str:
     """A user's session ids, scored by login time in µs: what lua/end_sessions.lua ends at once.
     lua/start_session.lua and lua/end_sessions.lua check this shape."""
-    return f"sessions:{{{user_id}}}"
+    return f"sessions:{_user_tag(user_id)}"
+
+
+def new_session_id(user_id: int, token: str) -> str:
+    """The id of a new session of ``user_id``: its bucket, so that the session's key can be
+    found from the cookie alone and shares the slot of the money scripts that check it."""
+    return f"{bucket_of(user_id)}.{token}"
+
+
+_SESSION_ID = re.compile(r"([0-9]{1,4})\.([A-Za-z0-9_-]{1,64})")
+
+
+def session(session_id: str) -> str | None:
+    """The key of a session, from its id (the cookie's value); None for an id no session
+    can have. lua/includes/check_session.lua builds the same from an id."""
+    match = _SESSION_ID.fullmatch(session_id)
+    if match is None or int(match[1]) >= BUCKETS:
+        return None
+    bucket, token = match.groups()
+    return f"{SESSION_COOKIE}:{_tag(int(bucket))}:{token}"
 
 
 # Throttling (service/auth/): counts of attempts, never data. A username is lowered (names
@@ -98,7 +179,3 @@ def login_lock_of_user(username: str) -> str:
 
 def sign_ups_of_address(address: str) -> str:
     return f"throttle:sign-up:addr:{address}"
-
-
-def recipient_misses_of_user(user_id: int) -> str:
-    return f"throttle:recipient-misses:{{{user_id}}}"

@@ -132,10 +132,11 @@ def new_request_token() -> str:
 
 def head_keys(user_id: int, token: str) -> list[str]:
     """The keys every money script takes first (their headers: KEYS[1..4]); ``user_id``
-    is the acting user."""
+    is the acting user, whose bucket the call runs in."""
+    bucket = keyspace.bucket_of(user_id)
     return [
-        keyspace.TXN_SEQ,
-        keyspace.TXN_STREAM,
+        keyspace.txn_seq(bucket),
+        keyspace.txn_stream(bucket),
         keyspace.user(user_id),
         keyspace.request_outcome(user_id, token),
     ]
@@ -197,7 +198,10 @@ class MoneyScriptRunner:
         outcome wait; raises Refused(OUTCOME_UNKNOWN) if it does not answer in time. The
         lookup is safe to repeat: its first answer is the one it records. A transaction it
         finds is answered only once the replicas have it (asked again until they do)."""
-        keys = [keyspace.request_outcome(user_id, token), keyspace.TXN_SEQ]
+        keys = [
+            keyspace.request_outcome(user_id, token),
+            keyspace.txn_seq(keyspace.bucket_of(user_id)),
+        ]
         args = [str(user_id), token, str(NOT_APPLIED_TTL_S)]
         try:
             async with asyncio.timeout(self._outcome_wait_s):

@@ -113,19 +113,25 @@ class PrimaryConnection(CheckedConnection):
                 f" {fields.get('role')}: the Sentinel has not heard of a failover yet"
             )
         replid = fields["master_replid"]
-        keys = (keyspace.TXN_SEQ, keyspace.TXN_SEQ_PRIMARY, keyspace.TXN_SEQ_BEHIND)
-        outcome = await self._ask("EVAL", _follow_primary_source(), len(keys), *keys, replid)
-        if outcome == b"set_aside":
-            log.warning(
-                "the primary %s:%d has a new replication history (%s): the transaction id"
-                " counter is set aside, and money refused, until the writer starts it in a"
-                " new epoch",
-                self.host,
-                self.port,
-                replid,
+        for bucket in keyspace.all_buckets():
+            keys = (
+                keyspace.txn_seq(bucket),
+                keyspace.txn_seq_primary(bucket),
+                keyspace.txn_seq_behind(bucket),
             )
-        elif outcome not in (b"same", b"adopted"):
-            raise ScriptArgumentRejected(f"follow_primary.lua answered {outcome!r}")
+            outcome = await self._ask("EVAL", _follow_primary_source(), len(keys), *keys, replid)
+            if outcome == b"set_aside":
+                log.warning(
+                    "the primary %s:%d has a new replication history (%s): the transaction"
+                    " id counter of bucket %d is set aside, and money refused, until the"
+                    " writer starts it in a new epoch",
+                    self.host,
+                    self.port,
+                    replid,
+                    bucket,
+                )
+            elif outcome not in (b"same", b"adopted"):
+                raise ScriptArgumentRejected(f"follow_primary.lua answered {outcome!r}")
 
     async def _ask(self, *command: str | int) -> Any:
         """One command of the handshake and its reply, within the connect timeout (a

@@ -55,15 +55,18 @@ class Tail:
         return [record for record in self.records if isinstance(record, HoldEvent)]
 
 
-async def unpersisted_tail(redis: Redis, max_entries: int, user_id: int | None = None) -> Tail:
-    """Reads the unpersisted tail (of one user, if given: records whose from or to is the
-    user) with one atomic script.
+async def unpersisted_tail(
+    redis: Redis, bucket: int, max_entries: int, user_id: int | None = None
+) -> Tail:
+    """Reads the unpersisted tail of a bucket's stream (of one user of the bucket, if
+    given: records whose from or to is the user) with one atomic script.
 
     Call it before querying PostgreSQL; see the header of lua/stream_tail.lua for why.
     """
+    assert user_id is None or keyspace.bucket_of(user_id) == bucket, (user_id, bucket)
     script = LuaScript(redis, "stream_tail")
     reply: list[bytes | list[bytes]] = await script(
-        keys=[keyspace.TXN_STREAM],
+        keys=[keyspace.txn_stream(bucket)],
         args=[keyspace.WRITER_GROUP, str(max_entries), "" if user_id is None else user_id],
     )
     head = reply[0]

@@ -1,16 +1,18 @@
-"""The transaction stream's consumer group and entry ids."""
+"""The transaction streams' consumer group and entry ids."""
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from service.redis.keyspace import TXN_STREAM, WRITER_GROUP
+from service.redis import keyspace
 
 
-async def ensure_consumer_group(redis: Redis) -> None:
-    """Creates the writers' consumer group (and the stream) at ``0`` unless it exists, so
-    that no entry is ever skipped."""
+async def ensure_consumer_group(redis: Redis, bucket: int) -> None:
+    """Creates the writers' consumer group (and the stream) of a bucket at ``0`` unless it
+    exists, so that no entry is ever skipped."""
     try:
-        await redis.xgroup_create(TXN_STREAM, WRITER_GROUP, id="0", mkstream=True)
+        await redis.xgroup_create(
+            keyspace.txn_stream(bucket), keyspace.WRITER_GROUP, id="0", mkstream=True
+        )
     except ResponseError as error:
         if not str(error).startswith("BUSYGROUP"):
             raise

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.redis import keyspace
+from tests.support.buckets import BUCKET
 from tests.support.faults.checks import (
     check_stream_and_balances,
     compare,
@@ -113,7 +114,7 @@ async def test_the_primary_killed_under_load_and_the_replica_promoted(
             else:
                 lost = await _what_the_new_primary_kept(client, acks, user_ids, old_epoch)
             balances = await redis_balances(client, user_ids)
-            assert not await client.exists(keyspace.TXN_DEAD_LETTER)
+            assert not await client.exists(keyspace.txn_dead_letter(BUCKET))
         finally:
             await client.aclose()
         # Conservation: the money on the new primary is what its acknowledged deposits

@@ -9,6 +9,7 @@ from typing import cast
 from redis.asyncio import Redis
 
 from service.redis import keyspace
+from tests.support.buckets import BUCKET
 from tests.support.faults.checks import compare, ledger_rows, stream_rows, wait_until_in_ledger
 from tests.support.faults.load import LoadDriver, Loader
 from tests.support.faults.procs import Processes, run_wallet, wallet_env
@@ -25,7 +26,7 @@ KILL_ATTEMPTS = 5
 async def _pending_of(redis: Redis, consumer_names: set[str]) -> int:
     consumers = cast(
         list[dict[str, object]],
-        await redis.xinfo_consumers(keyspace.TXN_STREAM, keyspace.WRITER_GROUP),
+        await redis.xinfo_consumers(keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP),
     )
     return sum(
         int(cast(int, c["pending"]))

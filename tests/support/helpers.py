@@ -17,13 +17,14 @@ from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.redis_claim import empty_but_claim
 
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 async def stream_entries(redis: Redis) -> StreamEntries:
-    return cast(StreamEntries, await redis.xrange(keyspace.TXN_STREAM))
+    return cast(StreamEntries, await redis.xrange(keyspace.txn_stream(BUCKET)))
 
 
 async def stream_fields(redis: Redis) -> list[dict[str, str]]:
@@ -71,9 +72,9 @@ async def snapshot_of_data(redis: Redis) -> dict[bytes, Any]:
 
 async def persist(redis: Redis, engine: AsyncEngine, max_batches: int | None = None) -> int:
     """Runs the real stream writer until the stream is drained (or for max_batches)."""
-    await ensure_consumer_group(redis)
+    await ensure_consumer_group(redis, BUCKET)
     settings = Settings(writer_block_ms=1, writer_batch_size=500)
-    writer = StreamWriter(settings, redis, engine)
+    writer = StreamWriter(settings, redis, engine, BUCKET)
     persisted = 0
     batches = 0
     while max_batches is None or batches < max_batches:
@@ -103,7 +104,7 @@ async def fresh_redis(redis: Redis) -> None:
     """This run's Redis database as a freshly started system has it: no data but the
     run's claim, and the id counter at 0, as `wallet serve` sets it at start."""
     await empty_but_claim(redis)
-    await redis.set(keyspace.TXN_SEQ, 0)
+    await redis.set(keyspace.txn_seq(BUCKET), 0)
 
 
 async def fresh_database(engine: AsyncEngine) -> None:

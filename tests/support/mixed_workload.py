@@ -30,6 +30,7 @@ from service.redis.holds import HoldScripts
 from service.redis.money import MoneyScripts
 from service.redis.refunds import RefundScripts
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, persist, stream_entries
 
 USERS = (1, 2, 3, 4, 5, 6)
@@ -80,7 +81,7 @@ async def age_hold(redis: Redis, engine: AsyncEngine, hold: Hold, seconds: int) 
         hold, created_at_us=hold.created_at_us - shift, expires_at_us=hold.expires_at_us - shift
     )
     await redis.hset(
-        keyspace.hold(hold.hold_id),
+        keyspace.hold(BUCKET, hold.hold_id),
         mapping={"created_at_us": aged.created_at_us, "expires_at_us": aged.expires_at_us},
     )
     payer_member = f"{hold.hold_id}:{hold.to_user_id}:{hold.amount_kopecks}"
@@ -88,7 +89,7 @@ async def age_hold(redis: Redis, engine: AsyncEngine, hold: Hold, seconds: int) 
     await redis.zadd(
         keyspace.pending_holds(hold.from_user_id), {payer_member: aged.expires_at_us}, xx=True
     )
-    await redis.zadd(keyspace.HOLDS_DUE, {due_member: aged.expires_at_us}, xx=True)
+    await redis.zadd(keyspace.holds_due(BUCKET), {due_member: aged.expires_at_us}, xx=True)
     async with engine.begin() as connection:
         await connection.execute(
             update(LedgerHold)
@@ -197,7 +198,7 @@ async def run_mixed_workload(
     swept = (await s.holds.create(2, 5, 600, 60)).hold
     await persist(redis, engine)
     w.holds["swept"] = await age_hold(redis, engine, swept, AGE_S)
-    assert await s.holds.sweep(100) == 1
+    assert await s.holds.sweep(BUCKET, 100) == 1
     released = (await s.holds.create(2, 6, 800, 60)).hold
     unreleased = (await s.holds.create(3, 5, 300, 60)).hold
     await persist(redis, engine)

@@ -15,7 +15,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import LedgerHold, LedgerHoldEvent, User
-from service.redis.keyspace import TXN_STREAM
+from service.redis import keyspace
+from tests.support.buckets import BUCKET
 
 Fields = dict[str, str]
 
@@ -158,7 +159,7 @@ async def append(redis: Redis, *records: Fields) -> list[str]:
     """XADDs the records in order; their entry ids."""
     ids = []
     for fields in records:
-        entry_id = await redis.xadd(TXN_STREAM, cast(dict[Any, Any], fields))
+        entry_id = await redis.xadd(keyspace.txn_stream(BUCKET), cast(dict[Any, Any], fields))
         ids.append(cast(bytes, entry_id).decode())
     return ids
 

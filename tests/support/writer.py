@@ -9,9 +9,11 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import LedgerTransaction, User
-from service.redis.keyspace import TXN_DEAD_LETTER, TXN_STREAM, WRITER_GROUP
+from service.redis import keyspace
+from service.redis.keyspace import WRITER_GROUP
 from service.redis.money import MoneyScripts
 from service.settings import Settings
+from tests.support.buckets import BUCKET
 from tests.support.helpers import StreamEntries
 
 _keys = itertools.count()
@@ -73,17 +75,17 @@ async def ledger_count(engine: AsyncEngine) -> tuple[int, int]:
 
 async def pending(redis: Redis) -> dict[str, int]:
     """Pending entries per consumer."""
-    summary = await redis.xpending(TXN_STREAM, WRITER_GROUP)
+    summary = await redis.xpending(keyspace.txn_stream(BUCKET), WRITER_GROUP)
     return {c["name"].decode(): c["pending"] for c in summary["consumers"]}
 
 
 async def xadd(redis: Redis, fields: dict[str, str]) -> str:
     """Appends an entry by hand, as no script would."""
-    entry_id = await redis.xadd(TXN_STREAM, cast(dict[Any, Any], fields))
+    entry_id = await redis.xadd(keyspace.txn_stream(BUCKET), cast(dict[Any, Any], fields))
     return cast(bytes, entry_id).decode()
 
 
 async def dead_letters(redis: Redis) -> dict[str, dict[bytes, bytes]]:
     """The dead-letter stream's records by the entry id they stand for."""
-    records = cast(StreamEntries, await redis.xrange(TXN_DEAD_LETTER))
+    records = cast(StreamEntries, await redis.xrange(keyspace.txn_dead_letter(BUCKET)))
     return {fields[b"entry_id"].decode(): fields for _, fields in records}

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from service.domain.transactions import Transaction
 from service.redis import keyspace
+from tests.support.buckets import BUCKET
 from tests.support.faults.load import Ack, Answer
 
 
@@ -96,7 +97,9 @@ def _row(txn: Transaction) -> Row:
 
 
 async def stream_transactions(redis: Redis) -> list[Transaction]:
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(keyspace.TXN_STREAM))
+    entries = cast(
+        list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(keyspace.txn_stream(BUCKET))
+    )
     return [Transaction.from_stream_fields(fields) for _, fields in entries]
 
 
