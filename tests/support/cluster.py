@@ -47,7 +47,7 @@ def node_client(server: RedisServer) -> redis.Redis:
 def ask(server: RedisServer, *command: str | int) -> Any:
     client = node_client(server)
     try:
-        return client.execute_command(*command)
+        return client.execute_command(*command)  # type: ignore[no-untyped-call]
     finally:
         client.close()
 
