@@ -12,10 +12,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ENV_PREFIX = "WALLET_"
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 # What a Sentinel deployment may name its primary here: Sentinel itself takes any name
 # without blanks; these are the ones that need no quoting in a URL.
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_SENTINELS = 32
+# Seed nodes of a cluster: the client asks them for the slot map, and learns every other
+# node from it; a few suffice.
+_MAX_CLUSTER_SEEDS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,7 @@ def sentinel_url(url: str) -> SentinelUrl | None:
             f"{SENTINEL_SCHEME}: give host:port[,host:port...]/<service name>[/db];"
             " credentials, query and fragment are not supported"
         )
-    sentinels = tuple(_host_port(address) for address in parts.netloc.split(","))
+    sentinels = tuple(_host_port(address, SENTINEL_SCHEME) for address in parts.netloc.split(","))
     if len(sentinels) > _MAX_SENTINELS:
         raise ValueError(f"{SENTINEL_SCHEME}: at most {_MAX_SENTINELS} Sentinels")
     path = parts.path.removeprefix("/").split("/")
@@ -54,11 +58,36 @@ def sentinel_url(url: str) -> SentinelUrl | None:
     return SentinelUrl(sentinels, path[0], int(db))
 
 
-def _host_port(address: str) -> tuple[str, int]:
+@dataclass(frozen=True, slots=True)
+class ClusterUrl:
+    """``redis+cluster://host:port[,host:port...]``: nodes of a Redis/Valkey Cluster to ask
+    for its slot map (a cluster has database 0 alone)."""
+
+    seeds: tuple[tuple[str, int], ...]
+
+
+def cluster_url(url: str) -> ClusterUrl | None:
+    """The cluster a REDIS_URL names; None for any other scheme. Raises ValueError, naming
+    what is wrong, for a malformed one."""
+    parts = urlsplit(url)
+    if parts.scheme != CLUSTER_SCHEME:
+        return None
+    if "@" in parts.netloc or parts.query or parts.fragment or parts.path:
+        raise ValueError(
+            f"{CLUSTER_SCHEME}: give host:port[,host:port...] alone; credentials, a path (a"
+            " cluster has database 0 alone), query and fragment are not supported"
+        )
+    seeds = tuple(_host_port(address, CLUSTER_SCHEME) for address in parts.netloc.split(","))
+    if len(seeds) > _MAX_CLUSTER_SEEDS:
+        raise ValueError(f"{CLUSTER_SCHEME}: at most {_MAX_CLUSTER_SEEDS} seed nodes")
+    return ClusterUrl(seeds)
+
+
+def _host_port(address: str, scheme: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")  # an IPv6 address is given in brackets
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{SENTINEL_SCHEME}: {address!r} is not host:port")
+        raise ValueError(f"{scheme}: {address!r} is not host:port")
     return host, int(port)
 
 
@@ -223,7 +252,9 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _known_deployment(cls, value: str) -> str:
-        sentinel_url(value)  # a malformed redis+sentinel:// URL is refused here, at start
+        # A malformed redis+sentinel:// or redis+cluster:// URL is refused here, at start.
+        sentinel_url(value)
+        cluster_url(value)
         return value
 
     @model_validator(mode="after")

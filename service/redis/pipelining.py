@@ -31,9 +31,10 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -47,6 +48,17 @@ from service.redis.replicas import (
 )
 
 Arg = str | bytes | int
+# What connect_redis opens (service/redis/client.py): one Redis (standalone, or the primary
+# Sentinel names), or a cluster (service/redis/cluster.py).
+RedisClient: TypeAlias = Redis | RedisCluster
+
+
+@runtime_checkable
+class ScriptCalls(Protocol):
+    """How scripts are called: AutoPipeline, or on a cluster, the router that sends each
+    call to the AutoPipeline of its slot's primary (service/redis/cluster.py)."""
+
+    async def call(self, command: Sequence[Arg], *, wait_for_replicas: bool = False) -> Any: ...
 
 
 class ReplyLost(RedisConnectionError):
@@ -249,12 +261,13 @@ def pack_command(command: tuple[Arg, ...]) -> bytes:
     return b"".join(parts)
 
 
-def script_calls(redis: Redis) -> AutoPipeline:
+def script_calls(redis: RedisClient) -> ScriptCalls:
     """The auto-pipeline of a client opened by connect_redis (service/redis/client.py),
-    through which scripts are called. Any other client is a programming error: its calls
-    would skip the batching and the lost-reply classification that the money scripts rely
-    on."""
-    pipeline = getattr(redis.connection_pool, "auto_pipeline", None)
-    if not isinstance(pipeline, AutoPipeline):
+    through which scripts are called: its pool's, or a cluster client's own router. Any
+    other client is a programming error: its calls would skip the batching and the
+    lost-reply classification that the money scripts rely on."""
+    holder = redis.connection_pool if isinstance(redis, Redis) else redis
+    calls = getattr(holder, "auto_pipeline", None)
+    if not isinstance(calls, ScriptCalls):
         raise TypeError(f"a Redis client not opened by connect_redis: {redis!r}")
-    return pipeline
+    return calls

@@ -13,10 +13,9 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from service.redis.pipelining import Arg, script_calls
+from service.redis.pipelining import Arg, RedisClient, script_calls
 
 # NOSCRIPT means the script did not run: Redis lost its scripts (a restart, a failover, SCRIPT
 # FLUSH), and may lose them again between the load and the call. So many loads, then the
@@ -100,13 +99,17 @@ def _include_name(line: str, script: str) -> str:
 @cache
 def _compiled(name: str) -> tuple[str, str]:
     """(source, SHA1) of a script of lua/: read and hashed once per process."""
-    source = load_script_source(name)
+    return _with_sha(load_script_source(name))
+
+
+def _with_sha(source: str) -> tuple[str, str]:
     return source, hashlib.sha1(source.encode()).hexdigest()
 
 
 class LuaScript:
     """One script of lua/, called by SHA (EVALSHA) and loaded again when Redis answers
-    NOSCRIPT (after a restart or SCRIPT FLUSH).
+    NOSCRIPT (after a restart or SCRIPT FLUSH). On a cluster, each call goes to the primary
+    of its keys' slot, and a load to every primary (service/redis/cluster.py).
 
     Calls go through the client's auto-pipeline (service/redis/pipelining.py), which tells
     a failure before the command was written (raised as it is: the script surely did not
@@ -115,10 +118,14 @@ class LuaScript:
     on the money path (docs/performance.md).
     """
 
-    def __init__(self, redis: Redis, name: str) -> None:
+    def __init__(self, redis: RedisClient, name: str, root: Traversable | None = None) -> None:
+        """The script ``name`` of lua/, or of ``root`` (for tests)."""
         self._redis = redis
         self._calls = script_calls(redis)
-        self._source, self._sha = _compiled(name)
+        if root is None:
+            self._source, self._sha = _compiled(name)
+        else:
+            self._source, self._sha = _with_sha(load_script_source(name, root))
 
     async def __call__(
         self, keys: Sequence[str], args: Sequence[Arg], *, wait_for_replicas: bool = False

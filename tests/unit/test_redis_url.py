@@ -1,11 +1,12 @@
 """REDIS_URL names the deployment (service/settings.py): a standalone Redis is left to
-redis-py; a redis+sentinel:// URL is read here, and a malformed one stops every command."""
+redis-py; a redis+sentinel:// or redis+cluster:// URL is read here, and a malformed one
+stops every command."""
 
 import pytest
 from click.testing import CliRunner
 
 from service.cli.main import main
-from service.settings import SentinelUrl, sentinel_url
+from service.settings import ClusterUrl, SentinelUrl, cluster_url, sentinel_url
 
 
 @pytest.mark.parametrize(
@@ -54,10 +55,51 @@ def test_a_malformed_sentinel_url_is_refused(url: str) -> None:
         sentinel_url(url)
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7001,node-3:7002",
+            ClusterUrl((("10.0.0.1", 7000), ("10.0.0.2", 7001), ("node-3", 7002))),
+        ),
+        ("redis+cluster://[::1]:7000", ClusterUrl((("::1", 7000),))),
+    ],
+)
+def test_a_cluster_url_names_the_seed_nodes(url: str, expected: ClusterUrl) -> None:
+    assert cluster_url(url) == expected
+
+
+def test_other_urls_are_not_cluster_ones() -> None:
+    assert cluster_url("redis://127.0.0.1:6379/0") is None
+    assert cluster_url("redis+sentinel://127.0.0.1:26379/wallet") is None
+    assert sentinel_url("redis+cluster://127.0.0.1:7000") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://",  # no node
+        "redis+cluster://127.0.0.1",  # no port
+        "redis+cluster://127.0.0.1:70000",
+        "redis+cluster://127.0.0.1:7000,",
+        "redis+cluster://127.0.0.1:7000/0",  # a cluster has database 0 alone
+        "redis+cluster://127.0.0.1:7000/",
+        "redis+cluster://:secret@127.0.0.1:7000",  # credentials are not read
+        "redis+cluster://127.0.0.1:7000?read_from_replicas=1",
+        "redis+cluster://127.0.0.1:7000#x",
+        "redis+cluster://" + ",".join(f"10.0.0.{n}:7000" for n in range(33)),
+    ],
+)
+def test_a_malformed_cluster_url_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match=r"^redis\+cluster: "):
+        cluster_url(url)
+
+
 def test_a_malformed_redis_url_stops_the_command_and_is_named() -> None:
-    result = CliRunner().invoke(main, ["migrate"], env={"REDIS_URL": "redis+sentinel://h/"})
-    assert result.exit_code == 1
-    assert "bad configuration: REDIS_URL:" in result.output
+    for url in ("redis+sentinel://h/", "redis+cluster://h:1/0"):
+        result = CliRunner().invoke(main, ["migrate"], env={"REDIS_URL": url})
+        assert result.exit_code == 1
+        assert "bad configuration: REDIS_URL:" in result.output
 
 
 def test_the_replicas_wait_must_fit_in_the_batch_deadline() -> None:

@@ -1,0 +1,202 @@
+"""Redis/Valkey Cluster (``redis+cluster://``): redis-py's RedisCluster for every command but
+the scripts, whose calls are auto-pipelined per primary.
+
+Every key of a script call shares one hash slot (the wallet's keys carry a hash tag); the
+call goes to the auto-pipeline (pipelining.py) of the primary that serves that slot, one
+AutoPipeline per primary, each with its own connections, batches and replica wait (WAIT and
+WAITAOF go to that primary's replicas). A call whose keys span slots is a bug: refused
+before anything is sent (CrossSlotCall). Each call keeps the outcome it has on a single
+Redis: an error reply to it alone, an outage before the write to its whole batch, ReplyLost
+after it.
+
+The cluster may answer that a call is not that node's to run. Each of these answers means
+the script did not run, so the call is sent again, at most CALL_ATTEMPTS times in all, then
+raised as ClusterUnavailable (an outage in which nothing ran):
+
+- MOVED: the slot has a new owner (a slot moved, a failover). redis-py's slot map is patched
+  with it (NodesManager.move_slot) and the call goes to the new owner's pipeline.
+- ASK: the slot is migrating and the call's keys are on the target already. The target
+  runs the call only right after ASKING on the same connection: the two are sent together
+  on a connection of their own (ASK lasts only while a slot moves, key by key).
+- TRYAGAIN: the slot is migrating and the call's keys are split between the two nodes. It
+  is sent again (to the slot's owner, which may have changed) after a backoff that doubles
+  from TRYAGAIN_FIRST_BACKOFF_MS.
+
+CLUSTERDOWN (slots not served) is ClusterUnavailable at once. A call that failed on a
+connection (an outage, or ReplyLost: never sent again, it may have run) makes the next call
+read the slot map again: the node may have failed over.
+
+NOSCRIPT: the script cache is per node. LuaScript.load sends SCRIPT LOAD through
+RedisCluster, which sends it to every primary (redis-py's command flags route SCRIPT LOAD to
+PRIMARIES), so the node that answered NOSCRIPT has it when the call is sent again.
+"""
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from service.redis.pipelining import Arg, AutoPipeline
+
+# Sends of one call (the first and those after MOVED, ASK, TRYAGAIN) before ClusterUnavailable.
+CALL_ATTEMPTS = 8
+# TRYAGAIN lasts while a migration has moved some keys of a hash tag and not the others:
+# MIGRATE moves a few keys at once, well under a millisecond each. 5, 10, 20... 200 ms: the
+# attempts wait about half a second in all.
+TRYAGAIN_FIRST_BACKOFF_MS = 5
+TRYAGAIN_MAX_BACKOFF_MS = 200
+# Commands whose layout is NAME, script or function, number of keys, keys..., args...
+_SCRIPT_COMMANDS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
+
+# A new auto-pipeline whose connections go to (host, port).
+NewPipeline = Callable[[str, int], AutoPipeline]
+
+
+class ClusterUnavailable(RedisConnectionError):
+    """The cluster did not run a call: its slots are not all served (CLUSTERDOWN), the slot
+    map cannot be read, or the call was redirected or told to try again too many times. An
+    outage (a ConnectionError), never ReplyLost: nothing ran."""
+
+
+class CrossSlotCall(Exception):
+    """A script call whose keys are in more than one hash slot, or that has no key: no node
+    could run it. A bug in the caller's keys, refused before anything is sent."""
+
+
+class ClusterScriptCalls:
+    """The script calls of a cluster client: each to the auto-pipeline of the primary that
+    serves its slot (see the module's docstring)."""
+
+    def __init__(self, cluster: RedisCluster, new_pipeline: NewPipeline) -> None:
+        self._cluster = cluster
+        self._new_pipeline = new_pipeline
+        self._pipelines: dict[str, AutoPipeline] = {}  # by node name, host:port
+        self._map_stale = True  # nothing read yet
+        self._map_read: asyncio.Task[None] | None = None
+
+    async def call(self, command: Sequence[Arg], *, wait_for_replicas: bool = False) -> Any:
+        """As AutoPipeline.call, on the node that serves the call's slot; raises
+        CrossSlotCall (nothing sent) and ClusterUnavailable (nothing ran) besides."""
+        slot = self._slot(command)
+        asking: tuple[str, int] | None = None
+        backoff_ms = 0
+        for attempt in range(CALL_ATTEMPTS):
+            if backoff_ms:
+                await asyncio.sleep(backoff_ms / 1000)
+                backoff_ms = 0
+            try:
+                if asking is not None:
+                    return await self._call_asking(asking, command, wait_for_replicas)
+                pipeline = await self._pipeline(slot)
+                return await pipeline.call(command, wait_for_replicas=wait_for_replicas)
+            except MovedError as moved:  # before AskError: MovedError is one
+                asking = None
+                await self._cluster.nodes_manager.move_slot(moved)
+            except AskError as ask:
+                asking = (ask.host, ask.port)
+            except TryAgainError:
+                asking = None
+                backoff_ms = min(TRYAGAIN_FIRST_BACKOFF_MS * 2**attempt, TRYAGAIN_MAX_BACKOFF_MS)
+            except ClusterDownError as down:
+                self._map_stale = True
+                raise ClusterUnavailable(f"the cluster is down: {down}") from down
+            except RedisConnectionError:
+                # Not sent, or ReplyLost: raised as it is. The node may have failed over.
+                self._map_stale = True
+                raise
+        raise ClusterUnavailable(
+            f"slot {slot}: redirected or told to try again {CALL_ATTEMPTS} times; not run"
+        )
+
+    def _slot(self, command: Sequence[Arg]) -> int:
+        name = str(command[0]).upper()
+        if name not in _SCRIPT_COMMANDS:
+            raise TypeError(f"only script calls are routed by their keys: {name}")
+        keys = command[3 : 3 + int(command[2])]
+        slots = {self._cluster.keyslot(key) for key in keys}
+        if len(slots) != 1:
+            raise CrossSlotCall(
+                f"a script call's keys must share one hash slot: {list(keys)} are in {slots}"
+            )
+        return slots.pop()
+
+    async def _pipeline(self, slot: int) -> AutoPipeline:
+        """The auto-pipeline of the primary that serves ``slot``."""
+        node = await self._primary(slot)
+        pipeline = self._pipelines.get(node.name)
+        if pipeline is None:
+            pipeline = self._pipelines[node.name] = self._new_pipeline(node.host, int(node.port))
+        return pipeline
+
+    async def _primary(self, slot: int) -> ClusterNode:
+        if self._map_stale:
+            # One read for every call that found the map stale; they all go on in the same
+            # turn of the event loop once it is read, and so share batches again. Shielded:
+            # a caller cancelled meanwhile does not cancel the others' read.
+            if self._map_read is None:
+                self._map_read = asyncio.get_running_loop().create_task(self._read_map())
+            await asyncio.shield(self._map_read)
+        try:
+            return self._cluster.nodes_manager.get_node_from_slot(slot)
+        except SlotNotCoveredError as error:
+            self._map_stale = True
+            raise ClusterUnavailable(str(error)) from error
+
+    async def _read_map(self) -> None:
+        try:
+            await self._cluster.nodes_manager.initialize()
+        except (RedisClusterException, RedisError) as error:
+            raise ClusterUnavailable(f"the slot map cannot be read: {error}") from error
+        else:
+            self._map_stale = False
+        finally:
+            self._map_read = None
+
+    async def _call_asking(
+        self, address: tuple[str, int], command: Sequence[Arg], wait_for_replicas: bool
+    ) -> Any:
+        """ASKING and the call, on a connection of their own to ``address``. Made in the
+        same turn of the event loop, on a new pipeline, the two go in one batch, in order."""
+        pipeline = self._new_pipeline(*address)
+        try:
+            replies: tuple[Any, ...] = await asyncio.gather(
+                pipeline.call(("ASKING",)),
+                pipeline.call(command, wait_for_replicas=wait_for_replicas),
+                return_exceptions=True,
+            )
+        finally:
+            await pipeline.disconnect()
+        reply = replies[1]  # ASKING's is OK, or the same failure as the call's
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    async def disconnect(self) -> None:
+        """Closes the connections of every node's pipeline."""
+        await asyncio.gather(*(pipeline.disconnect() for pipeline in self._pipelines.values()))
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's RedisCluster carrying the script calls' router (``auto_pipeline``, set
+    once, right after it is made); closing it closes the router's connections too."""
+
+    auto_pipeline: ClusterScriptCalls
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        # The router reads the slot map through the nodes manager alone; RedisCluster
+        # closes the nodes only once it has initialized itself (for a command of its own).
+        await self.nodes_manager.aclose()
+        await self.nodes_manager.aclose("startup_nodes")
+        await self.auto_pipeline.disconnect()

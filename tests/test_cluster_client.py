@@ -1,0 +1,310 @@
+"""Redis/Valkey Cluster (service/redis/cluster.py) on a real cluster of the test's own
+(tests/support/cluster.py): script calls go to the primary of their keys' slot, batched per
+node, each with the outcome it would have on one Redis; MOVED, ASK and TRYAGAIN are followed
+(the script did not run), and nothing is ever run twice. The scripts are the test's own
+(tests/cluster_lua/), not the wallet's."""
+
+import asyncio
+import hashlib
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from service.outages import is_outage
+from service.redis.client import ClusterNotSupportedHere, connect_redis
+from service.redis.cluster import CALL_ATTEMPTS, ClusterUnavailable, CrossSlotCall
+from service.redis.pipelining import ReplyLost, script_calls
+from service.redis.pools import CheckedConnection
+from service.redis.scripts import LuaScript, load_script_source
+from service.settings import Settings
+from tests.support.cluster import ClusterDeployment, cluster_deployment, node_client
+from tests.support.faults.procs import RedisServer
+
+SCRIPTS = Path(__file__).parent / "cluster_lua"
+
+
+def slot(key: str) -> int:
+    return key_slot(key.encode())
+
+
+def value(server: RedisServer, key: str) -> bytes | None:
+    """``key`` on ``server``, whatever its role: READONLY lets a replica answer, ASKING the
+    target of a migration (on the same connection: a pipeline)."""
+    client = node_client(server)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.readonly()
+        pipe.execute_command("ASKING")  # type: ignore[no-untyped-call]
+        pipe.get(key)
+        reply: bytes | None = pipe.execute()[-1]
+        return reply
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterDeployment]:
+    """A cluster for the tests that leave its slots and nodes as they found them."""
+    with cluster_deployment(tmp_path_factory.mktemp("cluster")) as deployment:
+        yield deployment
+
+
+@pytest.fixture
+def own(tmp_path: Path) -> Iterator[ClusterDeployment]:
+    """A cluster for one test that moves slots or stops nodes."""
+    with cluster_deployment(tmp_path / "cluster") as deployment:
+        yield deployment
+
+
+async def _client(deployment: ClusterDeployment, **settings: Any) -> RedisCluster:
+    client = connect_redis(Settings(redis_url=deployment.url(), **settings), allow_cluster=True)
+    assert isinstance(client, RedisCluster)
+    return client
+
+
+@pytest.fixture
+async def client(shared: ClusterDeployment) -> AsyncIterator[RedisCluster]:
+    client = await _client(shared)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def own_client(own: ClusterDeployment) -> AsyncIterator[RedisCluster]:
+    client = await _client(own)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def fresh(prefix: str) -> str:
+    """A key prefix no other test of the shared cluster uses."""
+    return f"{prefix}-{asyncio.get_running_loop().time()}"
+
+
+async def test_calls_on_many_slots_land_on_their_primaries_one_batch_per_node(
+    shared: ClusterDeployment, client: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = LuaScript(client, "count", root=SCRIPTS)
+    await count.load()  # on every primary (RedisCluster sends SCRIPT LOAD to each)
+    sha = hashlib.sha1(load_script_source("count", SCRIPTS).encode()).hexdigest()
+    for server in shared.primaries:
+        assert node_client(server).script_exists(sha) == [True]
+    batches: Counter[int] = Counter()  # pipelined writes by port
+    send = CheckedConnection.send_packed_command
+
+    async def counted(self: CheckedConnection, command: Any, check_health: bool = True) -> None:
+        if isinstance(command, bytes):  # a batch (redis-py's own commands are lists of parts)
+            batches[int(self.port)] += 1
+        await send(self, command, check_health)
+
+    monkeypatch.setattr(CheckedConnection, "send_packed_command", counted)
+    prefix = fresh("many")
+    keys = [f"{{{prefix}{n}}}:count" for n in range(150)]
+    replies = await asyncio.gather(*(count([key], []) for key in keys))
+    assert replies == [1] * len(keys)
+    owners = {key: shared.owner(slot(key)) for key in keys}
+    assert {server.port for server in owners.values()} == {p.port for p in shared.primaries}
+    for key, owner in owners.items():
+        assert value(owner, key) == b"1"
+    # Some 50 calls per primary, all made in one turn of the event loop: one write each.
+    assert batches == Counter({server.port: 1 for server in shared.primaries})
+
+
+async def test_an_error_reply_goes_to_its_call_alone(client: RedisCluster) -> None:
+    count = LuaScript(client, "count", root=SCRIPTS)
+    prefix = fresh("error")
+    await client.set(f"{{{prefix}1}}:text", "not a number")
+    replies = await asyncio.gather(
+        count([f"{{{prefix}0}}:n"], []),
+        count([f"{{{prefix}1}}:text"], []),
+        count([f"{{{prefix}2}}:n"], []),
+        return_exceptions=True,
+    )
+    assert replies[0] == 1
+    assert isinstance(replies[1], ResponseError)
+    assert "not an integer" in str(replies[1])
+    assert replies[2] == 1
+
+
+async def test_a_script_flushed_on_one_node_is_loaded_again_and_runs_once(
+    shared: ClusterDeployment, client: RedisCluster
+) -> None:
+    count = LuaScript(client, "count", root=SCRIPTS)
+    key = f"{{{fresh('flush')}}}:n"
+    assert await count([key], []) == 1
+    owner = shared.owner(slot(key))
+    node_client(owner).script_flush()  # as a restart or a failover of that node
+    assert await count([key], []) == 2
+    assert value(owner, key) == b"2"
+
+
+async def test_a_call_whose_keys_span_slots_is_refused_before_sending(
+    shared: ClusterDeployment, client: RedisCluster
+) -> None:
+    count = LuaScript(client, "count", root=SCRIPTS)
+    prefix = fresh("cross")
+    keys = [f"{{{prefix}a}}:n", f"{{{prefix}b}}:n"]
+    assert slot(keys[0]) != slot(keys[1])
+    with pytest.raises(CrossSlotCall, match="one hash slot"):
+        await count(keys, [])
+    with pytest.raises(CrossSlotCall):
+        await count([], [])  # no key: no node to run it
+    for key in keys:
+        assert value(shared.owner(slot(key)), key) is None
+
+
+async def test_a_client_typed_for_one_redis_refuses_a_cluster_url(
+    shared: ClusterDeployment,
+) -> None:
+    with pytest.raises(ClusterNotSupportedHere):
+        connect_redis(Settings(redis_url=shared.url()))
+
+
+async def test_a_moved_slot_is_followed_to_its_new_primary(
+    own: ClusterDeployment, own_client: RedisCluster
+) -> None:
+    count = LuaScript(own_client, "count", root=SCRIPTS)
+    key = "{moved}:n"
+    assert await count([key], []) == 1
+    source = own.owner(slot(key))
+    target = next(server for server in own.primaries if server is not source)
+    await asyncio.to_thread(own.move_slot, slot(key), target)
+    assert await count([key], []) == 2  # MOVED by the source; the slot map patched
+    assert value(target, key) == b"2"
+    assert await count([key], []) == 3  # straight to the target now
+    assert value(target, key) == b"3"
+
+
+async def test_calls_during_a_migration_follow_ask_and_wait_out_tryagain(
+    own: ClusterDeployment, own_client: RedisCluster
+) -> None:
+    count = LuaScript(own_client, "count", root=SCRIPTS)
+    moved, split = ["{mig}:a", "{mig}:b"], ["{mig}:c", "{mig}:d"]
+    assert await count(moved, []) == 1
+    assert await count(split, []) == 1
+    source = own.owner(slot(moved[0]))
+    target = next(server for server in own.primaries if server is not source)
+    own.begin_slot_migration(slot(moved[0]), source, target)
+
+    # Both keys on the target already: the source answers ASK, the target runs it.
+    own.migrate_keys(source, target, moved)
+    assert await count(moved, []) == 2
+    assert [value(target, key) for key in moved] == [b"2", b"2"]
+
+    # Keys split between the two: TRYAGAIN until the second one has moved too.
+    own.migrate_keys(source, target, split[:1])
+    waiting = asyncio.create_task(count(split, []))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    own.migrate_keys(source, target, split[1:])
+    assert await waiting == 2
+    assert [value(target, key) for key in split] == [b"2", b"2"]  # run once
+
+    own.finish_slot_migration(slot(moved[0]), target)
+    assert await count(moved, []) == 3
+
+
+async def test_keys_split_for_too_long_are_an_outage_in_which_nothing_ran(
+    own: ClusterDeployment, own_client: RedisCluster
+) -> None:
+    count = LuaScript(own_client, "count", root=SCRIPTS)
+    keys = ["{stuck}:a", "{stuck}:b"]
+    assert await count(keys, []) == 1
+    source = own.owner(slot(keys[0]))
+    target = next(server for server in own.primaries if server is not source)
+    own.begin_slot_migration(slot(keys[0]), source, target)
+    own.migrate_keys(source, target, keys[:1])
+    with pytest.raises(ClusterUnavailable, match=f"{CALL_ATTEMPTS} times") as stuck:
+        await count(keys, [])
+    assert is_outage(stuck.value)
+    assert not isinstance(stuck.value, ReplyLost)
+    assert (value(target, keys[0]), value(source, keys[1])) == (b"1", b"1")
+
+
+async def test_a_node_that_stops_answering_leaves_its_calls_unknown_and_others_answered(
+    own: ClusterDeployment,
+) -> None:
+    client = await _client(own, redis_socket_timeout_ms=500)
+    try:
+        calls = script_calls(client)
+        keys = [f"{{hang{n}}}:n" for n in range(30)]
+        command = "return redis.call('INCR', KEYS[1])"
+        assert await asyncio.gather(*(calls.call(("EVAL", command, 1, k)) for k in keys)) == [
+            1
+        ] * len(keys)
+        paused = own.owner(slot(keys[0]))
+        paused.pause()
+        try:
+            replies = await asyncio.gather(
+                *(calls.call(("EVAL", command, 1, key)) for key in keys), return_exceptions=True
+            )
+        finally:
+            paused.resume()
+    finally:
+        await client.aclose()
+    for key, reply in zip(keys, replies, strict=True):
+        if own.owner(slot(key)) is paused:
+            assert isinstance(reply, ReplyLost), reply
+        else:
+            assert reply == 2
+    # Sent, and run once the node went on: "unknown", never sent again.
+    for key in keys:
+        assert value(own.owner(slot(key)), key) == b"2"
+
+
+async def test_a_node_that_is_down_fails_its_calls_before_sending(
+    own: ClusterDeployment, own_client: RedisCluster
+) -> None:
+    calls = script_calls(own_client)
+    keys = [f"{{down{n}}}:n" for n in range(30)]
+    command = "return redis.call('INCR', KEYS[1])"
+    await asyncio.gather(*(calls.call(("EVAL", command, 1, key)) for key in keys))
+    owners = {key: own.owner(slot(key)) for key in keys}  # asked before a node stops
+    stopped = owners[keys[0]]
+    stopped.stop(signal.SIGTERM)
+    for count in (2, 3):
+        replies = await asyncio.gather(
+            *(calls.call(("EVAL", command, 1, key)) for key in keys), return_exceptions=True
+        )
+        for key, reply in zip(keys, replies, strict=True):
+            if owners[key] is not stopped:
+                assert reply == count
+            elif count == 2:
+                # Written to the connection the server had closed: whether it ran is unknown
+                # to the client (ReplyLost), or the write itself failed.
+                assert isinstance(reply, RedisConnectionError), reply
+            else:
+                # That connection is closed now; a new one is refused: nothing was sent.
+                assert isinstance(reply, RedisConnectionError), reply
+                assert not isinstance(reply, ReplyLost)
+
+
+async def test_calls_wait_for_the_replicas_of_their_own_primary(tmp_path: Path) -> None:
+    with cluster_deployment(tmp_path / "cluster", replicas=True) as deployment:
+        client = await _client(deployment, redis_min_replicas=1)
+        try:
+            count = LuaScript(client, "count", root=SCRIPTS)
+            keys = [f"{{wait{n}}}:n" for n in range(30)]
+            replies = await asyncio.gather(
+                *(count([key], [], wait_for_replicas=True) for key in keys)
+            )
+        finally:
+            await client.aclose()
+        assert replies == [1] * len(keys)
+        for shard in deployment.shards:
+            assert shard.replica is not None
+            for key in keys:
+                if shard.first_slot <= slot(key) <= shard.last_slot:
+                    assert value(shard.replica, key) == b"1"
