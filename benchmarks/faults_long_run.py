@@ -49,6 +49,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from service.redis.types import RedisClient
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.redis import keyspace
@@ -206,7 +208,7 @@ async def fault_writer(procs: Processes, args: argparse.Namespace) -> Row:
     return row
 
 
-async def _pending(redis: Redis, consumer: str) -> int:
+async def _pending(redis: RedisClient, consumer: str) -> int:
     consumers = await redis.xinfo_consumers(keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP)
     for entry in consumers:
         name = entry["name"]

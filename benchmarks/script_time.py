@@ -52,6 +52,7 @@ from service.redis.holds import HoldScripts
 from service.redis.money import MoneyScripts, SessionCheck
 from service.redis.refunds import RefundScripts
 from service.redis.scripts import LuaScript
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.servers import scratch_dir
@@ -101,7 +102,9 @@ class Stats:
 
 
 class Bench:
-    def __init__(self, redis: Redis, settings: Settings, concurrency: int, session: bool) -> None:
+    def __init__(
+        self, redis: RedisClient, settings: Settings, concurrency: int, session: bool
+    ) -> None:
         self.redis = redis
         self.money = MoneyScripts(redis, settings)
         self.holds = HoldScripts(redis, settings)
@@ -311,7 +314,6 @@ async def bench(url: str, args: argparse.Namespace) -> dict[str, list[Stats]]:
         return results
     finally:
         await redis.aclose()
-        await redis.connection_pool.disconnect()
 
 
 def report(results: dict[str, list[Stats]], profile: bool) -> None:

@@ -6,14 +6,17 @@ answers 500 and logs it, the writer crashes so that it is seen and fixed rather 
 retried for ever.
 """
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -36,6 +39,11 @@ _OUTAGE_ERRORS = (
     ReadOnlyError,
     MasterDownError,
     TryAgainError,
+    # A cluster that is down, a slot no node serves, redirections that did not settle
+    # (ClusterError: "TTL exhausted"); service/redis/cluster.py's own are outages too.
+    ClusterDownError,
+    SlotNotCoveredError,
+    ClusterError,
     OperationalError,
     InterfaceError,
     PoolTimeoutError,

@@ -20,7 +20,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.db import connect_database
@@ -29,6 +28,7 @@ from service.http.metrics import create_metrics_app
 from service.http.state import REDIS
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.faults.procs import Processes
 from tests.support.helpers import fresh_database, fresh_redis
@@ -76,14 +76,13 @@ async def db_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+async def redis_client(redis_url: str) -> AsyncIterator[RedisClient]:
     client = connect_redis(Settings(redis_url=redis_url))
     await fresh_redis(client)
     try:
         yield client
     finally:
         await client.aclose()
-        await client.connection_pool.disconnect()
 
 
 # The tests sign up hundreds of users from one address; the throttle's own tests set it.
@@ -106,7 +105,7 @@ def app_settings(settings: Settings) -> Settings:
 def make_client(
     aiohttp_client: AiohttpClient,
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
 ) -> MakeClient:
     """Makes a client of an app with these settings changed (``make_client(name=value)``);
@@ -135,7 +134,7 @@ def served(
 async def client(
     aiohttp_client: AiohttpClient,
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     served: Served | None,
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
@@ -200,5 +199,5 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 @pytest.fixture
-def money(redis_client: Redis, settings: Settings) -> MoneyScripts:
+def money(redis_client: RedisClient, settings: Settings) -> MoneyScripts:
     return MoneyScripts(redis_client, settings)

@@ -15,14 +15,16 @@ from redis.exceptions import ResponseError
 from service.redis import keyspace
 from service.redis.client import connect_redis
 from service.redis.pipelining import Arg, AutoPipeline, ReplyLost, pack_command, script_calls
+from service.redis.pools import PipeliningPool
 from service.redis.scripts import LuaScript, load_script_source
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.lost_replies import through_a_proxy
 
 
 @pytest.fixture
 async def one_batch_at_a_time(
-    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: RedisClient, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[AutoPipeline, list[int]]]:
     """A pipeline that sends one batch at a time, and the size of each write it made (one
     per batch)."""
@@ -30,7 +32,9 @@ async def one_batch_at_a_time(
     connections: list[AbstractConnection] = []
 
     def counting_connection() -> AbstractConnection:
-        connection: AbstractConnection = redis_client.connection_pool.new_pipeline_connection()  # type: ignore[attr-defined]
+        assert isinstance(redis_client, Redis)
+        assert isinstance(redis_client.connection_pool, PipeliningPool)
+        connection = redis_client.connection_pool.new_pipeline_connection()
         send = connection.send_packed_command
 
         async def counted(command: Any, check_health: bool = True) -> None:
@@ -68,7 +72,7 @@ async def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(
     assert writes == [128 * one, 128 * one, 44 * one]
 
 
-async def test_an_error_reply_goes_to_its_call_alone(redis_client: Redis) -> None:
+async def test_an_error_reply_goes_to_its_call_alone(redis_client: RedisClient) -> None:
     calls = script_calls(redis_client)
     await redis_client.set("a-string", "x")
     replies = await asyncio.gather(
@@ -84,7 +88,7 @@ async def test_an_error_reply_goes_to_its_call_alone(redis_client: Redis) -> Non
 
 
 async def test_a_script_flushed_away_is_loaded_again_for_every_call_that_found_it_gone(
-    redis_client: Redis,
+    redis_client: RedisClient,
 ) -> None:
     register = LuaScript(redis_client, "register_user")
     await register.load()
@@ -95,7 +99,9 @@ async def test_a_script_flushed_away_is_loaded_again_for_every_call_that_found_i
     assert replies == [[b"created"]] * 20
 
 
-async def test_a_caller_cancelled_before_the_batch_left_is_not_sent(redis_client: Redis) -> None:
+async def test_a_caller_cancelled_before_the_batch_left_is_not_sent(
+    redis_client: RedisClient,
+) -> None:
     calls = script_calls(redis_client)
     waiting = asyncio.create_task(calls.call(("INCR", "never")))
     await asyncio.sleep(0)  # the call is queued and the flush scheduled, not yet run
@@ -107,7 +113,7 @@ async def test_a_caller_cancelled_before_the_batch_left_is_not_sent(redis_client
 
 
 async def test_replies_lost_on_the_wire_leave_every_call_of_the_batch_unknown(
-    redis_url: str, settings: Settings, redis_client: Redis
+    redis_url: str, settings: Settings, redis_client: RedisClient
 ) -> None:
     register = LuaScript(redis_client, "register_user")
     await register.load()
@@ -177,7 +183,7 @@ def _sha(name: str) -> str:
 
 
 async def test_scripts_lost_again_between_the_load_and_the_call_are_loaded_again(
-    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: RedisClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     register = LuaScript(redis_client, "register_user")
     real_load = register.load

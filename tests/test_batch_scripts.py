@@ -6,7 +6,6 @@ import time
 from collections import Counter
 
 import pytest
-from redis.asyncio import Redis
 
 from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
@@ -16,6 +15,7 @@ from service.redis import keyspace
 from service.redis.batches import BatchAccepted, BatchScripts, Leg
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts, SessionCheck
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.held_money import HOUR_US, now_us, put_hold
@@ -26,7 +26,7 @@ PAYER = 1
 
 
 @pytest.fixture
-def batches(redis_client: Redis, settings: Settings) -> BatchScripts:
+def batches(redis_client: RedisClient, settings: Settings) -> BatchScripts:
     return BatchScripts(redis_client, settings)
 
 
@@ -63,7 +63,7 @@ def transfer_record(
 
 
 async def test_one_leg(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 1_000)
     accepted = await batches.transfer_batch(PAYER, [Leg(2, 1)])
@@ -77,7 +77,7 @@ async def test_one_leg(
 
 
 async def test_a_hundred_legs_take_consecutive_ids_and_one_record_each(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 1_000_000)
     legs = [Leg(2 + i % 3, 100 + i) for i in range(MAX_BATCH_LEGS)]
@@ -111,7 +111,7 @@ async def test_a_hundred_legs_take_consecutive_ids_and_one_record_each(
 
 
 async def test_arguments_no_request_can_produce_are_refused_in_python(
-    batches: BatchScripts, redis_client: Redis, users: None
+    batches: BatchScripts, redis_client: RedisClient, users: None
 ) -> None:
     before = await snapshot(redis_client)
     bad_batches: list[list[Leg]] = [
@@ -133,7 +133,7 @@ async def test_arguments_no_request_can_produce_are_refused_in_python(
 
 
 async def test_amounts_one_and_the_largest(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, MAX_AMOUNT_KOPECKS)
     await money.deposit(PAYER, 1)
@@ -144,7 +144,7 @@ async def test_amounts_one_and_the_largest(
 
 
 async def test_one_recipient_in_several_legs(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 100)
     accepted = await batches.transfer_batch(PAYER, [Leg(2, 10), Leg(3, 20), Leg(2, 30)])
@@ -157,7 +157,7 @@ async def test_one_recipient_in_several_legs(
 
 
 async def test_a_leg_by_name_that_resolved_pays_the_id(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 100)
     await batches.transfer_batch(PAYER, [Leg(2, 10, "Bob"), Leg(2, 5)])
@@ -171,7 +171,7 @@ def fingerprint(legs: str) -> bytes:
 
 
 async def test_money_moved_is_recorded_by_id_a_refusal_by_name(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 100)
     sent = await batches.transfer_batch(PAYER, [Leg(2, 10, "Bob"), Leg(3, 5, "carol")], "ok")
@@ -205,7 +205,7 @@ async def refused_leg(batches: BatchScripts, legs: list[Leg], key: str | None = 
 
 
 async def test_every_refusal_names_its_leg_and_writes_nothing(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 100)
     before = await snapshot(redis_client)
@@ -247,7 +247,7 @@ async def test_every_refusal_names_its_leg_and_writes_nothing(
 
 
 async def test_the_recipient_ceiling_counts_every_leg_and_incoming_money(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 1_000)
     # Recipient 2 is 100 below the ceiling, 40 of which pending holds toward it will bring.
@@ -267,7 +267,7 @@ async def test_the_recipient_ceiling_counts_every_leg_and_incoming_money(
 
 
 async def test_a_batch_never_crosses_the_end_of_an_epoch(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 100)
     last = TXN_IDS_PER_EPOCH - 1  # the last id of epoch 0
@@ -293,7 +293,7 @@ async def test_a_batch_never_crosses_the_end_of_an_epoch(
 
 
 async def test_replays_and_key_reuse(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 1_000)
     legs = [Leg(2, 100), Leg(None, 50, "Carol"), Leg(3, 100)]
@@ -328,7 +328,7 @@ async def test_replays_and_key_reuse(
 
 
 async def test_replayed_refusals_keep_their_leg(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 100)
     by_name = [Leg(2, 10), Leg(None, 10, "Ghost")]
@@ -372,7 +372,7 @@ async def test_replayed_refusals_keep_their_leg(
 
 
 async def test_available_counts_holds_and_releases_expired_ones_only_on_success(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 1_000)
     now = now_us()
@@ -404,7 +404,7 @@ async def test_available_counts_holds_and_releases_expired_ones_only_on_success(
 
 
 async def test_the_session_is_checked(
-    batches: BatchScripts, money: MoneyScripts, redis_client: Redis, users: None
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, 100)
     with refusing(refusals.SESSION_ENDED):
@@ -417,7 +417,7 @@ async def test_the_session_is_checked(
 async def test_a_lost_reply_is_answered_with_the_batch(
     batches: BatchScripts,
     money: MoneyScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     users: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -435,7 +435,7 @@ async def test_a_lost_reply_is_answered_with_the_batch(
 async def test_a_lost_request_that_did_not_run_never_runs(
     batches: BatchScripts,
     money: MoneyScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     users: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -450,7 +450,7 @@ async def test_a_lost_request_that_did_not_run_never_runs(
 
 
 async def test_concurrent_batches_on_one_balance(
-    redis_url: str, money: MoneyScripts, redis_client: Redis, users: None
+    redis_url: str, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     settings = Settings(redis_url=redis_url, redis_max_connections=8)
     clients = [connect_redis(settings) for _ in range(4)]

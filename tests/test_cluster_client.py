@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from service.outages import is_outage
-from service.redis.client import ClusterNotSupportedHere, connect_redis
+from service.redis.client import connect_redis
 from service.redis.cluster import CALL_ATTEMPTS, ClusterUnavailable, CrossSlotCall
 from service.redis.pipelining import ReplyLost, script_calls
 from service.redis.pools import CheckedConnection
@@ -65,7 +65,7 @@ def own(tmp_path: Path) -> Iterator[ClusterDeployment]:
 
 
 async def _client(deployment: ClusterDeployment, **settings: Any) -> RedisCluster:
-    client = connect_redis(Settings(redis_url=deployment.url(), **settings), allow_cluster=True)
+    client = connect_redis(Settings(redis_url=deployment.url(), **settings))
     assert isinstance(client, RedisCluster)
     return client
 
@@ -163,13 +163,6 @@ async def test_a_call_whose_keys_span_slots_is_refused_before_sending(
         await count([], [])  # no key: no node to run it
     for key in keys:
         assert value(shared.owner(slot(key)), key) is None
-
-
-async def test_a_client_typed_for_one_redis_refuses_a_cluster_url(
-    shared: ClusterDeployment,
-) -> None:
-    with pytest.raises(ClusterNotSupportedHere):
-        connect_redis(Settings(redis_url=shared.url()))
 
 
 async def test_a_moved_slot_is_followed_to_its_new_primary(

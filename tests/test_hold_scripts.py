@@ -10,7 +10,6 @@ from dataclasses import replace
 from typing import cast
 
 import pytest
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +31,7 @@ from service.redis.holds import HoldAccepted, HoldScripts
 from service.redis.money import MoneyScripts, SessionCheck, WalletAmounts
 from service.redis.scripts import load_script_source
 from service.redis.streams import ensure_consumer_group
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import refusing, snapshot, stream_fields
@@ -42,7 +42,7 @@ HOUR_S = 3600
 
 
 @pytest.fixture
-def holds(redis_client: Redis, settings: Settings) -> HoldScripts:
+def holds(redis_client: RedisClient, settings: Settings) -> HoldScripts:
     return HoldScripts(redis_client, settings)
 
 
@@ -53,7 +53,7 @@ async def users(money: MoneyScripts) -> None:
     await money.deposit(PAYER, 10_000)
 
 
-async def amounts(redis: Redis, user_id: int) -> tuple[int, int, int]:
+async def amounts(redis: RedisClient, user_id: int) -> tuple[int, int, int]:
     """(balance, held, incoming) as stored."""
     raw = cast(
         list[bytes | None],
@@ -65,7 +65,7 @@ async def amounts(redis: Redis, user_id: int) -> tuple[int, int, int]:
     return int(raw[0]), int(raw[1] or 0), int(raw[2] or 0)
 
 
-async def assert_invariants(redis: Redis, user_ids: tuple[int, ...] = (1, 2, 3)) -> None:
+async def assert_invariants(redis: RedisClient, user_ids: tuple[int, ...] = (1, 2, 3)) -> None:
     """docs/holds.md: 0 <= held <= balance; held = the sum of holds:{payer}; incoming = the
     sum of the holds:due holds toward the user; balance + incoming <= 10^15."""
     due = cast(list[bytes], await redis.zrange(keyspace.holds_due(BUCKET), 0, -1))
@@ -82,12 +82,12 @@ async def assert_invariants(redis: Redis, user_ids: tuple[int, ...] = (1, 2, 3))
         assert balance_kopecks + incoming <= MAX_BALANCE_KOPECKS, user_id
 
 
-async def redis_now_us(redis: Redis) -> int:
+async def redis_now_us(redis: RedisClient) -> int:
     seconds, micros = await redis.time()
     return int(seconds) * 1_000_000 + int(micros)
 
 
-async def move_expiry(redis: Redis, hold: Hold, expires_at_us: int) -> None:
+async def move_expiry(redis: RedisClient, hold: Hold, expires_at_us: int) -> None:
     """Rewrites a hold's expires_at_us everywhere Redis keeps it (the hash, both scores)."""
     await redis.hset(keyspace.hold(BUCKET, hold.hold_id), "expires_at_us", str(expires_at_us))
     payer_member = f"{hold.hold_id}:{hold.to_user_id}:{hold.amount_kopecks}"
@@ -98,7 +98,7 @@ async def move_expiry(redis: Redis, hold: Hold, expires_at_us: int) -> None:
     await redis.zadd(keyspace.holds_due(BUCKET), {due_member: expires_at_us}, xx=True)
 
 
-async def stored_hold(redis: Redis, hold_id: int) -> Hold:
+async def stored_hold(redis: RedisClient, hold_id: int) -> Hold:
     raw = cast(dict[bytes, bytes], await redis.hgetall(keyspace.hold(BUCKET, hold_id)))
     return Hold.from_redis_hash(hold_id, raw)
 
@@ -115,7 +115,11 @@ async def create(
 
 
 async def test_create_reserves_on_both_sides_and_records_the_hold(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None, settings: Settings
+    holds: HoldScripts,
+    money: MoneyScripts,
+    redis_client: RedisClient,
+    users: None,
+    settings: Settings,
 ) -> None:
     before_us = await redis_now_us(redis_client)
     accepted = await holds.create(PAYER, PAYEE, 3_000, HOUR_S, idempotency_key="h1")
@@ -162,7 +166,7 @@ async def test_create_reserves_on_both_sides_and_records_the_hold(
 
 
 async def test_create_refusals_write_nothing_but_the_recorded_ones(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None
+    holds: HoldScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     before = await snapshot(redis_client)
     with refusing(refusals.SELF_TRANSFER):
@@ -212,7 +216,7 @@ async def test_create_refusals_write_nothing_but_the_recorded_ones(
 
 
 async def test_amount_and_expiry_limits_at_and_one_past_the_edge(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None
+    holds: HoldScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await money.deposit(PAYER, MAX_AMOUNT_KOPECKS)
     smallest = await create(holds, 1, MIN_HOLD_EXPIRES_IN_S)
@@ -236,7 +240,7 @@ async def test_amount_and_expiry_limits_at_and_one_past_the_edge(
 
 
 async def test_a_payer_has_at_most_1000_pending_holds_and_expired_ones_do_not_count(
-    holds: HoldScripts, redis_client: Redis, users: None
+    holds: HoldScripts, redis_client: RedisClient, users: None
 ) -> None:
     made = [await create(holds, 1) for _ in range(MAX_PENDING_HOLDS_PER_PAYER)]
     with refusing(refusals.TOO_MANY_HOLDS):
@@ -260,7 +264,7 @@ async def test_a_payer_has_at_most_1000_pending_holds_and_expired_ones_do_not_co
 
 
 async def test_holds_from_30_concurrent_requests_never_overdraw(
-    redis_url: str, redis_client: Redis, money: MoneyScripts
+    redis_url: str, redis_client: RedisClient, money: MoneyScripts
 ) -> None:
     """10,000 kopecks, 30 holds of 1,000 at once over several connections: exactly 10."""
     settings = Settings(redis_url=redis_url, redis_max_connections=8)
@@ -295,7 +299,11 @@ async def test_holds_from_30_concurrent_requests_never_overdraw(
 
 
 async def test_a_capture_of_the_whole_hold(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None, settings: Settings
+    holds: HoldScripts,
+    money: MoneyScripts,
+    redis_client: RedisClient,
+    users: None,
+    settings: Settings,
 ) -> None:
     hold = await create(holds, 3_000)
     captured = await holds.capture(PAYEE, hold.hold_id, None, idempotency_key="c1")
@@ -330,7 +338,7 @@ async def test_a_capture_of_the_whole_hold(
 
 
 async def test_a_partial_capture_gives_the_rest_back_to_the_payer(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None
+    holds: HoldScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     hold = await create(holds, 3_000)
     other = await create(holds, 500)
@@ -355,7 +363,11 @@ async def test_a_partial_capture_gives_the_rest_back_to_the_payer(
 
 
 async def test_a_void_releases_both_sides(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None, settings: Settings
+    holds: HoldScripts,
+    money: MoneyScripts,
+    redis_client: RedisClient,
+    users: None,
+    settings: Settings,
 ) -> None:
     hold = await create(holds, 4_000)
     accepted = await holds.void(PAYEE, hold.hold_id, idempotency_key="v1")
@@ -385,7 +397,7 @@ async def test_a_void_releases_both_sides(
 
 
 async def test_only_the_payee_captures_or_voids(
-    holds: HoldScripts, redis_client: Redis, users: None
+    holds: HoldScripts, redis_client: RedisClient, users: None
 ) -> None:
     hold = await create(holds, 1_000)
     before = await snapshot(redis_client)
@@ -428,7 +440,7 @@ async def test_only_the_payee_captures_or_voids(
     await assert_invariants(redis_client)
 
 
-async def test_a_hold_ends_once(holds: HoldScripts, redis_client: Redis, users: None) -> None:
+async def test_a_hold_ends_once(holds: HoldScripts, redis_client: RedisClient, users: None) -> None:
     captured = await create(holds, 1_000)
     voided = await create(holds, 2_000)
     await holds.capture(PAYEE, captured.hold_id, 10)
@@ -449,7 +461,9 @@ async def test_a_hold_ends_once(holds: HoldScripts, redis_client: Redis, users: 
     await assert_invariants(redis_client)
 
 
-async def test_replays_and_key_reuse(holds: HoldScripts, redis_client: Redis, users: None) -> None:
+async def test_replays_and_key_reuse(
+    holds: HoldScripts, redis_client: RedisClient, users: None
+) -> None:
     first = await holds.create(PAYER, PAYEE, 1_000, HOUR_S, "k")
     again = await holds.create(PAYER, PAYEE, 1_000, HOUR_S, "k", to_username="someone")
     assert again == HoldAccepted(first.hold, replayed=True)
@@ -488,7 +502,7 @@ async def test_replays_and_key_reuse(holds: HoldScripts, redis_client: Redis, us
 
 
 async def test_money_scripts_check_the_session_first(
-    holds: HoldScripts, redis_client: Redis, users: None
+    holds: HoldScripts, redis_client: RedisClient, users: None
 ) -> None:
     hold = await create(holds, 100)
     session = {"created": int(time.time()), "session": {"user_id": PAYEE}}
@@ -511,7 +525,7 @@ async def test_money_scripts_check_the_session_first(
 
 
 async def test_a_hold_expires_at_expires_at_exactly(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None
+    holds: HoldScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     ends_now = await create(holds, 1_000)
     ends_soon = await create(holds, 2_000)
@@ -533,7 +547,7 @@ async def test_a_hold_expires_at_expires_at_exactly(
 
 
 async def test_expired_money_is_available_before_any_sweep_and_the_sweeper_ends_it(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None
+    holds: HoldScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     hold = await create(holds, 10_000)
     with refusing(refusals.INSUFFICIENT_FUNDS):
@@ -573,7 +587,7 @@ async def test_expired_money_is_available_before_any_sweep_and_the_sweeper_ends_
 
 
 async def test_the_sweeper_marks_due_holds_only_in_batches(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None
+    holds: HoldScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     due = [await create(holds, 1_000 + n) for n in range(3)]
     pending = await create(holds, 5)
@@ -599,7 +613,7 @@ async def test_the_sweeper_marks_due_holds_only_in_batches(
 
 
 async def test_hold_expire_is_idempotent_and_leaves_what_is_not_due(
-    holds: HoldScripts, redis_client: Redis, users: None
+    holds: HoldScripts, redis_client: RedisClient, users: None
 ) -> None:
     hold = await create(holds, 700)
     member = f"{hold.hold_id}:1:2:700"
@@ -629,7 +643,7 @@ async def test_hold_expire_is_idempotent_and_leaves_what_is_not_due(
 
 
 async def test_the_sweeper_settles_a_hold_whose_hash_is_gone(
-    holds: HoldScripts, redis_client: Redis, users: None
+    holds: HoldScripts, redis_client: RedisClient, users: None
 ) -> None:
     """A sweeper stopped longer than hold_retention_s finds the hash gone: the holds:due
     member still names the parties, so the payee's incoming is released all the same."""
@@ -648,7 +662,7 @@ async def test_the_sweeper_settles_a_hold_whose_hash_is_gone(
 
 
 async def test_a_transfer_spends_from_available_only(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None
+    holds: HoldScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     await create(holds, 6_000)
     before = await snapshot(redis_client)
@@ -663,7 +677,7 @@ async def test_a_transfer_spends_from_available_only(
 
 
 async def test_the_ceiling_counts_what_holds_will_bring(
-    holds: HoldScripts, money: MoneyScripts, redis_client: Redis, users: None
+    holds: HoldScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:
     """A capture is never refused: the payee's room was reserved when the hold was made,
     so create, deposits and transfers to the payee count incoming_kopecks."""
@@ -711,7 +725,7 @@ def losing(
 
 
 async def test_lost_replies_are_answered_with_what_the_script_did(
-    holds: HoldScripts, redis_client: Redis, users: None, monkeypatch: pytest.MonkeyPatch
+    holds: HoldScripts, redis_client: RedisClient, users: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     losing(holds, "create", True, monkeypatch)
     made = await holds.create(PAYER, PAYEE, 3_000, 600)
@@ -734,7 +748,7 @@ async def test_lost_replies_are_answered_with_what_the_script_did(
 
 
 async def test_a_create_that_did_not_run_is_not_applied_and_never_will_be(
-    holds: HoldScripts, redis_client: Redis, users: None, monkeypatch: pytest.MonkeyPatch
+    holds: HoldScripts, redis_client: RedisClient, users: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lost = losing(holds, "create", False, monkeypatch)
     with refusing(refusals.REQUEST_NOT_APPLIED):
@@ -811,7 +825,7 @@ def _with(args: list[str], index: int, value: str) -> list[str]:
 )
 async def test_hold_scripts_refuse_malformed_arguments_and_write_nothing(
     holds: HoldScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     users: None,
     script: str,
     keys: list[str],
@@ -834,7 +848,7 @@ async def test_hold_scripts_refuse_malformed_arguments_and_write_nothing(
 )
 async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
     holds: HoldScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     users: None,
     script: str,
     keys: list[str],
@@ -850,7 +864,7 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
 
 
 async def test_the_sweeper_loop_retries_outages_and_stops_with_the_writer(
-    holds: HoldScripts, redis_client: Redis, users: None, monkeypatch: pytest.MonkeyPatch
+    holds: HoldScripts, redis_client: RedisClient, users: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hold = await create(holds, 800)
     await move_expiry(redis_client, hold, await redis_now_us(redis_client))
@@ -890,7 +904,7 @@ async def test_a_sweeper_bug_ends_the_sweeper(
 
 
 async def test_the_writer_and_the_sweeper_run_together_and_store_the_expiry(
-    holds: HoldScripts, redis_client: Redis, db_engine: AsyncEngine, settings: Settings
+    holds: HoldScripts, redis_client: RedisClient, db_engine: AsyncEngine, settings: Settings
 ) -> None:
     """What `wallet writer` and `wallet serve --embedded` both run: the hold's creation and
     its expiry reach the ledger with no request touching the hold."""

@@ -17,11 +17,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.limits import MAX_BODY_BYTES
 from service.http.app import create_app
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.helpers import snapshot
 from tests.support.http_helpers import PASSWORD, Client, LoggedIn, login, new_user, sign_up
@@ -111,7 +111,7 @@ def request_head(method: str, path: str, *headers: str) -> bytes:
 
 
 async def test_a_body_of_exactly_64_kib_is_read_and_one_byte_more_is_413(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice")
     exact = b'{"amount": 5}'.ljust(MAX_BODY_BYTES, b" ")
@@ -126,7 +126,7 @@ async def test_a_body_of_exactly_64_kib_is_read_and_one_byte_more_is_413(
 
 
 async def test_a_chunked_body_over_the_limit_is_413_and_changes_nothing(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice")
     before = await snapshot(redis_client)
@@ -144,7 +144,7 @@ async def test_a_chunked_body_over_the_limit_is_413_and_changes_nothing(
 
 
 async def test_a_compressed_body_is_limited_after_decompression(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     """A gzip bomb: 20 KiB on the wire, 20 MB once inflated."""
     alice = await new_user(client, "alice")
@@ -157,7 +157,7 @@ async def test_a_compressed_body_is_limited_after_decompression(
 
 @pytest.mark.parametrize("declared", [MAX_BODY_BYTES + 1, 10**9])
 async def test_a_declared_length_over_the_limit_is_413_without_waiting_for_the_body(
-    client: Client, redis_client: Redis, declared: int
+    client: Client, redis_client: RedisClient, declared: int
 ) -> None:
     """Content-Length says more than 64 KiB, and the client sends a few bytes and waits.
 
@@ -194,7 +194,7 @@ NESTED_BODIES = {
 
 @pytest.mark.parametrize("name", NESTED_BODIES)
 async def test_deeply_nested_json_is_a_prompt_client_error(
-    client: Client, redis_client: Redis, name: str
+    client: Client, redis_client: RedisClient, name: str
 ) -> None:
     alice, _ = await alice_and_bob(client)
     before = await snapshot(redis_client)
@@ -229,7 +229,7 @@ FORM_POSTS: dict[str, Callable[[int], tuple[Any, str | None]]] = {
 
 @pytest.mark.parametrize("form", FORM_POSTS)
 async def test_a_cross_site_form_post_with_a_valid_session_moves_no_money(
-    client: Client, redis_client: Redis, form: str
+    client: Client, redis_client: RedisClient, form: str
 ) -> None:
     alice, bob = await alice_and_bob(client)
     key = {"Idempotency-Key": f"csrf-{form.replace(' ', '-')}"}
@@ -246,7 +246,7 @@ async def test_a_cross_site_form_post_with_a_valid_session_moves_no_money(
     assert (await alice.balance(client), await bob.balance(client)) == (995, 5)
 
 
-async def test_a_login_form_is_refused(client: Client, redis_client: Redis) -> None:
+async def test_a_login_form_is_refused(client: Client, redis_client: RedisClient) -> None:
     """Login CSRF: a cross-site form must not log the victim into the attacker's account."""
     await sign_up(client, "mallory")
     before = await snapshot(redis_client)
@@ -274,7 +274,7 @@ NOT_UTF8 = {
 
 @pytest.mark.parametrize("name", NOT_UTF8)
 async def test_a_body_that_is_not_utf8_json_is_malformed(
-    client: Client, redis_client: Redis, name: str
+    client: Client, redis_client: RedisClient, name: str
 ) -> None:
     """JSON is UTF-8 (RFC 8259): a charset parameter does not make other bytes readable."""
     before = await snapshot(redis_client)
@@ -297,7 +297,7 @@ async def test_a_body_that_is_not_utf8_json_is_malformed(
 
 
 async def test_invalid_utf8_in_a_money_body_changes_nothing(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice, bob = await alice_and_bob(client)
     before = await snapshot(redis_client)
@@ -331,7 +331,7 @@ def _short(spelling: str) -> str:
     "spelling", NOT_AN_INTEGER + NOT_JSON_NUMBERS + TOO_LONG_NUMBERS, ids=_short
 )
 async def test_amount_spellings_are_refused_and_change_nothing(
-    client: Client, redis_client: Redis, spelling: str
+    client: Client, redis_client: RedisClient, spelling: str
 ) -> None:
     alice, bob = await alice_and_bob(client)
     before = await snapshot(redis_client)
@@ -356,7 +356,7 @@ async def test_amount_spellings_are_refused_and_change_nothing(
     "spelling", ["-0", "1e0", "2.0", str(2**63), str(2**53 + 1), '"2"', "true", "[2]", "null"]
 )
 async def test_recipient_id_spellings_are_refused_and_change_nothing(
-    client: Client, redis_client: Redis, spelling: str
+    client: Client, redis_client: RedisClient, spelling: str
 ) -> None:
     alice, bob = await alice_and_bob(client)
     assert bob.id == 2  # the spellings above would all mean bob if they were coerced
@@ -382,7 +382,9 @@ DUPLICATE_KEYS = {
 
 
 @pytest.mark.parametrize("case", DUPLICATE_KEYS)
-async def test_duplicate_keys_are_refused(client: Client, redis_client: Redis, case: str) -> None:
+async def test_duplicate_keys_are_refused(
+    client: Client, redis_client: RedisClient, case: str
+) -> None:
     """Which of two values counts is up to each parser; a proxy, a log and this service could
     each read another amount. Refusing is the only answer every reader agrees with."""
     alice, bob = await alice_and_bob(client)
@@ -394,7 +396,7 @@ async def test_duplicate_keys_are_refused(client: Client, redis_client: Redis, c
 
 
 async def test_duplicate_keys_in_credentials_are_refused(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     before = await snapshot(redis_client)
     data = '{"username": "trudy", "username": "admin", "password": "password123"}'
@@ -431,7 +433,7 @@ LOOK_ALIKES = [
 
 
 async def test_unicode_look_alike_usernames_are_refused_everywhere(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     """Usernames are ASCII only: a look-alike is refused, never normalized onto a real name."""
     alice = await new_user(client, "alice", deposit_kopecks=100)
@@ -496,7 +498,7 @@ TAMPERINGS: dict[str, Callable[[str], str]] = {
 
 @pytest.mark.parametrize("tampering", TAMPERINGS)
 async def test_a_tampered_session_cookie_is_401_and_changes_nothing(
-    client: Client, redis_client: Redis, tampering: str
+    client: Client, redis_client: RedisClient, tampering: str
 ) -> None:
     alice, bob = await alice_and_bob(client)
     cookie = alice.cookies["wallet_session"]
@@ -528,7 +530,7 @@ async def test_the_cookie_name_is_exact(client: Client) -> None:
 
 
 async def test_requests_replayed_after_logout_are_refused(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice, bob = await alice_and_bob(client)
     key = {"Idempotency-Key": "pay-bob-once"}
@@ -571,7 +573,7 @@ async def test_requests_replayed_after_logout_are_refused(
 async def strict_client(
     aiohttp_client: AiohttpClient,
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
 ) -> Client:
     """At most 5 failed logins per client address (and the default 10 per username)."""
@@ -623,7 +625,7 @@ async def test_successful_logins_of_many_users_from_one_address_are_not_throttle
 
 
 async def test_concurrent_wrong_passwords_cannot_exceed_the_limit(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     """Ten failures per username and address, however many attempts are in flight at
     once: each is counted before its password is checked."""
@@ -671,7 +673,7 @@ HEADER_ABUSE = {
 
 @pytest.mark.parametrize("abuse", HEADER_ABUSE)
 async def test_huge_or_many_headers_are_a_client_error(
-    client: Client, redis_client: Redis, abuse: str
+    client: Client, redis_client: RedisClient, abuse: str
 ) -> None:
     """aiohttp's parser limits (8190 bytes a line, 128 headers) answer before the app: a 4xx
     in plain text, never a 5xx, and the server goes on serving."""

@@ -9,11 +9,11 @@ import pytest
 from aiohttp import ClientResponse
 from argon2 import PasswordHasher
 from pytest_aiohttp import AiohttpClient
-from redis.asyncio import Redis
 
 from service.http.app import create_app
 from service.http.state import PASSWORDS, SESSIONS
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.http_helpers import PASSWORD, Client, LoggedIn, login, new_user, sign_up
 
@@ -133,7 +133,9 @@ async def test_secure_cookie_flag_is_a_setting(
     assert response.cookies["wallet_session"]["secure"]
 
 
-async def test_logout_revokes_the_session_server_side(client: Client, redis_client: Redis) -> None:
+async def test_logout_revokes_the_session_server_side(
+    client: Client, redis_client: RedisClient
+) -> None:
     user = await new_user(client, "erin")
     token = user.cookies["wallet_session"]
     assert await redis_client.exists(str(keyspace.session(token)))
@@ -237,7 +239,7 @@ async def test_health_and_readiness(client: Client) -> None:
 
 
 async def test_logout_stops_money_at_once_even_with_the_user_cached(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice")
     bob = await new_user(client, "bob")
@@ -255,7 +257,7 @@ async def test_logout_stops_money_at_once_even_with_the_user_cached(
 
 
 async def test_every_request_gives_the_session_its_idle_timeout_back(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice")
     key = str(keyspace.session(alice.cookies["wallet_session"]))
@@ -275,7 +277,7 @@ async def test_every_request_gives_the_session_its_idle_timeout_back(
 
 
 async def test_a_session_past_its_absolute_lifetime_is_refused_everywhere(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice")
     key = str(keyspace.session(alice.cookies["wallet_session"]))
@@ -291,7 +293,7 @@ async def test_a_session_past_its_absolute_lifetime_is_refused_everywhere(
 async def test_a_burst_of_password_hashing_is_shed_not_queued_without_bound(
     aiohttp_client: AiohttpClient,
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: object,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -367,7 +369,7 @@ async def change_password(
 
 
 async def test_a_password_change_ends_every_other_session_and_renews_this_one(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     bob = await new_user(client, "bob")
     phone = await new_user(client, "alice", deposit_kopecks=100)
@@ -394,7 +396,7 @@ async def test_a_password_change_ends_every_other_session_and_renews_this_one(
 
 
 async def test_logout_all_ends_every_session_of_the_user_and_no_other(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     bob = await new_user(client, "bob")
     phone = await new_user(client, "alice", deposit_kopecks=100)
@@ -414,7 +416,7 @@ async def test_logout_all_ends_every_session_of_the_user_and_no_other(
 
 
 async def test_a_wrong_current_password_changes_nothing(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice")
     other = await login(client, "alice")
@@ -455,7 +457,7 @@ async def test_password_change_validation(
 
 
 async def test_a_wrong_current_password_counts_as_a_failed_login(
-    client: Client, redis_client: Redis, app_settings: Settings
+    client: Client, redis_client: RedisClient, app_settings: Settings
 ) -> None:
     alice = await new_user(client, "alice")
     # The free failures, then one more: it makes this client wait before the next try.
@@ -503,7 +505,7 @@ async def test_logout_all_racing_deposits_of_another_session(client: Client) -> 
 async def test_sessions_end_on_every_process_at_once(
     aiohttp_client: AiohttpClient,
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: object,
     ending: str,
 ) -> None:
@@ -529,7 +531,10 @@ async def test_sessions_end_on_every_process_at_once(
 
 
 async def test_a_login_beyond_the_cap_ends_the_oldest_session(
-    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis, db_engine: object
+    aiohttp_client: AiohttpClient,
+    app_settings: Settings,
+    redis_client: RedisClient,
+    db_engine: object,
 ) -> None:
     capped = await aiohttp_client(
         create_app(app_settings.model_copy(update={"session_max_per_user": 2}))
@@ -544,7 +549,7 @@ async def test_a_login_beyond_the_cap_ends_the_oldest_session(
 
 @pytest.mark.in_process_only
 async def test_a_login_that_checked_the_old_password_keeps_no_session(
-    client: Client, redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+    client: Client, redis_client: RedisClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The password changes while a login with the old one is between its check of the
     password and the start of its session: that session must not outlive the change."""

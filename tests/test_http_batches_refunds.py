@@ -5,8 +5,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
+from service.redis.types import RedisClient
 from tests.support.helpers import snapshot_of_data
 from tests.support.http_helpers import Client, LoggedIn, error_of, new_user
 
@@ -64,7 +64,7 @@ async def test_a_batch_pays_every_leg_in_order(client: Client) -> None:
 )  # fmt: skip
 async def test_a_refused_batch_moves_nothing_and_names_its_leg(
     client: Client,
-    redis_client: Redis,
+    redis_client: RedisClient,
     legs: list[tuple[Any, Any]],
     status: int,
     code: str,
@@ -161,7 +161,9 @@ async def test_the_recipient_refunds_part_then_the_rest(client: Client) -> None:
         ]
 
 
-async def test_a_refund_may_not_exceed_what_is_left(client: Client, redis_client: Redis) -> None:
+async def test_a_refund_may_not_exceed_what_is_left(
+    client: Client, redis_client: RedisClient
+) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=1_000)
     bob = await new_user(client, "bob", deposit_kopecks=1_000)
     sent = await transfer(alice, client, bob, 300)

@@ -3,10 +3,10 @@
 import base64
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.redis.streams import ensure_consumer_group
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import persist
@@ -50,7 +50,7 @@ async def test_read_your_writes_with_the_writer_stopped(client: Client) -> None:
 
 
 async def test_history_merges_persisted_and_unpersisted_without_repeats(
-    client: Client, settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+    client: Client, settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=100_000)
     bob = await new_user(client, "bob", deposit_kopecks=100_000)
@@ -81,7 +81,7 @@ async def test_history_merges_persisted_and_unpersisted_without_repeats(
 
 
 async def test_pagination_over_hundreds_of_transactions(
-    client: Client, settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+    client: Client, settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     alice = await new_user(client, "alice")
     ids = []
@@ -136,7 +136,10 @@ async def test_bad_history_queries(
 
 
 async def test_history_is_unavailable_rather_than_wrong_when_the_writer_is_far_behind(
-    aiohttp_client: object, app_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+    aiohttp_client: object,
+    app_settings: Settings,
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
 ) -> None:
     from service.http.app import create_app
 

@@ -5,10 +5,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from service.domain.times import parse_rfc3339
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.helpers import snapshot_of_data
 from tests.support.http_helpers import Client, LoggedIn, error_of, new_user
@@ -24,7 +24,7 @@ async def hold(
     return dict(body)
 
 
-async def expire_now(redis: Redis, hold_id: int) -> None:
+async def expire_now(redis: RedisClient, hold_id: int) -> None:
     """Moves a hold's expiry to Redis's present instant, as if its time had come: the
     scripts and readers must treat it as expired from that instant on, swept or not."""
     seconds, micros = await redis.time()
@@ -114,7 +114,7 @@ async def test_the_payee_voids_and_the_money_is_the_payers_again(client: Client)
 
 
 async def test_only_the_payee_acts_and_only_the_parties_read(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=1_000)
     bob = await new_user(client, "bob")
@@ -155,7 +155,7 @@ async def test_only_the_payee_acts_and_only_the_parties_read(
 )  # fmt: skip
 async def test_hold_refusals_change_nothing(
     client: Client,
-    redis_client: Redis,
+    redis_client: RedisClient,
     body: dict[str, Any],
     status: int,
     code: str,
@@ -220,7 +220,7 @@ async def test_held_money_cannot_be_spent_twice(client: Client) -> None:
 
 
 async def test_an_expired_hold_cannot_be_captured_and_its_money_is_available(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=1_000)
     bob = await new_user(client, "bob")

@@ -7,9 +7,9 @@ import asyncio
 from ipaddress import ip_network
 
 import aiohttp
-from redis.asyncio import Redis
 
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from tests.support.helpers import snapshot
 from tests.support.http_helpers import PASSWORD, Client, MakeClient, sign_up
 
@@ -55,7 +55,7 @@ async def test_without_trusted_proxies_a_forged_header_does_not_escape_the_limit
 
 
 async def test_a_client_that_keeps_failing_is_slowed_then_refused(
-    make_client: MakeClient, redis_client: Redis
+    make_client: MakeClient, redis_client: RedisClient
 ) -> None:
     client = await make_client(trusted_proxies=(PROXY,))
     await sign_up(client, "victim")
@@ -95,7 +95,7 @@ async def test_the_right_password_from_an_address_that_has_not_been_failing_logs
 
 
 async def test_a_username_attacked_from_many_addresses_is_locked_for_a_bounded_time(
-    make_client: MakeClient, redis_client: Redis
+    make_client: MakeClient, redis_client: RedisClient
 ) -> None:
     client = await make_client(
         trusted_proxies=(PROXY,),
@@ -126,7 +126,7 @@ async def test_a_username_attacked_from_many_addresses_is_locked_for_a_bounded_t
 
 
 async def test_a_refused_address_makes_redis_hold_no_new_keys(
-    make_client: MakeClient, redis_client: Redis
+    make_client: MakeClient, redis_client: RedisClient
 ) -> None:
     client = await make_client(login_max_failures_per_address=3)
     for n in range(3):

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 from pytest_aiohttp import AiohttpClient
-from redis.asyncio import Redis
 
 from service.domain.refusals import INTERNAL_ERROR
 from service.http.app import create_app
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import snapshot, snapshot_of_data
@@ -57,7 +57,7 @@ BAD_AMOUNTS: list[Any] = [
 
 @pytest.mark.parametrize("amount", BAD_AMOUNTS)
 async def test_bad_amounts_are_refused_and_change_nothing(
-    client: Client, redis_client: Redis, amount: Any
+    client: Client, redis_client: RedisClient, amount: Any
 ) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=500)
     bob = await new_user(client, "bob")
@@ -133,7 +133,7 @@ async def test_transfer_by_id_and_by_username(client: Client) -> None:
 )  # fmt: skip
 async def test_transfer_refusals_change_nothing(
     client: Client,
-    redis_client: Redis,
+    redis_client: RedisClient,
     body: dict[str, Any],
     status: int,
     code: str,
@@ -219,7 +219,7 @@ async def test_idempotent_transfer_replays_refusals_and_resolves_usernames(clien
 
 
 async def test_a_name_registered_later_never_turns_a_replay_into_a_payment(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=1_000)
     key = {"Idempotency-Key": "K"}
@@ -353,7 +353,7 @@ async def test_a_client_that_hangs_up_is_not_logged_as_a_failure(
 )
 async def test_ambiguous_or_undecodable_bodies_move_no_money(
     client: Client,
-    redis_client: Redis,
+    redis_client: RedisClient,
     raw: bytes,
     headers: dict[str, str],
     status: int,
@@ -384,7 +384,7 @@ async def test_ambiguous_or_undecodable_bodies_move_no_money(
 
 
 async def test_money_is_refused_with_503_until_redis_is_rebuilt(
-    client: Client, redis_client: Redis
+    client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=100)
     await redis_client.delete(keyspace.txn_seq(BUCKET))
@@ -425,7 +425,7 @@ async def test_an_unreachable_backend_is_503_and_a_bug_stays_500(
 
 
 async def test_a_database_that_does_not_exist_is_503_as_readyz_says(
-    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis
+    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: RedisClient
 ) -> None:
     server = app_settings.database_url.rsplit("/", 1)[0]
     settings = app_settings.model_copy(update={"database_url": f"{server}/no_such_database"})

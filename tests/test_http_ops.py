@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.http.app import create_app
 from service.http.logs import JsonFormatter
 from service.http.serving import serving
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.http_helpers import PASSWORD, Client, new_user
 from tests.support.raw_http import (
@@ -125,7 +125,7 @@ async def test_no_path_on_the_api_address_reaches_metrics(client: Client, path: 
 
 
 async def test_readiness_says_ok_or_unavailable_and_nothing_more(
-    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: Redis
+    aiohttp_client: AiohttpClient, app_settings: Settings, redis_client: RedisClient
 ) -> None:
     """The address is public: which exception a backend raised is for the log."""
     nowhere = app_settings.model_copy(
@@ -147,7 +147,7 @@ async def test_readiness_says_ok_or_unavailable_and_nothing_more(
 async def test_one_json_access_line_per_request_with_its_request_id(
     aiohttp_client: AiohttpClient,
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -202,7 +202,7 @@ ABUSIVE_COOKIES: dict[str, Callable[[str], list[str]]] = {
 async def test_a_request_the_parser_refuses_never_puts_its_cookie_in_the_log(
     aiohttp_client: AiohttpClient,
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     caplog: pytest.LogCaptureFixture,
     abuse: str,
@@ -225,7 +225,7 @@ async def test_a_request_the_parser_refuses_never_puts_its_cookie_in_the_log(
 
 async def test_a_client_that_hangs_up_is_counted_as_499_in_one_line_not_as_a_500(
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -302,7 +302,7 @@ async def honest_round(served: Served, name: str) -> list[int]:
 
 
 async def test_many_slow_clients_get_408_and_honest_requests_are_answered_meanwhile(
-    slow_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+    slow_settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     async with serve(slow_settings) as served:
         slow = await open_slow_posts(served, 300)
@@ -322,7 +322,7 @@ async def test_many_slow_clients_get_408_and_honest_requests_are_answered_meanwh
 
 
 async def test_a_connection_whose_headers_trickle_in_is_closed(
-    app_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+    app_settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     settings = app_settings.model_copy(update={"keepalive_timeout_s": 1.0})
     async with serve(settings) as served:
@@ -340,7 +340,7 @@ async def test_a_connection_whose_headers_trickle_in_is_closed(
 
 
 async def test_connections_past_the_limit_are_refused_and_the_process_serves_on(
-    slow_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+    slow_settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     limit = 20
     settings = slow_settings.model_copy(update={"max_connections": limit})
@@ -371,7 +371,7 @@ async def test_connections_past_the_limit_are_refused_and_the_process_serves_on(
 
 
 async def test_metrics_have_their_own_address(
-    app_settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+    app_settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     async with serve(app_settings) as served, served.http() as http:
         assert (await http.get(served.url("/healthz"))).status == 200

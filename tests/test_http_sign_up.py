@@ -6,8 +6,8 @@ import asyncio
 from ipaddress import ip_network
 
 import aiohttp
-from redis.asyncio import Redis
 
+from service.redis.types import RedisClient
 from tests.support.helpers import snapshot
 from tests.support.http_helpers import PASSWORD, Client, MakeClient, sign_up
 
@@ -28,7 +28,7 @@ async def post(
 
 
 async def test_sign_up_is_throttled_per_client_address(
-    make_client: MakeClient, redis_client: Redis
+    make_client: MakeClient, redis_client: RedisClient
 ) -> None:
     client = await make_client(trusted_proxies=(PROXY,), sign_up_max_per_address=3)
     assert (await post(client, "/api/sign-up/", "first", "203.0.113.5")).status == 201
@@ -74,7 +74,7 @@ async def test_logins_succeed_during_a_flood_of_sign_ups(make_client: MakeClient
 
 
 async def test_weak_passwords_and_control_characters_are_refused_and_change_nothing(
-    make_client: MakeClient, redis_client: Redis
+    make_client: MakeClient, redis_client: RedisClient
 ) -> None:
     client = await make_client(sign_up_max_per_address=3)
     before = await snapshot(redis_client)

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.limits import MAX_STATEMENT_ITEMS
 from service.domain.times import parse_rfc3339, rfc3339
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.helpers import persist
 from tests.support.http_helpers import Client, LoggedIn, error_of, new_user
@@ -66,7 +66,7 @@ def check_running_balance(body: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("persisted", [False, True])
 async def test_a_statement_adds_up_from_opening_to_closing(
-    client: Client, redis_client: Redis, db_engine: AsyncEngine, persisted: bool
+    client: Client, redis_client: RedisClient, db_engine: AsyncEngine, persisted: bool
 ) -> None:
     await ensure_consumer_group(redis_client, BUCKET)
     alice, _, done = await activity(client)
@@ -104,7 +104,7 @@ async def test_a_statement_adds_up_from_opening_to_closing(
     assert empty["opening_balance_kopecks"] == empty["closing_balance_kopecks"] == 785
 
 
-async def test_the_balance_at_an_instant(client: Client, redis_client: Redis) -> None:
+async def test_the_balance_at_an_instant(client: Client, redis_client: RedisClient) -> None:
     alice, _, done = await activity(client)
 
     async def at(instant: str) -> int:

@@ -2,8 +2,7 @@
 balance, 404 recipient_not_found against 409 insufficient_funds tells which ids and names
 exist. A user who gets many 404s in a window gets 429 for every transfer until it ends."""
 
-from redis.asyncio import Redis
-
+from service.redis.types import RedisClient
 from tests.support.helpers import snapshot
 from tests.support.http_helpers import MakeClient, new_user
 
@@ -11,7 +10,7 @@ TRANSFER = "/api/balance/transfer/"
 
 
 async def test_a_user_who_keeps_naming_no_one_is_refused_for_a_while(
-    make_client: MakeClient, redis_client: Redis
+    make_client: MakeClient, redis_client: RedisClient
 ) -> None:
     client = await make_client(recipient_not_found_max_per_user=3)
     prober = await new_user(client, "prober")  # a zero balance

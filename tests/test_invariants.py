@@ -32,13 +32,13 @@ from typing import Any, Literal, cast
 
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.amounts import MAX_BALANCE_KOPECKS
 from service.ledger.reconcile import reconcile
 from service.redis import keyspace
 from service.redis.streams import ensure_consumer_group
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.helpers import fresh_database, fresh_redis, persist
 from tests.support.http_helpers import PASSWORD, Client
@@ -219,7 +219,7 @@ class Model:
 Snapshot = dict[bytes, Any]
 
 
-async def redis_snapshot(redis: Redis) -> Snapshot:
+async def redis_snapshot(redis: RedisClient) -> Snapshot:
     """Every key and its value, in three round trips."""
     names = sorted(cast(list[bytes], await redis.keys("*")))
     async with redis.pipeline(transaction=False) as pipe:
@@ -245,7 +245,7 @@ async def redis_snapshot(redis: Redis) -> Snapshot:
 
 
 class Runner:
-    def __init__(self, client: Client, redis: Redis, engine: AsyncEngine) -> None:
+    def __init__(self, client: Client, redis: RedisClient, engine: AsyncEngine) -> None:
         self.client = client
         self.redis = redis
         self.engine = engine
@@ -717,7 +717,7 @@ class Runner:
             raise
 
 
-async def empty_everything(redis: Redis, engine: AsyncEngine) -> None:
+async def empty_everything(redis: RedisClient, engine: AsyncEngine) -> None:
     await fresh_redis(redis)
     await fresh_database(engine)
     await ensure_consumer_group(redis, BUCKET)
@@ -782,7 +782,7 @@ EVERY_PATH: list[Operation] = [
 )
 async def test_random_operations_keep_the_money_invariants(
     client: Client,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     steps: list[Operation],
     page_size: int,

@@ -7,7 +7,6 @@ import random
 from collections.abc import Awaitable, Callable
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.holds import STATUSES, Hold, Status
@@ -18,6 +17,7 @@ from service.ledger.lookup import find_transaction
 from service.ledger.reconcile import ledger_balances
 from service.ledger.statements import StatementTooLarge, balance_at, read_statement
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.helpers import persist
 from tests.support.records import SECOND, T0, Book, Fields, add_ledger_users, append
@@ -30,7 +30,7 @@ Store = Callable[..., Awaitable[None]]
 
 
 @pytest.fixture
-async def store(redis_client: Redis, db_engine: AsyncEngine) -> Store:
+async def store(redis_client: RedisClient, db_engine: AsyncEngine) -> Store:
     """``store(records, persisted=n)``: the first n records go into the ledger through the
     writer, the rest stay in the stream unpersisted."""
     await add_ledger_users(db_engine, 1, 2, 3)
@@ -68,7 +68,7 @@ def money_story() -> tuple[Book, list[Fields]]:
 
 @pytest.mark.parametrize("how", SPLITS)
 async def test_refunds_are_in_the_transfer_history_of_both_parties(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store, how: str
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store, how: str
 ) -> None:
     _, records = money_story()
     await store(records, split(records, how))
@@ -105,7 +105,7 @@ async def test_refunds_are_in_the_transfer_history_of_both_parties(
 
 @pytest.mark.parametrize("how", SPLITS)
 async def test_find_transaction_in_the_tail_or_the_ledger(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store, how: str
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store, how: str
 ) -> None:
     _, records = money_story()
     await store(records, split(records, how))
@@ -128,7 +128,7 @@ async def test_find_transaction_in_the_tail_or_the_ledger(
 
 
 async def test_find_transaction_refuses_to_answer_none_over_an_overflowing_tail(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store
 ) -> None:
     _, records = money_story()
     await store(records, 2)  # 5 unpersisted
@@ -153,7 +153,7 @@ def signed(txn: Transaction, user_id: int) -> int:
 
 @pytest.mark.parametrize("how", SPLITS)
 async def test_balance_at_any_instant(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store, how: str
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store, how: str
 ) -> None:
     _, records = money_story()
     await store(records, split(records, how))
@@ -178,7 +178,7 @@ async def test_balance_at_any_instant(
 
 @pytest.mark.parametrize("how", SPLITS)
 async def test_statements_add_up_for_every_period(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store, how: str
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store, how: str
 ) -> None:
     _, records = money_story()
     await store(records, split(records, how))
@@ -251,7 +251,7 @@ async def test_statements_add_up_for_every_period(
 
 
 async def test_time_reads_are_unavailable_over_an_overflowing_tail(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store
 ) -> None:
     _, records = money_story()
     await store(records, 0)
@@ -303,7 +303,7 @@ EXPECTED_AT_NOW: dict[int, Status] = {
 
 @pytest.mark.parametrize("persisted", [0, 3, 5, 9, 10, 11])
 async def test_holds_merge_the_ledger_and_the_tail(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store, persisted: int
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store, persisted: int
 ) -> None:
     """Split at every interesting point: hold 2 pending in the ledger and captured in the
     tail, holds created only in the tail, an expiry record still in the tail."""
@@ -378,7 +378,7 @@ async def test_holds_merge_the_ledger_and_the_tail(
 
 
 async def test_read_hold_takes_the_redis_hash_first(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store
 ) -> None:
     _, records = hold_story()
     await store(records, len(records))
@@ -398,7 +398,7 @@ async def test_read_hold_takes_the_redis_hash_first(
 
 
 async def test_read_hold_of_an_ended_hold_needs_no_tail(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store
 ) -> None:
     _, records = hold_story()
     await store(records, len(records))
@@ -426,7 +426,7 @@ async def test_read_hold_of_an_ended_hold_needs_no_tail(
 
 @pytest.mark.parametrize("seed", range(6))
 async def test_list_holds_against_a_model(
-    redis_client: Redis, db_engine: AsyncEngine, store: Store, seed: int
+    redis_client: RedisClient, db_engine: AsyncEngine, store: Store, seed: int
 ) -> None:
     """Random holds among three users, some ended (captured, voided, expired on record),
     some past their expiry, the records split anywhere between ledger and tail; every

@@ -8,7 +8,6 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 from pytest_aiohttp import AiohttpServer
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cli.main import main
@@ -19,6 +18,7 @@ from service.loadtest.known import KnownHold, held_bounds
 from service.loadtest.run import DEFAULT_MIX, LoadtestConfig, parse_mix, run_loadtest
 from service.loadtest.stats import Histogram, IdSet
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 
@@ -27,7 +27,7 @@ from tests.support.buckets import BUCKET
 async def service_url(
     aiohttp_server: AiohttpServer,
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
 ) -> AsyncIterator[str]:
     """The service on a local port, and a writer draining the stream into the ledger."""
@@ -111,7 +111,7 @@ async def _invoke_in_a_thread(args: list[str]) -> Result:
 
 
 async def test_a_balance_moved_behind_the_services_back_fails_the_run(
-    service_url: str, app_settings: Settings, redis_client: Redis, tmp_path: Path
+    service_url: str, app_settings: Settings, redis_client: RedisClient, tmp_path: Path
 ) -> None:
     figures_file = tmp_path / "figures.json"
     args = ["loadtest", "--url", service_url, "--users", "5", "--concurrency", "8"]
@@ -140,7 +140,7 @@ async def test_a_balance_moved_behind_the_services_back_fails_the_run(
 
 
 async def test_held_money_moved_behind_the_services_back_fails_the_run(
-    service_url: str, app_settings: Settings, redis_client: Redis
+    service_url: str, app_settings: Settings, redis_client: RedisClient
 ) -> None:
     config = LoadtestConfig(
         url=service_url,

@@ -5,7 +5,6 @@ import time
 from typing import cast
 
 import pytest
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from service.domain import refusals
@@ -14,6 +13,7 @@ from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.redis import keyspace
 from service.redis.money import Accepted, MoneyScripts, SessionCheck
 from service.redis.scripts import LuaScript, load_script_source
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.helpers import StreamEntries, balance, refusing, snapshot, stream_fields
 
@@ -25,7 +25,7 @@ async def users(money: MoneyScripts) -> tuple[int, int]:
     return 1, 2
 
 
-async def test_register_user_is_idempotent(money: MoneyScripts, redis_client: Redis) -> None:
+async def test_register_user_is_idempotent(money: MoneyScripts, redis_client: RedisClient) -> None:
     assert await money.register_user(7) is True
     await money.deposit(7, 500)
     assert await money.register_user(7) is False
@@ -33,7 +33,7 @@ async def test_register_user_is_idempotent(money: MoneyScripts, redis_client: Re
 
 
 async def test_deposit_moves_money_and_appends_one_record(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     before_us = int(time.time() * 1_000_000)
     first = await money.deposit(1, 10_000)
@@ -70,7 +70,7 @@ async def test_deposit_moves_money_and_appends_one_record(
 
 
 async def test_deposit_to_unknown_account_writes_nothing(
-    money: MoneyScripts, redis_client: Redis
+    money: MoneyScripts, redis_client: RedisClient
 ) -> None:
     before = await snapshot(redis_client)
     with refusing(refusals.ACCOUNT_NOT_FOUND):
@@ -79,7 +79,7 @@ async def test_deposit_to_unknown_account_writes_nothing(
 
 
 async def test_amount_limit_exactly_at_and_one_past_the_edge(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, MAX_AMOUNT_KOPECKS)
     assert await balance(redis_client, 1) == MAX_AMOUNT_KOPECKS
@@ -93,7 +93,7 @@ async def test_amount_limit_exactly_at_and_one_past_the_edge(
 
 
 async def test_deposit_balance_limit_exactly_at_and_one_past_the_edge(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     for _ in range(MAX_BALANCE_KOPECKS // MAX_AMOUNT_KOPECKS - 1):
         await money.deposit(1, MAX_AMOUNT_KOPECKS)
@@ -109,7 +109,7 @@ async def test_deposit_balance_limit_exactly_at_and_one_past_the_edge(
 
 
 async def test_transfer_moves_money_and_records_both_balances(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 10_000)
     accepted = await money.transfer(1, 2, 2_500)
@@ -131,7 +131,7 @@ async def test_transfer_moves_money_and_records_both_balances(
 
 
 async def test_transfer_of_the_whole_balance_and_one_kopeck_more(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 300)
     before = await snapshot(redis_client)
@@ -144,7 +144,7 @@ async def test_transfer_of_the_whole_balance_and_one_kopeck_more(
 
 
 async def test_transfer_refusals_write_nothing(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 1_000)
     before = await snapshot(redis_client)
@@ -161,7 +161,7 @@ async def test_transfer_refusals_write_nothing(
 
 
 async def test_transfer_recipient_balance_limit_at_and_past_the_edge(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     for _ in range(MAX_BALANCE_KOPECKS // MAX_AMOUNT_KOPECKS - 1):
         await money.deposit(2, MAX_AMOUNT_KOPECKS)
@@ -176,7 +176,7 @@ async def test_transfer_recipient_balance_limit_at_and_past_the_edge(
 
 
 async def test_idempotent_replay_moves_money_once(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     first = await money.deposit(1, 700, idempotency_key="dep-1")
     again = await money.deposit(1, 700, idempotency_key="dep-1")
@@ -193,7 +193,7 @@ async def test_idempotent_replay_moves_money_once(
 
 
 async def test_idempotency_key_reused_with_another_payload(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 700, idempotency_key="k")
     before = await snapshot(redis_client)
@@ -209,7 +209,7 @@ async def test_idempotency_key_reused_with_another_payload(
 
 
 async def test_refused_operation_is_replayed_as_refused(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     with refusing(refusals.INSUFFICIENT_FUNDS) as first:
         await money.transfer(1, 2, 100, idempotency_key="retry-me")
@@ -228,7 +228,7 @@ async def test_refused_operation_is_replayed_as_refused(
 
 
 async def test_a_name_that_resolved_to_no_one_is_refused_and_replayed_as_refused(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 1_000)
     before = await snapshot(redis_client)
@@ -268,7 +268,7 @@ async def test_a_name_that_resolved_to_no_one_is_refused_and_replayed_as_refused
 
 
 async def test_idempotency_records_keep_their_stored_form(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     """The hash kept under a key is also written by restore_idempotency.lua (`wallet
     rebuild`) and read by the tests' checkers; its fingerprints are compared with records
@@ -309,7 +309,7 @@ async def test_idempotency_records_keep_their_stored_form(
 
 
 async def test_validation_refusals_are_not_recorded(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 100)
     with refusing(refusals.SELF_TRANSFER):
@@ -320,7 +320,7 @@ async def test_validation_refusals_are_not_recorded(
 
 
 async def test_scripts_survive_script_flush(
-    money: MoneyScripts, redis_client: Redis, users: tuple[int, int]
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 100)
     await redis_client.script_flush()
@@ -364,7 +364,7 @@ GOOD_CALLS = [
 
 @pytest.mark.parametrize(("script", "keys", "args"), GOOD_CALLS)
 async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
-    redis_client: Redis,
+    redis_client: RedisClient,
     money: MoneyScripts,
     users: tuple[int, int],
     script: str,
@@ -536,7 +536,7 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
     ],
 )
 async def test_scripts_refuse_malformed_arguments_and_write_nothing(
-    redis_client: Redis,
+    redis_client: RedisClient,
     money: MoneyScripts,
     users: tuple[int, int],
     script: str,
@@ -551,7 +551,7 @@ async def test_scripts_refuse_malformed_arguments_and_write_nothing(
 
 
 async def test_dead_letter_moves_and_acknowledges_atomically(
-    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+    redis_client: RedisClient, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 5)
     stream, group = keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP
@@ -578,7 +578,7 @@ def session_json(user_id: int, created: float) -> str:
 
 
 async def test_money_scripts_check_the_session_first(
-    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+    redis_client: RedisClient, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 1_000)
     live = SessionCheck("wallet_session:{b0}:live", absolute_timeout_s=3600, idle_timeout_s=600)
@@ -611,7 +611,7 @@ async def test_money_scripts_check_the_session_first(
 
 
 async def test_money_scripts_refuse_a_malformed_session_key(
-    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+    redis_client: RedisClient, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     keys = [*DEPOSIT_KEYS, "not_a_session"]
     args = ["1", "5", "", "86400", "1", "60", "60", *OUTCOME]
@@ -619,7 +619,7 @@ async def test_money_scripts_refuse_a_malformed_session_key(
     assert reply[0] == b"invalid_argument"
 
 
-async def test_refund_login_attempt_never_creates_a_counter(redis_client: Redis) -> None:
+async def test_refund_login_attempt_never_creates_a_counter(redis_client: RedisClient) -> None:
     script = load_script_source("refund_login_attempt")
     keys = [
         keyspace.login_failures_of_address("10.0.0.1"),
@@ -651,7 +651,7 @@ async def test_refund_login_attempt_never_creates_a_counter(redis_client: Redis)
 
 
 async def test_login_failed_sets_a_doubling_wait_and_never_creates_a_counter(
-    redis_client: Redis,
+    redis_client: RedisClient,
 ) -> None:
     script = load_script_source("login_failed")
     key = keyspace.login_failures_of_user_at_address("alice", "10.0.0.1")
@@ -667,7 +667,7 @@ async def test_login_failed_sets_a_doubling_wait_and_never_creates_a_counter(
 
 @pytest.mark.parametrize("script", ["login_attempt", "login_succeeded", "refund_login_attempt"])
 async def test_login_scripts_refuse_keys_of_another_username_or_address(
-    redis_client: Redis, script: str
+    redis_client: RedisClient, script: str
 ) -> None:
     source = load_script_source(script)
     keys = [
@@ -685,7 +685,7 @@ async def test_login_scripts_refuse_keys_of_another_username_or_address(
 
 
 async def test_a_counter_never_leaves_its_epoch(
-    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+    redis_client: RedisClient, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     """The next epoch's ids may be another counter's (one started after Redis was lost)."""
     await money.deposit(1, 100)
@@ -700,7 +700,7 @@ async def test_a_counter_never_leaves_its_epoch(
 
 
 async def test_no_money_moves_while_redis_has_not_been_rebuilt(
-    redis_client: Redis, money: MoneyScripts, users: tuple[int, int]
+    redis_client: RedisClient, money: MoneyScripts, users: tuple[int, int]
 ) -> None:
     await money.deposit(1, 100)
     # Redis lost its data (a wallet was given again at login), the counter went with it.
@@ -714,7 +714,7 @@ async def test_no_money_moves_while_redis_has_not_been_rebuilt(
 
 
 async def test_many_calls_in_one_round_trip_survive_a_script_flush_after_the_load(
-    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: RedisClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = LuaScript(redis_client, "register_user")
     real_load = LuaScript.load
@@ -736,7 +736,7 @@ async def test_many_calls_in_one_round_trip_survive_a_script_flush_after_the_loa
 
 
 async def test_fixed_window_limit_counts_up_to_the_limit_then_writes_nothing(
-    redis_client: Redis,
+    redis_client: RedisClient,
 ) -> None:
     script = load_script_source("fixed_window_limit")
     key = keyspace.sign_ups_of_address("10.0.0.1")

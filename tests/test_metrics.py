@@ -1,13 +1,13 @@
 import re
 import time
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.http.ledger_gauges import read_ledger
 from service.redis import keyspace
 from service.redis.keyspace import WRITER_GROUP
 from service.redis.streams import ensure_consumer_group
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import persist
@@ -28,7 +28,7 @@ async def test_metrics_count_requests_money_and_writer_lag(
     client: Client,
     metrics_client: Client,
     settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
 ) -> None:
     await ensure_consumer_group(redis_client, BUCKET)
@@ -85,7 +85,7 @@ async def test_methods_the_api_does_not_use_share_one_series(
 
 
 async def test_before_any_writer_every_entry_counts_as_lag(
-    client: Client, metrics_client: Client, redis_client: Redis
+    client: Client, metrics_client: Client, redis_client: RedisClient
 ) -> None:
     """No consumer group (Redis lost its data and the API wrote the stream anew before a
     writer came back): the writer will read from the first entry on, so every entry is
@@ -111,7 +111,8 @@ class RacingRedis:
     async def exists(self, key: str) -> int:
         return 1
 
-    async def info(self, section: str) -> dict[str, object]:
+    async def execute_command(self, command: str, section: str) -> dict[str, object]:
+        assert (command, section) == ("INFO", "memory")
         return {"used_memory": 1_000_000, "maxmemory": 0}
 
     async def xinfo_groups(self, key: str) -> list[dict[str, object]]:

@@ -4,11 +4,10 @@ import asyncio
 import random
 from collections import Counter
 
-from redis.asyncio import Redis
-
 from service.domain.refusals import INSUFFICIENT_FUNDS, Refused
 from service.redis.client import connect_redis
 from service.redis.money import Accepted, MoneyScripts
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.helpers import balance, stream_transactions
 
@@ -17,7 +16,9 @@ CONNECTIONS = 6
 OPERATIONS = 600
 
 
-async def test_concurrent_operations_conserve_money(redis_url: str, redis_client: Redis) -> None:
+async def test_concurrent_operations_conserve_money(
+    redis_url: str, redis_client: RedisClient
+) -> None:
     settings = Settings(redis_url=redis_url, redis_max_connections=8)
     clients = [connect_redis(settings) for _ in range(CONNECTIONS)]
     scripts = [MoneyScripts(client, settings) for client in clients]

@@ -6,9 +6,9 @@ it; and docs/operations.md describes every one of the service's own."""
 from pathlib import Path
 from typing import cast
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.redis.types import RedisClient
 from tests.support.deploy_files import (
     alert_rules,
     as_prometheus_reads_it,
@@ -28,7 +28,7 @@ async def test_the_dashboard_and_the_alerts_select_only_what_the_service_exports
     processes: Processes,
     redis_url: str,
     database_url: str,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     tmp_path: Path,
 ) -> None:

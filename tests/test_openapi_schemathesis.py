@@ -22,13 +22,13 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpServer
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.amounts import MAX_AMOUNT_KOPECKS
 from service.domain.cursor import decode_cursor, encode_cursor
 from service.http.app import create_app
 from service.http.docs import CURSOR_PATTERN
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 SEED = 20261126
@@ -43,7 +43,7 @@ RECIPIENT = "st-recipient"
 async def server(
     aiohttp_server: AiohttpServer,
     app_settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
 ) -> TestServer:
     # Schemathesis fails hundreds of logins from 127.0.0.1, and as the sender hundreds of

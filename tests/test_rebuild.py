@@ -5,7 +5,6 @@ from datetime import timedelta
 from typing import cast
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +24,7 @@ from service.ledger.reconcile import reconcile
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.scripts import load_script_source
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, balance, persist, refusing, snapshot
 from tests.support.redis_claim import empty_but_claim
@@ -33,7 +33,7 @@ TTL_S = 24 * 3600
 USERS = list(range(1, 8))
 
 
-async def lose_redis(redis: Redis) -> None:
+async def lose_redis(redis: RedisClient) -> None:
     """Every key of this run's Redis database goes, but the run's claim on it."""
     await empty_but_claim(redis)
     assert await redis.keys("user:*") == []
@@ -44,13 +44,13 @@ async def ledger_last_id(engine: AsyncEngine) -> int:
         return int((await connection.execute(select(func.max(LedgerTransaction.id)))).scalar_one())
 
 
-async def balances(redis: Redis) -> dict[int, int]:
+async def balances(redis: RedisClient) -> dict[int, int]:
     return {u: await balance(redis, u) for u in USERS}
 
 
 @pytest.fixture
 async def history(
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     money: MoneyScripts,
     monkeypatch: pytest.MonkeyPatch,
@@ -71,7 +71,7 @@ async def history(
 
 
 async def test_rebuild_restores_what_redis_lost(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
     last_id = await ledger_last_id(db_engine)
     await lose_redis(redis_client)
@@ -101,7 +101,7 @@ async def test_rebuild_restores_what_redis_lost(
 
 
 async def test_ids_acknowledged_but_lost_with_redis_are_never_issued_again(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
     """Transactions acknowledged just before Redis is lost, not yet in the ledger, are lost
     with it; their ids, which clients hold in 201s, must never name another transaction."""
@@ -113,7 +113,7 @@ async def test_ids_acknowledged_but_lost_with_redis_are_never_issued_again(
 
 
 async def test_the_new_epoch_is_above_the_ledgers_ids_even_if_none_was_recorded(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
     """Ids an older version issued (all in epoch 0) were never recorded as an epoch."""
     async with db_engine.begin() as connection:
@@ -124,7 +124,7 @@ async def test_the_new_epoch_is_above_the_ledgers_ids_even_if_none_was_recorded(
 
 
 async def test_retries_with_recent_keys_replay_instead_of_moving_money(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
     original = await redis_client.hgetall(keyspace.idempotency(7, "pay-1"))
     await lose_redis(redis_client)
@@ -162,7 +162,7 @@ async def shift_back(engine: AsyncEngine, user_id: int, key: str, seconds: int) 
 
 
 async def test_restored_keys_expire_when_the_originals_would_have(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
     await shift_back(db_engine, 2, "dep-2", TTL_S + 1)
     created_at_us = await shift_back(db_engine, 4, "dep-4", 3_600)
@@ -183,7 +183,7 @@ async def test_restored_keys_expire_when_the_originals_would_have(
 
 
 async def test_of_two_uses_of_one_key_the_newer_is_restored(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
     # dep-1 was used, expired (a shorter TTL once, say) and was used again for another amount.
     await shift_back(db_engine, 1, "dep-1", TTL_S // 2)
@@ -205,7 +205,7 @@ async def test_of_two_uses_of_one_key_the_newer_is_restored(
 
 
 async def test_rebuild_refuses_while_the_stream_holds_unpersisted_entries(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
     await money.deposit(5, 1)  # accepted, in the stream, not yet in the ledger
     before = await snapshot(redis_client)
@@ -221,7 +221,7 @@ async def test_rebuild_refuses_while_the_stream_holds_unpersisted_entries(
 
 
 async def test_rebuild_over_a_live_redis_corrects_balances_and_starts_a_new_epoch(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:
     """A Redis that came back with older data (an AOF cut short) may hold a counter below
     ids it issued: the rebuild moves it to a new epoch all the same."""
@@ -239,7 +239,9 @@ async def test_rebuild_over_a_live_redis_corrects_balances_and_starts_a_new_epoc
     assert (await rebuild(redis_client, db_engine, TTL_S)).txn_seqs == (2 * TXN_IDS_PER_EPOCH,)
 
 
-async def test_rebuild_with_an_empty_ledger(redis_client: Redis, db_engine: AsyncEngine) -> None:
+async def test_rebuild_with_an_empty_ledger(
+    redis_client: RedisClient, db_engine: AsyncEngine
+) -> None:
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
     assert (report.users, report.ledger_last_txn_id, report.txn_seqs) == (0, 0, (0,))
     assert await redis_client.xinfo_groups(keyspace.txn_stream(BUCKET)) != []
@@ -332,7 +334,7 @@ def hold_case(position: int, value: str, key: str = "hold:9") -> tuple[str, list
     ],
 )
 async def test_restore_scripts_refuse_malformed_arguments_and_write_nothing(
-    redis_client: Redis, money: MoneyScripts, script: str, keys: list[str], args: list[str]
+    redis_client: RedisClient, money: MoneyScripts, script: str, keys: list[str], args: list[str]
 ) -> None:
     await money.register_user(1)
     await money.deposit(1, 1_000)
@@ -342,7 +344,7 @@ async def test_restore_scripts_refuse_malformed_arguments_and_write_nothing(
     assert await snapshot(redis_client) == before
 
 
-async def test_restore_idempotency_outcomes(redis_client: Redis) -> None:
+async def test_restore_idempotency_outcomes(redis_client: RedisClient) -> None:
     source = load_script_source("restore_idempotency")
     key = keyspace.idempotency(1, "k")
 
@@ -379,7 +381,7 @@ async def test_restore_idempotency_outcomes(redis_client: Redis) -> None:
     ],
 )
 async def test_restore_idempotency_refuses_a_fingerprint_the_facts_do_not_give(
-    redis_client: Redis, kind: str, facts: list[str], fingerprint: str
+    redis_client: RedisClient, kind: str, facts: list[str], fingerprint: str
 ) -> None:
     key = keyspace.idempotency(1, "k")
     args = ["1", "k", kind, NOW_US, "60", fingerprint, *facts]
@@ -389,7 +391,7 @@ async def test_restore_idempotency_refuses_a_fingerprint_the_facts_do_not_give(
 
 
 async def test_the_counter_is_started_only_for_an_empty_ledger(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
     # Nothing in the ledger: the counter starts at a new epoch (ids may have been issued,
     # and lost, before any reached the ledger).
@@ -409,7 +411,7 @@ async def test_the_counter_is_started_only_for_an_empty_ledger(
 
 
 async def test_rebuild_of_an_empty_ledger_starts_the_counter(
-    redis_client: Redis, db_engine: AsyncEngine
+    redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     await lose_redis(redis_client)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)

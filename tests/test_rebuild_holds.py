@@ -6,7 +6,6 @@ gives the workload). Real Redis and PostgreSQL."""
 from typing import Any, cast
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,6 +18,7 @@ from service.ledger.reconcile import format_report as format_reconcile
 from service.ledger.reconcile import reconcile
 from service.redis import keyspace
 from service.redis.streams import stream_id
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import persist, refusing, snapshot
@@ -29,16 +29,16 @@ TTL_S = 24 * 3600
 
 
 @pytest.fixture
-def scripts(redis_client: Redis, settings: Settings) -> Scripts:
+def scripts(redis_client: RedisClient, settings: Settings) -> Scripts:
     return Scripts.bind(redis_client, settings)
 
 
 @pytest.fixture
-async def workload(redis_client: Redis, db_engine: AsyncEngine, scripts: Scripts) -> Workload:
+async def workload(redis_client: RedisClient, db_engine: AsyncEngine, scripts: Scripts) -> Workload:
     return await run_mixed_workload(redis_client, db_engine, scripts)
 
 
-async def wallets(redis: Redis) -> dict[int, tuple[int, int, int]]:
+async def wallets(redis: RedisClient) -> dict[int, tuple[int, int, int]]:
     """(balance, held, incoming) of every user, a missing field as 0."""
     found = {}
     for user_id in USERS:
@@ -53,7 +53,7 @@ def keys_of(state: dict[bytes, Any], *prefixes: bytes) -> dict[bytes, Any]:
     return {k: v for k, v in state.items() if k.startswith(prefixes)}
 
 
-async def ttls(redis: Redis, keys: list[bytes]) -> dict[bytes, int]:
+async def ttls(redis: RedisClient, keys: list[bytes]) -> dict[bytes, int]:
     return {key: await redis.pttl(key) for key in keys}
 
 
@@ -68,13 +68,13 @@ def far_apart(
     }
 
 
-async def lose_redis(redis: Redis) -> None:
+async def lose_redis(redis: RedisClient) -> None:
     await empty_but_claim(redis)
     assert await redis.keys("user:*") == []
 
 
 async def test_rebuild_puts_back_holds_refunds_and_every_idempotency_record(
-    redis_client: Redis, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
 ) -> None:
     before = await snapshot(redis_client)
     before_wallets = await wallets(redis_client)
@@ -147,7 +147,7 @@ def _fields(answer: Any) -> dict[str, Any]:
 
 
 async def test_restored_holds_work_as_before(
-    redis_client: Redis, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
 ) -> None:
     """A restored pending hold can be captured; one past its expiry is expired by the
     sweeper as usual, with its record; a new hold takes an id above the ledger's."""
@@ -180,7 +180,7 @@ async def test_restored_holds_work_as_before(
 
 
 async def test_a_rebuild_over_the_live_redis_changes_nothing_but_the_unswept_hold(
-    redis_client: Redis, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
 ) -> None:
     before = await wallets(redis_client)
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
@@ -197,7 +197,7 @@ async def test_a_rebuild_over_the_live_redis_changes_nothing_but_the_unswept_hol
 
 
 async def test_without_the_ledgers_fingerprints_retries_are_refused_never_applied_twice(
-    redis_client: Redis, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
 ) -> None:
     """Rows written before the scripts recorded idem_fp: a capture or a refund is restored
     with its amount named, a batch's legs as transfers; a hold and a void are derived as

@@ -4,7 +4,6 @@ import asyncio
 import random
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,6 +13,7 @@ from service.ledger import reconcile as reconcile_module
 from service.ledger.reconcile import Drift, format_report, reconcile
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, balance, persist
 
@@ -30,7 +30,7 @@ async def money_mix(money: MoneyScripts) -> None:
 
 
 async def test_clean_after_persisted_deposits_and_transfers(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
     await add_users(db_engine, money, [1, 2, 3, 4, 5])
     await money_mix(money)
@@ -45,7 +45,7 @@ async def test_clean_after_persisted_deposits_and_transfers(
 
 
 async def test_reports_a_redis_balance_that_drifted(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
     await add_users(db_engine, money, [1, 2, 3, 4, 5])
     await money_mix(money)
@@ -57,13 +57,13 @@ async def test_reports_a_redis_balance_that_drifted(
     assert report.drifts == [Drift(2, before + 1, before)]
     text = format_report(report)
     assert text.startswith("reconcile FAILED")
-    assert f"user 2: Redis {before + 1} kopecks" in text
+    assert f"user 2: RedisClient {before + 1} kopecks" in text
     assert f"ledger {before} kopecks" in text
     assert "difference +1 kopecks" in text
 
 
 async def test_reports_a_transaction_missing_from_the_ledger(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
     await add_users(db_engine, money, [1, 2, 3, 4, 5])
     await money_mix(money)
@@ -78,7 +78,7 @@ async def test_reports_a_transaction_missing_from_the_ledger(
 
 
 async def test_reports_users_and_wallets_missing_on_either_side(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
     await add_users(db_engine, money, [1, 2])
     await add_users(db_engine, money, [3], wallets=False)
@@ -93,7 +93,7 @@ async def test_reports_users_and_wallets_missing_on_either_side(
 
 
 async def test_writer_behind_until_the_transaction_is_persisted(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
     await add_users(db_engine, money, [1, 2])
     await money.deposit(1, 500)
@@ -111,7 +111,7 @@ async def test_writer_behind_until_the_transaction_is_persisted(
 
 
 async def test_waits_for_a_writer_that_catches_up(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
     await add_users(db_engine, money, [1])
     await money.deposit(1, 500)
@@ -128,7 +128,7 @@ async def test_waits_for_a_writer_that_catches_up(
 
 
 async def test_reports_a_transaction_counter_below_the_ledger(
-    redis_client: Redis, db_engine: AsyncEngine, money: MoneyScripts
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts
 ) -> None:
     await add_users(db_engine, money, [1])
     for _ in range(3):
@@ -142,7 +142,7 @@ async def test_reports_a_transaction_counter_below_the_ledger(
 
 
 async def test_no_false_drift_while_money_keeps_moving(
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     money: MoneyScripts,
     monkeypatch: pytest.MonkeyPatch,

@@ -6,7 +6,6 @@ import asyncio
 import random
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,6 +14,7 @@ from service.domain.refusals import Refused
 from service.ledger import reconcile as reconcile_module
 from service.ledger.reconcile import Drift, OverRefund, RefundedDrift, format_report, reconcile
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, persist
@@ -22,25 +22,28 @@ from tests.support.mixed_workload import Scripts, Workload, run_mixed_workload, 
 
 
 @pytest.fixture
-def scripts(redis_client: Redis, settings: Settings) -> Scripts:
+def scripts(redis_client: RedisClient, settings: Settings) -> Scripts:
     return Scripts.bind(redis_client, settings)
 
 
 @pytest.fixture
 async def workload(
-    redis_client: Redis, db_engine: AsyncEngine, scripts: Scripts, monkeypatch: pytest.MonkeyPatch
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    scripts: Scripts,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Workload:
     monkeypatch.setattr(reconcile_module, "BATCH_SIZE", 2)  # many snapshots, many pages
     return await run_mixed_workload(redis_client, db_engine, scripts)
 
 
-async def amounts(redis: Redis, user_id: int) -> tuple[int, int]:
+async def amounts(redis: RedisClient, user_id: int) -> tuple[int, int]:
     held, incoming = await redis.hmget(keyspace.user(user_id), ["held_kopecks", "incoming_kopecks"])
     return int(held or 0), int(incoming or 0)
 
 
 async def test_clean_after_holds_refunds_and_batches(
-    redis_client: Redis, db_engine: AsyncEngine, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, workload: Workload
 ) -> None:
     report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert report.ok, format_report(report)
@@ -52,7 +55,7 @@ async def test_clean_after_holds_refunds_and_batches(
 
 
 async def test_reports_held_and_incoming_drift(
-    redis_client: Redis, db_engine: AsyncEngine, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, workload: Workload
 ) -> None:
     held_1, _ = await amounts(redis_client, 1)
     _, incoming_2 = await amounts(redis_client, 2)
@@ -73,7 +76,7 @@ async def test_reports_held_and_incoming_drift(
 
 
 async def test_an_unswept_expired_hold_counts_only_while_holds_due_lists_it(
-    redis_client: Redis, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
 ) -> None:
     released = workload.holds["released"]
     payee = released.to_user_id
@@ -91,7 +94,7 @@ async def test_an_unswept_expired_hold_counts_only_while_holds_due_lists_it(
 
 
 async def test_reports_refunded_totals_that_drifted_either_way(
-    redis_client: Redis, db_engine: AsyncEngine, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, workload: Workload
 ) -> None:
     t1, t2 = workload.transfers["t1"], workload.transfers["t2"]
     await redis_client.incrby(keyspace.refunded(t1.to_user_id, t1.txn_id), 5)
@@ -109,11 +112,13 @@ async def test_reports_refunded_totals_that_drifted_either_way(
     assert report.over_refunded == []
     text = format_report(report)
     assert "drift in 3 refunded totals:" in text
-    assert f"transfer {t1.txn_id} refunded by user {t1.to_user_id}: Redis 1005 kopecks" in text
+    assert (
+        f"transfer {t1.txn_id} refunded by user {t1.to_user_id}: RedisClient 1005 kopecks" in text
+    )
 
 
 async def test_reports_a_transfer_refunded_beyond_its_amount(
-    redis_client: Redis, db_engine: AsyncEngine, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, workload: Workload
 ) -> None:
     t1 = workload.transfers["t1"]
     async with db_engine.begin() as connection:
@@ -129,7 +134,7 @@ async def test_reports_a_transfer_refunded_beyond_its_amount(
 
 
 async def test_a_lagging_writer_is_waited_for_and_then_reported(
-    redis_client: Redis, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
+    redis_client: RedisClient, db_engine: AsyncEngine, scripts: Scripts, workload: Workload
 ) -> None:
     hold = workload.holds["pending-2"]
     await scripts.holds.void(hold.to_user_id, hold.hold_id)  # a record with no id
@@ -143,7 +148,7 @@ async def test_a_lagging_writer_is_waited_for_and_then_reported(
 
 
 async def test_no_false_drift_while_holds_and_refunds_keep_coming(
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     scripts: Scripts,
     monkeypatch: pytest.MonkeyPatch,

@@ -4,12 +4,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from service.engines.valkey import start_valkey
 from service.redis.checks import UnsafeRedis, check_redis_durability
 from service.redis.client import connect_redis
 from service.redis.pools import HEALTH_CHECK_INTERVAL_S
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 
@@ -19,11 +19,12 @@ class ConfiguredRedis:
     def __init__(self, **config: str) -> None:
         self._config = {k.replace("_", "-"): v for k, v in config.items()}
 
-    async def config_get(self, name: str) -> dict[str, str]:
+    async def execute_command(self, command: str, name: str) -> dict[str, str]:
+        assert command == "CONFIG GET", command
         return {k: v for k, v in self._config.items() if k == name}
 
 
-def as_redis(fake: Any) -> Redis:
+def as_redis(fake: Any) -> RedisClient:
     return fake  # type: ignore[no-any-return]
 
 
@@ -51,7 +52,7 @@ async def test_missing_append_only_file_is_a_warning(caplog: pytest.LogCaptureFi
     assert "append-only" in caplog.text
 
 
-async def test_the_real_redis_passes(redis_client: Redis) -> None:
+async def test_the_real_redis_passes(redis_client: RedisClient) -> None:
     await check_redis_durability(redis_client, allow_evicting_redis=False)
 
 

@@ -4,7 +4,6 @@ import asyncio
 import dataclasses
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,6 +16,7 @@ from service.redis.batches import BatchScripts, Leg
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts, SessionCheck
 from service.redis.refunds import RefundAccepted, RefundScripts
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.held_money import HOUR_US, now_us, put_hold
@@ -36,12 +36,12 @@ TRANSFERRED = 3_000
 
 
 @pytest.fixture
-def refunds(redis_client: Redis, settings: Settings) -> RefundScripts:
+def refunds(redis_client: RedisClient, settings: Settings) -> RefundScripts:
     return RefundScripts(redis_client, settings)
 
 
 @pytest.fixture
-async def transfer(money: MoneyScripts, redis_client: Redis) -> Transaction:
+async def transfer(money: MoneyScripts, redis_client: RedisClient) -> Transaction:
     """Transfer 2: 3,000 from user 1 (left with 7,000) to user 2, as the caller would read
     it from the ledger (here: from the stream)."""
     for user_id in (PAYER, PAYEE, STRANGER):
@@ -51,12 +51,12 @@ async def transfer(money: MoneyScripts, redis_client: Redis) -> Transaction:
     return next(t for t in await stream_transactions(redis_client) if t.txn_id == accepted.txn_id)
 
 
-async def refunded_so_far(redis: Redis, txn_id: int = 2) -> int:
+async def refunded_so_far(redis: RedisClient, txn_id: int = 2) -> int:
     return int(await redis.get(keyspace.refunded(PAYEE, txn_id)) or 0)
 
 
 async def test_a_full_refund_and_its_record(
-    refunds: RefundScripts, redis_client: Redis, transfer: Transaction
+    refunds: RefundScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:
     accepted = await refunds.refund(PAYEE, transfer.txn_id, transfer, None)
     assert accepted == RefundAccepted(
@@ -92,7 +92,7 @@ async def test_a_full_refund_and_its_record(
 
 
 async def test_partial_refunds_never_exceed_the_transfer(
-    refunds: RefundScripts, money: MoneyScripts, redis_client: Redis, transfer: Transaction
+    refunds: RefundScripts, money: MoneyScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:
     await money.deposit(PAYEE, 5_000)  # money enough to refund more than was received
     assert (await refunds.refund(PAYEE, 2, transfer, 1)).amount_kopecks == 1
@@ -114,7 +114,7 @@ async def test_partial_refunds_never_exceed_the_transfer(
 
 
 async def test_only_a_transfer_received_by_the_caller_can_be_refunded(
-    refunds: RefundScripts, money: MoneyScripts, redis_client: Redis, transfer: Transaction
+    refunds: RefundScripts, money: MoneyScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:
     deposit = next(t for t in await stream_transactions(redis_client) if t.kind == "deposit")
     await refunds.refund(PAYEE, 2, transfer, 100)
@@ -139,7 +139,7 @@ async def test_only_a_transfer_received_by_the_caller_can_be_refunded(
 
 
 async def test_not_found_is_recorded_so_that_the_key_never_turns_into_a_refund(
-    refunds: RefundScripts, redis_client: Redis, transfer: Transaction
+    refunds: RefundScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:
     with refusing(refusals.TRANSACTION_NOT_FOUND) as first:
         await refunds.refund(PAYEE, 2, None, None, idempotency_key="early")
@@ -159,7 +159,7 @@ async def test_not_found_is_recorded_so_that_the_key_never_turns_into_a_refund(
 
 
 async def test_replays_and_key_reuse(
-    refunds: RefundScripts, money: MoneyScripts, redis_client: Redis, transfer: Transaction
+    refunds: RefundScripts, money: MoneyScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:
     sent = await refunds.refund(PAYEE, 2, transfer, None, idempotency_key="r")
     again = await refunds.refund(PAYEE, 2, transfer, None, idempotency_key="r")
@@ -196,7 +196,7 @@ async def test_replays_and_key_reuse(
 
 
 async def test_available_counts_holds_and_releases_expired_ones_only_on_success(
-    refunds: RefundScripts, redis_client: Redis, transfer: Transaction
+    refunds: RefundScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:
     now = now_us()
     await put_hold(redis_client, PAYEE, 501, STRANGER, 2_000, now + HOUR_US)
@@ -229,7 +229,7 @@ async def test_available_counts_holds_and_releases_expired_ones_only_on_success(
 
 
 async def test_the_payers_ceiling_counts_incoming_money(
-    refunds: RefundScripts, redis_client: Redis, transfer: Transaction
+    refunds: RefundScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:
     # Payer: 7,000 posted; pending holds toward it will bring the rest up to the ceiling - 10.
     await redis_client.hset(
@@ -243,7 +243,7 @@ async def test_the_payers_ceiling_counts_incoming_money(
 
 
 async def test_refusals_before_any_money(
-    refunds: RefundScripts, redis_client: Redis, transfer: Transaction
+    refunds: RefundScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:
     before = await snapshot(redis_client)
     with refusing(refusals.SESSION_ENDED):
@@ -269,7 +269,7 @@ async def test_refusals_before_any_money(
 
 async def test_a_lost_reply_is_answered_with_the_refund_and_its_amount(
     refunds: RefundScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     transfer: Transaction,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -289,7 +289,7 @@ async def test_a_lost_reply_is_answered_with_the_refund_and_its_amount(
 
 async def test_a_lost_request_that_did_not_run_never_runs(
     refunds: RefundScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     transfer: Transaction,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -304,7 +304,7 @@ async def test_a_lost_request_that_did_not_run_never_runs(
 
 @pytest.mark.parametrize("amount", [200, None])
 async def test_concurrent_refunds_of_one_transfer(
-    redis_url: str, redis_client: Redis, transfer: Transaction, amount: int | None
+    redis_url: str, redis_client: RedisClient, transfer: Transaction, amount: int | None
 ) -> None:
     settings = Settings(redis_url=redis_url, redis_max_connections=8)
     clients = [connect_redis(settings) for _ in range(4)]
@@ -332,7 +332,7 @@ async def test_concurrent_refunds_of_one_transfer(
 
 
 async def test_concurrent_refunds_on_one_balance(
-    redis_url: str, money: MoneyScripts, redis_client: Redis, transfer: Transaction
+    redis_url: str, money: MoneyScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:
     await money.transfer(PAYEE, STRANGER, 2_000)  # the payee has 1,000 left: 5 refunds of 200
     settings = Settings(redis_url=redis_url, redis_max_connections=8)
@@ -356,7 +356,7 @@ async def test_concurrent_refunds_on_one_balance(
 
 
 async def test_the_writer_stores_batch_legs_and_refunds_as_they_are(
-    redis_client: Redis, db_engine: AsyncEngine, settings: Settings
+    redis_client: RedisClient, db_engine: AsyncEngine, settings: Settings
 ) -> None:
     money = MoneyScripts(redis_client, settings)
     await add_users(db_engine, money, [PAYER, PAYEE, STRANGER])
@@ -390,5 +390,5 @@ async def test_the_writer_stores_batch_legs_and_refunds_as_they_are(
     ]
 
 
-async def stream_transactions_of_kind(redis: Redis, kind: str) -> list[Transaction]:
+async def stream_transactions_of_kind(redis: RedisClient, kind: str) -> list[Transaction]:
     return [t for t in await stream_transactions(redis) if t.kind == kind]

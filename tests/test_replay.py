@@ -3,7 +3,6 @@
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -12,6 +11,7 @@ from service.ledger.writer import StreamWriter
 from service.redis import keyspace
 from service.redis.keyspace import WRITER_GROUP
 from service.redis.money import MoneyScripts
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import stream_entries
@@ -33,14 +33,14 @@ async def delete_rows(engine: AsyncEngine, ids: list[int]) -> None:
         )
 
 
-async def group_state(redis: Redis) -> tuple[Any, Any]:
+async def group_state(redis: RedisClient) -> tuple[Any, Any]:
     return await redis.xinfo_groups(keyspace.txn_stream(BUCKET)), await redis.xpending(
         keyspace.txn_stream(BUCKET), WRITER_GROUP
     )
 
 
 async def stored_ledger(
-    settings: Settings, redis: Redis, money: MoneyScripts, engine: AsyncEngine, count: int
+    settings: Settings, redis: RedisClient, money: MoneyScripts, engine: AsyncEngine, count: int
 ) -> dict[int, dict[str, Any]]:
     """``count`` transactions, drained into the ledger by a writer; the ledger's rows."""
     users = await create_users(engine, money, 3)
@@ -51,7 +51,7 @@ async def stored_ledger(
 
 
 async def test_replay_from_a_transaction_id_restores_deleted_rows(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     before = await stored_ledger(settings, redis_client, money, db_engine, 12)
     await delete_rows(db_engine, [2, 5, 6, 11])
@@ -68,7 +68,7 @@ async def test_replay_from_a_transaction_id_restores_deleted_rows(
 
 
 async def test_replay_from_a_stream_id(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     before = await stored_ledger(settings, redis_client, money, db_engine, 8)
     await delete_rows(db_engine, [3, 6, 8])
@@ -80,7 +80,7 @@ async def test_replay_from_a_stream_id(
 
 
 async def test_replay_beyond_the_stream_inserts_nothing(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     await stored_ledger(settings, redis_client, money, db_engine, 3)
     await delete_rows(db_engine, [1, 2, 3])
@@ -91,7 +91,7 @@ async def test_replay_beyond_the_stream_inserts_nothing(
 
 
 async def test_replay_leaves_the_consumer_group_alone(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     await stored_ledger(settings, redis_client, money, db_engine, 3)
     await some_transactions(money, [1, 2, 3], 4)  # not yet read by the writer
@@ -110,7 +110,7 @@ async def test_replay_leaves_the_consumer_group_alone(
 
 
 async def test_replay_skips_malformed_entries(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 2)
@@ -158,7 +158,7 @@ def test_from_id_forms() -> None:
 
 
 async def test_replay_refuses_a_malformed_from_id(
-    settings: Settings, redis_client: Redis, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     with pytest.raises(ValueError, match="--from must be"):
         await replay(settings, redis_client, db_engine, BUCKET, "yesterday")

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.domain import refusals
@@ -20,6 +19,7 @@ from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.redis.pipelining import Arg, ReplyLost
 from service.redis.scripts import LuaScript
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import balance, refusing, snapshot, stream_fields
@@ -44,7 +44,7 @@ def losing(money: MoneyScripts, script: str, runs: bool, monkeypatch: pytest.Mon
 
 async def test_a_request_that_ran_is_answered_with_its_transaction(
     money: MoneyScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     users: tuple[int, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -63,7 +63,7 @@ async def test_a_request_that_ran_is_answered_with_its_transaction(
 
 async def test_a_request_that_did_not_run_is_not_applied_and_never_will_be(
     money: MoneyScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     users: tuple[int, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -82,7 +82,7 @@ async def test_a_request_that_did_not_run_is_not_applied_and_never_will_be(
 
 async def test_a_refusal_whose_reply_was_lost_is_answered_not_applied(
     money: MoneyScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     users: tuple[int, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -99,7 +99,7 @@ async def test_a_refusal_whose_reply_was_lost_is_answered_not_applied(
 
 async def test_a_moved_request_leaves_a_record_that_expires(
     money: MoneyScripts,
-    redis_client: Redis,
+    redis_client: RedisClient,
     users: tuple[int, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -116,7 +116,7 @@ async def test_a_moved_request_leaves_a_record_that_expires(
 
 
 async def test_the_outcome_is_unknown_when_redis_does_not_tell_in_time(
-    redis_client: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    redis_client: RedisClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     money = MoneyScripts(redis_client, settings.model_copy(update={"request_outcome_wait_ms": 300}))
     await money.register_user(1)
@@ -138,7 +138,7 @@ async def test_the_outcome_is_unknown_when_redis_does_not_tell_in_time(
 
 
 async def test_nothing_is_known_of_a_request_while_redis_has_lost_its_data(
-    redis_client: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    redis_client: RedisClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis that lost its data lost the records too: "not applied" would be a guess."""
     money = MoneyScripts(redis_client, settings.model_copy(update={"request_outcome_wait_ms": 300}))
@@ -152,7 +152,7 @@ async def test_nothing_is_known_of_a_request_while_redis_has_lost_its_data(
 
 
 async def test_a_reply_lost_on_the_wire_is_found_again(
-    redis_url: str, settings: Settings, redis_client: Redis
+    redis_url: str, settings: Settings, redis_client: RedisClient
 ) -> None:
     """End to end: the script runs in Redis, its reply is dropped, the call times out after
     sending (ReplyLost), and the lookup finds the transaction."""

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis.asyncio import Redis
 from redis.exceptions import ReadOnlyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +24,7 @@ from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.redis.pipelining import ReplyLost
 from service.redis.scripts import LuaScript
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.faults.procs import HOST, RedisServer
@@ -40,7 +40,7 @@ def deployment(tmp_path: Path) -> Iterator[SentinelDeployment]:
 
 
 @pytest.fixture
-async def client(deployment: SentinelDeployment) -> AsyncIterator[Redis]:
+async def client(deployment: SentinelDeployment) -> AsyncIterator[RedisClient]:
     client = connect_redis(Settings(redis_url=deployment.url()))
     try:
         yield client
@@ -58,7 +58,7 @@ def replication_id(server: RedisServer) -> str:
 
 
 async def test_money_moves_on_the_primary_the_sentinels_name(
-    deployment: SentinelDeployment, client: Redis
+    deployment: SentinelDeployment, client: RedisClient
 ) -> None:
     await client.set(keyspace.txn_seq(BUCKET), 0)  # a new system (db_engine: epoch 0 taken)
     money = MoneyScripts(client, Settings(redis_url=deployment.url()))
@@ -87,7 +87,7 @@ async def test_after_a_failover_the_client_follows_and_no_id_is_issued_twice(
 
 
 async def _follow_a_failover(
-    deployment: SentinelDeployment, db_engine: AsyncEngine, settings: Settings, client: Redis
+    deployment: SentinelDeployment, db_engine: AsyncEngine, settings: Settings, client: RedisClient
 ) -> None:
     await client.set(keyspace.txn_seq(BUCKET), 0)
     money = MoneyScripts(client, settings)
@@ -135,7 +135,7 @@ async def _follow_a_failover(
 
 
 async def test_a_primary_demoted_under_an_open_connection_refuses_and_nothing_runs(
-    deployment: SentinelDeployment, client: Redis
+    deployment: SentinelDeployment, client: RedisClient
 ) -> None:
     await client.set(keyspace.txn_seq(BUCKET), 0)
     money = MoneyScripts(client, Settings(redis_url=deployment.url()))
@@ -158,7 +158,7 @@ async def test_a_primary_demoted_under_an_open_connection_refuses_and_nothing_ru
 
 
 async def test_a_counter_set_aside_starts_again_once_in_a_new_epoch(
-    redis_client: Redis, db_engine: AsyncEngine
+    redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     assert (
         await restart_counter_set_aside(redis_client, db_engine, BUCKET) is None
@@ -186,7 +186,7 @@ async def test_a_counter_set_aside_starts_again_once_in_a_new_epoch(
 
 
 async def test_the_api_starts_a_counter_set_aside_again_at_start(
-    redis_client: Redis, db_engine: AsyncEngine
+    redis_client: RedisClient, db_engine: AsyncEngine
 ) -> None:
     """No writer running: the API's start (ensure_transaction_counter) does it too."""
     await redis_client.delete(keyspace.txn_seq(BUCKET))

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.engines.common import free_port
+from service.redis.types import RedisClient
 from tests.support.container_files import compose_healthcheck, image_healthcheck, run_healthcheck
 from tests.support.raw_http import closed_within, exchange, read_response, request_head
 from tests.support.served import Served, service_environ, wallet_serve
@@ -63,7 +63,11 @@ def _total(metrics_text: str, route: str, status: str) -> float:
 
 
 async def test_workers_write_json_lines_only_and_their_metrics_are_served_once(
-    redis_url: str, database_url: str, redis_client: Redis, db_engine: AsyncEngine, tmp_path: Path
+    redis_url: str,
+    database_url: str,
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    tmp_path: Path,
 ) -> None:
     log_path = tmp_path / "serve.log"
     with wallet_serve(redis_url, database_url, log_path) as served:
@@ -121,7 +125,11 @@ async def test_workers_write_json_lines_only_and_their_metrics_are_served_once(
 
 
 async def test_slow_clients_time_out_and_connections_past_the_limit_are_refused(
-    redis_url: str, database_url: str, redis_client: Redis, db_engine: AsyncEngine, tmp_path: Path
+    redis_url: str,
+    database_url: str,
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    tmp_path: Path,
 ) -> None:
     limit = 20
     settings = {"max_connections": str(limit), "request_body_timeout_s": "1"}
@@ -150,7 +158,11 @@ async def test_slow_clients_time_out_and_connections_past_the_limit_are_refused(
 
 
 def test_the_image_and_compose_healthchecks_pass_on_a_served_api_and_fail_without_it(
-    redis_url: str, database_url: str, redis_client: Redis, db_engine: AsyncEngine, tmp_path: Path
+    redis_url: str,
+    database_url: str,
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    tmp_path: Path,
 ) -> None:
     """The Dockerfile's HEALTHCHECK (alive) and compose's api healthcheck (ready), run
     here with the port of a real `wallet serve`."""

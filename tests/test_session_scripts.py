@@ -6,13 +6,13 @@ import time
 from typing import cast
 
 import pytest
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from service.domain import refusals
 from service.redis import keyspace
 from service.redis.money import MoneyScripts, SessionCheck
 from service.redis.scripts import load_script_source
+from service.redis.types import RedisClient
 from tests.support.helpers import balance, refusing, snapshot
 
 IDLE_S = 600
@@ -29,7 +29,7 @@ def session_json(user_id: int) -> str:
     return json.dumps({"created": int(time.time()), "session": {"user_id": user_id}})
 
 
-async def start(redis: Redis, user_id: int, session_id: str, max_sessions: int = 5) -> int:
+async def start(redis: RedisClient, user_id: int, session_id: str, max_sessions: int = 5) -> int:
     keys = [session_key(session_id), keyspace.sessions_of_user(user_id)]
     args: list[str | int] = [
         user_id,
@@ -43,19 +43,19 @@ async def start(redis: Redis, user_id: int, session_id: str, max_sessions: int =
     return ended
 
 
-async def end_all(redis: Redis, user_id: int) -> int:
+async def end_all(redis: RedisClient, user_id: int) -> int:
     script = load_script_source("end_sessions")
     ended: int = await redis.eval(script, 1, keyspace.sessions_of_user(user_id))
     return ended
 
 
-async def index(redis: Redis, user_id: int) -> list[str]:
+async def index(redis: RedisClient, user_id: int) -> list[str]:
     ids = cast(list[bytes], await redis.zrange(keyspace.sessions_of_user(user_id), 0, -1))
     return [i.decode() for i in ids]
 
 
 async def test_a_session_is_stored_with_the_idle_ttl_and_indexed_until_the_absolute_end(
-    redis_client: Redis,
+    redis_client: RedisClient,
 ) -> None:
     assert await start(redis_client, 1, "0.s1") == 0
     key = session_key("0.s1")
@@ -70,7 +70,7 @@ async def test_a_session_is_stored_with_the_idle_ttl_and_indexed_until_the_absol
 
 
 async def test_entries_of_ended_sessions_leave_the_index_at_the_next_login(
-    redis_client: Redis,
+    redis_client: RedisClient,
 ) -> None:
     for session_id in ("0.s1", "0.s2", "0.s3"):
         await start(redis_client, 1, session_id)
@@ -79,7 +79,7 @@ async def test_entries_of_ended_sessions_leave_the_index_at_the_next_login(
     assert await index(redis_client, 1) == ["0.s1", "0.s3", "0.s4"]
 
 
-async def test_at_the_cap_a_login_ends_the_oldest_session(redis_client: Redis) -> None:
+async def test_at_the_cap_a_login_ends_the_oldest_session(redis_client: RedisClient) -> None:
     # Names in reverse order of login, within one second: the oldest goes by login time.
     for session_id in ("0.s3", "0.s2", "0.s1"):
         assert await start(redis_client, 1, session_id, max_sessions=3) == 0
@@ -94,7 +94,7 @@ async def test_at_the_cap_a_login_ends_the_oldest_session(redis_client: Redis) -
 
 
 async def test_end_sessions_deletes_every_session_of_the_user_and_no_other(
-    redis_client: Redis,
+    redis_client: RedisClient,
 ) -> None:
     for session_id in ("0.a1", "0.a2", "0.a3"):
         await start(redis_client, 1, session_id)
@@ -130,7 +130,7 @@ GOOD_ARGS = ["1", "0.s", "{}", "60", "60", "5"]
     ],
 )
 async def test_start_session_refuses_malformed_arguments_and_writes_nothing(
-    redis_client: Redis, keys: list[str], args: list[str]
+    redis_client: RedisClient, keys: list[str], args: list[str]
 ) -> None:
     await start(redis_client, 1, "0.live")
     before = await snapshot(redis_client)
@@ -151,7 +151,7 @@ async def test_start_session_refuses_malformed_arguments_and_writes_nothing(
     ],
 )
 async def test_end_sessions_refuses_any_other_key_and_writes_nothing(
-    redis_client: Redis, keys: list[str]
+    redis_client: RedisClient, keys: list[str]
 ) -> None:
     await start(redis_client, 1, "0.live")
     before = await snapshot(redis_client)
@@ -161,7 +161,7 @@ async def test_end_sessions_refuses_any_other_key_and_writes_nothing(
 
 
 async def test_no_money_moves_with_a_session_ended_by_end_sessions(
-    redis_client: Redis, money: MoneyScripts
+    redis_client: RedisClient, money: MoneyScripts
 ) -> None:
     await money.register_user(1)
     await money.register_user(2)

@@ -3,19 +3,19 @@
 from typing import cast
 
 import pytest
-from redis.asyncio import Redis
 
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.scripts import load_script_source
 from service.redis.stream_tail import unpersisted_tail
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.records import SECOND, T0, Book, append
 
 Delivered = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
 
-async def deliver(redis: Redis, count: int) -> list[bytes]:
+async def deliver(redis: RedisClient, count: int) -> list[bytes]:
     reply = cast(
         Delivered,
         await redis.xreadgroup(
@@ -37,7 +37,7 @@ async def five_transactions(money: MoneyScripts) -> None:
 
 
 async def test_without_a_group_the_whole_stream_is_unpersisted(
-    redis_client: Redis, five_transactions: None
+    redis_client: RedisClient, five_transactions: None
 ) -> None:
     tail = await unpersisted_tail(redis_client, BUCKET, max_entries=100)
     assert [t.txn_id for t in tail.transactions] == [1, 2, 3, 4, 5]
@@ -47,7 +47,7 @@ async def test_without_a_group_the_whole_stream_is_unpersisted(
 
 
 async def test_tail_starts_at_the_oldest_pending_entry(
-    redis_client: Redis, five_transactions: None
+    redis_client: RedisClient, five_transactions: None
 ) -> None:
     await redis_client.xgroup_create(keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP, id="0")
     ids = await deliver(redis_client, 3)  # 1..3 delivered, pending
@@ -63,13 +63,13 @@ async def test_tail_starts_at_the_oldest_pending_entry(
     assert (await unpersisted_tail(redis_client, BUCKET, max_entries=100)).transactions == []
 
 
-async def test_tail_reports_overflow(redis_client: Redis, five_transactions: None) -> None:
+async def test_tail_reports_overflow(redis_client: RedisClient, five_transactions: None) -> None:
     tail = await unpersisted_tail(redis_client, BUCKET, max_entries=4)
     assert tail.overflow
     assert [t.txn_id for t in tail.transactions] == [1, 2, 3, 4]
 
 
-async def test_empty_stream_and_bad_arguments(redis_client: Redis) -> None:
+async def test_empty_stream_and_bad_arguments(redis_client: RedisClient) -> None:
     assert (await unpersisted_tail(redis_client, BUCKET, max_entries=10)).transactions == []
     script = load_script_source("stream_tail")
     for args in (["ledger-writer", "0", ""], ["ledger-writer", "10", "01"], ["", "10", ""]):
@@ -78,7 +78,7 @@ async def test_empty_stream_and_bad_arguments(redis_client: Redis) -> None:
 
 
 async def test_hold_records_are_in_the_tail_and_unparseable_ones_only_counted(
-    redis_client: Redis,
+    redis_client: RedisClient,
 ) -> None:
     book = Book()
     created = book.hold(1, 2, 300, T0, T0 + SECOND)

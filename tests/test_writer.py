@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -28,6 +27,7 @@ from service.redis import keyspace
 from service.redis.keyspace import WRITER_GROUP
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import stream_entries
@@ -45,7 +45,7 @@ from tests.support.writer import (
 WAIT_S = 5.0
 
 
-async def stream_ids(redis: Redis) -> list[str]:
+async def stream_ids(redis: RedisClient) -> list[str]:
     return [entry_id.decode() for entry_id, _ in await stream_entries(redis)]
 
 
@@ -58,7 +58,7 @@ async def wait_for(condition: Callable[[], Awaitable[bool]]) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_consumer_group_is_created_once(redis_client: Redis) -> None:
+async def test_consumer_group_is_created_once(redis_client: RedisClient) -> None:
     await ensure_consumer_group(redis_client, BUCKET)
     await ensure_consumer_group(redis_client, BUCKET)  # BUSYGROUP is not an error
 
@@ -69,7 +69,7 @@ async def test_consumer_group_is_created_once(redis_client: Redis) -> None:
 
 
 async def test_writer_stores_every_field_and_acknowledges(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 3)
     await some_transactions(money, users, 5)
@@ -108,7 +108,7 @@ async def test_writer_stores_every_field_and_acknowledges(
 
 
 async def test_batches_are_bounded_by_the_batch_size(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 7)
@@ -121,7 +121,7 @@ async def test_batches_are_bounded_by_the_batch_size(
 
 
 async def test_inserting_the_same_entries_twice_stores_them_once(
-    redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 3)
     await some_transactions(money, users, 6)
@@ -143,7 +143,7 @@ async def test_inserting_the_same_entries_twice_stores_them_once(
 
 async def test_claimed_entries_already_stored_are_stored_once(
     settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     money: MoneyScripts,
     db_engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
@@ -190,7 +190,7 @@ async def _kill(task: asyncio.Task[None]) -> None:
 
 async def test_writer_killed_between_commit_and_ack_is_resumed_by_its_successor(
     settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     money: MoneyScripts,
     db_engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
@@ -223,7 +223,7 @@ async def test_writer_killed_between_commit_and_ack_is_resumed_by_its_successor(
 
 async def test_writer_killed_between_read_and_commit_is_claimed_by_another(
     settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     money: MoneyScripts,
     db_engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
@@ -259,7 +259,7 @@ async def test_writer_killed_between_read_and_commit_is_claimed_by_another(
 
 
 async def test_two_writers_under_concurrent_load_store_everything_once(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 20)
     for user_id in users:
@@ -310,7 +310,7 @@ async def test_two_writers_under_concurrent_load_store_everything_once(
 
 
 async def test_postgres_unreachable_means_backoff_and_no_ack_then_catch_up(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 3)
     await some_transactions(money, users, 4)
@@ -341,7 +341,7 @@ async def test_postgres_unreachable_means_backoff_and_no_ack_then_catch_up(
 
 async def test_postgres_errors_retry_the_same_batch_with_backoff(
     settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     money: MoneyScripts,
     db_engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
@@ -374,7 +374,7 @@ async def test_postgres_errors_retry_the_same_batch_with_backoff(
 
 async def test_a_programming_error_stops_the_writer_instead_of_being_retried(
     settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     money: MoneyScripts,
     db_engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
@@ -405,7 +405,7 @@ async def test_a_programming_error_stops_the_writer_instead_of_being_retried(
 
 
 async def test_redis_lost_the_group_it_is_created_again(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
     writer = StreamWriter(writer_settings(settings), redis_client, db_engine, BUCKET)
@@ -418,7 +418,7 @@ async def test_redis_lost_the_group_it_is_created_again(
 
 
 async def test_redis_errors_back_off_too(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 3)
@@ -443,7 +443,7 @@ async def test_redis_errors_back_off_too(
 class _Proxy:
     """A Redis client with some methods replaced."""
 
-    def __init__(self, target: Redis, **overrides: Any) -> None:
+    def __init__(self, target: RedisClient, **overrides: Any) -> None:
         self._target = target
         self._overrides = overrides
 
@@ -499,7 +499,7 @@ def test_parse_entry_refuses_what_postgres_cannot_hold() -> None:
 
 async def test_poison_records_are_dead_lettered_and_do_not_block_the_rest(
     settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     money: MoneyScripts,
     db_engine: AsyncEngine,
     caplog: pytest.LogCaptureFixture,
@@ -546,7 +546,7 @@ async def test_poison_records_are_dead_lettered_and_do_not_block_the_rest(
 
 
 async def test_pending_entry_deleted_from_the_stream_is_dead_lettered(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 3)
@@ -570,7 +570,7 @@ async def test_pending_entry_deleted_from_the_stream_is_dead_lettered(
 
 async def test_stop_finishes_the_batch_in_hand(
     settings: Settings,
-    redis_client: Redis,
+    redis_client: RedisClient,
     money: MoneyScripts,
     db_engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
@@ -595,7 +595,7 @@ async def test_stop_finishes_the_batch_in_hand(
 
 
 async def test_retention_trims_only_acknowledged_entries_older_than_the_window(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
     writer = StreamWriter(
@@ -639,7 +639,7 @@ async def test_retention_trims_only_acknowledged_entries_older_than_the_window(
 
 
 async def test_the_writer_trims_as_it_goes(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 5)
@@ -655,7 +655,7 @@ async def test_the_writer_trims_as_it_goes(
 
 
 async def test_an_id_issued_twice_is_dead_lettered_not_dropped(
-    settings: Settings, redis_client: Redis, money: MoneyScripts, db_engine: AsyncEngine
+    settings: Settings, redis_client: RedisClient, money: MoneyScripts, db_engine: AsyncEngine
 ) -> None:
     users = await create_users(db_engine, money, 2)
     await some_transactions(money, users, 3)  # ids 1..3

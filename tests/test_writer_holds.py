@@ -5,7 +5,6 @@ under a stored key dead-lettered, malformed ones dead-lettered."""
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,6 +13,7 @@ from service.domain.holds import HoldEvent
 from service.domain.times import datetime_from_us
 from service.ledger.replay import replay
 from service.ledger.writer import StreamWriter, Unparseable, parse_entry
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import stream_entries
@@ -38,7 +38,7 @@ def b(fields: dict[str, str]) -> dict[bytes, bytes]:
     return {k.encode(): v.encode() for k, v in fields.items()}
 
 
-async def drain(settings: Settings, redis: Redis, engine: AsyncEngine) -> StreamWriter:
+async def drain(settings: Settings, redis: RedisClient, engine: AsyncEngine) -> StreamWriter:
     writer = StreamWriter(writer_settings(settings), redis, engine, BUCKET)
     while await writer.drain_once():
         pass
@@ -46,7 +46,7 @@ async def drain(settings: Settings, redis: Redis, engine: AsyncEngine) -> Stream
 
 
 async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field(
-    settings: Settings, redis_client: Redis, db_engine: AsyncEngine, users: None
+    settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine, users: None
 ) -> None:
     book = Book()
     records = [
@@ -148,7 +148,7 @@ async def test_holds_their_ends_captures_and_refunds_are_stored_with_every_field
 
 
 async def test_every_record_delivered_again_is_stored_once(
-    settings: Settings, redis_client: Redis, db_engine: AsyncEngine, users: None
+    settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine, users: None
 ) -> None:
     book = Book()
     records = [
@@ -179,7 +179,7 @@ async def test_every_record_delivered_again_is_stored_once(
 
 
 async def test_a_different_record_under_a_stored_key_is_dead_lettered(
-    settings: Settings, redis_client: Redis, db_engine: AsyncEngine, users: None
+    settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine, users: None
 ) -> None:
     book = Book()
     created = book.hold(1, 2, 3_000, T0 + 1, T0 + 100 * SECOND)  # hold 1
@@ -222,7 +222,7 @@ async def test_a_different_record_under_a_stored_key_is_dead_lettered(
 
 
 async def test_a_hold_ended_before_its_creation_is_stored_all_the_same(
-    settings: Settings, redis_client: Redis, db_engine: AsyncEngine, users: None
+    settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine, users: None
 ) -> None:
     """Several writers may store the end of a hold before its creation: no foreign key."""
     book = Book()
@@ -267,7 +267,7 @@ def test_parse_entry_reads_hold_events_and_refuses_malformed_ones() -> None:
 
 
 async def test_malformed_hold_records_are_dead_lettered(
-    settings: Settings, redis_client: Redis, db_engine: AsyncEngine, users: None
+    settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine, users: None
 ) -> None:
     book = Book()
     created = book.hold(1, 2, 300, T0, T0 + SECOND)
@@ -305,7 +305,7 @@ async def _everything(engine: AsyncEngine) -> tuple[Any, ...]:
 
 
 async def test_replay_restores_hold_records_and_captures(
-    settings: Settings, redis_client: Redis, db_engine: AsyncEngine, users: None
+    settings: Settings, redis_client: RedisClient, db_engine: AsyncEngine, users: None
 ) -> None:
     book = Book()
     await append(

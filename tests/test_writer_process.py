@@ -7,12 +7,12 @@ import subprocess
 import time
 
 import aiohttp
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ledger_insert import insert_isolating
 from service.ledger.writer import parse_entry
 from service.redis.money import MoneyScripts
+from service.redis.types import RedisClient
 from tests.support.container_files import compose_healthcheck, run_healthcheck
 from tests.support.faults.procs import Processes, wallet_env, wallet_executable
 from tests.support.helpers import stream_entries
@@ -24,7 +24,7 @@ async def test_the_writer_serves_what_it_did_on_its_own_listener(
     processes: Processes,
     redis_url: str,
     database_url: str,
-    redis_client: Redis,
+    redis_client: RedisClient,
     db_engine: AsyncEngine,
     money: MoneyScripts,
 ) -> None:

@@ -11,12 +11,11 @@ counts of one attempt change together or not at all.
 
 import math
 
-from redis.asyncio import Redis
-
 from service.domain import refusals
 from service.domain.refusals import Refused
 from service.redis import keyspace
 from service.redis.scripts import LuaScript
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 
@@ -29,7 +28,7 @@ def _keys(username: str, address: str) -> list[str]:
 
 
 class LoginThrottle:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._limits = [
             settings.login_failure_window_s * 1000,
             settings.login_max_failures_per_address,

@@ -1,4 +1,4 @@
-"""Server-side sessions (aiohttp-session RedisStorage): the cookie holds only a random id.
+"""Server-side sessions (aiohttp-session, stored in Redis): the cookie holds only a random id.
 
 Absolute expiry is aiohttp-session's own: a session older than ``max_age`` since it was
 created loads as empty (the money scripts check the same ``created``). Idle expiry is
@@ -23,15 +23,14 @@ from dataclasses import dataclass
 from typing import cast
 
 from aiohttp import web
-from aiohttp_session import Session, get_session
-from aiohttp_session.redis_storage import RedisStorage
-from redis.asyncio import Redis
+from aiohttp_session import AbstractStorage, Session, get_session
 
 from service.domain import refusals
 from service.domain.refusals import Refused
 from service.redis import keyspace
 from service.redis.money import SessionCheck
 from service.redis.scripts import LuaScript
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 SESSION_CACHE_MAX_ENTRIES = 100_000
@@ -43,20 +42,20 @@ class SessionUser:
     username: str
 
 
-class WalletSessionStorage(RedisStorage):
-    """RedisStorage whose key TTL is the idle timeout; a session is stored once, at login
-    (``create``), and never written back."""
+class WalletSessionStorage(AbstractStorage):
+    """aiohttp-session's storage of sessions in Redis, as its RedisStorage does, but also on
+    a cluster (RedisStorage takes one Redis only): the key's TTL is the idle timeout; a
+    session is stored once, at login (``create``), and never written back."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         super().__init__(
-            redis,
             cookie_name=keyspace.SESSION_COOKIE,
             max_age=settings.session_absolute_timeout_s,
             secure=settings.cookie_secure,
             httponly=True,
             samesite="Lax",
-            key_factory=lambda: secrets.token_urlsafe(32),
         )
+        self._redis = redis
         self.idle_timeout_s = settings.session_idle_timeout_s
         self.absolute_timeout_s = settings.session_absolute_timeout_s
         self.max_sessions_per_user = settings.session_max_per_user
@@ -97,7 +96,7 @@ class WalletSessionStorage(RedisStorage):
     async def create(self, user: SessionUser) -> str:
         """Stores a new session of the user under a new random id and enters it in the
         user's index (ending their oldest session at the cap); returns the id."""
-        session_id = keyspace.new_session_id(user.user_id, self._key_factory())
+        session_id = keyspace.new_session_id(user.user_id, secrets.token_urlsafe(32))
         data = {
             "created": int(time.time()),
             "session": {"user_id": user.user_id, "username": user.username},

@@ -4,13 +4,12 @@ limit is not reached, else the seconds until the window ends (the caller's Retry
 
 import math
 
-from redis.asyncio import Redis
-
 from service.redis.scripts import LuaScript
+from service.redis.types import RedisClient
 
 
 class WindowLimit:
-    def __init__(self, redis: Redis, limit: int, window_s: int) -> None:
+    def __init__(self, redis: RedisClient, limit: int, window_s: int) -> None:
         self._script = LuaScript(redis, "fixed_window_limit")
         self._limit = str(limit)
         self._window_ms = str(window_s * 1000)

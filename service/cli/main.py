@@ -16,13 +16,13 @@ from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.db import connect_database
 from service.http.logs import configure_logging
 from service.outages import is_outage
 from service.redis.client import connect_redis
+from service.redis.types import RedisClient
 from service.settings import Settings, env_name, unknown_variables
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 @asynccontextmanager
-async def connections(settings: Settings) -> AsyncIterator[tuple[Redis, AsyncEngine]]:
+async def connections(settings: Settings) -> AsyncIterator[tuple[RedisClient, AsyncEngine]]:
     redis = connect_redis(settings)
     engine = connect_database(settings)
     try:

@@ -15,14 +15,15 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
 
 from service.outages import is_outage
 from service.redis import keyspace
+from service.redis.nodes import on_every_primary
+from service.redis.types import RedisClient
 
 # Well inside Prometheus's default scrape timeout (10 s), so that a Redis that hangs costs
 # the scrape its gauges, not the whole scrape.
@@ -61,7 +62,7 @@ class _StreamReading:
     oldest_ms: int | None
 
 
-async def _read_stream(redis: Redis, bucket: int) -> _StreamReading:
+async def _read_stream(redis: RedisClient, bucket: int) -> _StreamReading:
     stream = keyspace.txn_stream(bucket)
     stream_entries = await redis.xlen(stream)
     dead_letter_entries = await redis.xlen(keyspace.txn_dead_letter(bucket))
@@ -88,10 +89,19 @@ async def _read_stream(redis: Redis, bucket: int) -> _StreamReading:
     return _StreamReading(stream_entries, dead_letter_entries, pending, lag_entries, oldest_ms)
 
 
-async def read_ledger(redis: Redis) -> LedgerReading:
+def _fullness(memory: dict[str, Any]) -> float:
+    used, limit = int(memory["used_memory"]), int(memory["maxmemory"])
+    return used / limit if limit else 0.0
+
+
+async def read_ledger(redis: RedisClient) -> LedgerReading:
     """The streams of every bucket, summed (the lag: the oldest of them)."""
     streams = [await _read_stream(redis, bucket) for bucket in keyspace.all_buckets()]
-    memory = cast(dict[str, object], await redis.info("memory"))
+    # On a cluster, the fullest primary: the first to refuse money at its maxmemory.
+    memory = max(
+        (cast(dict[str, Any], info) for info in await on_every_primary(redis, "INFO", "memory")),
+        key=_fullness,
+    )
     oldest_ms = min((s.oldest_ms for s in streams if s.oldest_ms is not None), default=None)
     return LedgerReading(
         stream_entries=sum(s.entries for s in streams),
@@ -104,7 +114,7 @@ async def read_ledger(redis: Redis) -> LedgerReading:
     )
 
 
-async def read_ledger_if_redis_answers(redis: Redis) -> LedgerReading | None:
+async def read_ledger_if_redis_answers(redis: RedisClient) -> LedgerReading | None:
     """``read_ledger``, or None when Redis is out (logged); a bug still raises."""
     try:
         return await asyncio.wait_for(read_ledger(redis), REDIS_READ_TIMEOUT_S)

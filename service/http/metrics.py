@@ -25,13 +25,13 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
 
 from service.http.errors import Handler
 from service.http.ledger_gauges import LedgerGauges, LedgerReading, read_ledger_if_redis_answers
 from service.http.logs import route_of
 from service.http.process_metrics import ServiceProcesses
 from service.http.state import REDIS
+from service.redis.types import RedisClient
 
 HTTP_REQUESTS = Counter(
     "wallet_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
@@ -100,7 +100,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_metrics_app(redis: Redis) -> web.Application:
+def create_metrics_app(redis: RedisClient) -> web.Application:
     """GET /metrics alone, for the metrics listener; ``redis`` is the API app's client (the
     API app closes it)."""
     # No access line for scrapes: they come every few seconds and say nothing.

@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from service.http.errors import json_response
 from service.http.state import DATABASE, OPENAPI_SPEC, REDIS
+from service.redis.nodes import on_every_primary
 
 READY_CHECK_TIMEOUT_S = 2.0
 log = logging.getLogger("wallet.ops")
@@ -19,7 +20,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def _check_redis(request: web.Request) -> None:
-    await request.app[REDIS].ping()
+    await on_every_primary(request.app[REDIS], "PING")
 
 
 async def _check_database(request: web.Request) -> None:

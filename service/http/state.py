@@ -1,7 +1,6 @@
 """Typed application state: what the handlers may reach."""
 
 from aiohttp import web
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth.login_throttle import LoginThrottle
@@ -12,10 +11,11 @@ from service.redis.batches import BatchScripts
 from service.redis.holds import HoldScripts
 from service.redis.money import MoneyScripts
 from service.redis.refunds import RefundScripts
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 DATABASE = web.AppKey("database", AsyncEngine)
 MONEY = web.AppKey("money", MoneyScripts)
 HOLDS = web.AppKey("holds", HoldScripts)

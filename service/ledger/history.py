@@ -11,7 +11,6 @@ history of both parties; deposit history holds deposits.
 from dataclasses import dataclass
 from typing import Literal
 
-from redis.asyncio import Redis
 from sqlalchemy import Boolean, ColumnElement, Select, literal_column, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -19,6 +18,7 @@ from persistence.models import TRANSFER_KINDS_SQL, LedgerTransaction
 from service.domain.transactions import Transaction
 from service.redis import keyspace
 from service.redis.stream_tail import Tail, unpersisted_tail
+from service.redis.types import RedisClient
 
 Direction = Literal["all", "in", "out"]
 DIRECTIONS: tuple[Direction, ...] = ("all", "in", "out")
@@ -30,7 +30,7 @@ class HistoryUnavailable(Exception):
     """The writer is so far behind that the unpersisted tail cannot be merged."""
 
 
-async def complete_tail(redis: Redis, tail_max_entries: int, user_id: int) -> Tail:
+async def complete_tail(redis: RedisClient, tail_max_entries: int, user_id: int) -> Tail:
     """The unpersisted tail of one user, whole; HistoryUnavailable when the writer is so
     far behind that it overflows. Read it before querying PostgreSQL."""
     tail = await unpersisted_tail(redis, keyspace.bucket_of(user_id), tail_max_entries, user_id)
@@ -87,7 +87,7 @@ def _ledger_query(
 
 
 async def read_history(
-    redis: Redis,
+    redis: RedisClient,
     engine: AsyncEngine,
     *,
     user_id: int,

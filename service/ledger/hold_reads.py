@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from redis.asyncio import Redis
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -39,6 +38,7 @@ from service.domain.transactions import Transaction
 from service.ledger.history import HistoryUnavailable, complete_tail
 from service.redis import keyspace
 from service.redis.stream_tail import Tail, unpersisted_tail
+from service.redis.types import RedisClient
 
 Role = Literal["payer", "payee"]
 H = LedgerHold
@@ -140,7 +140,7 @@ def _merged(stored: dict[int, Hold], tail: Tail) -> dict[int, Hold]:
 
 
 async def read_hold(
-    redis: Redis, engine: AsyncEngine, reader_id: int, hold_id: int, *, tail_max_entries: int
+    redis: RedisClient, engine: AsyncEngine, reader_id: int, hold_id: int, *, tail_max_entries: int
 ) -> Hold | None:
     """The hold with this id, as a party to it (``reader_id``, payer or payee) finds it,
     with its status as recorded (``status_at`` gives it at an instant); None if there is
@@ -177,7 +177,7 @@ def _has_role(hold: Hold, user_id: int, role: Role | None) -> bool:
 
 
 async def list_holds(
-    redis: Redis,
+    redis: RedisClient,
     engine: AsyncEngine,
     *,
     user_id: int,

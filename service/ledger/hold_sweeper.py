@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ledger.id_counter import KEEPER_INTERVAL_S, run_counter_keeper
@@ -23,6 +22,7 @@ from service.ledger.writer import StreamWriter, WriterStats
 from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.holds import HoldScripts
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 log = logging.getLogger("wallet.hold_sweeper")
@@ -49,7 +49,7 @@ async def run_hold_sweeper(
 
 async def run_writer_and_sweeper(
     settings: Settings,
-    redis: Redis,
+    redis: RedisClient,
     engine: AsyncEngine,
     stop: asyncio.Event,
     stats: WriterStats | None = None,

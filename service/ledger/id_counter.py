@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +30,7 @@ from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
+from service.redis.types import RedisClient
 
 log = logging.getLogger("wallet.id_counter")
 
@@ -39,7 +39,9 @@ log = logging.getLogger("wallet.id_counter")
 KEEPER_INTERVAL_S = 0.5
 
 
-async def restart_counter_set_aside(redis: Redis, engine: AsyncEngine, bucket: int) -> int | None:
+async def restart_counter_set_aside(
+    redis: RedisClient, engine: AsyncEngine, bucket: int
+) -> int | None:
     """Starts the bucket's counter, set aside, again in a new epoch; the new counter, or
     None when it is not set aside (or another process started it meanwhile)."""
     raw = await redis.get(keyspace.txn_seq_behind(bucket))
@@ -76,7 +78,7 @@ async def restart_counter_set_aside(redis: Redis, engine: AsyncEngine, bucket: i
 
 
 async def run_counter_keeper(
-    redis: Redis, engine: AsyncEngine, bucket: int, interval_s: float, stop: asyncio.Event
+    redis: RedisClient, engine: AsyncEngine, bucket: int, interval_s: float, stop: asyncio.Event
 ) -> None:
     """Starts the bucket's counter again whenever it is set aside, until ``stop`` is set.
     Outages are logged and retried at the next pass; anything else is a bug and ends it."""

@@ -2,7 +2,6 @@
 (read-your-writes): what a refund needs to know of the transfer it refunds (docs/holds.md).
 """
 
-from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -11,6 +10,7 @@ from service.domain.transactions import Transaction
 from service.ledger.history import HistoryUnavailable
 from service.redis import keyspace
 from service.redis.stream_tail import unpersisted_tail
+from service.redis.types import RedisClient
 
 
 async def _stored(engine: AsyncEngine, txn_id: int) -> Transaction | None:
@@ -20,7 +20,7 @@ async def _stored(engine: AsyncEngine, txn_id: int) -> Transaction | None:
 
 
 async def find_transaction(
-    redis: Redis, engine: AsyncEngine, reader_id: int, txn_id: int, *, tail_max_entries: int
+    redis: RedisClient, engine: AsyncEngine, reader_id: int, txn_id: int, *, tail_max_entries: int
 ) -> Transaction | None:
     """The transaction with this id, wherever it is, as a party to it (``reader_id``) finds
     it: in the ledger, or in the tail of the reader's bucket; None if there is none (the

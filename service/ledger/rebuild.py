@@ -64,7 +64,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from redis.asyncio import Redis
 from sqlalchemy import Row, Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -87,6 +86,7 @@ from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import unpersisted_tail
 from service.redis.streams import ensure_consumer_group, stream_id
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 BATCH_SIZE = 1000
@@ -127,7 +127,7 @@ class RebuildReport:
     idempotency_keys_skipped: int = 0
 
 
-async def _refuse_over_unpersisted_entries(redis: Redis, bucket: int) -> None:
+async def _refuse_over_unpersisted_entries(redis: RedisClient, bucket: int) -> None:
     tail = await unpersisted_tail(redis, bucket, max_entries=1)
     if not tail.empty:
         first = tail.describe_first()
@@ -148,7 +148,7 @@ async def _ledger_last_id(engine: AsyncEngine) -> int:
 
 
 async def rebuild(
-    redis: Redis,
+    redis: RedisClient,
     engine: AsyncEngine,
     idempotency_ttl_s: int,
     hold_retention_s: int = DEFAULT_HOLD_RETENTION_S,
@@ -194,7 +194,7 @@ async def rebuild(
     )
 
 
-async def _continue_stream_ids(redis: Redis, engine: AsyncEngine, bucket: int) -> None:
+async def _continue_stream_ids(redis: RedisClient, engine: AsyncEngine, bucket: int) -> None:
     """Raises the bucket's stream's last id to the largest the ledger holds, so that every entry
     from now on is above every stored one, whatever the clock did: `wallet reconcile`
     reads the ledger as of a stream entry id (service/ledger/hold_totals.py), and a new
@@ -211,7 +211,7 @@ async def _continue_stream_ids(redis: Redis, engine: AsyncEngine, bucket: int) -
 
 
 async def _restore_wallets(
-    redis: Redis, engine: AsyncEngine, epoch_starts: list[int]
+    redis: RedisClient, engine: AsyncEngine, epoch_starts: list[int]
 ) -> dict[str, int]:
     restore_wallet = LuaScript(redis, "restore_wallet")
     outcomes = {"created": 0, "updated": 0, "unchanged": 0}
@@ -260,7 +260,7 @@ async def _restore_wallets(
     return outcomes
 
 
-async def _restore_pending_holds(redis: Redis, engine: AsyncEngine, retention_s: int) -> int:
+async def _restore_pending_holds(redis: RedisClient, engine: AsyncEngine, retention_s: int) -> int:
     restore_hold = LuaScript(redis, "restore_hold")
     restored, after = 0, 0
     while True:
@@ -293,7 +293,7 @@ def _restore_hold_call(hold: PendingHold, retention_s: int) -> tuple[list[str], 
     return keys, args
 
 
-async def _restore_refunded_totals(redis: Redis, engine: AsyncEngine) -> int:
+async def _restore_refunded_totals(redis: RedisClient, engine: AsyncEngine) -> int:
     """``refunded:{<refunder>}:<txn_id>`` = the sum of the refunds of that transfer, without
     TTL, as refund.lua keeps it. A total above the transfer (which refund.lua never lets
     happen) is written as the ledger has it; reconcile reports it."""
@@ -343,7 +343,7 @@ class _Record:
 
 
 async def _restore_idempotency_records(
-    redis: Redis, engine: AsyncEngine, idempotency_ttl_s: int
+    redis: RedisClient, engine: AsyncEngine, idempotency_ttl_s: int
 ) -> tuple[int, int, int]:
     """Newest first over every source (the time the record was written, then the id), so
     that of two records with one key the newer is written and the older finds it there."""
@@ -634,7 +634,7 @@ async def _void_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[
             )
 
 
-async def ensure_transaction_counter(redis: Redis, engine: AsyncEngine) -> bool:
+async def ensure_transaction_counter(redis: RedisClient, engine: AsyncEngine) -> bool:
     """At start: a system with an empty ledger starts its counter at the start of a new
     epoch of ids (epoch 0 for a new system; a later one if ids were issued and lost before
     any reached the ledger). A counter set aside because the primary changed starts again
@@ -648,7 +648,7 @@ async def ensure_transaction_counter(redis: Redis, engine: AsyncEngine) -> bool:
     return in_place
 
 
-async def _ensure_bucket_counter(redis: Redis, engine: AsyncEngine, bucket: int) -> bool:
+async def _ensure_bucket_counter(redis: RedisClient, engine: AsyncEngine, bucket: int) -> bool:
     if await redis.exists(keyspace.txn_seq(bucket)):
         return True
     if await restart_counter_set_aside(redis, engine, bucket) is not None:

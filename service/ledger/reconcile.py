@@ -46,7 +46,6 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
-from redis.asyncio import Redis
 from sqlalchemy import Boolean, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -64,6 +63,7 @@ from service.ledger.hold_totals import (
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import Tail, unpersisted_tail
+from service.redis.types import RedisClient
 
 BATCH_SIZE = 500
 _POLL_S = 0.05
@@ -198,7 +198,7 @@ def _int(raw: Any) -> int:
 
 
 async def _snapshot(
-    redis: Redis,
+    redis: RedisClient,
     user_ids: Sequence[int] = (),
     refunded: Sequence[tuple[int, int]] = (),
     with_due: bool = False,
@@ -241,7 +241,7 @@ def _starts_after(tail: Tail, last_entry: EntryId) -> bool:
     return parse_entry_id(tail.first_entry_id) > last_entry
 
 
-async def _wait_for_writer(redis: Redis, last_entry: EntryId, wait_s: float) -> Tail:
+async def _wait_for_writer(redis: RedisClient, last_entry: EntryId, wait_s: float) -> Tail:
     """An empty tail once every stream entry up to ``last_entry`` is in the ledger;
     otherwise, after waiting up to wait_s, the tail's first entry (max_entries=1)."""
     loop = asyncio.get_running_loop()
@@ -263,7 +263,7 @@ def _note_writer_behind(report: ReconcileReport, behind: Tail) -> None:
     report.first_unpersisted = behind.describe_first()
 
 
-async def _wallets_without_user(redis: Redis, engine: AsyncEngine) -> list[int]:
+async def _wallets_without_user(redis: RedisClient, engine: AsyncEngine) -> list[int]:
     """Redis wallets whose user is not in PostgreSQL. Redis is scanned first: sign-up
     commits the user before it creates the wallet, so a wallet seen here has its user
     visible to the later query."""
@@ -290,7 +290,9 @@ async def _wallets_without_user(redis: Redis, engine: AsyncEngine) -> list[int]:
     return sorted(set(orphans))
 
 
-async def reconcile(redis: Redis, engine: AsyncEngine, wait_for_writer_s: float) -> ReconcileReport:
+async def reconcile(
+    redis: RedisClient, engine: AsyncEngine, wait_for_writer_s: float
+) -> ReconcileReport:
     """Compares every Redis wallet and refunded total with the ledger; see the module
     docstring."""
     report = ReconcileReport()
@@ -354,7 +356,7 @@ async def _compare_wallets(
 
 
 async def _compare_refunded_totals(
-    redis: Redis, engine: AsyncEngine, wait_s: float, report: ReconcileReport
+    redis: RedisClient, engine: AsyncEngine, wait_s: float, report: ReconcileReport
 ) -> None:
     """Every refunded transfer of the ledger, then every refunded total Redis holds (one
     the ledger has no refunds for is drift too)."""
@@ -386,7 +388,7 @@ async def _compare_refunded_totals(
 
 
 async def _compare_refunded(
-    redis: Redis,
+    redis: RedisClient,
     engine: AsyncEngine,
     pairs: list[tuple[int, int]],
     wait_s: float,
@@ -422,7 +424,7 @@ async def _compare_refunded(
             )
 
 
-async def _still_missing(redis: Redis, user_ids: list[int]) -> list[int]:
+async def _still_missing(redis: RedisClient, user_ids: list[int]) -> list[int]:
     missing: list[int] = []
     for start in range(0, len(user_ids), BATCH_SIZE):
         chunk = user_ids[start : start + BATCH_SIZE]
@@ -474,7 +476,7 @@ def format_report(report: ReconcileReport) -> str:
         for drift in drifts[:_REPORT_LIMIT]:
             diff = drift.redis_kopecks - drift.ledger_kopecks
             lines.append(
-                f"  user {drift.user_id}: Redis {_kopecks(drift.redis_kopecks)},"
+                f"  user {drift.user_id}: RedisClient {_kopecks(drift.redis_kopecks)},"
                 f" {ledger_side} {_kopecks(drift.ledger_kopecks)}, difference {diff:+d} kopecks"
             )
         if len(drifts) > _REPORT_LIMIT:

@@ -11,13 +11,13 @@ import logging
 import re
 from typing import cast
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ledger_insert import insert_isolating
 from service.domain.records import StreamRecord
 from service.ledger.writer import Unparseable, parse_entry
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 logger = logging.getLogger("wallet.replay")
@@ -60,7 +60,7 @@ def _takes_no_id(fields: dict[bytes, bytes]) -> bool:
 
 
 async def replay(
-    settings: Settings, redis: Redis, engine: AsyncEngine, bucket: int, from_id: str
+    settings: Settings, redis: RedisClient, engine: AsyncEngine, bucket: int, from_id: str
 ) -> int:
     """Inserts the retained records of the bucket's stream from ``from_id`` on; returns the
     rows newly inserted. ``from_id`` is a stream entry id (start there) or a transaction id

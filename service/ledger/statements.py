@@ -13,7 +13,6 @@ As for histories, the tail is read before PostgreSQL (lua/stream_tail.lua).
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -21,6 +20,7 @@ from persistence.models import LedgerTransaction
 from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
 from service.ledger.history import complete_tail
+from service.redis.types import RedisClient
 
 T = LedgerTransaction
 
@@ -63,7 +63,7 @@ async def _balance_at(
 
 
 async def balance_at(
-    redis: Redis, engine: AsyncEngine, *, user_id: int, at_us: int, tail_max_entries: int
+    redis: RedisClient, engine: AsyncEngine, *, user_id: int, at_us: int, tail_max_entries: int
 ) -> int:
     """The user's balance right after their last transaction with created_at <= at_us (0
     before any). Raises HistoryUnavailable when the tail overflows."""
@@ -73,7 +73,7 @@ async def balance_at(
 
 
 async def read_statement(
-    redis: Redis,
+    redis: RedisClient,
     engine: AsyncEngine,
     *,
     user_id: int,

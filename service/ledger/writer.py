@@ -35,8 +35,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -47,9 +45,10 @@ from service.domain.transactions import Transaction
 from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.keyspace import WRITER_GROUP
-from service.redis.replicas import ReplicasNotConfirmed, has_waitaof, replica_wait
+from service.redis.replicas import ReplicasNotConfirmed, replica_wait
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.streams import ensure_consumer_group, stream_id
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 logger = logging.getLogger("wallet.writer")
@@ -163,7 +162,7 @@ class StreamWriter:
     def __init__(
         self,
         settings: Settings,
-        redis: Redis,
+        redis: RedisClient,
         engine: AsyncEngine,
         bucket: int,
         stats: WriterStats | None = None,
@@ -188,7 +187,7 @@ class StreamWriter:
         self._never = asyncio.Event()
         self._dead_letter = LuaScript(redis, "dead_letter")
         self._replica_wait = replica_wait(settings)
-        self._has_waitaof: bool | None = None  # asked before the first wait
+        self._mark = LuaScript(redis, "writer_mark")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Drains the stream until ``stop`` is set; the batch in hand is finished first."""
@@ -253,7 +252,7 @@ class StreamWriter:
 
     async def _read_group(self, after: str, block_ms: int | None) -> list[Entry]:
         reply = await self._read_confirmed(
-            lambda pipe: pipe.xreadgroup(
+            lambda: self._redis.xreadgroup(
                 WRITER_GROUP,
                 self.consumer,
                 {self._stream: after},
@@ -271,7 +270,7 @@ class StreamWriter:
     async def _claim(self) -> list[Entry]:
         """Takes over entries that another (dead) consumer read and left unacknowledged."""
         reply: list[Any] = await self._read_confirmed(
-            lambda pipe: pipe.xautoclaim(
+            lambda: self._redis.xautoclaim(
                 self._stream,
                 WRITER_GROUP,
                 self.consumer,
@@ -296,34 +295,28 @@ class StreamWriter:
             )
         return entries
 
-    async def _read_confirmed(self, read: Callable[[Pipeline], object]) -> Any:
-        """The reply of one read of the stream (``read`` queues it on a pipeline); with a
-        replica wait, followed by it on the same connection: a read whose entries the
-        replicas do not have yet raises ReplicasNotConfirmed (an outage: retried), and the
-        entries it delivered to this consumer are read again next time."""
-        wait = self._replica_wait
-        async with self._redis.pipeline(transaction=False) as pipe:
-            read(pipe)
-            if wait is not None:
-                if self._has_waitaof is None:
-                    self._has_waitaof = await has_waitaof(self._redis)
-                # The wait covers this connection's writes only (a read of pending entries
-                # writes nothing, and the pool may hand out another connection each time):
-                # a write of its own covers every entry added before.
-                pipe.set(self._wait_mark, self.consumer, px=WRITER_WAIT_TTL_MS)
-                for command in wait.commands(self._has_waitaof):
-                    pipe.execute_command(*command)
-            # An error reply is raised below as it is, not annotated by the pipeline (the
-            # callers read its message).
-            replies = await pipe.execute(raise_on_error=False)
-        reply = replies[0]
-        if isinstance(reply, Exception):
-            raise reply
-        if wait is not None and not wait.confirmed(replies[-1]):
-            if isinstance(replies[-1], ResponseError):
-                self._has_waitaof = None  # another server now (a failover): ask it again
-            self._own_pending_cursor = "0"
-            raise ReplicasNotConfirmed(reply, replies[-1])
+    async def _read_confirmed(self, read: Callable[[], Awaitable[Any]]) -> Any:
+        """The reply of one read of the stream; with a replica wait, confirmed by it: a read
+        whose entries the replicas do not have yet raises ReplicasNotConfirmed (an outage:
+        retried), and the entries it delivered to this consumer are read again next time.
+
+        The wait covers the writes of the connection it is sent on (a read writes nothing,
+        and the pool may hand out another connection each time): a write of the writer's
+        own after the read, through the script calls with their wait, covers every entry
+        added before it; on a cluster, on the primary of the stream's bucket."""
+        reply = await read()
+        if self._replica_wait is not None:
+            try:
+                marked = await self._mark(
+                    keys=[self._wait_mark],
+                    args=[self.consumer, WRITER_WAIT_TTL_MS],
+                    wait_for_replicas=True,
+                )
+            except ReplicasNotConfirmed:
+                self._own_pending_cursor = "0"
+                raise
+            if marked != b"ok":
+                raise ScriptArgumentRejected(f"writer_mark: {marked!r}")
         return reply
 
     # Storing and acknowledging.

@@ -10,8 +10,6 @@ the leg's index with the refusal.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from service.domain.limits import MAX_BATCH_LEGS
 from service.redis import keyspace
 from service.redis.money import (
@@ -27,6 +25,7 @@ from service.redis.money import (
     tail_keys,
 )
 from service.redis.scripts import LuaScript
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 # Refusals that name a leg's recipient rather than its amount.
@@ -89,7 +88,7 @@ def batch_result(reply: list[bytes], legs: Sequence[Leg]) -> BatchAccepted:
 
 
 class BatchScripts:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._runner = MoneyScriptRunner(redis, settings)
         self._transfer_batch = LuaScript(redis, "transfer_batch")
 

@@ -2,7 +2,7 @@
 deployment with replicas and Sentinel (``redis+sentinel://``, service/redis/sentinel.py), or
 a Redis/Valkey Cluster (``redis+cluster://``, service/redis/cluster.py)."""
 
-from typing import Any, Literal, overload
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode
@@ -10,42 +10,26 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from service.redis.cluster import ClusterClient, ClusterScriptCalls
-from service.redis.pipelining import AutoPipeline, RedisClient
+from service.redis.pipelining import AutoPipeline
 from service.redis.pools import HEALTH_CHECK_INTERVAL_S, CheckedConnection, PipeliningPool
 from service.redis.replicas import replica_wait
 from service.redis.sentinel import open_sentinel_pool
+from service.redis.types import RedisClient
 from service.settings import ClusterUrl, Settings, cluster_url, sentinel_url
 
 __all__ = ["RedisClient", "connect_redis"]
 
 
-class ClusterNotSupportedHere(ValueError):
-    """REDIS_URL names a cluster, and the caller takes one Redis (``redis.asyncio.Redis``):
-    its code is not ready for a cluster's client yet."""
-
-
-@overload
-def connect_redis(settings: Settings) -> Redis: ...
-@overload
-def connect_redis(settings: Settings, *, allow_cluster: Literal[True]) -> RedisClient: ...
-def connect_redis(settings: Settings, *, allow_cluster: bool = False) -> RedisClient:
+def connect_redis(settings: Settings) -> RedisClient:
     """A client whose pool waits for a free connection instead of failing at the limit,
     and whose script calls share round trips (service/redis/pipelining.py).
 
     redis-py's default asyncio pool raises MaxConnectionsError when every connection is
-    busy; under a burst that would turn into refused payments.
-
-    A cluster's client is a RedisCluster, not a Redis: only a caller typed for either
-    (``allow_cluster=True``) gets one; for any other, a redis+cluster:// REDIS_URL is
-    ClusterNotSupportedHere.
+    busy; under a burst that would turn into refused payments. A cluster's client is a
+    RedisCluster (service/redis/cluster.py).
     """
     cluster = cluster_url(settings.redis_url)
     if cluster is not None:
-        if not allow_cluster:
-            raise ClusterNotSupportedHere(
-                "REDIS_URL names a Redis Cluster (redis+cluster://), which this part of the"
-                " service does not support yet"
-            )
         return _connect_cluster(cluster, settings)
     options = {
         "max_connections": settings.redis_max_connections,

@@ -25,8 +25,6 @@ and otherwise answers hold_not_found, unrecorded (the HTTP layer then asks the l
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
-
 from service.domain import refusals
 from service.domain.holds import Hold
 from service.domain.limits import MAX_HOLD_EXPIRES_IN_S, MIN_HOLD_EXPIRES_IN_S
@@ -45,6 +43,7 @@ from service.redis.money import (
     tail_keys,
 )
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 US_PER_S = 1_000_000
@@ -96,7 +95,7 @@ def _replayed(reply: list[bytes]) -> bool:
 
 
 class HoldScripts:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._redis = redis
         self._runner = MoneyScriptRunner(redis, settings)
         self._retention_s = str(settings.hold_retention_s)

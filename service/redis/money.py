@@ -27,8 +27,6 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS
 from service.domain.limits import MAX_USER_ID, USERNAME_PATTERN
@@ -38,6 +36,7 @@ from service.redis import keyspace
 from service.redis.pipelining import ReplyLost
 from service.redis.replicas import ReplicasNotConfirmed
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 log = logging.getLogger("wallet.money")
@@ -161,7 +160,7 @@ class MoneyScriptRunner:
     """Runs a money script and, when its reply is lost, asks Redis what became of the
     request (the module's docstring). Shared by every module that calls money scripts."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self.idempotency_ttl_s = str(settings.idempotency_ttl_s)
         self.outcome_ttl_s = str(settings.request_outcome_ttl_s)
         # The two ARGV of the scripts of payments that name recipients about recipient
@@ -230,7 +229,7 @@ class MoneyScriptRunner:
 
 
 class MoneyScripts:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._runner = MoneyScriptRunner(redis, settings)
         self._register_user = LuaScript(redis, "register_user")
         self._deposit = LuaScript(redis, "deposit")

@@ -31,10 +31,9 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -46,11 +45,9 @@ from service.redis.replicas import (
     ReplicaWait,
     is_unknown_command,
 )
+from service.redis.types import RedisClient
 
 Arg = str | bytes | int
-# What connect_redis opens (service/redis/client.py): one Redis (standalone, or the primary
-# Sentinel names), or a cluster (service/redis/cluster.py).
-RedisClient: TypeAlias = Redis | RedisCluster
 
 
 @runtime_checkable

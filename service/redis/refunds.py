@@ -14,8 +14,6 @@ extra field ``amount`` of ``req:{<user_id>}:<token>``, which is read here then.
 import logging
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from service.domain import refusals
 from service.domain.limits import MAX_USER_ID
 from service.domain.refusals import Refused
@@ -34,6 +32,7 @@ from service.redis.money import (
     tail_keys,
 )
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 log = logging.getLogger("wallet.money")
@@ -63,7 +62,7 @@ def refundable_by(transfer: Transaction | None, user_id: int) -> Transaction | N
 
 
 class RefundScripts:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._redis = redis
         self._runner = MoneyScriptRunner(redis, settings)
         self._refund = LuaScript(redis, "refund")

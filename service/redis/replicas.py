@@ -33,10 +33,10 @@ with a transaction the new primary lacks.
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from service.redis.types import RedisClient
 from service.settings import Settings
 
 # WAITAOF with nothing to wait for: answered at once where the server has the command.
@@ -71,10 +71,10 @@ def replica_wait(settings: Settings) -> ReplicaWait | None:
     return ReplicaWait(settings.redis_min_replicas, settings.redis_replica_wait_ms)
 
 
-async def has_waitaof(redis: Redis) -> bool:
+async def has_waitaof(redis: RedisClient) -> bool:
     """Whether the server has WAITAOF (a Redis before 7.2 has not: then WAIT)."""
     try:
-        await redis.execute_command(*WAITAOF_PROBE)  # type: ignore[no-untyped-call]
+        await redis.execute_command(*WAITAOF_PROBE)
     except ResponseError as error:
         if not is_unknown_command(error):  # e.g. a replica: it takes no writes
             raise RedisConnectionError(f"WAITAOF refused: {error}") from error

@@ -15,7 +15,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from service.redis.pipelining import Arg, RedisClient, script_calls
+from service.redis.pipelining import Arg, script_calls
+from service.redis.types import RedisClient
 
 # NOSCRIPT means the script did not run: Redis lost its scripts (a restart, a failover, SCRIPT
 # FLUSH), and may lose them again between the load and the call. So many loads, then the

@@ -4,13 +4,12 @@ and hold events (service/domain/records.py)."""
 import logging
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from service.domain.holds import HoldEvent
 from service.domain.records import StreamRecord, record_from_stream_fields
 from service.domain.transactions import Transaction
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
+from service.redis.types import RedisClient
 
 logger = logging.getLogger("wallet.stream_tail")
 
@@ -56,7 +55,7 @@ class Tail:
 
 
 async def unpersisted_tail(
-    redis: Redis, bucket: int, max_entries: int, user_id: int | None = None
+    redis: RedisClient, bucket: int, max_entries: int, user_id: int | None = None
 ) -> Tail:
     """Reads the unpersisted tail of a bucket's stream (of one user of the bucket, if
     given: records whose from or to is the user) with one atomic script.

@@ -1,12 +1,12 @@
 """The transaction streams' consumer group and entry ids."""
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from service.redis import keyspace
+from service.redis.types import RedisClient
 
 
-async def ensure_consumer_group(redis: Redis, bucket: int) -> None:
+async def ensure_consumer_group(redis: RedisClient, bucket: int) -> None:
     """Creates the writers' consumer group (and the stream) of a bucket at ``0`` unless it
     exists, so that no entry is ever skipped."""
     try:

@@ -8,9 +8,9 @@ PostgreSQL database, emptied, for the tests that stop neither server.
 """
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.redis.types import RedisClient
 from tests.support.faults.procs import (
     PostgresServer,
     Processes,
@@ -20,7 +20,7 @@ from tests.support.faults.procs import (
 
 @pytest.fixture
 def shared_servers(
-    redis_client: Redis, db_engine: AsyncEngine, redis_url: str, database_url: str
+    redis_client: RedisClient, db_engine: AsyncEngine, redis_url: str, database_url: str
 ) -> tuple[str, str]:
     """(REDIS_URL, DATABASE_URL) of the shared servers, both emptied by their fixtures."""
     return redis_url, database_url

@@ -5,8 +5,7 @@ nothing is lost."""
 import asyncio
 import time
 
-from redis.asyncio import Redis
-
+from service.redis.types import RedisClient
 from tests.support.faults.checks import compare, ledger_rows, stream_rows, wait_until_in_ledger
 from tests.support.faults.load import LoadDriver, Loader
 from tests.support.faults.procs import PostgresServer, Processes, run_wallet, wallet_env
@@ -17,7 +16,7 @@ OUTAGE_S = 10.0  # the issue says 30 s; benchmarks/faults_long_run.py runs that
 async def test_postgres_down_money_keeps_moving_and_nothing_is_lost(
     processes: Processes,
     own_postgres: PostgresServer,
-    redis_client: Redis,
+    redis_client: RedisClient,
     redis_url: str,
 ) -> None:
     async with asyncio.timeout(150):

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.faults.checks import (
     check_stream_and_balances,
@@ -147,7 +148,7 @@ async def test_the_primary_killed_under_load_and_the_replica_promoted(
 
 
 async def _what_the_new_primary_kept(
-    client: Redis, acks: list[Ack], user_ids: list[int], old_epoch: int
+    client: RedisClient, acks: list[Ack], user_ids: list[int], old_epoch: int
 ) -> list[Ack]:
     """With no replica's confirmation: the 201s the new primary lacks (returned), which are
     all of the old primary's epoch; everything it holds is consistent and acknowledged."""

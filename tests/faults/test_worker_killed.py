@@ -6,8 +6,7 @@ import os
 import signal
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
-
+from service.redis.types import RedisClient
 from tests.support.faults.checks import (
     compare,
     ledger_rows,
@@ -24,7 +23,7 @@ MAX_KILLS = 5
 
 
 async def test_worker_killed_mid_request_half_applies_and_doubles_nothing(
-    processes: Processes, shared_servers: tuple[str, str], redis_client: Redis
+    processes: Processes, shared_servers: tuple[str, str], redis_client: RedisClient
 ) -> None:
     redis_url, database_url = shared_servers
     shared = urlsplit(redis_url)

@@ -6,9 +6,8 @@ import socket
 import time
 from typing import cast
 
-from redis.asyncio import Redis
-
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.faults.checks import compare, ledger_rows, stream_rows, wait_until_in_ledger
 from tests.support.faults.load import LoadDriver, Loader
@@ -23,7 +22,7 @@ RESUME_WITHIN_S = 10.0
 KILL_ATTEMPTS = 5
 
 
-async def _pending_of(redis: Redis, consumer_names: set[str]) -> int:
+async def _pending_of(redis: RedisClient, consumer_names: set[str]) -> int:
     consumers = cast(
         list[dict[str, object]],
         await redis.xinfo_consumers(keyspace.txn_stream(BUCKET), keyspace.WRITER_GROUP),
@@ -36,7 +35,7 @@ async def _pending_of(redis: Redis, consumer_names: set[str]) -> int:
 
 
 async def test_writer_killed_mid_batch_loses_and_doubles_nothing(
-    processes: Processes, shared_servers: tuple[str, str], redis_client: Redis
+    processes: Processes, shared_servers: tuple[str, str], redis_client: RedisClient
 ) -> None:
     redis_url, database_url = shared_servers
     env = wallet_env(redis_url, database_url)

@@ -3,9 +3,8 @@ the scripts that spend from available (batches, refunds) without the hold script
 
 import time
 
-from redis.asyncio import Redis
-
 from service.redis import keyspace
+from service.redis.types import RedisClient
 
 HOUR_US = 3600 * 1_000_000
 
@@ -15,7 +14,7 @@ def now_us() -> int:
 
 
 async def put_hold(
-    redis: Redis, payer: int, hold_id: int, to_user_id: int, amount: int, expires_at_us: int
+    redis: RedisClient, payer: int, hold_id: int, to_user_id: int, amount: int, expires_at_us: int
 ) -> None:
     """A pending hold on the payer's side: a member of holds:{payer} and held_kopecks."""
     await redis.zadd(

@@ -5,7 +5,6 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,6 +15,7 @@ from service.ledger.writer import StreamWriter
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.redis_claim import empty_but_claim
@@ -23,27 +23,27 @@ from tests.support.redis_claim import empty_but_claim
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
-async def stream_entries(redis: Redis) -> StreamEntries:
+async def stream_entries(redis: RedisClient) -> StreamEntries:
     return cast(StreamEntries, await redis.xrange(keyspace.txn_stream(BUCKET)))
 
 
-async def stream_fields(redis: Redis) -> list[dict[str, str]]:
+async def stream_fields(redis: RedisClient) -> list[dict[str, str]]:
     """The stream as the scripts wrote it, field by field."""
     entries = await stream_entries(redis)
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
 
-async def stream_transactions(redis: Redis) -> list[Transaction]:
+async def stream_transactions(redis: RedisClient) -> list[Transaction]:
     return [Transaction.from_stream_fields(fields) for _, fields in await stream_entries(redis)]
 
 
-async def balance(redis: Redis, user_id: int) -> int:
+async def balance(redis: RedisClient, user_id: int) -> int:
     raw = await redis.hget(keyspace.user(user_id), "balance_kopecks")
     assert raw is not None, f"user {user_id} has no wallet"
     return int(cast(bytes, raw))
 
 
-async def snapshot(redis: Redis) -> dict[bytes, Any]:
+async def snapshot(redis: RedisClient) -> dict[bytes, Any]:
     """Every key with its value: to prove that a refused call wrote nothing."""
     state: dict[bytes, Any] = {}
     for key in sorted(cast(list[bytes], await redis.keys("*"))):
@@ -63,14 +63,14 @@ async def snapshot(redis: Redis) -> dict[bytes, Any]:
     return state
 
 
-async def snapshot_of_data(redis: Redis) -> dict[bytes, Any]:
+async def snapshot_of_data(redis: RedisClient) -> dict[bytes, Any]:
     """``snapshot`` without the throttling counts: a refused request changes no data, but a
     404 or a failed login is counted, by design."""
     state = await snapshot(redis)
     return {key: value for key, value in state.items() if not key.startswith(b"throttle:")}
 
 
-async def persist(redis: Redis, engine: AsyncEngine, max_batches: int | None = None) -> int:
+async def persist(redis: RedisClient, engine: AsyncEngine, max_batches: int | None = None) -> int:
     """Runs the real stream writer until the stream is drained (or for max_batches)."""
     await ensure_consumer_group(redis, BUCKET)
     settings = Settings(writer_block_ms=1, writer_batch_size=500)
@@ -100,7 +100,7 @@ async def add_users(
             await money.register_user(user_id)
 
 
-async def fresh_redis(redis: Redis) -> None:
+async def fresh_redis(redis: RedisClient) -> None:
     """This run's Redis database as a freshly started system has it: no data but the
     run's claim, and the id counter at 0, as `wallet serve` sets it at start."""
     await empty_but_claim(redis)

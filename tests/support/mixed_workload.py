@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from redis.asyncio import Redis
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +28,7 @@ from service.redis.batches import BatchScripts, Leg
 from service.redis.holds import HoldScripts
 from service.redis.money import MoneyScripts
 from service.redis.refunds import RefundScripts
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, persist, stream_entries
@@ -46,7 +46,7 @@ class Scripts:
     refunds: RefundScripts
 
     @classmethod
-    def bind(cls, redis: Redis, settings: Settings) -> "Scripts":
+    def bind(cls, redis: RedisClient, settings: Settings) -> "Scripts":
         return cls(
             MoneyScripts(redis, settings),
             HoldScripts(redis, settings),
@@ -67,14 +67,14 @@ class Workload:
     keyed: dict[tuple[int, str], tuple[Any, Call, Call]] = field(default_factory=dict)
 
 
-async def transaction(redis: Redis, txn_id: int) -> Transaction:
+async def transaction(redis: RedisClient, txn_id: int) -> Transaction:
     """The transaction as the API reads it (here: from the stream)."""
     entries = await stream_entries(redis)
     records = [record_from_stream_fields(fields) for _, fields in entries]
     return next(r for r in records if isinstance(r, Transaction) and r.txn_id == txn_id)
 
 
-async def age_hold(redis: Redis, engine: AsyncEngine, hold: Hold, seconds: int) -> Hold:
+async def age_hold(redis: RedisClient, engine: AsyncEngine, hold: Hold, seconds: int) -> Hold:
     """Moves a persisted hold ``seconds`` into the past, in Redis and in the ledger."""
     shift = seconds * 1_000_000
     aged = dataclasses.replace(
@@ -103,7 +103,7 @@ async def age_hold(redis: Redis, engine: AsyncEngine, hold: Hold, seconds: int) 
 
 
 async def run_mixed_workload(
-    redis: Redis, engine: AsyncEngine, scripts: Scripts, with_users: bool = True
+    redis: RedisClient, engine: AsyncEngine, scripts: Scripts, with_users: bool = True
 ) -> Workload:
     """Every operation, persisted; see the module docstring. Returns what a retry needs."""
     s, w = scripts, Workload()

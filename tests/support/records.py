@@ -10,12 +10,12 @@ import itertools
 from collections import defaultdict
 from typing import Any, cast
 
-from redis.asyncio import Redis
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import LedgerHold, LedgerHoldEvent, User
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 
 Fields = dict[str, str]
@@ -155,7 +155,7 @@ class Book:
         return fields
 
 
-async def append(redis: Redis, *records: Fields) -> list[str]:
+async def append(redis: RedisClient, *records: Fields) -> list[str]:
     """XADDs the records in order; their entry ids."""
     ids = []
     for fields in records:

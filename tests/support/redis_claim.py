@@ -5,7 +5,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
-from redis.asyncio import Redis
+
+from service.redis.types import RedisClient
 
 CLAIM_KEY = "wallet-test-run-claim"
 CLAIM_TTL_S = 6 * 3600
@@ -36,6 +37,6 @@ def claimed_redis_database(host_url: str) -> Iterator[str]:
     raise RuntimeError(f"no free Redis database on {host_url}: all of 1..15 are claimed")
 
 
-async def empty_but_claim(client: Redis) -> None:
+async def empty_but_claim(client: RedisClient) -> None:
     """Empties the claimed database between tests, keeping the claim."""
     await client.eval(_EMPTY_BUT_CLAIM, 1, CLAIM_KEY)

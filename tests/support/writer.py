@@ -4,7 +4,6 @@ consumer group's pending entries."""
 import itertools
 from typing import Any, cast
 
-from redis.asyncio import Redis
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -12,6 +11,7 @@ from persistence.models import LedgerTransaction, User
 from service.redis import keyspace
 from service.redis.keyspace import WRITER_GROUP
 from service.redis.money import MoneyScripts
+from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import StreamEntries
@@ -73,19 +73,19 @@ async def ledger_count(engine: AsyncEngine) -> tuple[int, int]:
         return int(total), int(distinct)
 
 
-async def pending(redis: Redis) -> dict[str, int]:
+async def pending(redis: RedisClient) -> dict[str, int]:
     """Pending entries per consumer."""
     summary = await redis.xpending(keyspace.txn_stream(BUCKET), WRITER_GROUP)
     return {c["name"].decode(): c["pending"] for c in summary["consumers"]}
 
 
-async def xadd(redis: Redis, fields: dict[str, str]) -> str:
+async def xadd(redis: RedisClient, fields: dict[str, str]) -> str:
     """Appends an entry by hand, as no script would."""
     entry_id = await redis.xadd(keyspace.txn_stream(BUCKET), cast(dict[Any, Any], fields))
     return cast(bytes, entry_id).decode()
 
 
-async def dead_letters(redis: Redis) -> dict[str, dict[bytes, bytes]]:
+async def dead_letters(redis: RedisClient) -> dict[str, dict[bytes, bytes]]:
     """The dead-letter stream's records by the entry id they stand for."""
     records = cast(StreamEntries, await redis.xrange(keyspace.txn_dead_letter(BUCKET)))
     return {fields[b"entry_id"].decode(): fields for _, fields in records}

@@ -36,6 +36,7 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "restore_hold",
         "reconcile_snapshot",
         "dead_letter",
+        "writer_mark",
         "refund_login_attempt",
         "start_session",
         "end_sessions",

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import asyncpg
-from redis.asyncio import Redis
 
 from service.domain.transactions import Transaction
 from service.redis import keyspace
+from service.redis.types import RedisClient
 from tests.support.buckets import BUCKET
 from tests.support.faults.load import Ack, Answer
 
@@ -96,18 +96,18 @@ def _row(txn: Transaction) -> Row:
     )
 
 
-async def stream_transactions(redis: Redis) -> list[Transaction]:
+async def stream_transactions(redis: RedisClient) -> list[Transaction]:
     entries = cast(
         list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(keyspace.txn_stream(BUCKET))
     )
     return [Transaction.from_stream_fields(fields) for _, fields in entries]
 
 
-async def stream_rows(redis: Redis) -> list[Row]:
+async def stream_rows(redis: RedisClient) -> list[Row]:
     return [_row(t) for t in await stream_transactions(redis)]
 
 
-async def redis_balances(redis: Redis, user_ids: Iterable[int]) -> dict[int, int | None]:
+async def redis_balances(redis: RedisClient, user_ids: Iterable[int]) -> dict[int, int | None]:
     ids = list(user_ids)
     async with redis.pipeline(transaction=True) as pipe:
         for user_id in ids:
@@ -116,7 +116,7 @@ async def redis_balances(redis: Redis, user_ids: Iterable[int]) -> dict[int, int
     return {u: None if r is None else int(r) for u, r in zip(ids, raw, strict=True)}
 
 
-async def idempotency_txn_ids(redis: Redis, acks: Iterable[Ack]) -> dict[str, int | None]:
+async def idempotency_txn_ids(redis: RedisClient, acks: Iterable[Ack]) -> dict[str, int | None]:
     """The txn id each acknowledged request's Idempotency-Key record names (None: none)."""
     acks = list(acks)
     async with redis.pipeline(transaction=False) as pipe:
@@ -204,7 +204,7 @@ def compare(
 
 
 async def check_stream_and_balances(
-    redis: Redis, acks: list[Ack], user_ids: list[int]
+    redis: RedisClient, acks: list[Ack], user_ids: list[int]
 ) -> dict[int, int]:
     """Every 201 is in the stream once (and nothing the stream holds lacks a 201), and each
     balance is what the stream's transactions give; returns those balances."""
