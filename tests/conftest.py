@@ -6,7 +6,9 @@ With WALLET_TEST_SERVED=1 the `client` fixture talks to a real `wallet serve --w
 on this run's databases. With WALLET_TEST_SENTINEL=1 the run's Redis is a deployment of its
 own with a replica and Sentinel (tests/support/sentinel.py), named by a redis+sentinel://
 URL; WALLET_REDIS_MIN_REPLICAS, read by every Settings, may then ask for the replica's
-confirmation of every money request.
+confirmation of every money request. With WALLET_TEST_CLUSTER=1 it is a Valkey Cluster of
+its own, three primaries with a replica each (tests/support/cluster.py), named by a
+redis+cluster:// URL.
 """
 
 import asyncio
@@ -30,6 +32,7 @@ from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.redis.types import RedisClient
 from service.settings import Settings
+from tests.support.cluster import cluster_deployment
 from tests.support.faults.procs import Processes
 from tests.support.helpers import fresh_database, fresh_redis
 from tests.support.http_helpers import MakeClient
@@ -41,6 +44,7 @@ from tests.support.servers import own_database, postgres_server, redis_server, s
 
 SERVED = os.environ.get("WALLET_TEST_SERVED") == "1"
 SENTINEL = os.environ.get("WALLET_TEST_SENTINEL") == "1"
+CLUSTER = os.environ.get("WALLET_TEST_CLUSTER") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +52,13 @@ def redis_url() -> Iterator[str]:
     if SENTINEL:
         with scratch_dir("sentinel") as directory, sentinel_deployment(directory) as deployment:
             yield deployment.url()
+        return
+    if CLUSTER:
+        with (
+            scratch_dir("cluster") as directory,
+            cluster_deployment(directory, replicas=True) as cluster,
+        ):
+            yield cluster.url()
         return
     with redis_server() as server, claimed_redis_database(server) as url:
         yield url

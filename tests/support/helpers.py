@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import pytest
+from redis.asyncio import RedisCluster
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,6 +15,7 @@ from service.domain.transactions import Transaction
 from service.ledger.writer import StreamWriter
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
+from service.redis.nodes import on_every_primary
 from service.redis.streams import ensure_consumer_group
 from service.redis.types import RedisClient
 from service.settings import Settings
@@ -102,8 +104,12 @@ async def add_users(
 
 async def fresh_redis(redis: RedisClient) -> None:
     """This run's Redis database as a freshly started system has it: no data but the
-    run's claim, and the id counter at 0, as `wallet serve` sets it at start."""
-    await empty_but_claim(redis)
+    run's claim (a cluster is the run's own: no claim), and the id counter at 0, as `wallet
+    serve` sets it at start."""
+    if isinstance(redis, RedisCluster):
+        await on_every_primary(redis, "FLUSHALL")
+    else:
+        await empty_but_claim(redis)
     await redis.set(keyspace.txn_seq(BUCKET), 0)
 
 
