@@ -2,15 +2,16 @@
 -- user). Past the free failures, each one makes the client wait before it may try this
 -- username again from this address: delay_base_ms, doubled by each further failure, up
 -- to delay_max_ms. Failures in flight at once are held by login_attempt.lua's maximum.
+-- The address's count (login_address_attempt.lua) keeps the attempt: it is a failure.
 --
--- KEYS[1]  throttle:login:user:<name>:addr:<address>  hash: attempts, failures, next_at_ms
+-- KEYS[1]  throttle:login:{<name>}:addr:<address>  hash: attempts, failures, next_at_ms
 -- ARGV[1]  failures_before_delay
 -- ARGV[2]  delay_base_ms
 -- ARGV[3]  delay_max_ms
 --
 -- Returns  the wait in ms before the next attempt (0: none, or the window ended meanwhile)
 
-if #KEYS ~= 1 or not string.match(KEYS[1], "^throttle:login:user:[^:]+:addr:.") or #ARGV ~= 3 then
+if #KEYS ~= 1 or not string.match(KEYS[1], "^throttle:login:{[^{}:]+}:addr:.") or #ARGV ~= 3 then
   return redis.error_reply("login_failed: one username and address key, three numbers")
 end
 for i = 1, 3 do

@@ -6,26 +6,12 @@ The policy is in README ("Login throttling"); every number is a setting.
 import asyncio
 from ipaddress import ip_network
 
-import aiohttp
-
 from service.redis import keyspace
 from service.redis.types import RedisClient
 from tests.support.helpers import snapshot
-from tests.support.http_helpers import PASSWORD, Client, MakeClient, sign_up
+from tests.support.http_helpers import PASSWORD, MakeClient, log_in, sign_up
 
 PROXY = ip_network("127.0.0.1/32")  # the test client's own address plays the proxy
-
-
-async def log_in(
-    client: Client, username: str, password: str, forwarded_for: str | None = None
-) -> aiohttp.ClientResponse:
-    headers = {} if forwarded_for is None else {"X-Forwarded-For": forwarded_for}
-    response = await client.post(
-        "/api/login/", json={"username": username, "password": password}, headers=headers
-    )
-    await response.read()
-    client.session.cookie_jar.clear()
-    return response
 
 
 async def test_clients_behind_a_trusted_proxy_are_counted_each_by_its_own_address(

@@ -619,8 +619,15 @@ async def test_money_scripts_refuse_a_malformed_session_key(
     assert reply[0] == b"invalid_argument"
 
 
+async def refund_login(redis_client: RedisClient, keys: list[str], address: str) -> int:
+    """refund_login_attempt on the username's keys and login_address_give_back on the
+    address's, as LoginThrottle.not_checked calls them; the username's answer."""
+    await redis_client.eval(load_script_source("login_address_give_back"), 1, keys[0], "0")
+    user = load_script_source("refund_login_attempt")
+    return cast(int, await redis_client.eval(user, 2, *keys[1:], address))
+
+
 async def test_refund_login_attempt_never_creates_a_counter(redis_client: RedisClient) -> None:
-    script = load_script_source("refund_login_attempt")
     keys = [
         keyspace.login_failures_of_address("10.0.0.1"),
         keyspace.login_failures_of_user_at_address("alice", "10.0.0.1"),
@@ -630,7 +637,7 @@ async def test_refund_login_attempt_never_creates_a_counter(redis_client: RedisC
     await redis_client.hset(keys[1], mapping={"attempts": 2, "failures": 1, "next_at_ms": 5})
     await redis_client.expire(keys[1], 900)
     await redis_client.sadd(keys[2], "10.0.0.1")
-    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 1
+    assert await refund_login(redis_client, keys, "10.0.0.1") == 1
     assert await redis_client.get(keys[0]) == b"2"
     assert await redis_client.ttl(keys[0]) > 0
     assert await redis_client.hgetall(keys[1]) == {
@@ -638,16 +645,60 @@ async def test_refund_login_attempt_never_creates_a_counter(redis_client: RedisC
         b"failures": b"1",
         b"next_at_ms": b"5",
     }
-    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert await refund_login(redis_client, keys, "10.0.0.1") == 0
     assert not await redis_client.exists(keys[1], keys[2])
     # Nothing left to give back: nothing is created.
-    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
-    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert await refund_login(redis_client, keys, "10.0.0.1") == 0
+    assert await refund_login(redis_client, keys, "10.0.0.1") == 0
     assert await redis_client.get(keys[0]) == b"0"
     assert not await redis_client.exists(keys[1], keys[2])
     await redis_client.delete(keys[0])
-    assert await redis_client.eval(script, 3, *keys, "10.0.0.1") == 0
+    assert await refund_login(redis_client, keys, "10.0.0.1") == 0
     assert not await redis_client.exists(*keys)
+
+
+async def test_login_address_attempt_counts_until_its_limit_then_writes_nothing(
+    redis_client: RedisClient,
+) -> None:
+    attempt = load_script_source("login_address_attempt")
+    give_back = load_script_source("login_address_give_back")
+    key = keyspace.login_failures_of_address("10.0.0.1")
+    assert [await redis_client.eval(attempt, 1, key, "900000", "2") for _ in range(2)] == [0, 0]
+    assert 0 < await redis_client.pttl(key) <= 900_000
+    before = await snapshot(redis_client)
+    assert 890_000 < await redis_client.eval(attempt, 1, key, "900000", "2") <= 900_000
+    assert await snapshot(redis_client) == before
+    # An attempt the username's limits refused leaves nothing: a count back at zero goes.
+    assert await redis_client.eval(give_back, 1, key, "1") == 1
+    assert await redis_client.eval(give_back, 1, key, "1") == 0
+    assert not await redis_client.exists(key)
+    assert await redis_client.eval(give_back, 1, key, "1") == 0
+    assert not await redis_client.exists(key)
+
+
+async def test_login_attempt_told_the_address_refused_counts_nothing(
+    redis_client: RedisClient,
+) -> None:
+    """The longest wait of the address's and the username's, as the single script gave."""
+    script = load_script_source("login_attempt")
+    keys = [
+        keyspace.login_failures_of_user_at_address("alice", "10.0.0.1"),
+        keyspace.login_failing_addresses_of_user("alice"),
+        keyspace.login_lock_of_user("alice"),
+    ]
+    limits = ["900000", "10", "10", "300000", "3600000"]
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1", "5000", *limits) == 5000
+    assert await redis_client.keys("throttle:*") == []
+    await redis_client.set(keys[2], int(time.time() * 1000) + 60_000, px=60_000)
+    before = await snapshot(redis_client)
+    wait_ms = await redis_client.eval(script, 3, *keys, "10.0.0.1", "5000", *limits)
+    assert 55_000 < wait_ms <= 60_000
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1", "90000", *limits) == 90_000
+    assert await snapshot(redis_client) == before
+    await redis_client.delete(keys[2])
+    assert await redis_client.eval(script, 3, *keys, "10.0.0.1", "0", *limits) == 0
+    assert await redis_client.hget(keys[0], "attempts") == b"1"
+    assert await redis_client.smembers(keys[1]) == {b"10.0.0.1"}
 
 
 async def test_login_failed_sets_a_doubling_wait_and_never_creates_a_counter(
@@ -671,16 +722,32 @@ async def test_login_scripts_refuse_keys_of_another_username_or_address(
 ) -> None:
     source = load_script_source(script)
     keys = [
-        keyspace.login_failures_of_address("10.0.0.1"),
         keyspace.login_failures_of_user_at_address("alice", "10.0.0.2"),
         keyspace.login_failing_addresses_of_user("alice"),
         keyspace.login_lock_of_user("alice"),
-    ][: 4 if script == "login_attempt" else 3]
+    ][: 3 if script == "login_attempt" else 2]
     args = ["10.0.0.1", *(["1"] * 6 if script == "login_attempt" else [])]
     with pytest.raises(ResponseError, match="one username and address"):
         await redis_client.eval(source, len(keys), *keys, *args)
     with pytest.raises(ResponseError, match="one username and address"):
         await redis_client.eval(source, 1, "user:{1}", *args)
+    if script == "login_attempt":  # the lock of another username
+        keys = [*keys[:2], keyspace.login_lock_of_user("bob")]
+        keys[0] = keyspace.login_failures_of_user_at_address("alice", "10.0.0.1")
+        with pytest.raises(ResponseError, match="one username and address"):
+            await redis_client.eval(source, 3, *keys, *args)
+    assert await redis_client.keys("throttle:*") == []
+
+
+@pytest.mark.parametrize("script", ["login_address_attempt", "login_address_give_back"])
+async def test_login_address_scripts_refuse_any_other_key(
+    redis_client: RedisClient, script: str
+) -> None:
+    source = load_script_source(script)
+    args = ["900000", "10"] if script == "login_address_attempt" else ["1"]
+    for key in (keyspace.login_lock_of_user("alice"), "user:{1}"):
+        with pytest.raises(ResponseError, match="one address key"):
+            await redis_client.eval(source, 1, key, *args)
     assert await redis_client.keys("throttle:*") == []
 
 

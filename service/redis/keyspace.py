@@ -157,24 +157,37 @@ def session(session_id: str) -> str | None:
 
 # Throttling (service/auth/): counts of attempts, never data. A username is lowered (names
 # are unique regardless of case: one count for every spelling); an address is an IP as
-# service/http/client_address.py spells it. A username has no ":", so the keys of one
-# username and address cannot be read as another's.
+# service/http/client_address.py spells it. A username has no ":" nor brace, so the keys of
+# one username and address cannot be read as another's.
+#
+# Login throttling (service/auth/login_throttle.py): a username's keys share its hash tag
+# ``{<lowered name>}``, so they are one Redis Cluster slot and one script may touch them
+# all (lua/login_attempt.lua); an address's count has no tag, its own slot, and its own
+# scripts (lua/login_address_attempt.lua). No script touches both.
 
 
 def login_failures_of_address(address: str) -> str:
+    """String: failures (and checks in flight) from the address, any username."""
     return f"throttle:login:addr:{address}"
 
 
+def _login_user_prefix(username: str) -> str:
+    return f"throttle:login:{{{username.lower()}}}"
+
+
 def login_failures_of_user_at_address(username: str, address: str) -> str:
-    return f"throttle:login:user:{username.lower()}:addr:{address}"
+    """Hash: attempts, failures and next_at_ms of one username from one address."""
+    return f"{_login_user_prefix(username)}:addr:{address}"
 
 
 def login_failing_addresses_of_user(username: str) -> str:
-    return f"throttle:login:user:{username.lower()}:addrs"
+    """Set: the addresses failing for the username."""
+    return f"{_login_user_prefix(username)}:addrs"
 
 
 def login_lock_of_user(username: str) -> str:
-    return f"throttle:login:user:{username.lower()}:lock"
+    """String: when the username's lock ends (unix ms); outlives it by the cooldown."""
+    return f"{_login_user_prefix(username)}:lock"
 
 
 def sign_ups_of_address(address: str) -> str:

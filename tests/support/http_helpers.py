@@ -4,6 +4,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -68,3 +69,17 @@ async def new_user(client: Client, username: str, deposit_kopecks: int = 0) -> L
         status, body = await user.post(client, "/api/balance/deposit/", {"amount": deposit_kopecks})
         assert status == 201, body
     return user
+
+
+async def log_in(
+    client: Client, username: str, password: str, forwarded_for: str | None = None
+) -> aiohttp.ClientResponse:
+    """A login's answer, whatever it is, from ``forwarded_for`` (X-Forwarded-For) when
+    given; its cookie is not kept."""
+    headers = {} if forwarded_for is None else {"X-Forwarded-For": forwarded_for}
+    response = await client.post(
+        "/api/login/", json={"username": username, "password": password}, headers=headers
+    )
+    await response.read()
+    client.session.cookie_jar.clear()
+    return response

@@ -40,6 +40,8 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "refund_login_attempt",
         "start_session",
         "end_sessions",
+        "login_address_attempt",
+        "login_address_give_back",
         "login_attempt",
         "login_succeeded",
         "login_failed",
