@@ -13,6 +13,7 @@ async def on_every_primary(redis: RedisClient, *command: str) -> list[Any]:
     """The replies of every primary to ``command`` (of the one Redis, when not a cluster).
     A multi-word command is one argument, as redis-py spells it: ``"CONFIG GET"``."""
     if isinstance(redis, RedisCluster):
+        await redis.initialize()  # a new client knows no node before its first command
         return [
             await redis.execute_command(*command, target_nodes=node)
             for node in redis.get_primaries()
