@@ -122,6 +122,23 @@ async def test_calls_on_many_slots_land_on_their_primaries_one_batch_per_node(
     assert batches == Counter({server.port: 1 for server in shared.primaries})
 
 
+async def test_a_command_routed_by_key_works_after_a_first_script_call(
+    shared: ClusterDeployment, client: RedisCluster
+) -> None:
+    """The router reads the slot map for the first script call; the client's own commands
+    (their slot from redis-py's command parser) still work after it: `wallet rebuild`
+    starts with a script call, then XGROUP CREATE. The script is loaded already (by another
+    client), so the first call sends nothing else."""
+    await LuaScript(client, "count", root=SCRIPTS).load()
+    first = await _client(shared)
+    try:
+        key = fresh("{first}")
+        assert await LuaScript(first, "count", root=SCRIPTS)([key], []) == 1
+        assert await first.xgroup_create(f"{key}:stream", "group", id="0", mkstream=True)
+    finally:
+        await first.aclose()
+
+
 async def test_an_error_reply_goes_to_its_call_alone(client: RedisCluster) -> None:
     count = LuaScript(client, "count", root=SCRIPTS)
     prefix = fresh("error")

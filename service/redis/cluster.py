@@ -155,6 +155,10 @@ class ClusterScriptCalls:
 
     async def _read_map(self) -> None:
         try:
+            # The client's own first initialization readies its command parser too, which
+            # its commands routed by key need (redis-py reads the parser before it
+            # initializes, once it knows a node); then the slot map is read afresh.
+            await self._cluster.initialize()
             await self._cluster.nodes_manager.initialize()
         except (RedisClusterException, RedisError) as error:
             raise ClusterUnavailable(f"the slot map cannot be read: {error}") from error
