@@ -43,9 +43,7 @@ def sentinel_url(url: str) -> SentinelUrl | None:
             f"{SENTINEL_SCHEME}: give host:port[,host:port...]/<service name>[/db];"
             " credentials, query and fragment are not supported"
         )
-    sentinels = tuple(_host_port(address, SENTINEL_SCHEME) for address in parts.netloc.split(","))
-    if len(sentinels) > _MAX_SENTINELS:
-        raise ValueError(f"{SENTINEL_SCHEME}: at most {_MAX_SENTINELS} Sentinels")
+    sentinels = _addresses(parts.netloc, SENTINEL_SCHEME, _MAX_SENTINELS, "Sentinels")
     path = parts.path.removeprefix("/").split("/")
     if not 1 <= len(path) <= 2 or _SERVICE_NAME.fullmatch(path[0]) is None:
         raise ValueError(
@@ -77,10 +75,15 @@ def cluster_url(url: str) -> ClusterUrl | None:
             f"{CLUSTER_SCHEME}: give host:port[,host:port...] alone; credentials, a path (a"
             " cluster has database 0 alone), query and fragment are not supported"
         )
-    seeds = tuple(_host_port(address, CLUSTER_SCHEME) for address in parts.netloc.split(","))
-    if len(seeds) > _MAX_CLUSTER_SEEDS:
-        raise ValueError(f"{CLUSTER_SCHEME}: at most {_MAX_CLUSTER_SEEDS} seed nodes")
-    return ClusterUrl(seeds)
+    return ClusterUrl(_addresses(parts.netloc, CLUSTER_SCHEME, _MAX_CLUSTER_SEEDS, "seed nodes"))
+
+
+def _addresses(netloc: str, scheme: str, limit: int, what: str) -> tuple[tuple[str, int], ...]:
+    """``host:port[,host:port...]``, at most ``limit`` of them."""
+    addresses = tuple(_host_port(address, scheme) for address in netloc.split(","))
+    if len(addresses) > limit:
+        raise ValueError(f"{scheme}: at most {limit} {what}")
+    return addresses
 
 
 def _host_port(address: str, scheme: str) -> tuple[str, int]:
