@@ -9,7 +9,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.redis.cluster import ClusterClient, ClusterScriptCalls
+from service.redis.cluster import ClusterClient, ClusterScriptCalls, ScriptConnection
 from service.redis.pipelining import AutoPipeline
 from service.redis.pools import HEALTH_CHECK_INTERVAL_S, CheckedConnection, PipeliningPool
 from service.redis.replicas import replica_wait
@@ -86,7 +86,7 @@ def _connect_cluster(url: ClusterUrl, settings: Settings) -> ClusterClient:
     def new_pipeline(host: str, port: int) -> AutoPipeline:
         # No socket timeout of its own: the pipeline gives each batch one deadline.
         kwargs = options | {"host": host, "port": port, "socket_timeout": None}
-        return _auto_pipeline(lambda: CheckedConnection(**kwargs), settings)
+        return _auto_pipeline(lambda: ScriptConnection(**kwargs), settings)
 
     cluster.auto_pipeline = ClusterScriptCalls(cluster, new_pipeline)
     return cluster

@@ -47,7 +47,9 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from service.redis.counter_history import follow_primary
 from service.redis.pipelining import Arg, AutoPipeline
+from service.redis.pools import CheckedConnection
 
 # Sends of one call (the first and those after MOVED, ASK, TRYAGAIN) before ClusterUnavailable.
 CALL_ATTEMPTS = 8
@@ -189,6 +191,20 @@ class ClusterScriptCalls:
     async def disconnect(self) -> None:
         """Closes the connections of every node's pipeline."""
         await asyncio.gather(*(pipeline.disconnect() for pipeline in self._pipelines.values()))
+
+
+class ScriptConnection(CheckedConnection):
+    """A connection of the script calls' pipelines: as it opens, before it carries a call,
+    it checks the id counter of each bucket the node serves against the node's replication
+    history (service/redis/counter_history.py). A replica promoted by a failover may lack
+    the old primary's last transactions, and its counter be behind the ids they were given:
+    the counter is set aside then, and money refused until the writer starts it in a new
+    epoch. A slot moved to another primary looks the same (its keys come with the history of
+    the node they left), and costs an epoch too."""
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health)
+        await follow_primary(self, cluster=True)
 
 
 class ClusterClient(RedisCluster):

@@ -36,19 +36,15 @@ it may have run.
 
 import asyncio
 import logging
-from functools import cache
 from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.redis import keyspace
+from service.redis.counter_history import follow_primary
 from service.redis.pools import CheckedConnection, PipeliningPool
-from service.redis.scripts import ScriptArgumentRejected, load_script_source
 from service.settings import SentinelUrl
 
 log = logging.getLogger("wallet.redis")
@@ -59,11 +55,6 @@ log = logging.getLogger("wallet.redis")
 SENTINEL_TIMEOUT_S = 1.0
 # How often a connection in use asks the Sentinels whether its server is still the primary.
 PRIMARY_CHECK_INTERVAL_S = 1.0
-
-
-@cache
-def _follow_primary_source() -> str:
-    return load_script_source("follow_primary")
 
 
 class PrimaryConnection(CheckedConnection):
@@ -105,42 +96,7 @@ class PrimaryConnection(CheckedConnection):
 
     async def on_connect_check_health(self, check_health: bool = True) -> None:
         await super().on_connect_check_health(check_health)
-        info = await self._ask("INFO", "replication")
-        fields = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
-        if fields.get("role") != "master":
-            raise RedisConnectionError(
-                f"{self.host}:{self.port}, named the primary by a Sentinel, is a"
-                f" {fields.get('role')}: the Sentinel has not heard of a failover yet"
-            )
-        replid = fields["master_replid"]
-        for bucket in keyspace.all_buckets():
-            keys = (
-                keyspace.txn_seq(bucket),
-                keyspace.txn_seq_primary(bucket),
-                keyspace.txn_seq_behind(bucket),
-            )
-            outcome = await self._ask("EVAL", _follow_primary_source(), len(keys), *keys, replid)
-            if outcome == b"set_aside":
-                log.warning(
-                    "the primary %s:%d has a new replication history (%s): the transaction"
-                    " id counter of bucket %d is set aside, and money refused, until the"
-                    " writer starts it in a new epoch",
-                    self.host,
-                    self.port,
-                    replid,
-                    bucket,
-                )
-            elif outcome not in (b"same", b"adopted"):
-                raise ScriptArgumentRejected(f"follow_primary.lua answered {outcome!r}")
-
-    async def _ask(self, *command: str | int) -> Any:
-        """One command of the handshake and its reply, within the connect timeout (a
-        pipeline's connection has no socket timeout of its own)."""
-        await self.send_command(*command, check_health=False)
-        reply = await self.read_response(timeout=self.socket_connect_timeout)
-        if reply is None:
-            raise RedisTimeoutError(f"no answer to {command[0]} from {self.host}:{self.port}")
-        return reply
+        await follow_primary(self, cluster=False)
 
     async def read_response(
         self,

@@ -166,14 +166,18 @@ class ClusterDeployment:
                 ask(server, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
         self.wait_until_agreed()
 
-    def move_slot(self, slot: int, target: RedisServer) -> None:
-        """Moves ``slot`` and every key in it to ``target`` (a primary)."""
+    def move_slot(self, slot: int, target: RedisServer) -> int:
+        """Moves ``slot`` and every key in it to ``target`` (a primary); returns how many
+        keys moved."""
         source = self.owner(slot)
         assert source is not target, f"slot {slot} is on {target.name} already"
         self.begin_slot_migration(slot, source, target)
+        moved = 0
         while keys := ask(source, "CLUSTER", "GETKEYSINSLOT", slot, MIGRATE_KEYS_PER_CALL):
             self.migrate_keys(source, target, [key.decode() for key in keys])
+            moved += len(keys)
         self.finish_slot_migration(slot, target)
+        return moved
 
 
 def _cluster_options() -> list[str]:

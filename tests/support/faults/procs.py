@@ -594,9 +594,14 @@ class DelayProxy:
     ran with nobody told.
     """
 
-    def __init__(self, upstream_port: int, delay_s: float = 0.0) -> None:
+    def __init__(
+        self, upstream_port: int, delay_s: float = 0.0, *, only_replication: bool = False
+    ) -> None:
         self.upstream_port = upstream_port
         self.delay_s = delay_s
+        # Delay only the connections of replicas (those that sent PSYNC): clients of a
+        # cluster node reach it at the address its replica does, undelayed.
+        self.only_replication = only_replication
         self.port = 0
         self.drop_next = False
         self._server: asyncio.Server | None = None
@@ -632,9 +637,12 @@ class DelayProxy:
             client_w.close()
             return
         dropping = asyncio.Event()  # this connection's replies are lost from now on
+        delayed = asyncio.Event()  # this connection's replies are delayed
+        if not self.only_replication:
+            delayed.set()
         pumps = [
-            asyncio.create_task(self._requests(client_r, upstream_w, dropping)),
-            asyncio.create_task(self._replies(upstream_r, client_w, dropping)),
+            asyncio.create_task(self._requests(client_r, upstream_w, dropping, delayed)),
+            asyncio.create_task(self._replies(upstream_r, client_w, dropping, delayed)),
         ]
         self._tasks.update(pumps)
         try:
@@ -647,10 +655,16 @@ class DelayProxy:
                 writer.close()
 
     async def _requests(
-        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, dropping: asyncio.Event
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        dropping: asyncio.Event,
+        delayed: asyncio.Event,
     ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while chunk := await source.read(65536):
+                if b"PSYNC" in chunk:
+                    delayed.set()
                 if self.drop_next and b"EVALSHA" in chunk:
                     self.drop_next = False
                     dropping.set()
@@ -658,7 +672,11 @@ class DelayProxy:
                 await sink.drain()
 
     async def _replies(
-        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, dropping: asyncio.Event
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        dropping: asyncio.Event,
+        delayed: asyncio.Event,
     ) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -676,7 +694,7 @@ class DelayProxy:
         delivery = asyncio.create_task(deliver())
         try:
             while chunk := await source.read(65536):
-                queue.put_nowait((loop.time() + self.delay_s, chunk))
+                queue.put_nowait((loop.time() + self.delay_s * delayed.is_set(), chunk))
             queue.put_nowait((0.0, b""))
             await delivery
         except (OSError, asyncio.IncompleteReadError):
