@@ -19,8 +19,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from service.outages import is_outage
+from service.redis import cluster as cluster_module
 from service.redis.client import connect_redis
 from service.redis.cluster import CALL_ATTEMPTS, ClusterUnavailable, CrossSlotCall
+from service.redis.counter_history import follow_primary
 from service.redis.pipelining import ReplyLost, script_calls
 from service.redis.pools import CheckedConnection
 from service.redis.scripts import LuaScript, load_script_source
@@ -318,3 +320,52 @@ async def test_calls_wait_for_the_replicas_of_their_own_primary(tmp_path: Path) 
             for key in keys:
                 if shard.first_slot <= slot(key) <= shard.last_slot:
                     assert value(shard.replica, key) == b"1"
+
+
+def _role(server: RedisServer) -> str:
+    return str(node_client(server).info("replication")["role"])
+
+
+async def _fail_over(replica: RedisServer, primary: RedisServer) -> None:
+    """CLUSTER FAILOVER on a replica, copying its primary: the two swap roles, gracefully."""
+    node_client(replica).execute_command("CLUSTER", "FAILOVER")  # type: ignore[no-untyped-call]
+    for _ in range(400):
+        status = node_client(primary).info("replication")
+        if _role(replica) == "master" and status.get("master_link_status") == "up":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{replica.name} and {primary.name} did not swap roles")
+
+
+async def test_a_node_demoted_and_promoted_again_is_checked_again_before_its_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node keeps its clients across a demotion and a promotion; its history (and so
+    perhaps its id counters) changed meanwhile: the connection checks it again before it
+    carries another call (ScriptConnection)."""
+    checked: list[str] = []
+
+    async def recording(connection: Any, *, cluster: bool) -> str:
+        replid = await follow_primary(connection, cluster=cluster)
+        checked.append(replid)
+        return replid
+
+    monkeypatch.setattr(cluster_module, "follow_primary", recording)
+    monkeypatch.setattr(cluster_module, "HISTORY_CHECK_INTERVAL_S", 0.0)
+    with cluster_deployment(tmp_path / "cluster", replicas=True) as deployment:
+        key = "{history}:n"
+        shard = next(s for s in deployment.shards if s.first_slot <= slot(key) <= s.last_slot)
+        assert shard.replica is not None
+        client = await _client(deployment)
+        try:
+            count = LuaScript(client, "count", root=SCRIPTS)
+            assert await count([key], []) == 1
+            assert len(checked) == 1
+            await _fail_over(shard.replica, shard.primary)
+            await _fail_over(shard.primary, shard.replica)
+            deployment.wait_until_agreed()
+            assert await count([key], []) == 2
+        finally:
+            await client.aclose()
+    assert len(checked) == 2, checked
+    assert checked[1] != checked[0]  # the promoted node's new history was checked

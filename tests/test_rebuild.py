@@ -220,6 +220,20 @@ async def test_rebuild_refuses_while_the_stream_holds_unpersisted_entries(
     assert await balance(redis_client, 5) == history[5] + 1
 
 
+async def test_rebuild_refuses_while_the_stream_of_a_version_before_buckets_exists(
+    redis_client: RedisClient, db_engine: AsyncEngine, history: dict[int, int]
+) -> None:
+    """An upgrade that skipped draining the old stream: its transactions may be in no
+    ledger, and would be lost from the balances a rebuild writes."""
+    await redis_client.xadd(keyspace.LEGACY_TXN_STREAM, {"id": "99", "kind": "deposit"})
+    before = await snapshot(redis_client)
+    with pytest.raises(RebuildRefused, match="version before buckets"):
+        await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    assert await snapshot(redis_client) == before
+    await redis_client.delete(keyspace.LEGACY_TXN_STREAM)
+    assert (await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)).users > 0
+
+
 async def test_rebuild_over_a_live_redis_corrects_balances_and_starts_a_new_epoch(
     redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:

@@ -57,7 +57,7 @@ async def test_reports_a_redis_balance_that_drifted(
     assert report.drifts == [Drift(2, before + 1, before)]
     text = format_report(report)
     assert text.startswith("reconcile FAILED")
-    assert f"user 2: RedisClient {before + 1} kopecks" in text
+    assert f"user 2: Redis {before + 1} kopecks" in text
     assert f"ledger {before} kopecks" in text
     assert "difference +1 kopecks" in text
 

@@ -112,9 +112,7 @@ async def test_reports_refunded_totals_that_drifted_either_way(
     assert report.over_refunded == []
     text = format_report(report)
     assert "drift in 3 refunded totals:" in text
-    assert (
-        f"transfer {t1.txn_id} refunded by user {t1.to_user_id}: RedisClient 1005 kopecks" in text
-    )
+    assert f"transfer {t1.txn_id} refunded by user {t1.to_user_id}: Redis 1005 kopecks" in text
 
 
 async def test_reports_a_transfer_refunded_beyond_its_amount(

@@ -26,6 +26,7 @@ from service.ledger.writer import (
 from service.redis import keyspace
 from service.redis.keyspace import WRITER_GROUP
 from service.redis.money import MoneyScripts
+from service.redis.scripts import LuaScript
 from service.redis.streams import ensure_consumer_group
 from service.redis.types import RedisClient
 from service.settings import Settings
@@ -687,3 +688,23 @@ async def test_an_id_issued_twice_is_dead_lettered_not_dropped(
         ],
     )
     assert stored == (0, [])
+
+
+async def test_the_mark_before_a_replica_wait_needs_the_entries_pending_where_it_runs(
+    redis_client: RedisClient,
+) -> None:
+    """lua/writer_mark.lua: the wait after it confirms only what its server holds, so
+    entries read elsewhere (a primary since replaced) are answered "elsewhere", unmarked."""
+    stream, mark = keyspace.txn_stream(BUCKET), keyspace.writer_wait(BUCKET)
+    await ensure_consumer_group(redis_client, BUCKET)
+    entry_id = cast(bytes, await redis_client.xadd(stream, {"kind": "deposit"})).decode()
+    script = LuaScript(redis_client, "writer_mark")
+    args: list[str | int] = ["w1", 60_000, WRITER_GROUP, entry_id]
+    assert await script(keys=[mark, stream], args=args) == b"elsewhere"  # not read yet
+    assert not await redis_client.exists(mark)
+    await redis_client.xreadgroup(WRITER_GROUP, "w2", {stream: ">"})
+    assert await script(keys=[mark, stream], args=args) == b"elsewhere"  # another's
+    await redis_client.xclaim(stream, WRITER_GROUP, "w1", 0, [entry_id])
+    assert await script(keys=[mark, stream], args=args) == b"ok"
+    assert await redis_client.get(mark) == b"w1"
+    assert await script(keys=[mark, stream], args=args[:3]) == b"invalid_argument"

@@ -73,7 +73,9 @@ class LoginThrottle:
             )
             if wait_ms > 0:
                 raise Refused(refusals.TOO_MANY_ATTEMPTS, retry_after_s=math.ceil(wait_ms / 1000))
-        except Exception:  # refused, or Redis failed: the address gives back what it let in
+        # Refused, Redis failed, or the request was cancelled: the address gives back what
+        # it let in (else the count would stay taken for the whole window).
+        except BaseException:
             if address_wait_ms == 0:
                 await self._address_give_back(keys=address_key, args=[REFUSED])
             raise

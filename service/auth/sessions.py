@@ -11,7 +11,7 @@ A per-process cache maps a cookie to its user only to build that call; it is a h
 never the authority, so a revoked session is refused at once by every process.
 
 Every session is stored once, at login, by lua/start_session.lua, which also enters it in
-its user's index (``sessions:{<user_id>}``); nothing writes a session again, so one that
+its user's index (``sessions:{b<bucket>}:<user_id>``); nothing writes a session again, so one that
 ended never comes back. lua/end_sessions.lua ends all of a user's sessions at once
 (logout/all, a password change).
 """

@@ -156,6 +156,13 @@ async def rebuild(
     """Reloads wallets, holds, refunded totals, txn:seq, recent idempotency records and the
     consumer group from the ledger; see the module docstring. Raises RebuildRefused before
     writing anything when Redis holds stream entries that may not be in the ledger."""
+    if await redis.exists(keyspace.LEGACY_TXN_STREAM):
+        raise RebuildRefused(
+            f"Redis still holds {keyspace.LEGACY_TXN_STREAM}, the stream of a version before"
+            " buckets, which may hold transactions that are not in the ledger: run that"
+            " version's writer until `wallet reconcile` is clean, delete the key, then rebuild"
+            " again. Nothing was changed."
+        )
     buckets = list(keyspace.all_buckets())
     for bucket in buckets:
         await _refuse_over_unpersisted_entries(redis, bucket)

@@ -67,6 +67,8 @@ from service.redis.types import RedisClient
 
 BATCH_SIZE = 500
 _POLL_S = 0.05
+# The writer starts a counter set aside again within half a second (KEEPER_INTERVAL_S).
+COUNTER_RESTART_WAIT_S = 5.0
 _REPORT_LIMIT = 20
 _WALLET_KEY = re.compile(rb"user:\{b[0-9]+\}:([1-9][0-9]{0,14})")
 _REFUNDED_KEY = re.compile(rb"refunded:\{b[0-9]+\}:([1-9][0-9]{0,14}):([1-9][0-9]{0,14})")
@@ -204,6 +206,35 @@ async def _snapshot(
     with_due: bool = False,
 ) -> _Snapshot:
     assert keyspace.BUCKETS == 1, "reconcile compares one bucket"
+    snapshot = await _read_snapshot(redis, user_ids, refunded, with_due)
+    if snapshot.seq == 0 and await _counter_restarted(redis):
+        snapshot = await _read_snapshot(redis, user_ids, refunded, with_due)
+    return snapshot
+
+
+async def _counter_restarted(redis: RedisClient) -> bool:
+    """Whether the counter, set aside (a new primary, or a slot moved to another:
+    service/ledger/id_counter.py), was started again by the writer within
+    COUNTER_RESTART_WAIT_S: the comparison reads the ledger as of the counter, and a
+    counter being restarted is no drift. The connection that read the snapshot may be the
+    one that set it aside, as it opened."""
+    if not await redis.exists(keyspace.txn_seq_behind(_BUCKET)):
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + COUNTER_RESTART_WAIT_S
+    while loop.time() < deadline:
+        if await redis.exists(keyspace.txn_seq(_BUCKET)):
+            return True
+        await asyncio.sleep(_POLL_S)
+    return False
+
+
+async def _read_snapshot(
+    redis: RedisClient,
+    user_ids: Sequence[int],
+    refunded: Sequence[tuple[int, int]],
+    with_due: bool,
+) -> _Snapshot:
     keys = [
         keyspace.txn_seq(_BUCKET),
         keyspace.txn_stream(_BUCKET),
@@ -476,7 +507,7 @@ def format_report(report: ReconcileReport) -> str:
         for drift in drifts[:_REPORT_LIMIT]:
             diff = drift.redis_kopecks - drift.ledger_kopecks
             lines.append(
-                f"  user {drift.user_id}: RedisClient {_kopecks(drift.redis_kopecks)},"
+                f"  user {drift.user_id}: Redis {_kopecks(drift.redis_kopecks)},"
                 f" {ledger_side} {_kopecks(drift.ledger_kopecks)}, difference {diff:+d} kopecks"
             )
         if len(drifts) > _REPORT_LIMIT:

@@ -251,34 +251,33 @@ class StreamWriter:
             return []
 
     async def _read_group(self, after: str, block_ms: int | None) -> list[Entry]:
-        reply = await self._read_confirmed(
-            lambda: self._redis.xreadgroup(
-                WRITER_GROUP,
-                self.consumer,
-                {self._stream: after},
-                count=self._settings.writer_batch_size,
-                block=block_ms,
-            )
+        reply = await self._redis.xreadgroup(
+            WRITER_GROUP,
+            self.consumer,
+            {self._stream: after},
+            count=self._settings.writer_batch_size,
+            block=block_ms,
         )
         streams = reply.items() if isinstance(reply, dict) else (reply or [])
         entries: list[Entry] = []
         for _, stream_entries in streams:
             for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], stream_entries):
                 entries.append((_text(entry_id), fields or {}))
+        await self._confirm([entry_id for entry_id, _ in entries])
         return entries
 
     async def _claim(self) -> list[Entry]:
         """Takes over entries that another (dead) consumer read and left unacknowledged."""
-        reply: list[Any] = await self._read_confirmed(
-            lambda: self._redis.xautoclaim(
-                self._stream,
-                WRITER_GROUP,
-                self.consumer,
-                min_idle_time=self._settings.writer_claim_idle_ms,
-                start_id=self._claim_cursor,
-                count=self._settings.writer_batch_size,
-            )
+        reply: list[Any] = await self._redis.xautoclaim(
+            self._stream,
+            WRITER_GROUP,
+            self.consumer,
+            min_idle_time=self._settings.writer_claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=self._settings.writer_batch_size,
         )
+        # The entries claimed (not those no longer in the stream: no longer pending either).
+        await self._confirm([_text(entry_id) for entry_id, _ in reply[1]])
         self._claim_cursor = _text(reply[0])
         if self._claim_cursor == "0-0":  # the whole pending list was scanned
             interval = min(self._settings.writer_claim_idle_ms / 2000, _MAX_CLAIM_INTERVAL_S)
@@ -295,29 +294,34 @@ class StreamWriter:
             )
         return entries
 
-    async def _read_confirmed(self, read: Callable[[], Awaitable[Any]]) -> Any:
-        """The reply of one read of the stream; with a replica wait, confirmed by it: a read
-        whose entries the replicas do not have yet raises ReplicasNotConfirmed (an outage:
-        retried), and the entries it delivered to this consumer are read again next time.
+    async def _confirm(self, entry_ids: list[str]) -> None:
+        """With a replica wait: returns once the replicas have the entries just read;
+        else raises ReplicasNotConfirmed (an outage: retried), and the entries delivered to
+        this consumer are read again next time.
 
         The wait covers the writes of the connection it is sent on (a read writes nothing,
         and the pool may hand out another connection each time): a write of the writer's
         own after the read, through the script calls with their wait, covers every entry
-        added before it; on a cluster, on the primary of the stream's bucket."""
-        reply = await read()
-        if self._replica_wait is not None:
-            try:
-                marked = await self._mark(
-                    keys=[self._wait_mark],
-                    args=[self.consumer, WRITER_WAIT_TTL_MS],
-                    wait_for_replicas=True,
-                )
-            except ReplicasNotConfirmed:
-                self._own_pending_cursor = "0"
-                raise
-            if marked != b"ok":
-                raise ScriptArgumentRejected(f"writer_mark: {marked!r}")
-        return reply
+        added before it, on the primary of the stream's bucket. The script first checks
+        that the entries are pending for this consumer where it runs: a read that a primary
+        since replaced served (on Sentinel each connection follows within a second) is not
+        confirmed by the new primary's replicas (lua/writer_mark.lua)."""
+        if self._replica_wait is None or not entry_ids:
+            return
+        try:
+            marked = await self._mark(
+                keys=[self._wait_mark, self._stream],
+                args=[self.consumer, WRITER_WAIT_TTL_MS, WRITER_GROUP, *entry_ids],
+                wait_for_replicas=True,
+            )
+        except ReplicasNotConfirmed:
+            self._own_pending_cursor = "0"
+            raise
+        if marked == b"elsewhere":
+            self._own_pending_cursor = "0"
+            raise ReplicasNotConfirmed(marked, "the entries read are not pending on this server")
+        if marked != b"ok":
+            raise ScriptArgumentRejected(f"writer_mark: {marked!r}")
 
     # Storing and acknowledging.
 

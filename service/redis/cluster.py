@@ -32,6 +32,8 @@ PRIMARIES), so the node that answered NOSCRIPT has it when the call is sent agai
 """
 
 import asyncio
+import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,10 +49,16 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.redis.counter_history import follow_primary
+from service.redis.counter_history import follow_primary, replication
 from service.redis.pipelining import Arg, AutoPipeline
 from service.redis.pools import CheckedConnection
 
+log = logging.getLogger("wallet.redis")
+
+# How often an open connection of the script calls asks whether its node is still the
+# primary it checked (ScriptConnection): the longest a connection may carry money calls to
+# a node whose history changed under it.
+HISTORY_CHECK_INTERVAL_S = 1.0
 # Sends of one call (the first and those after MOVED, ASK, TRYAGAIN) before ClusterUnavailable.
 CALL_ATTEMPTS = 8
 # TRYAGAIN lasts while a migration has moved some keys of a hash tag and not the others:
@@ -200,11 +208,42 @@ class ScriptConnection(CheckedConnection):
     the old primary's last transactions, and its counter be behind the ids they were given:
     the counter is set aside then, and money refused until the writer starts it in a new
     epoch. A slot moved to another primary looks the same (its keys come with the history of
-    the node they left), and costs an epoch too."""
+    the node they left), and costs an epoch too.
+
+    A node keeps its clients when it is demoted, and again when it is promoted later: so
+    before a batch, once a ``HISTORY_CHECK_INTERVAL_S``, an open connection asks again, and
+    opens anew (checking again) when its node is no longer the primary it checked."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._replid = ""
+        # None during the handshake: its replies are in flight when redis-py checks health.
+        self._next_history_check_s = math.inf
 
     async def on_connect_check_health(self, check_health: bool = True) -> None:
+        self._next_history_check_s = math.inf
         await super().on_connect_check_health(check_health)
-        await follow_primary(self, cluster=True)
+        self._replid = await follow_primary(self, cluster=True)
+        self._next_history_check_s = asyncio.get_running_loop().time() + HISTORY_CHECK_INTERVAL_S
+
+    async def check_health(self) -> None:
+        """Besides the PING of an idle connection: whether the node is still the primary
+        whose history this connection checked. Nothing of the next batch was sent yet."""
+        now_s = asyncio.get_running_loop().time()
+        if self.is_connected and now_s >= self._next_history_check_s:
+            self._next_history_check_s = now_s + HISTORY_CHECK_INTERVAL_S
+            role, replid = await replication(self)
+            if (role, replid) != ("master", self._replid):
+                log.warning(
+                    "%s:%d is a %s with replication id %s now; reconnecting",
+                    self.host,
+                    self.port,
+                    role,
+                    replid,
+                )
+                await self.disconnect()
+                await self.open()  # checks the counters again, or refuses a replica
+        await super().check_health()
 
 
 class ClusterClient(RedisCluster):

@@ -1,6 +1,6 @@
 """The check every new connection to a primary makes before it carries a command, on a
 deployment where the primary can change (Sentinel: service/redis/sentinel.py; Cluster: the
-script calls' connections, service/redis/client.py): the transaction id counter of each
+script calls' connections, service/redis/cluster.py): the transaction id counter of each
 bucket must belong to this server's replication history (lua/follow_primary.lua).
 
 A replica promoted by a failover may lack the old primary's last transactions, and its
@@ -46,19 +46,26 @@ async def ask_on_connect(connection: AbstractConnection, *command: str | int) ->
     return reply
 
 
-async def follow_primary(connection: AbstractConnection, *, cluster: bool) -> None:
-    """Runs lua/follow_primary.lua for every bucket on a new ``connection``. Without
-    ``cluster``, a server that is not a primary is refused (an outage: nothing sent yet);
-    with it, a bucket whose slot the node does not serve is skipped (module docstring)."""
-    where = f"{connection.host}:{connection.port}"  # type: ignore[attr-defined]
+async def replication(connection: AbstractConnection) -> tuple[str, str]:
+    """The server's role (``master``, ``slave``) and replication id."""
     info = await ask_on_connect(connection, "INFO", "replication")
     fields = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
-    if fields.get("role") != "master" and not cluster:
+    return fields["role"], fields["master_replid"]
+
+
+async def follow_primary(connection: AbstractConnection, *, cluster: bool) -> str:
+    """Runs lua/follow_primary.lua for every bucket on a new ``connection``; the server's
+    replication id. A server that is not a primary is refused (an outage: nothing sent
+    yet): the Sentinels, or the cluster's slot map as this process read it, are behind a
+    failover. On a cluster a bucket whose slot the node does not serve is skipped (module
+    docstring)."""
+    where = f"{connection.host}:{connection.port}"  # type: ignore[attr-defined]
+    role, replid = await replication(connection)
+    if role != "master":
+        named = "in the cluster's slot map" if cluster else "by a Sentinel"
         raise RedisConnectionError(
-            f"{where}, named the primary by a Sentinel, is a {fields.get('role')}: the"
-            " Sentinel has not heard of a failover yet"
+            f"{where}, named a primary {named}, is a {role}: a failover is not known here yet"
         )
-    replid = fields["master_replid"]
     for bucket in keyspace.all_buckets():
         keys = (
             keyspace.txn_seq(bucket),
@@ -84,3 +91,4 @@ async def follow_primary(connection: AbstractConnection, *, cluster: bool) -> No
             )
         elif outcome not in (b"same", b"adopted"):
             raise ScriptArgumentRejected(f"follow_primary.lua answered {outcome!r}")
+    return replid

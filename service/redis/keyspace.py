@@ -16,6 +16,10 @@ BUCKETS = 1
 
 WRITER_GROUP = "ledger-writer"
 
+# The stream of a version before buckets: `wallet rebuild` refuses to run while it exists,
+# for it may hold transactions that are in no ledger yet (CHANGELOG, upgrading).
+LEGACY_TXN_STREAM = "txn:stream"
+
 # aiohttp-session's cookie, whose value is a session id ``<bucket>.<token>``
 # (service/auth/sessions.py); lua/includes/check_session.lua checks the key's shape.
 SESSION_COOKIE = "wallet_session"
@@ -142,7 +146,8 @@ def new_session_id(user_id: int, token: str) -> str:
     return f"{bucket_of(user_id)}.{token}"
 
 
-_SESSION_ID = re.compile(r"([0-9]{1,4})\.([A-Za-z0-9_-]{1,64})")
+# The bucket without leading zeros: one spelling per key, as lua/includes/bucket.lua reads it.
+_SESSION_ID = re.compile(r"(0|[1-9][0-9]{0,3})\.([A-Za-z0-9_-]{1,64})")
 
 
 def session(session_id: str) -> str | None:

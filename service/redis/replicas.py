@@ -17,7 +17,7 @@ when the replica has fsynced (``INCR; WAIT 1; WAITAOF 0 1``: 2.6 ms median, 11 m
 Since the wait covers the connection's own writes, a call it confirms must have written:
 every money call of the API does, even a replay (the session's expiry, checked first in
 every money script), and lua/lookup_request.lua rewrites the record it finds for that
-reason; the writer writes a mark of its own (keyspace.WRITER_WAIT).
+reason; the writer writes a mark of its own (lua/writer_mark.lua).
 
 A money call whose script moved money is then answered only if the replicas confirmed;
 if they did not in time (or the confirmation was lost), its caller gets
@@ -36,7 +36,6 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from service.redis.types import RedisClient
 from service.settings import Settings
 
 # WAITAOF with nothing to wait for: answered at once where the server has the command.
@@ -69,17 +68,6 @@ def replica_wait(settings: Settings) -> ReplicaWait | None:
     if settings.redis_min_replicas == 0:
         return None
     return ReplicaWait(settings.redis_min_replicas, settings.redis_replica_wait_ms)
-
-
-async def has_waitaof(redis: RedisClient) -> bool:
-    """Whether the server has WAITAOF (a Redis before 7.2 has not: then WAIT)."""
-    try:
-        await redis.execute_command(*WAITAOF_PROBE)
-    except ResponseError as error:
-        if not is_unknown_command(error):  # e.g. a replica: it takes no writes
-            raise RedisConnectionError(f"WAITAOF refused: {error}") from error
-        return False
-    return True
 
 
 def is_unknown_command(error: ResponseError) -> bool:
