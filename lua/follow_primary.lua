@@ -1,5 +1,6 @@
--- follow_primary: run by every new connection to the primary of a Sentinel deployment
--- (service/redis/sentinel.py), before it carries any command. A primary with another
+-- follow_primary: run by every new connection to the primary of a Sentinel deployment, and
+-- by every connection of the script calls to a cluster's primary, for each bucket the node
+-- serves (service/redis/counter_history.py), before it carries any command. A primary with another
 -- replication history than the one the id counter was last used under (a replica promoted
 -- by a failover; a primary restarted, which starts a new history too) may lack the last
 -- transactions of the previous history, and its txn:seq:{b} may be behind ids that were given

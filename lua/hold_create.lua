@@ -178,18 +178,20 @@ end
 release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
 local hold_id = string.format("%d", redis.call("INCR", KEYS[1]))
 local expires_at_us = string.format("%d", now_us + tonumber(expires_in_arg) * 1000000)
-local held = redis.call("HINCRBY", KEYS[3], "held_kopecks", amount_arg)
-redis.call("HINCRBY", KEYS[8], "incoming_kopecks", amount_arg)
-assert(held <= payer.balance, "invariant: held above balance for user " .. from_id)
-redis.call("ZADD", KEYS[5], expires_at_us, hold_id .. ":" .. to_id .. ":" .. amount_arg)
-redis.call("ZADD", KEYS[6], expires_at_us,
-  hold_id .. ":" .. from_id .. ":" .. to_id .. ":" .. amount_arg)
+-- The hold's hash first: it is the one key not in KEYS (see above), so if a server ever
+-- refused it mid-script, no money would have been held yet.
 local hold_key = bucket_member_key("hold", hold_id)
 redis.call("HSET", hold_key, "from", from_id, "to", to_id, "amount", amount_arg,
   "status", "pending", "captured_amount", "0", "created_at_us", created_at_us,
   "expires_at_us", expires_at_us, "capture_txn_id", "")
 redis.call("PEXPIREAT", hold_key, string.format("%d",
   math.floor(tonumber(expires_at_us) / 1000) + tonumber(retention_arg) * 1000))
+local held = redis.call("HINCRBY", KEYS[3], "held_kopecks", amount_arg)
+redis.call("HINCRBY", KEYS[8], "incoming_kopecks", amount_arg)
+assert(held <= payer.balance, "invariant: held above balance for user " .. from_id)
+redis.call("ZADD", KEYS[5], expires_at_us, hold_id .. ":" .. to_id .. ":" .. amount_arg)
+redis.call("ZADD", KEYS[6], expires_at_us,
+  hold_id .. ":" .. from_id .. ":" .. to_id .. ":" .. amount_arg)
 local record = {"kind", "hold_created", "hold", hold_id, "from", from_id, "to", to_id,
   "amount", amount_arg, "created_at_us", created_at_us, "expires_at_us", expires_at_us,
   "idem_key", idem_key}

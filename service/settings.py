@@ -275,6 +275,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _asking_shares_a_batch_with_its_call(self) -> "Settings":
+        """On a cluster, ASKING and the call it lets through go out as one batch of two
+        (service/redis/cluster.py): in two batches they could take two connections."""
+        if cluster_url(self.redis_url) is not None and self.redis_pipeline_max_calls < 2:
+            raise ValueError(
+                "WALLET_REDIS_PIPELINE_MAX_CALLS must be at least 2 on a cluster: ASKING and"
+                " its call go out in one batch"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _outcome_outlives_the_wait(self) -> "Settings":
         """A request's outcome is asked for at most socket timeout + wait after the request
         was sent, so it must be kept at least that long after the script ran."""

@@ -52,8 +52,8 @@ def txn_seq(bucket: int) -> str:
 
 
 def txn_seq_primary(bucket: int) -> str:
-    """Sentinel deployments (lua/follow_primary.lua): the replication id of the primary the
-    counter was last used on."""
+    """Sentinel and cluster deployments (lua/follow_primary.lua): the replication id of the
+    primary the counter was last used on."""
     return f"txn:seq:primary:{_tag(bucket)}"
 
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from service.cli.main import main
-from service.settings import ClusterUrl, SentinelUrl, cluster_url, sentinel_url
+from service.settings import ClusterUrl, SentinelUrl, Settings, cluster_url, sentinel_url
 
 
 @pytest.mark.parametrize(
@@ -119,3 +119,13 @@ def test_the_replicas_wait_must_fit_in_the_batch_deadline() -> None:
     }
     result = CliRunner().invoke(main, ["migrate"], env=env | nowhere)
     assert "bad configuration" not in result.output
+
+
+def test_on_a_cluster_asking_and_its_call_need_batches_of_two() -> None:
+    cluster = {"REDIS_URL": "redis+cluster://127.0.0.1:7000"}
+    result = CliRunner().invoke(
+        main, ["migrate"], env=cluster | {"WALLET_REDIS_PIPELINE_MAX_CALLS": "1"}
+    )
+    assert result.exit_code == 1
+    assert "WALLET_REDIS_PIPELINE_MAX_CALLS must be at least 2 on a cluster" in result.output
+    assert Settings(redis_pipeline_max_calls=1).redis_pipeline_max_calls == 1  # one Redis
