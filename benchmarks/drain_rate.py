@@ -81,6 +81,7 @@ async def measure(admin_dsn: str, redis_url: str, transactions: int, batch_size:
         await redis.delete(
             keyspace.txn_stream(BUCKET),
             keyspace.txn_seq(BUCKET),
+            keyspace.txn_clock(BUCKET),
             *(keyspace.user(u) for u in range(1, USERS + 1)),
         )
         await redis.aclose()

@@ -9,7 +9,8 @@
 -- KEYS[2]  txn:stream:{b}            stream: one entry per transaction
 -- KEYS[3]  user:{b}:<user_id>        hash: balance_kopecks incoming_kopecks
 -- KEYS[4]  req:{b}:<user_id>:<token>   hash: outcome txn_id created_at_us (request_outcome)
--- KEYS[5]  idem:{b}:<user_id>:<key>  present iff ARGV[3] is not ""; hash: fingerprint
+-- KEYS[5]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
+-- KEYS[6]  idem:{b}:<user_id>:<key>  present iff ARGV[3] is not ""; hash: fingerprint
 --                                    ("deposit:<amount>") outcome txn_id created_at_us
 -- KEYS[n]  wallet_session:{b}:<token>       the last key; present iff ARGV[5] is "1"
 -- ARGV[1]  user_id                   decimal, 1..15 digits, no leading zero
@@ -96,6 +97,7 @@ end
 
 -- Every check has passed: from here on the script only writes. Integers are
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
+frame_keep_stamp(frame)
 local new_balance = redis.call("HINCRBY", KEYS[3], "balance_kopecks", amount_arg)
 local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
 local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))

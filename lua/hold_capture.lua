@@ -23,6 +23,7 @@
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{b}:<payer_id>          iff ARGV[2] is not ""; hash: the payer's wallet
 -- KEYS[n]  holds:{b}:<payer_id>         iff ARGV[2] is not ""; sorted set: the payer's holds
+-- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
 -- KEYS[n]  idem:{b}:<user_id>:<key>     iff ARGV[5] is not ""; hash: fingerprint
 --                                       ("capture:<hold_id>:<amount or all>") outcome txn_id
 --                                       created_at_us from amount
@@ -140,6 +141,7 @@ assert(payer.balance - captured >= payer.held - hold_amount
   "invariant: a capture would break the payer's held or the payee's ceiling: hold " .. hold_id)
 
 -- Every check has passed: from here on the script only writes.
+frame_keep_stamp(frame)
 redis.call("ZREM", KEYS[payer_index + 1], payer_member)
 redis.call("ZREM", KEYS[6], due_member)
 -- Each wallet's two amounts in one HSET, computed from what was read above in this same

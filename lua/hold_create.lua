@@ -25,6 +25,7 @@
 --                                       (includes/recipient_misses.lua)
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not ""; hash: incoming_kopecks (payee)
+-- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
 -- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[5] is not ""; hash: fingerprint
 --                                       ("hold:<to>:<amount>:<expires_in_s>", or
 --                                       "hold:@<name>:<amount>:<expires_in_s>" when the name
@@ -175,6 +176,7 @@ if not credit_fits(payee, amount) then
 end
 
 -- Every check has passed: from here on the script only writes.
+frame_keep_stamp(frame)
 release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
 local hold_id = string.format("%d", redis.call("INCR", KEYS[1]))
 local expires_at_us = string.format("%d", now_us + tonumber(expires_in_arg) * 1000000)

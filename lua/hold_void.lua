@@ -19,6 +19,7 @@
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{b}:<payer_id>          iff ARGV[2] is not ""; hash: the payer's wallet
 -- KEYS[n]  holds:{b}:<payer_id>         iff ARGV[2] is not ""; sorted set: the payer's holds
+-- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
 -- KEYS[n]  idem:{b}:<user_id>:<key>     iff ARGV[4] is not ""; hash: fingerprint
 --                                       ("void:<hold_id>") outcome from amount created_at_us
 --                                       expires_at_us
@@ -122,6 +123,7 @@ local payer_member, due_member = counted_hold_members(hold_id, hold, payer_id, u
                                                       payee, KEYS[payer_index + 1], KEYS[6])
 
 -- Every check has passed: from here on the script only writes.
+frame_keep_stamp(frame)
 redis.call("ZREM", KEYS[payer_index + 1], payer_member)
 redis.call("ZREM", KEYS[6], due_member)
 redis.call("HINCRBY", KEYS[payer_index], "held_kopecks", "-" .. amount_arg)

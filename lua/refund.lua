@@ -25,6 +25,7 @@
 -- KEYS[n]  user:{b}:<payer_id>          iff ARGV[3] is not ""; hash: the transfer's payer's
 --                                       wallet (credited)
 -- KEYS[n]  refunded:{b}:<user_id>:<txn_id> always; string: kopecks refunded so far
+-- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
 -- KEYS[n]  idem:{b}:<user_id>:<key>     iff ARGV[6] is not ""; hash: fingerprint
 --                                       ("refund:<txn_id>:<amount or "all">") outcome
 --                                       txn_id created_at_us amount
@@ -156,6 +157,7 @@ end
 
 -- Every check has passed: from here on the script only writes. Integers are
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
+frame_keep_stamp(frame)
 local amount_str = string.format("%d", amount)
 release_holds(due, KEYS[5], KEYS[3], KEYS[2], user_id, now_us)
 redis.call("INCRBY", KEYS[refunded_index], amount_str)

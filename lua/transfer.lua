@@ -25,6 +25,7 @@
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not ""; hash: balance_kopecks (credited)
 --                                       incoming_kopecks
+-- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
 -- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[4] is not ""; hash: fingerprint
 --                                       ("transfer:<to>:<amount>", or "transfer:@<name>:<amount>"
 --                                       when the name resolved to no one) outcome txn_id
@@ -170,6 +171,7 @@ end
 
 -- Every check has passed: from here on the script only writes. Integers are
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
+frame_keep_stamp(frame)
 release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
 local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_arg)
 local new_to = redis.call("HINCRBY", KEYS[7], "balance_kopecks", amount_arg)

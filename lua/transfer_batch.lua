@@ -22,6 +22,7 @@
 --                                       order of its first leg, the payer's own id left
 --                                       out; hash: balance_kopecks incoming_kopecks
 -- The keys below are present only when their condition holds, in this order:
+-- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
 -- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[2] is not ""; hash: fingerprint
 --                                       ("batch:<sha1 hex of the legs>", below) outcome
 --                                       txn_id created_at_us leg
@@ -237,6 +238,7 @@ end
 
 -- Every check has passed: from here on the script only writes. Integers are
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
+frame_keep_stamp(frame)
 release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, now_us)
 -- The balances each leg's record carries are computed from the ones read above, in this
 -- same atomic step, and each wallet is written once, by its total: what one HINCRBY per leg

@@ -9,6 +9,7 @@ import hashlib
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,28 +67,26 @@ def own(tmp_path: Path) -> Iterator[ClusterDeployment]:
         yield deployment
 
 
-async def _client(deployment: ClusterDeployment, **settings: Any) -> RedisCluster:
+@asynccontextmanager
+async def _connected(deployment: ClusterDeployment, **settings: Any) -> AsyncIterator[RedisCluster]:
     client = connect_redis(Settings(redis_url=deployment.url(), **settings))
     assert isinstance(client, RedisCluster)
-    return client
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
 async def client(shared: ClusterDeployment) -> AsyncIterator[RedisCluster]:
-    client = await _client(shared)
-    try:
+    async with _connected(shared) as client:
         yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
 async def own_client(own: ClusterDeployment) -> AsyncIterator[RedisCluster]:
-    client = await _client(own)
-    try:
+    async with _connected(own) as client:
         yield client
-    finally:
-        await client.aclose()
 
 
 def fresh(prefix: str) -> str:
@@ -132,13 +131,10 @@ async def test_a_command_routed_by_key_works_after_a_first_script_call(
     starts with a script call, then XGROUP CREATE. The script is loaded already (by another
     client), so the first call sends nothing else."""
     await LuaScript(client, "count", root=SCRIPTS).load()
-    first = await _client(shared)
-    try:
+    async with _connected(shared) as first:
         key = fresh("{first}")
         assert await LuaScript(first, "count", root=SCRIPTS)([key], []) == 1
         assert await first.xgroup_create(f"{key}:stream", "group", id="0", mkstream=True)
-    finally:
-        await first.aclose()
 
 
 async def test_an_error_reply_goes_to_its_call_alone(client: RedisCluster) -> None:
@@ -248,8 +244,7 @@ async def test_keys_split_for_too_long_are_an_outage_in_which_nothing_ran(
 async def test_a_node_that_stops_answering_leaves_its_calls_unknown_and_others_answered(
     own: ClusterDeployment,
 ) -> None:
-    client = await _client(own, redis_socket_timeout_ms=500)
-    try:
+    async with _connected(own, redis_socket_timeout_ms=500) as client:
         calls = script_calls(client)
         keys = [f"{{hang{n}}}:n" for n in range(30)]
         command = "return redis.call('INCR', KEYS[1])"
@@ -264,8 +259,6 @@ async def test_a_node_that_stops_answering_leaves_its_calls_unknown_and_others_a
             )
         finally:
             paused.resume()
-    finally:
-        await client.aclose()
     for key, reply in zip(keys, replies, strict=True):
         if own.owner(slot(key)) is paused:
             assert isinstance(reply, ReplyLost), reply
@@ -305,15 +298,12 @@ async def test_a_node_that_is_down_fails_its_calls_before_sending(
 
 async def test_calls_wait_for_the_replicas_of_their_own_primary(tmp_path: Path) -> None:
     with cluster_deployment(tmp_path / "cluster", replicas=True) as deployment:
-        client = await _client(deployment, redis_min_replicas=1)
-        try:
+        async with _connected(deployment, redis_min_replicas=1) as client:
             count = LuaScript(client, "count", root=SCRIPTS)
             keys = [f"{{wait{n}}}:n" for n in range(30)]
             replies = await asyncio.gather(
                 *(count([key], [], wait_for_replicas=True) for key in keys)
             )
-        finally:
-            await client.aclose()
         assert replies == [1] * len(keys)
         for shard in deployment.shards:
             assert shard.replica is not None
@@ -356,8 +346,7 @@ async def test_a_node_demoted_and_promoted_again_is_checked_again_before_its_nex
         key = "{history}:n"
         shard = next(s for s in deployment.shards if s.first_slot <= slot(key) <= s.last_slot)
         assert shard.replica is not None
-        client = await _client(deployment)
-        try:
+        async with _connected(deployment) as client:
             count = LuaScript(client, "count", root=SCRIPTS)
             assert await count([key], []) == 1
             assert len(checked) == 1
@@ -365,7 +354,5 @@ async def test_a_node_demoted_and_promoted_again_is_checked_again_before_its_nex
             await _fail_over(shard.primary, shard.replica)
             deployment.wait_until_agreed()
             assert await count([key], []) == 2
-        finally:
-            await client.aclose()
     assert len(checked) == 2, checked
     assert checked[1] != checked[0]  # the promoted node's new history was checked

@@ -778,6 +778,7 @@ CREATE_KEYS = [
     keyspace.holds_due(BUCKET),
     keyspace.recipient_misses_of_user(1),
     keyspace.user(2),
+    keyspace.txn_clock(BUCKET),
 ]
 # ..., hold retention_s, recipient misses limit and window_ms
 CREATE_ARGS = ["1", "2", "5", "60", "", "86400", *NO_SESSION, "", TOKEN, "60", "600"]
@@ -788,6 +789,7 @@ ACTION_KEYS = [
     keyspace.holds_due(BUCKET),
     keyspace.user(1),
     keyspace.pending_holds(1),
+    keyspace.txn_clock(BUCKET),
 ]
 CAPTURE_ARGS = ["2", "1", "2", "", "", "86400", *NO_SESSION, TOKEN, "60", "600"]
 VOID_ARGS = ["2", "1", "2", "", "86400", *NO_SESSION, TOKEN, "60", "600"]
@@ -809,17 +811,17 @@ def _with(args: list[str], index: int, value: str) -> list[str]:
         ("hold_create", CREATE_KEYS, _with(CREATE_ARGS, 14, "1000000000001")),
         ("hold_create", _with(CREATE_KEYS, 6, keyspace.recipient_misses_of_user(2)), CREATE_ARGS),
         ("hold_create", [*HEAD, keyspace.pending_holds(2), *CREATE_KEYS[5:]], CREATE_ARGS),
-        ("hold_create", CREATE_KEYS[:-1], CREATE_ARGS),
-        ("hold_create", [*CREATE_KEYS[:-1], keyspace.user(3)], CREATE_ARGS),
+        ("hold_create", [*CREATE_KEYS[:-2], CREATE_KEYS[-1]], CREATE_ARGS),
+        ("hold_create", [*CREATE_KEYS[:-2], keyspace.user(3), CREATE_KEYS[-1]], CREATE_ARGS),
         ("hold_capture", ACTION_KEYS, _with(CAPTURE_ARGS, 3, "0")),
         ("hold_capture", ACTION_KEYS, _with(CAPTURE_ARGS, 2, "3")),
         ("hold_capture", ACTION_KEYS, _with(CAPTURE_ARGS, 1, "3")),
         ("hold_capture", ACTION_KEYS, _with(CAPTURE_ARGS, 1, "")),
-        ("hold_capture", ACTION_KEYS[:-2], CAPTURE_ARGS),
+        ("hold_capture", [*ACTION_KEYS[:-3], ACTION_KEYS[-1]], CAPTURE_ARGS),
         ("hold_capture", [*HEAD, *ACTION_KEYS[4:]], CAPTURE_ARGS),
         ("hold_void", ACTION_KEYS, _with(VOID_ARGS, 2, "02")),
         ("hold_void", ACTION_KEYS, _with(VOID_ARGS, 10, "")),
-        ("hold_void", [*ACTION_KEYS[:6], keyspace.user(3), keyspace.pending_holds(1)], VOID_ARGS),
+        ("hold_void", [*ACTION_KEYS[:6], keyspace.user(3), *ACTION_KEYS[7:]], VOID_ARGS),
         ("read_balance", [keyspace.user(1), keyspace.pending_holds(2)], ["1"]),
     ],
 )

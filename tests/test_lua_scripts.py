@@ -69,6 +69,22 @@ async def test_deposit_moves_money_and_appends_one_record(
     ]
 
 
+async def test_stamps_increase_with_ids_even_when_the_clock_steps_back(
+    money: MoneyScripts, redis_client: RedisClient, users: tuple[int, int]
+) -> None:
+    """Redis's clock may step back (NTP, a failover to a host whose clock is behind); a
+    statement orders a user's transactions by (created_at, id), so every call is stamped
+    past the bucket's last stamp."""
+    ahead_us = int(time.time() * 1_000_000) + 3_600_000_000  # as if it stepped back an hour
+    await redis_client.set(keyspace.txn_clock(BUCKET), ahead_us)
+    deposited = await money.deposit(1, 100)
+    sent = await money.transfer(1, 2, 40)
+    assert (deposited.created_at_us, sent.created_at_us) == (ahead_us + 1, ahead_us + 2)
+    records = await stream_fields(redis_client)
+    assert [r["created_at_us"] for r in records] == [str(ahead_us + 1), str(ahead_us + 2)]
+    assert int(cast(bytes, await redis_client.get(keyspace.txn_clock(BUCKET)))) == ahead_us + 2
+
+
 async def test_deposit_to_unknown_account_writes_nothing(
     money: MoneyScripts, redis_client: RedisClient
 ) -> None:
@@ -333,20 +349,19 @@ async def test_scripts_survive_script_flush(
 
 
 TOKEN = "t" * 22
-DEPOSIT_KEYS = [
+HEAD = [
     keyspace.txn_seq(BUCKET),
     keyspace.txn_stream(BUCKET),
     keyspace.user(1),
     keyspace.request_outcome(1, TOKEN),
 ]
+CLOCK = keyspace.txn_clock(BUCKET)
+DEPOSIT_KEYS = [*HEAD, CLOCK]
 # A transfer's sender's holds and recipient misses follow the head; then the recipient,
-# unless the name resolved to no one.
-UNRESOLVED_KEYS = [
-    *DEPOSIT_KEYS,
-    keyspace.pending_holds(1),
-    keyspace.recipient_misses_of_user(1),
-]
-TRANSFER_KEYS = [*UNRESOLVED_KEYS, keyspace.user(2)]
+# unless the name resolved to no one; then the clock.
+SENDER_KEYS = [*HEAD, keyspace.pending_holds(1), keyspace.recipient_misses_of_user(1)]
+UNRESOLVED_KEYS = [*SENDER_KEYS, CLOCK]
+TRANSFER_KEYS = [*SENDER_KEYS, keyspace.user(2), CLOCK]
 NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
 OUTCOME = [TOKEN, "60"]  # request token, outcome ttl_s
 MISSES = ["20", "3600000"]  # recipient misses limit, window_ms
@@ -530,6 +545,11 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
             "transfer",
             TRANSFER_KEYS,
             ["1", "2", "5", "", "86400", *NO_SESSION, "x" * 33, *OUTCOME, *MISSES],
+        ),
+        (
+            "deposit",
+            [*HEAD, keyspace.txn_seq(BUCKET)],
+            ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
         ),
         ("register_user", [keyspace.user(2)], ["1"]),
         ("register_user", [keyspace.user(0)], ["0"]),

@@ -100,6 +100,20 @@ async def test_rebuild_restores_what_redis_lost(
     assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
 
 
+async def test_transactions_after_a_rebuild_are_stamped_after_the_stored_ones(
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
+) -> None:
+    """Redis may come back on a host whose clock is behind the lost one's."""
+    ahead_us = int(time.time() * 1_000_000) + 3_600_000_000
+    await redis_client.set(keyspace.txn_clock(BUCKET), ahead_us)
+    last = await money.deposit(1, 5)
+    await persist(redis_client, db_engine)
+    await lose_redis(redis_client)
+    await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+    fresh = await money.deposit(1, 5)
+    assert fresh.created_at_us == last.created_at_us + 1 == ahead_us + 2
+
+
 async def test_ids_acknowledged_but_lost_with_redis_are_never_issued_again(
     redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, history: dict[int, int]
 ) -> None:

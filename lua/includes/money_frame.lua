@@ -3,21 +3,23 @@
 --
 -- KEYS begin with txn:seq:{b}, txn:stream:{b}, the acting user's wallet user:{b}:<id> and the
 -- request token's record req:{b}:<id>:<token>; then the script's own keys; then the
--- Idempotency-Key's record idem:{b}:<id>:<key> and the session, each only when given
--- ({b}: the call's bucket tag, includes/bucket.lua). ARGV carry, besides the
+-- bucket's clock txn:clock:{b}; then the Idempotency-Key's record idem:{b}:<id>:<key> and
+-- the session, each only when given ({b}: the call's bucket tag, includes/bucket.lua). ARGV carry, besides the
 -- script's own: the key ("" for none) and its TTL, the session check ("1" or "0", absolute
 -- and idle seconds), the request token and how long its outcome is kept.
 
--- The frame of one call. own_key_count: the keys before the optional two (the four above
--- and the script's own). frame.valid tells whether the frame's KEYS and ARGV are well
--- formed (the script checks its own besides); frame.idem_index and frame.session_index are
--- the indexes of the optional keys, nil when absent. Every argument may be nil (a call with
+-- The frame of one call. own_key_count: the keys before the clock (the four above and the
+-- script's own). frame.valid tells whether the frame's KEYS and ARGV are well formed (the
+-- script checks its own besides); frame.clock_index is the clock's index;
+-- frame.idem_index and frame.session_index are the indexes of the optional keys, nil when
+-- absent. Every argument may be nil (a call with
 -- too few ARGV): the checks then fail before any is used.
 local function money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
                            token, outcome_ttl_arg, own_key_count)
   local frame = {user_id = user_id, absolute_arg = absolute_arg, idle_arg = idle_arg,
                  has_key = idem_key ~= "", has_session = session_flag == "1"}
-  local key_count = own_key_count
+  local key_count = own_key_count + 1
+  frame.clock_index = key_count
   if frame.has_key then
     key_count = key_count + 1
     frame.idem_index = key_count
@@ -34,6 +36,7 @@ local function money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_ar
     and KEYS[1] == bucket_key("txn:seq") and KEYS[2] == bucket_key("txn:stream")
     and KEYS[3] == bucket_member_key("user", user_id)
     and KEYS[4] == bucket_member_key("req", user_id) .. ":" .. token
+    and KEYS[frame.clock_index] == bucket_key("txn:clock")
     and (not frame.has_key or (valid_idempotency_key(idem_key)
                                and KEYS[frame.idem_index]
                                    == bucket_member_key("idem", user_id) .. ":" .. idem_key))
@@ -41,14 +44,38 @@ local function money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_ar
   return frame
 end
 
--- Redis's clock now ({seconds, microseconds}, as TIME gives it), and what refuses the call
+-- The call's instant ({seconds, microseconds}, as TIME gives them), and what refuses the call
 -- before any money is looked at (refusal_before_money: the session, then the id counter),
--- or nil.
+-- or nil. The instant is Redis's clock, but always past the bucket's last stamp
+-- (txn:clock:{b}): the clock may step back (NTP, a failover to a host whose clock is
+-- behind), and a user's statement orders their transactions by (created_at, id), so within
+-- a bucket stamps must increase with ids. The script keeps the stamp (frame_keep_stamp)
+-- once every check has passed: a refused call writes nothing.
 local function money_frame_refusal(frame)
   local now = redis.call("TIME")
   local session_key = frame.has_session and KEYS[frame.session_index] or nil
-  return now, refusal_before_money(session_key, frame.user_id, tonumber(frame.absolute_arg),
-                                   frame.idle_arg, tonumber(now[1]), KEYS[1])
+  local refusal = refusal_before_money(session_key, frame.user_id, tonumber(frame.absolute_arg),
+                                       frame.idle_arg, tonumber(now[1]), KEYS[1])
+  if refusal then
+    return now, refusal
+  end
+  -- Exact in a double: microseconds since the epoch stay below 2^53 until the year 2255.
+  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local last_us = tonumber(redis.call("GET", KEYS[frame.clock_index]) or "0")
+  assert(last_us, "invariant: txn:clock holds a number")
+  if now_us <= last_us then
+    now_us = last_us + 1
+  end
+  frame.stamp_us = now_us
+  return {string.format("%d", math.floor(now_us / 1000000)),
+          string.format("%d", now_us % 1000000)}, nil
+end
+
+-- Records the call's stamp as the bucket's last: called once every check has passed, before
+-- the first record stamped with it is appended.
+local function frame_keep_stamp(frame)
+  assert(frame.stamp_us, "invariant: the stamp is kept only after money_frame_refusal")
+  redis.call("SET", KEYS[frame.clock_index], string.format("%d", frame.stamp_us))
 end
 
 -- The frame's idempotency key, or nil when the call has none (idempotency_record's `key`).

@@ -22,6 +22,8 @@ What it restores, in bounded batches (docs/holds.md gives the Redis shapes):
   leaves it, so the new epoch is above every id issued before. ``lua/restore_wallet.lua``
   raises it in the same atomic step that restores each wallet, so no restored wallet is
   ever usable with a counter that is still too low;
+- each bucket's clock ``txn:clock`` raised to the ledger's last instant, so that new
+  transactions are stamped after the stored ones whatever the new host's clock says;
 - every pending hold's ``hold:<id>`` hash and ``holds:due`` member, after every wallet
   (``lua/restore_hold.lua``), so that the sweeper never meets a due hold its payee's
   ``incoming_kopecks`` does not count. ``holds:due`` is emptied first: it is rebuilt from
@@ -171,6 +173,7 @@ async def rebuild(
     for bucket in buckets:
         await ensure_consumer_group(redis, bucket)
         await _continue_stream_ids(redis, engine, bucket)
+        await _continue_clock(redis, engine, bucket)
         epochs.append(await take_txn_id_epoch(engine, at_least_id=last_id))
         # holds:due comes back from the ledger alone, after the wallets (restore_hold.lua).
         await redis.delete(keyspace.holds_due(bucket))
@@ -215,6 +218,21 @@ async def _continue_stream_ids(redis: RedisClient, engine: AsyncEngine, bucket: 
         async with redis.pipeline(transaction=False) as pipe:  # (no typed XSETID method)
             pipe.execute_command("XSETID", stream, f"{stored[0]}-{stored[1]}")
             await pipe.execute()
+
+
+async def _continue_clock(redis: RedisClient, engine: AsyncEngine, bucket: int) -> None:
+    """Raises the bucket's clock to the last instant the ledger holds, so that the scripts
+    stamp every transaction from now on after every stored one, even on a host whose clock
+    is behind the lost one's (lua/includes/money_frame.lua)."""
+    async with engine.connect() as connection:
+        instants = [
+            (await connection.execute(select(func.max(column)))).scalar()
+            for column in (T.created_at, H.created_at, E.at)
+        ]
+    stored_us = max((us_from_datetime(at) for at in instants if at is not None), default=0)
+    clock = keyspace.txn_clock(bucket)
+    if stored_us > int(cast(bytes | None, await redis.get(clock)) or 0):
+        await redis.set(clock, stored_us)
 
 
 async def _restore_wallets(

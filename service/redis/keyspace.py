@@ -63,6 +63,13 @@ def txn_seq_behind(bucket: int) -> str:
     return f"txn:seq:behind:{_tag(bucket)}"
 
 
+def txn_clock(bucket: int) -> str:
+    """String: the last instant (microseconds since the epoch) the bucket stamped a money
+    call with; every stamp is past it, so stamps increase with ids even when Redis's
+    clock steps back (lua/includes/money_frame.lua)."""
+    return f"txn:clock:{_tag(bucket)}"
+
+
 def txn_stream(bucket: int) -> str:
     """Stream: one entry per transaction or hold event of the bucket."""
     return f"txn:stream:{_tag(bucket)}"

@@ -142,8 +142,9 @@ def head_keys(user_id: int, token: str) -> list[str]:
 
 
 def tail_keys(user_id: int, idempotency_key: str | None, session: SessionCheck | None) -> list[str]:
-    """The keys every money script takes last, each only when it is given."""
-    keys = []
+    """The keys every money script takes last: the bucket's clock, then the
+    Idempotency-Key's record and the session, each only when it is given."""
+    keys = [keyspace.txn_clock(keyspace.bucket_of(user_id))]
     if idempotency_key is not None:
         keys.append(keyspace.idempotency(user_id, idempotency_key))
     if session is not None:
