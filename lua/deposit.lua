@@ -70,7 +70,7 @@ if decided then
   return decided
 end
 
-local now, refusal = money_frame_refusal(frame)
+local created_at_us, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "0"}
 end
@@ -100,7 +100,6 @@ end
 frame_keep_stamp(frame)
 local new_balance = redis.call("HINCRBY", KEYS[3], "balance_kopecks", amount_arg)
 local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
-local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
 redis.call("XADD", KEYS[2], "*",
   "id", txn_id, "kind", "deposit", "from", "", "to", user_id, "amount", amount_arg,
   "created_at_us", created_at_us, "from_balance", "", "to_balance",

@@ -100,7 +100,7 @@ if decided then
   return decided
 end
 
-local now, refusal = money_frame_refusal(frame)
+local created_at_us, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "", "", "0"}
 end
@@ -118,7 +118,6 @@ local payee = wallet_amounts(KEYS[3], user_id)
 if not payee then
   return {"account_not_found", "", "", "", "", "0"}
 end
-local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
 local hold, refused, recorded = pending_hold_of_payee(KEYS[5], user_id, payer_id,
                                                       tonumber(created_at_us))
 if not hold then

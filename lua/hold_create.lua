@@ -121,7 +121,7 @@ if decided then
   return decided
 end
 
-local now, refusal = money_frame_refusal(frame)
+local created_at_us, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "", "0"}
 end
@@ -161,7 +161,6 @@ if not payee then
   return idempotency_remember(idem, {"recipient_not_found", "", "", "", "0"})
 end
 
-local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
 local now_us = tonumber(created_at_us)
 local due, due_sum = due_holds(KEYS[5], created_at_us)
 local amount = tonumber(amount_arg)

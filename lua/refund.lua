@@ -108,7 +108,7 @@ if decided then
   return {decided[1], decided[2], decided[3], redis.call("HGET", KEYS[4], "amount") or "", "0"}
 end
 
-local now, refusal = money_frame_refusal(frame)
+local now_us, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "", "0"}
 end
@@ -146,7 +146,6 @@ end
 if left == 0 or amount > left then
   return idempotency_remember(idem, {"refund_exceeds_transfer", "", "", "", "0"})
 end
-local now_us = now[1] .. string.format("%06d", tonumber(now[2]))
 local due, due_sum = due_holds(KEYS[5], now_us)
 if available_kopecks(refunder, due_sum) < amount then
   return idempotency_remember(idem, {"insufficient_funds", "", "", "", "0"})

@@ -112,7 +112,7 @@ if decided then
   return decided
 end
 
-local now, refusal = money_frame_refusal(frame)
+local created_at_us, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "0"}
 end
@@ -160,7 +160,6 @@ if not recipient then
   return idempotency_remember(idem, {"recipient_not_found", "", "", "0"})
 end
 
-local created_at_us = now[1] .. string.format("%06d", tonumber(now[2]))
 local due, due_sum = due_holds(KEYS[5], created_at_us)
 if available_kopecks(sender, due_sum) < amount then
   return idempotency_remember(idem, {"insufficient_funds", "", "", "0"})

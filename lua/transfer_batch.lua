@@ -151,7 +151,7 @@ if decided then
   return {decided[1], decided[2], decided[3], "", "0"}
 end
 
-local now, refusal = money_frame_refusal(frame)
+local now_us, refusal = money_frame_refusal(frame)
 if refusal then
   return {refusal, "", "", "", "0"}
 end
@@ -196,7 +196,6 @@ local payer = wallet_amounts(KEYS[3], from_id)
 if not payer then
   return {"account_not_found", "", "", "", "0"}
 end
-local now_us = now[1] .. string.format("%06d", tonumber(now[2]))
 local due, due_sum = due_holds(KEYS[5], now_us)
 local available = available_kopecks(payer, due_sum)
 

@@ -16,6 +16,7 @@ from persistence.db import connect_database
 from persistence.migrate import schema_problem
 from persistence.models import Base
 from service.settings import Settings
+from tests.support.helpers import next_txn_id_epoch
 from tests.support.served import service_environ
 
 ROOT = Path(__file__).parents[1]
@@ -59,22 +60,56 @@ def schema(database_url: str) -> tuple[str | None, set[str], str | None]:
     return asyncio.run(_schema(database_url))
 
 
+async def _next_epoch(database_url: str, set_to: int | None) -> int:
+    engine: AsyncEngine = connect_database(Settings(database_url=database_url))
+    try:
+        if set_to is not None:
+            async with engine.begin() as connection:
+                await connection.execute(text(f"UPDATE txn_id_epoch SET next_epoch = {set_to}"))
+        return await next_txn_id_epoch(engine)
+    finally:
+        await engine.dispose()
+
+
+def next_epoch(database_url: str, set_to: int | None = None) -> int:
+    """txn_id_epoch's next epoch, after setting it to ``set_to`` if given."""
+    return asyncio.run(_next_epoch(database_url, set_to))
+
+
 def test_alembic_upgrades_and_downgrades_the_database_url_as_wallet_migrate_does(
     unmigrated_database: str,
 ) -> None:
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database) == ("0003", {"alembic_version", *Base.metadata.tables}, None)
+    assert schema(unmigrated_database) == ("0004", {"alembic_version", *Base.metadata.tables}, None)
     # autogenerate finds nothing between persistence/models.py and the schema.
     assert "No new upgrade operations detected" in alembic(unmigrated_database, "check")
 
-    alembic(unmigrated_database, "downgrade", "-1")
+    alembic(unmigrated_database, "downgrade", "-2")
     revision, tables, problem = schema(unmigrated_database)
     assert revision == "0002"
     assert not {"holds", "hold_events"} & tables
-    assert problem == "the database has schema revision 0002, not 0003: run `wallet migrate` first"
+    assert problem == "the database has schema revision 0002, not 0004: run `wallet migrate` first"
 
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database)[0] == "0003"
+    assert schema(unmigrated_database)[0] == "0004"
+
+
+def test_the_epochs_handed_out_stay_handed_out_when_epochs_shrink(
+    unmigrated_database: str,
+) -> None:
+    """0004: an epoch of 10^12 ids is 1,000 of 10^9; downgrading rounds up."""
+    alembic(unmigrated_database, "upgrade", "0003")
+    next_epoch(unmigrated_database, set_to=3)  # ids below 3·10^12 may have been issued
+    alembic(unmigrated_database, "upgrade", "head")
+    assert next_epoch(unmigrated_database) == 3_000
+    next_epoch(unmigrated_database, set_to=999_999)  # the check allows the new range
+    next_epoch(unmigrated_database, set_to=3_000)
+    alembic(unmigrated_database, "downgrade", "-1")
+    assert next_epoch(unmigrated_database) == 3
+    alembic(unmigrated_database, "upgrade", "head")
+    next_epoch(unmigrated_database, set_to=3_001)  # old epoch 3 is partly handed out
+    alembic(unmigrated_database, "downgrade", "-1")
+    assert next_epoch(unmigrated_database) == 4
 
 
 def test_alembic_prints_the_upgrade_sql_without_a_database() -> None:
@@ -87,6 +122,7 @@ def test_alembic_prints_the_upgrade_sql_without_a_database() -> None:
         "CREATE TABLE holds (",
         "INSERT INTO alembic_version (version_num) VALUES ('0001')",
         "UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002'",
+        "UPDATE txn_id_epoch SET next_epoch = next_epoch * 1000",
     ):
         assert statement in sql, statement
     only_0003 = alembic(NO_DATABASE, "upgrade", "0002:head", "--sql")
@@ -97,15 +133,15 @@ def test_alembic_prints_the_upgrade_sql_without_a_database() -> None:
 def test_alembic_autogenerates_a_revision_from_the_models(
     unmigrated_database: str, tmp_path: Path
 ) -> None:
-    """On a database at 0002 and the migrations without 0003, autogenerate derives from
-    persistence/models.py what 0003 does. In a copy of the migrations: the checkout's
-    versions/ stays as it is."""
+    """On a database at 0002 and the migrations without 0003 (and 0004, which follows it),
+    autogenerate derives from persistence/models.py what 0003 does. In a copy of the
+    migrations: the checkout's versions/ stays as it is."""
     alembic(unmigrated_database, "upgrade", "0002")
     migrations = tmp_path / "migrations"
     shutil.copytree(
         ROOT / "persistence" / "migrations",
         migrations,
-        ignore=shutil.ignore_patterns("__pycache__", "0003_*"),
+        ignore=shutil.ignore_patterns("__pycache__", "0003_*", "0004_*"),
     )
     ini = (ROOT / "alembic.ini").read_text()
     ini = ini.replace("%(here)s/persistence/migrations", "%(here)s/migrations")

@@ -62,6 +62,19 @@ def transfer_record(
     return record
 
 
+async def test_a_batch_is_stamped_past_the_buckets_clock(
+    batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
+) -> None:
+    """As every money script's (tests/test_lua_scripts.py); its legs share the stamp."""
+    await money.deposit(PAYER, 1_000)
+    ahead_us = int(time.time() * 1_000_000) + 3_600_000_000
+    await redis_client.set(keyspace.txn_clock(BUCKET), ahead_us)
+    accepted = await batches.transfer_batch(PAYER, [Leg(2, 1), Leg(3, 1)])
+    assert accepted.created_at_us == ahead_us + 1
+    stamps = [record["created_at_us"] for record in await stream_fields(redis_client)]
+    assert stamps[1:] == [str(ahead_us + 1)] * 2
+
+
 async def test_one_leg(
     batches: BatchScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:

@@ -165,6 +165,21 @@ async def test_create_reserves_on_both_sides_and_records_the_hold(
     await assert_invariants(redis_client)
 
 
+async def test_hold_events_are_stamped_past_the_buckets_clock(
+    holds: HoldScripts, redis_client: RedisClient, users: None
+) -> None:
+    """As every money script's (tests/test_lua_scripts.py)."""
+    ahead_us = int(time.time() * 1_000_000) + 3_600_000_000
+    await redis_client.set(keyspace.txn_clock(BUCKET), ahead_us)
+    captured = (await holds.create(PAYER, PAYEE, 100, HOUR_S)).hold
+    voided = (await holds.create(PAYER, PAYEE, 100, HOUR_S)).hold
+    assert (captured.created_at_us, voided.created_at_us) == (ahead_us + 1, ahead_us + 2)
+    assert (await holds.capture(PAYEE, captured.hold_id, None)).created_at_us == ahead_us + 3
+    await holds.void(PAYEE, voided.hold_id)
+    stamps = [record["created_at_us"] for record in await stream_fields(redis_client)]
+    assert stamps[-4:] == [str(ahead_us + n) for n in (1, 2, 3, 4)]
+
+
 async def test_create_refusals_write_nothing_but_the_recorded_ones(
     holds: HoldScripts, money: MoneyScripts, redis_client: RedisClient, users: None
 ) -> None:

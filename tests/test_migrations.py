@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.migrate import migrate
 from persistence.models import Base
+from tests.support.helpers import next_txn_id_epoch
 
 
 async def test_migrations_build_the_models_schema_and_rerun_as_a_no_op(
@@ -38,13 +39,6 @@ def _downgrade_to_0001(connection: Connection) -> None:
     _downgrade_to(connection, "0001")
 
 
-async def _next_epoch(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        return int(
-            (await connection.execute(text("SELECT next_epoch FROM txn_id_epoch"))).scalar_one()
-        )
-
-
 async def test_the_epoch_table_counts_epoch_0_as_handed_out_when_ids_were_issued(
     db_engine: AsyncEngine,
 ) -> None:
@@ -52,7 +46,7 @@ async def test_the_epoch_table_counts_epoch_0_as_handed_out_when_ids_were_issued
     async with db_engine.begin() as connection:
         await connection.run_sync(_downgrade_to_0001)
     await migrate(db_engine)
-    assert await _next_epoch(db_engine) == 0  # a new system: nothing issued yet
+    assert await next_txn_id_epoch(db_engine) == 0  # a new system: nothing issued yet
     async with db_engine.begin() as connection:
         await connection.run_sync(_downgrade_to_0001)
         await connection.execute(
@@ -66,7 +60,8 @@ async def test_the_epoch_table_counts_epoch_0_as_handed_out_when_ids_were_issued
             )
         )
     await migrate(db_engine)
-    assert await _next_epoch(db_engine) == 1
+    # Old epoch 0 (ids below 10^12) is the epochs 0..999 of 10^9 (migration 0004).
+    assert await next_txn_id_epoch(db_engine) == 1000
 
 
 def _model_differences(connection: Connection) -> list[Any]:

@@ -55,6 +55,16 @@ async def refunded_so_far(redis: RedisClient, txn_id: int = 2) -> int:
     return int(await redis.get(keyspace.refunded(PAYEE, txn_id)) or 0)
 
 
+async def test_a_refund_is_stamped_past_the_buckets_clock(
+    refunds: RefundScripts, redis_client: RedisClient, transfer: Transaction
+) -> None:
+    """As every money script's (tests/test_lua_scripts.py)."""
+    ahead_us = transfer.created_at_us + 3_600_000_000
+    await redis_client.set(keyspace.txn_clock(BUCKET), ahead_us)
+    accepted = await refunds.refund(PAYEE, transfer.txn_id, transfer, 1)
+    assert accepted.created_at_us == ahead_us + 1
+
+
 async def test_a_full_refund_and_its_record(
     refunds: RefundScripts, redis_client: RedisClient, transfer: Transaction
 ) -> None:

@@ -28,6 +28,7 @@ from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.faults.procs import HOST, RedisServer
+from tests.support.helpers import add_users, persist
 from tests.support.sentinel import SERVICE_NAME, SentinelDeployment, sentinel_deployment
 
 FAILOVER_LIMIT_S = 30.0
@@ -178,11 +179,29 @@ async def test_a_counter_set_aside_starts_again_once_in_a_new_epoch(
     await redis_client.delete(keyspace.txn_seq(BUCKET))
     await redis_client.set(keyspace.txn_seq_behind(BUCKET), 5 * TXN_IDS_PER_EPOCH)
     restart = LuaScript(redis_client, "restart_counter")
-    keys = [keyspace.txn_seq(BUCKET), keyspace.txn_seq_behind(BUCKET)]
-    assert await restart(keys=keys, args=[str(5 * TXN_IDS_PER_EPOCH)]) == b"below"
+    keys = [keyspace.txn_seq(BUCKET), keyspace.txn_seq_behind(BUCKET), keyspace.txn_clock(BUCKET)]
+    assert await restart(keys=keys, args=[str(5 * TXN_IDS_PER_EPOCH), "0"]) == b"below"
     assert not await redis_client.exists(keyspace.txn_seq(BUCKET))
     # Through the keeper, the epoch taken is above it.
     assert await restart_counter_set_aside(redis_client, db_engine, BUCKET) == 6 * TXN_IDS_PER_EPOCH
+
+
+async def test_a_counter_started_again_stamps_after_what_the_writer_stored_of_its_epoch(
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts
+) -> None:
+    """The new primary may lack a transaction the writer stored from the old one, and its
+    host's clock be behind that transaction's stamp."""
+    await add_users(db_engine, money, [1])
+    ahead_us = int(time.time() * 1_000_000) + 3_600_000_000
+    await redis_client.set(keyspace.txn_clock(BUCKET), ahead_us)
+    stored = await money.deposit(1, 5)
+    await persist(redis_client, db_engine)
+    # The promoted replica lacked it: its counter is one behind, its clock older.
+    await redis_client.set(keyspace.txn_clock(BUCKET), ahead_us - 1_000_000)
+    await redis_client.delete(keyspace.txn_seq(BUCKET))
+    await redis_client.set(keyspace.txn_seq_behind(BUCKET), stored.txn_id - 1)
+    assert await restart_counter_set_aside(redis_client, db_engine, BUCKET) is not None
+    assert (await money.deposit(1, 5)).created_at_us == stored.created_at_us + 1
 
 
 async def test_the_api_starts_a_counter_set_aside_again_at_start(

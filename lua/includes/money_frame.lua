@@ -44,20 +44,20 @@ local function money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_ar
   return frame
 end
 
--- The call's instant ({seconds, microseconds}, as TIME gives them), and what refuses the call
--- before any money is looked at (refusal_before_money: the session, then the id counter),
--- or nil. The instant is Redis's clock, but always past the bucket's last stamp
--- (txn:clock:{b}): the clock may step back (NTP, a failover to a host whose clock is
--- behind), and a user's statement orders their transactions by (created_at, id), so within
--- a bucket stamps must increase with ids. The script keeps the stamp (frame_keep_stamp)
--- once every check has passed: a refused call writes nothing.
+-- The call's stamp (microseconds since the epoch, a decimal string; nil when refused), and
+-- what refuses the call before any money is looked at (refusal_before_money: the session,
+-- then the id counter), or nil. The stamp is Redis's clock, but always past the bucket's
+-- last stamp (txn:clock:{b}): the clock may step back (NTP, a failover to a host whose clock
+-- is behind), and a user's statement orders their transactions by (created_at, id), so
+-- within a bucket stamps must increase with ids. The script keeps the stamp
+-- (frame_keep_stamp) once every check has passed: a refused call writes nothing.
 local function money_frame_refusal(frame)
   local now = redis.call("TIME")
   local session_key = frame.has_session and KEYS[frame.session_index] or nil
   local refusal = refusal_before_money(session_key, frame.user_id, tonumber(frame.absolute_arg),
                                        frame.idle_arg, tonumber(now[1]), KEYS[1])
   if refusal then
-    return now, refusal
+    return nil, refusal
   end
   -- Exact in a double: microseconds since the epoch stay below 2^53 until the year 2255.
   local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
@@ -67,8 +67,7 @@ local function money_frame_refusal(frame)
     now_us = last_us + 1
   end
   frame.stamp_us = now_us
-  return {string.format("%d", math.floor(now_us / 1000000)),
-          string.format("%d", now_us % 1000000)}, nil
+  return string.format("%d", now_us), nil
 end
 
 -- Records the call's stamp as the bucket's last: called once every check has passed, before

@@ -5,7 +5,7 @@ local MAX_AMOUNT_KOPECKS = 1000000000000        -- 10^12
 local MAX_BALANCE_KOPECKS = 1000000000000000    -- 10^15, exact in a Lua double
 local MAX_TTL_S = 10000000
 -- Transaction ids come in epochs of this many (service/domain/limits.py).
-local TXN_IDS_PER_EPOCH = 1000000000000         -- 10^12
+local TXN_IDS_PER_EPOCH = 1000000000            -- 10^9
 
 -- A user id: 1..15 digits, no leading zero.
 local function valid_id(s)

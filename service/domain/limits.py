@@ -15,10 +15,16 @@ IDEMPOTENCY_KEY_MAX_CHARS = 64
 # Transaction ids come in epochs: epoch e is the ids e * TXN_IDS_PER_EPOCH + 1 ..
 # (e + 1) * TXN_IDS_PER_EPOCH - 1. PostgreSQL hands each epoch out once (persistence/
 # txn_id_epochs.py), a Redis counter starts at the beginning of one and never leaves it
-# (lua/includes/check_session.lua), so no id is issued twice, whatever Redis loses.
-# 1000 epochs of 10^12 ids keep every id within the 15 digits the scripts accept.
-TXN_IDS_PER_EPOCH = 10**12
-MAX_TXN_ID_EPOCH = 999
+# (lua/includes/check_session.lua), so no id is issued twice, whatever Redis loses. A
+# counter close to its epoch's end moves to a new one (service/ledger/id_counter.py).
+# 10^6 epochs of 10^9 ids keep every id within the 15 digits the scripts accept. Each change
+# of primary costs an epoch for every bucket the primary serves (docs/scaling.md, "Id
+# epochs"): with 1,024 buckets on 3 primaries, about 2,900 failovers before the ids run out.
+TXN_IDS_PER_EPOCH = 10**9
+MAX_TXN_ID_EPOCH = 999_999
+# The counter keeper moves a counter to a new epoch once it is this close to its end: at
+# 100,000 ids a second, 100 s before the money scripts would refuse (epoch_exhausted).
+EPOCH_ROLLOVER_MARGIN_IDS = 10**7
 
 # History pages.
 DEFAULT_PAGE_SIZE = 50

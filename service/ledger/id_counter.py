@@ -1,4 +1,5 @@
-"""The transaction id counter after the primary changed (Redis with replicas and Sentinel).
+"""The transaction id counter after the primary changed (Redis with replicas and Sentinel),
+and near the end of its epoch.
 
 A replica promoted by a failover may lack the last transactions the old primary
 acknowledged (always with WALLET_REDIS_MIN_REPLICAS=0; with N ≥ 1 those whose replicas
@@ -15,6 +16,10 @@ rebuild`` does: at the beginning of a new epoch of ids taken from PostgreSQL
 as the new primary has them. No id is issued twice; the cost is an epoch per change of
 primary (a failover, or a restart of the primary, which starts a new replication history
 too).
+
+The keeper also moves a counter that comes within ``EPOCH_ROLLOVER_MARGIN_IDS`` of its
+epoch's end to the start of a new epoch (lua/advance_epoch.lua), while money goes on
+moving; otherwise the scripts would refuse money (epoch_exhausted) at the epoch's last id.
 """
 
 import asyncio
@@ -26,7 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import LedgerHold, LedgerTransaction
 from persistence.txn_id_epochs import take_txn_id_epoch
-from service.domain.limits import TXN_IDS_PER_EPOCH
+from service.domain.limits import EPOCH_ROLLOVER_MARGIN_IDS, TXN_IDS_PER_EPOCH
+from service.domain.times import us_from_datetime
 from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
@@ -48,21 +54,30 @@ async def restart_counter_set_aside(
     if raw is None:
         return None
     behind = int(raw)
+    epoch_behind = behind // TXN_IDS_PER_EPOCH
     async with engine.connect() as connection:
         last_txn = (await connection.execute(select(func.max(LedgerTransaction.id)))).scalar()
         last_hold = (await connection.execute(select(func.max(LedgerHold.id)))).scalar()
+        # The stamp of the epoch's last stored transaction: within a bucket stamps increase
+        # with ids, and the epoch's ids are the bucket's (an index range scan of the key).
+        clock_floor = await connection.scalar(
+            select(LedgerTransaction.created_at)
+            .where(
+                LedgerTransaction.id > epoch_behind * TXN_IDS_PER_EPOCH,
+                LedgerTransaction.id < (epoch_behind + 1) * TXN_IDS_PER_EPOCH,
+            )
+            .order_by(LedgerTransaction.id.desc())
+            .limit(1)
+        )
     # Strictly above the counter set aside, and above the ledger (ids of an older version
     # were issued without epochs).
     at_least_id = max(behind + 1, int(last_txn or 0), int(last_hold or 0))
     epoch = await take_txn_id_epoch(engine, at_least_id=at_least_id)
     epoch_start = epoch * TXN_IDS_PER_EPOCH
     restart = LuaScript(redis, "restart_counter")
-    outcome = (
-        await restart(
-            keys=[keyspace.txn_seq(bucket), keyspace.txn_seq_behind(bucket)],
-            args=[str(epoch_start)],
-        )
-    ).decode()
+    keys = [keyspace.txn_seq(bucket), keyspace.txn_seq_behind(bucket), keyspace.txn_clock(bucket)]
+    clock_floor_us = 0 if clock_floor is None else us_from_datetime(clock_floor)
+    outcome = (await restart(keys=keys, args=[str(epoch_start), str(clock_floor_us)])).decode()
     if outcome in ("none", "already"):
         return None  # another process did it; the epoch taken goes unused
     if outcome != "restarted":
@@ -77,17 +92,47 @@ async def restart_counter_set_aside(
     return epoch_start
 
 
+async def advance_counter_near_its_epochs_end(
+    redis: RedisClient, engine: AsyncEngine, bucket: int
+) -> int | None:
+    """Moves the bucket's counter to a new epoch when it is within EPOCH_ROLLOVER_MARGIN_IDS
+    of its epoch's last id; the new counter, or None when it was not moved (not near the
+    end, missing, or moved by another process meanwhile)."""
+    raw = await redis.get(keyspace.txn_seq(bucket))
+    if raw is None:
+        return None
+    seq = int(raw)
+    if TXN_IDS_PER_EPOCH - 1 - seq % TXN_IDS_PER_EPOCH > EPOCH_ROLLOVER_MARGIN_IDS:
+        return None
+    epoch = await take_txn_id_epoch(engine, at_least_id=seq + 1)
+    epoch_start = epoch * TXN_IDS_PER_EPOCH
+    advance = LuaScript(redis, "advance_epoch")
+    outcome = (
+        await advance(
+            keys=[keyspace.txn_seq(bucket)], args=[str(epoch_start), str(EPOCH_ROLLOVER_MARGIN_IDS)]
+        )
+    ).decode()
+    if outcome in ("not_near", "missing"):
+        return None  # another process moved it, or the primary changed; the epoch goes unused
+    if outcome != "advanced":
+        raise ScriptArgumentRejected(outcome)
+    log.info("the transaction id counter at %d moves to epoch %d", seq, epoch)
+    return epoch_start
+
+
 async def run_counter_keeper(
     redis: RedisClient, engine: AsyncEngine, bucket: int, interval_s: float, stop: asyncio.Event
 ) -> None:
-    """Starts the bucket's counter again whenever it is set aside, until ``stop`` is set.
-    Outages are logged and retried at the next pass; anything else is a bug and ends it."""
+    """Starts the bucket's counter again whenever it is set aside, and moves it to a new
+    epoch near its epoch's end, until ``stop`` is set. Outages are logged and retried at the
+    next pass; anything else is a bug and ends it."""
     while not stop.is_set():
         try:
             await restart_counter_set_aside(redis, engine, bucket)
+            await advance_counter_near_its_epochs_end(redis, engine, bucket)
         except Exception as error:
             if not is_outage(error):
                 raise
-            log.warning("could not look for a counter set aside (%r); trying again", error)
+            log.warning("could not look after the id counter (%r); trying again", error)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)

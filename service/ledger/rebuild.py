@@ -169,11 +169,12 @@ async def rebuild(
     for bucket in buckets:
         await _refuse_over_unpersisted_entries(redis, bucket)
     last_id = await _ledger_last_id(engine)
+    last_instant_us = await _ledger_last_instant_us(engine)
     epochs: list[int] = []
     for bucket in buckets:
         await ensure_consumer_group(redis, bucket)
         await _continue_stream_ids(redis, engine, bucket)
-        await _continue_clock(redis, engine, bucket)
+        await _raise_clock(redis, bucket, last_instant_us)
         epochs.append(await take_txn_id_epoch(engine, at_least_id=last_id))
         # holds:due comes back from the ledger alone, after the wallets (restore_hold.lua).
         await redis.delete(keyspace.holds_due(bucket))
@@ -220,19 +221,24 @@ async def _continue_stream_ids(redis: RedisClient, engine: AsyncEngine, bucket: 
             await pipe.execute()
 
 
-async def _continue_clock(redis: RedisClient, engine: AsyncEngine, bucket: int) -> None:
-    """Raises the bucket's clock to the last instant the ledger holds, so that the scripts
-    stamp every transaction from now on after every stored one, even on a host whose clock
-    is behind the lost one's (lua/includes/money_frame.lua)."""
+async def _ledger_last_instant_us(engine: AsyncEngine) -> int:
+    """The last instant the ledger holds (0 for none): a scan of each table, as the rest of
+    the rebuild does."""
     async with engine.connect() as connection:
         instants = [
             (await connection.execute(select(func.max(column)))).scalar()
             for column in (T.created_at, H.created_at, E.at)
         ]
-    stored_us = max((us_from_datetime(at) for at in instants if at is not None), default=0)
+    return max((us_from_datetime(at) for at in instants if at is not None), default=0)
+
+
+async def _raise_clock(redis: RedisClient, bucket: int, floor_us: int) -> None:
+    """Raises the bucket's clock to ``floor_us``, so that the scripts stamp every transaction
+    from now on after every stored one, even on a host whose clock is behind the lost one's
+    (lua/includes/money_frame.lua). Read, then written: the API is stopped."""
     clock = keyspace.txn_clock(bucket)
-    if stored_us > int(cast(bytes | None, await redis.get(clock)) or 0):
-        await redis.set(clock, stored_us)
+    if floor_us > int(cast(bytes | None, await redis.get(clock)) or 0):
+        await redis.set(clock, floor_us)
 
 
 async def _restore_wallets(

@@ -88,6 +88,14 @@ async def persist(redis: RedisClient, engine: AsyncEngine, max_batches: int | No
     return persisted
 
 
+async def next_txn_id_epoch(engine: AsyncEngine) -> int:
+    """The next epoch of transaction ids PostgreSQL will hand out (txn_id_epoch)."""
+    async with engine.connect() as connection:
+        return int(
+            (await connection.execute(text("SELECT next_epoch FROM txn_id_epoch"))).scalar_one()
+        )
+
+
 async def add_users(
     engine: AsyncEngine, money: MoneyScripts, user_ids: list[int], wallets: bool = True
 ) -> None:

@@ -27,6 +27,7 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
     names = [p.stem for p in SOURCE_SCRIPTS]
     out = _run_installed(code, tmp_path, *names)
     assert set(names) == {
+        "advance_epoch",
         "deposit",
         "register_user",
         "transfer",
@@ -79,7 +80,7 @@ def test_installed_package_ships_the_migrations(tmp_path: Path) -> None:
         "print(ScriptDirectory(path('persistence:migrations')).get_current_head())"
     )
     out = _run_installed(code, tmp_path)
-    assert out.strip() == "0003"
+    assert out.strip() == "0004"
 
 
 def test_the_packages_say_they_are_typed(tmp_path: Path) -> None:
