@@ -24,7 +24,7 @@
 local epoch_start, margin_arg = ARGV[1], ARGV[2]
 
 if #KEYS ~= 1 or #ARGV ~= 2 or KEYS[1] ~= bucket_key("txn:seq")
-  or not valid_id(epoch_start) or tonumber(epoch_start) % TXN_IDS_PER_EPOCH ~= 0
+  or not valid_epoch_start(epoch_start)
   or not valid_positive(margin_arg, TXN_IDS_PER_EPOCH - 1) then
   return "invalid_argument"
 end

@@ -29,7 +29,7 @@ local epoch_start, clock_floor_arg = ARGV[1], ARGV[2]
 
 if #KEYS ~= 3 or #ARGV ~= 2 or KEYS[1] ~= bucket_key("txn:seq")
   or KEYS[2] ~= bucket_key("txn:seq:behind") or KEYS[3] ~= bucket_key("txn:clock")
-  or not valid_id(epoch_start) or tonumber(epoch_start) % TXN_IDS_PER_EPOCH ~= 0
+  or not valid_epoch_start(epoch_start)
   or type(clock_floor_arg) ~= "string" or #clock_floor_arg > 16
   or not string.match(clock_floor_arg, "^%d+$") then
   return "invalid_argument"

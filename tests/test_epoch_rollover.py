@@ -2,11 +2,15 @@
 on moving (service/ledger/id_counter.py, lua/advance_epoch.lua)."""
 
 import asyncio
+import logging
 
+import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.txn_id_epochs import TxnIdEpochsExhausted, take_txn_id_epoch
 from service.domain import refusals
-from service.domain.limits import EPOCH_ROLLOVER_MARGIN_IDS, TXN_IDS_PER_EPOCH
+from service.domain.limits import EPOCH_ROLLOVER_MARGIN_IDS, MAX_TXN_ID_EPOCH, TXN_IDS_PER_EPOCH
 from service.ledger.id_counter import advance_counter_near_its_epochs_end, run_counter_keeper
 from service.redis import keyspace
 from service.redis.money import MoneyScripts
@@ -101,3 +105,27 @@ async def test_advance_epoch_refuses_what_would_lower_or_leave_the_counter(
     await redis_client.delete(SEQ)
     assert await advance(keys=[SEQ], args=[str(4 * E), margin]) == b"missing"
     assert not await redis_client.exists(SEQ)
+
+
+async def test_the_last_epoch_is_handed_out_then_the_keeper_reports_and_goes_on(
+    redis_client: RedisClient, db_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Running out of epochs needs an operator; the writer beside the keeper drains on."""
+    async with db_engine.begin() as connection:
+        await connection.execute(text(f"UPDATE txn_id_epoch SET next_epoch = {MAX_TXN_ID_EPOCH}"))
+    assert await take_txn_id_epoch(db_engine, at_least_id=0) == MAX_TXN_ID_EPOCH
+    with pytest.raises(TxnIdEpochsExhausted):
+        await take_txn_id_epoch(db_engine, at_least_id=0)
+    await redis_client.set(SEQ, E - 1)
+    stop = asyncio.Event()
+    keeper = asyncio.create_task(run_counter_keeper(redis_client, db_engine, BUCKET, 0.01, stop))
+    try:
+        for _ in range(1_000):  # up to 10 s
+            if any(record.levelno == logging.CRITICAL for record in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await keeper  # ended by stop, not by the exhaustion
+    assert "cannot move on" in caplog.text
+    assert int(await redis_client.get(SEQ) or 0) == E - 1

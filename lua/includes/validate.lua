@@ -12,6 +12,11 @@ local function valid_id(s)
   return type(s) == "string" and #s <= 15 and string.match(s, "^[1-9]%d*$") ~= nil
 end
 
+-- The start of an epoch of transaction ids: an id's shape, a multiple of TXN_IDS_PER_EPOCH.
+local function valid_epoch_start(s)
+  return valid_id(s) and tonumber(s) % TXN_IDS_PER_EPOCH == 0
+end
+
 -- A positive decimal with no leading zero, at most `max`.
 local function valid_positive(s, max)
   return type(s) == "string" and #s <= 16 and string.match(s, "^[1-9]%d*$") ~= nil

@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import LedgerHold, LedgerTransaction
-from persistence.txn_id_epochs import take_txn_id_epoch
+from persistence.txn_id_epochs import TxnIdEpochsExhausted, take_txn_id_epoch
 from service.domain.limits import EPOCH_ROLLOVER_MARGIN_IDS, TXN_IDS_PER_EPOCH
 from service.domain.times import us_from_datetime
 from service.outages import is_outage
@@ -125,11 +125,14 @@ async def run_counter_keeper(
 ) -> None:
     """Starts the bucket's counter again whenever it is set aside, and moves it to a new
     epoch near its epoch's end, until ``stop`` is set. Outages are logged and retried at the
-    next pass; anything else is a bug and ends it."""
+    next pass; so is running out of epochs, which needs an operator but must not stop the
+    writer's drain; anything else is a bug and ends it."""
     while not stop.is_set():
         try:
             await restart_counter_set_aside(redis, engine, bucket)
             await advance_counter_near_its_epochs_end(redis, engine, bucket)
+        except TxnIdEpochsExhausted as exhausted:
+            log.critical("the id counter of bucket %d cannot move on: %s", bucket, exhausted)
         except Exception as error:
             if not is_outage(error):
                 raise
