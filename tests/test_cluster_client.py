@@ -22,14 +22,19 @@ from redis.exceptions import ResponseError
 from service.outages import is_outage
 from service.redis import cluster as cluster_module
 from service.redis.client import connect_redis
-from service.redis.cluster import CALL_ATTEMPTS, ClusterUnavailable, CrossSlotCall
+from service.redis.cluster import (
+    CALL_ATTEMPTS,
+    ClusterScriptCalls,
+    ClusterUnavailable,
+    CrossSlotCall,
+)
 from service.redis.counter_history import follow_primary
 from service.redis.pipelining import ReplyLost, script_calls
 from service.redis.pools import CheckedConnection
 from service.redis.scripts import LuaScript, load_script_source
 from service.settings import Settings
 from tests.support.cluster import ClusterDeployment, cluster_deployment, node_client
-from tests.support.faults.procs import RedisServer
+from tests.support.faults.procs import HOST, RedisServer
 
 SCRIPTS = Path(__file__).parent / "cluster_lua"
 
@@ -356,3 +361,36 @@ async def test_a_node_demoted_and_promoted_again_is_checked_again_before_its_nex
             assert await count([key], []) == 2
     assert len(checked) == 2, checked
     assert checked[1] != checked[0]  # the promoted node's new history was checked
+
+
+async def test_a_node_that_serves_no_slot_any_more_has_its_connections_closed(
+    tmp_path: Path,
+) -> None:
+    """After a failover the old primary serves no slot: the MOVED it answers (or the read of
+    the slot map after it refused a call as a replica) retires the router's pipeline to it."""
+    with cluster_deployment(tmp_path / "cluster", replicas=True) as deployment:
+        shard = deployment.shards[0]
+        assert shard.replica is not None
+        names = (f"{{retire{n}}}:n" for n in range(400))
+        keys = [k for k in names if shard.first_slot <= slot(k) <= shard.last_slot]
+        old_name = f"{HOST}:{shard.primary.port}"
+        async with _connected(deployment) as client:
+            calls = script_calls(client)
+            assert isinstance(calls, ClusterScriptCalls)
+            count = LuaScript(client, "count", root=SCRIPTS)
+            assert await count([keys[0]], []) == 1
+            old = calls._pipelines[old_name]
+            await _fail_over(shard.replica, shard.primary)
+            outages: list[RedisConnectionError] = []  # the old node refused as a replica
+            for key in keys[1:4]:
+                try:
+                    await count([key], [])
+                except RedisConnectionError as error:
+                    outages.append(error)
+                if old_name not in calls._pipelines:
+                    break
+            assert all(is_outage(error) for error in outages), outages
+            assert old_name not in calls._pipelines
+            await asyncio.gather(*calls._retiring)
+            assert not any(connection.is_connected for connection in old._connections)
+            assert await count([keys[0]], []) == 2  # on the new primary

@@ -129,3 +129,16 @@ async def test_the_last_epoch_is_handed_out_then_the_keeper_reports_and_goes_on(
         await keeper  # ended by stop, not by the exhaustion
     assert "cannot move on" in caplog.text
     assert int(await redis_client.get(SEQ) or 0) == E - 1
+
+
+async def test_a_counter_live_at_the_upgrade_moves_above_every_old_epoch(
+    redis_client: RedisClient, db_engine: AsyncEngine
+) -> None:
+    """Old epoch 3 (ids from 3·10^12) is the new 3000..3999; with old epochs up to 3 handed
+    out, migration 0004 left next_epoch at 4000. A counter live in old epoch 3, near one of
+    its 10^9 boundaries, moves to 4000, above every id the old epochs covered."""
+    async with db_engine.begin() as connection:
+        await connection.execute(text("UPDATE txn_id_epoch SET next_epoch = 4000"))
+    await redis_client.set(SEQ, 3 * 10**12 + 6 * E - 10)
+    assert await advance_counter_near_its_epochs_end(redis_client, db_engine, BUCKET) == 4000 * E
+    assert 4000 * E == 4 * 10**12

@@ -156,6 +156,16 @@ class AutoPipeline:
             return
         await asyncio.gather(*(c.disconnect() for c in self._connections), return_exceptions=True)
 
+    async def close_when_idle(self) -> None:
+        """Closes every connection once no call waits or is in flight: for a pipeline that
+        no new call reaches (service/redis/cluster.py, a node that left the primaries)."""
+        while self._waiting or self._batches:
+            if self._batches:
+                await asyncio.wait(set(self._batches))
+            else:
+                await asyncio.sleep(0)  # the flush already scheduled starts their batch
+        await self.disconnect()
+
     async def _exchange(self, connection: AbstractConnection, calls: list[_Call]) -> None:
         wait = self._replica_wait
         if wait is not None and not any(call.wait_for_replicas for call in calls):
