@@ -72,6 +72,34 @@ async def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(
     assert writes == [128 * one, 128 * one, 44 * one]
 
 
+async def test_a_pipeline_closing_when_idle_lets_its_calls_in_flight_have_their_replies(
+    redis_client: RedisClient,
+) -> None:
+    """A retired pipeline (of a cluster node that left the primaries, service/redis/
+    cluster.py) closes its connections only once its calls have their replies."""
+    assert isinstance(redis_client, Redis)
+    assert isinstance(redis_client.connection_pool, PipeliningPool)
+    pool = redis_client.connection_pool
+    made: list[AbstractConnection] = []
+
+    def new_connection() -> AbstractConnection:
+        made.append(pool.new_pipeline_connection())
+        return made[-1]
+
+    pipeline = AutoPipeline(
+        new_connection, max_batch_calls=8, max_batches_in_flight=2, timeout_s=5, replica_wait=None
+    )
+    blocked = asyncio.create_task(pipeline.call(("BLPOP", "closing-when-idle", "0.3")))
+    await asyncio.sleep(0.05)  # sent: the server holds it until its timeout
+    closing = asyncio.create_task(pipeline.close_when_idle())
+    await asyncio.sleep(0.1)
+    assert not closing.done()
+    assert [connection.is_connected for connection in made] == [True]
+    assert await blocked is None  # its own reply: BLPOP's timeout
+    await asyncio.wait_for(closing, 5)
+    assert [connection.is_connected for connection in made] == [False]
+
+
 async def test_an_error_reply_goes_to_its_call_alone(redis_client: RedisClient) -> None:
     calls = script_calls(redis_client)
     await redis_client.set("a-string", "x")

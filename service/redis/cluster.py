@@ -95,7 +95,9 @@ class ClusterScriptCalls:
         self._cluster = cluster
         self._new_pipeline = new_pipeline
         self._pipelines: dict[str, AutoPipeline] = {}  # by node name, host:port
-        self._retiring: set[asyncio.Task[None]] = set()  # pipelines of departed nodes, closing
+        # The pipelines of departed nodes, each closing (close_when_idle) in its task.
+        self._retiring: dict[asyncio.Task[None], AutoPipeline] = {}
+        self._retire_scheduled = False
         self._map_stale = True  # nothing read yet
         self._map_read: asyncio.Task[None] | None = None
 
@@ -117,7 +119,7 @@ class ClusterScriptCalls:
             except MovedError as moved:  # before AskError: MovedError is one
                 asking = None
                 await self._cluster.nodes_manager.move_slot(moved)
-                self._retire_departed()
+                self._schedule_retire()
             except AskError as ask:
                 asking = (ask.host, ask.port)
             except TryAgainError:
@@ -183,21 +185,27 @@ class ClusterScriptCalls:
         finally:
             self._map_read = None
 
+    def _schedule_retire(self) -> None:
+        # Once per turn of the event loop: every call of a batch may have been answered MOVED.
+        if not self._retire_scheduled:
+            self._retire_scheduled = True
+            asyncio.get_running_loop().call_soon(self._retire_departed)
+
     def _retire_departed(self) -> None:
         """Takes out the pipeline of every node the map no longer names as a slot's primary,
         and closes it once its calls in flight are answered. A node that is a primary again
         later gets a new pipeline (its connections check the counters as they open). A
-        walk over the slot map (16,384 slots, about a millisecond), after a MOVED or a read
-        of the map only."""
+        walk over the slot map (16,384 slots, about a millisecond), after a read of the map,
+        and once per turn of the event loop in which calls were answered MOVED."""
+        self._retire_scheduled = False
         slots = self._cluster.nodes_manager.slots_cache.values()
         serving = {nodes[0].name for nodes in slots if nodes}
         for name in [name for name in self._pipelines if name not in serving]:
             log.info("%s serves no slot as a primary any more; closing its connections", name)
-            task = asyncio.get_running_loop().create_task(
-                self._pipelines.pop(name).close_when_idle()
-            )
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            pipeline = self._pipelines.pop(name)
+            task = asyncio.get_running_loop().create_task(pipeline.close_when_idle())
+            self._retiring[task] = pipeline
+            task.add_done_callback(self._retiring.pop)
 
     async def _call_asking(
         self, address: tuple[str, int], command: Sequence[Arg], wait_for_replicas: bool
@@ -219,10 +227,12 @@ class ClusterScriptCalls:
         return reply
 
     async def disconnect(self) -> None:
-        """Closes the connections of every node's pipeline, the retiring ones' included."""
-        await asyncio.gather(
-            *(pipeline.disconnect() for pipeline in self._pipelines.values()), *self._retiring
-        )
+        """Closes the connections of every node's pipeline, the retiring ones' included, at
+        once: a call in flight on them is ReplyLost, as on the others."""
+        for task in self._retiring:
+            task.cancel()
+        pipelines = [*self._pipelines.values(), *self._retiring.values()]
+        await asyncio.gather(*(pipeline.disconnect() for pipeline in pipelines))
 
 
 class ScriptConnection(CheckedConnection):
