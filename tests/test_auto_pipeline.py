@@ -12,6 +12,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.client import connect_redis
 from service.redis.pipelining import Arg, AutoPipeline, ReplyLost, pack_command, script_calls
@@ -185,6 +186,35 @@ async def test_a_failure_before_sending_is_raised_to_every_call_as_the_outage_it
     for reply in replies:
         assert isinstance(reply, RedisConnectionError)
         assert not isinstance(reply, ReplyLost)
+
+
+async def test_a_server_that_never_answers_is_an_outage_within_the_timeout() -> None:
+    """It accepts the connection and reads, and answers nothing: not even the handshake. The
+    calls were not sent, so they are an outage (503, nothing ran), not ReplyLost."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):
+            pass
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    silent_redis = connect_redis(
+        Settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_socket_timeout_ms=300)
+    )
+    try:
+        calls = script_calls(silent_redis)
+        async with asyncio.timeout(5):  # without a deadline of its own it waits for ever
+            replies = await asyncio.gather(
+                calls.call(("INCR", "n")), calls.call(("INCR", "n")), return_exceptions=True
+            )
+    finally:
+        await silent_redis.aclose()
+        listener.close()
+        await listener.wait_closed()
+    for reply in replies:
+        assert is_outage(reply), reply
+        assert not isinstance(reply, ReplyLost), reply
 
 
 @pytest.mark.parametrize(

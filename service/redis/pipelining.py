@@ -172,14 +172,22 @@ class AutoPipeline:
             wait = None
         try:
             # None of the batch's calls has left this process yet: a failure here is an
-            # outage in which none of them ran.
-            if not connection.is_connected:
-                await connection.connect()  # type: ignore[no-untyped-call]
-            await connection.check_health()  # type: ignore[no-untyped-call]
-            commands = [call.command for call in calls]
-            if wait is not None:
-                commands += wait.commands(await self._waitaof(connection))
+            # outage in which none of them ran. Under the same deadline as the exchange: the
+            # connections have no socket timeout of their own (service/redis/client.py), and
+            # a server that stops answering without closing them would hold the handshake
+            # or the health check's PING for ever.
+            async with asyncio.timeout(self._timeout_s):
+                if not connection.is_connected:
+                    await connection.connect()  # type: ignore[no-untyped-call]
+                await connection.check_health()  # type: ignore[no-untyped-call]
+                commands = [call.command for call in calls]
+                if wait is not None:
+                    commands += wait.commands(await self._waitaof(connection))
             packed = b"".join([pack_command(command) for command in commands])
+        except TimeoutError:
+            await connection.disconnect()
+            _fail(calls, RedisTimeoutError(f"no answer within {self._timeout_s} s; not sent"))
+            return
         except Exception as error:
             await connection.disconnect()  # a reply may still come: never read it
             _fail(calls, error)
