@@ -9,7 +9,7 @@
 -- KEYS[2]  txn:stream:{b}            stream: one entry per transaction
 -- KEYS[3]  user:{b}:<user_id>        hash: balance_kopecks incoming_kopecks
 -- KEYS[4]  req:{b}:<user_id>:<token>   hash: outcome txn_id created_at_us (request_outcome)
--- KEYS[5]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
+-- KEYS[5]  txn:clock:{b}             string: the bucket's last stamp, microseconds
 -- KEYS[6]  idem:{b}:<user_id>:<key>  present iff ARGV[3] is not ""; hash: fingerprint
 --                                    ("deposit:<amount>") outcome txn_id created_at_us
 -- KEYS[n]  wallet_session:{b}:<token>       the last key; present iff ARGV[5] is "1"

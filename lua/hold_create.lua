@@ -25,7 +25,7 @@
 --                                       (includes/recipient_misses.lua)
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not ""; hash: incoming_kopecks (payee)
--- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
+-- KEYS[n]  txn:clock:{b}                always; string: the bucket's last stamp, microseconds
 -- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[5] is not ""; hash: fingerprint
 --                                       ("hold:<to>:<amount>:<expires_in_s>", or
 --                                       "hold:@<name>:<amount>:<expires_in_s>" when the name

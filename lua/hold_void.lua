@@ -19,7 +19,7 @@
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{b}:<payer_id>          iff ARGV[2] is not ""; hash: the payer's wallet
 -- KEYS[n]  holds:{b}:<payer_id>         iff ARGV[2] is not ""; sorted set: the payer's holds
--- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
+-- KEYS[n]  txn:clock:{b}                always; string: the bucket's last stamp, microseconds
 -- KEYS[n]  idem:{b}:<user_id>:<key>     iff ARGV[4] is not ""; hash: fingerprint
 --                                       ("void:<hold_id>") outcome from amount created_at_us
 --                                       expires_at_us

@@ -25,7 +25,7 @@
 -- KEYS[n]  user:{b}:<payer_id>          iff ARGV[3] is not ""; hash: the transfer's payer's
 --                                       wallet (credited)
 -- KEYS[n]  refunded:{b}:<user_id>:<txn_id> always; string: kopecks refunded so far
--- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
+-- KEYS[n]  txn:clock:{b}                always; string: the bucket's last stamp, microseconds
 -- KEYS[n]  idem:{b}:<user_id>:<key>     iff ARGV[6] is not ""; hash: fingerprint
 --                                       ("refund:<txn_id>:<amount or "all">") outcome
 --                                       txn_id created_at_us amount

@@ -25,7 +25,7 @@
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not ""; hash: balance_kopecks (credited)
 --                                       incoming_kopecks
--- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
+-- KEYS[n]  txn:clock:{b}                always; string: the bucket's last stamp, microseconds
 -- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[4] is not ""; hash: fingerprint
 --                                       ("transfer:<to>:<amount>", or "transfer:@<name>:<amount>"
 --                                       when the name resolved to no one) outcome txn_id

@@ -22,7 +22,7 @@
 --                                       order of its first leg, the payer's own id left
 --                                       out; hash: balance_kopecks incoming_kopecks
 -- The keys below are present only when their condition holds, in this order:
--- KEYS[n]  txn:clock:{b}             string: the bucket's last stamp, microseconds (money_frame)
+-- KEYS[n]  txn:clock:{b}                always; string: the bucket's last stamp, microseconds
 -- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[2] is not ""; hash: fingerprint
 --                                       ("batch:<sha1 hex of the legs>", below) outcome
 --                                       txn_id created_at_us leg

@@ -4,16 +4,16 @@
 -- KEYS begin with txn:seq:{b}, txn:stream:{b}, the acting user's wallet user:{b}:<id> and the
 -- request token's record req:{b}:<id>:<token>; then the script's own keys; then the
 -- bucket's clock txn:clock:{b}; then the Idempotency-Key's record idem:{b}:<id>:<key> and
--- the session, each only when given ({b}: the call's bucket tag, includes/bucket.lua). ARGV carry, besides the
--- script's own: the key ("" for none) and its TTL, the session check ("1" or "0", absolute
--- and idle seconds), the request token and how long its outcome is kept.
+-- the session, each only when given ({b}: the call's bucket tag, includes/bucket.lua). ARGV
+-- carry, besides the script's own: the key ("" for none) and its TTL, the session check ("1"
+-- or "0", absolute and idle seconds), the request token and how long its outcome is kept.
 
 -- The frame of one call. own_key_count: the keys before the clock (the four above and the
 -- script's own). frame.valid tells whether the frame's KEYS and ARGV are well formed (the
 -- script checks its own besides); frame.clock_index is the clock's index;
 -- frame.idem_index and frame.session_index are the indexes of the optional keys, nil when
--- absent. Every argument may be nil (a call with
--- too few ARGV): the checks then fail before any is used.
+-- absent. Every argument may be nil (a call with too few ARGV): the checks then fail before
+-- any is used.
 local function money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
                            token, outcome_ttl_arg, own_key_count)
   local frame = {user_id = user_id, absolute_arg = absolute_arg, idle_arg = idle_arg,
