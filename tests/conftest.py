@@ -28,6 +28,8 @@ from persistence.db import connect_database
 from service.http.app import create_app
 from service.http.metrics import create_metrics_app
 from service.http.state import REDIS
+from service.ledger.rebuild import ensure_transaction_counter
+from service.redis import keyspace
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
 from service.redis.types import RedisClient
@@ -212,3 +214,18 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 @pytest.fixture
 def money(redis_client: RedisClient, settings: Settings) -> MoneyScripts:
     return MoneyScripts(redis_client, settings)
+
+
+SEVERAL_BUCKETS = 3
+
+
+@pytest.fixture
+async def several_buckets(
+    monkeypatch: pytest.MonkeyPatch, redis_client: RedisClient, db_engine: AsyncEngine
+) -> int:
+    """SEVERAL_BUCKETS buckets for this test (user u in bucket u % 3), each counter started
+    in an epoch of its own, as `wallet serve` starts them on a new system."""
+    monkeypatch.setattr(keyspace, "BUCKETS", SEVERAL_BUCKETS)
+    await redis_client.delete(keyspace.txn_seq(0))  # fresh_redis started it outside any epoch
+    assert await ensure_transaction_counter(redis_client, db_engine)
+    return SEVERAL_BUCKETS

@@ -8,12 +8,15 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import LedgerTransaction
+from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.domain.refusals import INSUFFICIENT_FUNDS, Refused
 from service.ledger import reconcile as reconcile_module
-from service.ledger.reconcile import Drift, format_report, reconcile
+from service.ledger.reconcile import CounterBehind, Drift, format_report, reconcile
 from service.redis import keyspace
+from service.redis.holds import HoldScripts
 from service.redis.money import MoneyScripts
 from service.redis.types import RedisClient
+from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, balance, persist
 
@@ -136,7 +139,7 @@ async def test_reports_a_transaction_counter_below_the_ledger(
     await persist(redis_client, db_engine)
     await redis_client.set(keyspace.txn_seq(BUCKET), 1)
     report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
-    assert report.seq_behind_ledger == (1, 3)
+    assert report.counters_behind_ledger == [CounterBehind(BUCKET, 1, 3)]
     assert not report.ok
     assert "new transaction ids would collide" in format_report(report)
 
@@ -190,3 +193,77 @@ async def test_no_false_drift_while_money_keeps_moving(
     assert reports[0].through_txn_id < reports[1].through_txn_id < reports[2].through_txn_id
     await persist(redis_client, db_engine)
     assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
+
+
+# Several buckets: user u is in bucket u % 3, with a counter in an epoch of its own.
+
+
+async def test_several_buckets_are_compared_each_at_its_own_point(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    money: MoneyScripts,
+    settings: Settings,
+    several_buckets: int,
+) -> None:
+    user_ids = list(range(1, 10))
+    await add_users(db_engine, money, user_ids)
+    for user_id in user_ids:
+        await money.deposit(user_id, 1_000 * user_id)
+    await money.transfer(4, 1, 300)  # bucket 1
+    await money.transfer(5, 8, 200)  # bucket 2
+    await money.transfer(6, 3, 100, idempotency_key="t-6")  # bucket 0
+    await HoldScripts(redis_client, settings).create(7, 4, 50, expires_in_s=3_600)  # bucket 1
+    assert await persist(redis_client, db_engine) == 13
+    report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert report.ok, format_report(report)
+    assert report.users_checked == 9
+    # Each bucket counts from its own epoch: the last compared at is bucket 2's.
+    assert report.through_txn_id > 2 * TXN_IDS_PER_EPOCH
+
+    await redis_client.hincrby(keyspace.user(8), "balance_kopecks", 1)
+    await redis_client.hincrby(keyspace.user(7), "held_kopecks", -1)
+    report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert report.drifts == [Drift(8, 8_200 + 1, 8_200)]
+    assert report.held_drifts == [Drift(7, 49, 50)]
+
+
+async def test_several_buckets_writer_behind_in_one_of_them(
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, several_buckets: int
+) -> None:
+    await add_users(db_engine, money, [1, 2, 4, 5])
+    await money.deposit(1, 500)
+    await money.deposit(5, 500)
+    await persist(redis_client, db_engine)
+    await money.deposit(4, 7)  # bucket 1
+    report = await reconcile(redis_client, db_engine, wait_for_writer_s=0.2)
+    assert report.writer_behind
+    assert report.first_unpersisted_txn_id is not None
+    assert report.first_unpersisted_txn_id // TXN_IDS_PER_EPOCH == await _epoch_of_bucket(
+        redis_client, 1
+    )
+    await persist(redis_client, db_engine)
+    assert (await reconcile(redis_client, db_engine, wait_for_writer_s=0.2)).ok
+
+
+async def test_several_buckets_a_counter_set_back_into_stored_ids(
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, several_buckets: int
+) -> None:
+    await add_users(db_engine, money, [1, 2, 3])
+    for user_id in (1, 2, 3):
+        await money.deposit(user_id, 10)
+        await money.deposit(user_id, 10)
+    await persist(redis_client, db_engine)
+    seq = int(await redis_client.get(keyspace.txn_seq(2)) or 0)
+    await redis_client.set(keyspace.txn_seq(2), seq - 1)
+    report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert report.counters_behind_ledger == [CounterBehind(2, seq - 1, seq)]
+    assert f"txn:seq of bucket 2 is {seq - 1} but the ledger holds transaction {seq}" in (
+        format_report(report)
+    )
+    # A counter in a later epoch than the stored ids of its bucket collides with none.
+    await redis_client.set(keyspace.txn_seq(2), seq + 7 * TXN_IDS_PER_EPOCH)
+    assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
+
+
+async def _epoch_of_bucket(redis: RedisClient, bucket: int) -> int:
+    return int(await redis.get(keyspace.txn_seq(bucket)) or 0) // TXN_IDS_PER_EPOCH

@@ -2,16 +2,19 @@
 
 For every user: the balance, ``held_kopecks`` and ``incoming_kopecks``; for every refunded
 transfer: its refunded total. Money may keep moving while this runs, so each batch is
-compared at one point in time:
+compared at one point in time, one bucket at a time (a user's wallet, the holds the user
+pays and the refunds the user gives are all in the user's bucket, with ids from its
+counter):
 
 1. one atomic read (``lua/reconcile_snapshot.lua``) takes the batch's wallets (or refunded
-   totals) together with ``txn:seq`` (S), the stream's last entry id (L) and the
-   ``holds:due`` members already due: the state is exactly the result of the stream's
-   entries up to L (every script appends its entries in the step that changes the state),
-   and of transactions 1..S;
-2. the ledger holds every record up to L once the writer's unpersisted tail starts after
-   L. We wait up to ``wait_for_writer_s`` for that, else the report says "writer behind",
-   a failure;
+   totals) of one bucket together with the bucket's ``txn:seq`` (S), its stream's last entry
+   id (L) and the ``holds:due`` members already due: the state is exactly the result of the
+   stream's entries up to L (every script appends its entries in the step that changes the
+   state), and of the bucket's transactions up to S (a bucket's counter only goes up, into
+   epochs above every earlier one);
+2. the ledger holds every record up to L once the writer's unpersisted tail of that stream
+   starts after L. We wait up to ``wait_for_writer_s`` for that, else the report says
+   "writer behind", a failure;
 3. the ledger is read as of that point: balances and refunded totals count only
    transactions with ``id <= S``, holds only the records up to L (``stream_entry_id``),
    so that a hold voided or expired after the read, which takes no id, does not count.
@@ -36,21 +39,23 @@ What each amount must be (docs/holds.md):
   transfer is refunded beyond its amount.
 
 It also reports users in PostgreSQL without a Redis wallet, Redis wallets without a
-PostgreSQL user, and a ``txn:seq`` below the ledger's largest id (new ids would
-collide with stored ones). Read-only on both sides.
+PostgreSQL user, and a bucket's ``txn:seq`` below an id the ledger holds in the counter's
+epoch (new ids would collide with stored ones; ids of other epochs cannot). Read-only on
+both sides.
 """
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Boolean, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.models import TRANSFER_KINDS_SQL, LedgerHold, LedgerTransaction, User
 from service.domain.amounts import format_rubles
+from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.ledger.hold_totals import (
     EntryId,
     expired_holds,
@@ -65,6 +70,8 @@ from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import Tail, unpersisted_tail
 from service.redis.types import RedisClient
 
+_Item = TypeVar("_Item")
+
 BATCH_SIZE = 500
 _POLL_S = 0.05
 # The writer starts a counter set aside again within half a second (KEEPER_INTERVAL_S).
@@ -72,10 +79,6 @@ COUNTER_RESTART_WAIT_S = 5.0
 _REPORT_LIMIT = 20
 _WALLET_KEY = re.compile(rb"user:\{b[0-9]+\}:([1-9][0-9]{0,14})")
 _REFUNDED_KEY = re.compile(rb"refunded:\{b[0-9]+\}:([1-9][0-9]{0,14}):([1-9][0-9]{0,14})")
-# The comparison reads the ledger as of one counter and one stream position (the module
-# docstring): those of the one bucket. Per bucket, with ledger rows of several buckets, is
-# the cluster's next step (docs/scaling.md).
-_BUCKET = 0
 
 
 class Drift(NamedTuple):
@@ -89,6 +92,12 @@ class RefundedDrift(NamedTuple):
     txn_id: int  # the transfer refunded
     redis_kopecks: int
     ledger_kopecks: int
+
+
+class CounterBehind(NamedTuple):
+    bucket: int
+    txn_seq: int
+    ledger_txn_id: int  # an id the ledger holds in the counter's epoch, above it
 
 
 class OverRefund(NamedTuple):
@@ -116,8 +125,8 @@ class ReconcileReport:
     writer_behind: bool = False
     first_unpersisted_txn_id: int | None = None  # when that first record is a transaction
     first_unpersisted: str | None = None  # the first record not in the ledger, described
-    # (txn:seq, largest ledger id) when the counter is below the ledger.
-    seq_behind_ledger: tuple[int, int] | None = None
+    # Counters below an id the ledger holds in their epoch.
+    counters_behind_ledger: list[CounterBehind] = field(default_factory=list)
     # The largest S a batch was compared at.
     through_txn_id: int = 0
 
@@ -132,7 +141,7 @@ class ReconcileReport:
             or self.missing_in_redis
             or self.missing_in_ledger
             or self.writer_behind
-            or self.seq_behind_ledger
+            or self.counters_behind_ledger
         )
 
 
@@ -186,8 +195,28 @@ async def user_id_batches(engine: AsyncEngine, size: int) -> AsyncIterator[list[
         last = ids[-1]
 
 
+def _by_bucket(
+    items: Iterable[_Item], user_of: Callable[[_Item], int]
+) -> list[tuple[int, list[_Item]]]:
+    """The items grouped by the bucket of their user, buckets ascending, each group in the
+    order given."""
+    groups: dict[int, list[_Item]] = {}
+    for item in items:
+        groups.setdefault(keyspace.bucket_of(user_of(item)), []).append(item)
+    return sorted(groups.items())
+
+
+def _itself(user_id: int) -> int:
+    return user_id
+
+
+def _refunder(pair: tuple[int, int]) -> int:
+    return pair[0]
+
+
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
+    bucket: int
     seq: int
     last_entry: EntryId
     due: list[tuple[int, int, int, int]]  # holds:due members due: hold, from, to, amount
@@ -201,29 +230,32 @@ def _int(raw: Any) -> int:
 
 async def _snapshot(
     redis: RedisClient,
+    bucket: int,
     user_ids: Sequence[int] = (),
     refunded: Sequence[tuple[int, int]] = (),
     with_due: bool = False,
 ) -> _Snapshot:
-    assert keyspace.BUCKETS == 1, "reconcile compares one bucket"
-    snapshot = await _read_snapshot(redis, user_ids, refunded, with_due)
-    if snapshot.seq == 0 and await _counter_restarted(redis):
-        snapshot = await _read_snapshot(redis, user_ids, refunded, with_due)
+    """The snapshot of these wallets (or refunded totals), all of ``bucket``."""
+    assert all(keyspace.bucket_of(u) == bucket for u in user_ids), (bucket, user_ids)
+    assert all(keyspace.bucket_of(r) == bucket for r, _ in refunded), (bucket, refunded)
+    snapshot = await _read_snapshot(redis, bucket, user_ids, refunded, with_due)
+    if snapshot.seq == 0 and await _counter_restarted(redis, bucket):
+        snapshot = await _read_snapshot(redis, bucket, user_ids, refunded, with_due)
     return snapshot
 
 
-async def _counter_restarted(redis: RedisClient) -> bool:
+async def _counter_restarted(redis: RedisClient, bucket: int) -> bool:
     """Whether the counter, set aside (a new primary, or a slot moved to another:
     service/ledger/id_counter.py), was started again by the writer within
     COUNTER_RESTART_WAIT_S: the comparison reads the ledger as of the counter, and a
     counter being restarted is no drift. The connection that read the snapshot may be the
     one that set it aside, as it opened."""
-    if not await redis.exists(keyspace.txn_seq_behind(_BUCKET)):
+    if not await redis.exists(keyspace.txn_seq_behind(bucket)):
         return False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + COUNTER_RESTART_WAIT_S
     while loop.time() < deadline:
-        if await redis.exists(keyspace.txn_seq(_BUCKET)):
+        if await redis.exists(keyspace.txn_seq(bucket)):
             return True
         await asyncio.sleep(_POLL_S)
     return False
@@ -231,15 +263,12 @@ async def _counter_restarted(redis: RedisClient) -> bool:
 
 async def _read_snapshot(
     redis: RedisClient,
+    bucket: int,
     user_ids: Sequence[int],
     refunded: Sequence[tuple[int, int]],
     with_due: bool,
 ) -> _Snapshot:
-    keys = [
-        keyspace.txn_seq(_BUCKET),
-        keyspace.txn_stream(_BUCKET),
-        keyspace.holds_due(_BUCKET),
-    ]
+    keys = [keyspace.txn_seq(bucket), keyspace.txn_stream(bucket), keyspace.holds_due(bucket)]
     keys += [keyspace.user(user_id) for user_id in user_ids]
     keys += [keyspace.refunded(refunder, txn_id) for refunder, txn_id in refunded]
     reply = await LuaScript(redis, "reconcile_snapshot")(
@@ -257,6 +286,7 @@ async def _read_snapshot(
         balance, held, incoming = wallets_raw[i : i + 3]
         wallets.append(None if balance is None else (int(balance), _int(held), _int(incoming)))
     return _Snapshot(
+        bucket=bucket,
         seq=int(seq),
         last_entry=parse_entry_id(last_entry.decode()),
         due=due,
@@ -272,14 +302,14 @@ def _starts_after(tail: Tail, last_entry: EntryId) -> bool:
     return parse_entry_id(tail.first_entry_id) > last_entry
 
 
-async def _wait_for_writer(redis: RedisClient, last_entry: EntryId, wait_s: float) -> Tail:
-    """An empty tail once every stream entry up to ``last_entry`` is in the ledger;
-    otherwise, after waiting up to wait_s, the tail's first entry (max_entries=1)."""
+async def _wait_for_writer(redis: RedisClient, snapshot: _Snapshot, wait_s: float) -> Tail:
+    """An empty tail once every entry of the snapshot's stream up to its last is in the
+    ledger; otherwise, after waiting up to wait_s, the tail's first entry (max_entries=1)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        tail = await unpersisted_tail(redis, _BUCKET, max_entries=1)
-        if _starts_after(tail, last_entry):
+        tail = await unpersisted_tail(redis, snapshot.bucket, max_entries=1)
+        if _starts_after(tail, snapshot.last_entry):
             return Tail(records=[], overflow=False)
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -327,34 +357,69 @@ async def reconcile(
     """Compares every Redis wallet and refunded total with the ledger; see the module
     docstring."""
     report = ReconcileReport()
-    async for user_ids in user_id_batches(engine, BATCH_SIZE):
-        snapshot = await _snapshot(redis, user_ids, with_due=True)
-        present = [(u, w) for u, w in zip(user_ids, snapshot.wallets, strict=True) if w is not None]
-        report.missing_in_redis.extend(
-            u for u, w in zip(user_ids, snapshot.wallets, strict=True) if w is None
-        )
-        if report.writer_behind or not present:
-            continue  # without a complete ledger a comparison would only report false drift
-        behind = await _wait_for_writer(redis, snapshot.last_entry, wait_for_writer_s)
-        if not behind.empty:
-            _note_writer_behind(report, behind)
-            continue
-        await _compare_wallets(engine, snapshot, present, report)
+    async for batch in user_id_batches(engine, BATCH_SIZE):
+        for bucket, user_ids in _by_bucket(batch, _itself):
+            await _check_wallets(redis, engine, bucket, user_ids, wait_for_writer_s, report)
     if not report.writer_behind:
         await _compare_refunded_totals(redis, engine, wait_for_writer_s, report)
     # A user signing up is committed in PostgreSQL a moment before the wallet exists:
     # look once more before calling a wallet missing.
     report.missing_in_redis = await _still_missing(redis, report.missing_in_redis)
     report.missing_in_ledger = await _wallets_without_user(redis, engine)
-    # The ledger first: every id in it was issued before this GET.
-    async with engine.connect() as connection:
-        last_txn = (await connection.execute(select(func.max(T.id)))).scalar()
-        last_hold = (await connection.execute(select(func.max(LedgerHold.id)))).scalar()
-    last_id = max(int(last_txn or 0), int(last_hold or 0))
-    seq = int(cast(bytes | None, await redis.get(keyspace.txn_seq(_BUCKET))) or 0)
-    if seq < last_id:
-        report.seq_behind_ledger = (seq, last_id)
+    for bucket in keyspace.all_buckets():
+        behind = await _counter_behind_ledger(redis, engine, bucket)
+        if behind is not None:
+            report.counters_behind_ledger.append(behind)
     return report
+
+
+async def _check_wallets(
+    redis: RedisClient,
+    engine: AsyncEngine,
+    bucket: int,
+    user_ids: list[int],
+    wait_for_writer_s: float,
+    report: ReconcileReport,
+) -> None:
+    snapshot = await _snapshot(redis, bucket, user_ids, with_due=True)
+    present = [(u, w) for u, w in zip(user_ids, snapshot.wallets, strict=True) if w is not None]
+    report.missing_in_redis.extend(
+        u for u, w in zip(user_ids, snapshot.wallets, strict=True) if w is None
+    )
+    if report.writer_behind or not present:
+        return  # without a complete ledger a comparison would only report false drift
+    behind = await _wait_for_writer(redis, snapshot, wait_for_writer_s)
+    if not behind.empty:
+        _note_writer_behind(report, behind)
+        return
+    await _compare_wallets(engine, snapshot, present, report)
+
+
+async def _txn_seq(redis: RedisClient, bucket: int) -> int:
+    return int(cast(bytes | None, await redis.get(keyspace.txn_seq(bucket))) or 0)
+
+
+async def _counter_behind_ledger(
+    redis: RedisClient, engine: AsyncEngine, bucket: int
+) -> CounterBehind | None:
+    """The bucket's counter when the ledger holds an id of the counter's epoch above it:
+    the counter would issue that id again. Ids of another epoch cannot collide: a counter
+    only goes up, and moves to an epoch PostgreSQL hands out once, above every other.
+
+    The counter is read again after the ledger: an id stored meanwhile was issued before
+    that second read, so it is below the counter unless the counter was set back."""
+    epoch = await _txn_seq(redis, bucket) // TXN_IDS_PER_EPOCH
+    start, end = epoch * TXN_IDS_PER_EPOCH, (epoch + 1) * TXN_IDS_PER_EPOCH
+    async with engine.connect() as connection:
+        largest = [
+            (await connection.execute(select(func.max(id_)).where(id_ > start, id_ < end))).scalar()
+            for id_ in (T.id, LedgerHold.id)
+        ]
+    ledger_txn_id = max((int(i) for i in largest if i is not None), default=0)
+    seq = await _txn_seq(redis, bucket)
+    if seq // TXN_IDS_PER_EPOCH != epoch or ledger_txn_id <= seq:
+        return None  # moved on to another epoch meanwhile, or no id above it
+    return CounterBehind(bucket, seq, ledger_txn_id)
 
 
 async def _compare_wallets(
@@ -427,17 +492,29 @@ async def _compare_refunded(
     seen: set[tuple[int, int]],
     over: set[int],
 ) -> None:
-    pairs = sorted(set(pairs) - seen)
-    if not pairs:
-        return
-    snapshot = await _snapshot(redis, refunded=pairs)
-    behind = await _wait_for_writer(redis, snapshot.last_entry, wait_s)
+    for bucket, of_bucket in _by_bucket(sorted(set(pairs) - seen), _refunder):
+        await _compare_refunded_of_bucket(redis, engine, bucket, of_bucket, wait_s, report, over)
+        seen.update(of_bucket)
+        if report.writer_behind:
+            return
+
+
+async def _compare_refunded_of_bucket(
+    redis: RedisClient,
+    engine: AsyncEngine,
+    bucket: int,
+    pairs: list[tuple[int, int]],
+    wait_s: float,
+    report: ReconcileReport,
+    over: set[int],
+) -> None:
+    snapshot = await _snapshot(redis, bucket, refunded=pairs)
+    behind = await _wait_for_writer(redis, snapshot, wait_s)
     if not behind.empty:
         _note_writer_behind(report, behind)
         return
     async with engine.connect() as connection:
         totals = await refunded_totals_of(connection, pairs, snapshot.seq)
-    seen.update(pairs)
     report.refunded_checked += len(pairs)
     for pair, redis_kopecks in zip(pairs, snapshot.refunded, strict=True):
         total = totals.get(pair)
@@ -547,10 +624,10 @@ def format_report(report: ReconcileReport) -> str:
             f"{len(report.missing_in_ledger)} Redis wallets have no PostgreSQL user:"
             f" {_ids(report.missing_in_ledger)}"
         )
-    if report.seq_behind_ledger is not None:
-        seq, last_id = report.seq_behind_ledger
+    for counter in report.counters_behind_ledger:
         lines.append(
-            f"txn:seq is {seq} but the ledger holds transaction {last_id}:"
-            " new transaction ids would collide with stored ones"
+            f"txn:seq of bucket {counter.bucket} is {counter.txn_seq} but the ledger holds"
+            f" transaction {counter.ledger_txn_id} of the same epoch: new transaction ids"
+            " would collide with stored ones"
         )
     return "\n".join(lines)

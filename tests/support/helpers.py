@@ -73,18 +73,20 @@ async def snapshot_of_data(redis: RedisClient) -> dict[bytes, Any]:
 
 
 async def persist(redis: RedisClient, engine: AsyncEngine, max_batches: int | None = None) -> int:
-    """Runs the real stream writer until the stream is drained (or for max_batches)."""
-    await ensure_consumer_group(redis, BUCKET)
+    """Runs the real stream writer of each bucket until its stream is drained (or for
+    max_batches per bucket)."""
     settings = Settings(writer_block_ms=1, writer_batch_size=500)
-    writer = StreamWriter(settings, redis, engine, BUCKET)
     persisted = 0
-    batches = 0
-    while max_batches is None or batches < max_batches:
-        handled = await writer.drain_once()
-        if handled == 0:
-            break
-        persisted += handled
-        batches += 1
+    for bucket in keyspace.all_buckets():
+        await ensure_consumer_group(redis, bucket)
+        writer = StreamWriter(settings, redis, engine, bucket)
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            handled = await writer.drain_once()
+            if handled == 0:
+                break
+            persisted += handled
+            batches += 1
     return persisted
 
 
