@@ -22,9 +22,11 @@ from service.ledger.rebuild import (
 from service.ledger.reconcile import format_report as format_reconcile
 from service.ledger.reconcile import reconcile
 from service.redis import keyspace
+from service.redis.holds import HoldScripts
 from service.redis.money import MoneyScripts
 from service.redis.scripts import load_script_source
 from service.redis.types import RedisClient
+from service.settings import Settings
 from tests.support.buckets import BUCKET
 from tests.support.helpers import add_users, balance, persist, refusing, snapshot
 from tests.support.redis_claim import empty_but_claim
@@ -444,3 +446,41 @@ async def test_rebuild_of_an_empty_ledger_starts_the_counter(
     await lose_redis(redis_client)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
     assert await redis_client.get(keyspace.txn_seq(BUCKET)) == str(TXN_IDS_PER_EPOCH).encode()
+
+
+async def test_rebuild_of_several_buckets(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    money: MoneyScripts,
+    settings: Settings,
+    several_buckets: int,
+) -> None:
+    """User u in bucket u % 3: every bucket's wallets, holds and keys come back, and each
+    counter starts in an epoch of its own, above every stored id."""
+    user_ids = list(range(1, 10))
+    await add_users(db_engine, money, user_ids)
+    for user_id in user_ids:
+        await money.deposit(user_id, 1_000 * user_id, idempotency_key=f"dep-{user_id}")
+    await money.transfer(4, 1, 300)
+    await money.transfer(5, 8, 200, idempotency_key="pay")
+    await HoldScripts(redis_client, settings).create(6, 3, 50, 3_600)
+    await persist(redis_client, db_engine)
+    before = {u: await balance(redis_client, u) for u in user_ids}
+    last_id = await ledger_last_id(db_engine)
+    await lose_redis(redis_client)
+
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=TTL_S)
+
+    assert (report.users, report.holds_restored, report.idempotency_keys_restored) == (9, 1, 10)
+    assert {u: await balance(redis_client, u) for u in user_ids} == before
+    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert check.ok, format_reconcile(check)
+    epochs = [seq // TXN_IDS_PER_EPOCH for seq in report.txn_seqs]
+    assert len(set(epochs)) == several_buckets
+    assert min(report.txn_seqs) > last_id
+    replayed = await money.transfer(5, 8, 200, idempotency_key="pay")
+    assert replayed.replayed
+    fresh = [await money.deposit(u, 1) for u in (1, 2, 3)]
+    assert [f.txn_id // TXN_IDS_PER_EPOCH for f in fresh] == [epochs[1], epochs[2], epochs[0]]
+    assert await persist(redis_client, db_engine) == 3
+    assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
