@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from service.domain.amounts import MAX_AMOUNT_KOPECKS, MAX_BALANCE_KOPECKS
-from service.domain.limits import MAX_TXN_ID_EPOCH
+from service.domain.limits import MAX_BUCKETS, MAX_TXN_ID_EPOCH
 
 
 class Base(DeclarativeBase):
@@ -219,6 +219,23 @@ class LedgerHoldEvent(Base):
             postgresql_where=text("event = 'voided' AND idempotency_key IS NOT NULL"),
             sqlite_where=text("event = 'voided' AND idempotency_key IS NOT NULL"),
         ),
+    )
+
+
+class Deployment(Base):
+    """One row, written by the first process to start (persistence/deployment.py): what a
+    deployment is created with and may never change."""
+
+    __tablename__ = "deployment"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    # The buckets money keys are spread over (service/redis/keyspace.py): a user's bucket
+    # follows from it, so another count would look for every wallet in the wrong place.
+    buckets: Mapped[int] = mapped_column(SmallInteger)
+
+    __table_args__ = (
+        CheckConstraint("id = 1", name="deployment_one_row"),
+        CheckConstraint(f"buckets BETWEEN 1 AND {MAX_BUCKETS}", name="deployment_buckets_range"),
     )
 
 

@@ -80,18 +80,18 @@ def test_alembic_upgrades_and_downgrades_the_database_url_as_wallet_migrate_does
     unmigrated_database: str,
 ) -> None:
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database) == ("0004", {"alembic_version", *Base.metadata.tables}, None)
+    assert schema(unmigrated_database) == ("0005", {"alembic_version", *Base.metadata.tables}, None)
     # autogenerate finds nothing between persistence/models.py and the schema.
     assert "No new upgrade operations detected" in alembic(unmigrated_database, "check")
 
-    alembic(unmigrated_database, "downgrade", "-2")
+    alembic(unmigrated_database, "downgrade", "-3")
     revision, tables, problem = schema(unmigrated_database)
     assert revision == "0002"
-    assert not {"holds", "hold_events"} & tables
-    assert problem == "the database has schema revision 0002, not 0004: run `wallet migrate` first"
+    assert not {"holds", "hold_events", "deployment"} & tables
+    assert problem == "the database has schema revision 0002, not 0005: run `wallet migrate` first"
 
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database)[0] == "0004"
+    assert schema(unmigrated_database)[0] == "0005"
 
 
 def test_the_epochs_handed_out_stay_handed_out_when_epochs_shrink(
@@ -104,11 +104,11 @@ def test_the_epochs_handed_out_stay_handed_out_when_epochs_shrink(
     assert next_epoch(unmigrated_database) == 3_000
     next_epoch(unmigrated_database, set_to=999_999)  # the check allows the new range
     next_epoch(unmigrated_database, set_to=3_000)
-    alembic(unmigrated_database, "downgrade", "-1")
+    alembic(unmigrated_database, "downgrade", "0003")
     assert next_epoch(unmigrated_database) == 3
     alembic(unmigrated_database, "upgrade", "head")
     next_epoch(unmigrated_database, set_to=3_001)  # old epoch 3 is partly handed out
-    alembic(unmigrated_database, "downgrade", "-1")
+    alembic(unmigrated_database, "downgrade", "0003")
     assert next_epoch(unmigrated_database) == 4
 
 
@@ -123,6 +123,7 @@ def test_alembic_prints_the_upgrade_sql_without_a_database() -> None:
         "INSERT INTO alembic_version (version_num) VALUES ('0001')",
         "UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002'",
         "UPDATE txn_id_epoch SET next_epoch = next_epoch * 1000",
+        "CREATE TABLE deployment (",
     ):
         assert statement in sql, statement
     only_0003 = alembic(NO_DATABASE, "upgrade", "0002:head", "--sql")
@@ -133,7 +134,7 @@ def test_alembic_prints_the_upgrade_sql_without_a_database() -> None:
 def test_alembic_autogenerates_a_revision_from_the_models(
     unmigrated_database: str, tmp_path: Path
 ) -> None:
-    """On a database at 0002 and the migrations without 0003 (and 0004, which follows it),
+    """On a database at 0002 and the migrations without 0003 (and those that follow it),
     autogenerate derives from persistence/models.py what 0003 does. In a copy of the
     migrations: the checkout's versions/ stays as it is."""
     alembic(unmigrated_database, "upgrade", "0002")
@@ -141,7 +142,7 @@ def test_alembic_autogenerates_a_revision_from_the_models(
     shutil.copytree(
         ROOT / "persistence" / "migrations",
         migrations,
-        ignore=shutil.ignore_patterns("__pycache__", "0003_*", "0004_*"),
+        ignore=shutil.ignore_patterns("__pycache__", "0003_*", "0004_*", "0005_*"),
     )
     ini = (ROOT / "alembic.ini").read_text()
     ini = ini.replace("%(here)s/persistence/migrations", "%(here)s/migrations")

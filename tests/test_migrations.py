@@ -143,3 +143,26 @@ async def test_downgrade_to_0002_and_upgrade_again(db_engine: AsyncEngine) -> No
     await migrate(db_engine)
     async with db_engine.connect() as connection:
         assert await connection.run_sync(_model_differences) == []
+
+
+async def _recorded_buckets(engine: AsyncEngine) -> list[int]:
+    async with engine.connect() as connection:
+        return list((await connection.execute(text("SELECT buckets FROM deployment"))).scalars())
+
+
+async def test_a_deployment_upgraded_with_users_records_its_one_bucket(
+    db_engine: AsyncEngine,
+) -> None:
+    """Before 0005 every deployment ran with one bucket; an empty one records what it first
+    starts with (persistence/deployment.py)."""
+    async with db_engine.begin() as connection:
+        await connection.run_sync(_downgrade_to, "0004")
+    await migrate(db_engine)
+    assert await _recorded_buckets(db_engine) == []
+    async with db_engine.begin() as connection:
+        await connection.run_sync(_downgrade_to, "0004")
+        await connection.execute(
+            text("INSERT INTO users (id, username, password_hash) VALUES (1, 'ann', 'x')")
+        )
+    await migrate(db_engine)
+    assert await _recorded_buckets(db_engine) == [1]

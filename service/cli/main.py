@@ -59,13 +59,45 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 @asynccontextmanager
 async def connections(settings: Settings) -> AsyncIterator[tuple[RedisClient, AsyncEngine]]:
+    """Redis and the database of the deployment, once they are known to be its: the schema
+    in place and the count of buckets the one it was created with."""
     redis = connect_redis(settings)
     engine = connect_database(settings)
     try:
+        await _refuse_another_deployment(settings, redis, engine)
         yield redis, engine
     finally:
         await engine.dispose()
         await redis.aclose()
+
+
+async def _refuse_another_deployment(
+    settings: Settings, redis: RedisClient, engine: AsyncEngine
+) -> None:
+    """A database without the schema (`wallet migrate` forgotten), or a count of buckets
+    other than the deployment's, stops the command with one line. A backend that cannot be
+    reached does not: the API moves money during an outage, and each API worker checks
+    again as it starts (service/http/app.py)."""
+    from persistence.migrate import schema_problem
+    from service.ledger.bucket_count import BucketCountMismatch, check_bucket_count
+
+    try:
+        problem = await schema_problem(engine)
+        if problem is None:
+            await check_bucket_count(redis, engine, settings.buckets)
+    except BucketCountMismatch as exc:
+        problem = str(exc)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        logging.getLogger("wallet.cli").warning(
+            "a backend cannot be reached (%r); the schema and the count of buckets are"
+            " checked when it answers",
+            exc,
+        )
+        return
+    if problem is not None:
+        raise click.ClickException(problem)
 
 
 @contextmanager
@@ -126,7 +158,7 @@ def serve(host: str, port: int, workers: int, embedded: bool, data_dir: Path) ->
         metrics_socket = listening_socket(*settings.metrics_address, "WALLET_METRICS_LISTEN")
         serve_embedded(settings, data_dir, api_socket, metrics_socket)
         return
-    require_schema(settings)
+    run(_check_deployment(settings))
     # Bound here, once, before gunicorn forks: every worker inherits it.
     metrics_socket = listening_socket(*settings.metrics_address, "WALLET_METRICS_LISTEN")
     with metrics_directory():
@@ -147,31 +179,10 @@ def listening_socket(host: str, port: int, what: str) -> socket.socket:
         raise click.ClickException(f"{what} {host}:{port}: {reason}") from None
 
 
-def require_schema(settings: Settings) -> None:
-    """Refuses to serve on a database without the schema (`wallet migrate` forgotten): one
-    line and exit 1, before gunicorn starts workers that would each fail. A database that
-    cannot be reached does not stop the start (the API moves money during an outage); each
-    worker checks again as it starts (service/http/app.py)."""
-    from persistence.migrate import schema_problem
-
-    async def check() -> str | None:
-        engine = connect_database(settings)
-        try:
-            return await schema_problem(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        problem = run(check())
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        logging.getLogger("wallet.cli").warning(
-            "the database cannot be reached (%r); its schema is checked when it answers", exc
-        )
-        return
-    if problem is not None:
-        raise click.ClickException(problem)
+async def _check_deployment(settings: Settings) -> None:
+    """Before gunicorn starts workers that would each fail: `connections` checks."""
+    async with connections(settings):
+        pass
 
 
 def require_extra(module: str, extra: str) -> None:

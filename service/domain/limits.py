@@ -26,6 +26,11 @@ MAX_TXN_ID_EPOCH = 999_999
 # 100,000 ids a second, 100 s before the money scripts would refuse (epoch_exhausted).
 EPOCH_ROLLOVER_MARGIN_IDS = 10**7
 
+# Money keys are spread over this many buckets at most (service/redis/keyspace.py): each
+# change of primary costs an epoch per bucket it serves (see above), and a session id
+# spells its bucket in at most four digits.
+MAX_BUCKETS = 1024
+
 # History pages.
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100

@@ -33,6 +33,7 @@ from service.http.state import (
     SETTINGS,
     SIGN_UP_LIMIT,
 )
+from service.ledger.bucket_count import check_bucket_count
 from service.ledger.rebuild import ensure_transaction_counter
 from service.outages import is_outage
 from service.redis import keyspace
@@ -74,8 +75,8 @@ class SchemaMissing(RuntimeError):
 
 
 async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Refuses an evicting Redis and a database without the schema; prepares the consumer
-    group and the id counter.
+    """Refuses an evicting Redis, a database without the schema and a count of buckets other
+    than the deployment's; prepares the consumer groups and the id counters.
 
     An unreachable Redis or database does not stop the start (a worker restarted during
     an outage must come up and answer /readyz); the checks then wait for the next start.
@@ -89,6 +90,7 @@ async def _startup_checks_ctx(app: web.Application) -> AsyncIterator[None]:
         problem = await schema_problem(app[DATABASE])
         if problem is not None:
             raise SchemaMissing(problem)
+        await check_bucket_count(redis, app[DATABASE], settings.buckets)
         if not await ensure_transaction_counter(redis, app[DATABASE]):
             log.error(
                 "Redis has no transaction counter but the ledger holds transactions: Redis"

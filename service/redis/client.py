@@ -9,6 +9,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from service.redis import keyspace
 from service.redis.cluster import ClusterClient, ClusterScriptCalls, ScriptConnection
 from service.redis.pipelining import AutoPipeline
 from service.redis.pools import HEALTH_CHECK_INTERVAL_S, CheckedConnection, PipeliningPool
@@ -28,6 +29,8 @@ def connect_redis(settings: Settings) -> RedisClient:
     busy; under a burst that would turn into refused payments. A cluster's client is a
     RedisCluster (service/redis/cluster.py).
     """
+    # Every key this process builds from now on is of the deployment's buckets.
+    keyspace.use_buckets(settings.buckets)
     cluster = cluster_url(settings.redis_url)
     if cluster is not None:
         return _connect_cluster(cluster, settings)

@@ -3,15 +3,19 @@
 Money keys live in buckets (the contract's "Deployments", docs/scaling.md): every key of a
 bucket carries its hash tag ``{b<bucket>}``, so a bucket is one Redis Cluster slot and a
 script may touch any of its keys. A user's keys are all in the user's bucket; each bucket
-has its own transaction id counter, stream, dead letters and due holds. There is one
-bucket for now (``BUCKETS``): every money key shares one slot, so a cluster spreads the
-sessions and throttles but not the money; the Lua scripts check that every key they are
-given carries the tag of their first.
+has its own transaction id counter, stream, dead letters and due holds. The count of
+buckets (``BUCKETS``, WALLET_BUCKETS) is fixed when a deployment is created
+(service/ledger/bucket_count.py); with one, every money key shares one slot, so a cluster
+spreads the sessions and throttles but not the money. The Lua scripts check that every key
+they are given carries the tag of their first.
 """
 
 import re
 from collections.abc import Iterator
 
+from service.domain.limits import MAX_BUCKETS
+
+# Set once as the process connects to Redis (use_buckets), from WALLET_BUCKETS.
 BUCKETS = 1
 
 WRITER_GROUP = "ledger-writer"
@@ -23,6 +27,17 @@ LEGACY_TXN_STREAM = "txn:stream"
 # aiohttp-session's cookie, whose value is a session id ``<bucket>.<token>``
 # (service/auth/sessions.py); lua/includes/check_session.lua checks the key's shape.
 SESSION_COOKIE = "wallet_session"
+
+
+# String: the count of buckets the deployment was created with (service/ledger/bucket_count.py).
+BUCKET_COUNT = "deployment:buckets"
+
+
+def use_buckets(buckets: int) -> None:
+    """The deployment's count of buckets, for every key built from now on in this process."""
+    global BUCKETS
+    assert 1 <= buckets <= MAX_BUCKETS, buckets
+    BUCKETS = buckets
 
 
 def bucket_of(user_id: int) -> int:

@@ -124,11 +124,15 @@ async def fresh_redis(redis: RedisClient) -> None:
 
 
 async def fresh_database(engine: AsyncEngine) -> None:
-    """No users, no transactions, no holds; epoch 0 of the transaction ids handed out, to
-    the counter fresh_redis starts (as `wallet serve` takes it on a new system)."""
+    """No users, no transactions, no holds, no count of buckets recorded; epoch 0 of the
+    transaction ids handed out, to the counter fresh_redis starts (as `wallet serve` takes
+    it on a new system)."""
     async with engine.begin() as connection:
         await connection.execute(
-            text("TRUNCATE hold_events, holds, transactions, users RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE hold_events, holds, transactions, users, deployment"
+                " RESTART IDENTITY CASCADE"
+            )
         )
         await connection.execute(text("UPDATE txn_id_epoch SET next_epoch = 1"))
 
