@@ -10,6 +10,14 @@
 -- the refusal is recorded under the key like any other, so a retry after someone has
 -- registered that name is answered with the refusal, not paid to them.
 --
+-- A transfer to a user of another bucket (docs/scaling.md, "Across buckets") comes here as
+-- its reservation, after lua/transfer_expect.lua ran on the recipient's bucket under the
+-- same token and answered what it found (ARGV[14]): the same checks and records, but the
+-- amount goes from the sender's balance into the bucket's transit:{b}, and the reservation
+-- outbound:{b}:<id> (its name built here from the id assigned) waits in outbound:due:{b}
+-- for lua/transfer_settle.lua once lua/transfer_credit.lua applied it, or for
+-- lua/transfer_void.lua once lua/transfer_abort.lua fenced it off.
+--
 -- The sender spends from available = balance - held + (their holds that have expired): the
 -- expired holds are released (includes/holds.lua) only once every check has passed. The
 -- recipient's ceiling counts incoming_kopecks (what pending holds toward them will bring).
@@ -23,8 +31,12 @@
 --                                       string, TTL: recipient_not_found answers counted
 --                                       (includes/recipient_misses.lua)
 -- The keys below are present only when their condition holds, in this order:
--- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not ""; hash: balance_kopecks (credited)
---                                       incoming_kopecks
+-- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not "" and ARGV[14] is ""; hash:
+--                                       balance_kopecks (credited) incoming_kopecks
+-- KEYS[n]  transit:{b}                  iff ARGV[14] is not ""; string: kopecks reserved here
+--                                       for credits on other buckets
+-- KEYS[n]  outbound:due:{b}             iff ARGV[14] is not ""; sorted set: member txn_id,
+--                                       score the reservation's deadline
 -- KEYS[n]  txn:clock:{b}                always; string: the bucket's last stamp, microseconds
 -- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[4] is not ""; hash: fingerprint
 --                                       ("transfer:<to>:<amount>", or "transfer:@<name>:<amount>"
@@ -49,6 +61,13 @@
 --                                       the token is kept
 -- ARGV[12] recipient misses limit       decimal, 1 .. 10^9: per window, then refused
 -- ARGV[13] recipient misses window_ms   decimal, 1 .. 10^12
+-- ARGV[14] across buckets               "" when the recipient is in this bucket; else what
+--                                       lua/transfer_expect.lua answered on the recipient's:
+--                                       "expected", "recipient_not_found" or
+--                                       "balance_limit_exceeded" (ARGV[2] is then not "")
+-- ARGV[15] deadline_ms                  decimal, 1 .. 10^7, iff ARGV[14] is not "": from now,
+--                                       when recovery may settle or void the reservation;
+--                                       "" otherwise
 --
 -- Returns  {outcome, txn_id, created_at_us, replayed}, all strings:
 --   outcome "ok"                      money moved (or replayed: replayed = "1")
@@ -75,7 +94,9 @@
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok".
 -- Stream entry fields: id kind from to amount created_at_us from_balance
--- to_balance idem_key; before it, one hold_expired entry per expired hold released.
+-- to_balance idem_key (kind "transfer"), or id kind from to amount created_at_us
+-- from_balance idem_key (kind "transfer_out", a reservation); before it, one hold_expired
+-- entry per expired hold released.
 
 -- @include bucket
 -- @include validate
@@ -91,17 +112,27 @@ local from_id, to_id, amount_arg, idem_key, ttl_arg = ARGV[1], ARGV[2], ARGV[3],
 local session_flag, absolute_arg, idle_arg, to_name = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local token, outcome_ttl_arg, misses_limit_arg, misses_window_arg = ARGV[10], ARGV[11], ARGV[12],
                                                                    ARGV[13]
+local across, deadline_arg = ARGV[14], ARGV[15]
 local resolved = to_id ~= ""
--- The recipient's wallet follows the misses counter, only when the name resolved.
+local crossing = across ~= ""
+-- After the misses counter: the recipient's wallet, only when the name resolved to a user
+-- of this bucket; transit and outbound:due, when the recipient is in another.
+local own_keys = crossing and 8 or (resolved and 7 or 6)
 local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
-                          token, outcome_ttl_arg, resolved and 7 or 6)
+                          token, outcome_ttl_arg, own_keys)
 
-if #ARGV ~= 13 or not frame.valid or (resolved and not valid_id(to_id))
+if #ARGV ~= 15 or not frame.valid or (resolved and not valid_id(to_id))
+  or (crossing and not (resolved and valid_positive(deadline_arg, MAX_TTL_S)
+                        and KEYS[7] == bucket_key("transit")
+                        and KEYS[8] == bucket_key("outbound:due")
+                        and (across == "expected" or across == "recipient_not_found"
+                             or across == "balance_limit_exceeded")))
+  or (not crossing and deadline_arg ~= "")
   or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or KEYS[5] ~= bucket_member_key("holds", from_id)
   or not valid_recipient_misses(KEYS[6], from_id, misses_limit_arg, misses_window_arg)
-  or (resolved and KEYS[7] ~= bucket_member_key("user", to_id)) then
+  or (resolved and not crossing and KEYS[7] ~= bucket_member_key("user", to_id)) then
   return {"invalid_argument", "", "", "0"}
 end
 
@@ -150,9 +181,12 @@ if not sender then
 end
 local amount = tonumber(amount_arg)
 
--- No recipient: the name resolved to no one, or the id has no wallet.
+-- No recipient: the name resolved to no one, or the id has no wallet (here, or as the
+-- recipient's bucket found).
 local recipient = nil
-if resolved then
+if crossing then
+  recipient = across ~= "recipient_not_found"
+elseif resolved then
   recipient = wallet_amounts(KEYS[7], to_id)
 end
 if not recipient then
@@ -164,7 +198,8 @@ local due, due_sum = due_holds(KEYS[5], created_at_us)
 if available_kopecks(sender, due_sum) < amount then
   return idempotency_remember(idem, {"insufficient_funds", "", "", "0"})
 end
-if not credit_fits(recipient, amount) then
+if (crossing and across == "balance_limit_exceeded")
+  or (not crossing and not credit_fits(recipient, amount)) then
   return idempotency_remember(idem, {"balance_limit_exceeded", "", "", "0"})
 end
 
@@ -172,13 +207,26 @@ end
 -- formatted with %d because tostring() would print 10^15 as "1e+15".
 frame_keep_stamp(frame)
 release_holds(due, KEYS[5], KEYS[3], KEYS[2], from_id, created_at_us)
-local new_from = redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_arg)
-local new_to = redis.call("HINCRBY", KEYS[7], "balance_kopecks", amount_arg)
+local new_from = string.format("%d",
+  redis.call("HINCRBY", KEYS[3], "balance_kopecks", "-" .. amount_arg))
 local txn_id = string.format("%d", redis.call("INCR", KEYS[1]))
-redis.call("XADD", KEYS[2], "*",
-  "id", txn_id, "kind", "transfer", "from", from_id, "to", to_id, "amount", amount_arg,
-  "created_at_us", created_at_us, "from_balance", string.format("%d", new_from),
-  "to_balance", string.format("%d", new_to), "idem_key", idem_key)
+if crossing then
+  redis.call("INCRBY", KEYS[7], amount_arg)
+  redis.call("HSET", bucket_member_key("outbound", txn_id), "state", "reserved",
+    "from", from_id, "to", to_id, "amount", amount_arg, "token", token,
+    "created_at_us", created_at_us, "from_balance", new_from, "idem_key", idem_key)
+  redis.call("ZADD", KEYS[8],
+    string.format("%d", frame.stamp_us + tonumber(deadline_arg) * 1000), txn_id)
+  redis.call("XADD", KEYS[2], "*",
+    "id", txn_id, "kind", "transfer_out", "from", from_id, "to", to_id, "amount", amount_arg,
+    "created_at_us", created_at_us, "from_balance", new_from, "idem_key", idem_key)
+else
+  local new_to = redis.call("HINCRBY", KEYS[7], "balance_kopecks", amount_arg)
+  redis.call("XADD", KEYS[2], "*",
+    "id", txn_id, "kind", "transfer", "from", from_id, "to", to_id, "amount", amount_arg,
+    "created_at_us", created_at_us, "from_balance", new_from,
+    "to_balance", string.format("%d", new_to), "idem_key", idem_key)
+end
 local moved = {"ok", txn_id, created_at_us, "0"}
 record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
 return idempotency_remember(idem, moved)

@@ -362,17 +362,29 @@ DEPOSIT_KEYS = [*HEAD, CLOCK]
 SENDER_KEYS = [*HEAD, keyspace.pending_holds(1), keyspace.recipient_misses_of_user(1)]
 UNRESOLVED_KEYS = [*SENDER_KEYS, CLOCK]
 TRANSFER_KEYS = [*SENDER_KEYS, keyspace.user(2), CLOCK]
+# Across buckets (the script knows no bucket count): the reservation's keys instead.
+CROSSING_KEYS = [*SENDER_KEYS, keyspace.transit(BUCKET), keyspace.outbound_due(BUCKET), CLOCK]
 NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
 OUTCOME = [TOKEN, "60"]  # request token, outcome ttl_s
 MISSES = ["20", "3600000"]  # recipient misses limit, window_ms
+SAME_BUCKET = ["", ""]  # transfer: no verdict from another bucket, no deadline
 # Well-formed calls; each case below breaks one thing in one of them.
 GOOD_CALLS = [
     ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, *OUTCOME]),
-    ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES]),
+    (
+        "transfer",
+        TRANSFER_KEYS,
+        ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
+    ),
+    (
+        "transfer",
+        CROSSING_KEYS,
+        ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "expected", "60"],
+    ),
     (
         "transfer",
         UNRESOLVED_KEYS,
-        ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME, *MISSES],
+        ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME, *MISSES, *SAME_BUCKET],
     ),
 ]
 
@@ -419,7 +431,7 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
         (
             "transfer",
             [*TRANSFER_KEYS, "wallet_session:{b0}:x"],
-            ["1", "2", "5", "", "86400", "1", "1", "0", "", *OUTCOME, *MISSES],
+            ["1", "2", "5", "", "86400", "1", "1", "0", "", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "deposit",
@@ -464,41 +476,41 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
         (
             "transfer",
             TRANSFER_KEYS,
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", TOKEN, "0", *MISSES],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", TOKEN, "0", *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
             TRANSFER_KEYS,
-            ["1", "2", "0", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+            ["1", "2", "0", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
             TRANSFER_KEYS,
-            ["2", "1", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+            ["2", "1", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", ""]),
         # The sender's holds: missing, or another user's.
         (
             "transfer",
             [*DEPOSIT_KEYS, keyspace.user(2)],
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
             [*DEPOSIT_KEYS, keyspace.pending_holds(2), keyspace.user(2)],
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         ("transfer", TRANSFER_KEYS, ["1", "2", "5", "", "86400", *NO_SESSION, ""]),
         # The recipient misses: missing, another user's, a limit or window of 0.
         (
             "transfer",
             [*DEPOSIT_KEYS, keyspace.pending_holds(1), keyspace.user(2)],
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
             [*UNRESOLVED_KEYS[:5], keyspace.recipient_misses_of_user(2), keyspace.user(2)],
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
@@ -513,43 +525,70 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
         (
             "transfer",
             [*TRANSFER_KEYS, keyspace.idempotency(2, "k")],
-            ["1", "2", "5", "k", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+            ["1", "2", "5", "k", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         # A name that resolved to no one: no recipient key, and the name is required.
         (
             "transfer",
             TRANSFER_KEYS,
-            ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME, *MISSES],
+            ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
             UNRESOLVED_KEYS,
-            ["1", "", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES],
+            ["1", "", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
             UNRESOLVED_KEYS,
-            ["1", "", "5", "", "86400", *NO_SESSION, "gh", *OUTCOME, *MISSES],
+            ["1", "", "5", "", "86400", *NO_SESSION, "gh", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
             UNRESOLVED_KEYS,
-            ["1", "", "5", "", "86400", *NO_SESSION, "g:host", *OUTCOME, *MISSES],
+            ["1", "", "5", "", "86400", *NO_SESSION, "g:host", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
             DEPOSIT_KEYS,
-            ["1", "", "5", "", "86400", *NO_SESSION, "gh\u00f6st", *OUTCOME, *MISSES],
+            ["1", "", "5", "", "86400", *NO_SESSION, "gh\u00f6st", *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "transfer",
             TRANSFER_KEYS,
-            ["1", "2", "5", "", "86400", *NO_SESSION, "x" * 33, *OUTCOME, *MISSES],
+            ["1", "2", "5", "", "86400", *NO_SESSION, "x" * 33, *OUTCOME, *MISSES, *SAME_BUCKET],
         ),
         (
             "deposit",
             [*HEAD, keyspace.txn_seq(BUCKET)],
             ["1", "5", "", "86400", *NO_SESSION, *OUTCOME],
+        ),
+        # Across buckets: a verdict needs transit:{b} and outbound:due:{b} instead of the
+        # recipient's wallet, a known verdict, and a deadline; a deadline needs a verdict.
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "expected", "60"],
+        ),
+        (
+            "transfer",
+            CROSSING_KEYS,
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "maybe", "60"],
+        ),
+        (
+            "transfer",
+            CROSSING_KEYS,
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "expected", "0"],
+        ),
+        (
+            "transfer",
+            CROSSING_KEYS,
+            ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME, *MISSES, "expected", "6"],
+        ),
+        (
+            "transfer",
+            TRANSFER_KEYS,
+            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "", "60"],
         ),
         ("register_user", [keyspace.user(2)], ["1"]),
         ("register_user", [keyspace.user(0)], ["0"]),

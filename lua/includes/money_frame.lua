@@ -44,13 +44,26 @@ local function money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_ar
   return frame
 end
 
+-- A stamp past the bucket's last (microseconds since the epoch, a number), from Redis's
+-- TIME reply `now`: the clock may step back (NTP, a failover to a host whose clock is
+-- behind), and a user's statement orders their transactions by (created_at, id), so within
+-- a bucket stamps must increase with ids. The caller keeps it (SET clock_key) once every
+-- check has passed: a refused call writes nothing.
+local function stamp_past_clock(clock_key, now)
+  -- Exact in a double: microseconds since the epoch stay below 2^53 until the year 2255.
+  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local last_us = tonumber(redis.call("GET", clock_key) or "0")
+  assert(last_us, "invariant: txn:clock holds a number")
+  if now_us <= last_us then
+    return last_us + 1
+  end
+  return now_us
+end
+
 -- The call's stamp (microseconds since the epoch, a decimal string; nil when refused), and
 -- what refuses the call before any money is looked at (refusal_before_money: the session,
--- then the id counter), or nil. The stamp is Redis's clock, but always past the bucket's
--- last stamp (txn:clock:{b}): the clock may step back (NTP, a failover to a host whose clock
--- is behind), and a user's statement orders their transactions by (created_at, id), so
--- within a bucket stamps must increase with ids. The script keeps the stamp
--- (frame_keep_stamp) once every check has passed: a refused call writes nothing.
+-- then the id counter), or nil. The stamp is stamp_past_clock's; the script keeps it
+-- (frame_keep_stamp) once every check has passed.
 local function money_frame_refusal(frame)
   local now = redis.call("TIME")
   local session_key = frame.has_session and KEYS[frame.session_index] or nil
@@ -59,15 +72,8 @@ local function money_frame_refusal(frame)
   if refusal then
     return nil, refusal
   end
-  -- Exact in a double: microseconds since the epoch stay below 2^53 until the year 2255.
-  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  local last_us = tonumber(redis.call("GET", KEYS[frame.clock_index]) or "0")
-  assert(last_us, "invariant: txn:clock holds a number")
-  if now_us <= last_us then
-    now_us = last_us + 1
-  end
-  frame.stamp_us = now_us
-  return string.format("%d", now_us), nil
+  frame.stamp_us = stamp_past_clock(KEYS[frame.clock_index], now)
+  return string.format("%d", frame.stamp_us), nil
 end
 
 -- Records the call's stamp as the bucket's last: called once every check has passed, before

@@ -163,6 +163,15 @@ REQUEST_NOT_APPLIED = Refusal(
     lua_outcome="not_applied",
     retry_after_s=RETRY_SHORTLY_S,
 )
+# A transfer across buckets whose credit was fenced off before it landed (its reservation
+# outlived the deadline: service/redis/crossing.py): the reservation was undone, and its
+# Idempotency-Key forgotten. A retry is a new transfer.
+TRANSFER_UNDONE = Refusal(
+    "service_unavailable",
+    503,
+    "the transfer could not be completed in time and was undone; try again shortly",
+    retry_after_s=RETRY_SHORTLY_S,
+)
 # A money request whose reply from Redis was lost, and whose outcome Redis could not tell
 # within the wait: it may have been applied, so no Retry-After (the contract's Guarantees).
 OUTCOME_UNKNOWN = Refusal(

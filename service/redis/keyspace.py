@@ -124,6 +124,39 @@ def hold_of_party(user_id: int, hold_id: int) -> str:
     return hold(bucket_of(user_id), hold_id)
 
 
+# Transfers across buckets (docs/scaling.md, "Across buckets"): the reservation on the
+# payer's bucket, the expectation (the fence) on the payee's.
+
+
+def transit(bucket: int) -> str:
+    """String: kopecks reserved in the bucket by transfers whose credit is in another."""
+    return f"transit:{_tag(bucket)}"
+
+
+def outbound(bucket: int, txn_id: int) -> str:
+    """Hash: one reservation (lua/transfer.lua builds this name itself, from the id it
+    assigns): state from to amount token created_at_us from_balance idem_key."""
+    return f"outbound:{_tag(bucket)}:{txn_id}"
+
+
+def outbound_due(bucket: int) -> str:
+    """Sorted set: the reservations not yet settled or voided, member txn_id, score the
+    deadline (µs) after which recovery completes or voids them."""
+    return f"outbound:due:{_tag(bucket)}"
+
+
+def inbound(to_user_id: int, token: str) -> str:
+    """Hash: the expectation of a credit to ``to_user_id`` under the request's token, in the
+    payee's bucket: state (expected, applied, aborted) amount txn_id created_at_us."""
+    return f"inbound:{_user_tag(to_user_id)}:{token}"
+
+
+def inbound_due(bucket: int) -> str:
+    """Sorted set: the expectations not yet applied or aborted, member ``<to>:<token>``,
+    score the deadline (µs) after which recovery aborts them."""
+    return f"inbound:due:{_tag(bucket)}"
+
+
 # Per user, in the user's bucket.
 
 

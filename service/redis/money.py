@@ -33,6 +33,7 @@ from service.domain.limits import MAX_USER_ID, USERNAME_PATTERN
 from service.domain.refusals import BY_LUA_OUTCOME, Refused
 from service.outages import is_outage
 from service.redis import keyspace
+from service.redis.crossing import RESERVATION_DEADLINE_MS, CrossingLegs
 from service.redis.pipelining import ReplyLost
 from service.redis.replicas import ReplicasNotConfirmed
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
@@ -235,6 +236,7 @@ class MoneyScripts:
         self._register_user = LuaScript(redis, "register_user")
         self._deposit = LuaScript(redis, "deposit")
         self._transfer = LuaScript(redis, "transfer")
+        self._crossing = CrossingLegs(redis)
         self._read_balance = LuaScript(redis, "read_balance")
 
     async def register_user(self, user_id: int) -> bool:
@@ -288,12 +290,18 @@ class MoneyScripts:
         check_amount(amount_kopecks)
         runner = self._runner
         token = new_request_token()
+        bucket = keyspace.bucket_of(from_user_id)
         keys = [
             *head_keys(from_user_id, token),
             keyspace.pending_holds(from_user_id),
             keyspace.recipient_misses_of_user(from_user_id),
         ]
-        if to_user_id is not None:
+        # Across buckets: the recipient's bucket answers first (service/redis/crossing.py).
+        verdict = ""
+        if to_user_id is not None and keyspace.bucket_of(to_user_id) != bucket:
+            verdict = await self._crossing.expect(to_user_id, amount_kopecks, token)
+            keys += [keyspace.transit(bucket), keyspace.outbound_due(bucket)]
+        elif to_user_id is not None:
             keys.append(keyspace.user(to_user_id))
         keys += tail_keys(from_user_id, idempotency_key, session)
         args = [
@@ -305,7 +313,48 @@ class MoneyScripts:
         ]
         args += session_args(session)
         args += [to_username or "", token, runner.outcome_ttl_s, *runner.recipient_misses_args]
-        return _result(await runner.run(self._transfer, keys, args, from_user_id, token))
+        args += [verdict, str(RESERVATION_DEADLINE_MS) if verdict else ""]
+        reply = await runner.run(self._transfer, keys, args, from_user_id, token)
+        if not verdict:
+            return _result(reply)
+        assert to_user_id is not None
+        return await self._complete_crossing(reply, bucket, to_user_id, token, verdict)
+
+    async def _complete_crossing(
+        self, reply: list[bytes], bucket: int, to_user_id: int, token: str, verdict: str
+    ) -> Accepted:
+        """After the reservation of a transfer across buckets: its credit and settlement,
+        answered once the credit is applied. A refusal, or the replay of an earlier request
+        with the key, leaves this request's expectation unused: it is aborted. A replay
+        completes the earlier request's transfer if a crash left it half-way."""
+        try:
+            accepted = _result(reply)
+        except Refused:
+            if verdict == "expected":
+                await self._crossing.abort(to_user_id, token)
+            raise
+        if accepted.replayed and verdict == "expected":
+            await self._crossing.abort(to_user_id, token)
+        try:
+            state = await self._crossing.complete(bucket, accepted.txn_id)
+        except ReplicasNotConfirmed:
+            # The credit moved money that a failover may take back.
+            log.warning(
+                "the outcome of a transfer across buckets is unknown: its credit is"
+                " not on the replicas"
+            )
+            raise Refused(refusals.OUTCOME_UNKNOWN) from None
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            # Reserved, maybe credited: recovery completes it after its deadline.
+            log.warning("a transfer across buckets was left half-way (%r)", error)
+            raise Refused(refusals.OUTCOME_UNKNOWN) from None
+        if state == "voided":
+            # Its deadline passed before its credit (or this is a retry of one that did):
+            # recovery fenced the credit off and gave the money back.
+            raise Refused(refusals.TRANSFER_UNDONE)
+        return accepted
 
     async def balance(self, user_id: int) -> WalletAmounts:
         """The wallet's balance and held money now; Refused(ACCOUNT_NOT_FOUND) when it has

@@ -1,0 +1,81 @@
+-- transfer_credit: the credit of a transfer across buckets, on the payee's bucket, after the
+-- reservation on the payer's (docs/scaling.md, "Across buckets"). Exactly once: the record
+-- inbound:{b}:<to>:<token> that lua/transfer_expect.lua wrote decides. Expected: the payee's
+-- balance grows by the amount kept in incoming_kopecks, which the expectation already
+-- checked against the ceiling, so nothing can refuse it; the record becomes applied with
+-- the transaction's id, and a transfer_in record is appended to this bucket's stream.
+-- Applied with this id: nothing is written (a retry). Aborted, or gone (ended long ago,
+-- or never written on this node): nothing is written, and the transfer is voided on the
+-- payer's bucket.
+--
+-- KEYS[1]  txn:stream:{b}                 stream
+-- KEYS[2]  user:{b}:<to_user_id>          hash: balance_kopecks (raised), incoming_kopecks
+--                                         (lowered)
+-- KEYS[3]  inbound:{b}:<to_user_id>:<token>  hash: state amount txn_id created_at_us
+-- KEYS[4]  inbound:due:{b}                sorted set: member <to_user_id>:<token>
+-- KEYS[5]  txn:clock:{b}                  string: the bucket's last stamp, microseconds
+-- ARGV[1]  to_user_id                     decimal, 1..15 digits, no leading zero
+-- ARGV[2]  request token                  the token the expectation was written under
+-- ARGV[3]  txn_id                         decimal: the id the payer's bucket gave the transfer
+-- ARGV[4]  from_user_id                   decimal: the payer
+-- ARGV[5]  amount_kopecks                 decimal, 1 .. 10^12: as expected
+-- ARGV[6]  retention_s                    decimal seconds, 1 .. 10^7: how long the record is
+--                                         kept once applied (a late credit must find it)
+--
+-- Returns  {outcome, created_at_us, to_balance_kopecks}:
+--   "applied"            the payee has the money (now, or by an earlier call with this
+--                        txn_id); created_at_us is when it was credited, by this bucket's
+--                        clock; to_balance_kopecks is "" for an earlier call's
+--   "aborted"            the fence was set first (aborted or gone): nothing written
+--   "invalid_argument"   KEYS/ARGV fail validation, or the record is of another transfer
+--                        (nothing written)
+-- Stream entry fields: id kind ("transfer_in") from to amount created_at_us to_balance.
+
+-- @include bucket
+-- @include validate
+-- @include check_session
+-- @include money_frame
+-- @include holds
+
+local to_id, token, txn_id, from_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local retention_arg = ARGV[6]
+if #KEYS ~= 5 or #ARGV ~= 6 or not valid_id(to_id) or not valid_request_token(token)
+  or not valid_id(txn_id) or not valid_id(from_id) or from_id == to_id
+  or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
+  or not valid_positive(retention_arg, MAX_TTL_S)
+  or KEYS[1] ~= bucket_key("txn:stream") or KEYS[2] ~= bucket_member_key("user", to_id)
+  or KEYS[3] ~= bucket_member_key("inbound", to_id) .. ":" .. token
+  or KEYS[4] ~= bucket_key("inbound:due") or KEYS[5] ~= bucket_key("txn:clock") then
+  return {"invalid_argument", "", ""}
+end
+
+local record = redis.call("HMGET", KEYS[3], "state", "amount", "txn_id", "created_at_us")
+local state = record[1]
+if state == "applied" then
+  if record[3] ~= txn_id then
+    return {"invalid_argument", "", ""}
+  end
+  return {"applied", record[4], ""}
+end
+if state ~= "expected" then
+  return {"aborted", "", ""}
+end
+if record[2] ~= amount_arg then
+  return {"invalid_argument", "", ""}
+end
+
+local payee = wallet_amounts(KEYS[2], to_id)
+assert(payee and payee.incoming >= tonumber(amount_arg)
+  and payee.balance + tonumber(amount_arg) <= MAX_BALANCE_KOPECKS,
+  "invariant: an expected credit is kept in the payee's incoming_kopecks")
+local stamp = string.format("%d", stamp_past_clock(KEYS[5], redis.call("TIME")))
+redis.call("SET", KEYS[5], stamp)
+redis.call("HINCRBY", KEYS[2], "incoming_kopecks", "-" .. amount_arg)
+local to_balance = string.format("%d", redis.call("HINCRBY", KEYS[2], "balance_kopecks", amount_arg))
+redis.call("HSET", KEYS[3], "state", "applied", "txn_id", txn_id, "created_at_us", stamp)
+redis.call("EXPIRE", KEYS[3], retention_arg)
+redis.call("ZREM", KEYS[4], to_id .. ":" .. token)
+redis.call("XADD", KEYS[1], "*",
+  "id", txn_id, "kind", "transfer_in", "from", from_id, "to", to_id, "amount", amount_arg,
+  "created_at_us", stamp, "to_balance", to_balance)
+return {"applied", stamp, to_balance}

@@ -1,0 +1,70 @@
+-- transfer_void: undoes the reservation of a transfer across buckets on the payer's bucket,
+-- once lua/transfer_abort.lua fenced its credit off on the payee's (docs/scaling.md,
+-- "Across buckets"): the money goes back from transit:{b} to the payer's balance, the
+-- reservation becomes voided, and a transfer_voided record is appended. The request that
+-- made it never got its 201 (that needs the credit), so its Idempotency-Key's record goes
+-- too: a retry with the key is a new transfer. Safe to repeat.
+--
+-- KEYS[1]  txn:stream:{b}                 stream
+-- KEYS[2]  outbound:{b}:<txn_id>          hash: the reservation (state set to "voided")
+-- KEYS[3]  outbound:due:{b}               sorted set: member txn_id
+-- KEYS[4]  transit:{b}                    string: kopecks in flight (lowered)
+-- KEYS[5]  user:{b}:<from_user_id>        hash: balance_kopecks (raised)
+-- KEYS[6]  txn:clock:{b}                  string: the bucket's last stamp, microseconds
+-- KEYS[7]  idem:{b}:<from_user_id>:<key>  iff the reservation has a key (its idem_key)
+-- ARGV[1]  txn_id                         decimal, 1..15 digits, no leading zero
+-- ARGV[2]  retention_s                    decimal seconds, 1 .. 10^7: how long the voided
+--                                         reservation is kept
+--
+-- Returns  {outcome}:
+--   "voided"             voided now or before
+--   "settled"            it was settled: nothing written (the fence orders them)
+--   "gone"               no such reservation (nothing written)
+--   "invalid_argument"   KEYS/ARGV fail validation, or KEYS[5]/KEYS[7] are not the
+--                        reservation's payer and key (nothing written)
+-- Stream entry fields: id kind ("transfer_voided") from amount created_at_us from_balance.
+
+-- @include bucket
+-- @include validate
+-- @include check_session
+-- @include money_frame
+
+local txn_id, retention_arg = ARGV[1], ARGV[2]
+if (#KEYS ~= 6 and #KEYS ~= 7) or #ARGV ~= 2 or not valid_id(txn_id)
+  or not valid_positive(retention_arg, MAX_TTL_S)
+  or KEYS[1] ~= bucket_key("txn:stream") or KEYS[2] ~= bucket_member_key("outbound", txn_id)
+  or KEYS[3] ~= bucket_key("outbound:due") or KEYS[4] ~= bucket_key("transit")
+  or KEYS[6] ~= bucket_key("txn:clock") then
+  return {"invalid_argument"}
+end
+
+local record = redis.call("HMGET", KEYS[2], "state", "amount", "from", "idem_key")
+if not record[1] then
+  return {"gone"}
+end
+local from_id, idem_key = record[3], record[4]
+local idem_record = idem_key ~= "" and bucket_member_key("idem", from_id) .. ":" .. idem_key or nil
+if KEYS[5] ~= bucket_member_key("user", from_id) or KEYS[7] ~= idem_record then
+  return {"invalid_argument"}
+end
+if record[1] ~= "reserved" then
+  return {record[1]}
+end
+local in_transit = tonumber(redis.call("GET", KEYS[4]) or "0")
+assert(in_transit >= tonumber(record[2]), "invariant: a reservation is counted in transit")
+local stamp = string.format("%d", stamp_past_clock(KEYS[6], redis.call("TIME")))
+redis.call("SET", KEYS[6], stamp)
+redis.call("DECRBY", KEYS[4], record[2])
+local from_balance = string.format("%d",
+  redis.call("HINCRBY", KEYS[5], "balance_kopecks", record[2]))
+-- The key's record, if it is still this transfer's (it may have expired and been used again).
+if idem_record and redis.call("HGET", idem_record, "txn_id") == txn_id then
+  redis.call("DEL", idem_record)
+end
+redis.call("HSET", KEYS[2], "state", "voided")
+redis.call("EXPIRE", KEYS[2], retention_arg)
+redis.call("ZREM", KEYS[3], txn_id)
+redis.call("XADD", KEYS[1], "*",
+  "id", txn_id, "kind", "transfer_voided", "from", from_id, "amount", record[2],
+  "created_at_us", stamp, "from_balance", from_balance)
+return {"voided"}

@@ -1,0 +1,296 @@
+"""Transfers across buckets (service/redis/crossing.py and its scripts) against a real Redis,
+with three buckets (user u in bucket u % 3): exactly once, fenced, recovered, and money
+conserved, counting what is in transit, at every step."""
+
+import asyncio
+import random
+import time
+from typing import cast
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.domain import refusals
+from service.domain.refusals import Refused
+from service.ledger.hold_sweeper import run_crossing_recovery
+from service.redis import crossing, keyspace
+from service.redis import money as money_module
+from service.redis.crossing import CrossingLegs
+from service.redis.money import MoneyScripts
+from service.redis.scripts import LuaScript
+from service.redis.types import RedisClient
+from tests.support.helpers import StreamEntries, add_users, balance, refusing
+
+# Payers and payees in three buckets: 1, 4, 7 in bucket 1; 2, 5, 8 in 2; 3, 6, 9 in 0.
+USERS = list(range(1, 10))
+DEPOSIT_KOPECKS = 100_000
+FAR_FUTURE_US = int(time.time() * 1_000_000) + 10 * 24 * 3600 * 1_000_000
+
+
+@pytest.fixture
+async def funded(
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, several_buckets: int
+) -> MoneyScripts:
+    await add_users(db_engine, money, USERS)
+    for user_id in USERS:
+        await money.deposit(user_id, DEPOSIT_KOPECKS)
+    return money
+
+
+async def in_transit(redis: RedisClient) -> int:
+    return sum([int(await redis.get(keyspace.transit(b)) or 0) for b in keyspace.all_buckets()])
+
+
+async def incoming(redis: RedisClient, user_id: int) -> int:
+    return int(await redis.hget(keyspace.user(user_id), "incoming_kopecks") or 0)
+
+
+async def assert_conserved(redis: RedisClient) -> None:
+    balances = [await balance(redis, u) for u in USERS]
+    assert min(balances) >= 0
+    assert sum(balances) + await in_transit(redis) == DEPOSIT_KOPECKS * len(USERS)
+
+
+async def stream_kinds(redis: RedisClient, bucket: int) -> list[str]:
+    entries = cast(StreamEntries, await redis.xrange(keyspace.txn_stream(bucket)))
+    return [fields[b"kind"].decode() for _, fields in entries]
+
+
+async def test_a_transfer_across_buckets_moves_the_money_once(
+    redis_client: RedisClient, funded: MoneyScripts
+) -> None:
+    accepted = await funded.transfer(1, 2, 2_500, idempotency_key="k")
+    assert await balance(redis_client, 1) == DEPOSIT_KOPECKS - 2_500
+    assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 2_500
+    assert (await in_transit(redis_client), await incoming(redis_client, 2)) == (0, 0)
+    # The id is the payer's bucket's; each bucket's stream records its side.
+    seq_1 = int(await redis_client.get(keyspace.txn_seq(1)) or 0)
+    assert accepted.txn_id == seq_1
+    assert (await stream_kinds(redis_client, 1))[-2:] == ["transfer_out", "transfer_settled"]
+    assert (await stream_kinds(redis_client, 2))[-1] == "transfer_in"
+    reservation = await CrossingLegs(redis_client).reservation(1, accepted.txn_id)
+    assert reservation is not None
+    assert reservation.state == "settled"
+    assert await redis_client.zcard(keyspace.outbound_due(1)) == 0
+    assert await redis_client.zcard(keyspace.inbound_due(2)) == 0
+
+    again = await funded.transfer(1, 2, 2_500, idempotency_key="k")
+    assert (again.txn_id, again.replayed) == (accepted.txn_id, True)
+    assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 2_500
+    assert await incoming(redis_client, 2) == 0  # the retry's own expectation was aborted
+    await assert_conserved(redis_client)
+
+
+async def test_refusals_across_buckets_change_no_money_and_release_the_headroom(
+    redis_client: RedisClient, funded: MoneyScripts
+) -> None:
+    with refusing(refusals.INSUFFICIENT_FUNDS):
+        await funded.transfer(1, 2, DEPOSIT_KOPECKS + 1, idempotency_key="big")
+    with refusing(refusals.INSUFFICIENT_FUNDS) as replay:
+        await funded.transfer(1, 2, DEPOSIT_KOPECKS + 1, idempotency_key="big")
+    assert replay.value.replayed
+    with refusing(refusals.RECIPIENT_NOT_FOUND):
+        await funded.transfer(1, 11, 1)  # user 11 (bucket 2) has no wallet
+    await redis_client.hset(keyspace.user(5), "balance_kopecks", 10**15 - 10)
+    with refusing(refusals.BALANCE_LIMIT_EXCEEDED):
+        await funded.transfer(4, 5, 11)
+    await redis_client.hset(keyspace.user(5), "balance_kopecks", DEPOSIT_KOPECKS)
+    assert [await incoming(redis_client, u) for u in (2, 5)] == [0, 0]
+    assert await in_transit(redis_client) == 0
+    assert [await balance(redis_client, u) for u in USERS] == [DEPOSIT_KOPECKS] * len(USERS)
+    assert await redis_client.zcard(keyspace.inbound_due(2)) == 0
+
+
+async def test_a_crash_between_the_legs_is_completed_by_recovery(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reservation is made, then Redis stops answering (or the API dies) before the
+    credit: the client gets outcome_unknown; recovery completes the transfer after its
+    deadline, and a retry with the key replays it."""
+
+    async def lost(self: CrossingLegs, bucket: int, txn_id: int) -> str:
+        raise RedisConnectionError("the API lost Redis after the reservation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "complete", lost)
+        with refusing(refusals.OUTCOME_UNKNOWN):
+            await funded.transfer(4, 8, 700, idempotency_key="half")
+    assert await balance(redis_client, 4) == DEPOSIT_KOPECKS - 700
+    assert await balance(redis_client, 8) == DEPOSIT_KOPECKS
+    assert (await in_transit(redis_client), await incoming(redis_client, 8)) == (700, 700)
+    await assert_conserved(redis_client)
+
+    legs = CrossingLegs(redis_client)
+    assert await legs.recover(1, now_us=int(time.time() * 1_000_000)) == 0  # not due yet
+    assert await legs.recover(1, now_us=FAR_FUTURE_US) == 1
+    assert await balance(redis_client, 8) == DEPOSIT_KOPECKS + 700
+    assert (await in_transit(redis_client), await incoming(redis_client, 8)) == (0, 0)
+    await assert_conserved(redis_client)
+    again = await funded.transfer(4, 8, 700, idempotency_key="half")
+    assert again.replayed
+    assert await balance(redis_client, 8) == DEPOSIT_KOPECKS + 700
+
+
+async def test_a_retry_with_the_key_completes_a_reservation_left_half_way(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def lost(self: CrossingLegs, bucket: int, txn_id: int) -> str:
+        raise RedisConnectionError("lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "complete", lost)
+        with refusing(refusals.OUTCOME_UNKNOWN):
+            await funded.transfer(7, 2, 300, idempotency_key="retry")
+    again = await funded.transfer(7, 2, 300, idempotency_key="retry")
+    assert again.replayed
+    assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 300
+    assert (await in_transit(redis_client), await incoming(redis_client, 2)) == (0, 0)
+    assert await CrossingLegs(redis_client).recover(1, now_us=FAR_FUTURE_US) == 0
+
+
+async def test_the_fence_voids_a_reservation_and_stops_a_late_credit(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery aborted the credit (the API stalled past the deadline): the reservation is
+    voided, the money is back, the key forgotten, and the credit the API sends late does
+    nothing."""
+    legs = CrossingLegs(redis_client)
+    seen: list[int] = []
+
+    async def stalled(self: CrossingLegs, bucket: int, txn_id: int) -> str:
+        seen.append(txn_id)
+        reservation = await self.reservation(bucket, txn_id)
+        assert reservation is not None
+        assert await self.abort(reservation.to_user_id, reservation.token) is None  # the fence
+        return await original(self, bucket, txn_id)
+
+    original = CrossingLegs.complete
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "complete", stalled)
+        with refusing(refusals.TRANSFER_UNDONE):
+            await funded.transfer(1, 5, 900, idempotency_key="late")
+    [txn_id] = seen
+    assert await balance(redis_client, 1) == DEPOSIT_KOPECKS
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS
+    assert (await in_transit(redis_client), await incoming(redis_client, 5)) == (0, 0)
+    assert not await redis_client.exists(keyspace.idempotency(1, "late"))
+    assert (await stream_kinds(redis_client, 1))[-2:] == ["transfer_out", "transfer_voided"]
+
+    reservation = await legs.reservation(1, txn_id)
+    assert reservation is not None
+    assert reservation.state == "voided"
+    assert not await legs._credit_once(reservation)  # the late credit finds the fence
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS
+    assert await legs.complete(1, txn_id) == "voided"
+    # The key is free again: a retry is a new transfer.
+    fresh = await funded.transfer(1, 5, 900, idempotency_key="late")
+    assert not fresh.replayed
+    assert fresh.txn_id != txn_id
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS + 900
+    await assert_conserved(redis_client)
+
+
+async def test_recovery_aborts_an_expectation_no_reservation_followed(
+    redis_client: RedisClient, funded: MoneyScripts
+) -> None:
+    legs = CrossingLegs(redis_client)
+    token = "t" * 22
+    assert await legs.expect(2, 400, token) == "expected"  # then the API died
+    assert await incoming(redis_client, 2) == 400
+    assert await legs.recover(2, now_us=int(time.time() * 1_000_000)) == 0
+    assert await legs.recover(2, now_us=FAR_FUTURE_US) == 1
+    assert await incoming(redis_client, 2) == 0
+    assert await redis_client.hget(keyspace.inbound(2, token), "state") == b"aborted"
+    assert await redis_client.ttl(keyspace.inbound(2, token)) > 0
+
+
+async def test_concurrent_transfers_across_and_within_buckets(
+    redis_client: RedisClient, funded: MoneyScripts
+) -> None:
+    """The contract's concurrent cases with payers and payees in every bucket: no kopeck
+    lost or invented, no balance below zero, every 201 applied once."""
+    rng = random.Random(16)
+    accepted: list[int] = []
+    refused: list[refusals.Refusal] = []
+
+    async def payer(user_id: int) -> None:
+        for _ in range(25):
+            to_user_id = rng.choice([u for u in USERS if u != user_id])
+            try:
+                result = await funded.transfer(user_id, to_user_id, rng.randint(1, 20_000))
+            except Refused as refusal:
+                refused.append(refusal.refusal)
+            else:
+                accepted.append(result.txn_id)
+
+    await asyncio.gather(*(payer(u) for u in USERS))
+    assert len(accepted) == len(set(accepted)) > 100
+    assert set(refused) <= {refusals.INSUFFICIENT_FUNDS}
+    await assert_conserved(redis_client)
+    assert await in_transit(redis_client) == 0
+    assert [await incoming(redis_client, u) for u in USERS] == [0] * len(USERS)
+    for bucket in keyspace.all_buckets():
+        assert await redis_client.zcard(keyspace.outbound_due(bucket)) == 0
+        assert await redis_client.zcard(keyspace.inbound_due(bucket)) == 0
+
+
+@pytest.mark.parametrize(
+    ("script", "keys", "args"),
+    [
+        ("transfer_expect", ["user:{b2}:2", "inbound:{b2}:2:" + "t" * 22, "inbound:due:{b2}"],
+         ["2", "0", "t" * 22, "1000"]),
+        ("transfer_expect", ["user:{b2}:2", "inbound:{b1}:2:" + "t" * 22, "inbound:due:{b2}"],
+         ["2", "5", "t" * 22, "1000"]),
+        ("transfer_credit", ["txn:stream:{b2}", "user:{b2}:2", "inbound:{b2}:2:" + "t" * 22,
+                             "inbound:due:{b2}", "txn:clock:{b2}"],
+         ["2", "t" * 22, "7", "2", "5", "60"]),
+        ("transfer_abort", ["user:{b2}:2", "inbound:{b2}:3:" + "t" * 22, "inbound:due:{b2}"],
+         ["2", "t" * 22, "60"]),
+        ("transfer_settle", ["txn:stream:{b1}", "outbound:{b1}:8", "outbound:due:{b1}",
+                             "transit:{b1}"], ["7", "60"]),
+        ("transfer_void", ["txn:stream:{b1}", "outbound:{b1}:7", "outbound:due:{b1}",
+                           "transit:{b1}", "user:{b1}:1"], ["7", "60"]),
+    ],
+)  # fmt: skip
+async def test_the_scripts_refuse_malformed_calls_and_write_nothing(
+    redis_client: RedisClient, funded: MoneyScripts, script: str, keys: list[str], args: list[str]
+) -> None:
+    before = {key: await redis_client.dump(key) for key in keys}
+    reply = await LuaScript(redis_client, script)(keys=keys, args=args)
+    assert reply[0] == b"invalid_argument"
+    assert {key: await redis_client.dump(key) for key in keys} == before
+
+
+def test_recovery_completes_before_it_aborts() -> None:
+    """An expectation outlives its reservation's deadline, so that recovery of the
+    reservation completes the transfer rather than finds it fenced off."""
+    assert crossing.EXPECTATION_DEADLINE_MS > crossing.RESERVATION_DEADLINE_MS
+
+
+async def test_the_recovery_loop_completes_a_transfer_once_its_deadline_passed(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `wallet writer` runs it (service/ledger/hold_sweeper.py), with a deadline of 1 ms."""
+    monkeypatch.setattr(money_module, "RESERVATION_DEADLINE_MS", 1)
+
+    async def lost(self: CrossingLegs, bucket: int, txn_id: int) -> str:
+        raise RedisConnectionError("lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "complete", lost)
+        with refusing(refusals.OUTCOME_UNKNOWN):
+            await funded.transfer(1, 8, 600)
+    stop = asyncio.Event()
+    recovery = asyncio.create_task(run_crossing_recovery(CrossingLegs(redis_client), 1, stop))
+    try:
+        for _ in range(500):
+            if not await in_transit(redis_client):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await recovery
+    assert await balance(redis_client, 8) == DEPOSIT_KOPECKS + 600
+    assert await incoming(redis_client, 8) == 0
+    await assert_conserved(redis_client)
