@@ -8,7 +8,8 @@
 --
 -- KEYS[1]  user:{b}:<to_user_id>          hash: incoming_kopecks (lowered)
 -- KEYS[2]  inbound:{b}:<to_user_id>:<token>  hash: state amount txn_id
--- KEYS[3]  inbound:due:{b}                sorted set: member <to_user_id>:<token>
+-- KEYS[3]  inbound:due:{b}                sorted set: member <to_user_id>:<token> (removed
+--                                         unless applied, when the credit removed it)
 -- ARGV[1]  to_user_id                     decimal, 1..15 digits, no leading zero
 -- ARGV[2]  request token                  the token the expectation was written under
 -- ARGV[3]  retention_s                    decimal seconds, 1 .. 10^7: how long the aborted
@@ -40,8 +41,8 @@ if record[1] == "expected" then
   assert(incoming >= tonumber(record[2]),
     "invariant: an expected credit is kept in the payee's incoming_kopecks")
   redis.call("HINCRBY", KEYS[1], "incoming_kopecks", "-" .. record[2])
-  redis.call("ZREM", KEYS[3], to_id .. ":" .. token)
 end
+redis.call("ZREM", KEYS[3], to_id .. ":" .. token)
 redis.call("HSET", KEYS[2], "state", "aborted")
 redis.call("EXPIRE", KEYS[2], retention_arg)
 return {"aborted", ""}

@@ -87,6 +87,7 @@
 -- @include bucket
 -- @include validate
 -- @include check_session
+-- @include stamp
 -- @include money_frame
 -- @include fingerprint
 -- @include idempotency

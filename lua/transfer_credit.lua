@@ -4,9 +4,10 @@
 -- balance grows by the amount kept in incoming_kopecks, which the expectation already
 -- checked against the ceiling, so nothing can refuse it; the record becomes applied with
 -- the transaction's id, and a transfer_in record is appended to this bucket's stream.
--- Applied with this id: nothing is written (a retry). Aborted, or gone (ended long ago,
--- or never written on this node): nothing is written, and the transfer is voided on the
--- payer's bucket.
+-- Applied with this id: nothing is written (a retry). Aborted: nothing is written, and the
+-- transfer is voided on the payer's bucket. Gone (never written on this node, as after a
+-- failover that lost it, or ended longer ago than it is kept): nothing is written; the
+-- caller decides (service/redis/crossing.py).
 --
 -- KEYS[1]  txn:stream:{b}                 stream
 -- KEYS[2]  user:{b}:<to_user_id>          hash: balance_kopecks (raised), incoming_kopecks
@@ -26,15 +27,15 @@
 --   "applied"            the payee has the money (now, or by an earlier call with this
 --                        txn_id); created_at_us is when it was credited, by this bucket's
 --                        clock; to_balance_kopecks is "" for an earlier call's
---   "aborted"            the fence was set first (aborted or gone): nothing written
+--   "aborted"            the fence was set first: nothing written
+--   "gone"               no record: nothing written
 --   "invalid_argument"   KEYS/ARGV fail validation, or the record is of another transfer
 --                        (nothing written)
 -- Stream entry fields: id kind ("transfer_in") from to amount created_at_us to_balance.
 
 -- @include bucket
 -- @include validate
--- @include check_session
--- @include money_frame
+-- @include stamp
 -- @include holds
 
 local to_id, token, txn_id, from_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -56,6 +57,9 @@ if state == "applied" then
     return {"invalid_argument", "", ""}
   end
   return {"applied", record[4], ""}
+end
+if not state then
+  return {"gone", "", ""}
 end
 if state ~= "expected" then
   return {"aborted", "", ""}

@@ -26,8 +26,7 @@
 
 -- @include bucket
 -- @include validate
--- @include check_session
--- @include money_frame
+-- @include stamp
 
 local txn_id, retention_arg = ARGV[1], ARGV[2]
 if (#KEYS ~= 6 and #KEYS ~= 7) or #ARGV ~= 2 or not valid_id(txn_id)

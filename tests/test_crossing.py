@@ -5,6 +5,7 @@ conserved, counting what is in transit, at every step."""
 import asyncio
 import random
 import time
+from dataclasses import replace
 from typing import cast
 
 import pytest
@@ -16,7 +17,7 @@ from service.domain.refusals import Refused
 from service.ledger.hold_sweeper import run_crossing_recovery
 from service.redis import crossing, keyspace
 from service.redis import money as money_module
-from service.redis.crossing import CrossingLegs
+from service.redis.crossing import CrossingLegs, Reservation
 from service.redis.money import MoneyScripts
 from service.redis.scripts import LuaScript
 from service.redis.types import RedisClient
@@ -46,10 +47,31 @@ async def incoming(redis: RedisClient, user_id: int) -> int:
     return int(await redis.hget(keyspace.user(user_id), "incoming_kopecks") or 0)
 
 
+async def in_flight(redis: RedisClient) -> int:
+    """The money of reservations whose credit is not applied: the payer has it no more, the
+    payee not yet. (transit:{b} counts a reservation until it is settled, one step after
+    its credit.)"""
+    reserved_kopecks = 0
+    flying_kopecks = 0
+    async for key in redis.scan_iter(match="outbound:{b*}:*"):
+        if key.startswith(b"outbound:due:"):
+            continue
+        record = cast(dict[bytes, bytes], await redis.hgetall(key))
+        if record[b"state"] != b"reserved":
+            continue
+        amount = int(record[b"amount"])
+        reserved_kopecks += amount
+        inbound = keyspace.inbound(int(record[b"to"]), record[b"token"].decode())
+        if await redis.hget(inbound, "state") != b"applied":
+            flying_kopecks += amount
+    assert reserved_kopecks == await in_transit(redis)
+    return flying_kopecks
+
+
 async def assert_conserved(redis: RedisClient) -> None:
     balances = [await balance(redis, u) for u in USERS]
     assert min(balances) >= 0
-    assert sum(balances) + await in_transit(redis) == DEPOSIT_KOPECKS * len(USERS)
+    assert sum(balances) + await in_flight(redis) == DEPOSIT_KOPECKS * len(USERS)
 
 
 async def stream_kinds(redis: RedisClient, bucket: int) -> list[str]:
@@ -109,11 +131,11 @@ async def test_a_crash_between_the_legs_is_completed_by_recovery(
     credit: the client gets outcome_unknown; recovery completes the transfer after its
     deadline, and a retry with the key replays it."""
 
-    async def lost(self: CrossingLegs, bucket: int, txn_id: int) -> str:
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
         raise RedisConnectionError("the API lost Redis after the reservation")
 
     with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "complete", lost)
+        patch.setattr(CrossingLegs, "finish", lost)
         with refusing(refusals.OUTCOME_UNKNOWN):
             await funded.transfer(4, 8, 700, idempotency_key="half")
     assert await balance(redis_client, 4) == DEPOSIT_KOPECKS - 700
@@ -122,8 +144,8 @@ async def test_a_crash_between_the_legs_is_completed_by_recovery(
     await assert_conserved(redis_client)
 
     legs = CrossingLegs(redis_client)
-    assert await legs.recover(1, now_us=int(time.time() * 1_000_000)) == 0  # not due yet
-    assert await legs.recover(1, now_us=FAR_FUTURE_US) == 1
+    assert await legs.recover(now_us=int(time.time() * 1_000_000)) == 0  # not due yet
+    assert await legs.recover(now_us=FAR_FUTURE_US) == 1
     assert await balance(redis_client, 8) == DEPOSIT_KOPECKS + 700
     assert (await in_transit(redis_client), await incoming(redis_client, 8)) == (0, 0)
     await assert_conserved(redis_client)
@@ -135,18 +157,18 @@ async def test_a_crash_between_the_legs_is_completed_by_recovery(
 async def test_a_retry_with_the_key_completes_a_reservation_left_half_way(
     redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def lost(self: CrossingLegs, bucket: int, txn_id: int) -> str:
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
         raise RedisConnectionError("lost")
 
     with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "complete", lost)
+        patch.setattr(CrossingLegs, "finish", lost)
         with refusing(refusals.OUTCOME_UNKNOWN):
             await funded.transfer(7, 2, 300, idempotency_key="retry")
     again = await funded.transfer(7, 2, 300, idempotency_key="retry")
     assert again.replayed
     assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 300
     assert (await in_transit(redis_client), await incoming(redis_client, 2)) == (0, 0)
-    assert await CrossingLegs(redis_client).recover(1, now_us=FAR_FUTURE_US) == 0
+    assert await CrossingLegs(redis_client).recover(now_us=FAR_FUTURE_US) == 0
 
 
 async def test_the_fence_voids_a_reservation_and_stops_a_late_credit(
@@ -158,16 +180,14 @@ async def test_the_fence_voids_a_reservation_and_stops_a_late_credit(
     legs = CrossingLegs(redis_client)
     seen: list[int] = []
 
-    async def stalled(self: CrossingLegs, bucket: int, txn_id: int) -> str:
-        seen.append(txn_id)
-        reservation = await self.reservation(bucket, txn_id)
-        assert reservation is not None
+    async def stalled(self: CrossingLegs, reservation: Reservation) -> str:
+        seen.append(reservation.txn_id)
         assert await self.abort(reservation.to_user_id, reservation.token) is None  # the fence
-        return await original(self, bucket, txn_id)
+        return await original(self, reservation)
 
-    original = CrossingLegs.complete
+    original = CrossingLegs.finish
     with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "complete", stalled)
+        patch.setattr(CrossingLegs, "finish", stalled)
         with refusing(refusals.TRANSFER_UNDONE):
             await funded.transfer(1, 5, 900, idempotency_key="late")
     [txn_id] = seen
@@ -180,7 +200,7 @@ async def test_the_fence_voids_a_reservation_and_stops_a_late_credit(
     reservation = await legs.reservation(1, txn_id)
     assert reservation is not None
     assert reservation.state == "voided"
-    assert not await legs._credit_once(reservation)  # the late credit finds the fence
+    assert await legs._apply_credit(reservation) == "aborted"  # the late credit: fenced off
     assert await balance(redis_client, 5) == DEPOSIT_KOPECKS
     assert await legs.complete(1, txn_id) == "voided"
     # The key is free again: a retry is a new transfer.
@@ -198,8 +218,8 @@ async def test_recovery_aborts_an_expectation_no_reservation_followed(
     token = "t" * 22
     assert await legs.expect(2, 400, token) == "expected"  # then the API died
     assert await incoming(redis_client, 2) == 400
-    assert await legs.recover(2, now_us=int(time.time() * 1_000_000)) == 0
-    assert await legs.recover(2, now_us=FAR_FUTURE_US) == 1
+    assert await legs.recover(now_us=int(time.time() * 1_000_000)) == 0
+    assert await legs.recover(now_us=FAR_FUTURE_US) == 1
     assert await incoming(redis_client, 2) == 0
     assert await redis_client.hget(keyspace.inbound(2, token), "state") == b"aborted"
     assert await redis_client.ttl(keyspace.inbound(2, token)) > 0
@@ -274,15 +294,15 @@ async def test_the_recovery_loop_completes_a_transfer_once_its_deadline_passed(
     """As `wallet writer` runs it (service/ledger/hold_sweeper.py), with a deadline of 1 ms."""
     monkeypatch.setattr(money_module, "RESERVATION_DEADLINE_MS", 1)
 
-    async def lost(self: CrossingLegs, bucket: int, txn_id: int) -> str:
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
         raise RedisConnectionError("lost")
 
     with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "complete", lost)
+        patch.setattr(CrossingLegs, "finish", lost)
         with refusing(refusals.OUTCOME_UNKNOWN):
             await funded.transfer(1, 8, 600)
     stop = asyncio.Event()
-    recovery = asyncio.create_task(run_crossing_recovery(CrossingLegs(redis_client), 1, stop))
+    recovery = asyncio.create_task(run_crossing_recovery(CrossingLegs(redis_client), stop))
     try:
         for _ in range(500):
             if not await in_transit(redis_client):
@@ -294,3 +314,119 @@ async def test_the_recovery_loop_completes_a_transfer_once_its_deadline_passed(
     assert await balance(redis_client, 8) == DEPOSIT_KOPECKS + 600
     assert await incoming(redis_client, 8) == 0
     await assert_conserved(redis_client)
+
+
+async def test_a_crash_between_the_credit_and_the_settle(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The payee has the money, the reservation is not settled yet: nothing is in flight,
+    and a retry with the key (or recovery) settles it without crediting twice."""
+    original = CrossingLegs._end
+
+    async def settle_lost(
+        self: CrossingLegs, script: LuaScript, state: str, *args: object, **kwargs: object
+    ) -> str:
+        if state == "settled":
+            raise RedisConnectionError("lost before the settle")
+        return await original(self, script, state, *args, **kwargs)  # type: ignore[arg-type]
+
+    for key in ("one", "two"):
+        with monkeypatch.context() as patch:
+            patch.setattr(CrossingLegs, "_end", settle_lost)
+            with refusing(refusals.OUTCOME_UNKNOWN):
+                await funded.transfer(4, 2, 100, idempotency_key=key)
+    assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 200
+    assert (await in_transit(redis_client), await in_flight(redis_client)) == (200, 0)
+    await assert_conserved(redis_client)
+
+    again = await funded.transfer(4, 2, 100, idempotency_key="one")  # the retry settles it
+    assert again.replayed
+    assert await CrossingLegs(redis_client).recover(now_us=FAR_FUTURE_US) == 1  # and "two"
+    assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 200
+    assert await in_transit(redis_client) == 0
+    assert (await stream_kinds(redis_client, 2)).count("transfer_in") == 2
+    await assert_conserved(redis_client)
+
+
+async def test_an_abort_after_the_credit_leaves_it_applied(
+    redis_client: RedisClient, funded: MoneyScripts
+) -> None:
+    legs = CrossingLegs(redis_client)
+    accepted = await funded.transfer(7, 5, 40)
+    reservation = await legs.reservation(1, accepted.txn_id)
+    assert reservation is not None
+    assert await legs.abort(5, reservation.token) == accepted.txn_id
+    assert await redis_client.hget(keyspace.inbound(5, reservation.token), "state") == b"applied"
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS + 40
+
+
+async def test_concurrent_requests_with_one_key_move_the_money_once(
+    redis_client: RedisClient, funded: MoneyScripts
+) -> None:
+    results = await asyncio.gather(
+        *(funded.transfer(1, 8, 1_000, idempotency_key="same") for _ in range(8))
+    )
+    assert len({r.txn_id for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1
+    assert await balance(redis_client, 8) == DEPOSIT_KOPECKS + 1_000
+    assert (await in_transit(redis_client), await incoming(redis_client, 8)) == (0, 0)
+    await assert_conserved(redis_client)
+
+
+async def test_a_reservation_whose_credit_record_is_gone_after_long_is_left_alone(
+    redis_client: RedisClient,
+    funded: MoneyScripts,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its credit may have been applied and its record expired: a void could pay twice."""
+
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
+        raise RedisConnectionError("lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "finish", lost)
+        with refusing(refusals.OUTCOME_UNKNOWN):
+            await funded.transfer(1, 2, 50)
+    [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
+    reservation = await CrossingLegs(redis_client).reservation(1, int(raw))
+    assert reservation is not None
+    # As after its record ended and expired: the credit removed it from the due set then.
+    await redis_client.delete(keyspace.inbound(2, reservation.token))
+    await redis_client.zrem(keyspace.inbound_due(2), f"2:{reservation.token}")
+    await redis_client.hset(keyspace.outbound(1, int(raw)), "created_at_us", 1)
+    assert await CrossingLegs(redis_client).recover(now_us=FAR_FUTURE_US) == 0
+    assert "its credit's record is gone" in caplog.text
+    assert (await CrossingLegs(redis_client).reservation(1, int(raw))) == replace(
+        reservation, created_at_us=1
+    )
+    assert await balance(redis_client, 1) == DEPOSIT_KOPECKS - 50
+
+
+async def test_a_void_refuses_keys_that_are_not_its_reservations(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
+        raise RedisConnectionError("lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "finish", lost)
+        with refusing(refusals.OUTCOME_UNKNOWN):
+            await funded.transfer(1, 2, 50, idempotency_key="mine")
+    [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
+    txn_id = int(raw)
+    head = [
+        keyspace.txn_stream(1),
+        keyspace.outbound(1, txn_id),
+        keyspace.outbound_due(1),
+        keyspace.transit(1),
+    ]
+    void = LuaScript(redis_client, "transfer_void")
+    for keys in (
+        [*head, keyspace.user(4), keyspace.txn_clock(1), keyspace.idempotency(1, "mine")],
+        [*head, keyspace.user(1), keyspace.txn_clock(1), keyspace.idempotency(1, "other")],
+        [*head, keyspace.user(1), keyspace.txn_clock(1)],
+    ):
+        before = {key: await redis_client.dump(key) for key in keys}
+        assert (await void(keys=keys, args=[str(txn_id), "60"]))[0] == b"invalid_argument"
+        assert {key: await redis_client.dump(key) for key in keys} == before

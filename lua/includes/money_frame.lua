@@ -1,4 +1,4 @@
--- money_frame (included by every money script, after validate and check_session): the
+-- money_frame (included by every money script, after validate, check_session and stamp): the
 -- frame every money call shares around its own arguments.
 --
 -- KEYS begin with txn:seq:{b}, txn:stream:{b}, the acting user's wallet user:{b}:<id> and the
@@ -42,22 +42,6 @@ local function money_frame(user_id, idem_key, ttl_arg, session_flag, absolute_ar
                                    == bucket_member_key("idem", user_id) .. ":" .. idem_key))
     and (not frame.has_session or valid_session_key(KEYS[frame.session_index]))
   return frame
-end
-
--- A stamp past the bucket's last (microseconds since the epoch, a number), from Redis's
--- TIME reply `now`: the clock may step back (NTP, a failover to a host whose clock is
--- behind), and a user's statement orders their transactions by (created_at, id), so within
--- a bucket stamps must increase with ids. The caller keeps it (SET clock_key) once every
--- check has passed: a refused call writes nothing.
-local function stamp_past_clock(clock_key, now)
-  -- Exact in a double: microseconds since the epoch stay below 2^53 until the year 2255.
-  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  local last_us = tonumber(redis.call("GET", clock_key) or "0")
-  assert(last_us, "invariant: txn:clock holds a number")
-  if now_us <= last_us then
-    return last_us + 1
-  end
-  return now_us
 end
 
 -- The call's stamp (microseconds since the epoch, a decimal string; nil when refused), and

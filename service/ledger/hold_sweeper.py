@@ -63,12 +63,12 @@ async def run_hold_sweeper(
     await run_in_passes(lambda: holds.sweep(bucket, batch), "hold sweep", interval_s, batch, stop)
 
 
-async def run_crossing_recovery(legs: CrossingLegs, bucket: int, stop: asyncio.Event) -> None:
-    """Ends the bucket's transfers across buckets that a crash left half-way, until ``stop``
-    is set. The deadlines are Redis's clock, read here on this host's: they lie far beyond a
+async def run_crossing_recovery(legs: CrossingLegs, stop: asyncio.Event) -> None:
+    """Ends the transfers across buckets that a crash left half-way, until ``stop`` is set.
+    The deadlines are Redis's clock, read here on this host's: they lie far beyond a
     request's life, so clocks need only agree within that."""
     await run_in_passes(
-        lambda: legs.recover(bucket, int(time.time() * 1_000_000)),
+        lambda: legs.recover(int(time.time() * 1_000_000)),
         "recovery of transfers across buckets",
         RECOVERY_INTERVAL_S,
         RECOVERY_BATCH,
@@ -83,12 +83,11 @@ async def run_writer_and_sweeper(
     stop: asyncio.Event,
     stats: WriterStats | None = None,
 ) -> None:
-    """For every bucket, the stream writer, the hold sweeper, the id counter's keeper and
-    the recovery of transfers across buckets, until ``stop`` is set. A task that fails for
+    """For every bucket, the stream writer, the hold sweeper and the id counter's keeper,
+    and the recovery of transfers across buckets, until ``stop`` is set. A task that fails for
     anything but an outage stops the others, and its error is raised. The writers count
     their work in ``stats`` when given (`wallet writer` serves them as metrics)."""
     holds = HoldScripts(redis, settings)
-    legs = CrossingLegs(redis)
     tasks = []
     for bucket in keyspace.all_buckets():
         tasks += [
@@ -103,8 +102,8 @@ async def run_writer_and_sweeper(
                 )
             ),
             asyncio.create_task(run_counter_keeper(redis, engine, bucket, KEEPER_INTERVAL_S, stop)),
-            asyncio.create_task(run_crossing_recovery(legs, bucket, stop)),
         ]
+    tasks.append(asyncio.create_task(run_crossing_recovery(CrossingLegs(redis), stop)))
     for task in tasks:
         task.add_done_callback(lambda _: stop.set())
     try:

@@ -13,16 +13,23 @@ The 201 is sent after step 3, so both parties read the transfer at once. The rec
 is the fence: an abort (lua/transfer_abort.lua) moves it from expected to aborted, and
 whichever of credit and abort comes first decides; a reservation whose credit was fenced
 off is voided (lua/transfer_void.lua: the money back to the payer, its key forgotten).
-``complete`` drives a reservation to its end from its record alone: after a reservation, on
-a retry with its key, and in recovery (``recover``, beside the writer) for reservations
-past their deadline, a crash having left them half-way. Money in flight is the sum of the
-buckets' transit; conservation is ``sum(balances) + sum(transit) = sum(deposits)``.
+``finish`` drives a reservation to its end from its record alone: after a reservation, on
+a retry with its key (``complete`` reads the record), and in recovery (``recover``, beside
+the writer) for reservations past their deadline, a crash having left them half-way.
+
+Money in flight is what reservations hold whose credit is not applied: the payer has it no
+more, the payee not yet. Conservation is ``sum(balances) + in flight = sum(deposits)``.
+``transit:{p}`` counts a reservation until it is settled, one step after its credit, so
+between the two the amount is in both; in flight is transit less the reservations whose
+credit is applied (tests/test_crossing.py's ``in_flight`` reads it from the records).
 """
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import cast
 
+from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.types import RedisClient
@@ -57,6 +64,23 @@ class Reservation:
     amount_kopecks: int
     token: str
     idempotency_key: str | None
+    created_at_us: int
+
+
+class ReservationStuck(RuntimeError):
+    """A reservation older than half the time its credit's record is kept, whose record is
+    gone: it may have been applied and expired. Left reserved for an operator (voiding it
+    could pay twice); logged by recovery at CRITICAL at every pass."""
+
+    def __init__(self, reservation: "Reservation") -> None:
+        super().__init__(
+            f"transfer {reservation.txn_id} across buckets has been reserved since"
+            f" {reservation.created_at_us} µs and its credit's record is gone"
+        )
+
+
+class CrossingInvariantBroken(RuntimeError):
+    """A reservation found settled where it was voided, or the reverse: a bug."""
 
 
 class CrossingLegs:
@@ -77,6 +101,7 @@ class CrossingLegs:
         reply: list[bytes] = await self._expect(
             keys=self._inbound_keys(to_user_id, token),
             args=[str(to_user_id), str(amount_kopecks), token, str(EXPECTATION_DEADLINE_MS)],
+            wait_for_replicas=True,
         )
         verdict = reply[0].decode()
         if verdict not in ("expected", "recipient_not_found", "balance_limit_exceeded"):
@@ -88,6 +113,7 @@ class CrossingLegs:
         reply: list[bytes] = await self._abort(
             keys=self._inbound_keys(to_user_id, token),
             args=[str(to_user_id), token, str(ENDED_RETENTION_S)],
+            wait_for_replicas=True,
         )
         outcome = reply[0].decode()
         if outcome == "applied":
@@ -97,25 +123,41 @@ class CrossingLegs:
         return None
 
     async def complete(self, bucket: int, txn_id: int) -> str:
-        """Drives reservation ``txn_id`` of ``bucket`` to its end: its credit (unless the
-        fence was set first), then settled; or voided. Its final state: "settled",
-        "voided", or "gone" when there is no such reservation."""
+        """Drives reservation ``txn_id`` of ``bucket`` to its end (``finish``), read from
+        its record; "gone" when there is no such reservation."""
         reservation = await self.reservation(bucket, txn_id)
         if reservation is None:
             return "gone"
+        return await self.finish(reservation)
+
+    async def finish(self, reservation: Reservation) -> str:
+        """Its credit, unless the fence was set first, then settled; or voided. The final
+        state: "settled" or "voided". Every write it makes is on the replicas before it
+        returns (with WALLET_REDIS_MIN_REPLICAS), so a failover cannot take back the fence
+        that a void rests on, nor the settle or void itself."""
         if reservation.state != "reserved":
             return reservation.state
-        if await self._credit_once(reservation):
-            return await self._end(self._settle, reservation, self._outbound_keys(reservation))
-        # Fenced off: the payee never had the money, and never will.
+        credit = await self._apply_credit(reservation)
+        if credit == "gone" and self._older_than_its_records(reservation):
+            # Its credit's record may have ended and expired: voiding could pay twice.
+            raise ReservationStuck(reservation)
+        if credit != "applied":
+            # Aborted by another connection, whose write the replicas may not have yet, or
+            # missing: an abort of this connection's own writes the tombstone and waits.
+            applied = await self.abort(reservation.to_user_id, reservation.token)
+            credit = "aborted" if applied is None else "applied"
+        if credit == "applied":
+            return await self._end(
+                self._settle, "settled", reservation, self._outbound_keys(reservation)
+            )
         keys = [
             *self._outbound_keys(reservation),
             keyspace.user(reservation.from_user_id),
-            keyspace.txn_clock(bucket),
+            keyspace.txn_clock(reservation.bucket),
         ]
         if reservation.idempotency_key is not None:
             keys.append(keyspace.idempotency(reservation.from_user_id, reservation.idempotency_key))
-        return await self._end(self._void, reservation, keys)
+        return await self._end(self._void, "voided", reservation, keys)
 
     async def reservation(self, bucket: int, txn_id: int) -> Reservation | None:
         raw = cast(dict[bytes, bytes], await self._redis.hgetall(keyspace.outbound(bucket, txn_id)))
@@ -131,31 +173,65 @@ class CrossingLegs:
             amount_kopecks=int(fields["amount"]),
             token=fields["token"],
             idempotency_key=fields["idem_key"] or None,
+            created_at_us=int(fields["created_at_us"]),
         )
 
-    async def recover(self, bucket: int, now_us: int) -> int:
-        """One pass of recovery on ``bucket``: completes or voids the reservations past
-        their deadline, and aborts the expectations past theirs (whose reservation, if any,
-        was completed before). How many it ended."""
+    async def recover(self, now_us: int) -> int:
+        """One pass of recovery: every bucket's reservations past their deadline are ended
+        first, then the expectations past theirs are aborted, so that an expectation due
+        now, whose reservation was due a minute ago, is found applied (recovery completes
+        rather than voids, whatever order the buckets come in). An outage on one bucket
+        leaves its entries for the next pass and goes on with the others. How many it
+        ended."""
         ended = 0
-        due = await self._redis.zrangebyscore(
-            keyspace.outbound_due(bucket), "-inf", now_us, start=0, num=RECOVERY_BATCH
-        )
-        for raw in cast(list[bytes], due):
-            state = await self.complete(bucket, int(raw))
-            log.warning("recovery ended transfer %s across buckets: %s", raw.decode(), state)
-            ended += 1
-        orphans = await self._redis.zrangebyscore(
-            keyspace.inbound_due(bucket), "-inf", now_us, start=0, num=RECOVERY_BATCH
-        )
-        for raw in cast(list[bytes], orphans):
-            to_user_id, _, token = raw.decode().partition(":")
-            await self.abort(int(to_user_id), token)
-            ended += 1
+        for bucket in keyspace.all_buckets():
+            for raw in await self._due(keyspace.outbound_due(bucket), now_us):
+                ended += await self._recover_reservation(bucket, int(raw))
+        for bucket in keyspace.all_buckets():
+            for raw in await self._due(keyspace.inbound_due(bucket), now_us):
+                to_user_id, _, token = raw.decode().partition(":")
+                try:
+                    await self.abort(int(to_user_id), token)
+                except Exception as error:
+                    if not is_outage(error):
+                        raise
+                    log.warning("recovery could not abort expectation %s: %r", raw, error)
+                    continue
+                ended += 1
         return ended
 
-    async def _credit_once(self, reservation: Reservation) -> bool:
-        """Step 3; False when the fence was set first."""
+    async def _due(self, key: str, now_us: int) -> list[bytes]:
+        return cast(
+            list[bytes],
+            await self._redis.zrangebyscore(key, "-inf", now_us, start=0, num=RECOVERY_BATCH),
+        )
+
+    async def _recover_reservation(self, bucket: int, txn_id: int) -> int:
+        try:
+            state = await self.complete(bucket, txn_id)
+        except ReservationStuck as stuck:
+            log.critical("%s; an operator must end it (docs/scaling.md)", stuck)
+            return 0
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            log.warning("recovery could not end transfer %d across buckets: %r", txn_id, error)
+            return 0
+        if state == "gone":
+            # Listed but without its record: nothing to end (a bug, or a key deleted by hand).
+            log.error("transfer %d across buckets is due but has no reservation", txn_id)
+            await self._redis.zrem(keyspace.outbound_due(bucket), txn_id)
+            return 0
+        log.warning("recovery ended transfer %d across buckets: %s", txn_id, state)
+        return 1
+
+    @staticmethod
+    def _older_than_its_records(reservation: Reservation) -> bool:
+        age_s = time.time() - reservation.created_at_us / 1_000_000
+        return age_s > ENDED_RETENTION_S / 2
+
+    async def _apply_credit(self, reservation: Reservation) -> str:
+        """Step 3: "applied", "aborted" (the fence was set first) or "gone" (no record)."""
         to_user_id, token = reservation.to_user_id, reservation.token
         reply: list[bytes] = await self._credit(
             keys=[
@@ -176,17 +252,22 @@ class CrossingLegs:
             wait_for_replicas=True,
         )
         outcome = reply[0].decode()
-        if outcome not in ("applied", "aborted"):
+        if outcome not in ("applied", "aborted", "gone"):
             raise ScriptArgumentRejected(f"transfer_credit: {outcome}")
-        return outcome == "applied"
+        return outcome
 
-    async def _end(self, script: LuaScript, reservation: Reservation, keys: list[str]) -> str:
+    async def _end(
+        self, script: LuaScript, state: str, reservation: Reservation, keys: list[str]
+    ) -> str:
         reply: list[bytes] = await script(
-            keys=keys, args=[str(reservation.txn_id), str(ENDED_RETENTION_S)]
+            keys=keys,
+            args=[str(reservation.txn_id), str(ENDED_RETENTION_S)],
+            wait_for_replicas=True,
         )
-        state = reply[0].decode()
-        # The fence orders credit and abort, so a reservation is never both settled and voided.
-        assert state == ("settled" if script is self._settle else "voided"), (reservation, state)
+        ended = reply[0].decode()
+        if ended != state:
+            # The fence orders credit and abort: a reservation is never both settled and voided.
+            raise CrossingInvariantBroken(f"{reservation} is {ended}, not {state}")
         return state
 
     @staticmethod

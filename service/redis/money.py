@@ -25,7 +25,7 @@ import logging
 import math
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS
@@ -33,7 +33,7 @@ from service.domain.limits import MAX_USER_ID, USERNAME_PATTERN
 from service.domain.refusals import BY_LUA_OUTCOME, Refused
 from service.outages import is_outage
 from service.redis import keyspace
-from service.redis.crossing import RESERVATION_DEADLINE_MS, CrossingLegs
+from service.redis.crossing import RESERVATION_DEADLINE_MS, CrossingLegs, Reservation
 from service.redis.pipelining import ReplyLost
 from service.redis.replicas import ReplicasNotConfirmed
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
@@ -318,36 +318,50 @@ class MoneyScripts:
         if not verdict:
             return _result(reply)
         assert to_user_id is not None
-        return await self._complete_crossing(reply, bucket, to_user_id, token, verdict)
+        reservation = Reservation(
+            bucket=bucket,
+            txn_id=0,  # set below from the reply
+            state="reserved",
+            from_user_id=from_user_id,
+            to_user_id=to_user_id,
+            amount_kopecks=amount_kopecks,
+            token=token,
+            idempotency_key=idempotency_key,
+            created_at_us=0,
+        )
+        return await self._complete_crossing(reply, reservation, verdict)
 
     async def _complete_crossing(
-        self, reply: list[bytes], bucket: int, to_user_id: int, token: str, verdict: str
+        self, reply: list[bytes], reservation: Reservation, verdict: str
     ) -> Accepted:
         """After the reservation of a transfer across buckets: its credit and settlement,
         answered once the credit is applied. A refusal, or the replay of an earlier request
-        with the key, leaves this request's expectation unused: it is aborted. A replay
-        completes the earlier request's transfer if a crash left it half-way."""
+        with the key, leaves this request's expectation unused: it is aborted (by recovery,
+        should that fail). A replay completes the earlier request's transfer if a crash
+        left it half-way."""
         try:
             accepted = _result(reply)
-        except Refused:
-            if verdict == "expected":
-                await self._crossing.abort(to_user_id, token)
+        except Refused as refusal:
+            # Unknown: the reservation may stand (its replicas did not confirm it), and then
+            # needs the expectation; recovery ends both.
+            if verdict == "expected" and refusal.refusal is not refusals.OUTCOME_UNKNOWN:
+                await self._abort_unused(reservation)
             raise
-        if accepted.replayed and verdict == "expected":
-            await self._crossing.abort(to_user_id, token)
         try:
-            state = await self._crossing.complete(bucket, accepted.txn_id)
-        except ReplicasNotConfirmed:
-            # The credit moved money that a failover may take back.
-            log.warning(
-                "the outcome of a transfer across buckets is unknown: its credit is"
-                " not on the replicas"
-            )
-            raise Refused(refusals.OUTCOME_UNKNOWN) from None
+            if accepted.replayed:
+                if verdict == "expected":
+                    await self._abort_unused(reservation)
+                state = await self._crossing.complete(reservation.bucket, accepted.txn_id)
+            else:
+                made = replace(
+                    reservation, txn_id=accepted.txn_id, created_at_us=accepted.created_at_us
+                )
+                state = await self._crossing.finish(made)
         except Exception as error:
             if not is_outage(error):
                 raise
-            # Reserved, maybe credited: recovery completes it after its deadline.
+            # Reserved, perhaps credited (a credit the replicas did not confirm may be taken
+            # back by a failover): a retry with the key, or recovery, completes it.
             log.warning("a transfer across buckets was left half-way (%r)", error)
             raise Refused(refusals.OUTCOME_UNKNOWN) from None
         if state == "voided":
@@ -355,6 +369,16 @@ class MoneyScripts:
             # recovery fenced the credit off and gave the money back.
             raise Refused(refusals.TRANSFER_UNDONE)
         return accepted
+
+    async def _abort_unused(self, reservation: Reservation) -> None:
+        """Gives back the headroom this request's expectation kept; on an outage, recovery
+        does after its deadline, and the request's own answer stands."""
+        try:
+            await self._crossing.abort(reservation.to_user_id, reservation.token)
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            log.warning("an unused expectation is left to recovery (%r)", error)
 
     async def balance(self, user_id: int) -> WalletAmounts:
         """The wallet's balance and held money now; Refused(ACCOUNT_NOT_FOUND) when it has
