@@ -21,6 +21,7 @@
 
 -- @include bucket
 -- @include validate
+-- @include reservation
 
 local txn_id, retention_arg = ARGV[1], ARGV[2]
 if #KEYS ~= 4 or #ARGV ~= 2 or not valid_id(txn_id)
@@ -30,19 +31,15 @@ if #KEYS ~= 4 or #ARGV ~= 2 or not valid_id(txn_id)
   return {"invalid_argument"}
 end
 
-local record = redis.call("HMGET", KEYS[2], "state", "amount", "from")
-if not record[1] then
+local reservation = reservation_record(KEYS[2])
+if not reservation then
   return {"gone"}
 end
-if record[1] ~= "reserved" then
-  return {record[1]}
+if reservation.state ~= "reserved" then
+  return {reservation.state}
 end
-local in_transit = tonumber(redis.call("GET", KEYS[4]) or "0")
-assert(in_transit >= tonumber(record[2]), "invariant: a reservation is counted in transit")
-redis.call("DECRBY", KEYS[4], record[2])
-redis.call("HSET", KEYS[2], "state", "settled")
-redis.call("EXPIRE", KEYS[2], retention_arg)
-redis.call("ZREM", KEYS[3], txn_id)
+end_reservation(reservation, KEYS[2], KEYS[3], KEYS[4], txn_id, "settled", retention_arg)
 redis.call("XADD", KEYS[1], "*",
-  "id", txn_id, "kind", "transfer_settled", "from", record[3], "amount", record[2])
+  "id", txn_id, "kind", "transfer_settled", "from", reservation.from,
+  "amount", reservation.amount)
 return {"settled"}

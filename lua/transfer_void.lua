@@ -27,6 +27,7 @@
 -- @include bucket
 -- @include validate
 -- @include stamp
+-- @include reservation
 
 local txn_id, retention_arg = ARGV[1], ARGV[2]
 if (#KEYS ~= 6 and #KEYS ~= 7) or #ARGV ~= 2 or not valid_id(txn_id)
@@ -37,33 +38,28 @@ if (#KEYS ~= 6 and #KEYS ~= 7) or #ARGV ~= 2 or not valid_id(txn_id)
   return {"invalid_argument"}
 end
 
-local record = redis.call("HMGET", KEYS[2], "state", "amount", "from", "idem_key")
-if not record[1] then
+local reservation = reservation_record(KEYS[2])
+if not reservation then
   return {"gone"}
 end
-local from_id, idem_key = record[3], record[4]
+local from_id, idem_key = reservation.from, reservation.idem_key
 local idem_record = idem_key ~= "" and bucket_member_key("idem", from_id) .. ":" .. idem_key or nil
 if KEYS[5] ~= bucket_member_key("user", from_id) or KEYS[7] ~= idem_record then
   return {"invalid_argument"}
 end
-if record[1] ~= "reserved" then
-  return {record[1]}
+if reservation.state ~= "reserved" then
+  return {reservation.state}
 end
-local in_transit = tonumber(redis.call("GET", KEYS[4]) or "0")
-assert(in_transit >= tonumber(record[2]), "invariant: a reservation is counted in transit")
 local stamp = string.format("%d", stamp_past_clock(KEYS[6], redis.call("TIME")))
 redis.call("SET", KEYS[6], stamp)
-redis.call("DECRBY", KEYS[4], record[2])
+end_reservation(reservation, KEYS[2], KEYS[3], KEYS[4], txn_id, "voided", retention_arg)
 local from_balance = string.format("%d",
-  redis.call("HINCRBY", KEYS[5], "balance_kopecks", record[2]))
+  redis.call("HINCRBY", KEYS[5], "balance_kopecks", reservation.amount))
 -- The key's record, if it is still this transfer's (it may have expired and been used again).
 if idem_record and redis.call("HGET", idem_record, "txn_id") == txn_id then
   redis.call("DEL", idem_record)
 end
-redis.call("HSET", KEYS[2], "state", "voided")
-redis.call("EXPIRE", KEYS[2], retention_arg)
-redis.call("ZREM", KEYS[3], txn_id)
 redis.call("XADD", KEYS[1], "*",
-  "id", txn_id, "kind", "transfer_voided", "from", from_id, "amount", record[2],
+  "id", txn_id, "kind", "transfer_voided", "from", from_id, "amount", reservation.amount,
   "created_at_us", stamp, "from_balance", from_balance)
 return {"voided"}

@@ -74,6 +74,26 @@ async def assert_conserved(redis: RedisClient) -> None:
     assert sum(balances) + await in_flight(redis) == DEPOSIT_KOPECKS * len(USERS)
 
 
+async def reserved_only(
+    money: MoneyScripts,
+    monkeypatch: pytest.MonkeyPatch,
+    from_user_id: int,
+    to_user_id: int,
+    amount_kopecks: int,
+    idempotency_key: str | None = None,
+) -> None:
+    """A transfer whose API lost Redis right after the reservation (a crash between the
+    legs, for what Redis holds): answered outcome_unknown."""
+
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
+        raise RedisConnectionError("the API lost Redis after the reservation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "finish", lost)
+        with refusing(refusals.OUTCOME_UNKNOWN):
+            await money.transfer(from_user_id, to_user_id, amount_kopecks, idempotency_key)
+
+
 async def stream_kinds(redis: RedisClient, bucket: int) -> list[str]:
     entries = cast(StreamEntries, await redis.xrange(keyspace.txn_stream(bucket)))
     return [fields[b"kind"].decode() for _, fields in entries]
@@ -131,13 +151,7 @@ async def test_a_crash_between_the_legs_is_completed_by_recovery(
     credit: the client gets outcome_unknown; recovery completes the transfer after its
     deadline, and a retry with the key replays it."""
 
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("the API lost Redis after the reservation")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
-        with refusing(refusals.OUTCOME_UNKNOWN):
-            await funded.transfer(4, 8, 700, idempotency_key="half")
+    await reserved_only(funded, monkeypatch, 4, 8, 700, idempotency_key="half")
     assert await balance(redis_client, 4) == DEPOSIT_KOPECKS - 700
     assert await balance(redis_client, 8) == DEPOSIT_KOPECKS
     assert (await in_transit(redis_client), await incoming(redis_client, 8)) == (700, 700)
@@ -157,13 +171,7 @@ async def test_a_crash_between_the_legs_is_completed_by_recovery(
 async def test_a_retry_with_the_key_completes_a_reservation_left_half_way(
     redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("lost")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
-        with refusing(refusals.OUTCOME_UNKNOWN):
-            await funded.transfer(7, 2, 300, idempotency_key="retry")
+    await reserved_only(funded, monkeypatch, 7, 2, 300, idempotency_key="retry")
     again = await funded.transfer(7, 2, 300, idempotency_key="retry")
     assert again.replayed
     assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 300
@@ -294,13 +302,7 @@ async def test_the_recovery_loop_completes_a_transfer_once_its_deadline_passed(
     """As `wallet writer` runs it (service/ledger/hold_sweeper.py), with a deadline of 1 ms."""
     monkeypatch.setattr(money_module, "RESERVATION_DEADLINE_MS", 1)
 
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("lost")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
-        with refusing(refusals.OUTCOME_UNKNOWN):
-            await funded.transfer(1, 8, 600)
+    await reserved_only(funded, monkeypatch, 1, 8, 600)
     stop = asyncio.Event()
     recovery = asyncio.create_task(run_crossing_recovery(CrossingLegs(redis_client), stop))
     try:
@@ -381,13 +383,7 @@ async def test_a_reservation_whose_credit_record_is_gone_after_long_is_left_alon
 ) -> None:
     """Its credit may have been applied and its record expired: a void could pay twice."""
 
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("lost")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
-        with refusing(refusals.OUTCOME_UNKNOWN):
-            await funded.transfer(1, 2, 50)
+    await reserved_only(funded, monkeypatch, 1, 2, 50)
     [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
     reservation = await CrossingLegs(redis_client).reservation(1, int(raw))
     assert reservation is not None
@@ -406,13 +402,7 @@ async def test_a_reservation_whose_credit_record_is_gone_after_long_is_left_alon
 async def test_a_void_refuses_keys_that_are_not_its_reservations(
     redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("lost")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
-        with refusing(refusals.OUTCOME_UNKNOWN):
-            await funded.transfer(1, 2, 50, idempotency_key="mine")
+    await reserved_only(funded, monkeypatch, 1, 2, 50, idempotency_key="mine")
     [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
     txn_id = int(raw)
     head = [

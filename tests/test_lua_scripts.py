@@ -368,6 +368,16 @@ NO_SESSION = ["0", "1", "1"]  # check session, absolute_s, idle_s
 OUTCOME = [TOKEN, "60"]  # request token, outcome ttl_s
 MISSES = ["20", "3600000"]  # recipient misses limit, window_ms
 SAME_BUCKET = ["", ""]  # transfer: no verdict from another bucket, no deadline
+
+
+def crossing(
+    keys: list[str], to_user_id: str, to_username: str, verdict: str, deadline_ms: str
+) -> tuple[str, list[str], list[str]]:
+    """A transfer call from user 1 with the recipient's verdict from another bucket."""
+    args = ["1", to_user_id, "5", "", "86400", *NO_SESSION, to_username, *OUTCOME, *MISSES]
+    return ("transfer", keys, [*args, verdict, deadline_ms])
+
+
 # Well-formed calls; each case below breaks one thing in one of them.
 GOOD_CALLS = [
     ("deposit", DEPOSIT_KEYS, ["1", "5", "", "86400", *NO_SESSION, *OUTCOME]),
@@ -376,11 +386,7 @@ GOOD_CALLS = [
         TRANSFER_KEYS,
         ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, *SAME_BUCKET],
     ),
-    (
-        "transfer",
-        CROSSING_KEYS,
-        ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "expected", "60"],
-    ),
+    crossing(CROSSING_KEYS, "2", "", "expected", "60"),
     (
         "transfer",
         UNRESOLVED_KEYS,
@@ -565,31 +571,11 @@ async def test_the_well_formed_calls_the_malformed_ones_break_are_accepted(
         ),
         # Across buckets: a verdict needs transit:{b} and outbound:due:{b} instead of the
         # recipient's wallet, a known verdict, and a deadline; a deadline needs a verdict.
-        (
-            "transfer",
-            TRANSFER_KEYS,
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "expected", "60"],
-        ),
-        (
-            "transfer",
-            CROSSING_KEYS,
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "maybe", "60"],
-        ),
-        (
-            "transfer",
-            CROSSING_KEYS,
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "expected", "0"],
-        ),
-        (
-            "transfer",
-            CROSSING_KEYS,
-            ["1", "", "5", "", "86400", *NO_SESSION, "ghost", *OUTCOME, *MISSES, "expected", "6"],
-        ),
-        (
-            "transfer",
-            TRANSFER_KEYS,
-            ["1", "2", "5", "", "86400", *NO_SESSION, "", *OUTCOME, *MISSES, "", "60"],
-        ),
+        crossing(TRANSFER_KEYS, "2", "", "expected", "60"),
+        crossing(CROSSING_KEYS, "2", "", "maybe", "60"),
+        crossing(CROSSING_KEYS, "2", "", "expected", "0"),
+        crossing(CROSSING_KEYS, "", "ghost", "expected", "6"),
+        crossing(TRANSFER_KEYS, "2", "", "", "60"),
         ("register_user", [keyspace.user(2)], ["1"]),
         ("register_user", [keyspace.user(0)], ["0"]),
     ],

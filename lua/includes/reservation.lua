@@ -1,0 +1,25 @@
+-- reservation (included by transfer_settle and transfer_void): the end of a reservation of a
+-- transfer across buckets, outbound:{b}:<txn_id> (lua/transfer.lua writes it).
+
+-- The reservation's fields {state, amount, from, idem_key}, or nil when there is none.
+local function reservation_record(key)
+  local record = redis.call("HMGET", key, "state", "amount", "from", "idem_key")
+  if not record[1] then
+    return nil
+  end
+  return {state = record[1], amount = record[2], from = record[3], idem_key = record[4]}
+end
+
+-- Ends a reserved reservation: its money leaves transit_key, its state becomes `state`, it is
+-- kept retention_arg seconds, and it leaves the due set. Every check has passed before.
+local function end_reservation(reservation, key, due_key, transit_key, txn_id, state,
+                               retention_arg)
+  assert(reservation.state == "reserved", "invariant: only a reserved reservation ends")
+  local in_transit = tonumber(redis.call("GET", transit_key) or "0")
+  assert(in_transit >= tonumber(reservation.amount),
+    "invariant: a reservation is counted in transit")
+  redis.call("DECRBY", transit_key, reservation.amount)
+  redis.call("HSET", key, "state", state)
+  redis.call("EXPIRE", key, retention_arg)
+  redis.call("ZREM", due_key, txn_id)
+end
