@@ -24,10 +24,7 @@
 -- @include reservation
 
 local txn_id, retention_arg = ARGV[1], ARGV[2]
-if #KEYS ~= 4 or #ARGV ~= 2 or not valid_id(txn_id)
-  or not valid_positive(retention_arg, MAX_TTL_S)
-  or KEYS[1] ~= bucket_key("txn:stream") or KEYS[2] ~= bucket_member_key("outbound", txn_id)
-  or KEYS[3] ~= bucket_key("outbound:due") or KEYS[4] ~= bucket_key("transit") then
+if #KEYS ~= 4 or not valid_reservation_call(txn_id, retention_arg) then
   return {"invalid_argument"}
 end
 

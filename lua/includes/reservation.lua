@@ -1,5 +1,14 @@
--- reservation (included by transfer_settle and transfer_void): the end of a reservation of a
--- transfer across buckets, outbound:{b}:<txn_id> (lua/transfer.lua writes it).
+-- reservation (included by transfer_settle and transfer_void, after bucket and validate): the
+-- end of a reservation of a transfer across buckets, outbound:{b}:<txn_id> (lua/transfer.lua
+-- writes it).
+
+-- Whether ARGV (txn_id, retention_s) and KEYS[1..4] (txn:stream, outbound:<txn_id>,
+-- outbound:due, transit of the bucket) are those of ending reservation txn_id.
+local function valid_reservation_call(txn_id, retention_arg)
+  return #ARGV == 2 and valid_id(txn_id) and valid_positive(retention_arg, MAX_TTL_S)
+    and KEYS[1] == bucket_key("txn:stream") and KEYS[2] == bucket_member_key("outbound", txn_id)
+    and KEYS[3] == bucket_key("outbound:due") and KEYS[4] == bucket_key("transit")
+end
 
 -- The reservation's fields {state, amount, from, idem_key}, or nil when there is none.
 local function reservation_record(key)
