@@ -4,6 +4,8 @@ conserved, counting what is in transit, at every step."""
 
 import asyncio
 import random
+import signal
+import sys
 import time
 from dataclasses import replace
 from typing import cast
@@ -420,3 +422,57 @@ async def test_a_void_refuses_keys_that_are_not_its_reservations(
         before = {key: await redis_client.dump(key) for key in keys}
         assert (await void(keys=keys, args=[str(txn_id), "60"]))[0] == b"invalid_argument"
         assert {key: await redis_client.dump(key) for key in keys} == before
+
+
+# The API's process, killed (SIGKILL) between the legs: it reserves, says so, and waits.
+_KILLED_BETWEEN_THE_LEGS = """
+import asyncio, sys
+from service.redis import crossing, keyspace, money
+from service.redis.client import connect_redis
+from service.settings import Settings
+
+async def main() -> None:
+    redis = connect_redis(Settings(redis_url=sys.argv[1]))
+    keyspace.use_buckets(int(sys.argv[2]))
+    money.RESERVATION_DEADLINE_MS = 1  # due at once: the test need not wait a minute
+
+    async def stop_here(self: crossing.CrossingLegs, reservation: crossing.Reservation) -> str:
+        print(reservation.txn_id, flush=True)
+        await asyncio.sleep(3600)
+        raise AssertionError("not killed")
+
+    crossing.CrossingLegs.finish = stop_here
+    await money.MoneyScripts(redis, Settings(redis_url=sys.argv[1])).transfer(
+        4, 2, 800, idempotency_key="killed"
+    )
+
+asyncio.run(main())
+"""
+
+
+async def test_the_api_killed_between_the_legs_is_completed_by_recovery(
+    redis_client: RedisClient, funded: MoneyScripts, redis_url: str, several_buckets: int
+) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _KILLED_BETWEEN_THE_LEGS,
+        redis_url,
+        str(several_buckets),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    async with asyncio.timeout(30):
+        txn_id = int(await child.stdout.readline())
+    child.send_signal(signal.SIGKILL)
+    await child.wait()
+    assert await balance(redis_client, 4) == DEPOSIT_KOPECKS - 800
+    assert (await in_flight(redis_client), await incoming(redis_client, 2)) == (800, 800)
+    await assert_conserved(redis_client)
+
+    assert await CrossingLegs(redis_client).recover(now_us=int(time.time() * 1_000_000)) == 1
+    assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 800
+    assert (await in_transit(redis_client), await incoming(redis_client, 2)) == (0, 0)
+    await assert_conserved(redis_client)
+    replayed = await funded.transfer(4, 2, 800, idempotency_key="killed")
+    assert (replayed.txn_id, replayed.replayed) == (txn_id, True)
