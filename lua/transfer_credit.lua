@@ -4,7 +4,8 @@
 -- balance grows by the amount kept in incoming_kopecks, which the expectation already
 -- checked against the ceiling, so nothing can refuse it; the record becomes applied with
 -- the transaction's id, and a transfer_in record is appended to this bucket's stream.
--- Applied with this id: nothing is written (a retry). Aborted: nothing is written, and the
+-- Applied with this id: only the record's expiry is written again (a retry; the write is
+-- what makes the caller's wait for the replicas cover the credit). Aborted: nothing is written, and the
 -- transfer is voided on the payer's bucket. Gone (never written on this node, as after a
 -- failover that lost it, or ended longer ago than it is kept): nothing is written; the
 -- caller decides (service/redis/crossing.py).
@@ -56,6 +57,9 @@ if state == "applied" then
   if record[3] ~= txn_id then
     return {"invalid_argument", "", ""}
   end
+  -- Written again: the caller's wait for the replicas covers only its own connection's
+  -- writes, and the credit may be another connection's that the replicas do not have yet.
+  redis.call("EXPIRE", KEYS[3], retention_arg)
   return {"applied", record[4], ""}
 end
 if not state then

@@ -476,3 +476,66 @@ async def test_the_api_killed_between_the_legs_is_completed_by_recovery(
     await assert_conserved(redis_client)
     replayed = await funded.transfer(4, 2, 800, idempotency_key="killed")
     assert (replayed.txn_id, replayed.replayed) == (txn_id, True)
+
+
+async def test_recovery_completes_whatever_order_the_buckets_come_in(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payer in bucket 2, payee in bucket 0, both entries due: the reservation is ended
+    before the expectation could be aborted, so the transfer completes."""
+    await reserved_only(funded, monkeypatch, 5, 3, 100)
+    assert await CrossingLegs(redis_client).recover(now_us=FAR_FUTURE_US) == 1
+    assert await balance(redis_client, 3) == DEPOSIT_KOPECKS + 100
+    assert await in_transit(redis_client) == 0
+    await assert_conserved(redis_client)
+
+
+async def test_a_young_reservation_whose_expectation_is_gone_is_voided(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As after a failover of the payee's bucket that lost the expectation: the tombstone
+    is written, then the money goes back to the payer."""
+    await reserved_only(funded, monkeypatch, 1, 2, 70, idempotency_key="lost")
+    [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
+    reservation = await CrossingLegs(redis_client).reservation(1, int(raw))
+    assert reservation is not None
+    await redis_client.delete(keyspace.inbound(2, reservation.token))
+    await redis_client.zrem(keyspace.inbound_due(2), f"2:{reservation.token}")
+    await redis_client.hset(keyspace.user(2), "incoming_kopecks", 0)  # lost with it
+    assert await CrossingLegs(redis_client).recover(now_us=FAR_FUTURE_US) == 1
+    assert await balance(redis_client, 1) == DEPOSIT_KOPECKS
+    assert await balance(redis_client, 2) == DEPOSIT_KOPECKS
+    assert await redis_client.hget(keyspace.inbound(2, reservation.token), "state") == b"aborted"
+    assert (await stream_kinds(redis_client, 1))[-1] == "transfer_voided"
+    await assert_conserved(redis_client)
+
+
+async def test_recovery_goes_on_past_entries_it_cannot_end(
+    redis_client: RedisClient, funded: MoneyScripts, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A due reservation with no record is dropped; a malformed expectation is put back an
+    hour later, logged at CRITICAL; the entries behind them are ended."""
+    legs = CrossingLegs(redis_client)
+    await redis_client.zadd(keyspace.outbound_due(1), {"999": 0})
+    await redis_client.zadd(keyspace.inbound_due(2), {"x:bad": 0})
+    token = "t" * 22
+    assert await legs.expect(2, 400, token) == "expected"
+    assert await legs.recover(now_us=FAR_FUTURE_US) == 1
+    assert await incoming(redis_client, 2) == 0
+    assert await redis_client.zscore(keyspace.outbound_due(1), "999") is None
+    later = await redis_client.zscore(keyspace.inbound_due(2), "x:bad")
+    assert later == FAR_FUTURE_US + crossing.RECOVERY_FAULT_RETRY_S * 1_000_000
+    assert "recovery cannot end b'x:bad'" in caplog.text
+
+
+async def test_a_retried_credit_writes_so_its_wait_for_the_replicas_covers_it(
+    redis_client: RedisClient, funded: MoneyScripts
+) -> None:
+    legs = CrossingLegs(redis_client)
+    accepted = await funded.transfer(1, 2, 10)
+    reservation = await legs.reservation(1, accepted.txn_id)
+    assert reservation is not None
+    await redis_client.expire(keyspace.inbound(2, reservation.token), 5)
+    assert await legs._apply_credit(reservation) == "applied"
+    assert await redis_client.ttl(keyspace.inbound(2, reservation.token)) > 3600
+    assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 10

@@ -26,8 +26,9 @@ credit is applied (tests/test_crossing.py's ``in_flight`` reads it from the reco
 
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from service.outages import is_outage
 from service.redis import keyspace
@@ -50,6 +51,10 @@ ENDED_RETENTION_S = 7 * 24 * 3600
 # often a pass runs (beside the writer: service/ledger/hold_sweeper.py).
 RECOVERY_BATCH = 100
 RECOVERY_INTERVAL_S = 1.0
+# When an entry recovery could not end is tried again: after an outage of its buckets, and
+# after a fault that needs an operator (logged at CRITICAL each time).
+RECOVERY_RETRY_S = 10
+RECOVERY_FAULT_RETRY_S = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,7 @@ class Reservation:
 class ReservationStuck(RuntimeError):
     """A reservation older than half the time its credit's record is kept, whose record is
     gone: it may have been applied and expired. Left reserved for an operator (voiding it
-    could pay twice); logged by recovery at CRITICAL at every pass."""
+    could pay twice); logged by recovery at CRITICAL each time it is tried (hourly)."""
 
     def __init__(self, reservation: "Reservation") -> None:
         super().__init__(
@@ -180,50 +185,80 @@ class CrossingLegs:
         """One pass of recovery: every bucket's reservations past their deadline are ended
         first, then the expectations past theirs are aborted, so that an expectation due
         now, whose reservation was due a minute ago, is found applied (recovery completes
-        rather than voids, whatever order the buckets come in). An outage on one bucket
-        leaves its entries for the next pass and goes on with the others. How many it
-        ended."""
+        rather than voids, whatever order the buckets come in). An entry that cannot be
+        ended now (an outage of its buckets, or a fault that needs an operator) is put back
+        later in its due set, so that it neither stops the pass nor keeps the entries behind
+        it waiting. How many it ended."""
         ended = 0
         for bucket in keyspace.all_buckets():
-            for raw in await self._due(keyspace.outbound_due(bucket), now_us):
-                ended += await self._recover_reservation(bucket, int(raw))
+            due_key = keyspace.outbound_due(bucket)
+            for raw in await self._due(due_key, now_us):
+                ended += await self._recover_entry(
+                    due_key, raw, now_us, self._recover_reservation(bucket, raw)
+                )
         for bucket in keyspace.all_buckets():
-            for raw in await self._due(keyspace.inbound_due(bucket), now_us):
-                to_user_id, _, token = raw.decode().partition(":")
-                try:
-                    await self.abort(int(to_user_id), token)
-                except Exception as error:
-                    if not is_outage(error):
-                        raise
-                    log.warning("recovery could not abort expectation %s: %r", raw, error)
-                    continue
-                ended += 1
+            due_key = keyspace.inbound_due(bucket)
+            for raw in await self._due(due_key, now_us):
+                ended += await self._recover_entry(
+                    due_key, raw, now_us, self._recover_expectation(raw)
+                )
         return ended
 
     async def _due(self, key: str, now_us: int) -> list[bytes]:
-        return cast(
-            list[bytes],
-            await self._redis.zrangebyscore(key, "-inf", now_us, start=0, num=RECOVERY_BATCH),
-        )
-
-    async def _recover_reservation(self, bucket: int, txn_id: int) -> int:
+        """The first entries due; none while the bucket cannot be reached."""
         try:
-            state = await self.complete(bucket, txn_id)
-        except ReservationStuck as stuck:
-            log.critical("%s; an operator must end it (docs/scaling.md)", stuck)
-            return 0
+            return cast(
+                list[bytes],
+                await self._redis.zrangebyscore(key, "-inf", now_us, start=0, num=RECOVERY_BATCH),
+            )
         except Exception as error:
             if not is_outage(error):
                 raise
-            log.warning("recovery could not end transfer %d across buckets: %r", txn_id, error)
-            return 0
+            log.warning("recovery cannot read %s: %r", key, error)
+            return []
+
+    async def _recover_entry(
+        self, due_key: str, raw: bytes, now_us: int, ending: Coroutine[Any, Any, bool]
+    ) -> int:
+        """Runs the ending of one due entry: 1 when it ended it. One that failed goes back
+        in its due set, after RECOVERY_RETRY_S on an outage, RECOVERY_FAULT_RETRY_S (logged
+        at CRITICAL) on anything else: money recovery must go on for every other entry."""
+        try:
+            return 1 if await ending else 0
+        except Exception as error:
+            if is_outage(error):
+                log.warning("recovery could not end %s of %s: %r", raw, due_key, error)
+                later_s = RECOVERY_RETRY_S
+            else:
+                log.critical(
+                    "recovery cannot end %s of %s; an operator must (docs/scaling.md)",
+                    raw,
+                    due_key,
+                    exc_info=error,
+                )
+                later_s = RECOVERY_FAULT_RETRY_S
+        try:
+            await self._redis.zadd(due_key, {raw: now_us + later_s * 1_000_000}, xx=True)
+        except Exception as error:
+            if not is_outage(error):
+                raise
+        return 0
+
+    async def _recover_reservation(self, bucket: int, raw: bytes) -> bool:
+        txn_id = int(raw)
+        state = await self.complete(bucket, txn_id)
         if state == "gone":
             # Listed but without its record: nothing to end (a bug, or a key deleted by hand).
             log.error("transfer %d across buckets is due but has no reservation", txn_id)
-            await self._redis.zrem(keyspace.outbound_due(bucket), txn_id)
-            return 0
+            await self._redis.zrem(keyspace.outbound_due(bucket), raw)
+            return False
         log.warning("recovery ended transfer %d across buckets: %s", txn_id, state)
-        return 1
+        return True
+
+    async def _recover_expectation(self, raw: bytes) -> bool:
+        to_user_id, _, token = raw.decode().partition(":")
+        await self.abort(int(to_user_id), token)
+        return True
 
     @staticmethod
     def _older_than_its_records(reservation: Reservation) -> bool:

@@ -314,6 +314,8 @@ class MoneyScripts:
         args += session_args(session)
         args += [to_username or "", token, runner.outcome_ttl_s, *runner.recipient_misses_args]
         args += [verdict, str(RESERVATION_DEADLINE_MS) if verdict else ""]
+        # Refused(OUTCOME_UNKNOWN) leaves the expectation: the reservation may stand (its
+        # replicas did not confirm it) and then needs it; recovery ends both.
         reply = await runner.run(self._transfer, keys, args, from_user_id, token)
         if not verdict:
             return _result(reply)
@@ -341,10 +343,8 @@ class MoneyScripts:
         left it half-way."""
         try:
             accepted = _result(reply)
-        except Refused as refusal:
-            # Unknown: the reservation may stand (its replicas did not confirm it), and then
-            # needs the expectation; recovery ends both.
-            if verdict == "expected" and refusal.refusal is not refusals.OUTCOME_UNKNOWN:
+        except Refused:
+            if verdict == "expected":
                 await self._abort_unused(reservation)
             raise
         try:
