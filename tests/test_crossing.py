@@ -270,7 +270,7 @@ async def test_concurrent_transfers_across_and_within_buckets(
     [
         ("transfer_expect", ["user:{b2}:2", "inbound:{b2}:2:" + "t" * 22, "inbound:due:{b2}"],
          ["2", "0", "t" * 22, "1000"]),
-        ("transfer_expect", ["user:{b2}:2", "inbound:{b1}:2:" + "t" * 22, "inbound:due:{b2}"],
+        ("transfer_expect", ["user:{b2}:2", "inbound:{b2}:5:" + "t" * 22, "inbound:due:{b2}"],
          ["2", "5", "t" * 22, "1000"]),
         ("transfer_credit", ["txn:stream:{b2}", "user:{b2}:2", "inbound:{b2}:2:" + "t" * 22,
                              "inbound:due:{b2}", "txn:clock:{b2}"],
