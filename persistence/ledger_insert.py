@@ -17,6 +17,10 @@ row, and a capture (a transfer with ``hold_id``) is its ``transactions`` row plu
 ``captured`` event. They are inserted the same way, ``ON CONFLICT DO NOTHING`` on the hold
 id, and a skipped row must be the same record too: a hold id stored for another hold, or a
 hold's end stored as another event, is refused like an id collision.
+
+The sides of a transfer across buckets (service/domain/crossings.py) go the same way into
+``transfer_reservations``, ``transfer_credits`` and ``transfer_ends``, keyed by the
+transfer's id.
 """
 
 import logging
@@ -29,7 +33,17 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
 
-from persistence.models import Base, LedgerHold, LedgerHoldEvent, LedgerTransaction
+from persistence.models import (
+    Base,
+    LedgerHold,
+    LedgerHoldEvent,
+    LedgerTransaction,
+    LedgerTransferCredit,
+    LedgerTransferEnd,
+    LedgerTransferReservation,
+)
+from service.domain.crossings import CrossingRecord
+from service.domain.holds import HoldEvent
 from service.domain.records import StreamRecord, capture_event_row
 from service.domain.transactions import Transaction
 
@@ -73,6 +87,32 @@ _HOLD_COLUMNS = _columns(LedgerHold)
 _HOLDS_INSERT = _unnest_insert(LedgerHold, "id")
 _EVENT_COLUMNS = _columns(LedgerHoldEvent)
 _EVENTS_INSERT = _unnest_insert(LedgerHoldEvent, "hold_id")
+
+
+class _SideTable:
+    """A table of one side of transfers across buckets: its insert and how a stored row is
+    told to be the same record."""
+
+    def __init__(self, model: type[Base], key: str, same: tuple[str, ...]) -> None:
+        self.model, self.key, self.same = model, key, same
+        self.columns = _columns(model)
+        self.insert = _unnest_insert(model, key)
+
+
+# In this order, after the tables above, rows in key order: two writers cannot deadlock.
+_SIDE_TABLES = {
+    "transfer_reservations": _SideTable(
+        LedgerTransferReservation,
+        "id",
+        ("from_user_id", "to_user_id", "amount_kopecks", "created_at"),
+    ),
+    "transfer_credits": _SideTable(
+        LedgerTransferCredit, "transfer_id", ("from_user_id", "to_user_id", "amount_kopecks")
+    ),
+    "transfer_ends": _SideTable(
+        LedgerTransferEnd, "transfer_id", ("outcome", "from_user_id", "amount_kopecks", "at")
+    ),
+}
 
 
 async def insert_transactions(
@@ -166,21 +206,27 @@ async def insert_records(
     returns the rows actually inserted (a capture is two: its transaction and its
     ``captured`` event). Runs inside the caller's transaction.
 
-    Tables go in one order (transactions, holds, hold_events) and rows in key order within
-    each, so overlapping batches of two writers cannot deadlock; a capture's transaction
-    goes in before its event, which refers to it.
+    Tables go in one order (transactions, holds, hold_events, then the sides of transfers
+    across buckets) and rows in key order within each, so overlapping batches of two
+    writers cannot deadlock; a capture's transaction goes in before its event, which
+    refers to it.
     """
     transactions: list[tuple[str, Transaction]] = []
     holds: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    sides: dict[str, list[dict[str, Any]]] = {table: [] for table in _SIDE_TABLES}
     for entry_id, record in entries:
         if isinstance(record, Transaction):
             transactions.append((entry_id, record))
             if record.hold_id is not None:
                 events.append(capture_event_row(record, entry_id))
-        else:
+        elif isinstance(record, HoldEvent):
             table, row = record.ledger_row(entry_id)
             (holds if table == "holds" else events).append(row)
+        else:
+            assert isinstance(record, CrossingRecord), record
+            table, row = record.ledger_row(entry_id)
+            sides[table].append(row)
     inserted = await insert_transactions(connection, transactions) if transactions else 0
     holds.sort(key=lambda row: row["id"])
     events.sort(key=lambda row: row["hold_id"])
@@ -209,6 +255,20 @@ async def insert_records(
     inserted += await _insert_rows(
         connection, _EVENTS_INSERT, _EVENT_COLUMNS, events, refuse_events
     )
+    for name, side in _SIDE_TABLES.items():
+        rows = sorted(sides[name], key=lambda row: row[side.key])
+
+        async def refuse(rows: list[dict[str, Any]], side: _SideTable = side) -> None:
+            await _refuse_conflicts(
+                connection,
+                side.model,
+                side.key,
+                side.same,
+                rows,
+                f"transfer {{}} is already in {side.model.__tablename__} as another record",
+            )
+
+        inserted += await _insert_rows(connection, side.insert, side.columns, rows, refuse)
     return inserted
 
 

@@ -222,6 +222,79 @@ class LedgerHoldEvent(Base):
     )
 
 
+class LedgerTransferReservation(Base):
+    """A transfer across buckets as its payer's bucket reserved it (stream record
+    ``transfer_out``, service/domain/crossings.py): the money left the payer then. The id is
+    the transfer's, from the payer's bucket's counter. No foreign keys between the tables of
+    a transfer across buckets: two writers store its sides in either order."""
+
+    __tablename__ = "transfer_reservations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    from_user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    to_user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    amount_kopecks: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    from_balance_after_kopecks: Mapped[int] = mapped_column(BigInteger)
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    stream_entry_id: Mapped[str] = mapped_column(String(48))
+
+    __table_args__ = (
+        CheckConstraint(
+            f"amount_kopecks BETWEEN 1 AND {MAX_AMOUNT_KOPECKS}",
+            name="transfer_reservations_amount_range",
+        ),
+        CheckConstraint("from_user_id <> to_user_id", name="transfer_reservations_two_parties"),
+    )
+
+
+class LedgerTransferCredit(Base):
+    """The credit of a transfer across buckets on its payee's bucket (stream record
+    ``transfer_in``): the money reached the payee then, by that bucket's clock."""
+
+    __tablename__ = "transfer_credits"
+
+    transfer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    from_user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    to_user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    amount_kopecks: Mapped[int] = mapped_column(BigInteger)
+    credited_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    to_balance_after_kopecks: Mapped[int] = mapped_column(BigInteger)
+    stream_entry_id: Mapped[str] = mapped_column(String(48))
+
+    __table_args__ = (
+        CheckConstraint(
+            f"amount_kopecks BETWEEN 1 AND {MAX_AMOUNT_KOPECKS}",
+            name="transfer_credits_amount_range",
+        ),
+    )
+
+
+class LedgerTransferEnd(Base):
+    """The end of a reservation on its payer's bucket (stream records ``transfer_settled``
+    and ``transfer_voided``): settled once its credit was applied, or voided, the money
+    back to the payer (``at`` and the payer's balance after; a settle moves no balance)."""
+
+    __tablename__ = "transfer_ends"
+
+    transfer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    outcome: Mapped[str] = mapped_column(String(8))
+    from_user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    amount_kopecks: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    from_balance_after_kopecks: Mapped[int | None] = mapped_column(BigInteger)
+    stream_entry_id: Mapped[str] = mapped_column(String(48))
+
+    __table_args__ = (
+        CheckConstraint("outcome IN ('settled', 'voided')", name="transfer_ends_outcome"),
+        CheckConstraint(
+            "(outcome = 'voided') = (at IS NOT NULL)"
+            " AND (outcome = 'voided') = (from_balance_after_kopecks IS NOT NULL)",
+            name="transfer_ends_void_shape",
+        ),
+    )
+
+
 class Deployment(Base):
     """One row, written by the first process to start (persistence/deployment.py): what a
     deployment is created with and may never change."""

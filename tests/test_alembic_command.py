@@ -80,18 +80,18 @@ def test_alembic_upgrades_and_downgrades_the_database_url_as_wallet_migrate_does
     unmigrated_database: str,
 ) -> None:
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database) == ("0005", {"alembic_version", *Base.metadata.tables}, None)
+    assert schema(unmigrated_database) == ("0006", {"alembic_version", *Base.metadata.tables}, None)
     # autogenerate finds nothing between persistence/models.py and the schema.
     assert "No new upgrade operations detected" in alembic(unmigrated_database, "check")
 
-    alembic(unmigrated_database, "downgrade", "-3")
+    alembic(unmigrated_database, "downgrade", "-4")
     revision, tables, problem = schema(unmigrated_database)
     assert revision == "0002"
-    assert not {"holds", "hold_events", "deployment"} & tables
-    assert problem == "the database has schema revision 0002, not 0005: run `wallet migrate` first"
+    assert not {"holds", "hold_events", "deployment", "transfer_credits"} & tables
+    assert problem == "the database has schema revision 0002, not 0006: run `wallet migrate` first"
 
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database)[0] == "0005"
+    assert schema(unmigrated_database)[0] == "0006"
 
 
 def test_the_epochs_handed_out_stay_handed_out_when_epochs_shrink(
@@ -124,6 +124,7 @@ def test_alembic_prints_the_upgrade_sql_without_a_database() -> None:
         "UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002'",
         "UPDATE txn_id_epoch SET next_epoch = next_epoch * 1000",
         "CREATE TABLE deployment (",
+        "CREATE TABLE transfer_reservations (",
     ):
         assert statement in sql, statement
     only_0003 = alembic(NO_DATABASE, "upgrade", "0002:head", "--sql")
@@ -142,7 +143,7 @@ def test_alembic_autogenerates_a_revision_from_the_models(
     shutil.copytree(
         ROOT / "persistence" / "migrations",
         migrations,
-        ignore=shutil.ignore_patterns("__pycache__", "0003_*", "0004_*", "0005_*"),
+        ignore=shutil.ignore_patterns("__pycache__", "0003_*", "0004_*", "0005_*", "0006_*"),
     )
     ini = (ROOT / "alembic.ini").read_text()
     ini = ini.replace("%(here)s/persistence/migrations", "%(here)s/migrations")

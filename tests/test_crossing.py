@@ -12,18 +12,22 @@ from typing import cast
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.ledger_insert import insert_records
 from service.domain import refusals
+from service.domain.records import record_from_stream_fields
 from service.domain.refusals import Refused
 from service.ledger.hold_sweeper import run_crossing_recovery
+from service.ledger.hold_totals import last_stream_entry_id, parse_entry_id
 from service.redis import crossing, keyspace
 from service.redis import money as money_module
 from service.redis.crossing import CrossingLegs, Reservation
 from service.redis.money import MoneyScripts
 from service.redis.scripts import LuaScript
 from service.redis.types import RedisClient
-from tests.support.helpers import StreamEntries, add_users, balance, refusing
+from tests.support.helpers import StreamEntries, add_users, balance, persist, refusing
 
 # Payers and payees in three buckets: 1, 4, 7 in bucket 1; 2, 5, 8 in 2; 3, 6, 9 in 0.
 USERS = list(range(1, 10))
@@ -539,3 +543,64 @@ async def test_a_retried_credit_writes_so_its_wait_for_the_replicas_covers_it(
     assert await legs._apply_credit(reservation) == "applied"
     assert await redis_client.ttl(keyspace.inbound(2, reservation.token)) > 3600
     assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 10
+
+
+async def test_the_writers_store_each_side_once(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each bucket's writer stores its own side: the reservation and its end from the
+    payer's stream, the credit from the payee's; again and again, once."""
+    settled = await funded.transfer(1, 2, 300, idempotency_key="paid")
+    await reserved_only(funded, monkeypatch, 4, 5, 40)  # fenced off below, then voided
+    [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
+    legs = CrossingLegs(redis_client)
+    reservation = await legs.reservation(1, int(raw))
+    assert reservation is not None
+    assert await legs.abort(5, reservation.token) is None
+    assert await legs.complete(1, int(raw)) == "voided"
+
+    assert await persist(redis_client, db_engine) == len(USERS) + 5
+    async with db_engine.connect() as connection:
+        reservations = (
+            await connection.execute(text("SELECT id, from_user_id, to_user_id, amount_kopecks,"
+                                          " from_balance_after_kopecks, idempotency_key"
+                                          " FROM transfer_reservations ORDER BY id"))
+        ).all()  # fmt: skip
+        credits = (
+            await connection.execute(
+                text(
+                    "SELECT transfer_id, to_user_id, to_balance_after_kopecks FROM transfer_credits"
+                )
+            )
+        ).all()
+        ends = (
+            await connection.execute(
+                text("SELECT transfer_id, outcome, from_balance_after_kopecks FROM transfer_ends"
+                     " ORDER BY transfer_id")
+            )
+        ).all()  # fmt: skip
+    assert [tuple(r) for r in reservations] == [
+        (settled.txn_id, 1, 2, 300, DEPOSIT_KOPECKS - 300, "paid"),
+        (int(raw), 4, 5, 40, DEPOSIT_KOPECKS - 40, None),
+    ]
+    assert [tuple(r) for r in credits] == [(settled.txn_id, 2, DEPOSIT_KOPECKS + 300)]
+    assert [tuple(r) for r in ends] == [
+        (settled.txn_id, "settled", None),
+        (int(raw), "voided", DEPOSIT_KOPECKS),
+    ]
+    for bucket in keyspace.all_buckets():
+        assert await redis_client.xlen(keyspace.txn_dead_letter(bucket)) == 0
+    # The last stream entry the ledger holds (what `wallet rebuild` continues the streams
+    # from) counts these tables: the void was the last entry of all.
+    [(last, _)] = cast(StreamEntries, await redis_client.xrevrange(keyspace.txn_stream(1), count=1))
+    async with db_engine.connect() as connection:
+        assert await last_stream_entry_id(connection) == parse_entry_id(last.decode())
+    # Delivered again (a replay from the start): nothing more is stored.
+    for bucket in keyspace.all_buckets():
+        async with db_engine.begin() as connection:
+            entries = cast(StreamEntries, await redis_client.xrange(keyspace.txn_stream(bucket)))
+            records = [(i.decode(), record_from_stream_fields(f)) for i, f in entries]
+            assert await insert_records(connection, records) == 0

@@ -1,20 +1,26 @@
 """A record of ``txn:stream``: a transaction (deposit, transfer, refund; a capture is a
-transfer with ``hold_id``) or a hold event (hold_created, hold_voided, hold_expired). The
-field ``kind`` tells them apart (docs/holds.md, "Stream records")."""
+transfer with ``hold_id``), a hold event (hold_created, hold_voided, hold_expired), or a
+side of a transfer across buckets (transfer_out, transfer_in, transfer_settled,
+transfer_voided). The field ``kind`` tells them apart (docs/holds.md, "Stream records";
+docs/scaling.md, "Across buckets")."""
 
 from typing import Any
 
+from service.domain.crossings import CROSSING_KINDS, CrossingRecord
 from service.domain.holds import STREAM_KINDS, HoldEvent
 from service.domain.transactions import Transaction
 
-StreamRecord = Transaction | HoldEvent
+StreamRecord = Transaction | HoldEvent | CrossingRecord
 
 
 def record_from_stream_fields(fields: dict[bytes, bytes]) -> StreamRecord:
     """Parses one stream entry of either sort; raises ValueError or KeyError on a
     malformed one (an unknown kind is a ValueError)."""
-    if fields[b"kind"].decode() in STREAM_KINDS:
+    kind = fields[b"kind"].decode()
+    if kind in STREAM_KINDS:
         return HoldEvent.from_stream_fields(fields)
+    if kind in CROSSING_KINDS:
+        return CrossingRecord.from_stream_fields(fields)
     return Transaction.from_stream_fields(fields)
 
 

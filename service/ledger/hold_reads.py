@@ -93,6 +93,8 @@ def _tail_holds(tail: Tail) -> tuple[dict[int, Hold], dict[int, tuple[Any, int, 
         if isinstance(record, Transaction):
             if record.hold_id is not None:
                 ends[record.hold_id] = ("captured", record.amount_kopecks, record.txn_id)
+        elif not isinstance(record, HoldEvent):
+            continue  # a side of a transfer across buckets: no hold
         elif record.kind == "hold_created":
             if record.at_us < record.expires_at_us:  # else the writer dead-letters it
                 created[record.hold_id] = _created(record)

@@ -17,7 +17,14 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, and_, exists, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.models import LedgerHold, LedgerHoldEvent, LedgerTransaction
+from persistence.models import (
+    LedgerHold,
+    LedgerHoldEvent,
+    LedgerTransaction,
+    LedgerTransferCredit,
+    LedgerTransferEnd,
+    LedgerTransferReservation,
+)
 from service.domain.times import us_from_datetime
 
 H = LedgerHold
@@ -223,7 +230,15 @@ async def refunded_totals_of(
 async def last_stream_entry_id(connection: AsyncConnection) -> EntryId | None:
     """The largest stream entry id any ledger row was stored from (None: no rows)."""
     found: list[EntryId] = []
-    for column in (T.stream_entry_id, H.stream_entry_id, E.stream_entry_id):
+    columns = (
+        T.stream_entry_id,
+        H.stream_entry_id,
+        E.stream_entry_id,
+        LedgerTransferReservation.stream_entry_id,
+        LedgerTransferCredit.stream_entry_id,
+        LedgerTransferEnd.stream_entry_id,
+    )
+    for column in columns:
         ms = func.split_part(column, "-", 1).cast(BigInteger)
         seq = func.split_part(column, "-", 2).cast(BigInteger)
         row = (

@@ -39,6 +39,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ledger_insert import insert_isolating, ledger_row_count
+from service.domain.holds import HoldEvent
 from service.domain.records import StreamRecord, record_from_stream_fields
 from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
@@ -104,9 +105,11 @@ def parse_entry(fields: dict[bytes, bytes]) -> StreamRecord:
         # A timestamp out of datetime's range raises here.
         if isinstance(record, Transaction):
             record.created_at  # noqa: B018
-        else:
+        elif isinstance(record, HoldEvent):
             datetime_from_us(record.at_us)
             datetime_from_us(record.expires_at_us)
+        elif record.at_us is not None:
+            datetime_from_us(record.at_us)
     except KeyError as error:
         raise Unparseable(f"missing field {error}") from error
     except (ValueError, TypeError, OverflowError, OSError) as error:
@@ -124,7 +127,7 @@ def parse_entry(fields: dict[bytes, bytes]) -> StreamRecord:
             record.hold_id or 0,
             record.refund_of or 0,
         )
-    else:
+    elif isinstance(record, HoldEvent):
         what = f"{record.kind} of hold {record.hold_id}"
         numbers = (
             record.hold_id,
@@ -133,6 +136,16 @@ def parse_entry(fields: dict[bytes, bytes]) -> StreamRecord:
             record.amount_kopecks,
             record.at_us,
             record.expires_at_us,
+        )
+    else:
+        what = f"{record.kind} of transfer {record.txn_id}"
+        numbers = (
+            record.txn_id,
+            record.from_user_id,
+            record.to_user_id or 0,
+            record.amount_kopecks,
+            record.at_us or 0,
+            record.balance_after_kopecks or 0,
         )
     if not all(0 <= n <= _MAX_BIGINT for n in numbers):
         raise Unparseable(f"a number is out of range in {what}")

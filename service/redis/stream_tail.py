@@ -37,7 +37,9 @@ class Tail:
             first = self.records[0]
             if isinstance(first, Transaction):
                 return f"transaction {first.txn_id}"
-            return f"the {first.kind} record of hold {first.hold_id}"
+            if isinstance(first, HoldEvent):
+                return f"the {first.kind} record of hold {first.hold_id}"
+            return f"the {first.kind} record of transfer {first.txn_id}"
         if self.unparseable:
             return f"the unparseable entry {self.unparseable[0]}"
         return None

@@ -130,8 +130,8 @@ async def fresh_database(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await connection.execute(
             text(
-                "TRUNCATE hold_events, holds, transactions, users, deployment"
-                " RESTART IDENTITY CASCADE"
+                "TRUNCATE hold_events, holds, transactions, users, deployment,"
+                " transfer_reservations, transfer_credits, transfer_ends RESTART IDENTITY CASCADE"
             )
         )
         await connection.execute(text("UPDATE txn_id_epoch SET next_epoch = 1"))

@@ -1,0 +1,111 @@
+"""The stream records of a transfer across buckets (docs/scaling.md, "Across buckets") and
+the ledger rows the writer stores of them, side by side. Each bucket's stream holds its own
+side: the payer's bucket the reservation (``transfer_out``) and its end
+(``transfer_settled`` or ``transfer_voided``), the payee's bucket the credit
+(``transfer_in``). The two writers store them independently, each row keyed by the
+transfer's id."""
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from service.domain.times import datetime_from_us
+
+CrossingKind = Literal["transfer_out", "transfer_in", "transfer_settled", "transfer_voided"]
+CROSSING_KINDS: tuple[CrossingKind, ...] = (
+    "transfer_out",
+    "transfer_in",
+    "transfer_settled",
+    "transfer_voided",
+)
+
+
+def _crossing_kind(raw: str) -> CrossingKind:
+    for kind in CROSSING_KINDS:
+        if raw == kind:
+            return kind
+    raise ValueError(f"unknown kind {raw!r} of a transfer across buckets")
+
+
+@dataclass(frozen=True, slots=True)
+class CrossingRecord:
+    kind: CrossingKind
+    txn_id: int
+    from_user_id: int
+    amount_kopecks: int
+    # The payee: a reservation's and a credit's.
+    to_user_id: int | None
+    # A reservation's stamp (the payer's bucket), a credit's (the payee's), a void's; a
+    # settle has none (it moves no one's balance).
+    at_us: int | None
+    # The payer's balance after a reservation or a void, the payee's after a credit.
+    balance_after_kopecks: int | None
+    idempotency_key: str | None  # a reservation's
+
+    def __post_init__(self) -> None:
+        assert self.amount_kopecks >= 1, self
+        with_payee = self.kind in ("transfer_out", "transfer_in")
+        assert (self.to_user_id is not None) == with_payee, self
+        assert (self.at_us is None) == (self.kind == "transfer_settled"), self
+        assert (self.balance_after_kopecks is None) == (self.kind == "transfer_settled"), self
+
+    # The stream entries (lua/transfer.lua, lua/transfer_credit.lua, lua/transfer_settle.lua,
+    # lua/transfer_void.lua).
+
+    @classmethod
+    def from_stream_fields(cls, fields: dict[bytes, bytes]) -> "CrossingRecord":
+        """Parses one stream entry; raises ValueError or KeyError on a malformed one."""
+        kind = _crossing_kind(fields[b"kind"].decode())
+        balance_field = b"to_balance" if kind == "transfer_in" else b"from_balance"
+        with_payee = kind in ("transfer_out", "transfer_in")
+        settled = kind == "transfer_settled"
+        idem_key = fields[b"idem_key"].decode() if kind == "transfer_out" else ""
+        record = cls(
+            kind=kind,
+            txn_id=int(fields[b"id"]),
+            from_user_id=int(fields[b"from"]),
+            amount_kopecks=int(fields[b"amount"]),
+            to_user_id=int(fields[b"to"]) if with_payee else None,
+            at_us=None if settled else int(fields[b"created_at_us"]),
+            balance_after_kopecks=None if settled else int(fields[balance_field]),
+            idempotency_key=idem_key or None,
+        )
+        if record.amount_kopecks < 1 or record.from_user_id == record.to_user_id:
+            raise ValueError(f"malformed {kind} record of transfer {record.txn_id}")
+        return record
+
+    # The ledger rows (persistence/models.py): one table per kind of record, keyed by the
+    # transfer's id; a settle and a void share ``transfer_ends``.
+
+    def ledger_row(self, stream_entry_id: str) -> tuple[str, dict[str, Any]]:
+        """``(table, row)``."""
+        at = None if self.at_us is None else datetime_from_us(self.at_us)
+        if self.kind == "transfer_out":
+            return "transfer_reservations", {
+                "id": self.txn_id,
+                "from_user_id": self.from_user_id,
+                "to_user_id": self.to_user_id,
+                "amount_kopecks": self.amount_kopecks,
+                "created_at": at,
+                "from_balance_after_kopecks": self.balance_after_kopecks,
+                "idempotency_key": self.idempotency_key,
+                "stream_entry_id": stream_entry_id,
+            }
+        if self.kind == "transfer_in":
+            return "transfer_credits", {
+                "transfer_id": self.txn_id,
+                "from_user_id": self.from_user_id,
+                "to_user_id": self.to_user_id,
+                "amount_kopecks": self.amount_kopecks,
+                "credited_at": at,
+                "to_balance_after_kopecks": self.balance_after_kopecks,
+                "stream_entry_id": stream_entry_id,
+            }
+        return "transfer_ends", {
+            "transfer_id": self.txn_id,
+            "outcome": "settled" if self.kind == "transfer_settled" else "voided",
+            "from_user_id": self.from_user_id,
+            "amount_kopecks": self.amount_kopecks,
+            "at": at,
+            "from_balance_after_kopecks": self.balance_after_kopecks,
+            "stream_entry_id": stream_entry_id,
+        }
