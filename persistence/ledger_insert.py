@@ -107,7 +107,9 @@ _SIDE_TABLES = {
         ("from_user_id", "to_user_id", "amount_kopecks", "created_at"),
     ),
     "transfer_credits": _SideTable(
-        LedgerTransferCredit, "transfer_id", ("from_user_id", "to_user_id", "amount_kopecks")
+        LedgerTransferCredit,
+        "transfer_id",
+        ("from_user_id", "to_user_id", "amount_kopecks", "credited_at"),
     ),
     "transfer_ends": _SideTable(
         LedgerTransferEnd, "transfer_id", ("outcome", "from_user_id", "amount_kopecks", "at")

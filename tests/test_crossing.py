@@ -604,3 +604,32 @@ async def test_the_writers_store_each_side_once(
             entries = cast(StreamEntries, await redis_client.xrange(keyspace.txn_stream(bucket)))
             records = [(i.decode(), record_from_stream_fields(f)) for i, f in entries]
             assert await insert_records(connection, records) == 0
+
+
+async def test_malformed_or_conflicting_sides_are_dead_lettered(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts
+) -> None:
+    """An amount of 0, and a void of a transfer already stored as settled: refused by the
+    writer with the reason, the rest stored."""
+    await persist(redis_client, db_engine)  # the deposits
+    stream = keyspace.txn_stream(1)
+    await redis_client.xadd(stream, {"id": "77", "kind": "transfer_settled", "from": "1",
+                                     "amount": "5"})  # fmt: skip
+    await redis_client.xadd(stream, {"id": "78", "kind": "transfer_out", "from": "1", "to": "2",
+                                     "amount": "0", "created_at_us": "1", "from_balance": "1",
+                                     "idem_key": ""})  # fmt: skip
+    await persist(redis_client, db_engine)
+    await redis_client.xadd(stream, {"id": "77", "kind": "transfer_voided", "from": "1",
+                                     "amount": "5", "created_at_us": "2",
+                                     "from_balance": "5"})  # fmt: skip
+    await persist(redis_client, db_engine)
+    letters = cast(StreamEntries, await redis_client.xrange(keyspace.txn_dead_letter(1)))
+    reasons = [fields[b"reason"].decode() for _, fields in letters]
+    assert len(reasons) == 2
+    assert "malformed transfer_out record of transfer 78" in reasons[0]
+    assert "transfer 77 is already in transfer_ends as another record" in reasons[1]
+    async with db_engine.connect() as connection:
+        ends = (
+            await connection.execute(text("SELECT transfer_id, outcome FROM transfer_ends"))
+        ).all()
+    assert [tuple(row) for row in ends] == [(77, "settled")]

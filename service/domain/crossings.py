@@ -58,20 +58,26 @@ class CrossingRecord:
         balance_field = b"to_balance" if kind == "transfer_in" else b"from_balance"
         with_payee = kind in ("transfer_out", "transfer_in")
         settled = kind == "transfer_settled"
-        idem_key = fields[b"idem_key"].decode() if kind == "transfer_out" else ""
-        record = cls(
+        idem_key = fields[b"idem_key"].decode("ascii") if kind == "transfer_out" else ""
+        txn_id, from_user_id = int(fields[b"id"]), int(fields[b"from"])
+        amount_kopecks = int(fields[b"amount"])
+        to_user_id = int(fields[b"to"]) if with_payee else None
+        # Checked before the record is made: its invariants assert, and a malformed entry
+        # must be refused (the writer dead-letters it), not crash its reader.
+        if min(txn_id, from_user_id, amount_kopecks, to_user_id or 1) < 1 or (
+            from_user_id == to_user_id
+        ):
+            raise ValueError(f"malformed {kind} record of transfer {txn_id}")
+        return cls(
             kind=kind,
-            txn_id=int(fields[b"id"]),
-            from_user_id=int(fields[b"from"]),
-            amount_kopecks=int(fields[b"amount"]),
-            to_user_id=int(fields[b"to"]) if with_payee else None,
+            txn_id=txn_id,
+            from_user_id=from_user_id,
+            amount_kopecks=amount_kopecks,
+            to_user_id=to_user_id,
             at_us=None if settled else int(fields[b"created_at_us"]),
             balance_after_kopecks=None if settled else int(fields[balance_field]),
             idempotency_key=idem_key or None,
         )
-        if record.amount_kopecks < 1 or record.from_user_id == record.to_user_id:
-            raise ValueError(f"malformed {kind} record of transfer {record.txn_id}")
-        return record
 
     # The ledger rows (persistence/models.py): one table per kind of record, keyed by the
     # transfer's id; a settle and a void share ``transfer_ends``.

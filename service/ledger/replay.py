@@ -43,10 +43,19 @@ def parse_from_id(from_id: str) -> tuple[str | None, int | None]:
     )
 
 
+# Entries whose script takes no id from this bucket's counter: a hold's void or expiry, and
+# the sides of a transfer across buckets but its reservation (a credit carries the id of the
+# payer's bucket, a settle or a void its reservation's older id).
+_TAKING_NO_ID = (b"hold_voided", b"hold_expired", b"transfer_in", b"transfer_settled",
+                 b"transfer_voided")  # fmt: skip
+
+
 def _txn_id(fields: dict[bytes, bytes]) -> int | None:
-    """The id the entry's script took from the counter: a transaction's id, or a new
-    hold's (ids of holds and transactions come from one counter, docs/holds.md). None for
-    a hold's void or expiry, which takes no id, and for a malformed entry."""
+    """The id the entry's script took from the counter: a transaction's id, a new hold's
+    (ids of holds and transactions come from one counter, docs/holds.md), or a
+    reservation's. None for an entry that takes no id, and for a malformed entry."""
+    if _takes_no_id(fields):
+        return None
     try:
         if fields.get(b"kind") == b"hold_created":
             return int(fields[b"hold"])
@@ -56,7 +65,7 @@ def _txn_id(fields: dict[bytes, bytes]) -> int | None:
 
 
 def _takes_no_id(fields: dict[bytes, bytes]) -> bool:
-    return fields.get(b"kind") in (b"hold_voided", b"hold_expired")
+    return fields.get(b"kind") in _TAKING_NO_ID
 
 
 async def replay(
@@ -72,7 +81,8 @@ async def replay(
     chunk = settings.writer_batch_size
     cursor = start_entry or "-"
     started = passed_earlier = False
-    # Voids and expiries (no id of their own) seen since the last id below the start.
+    # Entries with no id of their own (voids and expiries of holds, the later sides of
+    # transfers across buckets) seen since the last id below the start.
     idless: list[tuple[bytes, dict[bytes, bytes]]] = []
     inserted = scanned = skipped = 0
 
