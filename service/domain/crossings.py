@@ -8,6 +8,7 @@ transfer's id."""
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from service.domain.choices import one_of
 from service.domain.times import datetime_from_us
 
 CrossingKind = Literal["transfer_out", "transfer_in", "transfer_settled", "transfer_voided"]
@@ -17,13 +18,6 @@ CROSSING_KINDS: tuple[CrossingKind, ...] = (
     "transfer_settled",
     "transfer_voided",
 )
-
-
-def _crossing_kind(raw: str) -> CrossingKind:
-    for kind in CROSSING_KINDS:
-        if raw == kind:
-            return kind
-    raise ValueError(f"unknown kind {raw!r} of a transfer across buckets")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +48,7 @@ class CrossingRecord:
     @classmethod
     def from_stream_fields(cls, fields: dict[bytes, bytes]) -> "CrossingRecord":
         """Parses one stream entry; raises ValueError or KeyError on a malformed one."""
-        kind = _crossing_kind(fields[b"kind"].decode())
+        kind = one_of(fields[b"kind"].decode(), CROSSING_KINDS, "kind of a transfer across buckets")
         balance_field = b"to_balance" if kind == "transfer_in" else b"from_balance"
         with_payee = kind in ("transfer_out", "transfer_in")
         settled = kind == "transfer_settled"

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from service.domain.amounts import format_rubles
+from service.domain.choices import one_of
 from service.domain.times import datetime_from_us, rfc3339, us_from_datetime
 
 Status = Literal["pending", "captured", "voided", "expired"]
@@ -23,13 +24,6 @@ EndEvent = Literal["captured", "voided", "expired"]
 END_EVENTS: tuple[EndEvent, ...] = ("captured", "voided", "expired")
 # Stream entry kinds of hold events (a capture's entry is its transaction).
 STREAM_KINDS = ("hold_created", "hold_voided", "hold_expired")
-
-
-def _status(raw: str) -> Status:
-    for status in STATUSES:
-        if raw == status:
-            return status
-    raise ValueError(f"unknown hold status {raw!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +63,7 @@ class Hold:
             from_user_id=int(fields[b"from"]),
             to_user_id=int(fields[b"to"]),
             amount_kopecks=int(fields[b"amount"]),
-            status=_status(fields[b"status"].decode()),
+            status=one_of(fields[b"status"].decode(), STATUSES, "hold status"),
             captured_amount_kopecks=int(fields[b"captured_amount"]),
             created_at_us=int(fields[b"created_at_us"]),
             expires_at_us=int(fields[b"expires_at_us"]),
@@ -93,7 +87,9 @@ class Hold:
         )
         if end is None:
             return created
-        return created.ended(_end_event(end.event), end.amount_kopecks, end.transaction_id)
+        return created.ended(
+            one_of(end.event, END_EVENTS, "hold event"), end.amount_kopecks, end.transaction_id
+        )
 
     def ended(self, event: EndEvent, amount_kopecks: int, txn_id: int | None) -> "Hold":
         """This hold after its end event (``amount_kopecks``: captured, or released)."""
@@ -124,13 +120,6 @@ class Hold:
             "expires_at": rfc3339(datetime_from_us(self.expires_at_us)),
             "capture_transaction_id": self.capture_txn_id,
         }
-
-
-def _end_event(raw: str) -> EndEvent:
-    for event in END_EVENTS:
-        if raw == event:
-            return event
-    raise ValueError(f"unknown hold event {raw!r}")
 
 
 class HoldRow(Protocol):

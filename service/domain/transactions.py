@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from service.domain.amounts import format_rubles
+from service.domain.choices import one_of
 from service.domain.times import datetime_from_us, rfc3339, us_from_datetime
 
 Kind = Literal["deposit", "transfer", "refund"]
@@ -87,7 +88,7 @@ class Transaction:
             raise ValueError("idem_fp without idem_key")
         record = cls(
             txn_id=int(fields[b"id"]),
-            kind=_kind(kind),
+            kind=one_of(kind, KINDS, "transaction kind"),
             from_user_id=int(from_raw) if from_raw else None,
             to_user_id=int(fields[b"to"]),
             amount_kopecks=int(fields[b"amount"]),
@@ -126,7 +127,7 @@ class Transaction:
     def from_ledger(cls, row: LedgerRow) -> "Transaction":
         return cls(
             txn_id=row.id,
-            kind=_kind(row.kind),
+            kind=one_of(row.kind, KINDS, "transaction kind"),
             from_user_id=row.from_user_id,
             to_user_id=row.to_user_id,
             amount_kopecks=row.amount_kopecks,
@@ -158,13 +159,6 @@ class Transaction:
         body["balance_after_kopecks"] = balance_after
         body["balance_after"] = format_rubles(balance_after)
         return body
-
-
-def _kind(raw: str) -> Kind:
-    for kind in KINDS:
-        if raw == kind:
-            return kind
-    raise ValueError(f"unknown transaction kind {raw!r}")
 
 
 def transaction_json(
