@@ -11,7 +11,12 @@ from persistence.models import Deployment
 
 async def recorded_bucket_count(engine: AsyncEngine, buckets: int) -> int:
     """The bucket count the deployment was created with: ``buckets`` when this is the first
-    process to start (it records it; of two starting at once, one does)."""
+    process to start (it records it; of two starting at once, one does). Read first, so
+    that every later start only reads (a database answering read-only is no obstacle)."""
+    async with engine.connect() as connection:
+        recorded = (await connection.execute(select(Deployment.buckets))).scalar_one_or_none()
+    if recorded is not None:
+        return int(recorded)
     async with engine.begin() as connection:
         await connection.execute(
             insert(Deployment).values(id=1, buckets=buckets).on_conflict_do_nothing()

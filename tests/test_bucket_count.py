@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from pytest_aiohttp import AiohttpClient
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.cli.main import main
 from service.http.app import create_app
@@ -40,6 +40,24 @@ async def test_the_first_start_records_the_count_in_both(
     await redis_client.delete(keyspace.BUCKET_COUNT)
     await check_bucket_count(redis_client, db_engine, 1)
     assert await redis_client.get(keyspace.BUCKET_COUNT) == b"1"
+
+
+async def test_a_later_start_only_reads(
+    redis_client: RedisClient, db_engine: AsyncEngine, settings: Settings
+) -> None:
+    """A database answering read-only (a standby during a failover window) does not stop
+    a process once the count is recorded."""
+    await check_bucket_count(redis_client, db_engine, 1)
+    read_only = create_async_engine(
+        settings.database_url,
+        connect_args={"server_settings": {"default_transaction_read_only": "on"}},
+    )
+    try:
+        await check_bucket_count(redis_client, read_only, 1)
+        with pytest.raises(BucketCountMismatch):
+            await check_bucket_count(redis_client, read_only, 2)
+    finally:
+        await read_only.dispose()
 
 
 async def test_another_count_than_the_deployments_is_refused(

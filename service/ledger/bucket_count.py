@@ -29,8 +29,11 @@ async def check_bucket_count(redis: RedisClient, engine: AsyncEngine, buckets: i
             " buckets (PostgreSQL, table deployment): a user's bucket follows from the count,"
             f" so it cannot change. Set WALLET_BUCKETS={recorded} (docs/scaling.md, Keyspace)."
         )
-    await redis.set(keyspace.BUCKET_COUNT, buckets, nx=True)
-    in_redis = int(cast(bytes, await redis.get(keyspace.BUCKET_COUNT)))
+    raw = cast(bytes | None, await redis.get(keyspace.BUCKET_COUNT))
+    if raw is None:  # read first: every later start only reads
+        await redis.set(keyspace.BUCKET_COUNT, buckets, nx=True)
+        raw = cast(bytes, await redis.get(keyspace.BUCKET_COUNT))
+    in_redis = int(raw)
     if in_redis != buckets:
         raise BucketCountMismatch(
             f"Redis records {in_redis} buckets ({keyspace.BUCKET_COUNT}) but this deployment"

@@ -41,7 +41,8 @@ What each amount must be (docs/holds.md):
 It also reports users in PostgreSQL without a Redis wallet, Redis wallets without a
 PostgreSQL user, and a bucket's ``txn:seq`` below an id the ledger holds in the counter's
 epoch (new ids would collide with stored ones; ids of other epochs cannot). Read-only on
-both sides.
+both sides (but for recording the count of buckets, as every process does, should this be a
+deployment's very first start: service/ledger/bucket_count.py).
 """
 
 import asyncio
