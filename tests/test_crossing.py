@@ -80,16 +80,24 @@ async def assert_conserved(redis: RedisClient) -> None:
     assert sum(balances) + await in_flight(redis) == DEPOSIT_KOPECKS * len(USERS)
 
 
+async def reservation_of(redis: RedisClient, bucket: int, txn_id: int) -> Reservation:
+    reservation = await CrossingLegs(redis).reservation(bucket, txn_id)
+    assert reservation is not None, (bucket, txn_id)
+    return reservation
+
+
 async def reserved_only(
+    redis: RedisClient,
     money: MoneyScripts,
     monkeypatch: pytest.MonkeyPatch,
     from_user_id: int,
     to_user_id: int,
     amount_kopecks: int,
     idempotency_key: str | None = None,
-) -> None:
+) -> Reservation:
     """A transfer whose API lost Redis right after the reservation (a crash between the
-    legs, for what Redis holds): answered outcome_unknown."""
+    legs, for what Redis holds): answered outcome_unknown. Its reservation, the only one
+    due in the payer's bucket."""
 
     async def lost(self: CrossingLegs, reservation: Reservation) -> str:
         raise RedisConnectionError("the API lost Redis after the reservation")
@@ -98,6 +106,9 @@ async def reserved_only(
         patch.setattr(CrossingLegs, "finish", lost)
         with refusing(refusals.OUTCOME_UNKNOWN):
             await money.transfer(from_user_id, to_user_id, amount_kopecks, idempotency_key)
+    bucket = keyspace.bucket_of(from_user_id)
+    [raw] = cast(list[bytes], await redis.zrange(keyspace.outbound_due(bucket), 0, -1))
+    return await reservation_of(redis, bucket, int(raw))
 
 
 async def stream_kinds(redis: RedisClient, bucket: int) -> list[str]:
@@ -117,9 +128,7 @@ async def test_a_transfer_across_buckets_moves_the_money_once(
     assert accepted.txn_id == seq_1
     assert (await stream_kinds(redis_client, 1))[-2:] == ["transfer_out", "transfer_settled"]
     assert (await stream_kinds(redis_client, 2))[-1] == "transfer_in"
-    reservation = await CrossingLegs(redis_client).reservation(1, accepted.txn_id)
-    assert reservation is not None
-    assert reservation.state == "settled"
+    assert (await reservation_of(redis_client, 1, accepted.txn_id)).state == "settled"
     assert await redis_client.zcard(keyspace.outbound_due(1)) == 0
     assert await redis_client.zcard(keyspace.inbound_due(2)) == 0
 
@@ -157,7 +166,7 @@ async def test_a_crash_between_the_legs_is_completed_by_recovery(
     credit: the client gets outcome_unknown; recovery completes the transfer after its
     deadline, and a retry with the key replays it."""
 
-    await reserved_only(funded, monkeypatch, 4, 8, 700, idempotency_key="half")
+    await reserved_only(redis_client, funded, monkeypatch, 4, 8, 700, idempotency_key="half")
     assert await balance(redis_client, 4) == DEPOSIT_KOPECKS - 700
     assert await balance(redis_client, 8) == DEPOSIT_KOPECKS
     assert (await in_transit(redis_client), await incoming(redis_client, 8)) == (700, 700)
@@ -177,7 +186,7 @@ async def test_a_crash_between_the_legs_is_completed_by_recovery(
 async def test_a_retry_with_the_key_completes_a_reservation_left_half_way(
     redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await reserved_only(funded, monkeypatch, 7, 2, 300, idempotency_key="retry")
+    await reserved_only(redis_client, funded, monkeypatch, 7, 2, 300, idempotency_key="retry")
     again = await funded.transfer(7, 2, 300, idempotency_key="retry")
     assert again.replayed
     assert await balance(redis_client, 2) == DEPOSIT_KOPECKS + 300
@@ -211,8 +220,7 @@ async def test_the_fence_voids_a_reservation_and_stops_a_late_credit(
     assert not await redis_client.exists(keyspace.idempotency(1, "late"))
     assert (await stream_kinds(redis_client, 1))[-2:] == ["transfer_out", "transfer_voided"]
 
-    reservation = await legs.reservation(1, txn_id)
-    assert reservation is not None
+    reservation = await reservation_of(redis_client, 1, txn_id)
     assert reservation.state == "voided"
     assert await legs._apply_credit(reservation) == "aborted"  # the late credit: fenced off
     assert await balance(redis_client, 5) == DEPOSIT_KOPECKS
@@ -308,7 +316,7 @@ async def test_the_recovery_loop_completes_a_transfer_once_its_deadline_passed(
     """As `wallet writer` runs it (service/ledger/hold_sweeper.py), with a deadline of 1 ms."""
     monkeypatch.setattr(money_module, "RESERVATION_DEADLINE_MS", 1)
 
-    await reserved_only(funded, monkeypatch, 1, 8, 600)
+    await reserved_only(redis_client, funded, monkeypatch, 1, 8, 600)
     stop = asyncio.Event()
     recovery = asyncio.create_task(run_crossing_recovery(CrossingLegs(redis_client), stop))
     try:
@@ -361,8 +369,7 @@ async def test_an_abort_after_the_credit_leaves_it_applied(
 ) -> None:
     legs = CrossingLegs(redis_client)
     accepted = await funded.transfer(7, 5, 40)
-    reservation = await legs.reservation(1, accepted.txn_id)
-    assert reservation is not None
+    reservation = await reservation_of(redis_client, 1, accepted.txn_id)
     assert await legs.abort(5, reservation.token) == accepted.txn_id
     assert await redis_client.hget(keyspace.inbound(5, reservation.token), "state") == b"applied"
     assert await balance(redis_client, 5) == DEPOSIT_KOPECKS + 40
@@ -389,17 +396,14 @@ async def test_a_reservation_whose_credit_record_is_gone_after_long_is_left_alon
 ) -> None:
     """Its credit may have been applied and its record expired: a void could pay twice."""
 
-    await reserved_only(funded, monkeypatch, 1, 2, 50)
-    [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
-    reservation = await CrossingLegs(redis_client).reservation(1, int(raw))
-    assert reservation is not None
+    reservation = await reserved_only(redis_client, funded, monkeypatch, 1, 2, 50)
     # As after its record ended and expired: the credit removed it from the due set then.
     await redis_client.delete(keyspace.inbound(2, reservation.token))
     await redis_client.zrem(keyspace.inbound_due(2), f"2:{reservation.token}")
-    await redis_client.hset(keyspace.outbound(1, int(raw)), "created_at_us", 1)
+    await redis_client.hset(keyspace.outbound(1, reservation.txn_id), "created_at_us", 1)
     assert await CrossingLegs(redis_client).recover(now_us=FAR_FUTURE_US) == 0
     assert "its credit's record is gone" in caplog.text
-    assert (await CrossingLegs(redis_client).reservation(1, int(raw))) == replace(
+    assert await reservation_of(redis_client, 1, reservation.txn_id) == replace(
         reservation, created_at_us=1
     )
     assert await balance(redis_client, 1) == DEPOSIT_KOPECKS - 50
@@ -408,9 +412,10 @@ async def test_a_reservation_whose_credit_record_is_gone_after_long_is_left_alon
 async def test_a_void_refuses_keys_that_are_not_its_reservations(
     redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await reserved_only(funded, monkeypatch, 1, 2, 50, idempotency_key="mine")
-    [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
-    txn_id = int(raw)
+    reservation = await reserved_only(
+        redis_client, funded, monkeypatch, 1, 2, 50, idempotency_key="mine"
+    )
+    txn_id = reservation.txn_id
     head = [
         keyspace.txn_stream(1),
         keyspace.outbound(1, txn_id),
@@ -487,7 +492,7 @@ async def test_recovery_completes_whatever_order_the_buckets_come_in(
 ) -> None:
     """Payer in bucket 2, payee in bucket 0, both entries due: the reservation is ended
     before the expectation could be aborted, so the transfer completes."""
-    await reserved_only(funded, monkeypatch, 5, 3, 100)
+    await reserved_only(redis_client, funded, monkeypatch, 5, 3, 100)
     assert await CrossingLegs(redis_client).recover(now_us=FAR_FUTURE_US) == 1
     assert await balance(redis_client, 3) == DEPOSIT_KOPECKS + 100
     assert await in_transit(redis_client) == 0
@@ -499,10 +504,9 @@ async def test_a_young_reservation_whose_expectation_is_gone_is_voided(
 ) -> None:
     """As after a failover of the payee's bucket that lost the expectation: the tombstone
     is written, then the money goes back to the payer."""
-    await reserved_only(funded, monkeypatch, 1, 2, 70, idempotency_key="lost")
-    [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
-    reservation = await CrossingLegs(redis_client).reservation(1, int(raw))
-    assert reservation is not None
+    reservation = await reserved_only(
+        redis_client, funded, monkeypatch, 1, 2, 70, idempotency_key="lost"
+    )
     await redis_client.delete(keyspace.inbound(2, reservation.token))
     await redis_client.zrem(keyspace.inbound_due(2), f"2:{reservation.token}")
     await redis_client.hset(keyspace.user(2), "incoming_kopecks", 0)  # lost with it
@@ -537,8 +541,7 @@ async def test_a_retried_credit_writes_so_its_wait_for_the_replicas_covers_it(
 ) -> None:
     legs = CrossingLegs(redis_client)
     accepted = await funded.transfer(1, 2, 10)
-    reservation = await legs.reservation(1, accepted.txn_id)
-    assert reservation is not None
+    reservation = await reservation_of(redis_client, 1, accepted.txn_id)
     await redis_client.expire(keyspace.inbound(2, reservation.token), 5)
     assert await legs._apply_credit(reservation) == "applied"
     assert await redis_client.ttl(keyspace.inbound(2, reservation.token)) > 3600
@@ -554,13 +557,11 @@ async def test_the_writers_store_each_side_once(
     """Each bucket's writer stores its own side: the reservation and its end from the
     payer's stream, the credit from the payee's; again and again, once."""
     settled = await funded.transfer(1, 2, 300, idempotency_key="paid")
-    await reserved_only(funded, monkeypatch, 4, 5, 40)  # fenced off below, then voided
-    [raw] = cast(list[bytes], await redis_client.zrange(keyspace.outbound_due(1), 0, -1))
+    # Fenced off, then voided.
+    voided = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40)
     legs = CrossingLegs(redis_client)
-    reservation = await legs.reservation(1, int(raw))
-    assert reservation is not None
-    assert await legs.abort(5, reservation.token) is None
-    assert await legs.complete(1, int(raw)) == "voided"
+    assert await legs.abort(5, voided.token) is None
+    assert await legs.complete(1, voided.txn_id) == "voided"
 
     assert await persist(redis_client, db_engine) == len(USERS) + 5
     async with db_engine.connect() as connection:
@@ -584,12 +585,12 @@ async def test_the_writers_store_each_side_once(
         ).all()  # fmt: skip
     assert [tuple(r) for r in reservations] == [
         (settled.txn_id, 1, 2, 300, DEPOSIT_KOPECKS - 300, "paid"),
-        (int(raw), 4, 5, 40, DEPOSIT_KOPECKS - 40, None),
+        (voided.txn_id, 4, 5, 40, DEPOSIT_KOPECKS - 40, None),
     ]
     assert [tuple(r) for r in credits] == [(settled.txn_id, 2, DEPOSIT_KOPECKS + 300)]
     assert [tuple(r) for r in ends] == [
         (settled.txn_id, "settled", None),
-        (int(raw), "voided", DEPOSIT_KOPECKS),
+        (voided.txn_id, "voided", DEPOSIT_KOPECKS),
     ]
     for bucket in keyspace.all_buckets():
         assert await redis_client.xlen(keyspace.txn_dead_letter(bucket)) == 0
