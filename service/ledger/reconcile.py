@@ -207,14 +207,6 @@ def _by_bucket(
     return sorted(groups.items())
 
 
-def _itself(user_id: int) -> int:
-    return user_id
-
-
-def _refunder(pair: tuple[int, int]) -> int:
-    return pair[0]
-
-
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
     bucket: int
@@ -359,7 +351,7 @@ async def reconcile(
     docstring."""
     report = ReconcileReport()
     async for batch in user_id_batches(engine, BATCH_SIZE):
-        for bucket, user_ids in _by_bucket(batch, _itself):
+        for bucket, user_ids in _by_bucket(batch, lambda user_id: user_id):
             await _check_wallets(redis, engine, bucket, user_ids, wait_for_writer_s, report)
     if not report.writer_behind:
         await _compare_refunded_totals(redis, engine, wait_for_writer_s, report)
@@ -493,7 +485,7 @@ async def _compare_refunded(
     seen: set[tuple[int, int]],
     over: set[int],
 ) -> None:
-    for bucket, of_bucket in _by_bucket(sorted(set(pairs) - seen), _refunder):
+    for bucket, of_bucket in _by_bucket(sorted(set(pairs) - seen), lambda pair: pair[0]):
         await _compare_refunded_of_bucket(redis, engine, bucket, of_bucket, wait_s, report, over)
         seen.update(of_bucket)
         if report.writer_behind:

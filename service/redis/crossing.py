@@ -9,7 +9,8 @@ bucket p to a user of bucket q is four script calls, each atomic on its own buck
    the payee has the money; nothing can refuse it, as step 1 kept the headroom;
 4. settle, on p (lua/transfer_settle.lua): the money leaves transit.
 
-The 201 is sent after step 3, so both parties read the transfer at once. The record on q
+The 201 is sent after step 4 (the credit applied, the reservation settled), so both
+parties read the transfer at once. The record on q
 is the fence: an abort (lua/transfer_abort.lua) moves it from expected to aborted, and
 whichever of credit and abort comes first decides; a reservation whose credit was fenced
 off is voided (lua/transfer_void.lua: the money back to the payer, its key forgotten).

@@ -337,7 +337,7 @@ class MoneyScripts:
         self, reply: list[bytes], reservation: Reservation, verdict: str
     ) -> Accepted:
         """After the reservation of a transfer across buckets: its credit and settlement,
-        answered once the credit is applied. A refusal, or the replay of an earlier request
+        answered once both are done. A refusal, or the replay of an earlier request
         with the key, leaves this request's expectation unused: it is aborted (by recovery,
         should that fail). A replay completes the earlier request's transfer if a crash
         left it half-way."""
