@@ -245,6 +245,10 @@ class LedgerTransferReservation(Base):
             name="transfer_reservations_amount_range",
         ),
         CheckConstraint("from_user_id <> to_user_id", name="transfer_reservations_two_parties"),
+        # The payer's reads (service/ledger/crossing_reads.py): transfer history, newest
+        # first, keyset on id; statements and past balances, in time order.
+        Index("transfer_reservations_by_payer", "from_user_id", text("id DESC")),
+        Index("transfer_reservations_by_payer_time", "from_user_id", "created_at", "id"),
     )
 
 
@@ -267,6 +271,9 @@ class LedgerTransferCredit(Base):
             f"amount_kopecks BETWEEN 1 AND {MAX_AMOUNT_KOPECKS}",
             name="transfer_credits_amount_range",
         ),
+        # The payee's reads, as for reservations.
+        Index("transfer_credits_by_payee", "to_user_id", text("transfer_id DESC")),
+        Index("transfer_credits_by_payee_time", "to_user_id", "credited_at", "transfer_id"),
     )
 
 
@@ -291,6 +298,15 @@ class LedgerTransferEnd(Base):
             "(outcome = 'voided') = (at IS NOT NULL)"
             " AND (outcome = 'voided') = (from_balance_after_kopecks IS NOT NULL)",
             name="transfer_ends_void_shape",
+        ),
+        # The payer's statements and past balances: the reversals, in time order.
+        Index(
+            "transfer_ends_voids_by_payer_time",
+            "from_user_id",
+            "at",
+            "transfer_id",
+            postgresql_where=text("outcome = 'voided'"),
+            sqlite_where=text("outcome = 'voided'"),
         ),
     )
 

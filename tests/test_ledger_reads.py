@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.holds import STATUSES, Hold, Status
-from service.domain.transactions import Transaction
+from service.domain.postings import Posting
 from service.ledger.history import HistoryUnavailable, read_history
 from service.ledger.hold_reads import Role, list_holds, read_hold
 from service.ledger.lookup import find_transaction
@@ -84,7 +84,7 @@ async def test_refunds_are_in_the_transfer_history_of_both_parties(
             limit=50,
             tail_max_entries=TAIL,
         )
-        return [txn.txn_id for txn in page.transactions]
+        return [txn.txn_id for txn in page.postings]
 
     assert await history(1, "all") == [7, 5, 4, 3, 2]
     assert await history(1, "in") == [7, 5]
@@ -147,7 +147,7 @@ async def test_find_transaction_refuses_to_answer_none_over_an_overflowing_tail(
 # Past balances and statements.
 
 
-def signed(txn: Transaction, user_id: int) -> int:
+def signed(txn: Posting, user_id: int) -> int:
     return txn.amount_kopecks if txn.to_user_id == user_id else -txn.amount_kopecks
 
 
@@ -197,9 +197,9 @@ async def test_statements_add_up_for_every_period(
                     max_items=100,
                     tail_max_entries=TAIL,
                 )
-                items = statement.transactions
-                assert all(start <= txn.created_at_us < end for txn in items)
-                assert items == sorted(items, key=lambda t: (t.created_at_us, t.txn_id))
+                items = statement.postings
+                assert all(start <= txn.at_us < end for txn in items)
+                assert items == sorted(items, key=lambda t: (t.at_us, t.txn_id))
                 assert len({t.txn_id for t in items}) == len(items)
                 opening = statement.opening_balance_kopecks
                 assert opening == await balance_at(
@@ -215,7 +215,7 @@ async def test_statements_add_up_for_every_period(
                 running = opening
                 for txn in items:
                     running += signed(txn, user_id)
-                    assert txn.balance_after_kopecks(user_id) == running
+                    assert txn.balance_after_kopecks == running
     whole = await read_statement(
         redis_client,
         db_engine,
@@ -225,7 +225,7 @@ async def test_statements_add_up_for_every_period(
         max_items=3,
         tail_max_entries=TAIL,
     )
-    assert [t.txn_id for t in whole.transactions] == [2, 3, 4]  # 40 itself is not in
+    assert [t.txn_id for t in whole.postings] == [2, 3, 4]  # 40 itself is not in
     assert (whole.opening_balance_kopecks, whole.closing_balance_kopecks) == (1_000, 550)
     with pytest.raises(StatementTooLarge):
         await read_statement(
@@ -247,7 +247,7 @@ async def test_statements_add_up_for_every_period(
         tail_max_entries=TAIL,
     )
     assert (empty.opening_balance_kopecks, empty.closing_balance_kopecks) == (720, 720)
-    assert empty.transactions == []
+    assert empty.postings == []
 
 
 async def test_time_reads_are_unavailable_over_an_overflowing_tail(

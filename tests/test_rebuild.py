@@ -28,17 +28,10 @@ from service.redis.scripts import load_script_source
 from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
-from tests.support.helpers import add_users, balance, persist, refusing, snapshot
-from tests.support.redis_claim import empty_but_claim
+from tests.support.helpers import add_users, balance, lose_redis, persist, refusing, snapshot
 
 TTL_S = 24 * 3600
 USERS = list(range(1, 8))
-
-
-async def lose_redis(redis: RedisClient) -> None:
-    """Every key of this run's Redis database goes, but the run's claim on it."""
-    await empty_but_claim(redis)
-    assert await redis.keys("user:*") == []
 
 
 async def ledger_last_id(engine: AsyncEngine) -> int:

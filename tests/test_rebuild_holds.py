@@ -21,9 +21,8 @@ from service.redis.streams import stream_id
 from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.buckets import BUCKET
-from tests.support.helpers import persist, refusing, snapshot
+from tests.support.helpers import lose_redis, persist, refusing, snapshot
 from tests.support.mixed_workload import USERS, Scripts, Workload, run_mixed_workload
-from tests.support.redis_claim import empty_but_claim
 
 TTL_S = 24 * 3600
 
@@ -66,11 +65,6 @@ def far_apart(
         for k in before
         if k not in after or abs(before[k] - after[k]) > slack_ms
     }
-
-
-async def lose_redis(redis: RedisClient) -> None:
-    await empty_but_claim(redis)
-    assert await redis.keys("user:*") == []
 
 
 async def test_rebuild_puts_back_holds_refunds_and_every_idempotency_record(

@@ -12,6 +12,9 @@ from service.domain.times import datetime_from_us, rfc3339, us_from_datetime
 
 Kind = Literal["deposit", "transfer", "refund"]
 KINDS: tuple[Kind, ...] = ("deposit", "transfer", "refund")
+# What a history or a statement lists (service/domain/postings.py): the transactions, and
+# the reversal of a transfer across buckets that a void undid.
+ItemKind = Kind | Literal["reversal"]
 
 
 class LedgerRow(Protocol):
@@ -140,41 +143,23 @@ class Transaction:
             idempotency_fingerprint=row.idempotency_fingerprint,
         )
 
-    def as_json(self, viewer_user_id: int, with_direction: bool) -> dict[str, object]:
-        """The transaction as the viewer sees it in a history or a statement: with the
-        viewer's balance right after it, and (in transfer history) its direction."""
-        body = transaction_json(
-            txn_id=self.txn_id,
-            kind=self.kind,
-            from_user_id=self.from_user_id,
-            to_user_id=self.to_user_id,
-            amount_kopecks=self.amount_kopecks,
-            created_at_us=self.created_at_us,
-            hold_id=self.hold_id,
-            refund_of=self.refund_of,
-        )
-        if with_direction:
-            body["direction"] = "out" if self.from_user_id == viewer_user_id else "in"
-        balance_after = self.balance_after_kopecks(viewer_user_id)
-        body["balance_after_kopecks"] = balance_after
-        body["balance_after"] = format_rubles(balance_after)
-        return body
-
 
 def transaction_json(
     *,
     txn_id: int,
-    kind: Kind,
+    kind: ItemKind,
     from_user_id: int | None,
     to_user_id: int,
     amount_kopecks: int,
     created_at_us: int,
     hold_id: int | None = None,
     refund_of: int | None = None,
+    reversal_of: int | None = None,
 ) -> dict[str, object]:
     """The API's transaction object (the contract's "A transaction"), with ``hold_id``
-    for a capture and ``refund_of`` for a refund. A 201 builds it from what the script
-    answered; histories add the viewer's direction and balance (``Transaction.as_json``)."""
+    for a capture, ``refund_of`` for a refund and ``reversal_of`` for a reversal. A 201
+    builds it from what the script answered; histories and statements add the viewer's
+    direction and balance (service/domain/postings.py)."""
     body: dict[str, object] = {
         "id": txn_id,
         "kind": kind,
@@ -188,4 +173,6 @@ def transaction_json(
         body["hold_id"] = hold_id
     if refund_of is not None:
         body["refund_of"] = refund_of
+    if reversal_of is not None:
+        body["reversal_of"] = reversal_of
     return body

@@ -284,14 +284,25 @@ class BatchOut(BaseModel):
     items: list[TransactionOut] = Field(description="one transaction per leg, in the order given")
 
 
+class StatementItem(TransferItem):
+    kind: Literal["deposit", "transfer", "refund", "reversal"] = Field(  # type: ignore[assignment]
+        description="reversal: a transfer across buckets undone before it reached its payee"
+        " (its money back to the payer), listed after that transfer"
+    )
+    reversal_of: Id | None = Field(
+        default=None, description="a reversal: the transfer it undid (also its id)"
+    )
+
+
 class StatementOut(BaseModel):
     user_id: Id
     from_: Timestamp = Field(alias="from")
     to: Timestamp
     opening_balance_kopecks: Kopecks
     closing_balance_kopecks: Kopecks
-    items: list[TransferItem] = Field(
-        description="oldest first; direction is in for deposits and transfers received"
+    items: list[StatementItem] = Field(
+        description="oldest first, each at the instant the viewer's balance moved; direction"
+        " is in for deposits, transfers received and reversals"
     )
 
 

@@ -34,6 +34,7 @@ CSV_COLUMNS = (
     "balance_after",
     "hold_id",
     "refund_of",
+    "reversal_of",
 )
 
 
@@ -113,13 +114,7 @@ async def statement(request: web.Request) -> web.Response:
         )
     except StatementTooLarge:
         raise Refused(refusals.STATEMENT_TOO_LARGE, field="to") from None
-    signed_kopecks = sum(
-        txn.amount_kopecks if txn.to_user_id == user.user_id else -txn.amount_kopecks
-        for txn in found.transactions
-    )
-    # The contract's promise, checked before it is sent.
-    assert found.opening_balance_kopecks + signed_kopecks == found.closing_balance_kopecks, found
-    items = [txn.as_json(user.user_id, with_direction=True) for txn in found.transactions]
+    items = [posting.as_json(with_direction=True) for posting in found.postings]
     if output == "csv":
         return web.Response(
             text=_csv(items),

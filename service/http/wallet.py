@@ -115,10 +115,8 @@ async def _history(
         limit=limit,
         tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
     )
-    items = [
-        txn.as_json(user.user_id, with_direction=direction is not None) for txn in page.transactions
-    ]
-    next_cursor = encode_cursor(page.transactions[-1].txn_id) if page.has_more else None
+    items = [posting.as_json(with_direction=direction is not None) for posting in page.postings]
+    next_cursor = encode_cursor(page.postings[-1].txn_id) if page.has_more else None
     return json_response({"items": items, "next_cursor": next_cursor})
 
 

@@ -42,7 +42,7 @@ def parse_entry_id(raw: str) -> EntryId:
     return int(ms), int(seq)
 
 
-def _at_or_before(column: Any, bound: EntryId) -> ColumnElement[bool]:
+def at_or_before(column: Any, bound: EntryId) -> ColumnElement[bool]:
     ms = func.split_part(column, "-", 1).cast(BigInteger)
     seq = func.split_part(column, "-", 2).cast(BigInteger)
     return tuple_(ms, seq) <= tuple_(literal(bound[0], BigInteger), literal(bound[1], BigInteger))
@@ -54,8 +54,8 @@ def _pending(through_entry: EntryId | None) -> list[ColumnElement[bool]]:
     if through_entry is None:
         return [~exists(ended)]
     return [
-        _at_or_before(H.stream_entry_id, through_entry),
-        ~exists(ended.where(_at_or_before(E.stream_entry_id, through_entry))),
+        at_or_before(H.stream_entry_id, through_entry),
+        ~exists(ended.where(at_or_before(E.stream_entry_id, through_entry))),
     ]
 
 
@@ -141,8 +141,8 @@ async def expired_holds(
         .where(
             H.id.in_(ids),
             E.event == "expired",
-            _at_or_before(H.stream_entry_id, through_entry),
-            _at_or_before(E.stream_entry_id, through_entry),
+            at_or_before(H.stream_entry_id, through_entry),
+            at_or_before(E.stream_entry_id, through_entry),
         )
     )
     return {row.id: _hold(row) for row in rows}

@@ -29,7 +29,7 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.models import LedgerHold, LedgerTransaction
+from persistence.models import LedgerHold, LedgerTransaction, LedgerTransferReservation
 from persistence.txn_id_epochs import TxnIdEpochsExhausted, take_txn_id_epoch
 from service.domain.limits import EPOCH_ROLLOVER_MARGIN_IDS, TXN_IDS_PER_EPOCH
 from service.domain.times import us_from_datetime
@@ -45,6 +45,16 @@ log = logging.getLogger("wallet.id_counter")
 KEEPER_INTERVAL_S = 0.5
 
 
+async def ledger_last_id(engine: AsyncEngine) -> int:
+    """The largest id the ledger holds (0 for none): transactions, holds and transfers
+    across buckets (their reservations: a credit and an end carry the reservation's id)
+    take ids from the counters."""
+    ids = (LedgerTransaction.id, LedgerHold.id, LedgerTransferReservation.id)
+    async with engine.connect() as connection:
+        last = [(await connection.execute(select(func.max(id_)))).scalar() for id_ in ids]
+    return max(int(id_ or 0) for id_ in last)
+
+
 async def restart_counter_set_aside(
     redis: RedisClient, engine: AsyncEngine, bucket: int
 ) -> int | None:
@@ -55,9 +65,8 @@ async def restart_counter_set_aside(
         return None
     behind = int(raw)
     epoch_behind = behind // TXN_IDS_PER_EPOCH
+    last_id = await ledger_last_id(engine)
     async with engine.connect() as connection:
-        last_txn = (await connection.execute(select(func.max(LedgerTransaction.id)))).scalar()
-        last_hold = (await connection.execute(select(func.max(LedgerHold.id)))).scalar()
         # The stamp of the epoch's last stored transaction: within a bucket stamps increase
         # with ids, and the epoch's ids are the bucket's (an index range scan of the key).
         clock_floor = await connection.scalar(
@@ -71,7 +80,7 @@ async def restart_counter_set_aside(
         )
     # Strictly above the counter set aside, and above the ledger (ids of an older version
     # were issued without epochs).
-    at_least_id = max(behind + 1, int(last_txn or 0), int(last_hold or 0))
+    at_least_id = max(behind + 1, last_id)
     epoch = await take_txn_id_epoch(engine, at_least_id=at_least_id)
     epoch_start = epoch * TXN_IDS_PER_EPOCH
     restart = LuaScript(redis, "restart_counter")

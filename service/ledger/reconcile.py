@@ -22,13 +22,18 @@ counter):
 What each amount must be (docs/holds.md):
 
 - balance: deposits in + transfers and refunds in - transfers and refunds out (holds
-  move no posted money until captured; a capture is a transfer);
+  move no posted money until captured; a capture is a transfer); for transfers across
+  buckets, - the user's reservations + the voids that gave them back + the credits the
+  user received, each a record of the user's bucket, so counted up to L
+  (service/ledger/crossing_totals.py);
 - held: the sum of the user's pending holds as payer (a hold with no end). Exact: a
   hold leaves ``holds:{<payer>}`` (and held) only in a step that records its end (a
   capture, a void, or an expiry released by a spending script or the sweeper), so an
   expired hold not yet released is pending in both;
 - incoming: the sum of the pending holds toward the user, plus those of the user's holds
-  that the ledger says expired and that ``holds:due`` still lists (read in the same step).
+  that the ledger says expired and that ``holds:due`` still lists (read in the same step),
+  plus the credits from other buckets the user's bucket expects (``inbound:due``, read in
+  the same step: an expectation keeps the payee's headroom and is no stream record).
   Exact: a hold leaves ``holds:due`` (and its payee's incoming) when captured or voided
   (recorded), or when the sweeper takes it, which records its expiry unless a spending
   script recorded it before, so the holds:due members that the ledger says ended can only
@@ -37,6 +42,10 @@ What each amount must be (docs/holds.md):
 - refunded total ``refunded:{<refunder>}:<txn_id>``: the sum of the refunds of that
   transfer (both ways: keys the ledger has no refunds for are reported too), and no
   transfer is refunded beyond its amount.
+
+Per bucket, the money in transit (``transit:{b}``: transfers across buckets reserved and
+not settled or voided) against the ledger's reservations of the bucket with no end, as of
+the bucket's snapshot; the report gives the total in transit.
 
 It also reports users in PostgreSQL without a Redis wallet, Redis wallets without a
 PostgreSQL user, and a bucket's ``txn:seq`` below an id the ledger holds in the counter's
@@ -57,6 +66,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from persistence.models import TRANSFER_KINDS_SQL, LedgerHold, LedgerTransaction, User
 from service.domain.amounts import format_rubles
 from service.domain.limits import TXN_IDS_PER_EPOCH
+from service.ledger.crossing_totals import crossing_balance_changes, in_transit
 from service.ledger.hold_totals import (
     EntryId,
     expired_holds,
@@ -101,6 +111,12 @@ class CounterBehind(NamedTuple):
     ledger_txn_id: int  # an id the ledger holds in the counter's epoch, above it
 
 
+class TransitDrift(NamedTuple):
+    bucket: int
+    redis_kopecks: int  # transit:{b}
+    ledger_kopecks: int  # the bucket's reservations with no end
+
+
 class OverRefund(NamedTuple):
     txn_id: int
     refunded_kopecks: int
@@ -128,6 +144,11 @@ class ReconcileReport:
     first_unpersisted: str | None = None  # the first record not in the ledger, described
     # Counters below an id the ledger holds in their epoch.
     counters_behind_ledger: list[CounterBehind] = field(default_factory=list)
+    # Transfers across buckets reserved and not settled or voided yet, over every bucket
+    # (Redis's transit:{b}, each as of its bucket's snapshot), and where the ledger differs.
+    in_transit_kopecks: int = 0
+    in_transit_reservations: int = 0
+    transit_drifts: list[TransitDrift] = field(default_factory=list)
     # The largest S a batch was compared at.
     through_txn_id: int = 0
 
@@ -143,6 +164,7 @@ class ReconcileReport:
             or self.missing_in_ledger
             or self.writer_behind
             or self.counters_behind_ledger
+            or self.transit_drifts
         )
 
 
@@ -150,15 +172,20 @@ T = LedgerTransaction
 
 
 async def ledger_balances(
-    connection: AsyncConnection, user_ids: Sequence[int], through_txn_id: int | None = None
+    connection: AsyncConnection,
+    user_ids: Sequence[int],
+    through: tuple[int, EntryId] | None = None,
 ) -> dict[int, int]:
-    """Each user's ledger balance (0 for a user with no transactions), counting only
-    transactions with ``id <= through_txn_id`` when it is given.
+    """Each user's ledger balance (0 for a user with no transactions): transactions and the
+    sides of transfers across buckets. ``through``, for users of one bucket, is that
+    bucket's counter and stream position: only transactions with ``id <=`` the counter and
+    sides recorded up to the position count.
 
     Three queries, one per partial index: deposits in, transfers and refunds in, transfers
-    and refunds out.
+    and refunds out; then one per side of transfers across buckets.
     """
-    balances = dict.fromkeys(user_ids, 0)
+    through_txn_id, through_entry = (None, None) if through is None else through
+    balances = await crossing_balance_changes(connection, user_ids, through_entry)
     if not user_ids:
         return balances
     limit = () if through_txn_id is None else (T.id <= through_txn_id,)
@@ -215,6 +242,8 @@ class _Snapshot:
     due: list[tuple[int, int, int, int]]  # holds:due members due: hold, from, to, amount
     wallets: list[tuple[int, int, int] | None]  # balance, held, incoming; None: no wallet
     refunded: list[int | None]
+    transit_kopecks: int
+    expected: list[tuple[int, int]]  # credits expected (read with due): payee, amount
 
 
 def _int(raw: Any) -> int:
@@ -261,15 +290,21 @@ async def _read_snapshot(
     refunded: Sequence[tuple[int, int]],
     with_due: bool,
 ) -> _Snapshot:
-    keys = [keyspace.txn_seq(bucket), keyspace.txn_stream(bucket), keyspace.holds_due(bucket)]
+    keys = [
+        keyspace.txn_seq(bucket),
+        keyspace.txn_stream(bucket),
+        keyspace.holds_due(bucket),
+        keyspace.inbound_due(bucket),
+        keyspace.transit(bucket),
+    ]
     keys += [keyspace.user(user_id) for user_id in user_ids]
     keys += [keyspace.refunded(refunder, txn_id) for refunder, txn_id in refunded]
     reply = await LuaScript(redis, "reconcile_snapshot")(
         keys=keys, args=[str(len(user_ids)), "1" if with_due else "0"]
     )
-    if len(reply) != 6:
+    if len(reply) != 8:
         raise ScriptArgumentRejected(f"reconcile_snapshot: {reply!r}")
-    seq, last_entry, _, due_raw, wallets_raw, refunded_raw = reply
+    seq, last_entry, _, due_raw, wallets_raw, refunded_raw, transit, expected_raw = reply
     due = []
     for member in due_raw[0::2]:
         hold_id, from_id, to_id, amount = (int(part) for part in member.split(b":"))
@@ -285,6 +320,11 @@ async def _read_snapshot(
         due=due,
         wallets=wallets,
         refunded=[None if raw is None else int(raw) for raw in refunded_raw],
+        transit_kopecks=int(transit),
+        expected=[
+            (int(to_id), int(amount))
+            for to_id, amount in zip(expected_raw[0::2], expected_raw[1::2], strict=True)
+        ],
     )
 
 
@@ -363,7 +403,27 @@ async def reconcile(
         behind = await _counter_behind_ledger(redis, engine, bucket)
         if behind is not None:
             report.counters_behind_ledger.append(behind)
+        if not report.writer_behind:
+            await _compare_transit(redis, engine, bucket, wait_for_writer_s, report)
     return report
+
+
+async def _compare_transit(
+    redis: RedisClient, engine: AsyncEngine, bucket: int, wait_s: float, report: ReconcileReport
+) -> None:
+    """The bucket's money in transit (transfers across buckets reserved and not ended)
+    against its reservations the ledger has no end for, as of the bucket's snapshot."""
+    snapshot = await _snapshot(redis, bucket)
+    behind = await _wait_for_writer(redis, snapshot, wait_s)
+    if not behind.empty:
+        _note_writer_behind(report, behind)
+        return
+    async with engine.connect() as connection:
+        ledger_kopecks, reservations = await in_transit(connection, bucket, snapshot.last_entry)
+    report.in_transit_kopecks += snapshot.transit_kopecks
+    report.in_transit_reservations += reservations
+    if snapshot.transit_kopecks != ledger_kopecks:
+        report.transit_drifts.append(TransitDrift(bucket, snapshot.transit_kopecks, ledger_kopecks))
 
 
 async def _check_wallets(
@@ -423,7 +483,7 @@ async def _compare_wallets(
 ) -> None:
     user_ids = [u for u, _ in present]
     async with engine.connect() as connection:
-        balances = await ledger_balances(connection, user_ids, snapshot.seq)
+        balances = await ledger_balances(connection, user_ids, (snapshot.seq, snapshot.last_entry))
         holds = await pending_holds_of_payers(connection, user_ids, snapshot.last_entry)
         incoming = await incoming_of_payees(connection, user_ids, snapshot.last_entry)
         # Due members toward these users that the ledger says expired: not swept yet.
@@ -432,6 +492,11 @@ async def _compare_wallets(
         unswept = await expired_holds(connection, candidates, snapshot.last_entry)
     for hold in unswept.values():
         incoming[hold.to_user_id] += hold.amount_kopecks
+    # Credits expected from other buckets keep their headroom in incoming_kopecks: Redis
+    # alone knows them (an expectation is no stream record), read in the same step.
+    for to_id, amount_kopecks in snapshot.expected:
+        if to_id in wanted:
+            incoming[to_id] += amount_kopecks
     report.users_checked += len(present)
     report.through_txn_id = max(report.through_txn_id, snapshot.seq)
     for user_id, (balance, held, incoming_kopecks) in present:
@@ -616,6 +681,17 @@ def format_report(report: ReconcileReport) -> str:
         lines.append(
             f"{len(report.missing_in_ledger)} Redis wallets have no PostgreSQL user:"
             f" {_ids(report.missing_in_ledger)}"
+        )
+    if report.in_transit_kopecks:
+        lines.append(
+            f"in transit between buckets: {_kopecks(report.in_transit_kopecks)} in"
+            f" {report.in_transit_reservations} transfers reserved and not yet settled"
+        )
+    for transit in report.transit_drifts:
+        lines.append(
+            f"drift in transit of bucket {transit.bucket}: Redis {_kopecks(transit.redis_kopecks)},"
+            f" the ledger's reservations with no end {_kopecks(transit.ledger_kopecks)},"
+            f" difference {transit.redis_kopecks - transit.ledger_kopecks:+d} kopecks"
         )
     for counter in report.counters_behind_ledger:
         lines.append(

@@ -1,12 +1,15 @@
 """Past balances and statements: the ledger merged with the unpersisted stream tail
 (read-your-writes), in time order.
 
-A user's balance at an instant T is their balance right after their last transaction with
-``created_at <= T`` (every transaction carries both parties' balances after it), 0 before
-any. Transactions are put in time order by ``(created_at, id)``: the scripts stamp them
-with Redis's clock and the ids of one script (a batch's legs) share an instant. Holds move
-no posted money (held money stays in the balance) until captured, and a capture is a
-transfer, so transactions are all there is to a balance.
+They list the user's postings (service/domain/postings.py): the user's side of every
+transaction, at the instant the user's balance moved, with that balance after it. A
+user's balance at an instant T is their balance right after their last posting at or
+before T, 0 before any. Postings are put in time order by ``(instant, id)``: the scripts
+stamp them with the clock of the user's bucket, strictly past its last stamp, and the ids
+of one script (a batch's legs) share an instant. Holds move no posted money (held money
+stays in the balance) until captured, and a capture is a transfer; a transfer across
+buckets is the payer's reservation (and, if a void undid it, its reversal) and the
+payee's credit (service/ledger/crossing_reads.py).
 
 As for histories, the tail is read before PostgreSQL (lua/stream_tail.lua).
 """
@@ -17,8 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from persistence.models import LedgerTransaction
+from service.domain.postings import Posting, posting_of
 from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
+from service.ledger import crossing_reads
 from service.ledger.history import complete_tail
 from service.redis.types import RedisClient
 
@@ -29,23 +34,22 @@ T = LedgerTransaction
 class Statement:
     opening_balance_kopecks: int
     closing_balance_kopecks: int
-    transactions: list[Transaction]  # oldest first, from_us <= created_at < to_us
+    postings: list[Posting]  # oldest first, from_us <= at_us < to_us
+
+    def __post_init__(self) -> None:
+        signed_kopecks = sum(posting.signed_kopecks for posting in self.postings)
+        # The contract's promise: opening + the signed amounts = closing, exactly.
+        assert self.opening_balance_kopecks + signed_kopecks == self.closing_balance_kopecks
 
 
 class StatementTooLarge(Exception):
-    """The period holds more transactions than a statement may list."""
+    """The period holds more postings than a statement may list."""
 
 
-def _time_order(txn: Transaction) -> tuple[int, int]:
-    return txn.created_at_us, txn.txn_id
-
-
-async def _balance_at(
-    session: AsyncSession, tail: list[Transaction], user_id: int, at_us: int
-) -> int:
-    """The balance after the user's last transaction at or before ``at_us``, among the
-    ledger's and ``tail``'s (the user's unpersisted transactions)."""
-    candidates = [txn for txn in tail if txn.created_at_us <= at_us]
+async def _balance_at(session: AsyncSession, tail: list[Posting], user_id: int, at_us: int) -> int:
+    """The balance after the user's last posting at or before ``at_us``, among the
+    ledger's and ``tail``'s (the user's unpersisted postings)."""
+    candidates = [posting for posting in tail if posting.at_us <= at_us]
     # One row per side, each the top of an index range scan (transactions_by_*_time).
     at = datetime_from_us(at_us)
     for side in (T.to_user_id, T.from_user_id):
@@ -56,20 +60,21 @@ async def _balance_at(
             .limit(1)
         )
         if row is not None:
-            candidates.append(Transaction.from_ledger(row))
+            candidates.append(posting_of(Transaction.from_ledger(row), user_id))
+    candidates += await crossing_reads.last_at_or_before(session, user_id, at)
     if not candidates:
         return 0
-    return max(candidates, key=_time_order).balance_after_kopecks(user_id)
+    return max(candidates, key=Posting.time_order).balance_after_kopecks
 
 
 async def balance_at(
     redis: RedisClient, engine: AsyncEngine, *, user_id: int, at_us: int, tail_max_entries: int
 ) -> int:
-    """The user's balance right after their last transaction with created_at <= at_us (0
-    before any). Raises HistoryUnavailable when the tail overflows."""
+    """The user's balance right after their last posting at or before at_us (0 before
+    any). Raises HistoryUnavailable when the tail overflows."""
     tail = await complete_tail(redis, tail_max_entries, user_id)
     async with AsyncSession(engine) as session:
-        return await _balance_at(session, tail.transactions, user_id, at_us)
+        return await _balance_at(session, tail.postings(user_id), user_id, at_us)
 
 
 async def read_statement(
@@ -82,16 +87,21 @@ async def read_statement(
     max_items: int,
     tail_max_entries: int,
 ) -> Statement:
-    """The user's transactions with from_us <= created_at < to_us, oldest first, with the
+    """The user's postings with from_us <= instant < to_us, oldest first, with the
     balance just before (at from_us - 1) and after them. Raises StatementTooLarge beyond
     ``max_items``, HistoryUnavailable when the tail overflows.
 
     The ledger is read in one snapshot (REPEATABLE READ), so the opening balance and the
     items agree with each other."""
     tail = await complete_tail(redis, tail_max_entries, user_id)
-    mine = tail.transactions
+    mine = tail.postings(user_id)
     start, end = datetime_from_us(from_us), datetime_from_us(to_us)
-    merged = {txn.txn_id: txn for txn in mine if from_us <= txn.created_at_us < to_us}
+    # A transfer undone by a void and its reversal share an id.
+    merged = {
+        (posting.txn_id, posting.kind): posting
+        for posting in mine
+        if from_us <= posting.at_us < to_us
+    }
     async with engine.connect() as connection:
         await connection.execution_options(isolation_level="REPEATABLE READ")
         async with AsyncSession(bind=connection) as session:
@@ -106,11 +116,16 @@ async def read_statement(
                     .limit(max_items + 1)
                 )
                 for row in rows:
-                    merged.setdefault(row.id, Transaction.from_ledger(row))
+                    posting = posting_of(Transaction.from_ledger(row), user_id)
+                    merged.setdefault((posting.txn_id, posting.kind), posting)
+            for posting in await crossing_reads.in_period(
+                session, user_id, start, end, max_items + 1
+            ):
+                merged.setdefault((posting.txn_id, posting.kind), posting)
     if len(merged) > max_items:
-        raise StatementTooLarge(f"more than {max_items} transactions in the period")
-    items = sorted(merged.values(), key=_time_order)
-    closing = items[-1].balance_after_kopecks(user_id) if items else opening
+        raise StatementTooLarge(f"more than {max_items} postings in the period")
+    items = sorted(merged.values(), key=Posting.time_order)
+    closing = items[-1].balance_after_kopecks if items else opening
     return Statement(
-        opening_balance_kopecks=opening, closing_balance_kopecks=closing, transactions=items
+        opening_balance_kopecks=opening, closing_balance_kopecks=closing, postings=items
     )

@@ -1,10 +1,12 @@
-"""The records that may not be in PostgreSQL yet, read from the Redis stream: transactions
-and hold events (service/domain/records.py)."""
+"""The records that may not be in PostgreSQL yet, read from the Redis stream: transactions,
+hold events and sides of transfers across buckets (service/domain/records.py)."""
 
 import logging
 from dataclasses import dataclass
 
+from service.domain.crossings import CrossingRecord
 from service.domain.holds import HoldEvent
+from service.domain.postings import Posting, crossing_posting, posting_of
 from service.domain.records import StreamRecord, record_from_stream_fields
 from service.domain.transactions import Transaction
 from service.redis import keyspace
@@ -48,6 +50,23 @@ class Tail:
     def transactions(self) -> list[Transaction]:
         """The transactions among the records, oldest first."""
         return [record for record in self.records if isinstance(record, Transaction)]
+
+    def postings(self, user_id: int) -> list[Posting]:
+        """The user's postings among the records of a tail read for the user, oldest first:
+        the user's side of each transaction, and of each transfer across buckets that the
+        tail's bucket, the user's, recorded (the payer's reservation and void, the payee's
+        credit)."""
+        found = []
+        for record in self.records:
+            if isinstance(record, Transaction):
+                found.append(posting_of(record, user_id))
+            elif isinstance(record, CrossingRecord):
+                posting = crossing_posting(record)
+                if posting is not None:
+                    # A bucket's stream records only its own users' sides.
+                    assert posting.viewer_user_id == user_id, (record, user_id)
+                    found.append(posting)
+        return found
 
     @property
     def hold_events(self) -> list[HoldEvent]:

@@ -112,14 +112,19 @@ async def add_users(
             await money.register_user(user_id)
 
 
-async def fresh_redis(redis: RedisClient) -> None:
-    """This run's Redis database as a freshly started system has it: no data but the
-    run's claim (a cluster is the run's own: no claim), and the id counter at 0, as `wallet
-    serve` sets it at start."""
+async def lose_redis(redis: RedisClient) -> None:
+    """Every key of this run's Redis goes, but the run's claim (a cluster is the run's own:
+    no claim): Redis lost its data."""
     if isinstance(redis, RedisCluster):
         await on_every_primary(redis, "FLUSHALL")
     else:
         await empty_but_claim(redis)
+
+
+async def fresh_redis(redis: RedisClient) -> None:
+    """This run's Redis database as a freshly started system has it: no data, and the id
+    counter at 0, as `wallet serve` sets it at start."""
+    await lose_redis(redis)
     await redis.set(keyspace.txn_seq(BUCKET), 0)
 
 

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from service.domain.postings import posting_of
 from service.domain.times import datetime_from_us, rfc3339, us_from_datetime
 from service.domain.transactions import Transaction
 
@@ -31,7 +32,7 @@ def test_stream_entry_to_ledger_row_and_back() -> None:
 
 def test_api_object() -> None:
     txn = Transaction.from_stream_fields(FIELDS)
-    assert txn.as_json(1, with_direction=True) == {
+    assert posting_of(txn, 1).as_json(with_direction=True) == {
         "id": 7,
         "kind": "transfer",
         "amount": 2000,
@@ -43,24 +44,24 @@ def test_api_object() -> None:
         "balance_after_kopecks": 8100,
         "balance_after": "81.00",
     }
-    assert txn.as_json(2, with_direction=True)["direction"] == "in"
-    assert txn.as_json(2, with_direction=True)["balance_after_kopecks"] == 2000
+    assert posting_of(txn, 2).as_json(with_direction=True)["direction"] == "in"
+    assert posting_of(txn, 2).as_json(with_direction=True)["balance_after_kopecks"] == 2000
     with pytest.raises(ValueError, match="not a party"):
-        txn.as_json(3, with_direction=False)
+        posting_of(txn, 3)
     deposit = Transaction.from_stream_fields(
         FIELDS | {b"kind": b"deposit", b"from": b"", b"from_balance": b""}
     )
-    assert deposit.as_json(2, with_direction=False)["kind"] == "deposit"
-    assert "direction" not in deposit.as_json(2, with_direction=False)
+    assert posting_of(deposit, 2).as_json(with_direction=False)["kind"] == "deposit"
+    assert "direction" not in posting_of(deposit, 2).as_json(with_direction=False)
 
 
 def test_capture_and_refund_carry_their_link() -> None:
     capture = Transaction.from_stream_fields(FIELDS | {b"hold_id": b"5"})
     assert capture.hold_id == 5
-    assert capture.as_json(1, with_direction=False)["hold_id"] == 5
+    assert posting_of(capture, 1).as_json(with_direction=False)["hold_id"] == 5
     refund = Transaction.from_stream_fields(FIELDS | {b"kind": b"refund", b"refund_of": b"3"})
     assert refund.refund_of == 3
-    assert refund.as_json(2, with_direction=True)["refund_of"] == 3
+    assert posting_of(refund, 2).as_json(with_direction=True)["refund_of"] == 3
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,74 @@
+"""What the ledger says of transfers across buckets (docs/scaling.md, "Across buckets"),
+for ``wallet reconcile`` (to compare with Redis) and ``wallet rebuild`` (to put it back):
+what they did to balances, and the money still in transit.
+
+Each side is a record of one bucket's stream, so reconcile counts it as of that bucket's
+snapshot (``through_entry``, hold_totals.py): a payer's reservations and voids as of the
+payer's bucket, a payee's credits as of the payee's. A reservation is in transit from the
+reservation until its end (a settle after its credit, or a void), both on the payer's
+bucket: ``transit:{b}`` in Redis.
+"""
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from persistence.models import LedgerTransferCredit, LedgerTransferEnd, LedgerTransferReservation
+from service.ledger.hold_totals import EntryId, at_or_before
+from service.redis import keyspace
+
+R = LedgerTransferReservation
+C = LedgerTransferCredit
+V = LedgerTransferEnd
+
+
+def _through(column: Any, through_entry: EntryId | None) -> list[ColumnElement[bool]]:
+    return [] if through_entry is None else [at_or_before(column, through_entry)]
+
+
+async def crossing_balance_changes(
+    connection: AsyncConnection, user_ids: Sequence[int], through_entry: EntryId | None = None
+) -> dict[int, int]:
+    """What transfers across buckets did to each user's balance (0 for none): minus the
+    reservations the user made, plus the voids that gave them back, plus the credits the
+    user received; as of ``through_entry`` of the users' bucket, when given."""
+    changes = dict.fromkeys(user_ids, 0)
+    if not user_ids:
+        return changes
+    # Per side: whose balance it moved, which way, and the rows that count.
+    parts: list[tuple[Any, int, Any, Any, tuple[ColumnElement[bool], ...]]] = [
+        (R.from_user_id, -1, R.amount_kopecks, R.stream_entry_id, ()),
+        (V.from_user_id, 1, V.amount_kopecks, V.stream_entry_id, (V.outcome == "voided",)),
+        (C.to_user_id, 1, C.amount_kopecks, C.stream_entry_id, ()),
+    ]
+    for user, sign, amount, entry, where in parts:
+        rows = await connection.execute(
+            select(user, func.sum(amount))
+            .where(user.in_(user_ids), *where, *_through(entry, through_entry))
+            .group_by(user)
+        )
+        for user_id, total in rows:
+            changes[cast(int, user_id)] += sign * int(total)
+    return changes
+
+
+async def in_transit(
+    connection: AsyncConnection, bucket: int, through_entry: EntryId | None = None
+) -> tuple[int, int]:
+    """``(kopecks, reservations)`` the bucket's payers reserved and that had no end (as of
+    ``through_entry``, when given): what ``transit:{b}`` holds."""
+    ended = select(V.transfer_id).where(
+        V.transfer_id == R.id, *_through(V.stream_entry_id, through_entry)
+    )
+    row = (
+        await connection.execute(
+            select(func.coalesce(func.sum(R.amount_kopecks), 0), func.count()).where(
+                R.from_user_id % keyspace.BUCKETS == bucket,
+                *_through(R.stream_entry_id, through_entry),
+                ~exists(ended),
+            )
+        )
+    ).one()
+    return int(row[0]), int(row[1])
