@@ -97,24 +97,15 @@ def crossing_posting(record: CrossingRecord) -> Posting | None:
         return None
     assert record.at_us is not None, record
     assert record.balance_after_kopecks is not None, record
-    if record.kind == "transfer_voided":
-        return Posting(
-            txn_id=record.txn_id,
-            kind="reversal",
-            viewer_user_id=record.from_user_id,
-            from_user_id=None,
-            to_user_id=record.from_user_id,
-            amount_kopecks=record.amount_kopecks,
-            at_us=record.at_us,
-            balance_after_kopecks=record.balance_after_kopecks,
-        )
-    assert record.to_user_id is not None, record
+    reversal = record.kind == "transfer_voided"
+    to_user_id = record.from_user_id if reversal else record.to_user_id
+    assert to_user_id is not None, record
     return Posting(
         txn_id=record.txn_id,
-        kind="transfer",
-        viewer_user_id=record.from_user_id if record.kind == "transfer_out" else record.to_user_id,
-        from_user_id=record.from_user_id,
-        to_user_id=record.to_user_id,
+        kind="reversal" if reversal else "transfer",
+        viewer_user_id=to_user_id if record.kind == "transfer_in" else record.from_user_id,
+        from_user_id=None if reversal else record.from_user_id,
+        to_user_id=to_user_id,
         amount_kopecks=record.amount_kopecks,
         at_us=record.at_us,
         balance_after_kopecks=record.balance_after_kopecks,

@@ -3,6 +3,7 @@ store them in (persistence/models.py): the user's reservations (transfers out), 
 (transfers in) and voids (reversals), each as the user's posting (service/domain/postings.py),
 at the instant of the user's own side."""
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -10,8 +11,8 @@ from sqlalchemy import ColumnElement, Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from persistence.models import LedgerTransferCredit, LedgerTransferEnd, LedgerTransferReservation
-from service.domain.postings import Posting
-from service.domain.times import us_from_datetime
+from service.domain.crossings import CrossingRecord
+from service.domain.postings import Posting, crossing_posting
 
 R = LedgerTransferReservation
 C = LedgerTransferCredit
@@ -19,43 +20,18 @@ V = LedgerTransferEnd
 _VOIDED = V.outcome == "voided"
 
 
-def _out(row: Any) -> Posting:
-    return Posting(
-        txn_id=row.id,
-        kind="transfer",
-        viewer_user_id=row.from_user_id,
-        from_user_id=row.from_user_id,
-        to_user_id=row.to_user_id,
-        amount_kopecks=row.amount_kopecks,
-        at_us=us_from_datetime(row.created_at),
-        balance_after_kopecks=row.from_balance_after_kopecks,
-    )
+def _posting(table: str) -> Callable[[Any], Posting]:
+    def posting(row: Any) -> Posting:
+        found = crossing_posting(CrossingRecord.from_ledger(table, row))
+        assert found is not None, row  # a settle is never read here
+        return found
+
+    return posting
 
 
-def _in(row: Any) -> Posting:
-    return Posting(
-        txn_id=row.transfer_id,
-        kind="transfer",
-        viewer_user_id=row.to_user_id,
-        from_user_id=row.from_user_id,
-        to_user_id=row.to_user_id,
-        amount_kopecks=row.amount_kopecks,
-        at_us=us_from_datetime(row.credited_at),
-        balance_after_kopecks=row.to_balance_after_kopecks,
-    )
-
-
-def _reversal(row: Any) -> Posting:
-    return Posting(
-        txn_id=row.transfer_id,
-        kind="reversal",
-        viewer_user_id=row.from_user_id,
-        from_user_id=None,
-        to_user_id=row.from_user_id,
-        amount_kopecks=row.amount_kopecks,
-        at_us=us_from_datetime(row.at),
-        balance_after_kopecks=row.from_balance_after_kopecks,
-    )
+_out = _posting("transfer_reservations")
+_in = _posting("transfer_credits")
+_reversal = _posting("transfer_ends")
 
 
 def _by_time(user_id: int) -> list[tuple[Select[Any], Any, Any, Any]]:
