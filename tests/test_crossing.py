@@ -23,7 +23,7 @@ from service.domain.refusals import Refused
 from service.ledger.history import Direction, read_history
 from service.ledger.hold_sweeper import run_crossing_recovery
 from service.ledger.hold_totals import last_stream_entry_id, parse_entry_id
-from service.ledger.rebuild import RebuildRefused, rebuild
+from service.ledger.rebuild import rebuild
 from service.ledger.reconcile import TransitDrift, reconcile
 from service.ledger.reconcile import format_report as format_reconcile
 from service.ledger.statements import Statement, balance_at, read_statement
@@ -306,6 +306,13 @@ async def test_concurrent_transfers_across_and_within_buckets(
                              "transit:{b1}"], ["7", "60"]),
         ("transfer_void", ["txn:stream:{b1}", "outbound:{b1}:7", "outbound:due:{b1}",
                            "transit:{b1}", "user:{b1}:1"], ["7", "60"]),
+        # A payer who is the payee; then keys of another reservation's.
+        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "transit:{b1}"],
+         ["7", "1", "1", "5", "t" * 22, "1", "0", "", "1"]),
+        ("restore_reservation", ["outbound:{b1}:8", "outbound:due:{b1}", "transit:{b1}"],
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1"]),
+        ("restore_credit", ["inbound:{b2}:2:" + "t" * 22], ["2", "t" * 21, "7", "5", "1", "60"]),
+        ("restore_credit", ["inbound:{b2}:2:" + "t" * 22], ["2", "t" * 22, "7", "0", "1", "60"]),
     ],
 )  # fmt: skip
 async def test_the_scripts_refuse_malformed_calls_and_write_nothing(
@@ -750,28 +757,45 @@ async def test_reconcile_counts_money_in_transit_and_credits_expected(
     assert "drift in transit of bucket 1" in format_reconcile(drifted)
 
 
-async def test_rebuild_restores_transfers_across_buckets_and_refuses_while_in_transit(
+async def test_rebuild_puts_transfers_in_transit_back_for_recovery_to_end(
     redis_client: RedisClient,
     db_engine: AsyncEngine,
     funded: MoneyScripts,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Balances come back from the ledger with every side counted, and new ids stay above
-    the reservations'; a reservation with no end is refused for now (not built)."""
-    await funded.transfer(1, 2, 300)
-    undone = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40)
+    """Redis lost with a transfer reserved whose credit was applied and one whose credit
+    was not: rebuild puts both back in transit (twice over, the same), recovery settles the
+    first and voids the second, and the keys of the settled ones replay."""
+    settled = await funded.transfer(1, 2, 300, idempotency_key="paid")
+    await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40, idempotency_key="k4")
+    credited = await reserved_only(redis_client, funded, monkeypatch, 3, 8, 25, "k3")
+    legs = CrossingLegs(redis_client)
+    assert await legs._apply_credit(credited) == "applied"  # then the API died
     await persist(redis_client, db_engine)
     before = {u: await balance(redis_client, u) for u in USERS}
     await lose_redis(redis_client)
-    with pytest.raises(RebuildRefused, match="40 kopecks in transit"):
-        await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
 
-    async with db_engine.begin() as connection:  # as if its void had been stored
-        await connection.execute(
-            text("INSERT INTO transfer_ends VALUES (:id, 'voided', 4, 40, now(), :after, '9-0')"),
-            {"id": undone.txn_id, "after": DEPOSIT_KOPECKS},
-        )
-    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert report.ledger_last_txn_id >= undone.txn_id
-    assert {u: await balance(redis_client, u) for u in USERS} == before | {4: DEPOSIT_KOPECKS}
-    assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
+    for restored in (2, 0):  # run again, it finds them there
+        report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+        assert report.transfers_in_transit_restored == restored
+        assert report.ledger_last_txn_id >= credited.txn_id
+        assert {u: await balance(redis_client, u) for u in USERS} == before
+        assert await in_transit(redis_client) == 65
+        check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+        assert check.ok, format_reconcile(check)
+        assert (check.in_transit_kopecks, check.in_transit_reservations) == (65, 2)
+
+    assert await legs.recover(int(time.time() * 1_000_000)) == 2
+    assert await in_transit(redis_client) == 0
+    after = before | {4: DEPOSIT_KOPECKS}  # voided: its credit was never applied
+    assert {u: await balance(redis_client, u) for u in USERS} == after
+    await persist(redis_client, db_engine)
+    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert check.ok, format_reconcile(check)
+    assert check.in_transit_kopecks == 0
+    replay = await funded.transfer(1, 2, 300, idempotency_key="paid")
+    assert (replay.replayed, replay.txn_id) == (True, settled.txn_id)
+    replay = await funded.transfer(3, 8, 25, idempotency_key="k3")
+    assert (replay.replayed, replay.txn_id) == (True, credited.txn_id)
+    # The void forgot the key of the transfer it undid: a retry is a new transfer.
+    assert not (await funded.transfer(4, 5, 40, idempotency_key="k4")).replayed

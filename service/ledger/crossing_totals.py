@@ -12,7 +12,7 @@ bucket: ``transit:{b}`` in Redis.
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy import ColumnElement, Row, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.models import LedgerTransferCredit, LedgerTransferEnd, LedgerTransferReservation
@@ -54,20 +54,42 @@ async def crossing_balance_changes(
     return changes
 
 
+def _ended(through_entry: EntryId | None) -> Any:
+    """Whether the reservation of the row has an end (as of ``through_entry``)."""
+    return exists(
+        select(V.transfer_id).where(
+            V.transfer_id == R.id, *_through(V.stream_entry_id, through_entry)
+        )
+    )
+
+
+async def reservations_in_transit(
+    connection: AsyncConnection, after_id: int, limit: int
+) -> Sequence[Row[*tuple[Any, ...]]]:
+    """Up to ``limit`` reservations with no end and an id above ``after_id``, in id order:
+    each row the reservation's columns and ``credited_at``, its credit's instant (None: the
+    ledger holds no credit)."""
+    rows = await connection.execute(
+        select(*R.__table__.columns, C.credited_at)
+        .outerjoin(C, C.transfer_id == R.id)
+        .where(R.id > after_id, ~_ended(None))
+        .order_by(R.id)
+        .limit(limit)
+    )
+    return rows.all()
+
+
 async def in_transit(
     connection: AsyncConnection, bucket: int, through_entry: EntryId | None = None
 ) -> tuple[int, int]:
     """``(kopecks, reservations)`` the bucket's payers reserved and that had no end (as of
     ``through_entry``, when given): what ``transit:{b}`` holds."""
-    ended = select(V.transfer_id).where(
-        V.transfer_id == R.id, *_through(V.stream_entry_id, through_entry)
-    )
     row = (
         await connection.execute(
             select(func.coalesce(func.sum(R.amount_kopecks), 0), func.count()).where(
                 R.from_user_id % keyspace.BUCKETS == bucket,
                 *_through(R.stream_entry_id, through_entry),
-                ~exists(ended),
+                ~_ended(through_entry),
             )
         )
     ).one()

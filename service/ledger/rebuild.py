@@ -46,9 +46,14 @@ What it restores, in bounded batches (docs/holds.md gives the Redis shapes):
 
 It refuses (``RebuildRefused``) while Redis holds stream entries that may not be in the
 ledger yet (the writer's unpersisted tail is not empty): the balances would miss those
-transactions. Let the writer drain them first. It also refuses while the ledger holds a
-transfer across buckets reserved and not settled or voided: putting one back in Redis is
-not built yet (docs/scaling.md). Balances count every side of the settled and voided ones.
+transactions. Let the writer drain them first.
+
+Transfers across buckets (docs/scaling.md): balances count every side the ledger holds; a
+reservation with no end is put back in transit with its record and due member
+(``lua/restore_reservation.lua``), its credit's record applied first where the ledger holds
+the credit (``lua/restore_credit.lua``), so that recovery settles it, or voids it when the
+credit never reached the ledger; the Idempotency-Keys of the transfers across buckets come
+back with the others, but those a void undid.
 
 Not restored: sessions (users log in again), login throttling counters, the records of
 refused requests (only accepted operations are in the ledger), request tokens
@@ -63,12 +68,13 @@ Rebuilding is idempotent: after an interruption, run it again.
 """
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, func, select, tuple_
+from sqlalchemy import Row, Select, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.models import (
@@ -83,7 +89,7 @@ from persistence.txn_id_epochs import take_txn_id_epoch
 from service.domain.amounts import MAX_BALANCE_KOPECKS
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.domain.times import datetime_from_us, us_from_datetime
-from service.ledger.crossing_totals import in_transit
+from service.ledger.crossing_totals import reservations_in_transit
 from service.ledger.hold_totals import (
     PendingHold,
     incoming_of_payees,
@@ -95,6 +101,7 @@ from service.ledger.hold_totals import (
 from service.ledger.id_counter import ledger_last_id, restart_counter_set_aside
 from service.ledger.reconcile import ledger_balances, user_id_batches
 from service.redis import keyspace
+from service.redis.crossing import ENDED_RETENTION_S
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import unpersisted_tail
 from service.redis.streams import ensure_consumer_group, stream_id
@@ -137,6 +144,7 @@ class RebuildReport:
     txn_id_epochs: tuple[int, ...]
     txn_seqs: tuple[int, ...]
     holds_restored: int = 0  # pending holds put back
+    transfers_in_transit_restored: int = 0  # reservations across buckets put back
     refunded_totals_restored: int = 0
     # The ledger's fingerprint is none the live script could have recorded for its row.
     idempotency_keys_skipped: int = 0
@@ -152,21 +160,6 @@ async def _refuse_over_unpersisted_entries(redis: RedisClient, bucket: int) -> N
             " not be in the ledger: run the writer until it has drained the stream, then"
             " rebuild again. Nothing was changed."
         )
-
-
-async def _refuse_over_reservations_in_transit(engine: AsyncEngine) -> None:
-    """Putting a transfer across buckets left half-way back in Redis (its reservation, the
-    money in transit, and the credit's record where the ledger holds the credit) is not
-    built yet: with one bucket, the only count accepted, there is none."""
-    async with engine.connect() as connection:
-        for bucket in keyspace.all_buckets():
-            kopecks, reservations = await in_transit(connection, bucket)
-            if reservations:
-                raise RebuildRefused(
-                    f"the ledger holds {reservations} transfers across buckets reserved in"
-                    f" bucket {bucket} and not settled or voided ({kopecks} kopecks in"
-                    " transit): rebuilding them is not built yet. Nothing was changed."
-                )
 
 
 async def rebuild(
@@ -188,7 +181,6 @@ async def rebuild(
     buckets = list(keyspace.all_buckets())
     for bucket in buckets:
         await _refuse_over_unpersisted_entries(redis, bucket)
-    await _refuse_over_reservations_in_transit(engine)
     last_id = await ledger_last_id(engine)
     last_instant_us = await _ledger_last_instant_us(engine)
     epochs: list[int] = []
@@ -202,6 +194,7 @@ async def rebuild(
     epoch_starts = [epoch * TXN_IDS_PER_EPOCH for epoch in epochs]
     outcomes = await _restore_wallets(redis, engine, epoch_starts)
     holds = await _restore_pending_holds(redis, engine, hold_retention_s)
+    in_transit = await _restore_transfers_in_transit(redis, engine)
     refunded = await _restore_refunded_totals(redis, engine)
     restored, kept, skipped = await _restore_idempotency_records(redis, engine, idempotency_ttl_s)
     # restore_wallet raised each counter with every user of its bucket. A bucket with no
@@ -221,6 +214,7 @@ async def rebuild(
         txn_id_epochs=tuple(epochs),
         txn_seqs=tuple(seqs),
         holds_restored=holds,
+        transfers_in_transit_restored=in_transit,
         refunded_totals_restored=refunded,
         idempotency_keys_skipped=skipped,
     )
@@ -260,6 +254,64 @@ async def _raise_clock(redis: RedisClient, bucket: int, floor_us: int) -> None:
     clock = keyspace.txn_clock(bucket)
     if floor_us > int(cast(bytes | None, await redis.get(clock)) or 0):
         await redis.set(clock, floor_us)
+
+
+async def _restore_transfers_in_transit(redis: RedisClient, engine: AsyncEngine) -> int:
+    """Every transfer across buckets the ledger holds reserved and not ended, put back as
+    it was (lua/restore_reservation.lua) and due at once, after the wallets: recovery then
+    settles it if the ledger holds its credit (its record is put back applied first,
+    lua/restore_credit.lua), and voids it otherwise (the credit was never applied, or was
+    lost with Redis before the writer stored it: the payee's balance does not have it)."""
+    restore_reservation = LuaScript(redis, "restore_reservation")
+    restore_credit = LuaScript(redis, "restore_credit")
+    seconds, micros = await redis.time()
+    now_us = seconds * 1_000_000 + micros
+    restored = 0
+    after_id = 0
+    while True:
+        async with engine.connect() as connection:
+            rows = await reservations_in_transit(connection, after_id, BATCH_SIZE)
+        if not rows:
+            return restored
+        for reservation in rows:
+            bucket = keyspace.bucket_of(reservation.from_user_id)
+            outbound = keyspace.outbound(bucket, reservation.id)
+            # A rebuild run again finds the reservation it put back, and its token.
+            kept = cast(bytes | None, await redis.hget(outbound, "token"))
+            token = kept.decode() if kept is not None else secrets.token_urlsafe(16)
+            if reservation.credited_at is not None:
+                credit_key = keyspace.inbound(reservation.to_user_id, token)
+                reply = await restore_credit(
+                    keys=[credit_key],
+                    args=[
+                        str(reservation.to_user_id),
+                        token,
+                        str(reservation.id),
+                        str(reservation.amount_kopecks),
+                        str(us_from_datetime(reservation.credited_at)),
+                        str(ENDED_RETENTION_S),
+                    ],
+                )
+                if reply[0] != b"restored":
+                    raise ScriptArgumentRejected(f"restore_credit: {reply!r}")
+            reply = await restore_reservation(
+                keys=[outbound, keyspace.outbound_due(bucket), keyspace.transit(bucket)],
+                args=[
+                    str(reservation.id),
+                    str(reservation.from_user_id),
+                    str(reservation.to_user_id),
+                    str(reservation.amount_kopecks),
+                    token,
+                    str(us_from_datetime(reservation.created_at)),
+                    str(reservation.from_balance_after_kopecks),
+                    reservation.idempotency_key or "",
+                    str(now_us),
+                ],
+            )
+            if reply[0] not in (b"restored", b"kept"):
+                raise ScriptArgumentRejected(f"restore_reservation: {reply!r}")
+            restored += reply[0] == b"restored"
+        after_id = rows[-1].id
 
 
 async def _restore_wallets(
@@ -444,6 +496,7 @@ async def _restore_idempotency_records(
         _transaction_records(engine, cutoff),
         _hold_records(engine, cutoff),
         _void_records(engine, cutoff),
+        _reservation_records(engine, cutoff),
     ):
         chunk.append(record)
         if len(chunk) >= BATCH_SIZE:
@@ -614,6 +667,30 @@ def _transaction_record(row: Any) -> _Record:
     )
 
 
+async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
+    """Transfers across buckets, under the payer's key, newest first: as a transfer within
+    one bucket records it (lua/transfer.lua). Not those a void undid: the void deleted the
+    record (its request never got a 201), so a retry is a new transfer."""
+    voided = exists().where(V.transfer_id == R.id, V.outcome == "voided")
+    query = select(R.id, R.from_user_id, R.to_user_id, R.amount_kopecks, R.created_at,
+                   R.idempotency_key).where(
+        R.idempotency_key.is_not(None), R.created_at > cutoff, ~voided
+    )  # fmt: skip
+    async for rows in _newest_rows(engine, query, R.created_at, R.id):
+        for row in rows:
+            created_at_us = us_from_datetime(row.created_at)
+            yield _Record(
+                recorded_at_us=created_at_us,
+                order=row.id,
+                owner=row.from_user_id,
+                key=row.idempotency_key,
+                kind="transfer",
+                fingerprint=None,
+                facts=(row.id, created_at_us, row.to_user_id, row.amount_kopecks),
+                what=f"transfer {row.id} across buckets",
+            )
+
+
 async def _hold_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
     """Holds made, under the payer's key, newest first."""
     query = select(
@@ -722,7 +799,8 @@ def format_report(report: RebuildReport) -> str:
             f"rebuild done: {report.users} wallets restored ({report.wallets_created} created,"
             f" {report.wallets_updated} corrected to the ledger)",
             f"holds: {report.holds_restored} pending holds restored; refunded totals:"
-            f" {report.refunded_totals_restored} restored",
+            f" {report.refunded_totals_restored} restored; transfers across buckets in"
+            f" transit: {report.transfers_in_transit_restored} restored (recovery ends them)",
             f"idempotency records: {report.idempotency_keys_restored} restored,"
             f" {report.idempotency_keys_kept} already in Redis (kept)"
             + (
@@ -733,7 +811,7 @@ def format_report(report: RebuildReport) -> str:
             ),
             f"transaction id counters (per bucket): {_listed(report.txn_seqs)}; new ids go on"
             f" from epochs {_listed(report.txn_id_epochs)}, above every id issued before;"
-            f" the ledger's last transaction or hold is {report.ledger_last_txn_id}",
+            f" the ledger's last id is {report.ledger_last_txn_id}",
         ]
     )
 

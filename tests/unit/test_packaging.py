@@ -41,6 +41,8 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "restore_idempotency",
         "restore_hold",
         "reconcile_snapshot",
+        "restore_reservation",
+        "restore_credit",
         "dead_letter",
         "writer_mark",
         "refund_login_attempt",

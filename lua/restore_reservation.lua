@@ -1,0 +1,60 @@
+-- restore_reservation: put back one reservation of a transfer across buckets that the ledger
+-- says has no end (a transfer_out record and no transfer_settled or transfer_voided), after
+-- Redis lost its data (`wallet rebuild`): its hash outbound:{b}:<txn_id> as transfer.lua
+-- wrote it, its outbound:due:{b} member, and its money in transit:{b}. The payer's balance
+-- comes back with the wallet (restore_wallet.lua), without the money reserved. Recovery then
+-- ends it (service/redis/crossing.py): settled when the credit's record says applied (rebuild
+-- writes it first where the ledger holds the credit: restore_credit.lua), else voided.
+--
+-- A reservation already there is left as it is (a rebuild run again): its token is answered,
+-- so that the credit's record is written under it.
+--
+-- KEYS[1]  outbound:{b}:<txn_id>     hash: state from to amount token created_at_us
+--                                    from_balance idem_key (written unless it exists)
+-- KEYS[2]  outbound:due:{b}          sorted set: member txn_id, score due_us
+-- KEYS[3]  transit:{b}               string: raised by the amount
+-- ARGV[1]  txn_id                    decimal, 1..15 digits
+-- ARGV[2]  from_user_id              decimal, 1..15 digits (the payer)
+-- ARGV[3]  to_user_id                decimal, 1..15 digits, <> from (the payee)
+-- ARGV[4]  amount_kopecks            decimal, 1 .. 10^12
+-- ARGV[5]  token                     16..64 of A-Z a-z 0-9 _ -: names the credit's record
+-- ARGV[6]  created_at_us             decimal microseconds, 1..16 digits
+-- ARGV[7]  from_balance              decimal kopecks, the payer's balance after it
+-- ARGV[8]  idempotency key           "" or 1..64 printable ASCII
+-- ARGV[9]  due_us                    decimal microseconds, 1..16 digits: when recovery
+--                                    takes it
+--
+-- Returns  {outcome, token}:
+--   "restored", the token given   written
+--   "kept", its token             the reservation was there (nothing written)
+--   {"invalid_argument"}          KEYS/ARGV fail validation (nothing written)
+
+-- @include bucket
+-- @include validate
+
+local txn_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local token, created_arg, balance_arg = ARGV[5], ARGV[6], ARGV[7]
+local idem_key, due_arg = ARGV[8], ARGV[9]
+local MAX_US = 9999999999999999
+
+if #KEYS ~= 3 or #ARGV ~= 9 or not valid_id(txn_id) or not valid_id(from_id)
+  or not valid_id(to_id) or from_id == to_id
+  or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
+  or not valid_positive(created_arg, MAX_US) or not valid_positive(due_arg, MAX_US)
+  or not (balance_arg == "0" or valid_positive(balance_arg, MAX_BALANCE_KOPECKS))
+  or not (idem_key == "" or valid_idempotency_key(idem_key))
+  or KEYS[1] ~= bucket_member_key("outbound", txn_id) or KEYS[2] ~= bucket_key("outbound:due")
+  or KEYS[3] ~= bucket_key("transit") then
+  return {"invalid_argument"}
+end
+
+local kept = redis.call("HGET", KEYS[1], "token")
+if kept then
+  return {"kept", kept}
+end
+redis.call("HSET", KEYS[1], "state", "reserved", "from", from_id, "to", to_id,
+  "amount", amount_arg, "token", token, "created_at_us", created_arg,
+  "from_balance", balance_arg, "idem_key", idem_key)
+redis.call("ZADD", KEYS[2], due_arg, txn_id)
+redis.call("INCRBY", KEYS[3], amount_arg)
+return {"restored", token}
