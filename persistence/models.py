@@ -92,31 +92,26 @@ class LedgerTransaction(Base):
             name="transactions_balance_range",
         ),
         CheckConstraint(TRANSACTIONS_KIND_SHAPE, name="transactions_kind_shape"),
-        # The history queries: newest first per user, keyset on id.
+        # A user's transactions in time order, each side (histories, newest first, keyset on
+        # (created_at, id); statements; past balances): deposits in, transfers and refunds in,
+        # transfers and refunds out. The kinds as literals, so that a query's literal
+        # predicate matches.
         Index(
-            "transactions_deposits_by_user",
+            "transactions_deposits_by_payee_time",
             "to_user_id",
-            text("id DESC"),
+            "created_at",
+            "id",
             postgresql_where=text("kind = 'deposit'"),
             sqlite_where=text("kind = 'deposit'"),
         ),
-        # Transfer history "in": transfers and refunds received.
         Index(
-            "transactions_transfers_in_by_user",
+            "transactions_transfers_by_payee_time",
             "to_user_id",
-            text("id DESC"),
+            "created_at",
+            "id",
             postgresql_where=text(TRANSFER_KINDS_SQL),
             sqlite_where=text(TRANSFER_KINDS_SQL),
         ),
-        Index(
-            "transactions_transfers_out_by_user",
-            "from_user_id",
-            text("id DESC"),
-            postgresql_where=text("from_user_id IS NOT NULL"),
-            sqlite_where=text("from_user_id IS NOT NULL"),
-        ),
-        # Statements and past balances: a user's transactions in time order, each side.
-        Index("transactions_by_payee_time", "to_user_id", "created_at", "id"),
         Index(
             "transactions_by_payer_time",
             "from_user_id",
@@ -245,9 +240,8 @@ class LedgerTransferReservation(Base):
             name="transfer_reservations_amount_range",
         ),
         CheckConstraint("from_user_id <> to_user_id", name="transfer_reservations_two_parties"),
-        # The payer's reads (service/ledger/crossing_reads.py): transfer history, newest
-        # first, keyset on id; statements and past balances, in time order.
-        Index("transfer_reservations_by_payer", "from_user_id", text("id DESC")),
+        # The payer's reads in time order (service/ledger/posting_reads.py): transfer
+        # history, statements, past balances.
         Index("transfer_reservations_by_payer_time", "from_user_id", "created_at", "id"),
     )
 
@@ -272,7 +266,6 @@ class LedgerTransferCredit(Base):
             name="transfer_credits_amount_range",
         ),
         # The payee's reads, as for reservations.
-        Index("transfer_credits_by_payee", "to_user_id", text("transfer_id DESC")),
         Index("transfer_credits_by_payee_time", "to_user_id", "credited_at", "transfer_id"),
     )
 

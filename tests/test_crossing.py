@@ -693,7 +693,7 @@ async def test_reads_show_each_side_at_the_instant_its_balance_moved(
 
     async def history(user_id: int, direction: Direction = "all") -> list[Posting]:
         page = await read_history(redis_client, db_engine, user_id=user_id, kind="transfer",
-                                  direction=direction, before_id=None, limit=10,
+                                  direction=direction, before=None, limit=10,
                                   tail_max_entries=100)  # fmt: skip
         return page.postings
 
@@ -799,3 +799,27 @@ async def test_rebuild_puts_transfers_in_transit_back_for_recovery_to_end(
     assert (replay.replayed, replay.txn_id) == (True, credited.txn_id)
     # The void forgot the key of the transfer it undid: a retry is a new transfer.
     assert not (await funded.transfer(4, 5, 40, idempotency_key="k4")).replayed
+
+
+async def test_a_history_across_buckets_pages_newest_first_by_instant(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts
+) -> None:
+    """User 2 receives from buckets 1 and 0 (ids of their epochs) and pays within its own:
+    its history pages in the order its balance moved, not in id order, half persisted."""
+    made = [await funded.transfer(1, 2, 10), await funded.transfer(2, 5, 20)]
+    await persist(redis_client, db_engine)
+    made += [await funded.transfer(3, 2, 30), await funded.deposit(2, 1)]
+    made += [await funded.transfer(4, 2, 40)]
+    ids = [txn.txn_id for txn in reversed(made)]  # newest first
+    assert ids != sorted(ids, reverse=True)  # id order is not time order across buckets
+    seen: list[int] = []
+    before = None
+    while True:
+        page = await read_history(redis_client, db_engine, user_id=2, kind="transfer",
+                                  direction="all", before=before, limit=1,
+                                  tail_max_entries=100)  # fmt: skip
+        seen += [posting.txn_id for posting in page.postings]
+        if not page.has_more:
+            break
+        before = page.last
+    assert seen == [txn_id for txn_id in ids if txn_id != made[3].txn_id]  # not the deposit

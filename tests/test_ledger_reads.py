@@ -80,7 +80,7 @@ async def test_refunds_are_in_the_transfer_history_of_both_parties(
             user_id=user_id,
             kind=kind,  # type: ignore[arg-type]
             direction=direction,  # type: ignore[arg-type]
-            before_id=None,
+            before=None,
             limit=50,
             tail_max_entries=TAIL,
         )

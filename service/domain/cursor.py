@@ -1,4 +1,7 @@
-"""Opaque keyset cursors for history pages: the id the next page starts below."""
+"""Opaque keyset cursors for history pages: where the next page starts. A list of holds
+pages by id (``v1:`` and the id); a transaction history by the viewer's instant and id
+(``v2:``, 16 digits of microseconds and 15 of the id, zero-padded: a fixed width, so that
+the OpenAPI document can give the pattern of its base64, service/http/docs.py)."""
 
 import base64
 import binascii
@@ -6,22 +9,48 @@ import binascii
 from service.domain.refusals import VALIDATION_ERROR, Refused
 
 _PREFIX = "v1:"
+_TIME_PREFIX = "v2:"
+_AT_DIGITS, _ID_DIGITS = 16, 15
 
 
-def encode_cursor(before_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{_PREFIX}{before_id}".encode()).decode().rstrip("=")
+def _encode(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> int:
+def _unreadable() -> Refused:
+    return Refused(
+        VALIDATION_ERROR, "cursor must be the next_cursor of a previous page, as given", "cursor"
+    )
+
+
+def _digits(cursor: str, prefix: str, lengths: range) -> str:
+    """The digits after ``prefix``, as many as ``lengths`` allows; 422 for anything else."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
-    digits = text.removeprefix(_PREFIX)
-    if not text.startswith(_PREFIX) or not digits.isdigit() or not 1 <= len(digits) <= 16:
-        raise Refused(
-            VALIDATION_ERROR,
-            "cursor must be the next_cursor of a previous page, as given",
-            "cursor",
-        )
-    return int(digits)
+    digits = text.removeprefix(prefix)
+    if not text.startswith(prefix) or not digits.isdigit() or len(digits) not in lengths:
+        raise _unreadable()
+    return digits
+
+
+def encode_cursor(before_id: int) -> str:
+    return _encode(f"{_PREFIX}{before_id}")
+
+
+def decode_cursor(cursor: str) -> int:
+    return int(_digits(cursor, _PREFIX, range(1, 17)))
+
+
+def encode_time_cursor(at_us: int, txn_id: int) -> str:
+    assert 0 <= at_us < 10**_AT_DIGITS, at_us
+    assert 0 <= txn_id < 10**_ID_DIGITS, txn_id
+    return _encode(f"{_TIME_PREFIX}{at_us:0{_AT_DIGITS}d}{txn_id:0{_ID_DIGITS}d}")
+
+
+def decode_time_cursor(cursor: str) -> tuple[int, int]:
+    """``(at_us, txn_id)``: the next page holds what comes before it."""
+    width = _AT_DIGITS + _ID_DIGITS
+    digits = _digits(cursor, _TIME_PREFIX, range(width, width + 1))
+    return int(digits[:_AT_DIGITS]), int(digits[_AT_DIGITS:])

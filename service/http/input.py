@@ -9,7 +9,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from service.domain import refusals
-from service.domain.cursor import decode_cursor
+from service.domain.cursor import decode_cursor, decode_time_cursor
 from service.domain.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, is_valid_idempotency_key
 from service.domain.refusals import Refusal, Refused
 from service.http.errors import validation_error
@@ -127,6 +127,12 @@ def cursor_id(request: web.Request) -> int | None:
     """The id a page starts below: from ``?cursor=`` (a previous page's next_cursor)."""
     cursor = request.query.get("cursor")
     return None if cursor is None else decode_cursor(cursor)
+
+
+def cursor_position(request: web.Request) -> tuple[int, int] | None:
+    """``(at_us, txn_id)`` a history page starts before: from ``?cursor=``."""
+    cursor = request.query.get("cursor")
+    return None if cursor is None else decode_time_cursor(cursor)
 
 
 Choice = TypeVar("Choice", bound=str)

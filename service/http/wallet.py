@@ -11,11 +11,11 @@ from aiohttp import web
 
 from service.auth.sessions import SessionUser, current_user
 from service.domain.amounts import CURRENCY, format_rubles
-from service.domain.cursor import encode_cursor
+from service.domain.cursor import encode_time_cursor
 from service.domain.transactions import Kind, transaction_json
 from service.http.errors import json_response
 from service.http.input import (
-    cursor_id,
+    cursor_position,
     page_size,
     query_choice,
     refuse_unknown_query,
@@ -104,19 +104,19 @@ async def _history(
     request: web.Request, user: SessionUser, direction: Direction | None
 ) -> web.Response:
     limit = page_size(request)
-    before_id = cursor_id(request)
+    before = cursor_position(request)
     page = await read_history(
         request.app[REDIS],
         request.app[DATABASE],
         user_id=user.user_id,
         kind="deposit" if direction is None else "transfer",
         direction=direction or "all",
-        before_id=before_id,
+        before=before,
         limit=limit,
         tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
     )
     items = [posting.as_json(with_direction=direction is not None) for posting in page.postings]
-    next_cursor = encode_cursor(page.postings[-1].txn_id) if page.has_more else None
+    next_cursor = encode_time_cursor(*page.last) if page.has_more else None
     return json_response({"items": items, "next_cursor": next_cursor})
 
 

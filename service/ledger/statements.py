@@ -9,25 +9,20 @@ stamp them with the clock of the user's bucket, strictly past its last stamp, an
 of one script (a batch's legs) share an instant. Holds move no posted money (held money
 stays in the balance) until captured, and a capture is a transfer; a transfer across
 buckets is the payer's reservation (and, if a void undid it, its reversal) and the
-payee's credit (service/ledger/crossing_reads.py).
+payee's credit (service/ledger/posting_reads.py).
 
 As for histories, the tail is read before PostgreSQL (lua/stream_tail.lua).
 """
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from persistence.models import LedgerTransaction
-from service.domain.postings import Posting, posting_of
+from service.domain.postings import Posting
 from service.domain.times import datetime_from_us
-from service.domain.transactions import Transaction
-from service.ledger import crossing_reads
+from service.ledger import posting_reads
 from service.ledger.history import complete_tail
 from service.redis.types import RedisClient
-
-T = LedgerTransaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,22 +41,18 @@ class StatementTooLarge(Exception):
     """The period holds more postings than a statement may list."""
 
 
+def _everything(user_id: int) -> list[posting_reads.Source]:
+    return posting_reads.sources(
+        user_id, deposits=True, incoming=True, outgoing=True, reversals=True
+    )
+
+
 async def _balance_at(session: AsyncSession, tail: list[Posting], user_id: int, at_us: int) -> int:
     """The balance after the user's last posting at or before ``at_us``, among the
     ledger's and ``tail``'s (the user's unpersisted postings)."""
     candidates = [posting for posting in tail if posting.at_us <= at_us]
-    # One row per side, each the top of an index range scan (transactions_by_*_time).
     at = datetime_from_us(at_us)
-    for side in (T.to_user_id, T.from_user_id):
-        row = await session.scalar(
-            select(T)
-            .where(side == user_id, T.created_at <= at)
-            .order_by(T.created_at.desc(), T.id.desc())
-            .limit(1)
-        )
-        if row is not None:
-            candidates.append(posting_of(Transaction.from_ledger(row), user_id))
-    candidates += await crossing_reads.last_at_or_before(session, user_id, at)
+    candidates += await posting_reads.last_at_or_before(session, _everything(user_id), at)
     if not candidates:
         return 0
     return max(candidates, key=Posting.time_order).balance_after_kopecks
@@ -106,20 +97,8 @@ async def read_statement(
         await connection.execution_options(isolation_level="REPEATABLE READ")
         async with AsyncSession(bind=connection) as session:
             opening = await _balance_at(session, mine, user_id, from_us - 1)
-            # Each side an index range scan (transactions_by_*_time), at most one row more
-            # than a statement may hold.
-            for side in (T.to_user_id, T.from_user_id):
-                rows = await session.scalars(
-                    select(T)
-                    .where(side == user_id, T.created_at >= start, T.created_at < end)
-                    .order_by(T.created_at, T.id)
-                    .limit(max_items + 1)
-                )
-                for row in rows:
-                    posting = posting_of(Transaction.from_ledger(row), user_id)
-                    merged.setdefault((posting.txn_id, posting.kind), posting)
-            for posting in await crossing_reads.in_period(
-                session, user_id, start, end, max_items + 1
+            for posting in await posting_reads.in_period(
+                session, _everything(user_id), start, end, max_items + 1
             ):
                 merged.setdefault((posting.txn_id, posting.kind), posting)
     if len(merged) > max_items:
