@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from service.domain.choices import one_of
-from service.domain.times import datetime_from_us, us_from_datetime
+from service.domain.times import datetime_from_us
 
 CrossingKind = Literal["transfer_out", "transfer_in", "transfer_settled", "transfer_voided"]
 CROSSING_KINDS: tuple[CrossingKind, ...] = (
@@ -18,12 +18,6 @@ CROSSING_KINDS: tuple[CrossingKind, ...] = (
     "transfer_settled",
     "transfer_voided",
 )
-# The ledger's table of each side, and its column of the side's instant.
-_INSTANT_COLUMNS = {
-    "transfer_reservations": "created_at",
-    "transfer_credits": "credited_at",
-    "transfer_ends": "at",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,25 +109,3 @@ class CrossingRecord:
             "from_balance_after_kopecks": self.balance_after_kopecks,
             "stream_entry_id": stream_entry_id,
         }
-
-    @classmethod
-    def from_ledger(cls, table: str, row: Any) -> "CrossingRecord":
-        """The record a row of ``table`` was stored from (``ledger_row``'s inverse)."""
-        if table == "transfer_ends":
-            kind: CrossingKind = (
-                "transfer_settled" if row.outcome == "settled" else "transfer_voided"
-            )
-        else:
-            kind = "transfer_out" if table == "transfer_reservations" else "transfer_in"
-        instant = getattr(row, _INSTANT_COLUMNS[table])
-        side = "to" if kind == "transfer_in" else "from"
-        return cls(
-            kind=kind,
-            txn_id=row.id if kind == "transfer_out" else row.transfer_id,
-            from_user_id=row.from_user_id,
-            amount_kopecks=row.amount_kopecks,
-            to_user_id=None if table == "transfer_ends" else row.to_user_id,
-            at_us=None if instant is None else us_from_datetime(instant),
-            balance_after_kopecks=getattr(row, f"{side}_balance_after_kopecks"),
-            idempotency_key=getattr(row, "idempotency_key", None),
-        )

@@ -15,6 +15,7 @@ KINDS: tuple[Kind, ...] = ("deposit", "transfer", "refund")
 # What a history or a statement lists (service/domain/postings.py): the transactions, and
 # the reversal of a transfer across buckets that a void undid.
 ItemKind = Kind | Literal["reversal"]
+ITEM_KINDS: tuple[ItemKind, ...] = (*KINDS, "reversal")
 
 
 class LedgerRow(Protocol):

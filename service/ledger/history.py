@@ -97,7 +97,8 @@ async def read_history(
         reversals=False,
     )
     async with AsyncSession(engine) as session:
-        for posting in await posting_reads.newest(session, of, before, limit + 1 + len(undone)):
+        newest = await posting_reads.newest(session, user_id, of, before, limit + 1 + len(undone))
+        for posting in newest:
             merged.setdefault(posting.txn_id, posting)
     for txn_id in undone:
         merged.pop(txn_id, None)

@@ -1,15 +1,30 @@
 """A user's postings in the ledger (service/domain/postings.py), in time order: the user's
 side of each transaction, and of each transfer across buckets (the payer's reservation and
-void, the payee's credit, from the tables their writers store them in). Every read is a few
-index range scans, one per source, each ordered by the source's instant of the user's side
-and its id (persistence/models.py, the ``*_time`` indexes)."""
+void, the payee's credit, from the tables their writers store them in).
 
-from collections.abc import Callable
+Every read is one statement: a ``UNION ALL`` of one arm per source, each arm an index range
+scan ordered by the instant of the user's side and the id, with its own LIMIT
+(persistence/models.py, the ``*_time`` indexes), in one shape: the posting's columns.
+"""
+
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Select, exists, literal, literal_column, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Select,
+    String,
+    exists,
+    literal,
+    literal_column,
+    null,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from persistence.models import (
@@ -19,16 +34,17 @@ from persistence.models import (
     LedgerTransferEnd,
     LedgerTransferReservation,
 )
-from service.domain.crossings import CrossingRecord
-from service.domain.postings import Posting, crossing_posting, posting_of
-from service.domain.times import datetime_from_us
-from service.domain.transactions import Transaction
+from service.domain.choices import one_of
+from service.domain.postings import Posting
+from service.domain.times import datetime_from_us, us_from_datetime
+from service.domain.transactions import ITEM_KINDS
 
 T = LedgerTransaction
 R = LedgerTransferReservation
 C = LedgerTransferCredit
 V = LedgerTransferEnd
 _VOIDED = V.outcome == "voided"
+_NO_ID = null().cast(BigInteger)
 
 # (at_us, txn_id) of a posting: a page of history holds what comes before it.
 Position = tuple[int, int]
@@ -36,23 +52,30 @@ Position = tuple[int, int]
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    query: Select[Any]  # the user's rows
+    """One arm: the user's rows of one table and side, as the posting's columns."""
+
+    columns: tuple[Any, ...]  # in the order of _SHAPE
+    where: tuple[ColumnElement[bool], ...]
     instant: Any  # the column of the user's side's instant
     id_: Any
-    posting: Callable[[Any], Posting]
 
 
-def _transactions(user_id: int) -> Callable[[Any], Posting]:
-    return lambda row: posting_of(Transaction.from_ledger(row), user_id)
+_SHAPE = (
+    "txn_id",
+    "kind",
+    "from_user_id",
+    "to_user_id",
+    "amount_kopecks",
+    "at",
+    "balance_after_kopecks",
+    "hold_id",
+    "refund_of",
+)
 
 
-def _crossing(table: str) -> Callable[[Any], Posting]:
-    def posting(row: Any) -> Posting:
-        found = crossing_posting(CrossingRecord.from_ledger(table, row))
-        assert found is not None, row  # a settle is never read here
-        return found
-
-    return posting
+def _transaction_columns(balance_after: Any) -> tuple[Any, ...]:
+    return (T.id, T.kind, T.from_user_id, T.to_user_id, T.amount_kopecks, T.created_at,
+            balance_after, T.hold_id, T.refund_of)  # fmt: skip
 
 
 def sources(
@@ -62,68 +85,121 @@ def sources(
     that a void undid are left out too: they moved no money in the end."""
     # The kinds as SQL literals, so that the planner matches the partial indexes whatever
     # plan a prepared statement gets.
-    transactions = _transactions(user_id)
     found = []
     if deposits:
         kind = literal_column("kind = 'deposit'", Boolean)
-        found.append(Source(select(T).where(kind, T.to_user_id == user_id), T.created_at, T.id,
-                            transactions))  # fmt: skip
+        found.append(Source(_transaction_columns(T.to_balance_after_kopecks),
+                            (kind, T.to_user_id == user_id), T.created_at, T.id))  # fmt: skip
     if incoming:
         kinds = literal_column(TRANSFER_KINDS_SQL, Boolean)
-        found.append(Source(select(T).where(kinds, T.to_user_id == user_id), T.created_at, T.id,
-                            transactions))  # fmt: skip
-        found.append(Source(select(C).where(C.to_user_id == user_id), C.credited_at,
-                            C.transfer_id, _crossing("transfer_credits")))  # fmt: skip
+        found.append(Source(_transaction_columns(T.to_balance_after_kopecks),
+                            (kinds, T.to_user_id == user_id), T.created_at, T.id))  # fmt: skip
+        credit = (
+            C.transfer_id,
+            literal("transfer", String),
+            C.from_user_id,
+            C.to_user_id,
+            C.amount_kopecks,
+            C.credited_at,
+            C.to_balance_after_kopecks,
+            _NO_ID,
+            _NO_ID,
+        )
+        found.append(Source(credit, (C.to_user_id == user_id,), C.credited_at,
+                            C.transfer_id))  # fmt: skip
     if outgoing:
         # Every transaction with a sender is a transfer or a refund.
-        found.append(Source(select(T).where(T.from_user_id == user_id), T.created_at, T.id,
-                            transactions))  # fmt: skip
+        found.append(Source(_transaction_columns(T.from_balance_after_kopecks),
+                            (T.from_user_id == user_id,), T.created_at, T.id))  # fmt: skip
         undone = exists().where(V.transfer_id == R.id, _VOIDED)
         mine = (R.from_user_id == user_id,) if reversals else (R.from_user_id == user_id, ~undone)
-        found.append(Source(select(R).where(*mine), R.created_at, R.id,
-                            _crossing("transfer_reservations")))  # fmt: skip
+        reservation = (R.id, literal("transfer", String), R.from_user_id, R.to_user_id,
+                       R.amount_kopecks, R.created_at, R.from_balance_after_kopecks, _NO_ID,
+                       _NO_ID)  # fmt: skip
+        found.append(Source(reservation, mine, R.created_at, R.id))
     if reversals:
-        found.append(Source(select(V).where(V.from_user_id == user_id, _VOIDED), V.at,
-                            V.transfer_id, _crossing("transfer_ends")))  # fmt: skip
+        # The money back to the payer: from no one, to the payer.
+        reversal = (
+            V.transfer_id,
+            literal("reversal", String),
+            _NO_ID,
+            V.from_user_id,
+            V.amount_kopecks,
+            V.at,
+            V.from_balance_after_kopecks,
+            _NO_ID,
+            _NO_ID,
+        )
+        found.append(Source(reversal, (V.from_user_id == user_id, _VOIDED), V.at,
+                            V.transfer_id))  # fmt: skip
     return found
+
+
+def _arm(source: Source, where: tuple[ColumnElement[bool], ...], newest: bool, limit: int) -> Any:
+    order = (source.instant.desc(), source.id_.desc()) if newest else (source.instant, source.id_)
+    labelled = (column.label(name) for column, name in zip(source.columns, _SHAPE, strict=True))
+    query: Select[Any] = select(*labelled).where(*source.where, *where)
+    return query.order_by(*order).limit(limit).subquery()
+
+
+async def _read(
+    session: AsyncSession,
+    user_id: int,
+    arms: list[Any],
+) -> list[Posting]:
+    if not arms:
+        return []
+    every = union_all(*(select(arm) for arm in arms))
+    return [
+        Posting(
+            txn_id=row.txn_id,
+            kind=one_of(row.kind, ITEM_KINDS, "posting kind"),
+            viewer_user_id=user_id,
+            from_user_id=row.from_user_id,
+            to_user_id=row.to_user_id,
+            amount_kopecks=row.amount_kopecks,
+            at_us=us_from_datetime(row.at),
+            balance_after_kopecks=row.balance_after_kopecks,
+            hold_id=row.hold_id,
+            refund_of=row.refund_of,
+        )
+        for row in await session.execute(every)
+    ]
 
 
 async def newest(
-    session: AsyncSession, of: list[Source], before: Position | None, limit: int
+    session: AsyncSession, user_id: int, of: list[Source], before: Position | None, limit: int
 ) -> list[Posting]:
     """Per source, its newest ``limit`` postings before ``before`` (all, without it)."""
-    found: list[Posting] = []
+    arms = []
     for source in of:
-        query = source.query
+        where: tuple[ColumnElement[bool], ...] = ()
         if before is not None:
-            at, id_ = literal(datetime_from_us(before[0]), source.instant.type), before[1]
-            query = query.where(tuple_(source.instant, source.id_) < tuple_(at, id_))
-        query = query.order_by(source.instant.desc(), source.id_.desc()).limit(limit)
-        found.extend(source.posting(row) for row in await session.scalars(query))
-    return found
+            at = literal(datetime_from_us(before[0]), source.instant.type)
+            where = (tuple_(source.instant, source.id_) < tuple_(at, before[1]),)
+        arms.append(_arm(source, where, newest=True, limit=limit))
+    return await _read(session, user_id, arms)
 
 
-async def last_at_or_before(session: AsyncSession, of: list[Source], at: datetime) -> list[Posting]:
+async def last_at_or_before(
+    session: AsyncSession, user_id: int, of: list[Source], at: datetime
+) -> list[Posting]:
     """Per source, its last posting at or before ``at``."""
-    found: list[Posting] = []
-    for source in of:
-        row = await session.scalar(
-            source.query.where(source.instant <= at)
-            .order_by(source.instant.desc(), source.id_.desc())
-            .limit(1)
-        )
-        if row is not None:
-            found.append(source.posting(row))
-    return found
+    arms = [_arm(source, (source.instant <= at,), newest=True, limit=1) for source in of]
+    return await _read(session, user_id, arms)
 
 
 async def in_period(
-    session: AsyncSession, of: list[Source], start: datetime, end: datetime, limit: int
+    session: AsyncSession,
+    user_id: int,
+    of: list[Source],
+    start: datetime,
+    end: datetime,
+    limit: int,
 ) -> list[Posting]:
     """Per source, its first ``limit`` postings with ``start <= instant < end``."""
-    found: list[Posting] = []
-    for source in of:
-        query = source.query.where(source.instant >= start, source.instant < end)
-        rows = await session.scalars(query.order_by(source.instant, source.id_).limit(limit))
-        found.extend(source.posting(row) for row in rows)
-    return found
+    arms = [
+        _arm(source, (source.instant >= start, source.instant < end), newest=False, limit=limit)
+        for source in of
+    ]
+    return await _read(session, user_id, arms)

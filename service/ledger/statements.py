@@ -52,7 +52,7 @@ async def _balance_at(session: AsyncSession, tail: list[Posting], user_id: int, 
     ledger's and ``tail``'s (the user's unpersisted postings)."""
     candidates = [posting for posting in tail if posting.at_us <= at_us]
     at = datetime_from_us(at_us)
-    candidates += await posting_reads.last_at_or_before(session, _everything(user_id), at)
+    candidates += await posting_reads.last_at_or_before(session, user_id, _everything(user_id), at)
     if not candidates:
         return 0
     return max(candidates, key=Posting.time_order).balance_after_kopecks
@@ -98,7 +98,7 @@ async def read_statement(
         async with AsyncSession(bind=connection) as session:
             opening = await _balance_at(session, mine, user_id, from_us - 1)
             for posting in await posting_reads.in_period(
-                session, _everything(user_id), start, end, max_items + 1
+                session, user_id, _everything(user_id), start, end, max_items + 1
             ):
                 merged.setdefault((posting.txn_id, posting.kind), posting)
     if len(merged) > max_items:

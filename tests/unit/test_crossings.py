@@ -1,9 +1,4 @@
-"""The sides of a transfer across buckets, side by side: stream entry, ledger row, and the
-posting each party's reads list."""
-
-from types import SimpleNamespace
-
-import pytest
+"""The sides of a transfer across buckets: the posting each party's reads list."""
 
 from service.domain.crossings import CrossingRecord
 from service.domain.postings import crossing_posting
@@ -17,13 +12,6 @@ IN = {b"id": b"7", b"kind": b"transfer_in", b"from": b"1", b"to": b"2", b"amount
 VOIDED = {b"id": b"7", b"kind": b"transfer_voided", b"from": b"1", b"amount": b"300",
           b"created_at_us": str(AT_US + 9).encode(), b"from_balance": b"1000"}  # fmt: skip
 SETTLED = {b"id": b"7", b"kind": b"transfer_settled", b"from": b"1", b"amount": b"300"}
-
-
-@pytest.mark.parametrize("fields", [OUT, IN, VOIDED, SETTLED], ids=lambda f: f[b"kind"].decode())
-def test_a_ledger_row_gives_back_its_record(fields: dict[bytes, bytes]) -> None:
-    record = CrossingRecord.from_stream_fields(fields)
-    table, row = record.ledger_row("1-0")
-    assert CrossingRecord.from_ledger(table, SimpleNamespace(**row)) == record
 
 
 def test_each_side_is_its_own_partys_posting() -> None:
