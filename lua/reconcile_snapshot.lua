@@ -28,6 +28,8 @@
 --   expected       {to_user_id, amount_kopecks, ...}: the headroom each expectation keeps
 --                  in its payee's incoming_kopecks (inbound:{b}:<to>:<token>, read by name:
 --                  of this bucket, so of this slot)
+--   {"record_missing"} when an expectation's record is not on this node (a slot being moved:
+--   read it again later)
 --   {"invalid_argument"} when KEYS/ARGV fail validation.
 
 -- @include bucket
@@ -69,8 +71,12 @@ local expected = {}
 if due_flag == "1" then
   due = redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now_us, "WITHSCORES")
   for _, member in ipairs(redis.call("ZRANGE", KEYS[4], 0, -1)) do
+    -- Read by name: of this bucket, so of this slot; but while the slot is being moved the
+    -- record may be on the other node already.
     local amount = redis.call("HGET", bucket_member_key("inbound", member), "amount")
-    assert(amount, "invariant: an expected credit's record outlives its inbound:due member")
+    if not amount then
+      return {"record_missing"}
+    end
     expected[#expected + 1] = string.match(member, "^(%d+):")
     expected[#expected + 1] = amount
   end

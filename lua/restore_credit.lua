@@ -4,10 +4,11 @@
 -- it, under the token of the reservation put back (restore_reservation.lua). Recovery then
 -- finds the credit applied and settles the reservation; without this record it would void
 -- it, and the payee, whose balance comes back with the credit, would keep the money too.
--- Written before the reservation, so that recovery never sees one without the other.
+-- Written before the reservation, so that recovery never sees one without the other. A
+-- record already there must be this one (a rebuild run again).
 --
 -- KEYS[1]  inbound:{b}:<to_user_id>:<token>  hash: state amount txn_id created_at_us
---                                             (overwritten)
+--                                             (written, or its expiry written again)
 -- ARGV[1]  to_user_id                decimal, 1..15 digits
 -- ARGV[2]  token                     16..64 of A-Z a-z 0-9 _ -
 -- ARGV[3]  txn_id                    decimal, 1..15 digits
@@ -17,6 +18,7 @@
 --
 -- Returns  {outcome}:
 --   "restored"          written
+--   "conflict"          another record is there under the token (nothing written)
 --   "invalid_argument"  KEYS/ARGV fail validation (nothing written)
 
 -- @include bucket
@@ -33,7 +35,10 @@ if #KEYS ~= 1 or #ARGV ~= 6 or not valid_id(to_id) or not valid_request_token(to
   return {"invalid_argument"}
 end
 
-redis.call("DEL", KEYS[1])
+local record = redis.call("HMGET", KEYS[1], "state", "txn_id")
+if record[1] and (record[1] ~= "applied" or record[2] ~= txn_id) then
+  return {"conflict"}
+end
 redis.call("HSET", KEYS[1], "state", "applied", "amount", amount_arg, "txn_id", txn_id,
   "created_at_us", credited_arg)
 redis.call("EXPIRE", KEYS[1], retention_arg)

@@ -1,18 +1,21 @@
 -- restore_reservation: put back one reservation of a transfer across buckets that the ledger
 -- says has no end (a transfer_out record and no transfer_settled or transfer_voided), after
 -- Redis lost its data (`wallet rebuild`): its hash outbound:{b}:<txn_id> as transfer.lua
--- wrote it, its outbound:due:{b} member, and its money in transit:{b}. The payer's balance
--- comes back with the wallet (restore_wallet.lua), without the money reserved. Recovery then
--- ends it (service/redis/crossing.py): settled when the credit's record says applied (rebuild
+-- wrote it and its outbound:due:{b} member. The payer's balance comes back with the wallet
+-- (restore_wallet.lua), without the money reserved; transit:{b} is set by rebuild to the
+-- ledger's sum of the bucket's reservations with no end, before. Recovery then ends it
+-- (service/redis/crossing.py): settled when the credit's record says applied (rebuild
 -- writes it first where the ledger holds the credit: restore_credit.lua), else voided.
 --
--- A reservation already there is left as it is (a rebuild run again): its token is answered,
--- so that the credit's record is written under it.
+-- A reservation already there is left as it is (a rebuild run again), but due: its token is
+-- answered, which must be the one given (rebuild reads it first, to write the credit's
+-- record under it).
 --
 -- KEYS[1]  outbound:{b}:<txn_id>     hash: state from to amount token created_at_us
 --                                    from_balance idem_key (written unless it exists)
 -- KEYS[2]  outbound:due:{b}          sorted set: member txn_id, score due_us
--- KEYS[3]  transit:{b}               string: raised by the amount
+-- KEYS[3]  user:{b}:<from_user_id>   hash: the payer's wallet, which must exist (read): a
+--                                    reservation is in its payer's bucket
 -- ARGV[1]  txn_id                    decimal, 1..15 digits
 -- ARGV[2]  from_user_id              decimal, 1..15 digits (the payer)
 -- ARGV[3]  to_user_id                decimal, 1..15 digits, <> from (the payee)
@@ -26,7 +29,8 @@
 --
 -- Returns  {outcome, token}:
 --   "restored", the token given   written
---   "kept", its token             the reservation was there (nothing written)
+--   "kept", its token             the reservation was there (only made due)
+--   {"account_not_found"}         no wallet for the payer (nothing written)
 --   {"invalid_argument"}          KEYS/ARGV fail validation (nothing written)
 
 -- @include bucket
@@ -44,10 +48,14 @@ if #KEYS ~= 3 or #ARGV ~= 9 or not valid_id(txn_id) or not valid_id(from_id)
   or not (balance_arg == "0" or valid_positive(balance_arg, MAX_BALANCE_KOPECKS))
   or not (idem_key == "" or valid_idempotency_key(idem_key))
   or KEYS[1] ~= bucket_member_key("outbound", txn_id) or KEYS[2] ~= bucket_key("outbound:due")
-  or KEYS[3] ~= bucket_key("transit") then
+  or KEYS[3] ~= bucket_member_key("user", from_id) then
   return {"invalid_argument"}
 end
+if redis.call("EXISTS", KEYS[3]) == 0 then
+  return {"account_not_found"}
+end
 
+redis.call("ZADD", KEYS[2], due_arg, txn_id)
 local kept = redis.call("HGET", KEYS[1], "token")
 if kept then
   return {"kept", kept}
@@ -55,6 +63,4 @@ end
 redis.call("HSET", KEYS[1], "state", "reserved", "from", from_id, "to", to_id,
   "amount", amount_arg, "token", token, "created_at_us", created_arg,
   "from_balance", balance_arg, "idem_key", idem_key)
-redis.call("ZADD", KEYS[2], due_arg, txn_id)
-redis.call("INCRBY", KEYS[3], amount_arg)
 return {"restored", token}

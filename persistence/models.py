@@ -57,6 +57,8 @@ TRANSACTIONS_KIND_SHAPE = (
 # The kinds in transfer history (both directions), as SQL: a literal, so that the planner
 # matches the partial index whatever plan a prepared statement gets.
 TRANSFER_KINDS_SQL = "kind IN ('transfer', 'refund')"
+# The voided ends of reservations (transfer_ends), as SQL: a literal, for its partial index.
+VOIDED_SQL = "outcome = 'voided'"
 
 
 class LedgerTransaction(Base):
@@ -298,8 +300,8 @@ class LedgerTransferEnd(Base):
             "from_user_id",
             "at",
             "transfer_id",
-            postgresql_where=text("outcome = 'voided'"),
-            sqlite_where=text("outcome = 'voided'"),
+            postgresql_where=text(VOIDED_SQL),
+            sqlite_where=text(VOIDED_SQL),
         ),
     )
 

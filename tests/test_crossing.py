@@ -307,9 +307,11 @@ async def test_concurrent_transfers_across_and_within_buckets(
         ("transfer_void", ["txn:stream:{b1}", "outbound:{b1}:7", "outbound:due:{b1}",
                            "transit:{b1}", "user:{b1}:1"], ["7", "60"]),
         # A payer who is the payee; then keys of another reservation's.
-        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "transit:{b1}"],
+        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:1"],
          ["7", "1", "1", "5", "t" * 22, "1", "0", "", "1"]),
-        ("restore_reservation", ["outbound:{b1}:8", "outbound:due:{b1}", "transit:{b1}"],
+        ("restore_reservation", ["outbound:{b1}:8", "outbound:due:{b1}", "user:{b1}:1"],
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1"]),
+        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:4"],
          ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1"]),
         ("restore_credit", ["inbound:{b2}:2:" + "t" * 22], ["2", "t" * 21, "7", "5", "1", "60"]),
         ("restore_credit", ["inbound:{b2}:2:" + "t" * 22], ["2", "t" * 22, "7", "0", "1", "60"]),
@@ -823,3 +825,22 @@ async def test_a_history_across_buckets_pages_newest_first_by_instant(
             break
         before = page.last
     assert seen == [txn_id for txn_id in ids if txn_id != made[3].txn_id]  # not the deposit
+
+
+async def test_rebuild_over_a_redis_that_kept_its_data_takes_the_ledgers_transit(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts
+) -> None:
+    """An expectation left by a request that died (its headroom goes with the rewritten
+    incoming_kopecks, so the record goes too) and a transit that drifted: after a rebuild
+    over the same Redis, both are the ledger's."""
+    legs = CrossingLegs(redis_client)
+    token = "t" * 22
+    assert await legs.expect(9, 11, token) == "expected"
+    await redis_client.incrby(keyspace.transit(1), 7)
+    await persist(redis_client, db_engine)
+    await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert await incoming(redis_client, 9) == 0
+    assert not await redis_client.exists(keyspace.inbound(9, token))
+    assert await in_transit(redis_client) == 0
+    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert check.ok, format_reconcile(check)

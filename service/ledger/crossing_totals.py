@@ -12,13 +12,21 @@ bucket: ``transit:{b}`` in Redis.
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, exists, func, select
+from sqlalchemy import Boolean, ColumnElement, Row, exists, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.models import LedgerTransferCredit, LedgerTransferEnd, LedgerTransferReservation
+from persistence.models import (
+    VOIDED_SQL,
+    LedgerTransferCredit,
+    LedgerTransferEnd,
+    LedgerTransferReservation,
+)
 from service.ledger.hold_totals import EntryId, at_or_before
 from service.redis import keyspace
 
+# As a literal, so that the planner matches the partial index whatever plan a prepared
+# statement gets.
+VOIDED = literal_column(VOIDED_SQL, Boolean)
 R = LedgerTransferReservation
 C = LedgerTransferCredit
 V = LedgerTransferEnd
@@ -40,7 +48,7 @@ async def crossing_balance_changes(
     # Per side: whose balance it moved, which way, and the rows that count.
     parts: list[tuple[Any, int, Any, Any, tuple[ColumnElement[bool], ...]]] = [
         (R.from_user_id, -1, R.amount_kopecks, R.stream_entry_id, ()),
-        (V.from_user_id, 1, V.amount_kopecks, V.stream_entry_id, (V.outcome == "voided",)),
+        (V.from_user_id, 1, V.amount_kopecks, V.stream_entry_id, (VOIDED,)),
         (C.to_user_id, 1, C.amount_kopecks, C.stream_entry_id, ()),
     ]
     for user, sign, amount, entry, where in parts:

@@ -45,13 +45,17 @@ log = logging.getLogger("wallet.id_counter")
 KEEPER_INTERVAL_S = 0.5
 
 
+# Every id the counters gave that the ledger holds: transactions, holds and transfers
+# across buckets (their reservations: a credit and an end carry the reservation's id).
+LEDGER_ID_COLUMNS = (LedgerTransaction.id, LedgerHold.id, LedgerTransferReservation.id)
+
+
 async def ledger_last_id(engine: AsyncEngine) -> int:
-    """The largest id the ledger holds (0 for none): transactions, holds and transfers
-    across buckets (their reservations: a credit and an end carry the reservation's id)
-    take ids from the counters."""
-    ids = (LedgerTransaction.id, LedgerHold.id, LedgerTransferReservation.id)
+    """The largest id the ledger holds (0 for none)."""
     async with engine.connect() as connection:
-        last = [(await connection.execute(select(func.max(id_)))).scalar() for id_ in ids]
+        last = [
+            (await connection.execute(select(func.max(id_)))).scalar() for id_ in LEDGER_ID_COLUMNS
+        ]
     return max(int(id_ or 0) for id_ in last)
 
 

@@ -38,12 +38,13 @@ from service.domain.choices import one_of
 from service.domain.postings import Posting
 from service.domain.times import datetime_from_us, us_from_datetime
 from service.domain.transactions import ITEM_KINDS
+from service.ledger.crossing_totals import VOIDED
 
 T = LedgerTransaction
 R = LedgerTransferReservation
 C = LedgerTransferCredit
 V = LedgerTransferEnd
-_VOIDED = V.outcome == "voided"
+
 _NO_ID = null().cast(BigInteger)
 
 # (at_us, txn_id) of a posting: a page of history holds what comes before it.
@@ -111,7 +112,7 @@ def sources(
         # Every transaction with a sender is a transfer or a refund.
         found.append(Source(_transaction_columns(T.from_balance_after_kopecks),
                             (T.from_user_id == user_id,), T.created_at, T.id))  # fmt: skip
-        undone = exists().where(V.transfer_id == R.id, _VOIDED)
+        undone = exists().where(V.transfer_id == R.id, VOIDED)
         mine = (R.from_user_id == user_id,) if reversals else (R.from_user_id == user_id, ~undone)
         reservation = (R.id, literal("transfer", String), R.from_user_id, R.to_user_id,
                        R.amount_kopecks, R.created_at, R.from_balance_after_kopecks, _NO_ID,
@@ -130,7 +131,7 @@ def sources(
             _NO_ID,
             _NO_ID,
         )
-        found.append(Source(reversal, (V.from_user_id == user_id, _VOIDED), V.at,
+        found.append(Source(reversal, (V.from_user_id == user_id, VOIDED), V.at,
                             V.transfer_id))  # fmt: skip
     return found
 

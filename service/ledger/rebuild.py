@@ -48,12 +48,10 @@ It refuses (``RebuildRefused``) while Redis holds stream entries that may not be
 ledger yet (the writer's unpersisted tail is not empty): the balances would miss those
 transactions. Let the writer drain them first.
 
-Transfers across buckets (docs/scaling.md): balances count every side the ledger holds; a
-reservation with no end is put back in transit with its record and due member
-(``lua/restore_reservation.lua``), its credit's record applied first where the ledger holds
-the credit (``lua/restore_credit.lua``), so that recovery settles it, or voids it when the
-credit never reached the ledger; the Idempotency-Keys of the transfers across buckets come
-back with the others, but those a void undid.
+Transfers across buckets (docs/scaling.md): balances count every side the ledger holds;
+the Idempotency-Keys of the transfers across buckets come back with the others, but those a
+void undid; then the transfers in transit are put back for recovery to end
+(service/ledger/rebuild_crossings.py).
 
 Not restored: sessions (users log in again), login throttling counters, the records of
 refused requests (only accepted operations are in the ledger), request tokens
@@ -68,7 +66,6 @@ Rebuilding is idempotent: after an interruption, run it again.
 """
 
 import logging
-import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -89,7 +86,7 @@ from persistence.txn_id_epochs import take_txn_id_epoch
 from service.domain.amounts import MAX_BALANCE_KOPECKS
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.domain.times import datetime_from_us, us_from_datetime
-from service.ledger.crossing_totals import reservations_in_transit
+from service.ledger.crossing_totals import VOIDED
 from service.ledger.hold_totals import (
     PendingHold,
     incoming_of_payees,
@@ -99,9 +96,12 @@ from service.ledger.hold_totals import (
     refunded_totals_page,
 )
 from service.ledger.id_counter import ledger_last_id, restart_counter_set_aside
+from service.ledger.rebuild_crossings import (
+    forget_transfers_in_flight,
+    restore_transfers_in_transit,
+)
 from service.ledger.reconcile import ledger_balances, user_id_batches
 from service.redis import keyspace
-from service.redis.crossing import ENDED_RETENTION_S
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import unpersisted_tail
 from service.redis.streams import ensure_consumer_group, stream_id
@@ -191,12 +191,15 @@ async def rebuild(
         epochs.append(await take_txn_id_epoch(engine, at_least_id=last_id))
         # holds:due comes back from the ledger alone, after the wallets (restore_hold.lua).
         await redis.delete(keyspace.holds_due(bucket))
+        await forget_transfers_in_flight(redis, bucket)
     epoch_starts = [epoch * TXN_IDS_PER_EPOCH for epoch in epochs]
     outcomes = await _restore_wallets(redis, engine, epoch_starts)
     holds = await _restore_pending_holds(redis, engine, hold_retention_s)
-    in_transit = await _restore_transfers_in_transit(redis, engine)
     refunded = await _restore_refunded_totals(redis, engine)
     restored, kept, skipped = await _restore_idempotency_records(redis, engine, idempotency_ttl_s)
+    # After the keys: recovery may void a reservation put back at once, and a void forgets
+    # its transfer's key, which must not be written back after it.
+    in_transit = await restore_transfers_in_transit(redis, engine)
     # restore_wallet raised each counter with every user of its bucket. A bucket with no
     # user has no transaction either (the ledger's rows name users): its counter is
     # started, if missing.
@@ -254,64 +257,6 @@ async def _raise_clock(redis: RedisClient, bucket: int, floor_us: int) -> None:
     clock = keyspace.txn_clock(bucket)
     if floor_us > int(cast(bytes | None, await redis.get(clock)) or 0):
         await redis.set(clock, floor_us)
-
-
-async def _restore_transfers_in_transit(redis: RedisClient, engine: AsyncEngine) -> int:
-    """Every transfer across buckets the ledger holds reserved and not ended, put back as
-    it was (lua/restore_reservation.lua) and due at once, after the wallets: recovery then
-    settles it if the ledger holds its credit (its record is put back applied first,
-    lua/restore_credit.lua), and voids it otherwise (the credit was never applied, or was
-    lost with Redis before the writer stored it: the payee's balance does not have it)."""
-    restore_reservation = LuaScript(redis, "restore_reservation")
-    restore_credit = LuaScript(redis, "restore_credit")
-    seconds, micros = await redis.time()
-    now_us = seconds * 1_000_000 + micros
-    restored = 0
-    after_id = 0
-    while True:
-        async with engine.connect() as connection:
-            rows = await reservations_in_transit(connection, after_id, BATCH_SIZE)
-        if not rows:
-            return restored
-        for reservation in rows:
-            bucket = keyspace.bucket_of(reservation.from_user_id)
-            outbound = keyspace.outbound(bucket, reservation.id)
-            # A rebuild run again finds the reservation it put back, and its token.
-            kept = cast(bytes | None, await redis.hget(outbound, "token"))
-            token = kept.decode() if kept is not None else secrets.token_urlsafe(16)
-            if reservation.credited_at is not None:
-                credit_key = keyspace.inbound(reservation.to_user_id, token)
-                reply = await restore_credit(
-                    keys=[credit_key],
-                    args=[
-                        str(reservation.to_user_id),
-                        token,
-                        str(reservation.id),
-                        str(reservation.amount_kopecks),
-                        str(us_from_datetime(reservation.credited_at)),
-                        str(ENDED_RETENTION_S),
-                    ],
-                )
-                if reply[0] != b"restored":
-                    raise ScriptArgumentRejected(f"restore_credit: {reply!r}")
-            reply = await restore_reservation(
-                keys=[outbound, keyspace.outbound_due(bucket), keyspace.transit(bucket)],
-                args=[
-                    str(reservation.id),
-                    str(reservation.from_user_id),
-                    str(reservation.to_user_id),
-                    str(reservation.amount_kopecks),
-                    token,
-                    str(us_from_datetime(reservation.created_at)),
-                    str(reservation.from_balance_after_kopecks),
-                    reservation.idempotency_key or "",
-                    str(now_us),
-                ],
-            )
-            if reply[0] not in (b"restored", b"kept"):
-                raise ScriptArgumentRejected(f"restore_reservation: {reply!r}")
-            restored += reply[0] == b"restored"
-        after_id = rows[-1].id
 
 
 async def _restore_wallets(
@@ -671,7 +616,7 @@ async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIt
     """Transfers across buckets, under the payer's key, newest first: as a transfer within
     one bucket records it (lua/transfer.lua). Not those a void undid: the void deleted the
     record (its request never got a 201), so a retry is a new transfer."""
-    voided = exists().where(V.transfer_id == R.id, V.outcome == "voided")
+    voided = exists().where(V.transfer_id == R.id, VOIDED)
     query = select(R.id, R.from_user_id, R.to_user_id, R.amount_kopecks, R.created_at,
                    R.idempotency_key).where(
         R.idempotency_key.is_not(None), R.created_at > cutoff, ~voided

@@ -63,7 +63,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 from sqlalchemy import Boolean, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.models import TRANSFER_KINDS_SQL, LedgerHold, LedgerTransaction, User
+from persistence.models import TRANSFER_KINDS_SQL, LedgerTransaction, User
 from service.domain.amounts import format_rubles
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.ledger.crossing_totals import crossing_balance_changes, in_transit
@@ -76,6 +76,7 @@ from service.ledger.hold_totals import (
     refunded_totals_of,
     refunded_totals_page,
 )
+from service.ledger.id_counter import LEDGER_ID_COLUMNS
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import Tail, unpersisted_tail
@@ -85,6 +86,9 @@ _Item = TypeVar("_Item")
 
 BATCH_SIZE = 500
 _POLL_S = 0.05
+# How often a snapshot is read again while an expectation's record is missing (a slot being
+# moved): 10 s, then the reconcile stops with the script's answer.
+_RECORD_MISSING_TRIES = 200
 # The writer starts a counter set aside again within half a second (KEEPER_INTERVAL_S).
 COUNTER_RESTART_WAIT_S = 5.0
 _REPORT_LIMIT = 20
@@ -299,9 +303,14 @@ async def _read_snapshot(
     ]
     keys += [keyspace.user(user_id) for user_id in user_ids]
     keys += [keyspace.refunded(refunder, txn_id) for refunder, txn_id in refunded]
-    reply = await LuaScript(redis, "reconcile_snapshot")(
-        keys=keys, args=[str(len(user_ids)), "1" if with_due else "0"]
-    )
+    script = LuaScript(redis, "reconcile_snapshot")
+    args = [str(len(user_ids)), "1" if with_due else "0"]
+    reply = await script(keys=keys, args=args)
+    for _ in range(_RECORD_MISSING_TRIES):
+        if reply != [b"record_missing"]:
+            break
+        await asyncio.sleep(_POLL_S)  # a slot being moved: its keys arrive one by one
+        reply = await script(keys=keys, args=args)
     if len(reply) != 8:
         raise ScriptArgumentRejected(f"reconcile_snapshot: {reply!r}")
     seq, last_entry, _, due_raw, wallets_raw, refunded_raw, transit, expected_raw = reply
@@ -466,7 +475,7 @@ async def _counter_behind_ledger(
     async with engine.connect() as connection:
         largest = [
             (await connection.execute(select(func.max(id_)).where(id_ > start, id_ < end))).scalar()
-            for id_ in (T.id, LedgerHold.id)
+            for id_ in LEDGER_ID_COLUMNS
         ]
     ledger_txn_id = max((int(i) for i in largest if i is not None), default=0)
     seq = await _txn_seq(redis, bucket)
