@@ -20,6 +20,7 @@ from service.domain import refusals
 from service.domain.postings import Posting
 from service.domain.records import record_from_stream_fields
 from service.domain.refusals import Refused
+from service.ledger.crossing_totals import UnevenSide
 from service.ledger.history import Direction, read_history
 from service.ledger.hold_sweeper import run_crossing_recovery
 from service.ledger.hold_totals import last_stream_entry_id, parse_entry_id
@@ -844,3 +845,39 @@ async def test_rebuild_over_a_redis_that_kept_its_data_takes_the_ledgers_transit
     assert await in_transit(redis_client) == 0
     check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert check.ok, format_reconcile(check)
+
+
+async def test_reconcile_finds_a_side_whose_counterpart_the_ledger_lacks(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As after a Redis loss that one bucket's writer had stored further than the other's:
+    a settle whose credit is gone, a credit with no reservation, and a void whose credit is
+    there after all."""
+    settled = await funded.transfer(1, 2, 300)
+    undone = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40)
+    legs = CrossingLegs(redis_client)
+    assert await legs.abort(5, undone.token) is None
+    assert await legs.complete(1, undone.txn_id) == "voided"
+    await persist(redis_client, db_engine)
+    assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
+
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE transfer_credits SET transfer_id = :void WHERE transfer_id = :settled"),
+            {"settled": settled.txn_id, "void": undone.txn_id},
+        )
+        await connection.execute(
+            text("INSERT INTO transfer_credits VALUES (77, 6, 8, 5, now(), 5, '1-0')")
+        )
+    report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert sorted(report.uneven_sides) == sorted([
+        UnevenSide(settled.txn_id, 1, "settled_without_credit"),
+        UnevenSide(undone.txn_id, 1, "voided_with_credit"),
+        UnevenSide(77, 2, "credit_without_reservation"),
+    ])  # fmt: skip
+    assert f"transfer {settled.txn_id} across buckets (bucket 1): settled, but its credit" in (
+        format_reconcile(report)
+    )

@@ -10,7 +10,7 @@ bucket: ``transit:{b}`` in Redis.
 """
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Boolean, ColumnElement, Row, exists, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -85,6 +85,56 @@ async def reservations_in_transit(
         .limit(limit)
     )
     return rows.all()
+
+
+class UnevenSide(NamedTuple):
+    """A side of a transfer across buckets whose counterpart the ledger lacks: money lost
+    or created between the two buckets (a Redis loss that one bucket's writer had stored
+    further than the other's), or a bug."""
+
+    txn_id: int
+    bucket: int  # whose record it is
+    finding: str  # one of UNEVEN_FINDINGS
+
+
+UNEVEN_FINDINGS = {
+    "settled_without_credit": "settled, but its credit is not in the ledger: the payer was"
+    " debited and the payee never credited",
+    "voided_with_credit": "voided, yet its credit is in the ledger: the money reached both",
+    "credit_without_reservation": "credited, but its reservation is not in the ledger: the"
+    " payee was credited and the payer never debited",
+}
+
+
+async def uneven_sides(
+    connection: AsyncConnection, bucket: int, through_entry: EntryId | None, limit: int
+) -> list[UnevenSide]:
+    """The bucket's ends and credits, recorded up to ``through_entry`` (when given), whose
+    counterpart the ledger lacks: a settle needs its credit, a void excludes one, a credit
+    needs its reservation. Each counterpart came before the side in time (the credit before
+    the settle, the reservation before the credit), so once the writers have stored every
+    bucket's records past that instant, a missing one is missing for good. A scan of the
+    bucket's ends and credits."""
+    credited = exists().where(C.transfer_id == V.transfer_id)
+    reserved = exists().where(R.id == C.transfer_id)
+    queries = [
+        ("settled_without_credit", V.transfer_id, V.stream_entry_id,
+         (V.from_user_id % keyspace.BUCKETS == bucket, ~VOIDED, ~credited)),
+        ("voided_with_credit", V.transfer_id, V.stream_entry_id,
+         (V.from_user_id % keyspace.BUCKETS == bucket, VOIDED, credited)),
+        ("credit_without_reservation", C.transfer_id, C.stream_entry_id,
+         (C.to_user_id % keyspace.BUCKETS == bucket, ~reserved)),
+    ]  # fmt: skip
+    found: list[UnevenSide] = []
+    for finding, txn_id, entry, where in queries:
+        rows = await connection.execute(
+            select(txn_id)
+            .where(*where, *_through(entry, through_entry))
+            .order_by(txn_id)
+            .limit(limit)
+        )
+        found += [UnevenSide(int(row[0]), bucket, finding) for row in rows]
+    return found
 
 
 async def in_transit(

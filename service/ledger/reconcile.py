@@ -66,7 +66,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from persistence.models import TRANSFER_KINDS_SQL, LedgerTransaction, User
 from service.domain.amounts import format_rubles
 from service.domain.limits import TXN_IDS_PER_EPOCH
-from service.ledger.crossing_totals import crossing_balance_changes, in_transit
+from service.ledger.crossing_totals import (
+    UNEVEN_FINDINGS,
+    UnevenSide,
+    crossing_balance_changes,
+    in_transit,
+    uneven_sides,
+)
 from service.ledger.hold_totals import (
     EntryId,
     expired_holds,
@@ -153,6 +159,9 @@ class ReconcileReport:
     in_transit_kopecks: int = 0
     in_transit_reservations: int = 0
     transit_drifts: list[TransitDrift] = field(default_factory=list)
+    # Sides of transfers across buckets whose counterpart the ledger lacks (at most
+    # _REPORT_LIMIT of each finding per bucket).
+    uneven_sides: list[UnevenSide] = field(default_factory=list)
     # The largest S a batch was compared at.
     through_txn_id: int = 0
 
@@ -169,6 +178,7 @@ class ReconcileReport:
             or self.writer_behind
             or self.counters_behind_ledger
             or self.transit_drifts
+            or self.uneven_sides
         )
 
 
@@ -408,13 +418,34 @@ async def reconcile(
     # look once more before calling a wallet missing.
     report.missing_in_redis = await _still_missing(redis, report.missing_in_redis)
     report.missing_in_ledger = await _wallets_without_user(redis, engine)
+    # Each bucket's position now, before the transit pass waits for every writer to reach a
+    # later one: what _check_sides needs.
+    first_round = {
+        bucket: (await _snapshot(redis, bucket)).last_entry for bucket in keyspace.all_buckets()
+    }
     for bucket in keyspace.all_buckets():
         behind = await _counter_behind_ledger(redis, engine, bucket)
         if behind is not None:
             report.counters_behind_ledger.append(behind)
         if not report.writer_behind:
             await _compare_transit(redis, engine, bucket, wait_for_writer_s, report)
+    if not report.writer_behind:
+        await _check_sides(engine, first_round, report)
     return report
+
+
+async def _check_sides(
+    engine: AsyncEngine, first_round: dict[int, EntryId], report: ReconcileReport
+) -> None:
+    """The sides of transfers across buckets whose counterpart the ledger lacks, among the
+    records up to each bucket's position in ``first_round``: every writer has since stored
+    its bucket's records up to a later position (the transit pass), and a side's
+    counterpart came before it, so the ledger holds it if it ever will."""
+    async with engine.connect() as connection:
+        for bucket, through_entry in first_round.items():
+            report.uneven_sides += await uneven_sides(
+                connection, bucket, through_entry, _REPORT_LIMIT
+            )
 
 
 async def _compare_transit(
@@ -701,6 +732,11 @@ def format_report(report: ReconcileReport) -> str:
             f"drift in transit of bucket {transit.bucket}: Redis {_kopecks(transit.redis_kopecks)},"
             f" the ledger's reservations with no end {_kopecks(transit.ledger_kopecks)},"
             f" difference {transit.redis_kopecks - transit.ledger_kopecks:+d} kopecks"
+        )
+    for side in report.uneven_sides:
+        lines.append(
+            f"transfer {side.txn_id} across buckets (bucket {side.bucket}):"
+            f" {UNEVEN_FINDINGS[side.finding]}"
         )
     for counter in report.counters_behind_ledger:
         lines.append(
