@@ -13,12 +13,8 @@ from service.domain import refusals
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.ledger import rebuild as rebuild_module
 from service.ledger import reconcile as reconcile_module
-from service.ledger.rebuild import (
-    RebuildRefused,
-    ensure_transaction_counter,
-    format_report,
-    rebuild,
-)
+from service.ledger.rebuild import ensure_transaction_counter, format_report, rebuild
+from service.ledger.rebuild_errors import RebuildRefused
 from service.ledger.reconcile import format_report as format_reconcile
 from service.ledger.reconcile import reconcile
 from service.redis import keyspace

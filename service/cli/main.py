@@ -293,8 +293,9 @@ def reconcile(wait_s: float) -> None:
 @main.command()
 def rebuild() -> None:
     """Reload Redis from the ledger after Redis was lost. Run it with the API stopped."""
-    from service.ledger.rebuild import LedgerInconsistent, RebuildRefused, format_report
+    from service.ledger.rebuild import format_report
     from service.ledger.rebuild import rebuild as restore
+    from service.ledger.rebuild_errors import LedgerInconsistent, RebuildRefused
 
     settings = load_settings()
 

@@ -107,14 +107,14 @@ UNEVEN_FINDINGS = {
 
 
 async def uneven_sides(
-    connection: AsyncConnection, bucket: int, through_entry: EntryId | None, limit: int
+    connection: AsyncConnection, bucket: int, through_entry: EntryId | None, limit: int | None
 ) -> list[UnevenSide]:
     """The bucket's ends and credits, recorded up to ``through_entry`` (when given), whose
     counterpart the ledger lacks: a settle needs its credit, a void excludes one, a credit
     needs its reservation. Each counterpart came before the side in time (the credit before
     the settle, the reservation before the credit), so once the writers have stored every
     bucket's records past that instant, a missing one is missing for good. A scan of the
-    bucket's ends and credits."""
+    bucket's ends and credits; at most ``limit`` of each finding (None: all)."""
     credited = exists().where(C.transfer_id == V.transfer_id)
     reserved = exists().where(R.id == C.transfer_id)
     queries = [

@@ -98,8 +98,10 @@ from service.ledger.hold_totals import (
 from service.ledger.id_counter import ledger_last_id, restart_counter_set_aside
 from service.ledger.rebuild_crossings import (
     forget_transfers_in_flight,
+    refuse_over_a_void_with_its_credit,
     restore_transfers_in_transit,
 )
+from service.ledger.rebuild_errors import LedgerInconsistent, RebuildRefused
 from service.ledger.reconcile import ledger_balances, user_id_batches
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
@@ -119,16 +121,6 @@ DEFAULT_HOLD_RETENTION_S = cast(int, Settings.model_fields["hold_retention_s"].d
 BATCH_FINGERPRINT_PREFIX = "batch:"
 
 logger = logging.getLogger("wallet.rebuild")
-
-
-class RebuildRefused(Exception):
-    """Rebuilding now would lose money: Redis holds transactions that may not be in the
-    ledger. Nothing was written."""
-
-
-class LedgerInconsistent(Exception):
-    """The ledger gives a wallet no script could have left (a balance out of range, held
-    above the balance); wallets before it were restored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +173,7 @@ async def rebuild(
     buckets = list(keyspace.all_buckets())
     for bucket in buckets:
         await _refuse_over_unpersisted_entries(redis, bucket)
+    await refuse_over_a_void_with_its_credit(engine)
     last_id = await ledger_last_id(engine)
     last_instant_us = await _ledger_last_instant_us(engine)
     epochs: list[int] = []

@@ -43,6 +43,7 @@ def test_installed_package_loads_every_script(tmp_path: Path) -> None:
         "reconcile_snapshot",
         "restore_reservation",
         "restore_credit",
+        "restore_lost_reservation",
         "dead_letter",
         "writer_mark",
         "refund_login_attempt",

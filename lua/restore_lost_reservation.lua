@@ -1,0 +1,75 @@
+-- restore_lost_reservation: `wallet rebuild` of a transfer across buckets whose credit the
+-- ledger holds but whose reservation it lacks (docs/scaling.md): a loss of Redis's data took
+-- the reservation before the payer's bucket's writer stored it, while the payee's bucket's
+-- writer had stored the credit. Without the reservation the credit is money created, so the
+-- payer is debited again, into transit:{b}, by a reservation of the same id, recorded anew
+-- (a transfer_out record, stamped now) and due at once: recovery finds its credit applied
+-- (restore_credit.lua writes the record first) and settles it.
+--
+-- The payer's rebuilt balance is the ledger's from before the reservation (a bucket's writer
+-- stores its stream in order, so nothing after the lost reservation is stored either): it
+-- covers the amount. A balance that does not is answered, for an operator, not forced.
+--
+-- KEYS[1]  txn:stream:{b}                 stream
+-- KEYS[2]  outbound:{b}:<txn_id>          hash: the reservation (written unless it exists)
+-- KEYS[3]  outbound:due:{b}               sorted set: member txn_id, score due_us
+-- KEYS[4]  transit:{b}                    string: kopecks in flight (raised)
+-- KEYS[5]  user:{b}:<from_user_id>        hash: balance_kopecks (lowered)
+-- KEYS[6]  txn:clock:{b}                  string: the bucket's last stamp, microseconds
+-- ARGV[1]  txn_id                         decimal, 1..15 digits: the credit's
+-- ARGV[2]  from_user_id                   decimal, 1..15 digits (the payer)
+-- ARGV[3]  to_user_id                     decimal, 1..15 digits, <> from (the payee)
+-- ARGV[4]  amount_kopecks                 decimal, 1 .. 10^12
+-- ARGV[5]  token                          16..64 of A-Z a-z 0-9 _ -: names the credit's
+--                                         record
+-- ARGV[6]  due_us                         decimal microseconds, 1..16 digits
+--
+-- Returns  {outcome}:
+--   "restored"            debited, recorded and due
+--   "kept"                the reservation was there (nothing written)
+--   "insufficient_funds"  the payer's balance is below the amount (nothing written)
+--   "account_not_found"   no wallet for the payer (nothing written)
+--   "invalid_argument"    KEYS/ARGV fail validation (nothing written)
+-- Stream entry fields: as lua/transfer.lua's transfer_out, with an empty idem_key.
+
+-- @include bucket
+-- @include validate
+-- @include stamp
+
+local txn_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local token, due_arg = ARGV[5], ARGV[6]
+local MAX_US = 9999999999999999
+
+if #KEYS ~= 6 or #ARGV ~= 6 or not valid_id(txn_id) or not valid_id(from_id)
+  or not valid_id(to_id) or from_id == to_id
+  or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
+  or not valid_positive(due_arg, MAX_US)
+  or KEYS[1] ~= bucket_key("txn:stream") or KEYS[2] ~= bucket_member_key("outbound", txn_id)
+  or KEYS[3] ~= bucket_key("outbound:due") or KEYS[4] ~= bucket_key("transit")
+  or KEYS[5] ~= bucket_member_key("user", from_id) or KEYS[6] ~= bucket_key("txn:clock") then
+  return {"invalid_argument"}
+end
+if redis.call("EXISTS", KEYS[2]) == 1 then
+  return {"kept"}
+end
+local balance = redis.call("HGET", KEYS[5], "balance_kopecks")
+if not balance then
+  return {"account_not_found"}
+end
+if tonumber(balance) < tonumber(amount_arg) then
+  return {"insufficient_funds"}
+end
+
+local stamp = string.format("%d", stamp_past_clock(KEYS[6], redis.call("TIME")))
+redis.call("SET", KEYS[6], stamp)
+local new_from = string.format("%d",
+  redis.call("HINCRBY", KEYS[5], "balance_kopecks", "-" .. amount_arg))
+redis.call("INCRBY", KEYS[4], amount_arg)
+redis.call("HSET", KEYS[2], "state", "reserved", "from", from_id, "to", to_id,
+  "amount", amount_arg, "token", token, "created_at_us", stamp, "from_balance", new_from,
+  "idem_key", "")
+redis.call("ZADD", KEYS[3], due_arg, txn_id)
+redis.call("XADD", KEYS[1], "*",
+  "id", txn_id, "kind", "transfer_out", "from", from_id, "to", to_id, "amount", amount_arg,
+  "created_at_us", stamp, "from_balance", new_from, "idem_key", "")
+return {"restored"}
