@@ -4,11 +4,11 @@
 -- it, under the token of the reservation put back (restore_reservation.lua). Recovery then
 -- finds the credit applied and settles the reservation; without this record it would void
 -- it, and the payee, whose balance comes back with the credit, would keep the money too.
--- Written before the reservation, so that recovery never sees one without the other. A
--- record already there must be this one (a rebuild run again).
+-- Written before the reservation, so that its end never finds the reservation without it.
+-- The token is new (rebuild draws one for each reservation it puts back).
 --
 -- KEYS[1]  inbound:{b}:<to_user_id>:<token>  hash: state amount txn_id created_at_us
---                                             (written, or its expiry written again)
+--                                             (replaced)
 -- ARGV[1]  to_user_id                decimal, 1..15 digits
 -- ARGV[2]  token                     16..64 of A-Z a-z 0-9 _ -
 -- ARGV[3]  txn_id                    decimal, 1..15 digits
@@ -18,7 +18,6 @@
 --
 -- Returns  {outcome}:
 --   "restored"          written
---   "conflict"          another record is there under the token (nothing written)
 --   "invalid_argument"  KEYS/ARGV fail validation (nothing written)
 
 -- @include bucket
@@ -35,10 +34,7 @@ if #KEYS ~= 1 or #ARGV ~= 6 or not valid_id(to_id) or not valid_request_token(to
   return {"invalid_argument"}
 end
 
-local record = redis.call("HMGET", KEYS[1], "state", "txn_id")
-if record[1] and (record[1] ~= "applied" or record[2] ~= txn_id) then
-  return {"conflict"}
-end
+redis.call("DEL", KEYS[1])
 redis.call("HSET", KEYS[1], "state", "applied", "amount", amount_arg, "txn_id", txn_id,
   "created_at_us", credited_arg)
 redis.call("EXPIRE", KEYS[1], retention_arg)

@@ -3,18 +3,17 @@
 -- the reservation before the payer's bucket's writer stored it, while the payee's bucket's
 -- writer had stored the credit. Without the reservation the credit is money created, so the
 -- payer is debited again, into transit:{b}, by a reservation of the same id, recorded anew
--- (a transfer_out record, stamped now) and due at once: recovery finds its credit applied
--- (restore_credit.lua writes the record first) and settles it.
---
--- The payer's rebuilt balance is the ledger's from before the reservation (a bucket's writer
--- stores its stream in order, so nothing after the lost reservation is stored either): it
--- covers the amount. A balance that does not is answered, for an operator, not forced.
+-- (a transfer_out record, stamped now), which rebuild then settles: its credit's record is
+-- applied (restore_credit.lua writes it first). The payer's available money (balance less
+-- held, as transfer.lua spends) is checked by rebuild before it writes anything, and here
+-- again: a payer who cannot pay is answered, not forced. A record of the same id is
+-- replaced: for a rebuild, the ledger says what is reserved.
 --
 -- KEYS[1]  txn:stream:{b}                 stream
--- KEYS[2]  outbound:{b}:<txn_id>          hash: the reservation (written unless it exists)
+-- KEYS[2]  outbound:{b}:<txn_id>          hash: the reservation (replaced)
 -- KEYS[3]  outbound:due:{b}               sorted set: member txn_id, score due_us
 -- KEYS[4]  transit:{b}                    string: kopecks in flight (raised)
--- KEYS[5]  user:{b}:<from_user_id>        hash: balance_kopecks (lowered)
+-- KEYS[5]  user:{b}:<from_user_id>        hash: balance_kopecks (lowered), held_kopecks
 -- KEYS[6]  txn:clock:{b}                  string: the bucket's last stamp, microseconds
 -- ARGV[1]  txn_id                         decimal, 1..15 digits: the credit's
 -- ARGV[2]  from_user_id                   decimal, 1..15 digits (the payer)
@@ -26,8 +25,8 @@
 --
 -- Returns  {outcome}:
 --   "restored"            debited, recorded and due
---   "kept"                the reservation was there (nothing written)
---   "insufficient_funds"  the payer's balance is below the amount (nothing written)
+--   "insufficient_funds"  the payer's available money is below the amount (nothing
+--                         written)
 --   "account_not_found"   no wallet for the payer (nothing written)
 --   "invalid_argument"    KEYS/ARGV fail validation (nothing written)
 -- Stream entry fields: as lua/transfer.lua's transfer_out, with an empty idem_key.
@@ -49,14 +48,11 @@ if #KEYS ~= 6 or #ARGV ~= 6 or not valid_id(txn_id) or not valid_id(from_id)
   or KEYS[5] ~= bucket_member_key("user", from_id) or KEYS[6] ~= bucket_key("txn:clock") then
   return {"invalid_argument"}
 end
-if redis.call("EXISTS", KEYS[2]) == 1 then
-  return {"kept"}
-end
-local balance = redis.call("HGET", KEYS[5], "balance_kopecks")
-if not balance then
+local payer = redis.call("HMGET", KEYS[5], "balance_kopecks", "held_kopecks")
+if not payer[1] then
   return {"account_not_found"}
 end
-if tonumber(balance) < tonumber(amount_arg) then
+if tonumber(payer[1]) - tonumber(payer[2] or "0") < tonumber(amount_arg) then
   return {"insufficient_funds"}
 end
 
@@ -65,6 +61,7 @@ redis.call("SET", KEYS[6], stamp)
 local new_from = string.format("%d",
   redis.call("HINCRBY", KEYS[5], "balance_kopecks", "-" .. amount_arg))
 redis.call("INCRBY", KEYS[4], amount_arg)
+redis.call("DEL", KEYS[2])
 redis.call("HSET", KEYS[2], "state", "reserved", "from", from_id, "to", to_id,
   "amount", amount_arg, "token", token, "created_at_us", stamp, "from_balance", new_from,
   "idem_key", "")

@@ -2,17 +2,15 @@
 -- says has no end (a transfer_out record and no transfer_settled or transfer_voided), after
 -- Redis lost its data (`wallet rebuild`): its hash outbound:{b}:<txn_id> as transfer.lua
 -- wrote it and its outbound:due:{b} member. The payer's balance comes back with the wallet
--- (restore_wallet.lua), without the money reserved; transit:{b} is set by rebuild to the
--- ledger's sum of the bucket's reservations with no end, before. Recovery then ends it
--- (service/redis/crossing.py): settled when the credit's record says applied (rebuild
--- writes it first where the ledger holds the credit: restore_credit.lua), else voided.
---
--- A reservation already there is left as it is (a rebuild run again), but due: its token is
--- answered, which must be the one given (rebuild reads it first, to write the credit's
--- record under it).
+-- (restore_wallet.lua), without the money reserved; rebuild sets transit:{b} before, to
+-- what the ledger's transfers half-way keep there, and ends the reservation right after
+-- (service/ledger/rebuild_crossings.py): settled when the credit's record says applied
+-- (written first where the ledger holds the credit: restore_credit.lua, or expected again:
+-- transfer_expect.lua), else voided. A record of the same id is replaced: for a rebuild,
+-- the ledger says what is reserved.
 --
 -- KEYS[1]  outbound:{b}:<txn_id>     hash: state from to amount token created_at_us
---                                    from_balance idem_key (written unless it exists)
+--                                    from_balance idem_key (replaced)
 -- KEYS[2]  outbound:due:{b}          sorted set: member txn_id, score due_us
 -- KEYS[3]  user:{b}:<from_user_id>   hash: the payer's wallet, which must exist (read): a
 --                                    reservation is in its payer's bucket
@@ -27,11 +25,10 @@
 -- ARGV[9]  due_us                    decimal microseconds, 1..16 digits: when recovery
 --                                    takes it
 --
--- Returns  {outcome, token}:
---   "restored", the token given   written
---   "kept", its token             the reservation was there (only made due)
---   {"account_not_found"}         no wallet for the payer (nothing written)
---   {"invalid_argument"}          KEYS/ARGV fail validation (nothing written)
+-- Returns  {outcome}:
+--   "restored"            written
+--   "account_not_found"   no wallet for the payer (nothing written)
+--   "invalid_argument"    KEYS/ARGV fail validation (nothing written)
 
 -- @include bucket
 -- @include validate
@@ -55,12 +52,9 @@ if redis.call("EXISTS", KEYS[3]) == 0 then
   return {"account_not_found"}
 end
 
-redis.call("ZADD", KEYS[2], due_arg, txn_id)
-local kept = redis.call("HGET", KEYS[1], "token")
-if kept then
-  return {"kept", kept}
-end
+redis.call("DEL", KEYS[1])
 redis.call("HSET", KEYS[1], "state", "reserved", "from", from_id, "to", to_id,
   "amount", amount_arg, "token", token, "created_at_us", created_arg,
   "from_balance", balance_arg, "idem_key", idem_key)
-return {"restored", token}
+redis.call("ZADD", KEYS[2], due_arg, txn_id)
+return {"restored"}

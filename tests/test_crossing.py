@@ -764,15 +764,15 @@ async def test_reconcile_counts_money_in_transit_and_credits_expected(
     assert "drift in transit of bucket 1" in format_reconcile(drifted)
 
 
-async def test_rebuild_puts_transfers_in_transit_back_for_recovery_to_end(
+async def test_rebuild_ends_the_transfers_it_finds_in_transit(
     redis_client: RedisClient,
     db_engine: AsyncEngine,
     funded: MoneyScripts,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Redis lost with a transfer reserved whose credit was applied and one whose credit
-    was not: rebuild puts both back in transit (twice over, the same), recovery settles the
-    first and voids the second, and the keys of the settled ones replay."""
+    was not: rebuild puts both back and ends them, settling the first and voiding the
+    second; run again, it finds nothing half-way; the keys of the settled ones replay."""
     settled = await funded.transfer(1, 2, 300, idempotency_key="paid")
     await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40, idempotency_key="k4")
     credited = await reserved_only(redis_client, funded, monkeypatch, 3, 8, 25, "k3")
@@ -782,21 +782,16 @@ async def test_rebuild_puts_transfers_in_transit_back_for_recovery_to_end(
     before = {u: await balance(redis_client, u) for u in USERS}
     await lose_redis(redis_client)
 
-    for _ in range(2):  # run again: put back anew, the same
-        report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-        assert report.transfers_in_transit_restored == 2
-        assert report.ledger_last_txn_id >= credited.txn_id
-        assert {u: await balance(redis_client, u) for u in USERS} == before
-        assert await in_transit(redis_client) == 65
-        check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
-        assert check.ok, format_reconcile(check)
-        assert (check.in_transit_kopecks, check.in_transit_reservations) == (65, 2)
-
-    assert await legs.recover(int(time.time() * 1_000_000)) == 2
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert (report.transfers_settled, report.transfers_voided, report.transfers_stuck) == (1, 1, 0)
+    assert report.ledger_last_txn_id >= credited.txn_id
     assert await in_transit(redis_client) == 0
     after = before | {4: DEPOSIT_KOPECKS}  # voided: its credit was never applied
     assert {u: await balance(redis_client, u) for u in USERS} == after
     await persist(redis_client, db_engine)
+    again = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)  # nothing half-way
+    assert (again.transfers_settled, again.transfers_voided) == (0, 0)
+    assert {u: await balance(redis_client, u) for u in USERS} == after
     check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert check.ok, format_reconcile(check)
     assert check.in_transit_kopecks == 0
@@ -910,14 +905,14 @@ async def test_rebuild_completes_the_sides_a_redis_loss_left_uneven(
     await lose_redis(redis_client)
 
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert report.transfers_in_transit_restored == 2
-    assert await in_transit(redis_client) == 325
-    assert await balance(redis_client, 2) == DEPOSIT_KOPECKS  # not credited yet
-    assert await balance(redis_client, 3) == DEPOSIT_KOPECKS - 25  # debited again
-    assert await CrossingLegs(redis_client).recover(int(time.time() * 1_000_000)) == 2
+    assert (report.transfers_settled, report.transfers_voided) == (2, 0)
     assert {u: await balance(redis_client, u) for u in USERS} == after
     assert await in_transit(redis_client) == 0
     await persist(redis_client, db_engine)
+    # Run again: the ledger is whole now, nothing to complete.
+    again = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert (again.transfers_settled, again.transfers_voided) == (0, 0)
+    assert {u: await balance(redis_client, u) for u in USERS} == after
     for bucket in keyspace.all_buckets():
         assert await redis_client.xlen(keyspace.txn_dead_letter(bucket)) == 0
     check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
@@ -942,3 +937,20 @@ async def test_rebuild_refuses_over_a_void_whose_credit_is_in_the_ledger(
         )
     with pytest.raises(RebuildRefused, match=f"transfer {undone.txn_id} across buckets is voided"):
         await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+
+
+async def test_rebuild_refuses_a_repair_it_cannot_make_before_writing_anything(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts
+) -> None:
+    """A credit whose reservation the ledger lacks, larger than its payer has: debiting
+    the payer again is impossible, and the rebuild says so before it writes."""
+    await persist(redis_client, db_engine)
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO transfer_credits VALUES (77, 6, 8, :amount, now(), 5, '1-0')"),
+            {"amount": 2 * DEPOSIT_KOPECKS},
+        )
+    await redis_client.hset(keyspace.user(6), "balance_kopecks", 1)  # to be rebuilt
+    with pytest.raises(RebuildRefused, match="user 6 cannot be debited again"):
+        await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert await balance(redis_client, 6) == 1  # nothing was changed

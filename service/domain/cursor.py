@@ -30,7 +30,12 @@ def _digits(cursor: str, prefix: str, lengths: range) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
     digits = text.removeprefix(prefix)
-    if not text.startswith(prefix) or not digits.isdigit() or len(digits) not in lengths:
+    # The decoder skips characters outside the alphabet and ignores a last character's
+    # unused bits: only the server's own spelling is one of its cursors.
+    canonical = _encode(text) == cursor
+    if not canonical or not text.startswith(prefix) or not digits.isdigit():
+        raise _unreadable()
+    if len(digits) not in lengths:
         raise _unreadable()
     return digits
 

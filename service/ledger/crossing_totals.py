@@ -9,7 +9,7 @@ reservation until its end (a settle after its credit, or a void), both on the pa
 bucket: ``transit:{b}`` in Redis.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Boolean, ColumnElement, Row, exists, func, literal_column, select
@@ -21,7 +21,7 @@ from persistence.models import (
     LedgerTransferEnd,
     LedgerTransferReservation,
 )
-from service.ledger.hold_totals import EntryId, at_or_before
+from service.ledger.hold_totals import EntryId, at_or_before, parse_entry_id
 from service.redis import keyspace
 
 # As a literal, so that the planner matches the partial index whatever plan a prepared
@@ -107,34 +107,32 @@ UNEVEN_FINDINGS = {
 
 
 async def uneven_sides(
-    connection: AsyncConnection, bucket: int, through_entry: EntryId | None, limit: int | None
+    connection: AsyncConnection, through: Mapping[int, EntryId] | None = None
 ) -> list[UnevenSide]:
-    """The bucket's ends and credits, recorded up to ``through_entry`` (when given), whose
-    counterpart the ledger lacks: a settle needs its credit, a void excludes one, a credit
-    needs its reservation. Each counterpart came before the side in time (the credit before
-    the settle, the reservation before the credit), so once the writers have stored every
-    bucket's records past that instant, a missing one is missing for good. A scan of the
-    bucket's ends and credits; at most ``limit`` of each finding (None: all)."""
+    """The ends and credits whose counterpart the ledger lacks: a settle needs its credit,
+    a void excludes one, a credit needs its reservation; with ``through``, only those of
+    bucket b recorded up to ``through[b]``. Each counterpart came before the side in time
+    (the credit before the settle, the reservation before the credit), so once the writers
+    have stored every bucket's records past that instant, a missing one is missing for
+    good. One anti-join per finding: in a healthy ledger it finds only sides in flight."""
     credited = exists().where(C.transfer_id == V.transfer_id)
     reserved = exists().where(R.id == C.transfer_id)
     queries = [
-        ("settled_without_credit", V.transfer_id, V.stream_entry_id,
-         (V.from_user_id % keyspace.BUCKETS == bucket, ~VOIDED, ~credited)),
-        ("voided_with_credit", V.transfer_id, V.stream_entry_id,
-         (V.from_user_id % keyspace.BUCKETS == bucket, VOIDED, credited)),
-        ("credit_without_reservation", C.transfer_id, C.stream_entry_id,
-         (C.to_user_id % keyspace.BUCKETS == bucket, ~reserved)),
+        ("settled_without_credit", V.transfer_id, V.from_user_id, V.stream_entry_id,
+         (~VOIDED, ~credited)),
+        ("voided_with_credit", V.transfer_id, V.from_user_id, V.stream_entry_id,
+         (VOIDED, credited)),
+        ("credit_without_reservation", C.transfer_id, C.to_user_id, C.stream_entry_id,
+         (~reserved,)),
     ]  # fmt: skip
     found: list[UnevenSide] = []
-    for finding, txn_id, entry, where in queries:
-        rows = await connection.execute(
-            select(txn_id)
-            .where(*where, *_through(entry, through_entry))
-            .order_by(txn_id)
-            .limit(limit)
-        )
-        found += [UnevenSide(int(row[0]), bucket, finding) for row in rows]
-    return found
+    for finding, txn_id, user_id, entry, where in queries:
+        rows = await connection.execute(select(txn_id, user_id, entry).where(*where))
+        for row_id, row_user, row_entry in rows:
+            bucket = keyspace.bucket_of(row_user)
+            if through is None or parse_entry_id(row_entry) <= through[bucket]:
+                found.append(UnevenSide(int(row_id), bucket, finding))
+    return sorted(found)
 
 
 async def in_transit(

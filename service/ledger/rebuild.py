@@ -97,9 +97,9 @@ from service.ledger.hold_totals import (
 )
 from service.ledger.id_counter import ledger_last_id, restart_counter_set_aside
 from service.ledger.rebuild_crossings import (
+    complete_transfers_half_way,
     forget_transfers_in_flight,
-    refuse_over_a_void_with_its_credit,
-    restore_transfers_in_transit,
+    half_way_transfers,
 )
 from service.ledger.rebuild_errors import LedgerInconsistent, RebuildRefused
 from service.ledger.reconcile import ledger_balances, user_id_batches
@@ -136,7 +136,11 @@ class RebuildReport:
     txn_id_epochs: tuple[int, ...]
     txn_seqs: tuple[int, ...]
     holds_restored: int = 0  # pending holds put back
-    transfers_in_transit_restored: int = 0  # reservations across buckets put back
+    # Transfers across buckets the ledger held half-way, put back and ended (stuck: left
+    # reserved for an operator, service/redis/crossing.py ReservationStuck).
+    transfers_settled: int = 0
+    transfers_voided: int = 0
+    transfers_stuck: int = 0
     refunded_totals_restored: int = 0
     # The ledger's fingerprint is none the live script could have recorded for its row.
     idempotency_keys_skipped: int = 0
@@ -173,7 +177,7 @@ async def rebuild(
     buckets = list(keyspace.all_buckets())
     for bucket in buckets:
         await _refuse_over_unpersisted_entries(redis, bucket)
-    await refuse_over_a_void_with_its_credit(engine)
+    half_way = await half_way_transfers(engine)
     last_id = await ledger_last_id(engine)
     last_instant_us = await _ledger_last_instant_us(engine)
     epochs: list[int] = []
@@ -190,9 +194,8 @@ async def rebuild(
     holds = await _restore_pending_holds(redis, engine, hold_retention_s)
     refunded = await _restore_refunded_totals(redis, engine)
     restored, kept, skipped = await _restore_idempotency_records(redis, engine, idempotency_ttl_s)
-    # After the keys: recovery may void a reservation put back at once, and a void forgets
-    # its transfer's key, which must not be written back after it.
-    in_transit = await restore_transfers_in_transit(redis, engine)
+    # After the keys: a void forgets its transfer's key, which must not come back after it.
+    completed = await complete_transfers_half_way(redis, engine, half_way)
     # restore_wallet raised each counter with every user of its bucket. A bucket with no
     # user has no transaction either (the ledger's rows name users): its counter is
     # started, if missing.
@@ -210,7 +213,9 @@ async def rebuild(
         txn_id_epochs=tuple(epochs),
         txn_seqs=tuple(seqs),
         holds_restored=holds,
-        transfers_in_transit_restored=in_transit,
+        transfers_settled=completed.settled,
+        transfers_voided=completed.voided,
+        transfers_stuck=completed.stuck,
         refunded_totals_restored=refunded,
         idempotency_keys_skipped=skipped,
     )
@@ -737,8 +742,13 @@ def format_report(report: RebuildReport) -> str:
             f"rebuild done: {report.users} wallets restored ({report.wallets_created} created,"
             f" {report.wallets_updated} corrected to the ledger)",
             f"holds: {report.holds_restored} pending holds restored; refunded totals:"
-            f" {report.refunded_totals_restored} restored; transfers across buckets in"
-            f" transit: {report.transfers_in_transit_restored} restored (recovery ends them)",
+            f" {report.refunded_totals_restored} restored; transfers across buckets left"
+            f" half-way: {report.transfers_settled} settled, {report.transfers_voided} voided"
+            + (
+                f", {report.transfers_stuck} LEFT IN TRANSIT for an operator (see the log)"
+                if report.transfers_stuck
+                else ""
+            ),
             f"idempotency records: {report.idempotency_keys_restored} restored,"
             f" {report.idempotency_keys_kept} already in Redis (kept)"
             + (

@@ -1,38 +1,71 @@
 """``wallet rebuild`` of transfers across buckets (docs/scaling.md, "Across buckets"): what
-Redis held of the transfers in flight is forgotten, and the ledger's reservations with no
-end are put back in transit, for recovery to settle (where the ledger holds the credit) or
-void (where it does not: the credit was never applied, or was lost with Redis before its
-writer stored it, and the payee's rebuilt balance does not have it either).
+Redis held of the transfers in flight is forgotten, and every transfer the ledger holds
+half-way is put back and driven to its end at once, through the saga's own scripts:
 
-Run with the API stopped, as the rest of the rebuild.
+- a reservation with no end: put back (lua/restore_reservation.lua), after its credit's
+  record where the ledger holds the credit (lua/restore_credit.lua), then settled; voided
+  where the ledger holds no credit (the credit was never applied, or was lost with Redis
+  before its writer stored it, and the payee's rebuilt balance does not have it either);
+- a settle whose credit the ledger lacks (a loss of Redis's data took the credit before its
+  bucket's writer stored it, while the payer's had stored the settle): put back reserved
+  after an expectation of its credit (lua/transfer_expect.lua), then credited again and
+  settled (the second settle record is the stored one's twin: the writer skips it);
+- a credit whose reservation the ledger lacks: its record put back, then the payer debited
+  again by a reservation of the same id (lua/restore_lost_reservation.lua), then settled.
+
+What could refuse a repair (the payee's headroom, the payer's funds) is checked before the
+rebuild writes anything, as is a void whose credit the ledger holds (the money paid to
+both: a bug, for an operator). Run with the API stopped, as the rest of the rebuild.
 """
 
+import logging
 import secrets
-from datetime import datetime
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import LedgerTransferCredit, LedgerTransferReservation
+from service.domain.amounts import MAX_BALANCE_KOPECKS
 from service.domain.times import us_from_datetime
 from service.ledger.crossing_totals import (
     UNEVEN_FINDINGS,
-    UnevenSide,
     in_transit,
     reservations_in_transit,
     uneven_sides,
 )
+from service.ledger.hold_totals import incoming_of_payees, pending_holds_of_payers
 from service.ledger.rebuild_errors import RebuildRefused
+from service.ledger.reconcile import ledger_balances
 from service.redis import keyspace
-from service.redis.crossing import ENDED_RETENTION_S, CrossingLegs
+from service.redis.crossing import ENDED_RETENTION_S, CrossingLegs, Reservation, ReservationStuck
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.types import RedisClient
 
+logger = logging.getLogger("wallet.rebuild")
+
+BATCH_SIZE = 1000
 R = LedgerTransferReservation
 C = LedgerTransferCredit
 
-BATCH_SIZE = 1000
+
+@dataclass(frozen=True, slots=True)
+class HalfWay:
+    """The transfers the ledger holds with one side missing, each as the stored side's
+    row: settles without their credit (reservation rows), credits without their
+    reservation (credit rows)."""
+
+    uncredited: list[Any]
+    unreserved: list[Any]
+
+
+@dataclass(slots=True)
+class Completed:
+    settled: int = 0
+    voided: int = 0
+    stuck: int = 0  # left reserved for an operator (ReservationStuck), logged
 
 
 async def forget_transfers_in_flight(redis: RedisClient, bucket: int) -> None:
@@ -53,50 +86,70 @@ async def forget_transfers_in_flight(redis: RedisClient, bucket: int) -> None:
     await redis.delete(inbound_due, outbound_due)
 
 
-async def refuse_over_a_void_with_its_credit(engine: AsyncEngine) -> None:
-    """A void whose credit the ledger holds too paid the money to both parties: a bug
-    for an operator, which no rebuild can settle."""
+async def half_way_transfers(engine: AsyncEngine) -> HalfWay:
+    """The transfers with a side missing, once every repair is known to be possible:
+    RebuildRefused (before anything is written) for a void with its credit, a payee
+    without the headroom for a credit made again, or a payer without the available money
+    for a reservation made again."""
     async with engine.connect() as connection:
-        for bucket in keyspace.all_buckets():
-            for side in await uneven_sides(connection, bucket, None, limit=None):
-                if side.finding == "voided_with_credit":
-                    raise RebuildRefused(
-                        f"transfer {side.txn_id} across buckets is {UNEVEN_FINDINGS[side.finding]}."
-                        " Nothing was changed."
-                    )
-
-
-async def restore_transfers_in_transit(redis: RedisClient, engine: AsyncEngine) -> int:
-    """Puts back every transfer across buckets the ledger holds half-way, due at once for
-    recovery to end, after setting each bucket's transit:{b} to what they keep there:
-
-    - a reservation with no end (lua/restore_reservation.lua), its credit's record first
-      where the ledger holds the credit (lua/restore_credit.lua), so that recovery never
-      finds the reservation without it: settled then, else voided;
-    - a settle whose credit the ledger lacks (a loss of Redis's data took the credit before
-      its bucket's writer stored it): the reservation put back reserved, after an
-      expectation of its credit (lua/transfer_expect.lua), so that recovery credits the
-      payee again;
-    - a credit whose reservation the ledger lacks: its record first, then the payer debited
-      again by a reservation of the same id (lua/restore_lost_reservation.lua).
-
-    Returns how many were put back."""
-    restore = _Restore(redis)
-    await restore.start()
-    async with engine.connect() as connection:
-        half_way = [
-            side
-            for bucket in keyspace.all_buckets()
-            for side in await uneven_sides(connection, bucket, None, limit=None)
-        ]
-        uncredited = await _rows(connection, R, R.id, half_way, "settled_without_credit")
-        unreserved = await _rows(
-            connection, C, C.transfer_id, half_way, "credit_without_reservation"
+        sides = await uneven_sides(connection)
+        for side in sides:
+            if side.finding == "voided_with_credit":
+                raise RebuildRefused(
+                    f"transfer {side.txn_id} across buckets is"
+                    f" {UNEVEN_FINDINGS[side.finding]}. Nothing was changed."
+                )
+        ids = {finding: [s.txn_id for s in sides if s.finding == finding] for finding in
+               ("settled_without_credit", "credit_without_reservation")}  # fmt: skip
+        uncredited = list(
+            await connection.execute(select(R).where(R.id.in_(ids["settled_without_credit"])))
         )
+        unreserved = list(
+            await connection.execute(
+                select(C).where(C.transfer_id.in_(ids["credit_without_reservation"]))
+            )
+        )
+        credits: dict[int, int] = defaultdict(int)
+        debits: dict[int, int] = defaultdict(int)
+        for reservation in uncredited:
+            credits[reservation.to_user_id] += reservation.amount_kopecks
+        for credit in unreserved:
+            debits[credit.from_user_id] += credit.amount_kopecks
+        users = sorted(credits.keys() | debits.keys())
+        balances = await ledger_balances(connection, users)
+        held = await pending_holds_of_payers(connection, users)
+        incoming = await incoming_of_payees(connection, users)
+    for user_id, kopecks in credits.items():
+        if balances[user_id] + incoming[user_id] + kopecks > MAX_BALANCE_KOPECKS:
+            raise RebuildRefused(
+                f"user {user_id} cannot be credited again the {kopecks} kopecks of transfers"
+                " across buckets whose credit the ledger lacks: the balance would pass its"
+                " limit. Nothing was changed."
+            )
+    for user_id, kopecks in debits.items():
+        available = balances[user_id] - sum(hold.amount_kopecks for hold in held[user_id])
+        if available < kopecks:
+            raise RebuildRefused(
+                f"user {user_id} cannot be debited again the {kopecks} kopecks of transfers"
+                f" across buckets whose reservation the ledger lacks: {available} available."
+                " Nothing was changed."
+            )
+    return HalfWay(uncredited=uncredited, unreserved=unreserved)
+
+
+async def complete_transfers_half_way(
+    redis: RedisClient, engine: AsyncEngine, half_way: HalfWay
+) -> Completed:
+    """Sets each bucket's transit:{b} to what the transfers half-way keep there, then puts
+    each back and ends it (the module's docstring)."""
+    restore = await _Restore.start(redis)
+    async with engine.connect() as connection:
         for bucket in keyspace.all_buckets():
             kopecks, _ = await in_transit(connection, bucket)
             kopecks += sum(
-                r.amount_kopecks for r in uncredited if keyspace.bucket_of(r.from_user_id) == bucket
+                row.amount_kopecks
+                for row in half_way.uncredited
+                if keyspace.bucket_of(row.from_user_id) == bucket
             )
             await redis.set(keyspace.transit(bucket), kopecks)
     after_id = 0
@@ -105,102 +158,126 @@ async def restore_transfers_in_transit(redis: RedisClient, engine: AsyncEngine) 
             rows = await reservations_in_transit(connection, after_id, BATCH_SIZE)
         if not rows:
             break
-        for reservation in rows:
+        for row in rows:
             token = secrets.token_urlsafe(16)
-            if reservation.credited_at is not None:
-                await restore.credit(reservation, token, reservation.credited_at)
-            await restore.reservation(reservation, token)
+            if row.credited_at is not None:
+                await restore.credit(row.id, row.to_user_id, row.amount_kopecks, token,
+                                     us_from_datetime(row.credited_at))  # fmt: skip
+            await restore.end(await restore.reservation(row, token))
         after_id = rows[-1].id
-    for reservation in uncredited:
+    for row in half_way.uncredited:
         token = secrets.token_urlsafe(16)
-        await restore.expectation(reservation, token)
-        await restore.reservation(reservation, token)
-    for credit in unreserved:
+        await restore.expectation(row.id, row.to_user_id, row.amount_kopecks, token)
+        await restore.end(await restore.reservation(row, token))
+    for row in half_way.unreserved:
         token = secrets.token_urlsafe(16)
-        await restore.credit(credit, token, credit.credited_at)
-        await restore.lost_reservation(credit, token)
-    return restore.count
-
-
-async def _rows(
-    connection: AsyncConnection, model: Any, key: Any, sides: list[UnevenSide], finding: str
-) -> list[Any]:
-    ids = sorted(side.txn_id for side in sides if side.finding == finding)
-    if not ids:
-        return []
-    return list((await connection.execute(select(model).where(key.in_(ids)))).all())
+        await restore.credit(row.transfer_id, row.to_user_id, row.amount_kopecks, token,
+                             us_from_datetime(row.credited_at))  # fmt: skip
+        await restore.end(await restore.lost_reservation(row, token))
+    return restore.completed
 
 
 class _Restore:
-    """The scripts that put a transfer across buckets back, each checked."""
+    """The scripts that put a transfer across buckets back, each checked, and its end."""
 
-    def __init__(self, redis: RedisClient) -> None:
-        self._redis = redis
+    def __init__(self, redis: RedisClient, now_us: int) -> None:
         self._reservation = LuaScript(redis, "restore_reservation")
         self._credit = LuaScript(redis, "restore_credit")
         self._lost = LuaScript(redis, "restore_lost_reservation")
         self._legs = CrossingLegs(redis)
-        self.now_us = 0
-        self.count = 0
+        self._now_us = now_us
+        self.completed = Completed()
 
-    async def start(self) -> None:
-        seconds, micros = await self._redis.time()
-        self.now_us = seconds * 1_000_000 + micros
+    @classmethod
+    async def start(cls, redis: RedisClient) -> "_Restore":
+        seconds, micros = await redis.time()
+        return cls(redis, seconds * 1_000_000 + micros)
 
-    async def credit(self, side: Any, token: str, credited_at: datetime) -> None:
-        """The record of a credit the ledger holds, applied (a reservation's row or a
-        credit's: both name the payee, the amount and the transfer)."""
-        txn_id = getattr(side, "transfer_id", None) or side.id
+    async def credit(
+        self, txn_id: int, to_user_id: int, amount_kopecks: int, token: str, credited_at_us: int
+    ) -> None:
+        """The record of a credit the ledger holds, applied."""
         reply = await self._credit(
-            keys=[keyspace.inbound(side.to_user_id, token)],
-            args=[str(side.to_user_id), token, str(txn_id), str(side.amount_kopecks),
-                  str(us_from_datetime(credited_at)), str(ENDED_RETENTION_S)],
+            keys=[keyspace.inbound(to_user_id, token)],
+            args=[str(to_user_id), token, str(txn_id), str(amount_kopecks), str(credited_at_us),
+                  str(ENDED_RETENTION_S)],
         )  # fmt: skip
-        _check(reply, [b"restored"], "restore_credit", txn_id)
+        _check(reply, b"restored", "restore_credit", txn_id)
 
-    async def expectation(self, reservation: Any, token: str) -> None:
-        verdict = await self._legs.expect(reservation.to_user_id, reservation.amount_kopecks, token)
+    async def expectation(
+        self, txn_id: int, to_user_id: int, amount_kopecks: int, token: str
+    ) -> None:
+        """An expectation of a credit to make again (its headroom checked before)."""
+        verdict = await self._legs.expect(to_user_id, amount_kopecks, token)
         if verdict != "expected":
-            raise RebuildRefused(
-                f"the credit of transfer {reservation.id} across buckets, settled but not"
-                f" credited in the ledger, cannot be made again: {verdict}. The rebuild"
-                " stopped there; run it again once the payee's wallet allows it."
-            )
+            raise ScriptArgumentRejected(f"transfer_expect of transfer {txn_id}: {verdict}")
 
-    async def reservation(self, reservation: Any, token: str) -> None:
-        bucket = keyspace.bucket_of(reservation.from_user_id)
+    async def reservation(self, row: Any, token: str) -> Reservation:
+        """A reservation the ledger holds (a transfer_reservations row), reserved again."""
+        bucket = keyspace.bucket_of(row.from_user_id)
+        created_at_us = us_from_datetime(row.created_at)
         reply = await self._reservation(
-            keys=[keyspace.outbound(bucket, reservation.id), keyspace.outbound_due(bucket),
-                  keyspace.user(reservation.from_user_id)],
-            args=[str(reservation.id), str(reservation.from_user_id),
-                  str(reservation.to_user_id), str(reservation.amount_kopecks), token,
-                  str(us_from_datetime(reservation.created_at)),
-                  str(reservation.from_balance_after_kopecks),
-                  reservation.idempotency_key or "", str(self.now_us)],
+            keys=[keyspace.outbound(bucket, row.id), keyspace.outbound_due(bucket),
+                  keyspace.user(row.from_user_id)],
+            args=[str(row.id), str(row.from_user_id), str(row.to_user_id),
+                  str(row.amount_kopecks), token, str(created_at_us),
+                  str(row.from_balance_after_kopecks), row.idempotency_key or "",
+                  str(self._now_us)],
         )  # fmt: skip
-        _check(reply, [b"restored", token.encode()], "restore_reservation", reservation.id)
-        self.count += 1
+        _check(reply, b"restored", "restore_reservation", row.id)
+        return Reservation(
+            bucket=bucket,
+            txn_id=row.id,
+            state="reserved",
+            from_user_id=row.from_user_id,
+            to_user_id=row.to_user_id,
+            amount_kopecks=row.amount_kopecks,
+            token=token,
+            idempotency_key=row.idempotency_key,
+            created_at_us=created_at_us,
+        )
 
-    async def lost_reservation(self, credit: Any, token: str) -> None:
+    async def lost_reservation(self, credit: Any, token: str) -> Reservation:
+        """The reservation of a credit the ledger holds (a transfer_credits row), made
+        again: the payer debited (the funds checked before)."""
         bucket = keyspace.bucket_of(credit.from_user_id)
+        txn_id = credit.transfer_id
         reply = await self._lost(
-            keys=[keyspace.txn_stream(bucket), keyspace.outbound(bucket, credit.transfer_id),
+            keys=[keyspace.txn_stream(bucket), keyspace.outbound(bucket, txn_id),
                   keyspace.outbound_due(bucket), keyspace.transit(bucket),
                   keyspace.user(credit.from_user_id), keyspace.txn_clock(bucket)],
-            args=[str(credit.transfer_id), str(credit.from_user_id), str(credit.to_user_id),
-                  str(credit.amount_kopecks), token, str(self.now_us)],
+            args=[str(txn_id), str(credit.from_user_id), str(credit.to_user_id),
+                  str(credit.amount_kopecks), token, str(self._now_us)],
         )  # fmt: skip
-        if reply == [b"insufficient_funds"]:
-            raise RebuildRefused(
-                f"the reservation of transfer {credit.transfer_id} across buckets, credited"
-                f" but not reserved in the ledger, cannot be made again: user"
-                f" {credit.from_user_id} has less than {credit.amount_kopecks} kopecks."
-                " The rebuild stopped there."
-            )
-        _check(reply, [b"restored"], "restore_lost_reservation", credit.transfer_id)
-        self.count += 1
+        _check(reply, b"restored", "restore_lost_reservation", txn_id)
+        return Reservation(
+            bucket=bucket,
+            txn_id=txn_id,
+            state="reserved",
+            from_user_id=credit.from_user_id,
+            to_user_id=credit.to_user_id,
+            amount_kopecks=credit.amount_kopecks,
+            token=token,
+            idempotency_key=None,
+            created_at_us=self._now_us,
+        )
+
+    async def end(self, reservation: Reservation) -> None:
+        """Settled or voided now, as recovery would; one whose credit's record may have
+        expired is left reserved, for an operator (recovery logs it each hour too)."""
+        try:
+            outcome = await self._legs.finish(reservation)
+        except ReservationStuck as stuck:
+            logger.critical("%s: left in transit for an operator", stuck)
+            self.completed.stuck += 1
+            return
+        if outcome == "settled":
+            self.completed.settled += 1
+        else:
+            assert outcome == "voided", (reservation, outcome)
+            self.completed.voided += 1
 
 
-def _check(reply: Any, wanted: list[bytes], script: str, txn_id: int) -> None:
-    if reply != wanted:
+def _check(reply: Any, outcome: bytes, script: str, txn_id: int) -> None:
+    if reply != [outcome]:
         raise ScriptArgumentRejected(f"{script} of transfer {txn_id}: {reply!r}")

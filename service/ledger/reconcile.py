@@ -159,8 +159,7 @@ class ReconcileReport:
     in_transit_kopecks: int = 0
     in_transit_reservations: int = 0
     transit_drifts: list[TransitDrift] = field(default_factory=list)
-    # Sides of transfers across buckets whose counterpart the ledger lacks (at most
-    # _REPORT_LIMIT of each finding per bucket).
+    # Sides of transfers across buckets whose counterpart the ledger lacks.
     uneven_sides: list[UnevenSide] = field(default_factory=list)
     # The largest S a batch was compared at.
     through_txn_id: int = 0
@@ -440,12 +439,11 @@ async def _check_sides(
     """The sides of transfers across buckets whose counterpart the ledger lacks, among the
     records up to each bucket's position in ``first_round``: every writer has since stored
     its bucket's records up to a later position (the transit pass), and a side's
-    counterpart came before it, so the ledger holds it if it ever will."""
+    counterpart came before it, so the ledger holds it if it ever will. (A rebuild that
+    completes a transfer left uneven writes the missing side after the other: reconcile
+    finds it until the writer has stored it.)"""
     async with engine.connect() as connection:
-        for bucket, through_entry in first_round.items():
-            report.uneven_sides += await uneven_sides(
-                connection, bucket, through_entry, _REPORT_LIMIT
-            )
+        report.uneven_sides = await uneven_sides(connection, first_round)
 
 
 async def _compare_transit(
@@ -733,11 +731,13 @@ def format_report(report: ReconcileReport) -> str:
             f" the ledger's reservations with no end {_kopecks(transit.ledger_kopecks)},"
             f" difference {transit.redis_kopecks - transit.ledger_kopecks:+d} kopecks"
         )
-    for side in report.uneven_sides:
+    for side in report.uneven_sides[:_REPORT_LIMIT]:
         lines.append(
             f"transfer {side.txn_id} across buckets (bucket {side.bucket}):"
             f" {UNEVEN_FINDINGS[side.finding]}"
         )
+    if len(report.uneven_sides) > _REPORT_LIMIT:
+        lines.append(f"and {len(report.uneven_sides) - _REPORT_LIMIT} more transfers so")
     for counter in report.counters_behind_ledger:
         lines.append(
             f"txn:seq of bucket {counter.bucket} is {counter.txn_seq} but the ledger holds"
