@@ -126,6 +126,18 @@ async def reserved_only(
     return await reservation_of(redis, bucket, int(raw))
 
 
+async def voided_transfer(
+    redis: RedisClient, money: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> Reservation:
+    """A transfer of 40 kopecks from 4 to 5 left after its reservation, its credit fenced
+    off, then voided: the money back to 4."""
+    undone = await reserved_only(redis, money, monkeypatch, 4, 5, 40)
+    legs = CrossingLegs(redis)
+    assert await legs.abort(5, undone.token) is None
+    assert await legs.complete(1, undone.txn_id) == "voided"
+    return undone
+
+
 async def stream_kinds(redis: RedisClient, bucket: int) -> list[str]:
     entries = cast(StreamEntries, await redis.xrange(keyspace.txn_stream(bucket)))
     return [fields[b"kind"].decode() for _, fields in entries]
@@ -585,10 +597,7 @@ async def test_the_writers_store_each_side_once(
     payer's stream, the credit from the payee's; again and again, once."""
     settled = await funded.transfer(1, 2, 300, idempotency_key="paid")
     # Fenced off, then voided.
-    voided = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40)
-    legs = CrossingLegs(redis_client)
-    assert await legs.abort(5, voided.token) is None
-    assert await legs.complete(1, voided.txn_id) == "voided"
+    voided = await voided_transfer(redis_client, funded, monkeypatch)
 
     assert await persist(redis_client, db_engine) == len(USERS) + 5
     async with db_engine.connect() as connection:
@@ -745,10 +754,8 @@ async def test_reconcile_counts_money_in_transit_and_credits_expected(
     reconcile is clean, counts what is in transit, and finds transit that drifted."""
     await funded.transfer(1, 2, 300)
     await funded.transfer(5, 3, 70)
-    undone = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40)
+    await voided_transfer(redis_client, funded, monkeypatch)
     legs = CrossingLegs(redis_client)
-    assert await legs.abort(5, undone.token) is None
-    assert await legs.complete(1, undone.txn_id) == "voided"
     await reserved_only(redis_client, funded, monkeypatch, 7, 8, 25)  # in transit
     assert await legs.expect(9, 11, "t" * 22) == "expected"  # headroom in incoming_kopecks
     await persist(redis_client, db_engine)
@@ -856,10 +863,7 @@ async def test_reconcile_finds_a_side_whose_counterpart_the_ledger_lacks(
     a settle whose credit is gone, a credit with no reservation, and a void whose credit is
     there after all."""
     settled = await funded.transfer(1, 2, 300)
-    undone = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40)
-    legs = CrossingLegs(redis_client)
-    assert await legs.abort(5, undone.token) is None
-    assert await legs.complete(1, undone.txn_id) == "voided"
+    undone = await voided_transfer(redis_client, funded, monkeypatch)
     await persist(redis_client, db_engine)
     assert (await reconcile(redis_client, db_engine, wait_for_writer_s=1)).ok
 
@@ -925,10 +929,7 @@ async def test_rebuild_refuses_over_a_void_whose_credit_is_in_the_ledger(
     funded: MoneyScripts,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    undone = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40)
-    legs = CrossingLegs(redis_client)
-    assert await legs.abort(5, undone.token) is None
-    assert await legs.complete(1, undone.txn_id) == "voided"
+    undone = await voided_transfer(redis_client, funded, monkeypatch)
     await persist(redis_client, db_engine)
     async with db_engine.begin() as connection:
         await connection.execute(

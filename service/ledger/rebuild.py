@@ -622,15 +622,12 @@ async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIt
     async for rows in _newest_rows(engine, query, R.created_at, R.id):
         for row in rows:
             created_at_us = us_from_datetime(row.created_at)
-            yield _Record(
-                recorded_at_us=created_at_us,
-                order=row.id,
-                owner=row.from_user_id,
-                key=row.idempotency_key,
-                kind="transfer",
-                fingerprint=None,
-                facts=(row.id, created_at_us, row.to_user_id, row.amount_kopecks),
-                what=f"transfer {row.id} across buckets",
+            yield _payers_record(
+                row,
+                "transfer",
+                None,
+                (row.id, created_at_us, row.to_user_id, row.amount_kopecks),
+                f"transfer {row.id} across buckets",
             )
 
 
@@ -649,22 +646,25 @@ async def _hold_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[
     async for rows in _newest_rows(engine, query, H.created_at, H.id):
         for row in rows:
             created_at_us = us_from_datetime(row.created_at)
-            yield _Record(
-                recorded_at_us=created_at_us,
-                order=row.id,
-                owner=row.from_user_id,
-                key=row.idempotency_key,
-                kind="hold",
-                fingerprint=row.idempotency_fingerprint,
-                facts=(
-                    row.id,
-                    created_at_us,
-                    us_from_datetime(row.expires_at),
-                    row.to_user_id,
-                    row.amount_kopecks,
-                ),
-                what=f"hold {row.id}",
-            )
+            facts = (row.id, created_at_us, us_from_datetime(row.expires_at), row.to_user_id,
+                     row.amount_kopecks)  # fmt: skip
+            yield _payers_record(row, "hold", row.idempotency_fingerprint, facts, f"hold {row.id}")
+
+
+def _payers_record(
+    row: Any, kind: str, fingerprint: str | None, facts: tuple[int | str, ...], what: str
+) -> _Record:
+    """The record of an operation under its payer's key, written at the row's created_at."""
+    return _Record(
+        recorded_at_us=us_from_datetime(row.created_at),
+        order=row.id,
+        owner=row.from_user_id,
+        key=row.idempotency_key,
+        kind=kind,
+        fingerprint=fingerprint,
+        facts=facts,
+        what=what,
+    )
 
 
 async def _void_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
