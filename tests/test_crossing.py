@@ -955,3 +955,26 @@ async def test_rebuild_refuses_a_repair_it_cannot_make_before_writing_anything(
     with pytest.raises(RebuildRefused, match="user 6 cannot be debited again"):
         await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
     assert await balance(redis_client, 6) == 1  # nothing was changed
+
+
+async def test_recovery_aborts_no_expectation_while_reservations_wait_their_turn(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two transfers of bucket 1 left after their reservation, one taken a pass: the
+    second's expectation, due too, waits for it, so both complete rather than one voided."""
+    monkeypatch.setattr(crossing, "RECOVERY_BATCH", 1)
+
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
+        raise RedisConnectionError("the API lost Redis after the reservation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "finish", lost)
+        for payer, payee in ((1, 2), (4, 5)):
+            with refusing(refusals.OUTCOME_UNKNOWN):
+                await funded.transfer(payer, payee, 10)
+    legs = CrossingLegs(redis_client)
+    assert await legs.recover(FAR_FUTURE_US) == 1  # one reservation, no expectation
+    assert await legs.recover(FAR_FUTURE_US) == 1
+    assert await legs.recover(FAR_FUTURE_US) == 0
+    assert [await balance(redis_client, u) for u in (2, 5)] == [DEPOSIT_KOPECKS + 10] * 2
+    await assert_conserved(redis_client)
