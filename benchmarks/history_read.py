@@ -1,7 +1,7 @@
 """How long a page of transaction history takes to read, this checkout against another, side by
 side: written when histories changed from pages by id (one query, a UNION of two index scans)
-to pages by the viewer's instant and id (one UNION ALL of an index scan per source, two of
-them on the tables of transfers across buckets, empty with one bucket), with the indexes of
+to pages by the viewer's instant and id (one UNION ALL of an index scan per source; with one
+bucket, as here, none on the tables of transfers across buckets), with the indexes of
 migration 0007.
 
 Two PostgreSQL databases of its own get the same rows (users, deposits and transfers, no

@@ -184,27 +184,28 @@ class CrossingLegs:
 
     async def recover(self, now_us: int) -> int:
         """One pass of recovery: every bucket's reservations past their deadline are ended
-        first, then, once none is left due, the expectations past theirs are aborted, so
-        that an expectation due now, whose reservation was due a minute ago, is found
-        applied (recovery completes rather than voids, whatever order the buckets come in
-        and however many are due). An entry that cannot be
+        first, then, once none is left due in any bucket, the expectations past theirs are
+        aborted, so that an expectation due now, whose reservation was due a minute ago, is
+        found applied (recovery completes rather than voids, whatever order the buckets come
+        in, and when more are due than a pass takes). A reservation put off after a failure
+        (its buckets unreachable) does not hold the expectations back: its own may be
+        aborted first, and it is voided, which is safe. An entry that cannot be
         ended now (an outage of its buckets, or a fault that needs an operator) is put back
         later in its due set, so that it neither stops the pass nor keeps the entries behind
         it waiting. How many it ended."""
         ended = 0
-        drained = True
         for bucket in keyspace.all_buckets():
             due_key = keyspace.outbound_due(bucket)
-            due = await self._due(due_key, now_us)
-            drained = drained and len(due) < RECOVERY_BATCH
-            for raw in due:
+            for raw in await self._due(due_key, now_us):
                 ended += await self._recover_entry(
                     due_key, raw, now_us, self._recover_reservation(bucket, raw)
                 )
-        if not drained:
-            # More reservations are due than one pass takes: their expectations wait for
-            # them, or a transfer that could complete would be voided.
-            return ended
+        for bucket in keyspace.all_buckets():
+            if await self._due(keyspace.outbound_due(bucket), now_us):
+                # More reservations were due than one pass takes: the expectations wait for
+                # them, or a transfer that could complete would be voided. (One put off
+                # after a failure is no longer due now.)
+                return ended
         for bucket in keyspace.all_buckets():
             due_key = keyspace.inbound_due(bucket)
             for raw in await self._due(due_key, now_us):
