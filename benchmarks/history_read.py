@@ -14,6 +14,13 @@ the per-round ratios.
 
     git worktree add /tmp/old 68e3a1d
     PYTHONPATH=. python benchmarks/history_read.py --other /tmp/old --other-revision 0006
+
+With ``--buckets N`` it compares this checkout with itself instead: the same rows with one
+bucket, against N buckets, where each transfer between users of two buckets (nearly all:
+each pays the next user) is stored as its sides (a reservation, its settle, a credit), as the
+writers store a transfer across buckets, and read so.
+
+    PYTHONPATH=. python benchmarks/history_read.py --buckets 3
 """
 
 import argparse
@@ -34,7 +41,9 @@ KINDS = (("deposit", "all"), ("transfer", "all"), ("transfer", "in"), ("transfer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def _fill(database_url: str, revision: str, users: int, transactions: int) -> None:
+async def _fill(
+    database_url: str, revision: str, users: int, transactions: int, buckets: int
+) -> None:
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import text
@@ -59,7 +68,11 @@ async def _fill(database_url: str, revision: str, users: int, transactions: int)
             ),
             {"users": users},
         )
-        # One in five a deposit; a transfer from user g % users + 1 to the next one.
+        # One in five a deposit; a transfer from user g % users + 1 to the next one, stored
+        # as its sides when the two are in different buckets.
+        rows = {"users": users, "transactions": transactions, "buckets": buckets}
+        within = "(g % 5 = 0 OR (g % :users + 1) % :buckets = ((g + 1) % :users + 1) % :buckets)"
+        at = "timestamptz '2026-01-01' + g * interval '1 millisecond'"
         await connection.execute(
             text(
                 "INSERT INTO transactions (id, kind, from_user_id, to_user_id, amount_kopecks,"
@@ -67,18 +80,29 @@ async def _fill(database_url: str, revision: str, users: int, transactions: int)
                 " stream_entry_id)"
                 " SELECT g, CASE WHEN g % 5 = 0 THEN 'deposit' ELSE 'transfer' END,"
                 " CASE WHEN g % 5 = 0 THEN NULL ELSE g % :users + 1 END,"
-                " (g + 1) % :users + 1, 1,"
-                " timestamptz '2026-01-01' + g * interval '1 millisecond',"
+                f" (g + 1) % :users + 1, 1, {at},"
                 " CASE WHEN g % 5 = 0 THEN NULL ELSE 0 END, 1, g || '-0'"
-                " FROM generate_series(1, :transactions) g"
+                f" FROM generate_series(1, :transactions) g WHERE {within}"
             ),
-            {"users": users, "transactions": transactions},
+            rows,
         )
+        sides = f" FROM generate_series(1, :transactions) g WHERE NOT {within}"
+        for side in (
+            "INSERT INTO transfer_reservations SELECT g, g % :users + 1, (g + 1) % :users + 1,"
+            f" 1, {at}, 0, NULL, g || '-0'",
+            "INSERT INTO transfer_ends SELECT g, 'settled', g % :users + 1, 1, NULL, NULL,"
+            " g || '-1'",
+            "INSERT INTO transfer_credits SELECT g, g % :users + 1, (g + 1) % :users + 1, 1,"
+            f" {at} + interval '1 microsecond', 1, g || '-0'",
+        ):
+            await connection.execute(text(side + sides), rows)
         await connection.execute(text("ANALYZE"))
     await engine.dispose()
 
 
-async def _child(database_url: str, redis_url: str, users: int, reads: int, seed: int) -> None:
+async def _child(
+    database_url: str, redis_url: str, users: int, reads: int, seed: int, buckets: int
+) -> None:
     """Runs in the checkout under test (PYTHONPATH): prints {kind: µs per page}."""
     from persistence.db import connect_database
     from service.ledger.history import read_history
@@ -90,6 +114,12 @@ async def _child(database_url: str, redis_url: str, users: int, reads: int, seed
     paged_by_instant = "before" in inspect.signature(read).parameters
     settings = Settings(database_url=database_url, redis_url=redis_url)
     engine, redis = connect_database(settings), connect_redis(settings)
+    if buckets > 1:
+        from service.redis import keyspace
+
+        # More than one bucket is refused as a setting until holds, batches and refunds
+        # cross buckets; the reads themselves are built.
+        keyspace.BUCKETS = buckets
     rng = random.Random(seed)
     times: dict[str, list[float]] = {}
 
@@ -121,10 +151,10 @@ async def _child(database_url: str, redis_url: str, users: int, reads: int, seed
 
 
 def _run_child(checkout: Path, database_url: str, redis_url: str, args: argparse.Namespace,
-               seed: int) -> dict[str, float]:  # fmt: skip
+               seed: int, buckets: int) -> dict[str, float]:  # fmt: skip
     out = subprocess.run(
         [sys.executable, __file__, "--child", database_url, redis_url, str(args.users),
-         str(args.reads), str(seed)],
+         str(args.reads), str(seed), str(buckets)],
         env={**os.environ, "PYTHONPATH": str(checkout)}, check=True, capture_output=True,
         text=True,
     ).stdout  # fmt: skip
@@ -140,12 +170,17 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=500_000)
     parser.add_argument("--reads", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--child", nargs=5)
+    parser.add_argument("--buckets", type=int, default=1, help="this checkout, 1 against N")
+    parser.add_argument("--child", nargs=6)
     args = parser.parse_args()
     if args.child:
-        database_url, redis_url, users, reads, seed = args.child
-        asyncio.run(_child(database_url, redis_url, int(users), int(reads), int(seed)))
+        database_url, redis_url, users, reads, seed, buckets = args.child
+        asyncio.run(
+            _child(database_url, redis_url, int(users), int(reads), int(seed), int(buckets))
+        )
         return
+    if (args.buckets > 1) == (args.other is not None):
+        parser.error("give either --other and --other-revision, or --buckets N")
     sys.path.insert(0, str(ROOT))
     from tests.support.postgres_admin import postgres_admin
     from tests.support.redis_claim import claimed_redis_database
@@ -154,33 +189,37 @@ def main() -> None:
     server = admin.rsplit("/", 1)[0].removeprefix("postgresql://")
     names = {side: f"history_bench_{side}_{uuid.uuid4().hex[:8]}" for side in ("other", "this")}
     urls = {side: f"postgresql+asyncpg://{server}/{name}" for side, name in names.items()}
-    checkouts = {"other": args.other.resolve(), "this": ROOT}
-    revisions = {"other": args.other_revision, "this": "head"}
+    checkouts = {"other": args.other.resolve() if args.other else ROOT, "this": ROOT}
+    revisions = {"other": args.other_revision or "head", "this": "head"}
+    buckets = {"other": 1, "this": args.buckets}
     try:
         for side, name in names.items():
             asyncio.run(postgres_admin(admin, f'CREATE DATABASE "{name}"'))
-            asyncio.run(_fill(urls[side], revisions[side], args.users, args.transactions))
+            asyncio.run(
+                _fill(urls[side], revisions[side], args.users, args.transactions, buckets[side])
+            )
         with claimed_redis_database("redis://127.0.0.1:6379") as redis_url:
             results: dict[str, list[dict[str, float]]] = {"other": [], "this": []}
             for round_ in range(args.rounds):
                 order = ("other", "this") if round_ % 2 == 0 else ("this", "other")
                 for side in order:
-                    results[side].append(
-                        _run_child(checkouts[side], urls[side], redis_url, args, seed=round_)
-                    )
+                    child = (checkouts[side], urls[side], redis_url, args, round_, buckets[side])
+                    results[side].append(_run_child(*child))
     finally:
         for name in names.values():
             asyncio.run(postgres_admin(admin, f'DROP DATABASE IF EXISTS "{name}"'))
     print(f"{args.users} users, {args.transactions} transactions, {args.reads} users read a"
           f" round, {args.rounds} rounds; µs per page, mean of the rounds")  # fmt: skip
-    print(f"{'page':<34} {'other':>9} {'this':>9} {'this ÷ other (median of rounds)':>33}")
+    other_name = "other" if args.other else "1 bucket"
+    this_name = "this" if args.other else f"{args.buckets} buckets"
+    print(f"{'page':<34} {other_name:>9} {this_name:>9} {'÷ (median of rounds)':>22}")
     for name in results["this"][0]:
         other = statistics.mean(r[name] for r in results["other"])
         this = statistics.mean(r[name] for r in results["this"])
         ratio = statistics.median(
             t[name] / o[name] for t, o in zip(results["this"], results["other"], strict=True)
         )
-        print(f"{name:<34} {other:>9.0f} {this:>9.0f} {ratio:>33.2f}")
+        print(f"{name:<34} {other:>9.0f} {this:>9.0f} {ratio:>22.2f}")
 
 
 if __name__ == "__main__":
