@@ -213,7 +213,9 @@ def main() -> None:
     other_name = "other" if args.other else "1 bucket"
     this_name = "this" if args.other else f"{args.buckets} buckets"
     print(f"{'page':<34} {other_name:>9} {this_name:>9} {'÷ (median of rounds)':>22}")
-    for name in results["this"][0]:
+    every = [*results["this"], *results["other"]]
+    # A kind of page no user of some round had (a second page, with few rows) is left out.
+    for name in [name for name in every[0] if all(name in r for r in every)]:
         other = statistics.mean(r[name] for r in results["other"])
         this = statistics.mean(r[name] for r in results["this"])
         ratio = statistics.median(
