@@ -194,17 +194,22 @@ class CrossingLegs:
         later in its due set, so that it neither stops the pass nor keeps the entries behind
         it waiting. How many it ended."""
         ended = 0
+        full: list[int] = []  # buckets whose batch may have left reservations due
         for bucket in keyspace.all_buckets():
             due_key = keyspace.outbound_due(bucket)
-            for raw in await self._due(due_key, now_us):
+            due = await self._due(due_key, now_us)
+            if len(due) == RECOVERY_BATCH:
+                full.append(bucket)
+            for raw in due:
                 ended += await self._recover_entry(
                     due_key, raw, now_us, self._recover_reservation(bucket, raw)
                 )
-        for bucket in keyspace.all_buckets():
+        for bucket in full:
             if await self._due(keyspace.outbound_due(bucket), now_us):
                 # More reservations were due than one pass takes: the expectations wait for
                 # them, or a transfer that could complete would be voided. (One put off
-                # after a failure is no longer due now.)
+                # after a failure is no longer due now; a bucket whose batch was short had
+                # every due one taken, and a new one is due a deadline from now.)
                 return ended
         for bucket in keyspace.all_buckets():
             due_key = keyspace.inbound_due(bucket)
