@@ -62,6 +62,11 @@ async def crossing_balance_changes(
     return changes
 
 
+def undone_by_a_void() -> Any:
+    """Whether a void undid the reservation of the row (a correlated EXISTS)."""
+    return exists().where(V.transfer_id == R.id, VOIDED)
+
+
 def _ended(through_entry: EntryId | None) -> Any:
     """Whether the reservation of the row has an end (as of ``through_entry``)."""
     return exists(

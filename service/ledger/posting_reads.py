@@ -17,7 +17,6 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
-    exists,
     literal,
     literal_column,
     null,
@@ -38,7 +37,7 @@ from service.domain.choices import one_of
 from service.domain.postings import Posting
 from service.domain.times import datetime_from_us, us_from_datetime
 from service.domain.transactions import ITEM_KINDS
-from service.ledger.crossing_totals import VOIDED
+from service.ledger.crossing_totals import VOIDED, undone_by_a_void
 from service.redis import keyspace
 
 T = LedgerTransaction
@@ -123,8 +122,9 @@ def _crossing_sources(
                   _NO_ID)  # fmt: skip
         found.append(Source(credit, (C.to_user_id == user_id,), C.credited_at, C.transfer_id))
     if outgoing:
-        undone = exists().where(V.transfer_id == R.id, VOIDED)
-        mine = (R.from_user_id == user_id,) if reversals else (R.from_user_id == user_id, ~undone)
+        mine: tuple[ColumnElement[bool], ...] = (R.from_user_id == user_id,)
+        if not reversals:
+            mine += (~undone_by_a_void(),)
         reservation = (R.id, literal("transfer", String), R.from_user_id, R.to_user_id,
                        R.amount_kopecks, R.created_at, R.from_balance_after_kopecks, _NO_ID,
                        _NO_ID)  # fmt: skip

@@ -50,8 +50,8 @@ transactions. Let the writer drain them first.
 
 Transfers across buckets (docs/scaling.md): balances count every side the ledger holds;
 the Idempotency-Keys of the transfers across buckets come back with the others, but those a
-void undid; then the transfers in transit are put back for recovery to end
-(service/ledger/rebuild_crossings.py).
+void undid; then every transfer the ledger holds half-way is put back and ended at once,
+settled or voided (service/ledger/rebuild_crossings.py).
 
 Not restored: sessions (users log in again), login throttling counters, the records of
 refused requests (only accepted operations are in the ledger), request tokens
@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, exists, func, select, tuple_
+from sqlalchemy import Row, Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.models import (
@@ -86,7 +86,7 @@ from persistence.txn_id_epochs import take_txn_id_epoch
 from service.domain.amounts import MAX_BALANCE_KOPECKS
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.domain.times import datetime_from_us, us_from_datetime
-from service.ledger.crossing_totals import VOIDED
+from service.ledger.crossing_totals import undone_by_a_void
 from service.ledger.hold_totals import (
     PendingHold,
     incoming_of_payees,
@@ -614,10 +614,9 @@ async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIt
     """Transfers across buckets, under the payer's key, newest first: as a transfer within
     one bucket records it (lua/transfer.lua). Not those a void undid: the void deleted the
     record (its request never got a 201), so a retry is a new transfer."""
-    voided = exists().where(V.transfer_id == R.id, VOIDED)
     query = select(R.id, R.from_user_id, R.to_user_id, R.amount_kopecks, R.created_at,
                    R.idempotency_key).where(
-        R.idempotency_key.is_not(None), R.created_at > cutoff, ~voided
+        R.idempotency_key.is_not(None), R.created_at > cutoff, ~undone_by_a_void()
     )  # fmt: skip
     async for rows in _newest_rows(engine, query, R.created_at, R.id):
         for row in rows:
