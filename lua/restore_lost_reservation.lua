@@ -22,6 +22,9 @@
 -- ARGV[5]  token                          16..64 of A-Z a-z 0-9 _ -: names the credit's
 --                                         record
 -- ARGV[6]  due_us                         decimal microseconds, 1..16 digits
+-- ARGV[7]  refund_of                      decimal: the transfer the credit's refund refunds,
+--                                         or "" (its refunded total rebuild restored with
+--                                         this reservation counted)
 --
 -- Returns  {outcome}:
 --   "restored"            debited, recorded and due
@@ -29,20 +32,21 @@
 --                         written)
 --   "account_not_found"   no wallet for the payer (nothing written)
 --   "invalid_argument"    KEYS/ARGV fail validation (nothing written)
--- Stream entry fields: as lua/transfer.lua's transfer_out, with an empty idem_key.
+-- Stream entry fields: as lua/transfer.lua's transfer_out, with an empty idem_key, and
+-- refund_of iff ARGV[7] is not "" (lua/refund.lua's).
 
 -- @include bucket
 -- @include validate
 -- @include stamp
 
 local txn_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local token, due_arg = ARGV[5], ARGV[6]
+local token, due_arg, refund_of = ARGV[5], ARGV[6], ARGV[7]
 local MAX_US = 9999999999999999
 
-if #KEYS ~= 6 or #ARGV ~= 6 or not valid_id(txn_id) or not valid_id(from_id)
+if #KEYS ~= 6 or #ARGV ~= 7 or not valid_id(txn_id) or not valid_id(from_id)
   or not valid_id(to_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
-  or not valid_positive(due_arg, MAX_US)
+  or not valid_positive(due_arg, MAX_US) or not (refund_of == "" or valid_id(refund_of))
   or KEYS[1] ~= bucket_key("txn:stream") or KEYS[2] ~= bucket_member_key("outbound", txn_id)
   or KEYS[3] ~= bucket_key("outbound:due") or KEYS[4] ~= bucket_key("transit")
   or KEYS[5] ~= bucket_member_key("user", from_id) or KEYS[6] ~= bucket_key("txn:clock") then
@@ -66,7 +70,11 @@ redis.call("HSET", KEYS[2], "state", "reserved", "from", from_id, "to", to_id,
   "amount", amount_arg, "token", token, "created_at_us", stamp, "from_balance", new_from,
   "idem_key", "")
 redis.call("ZADD", KEYS[3], due_arg, txn_id)
-redis.call("XADD", KEYS[1], "*",
-  "id", txn_id, "kind", "transfer_out", "from", from_id, "to", to_id, "amount", amount_arg,
-  "created_at_us", stamp, "from_balance", new_from, "idem_key", "")
+local entry = {"id", txn_id, "kind", "transfer_out", "from", from_id, "to", to_id,
+  "amount", amount_arg, "created_at_us", stamp, "from_balance", new_from, "idem_key", ""}
+if refund_of ~= "" then
+  redis.call("HSET", KEYS[2], "refund_of", refund_of)
+  entry[#entry + 1], entry[#entry + 2] = "refund_of", refund_of
+end
+redis.call("XADD", KEYS[1], "*", unpack(entry))
 return {"restored"}

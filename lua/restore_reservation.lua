@@ -10,7 +10,8 @@
 -- the ledger says what is reserved.
 --
 -- KEYS[1]  outbound:{b}:<txn_id>     hash: state from to amount token created_at_us
---                                    from_balance idem_key (replaced)
+--                                    from_balance idem_key, refund_of iff ARGV[10] is not ""
+--                                    (replaced)
 -- KEYS[2]  outbound:due:{b}          sorted set: member txn_id, score due_us
 -- KEYS[3]  user:{b}:<from_user_id>   hash: the payer's wallet, which must exist (read): a
 --                                    reservation is in its payer's bucket
@@ -24,6 +25,8 @@
 -- ARGV[8]  idempotency key           "" or 1..64 printable ASCII
 -- ARGV[9]  due_us                    decimal microseconds, 1..16 digits: when recovery
 --                                    takes it
+-- ARGV[10] refund_of                 decimal: the transfer a refund's reservation refunds
+--                                    (its void lowers that refunded total), or ""
 --
 -- Returns  {outcome}:
 --   "restored"            written
@@ -35,15 +38,16 @@
 
 local txn_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local token, created_arg, balance_arg = ARGV[5], ARGV[6], ARGV[7]
-local idem_key, due_arg = ARGV[8], ARGV[9]
+local idem_key, due_arg, refund_of = ARGV[8], ARGV[9], ARGV[10]
 local MAX_US = 9999999999999999
 
-if #KEYS ~= 3 or #ARGV ~= 9 or not valid_id(txn_id) or not valid_id(from_id)
+if #KEYS ~= 3 or #ARGV ~= 10 or not valid_id(txn_id) or not valid_id(from_id)
   or not valid_id(to_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
   or not valid_positive(created_arg, MAX_US) or not valid_positive(due_arg, MAX_US)
   or not (balance_arg == "0" or valid_positive(balance_arg, MAX_BALANCE_KOPECKS))
   or not (idem_key == "" or valid_idempotency_key(idem_key))
+  or not (refund_of == "" or valid_id(refund_of))
   or KEYS[1] ~= bucket_member_key("outbound", txn_id) or KEYS[2] ~= bucket_key("outbound:due")
   or KEYS[3] ~= bucket_member_key("user", from_id) then
   return {"invalid_argument"}
@@ -56,5 +60,8 @@ redis.call("DEL", KEYS[1])
 redis.call("HSET", KEYS[1], "state", "reserved", "from", from_id, "to", to_id,
   "amount", amount_arg, "token", token, "created_at_us", created_arg,
   "from_balance", balance_arg, "idem_key", idem_key)
+if refund_of ~= "" then
+  redis.call("HSET", KEYS[1], "refund_of", refund_of)
+end
 redis.call("ZADD", KEYS[2], due_arg, txn_id)
 return {"restored"}

@@ -20,9 +20,14 @@
 -- ARGV[2]  request token                  the token the expectation was written under
 -- ARGV[3]  txn_id                         decimal: the id the payer's bucket gave the transfer
 -- ARGV[4]  from_user_id                   decimal: the payer
--- ARGV[5]  amount_kopecks                 decimal, 1 .. 10^12: as expected
+-- ARGV[5]  amount_kopecks                 decimal, 1 .. 10^12: at most the amount expected
+--                                         (a refund of all that was left may be less than
+--                                         its caller expected: lua/refund.lua); the whole
+--                                         expected amount leaves incoming_kopecks
 -- ARGV[6]  retention_s                    decimal seconds, 1 .. 10^7: how long the record is
 --                                         kept once applied (a late credit must find it)
+-- ARGV[7]  refund_of                      decimal: the transfer a refund across buckets
+--                                         refunds, or "" for a transfer
 --
 -- Returns  {outcome, created_at_us, to_balance_kopecks}:
 --   "applied"            the payee has the money (now, or by an earlier call with this
@@ -32,7 +37,8 @@
 --   "gone"               no record: nothing written
 --   "invalid_argument"   KEYS/ARGV fail validation, or the record is of another transfer
 --                        (nothing written)
--- Stream entry fields: id kind ("transfer_in") from to amount created_at_us to_balance.
+-- Stream entry fields: id kind ("transfer_in") from to amount created_at_us to_balance, and
+-- refund_of iff ARGV[7] is not "".
 
 -- @include bucket
 -- @include validate
@@ -40,11 +46,12 @@
 -- @include holds
 
 local to_id, token, txn_id, from_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local retention_arg = ARGV[6]
-if #KEYS ~= 5 or #ARGV ~= 6 or not valid_id(to_id) or not valid_request_token(token)
+local retention_arg, refund_of = ARGV[6], ARGV[7]
+if #KEYS ~= 5 or #ARGV ~= 7 or not valid_id(to_id) or not valid_request_token(token)
   or not valid_id(txn_id) or not valid_id(from_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or not valid_positive(retention_arg, MAX_TTL_S)
+  or (refund_of ~= "" and not valid_id(refund_of))
   or KEYS[1] ~= bucket_key("txn:stream") or KEYS[2] ~= bucket_member_key("user", to_id)
   or KEYS[3] ~= bucket_member_key("inbound", to_id) .. ":" .. token
   or KEYS[4] ~= bucket_key("inbound:due") or KEYS[5] ~= bucket_key("txn:clock") then
@@ -68,22 +75,26 @@ end
 if state ~= "expected" then
   return {"aborted", "", ""}
 end
-if record[2] ~= amount_arg then
+local expected = tonumber(record[2])
+if tonumber(amount_arg) > expected then
   return {"invalid_argument", "", ""}
 end
 
 local payee = wallet_amounts(KEYS[2], to_id)
-assert(payee and payee.incoming >= tonumber(amount_arg)
-  and payee.balance + tonumber(amount_arg) <= MAX_BALANCE_KOPECKS,
+assert(payee and payee.incoming >= expected
+  and payee.balance + payee.incoming <= MAX_BALANCE_KOPECKS,
   "invariant: an expected credit is kept in the payee's incoming_kopecks")
 local stamp = string.format("%d", stamp_past_clock(KEYS[5], redis.call("TIME")))
 redis.call("SET", KEYS[5], stamp)
-redis.call("HINCRBY", KEYS[2], "incoming_kopecks", "-" .. amount_arg)
+redis.call("HINCRBY", KEYS[2], "incoming_kopecks", "-" .. record[2])
 local to_balance = string.format("%d", redis.call("HINCRBY", KEYS[2], "balance_kopecks", amount_arg))
 redis.call("HSET", KEYS[3], "state", "applied", "txn_id", txn_id, "created_at_us", stamp)
 redis.call("EXPIRE", KEYS[3], retention_arg)
 redis.call("ZREM", KEYS[4], to_id .. ":" .. token)
-redis.call("XADD", KEYS[1], "*",
-  "id", txn_id, "kind", "transfer_in", "from", from_id, "to", to_id, "amount", amount_arg,
-  "created_at_us", stamp, "to_balance", to_balance)
+local entry = {"id", txn_id, "kind", "transfer_in", "from", from_id, "to", to_id,
+  "amount", amount_arg, "created_at_us", stamp, "to_balance", to_balance}
+if refund_of ~= "" then
+  entry[#entry + 1], entry[#entry + 2] = "refund_of", refund_of
+end
+redis.call("XADD", KEYS[1], "*", unpack(entry))
 return {"applied", stamp, to_balance}

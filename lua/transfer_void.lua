@@ -3,7 +3,9 @@
 -- "Across buckets"): the money goes back from transit:{b} to the payer's balance, the
 -- reservation becomes voided, and a transfer_voided record is appended. The request that
 -- made it never got its 201 (that needs the credit), so its Idempotency-Key's record goes
--- too: a retry with the key is a new transfer. Safe to repeat.
+-- too: a retry with the key is a new transfer. A refund across buckets (its reservation
+-- names refund_of, lua/refund.lua) gives back what it took of the refunded total, so that
+-- the undone refund no longer counts. Safe to repeat.
 --
 -- KEYS[1]  txn:stream:{b}                 stream
 -- KEYS[2]  outbound:{b}:<txn_id>          hash: the reservation (state set to "voided")
@@ -11,7 +13,9 @@
 -- KEYS[4]  transit:{b}                    string: kopecks in flight (lowered)
 -- KEYS[5]  user:{b}:<from_user_id>        hash: balance_kopecks (raised)
 -- KEYS[6]  txn:clock:{b}                  string: the bucket's last stamp, microseconds
--- KEYS[7]  idem:{b}:<from_user_id>:<key>  iff the reservation has a key (its idem_key)
+-- KEYS[n]  refunded:{b}:<from_user_id>:<refund_of>  iff the reservation is a refund's
+--                                         (its refund_of): string, lowered
+-- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff the reservation has a key (its idem_key)
 -- ARGV[1]  txn_id                         decimal, 1..15 digits, no leading zero
 -- ARGV[2]  retention_s                    decimal seconds, 1 .. 10^7: how long the voided
 --                                         reservation is kept
@@ -20,8 +24,8 @@
 --   "voided"             voided now or before
 --   "settled"            it was settled: nothing written (the fence orders them)
 --   "gone"               no such reservation (nothing written)
---   "invalid_argument"   KEYS/ARGV fail validation, or KEYS[5]/KEYS[7] are not the
---                        reservation's payer and key (nothing written)
+--   "invalid_argument"   KEYS/ARGV fail validation, or KEYS[5..] are not the reservation's
+--                        payer, refunded total and key (nothing written)
 -- Stream entry fields: id kind ("transfer_voided") from amount created_at_us from_balance.
 
 -- @include bucket
@@ -30,7 +34,7 @@
 -- @include reservation
 
 local txn_id, retention_arg = ARGV[1], ARGV[2]
-if (#KEYS ~= 6 and #KEYS ~= 7) or not valid_reservation_call(txn_id, retention_arg)
+if #KEYS < 6 or #KEYS > 8 or not valid_reservation_call(txn_id, retention_arg)
   or KEYS[6] ~= bucket_key("txn:clock") then
   return {"invalid_argument"}
 end
@@ -40,8 +44,16 @@ if not reservation then
   return {"gone"}
 end
 local from_id, idem_key = reservation.from, reservation.idem_key
+local refund_of = reservation.refund_of
+local expected_keys = {}
+if refund_of then
+  expected_keys[#expected_keys + 1] =
+    bucket_member_key("refunded", from_id) .. ":" .. refund_of
+end
 local idem_record = idem_key ~= "" and bucket_member_key("idem", from_id) .. ":" .. idem_key or nil
-if KEYS[5] ~= bucket_member_key("user", from_id) or KEYS[7] ~= idem_record then
+expected_keys[#expected_keys + 1] = idem_record
+if KEYS[5] ~= bucket_member_key("user", from_id) or #KEYS ~= 6 + #expected_keys
+  or KEYS[7] ~= expected_keys[1] or KEYS[8] ~= expected_keys[2] then
   return {"invalid_argument"}
 end
 if reservation.state ~= "reserved" then
@@ -53,6 +65,12 @@ end_reservation(reservation, KEYS[2], KEYS[3], KEYS[4], txn_id, "voided", retent
 local from_balance = string.format("%d",
   redis.call("HINCRBY", KEYS[5], "balance_kopecks", reservation.amount))
 -- The key's record, if it is still this transfer's (it may have expired and been used again).
+if refund_of then
+  local refunded = tonumber(redis.call("GET", KEYS[7]) or "0")
+  assert(refunded >= tonumber(reservation.amount),
+    "invariant: a refund's reservation is counted in its refunded total")
+  redis.call("DECRBY", KEYS[7], reservation.amount)
+end
 if idem_record and redis.call("HGET", idem_record, "txn_id") == txn_id then
   redis.call("DEL", idem_record)
 end

@@ -104,12 +104,12 @@ _SIDE_TABLES = {
     "transfer_reservations": _SideTable(
         LedgerTransferReservation,
         "id",
-        ("from_user_id", "to_user_id", "amount_kopecks", "created_at"),
+        ("from_user_id", "to_user_id", "amount_kopecks", "created_at", "refund_of"),
     ),
     "transfer_credits": _SideTable(
         LedgerTransferCredit,
         "transfer_id",
-        ("from_user_id", "to_user_id", "amount_kopecks", "credited_at"),
+        ("from_user_id", "to_user_id", "amount_kopecks", "credited_at", "refund_of"),
     ),
     "transfer_ends": _SideTable(
         LedgerTransferEnd, "transfer_id", ("outcome", "from_user_id", "amount_kopecks", "at")

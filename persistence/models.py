@@ -235,6 +235,10 @@ class LedgerTransferReservation(Base):
     from_balance_after_kopecks: Mapped[int] = mapped_column(BigInteger)
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
     stream_entry_id: Mapped[str] = mapped_column(String(48))
+    # A refund across buckets (lua/refund.lua): the transfer it refunds, and the fingerprint
+    # recorded under its key ("all" or an amount: `wallet rebuild`). NULL for a transfer.
+    refund_of: Mapped[int | None] = mapped_column(BigInteger)
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint(
@@ -245,6 +249,13 @@ class LedgerTransferReservation(Base):
         # The payer's reads in time order (service/ledger/posting_reads.py): transfer
         # history, statements, past balances.
         Index("transfer_reservations_by_payer_time", "from_user_id", "created_at", "id"),
+        # The refunded totals (`wallet reconcile`, `wallet rebuild`).
+        Index(
+            "transfer_reservations_by_refund_of",
+            "refund_of",
+            postgresql_where=text("refund_of IS NOT NULL"),
+            sqlite_where=text("refund_of IS NOT NULL"),
+        ),
     )
 
 
@@ -261,6 +272,8 @@ class LedgerTransferCredit(Base):
     credited_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     to_balance_after_kopecks: Mapped[int] = mapped_column(BigInteger)
     stream_entry_id: Mapped[str] = mapped_column(String(48))
+    # A refund's credit: the transfer it refunds (as on its reservation).
+    refund_of: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(

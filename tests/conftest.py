@@ -35,8 +35,9 @@ from service.redis.money import MoneyScripts
 from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.cluster import cluster_deployment
+from tests.support.crossing import DEPOSIT_KOPECKS, USERS
 from tests.support.faults.procs import Processes
-from tests.support.helpers import fresh_database, fresh_redis
+from tests.support.helpers import add_users, fresh_database, fresh_redis
 from tests.support.http_helpers import MakeClient
 from tests.support.postgres_admin import postgres_admin
 from tests.support.redis_claim import claimed_redis_database
@@ -229,3 +230,14 @@ async def several_buckets(
     await redis_client.delete(keyspace.txn_seq(0))  # fresh_redis started it outside any epoch
     assert await ensure_transaction_counter(redis_client, db_engine)
     return SEVERAL_BUCKETS
+
+
+@pytest.fixture
+async def funded(
+    redis_client: RedisClient, db_engine: AsyncEngine, money: MoneyScripts, several_buckets: int
+) -> MoneyScripts:
+    """Users 1..9 over the three buckets, each with DEPOSIT_KOPECKS (tests/support/crossing.py)."""
+    await add_users(db_engine, money, USERS)
+    for user_id in USERS:
+        await money.deposit(user_id, DEPOSIT_KOPECKS)
+    return money

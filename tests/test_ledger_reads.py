@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.holds import STATUSES, Hold, Status
 from service.domain.postings import Posting
+from service.domain.transactions import Transaction
 from service.ledger.history import HistoryUnavailable, read_history
 from service.ledger.hold_reads import Role, list_holds, read_hold
 from service.ledger.lookup import find_transaction
@@ -113,7 +114,7 @@ async def test_find_transaction_in_the_tail_or_the_ledger(
         found = await find_transaction(
             redis_client, db_engine, READER, int(fields["id"]), tail_max_entries=TAIL
         )
-        assert found is not None
+        assert isinstance(found, Transaction)
         assert found.txn_id == int(fields["id"])
         assert found.kind == fields["kind"]
         assert found.to_balance_kopecks == int(fields["to_balance"])

@@ -10,13 +10,15 @@ local function valid_reservation_call(txn_id, retention_arg)
     and KEYS[3] == bucket_key("outbound:due") and KEYS[4] == bucket_key("transit")
 end
 
--- The reservation's fields {state, amount, from, idem_key}, or nil when there is none.
+-- The reservation's fields {state, amount, from, idem_key, refund_of}, or nil when there is
+-- none; refund_of is nil unless it is a refund's (lua/refund.lua).
 local function reservation_record(key)
-  local record = redis.call("HMGET", key, "state", "amount", "from", "idem_key")
+  local record = redis.call("HMGET", key, "state", "amount", "from", "idem_key", "refund_of")
   if not record[1] then
     return nil
   end
-  return {state = record[1], amount = record[2], from = record[3], idem_key = record[4]}
+  return {state = record[1], amount = record[2], from = record[3], idem_key = record[4],
+          refund_of = record[5] or nil}
 end
 
 -- Ends a reserved reservation: its money leaves transit_key, its state becomes `state`, it is

@@ -3,7 +3,8 @@ the ledger rows the writer stores of them, side by side. Each bucket's stream ho
 side: the payer's bucket the reservation (``transfer_out``) and its end
 (``transfer_settled`` or ``transfer_voided``), the payee's bucket the credit
 (``transfer_in``). The two writers store them independently, each row keyed by the
-transfer's id."""
+transfer's id. A refund of a transfer across buckets crosses back with the same records,
+which then name the transfer refunded (``refund_of``)."""
 
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,6 +35,12 @@ class CrossingRecord:
     # The payer's balance after a reservation or a void, the payee's after a credit.
     balance_after_kopecks: int | None
     idempotency_key: str | None  # a reservation's
+    # A refund across buckets (lua/refund.lua): the transfer it refunds, on its reservation
+    # and its credit; None for a transfer.
+    refund_of: int | None = None
+    # A refund's reservation: the fingerprint recorded under its key ("all" or an amount,
+    # which its row alone cannot tell: `wallet rebuild`).
+    idempotency_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         assert self.amount_kopecks >= 1, self
@@ -41,6 +48,8 @@ class CrossingRecord:
         assert (self.to_user_id is not None) == with_payee, self
         assert (self.at_us is None) == (self.kind == "transfer_settled"), self
         assert (self.balance_after_kopecks is None) == (self.kind == "transfer_settled"), self
+        assert self.refund_of is None or with_payee, self
+        assert self.idempotency_fingerprint is None or self.idempotency_key is not None, self
 
     # The stream entries (lua/transfer.lua, lua/transfer_credit.lua, lua/transfer_settle.lua,
     # lua/transfer_void.lua).
@@ -53,12 +62,14 @@ class CrossingRecord:
         with_payee = kind in ("transfer_out", "transfer_in")
         settled = kind == "transfer_settled"
         idem_key = fields[b"idem_key"].decode("ascii") if kind == "transfer_out" else ""
+        refund_of = int(fields[b"refund_of"]) if with_payee and b"refund_of" in fields else None
+        fingerprint = fields.get(b"idem_fp", b"").decode("ascii") if idem_key else ""
         txn_id, from_user_id = int(fields[b"id"]), int(fields[b"from"])
         amount_kopecks = int(fields[b"amount"])
         to_user_id = int(fields[b"to"]) if with_payee else None
         # Checked before the record is made: its invariants assert, and a malformed entry
         # must be refused (the writer dead-letters it), not crash its reader.
-        if min(txn_id, from_user_id, amount_kopecks, to_user_id or 1) < 1 or (
+        if min(txn_id, from_user_id, amount_kopecks, to_user_id or 1, refund_of or 1) < 1 or (
             from_user_id == to_user_id
         ):
             raise ValueError(f"malformed {kind} record of transfer {txn_id}")
@@ -71,6 +82,8 @@ class CrossingRecord:
             at_us=None if settled else int(fields[b"created_at_us"]),
             balance_after_kopecks=None if settled else int(fields[balance_field]),
             idempotency_key=idem_key or None,
+            refund_of=refund_of,
+            idempotency_fingerprint=fingerprint or None,
         )
 
     # The ledger rows (persistence/models.py): one table per kind of record, keyed by the
@@ -89,6 +102,8 @@ class CrossingRecord:
                 "from_balance_after_kopecks": self.balance_after_kopecks,
                 "idempotency_key": self.idempotency_key,
                 "stream_entry_id": stream_entry_id,
+                "refund_of": self.refund_of,
+                "idempotency_fingerprint": self.idempotency_fingerprint,
             }
         if self.kind == "transfer_in":
             return "transfer_credits", {
@@ -99,6 +114,7 @@ class CrossingRecord:
                 "credited_at": at,
                 "to_balance_after_kopecks": self.balance_after_kopecks,
                 "stream_entry_id": stream_entry_id,
+                "refund_of": self.refund_of,
             }
         return "transfer_ends", {
             "transfer_id": self.txn_id,

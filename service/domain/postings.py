@@ -73,6 +73,11 @@ class Posting:
         return body
 
 
+# A transaction as a party finds it by id (service/ledger/lookup.py): the transaction, or,
+# for a transfer across buckets, which has none, that party's side of it.
+FoundTransaction = Transaction | Posting
+
+
 def posting_of(txn: Transaction, viewer_user_id: int) -> Posting:
     """The viewer's side of a transaction within one bucket: both sides share its instant."""
     return Posting(
@@ -92,7 +97,8 @@ def posting_of(txn: Transaction, viewer_user_id: int) -> Posting:
 def crossing_posting(record: CrossingRecord) -> Posting | None:
     """The side a record of a transfer across buckets moved: the payer's at the
     reservation (the transfer out) and at the void (its reversal), the payee's at the
-    credit (the transfer in); a settle moves no balance (None)."""
+    credit (the transfer in); a settle moves no balance (None). A refund across buckets is
+    the same records, of kind refund."""
     if record.kind == "transfer_settled":
         return None
     assert record.at_us is not None, record
@@ -102,11 +108,12 @@ def crossing_posting(record: CrossingRecord) -> Posting | None:
     assert to_user_id is not None, record
     return Posting(
         txn_id=record.txn_id,
-        kind="reversal" if reversal else "transfer",
+        kind="reversal" if reversal else ("transfer" if record.refund_of is None else "refund"),
         viewer_user_id=to_user_id if record.kind == "transfer_in" else record.from_user_id,
         from_user_id=None if reversal else record.from_user_id,
         to_user_id=to_user_id,
         amount_kopecks=record.amount_kopecks,
         at_us=record.at_us,
         balance_after_kopecks=record.balance_after_kopecks,
+        refund_of=record.refund_of,
     )

@@ -172,6 +172,17 @@ TRANSFER_UNDONE = Refusal(
     "the transfer could not be completed in time and was undone; try again shortly",
     retry_after_s=RETRY_SHORTLY_S,
 )
+# A refund of all that is left across buckets that found more left than it expected on the
+# payer's bucket, again and again (refunds of the transfer voided meanwhile:
+# service/redis/refunds.py). Nothing was done; a retry is safe.
+REFUND_CONTENDED = Refusal(
+    "service_unavailable",
+    503,
+    "what is left to refund changed while the refund was made; nothing was done; try again"
+    " shortly",
+    lua_outcome="stale",
+    retry_after_s=RETRY_SHORTLY_S,
+)
 # A money request whose reply from Redis was lost, and whose outcome Redis could not tell
 # within the wait: it may have been applied, so no Retry-After (the contract's Guarantees).
 OUTCOME_UNKNOWN = Refusal(
@@ -227,6 +238,7 @@ BY_LUA_OUTCOME: dict[str, Refusal] = {
         EPOCH_EXHAUSTED,
         SESSION_ENDED,
         REQUEST_NOT_APPLIED,
+        REFUND_CONTENDED,
     )
 }
 

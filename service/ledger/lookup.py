@@ -1,11 +1,16 @@
 """One transaction by id, from the ledger merged with the unpersisted stream tail
 (read-your-writes): what a refund needs to know of the transfer it refunds (docs/holds.md).
+A transfer across buckets has no transaction: its payee finds its credit, their side of it.
 """
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from persistence.models import LedgerTransaction
+from persistence.models import LedgerTransaction, LedgerTransferCredit
+from service.domain.crossings import CrossingRecord
+from service.domain.postings import FoundTransaction, Posting, crossing_posting
+from service.domain.records import StreamRecord
+from service.domain.times import us_from_datetime
 from service.domain.transactions import Transaction
 from service.ledger.history import HistoryUnavailable
 from service.redis import keyspace
@@ -13,18 +18,50 @@ from service.redis.stream_tail import unpersisted_tail
 from service.redis.types import RedisClient
 
 
-async def _stored(engine: AsyncEngine, txn_id: int) -> Transaction | None:
+async def _stored(engine: AsyncEngine, reader_id: int, txn_id: int) -> FoundTransaction | None:
     async with AsyncSession(engine) as session:
         row = await session.scalar(select(LedgerTransaction).where(LedgerTransaction.id == txn_id))
-        return None if row is None else Transaction.from_ledger(row)
+        if row is not None:
+            return Transaction.from_ledger(row)
+        if keyspace.BUCKETS == 1:
+            return None  # no transfer across buckets (the count is fixed at creation)
+        credit = await session.get(LedgerTransferCredit, txn_id)
+        if credit is None or credit.to_user_id != reader_id:
+            return None
+        return Posting(
+            txn_id=credit.transfer_id,
+            kind="transfer" if credit.refund_of is None else "refund",
+            viewer_user_id=reader_id,
+            from_user_id=credit.from_user_id,
+            to_user_id=credit.to_user_id,
+            amount_kopecks=credit.amount_kopecks,
+            at_us=us_from_datetime(credit.credited_at),
+            balance_after_kopecks=credit.to_balance_after_kopecks,
+            refund_of=credit.refund_of,
+        )
+
+
+def _in_tail(records: list[StreamRecord], reader_id: int, txn_id: int) -> FoundTransaction | None:
+    for record in records:
+        if isinstance(record, Transaction) and record.txn_id == txn_id:
+            return record
+        if (
+            isinstance(record, CrossingRecord)
+            and record.kind == "transfer_in"
+            and record.txn_id == txn_id
+            and record.to_user_id == reader_id
+        ):
+            return crossing_posting(record)
+    return None
 
 
 async def find_transaction(
     redis: RedisClient, engine: AsyncEngine, reader_id: int, txn_id: int, *, tail_max_entries: int
-) -> Transaction | None:
+) -> FoundTransaction | None:
     """The transaction with this id, wherever it is, as a party to it (``reader_id``) finds
-    it: in the ledger, or in the tail of the reader's bucket; None if there is none (the
-    caller tells whether the reader is a party).
+    it: in the ledger, or in the tail of the reader's bucket; for a transfer across buckets
+    the credit, when the reader is its payee; None if there is none (the caller tells
+    whether the reader is a party).
 
     A stored transaction never changes, so the ledger is asked first: most lookups are of
     transactions stored long ago, and they cost one indexed query and no tail. Otherwise
@@ -35,14 +72,14 @@ async def find_transaction(
     """
     if txn_id < 1:
         return None
-    stored = await _stored(engine, txn_id)
+    stored = await _stored(engine, reader_id, txn_id)
     if stored is not None:
         return stored
     tail = await unpersisted_tail(redis, keyspace.bucket_of(reader_id), tail_max_entries)
-    for txn in tail.transactions:
-        if txn.txn_id == txn_id:
-            return txn
-    stored = await _stored(engine, txn_id)
+    found = _in_tail(tail.records, reader_id, txn_id)
+    if found is not None:
+        return found
+    stored = await _stored(engine, reader_id, txn_id)
     if stored is None and tail.overflow:
         raise HistoryUnavailable(f"more than {tail_max_entries} records are not persisted")
     return stored

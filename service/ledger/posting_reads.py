@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    case,
     literal,
     literal_column,
     null,
@@ -112,22 +113,27 @@ def _transaction_sources(
     return found
 
 
+def _crossing_kind(refund_of: Any) -> Any:
+    """A side's kind: a refund's names the transfer it refunds."""
+    return case((refund_of.is_(None), literal("transfer", String)), else_=literal("refund", String))
+
+
 def _crossing_sources(
     user_id: int, incoming: bool, outgoing: bool, reversals: bool
 ) -> list[Source]:
     found = []
     if incoming:
-        credit = (C.transfer_id, literal("transfer", String), C.from_user_id, C.to_user_id,
+        credit = (C.transfer_id, _crossing_kind(C.refund_of), C.from_user_id, C.to_user_id,
                   C.amount_kopecks, C.credited_at, C.to_balance_after_kopecks, _NO_ID,
-                  _NO_ID)  # fmt: skip
+                  C.refund_of)  # fmt: skip
         found.append(Source(credit, (C.to_user_id == user_id,), C.credited_at, C.transfer_id))
     if outgoing:
         mine: tuple[ColumnElement[bool], ...] = (R.from_user_id == user_id,)
         if not reversals:
             mine += (~undone_by_a_void(),)
-        reservation = (R.id, literal("transfer", String), R.from_user_id, R.to_user_id,
+        reservation = (R.id, _crossing_kind(R.refund_of), R.from_user_id, R.to_user_id,
                        R.amount_kopecks, R.created_at, R.from_balance_after_kopecks, _NO_ID,
-                       _NO_ID)  # fmt: skip
+                       R.refund_of)  # fmt: skip
         found.append(Source(reservation, mine, R.created_at, R.id))
     if reversals:
         # The money back to the payer: from no one, to the payer.

@@ -222,7 +222,7 @@ class _Restore:
             args=[str(row.id), str(row.from_user_id), str(row.to_user_id),
                   str(row.amount_kopecks), token, str(created_at_us),
                   str(row.from_balance_after_kopecks), row.idempotency_key or "",
-                  str(self._now_us)],
+                  str(self._now_us), _optional(row.refund_of)],
         )  # fmt: skip
         _check(reply, b"restored", "restore_reservation", row.id)
         return Reservation(
@@ -235,6 +235,7 @@ class _Restore:
             token=token,
             idempotency_key=row.idempotency_key,
             created_at_us=created_at_us,
+            refund_of=row.refund_of,
         )
 
     async def lost_reservation(self, credit: Any, token: str) -> Reservation:
@@ -247,7 +248,8 @@ class _Restore:
                   keyspace.outbound_due(bucket), keyspace.transit(bucket),
                   keyspace.user(credit.from_user_id), keyspace.txn_clock(bucket)],
             args=[str(txn_id), str(credit.from_user_id), str(credit.to_user_id),
-                  str(credit.amount_kopecks), token, str(self._now_us)],
+                  str(credit.amount_kopecks), token, str(self._now_us),
+                  _optional(credit.refund_of)],
         )  # fmt: skip
         _check(reply, b"restored", "restore_lost_reservation", txn_id)
         return Reservation(
@@ -260,6 +262,7 @@ class _Restore:
             token=token,
             idempotency_key=None,
             created_at_us=self._now_us,
+            refund_of=credit.refund_of,
         )
 
     async def end(self, reservation: Reservation) -> None:
@@ -276,6 +279,10 @@ class _Restore:
         else:
             assert outcome == "voided", (reservation, outcome)
             self.completed.voided += 1
+
+
+def _optional(refund_of: int | None) -> str:
+    return "" if refund_of is None else str(refund_of)
 
 
 def _check(reply: Any, outcome: bytes, script: str, txn_id: int) -> None:

@@ -31,6 +31,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
+from service.domain import refusals
+from service.domain.refusals import Refused
 from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
@@ -71,6 +73,8 @@ class Reservation:
     token: str
     idempotency_key: str | None
     created_at_us: int
+    # A refund across buckets (lua/refund.lua): the transfer it refunds; None for a transfer.
+    refund_of: int | None = None
 
 
 class ReservationStuck(RuntimeError):
@@ -128,6 +132,42 @@ class CrossingLegs:
             raise ScriptArgumentRejected(f"transfer_abort: {outcome}")
         return None
 
+    async def conclude(self, made: Reservation, replayed: bool, verdict: str) -> None:
+        """After a request's reservation was accepted (``made``: its id and instant; or,
+        ``replayed``, those of an earlier request with its key): the credit and the settle,
+        done before the request is answered, so that both parties read it at once. A replay
+        completes the earlier request's transfer if a crash left it half-way, and gives back
+        the headroom this request's expectation kept. Raises Refused: OUTCOME_UNKNOWN when
+        the buckets could not be reached (a retry with the key, or recovery, completes it),
+        TRANSFER_UNDONE when it was voided (its deadline passed before its credit)."""
+        try:
+            if replayed:
+                if verdict == "expected":
+                    await self.drop_unused(made.to_user_id, made.token)
+                state = await self.complete(made.bucket, made.txn_id)
+            else:
+                state = await self.finish(made)
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            # Reserved, perhaps credited (a credit the replicas did not confirm may be taken
+            # back by a failover).
+            log.warning("a transfer across buckets was left half-way (%r)", error)
+            raise Refused(refusals.OUTCOME_UNKNOWN) from None
+        if state == "voided":
+            raise Refused(refusals.TRANSFER_UNDONE)
+
+    async def drop_unused(self, to_user_id: int, token: str) -> None:
+        """Gives back the headroom a request's expectation kept when no reservation uses
+        it (refused, or a replay); on an outage recovery does, after its deadline, and the
+        request's own answer stands."""
+        try:
+            await self.abort(to_user_id, token)
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            log.warning("an unused expectation is left to recovery (%r)", error)
+
     async def complete(self, bucket: int, txn_id: int) -> str:
         """Drives reservation ``txn_id`` of ``bucket`` to its end (``finish``), read from
         its record; "gone" when there is no such reservation."""
@@ -161,6 +201,9 @@ class CrossingLegs:
             keyspace.user(reservation.from_user_id),
             keyspace.txn_clock(reservation.bucket),
         ]
+        if reservation.refund_of is not None:
+            # The void gives back what the refund took of the refunded total.
+            keys.append(keyspace.refunded(reservation.from_user_id, reservation.refund_of))
         if reservation.idempotency_key is not None:
             keys.append(keyspace.idempotency(reservation.from_user_id, reservation.idempotency_key))
         return await self._end(self._void, "voided", reservation, keys)
@@ -180,6 +223,7 @@ class CrossingLegs:
             token=fields["token"],
             idempotency_key=fields["idem_key"] or None,
             created_at_us=int(fields["created_at_us"]),
+            refund_of=int(fields["refund_of"]) if "refund_of" in fields else None,
         )
 
     async def recover(self, now_us: int) -> int:
@@ -298,6 +342,7 @@ class CrossingLegs:
                 str(reservation.from_user_id),
                 str(reservation.amount_kopecks),
                 str(ENDED_RETENTION_S),
+                "" if reservation.refund_of is None else str(reservation.refund_of),
             ],
             wait_for_replicas=True,
         )

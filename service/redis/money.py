@@ -337,48 +337,17 @@ class MoneyScripts:
         self, reply: list[bytes], reservation: Reservation, verdict: str
     ) -> Accepted:
         """After the reservation of a transfer across buckets: its credit and settlement,
-        answered once both are done. A refusal, or the replay of an earlier request
-        with the key, leaves this request's expectation unused: it is aborted (by recovery,
-        should that fail). A replay completes the earlier request's transfer if a crash
-        left it half-way."""
+        answered once both are done (CrossingLegs.conclude). A refusal leaves this
+        request's expectation unused: it is aborted (by recovery, should that fail)."""
         try:
             accepted = _result(reply)
         except Refused:
             if verdict == "expected":
-                await self._abort_unused(reservation)
+                await self._crossing.drop_unused(reservation.to_user_id, reservation.token)
             raise
-        try:
-            if accepted.replayed:
-                if verdict == "expected":
-                    await self._abort_unused(reservation)
-                state = await self._crossing.complete(reservation.bucket, accepted.txn_id)
-            else:
-                made = replace(
-                    reservation, txn_id=accepted.txn_id, created_at_us=accepted.created_at_us
-                )
-                state = await self._crossing.finish(made)
-        except Exception as error:
-            if not is_outage(error):
-                raise
-            # Reserved, perhaps credited (a credit the replicas did not confirm may be taken
-            # back by a failover): a retry with the key, or recovery, completes it.
-            log.warning("a transfer across buckets was left half-way (%r)", error)
-            raise Refused(refusals.OUTCOME_UNKNOWN) from None
-        if state == "voided":
-            # Its deadline passed before its credit (or this is a retry of one that did):
-            # recovery fenced the credit off and gave the money back.
-            raise Refused(refusals.TRANSFER_UNDONE)
+        made = replace(reservation, txn_id=accepted.txn_id, created_at_us=accepted.created_at_us)
+        await self._crossing.conclude(made, accepted.replayed, verdict)
         return accepted
-
-    async def _abort_unused(self, reservation: Reservation) -> None:
-        """Gives back the headroom this request's expectation kept; on an outage, recovery
-        does after its deadline, and the request's own answer stands."""
-        try:
-            await self._crossing.abort(reservation.to_user_id, reservation.token)
-        except Exception as error:
-            if not is_outage(error):
-                raise
-            log.warning("an unused expectation is left to recovery (%r)", error)
 
     async def balance(self, user_id: int) -> WalletAmounts:
         """The wallet's balance and held money now; Refused(ACCOUNT_NOT_FOUND) when it has

@@ -1,0 +1,44 @@
+"""refunds of transfers across buckets
+
+Revision ID: 0008
+Revises: 0007
+
+A refund of a transfer across buckets crosses back (docs/scaling.md, "Across buckets"): its
+reservation on the refunder's bucket and its credit on the payer's are stored as the sides
+of a transfer are, naming the transfer refunded (``refund_of``); the reservation keeps the
+fingerprint recorded under its Idempotency-Key, which `wallet rebuild` restores and the row
+alone cannot give ("all" or an amount). The refunded totals (`wallet reconcile`, `wallet
+rebuild`) read the refunds' reservations by the transfer refunded.
+
+Nullable columns added to tables that are empty until a deployment has more than one
+bucket: no rewrite.
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+_REFUNDS = "refund_of IS NOT NULL"
+
+
+def upgrade() -> None:
+    op.add_column("transfer_reservations", sa.Column("refund_of", sa.BigInteger()))
+    op.add_column("transfer_reservations", sa.Column("idempotency_fingerprint", sa.String(64)))
+    op.add_column("transfer_credits", sa.Column("refund_of", sa.BigInteger()))
+    op.create_index(
+        "transfer_reservations_by_refund_of",
+        "transfer_reservations",
+        ["refund_of"],
+        postgresql_where=sa.text(_REFUNDS),
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("transfer_reservations_by_refund_of", table_name="transfer_reservations")
+    op.drop_column("transfer_credits", "refund_of")
+    op.drop_column("transfer_reservations", "idempotency_fingerprint")
+    op.drop_column("transfer_reservations", "refund_of")

@@ -1,0 +1,238 @@
+"""Refunds of transfers across buckets (lua/refund.lua's crossing mode, service/redis/refunds.py)
+against a real Redis with three buckets (user u in bucket u % 3): the refund crosses back,
+its refunded total counts it once, a void gives the total back, the ledger stores both sides
+with ``refund_of``, and money is conserved, counting what is in flight, at every step."""
+
+from typing import cast
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.domain import refusals
+from service.domain.postings import FoundTransaction
+from service.ledger.history import read_history
+from service.ledger.lookup import find_transaction
+from service.redis import keyspace
+from service.redis.crossing import CrossingLegs, Reservation
+from service.redis.money import Accepted, MoneyScripts
+from service.redis.refunds import RefundAccepted, RefundScripts
+from service.redis.types import RedisClient
+from service.settings import Settings
+from tests.support.crossing import (
+    DEPOSIT_KOPECKS,
+    assert_conserved,
+    in_transit,
+    incoming,
+    reservation_of,
+    stream_kinds,
+)
+from tests.support.helpers import balance, persist, refusing
+
+TAIL = 100
+
+
+@pytest.fixture
+def refunds(redis_client: RedisClient, settings: Settings) -> RefundScripts:
+    return RefundScripts(redis_client, settings)
+
+
+async def received(
+    redis: RedisClient, engine: AsyncEngine, payee: int, transfer: Accepted
+) -> FoundTransaction:
+    """The transfer as its payee finds it by id, as the API does before a refund."""
+    found = await find_transaction(redis, engine, payee, transfer.txn_id, tail_max_entries=TAIL)
+    assert found is not None
+    return found
+
+
+async def refunded_total(redis: RedisClient, refunder: int, txn_id: int) -> int:
+    return int(cast(bytes | None, await redis.get(keyspace.refunded(refunder, txn_id))) or 0)
+
+
+async def refund_reserved_only(
+    redis: RedisClient,
+    refunds: RefundScripts,
+    monkeypatch: pytest.MonkeyPatch,
+    refunder: int,
+    transfer: FoundTransaction,
+    amount_kopecks: int | None,
+    idempotency_key: str | None = None,
+) -> Reservation:
+    """A refund whose API lost Redis right after its reservation: answered outcome_unknown.
+    Its reservation, the only one due in the refunder's bucket."""
+
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
+        raise RedisConnectionError("the API lost Redis after the reservation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "finish", lost)
+        with refusing(refusals.OUTCOME_UNKNOWN):
+            await refunds.refund(
+                refunder, transfer.txn_id, transfer, amount_kopecks, idempotency_key
+            )
+    bucket = keyspace.bucket_of(refunder)
+    [raw] = cast(list[bytes], await redis.zrange(keyspace.outbound_due(bucket), 0, -1))
+    return await reservation_of(redis, bucket, int(raw))
+
+
+async def test_a_refund_across_buckets_crosses_back_once(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts, refunds: RefundScripts
+) -> None:
+    """User 5 (bucket 2) refunds part of a transfer from 4 (bucket 1), then all that is left:
+    each a reservation on 5's bucket and a credit on 4's, with refund_of; a replay with the
+    key moves nothing; nothing is left to refund after."""
+    paid = await funded.transfer(4, 5, 1_000)
+    transfer = await received(redis_client, db_engine, 5, paid)
+    assert (transfer.kind, transfer.from_user_id, transfer.amount_kopecks) == ("transfer", 4, 1_000)
+
+    part = await refunds.refund(5, paid.txn_id, transfer, 300, "r-part")
+    assert (part.amount_kopecks, part.to_user_id, part.replayed) == (300, 4, False)
+    await assert_conserved(redis_client)
+    rest = await refunds.refund(5, paid.txn_id, transfer, None, "r-rest")
+    assert (rest.amount_kopecks, rest.replayed) == (700, False)
+    assert await balance(redis_client, 4) == DEPOSIT_KOPECKS
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS
+    assert await refunded_total(redis_client, 5, paid.txn_id) == 1_000
+    assert await in_transit(redis_client) == 0
+    assert await incoming(redis_client, 4) == 0
+    await assert_conserved(redis_client)
+
+    again = await refunds.refund(5, paid.txn_id, transfer, None, "r-rest")
+    assert again == RefundAccepted(rest.txn_id, rest.created_at_us, 700, 4, replayed=True)
+    with refusing(refusals.REFUND_EXCEEDS_TRANSFER):
+        await refunds.refund(5, paid.txn_id, transfer, 1)
+    assert await incoming(redis_client, 4) == 0  # the refused one's expectation given back
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS
+
+    # The refunder's bucket holds the reservations and their settles, the payer's the
+    # credits; each names the transfer refunded.
+    assert (await stream_kinds(redis_client, 2))[-4:] == [
+        "transfer_out", "transfer_settled", "transfer_out", "transfer_settled"
+    ]  # fmt: skip
+    credited = await received(redis_client, db_engine, 4, Accepted(part.txn_id, 0, False))
+    assert (credited.kind, credited.refund_of) == ("refund", paid.txn_id)
+    # A refund is no transfer to refund.
+    with refusing(refusals.TRANSACTION_NOT_FOUND):
+        await refunds.refund(4, part.txn_id, credited, None)
+
+
+async def test_refusals_of_a_refund_across_buckets_move_nothing(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts, refunds: RefundScripts
+) -> None:
+    """Too little available, a payer whose ceiling the refund would pass, and more than the
+    transfer: refused, recorded under the key, the payer's headroom given back."""
+    paid = await funded.transfer(4, 5, 1_000)
+    transfer = await received(redis_client, db_engine, 5, paid)
+    await funded.transfer(5, 6, DEPOSIT_KOPECKS + 500)  # 5 keeps 500
+    with refusing(refusals.INSUFFICIENT_FUNDS):
+        await refunds.refund(5, paid.txn_id, transfer, 600, "too-much")
+    with refusing(refusals.INSUFFICIENT_FUNDS) as replay:
+        await refunds.refund(5, paid.txn_id, transfer, 600, "too-much")
+    assert replay.value.replayed
+    with refusing(refusals.REFUND_EXCEEDS_TRANSFER):
+        await refunds.refund(5, paid.txn_id, transfer, 1_001)
+    # 4's ceiling leaves room for 50 kopecks more.
+    room = 10**15 - await balance(redis_client, 4) - 50
+    await redis_client.hset(keyspace.user(4), "incoming_kopecks", room)
+    with refusing(refusals.BALANCE_LIMIT_EXCEEDED):
+        await refunds.refund(5, paid.txn_id, transfer, 100)
+    await redis_client.hset(keyspace.user(4), "incoming_kopecks", 0)
+    assert await refunded_total(redis_client, 5, paid.txn_id) == 0
+    assert await balance(redis_client, 5) == 500
+    assert await in_transit(redis_client) == 0
+    await assert_conserved(redis_client)
+
+
+async def test_a_voided_refund_gives_its_refunded_total_back(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    refunds: RefundScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refund left after its reservation, its credit fenced off, is voided: the money back
+    to the refunder and the refunded total lowered again, so all of the transfer can still be
+    refunded; its key is forgotten, so a retry with it is a new refund."""
+    paid = await funded.transfer(4, 5, 1_000)
+    transfer = await received(redis_client, db_engine, 5, paid)
+    undone = await refund_reserved_only(
+        redis_client, refunds, monkeypatch, 5, transfer, 400, "r-undone"
+    )
+    assert undone.refund_of == paid.txn_id
+    assert await refunded_total(redis_client, 5, paid.txn_id) == 400
+    await assert_conserved(redis_client)
+    legs = CrossingLegs(redis_client)
+    assert await legs.abort(4, undone.token) is None
+    assert await legs.complete(2, undone.txn_id) == "voided"
+    assert await refunded_total(redis_client, 5, paid.txn_id) == 0
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS + 1_000
+    await assert_conserved(redis_client)
+
+    retry = await refunds.refund(5, paid.txn_id, transfer, 400, "r-undone")
+    assert (retry.replayed, retry.amount_kopecks) == (False, 400)
+    assert retry.txn_id != undone.txn_id
+    rest = await refunds.refund(5, paid.txn_id, transfer, None)
+    assert rest.amount_kopecks == 600
+    assert await balance(redis_client, 4) == DEPOSIT_KOPECKS
+    await assert_conserved(redis_client)
+
+
+async def test_a_refund_of_all_that_is_left_expects_again_when_more_is_left(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    refunds: RefundScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What is left grew between the read and the script (a refund voided meanwhile): the
+    script answers stale, the expectation is given back, and the next attempt refunds all."""
+    paid = await funded.transfer(4, 5, 1_000)
+    transfer = await received(redis_client, db_engine, 5, paid)
+    reads: list[int] = []
+    read_left = RefundScripts._left_as_read
+
+    async def behind(self: RefundScripts, user_id: int, found: FoundTransaction) -> int:
+        left = await read_left(self, user_id, found)
+        reads.append(left)
+        return left - 250 if len(reads) == 1 else left
+
+    monkeypatch.setattr(RefundScripts, "_left_as_read", behind)
+    rest = await refunds.refund(5, paid.txn_id, transfer, None)
+    assert reads == [1_000, 1_000]
+    assert rest.amount_kopecks == 1_000
+    assert await incoming(redis_client, 4) == 0
+    await assert_conserved(redis_client)
+
+
+async def test_both_parties_read_a_refund_across_buckets(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts, refunds: RefundScripts
+) -> None:
+    """The refund is in the transfer history of both parties, of kind refund with refund_of,
+    from the tail and then from the ledger."""
+    paid = await funded.transfer(4, 5, 1_000)
+    transfer = await received(redis_client, db_engine, 5, paid)
+    made = await refunds.refund(5, paid.txn_id, transfer, 300)
+    for _ in ("tail", "ledger"):
+        for user_id, direction in ((4, "in"), (5, "out")):
+            page = await read_history(redis_client, db_engine, user_id=user_id, kind="transfer",
+                                      direction="all", before=None, limit=10,
+                                      tail_max_entries=TAIL)  # fmt: skip
+            [newest, _] = page.postings
+            body = newest.as_json(with_direction=True)
+            assert (body["id"], body["kind"], body["refund_of"], body["direction"]) == (
+                made.txn_id,
+                "refund",
+                paid.txn_id,
+                direction,
+            )
+            assert (body["from_user_id"], body["to_user_id"], body["amount"]) == (5, 4, 300)
+        await persist(redis_client, db_engine)
+    found = await find_transaction(redis_client, db_engine, 5, paid.txn_id, tail_max_entries=TAIL)
+    assert found is not None
+    assert (found.kind, found.to_user_id) == ("transfer", 5)
+    # Its payer finds no credit of it to refund.
+    assert (
+        await find_transaction(redis_client, db_engine, 4, paid.txn_id, tail_max_entries=TAIL)
+        is None
+    )
