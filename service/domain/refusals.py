@@ -178,8 +178,7 @@ TRANSFER_UNDONE = Refusal(
 REFUND_CONTENDED = Refusal(
     "service_unavailable",
     503,
-    "what is left to refund changed while the refund was made; nothing was done; try again"
-    " shortly",
+    "what is left to refund changed while the refund was made; nothing was done; try again shortly",
     lua_outcome="stale",
     retry_after_s=RETRY_SHORTLY_S,
 )
