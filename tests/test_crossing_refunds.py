@@ -3,16 +3,21 @@ against a real Redis with three buckets (user u in bucket u % 3): the refund cro
 its refunded total counts it once, a void gives the total back, the ledger stores both sides
 with ``refund_of``, and money is conserved, counting what is in flight, at every step."""
 
+from dataclasses import replace
 from typing import cast
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import refusals
 from service.domain.postings import FoundTransaction
 from service.ledger.history import read_history
 from service.ledger.lookup import find_transaction
+from service.ledger.rebuild import rebuild
+from service.ledger.reconcile import format_report as format_reconcile
+from service.ledger.reconcile import reconcile
 from service.redis import keyspace
 from service.redis.crossing import CrossingLegs, Reservation
 from service.redis.money import Accepted, MoneyScripts
@@ -21,13 +26,14 @@ from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.crossing import (
     DEPOSIT_KOPECKS,
+    USERS,
     assert_conserved,
     in_transit,
     incoming,
     reservation_of,
     stream_kinds,
 )
-from tests.support.helpers import balance, persist, refusing
+from tests.support.helpers import balance, lose_redis, persist, refusing
 
 TAIL = 100
 
@@ -236,3 +242,66 @@ async def test_both_parties_read_a_refund_across_buckets(
         await find_transaction(redis_client, db_engine, 4, paid.txn_id, tail_max_entries=TAIL)
         is None
     )
+
+
+async def test_reconcile_and_rebuild_count_refunds_across_buckets(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    refunds: RefundScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refund settled, one voided, one left after its reservation, and one whose credit
+    the ledger holds without its reservation (a Redis loss between the two writers): the
+    refunded totals reconcile; rebuild restores them and the refunds' keys, voids the one
+    left half-way (its total lowered again) and debits the refunder again for the one
+    whose reservation was lost; the ledger is whole after, and a retry with a key replays."""
+    paid = await funded.transfer(4, 5, 1_000)
+    other = await funded.transfer(7, 8, 500)
+    third = await funded.transfer(1, 2, 200)
+    transfer = await received(redis_client, db_engine, 5, paid)
+    settled = await refunds.refund(5, paid.txn_id, transfer, None, "all-back")
+    undone = await refund_reserved_only(
+        redis_client, refunds, monkeypatch, 8, await received(redis_client, db_engine, 8, other),
+        100, "undone",
+    )  # fmt: skip
+    legs = CrossingLegs(redis_client)
+    assert await legs.abort(7, undone.token) is None
+    assert await legs.complete(2, undone.txn_id) == "voided"
+    left = await refund_reserved_only(
+        redis_client, refunds, monkeypatch, 8, await received(redis_client, db_engine, 8, other),
+        150, "left",
+    )  # fmt: skip
+    lost = await refunds.refund(2, third.txn_id, await received(redis_client, db_engine, 2, third),
+                                60, "lost")  # fmt: skip
+    await persist(redis_client, db_engine)
+    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert check.ok, format_reconcile(check)
+    assert check.refunded_checked == 3
+    assert check.in_transit_kopecks == 150
+
+    async with db_engine.begin() as connection:
+        for table, key in (("transfer_ends", "transfer_id"), ("transfer_reservations", "id")):
+            await connection.execute(text(f"DELETE FROM {table} WHERE {key} = :id"),
+                                     {"id": lost.txn_id})  # fmt: skip
+    before = {u: await balance(redis_client, u) for u in USERS}
+    await lose_redis(redis_client)
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert (report.transfers_settled, report.transfers_voided) == (1, 1)
+    assert report.refunded_totals_restored == 3
+    assert await refunded_total(redis_client, 5, paid.txn_id) == 1_000
+    assert await refunded_total(redis_client, 8, other.txn_id) == 0  # voided, both
+    assert await refunded_total(redis_client, 2, third.txn_id) == 60
+    assert {u: await balance(redis_client, u) for u in USERS} == before | {8: before[8] + 150}
+    assert await in_transit(redis_client) == 0
+    await persist(redis_client, db_engine)
+    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert check.ok, format_reconcile(check)
+    assert await refunds.refund(5, paid.txn_id, transfer, None, "all-back") == replace(
+        settled, replayed=True
+    )
+    # Voided: its key forgotten, so a retry with it is a new refund.
+    retry = await refunds.refund(8, other.txn_id, await received(redis_client, db_engine, 8, other),
+                                 150, "left")  # fmt: skip
+    assert (retry.replayed, retry.amount_kopecks) == (False, 150)
+    assert retry.txn_id != left.txn_id

@@ -36,6 +36,11 @@ def _through(column: Any, through_entry: EntryId | None) -> list[ColumnElement[b
     return [] if through_entry is None else [at_or_before(column, through_entry)]
 
 
+def through_entry_of(model: Any, through_entry: EntryId | None) -> list[ColumnElement[bool]]:
+    """The rows of a side's table recorded up to ``through_entry`` (all, without it)."""
+    return _through(model.stream_entry_id, through_entry)
+
+
 async def crossing_balance_changes(
     connection: AsyncConnection, user_ids: Sequence[int], through_entry: EntryId | None = None
 ) -> dict[int, int]:

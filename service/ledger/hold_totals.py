@@ -1,7 +1,6 @@
 """What the ledger says Redis must hold besides balances, for ``wallet rebuild`` (to put it
 back) and ``wallet reconcile`` (to compare): the pending holds (a ``holds`` row with no
-``hold_events`` row), the money they keep on each side, and the refunded totals of
-transfers (docs/holds.md).
+``hold_events`` row) and the money they keep on each side (docs/holds.md).
 
 Reconcile compares the ledger with one atomic read of Redis: the read names the stream's
 last entry id then (``through_entry``), and these queries count only the rows of records
@@ -14,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, and_, exists, func, literal, select, tuple_
+from sqlalchemy import BigInteger, ColumnElement, exists, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.models import (
@@ -146,85 +145,6 @@ async def expired_holds(
         )
     )
     return {row.id: _hold(row) for row in rows}
-
-
-@dataclass(frozen=True, slots=True)
-class RefundedTotal:
-    txn_id: int  # the transfer refunded
-    refunder: int  # who refunded it: the key refunded:{<refunder>}:<txn_id>
-    refunded_kopecks: int
-    transfer_kopecks: int | None  # the transfer's amount; None when the ledger lacks it
-
-
-def _refunded_query() -> Any:
-    original = T.__table__.alias("original")
-    return (
-        select(
-            T.refund_of,
-            T.from_user_id,
-            func.sum(T.amount_kopecks),
-            func.max(original.c.amount_kopecks),
-        )
-        .outerjoin(original, original.c.id == T.refund_of)
-        .where(T.kind == "refund", T.refund_of.is_not(None))
-        .group_by(T.refund_of, T.from_user_id)
-    )
-
-
-def _refunded(rows: Any) -> list[RefundedTotal]:
-    return [
-        RefundedTotal(
-            txn_id=int(txn_id),
-            refunder=int(refunder),
-            refunded_kopecks=int(total),
-            transfer_kopecks=None if amount is None else int(amount),
-        )
-        for txn_id, refunder, total, amount in rows
-    ]
-
-
-async def refunded_totals_page(
-    connection: AsyncConnection, after_txn_id: int, limit: int
-) -> list[RefundedTotal]:
-    """The refunded totals of every refunded transfer, by transfer id, ``limit`` after
-    ``after_txn_id`` (keyset; a transfer refunded by two users, which the scripts never
-    do, gives two totals and may take more than ``limit``)."""
-    ids = list(
-        (
-            await connection.execute(
-                select(T.refund_of)
-                .where(T.refund_of.is_not(None), T.refund_of > after_txn_id)
-                .group_by(T.refund_of)
-                .order_by(T.refund_of)
-                .limit(limit)
-            )
-        ).scalars()
-    )
-    if not ids:
-        return []
-    rows = await connection.execute(
-        _refunded_query().where(T.refund_of.in_(ids)).order_by(T.refund_of, T.from_user_id)
-    )
-    return _refunded(rows)
-
-
-async def refunded_totals_of(
-    connection: AsyncConnection, pairs: Iterable[tuple[int, int]], through_txn_id: int
-) -> dict[tuple[int, int], RefundedTotal]:
-    """The refunded totals of these ``(refunder, transfer id)`` pairs, counting the refunds
-    with ``id <= through_txn_id``; a pair without refunds is left out."""
-    wanted = set(pairs)
-    if not wanted:
-        return {}
-    txn_ids = sorted({txn_id for _, txn_id in wanted})
-    rows = await connection.execute(
-        _refunded_query().where(T.refund_of.in_(txn_ids), and_(T.id <= through_txn_id))
-    )
-    return {
-        (total.refunder, total.txn_id): total
-        for total in _refunded(rows)
-        if (total.refunder, total.txn_id) in wanted
-    }
 
 
 async def last_stream_entry_id(connection: AsyncConnection) -> EntryId | None:

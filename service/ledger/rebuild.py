@@ -93,7 +93,6 @@ from service.ledger.hold_totals import (
     last_stream_entry_id,
     pending_holds_of_payers,
     pending_holds_page,
-    refunded_totals_page,
 )
 from service.ledger.id_counter import ledger_last_id, restart_counter_set_aside
 from service.ledger.rebuild_crossings import (
@@ -103,6 +102,7 @@ from service.ledger.rebuild_crossings import (
 )
 from service.ledger.rebuild_errors import LedgerInconsistent, RebuildRefused
 from service.ledger.reconcile import ledger_balances, user_id_batches
+from service.ledger.refund_totals import refunded_totals_page
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import unpersisted_tail
@@ -611,23 +611,24 @@ def _transaction_record(row: Any) -> _Record:
 
 
 async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
-    """Transfers across buckets, under the payer's key, newest first: as a transfer within
-    one bucket records it (lua/transfer.lua). Not those a void undid: the void deleted the
-    record (its request never got a 201), so a retry is a new transfer."""
+    """Transfers and refunds across buckets, under the payer's (the refunder's) key, newest
+    first: as one within a bucket records it (lua/transfer.lua, lua/refund.lua, with the
+    fingerprint the ledger kept for a refund). Not those a void undid: the void deleted the
+    record (its request never got a 201), so a retry is a new one."""
     query = select(R.id, R.from_user_id, R.to_user_id, R.amount_kopecks, R.created_at,
-                   R.idempotency_key).where(
+                   R.idempotency_key, R.refund_of, R.idempotency_fingerprint).where(
         R.idempotency_key.is_not(None), R.created_at > cutoff, ~undone_by_a_void()
     )  # fmt: skip
     async for rows in _newest_rows(engine, query, R.created_at, R.id):
         for row in rows:
             created_at_us = us_from_datetime(row.created_at)
-            yield _payers_record(
-                row,
-                "transfer",
-                None,
-                (row.id, created_at_us, row.to_user_id, row.amount_kopecks),
-                f"transfer {row.id} across buckets",
-            )
+            if row.refund_of is None:
+                kind, fingerprint = "transfer", None
+                facts = (row.id, created_at_us, row.to_user_id, row.amount_kopecks)
+            else:
+                kind, fingerprint = "refund", row.idempotency_fingerprint
+                facts = (row.id, created_at_us, row.refund_of, row.amount_kopecks)
+            yield _payers_record(row, kind, fingerprint, facts, f"{kind} {row.id} across buckets")
 
 
 async def _hold_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:

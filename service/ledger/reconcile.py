@@ -79,10 +79,9 @@ from service.ledger.hold_totals import (
     incoming_of_payees,
     parse_entry_id,
     pending_holds_of_payers,
-    refunded_totals_of,
-    refunded_totals_page,
 )
 from service.ledger.id_counter import LEDGER_ID_COLUMNS
+from service.ledger.refund_totals import refunded_totals_of, refunded_totals_page
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import Tail, unpersisted_tail
@@ -610,7 +609,7 @@ async def _compare_refunded_of_bucket(
         _note_writer_behind(report, behind)
         return
     async with engine.connect() as connection:
-        totals = await refunded_totals_of(connection, pairs, snapshot.seq)
+        totals = await refunded_totals_of(connection, pairs, (snapshot.seq, snapshot.last_entry))
     report.refunded_checked += len(pairs)
     for pair, redis_kopecks in zip(pairs, snapshot.refunded, strict=True):
         total = totals.get(pair)
