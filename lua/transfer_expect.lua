@@ -8,10 +8,16 @@
 -- credit moves it from expected to applied (lua/transfer_credit.lua), an abort from
 -- expected to aborted (lua/transfer_abort.lua); whichever comes first decides, and a credit
 -- that finds it aborted, or gone, does nothing. It is due at the deadline in
--- inbound:due:{b}, where recovery aborts it if it is still expected.
+-- inbound:due:{b}, where recovery aborts it if it is still expected and the request that
+-- made it never reserved: the record names the payer and the request's token, whose
+-- outcome recovery looks up on the payer's bucket first (lua/lookup_request.lua, which
+-- makes a "not applied" final), so that no reservation made is ever fenced off
+-- (service/redis/crossing.py). The token of the record is the request's, or, for a leg of
+-- a batch, the request's with "-<leg index>" (lua/transfer_batch.lua).
 --
 -- KEYS[1]  user:{b}:<to_user_id>          hash: incoming_kopecks (raised)
--- KEYS[2]  inbound:{b}:<to_user_id>:<token>  hash: state ("expected") amount (written)
+-- KEYS[2]  inbound:{b}:<to_user_id>:<token>  hash: state ("expected") amount from request
+--                                         (written)
 -- KEYS[3]  inbound:due:{b}                sorted set: member <to_user_id>:<token>, score
 --                                         the deadline (microseconds since the epoch)
 -- ARGV[1]  to_user_id                     decimal, 1..15 digits, no leading zero
@@ -19,6 +25,9 @@
 -- ARGV[3]  request token                  16..64 of A-Z a-z 0-9 _ -, new for every request
 -- ARGV[4]  deadline_ms                    decimal, 1 .. 10^7: from now, when recovery may
 --                                         abort it
+-- ARGV[5]  from_user_id                   decimal, 1..15 digits, <> to: the payer
+-- ARGV[6]  request token                  the request's token, under which the payer's
+--                                         bucket records its outcome
 --
 -- Returns  {outcome}:
 --   "expected"                the headroom is kept and the record written
@@ -33,7 +42,9 @@
 -- @include holds
 
 local to_id, amount_arg, token, deadline_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if #KEYS ~= 3 or #ARGV ~= 4 or not valid_id(to_id)
+local from_id, request_token = ARGV[5], ARGV[6]
+if #KEYS ~= 3 or #ARGV ~= 6 or not valid_id(to_id)
+  or not valid_id(from_id) or from_id == to_id or not valid_request_token(request_token)
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
   or not valid_positive(deadline_arg, MAX_TTL_S)
   or KEYS[1] ~= bucket_member_key("user", to_id)
@@ -56,6 +67,7 @@ end
 local now = redis.call("TIME")
 local deadline_us = tonumber(now[1]) * 1000000 + tonumber(now[2]) + tonumber(deadline_arg) * 1000
 redis.call("HINCRBY", KEYS[1], "incoming_kopecks", amount_arg)
-redis.call("HSET", KEYS[2], "state", "expected", "amount", amount_arg)
+redis.call("HSET", KEYS[2], "state", "expected", "amount", amount_arg, "from", from_id,
+  "request", request_token)
 redis.call("ZADD", KEYS[3], string.format("%d", deadline_us), to_id .. ":" .. token)
 return {"expected"}

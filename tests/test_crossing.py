@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -180,13 +180,52 @@ async def test_recovery_aborts_an_expectation_no_reservation_followed(
 ) -> None:
     legs = CrossingLegs(redis_client)
     token = "t" * 22
-    assert await legs.expect(2, 400, token) == "expected"  # then the API died
+    assert await legs.expect(1, 2, 400, token) == "expected"  # then the API died
     assert await incoming(redis_client, 2) == 400
     assert await legs.recover(now_us=int(time.time() * 1_000_000)) == 0
     assert await legs.recover(now_us=FAR_FUTURE_US) == 1
     assert await incoming(redis_client, 2) == 0
     assert await redis_client.hget(keyspace.inbound(2, token), "state") == b"aborted"
     assert await redis_client.ttl(keyspace.inbound(2, token)) > 0
+
+
+async def test_recovery_never_fences_off_a_reservation_that_was_made(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An expectation due while its reservation is put off (its buckets were unreachable at
+    its turn): the payer's bucket says its request reserved, so the expectation waits, and
+    the transfer completes once the reservation's turn comes, rather than being voided."""
+    reserved = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 70)
+    now_us = int(time.time() * 1_000_000) + crossing.EXPECTATION_DEADLINE_MS * 1000 + 1
+    put_off = {str(reserved.txn_id): now_us + 10**9}
+    await redis_client.zadd(keyspace.outbound_due(1), put_off, xx=True)
+    legs = CrossingLegs(redis_client)
+    assert await legs.recover(now_us) == 0
+    assert await redis_client.hget(keyspace.inbound(5, reserved.token), "state") == b"expected"
+    assert await legs.recover(FAR_FUTURE_US) == 1
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS + 70
+    await assert_conserved(redis_client)
+
+
+async def test_a_reservation_after_its_expectation_was_fenced_off_is_not_applied(
+    redis_client: RedisClient, funded: MoneyScripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request slower than the expectation's deadline: recovery made its "not applied"
+    final on the payer's bucket before aborting the expectation, so the reservation that
+    arrives then is refused as not applied (503, nothing done), and no money moves."""
+    expect = CrossingLegs.expect
+
+    async def slow(self: CrossingLegs, *args: Any, **kwargs: Any) -> str:
+        verdict = await expect(self, *args, **kwargs)
+        assert await self.recover(FAR_FUTURE_US) == 1  # the API stalled past the deadline
+        return verdict
+
+    monkeypatch.setattr(CrossingLegs, "expect", slow)
+    with refusing(refusals.REQUEST_NOT_APPLIED):
+        await funded.transfer(4, 5, 70)
+    assert [await balance(redis_client, u) for u in (4, 5)] == [DEPOSIT_KOPECKS] * 2
+    assert await incoming(redis_client, 5) == 0
+    assert await in_transit(redis_client) == 0
 
 
 async def test_concurrent_transfers_across_and_within_buckets(
@@ -481,7 +520,7 @@ async def test_recovery_goes_on_past_entries_it_cannot_end(
     await redis_client.zadd(keyspace.outbound_due(1), {"999": 0})
     await redis_client.zadd(keyspace.inbound_due(2), {"x:bad": 0})
     token = "t" * 22
-    assert await legs.expect(2, 400, token) == "expected"
+    assert await legs.expect(1, 2, 400, token) == "expected"
     assert await legs.recover(now_us=FAR_FUTURE_US) == 1
     assert await incoming(redis_client, 2) == 0
     assert await redis_client.zscore(keyspace.outbound_due(1), "999") is None
@@ -672,7 +711,7 @@ async def test_reconcile_counts_money_in_transit_and_credits_expected(
     await voided_transfer(redis_client, funded, monkeypatch)
     legs = CrossingLegs(redis_client)
     await reserved_only(redis_client, funded, monkeypatch, 7, 8, 25)  # in transit
-    assert await legs.expect(9, 11, "t" * 22) == "expected"  # headroom in incoming_kopecks
+    assert await legs.expect(1, 9, 11, "t" * 22) == "expected"  # headroom in incoming_kopecks
     await persist(redis_client, db_engine)
 
     report = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
@@ -757,7 +796,7 @@ async def test_rebuild_over_a_redis_that_kept_its_data_takes_the_ledgers_transit
     over the same Redis, both are the ledger's."""
     legs = CrossingLegs(redis_client)
     token = "t" * 22
-    assert await legs.expect(9, 11, token) == "expected"
+    assert await legs.expect(1, 9, 11, token) == "expected"
     await redis_client.incrby(keyspace.transit(1), 7)
     await persist(redis_client, db_engine)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)

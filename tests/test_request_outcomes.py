@@ -17,7 +17,7 @@ from service.domain import refusals
 from service.redis import keyspace
 from service.redis.client import connect_redis
 from service.redis.money import MoneyScripts
-from service.redis.pipelining import Arg, ReplyLost
+from service.redis.pipelining import ReplyLost
 from service.redis.scripts import LuaScript
 from service.redis.types import RedisClient
 from service.settings import Settings
@@ -123,7 +123,7 @@ async def test_the_outcome_is_unknown_when_redis_does_not_tell_in_time(
     losing(money, "deposit", True, monkeypatch)
     asked = 0
 
-    async def redis_down(keys: list[str], args: list[Arg], wait_for_replicas: bool) -> Any:
+    async def redis_down(user_id: int, token: str) -> Any:
         nonlocal asked
         asked += 1
         raise RedisConnectionError("Connection refused")
@@ -189,7 +189,7 @@ async def test_over_http_an_unknown_outcome_is_503_without_retry_after(
     monkeypatch.setattr(money._runner, "_outcome_wait_s", 0.2)
     losing(money, "deposit", True, monkeypatch)
 
-    async def redis_down(keys: list[str], args: list[Arg], wait_for_replicas: bool) -> Any:
+    async def redis_down(user_id: int, token: str) -> Any:
         raise RedisConnectionError("Connection refused")
 
     monkeypatch.setattr(money._runner, "_lookup_request", redis_down)

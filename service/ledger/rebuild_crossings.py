@@ -167,7 +167,7 @@ async def complete_transfers_half_way(
         after_id = rows[-1].id
     for row in half_way.uncredited:
         token = secrets.token_urlsafe(16)
-        await restore.expectation(row.id, row.to_user_id, row.amount_kopecks, token)
+        await restore.expectation(row, token)
         await restore.end(await restore.reservation(row, token))
     for row in half_way.unreserved:
         token = secrets.token_urlsafe(16)
@@ -204,13 +204,14 @@ class _Restore:
         )  # fmt: skip
         _check(reply, b"restored", "restore_credit", txn_id)
 
-    async def expectation(
-        self, txn_id: int, to_user_id: int, amount_kopecks: int, token: str
-    ) -> None:
-        """An expectation of a credit to make again (its headroom checked before)."""
-        verdict = await self._legs.expect(to_user_id, amount_kopecks, token)
+    async def expectation(self, row: Any, token: str) -> None:
+        """An expectation of the credit of a reservation (a transfer_reservations row) to
+        make again (its headroom checked before)."""
+        verdict = await self._legs.expect(
+            row.from_user_id, row.to_user_id, row.amount_kopecks, token
+        )
         if verdict != "expected":
-            raise ScriptArgumentRejected(f"transfer_expect of transfer {txn_id}: {verdict}")
+            raise ScriptArgumentRejected(f"transfer_expect of transfer {row.id}: {verdict}")
 
     async def reservation(self, row: Any, token: str) -> Reservation:
         """A reservation the ledger holds (a transfer_reservations row), reserved again."""

@@ -35,6 +35,7 @@ from service.domain import refusals
 from service.domain.refusals import Refused
 from service.outages import is_outage
 from service.redis import keyspace
+from service.redis.request_lookup import RequestLookup
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.types import RedisClient
 
@@ -50,6 +51,11 @@ EXPECTATION_DEADLINE_MS = 2 * RESERVATION_DEADLINE_MS
 # How long an ended reservation or expectation is kept: a late credit must find the fence,
 # and a retry with the key reads the reservation.
 ENDED_RETENTION_S = 7 * 24 * 3600
+# How long a request that reserved across buckets keeps its outcome under its token (the
+# ARGV "outcome ttl_s" of the reserving scripts), rather than the request's own minute:
+# recovery asks it before it fences an expectation off (_recover_expectation), for as long
+# as one may be pending.
+CROSSING_OUTCOME_TTL_S = str(ENDED_RETENTION_S)
 # The most due reservations (and expectations) one recovery pass takes per bucket, and how
 # often a pass runs (beside the writer: service/ledger/hold_sweeper.py).
 RECOVERY_BATCH = 100
@@ -104,14 +110,23 @@ class CrossingLegs:
         self._abort = LuaScript(redis, "transfer_abort")
         self._settle = LuaScript(redis, "transfer_settle")
         self._void = LuaScript(redis, "transfer_void")
+        self._lookup = RequestLookup(redis)
 
-    async def expect(self, to_user_id: int, amount_kopecks: int, token: str) -> str:
-        """Step 1; what transfer.lua's reservation takes as the recipient's verdict:
-        "expected", "recipient_not_found" or "balance_limit_exceeded"."""
+    async def expect(
+        self,
+        from_user_id: int,
+        to_user_id: int,
+        amount_kopecks: int,
+        token: str,
+        request_token: str | None = None,
+    ) -> str:
+        """Step 1; what the reservation takes as the recipient's verdict: "expected",
+        "recipient_not_found" or "balance_limit_exceeded". ``token`` names the record: the
+        request's token (``request_token``, the default), or a batch leg's."""
+        args = [str(to_user_id), str(amount_kopecks), token, str(EXPECTATION_DEADLINE_MS)]
+        args += [str(from_user_id), request_token or token]
         reply: list[bytes] = await self._expect(
-            keys=self._inbound_keys(to_user_id, token),
-            args=[str(to_user_id), str(amount_kopecks), token, str(EXPECTATION_DEADLINE_MS)],
-            wait_for_replicas=True,
+            keys=self._inbound_keys(to_user_id, token), args=args, wait_for_replicas=True
         )
         verdict = reply[0].decode()
         if verdict not in ("expected", "recipient_not_found", "balance_limit_exceeded"):
@@ -228,38 +243,24 @@ class CrossingLegs:
 
     async def recover(self, now_us: int) -> int:
         """One pass of recovery: every bucket's reservations past their deadline are ended
-        first, then, once none is left due in any bucket, the expectations past theirs are
-        aborted, so that an expectation due now, whose reservation was due a minute ago, is
-        found applied (recovery completes rather than voids, whatever order the buckets come
-        in, and when more are due than a pass takes). A reservation put off after a failure
-        (its buckets unreachable) does not hold the expectations back: its own may be
-        aborted first, and it is voided, which is safe. An entry that cannot be
-        ended now (an outage of its buckets, or a fault that needs an operator) is put back
-        later in its due set, so that it neither stops the pass nor keeps the entries behind
-        it waiting. How many it ended."""
+        (credited and settled: a reservation made is never fenced off), then the
+        expectations past theirs are aborted, each only once its request is known never to
+        reserve (``_recover_expectation``). An entry that cannot be ended now (an outage of
+        its buckets, or a fault that needs an operator) is put back later in its due set,
+        so that it neither stops the pass nor keeps the entries behind it waiting. How many
+        it ended."""
         ended = 0
-        full: list[int] = []  # buckets whose batch may have left reservations due
         for bucket in keyspace.all_buckets():
             due_key = keyspace.outbound_due(bucket)
-            due = await self._due(due_key, now_us)
-            if len(due) == RECOVERY_BATCH:
-                full.append(bucket)
-            for raw in due:
+            for raw in await self._due(due_key, now_us):
                 ended += await self._recover_entry(
                     due_key, raw, now_us, self._recover_reservation(bucket, raw)
                 )
-        for bucket in full:
-            if await self._due(keyspace.outbound_due(bucket), now_us):
-                # More reservations were due than one pass takes: the expectations wait for
-                # them, or a transfer that could complete would be voided. (One put off
-                # after a failure is no longer due now; a bucket whose batch was short had
-                # every due one taken, and a new one is due a deadline from now.)
-                return ended
         for bucket in keyspace.all_buckets():
             due_key = keyspace.inbound_due(bucket)
             for raw in await self._due(due_key, now_us):
                 ended += await self._recover_entry(
-                    due_key, raw, now_us, self._recover_expectation(raw)
+                    due_key, raw, now_us, self._recover_expectation(due_key, raw, now_us)
                 )
         return ended
 
@@ -314,8 +315,27 @@ class CrossingLegs:
         log.warning("recovery ended transfer %d across buckets: %s", txn_id, state)
         return True
 
-    async def _recover_expectation(self, raw: bytes) -> bool:
+    async def _recover_expectation(self, due_key: str, raw: bytes, now_us: int) -> bool:
+        """Aborts an expectation past its deadline once the payer's bucket says its request
+        did not reserve, and now never will (the lookup makes "not applied" final, on the
+        replicas too): a reservation made is never fenced off, which keeps a batch all or
+        nothing whatever the timing. One whose request did reserve waits another deadline:
+        the reservation's recovery credits it."""
         to_user_id, _, token = raw.decode().partition(":")
+        record = cast(
+            list[bytes | None],
+            await self._redis.hmget(keyspace.inbound(int(to_user_id), token), "from", "request"),
+        )
+        payer, request = record
+        if payer is not None and request is not None:
+            outcome = (await self._lookup(int(payer), request.decode()))[0]
+            if outcome == b"ok":
+                later_us = now_us + EXPECTATION_DEADLINE_MS * 1000
+                await self._redis.zadd(due_key, {raw: later_us}, xx=True)
+                return False
+            if outcome != b"not_applied":  # not_rebuilt: the payer's bucket lost its data
+                raise ConnectionError(f"the payer's bucket cannot tell ({outcome!r})")
+        # No record, or one ended already: the abort writes the tombstone, or does nothing.
         await self.abort(int(to_user_id), token)
         return True
 

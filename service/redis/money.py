@@ -26,6 +26,7 @@ import math
 import re
 import secrets
 from dataclasses import dataclass, replace
+from typing import cast
 
 from service.domain import refusals
 from service.domain.amounts import MAX_AMOUNT_KOPECKS
@@ -33,9 +34,15 @@ from service.domain.limits import MAX_USER_ID, USERNAME_PATTERN
 from service.domain.refusals import BY_LUA_OUTCOME, Refused
 from service.outages import is_outage
 from service.redis import keyspace
-from service.redis.crossing import RESERVATION_DEADLINE_MS, CrossingLegs, Reservation
+from service.redis.crossing import (
+    CROSSING_OUTCOME_TTL_S,
+    RESERVATION_DEADLINE_MS,
+    CrossingLegs,
+    Reservation,
+)
 from service.redis.pipelining import ReplyLost
 from service.redis.replicas import ReplicasNotConfirmed
+from service.redis.request_lookup import RequestLookup
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.types import RedisClient
 from service.settings import Settings
@@ -46,10 +53,6 @@ log = logging.getLogger("wallet.money")
 REQUEST_TOKEN_BYTES = 16
 # Between two questions about a lost reply while Redis does not answer.
 OUTCOME_LOOKUP_PAUSE_S = 0.1
-# How long a lookup's "not applied" stops a copy of the request that is still on its way
-# to Redis: far longer than TCP keeps retransmitting a segment of a closed connection.
-# Written only when a reply was lost and nothing was recorded.
-NOT_APPLIED_TTL_S = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,7 @@ class MoneyScriptRunner:
             str(settings.recipient_not_found_window_s * 1000),
         ]
         self._outcome_wait_s = settings.request_outcome_wait_ms / 1000
-        self._lookup_request = LuaScript(redis, "lookup_request")
+        self._lookup_request = RequestLookup(redis)
 
     async def run(
         self, script: LuaScript, keys: list[str], args: list[str], user_id: int, token: str
@@ -199,24 +202,16 @@ class MoneyScriptRunner:
         outcome wait; raises Refused(OUTCOME_UNKNOWN) if it does not answer in time. The
         lookup is safe to repeat: its first answer is the one it records. A transaction it
         finds is answered only once the replicas have it (asked again until they do)."""
-        keys = [
-            keyspace.request_outcome(user_id, token),
-            keyspace.txn_seq(keyspace.bucket_of(user_id)),
-        ]
-        args = [str(user_id), token, str(NOT_APPLIED_TTL_S)]
         try:
             async with asyncio.timeout(self._outcome_wait_s):
                 while True:
                     try:
-                        reply: list[bytes] = await self._lookup_request(
-                            keys=keys, args=args, wait_for_replicas=True
-                        )
+                        reply = await self._lookup_request(user_id, token)
                     except ReplicasNotConfirmed as unconfirmed:
                         # "not_applied" stays true wherever the replicas are: the request
                         # ran nowhere else.
                         if unconfirmed.reply[0] != b"ok":
-                            reply = unconfirmed.reply
-                            return reply
+                            return cast(list[bytes], unconfirmed.reply)
                     except Exception as error:
                         if not is_outage(error):
                             raise
@@ -299,7 +294,7 @@ class MoneyScripts:
         # Across buckets: the recipient's bucket answers first (service/redis/crossing.py).
         verdict = ""
         if to_user_id is not None and keyspace.bucket_of(to_user_id) != bucket:
-            verdict = await self._crossing.expect(to_user_id, amount_kopecks, token)
+            verdict = await self._crossing.expect(from_user_id, to_user_id, amount_kopecks, token)
             keys += [keyspace.transit(bucket), keyspace.outbound_due(bucket)]
         elif to_user_id is not None:
             keys.append(keyspace.user(to_user_id))
@@ -312,7 +307,8 @@ class MoneyScripts:
             runner.idempotency_ttl_s,
         ]
         args += session_args(session)
-        args += [to_username or "", token, runner.outcome_ttl_s, *runner.recipient_misses_args]
+        outcome_ttl_s = runner.outcome_ttl_s if not verdict else CROSSING_OUTCOME_TTL_S
+        args += [to_username or "", token, outcome_ttl_s, *runner.recipient_misses_args]
         args += [verdict, str(RESERVATION_DEADLINE_MS) if verdict else ""]
         # Refused(OUTCOME_UNKNOWN) leaves the expectation: the reservation may stand (its
         # replicas did not confirm it) and then needs it; recovery ends both.

@@ -28,7 +28,12 @@ from service.domain.postings import FoundTransaction
 from service.domain.refusals import Refused
 from service.outages import is_outage
 from service.redis import keyspace
-from service.redis.crossing import RESERVATION_DEADLINE_MS, CrossingLegs, Reservation
+from service.redis.crossing import (
+    CROSSING_OUTCOME_TTL_S,
+    RESERVATION_DEADLINE_MS,
+    CrossingLegs,
+    Reservation,
+)
 from service.redis.money import (
     MoneyScriptRunner,
     SessionCheck,
@@ -115,7 +120,7 @@ class RefundScripts:
                 assert found is not None
                 assert payer_id is not None
                 expected = str(amount_kopecks or await self._left_as_read(user_id, found))
-                verdict = await self._crossing.expect(payer_id, int(expected), token)
+                verdict = await self._crossing.expect(user_id, payer_id, int(expected), token)
             call = _RefundCall(user_id, txn_id, found, amount_kopecks, token, verdict, expected)
             keys = call.keys(idempotency_key, session)
             args = call.args(self._runner, idempotency_key, session)
@@ -233,4 +238,5 @@ class _RefundCall:
         ]
         args += session_args(session)
         deadline_ms = str(RESERVATION_DEADLINE_MS) if self.verdict else ""
-        return [*args, self.token, runner.outcome_ttl_s, self.verdict, self.expected, deadline_ms]
+        outcome_ttl_s = runner.outcome_ttl_s if not self.verdict else CROSSING_OUTCOME_TTL_S
+        return [*args, self.token, outcome_ttl_s, self.verdict, self.expected, deadline_ms]
