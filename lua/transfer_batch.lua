@@ -10,6 +10,15 @@
 -- every check has passed. Every credit keeps balance + incoming + credits <= 10^15,
 -- counting all the legs to the same recipient.
 --
+-- A leg to a user of another bucket (docs/scaling.md, "Across buckets") comes here as its
+-- reservation, after lua/transfer_expect.lua ran on the recipient's bucket under the leg's
+-- token (the request's token, "-" and the leg's index from 0) and answered what it found
+-- (the leg's verdict): its checks take the verdict for the recipient's wallet and ceiling,
+-- its money goes into transit:{b}, and its reservation outbound:{b}:<id> waits in
+-- outbound:due:{b} for the credit (service/redis/crossing.py), as a transfer's does. The
+-- caller asks the legs' buckets in order and stops at the first refusal, so a leg not
+-- asked ("unasked") comes after one this script refuses; one it reaches is a caller's bug.
+--
 -- KEYS[1]  txn:seq:{b}                  string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream:{b}               stream: one entry per transaction
 -- KEYS[3]  user:{b}:<from_user_id>      hash: balance_kopecks held_kopecks (debited)
@@ -18,10 +27,15 @@
 -- KEYS[6]  throttle:recipient-misses:{b}:<from_user_id>
 --                                       string, TTL: recipient_not_found answers counted
 --                                       (includes/recipient_misses.lua)
--- KEYS[7..6+r] user:{b}:<to_user_id>    one per distinct recipient id of the legs, in the
---                                       order of its first leg, the payer's own id left
---                                       out; hash: balance_kopecks incoming_kopecks
+-- KEYS[7..6+r] user:{b}:<to_user_id>    one per distinct recipient id of the legs within
+--                                       this bucket (verdict ""), in the order of its first
+--                                       leg, the payer's own id left out; hash:
+--                                       balance_kopecks incoming_kopecks
 -- The keys below are present only when their condition holds, in this order:
+-- KEYS[n]  transit:{b}                  iff a leg crosses buckets; string: kopecks reserved
+--                                       here for credits on other buckets
+-- KEYS[n]  outbound:due:{b}             iff a leg crosses buckets; sorted set: member txn_id,
+--                                       score the reservation's deadline
 -- KEYS[n]  txn:clock:{b}                always; string: the bucket's last stamp, microseconds
 -- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[2] is not ""; hash: fingerprint
 --                                       ("batch:<sha1 hex of the legs>", below) outcome
@@ -40,12 +54,18 @@
 -- ARGV[9]  recipient misses limit       decimal, 1 .. 10^9: per window, then refused
 -- ARGV[10] recipient misses window_ms   decimal, 1 .. 10^12
 -- ARGV[11] leg count n                  decimal, 1 .. 100
--- ARGV[12..11+3n] the legs, three each: to_user_id (decimal, 1..15 digits; "" when the leg
+-- ARGV[12] deadline_ms                  decimal, 1 .. 10^7, iff a leg crosses buckets: from
+--                                       now, when recovery may end its reservation; ""
+--                                       otherwise
+-- ARGV[13..12+4n] the legs, four each: to_user_id (decimal, 1..15 digits; "" when the leg
 --                                       named a username that resolved to no one),
 --                                       to_username (as the request named it, 3..32 of
 --                                       A-Z a-z 0-9 _ . -, or "" when it named an id;
 --                                       required when to_user_id is ""), amount_kopecks
---                                       (decimal, 1 .. 10^12)
+--                                       (decimal, 1 .. 10^12), and the verdict: "" for a
+--                                       leg within this bucket (or to no one), else
+--                                       "expected", "recipient_not_found",
+--                                       "balance_limit_exceeded" or "unasked"
 --
 -- Fingerprints: "batch:" and the SHA-1 (hex) of the legs, each "<to>=<amount_kopecks>",
 -- joined by ",". A refusal records them by name (<to>: "@" and the name in lower case for
@@ -76,13 +96,15 @@
 --   outcome "epoch_exhausted"         the n ids would cross the end of txn:seq:{b}'s epoch
 --                                     (not recorded)
 --   outcome "account_not_found"       no wallet for from_user_id (not recorded)
---   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
+--   outcome "invalid_argument"        KEYS/ARGV fail validation, or a leg "unasked" is
+--                                     reached (nothing written)
 --   txn_id and created_at_us are "" unless outcome is "ok"; leg is the index (from 0) of
 --   the leg at fault for recipient_not_found, self_transfer, insufficient_funds and
 --   balance_limit_exceeded, else "".
 -- Stream entry fields, one entry per leg in order: id kind ("transfer") from to amount
 -- created_at_us from_balance to_balance idem_key, the balances right after that leg, and
--- idem_fp (the fingerprint recorded under the key: by id) iff ARGV[2] is not "".
+-- idem_fp (the fingerprint recorded under the key: by id) iff ARGV[2] is not ""; a leg
+-- across buckets has kind "transfer_out" (its reservation) and no to_balance.
 
 -- @include bucket
 -- @include validate
@@ -96,47 +118,62 @@
 -- @include recipient_misses
 
 local MAX_LEGS = 100  -- service/domain/limits.py MAX_BATCH_LEGS
-local FIRST_LEG_ARG = 12
+local FIRST_LEG_ARG = 13
+local LEG_ARGS = 4
+local VERDICTS = {expected = true, recipient_not_found = true, balance_limit_exceeded = true,
+                  unasked = true}
 
 local from_id, idem_key, ttl_arg, session_flag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local absolute_arg, idle_arg, token, outcome_ttl_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local misses_limit_arg, misses_window_arg, count_arg = ARGV[9], ARGV[10], ARGV[11]
+local deadline_arg = ARGV[12]
 
 local function invalid()
   return {"invalid_argument", "", "", "", "0"}
 end
 
 if #ARGV < FIRST_LEG_ARG or not valid_id(from_id) or not valid_positive(count_arg, MAX_LEGS)
-  or #ARGV ~= FIRST_LEG_ARG - 1 + 3 * tonumber(count_arg) then
+  or #ARGV ~= FIRST_LEG_ARG - 1 + LEG_ARGS * tonumber(count_arg) then
   return invalid()
 end
 
--- The legs, and the distinct recipients whose wallets follow KEYS[6].
+-- The legs, and the distinct recipients within this bucket whose wallets follow KEYS[6].
 local legs = {}
 local recipients = {}      -- to_user_id -> index into KEYS
 local recipient_ids = {}   -- in the order of KEYS
+local crossing = false     -- whether a leg crosses buckets
 for i = 1, tonumber(count_arg) do
-  local base = FIRST_LEG_ARG + 3 * (i - 1)
-  local leg = {to_id = ARGV[base], to_name = ARGV[base + 1], amount_arg = ARGV[base + 2]}
+  local base = FIRST_LEG_ARG + LEG_ARGS * (i - 1)
+  local leg = {to_id = ARGV[base], to_name = ARGV[base + 1], amount_arg = ARGV[base + 2],
+               verdict = ARGV[base + 3]}
   if (leg.to_id ~= "" and not valid_id(leg.to_id))
     or (leg.to_name ~= "" and not valid_username(leg.to_name))
     or (leg.to_id == "" and leg.to_name == "")
-    or not valid_positive(leg.amount_arg, MAX_AMOUNT_KOPECKS) then
+    or not valid_positive(leg.amount_arg, MAX_AMOUNT_KOPECKS)
+    or (leg.verdict ~= "" and (not VERDICTS[leg.verdict] or leg.to_id == ""
+                               or leg.to_id == from_id)) then
     return invalid()
   end
   leg.amount = tonumber(leg.amount_arg)
-  if leg.to_id ~= "" and leg.to_id ~= from_id and not recipients[leg.to_id] then
+  crossing = crossing or leg.verdict ~= ""
+  if leg.verdict == "" and leg.to_id ~= "" and leg.to_id ~= from_id
+    and not recipients[leg.to_id] then
     recipient_ids[#recipient_ids + 1] = leg.to_id
     recipients[leg.to_id] = 6 + #recipient_ids
   end
   legs[i] = leg
 end
 
--- The recipients' wallets follow the misses counter.
+-- The recipients' wallets follow the misses counter; transit and outbound:due follow them.
+local transit_index = 7 + #recipient_ids
 local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
-                          token, outcome_ttl_arg, 6 + #recipient_ids)
+                          token, outcome_ttl_arg, 6 + #recipient_ids + (crossing and 2 or 0))
 if not frame.valid or KEYS[5] ~= bucket_member_key("holds", from_id)
-  or not valid_recipient_misses(KEYS[6], from_id, misses_limit_arg, misses_window_arg) then
+  or not valid_recipient_misses(KEYS[6], from_id, misses_limit_arg, misses_window_arg)
+  or (crossing and not (valid_positive(deadline_arg, MAX_TTL_S)
+                        and KEYS[transit_index] == bucket_key("transit")
+                        and KEYS[transit_index + 1] == bucket_key("outbound:due")))
+  or (not crossing and deadline_arg ~= "") then
   return invalid()
 end
 for j, to_id in ipairs(recipient_ids) do
@@ -218,10 +255,17 @@ for i, leg in ipairs(legs) do
   if leg.to_id == from_id then
     return {"self_transfer", "", "", string.format("%d", i - 1), "0"}
   end
-  local wallet = wallets[leg.to_id]
-  if wallet == nil then
-    wallet = wallet_amounts(KEYS[recipients[leg.to_id]], leg.to_id) or false
-    wallets[leg.to_id] = wallet
+  if leg.verdict == "unasked" then
+    return invalid()  -- the caller stopped asking too early: a bug
+  end
+  -- Across buckets the recipient's bucket found the wallet, and kept the headroom.
+  local wallet = leg.verdict ~= "" and leg.verdict ~= "recipient_not_found"
+  if leg.verdict == "" then
+    wallet = wallets[leg.to_id]
+    if wallet == nil then
+      wallet = wallet_amounts(KEYS[recipients[leg.to_id]], leg.to_id) or false
+      wallets[leg.to_id] = wallet
+    end
   end
   if not wallet then
     return refuse_at("recipient_not_found", i)
@@ -230,8 +274,11 @@ for i, leg in ipairs(legs) do
   if total > available then
     return refuse_at("insufficient_funds", i)
   end
-  credited[leg.to_id] = (credited[leg.to_id] or 0) + leg.amount
-  if not credit_fits(wallet, credited[leg.to_id]) then
+  if leg.verdict == "" then
+    credited[leg.to_id] = (credited[leg.to_id] or 0) + leg.amount
+  end
+  if (leg.verdict == "balance_limit_exceeded")
+    or (leg.verdict == "" and not credit_fits(wallet, credited[leg.to_id])) then
     return refuse_at("balance_limit_exceeded", i)
   end
 end
@@ -248,14 +295,31 @@ local last_id = redis.call("INCRBY", KEYS[1], #legs)
 local first_id = last_id - #legs + 1
 local from_balance = payer.balance
 local to_balances = {}  -- to_user_id -> balance after its legs so far
+local due_us = crossing and string.format("%d", frame.stamp_us + tonumber(deadline_arg) * 1000)
+local reserved = 0      -- kopecks of the legs across buckets, into transit
 for i, leg in ipairs(legs) do
   from_balance = from_balance - leg.amount
-  local to_balance = (to_balances[leg.to_id] or wallets[leg.to_id].balance) + leg.amount
-  to_balances[leg.to_id] = to_balance
-  local record = {"id", string.format("%d", first_id + i - 1), "kind", "transfer",
-    "from", from_id, "to", leg.to_id, "amount", leg.amount_arg, "created_at_us", now_us,
-    "from_balance", string.format("%d", from_balance),
-    "to_balance", string.format("%d", to_balance), "idem_key", idem_key}
+  local txn_id = string.format("%d", first_id + i - 1)
+  local from_balance_arg = string.format("%d", from_balance)
+  local record
+  if leg.verdict ~= "" then
+    reserved = reserved + leg.amount
+    redis.call("HSET", bucket_member_key("outbound", txn_id), "state", "reserved",
+      "from", from_id, "to", leg.to_id, "amount", leg.amount_arg,
+      "token", token .. "-" .. string.format("%d", i - 1), "created_at_us", now_us,
+      "from_balance", from_balance_arg, "idem_key", idem_key)
+    redis.call("ZADD", KEYS[transit_index + 1], due_us, txn_id)
+    record = {"id", txn_id, "kind", "transfer_out", "from", from_id, "to", leg.to_id,
+      "amount", leg.amount_arg, "created_at_us", now_us, "from_balance", from_balance_arg,
+      "idem_key", idem_key}
+  else
+    local to_balance = (to_balances[leg.to_id] or wallets[leg.to_id].balance) + leg.amount
+    to_balances[leg.to_id] = to_balance
+    record = {"id", txn_id, "kind", "transfer",
+      "from", from_id, "to", leg.to_id, "amount", leg.amount_arg, "created_at_us", now_us,
+      "from_balance", from_balance_arg,
+      "to_balance", string.format("%d", to_balance), "idem_key", idem_key}
+  end
   if frame.has_key then
     -- On every leg: a one-leg batch is otherwise a transfer's row (`wallet rebuild`).
     record[#record + 1], record[#record + 2] = "idem_fp", id_fingerprint
@@ -263,6 +327,9 @@ for i, leg in ipairs(legs) do
   redis.call("XADD", KEYS[2], "*", unpack(record))
 end
 redis.call("HINCRBY", KEYS[3], "balance_kopecks", string.format("%d", -total))
+if crossing then
+  redis.call("INCRBY", KEYS[transit_index], string.format("%d", reserved))
+end
 for _, to_id in ipairs(recipient_ids) do  -- each has legs, all of them checked above
   redis.call("HINCRBY", KEYS[recipients[to_id]], "balance_kopecks",
              string.format("%d", credited[to_id]))

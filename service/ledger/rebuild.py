@@ -36,22 +36,16 @@ What it restores, in bounded batches (docs/holds.md gives the Redis shapes):
 - every refunded total ``refunded:{<refunder>}:<txn_id>``: the sum of the refunds with
   that ``refund_of`` (no TTL, as refund.lua keeps it);
 - the idempotency records of the operations accepted in the last ``idempotency_ttl_s``
-  seconds: deposits, transfers, batches (one record per key, for all its legs), holds
-  made, captures and voids (under the payee's key), refunds; each with the fingerprint
-  and reply fields the live script wrote, expiring when the original would have
-  (``lua/restore_idempotency.lua``). The fingerprint is the one the ledger kept
-  (``idempotency_fingerprint``, from the stream field ``idem_fp``) where the script wrote
-  one, else it is derived from the row. A record Redis still holds is kept, and of two
-  ledger records with one key (a key used again after its record was lost) the newer wins.
+  seconds (service/ledger/rebuild_keys.py).
 
 It refuses (``RebuildRefused``) while Redis holds stream entries that may not be in the
 ledger yet (the writer's unpersisted tail is not empty): the balances would miss those
 transactions. Let the writer drain them first.
 
 Transfers across buckets (docs/scaling.md): balances count every side the ledger holds;
-the Idempotency-Keys of the transfers across buckets come back with the others, but those a
-void undid; then every transfer the ledger holds half-way is put back and ended at once,
-settled or voided (service/ledger/rebuild_crossings.py).
+the Idempotency-Keys of the transfers across buckets come back with the others; then every
+transfer the ledger holds half-way is put back and ended at once, settled or voided
+(service/ledger/rebuild_crossings.py).
 
 Not restored: sessions (users log in again), login throttling counters, the records of
 refused requests (only accepted operations are in the ledger), request tokens
@@ -66,13 +60,11 @@ Rebuilding is idempotent: after an interruption, run it again.
 """
 
 import logging
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Row, Select, func, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import (
     LedgerHold,
@@ -85,8 +77,7 @@ from persistence.models import (
 from persistence.txn_id_epochs import take_txn_id_epoch
 from service.domain.amounts import MAX_BALANCE_KOPECKS
 from service.domain.limits import TXN_IDS_PER_EPOCH
-from service.domain.times import datetime_from_us, us_from_datetime
-from service.ledger.crossing_totals import undone_by_a_void
+from service.domain.times import us_from_datetime
 from service.ledger.hold_totals import (
     PendingHold,
     incoming_of_payees,
@@ -101,6 +92,7 @@ from service.ledger.rebuild_crossings import (
     half_way_transfers,
 )
 from service.ledger.rebuild_errors import LedgerInconsistent, RebuildRefused
+from service.ledger.rebuild_keys import restore_idempotency_records
 from service.ledger.reconcile import ledger_balances, user_id_batches
 from service.ledger.refund_totals import refunded_totals_page
 from service.redis import keyspace
@@ -118,7 +110,6 @@ R = LedgerTransferReservation
 C = LedgerTransferCredit
 V = LedgerTransferEnd
 DEFAULT_HOLD_RETENTION_S = cast(int, Settings.model_fields["hold_retention_s"].default)
-BATCH_FINGERPRINT_PREFIX = "batch:"
 
 logger = logging.getLogger("wallet.rebuild")
 
@@ -193,7 +184,7 @@ async def rebuild(
     outcomes = await _restore_wallets(redis, engine, epoch_starts)
     holds = await _restore_pending_holds(redis, engine, hold_retention_s)
     refunded = await _restore_refunded_totals(redis, engine)
-    restored, kept, skipped = await _restore_idempotency_records(redis, engine, idempotency_ttl_s)
+    restored, kept, skipped = await restore_idempotency_records(redis, engine, idempotency_ttl_s)
     # After the keys: a void forgets its transfer's key, which must not come back after it.
     completed = await complete_transfers_half_way(redis, engine, half_way)
     # restore_wallet raised each counter with every user of its bucket. A bucket with no
@@ -356,354 +347,6 @@ async def _restore_refunded_totals(redis: RedisClient, engine: AsyncEngine) -> i
             await pipe.execute()
         restored += len(totals)
         after = totals[-1].txn_id
-
-
-# Idempotency records.
-
-
-@dataclass(frozen=True, slots=True)
-class _Record:
-    """One idempotency record to restore: the arguments of restore_idempotency.lua."""
-
-    recorded_at_us: int  # when the live script wrote it (its TTL ran from then)
-    order: int  # an id, newest first among records of one instant
-    owner: int  # the acting user, whose key it is
-    key: str
-    kind: str
-    fingerprint: str | None  # as the ledger kept it
-    facts: tuple[int | str, ...]
-    what: str  # for messages
-    # Why the ledger's rows cannot be restored as this record (then it is skipped).
-    problem: str | None = None
-
-    def call(self, ttl_s: int) -> tuple[list[str], list[str]]:
-        args = [
-            str(self.owner),
-            self.key,
-            self.kind,
-            str(self.recorded_at_us),
-            str(ttl_s),
-            self.fingerprint or "",
-            *(str(fact) for fact in self.facts),
-        ]
-        return [keyspace.idempotency(self.owner, self.key)], args
-
-
-async def _restore_idempotency_records(
-    redis: RedisClient, engine: AsyncEngine, idempotency_ttl_s: int
-) -> tuple[int, int, int]:
-    """Newest first over every source (the time the record was written, then the id), so
-    that of two records with one key the newer is written and the older finds it there."""
-    restore = LuaScript(redis, "restore_idempotency")
-    # Redis's clock: the one that stamped created_at and that expires the records.
-    seconds, micros = await redis.time()
-    cutoff = datetime_from_us(seconds * 1_000_000 + micros) - timedelta(seconds=idempotency_ttl_s)
-    restored = kept = skipped = 0
-    chunk: list[_Record] = []
-
-    async def flush() -> None:
-        nonlocal restored, kept, skipped
-        for record in chunk:
-            if record.problem is not None:
-                skipped += 1
-                logger.error(
-                    "idempotency key %r of user %d not restored: %s",
-                    record.key,
-                    record.owner,
-                    record.problem,
-                )
-        sendable = [record for record in chunk if record.problem is None]
-        calls = [record.call(idempotency_ttl_s) for record in sendable]
-        replies = cast(list[list[bytes]], await restore.call_many(calls)) if calls else []
-        for record, reply in zip(sendable, replies, strict=True):
-            outcome = reply[0].decode()
-            if outcome == "restored":
-                restored += 1
-            elif outcome == "exists":
-                kept += 1
-            elif outcome == "fingerprint_mismatch":
-                skipped += 1
-                logger.error(
-                    "idempotency key %r of user %d not restored: the ledger's fingerprint %r"
-                    " is none the script could have recorded for %s",
-                    record.key,
-                    record.owner,
-                    record.fingerprint,
-                    record.what,
-                )
-            elif outcome != "expired":
-                raise ScriptArgumentRejected(f"restore_idempotency: {outcome} for {record.what}")
-        chunk.clear()
-
-    async for record in _newest_first(
-        _transaction_records(engine, cutoff),
-        _hold_records(engine, cutoff),
-        _void_records(engine, cutoff),
-        _reservation_records(engine, cutoff),
-    ):
-        chunk.append(record)
-        if len(chunk) >= BATCH_SIZE:
-            await flush()
-    if chunk:
-        await flush()
-    return restored, kept, skipped
-
-
-async def _newest_first(*sources: AsyncIterator[_Record]) -> AsyncIterator[_Record]:
-    """Merges sources that are each newest first."""
-    heads: list[tuple[_Record, AsyncIterator[_Record]]] = []
-    for source in sources:
-        first = await anext(source, None)
-        if first is not None:
-            heads.append((first, source))
-    while heads:
-        index = max(
-            range(len(heads)), key=lambda i: (heads[i][0].recorded_at_us, heads[i][0].order)
-        )
-        record, source = heads[index]
-        yield record
-        following = await anext(source, None)
-        if following is None:
-            heads.pop(index)
-        else:
-            heads[index] = (following, source)
-
-
-_BatchId = tuple[int, str, datetime]  # payer, key, instant: the legs of one batch
-
-
-async def _newest_rows(
-    engine: AsyncEngine, query: Select[*tuple[Any, ...]], instant: Any, row_id: Any
-) -> AsyncIterator[Sequence[Row[*tuple[Any, ...]]]]:
-    """The rows of ``query``, newest first by ``(instant, row_id)``, a page of BATCH_SIZE at a
-    time (keyset: each page starts below the last row of the one before)."""
-    after: tuple[datetime, int] | None = None
-    while True:
-        page = query
-        if after is not None:
-            page = page.where(tuple_(instant, row_id) < tuple_(*after))
-        page = page.order_by(instant.desc(), row_id.desc()).limit(BATCH_SIZE)
-        async with engine.connect() as connection:
-            rows = (await connection.execute(page)).all()
-        if not rows:
-            return
-        yield rows
-        after = (getattr(rows[-1], instant.key), getattr(rows[-1], row_id.key))
-
-
-async def _transaction_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
-    """Deposits, transfers, captures, refunds and batches (one record for all the legs),
-    newest first, keyset on (created_at, id)."""
-    emitted: set[_BatchId] = set()  # batches already given, all of one instant
-    query = select(
-        T.id,
-        T.kind,
-        T.from_user_id,
-        T.to_user_id,
-        T.amount_kopecks,
-        T.created_at,
-        T.idempotency_key,
-        T.hold_id,
-        T.refund_of,
-        T.idempotency_fingerprint,
-    ).where(T.idempotency_key.is_not(None), T.created_at > cutoff)
-    async for rows in _newest_rows(engine, query, T.created_at, T.id):
-        async with engine.connect() as connection:
-            wanted = {_batch_id(row) for row in rows if _is_batch_leg(row)} - emitted
-            legs = await _batch_legs(connection, wanted)
-        for row in rows:
-            if emitted and next(iter(emitted))[2] != row.created_at:
-                emitted.clear()  # the keyset moved past their instant: they never come again
-            if _is_batch_leg(row):
-                batch = _batch_id(row)
-                if batch not in emitted:
-                    emitted.add(batch)
-                    yield _batch_record(row, legs[batch])
-                continue
-            yield _transaction_record(row)
-
-
-def _is_batch_leg(row: Any) -> bool:
-    fingerprint = row.idempotency_fingerprint
-    return (
-        row.kind == "transfer"
-        and row.hold_id is None
-        and fingerprint is not None
-        and fingerprint.startswith(BATCH_FINGERPRINT_PREFIX)
-    )
-
-
-def _batch_id(row: Any) -> _BatchId:
-    return (cast(int, row.from_user_id), cast(str, row.idempotency_key), row.created_at)
-
-
-async def _batch_legs(
-    connection: AsyncConnection, batches: set[_BatchId]
-) -> dict[_BatchId, list[Any]]:
-    """Every leg of these batches, in id order (the legs' order)."""
-    legs: dict[_BatchId, list[Any]] = {batch: [] for batch in batches}
-    if not batches:
-        return legs
-    rows = await connection.execute(
-        select(
-            T.id, T.from_user_id, T.to_user_id, T.amount_kopecks, T.created_at, T.idempotency_key
-        )
-        .where(
-            T.kind == "transfer",
-            T.hold_id.is_(None),
-            T.idempotency_fingerprint.like(BATCH_FINGERPRINT_PREFIX + "%"),
-            tuple_(T.from_user_id, T.idempotency_key, T.created_at).in_(sorted(batches)),
-        )
-        .order_by(T.id)
-    )
-    for row in rows:
-        legs[_batch_id(row)].append(row)
-    return legs
-
-
-def _batch_record(row: Any, legs: list[Any]) -> _Record:
-    first = legs[0].id if legs else row.id
-    facts: list[int | str] = [first, us_from_datetime(row.created_at), len(legs)]
-    for leg in legs:
-        facts += [leg.to_user_id, leg.amount_kopecks]
-    problem = None
-    if [leg.id for leg in legs] != list(range(first, first + len(legs))):
-        # A batch's legs take consecutive ids: the ledger lacks some of them.
-        problem = f"the legs of the batch with transaction {row.id} do not have consecutive ids"
-    return _Record(
-        recorded_at_us=us_from_datetime(row.created_at),
-        order=row.id,
-        owner=row.from_user_id,
-        key=row.idempotency_key,
-        kind="batch",
-        fingerprint=row.idempotency_fingerprint,
-        facts=tuple(facts),
-        what=f"the batch of transactions {first}..{first + len(legs) - 1}",
-        problem=problem,
-    )
-
-
-def _transaction_record(row: Any) -> _Record:
-    created_at_us = us_from_datetime(row.created_at)
-    facts: tuple[int | str, ...]
-    if row.kind == "deposit":
-        kind, owner = "deposit", row.to_user_id
-        facts = (row.id, created_at_us, row.amount_kopecks)
-    elif row.kind == "refund":
-        kind, owner = "refund", row.from_user_id
-        facts = (row.id, created_at_us, row.refund_of, row.amount_kopecks)
-    elif row.hold_id is not None:  # a capture: the payee's key
-        kind, owner = "capture", row.to_user_id
-        facts = (row.id, created_at_us, row.hold_id, row.from_user_id, row.amount_kopecks)
-    else:
-        kind, owner = "transfer", row.from_user_id
-        facts = (row.id, created_at_us, row.to_user_id, row.amount_kopecks)
-    return _Record(
-        recorded_at_us=created_at_us,
-        order=row.id,
-        owner=owner,
-        key=row.idempotency_key,
-        kind=kind,
-        fingerprint=row.idempotency_fingerprint,
-        facts=facts,
-        what=f"transaction {row.id}",
-    )
-
-
-async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
-    """Transfers and refunds across buckets, under the payer's (the refunder's) key, newest
-    first: as one within a bucket records it (lua/transfer.lua, lua/refund.lua, with the
-    fingerprint the ledger kept for a refund). Not those a void undid: the void deleted the
-    record (its request never got a 201), so a retry is a new one."""
-    query = select(R.id, R.from_user_id, R.to_user_id, R.amount_kopecks, R.created_at,
-                   R.idempotency_key, R.refund_of, R.idempotency_fingerprint).where(
-        R.idempotency_key.is_not(None), R.created_at > cutoff, ~undone_by_a_void()
-    )  # fmt: skip
-    async for rows in _newest_rows(engine, query, R.created_at, R.id):
-        for row in rows:
-            created_at_us = us_from_datetime(row.created_at)
-            if row.refund_of is None:
-                kind, fingerprint = "transfer", None
-                facts = (row.id, created_at_us, row.to_user_id, row.amount_kopecks)
-            else:
-                kind, fingerprint = "refund", row.idempotency_fingerprint
-                facts = (row.id, created_at_us, row.refund_of, row.amount_kopecks)
-            yield _payers_record(row, kind, fingerprint, facts, f"{kind} {row.id} across buckets")
-
-
-async def _hold_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
-    """Holds made, under the payer's key, newest first."""
-    query = select(
-        H.id,
-        H.from_user_id,
-        H.to_user_id,
-        H.amount_kopecks,
-        H.created_at,
-        H.expires_at,
-        H.idempotency_key,
-        H.idempotency_fingerprint,
-    ).where(H.idempotency_key.is_not(None), H.created_at > cutoff)
-    async for rows in _newest_rows(engine, query, H.created_at, H.id):
-        for row in rows:
-            created_at_us = us_from_datetime(row.created_at)
-            facts = (row.id, created_at_us, us_from_datetime(row.expires_at), row.to_user_id,
-                     row.amount_kopecks)  # fmt: skip
-            yield _payers_record(row, "hold", row.idempotency_fingerprint, facts, f"hold {row.id}")
-
-
-def _payers_record(
-    row: Any, kind: str, fingerprint: str | None, facts: tuple[int | str, ...], what: str
-) -> _Record:
-    """The record of an operation under its payer's key, written at the row's created_at."""
-    return _Record(
-        recorded_at_us=us_from_datetime(row.created_at),
-        order=row.id,
-        owner=row.from_user_id,
-        key=row.idempotency_key,
-        kind=kind,
-        fingerprint=fingerprint,
-        facts=facts,
-        what=what,
-    )
-
-
-async def _void_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
-    """Voids, under the payee's key, newest first by the void's instant. (A capture's key
-    is its transaction's; an expiry has none.) A void whose hold is not in the ledger names
-    no payee and is left out."""
-    query = (
-        select(
-            E.hold_id,
-            E.at,
-            E.idempotency_key,
-            E.idempotency_fingerprint,
-            H.from_user_id,
-            H.to_user_id,
-            H.amount_kopecks,
-            H.created_at,
-            H.expires_at,
-        )
-        .join(H, H.id == E.hold_id)
-        .where(E.event == "voided", E.idempotency_key.is_not(None), E.at > cutoff)
-    )
-    async for rows in _newest_rows(engine, query, E.at, E.hold_id):
-        for row in rows:
-            yield _Record(
-                recorded_at_us=us_from_datetime(row.at),
-                order=row.hold_id,
-                owner=row.to_user_id,
-                key=row.idempotency_key,
-                kind="void",
-                fingerprint=row.idempotency_fingerprint,
-                facts=(
-                    row.hold_id,
-                    row.from_user_id,
-                    row.amount_kopecks,
-                    us_from_datetime(row.created_at),
-                    us_from_datetime(row.expires_at),
-                ),
-                what=f"the void of hold {row.hold_id}",
-            )
 
 
 async def ensure_transaction_counter(redis: RedisClient, engine: AsyncEngine) -> bool:

@@ -5,13 +5,31 @@ A refused leg comes back as the catalog's ``Refused`` with the field of the leg 
 (``transfers[<i>].amount``, ``transfers[<i>].to_user_id`` or ``transfers[<i>].to_username``,
 ``i`` from 0, as the request gave the legs), replayed refusals included: the script records
 the leg's index with the refusal.
+
+A leg to a user of another bucket (docs/scaling.md, "Across buckets") is a transfer across
+buckets inside the batch: its recipient's bucket is asked first (an expectation, in leg
+order, up to the first refusal), the batch's one script then reserves it with the rest, all
+or nothing, and every such leg is credited and settled before the 201. Recovery never fences
+off a reservation that was made (service/redis/crossing.py), so once the script has run
+every leg completes.
 """
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.domain import refusals
 from service.domain.limits import MAX_BATCH_LEGS
+from service.domain.refusals import Refused
 from service.redis import keyspace
+from service.redis.crossing import (
+    CROSSING_OUTCOME_TTL_S,
+    RESERVATION_DEADLINE_MS,
+    CrossingLegs,
+    Reservation,
+    leg_token,
+)
 from service.redis.money import (
     MoneyScriptRunner,
     SessionCheck,
@@ -27,6 +45,8 @@ from service.redis.money import (
 from service.redis.scripts import LuaScript
 from service.redis.types import RedisClient
 from service.settings import Settings
+
+log = logging.getLogger("wallet.money")
 
 # Refusals that name a leg's recipient rather than its amount.
 _RECIPIENT_OUTCOMES = frozenset({"recipient_not_found", "self_transfer"})
@@ -91,6 +111,7 @@ class BatchScripts:
     def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._runner = MoneyScriptRunner(redis, settings)
         self._transfer_batch = LuaScript(redis, "transfer_batch")
+        self._crossing = CrossingLegs(redis)
 
     async def transfer_batch(
         self,
@@ -101,31 +122,122 @@ class BatchScripts:
     ) -> BatchAccepted:
         """Every leg or none. Raises ``Refused`` (with the leg's field where a leg is at
         fault); ValueError for arguments no request can produce (wrong leg count, ids,
-        names or amounts out of range)."""
+        names or amounts out of range). Legs to users of other buckets: the module's
+        docstring."""
         check_user_id(from_user_id)
         _check_legs(legs)
         runner = self._runner
         token = new_request_token()
+        bucket = keyspace.bucket_of(from_user_id)
+        across = [
+            i
+            for i, leg in enumerate(legs)
+            if leg.to_user_id not in (None, from_user_id)
+            and keyspace.bucket_of(leg.to_user_id) != bucket
+        ]
+        verdicts = await self._expect(from_user_id, legs, across, token)
         keys = [
             *head_keys(from_user_id, token),
             keyspace.pending_holds(from_user_id),
             keyspace.recipient_misses_of_user(from_user_id),
         ]
         seen: set[int] = set()
-        for leg in legs:
+        for i, leg in enumerate(legs):
             to = leg.to_user_id
-            if to is not None and to != from_user_id and to not in seen:
+            if to is not None and to != from_user_id and to not in seen and i not in verdicts:
                 seen.add(to)
                 keys.append(keyspace.user(to))
+        if across:
+            keys += [keyspace.transit(bucket), keyspace.outbound_due(bucket)]
         keys += tail_keys(from_user_id, idempotency_key, session)
         args = [str(from_user_id), idempotency_key or "", runner.idempotency_ttl_s]
         args += session_args(session)
-        args += [token, runner.outcome_ttl_s, *runner.recipient_misses_args, str(len(legs))]
-        for leg in legs:
+        outcome_ttl_s = CROSSING_OUTCOME_TTL_S if across else runner.outcome_ttl_s
+        args += [token, outcome_ttl_s, *runner.recipient_misses_args, str(len(legs))]
+        args.append(str(RESERVATION_DEADLINE_MS) if across else "")
+        for i, leg in enumerate(legs):
             args += [
                 "" if leg.to_user_id is None else str(leg.to_user_id),
                 leg.to_username or "",
                 str(leg.amount_kopecks),
+                verdicts.get(i, ""),
             ]
         reply = await runner.run(self._transfer_batch, keys, args, from_user_id, token)
-        return batch_result(reply, legs)
+        try:
+            accepted = batch_result(reply, legs)
+        except Refused:
+            await self._drop_unused(legs, verdicts, token)
+            raise
+        if across:
+            await self._complete(from_user_id, legs, across, token, idempotency_key, accepted)
+            if accepted.replayed:
+                await self._drop_unused(legs, verdicts, token)
+        return accepted
+
+    async def _expect(
+        self, from_user_id: int, legs: Sequence[Leg], across: list[int], token: str
+    ) -> dict[int, str]:
+        """The verdicts of the recipients' buckets on the legs across buckets, asked in
+        order up to the first refusal (the script refuses at it, or before): the rest
+        "unasked"."""
+        verdicts = dict.fromkeys(across, "unasked")
+        for i in across:
+            to_user_id = legs[i].to_user_id
+            assert to_user_id is not None
+            verdicts[i] = await self._crossing.expect(
+                from_user_id, to_user_id, legs[i].amount_kopecks, leg_token(token, i), token
+            )
+            if verdicts[i] != "expected":
+                break
+        return verdicts
+
+    async def _complete(
+        self,
+        from_user_id: int,
+        legs: Sequence[Leg],
+        across: list[int],
+        token: str,
+        idempotency_key: str | None,
+        accepted: BatchAccepted,
+    ) -> None:
+        """Each leg across buckets credited and settled (CrossingLegs.drive), at once, before
+        the batch is answered. A voided leg breaks all or nothing: only the loss of its
+        credit's record can void a leg that was reserved (a failover without
+        WALLET_REDIS_MIN_REPLICAS); logged for an operator and answered as an error."""
+        made = []
+        for i in across:
+            to_user_id = legs[i].to_user_id
+            assert to_user_id is not None
+            made.append(
+                Reservation(
+                    bucket=keyspace.bucket_of(from_user_id),
+                    txn_id=accepted.first_txn_id + i,
+                    state="reserved",
+                    from_user_id=from_user_id,
+                    to_user_id=to_user_id,
+                    amount_kopecks=legs[i].amount_kopecks,
+                    token=leg_token(token, i),
+                    idempotency_key=idempotency_key,
+                    created_at_us=accepted.created_at_us,
+                )
+            )
+        ends = await asyncio.gather(
+            *(self._crossing.drive(m, accepted.replayed) for m in made), return_exceptions=True
+        )
+        for end in ends:
+            if isinstance(end, BaseException):
+                raise end
+        if "voided" in ends:
+            log.critical(
+                "the batch from transaction %d has legs voided: %s; an operator must look",
+                accepted.first_txn_id,
+                [m.txn_id for m, end in zip(made, ends, strict=True) if end == "voided"],
+            )
+            raise Refused(refusals.INTERNAL_ERROR)
+
+    async def _drop_unused(self, legs: Sequence[Leg], verdicts: dict[int, str], token: str) -> None:
+        """Gives back the headroom this request's expectations kept (refused, or a replay)."""
+        for i, verdict in verdicts.items():
+            to_user_id = legs[i].to_user_id
+            if verdict == "expected" and to_user_id is not None:
+                await self._crossing.drop_unused(to_user_id, leg_token(token, i))

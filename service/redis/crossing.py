@@ -83,6 +83,11 @@ class Reservation:
     refund_of: int | None = None
 
 
+def leg_token(request_token: str, leg_index: int) -> str:
+    """The token of a batch leg's expectation and reservation (lua/transfer_batch.lua)."""
+    return f"{request_token}-{leg_index}"
+
+
 class ReservationStuck(RuntimeError):
     """A reservation older than half the time its credit's record is kept, whose record is
     gone: it may have been applied and expired. Left reserved for an operator (voiding it
@@ -149,19 +154,25 @@ class CrossingLegs:
 
     async def conclude(self, made: Reservation, replayed: bool, verdict: str) -> None:
         """After a request's reservation was accepted (``made``: its id and instant; or,
-        ``replayed``, those of an earlier request with its key): the credit and the settle,
-        done before the request is answered, so that both parties read it at once. A replay
-        completes the earlier request's transfer if a crash left it half-way, and gives back
-        the headroom this request's expectation kept. Raises Refused: OUTCOME_UNKNOWN when
-        the buckets could not be reached (a retry with the key, or recovery, completes it),
-        TRANSFER_UNDONE when it was voided (its deadline passed before its credit)."""
+        ``replayed``, those of an earlier request with its key): ``drive``, and a replay
+        gives back the headroom this request's expectation kept. Raises Refused as
+        ``drive`` does, and TRANSFER_UNDONE when it was voided (its credit's record was
+        gone: lost in a failover without WALLET_REDIS_MIN_REPLICAS)."""
+        if replayed and verdict == "expected":
+            await self.drop_unused(made.to_user_id, made.token)
+        if await self.drive(made, replayed) == "voided":
+            raise Refused(refusals.TRANSFER_UNDONE)
+
+    async def drive(self, made: Reservation, replayed: bool) -> str:
+        """The credit and the settle of a request's reservation, done before the request is
+        answered, so that both parties read it at once; a replay completes the earlier
+        request's reservation if a crash left it half-way. Its end: "settled" or
+        "voided". Raises Refused(OUTCOME_UNKNOWN) when the buckets could not be reached (a
+        retry with the key, or recovery, completes it)."""
         try:
             if replayed:
-                if verdict == "expected":
-                    await self.drop_unused(made.to_user_id, made.token)
-                state = await self.complete(made.bucket, made.txn_id)
-            else:
-                state = await self.finish(made)
+                return await self.complete(made.bucket, made.txn_id)
+            return await self.finish(made)
         except Exception as error:
             if not is_outage(error):
                 raise
@@ -169,8 +180,6 @@ class CrossingLegs:
             # back by a failover).
             log.warning("a transfer across buckets was left half-way (%r)", error)
             raise Refused(refusals.OUTCOME_UNKNOWN) from None
-        if state == "voided":
-            raise Refused(refusals.TRANSFER_UNDONE)
 
     async def drop_unused(self, to_user_id: int, token: str) -> None:
         """Gives back the headroom a request's expectation kept when no reservation uses
