@@ -1,7 +1,9 @@
 -- refund: the recipient of a transfer (a capture included) sends all or part of it back
 -- to its payer, in one atomic step: the refunds of one transfer never add up to more than
--- it (refunded:{b}:<refunder>:<txn_id>, which only this script changes), the refunder spends
--- from available (includes/holds.lua) and the payer's credit keeps within the ceiling.
+-- it (refunded:{b}:<refunder>:<txn_id>, which only this script raises; the void of a refund
+-- across buckets that never reached its payer lowers it again, lua/transfer_void.lua), the
+-- refunder spends from available (includes/holds.lua) and the payer's credit keeps within
+-- the ceiling.
 -- docs/holds.md gives the design; the order of the steps is transfer.lua's.
 --
 -- A refund of a transfer across buckets (docs/scaling.md, "Across buckets") crosses back:
@@ -80,8 +82,10 @@
 --                                     or nothing is left
 --   outcome "insufficient_funds"      refunder's available < amount (recorded under the key)
 --   outcome "balance_limit_exceeded"  the payer would pass 10^15 (recorded under the key)
---   outcome "stale"                   across buckets: all that is left is more than the
---                                     expected amount (not recorded; nothing written)
+--   outcome "stale"                   across buckets: all that is left is not the expected
+--                                     amount, and the verdict does not cover it (more
+--                                     than expected, or less with the ceiling refused):
+--                                     not recorded, nothing written
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "idempotency_key_reused"  the key was used with another request (not recorded)
@@ -189,7 +193,10 @@ end
 if left == 0 or amount > left then
   return idempotency_remember(idem, {"refund_exceeds_transfer", "", "", "", "0"})
 end
-if crossing and amount > tonumber(expected_arg) then
+-- Across buckets the payer's headroom was checked for the expected amount: more is not
+-- covered, and a refusal of the ceiling for more than is refunded would be wrong.
+if crossing and (amount > tonumber(expected_arg)
+                 or (across == "balance_limit_exceeded" and amount < tonumber(expected_arg))) then
   return {"stale", "", "", "", "0"}
 end
 local due, due_sum = due_holds(KEYS[5], now_us)

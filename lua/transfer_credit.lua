@@ -1,9 +1,11 @@
 -- transfer_credit: the credit of a transfer across buckets, on the payee's bucket, after the
 -- reservation on the payer's (docs/scaling.md, "Across buckets"). Exactly once: the record
 -- inbound:{b}:<to>:<token> that lua/transfer_expect.lua wrote decides. Expected: the payee's
--- balance grows by the amount kept in incoming_kopecks, which the expectation already
--- checked against the ceiling, so nothing can refuse it; the record becomes applied with
--- the transaction's id, and a transfer_in record is appended to this bucket's stream.
+-- balance grows by the amount, which the expectation checked against the ceiling and kept
+-- in incoming_kopecks (a refund's may be less than expected: all that was left, which a
+-- concurrent refund lowered; the whole expected amount leaves incoming_kopecks), so nothing
+-- can refuse it; the record becomes applied with the transaction's id and the amount
+-- credited, and a transfer_in record is appended to this bucket's stream.
 -- Applied with this id: only the record's expiry is written again (a retry; the write is
 -- what makes the caller's wait for the replicas cover the credit). Aborted: nothing is written, and the
 -- transfer is voided on the payer's bucket. Gone (never written on this node, as after a
@@ -20,10 +22,8 @@
 -- ARGV[2]  request token                  the token the expectation was written under
 -- ARGV[3]  txn_id                         decimal: the id the payer's bucket gave the transfer
 -- ARGV[4]  from_user_id                   decimal: the payer
--- ARGV[5]  amount_kopecks                 decimal, 1 .. 10^12: at most the amount expected
---                                         (a refund of all that was left may be less than
---                                         its caller expected: lua/refund.lua); the whole
---                                         expected amount leaves incoming_kopecks
+-- ARGV[5]  amount_kopecks                 decimal, 1 .. 10^12: the amount expected; a
+--                                         refund's at most that (lua/refund.lua)
 -- ARGV[6]  retention_s                    decimal seconds, 1 .. 10^7: how long the record is
 --                                         kept once applied (a late credit must find it)
 -- ARGV[7]  refund_of                      decimal: the transfer a refund across buckets
@@ -76,7 +76,7 @@ if state ~= "expected" then
   return {"aborted", "", ""}
 end
 local expected = tonumber(record[2])
-if tonumber(amount_arg) > expected then
+if tonumber(amount_arg) > expected or (refund_of == "" and record[2] ~= amount_arg) then
   return {"invalid_argument", "", ""}
 end
 
@@ -88,7 +88,8 @@ local stamp = string.format("%d", stamp_past_clock(KEYS[5], redis.call("TIME")))
 redis.call("SET", KEYS[5], stamp)
 redis.call("HINCRBY", KEYS[2], "incoming_kopecks", "-" .. record[2])
 local to_balance = string.format("%d", redis.call("HINCRBY", KEYS[2], "balance_kopecks", amount_arg))
-redis.call("HSET", KEYS[3], "state", "applied", "txn_id", txn_id, "created_at_us", stamp)
+redis.call("HSET", KEYS[3], "state", "applied", "txn_id", txn_id, "created_at_us", stamp,
+  "amount", amount_arg)
 redis.call("EXPIRE", KEYS[3], retention_arg)
 redis.call("ZREM", KEYS[4], to_id .. ":" .. token)
 local entry = {"id", txn_id, "kind", "transfer_in", "from", from_id, "to", to_id,

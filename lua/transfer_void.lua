@@ -59,18 +59,21 @@ end
 if reservation.state ~= "reserved" then
   return {reservation.state}
 end
-local stamp = string.format("%d", stamp_past_clock(KEYS[6], redis.call("TIME")))
-redis.call("SET", KEYS[6], stamp)
-end_reservation(reservation, KEYS[2], KEYS[3], KEYS[4], txn_id, "voided", retention_arg)
-local from_balance = string.format("%d",
-  redis.call("HINCRBY", KEYS[5], "balance_kopecks", reservation.amount))
--- The key's record, if it is still this transfer's (it may have expired and been used again).
+-- Every check before the first write: a script that fails part-way keeps what it wrote.
 if refund_of then
   local refunded = tonumber(redis.call("GET", KEYS[7]) or "0")
   assert(refunded >= tonumber(reservation.amount),
     "invariant: a refund's reservation is counted in its refunded total")
+end
+local stamp = string.format("%d", stamp_past_clock(KEYS[6], redis.call("TIME")))
+end_reservation(reservation, KEYS[2], KEYS[3], KEYS[4], txn_id, "voided", retention_arg)
+redis.call("SET", KEYS[6], stamp)
+local from_balance = string.format("%d",
+  redis.call("HINCRBY", KEYS[5], "balance_kopecks", reservation.amount))
+if refund_of then
   redis.call("DECRBY", KEYS[7], reservation.amount)
 end
+-- The key's record, if it is still this transfer's (it may have expired and been used again).
 if idem_record and redis.call("HGET", idem_record, "txn_id") == txn_id then
   redis.call("DEL", idem_record)
 end

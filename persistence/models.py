@@ -282,6 +282,13 @@ class LedgerTransferCredit(Base):
         ),
         # The payee's reads, as for reservations.
         Index("transfer_credits_by_payee_time", "to_user_id", "credited_at", "transfer_id"),
+        # The refunded totals of `wallet rebuild` (a refund's credit without its reservation).
+        Index(
+            "transfer_credits_by_refund_of",
+            "refund_of",
+            postgresql_where=text("refund_of IS NOT NULL"),
+            sqlite_where=text("refund_of IS NOT NULL"),
+        ),
     )
 
 

@@ -8,6 +8,7 @@ from typing import cast
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -305,3 +306,94 @@ async def test_reconcile_and_rebuild_count_refunds_across_buckets(
                                  150, "left")  # fmt: skip
     assert (retry.replayed, retry.amount_kopecks) == (False, 150)
     assert retry.txn_id != left.txn_id
+
+
+async def test_a_refund_of_all_that_is_left_may_credit_less_than_it_expected(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    refunds: RefundScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another refund landed between the read of what is left and the script: the script
+    refunds what is left, less than expected; its credit gives the rest of the headroom
+    back. Where the payer's ceiling refused the larger amount expected but fits what is
+    left, the refund expects again rather than answer a refusal that is not so."""
+    paid = await funded.transfer(4, 5, 1_000)
+    transfer = await received(redis_client, db_engine, 5, paid)
+    await refunds.refund(5, paid.txn_id, transfer, 300)
+
+    async def stale(self: RefundScripts, user_id: int, found: FoundTransaction) -> int:
+        return 1_000  # as read before the refund of 300
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RefundScripts, "_left_as_read", stale)
+        rest = await refunds.refund(5, paid.txn_id, transfer, None)
+    assert rest.amount_kopecks == 700
+    assert await incoming(redis_client, 4) == 0
+    assert await balance(redis_client, 4) == DEPOSIT_KOPECKS
+    await assert_conserved(redis_client)
+
+    again = await funded.transfer(4, 5, 1_000)
+    transfer = await received(redis_client, db_engine, 5, again)
+    await refunds.refund(5, again.txn_id, transfer, 300)
+    room = 10**15 - await balance(redis_client, 4) - 800  # 700 fits, 1,000 does not
+    await redis_client.hset(keyspace.user(4), "incoming_kopecks", room)
+    reads: list[int] = []
+    read_left = RefundScripts._left_as_read
+
+    async def behind_once(self: RefundScripts, user_id: int, found: FoundTransaction) -> int:
+        reads.append(await read_left(self, user_id, found))
+        return 1_000 if len(reads) == 1 else reads[-1]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RefundScripts, "_left_as_read", behind_once)
+        rest = await refunds.refund(5, again.txn_id, transfer, None, "rest")
+    assert (reads, rest.amount_kopecks) == ([700, 700], 700)
+    assert await incoming(redis_client, 4) == room
+
+
+async def test_a_refund_that_keeps_finding_more_left_gives_up_having_moved_nothing(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    refunds: RefundScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    paid = await funded.transfer(4, 5, 1_000)
+    transfer = await received(redis_client, db_engine, 5, paid)
+
+    async def behind(self: RefundScripts, user_id: int, found: FoundTransaction) -> int:
+        return 999
+
+    monkeypatch.setattr(RefundScripts, "_left_as_read", behind)
+    with refusing(refusals.REFUND_CONTENDED):
+        await refunds.refund(5, paid.txn_id, transfer, None)
+    assert await refunded_total(redis_client, 5, paid.txn_id) == 0
+    assert await incoming(redis_client, 4) == 0
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS + 1_000
+    await assert_conserved(redis_client)
+
+
+async def test_a_void_that_finds_the_refunded_total_short_writes_nothing(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    refunds: RefundScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refunded total below the refund's reservation is a broken invariant: the void
+    stops before its first write, so the reservation stays whole for an operator."""
+    paid = await funded.transfer(4, 5, 1_000)
+    transfer = await received(redis_client, db_engine, 5, paid)
+    undone = await refund_reserved_only(redis_client, refunds, monkeypatch, 5, transfer, 400)
+    legs = CrossingLegs(redis_client)
+    assert await legs.abort(4, undone.token) is None
+    await redis_client.set(keyspace.refunded(5, paid.txn_id), 100)
+    kinds = await stream_kinds(redis_client, 2)
+    with pytest.raises(ResponseError, match="counted in its refunded total"):
+        await legs.complete(2, undone.txn_id)
+    assert (await reservation_of(redis_client, 2, undone.txn_id)).state == "reserved"
+    assert await in_transit(redis_client) == 400
+    assert await balance(redis_client, 5) == DEPOSIT_KOPECKS + 600
+    assert await stream_kinds(redis_client, 2) == kinds

@@ -22,7 +22,8 @@ local function reservation_record(key)
 end
 
 -- Ends a reserved reservation: its money leaves transit_key, its state becomes `state`, it is
--- kept retention_arg seconds, and it leaves the due set. Every check has passed before.
+-- kept retention_arg seconds, and it leaves the due set. Every check of the caller has passed
+-- before, and this one's own assertion comes before its writes.
 local function end_reservation(reservation, key, due_key, transit_key, txn_id, state,
                                retention_arg)
   assert(reservation.state == "reserved", "invariant: only a reserved reservation ends")

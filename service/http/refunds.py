@@ -1,7 +1,8 @@
 """POST /api/balance/transfer/{id}/refund/: the recipient of a transfer sends all or part
 of it back, never more than it in total (lua/refund.lua through service/redis/refunds.py).
 The transfer's facts are read from the ledger merged with what the writer has not stored
-yet; the refunded total lives in Redis, and only the script changes it."""
+yet; the refunded total lives in Redis, and only the scripts change it (refund.lua raises it;
+across buckets, the void of a refund that never reached its payer lowers it again)."""
 
 from aiohttp import web
 

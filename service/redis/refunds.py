@@ -14,8 +14,10 @@ A refund of a transfer that crossed buckets crosses back (docs/scaling.md, "Acro
 buckets"): the refunder's bucket reserves (lua/refund.lua), the payer's is credited, with
 the saga of a transfer (service/redis/crossing.py) and the refunder's bucket as the payer's.
 The expectation on the payer's bucket comes first and needs an amount: the one asked, or,
-for all that is left, what is left as read just before; should a void of another refund
-raise it in between, the script answers "stale" and the refund expects again.
+for all that is left, what is left as read just before. Should another refund change it in
+between, the script refunds less than expected where the verdict covers it (the credit then
+gives the rest of the headroom back), and otherwise answers "stale" (more is left, after a
+void; or less, with the ceiling refused for more): the refund expects again.
 """
 
 import logging
@@ -128,9 +130,10 @@ class RefundScripts:
             reply = await self._runner.run(self._refund, keys, args, user_id, token)
             if reply[0] != b"stale":
                 break
-            # All that is left grew past what was expected (a refund was voided meanwhile).
+            # All that is left is not what was expected (a refund voided or made meanwhile).
             assert payer_id is not None
-            await self._crossing.drop_unused(payer_id, token)
+            if verdict == "expected":
+                await self._crossing.drop_unused(payer_id, token)
         else:
             raise Refused(refusals.REFUND_CONTENDED)
         outcome = reply[0].decode()
