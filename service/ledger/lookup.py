@@ -6,13 +6,13 @@ A transfer across buckets has no transaction: its payee finds its credit, their 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from persistence.models import LedgerTransaction, LedgerTransferCredit
+from persistence.models import LedgerTransaction
 from service.domain.crossings import CrossingRecord
-from service.domain.postings import FoundTransaction, Posting, crossing_posting
+from service.domain.postings import FoundTransaction, crossing_posting
 from service.domain.records import StreamRecord
-from service.domain.times import us_from_datetime
 from service.domain.transactions import Transaction
 from service.ledger.history import HistoryUnavailable
+from service.ledger.posting_reads import credit_of
 from service.redis import keyspace
 from service.redis.stream_tail import unpersisted_tail
 from service.redis.types import RedisClient
@@ -25,20 +25,7 @@ async def _stored(engine: AsyncEngine, reader_id: int, txn_id: int) -> FoundTran
             return Transaction.from_ledger(row)
         if keyspace.BUCKETS == 1:
             return None  # no transfer across buckets (the count is fixed at creation)
-        credit = await session.get(LedgerTransferCredit, txn_id)
-        if credit is None or credit.to_user_id != reader_id:
-            return None
-        return Posting(
-            txn_id=credit.transfer_id,
-            kind="transfer" if credit.refund_of is None else "refund",
-            viewer_user_id=reader_id,
-            from_user_id=credit.from_user_id,
-            to_user_id=credit.to_user_id,
-            amount_kopecks=credit.amount_kopecks,
-            at_us=us_from_datetime(credit.credited_at),
-            balance_after_kopecks=credit.to_balance_after_kopecks,
-            refund_of=credit.refund_of,
-        )
+        return await credit_of(session, reader_id, txn_id)
 
 
 def _in_tail(records: list[StreamRecord], reader_id: int, txn_id: int) -> FoundTransaction | None:

@@ -190,6 +190,14 @@ async def newest(
     return await _read(session, user_id, arms)
 
 
+async def credit_of(session: AsyncSession, user_id: int, txn_id: int) -> Posting | None:
+    """The user's credit of transfer ``txn_id`` across buckets, if the ledger has one."""
+    [credits] = _crossing_sources(user_id, incoming=True, outgoing=False, reversals=False)
+    arm = _arm(credits, (C.transfer_id == txn_id,), newest=True, limit=1)
+    found = await _read(session, user_id, [arm])
+    return found[0] if found else None
+
+
 async def last_at_or_before(
     session: AsyncSession, user_id: int, of: list[Source], at: datetime
 ) -> list[Posting]:

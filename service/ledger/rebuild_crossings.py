@@ -226,18 +226,9 @@ class _Restore:
                   str(self._now_us), _optional(row.refund_of)],
         )  # fmt: skip
         _check(reply, b"restored", "restore_reservation", row.id)
-        return Reservation(
-            bucket=bucket,
-            txn_id=row.id,
-            state="reserved",
-            from_user_id=row.from_user_id,
-            to_user_id=row.to_user_id,
-            amount_kopecks=row.amount_kopecks,
-            token=token,
-            idempotency_key=row.idempotency_key,
-            created_at_us=created_at_us,
-            refund_of=row.refund_of,
-        )
+        return Reservation.reserved(row.id, created_at_us, row.from_user_id, row.to_user_id,
+                                    row.amount_kopecks, token, row.idempotency_key,
+                                    row.refund_of)  # fmt: skip
 
     async def lost_reservation(self, credit: Any, token: str) -> Reservation:
         """The reservation of a credit the ledger holds (a transfer_credits row), made
@@ -253,18 +244,9 @@ class _Restore:
                   _optional(credit.refund_of)],
         )  # fmt: skip
         _check(reply, b"restored", "restore_lost_reservation", txn_id)
-        return Reservation(
-            bucket=bucket,
-            txn_id=txn_id,
-            state="reserved",
-            from_user_id=credit.from_user_id,
-            to_user_id=credit.to_user_id,
-            amount_kopecks=credit.amount_kopecks,
-            token=token,
-            idempotency_key=None,
-            created_at_us=self._now_us,
-            refund_of=credit.refund_of,
-        )
+        return Reservation.reserved(txn_id, self._now_us, credit.from_user_id,
+                                    credit.to_user_id, credit.amount_kopecks, token, None,
+                                    credit.refund_of)  # fmt: skip
 
     async def end(self, reservation: Reservation) -> None:
         """Settled or voided now, as recovery would; one whose credit's record may have

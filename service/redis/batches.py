@@ -208,19 +208,10 @@ class BatchScripts:
         for i in across:
             to_user_id = legs[i].to_user_id
             assert to_user_id is not None
-            made.append(
-                Reservation(
-                    bucket=keyspace.bucket_of(from_user_id),
-                    txn_id=accepted.first_txn_id + i,
-                    state="reserved",
-                    from_user_id=from_user_id,
-                    to_user_id=to_user_id,
-                    amount_kopecks=legs[i].amount_kopecks,
-                    token=leg_token(token, i),
-                    idempotency_key=idempotency_key,
-                    created_at_us=accepted.created_at_us,
-                )
-            )
+            leg = Reservation.reserved(accepted.first_txn_id + i, accepted.created_at_us,
+                                       from_user_id, to_user_id, legs[i].amount_kopecks,
+                                       leg_token(token, i), idempotency_key)  # fmt: skip
+            made.append(leg)
         ends = await asyncio.gather(
             *(self._crossing.drive(m, accepted.replayed) for m in made), return_exceptions=True
         )

@@ -82,6 +82,32 @@ class Reservation:
     # A refund across buckets (lua/refund.lua): the transfer it refunds; None for a transfer.
     refund_of: int | None = None
 
+    @classmethod
+    def reserved(
+        cls,
+        txn_id: int,
+        created_at_us: int,
+        from_user_id: int,
+        to_user_id: int,
+        amount_kopecks: int,
+        token: str,
+        idempotency_key: str | None,
+        refund_of: int | None = None,
+    ) -> "Reservation":
+        """One just made, or put back, in its payer's bucket: still to be credited."""
+        return cls(
+            bucket=keyspace.bucket_of(from_user_id),
+            txn_id=txn_id,
+            state="reserved",
+            from_user_id=from_user_id,
+            to_user_id=to_user_id,
+            amount_kopecks=amount_kopecks,
+            token=token,
+            idempotency_key=idempotency_key,
+            created_at_us=created_at_us,
+            refund_of=refund_of,
+        )
+
 
 def leg_token(request_token: str, leg_index: int) -> str:
     """The token of a batch leg's expectation and reservation (lua/transfer_batch.lua)."""

@@ -25,7 +25,7 @@ import logging
 import math
 import re
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import cast
 
 from service.domain import refusals
@@ -315,33 +315,18 @@ class MoneyScripts:
         reply = await runner.run(self._transfer, keys, args, from_user_id, token)
         if not verdict:
             return _result(reply)
+        # After the reservation of a transfer across buckets: its credit and settlement,
+        # answered once both are done (CrossingLegs.conclude). A refusal leaves this
+        # request's expectation unused: it is aborted (by recovery, should that fail).
         assert to_user_id is not None
-        reservation = Reservation(
-            bucket=bucket,
-            txn_id=0,  # set below from the reply
-            state="reserved",
-            from_user_id=from_user_id,
-            to_user_id=to_user_id,
-            amount_kopecks=amount_kopecks,
-            token=token,
-            idempotency_key=idempotency_key,
-            created_at_us=0,
-        )
-        return await self._complete_crossing(reply, reservation, verdict)
-
-    async def _complete_crossing(
-        self, reply: list[bytes], reservation: Reservation, verdict: str
-    ) -> Accepted:
-        """After the reservation of a transfer across buckets: its credit and settlement,
-        answered once both are done (CrossingLegs.conclude). A refusal leaves this
-        request's expectation unused: it is aborted (by recovery, should that fail)."""
         try:
             accepted = _result(reply)
         except Refused:
             if verdict == "expected":
-                await self._crossing.drop_unused(reservation.to_user_id, reservation.token)
+                await self._crossing.drop_unused(to_user_id, token)
             raise
-        made = replace(reservation, txn_id=accepted.txn_id, created_at_us=accepted.created_at_us)
+        made = Reservation.reserved(accepted.txn_id, accepted.created_at_us, from_user_id,
+                                    to_user_id, amount_kopecks, token, idempotency_key)  # fmt: skip
         await self._crossing.conclude(made, accepted.replayed, verdict)
         return accepted
 

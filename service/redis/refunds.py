@@ -161,18 +161,9 @@ class RefundScripts:
             replayed=replayed,
         )
         if crossing:
-            made = Reservation(
-                bucket=keyspace.bucket_of(user_id),
-                txn_id=accepted.txn_id,
-                state="reserved",
-                from_user_id=user_id,
-                to_user_id=payer_id,
-                amount_kopecks=amount,
-                token=token,
-                idempotency_key=idempotency_key,
-                created_at_us=accepted.created_at_us,
-                refund_of=txn_id,
-            )
+            made = Reservation.reserved(accepted.txn_id, accepted.created_at_us, user_id,
+                                        payer_id, amount, token, idempotency_key,
+                                        txn_id)  # fmt: skip
             await self._crossing.conclude(made, replayed, verdict)
         return accepted
 
