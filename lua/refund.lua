@@ -31,7 +31,8 @@
 -- KEYS[2]  txn:stream:{b}               stream: one entry per transaction
 -- KEYS[3]  user:{b}:<user_id>           hash: the refunder's wallet (debited)
 -- KEYS[4]  req:{b}:<user_id>:<token>    hash: outcome txn_id created_at_us (request_outcome),
---                                       and amount
+--                                       and amount; across buckets kept while the
+--                                       reservation is open
 -- KEYS[5]  holds:{b}:<user_id>          sorted set: the refunder's holds held_kopecks counts
 -- The keys below are present only when their condition holds, in this order:
 -- KEYS[n]  user:{b}:<payer_id>          iff ARGV[3] is not "" and ARGV[13] is ""; hash: the
@@ -223,7 +224,7 @@ if crossing then
   redis.call("HSET", bucket_member_key("outbound", refund_id), "state", "reserved",
     "from", user_id, "to", payer_id, "amount", amount_str, "token", token,
     "created_at_us", now_us, "from_balance", new_from, "idem_key", idem_key,
-    "refund_of", txn_id)
+    "refund_of", txn_id, "request", token)
   redis.call("ZADD", KEYS[7],
     string.format("%d", frame.stamp_us + tonumber(deadline_arg) * 1000), refund_id)
   record = {"id", refund_id, "kind", "transfer_out", "from", user_id, "to", payer_id,
@@ -243,4 +244,7 @@ redis.call("XADD", KEYS[2], "*", unpack(record))
 local moved = {"ok", refund_id, now_us, amount_str, "0"}
 record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
 redis.call("HSET", KEYS[4], "amount", amount_str)
+if crossing then
+  keep_request_open(KEYS[4], 1)
+end
 return idempotency_remember(idem, moved)

@@ -15,6 +15,8 @@
 -- KEYS[4]  transit:{b}                    string: kopecks in flight (raised)
 -- KEYS[5]  user:{b}:<from_user_id>        hash: balance_kopecks (lowered), held_kopecks
 -- KEYS[6]  txn:clock:{b}                  string: the bucket's last stamp, microseconds
+-- KEYS[7]  req:{b}:<from_user_id>:<token>  hash: the record of a request that reserved, kept
+--                                         open (as lua/restore_reservation.lua writes it)
 -- ARGV[1]  txn_id                         decimal, 1..15 digits: the credit's
 -- ARGV[2]  from_user_id                   decimal, 1..15 digits (the payer)
 -- ARGV[3]  to_user_id                     decimal, 1..15 digits, <> from (the payee)
@@ -38,18 +40,20 @@
 -- @include bucket
 -- @include validate
 -- @include stamp
+-- @include request_outcome
 
 local txn_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local token, due_arg, refund_of = ARGV[5], ARGV[6], ARGV[7]
 local MAX_US = 9999999999999999
 
-if #KEYS ~= 6 or #ARGV ~= 7 or not valid_id(txn_id) or not valid_id(from_id)
+if #KEYS ~= 7 or #ARGV ~= 7 or not valid_id(txn_id) or not valid_id(from_id)
   or not valid_id(to_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
   or not valid_positive(due_arg, MAX_US) or not (refund_of == "" or valid_id(refund_of))
   or KEYS[1] ~= bucket_key("txn:stream") or KEYS[2] ~= bucket_member_key("outbound", txn_id)
   or KEYS[3] ~= bucket_key("outbound:due") or KEYS[4] ~= bucket_key("transit")
-  or KEYS[5] ~= bucket_member_key("user", from_id) or KEYS[6] ~= bucket_key("txn:clock") then
+  or KEYS[5] ~= bucket_member_key("user", from_id) or KEYS[6] ~= bucket_key("txn:clock")
+  or KEYS[7] ~= bucket_member_key("req", from_id) .. ":" .. token then
   return {"invalid_argument"}
 end
 local payer = redis.call("HMGET", KEYS[5], "balance_kopecks", "held_kopecks")
@@ -68,8 +72,11 @@ redis.call("INCRBY", KEYS[4], amount_arg)
 redis.call("DEL", KEYS[2])
 redis.call("HSET", KEYS[2], "state", "reserved", "from", from_id, "to", to_id,
   "amount", amount_arg, "token", token, "created_at_us", stamp, "from_balance", new_from,
-  "idem_key", "")
+  "idem_key", "", "request", token)
 redis.call("ZADD", KEYS[3], due_arg, txn_id)
+redis.call("DEL", KEYS[7])
+record_request_outcome(KEYS[7], 1, {"ok", txn_id, stamp, "0"})
+keep_request_open(KEYS[7], 1)
 local entry = {"id", txn_id, "kind", "transfer_out", "from", from_id, "to", to_id,
   "amount", amount_arg, "created_at_us", stamp, "from_balance", new_from, "idem_key", ""}
 if refund_of ~= "" then

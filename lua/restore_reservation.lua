@@ -15,6 +15,9 @@
 -- KEYS[2]  outbound:due:{b}          sorted set: member txn_id, score due_us
 -- KEYS[3]  user:{b}:<from_user_id>   hash: the payer's wallet, which must exist (read): a
 --                                    reservation is in its payer's bucket
+-- KEYS[4]  req:{b}:<from_user_id>:<token>  hash: the record of a request that reserved, as
+--                                    includes/request_outcome.lua keeps it open (replaced):
+--                                    recovery, asking it, never fences this one off
 -- ARGV[1]  txn_id                    decimal, 1..15 digits
 -- ARGV[2]  from_user_id              decimal, 1..15 digits (the payer)
 -- ARGV[3]  to_user_id                decimal, 1..15 digits, <> from (the payee)
@@ -35,13 +38,14 @@
 
 -- @include bucket
 -- @include validate
+-- @include request_outcome
 
 local txn_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local token, created_arg, balance_arg = ARGV[5], ARGV[6], ARGV[7]
 local idem_key, due_arg, refund_of = ARGV[8], ARGV[9], ARGV[10]
 local MAX_US = 9999999999999999
 
-if #KEYS ~= 3 or #ARGV ~= 10 or not valid_id(txn_id) or not valid_id(from_id)
+if #KEYS ~= 4 or #ARGV ~= 10 or not valid_id(txn_id) or not valid_id(from_id)
   or not valid_id(to_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
   or not valid_positive(created_arg, MAX_US) or not valid_positive(due_arg, MAX_US)
@@ -49,7 +53,8 @@ if #KEYS ~= 3 or #ARGV ~= 10 or not valid_id(txn_id) or not valid_id(from_id)
   or not (idem_key == "" or valid_idempotency_key(idem_key))
   or not (refund_of == "" or valid_id(refund_of))
   or KEYS[1] ~= bucket_member_key("outbound", txn_id) or KEYS[2] ~= bucket_key("outbound:due")
-  or KEYS[3] ~= bucket_member_key("user", from_id) then
+  or KEYS[3] ~= bucket_member_key("user", from_id)
+  or KEYS[4] ~= bucket_member_key("req", from_id) .. ":" .. token then
   return {"invalid_argument"}
 end
 if redis.call("EXISTS", KEYS[3]) == 0 then
@@ -59,9 +64,12 @@ end
 redis.call("DEL", KEYS[1])
 redis.call("HSET", KEYS[1], "state", "reserved", "from", from_id, "to", to_id,
   "amount", amount_arg, "token", token, "created_at_us", created_arg,
-  "from_balance", balance_arg, "idem_key", idem_key)
+  "from_balance", balance_arg, "idem_key", idem_key, "request", token)
 if refund_of ~= "" then
   redis.call("HSET", KEYS[1], "refund_of", refund_of)
 end
+redis.call("DEL", KEYS[4])
+record_request_outcome(KEYS[4], 1, {"ok", txn_id, created_arg, "0"})
+keep_request_open(KEYS[4], 1)
 redis.call("ZADD", KEYS[2], due_arg, txn_id)
 return {"restored"}

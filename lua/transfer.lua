@@ -25,7 +25,8 @@
 -- KEYS[1]  txn:seq:{b}                  string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream:{b}               stream: one entry per transaction
 -- KEYS[3]  user:{b}:<from_user_id>      hash: balance_kopecks (debited) held_kopecks
--- KEYS[4]  req:{b}:<from_user_id>:<token> hash: outcome txn_id created_at_us (request_outcome)
+-- KEYS[4]  req:{b}:<from_user_id>:<token> hash: outcome txn_id created_at_us (request_outcome;
+--                                       across buckets kept while the reservation is open)
 -- KEYS[5]  holds:{b}:<from_user_id>     sorted set: the sender's holds held_kopecks counts
 -- KEYS[6]  throttle:recipient-misses:{b}:<from_user_id>
 --                                       string, TTL: recipient_not_found answers counted
@@ -215,7 +216,8 @@ if crossing then
   redis.call("INCRBY", KEYS[7], amount_arg)
   redis.call("HSET", bucket_member_key("outbound", txn_id), "state", "reserved",
     "from", from_id, "to", to_id, "amount", amount_arg, "token", token,
-    "created_at_us", created_at_us, "from_balance", new_from, "idem_key", idem_key)
+    "created_at_us", created_at_us, "from_balance", new_from, "idem_key", idem_key,
+    "request", token)
   redis.call("ZADD", KEYS[8],
     string.format("%d", frame.stamp_us + tonumber(deadline_arg) * 1000), txn_id)
   redis.call("XADD", KEYS[2], "*",
@@ -230,4 +232,7 @@ else
 end
 local moved = {"ok", txn_id, created_at_us, "0"}
 record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
+if crossing then
+  keep_request_open(KEYS[4], 1)
+end
 return idempotency_remember(idem, moved)

@@ -22,7 +22,8 @@
 -- KEYS[1]  txn:seq:{b}                  string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream:{b}               stream: one entry per transaction
 -- KEYS[3]  user:{b}:<from_user_id>      hash: balance_kopecks held_kopecks (debited)
--- KEYS[4]  req:{b}:<from_user_id>:<token> hash: outcome txn_id created_at_us (request_outcome)
+-- KEYS[4]  req:{b}:<from_user_id>:<token> hash: outcome txn_id created_at_us (request_outcome;
+--                                       kept while a leg across buckets is open)
 -- KEYS[5]  holds:{b}:<from_user_id>     sorted set: the payer's holds held_kopecks counts
 -- KEYS[6]  throttle:recipient-misses:{b}:<from_user_id>
 --                                       string, TTL: recipient_not_found answers counted
@@ -297,6 +298,7 @@ local from_balance = payer.balance
 local to_balances = {}  -- to_user_id -> balance after its legs so far
 local due_us = crossing and string.format("%d", frame.stamp_us + tonumber(deadline_arg) * 1000)
 local reserved = 0      -- kopecks of the legs across buckets, into transit
+local open_legs = 0     -- how many
 for i, leg in ipairs(legs) do
   from_balance = from_balance - leg.amount
   local txn_id = string.format("%d", first_id + i - 1)
@@ -307,7 +309,8 @@ for i, leg in ipairs(legs) do
     redis.call("HSET", bucket_member_key("outbound", txn_id), "state", "reserved",
       "from", from_id, "to", leg.to_id, "amount", leg.amount_arg,
       "token", token .. "-" .. string.format("%d", i - 1), "created_at_us", now_us,
-      "from_balance", from_balance_arg, "idem_key", idem_key)
+      "from_balance", from_balance_arg, "idem_key", idem_key, "request", token)
+    open_legs = open_legs + 1
     redis.call("ZADD", KEYS[transit_index + 1], due_us, txn_id)
     record = {"id", txn_id, "kind", "transfer_out", "from", from_id, "to", leg.to_id,
       "amount", leg.amount_arg, "created_at_us", now_us, "from_balance", from_balance_arg,
@@ -336,6 +339,9 @@ for _, to_id in ipairs(recipient_ids) do  -- each has legs, all of them checked 
 end
 local moved = {"ok", string.format("%d", first_id), now_us, "", "0"}
 record_request_outcome(KEYS[4], outcome_ttl_arg, moved)
+if crossing then
+  keep_request_open(KEYS[4], open_legs)
+end
 return idempotency_remember(
   idempotency_record(idem_key_name, ttl_arg, {id_fingerprint, name_fingerprint}, reply_fields),
   moved)

@@ -261,29 +261,53 @@ async def test_concurrent_transfers_across_and_within_buckets(
 @pytest.mark.parametrize(
     ("script", "keys", "args"),
     [
+        # Each call has the script's arity and one fault: an amount of 0; another payee's
+        # record; a payer who is the payee.
         ("transfer_expect", ["user:{b2}:2", "inbound:{b2}:2:" + "t" * 22, "inbound:due:{b2}"],
-         ["2", "0", "t" * 22, "1000"]),
+         ["2", "0", "t" * 22, "1000", "1", "t" * 22]),
         ("transfer_expect", ["user:{b2}:2", "inbound:{b2}:5:" + "t" * 22, "inbound:due:{b2}"],
-         ["2", "5", "t" * 22, "1000"]),
+         ["2", "5", "t" * 22, "1000", "1", "t" * 22]),
+        ("transfer_expect", ["user:{b2}:2", "inbound:{b2}:2:" + "t" * 22, "inbound:due:{b2}"],
+         ["2", "5", "t" * 22, "1000", "2", "t" * 22]),
+        # A payer who is the payee; a refund_of that is no id.
         ("transfer_credit", ["txn:stream:{b2}", "user:{b2}:2", "inbound:{b2}:2:" + "t" * 22,
                              "inbound:due:{b2}", "txn:clock:{b2}"],
-         ["2", "t" * 22, "7", "2", "5", "60"]),
+         ["2", "t" * 22, "7", "2", "5", "60", ""]),
+        ("transfer_credit", ["txn:stream:{b2}", "user:{b2}:2", "inbound:{b2}:2:" + "t" * 22,
+                             "inbound:due:{b2}", "txn:clock:{b2}"],
+         ["2", "t" * 22, "7", "1", "5", "60", "x"]),
         ("transfer_abort", ["user:{b2}:2", "inbound:{b2}:3:" + "t" * 22, "inbound:due:{b2}"],
          ["2", "t" * 22, "60"]),
+        # Another reservation's record; a request's record kept for 0 s.
         ("transfer_settle", ["txn:stream:{b1}", "outbound:{b1}:8", "outbound:due:{b1}",
-                             "transit:{b1}"], ["7", "60"]),
+                             "transit:{b1}", "req:{b1}:1:" + "t" * 22], ["7", "60", "60"]),
+        ("transfer_settle", ["txn:stream:{b1}", "outbound:{b1}:7", "outbound:due:{b1}",
+                             "transit:{b1}", "req:{b1}:1:" + "t" * 22], ["7", "60", "0"]),
+        # The counter where the clock goes.
         ("transfer_void", ["txn:stream:{b1}", "outbound:{b1}:7", "outbound:due:{b1}",
-                           "transit:{b1}", "user:{b1}:1"], ["7", "60"]),
-        # A payer who is the payee; then keys of another reservation's.
-        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:1"],
-         ["7", "1", "1", "5", "t" * 22, "1", "0", "", "1"]),
-        ("restore_reservation", ["outbound:{b1}:8", "outbound:due:{b1}", "user:{b1}:1"],
-         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1"]),
-        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:4"],
-         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1"]),
+                           "transit:{b1}", "user:{b1}:1", "txn:seq:{b1}",
+                           "req:{b1}:1:" + "t" * 22], ["7", "60", "60"]),
+        # A payer who is the payee; then keys of another reservation's; another payer's
+        # wallet; another request's record; a refund_of that is no id.
+        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:1",
+                                 "req:{b1}:1:" + "t" * 22],
+         ["7", "1", "1", "5", "t" * 22, "1", "0", "", "1", ""]),
+        ("restore_reservation", ["outbound:{b1}:8", "outbound:due:{b1}", "user:{b1}:1",
+                                 "req:{b1}:1:" + "t" * 22],
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", ""]),
+        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:4",
+                                 "req:{b1}:1:" + "t" * 22],
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", ""]),
+        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:1",
+                                 "req:{b1}:1:" + "u" * 22],
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", ""]),
+        ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:1",
+                                 "req:{b1}:1:" + "t" * 22],
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", "0"]),
         ("restore_lost_reservation", ["txn:stream:{b1}", "outbound:{b1}:7", "outbound:due:{b1}",
-                                      "transit:{b1}", "user:{b1}:4", "txn:clock:{b1}"],
-         ["7", "1", "2", "5", "t" * 22, "1"]),
+                                      "transit:{b1}", "user:{b1}:4", "txn:clock:{b1}",
+                                      "req:{b1}:1:" + "t" * 22],
+         ["7", "1", "2", "5", "t" * 22, "1", ""]),
         ("restore_credit", ["inbound:{b2}:2:" + "t" * 22], ["2", "t" * 21, "7", "5", "1", "60"]),
         ("restore_credit", ["inbound:{b2}:2:" + "t" * 22], ["2", "t" * 22, "7", "0", "1", "60"]),
     ],
@@ -732,10 +756,11 @@ async def test_rebuild_ends_the_transfers_it_finds_in_transit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Redis lost with a transfer reserved whose credit was applied and one whose credit
-    was not: rebuild puts both back and ends them, settling the first and voiding the
-    second; run again, it finds nothing half-way; the keys of the settled ones replay."""
+    was not: rebuild puts both back and completes them, the second credited (an expectation
+    first): a reservation made is never voided; run again, it finds nothing half-way; every
+    key replays."""
     settled = await funded.transfer(1, 2, 300, idempotency_key="paid")
-    await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40, idempotency_key="k4")
+    uncredited = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40, "k4")
     credited = await reserved_only(redis_client, funded, monkeypatch, 3, 8, 25, "k3")
     legs = CrossingLegs(redis_client)
     assert await legs._apply_credit(credited) == "applied"  # then the API died
@@ -744,10 +769,11 @@ async def test_rebuild_ends_the_transfers_it_finds_in_transit(
     await lose_redis(redis_client)
 
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert (report.transfers_settled, report.transfers_voided, report.transfers_stuck) == (1, 1, 0)
+    assert (report.transfers_settled, report.transfers_voided, report.transfers_stuck) == (2, 0, 0)
     assert report.ledger_last_txn_id >= credited.txn_id
     assert await in_transit(redis_client) == 0
-    after = before | {4: DEPOSIT_KOPECKS}  # voided: its credit was never applied
+    assert await incoming(redis_client, 5) == 0
+    after = before | {5: before[5] + 40}  # credited now: its credit was never applied
     assert {u: await balance(redis_client, u) for u in USERS} == after
     await persist(redis_client, db_engine)
     again = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)  # nothing half-way
@@ -760,8 +786,8 @@ async def test_rebuild_ends_the_transfers_it_finds_in_transit(
     assert (replay.replayed, replay.txn_id) == (True, settled.txn_id)
     replay = await funded.transfer(3, 8, 25, idempotency_key="k3")
     assert (replay.replayed, replay.txn_id) == (True, credited.txn_id)
-    # The void forgot the key of the transfer it undid: a retry is a new transfer.
-    assert not (await funded.transfer(4, 5, 40, idempotency_key="k4")).replayed
+    replay = await funded.transfer(4, 5, 40, idempotency_key="k4")
+    assert (replay.replayed, replay.txn_id) == (True, uncredited.txn_id)
 
 
 async def test_a_history_across_buckets_pages_newest_first_by_instant(

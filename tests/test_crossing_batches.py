@@ -13,10 +13,11 @@ from service.domain import refusals
 from service.ledger.rebuild import rebuild
 from service.ledger.reconcile import format_report as format_reconcile
 from service.ledger.reconcile import reconcile
-from service.redis import keyspace
+from service.redis import crossing, keyspace
 from service.redis.batches import BatchAccepted, BatchScripts, Leg
 from service.redis.crossing import CrossingLegs, Reservation
 from service.redis.money import MoneyScripts
+from service.redis.scripts import ScriptArgumentRejected
 from service.redis.types import RedisClient
 from service.settings import Settings
 from tests.support.crossing import (
@@ -202,3 +203,112 @@ async def test_the_ledger_holds_a_batch_across_buckets_and_rebuild_restores_its_
         only_across.first_txn_id, only_across.created_at_us, replayed=True
     )
     assert await balances(redis_client) == before
+
+
+async def test_a_batch_broken_by_a_lost_credit_record_keeps_its_key(
+    redis_client: RedisClient,
+    funded: MoneyScripts,
+    batches: BatchScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record of the first leg's credit lost (as a failover without
+    WALLET_REDIS_MIN_REPLICAS can): that leg is voided, the other stands, the answer is an
+    error, and the batch's key stays, so that a retry replays it instead of paying the leg
+    within the bucket again."""
+    legs = [Leg(5, 200), Leg(7, 100)]
+    finish = CrossingLegs.finish
+
+    async def lost_record(self: CrossingLegs, reservation: Reservation) -> str:
+        await redis_client.delete(keyspace.inbound(reservation.to_user_id, reservation.token))
+        return await finish(self, reservation)
+
+    monkeypatch.setattr(CrossingLegs, "finish", lost_record)
+    with refusing(refusals.INTERNAL_ERROR):
+        await batches.transfer_batch(4, legs, "broken")
+    assert await redis_client.exists(keyspace.idempotency(4, "broken"))
+    with refusing(refusals.INTERNAL_ERROR):
+        await batches.transfer_batch(4, legs, "broken")
+    assert await balances(redis_client) == paid([Leg(7, 100)])
+    await assert_conserved(redis_client)
+
+
+async def test_rebuild_completes_every_leg_of_a_batch_left_after_its_script(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    batches: BatchScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis lost while a batch's legs across buckets were reserved and not credited:
+    rebuild credits them (an expectation first), never voids one, and the key replays."""
+
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
+        raise RedisConnectionError("the API lost Redis after the reservation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "finish", lost)
+        with refusing(refusals.OUTCOME_UNKNOWN):
+            await batches.transfer_batch(4, LEGS, "left")
+    await persist(redis_client, db_engine)
+    await lose_redis(redis_client)
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert (report.transfers_settled, report.transfers_voided) == (3, 0)
+    assert await balances(redis_client) == paid(LEGS)
+    assert [await incoming(redis_client, u) for u in (5, 6)] == [0, 0]
+    assert (await batches.transfer_batch(4, LEGS, "left")).replayed
+    await persist(redis_client, db_engine)
+    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
+    assert check.ok, format_reconcile(check)
+
+
+async def test_a_request_that_reserved_keeps_its_record_while_a_leg_is_open(
+    redis_client: RedisClient,
+    funded: MoneyScripts,
+    batches: BatchScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record under the request's token has no expiry while any of its legs across
+    buckets is reserved (recovery asks it before fencing an expectation off, however late),
+    and gets one when the last ends."""
+    finished: list[Reservation] = []
+
+    async def held(self: CrossingLegs, reservation: Reservation) -> str:
+        finished.append(reservation)
+        raise RedisConnectionError("the API lost Redis after the reservation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "finish", held)
+        with refusing(refusals.OUTCOME_UNKNOWN):
+            await batches.transfer_batch(4, LEGS)
+    [request] = {r.request for r in finished}
+    record = keyspace.request_outcome(4, request)
+    legs = CrossingLegs(redis_client)
+    for left_open in (2, 1, 0):
+        assert await redis_client.ttl(record) == -1
+        assert await legs.finish(finished[left_open]) == "settled"
+        assert int(await redis_client.hget(record, "open") or -1) == left_open
+    assert 0 < await redis_client.ttl(record) <= crossing.ENDED_REQUEST_TTL_S
+    await assert_conserved(redis_client)
+
+
+@pytest.mark.parametrize(
+    "verdicts", [{1: "maybe", 2: "expected", 3: "expected"}, {1: "unasked", 2: "unasked"}]
+)
+async def test_the_batch_script_refuses_verdicts_it_cannot_take(
+    redis_client: RedisClient,
+    funded: MoneyScripts,
+    batches: BatchScripts,
+    monkeypatch: pytest.MonkeyPatch,
+    verdicts: dict[int, str],
+) -> None:
+    """An unknown verdict, or a leg it reaches that was never asked (a bug of the caller):
+    invalid, nothing written."""
+
+    async def wrong(*args: Any) -> dict[int, str]:
+        return verdicts
+
+    monkeypatch.setattr(batches, "_expect", wrong)
+    with pytest.raises(ScriptArgumentRejected):
+        await batches.transfer_batch(4, LEGS)
+    assert await balances(redis_client) == dict.fromkeys(USERS, DEPOSIT_KOPECKS)
+    assert await in_transit(redis_client) == 0

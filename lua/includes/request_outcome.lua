@@ -13,6 +13,12 @@
 --   command sat in a socket buffer) is thereby stopped, and the lookup's answer stays true.
 -- Refusals are not recorded: a refused request changed nothing, and a lookup that finds
 -- no record answers just that.
+-- - A request that reserved across buckets (a transfer, a refund, a batch's legs to other
+--   buckets) keeps its record without expiry while any of its reservations is open (field
+--   `open`: how many): recovery asks the record before it fences an expectation off
+--   (service/redis/crossing.py), which must never happen to a reservation that was made.
+--   The end of each reservation (includes/reservation.lua) counts it down, and the last
+--   gives the record its ttl.
 
 -- The reply recorded under the request's token ({outcome, txn_id, created_at_us, "0"}),
 -- or nil when it has none.
@@ -29,4 +35,11 @@ end
 local function record_request_outcome(key, ttl_s, reply)
   redis.call("HSET", key, "outcome", reply[1], "txn_id", reply[2], "created_at_us", reply[3])
   redis.call("EXPIRE", key, ttl_s)
+end
+
+-- Keeps the record of a request that made open_count reservations across buckets, without
+-- expiry, until they end (above).
+local function keep_request_open(key, open_count)
+  redis.call("HSET", key, "open", open_count)
+  redis.call("PERSIST", key)
 end

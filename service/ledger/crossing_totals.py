@@ -97,6 +97,18 @@ async def reservations_in_transit(
     return rows.all()
 
 
+async def uncredited_in_transit(connection: AsyncConnection) -> dict[int, int]:
+    """Per payee, the kopecks of reservations with no end and no credit in the ledger: what
+    rebuild credits again."""
+    credited = exists().where(C.transfer_id == R.id)
+    rows = await connection.execute(
+        select(R.to_user_id, func.sum(R.amount_kopecks))
+        .where(~_ended(None), ~credited)
+        .group_by(R.to_user_id)
+    )
+    return {int(user_id): int(total) for user_id, total in rows}
+
+
 class UnevenSide(NamedTuple):
     """A side of a transfer across buckets whose counterpart the ledger lacks: money lost
     or created between the two buckets (a Redis loss that one bucket's writer had stored

@@ -2,10 +2,13 @@
 Redis held of the transfers in flight is forgotten, and every transfer the ledger holds
 half-way is put back and driven to its end at once, through the saga's own scripts:
 
-- a reservation with no end: put back (lua/restore_reservation.lua), after its credit's
-  record where the ledger holds the credit (lua/restore_credit.lua), then settled; voided
-  where the ledger holds no credit (the credit was never applied, or was lost with Redis
-  before its writer stored it, and the payee's rebuilt balance does not have it either);
+- a reservation with no end: put back (lua/restore_reservation.lua, with its request's
+  record, so that recovery never fences it off), after its credit's record where the
+  ledger holds the credit (lua/restore_credit.lua), or else after an expectation of its
+  credit (the credit was never applied, or was lost with Redis before its writer stored
+  it, and the payee's rebuilt balance does not have it either), then credited where it was
+  not and settled: a reservation made is completed, never voided, which keeps a batch
+  whole;
 - a settle whose credit the ledger lacks (a loss of Redis's data took the credit before its
   bucket's writer stored it, while the payer's had stored the settle): put back reserved
   after an expectation of its credit (lua/transfer_expect.lua), then credited again and
@@ -34,6 +37,7 @@ from service.ledger.crossing_totals import (
     UNEVEN_FINDINGS,
     in_transit,
     reservations_in_transit,
+    uncredited_in_transit,
     uneven_sides,
 )
 from service.ledger.hold_totals import incoming_of_payees, pending_holds_of_payers
@@ -109,7 +113,7 @@ async def half_way_transfers(engine: AsyncEngine) -> HalfWay:
                 select(C).where(C.transfer_id.in_(ids["credit_without_reservation"]))
             )
         )
-        credits: dict[int, int] = defaultdict(int)
+        credits: dict[int, int] = defaultdict(int, await uncredited_in_transit(connection))
         debits: dict[int, int] = defaultdict(int)
         for reservation in uncredited:
             credits[reservation.to_user_id] += reservation.amount_kopecks
@@ -163,6 +167,8 @@ async def complete_transfers_half_way(
             if row.credited_at is not None:
                 await restore.credit(row.id, row.to_user_id, row.amount_kopecks, token,
                                      us_from_datetime(row.credited_at))  # fmt: skip
+            else:
+                await restore.expectation(row, token)
             await restore.end(await restore.reservation(row, token))
         after_id = rows[-1].id
     for row in half_way.uncredited:
@@ -219,7 +225,8 @@ class _Restore:
         created_at_us = us_from_datetime(row.created_at)
         reply = await self._reservation(
             keys=[keyspace.outbound(bucket, row.id), keyspace.outbound_due(bucket),
-                  keyspace.user(row.from_user_id)],
+                  keyspace.user(row.from_user_id),
+                  keyspace.request_outcome(row.from_user_id, token)],
             args=[str(row.id), str(row.from_user_id), str(row.to_user_id),
                   str(row.amount_kopecks), token, str(created_at_us),
                   str(row.from_balance_after_kopecks), row.idempotency_key or "",
@@ -238,7 +245,8 @@ class _Restore:
         reply = await self._lost(
             keys=[keyspace.txn_stream(bucket), keyspace.outbound(bucket, txn_id),
                   keyspace.outbound_due(bucket), keyspace.transit(bucket),
-                  keyspace.user(credit.from_user_id), keyspace.txn_clock(bucket)],
+                  keyspace.user(credit.from_user_id), keyspace.txn_clock(bucket),
+                  keyspace.request_outcome(credit.from_user_id, token)],
             args=[str(txn_id), str(credit.from_user_id), str(credit.to_user_id),
                   str(credit.amount_kopecks), token, str(self._now_us),
                   _optional(credit.refund_of)],

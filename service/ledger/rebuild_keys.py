@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, literal, select, tuple_, union_all
+from sqlalchemy import Row, Select, literal, or_, select, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.models import (
@@ -320,11 +320,13 @@ async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIt
     """Transfers, refunds and batch legs across buckets, under the payer's (the refunder's)
     key, newest first: as one within a bucket records it (lua/transfer.lua, lua/refund.lua
     and lua/transfer_batch.lua, with the fingerprint the ledger kept for a refund and a
-    batch). Not those a void undid: the void deleted the record (its request never got a
-    201), so a retry is a new one."""
+    batch). Not those a void undid, but a batch's legs: the void deleted the record (its
+    request never got a 201), so a retry is a new one; a batch's record it keeps (the
+    batch's other legs may stand: lua/transfer_void.lua)."""
+    kept = or_(~undone_by_a_void(), R.idempotency_fingerprint.like(BATCH_FINGERPRINT_PREFIX + "%"))
     query = select(R.id, R.from_user_id, R.to_user_id, R.amount_kopecks, R.created_at,
                    R.idempotency_key, R.refund_of, R.idempotency_fingerprint).where(
-        R.idempotency_key.is_not(None), R.created_at > cutoff, ~undone_by_a_void()
+        R.idempotency_key.is_not(None), R.created_at > cutoff, kept
     )  # fmt: skip
     emitted: set[_BatchId] = set()
     async for rows in _newest_rows(engine, query, R.created_at, R.id):

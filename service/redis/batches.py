@@ -24,7 +24,6 @@ from service.domain.limits import MAX_BATCH_LEGS
 from service.domain.refusals import Refused
 from service.redis import keyspace
 from service.redis.crossing import (
-    CROSSING_OUTCOME_TTL_S,
     RESERVATION_DEADLINE_MS,
     CrossingLegs,
     Reservation,
@@ -152,8 +151,7 @@ class BatchScripts:
         keys += tail_keys(from_user_id, idempotency_key, session)
         args = [str(from_user_id), idempotency_key or "", runner.idempotency_ttl_s]
         args += session_args(session)
-        outcome_ttl_s = CROSSING_OUTCOME_TTL_S if across else runner.outcome_ttl_s
-        args += [token, outcome_ttl_s, *runner.recipient_misses_args, str(len(legs))]
+        args += [token, runner.outcome_ttl_s, *runner.recipient_misses_args, str(len(legs))]
         args.append(str(RESERVATION_DEADLINE_MS) if across else "")
         for i, leg in enumerate(legs):
             args += [
@@ -210,7 +208,8 @@ class BatchScripts:
             assert to_user_id is not None
             leg = Reservation.reserved(accepted.first_txn_id + i, accepted.created_at_us,
                                        from_user_id, to_user_id, legs[i].amount_kopecks,
-                                       leg_token(token, i), idempotency_key)  # fmt: skip
+                                       leg_token(token, i), idempotency_key,
+                                       request_token=token)  # fmt: skip
             made.append(leg)
         ends = await asyncio.gather(
             *(self._crossing.drive(m, accepted.replayed) for m in made), return_exceptions=True

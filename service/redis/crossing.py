@@ -51,11 +51,10 @@ EXPECTATION_DEADLINE_MS = 2 * RESERVATION_DEADLINE_MS
 # How long an ended reservation or expectation is kept: a late credit must find the fence,
 # and a retry with the key reads the reservation.
 ENDED_RETENTION_S = 7 * 24 * 3600
-# How long a request that reserved across buckets keeps its outcome under its token (the
-# ARGV "outcome ttl_s" of the reserving scripts), rather than the request's own minute:
-# recovery asks it before it fences an expectation off (_recover_expectation), for as long
-# as one may be pending.
-CROSSING_OUTCOME_TTL_S = str(ENDED_RETENTION_S)
+# How long the record of a request that reserved across buckets is kept once its last
+# reservation ended (until then it has no expiry: lua/includes/request_outcome.lua): as long
+# as WALLET_REQUEST_OUTCOME_TTL_S may be, for a lookup of a lost reply.
+ENDED_REQUEST_TTL_S = 3600
 # The most due reservations (and expectations) one recovery pass takes per bucket, and how
 # often a pass runs (beside the writer: service/ledger/hold_sweeper.py).
 RECOVERY_BATCH = 100
@@ -81,6 +80,17 @@ class Reservation:
     created_at_us: int
     # A refund across buckets (lua/refund.lua): the transfer it refunds; None for a transfer.
     refund_of: int | None = None
+    # The token of the request that made it, where that is not ``token``: a batch's leg
+    # (``leg_token``).
+    request_token: str | None = None
+
+    @property
+    def request(self) -> str:
+        return self.request_token or self.token
+
+    @property
+    def batch_leg(self) -> bool:
+        return self.request != self.token
 
     @classmethod
     def reserved(
@@ -93,6 +103,7 @@ class Reservation:
         token: str,
         idempotency_key: str | None,
         refund_of: int | None = None,
+        request_token: str | None = None,
     ) -> "Reservation":
         """One just made, or put back, in its payer's bucket: still to be credited."""
         return cls(
@@ -106,6 +117,7 @@ class Reservation:
             idempotency_key=idempotency_key,
             created_at_us=created_at_us,
             refund_of=refund_of,
+            request_token=request_token,
         )
 
 
@@ -243,13 +255,16 @@ class CrossingLegs:
             applied = await self.abort(reservation.to_user_id, reservation.token)
             credit = "aborted" if applied is None else "applied"
         if credit == "applied":
-            return await self._end(
-                self._settle, "settled", reservation, self._outbound_keys(reservation)
-            )
+            keys = [*self._outbound_keys(reservation), self._request_key(reservation)]
+            return await self._end(self._settle, "settled", reservation, keys)
+        if reservation.batch_leg:
+            # Only a lost record of its credit gets here: the batch is broken.
+            log.critical("voiding %s, a leg of a batch whose other legs may stand", reservation)
         keys = [
             *self._outbound_keys(reservation),
             keyspace.user(reservation.from_user_id),
             keyspace.txn_clock(reservation.bucket),
+            self._request_key(reservation),
         ]
         if reservation.refund_of is not None:
             # The void gives back what the refund took of the refunded total.
@@ -274,6 +289,7 @@ class CrossingLegs:
             idempotency_key=fields["idem_key"] or None,
             created_at_us=int(fields["created_at_us"]),
             refund_of=int(fields["refund_of"]) if "refund_of" in fields else None,
+            request_token=fields["request"] if fields["request"] != fields["token"] else None,
         )
 
     async def recover(self, now_us: int) -> int:
@@ -411,7 +427,7 @@ class CrossingLegs:
     ) -> str:
         reply: list[bytes] = await script(
             keys=keys,
-            args=[str(reservation.txn_id), str(ENDED_RETENTION_S)],
+            args=[str(reservation.txn_id), str(ENDED_RETENTION_S), str(ENDED_REQUEST_TTL_S)],
             wait_for_replicas=True,
         )
         ended = reply[0].decode()
@@ -429,6 +445,10 @@ class CrossingLegs:
             keyspace.outbound_due(bucket),
             keyspace.transit(bucket),
         ]
+
+    @staticmethod
+    def _request_key(reservation: Reservation) -> str:
+        return keyspace.request_outcome(reservation.from_user_id, reservation.request)
 
     @staticmethod
     def _inbound_keys(to_user_id: int, token: str) -> list[str]:

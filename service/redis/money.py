@@ -35,7 +35,6 @@ from service.domain.refusals import BY_LUA_OUTCOME, Refused
 from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.crossing import (
-    CROSSING_OUTCOME_TTL_S,
     RESERVATION_DEADLINE_MS,
     CrossingLegs,
     Reservation,
@@ -307,8 +306,7 @@ class MoneyScripts:
             runner.idempotency_ttl_s,
         ]
         args += session_args(session)
-        outcome_ttl_s = runner.outcome_ttl_s if not verdict else CROSSING_OUTCOME_TTL_S
-        args += [to_username or "", token, outcome_ttl_s, *runner.recipient_misses_args]
+        args += [to_username or "", token, runner.outcome_ttl_s, *runner.recipient_misses_args]
         args += [verdict, str(RESERVATION_DEADLINE_MS) if verdict else ""]
         # Refused(OUTCOME_UNKNOWN) leaves the expectation: the reservation may stand (its
         # replicas did not confirm it) and then needs it; recovery ends both.

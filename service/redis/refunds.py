@@ -31,7 +31,6 @@ from service.domain.refusals import Refused
 from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.crossing import (
-    CROSSING_OUTCOME_TTL_S,
     RESERVATION_DEADLINE_MS,
     CrossingLegs,
     Reservation,
@@ -232,5 +231,4 @@ class _RefundCall:
         ]
         args += session_args(session)
         deadline_ms = str(RESERVATION_DEADLINE_MS) if self.verdict else ""
-        outcome_ttl_s = runner.outcome_ttl_s if not self.verdict else CROSSING_OUTCOME_TTL_S
-        return [*args, self.token, outcome_ttl_s, self.verdict, self.expected, deadline_ms]
+        return [*args, self.token, runner.outcome_ttl_s, self.verdict, self.expected, deadline_ms]
