@@ -3,6 +3,8 @@ service/redis/batches.py) against a real Redis with three buckets (user u in buc
 all or nothing, the first leg at fault named, every leg completed once the script ran, and
 money conserved, counting what is in flight, at every step."""
 
+import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import refusals
+from service.domain.refusals import Refused
 from service.ledger.rebuild import rebuild
 from service.ledger.reconcile import format_report as format_reconcile
 from service.ledger.reconcile import reconcile
@@ -312,3 +315,40 @@ async def test_the_batch_script_refuses_verdicts_it_cannot_take(
         await batches.transfer_batch(4, LEGS)
     assert await balances(redis_client) == dict.fromkeys(USERS, DEPOSIT_KOPECKS)
     assert await in_transit(redis_client) == 0
+
+
+async def test_concurrent_batches_and_transfers_across_buckets(
+    redis_client: RedisClient, funded: MoneyScripts, batches: BatchScripts
+) -> None:
+    """Every payer sends batches across and within buckets while every user transfers: each
+    batch all or nothing, no kopeck lost or invented, nothing left in flight."""
+    rng = random.Random(30)
+    applied: list[int] = []
+    refused: list[refusals.Refusal] = []
+
+    async def payer(user_id: int) -> None:
+        for _ in range(6):
+            others = [u for u in USERS if u != user_id]
+            legs = [
+                Leg(rng.choice(others), rng.randint(1, 9_000)) for _ in range(rng.randint(1, 5))
+            ]
+            try:
+                if len(legs) == 1:
+                    assert legs[0].to_user_id is not None
+                    await funded.transfer(user_id, legs[0].to_user_id, legs[0].amount_kopecks)
+                else:
+                    await batches.transfer_batch(user_id, legs)
+            except Refused as refusal:
+                refused.append(refusal.refusal)
+            else:
+                applied.append(len(legs))
+
+    await asyncio.gather(*(payer(u) for u in USERS))
+    assert sum(applied) > 50
+    assert set(refused) <= {refusals.INSUFFICIENT_FUNDS}
+    await assert_conserved(redis_client)
+    assert await in_transit(redis_client) == 0
+    assert [await incoming(redis_client, u) for u in USERS] == [0] * len(USERS)
+    for bucket in keyspace.all_buckets():
+        assert await redis_client.zcard(keyspace.outbound_due(bucket)) == 0
+        assert await redis_client.zcard(keyspace.inbound_due(bucket)) == 0

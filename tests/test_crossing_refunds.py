@@ -3,6 +3,8 @@ against a real Redis with three buckets (user u in bucket u % 3): the refund cro
 its refunded total counts it once, a void gives the total back, the ledger stores both sides
 with ``refund_of``, and money is conserved, counting what is in flight, at every step."""
 
+import asyncio
+import random
 from dataclasses import replace
 from typing import cast
 
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import refusals
 from service.domain.postings import FoundTransaction
+from service.domain.refusals import Refused
 from service.ledger.history import read_history
 from service.ledger.lookup import find_transaction
 from service.ledger.rebuild import rebuild
@@ -400,3 +403,40 @@ async def test_a_void_that_finds_the_refunded_total_short_writes_nothing(
     assert await in_transit(redis_client) == 400
     assert await balance(redis_client, 5) == DEPOSIT_KOPECKS + 600
     assert await stream_kinds(redis_client, 2) == kinds
+
+
+async def test_concurrent_refunds_of_one_transfer_never_exceed_it(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts, refunds: RefundScripts
+) -> None:
+    """Twenty refunds of one transfer across buckets at once, parts and "all that is left",
+    while its payer and refunder keep paying each other: the refunds add up to the transfer
+    at most, the refunded total is their sum, and no kopeck is lost or invented."""
+    paid = await funded.transfer(4, 5, 5_000)
+    transfer = await received(redis_client, db_engine, 5, paid)
+    rng = random.Random(20)
+    refunded: list[int] = []
+    refused: list[refusals.Refusal] = []
+
+    async def refund(amount: int | None) -> None:
+        try:
+            made = await refunds.refund(5, paid.txn_id, transfer, amount)
+        except Refused as refusal:
+            refused.append(refusal.refusal)
+        else:
+            refunded.append(made.amount_kopecks)
+
+    async def traffic() -> None:
+        for _ in range(10):
+            await funded.transfer(rng.choice([4, 5]), rng.choice([7, 8]), rng.randint(1, 500))
+
+    # Parts first (at most 15 x 250 kopecks), then parts and "all that is left" together.
+    await asyncio.gather(*(refund(rng.randint(1, 250)) for _ in range(15)), traffic())
+    assert len(refunded) == 15
+    second: list[int | None] = [None, rng.randint(1, 250), None, rng.randint(1, 250), None]
+    await asyncio.gather(*(refund(a) for a in second), traffic())
+    assert sum(refunded) == await refunded_total(redis_client, 5, paid.txn_id) == 5_000
+    assert set(refused) <= {refusals.REFUND_EXCEEDS_TRANSFER}
+    assert len(refunded) >= 16
+    assert await in_transit(redis_client) == 0
+    assert [await incoming(redis_client, u) for u in USERS] == [0] * len(USERS)
+    await assert_conserved(redis_client)
