@@ -282,6 +282,9 @@ class LedgerTransferCredit(Base):
         ),
         # The payee's reads, as for reservations.
         Index("transfer_credits_by_payee_time", "to_user_id", "credited_at", "transfer_id"),
+        # A counter started again raises its bucket's clock past the bucket's newest credit
+        # (service/ledger/id_counter.py): the newest credits first, until one of the bucket's.
+        Index("transfer_credits_by_time", "credited_at"),
         # The refunded totals of `wallet rebuild` (a refund's credit without its reservation).
         Index(
             "transfer_credits_by_refund_of",

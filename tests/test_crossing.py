@@ -20,10 +20,12 @@ from service.domain import refusals
 from service.domain.postings import Posting
 from service.domain.records import record_from_stream_fields
 from service.domain.refusals import Refused
+from service.domain.times import us_from_datetime
 from service.ledger.crossing_totals import UnevenSide
 from service.ledger.history import Direction, read_history
 from service.ledger.hold_sweeper import run_crossing_recovery
 from service.ledger.hold_totals import last_stream_entry_id, parse_entry_id
+from service.ledger.id_counter import restart_counter_set_aside
 from service.ledger.rebuild import rebuild
 from service.ledger.rebuild_errors import RebuildRefused
 from service.ledger.reconcile import TransitDrift, reconcile
@@ -958,3 +960,25 @@ async def test_recovery_aborts_no_expectation_while_reservations_wait_their_turn
     assert await legs.recover(FAR_FUTURE_US) == 0
     assert [await balance(redis_client, u) for u in (2, 5)] == [DEPOSIT_KOPECKS + 10] * 2
     await assert_conserved(redis_client)
+
+
+async def test_a_counter_started_again_raises_the_clock_past_every_side_of_its_bucket(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts
+) -> None:
+    """After a failover the counter starts again in a new epoch and the bucket's clock is
+    raised past the last stamp the ledger holds of the bucket: its credits of transfers
+    from other buckets included, though they carry other buckets' ids."""
+    await funded.transfer(1, 2, 10)  # credited on bucket 2 last
+    await persist(redis_client, db_engine)
+    async with db_engine.connect() as connection:
+        credited_at = await connection.scalar(
+            text("SELECT max(credited_at) FROM transfer_credits WHERE to_user_id = 2")
+        )
+    assert credited_at is not None
+    seq = cast(bytes, await redis_client.get(keyspace.txn_seq(2)))
+    await redis_client.set(keyspace.txn_seq_behind(2), seq)
+    await redis_client.delete(keyspace.txn_seq(2))
+    await redis_client.set(keyspace.txn_clock(2), 1)  # the new primary's clock lost it
+    assert await restart_counter_set_aside(redis_client, db_engine, 2) is not None
+    clock_us = int(await redis_client.get(keyspace.txn_clock(2)) or 0)
+    assert clock_us >= us_from_datetime(credited_at)

@@ -25,20 +25,34 @@ moving; otherwise the scripts would refuse money (epoch_exhausted) at the epoch'
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.models import LedgerHold, LedgerTransaction, LedgerTransferReservation
+from persistence.models import (
+    LedgerHold,
+    LedgerTransaction,
+    LedgerTransferCredit,
+    LedgerTransferEnd,
+    LedgerTransferReservation,
+)
 from persistence.txn_id_epochs import TxnIdEpochsExhausted, take_txn_id_epoch
 from service.domain.limits import EPOCH_ROLLOVER_MARGIN_IDS, TXN_IDS_PER_EPOCH
 from service.domain.times import us_from_datetime
+from service.ledger.crossing_totals import VOIDED
 from service.outages import is_outage
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.types import RedisClient
 
 log = logging.getLogger("wallet.id_counter")
+
+T = LedgerTransaction
+R = LedgerTransferReservation
+C = LedgerTransferCredit
+V = LedgerTransferEnd
 
 # How often the writer looks for a counter set aside: money is refused until it is started
 # again, so within about this long of the first connection to a new primary.
@@ -59,6 +73,40 @@ async def ledger_last_id(engine: AsyncEngine) -> int:
     return max(int(id_ or 0) for id_ in last)
 
 
+async def _last_stamp(connection: AsyncConnection, bucket: int, epoch: int) -> datetime | None:
+    """The last stamp the ledger holds of the bucket's records in the counter's epoch, which
+    the clock must not go below: within a bucket stamps increase with ids, and the epoch's
+    ids are the bucket's (index range scans of the keys); and, with several buckets, the
+    last of the credits the bucket gave its payees, which carry other buckets' ids (the
+    newest credits, in the index by instant, until one of the bucket's)."""
+    in_epoch = (epoch * TXN_IDS_PER_EPOCH, (epoch + 1) * TXN_IDS_PER_EPOCH)
+    stamps: list[tuple[Any, Any, tuple[ColumnElement[bool], ...]]] = [
+        (T.created_at, T.id, ()),
+        (R.created_at, R.id, ()),
+        (V.at, V.transfer_id, (VOIDED,)),
+    ]
+    found = []
+    for stamp, id_, where in stamps:
+        found.append(
+            await connection.scalar(
+                select(stamp)
+                .where(id_ > in_epoch[0], id_ < in_epoch[1], *where)
+                .order_by(id_.desc())
+                .limit(1)
+            )
+        )
+    if keyspace.BUCKETS > 1:
+        found.append(
+            await connection.scalar(
+                select(C.credited_at)
+                .where(C.to_user_id % keyspace.BUCKETS == bucket)
+                .order_by(C.credited_at.desc())
+                .limit(1)
+            )
+        )
+    return max((stamp for stamp in found if stamp is not None), default=None)
+
+
 async def restart_counter_set_aside(
     redis: RedisClient, engine: AsyncEngine, bucket: int
 ) -> int | None:
@@ -71,17 +119,7 @@ async def restart_counter_set_aside(
     epoch_behind = behind // TXN_IDS_PER_EPOCH
     last_id = await ledger_last_id(engine)
     async with engine.connect() as connection:
-        # The stamp of the epoch's last stored transaction: within a bucket stamps increase
-        # with ids, and the epoch's ids are the bucket's (an index range scan of the key).
-        clock_floor = await connection.scalar(
-            select(LedgerTransaction.created_at)
-            .where(
-                LedgerTransaction.id > epoch_behind * TXN_IDS_PER_EPOCH,
-                LedgerTransaction.id < (epoch_behind + 1) * TXN_IDS_PER_EPOCH,
-            )
-            .order_by(LedgerTransaction.id.desc())
-            .limit(1)
-        )
+        clock_floor = await _last_stamp(connection, bucket, epoch_behind)
     # Strictly above the counter set aside, and above the ledger (ids of an older version
     # were issued without epochs).
     at_least_id = max(behind + 1, last_id)

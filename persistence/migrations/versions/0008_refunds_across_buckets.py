@@ -8,7 +8,9 @@ reservation on the refunder's bucket and its credit on the payer's are stored as
 of a transfer are, naming the transfer refunded (``refund_of``); the reservation keeps the
 fingerprint recorded under its Idempotency-Key, which `wallet rebuild` restores and the row
 alone cannot give ("all" or an amount). The refunded totals (`wallet reconcile`, `wallet
-rebuild`) read the refunds' reservations and credits by the transfer refunded.
+rebuild`) read the refunds' reservations and credits by the transfer refunded. A counter
+started again after a failover raises its bucket's clock past the bucket's newest credit,
+read from the credits in time order (service/ledger/id_counter.py).
 
 Nullable columns added to tables that are empty until a deployment has more than one
 bucket: no rewrite.
@@ -41,9 +43,11 @@ def upgrade() -> None:
         ["refund_of"],
         postgresql_where=sa.text(_REFUNDS),
     )
+    op.create_index("transfer_credits_by_time", "transfer_credits", ["credited_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("transfer_credits_by_time", table_name="transfer_credits")
     op.drop_index("transfer_credits_by_refund_of", table_name="transfer_credits")
     op.drop_index("transfer_reservations_by_refund_of", table_name="transfer_reservations")
     op.drop_column("transfer_credits", "refund_of")
