@@ -37,12 +37,15 @@ if redis.call("EXISTS", KEYS[2]) == 0 then
 end
 local recorded = recorded_request_outcome(KEYS[1])
 if recorded then
-  -- Its expiry set again, unchanged: a write of this call's own, so that the replica wait
-  -- after it (WALLET_REDIS_MIN_REPLICAS: service/redis/replicas.py) covers the transaction
-  -- the record names, written before. (Every record is written with an expiry.)
+  -- A write of this call's own, so that the replica wait after it
+  -- (WALLET_REDIS_MIN_REPLICAS: service/redis/replicas.py) covers the transaction the record
+  -- names, written before: its expiry set again, unchanged, or, on the record of a request
+  -- whose reservations across buckets are open (kept without expiry), its outcome.
   local ttl_ms = redis.call("PTTL", KEYS[1])
   if ttl_ms > 0 then
     redis.call("PEXPIRE", KEYS[1], ttl_ms)
+  else
+    redis.call("HSET", KEYS[1], "outcome", recorded[1])
   end
   return recorded
 end

@@ -15,7 +15,7 @@
 -- KEYS[2]  outbound:due:{b}          sorted set: member txn_id, score due_us
 -- KEYS[3]  user:{b}:<from_user_id>   hash: the payer's wallet, which must exist (read): a
 --                                    reservation is in its payer's bucket
--- KEYS[4]  req:{b}:<from_user_id>:<token>  hash: the record of a request that reserved, as
+-- KEYS[4]  req:{b}:<from_user_id>:<request>  hash: the record of a request that reserved, as
 --                                    includes/request_outcome.lua keeps it open (replaced):
 --                                    recovery, asking it, never fences this one off
 -- ARGV[1]  txn_id                    decimal, 1..15 digits
@@ -30,6 +30,9 @@
 --                                    takes it
 -- ARGV[10] refund_of                 decimal: the transfer a refund's reservation refunds
 --                                    (its void lowers that refunded total), or ""
+-- ARGV[11] request token             16..64 of A-Z a-z 0-9 _ -: the request it is put back
+--                                    under (ARGV[5] for a transfer or a refund; for a batch's
+--                                    leg another, so that it stays a leg: lua/transfer_void.lua)
 --
 -- Returns  {outcome}:
 --   "restored"            written
@@ -42,10 +45,10 @@
 
 local txn_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local token, created_arg, balance_arg = ARGV[5], ARGV[6], ARGV[7]
-local idem_key, due_arg, refund_of = ARGV[8], ARGV[9], ARGV[10]
+local idem_key, due_arg, refund_of, request = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local MAX_US = 9999999999999999
 
-if #KEYS ~= 4 or #ARGV ~= 10 or not valid_id(txn_id) or not valid_id(from_id)
+if #KEYS ~= 4 or #ARGV ~= 11 or not valid_request_token(request) or not valid_id(txn_id) or not valid_id(from_id)
   or not valid_id(to_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
   or not valid_positive(created_arg, MAX_US) or not valid_positive(due_arg, MAX_US)
@@ -54,7 +57,7 @@ if #KEYS ~= 4 or #ARGV ~= 10 or not valid_id(txn_id) or not valid_id(from_id)
   or not (refund_of == "" or valid_id(refund_of))
   or KEYS[1] ~= bucket_member_key("outbound", txn_id) or KEYS[2] ~= bucket_key("outbound:due")
   or KEYS[3] ~= bucket_member_key("user", from_id)
-  or KEYS[4] ~= bucket_member_key("req", from_id) .. ":" .. token then
+  or KEYS[4] ~= bucket_member_key("req", from_id) .. ":" .. request then
   return {"invalid_argument"}
 end
 if redis.call("EXISTS", KEYS[3]) == 0 then
@@ -64,7 +67,7 @@ end
 redis.call("DEL", KEYS[1])
 redis.call("HSET", KEYS[1], "state", "reserved", "from", from_id, "to", to_id,
   "amount", amount_arg, "token", token, "created_at_us", created_arg,
-  "from_balance", balance_arg, "idem_key", idem_key, "request", token)
+  "from_balance", balance_arg, "idem_key", idem_key, "request", request)
 if refund_of ~= "" then
   redis.call("HSET", KEYS[1], "refund_of", refund_of)
 end

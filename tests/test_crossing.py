@@ -293,19 +293,19 @@ async def test_concurrent_transfers_across_and_within_buckets(
         # wallet; another request's record; a refund_of that is no id.
         ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:1",
                                  "req:{b1}:1:" + "t" * 22],
-         ["7", "1", "1", "5", "t" * 22, "1", "0", "", "1", ""]),
+         ["7", "1", "1", "5", "t" * 22, "1", "0", "", "1", "", "t" * 22]),
         ("restore_reservation", ["outbound:{b1}:8", "outbound:due:{b1}", "user:{b1}:1",
                                  "req:{b1}:1:" + "t" * 22],
-         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", ""]),
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", "", "t" * 22]),
         ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:4",
                                  "req:{b1}:1:" + "t" * 22],
-         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", ""]),
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", "", "t" * 22]),
         ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:1",
                                  "req:{b1}:1:" + "u" * 22],
-         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", ""]),
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", "", "t" * 22]),
         ("restore_reservation", ["outbound:{b1}:7", "outbound:due:{b1}", "user:{b1}:1",
                                  "req:{b1}:1:" + "t" * 22],
-         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", "0"]),
+         ["7", "1", "2", "5", "t" * 22, "1", "0", "", "1", "0", "t" * 22]),
         ("restore_lost_reservation", ["txn:stream:{b1}", "outbound:{b1}:7", "outbound:due:{b1}",
                                       "transit:{b1}", "user:{b1}:4", "txn:clock:{b1}",
                                       "req:{b1}:1:" + "t" * 22],
@@ -758,11 +758,12 @@ async def test_rebuild_ends_the_transfers_it_finds_in_transit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Redis lost with a transfer reserved whose credit was applied and one whose credit
-    was not: rebuild puts both back and completes them, the second credited (an expectation
-    first): a reservation made is never voided; run again, it finds nothing half-way; every
-    key replays."""
+    the ledger lacks: rebuild puts both back and ends them, settling the first and voiding
+    the second (the ledger cannot tell a credit never made from a void lost with Redis,
+    after which the client was told to try again); run again, it finds nothing half-way;
+    the keys of the settled ones replay."""
     settled = await funded.transfer(1, 2, 300, idempotency_key="paid")
-    uncredited = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40, "k4")
+    await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40, idempotency_key="k4")
     credited = await reserved_only(redis_client, funded, monkeypatch, 3, 8, 25, "k3")
     legs = CrossingLegs(redis_client)
     assert await legs._apply_credit(credited) == "applied"  # then the API died
@@ -771,11 +772,10 @@ async def test_rebuild_ends_the_transfers_it_finds_in_transit(
     await lose_redis(redis_client)
 
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert (report.transfers_settled, report.transfers_voided, report.transfers_stuck) == (2, 0, 0)
+    assert (report.transfers_settled, report.transfers_voided, report.transfers_stuck) == (1, 1, 0)
     assert report.ledger_last_txn_id >= credited.txn_id
     assert await in_transit(redis_client) == 0
-    assert await incoming(redis_client, 5) == 0
-    after = before | {5: before[5] + 40}  # credited now: its credit was never applied
+    after = before | {4: DEPOSIT_KOPECKS}  # voided: the ledger holds no credit
     assert {u: await balance(redis_client, u) for u in USERS} == after
     await persist(redis_client, db_engine)
     again = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)  # nothing half-way
@@ -788,8 +788,8 @@ async def test_rebuild_ends_the_transfers_it_finds_in_transit(
     assert (replay.replayed, replay.txn_id) == (True, settled.txn_id)
     replay = await funded.transfer(3, 8, 25, idempotency_key="k3")
     assert (replay.replayed, replay.txn_id) == (True, credited.txn_id)
-    replay = await funded.transfer(4, 5, 40, idempotency_key="k4")
-    assert (replay.replayed, replay.txn_id) == (True, uncredited.txn_id)
+    # The void forgot the key of the transfer it undid: a retry is a new transfer.
+    assert not (await funded.transfer(4, 5, 40, idempotency_key="k4")).replayed
 
 
 async def test_a_history_across_buckets_pages_newest_first_by_instant(
@@ -817,20 +817,29 @@ async def test_a_history_across_buckets_pages_newest_first_by_instant(
 
 
 async def test_rebuild_over_a_redis_that_kept_its_data_takes_the_ledgers_transit(
-    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An expectation left by a request that died (its headroom goes with the rewritten
-    incoming_kopecks, so the record goes too) and a transit that drifted: after a rebuild
-    over the same Redis, both are the ledger's."""
+    incoming_kopecks, so the record goes too), a reservation left open and a transit that
+    drifted: after a rebuild over the same Redis, all are the ledger's, and the record of
+    the request whose reservation it put back under a new token expires as an ended one's."""
     legs = CrossingLegs(redis_client)
     token = "t" * 22
     assert await legs.expect(1, 9, 11, token) == "expected"
+    left = await reserved_only(redis_client, funded, monkeypatch, 4, 5, 40)
+    request_record = keyspace.request_outcome(4, left.token)
+    assert await redis_client.ttl(request_record) == -1  # kept while the reservation is open
     await redis_client.incrby(keyspace.transit(1), 7)
     await persist(redis_client, db_engine)
     await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert 0 < await redis_client.ttl(request_record) <= crossing.ENDED_REQUEST_TTL_S
     assert await incoming(redis_client, 9) == 0
     assert not await redis_client.exists(keyspace.inbound(9, token))
     assert await in_transit(redis_client) == 0
+    await persist(redis_client, db_engine)  # the void rebuild made of the reservation
     check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
     assert check.ok, format_reconcile(check)
 

@@ -257,10 +257,10 @@ async def test_reconcile_and_rebuild_count_refunds_across_buckets(
 ) -> None:
     """A refund settled, one voided, one left after its reservation, and one whose credit
     the ledger holds without its reservation (a Redis loss between the two writers): the
-    refunded totals reconcile; rebuild restores them and the refunds' keys, completes the
-    one left half-way (credited, as a reservation made always is) and debits the refunder
-    again for the one whose reservation was lost; the ledger is whole after, and a retry
-    with a key replays, but the voided one's, which its void forgot."""
+    refunded totals reconcile; rebuild restores them and the refunds' keys, voids the one
+    left half-way (its total lowered again) and debits the refunder again for the one
+    whose reservation was lost; the ledger is whole after, and a retry with a key replays,
+    but the voided ones', which their voids forgot."""
     paid = await funded.transfer(4, 5, 1_000)
     other = await funded.transfer(7, 8, 500)
     third = await funded.transfer(1, 2, 200)
@@ -292,12 +292,12 @@ async def test_reconcile_and_rebuild_count_refunds_across_buckets(
     before = {u: await balance(redis_client, u) for u in USERS}
     await lose_redis(redis_client)
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
-    assert (report.transfers_settled, report.transfers_voided) == (2, 0)
+    assert (report.transfers_settled, report.transfers_voided) == (1, 1)
     assert report.refunded_totals_restored == 3
     assert await refunded_total(redis_client, 5, paid.txn_id) == 1_000
-    assert await refunded_total(redis_client, 8, other.txn_id) == 150  # the void's 100 not
+    assert await refunded_total(redis_client, 8, other.txn_id) == 0  # voided, both
     assert await refunded_total(redis_client, 2, third.txn_id) == 60
-    assert {u: await balance(redis_client, u) for u in USERS} == before | {7: before[7] + 150}
+    assert {u: await balance(redis_client, u) for u in USERS} == before | {8: before[8] + 150}
     assert await in_transit(redis_client) == 0
     await persist(redis_client, db_engine)
     check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
@@ -306,12 +306,11 @@ async def test_reconcile_and_rebuild_count_refunds_across_buckets(
         settled, replayed=True
     )
     other_transfer = await received(redis_client, db_engine, 8, other)
-    replay = await refunds.refund(8, other.txn_id, other_transfer, 150, "left")
-    assert (replay.replayed, replay.txn_id) == (True, left.txn_id)
-    # Voided: its key forgotten, so a retry with it is a new refund.
-    retry = await refunds.refund(8, other.txn_id, other_transfer, 100, "undone")
-    assert (retry.replayed, retry.amount_kopecks) == (False, 100)
-    assert retry.txn_id != undone.txn_id
+    # Voided: their keys forgotten, so a retry with one is a new refund.
+    for key, amount, voided in (("left", 150, left), ("undone", 100, undone)):
+        retry = await refunds.refund(8, other.txn_id, other_transfer, amount, key)
+        assert (retry.replayed, retry.amount_kopecks) == (False, amount)
+        assert retry.txn_id != voided.txn_id
 
 
 async def test_a_refund_of_all_that_is_left_may_credit_less_than_it_expected(

@@ -15,6 +15,9 @@ KINDS: tuple[Kind, ...] = ("deposit", "transfer", "refund")
 # What a history or a statement lists (service/domain/postings.py): the transactions, and
 # the reversal of a transfer across buckets that a void undid.
 ItemKind = Kind | Literal["reversal"]
+# How the fingerprint recorded under a batch's key begins (lua/transfer_batch.lua), on every
+# leg's ledger row: what tells a batch's leg from a transfer.
+BATCH_FINGERPRINT_PREFIX = "batch:"
 ITEM_KINDS: tuple[ItemKind, ...] = (*KINDS, "reversal")
 
 

@@ -26,9 +26,8 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.models import (
@@ -50,6 +49,7 @@ from service.redis.types import RedisClient
 log = logging.getLogger("wallet.id_counter")
 
 T = LedgerTransaction
+H = LedgerHold
 R = LedgerTransferReservation
 C = LedgerTransferCredit
 V = LedgerTransferEnd
@@ -74,32 +74,40 @@ async def ledger_last_id(engine: AsyncEngine) -> int:
 
 
 async def _last_stamp(connection: AsyncConnection, bucket: int, epoch: int) -> datetime | None:
-    """The last stamp the ledger holds of the bucket's records in the counter's epoch, which
-    the clock must not go below: within a bucket stamps increase with ids, and the epoch's
-    ids are the bucket's (index range scans of the keys); and, with several buckets, the
-    last of the credits the bucket gave its payees, which carry other buckets' ids (the
-    newest credits, in the index by instant, until one of the bucket's)."""
+    """The last stamp the ledger holds of the bucket's records, which the clock must not go
+    below. Records stamped as their id was issued (transactions, holds made, reservations):
+    the newest of the counter's epoch, by id (within a bucket stamps increase with ids, and
+    the epoch's ids are the bucket's: index range scans of the keys). Then, newer than that,
+    records stamped later than their id: the voids of the bucket's payers (which may undo a
+    reservation of an earlier epoch; the voids' partial index) and the credits of its payees
+    (which carry other buckets' ids; the credits by instant). Hold events are not counted
+    yet (no index finds the newest of a bucket)."""
     in_epoch = (epoch * TXN_IDS_PER_EPOCH, (epoch + 1) * TXN_IDS_PER_EPOCH)
-    stamps: list[tuple[Any, Any, tuple[ColumnElement[bool], ...]]] = [
-        (T.created_at, T.id, ()),
-        (R.created_at, R.id, ()),
-        (V.at, V.transfer_id, (VOIDED,)),
-    ]
-    found = []
-    for stamp, id_, where in stamps:
+    found: list[datetime | None] = []
+    for stamp, id_ in ((T.created_at, T.id), (H.created_at, H.id), (R.created_at, R.id)):
         found.append(
             await connection.scalar(
                 select(stamp)
-                .where(id_ > in_epoch[0], id_ < in_epoch[1], *where)
+                .where(id_ > in_epoch[0], id_ < in_epoch[1])
                 .order_by(id_.desc())
                 .limit(1)
             )
         )
+    floor = max((stamp for stamp in found if stamp is not None), default=None)
     if keyspace.BUCKETS > 1:
+        later = () if floor is None else (V.at > floor,)
+        found.append(
+            await connection.scalar(
+                select(func.max(V.at)).where(
+                    VOIDED, V.from_user_id % keyspace.BUCKETS == bucket, *later
+                )
+            )
+        )
+        later = () if floor is None else (C.credited_at > floor,)
         found.append(
             await connection.scalar(
                 select(C.credited_at)
-                .where(C.to_user_id % keyspace.BUCKETS == bucket)
+                .where(C.to_user_id % keyspace.BUCKETS == bucket, *later)
                 .order_by(C.credited_at.desc())
                 .limit(1)
             )

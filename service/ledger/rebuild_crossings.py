@@ -4,11 +4,13 @@ half-way is put back and driven to its end at once, through the saga's own scrip
 
 - a reservation with no end: put back (lua/restore_reservation.lua, with its request's
   record, so that recovery never fences it off), after its credit's record where the
-  ledger holds the credit (lua/restore_credit.lua), or else after an expectation of its
-  credit (the credit was never applied, or was lost with Redis before its writer stored
-  it, and the payee's rebuilt balance does not have it either), then credited where it was
-  not and settled: a reservation made is completed, never voided, which keeps a batch
-  whole;
+  ledger holds the credit (lua/restore_credit.lua), then settled. Where the ledger holds no
+  credit (never applied, or lost with Redis before its writer stored it, or voided by a
+  void that was lost too: the ledger cannot tell), a batch's leg is credited after an
+  expectation, since its batch's other legs may stand and its key (kept by a void) makes a
+  retry replay the batch; a transfer or a refund is voided, since its void, if there was
+  one, told the client to try again and forgot the key, and crediting it as well could pay
+  twice;
 - a settle whose credit the ledger lacks (a loss of Redis's data took the credit before its
   bucket's writer stored it, while the payer's had stored the settle): put back reserved
   after an expectation of its credit (lua/transfer_expect.lua), then credited again and
@@ -37,14 +39,22 @@ from service.ledger.crossing_totals import (
     UNEVEN_FINDINGS,
     in_transit,
     reservations_in_transit,
-    uncredited_in_transit,
+    uncredited_batch_legs,
     uneven_sides,
 )
 from service.ledger.hold_totals import incoming_of_payees, pending_holds_of_payers
 from service.ledger.rebuild_errors import RebuildRefused
+from service.ledger.rebuild_keys import is_batch_leg
 from service.ledger.reconcile import ledger_balances
 from service.redis import keyspace
-from service.redis.crossing import ENDED_RETENTION_S, CrossingLegs, Reservation, ReservationStuck
+from service.redis.crossing import (
+    ENDED_REQUEST_TTL_S,
+    ENDED_RETENTION_S,
+    CrossingLegs,
+    Reservation,
+    ReservationStuck,
+    leg_token,
+)
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.types import RedisClient
 
@@ -85,8 +95,15 @@ async def forget_transfers_in_flight(redis: RedisClient, bucket: int) -> None:
             await redis.delete(record)
     for member in cast(list[bytes], await redis.zrange(outbound_due, 0, -1)):
         record = keyspace.outbound(bucket, int(member))
-        if await redis.hget(record, "state") == b"reserved":
+        state, payer, request = cast(
+            list[bytes | None], await redis.hmget(record, "state", "from", "request")
+        )
+        if state == b"reserved":
             await redis.delete(record)
+            if payer is not None and request is not None:
+                # Its request's record, kept while it was open, expires as once it ends.
+                request_key = keyspace.request_outcome(int(payer), request.decode())
+                await redis.expire(request_key, ENDED_REQUEST_TTL_S)
     await redis.delete(inbound_due, outbound_due)
 
 
@@ -113,7 +130,7 @@ async def half_way_transfers(engine: AsyncEngine) -> HalfWay:
                 select(C).where(C.transfer_id.in_(ids["credit_without_reservation"]))
             )
         )
-        credits: dict[int, int] = defaultdict(int, await uncredited_in_transit(connection))
+        credits: dict[int, int] = defaultdict(int, await uncredited_batch_legs(connection))
         debits: dict[int, int] = defaultdict(int)
         for reservation in uncredited:
             credits[reservation.to_user_id] += reservation.amount_kopecks
@@ -163,18 +180,18 @@ async def complete_transfers_half_way(
         if not rows:
             break
         for row in rows:
-            token = secrets.token_urlsafe(16)
+            request, token = _tokens(row)
             if row.credited_at is not None:
                 await restore.credit(row.id, row.to_user_id, row.amount_kopecks, token,
                                      us_from_datetime(row.credited_at))  # fmt: skip
-            else:
-                await restore.expectation(row, token)
-            await restore.end(await restore.reservation(row, token))
+            elif is_batch_leg(row):
+                await restore.expectation(row, token, request)
+            await restore.end(await restore.reservation(row, token, request))
         after_id = rows[-1].id
     for row in half_way.uncredited:
-        token = secrets.token_urlsafe(16)
-        await restore.expectation(row, token)
-        await restore.end(await restore.reservation(row, token))
+        request, token = _tokens(row)
+        await restore.expectation(row, token, request)
+        await restore.end(await restore.reservation(row, token, request))
     for row in half_way.unreserved:
         token = secrets.token_urlsafe(16)
         await restore.credit(row.transfer_id, row.to_user_id, row.amount_kopecks, token,
@@ -210,32 +227,34 @@ class _Restore:
         )  # fmt: skip
         _check(reply, b"restored", "restore_credit", txn_id)
 
-    async def expectation(self, row: Any, token: str) -> None:
+    async def expectation(self, row: Any, token: str, request: str) -> None:
         """An expectation of the credit of a reservation (a transfer_reservations row) to
         make again (its headroom checked before)."""
         verdict = await self._legs.expect(
-            row.from_user_id, row.to_user_id, row.amount_kopecks, token
+            row.from_user_id, row.to_user_id, row.amount_kopecks, token, request
         )
         if verdict != "expected":
             raise ScriptArgumentRejected(f"transfer_expect of transfer {row.id}: {verdict}")
 
-    async def reservation(self, row: Any, token: str) -> Reservation:
-        """A reservation the ledger holds (a transfer_reservations row), reserved again."""
+    async def reservation(self, row: Any, token: str, request: str) -> Reservation:
+        """A reservation the ledger holds (a transfer_reservations row), reserved again,
+        under ``request``'s record (kept open)."""
         bucket = keyspace.bucket_of(row.from_user_id)
         created_at_us = us_from_datetime(row.created_at)
         reply = await self._reservation(
             keys=[keyspace.outbound(bucket, row.id), keyspace.outbound_due(bucket),
                   keyspace.user(row.from_user_id),
-                  keyspace.request_outcome(row.from_user_id, token)],
+                  keyspace.request_outcome(row.from_user_id, request)],
             args=[str(row.id), str(row.from_user_id), str(row.to_user_id),
                   str(row.amount_kopecks), token, str(created_at_us),
                   str(row.from_balance_after_kopecks), row.idempotency_key or "",
-                  str(self._now_us), _optional(row.refund_of)],
+                  str(self._now_us), _optional(row.refund_of), request],
         )  # fmt: skip
         _check(reply, b"restored", "restore_reservation", row.id)
+        batch_request = request if request != token else None
         return Reservation.reserved(row.id, created_at_us, row.from_user_id, row.to_user_id,
                                     row.amount_kopecks, token, row.idempotency_key,
-                                    row.refund_of)  # fmt: skip
+                                    row.refund_of, batch_request)  # fmt: skip
 
     async def lost_reservation(self, credit: Any, token: str) -> Reservation:
         """The reservation of a credit the ledger holds (a transfer_credits row), made
@@ -270,6 +289,13 @@ class _Restore:
         else:
             assert outcome == "voided", (reservation, outcome)
             self.completed.voided += 1
+
+
+def _tokens(row: Any) -> tuple[str, str]:
+    """``(request, token)`` for a reservation put back: a new request, and its token, which
+    for a batch's leg is a leg's of it, so that it stays one (lua/transfer_void.lua)."""
+    request = secrets.token_urlsafe(16)
+    return request, leg_token(request, 0) if is_batch_leg(row) else request
 
 
 def _optional(refund_of: int | None) -> str:

@@ -26,6 +26,7 @@ from persistence.models import (
     LedgerTransferReservation,
 )
 from service.domain.times import datetime_from_us, us_from_datetime
+from service.domain.transactions import BATCH_FINGERPRINT_PREFIX
 from service.ledger.crossing_totals import undone_by_a_void
 from service.redis import keyspace
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
@@ -35,8 +36,6 @@ logger = logging.getLogger("wallet.rebuild")
 
 # Ledger rows read a page, records restored a call.
 BATCH_SIZE = 1000
-# The fingerprint of a batch's key (lua/transfer_batch.lua), on every leg's row.
-BATCH_FINGERPRINT_PREFIX = "batch:"
 
 H = LedgerHold
 E = LedgerHoldEvent
@@ -207,13 +206,13 @@ async def _page_records(
     transfer_reservations), and its one record is given by the table of its first leg.
     ``emitted``: the batches already given, all of one instant (kept between pages)."""
     async with engine.connect() as connection:
-        wanted = {_batch_id(row) for row in rows if _is_batch_leg(row)} - emitted
+        wanted = {_batch_id(row) for row in rows if is_batch_leg(row)} - emitted
         legs = await _batch_legs(connection, wanted)
     records = []
     for row in rows:
         if emitted and next(iter(emitted))[2] != row.created_at:
             emitted.clear()  # the keyset moved past their instant: they never come again
-        if not _is_batch_leg(row):
+        if not is_batch_leg(row):
             records.append(one(row))
             continue
         batch = _batch_id(row)
@@ -224,7 +223,7 @@ async def _page_records(
     return records
 
 
-def _is_batch_leg(row: Any) -> bool:
+def is_batch_leg(row: Any) -> bool:
     """A leg of a batch: its fingerprint says so (a transfer's row has none, a capture's and
     a refund's another)."""
     fingerprint = row.idempotency_fingerprint
