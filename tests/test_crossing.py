@@ -41,9 +41,12 @@ from tests.support.crossing import (
     DEPOSIT_KOPECKS,
     USERS,
     assert_conserved,
+    assert_reconciled,
+    assert_settled_down,
     in_flight,
     in_transit,
     incoming,
+    losing_redis_after_reservations,
     reservation_of,
     reserved_only,
     stream_kinds,
@@ -252,12 +255,7 @@ async def test_concurrent_transfers_across_and_within_buckets(
     await asyncio.gather(*(payer(u) for u in USERS))
     assert len(accepted) == len(set(accepted)) > 100
     assert set(refused) <= {refusals.INSUFFICIENT_FUNDS}
-    await assert_conserved(redis_client)
-    assert await in_transit(redis_client) == 0
-    assert [await incoming(redis_client, u) for u in USERS] == [0] * len(USERS)
-    for bucket in keyspace.all_buckets():
-        assert await redis_client.zcard(keyspace.outbound_due(bucket)) == 0
-        assert await redis_client.zcard(keyspace.inbound_due(bucket)) == 0
+    await assert_settled_down(redis_client)
 
 
 @pytest.mark.parametrize(
@@ -781,8 +779,7 @@ async def test_rebuild_ends_the_transfers_it_finds_in_transit(
     again = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)  # nothing half-way
     assert (again.transfers_settled, again.transfers_voided) == (0, 0)
     assert {u: await balance(redis_client, u) for u in USERS} == after
-    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
-    assert check.ok, format_reconcile(check)
+    check = await assert_reconciled(redis_client, db_engine)
     assert check.in_transit_kopecks == 0
     replay = await funded.transfer(1, 2, 300, idempotency_key="paid")
     assert (replay.replayed, replay.txn_id) == (True, settled.txn_id)
@@ -839,9 +836,7 @@ async def test_rebuild_over_a_redis_that_kept_its_data_takes_the_ledgers_transit
     assert await incoming(redis_client, 9) == 0
     assert not await redis_client.exists(keyspace.inbound(9, token))
     assert await in_transit(redis_client) == 0
-    await persist(redis_client, db_engine)  # the void rebuild made of the reservation
-    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
-    assert check.ok, format_reconcile(check)
+    await assert_reconciled(redis_client, db_engine)  # the void rebuild made of the reservation
 
 
 async def test_reconcile_finds_a_side_whose_counterpart_the_ledger_lacks(
@@ -910,8 +905,7 @@ async def test_rebuild_completes_the_sides_a_redis_loss_left_uneven(
     assert {u: await balance(redis_client, u) for u in USERS} == after
     for bucket in keyspace.all_buckets():
         assert await redis_client.xlen(keyspace.txn_dead_letter(bucket)) == 0
-    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
-    assert check.ok, format_reconcile(check)
+    await assert_reconciled(redis_client, db_engine)
 
 
 async def test_rebuild_refuses_over_a_void_whose_credit_is_in_the_ledger(
@@ -955,11 +949,7 @@ async def test_recovery_aborts_no_expectation_while_reservations_wait_their_turn
     second's expectation, due too, waits for it, so both complete rather than one voided."""
     monkeypatch.setattr(crossing, "RECOVERY_BATCH", 1)
 
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("the API lost Redis after the reservation")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
+    with losing_redis_after_reservations(monkeypatch):
         for payer, payee in ((1, 2), (4, 5)):
             with refusing(refusals.OUTCOME_UNKNOWN):
                 await funded.transfer(payer, payee, 10)

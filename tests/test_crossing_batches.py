@@ -14,8 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.domain import refusals
 from service.domain.refusals import Refused
 from service.ledger.rebuild import rebuild
-from service.ledger.reconcile import format_report as format_reconcile
-from service.ledger.reconcile import reconcile
 from service.redis import crossing, keyspace
 from service.redis.batches import BatchAccepted, BatchScripts, Leg
 from service.redis.crossing import CrossingLegs, Reservation
@@ -27,8 +25,11 @@ from tests.support.crossing import (
     DEPOSIT_KOPECKS,
     USERS,
     assert_conserved,
+    assert_reconciled,
+    assert_settled_down,
     in_transit,
     incoming,
+    losing_redis_after_reservations,
     stream_kinds,
 )
 from tests.support.helpers import balance, lose_redis, persist, refusing
@@ -132,11 +133,7 @@ async def test_a_batch_left_after_its_script_is_completed_by_a_retry_or_recovery
     completes every leg; another batch left so is completed by recovery past the deadline,
     every leg, none voided."""
 
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("the API lost Redis after the reservation")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
+    with losing_redis_after_reservations(monkeypatch):
         with refusing(refusals.OUTCOME_UNKNOWN):
             await batches.transfer_batch(4, LEGS, "left")
         with refusing(refusals.OUTCOME_UNKNOWN):
@@ -188,9 +185,7 @@ async def test_the_ledger_holds_a_batch_across_buckets_and_rebuild_restores_its_
     mixed = await batches.transfer_batch(4, LEGS, "mixed")
     across = [Leg(5, 11), Leg(6, 12)]
     only_across = await batches.transfer_batch(4, across, "across")
-    await persist(redis_client, db_engine)
-    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
-    assert check.ok, format_reconcile(check)
+    await assert_reconciled(redis_client, db_engine)
     before = await balances(redis_client)
     assert before == paid(LEGS + across)
 
@@ -245,13 +240,8 @@ async def test_rebuild_completes_every_leg_of_a_batch_left_after_its_script(
     """Redis lost while a batch's legs across buckets were reserved and not credited:
     rebuild credits them (an expectation first), never voids one, and the key replays."""
 
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("the API lost Redis after the reservation")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
-        with refusing(refusals.OUTCOME_UNKNOWN):
-            await batches.transfer_batch(4, LEGS, "left")
+    with losing_redis_after_reservations(monkeypatch), refusing(refusals.OUTCOME_UNKNOWN):
+        await batches.transfer_batch(4, LEGS, "left")
     await persist(redis_client, db_engine)
     await lose_redis(redis_client)
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
@@ -259,9 +249,7 @@ async def test_rebuild_completes_every_leg_of_a_batch_left_after_its_script(
     assert await balances(redis_client) == paid(LEGS)
     assert [await incoming(redis_client, u) for u in (5, 6)] == [0, 0]
     assert (await batches.transfer_batch(4, LEGS, "left")).replayed
-    await persist(redis_client, db_engine)
-    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
-    assert check.ok, format_reconcile(check)
+    await assert_reconciled(redis_client, db_engine)
 
 
 async def test_a_request_that_reserved_keeps_its_record_while_a_leg_is_open(
@@ -346,9 +334,4 @@ async def test_concurrent_batches_and_transfers_across_buckets(
     await asyncio.gather(*(payer(u) for u in USERS))
     assert sum(applied) > 50
     assert set(refused) <= {refusals.INSUFFICIENT_FUNDS}
-    await assert_conserved(redis_client)
-    assert await in_transit(redis_client) == 0
-    assert [await incoming(redis_client, u) for u in USERS] == [0] * len(USERS)
-    for bucket in keyspace.all_buckets():
-        assert await redis_client.zcard(keyspace.outbound_due(bucket)) == 0
-        assert await redis_client.zcard(keyspace.inbound_due(bucket)) == 0
+    await assert_settled_down(redis_client)

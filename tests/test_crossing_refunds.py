@@ -9,7 +9,6 @@ from dataclasses import replace
 from typing import cast
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,8 +19,6 @@ from service.domain.refusals import Refused
 from service.ledger.history import read_history
 from service.ledger.lookup import find_transaction
 from service.ledger.rebuild import rebuild
-from service.ledger.reconcile import format_report as format_reconcile
-from service.ledger.reconcile import reconcile
 from service.redis import keyspace
 from service.redis.crossing import CrossingLegs, Reservation
 from service.redis.money import Accepted, MoneyScripts
@@ -32,8 +29,11 @@ from tests.support.crossing import (
     DEPOSIT_KOPECKS,
     USERS,
     assert_conserved,
+    assert_reconciled,
     in_transit,
     incoming,
+    losing_redis_after_reservations,
+    only_due_reservation,
     reservation_of,
     stream_kinds,
 )
@@ -71,19 +71,9 @@ async def refund_reserved_only(
 ) -> Reservation:
     """A refund whose API lost Redis right after its reservation: answered outcome_unknown.
     Its reservation, the only one due in the refunder's bucket."""
-
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("the API lost Redis after the reservation")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
-        with refusing(refusals.OUTCOME_UNKNOWN):
-            await refunds.refund(
-                refunder, transfer.txn_id, transfer, amount_kopecks, idempotency_key
-            )
-    bucket = keyspace.bucket_of(refunder)
-    [raw] = cast(list[bytes], await redis.zrange(keyspace.outbound_due(bucket), 0, -1))
-    return await reservation_of(redis, bucket, int(raw))
+    with losing_redis_after_reservations(monkeypatch), refusing(refusals.OUTCOME_UNKNOWN):
+        await refunds.refund(refunder, transfer.txn_id, transfer, amount_kopecks, idempotency_key)
+    return await only_due_reservation(redis, keyspace.bucket_of(refunder))
 
 
 async def test_a_refund_across_buckets_crosses_back_once(
@@ -279,9 +269,7 @@ async def test_reconcile_and_rebuild_count_refunds_across_buckets(
     )  # fmt: skip
     lost = await refunds.refund(2, third.txn_id, await received(redis_client, db_engine, 2, third),
                                 60, "lost")  # fmt: skip
-    await persist(redis_client, db_engine)
-    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
-    assert check.ok, format_reconcile(check)
+    check = await assert_reconciled(redis_client, db_engine)
     assert check.refunded_checked == 3
     assert check.in_transit_kopecks == 150
 
@@ -299,9 +287,7 @@ async def test_reconcile_and_rebuild_count_refunds_across_buckets(
     assert await refunded_total(redis_client, 2, third.txn_id) == 60
     assert {u: await balance(redis_client, u) for u in USERS} == before | {8: before[8] + 150}
     assert await in_transit(redis_client) == 0
-    await persist(redis_client, db_engine)
-    check = await reconcile(redis_client, db_engine, wait_for_writer_s=1)
-    assert check.ok, format_reconcile(check)
+    check = await assert_reconciled(redis_client, db_engine)
     assert await refunds.refund(5, paid.txn_id, transfer, None, "all-back") == replace(
         settled, replayed=True
     )

@@ -2,17 +2,21 @@
 bucket u % 3, tests/conftest.py's ``several_buckets``), funded users, money in flight read
 from the records, and a transfer left half-way."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import cast
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import refusals
+from service.ledger.reconcile import ReconcileReport, format_report, reconcile
 from service.redis import keyspace
 from service.redis.crossing import CrossingLegs, Reservation
 from service.redis.money import MoneyScripts
 from service.redis.types import RedisClient
-from tests.support.helpers import StreamEntries, balance, refusing
+from tests.support.helpers import StreamEntries, balance, persist, refusing
 
 # Payers and payees in three buckets: 1, 4, 7 in bucket 1; 2, 5, 8 in 2; 3, 6, 9 in 0.
 USERS = list(range(1, 10))
@@ -54,10 +58,38 @@ async def assert_conserved(redis: RedisClient) -> None:
     assert sum(balances) + await in_flight(redis) == DEPOSIT_KOPECKS * len(USERS)
 
 
+async def assert_settled_down(redis: RedisClient) -> None:
+    """Money conserved, and nothing left in flight: no transit, no headroom kept, nothing due."""
+    await assert_conserved(redis)
+    assert await in_transit(redis) == 0
+    assert [await incoming(redis, u) for u in USERS] == [0] * len(USERS)
+    for bucket in keyspace.all_buckets():
+        assert await redis.zcard(keyspace.outbound_due(bucket)) == 0
+        assert await redis.zcard(keyspace.inbound_due(bucket)) == 0
+
+
 async def reservation_of(redis: RedisClient, bucket: int, txn_id: int) -> Reservation:
     reservation = await CrossingLegs(redis).reservation(bucket, txn_id)
     assert reservation is not None, (bucket, txn_id)
     return reservation
+
+
+@contextmanager
+def losing_redis_after_reservations(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Within it, the API loses Redis right after each reservation it makes (a crash
+    between the legs, for what Redis holds): its requests answer outcome_unknown."""
+
+    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
+        raise RedisConnectionError("the API lost Redis after the reservation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossingLegs, "finish", lost)
+        yield
+
+
+async def only_due_reservation(redis: RedisClient, bucket: int) -> Reservation:
+    [raw] = cast(list[bytes], await redis.zrange(keyspace.outbound_due(bucket), 0, -1))
+    return await reservation_of(redis, bucket, int(raw))
 
 
 async def reserved_only(
@@ -69,20 +101,19 @@ async def reserved_only(
     amount_kopecks: int,
     idempotency_key: str | None = None,
 ) -> Reservation:
-    """A transfer whose API lost Redis right after the reservation (a crash between the
-    legs, for what Redis holds): answered outcome_unknown. Its reservation, the only one
-    due in the payer's bucket."""
+    """A transfer whose API lost Redis right after the reservation: answered
+    outcome_unknown. Its reservation, the only one due in the payer's bucket."""
+    with losing_redis_after_reservations(monkeypatch), refusing(refusals.OUTCOME_UNKNOWN):
+        await money.transfer(from_user_id, to_user_id, amount_kopecks, idempotency_key)
+    return await only_due_reservation(redis, keyspace.bucket_of(from_user_id))
 
-    async def lost(self: CrossingLegs, reservation: Reservation) -> str:
-        raise RedisConnectionError("the API lost Redis after the reservation")
 
-    with monkeypatch.context() as patch:
-        patch.setattr(CrossingLegs, "finish", lost)
-        with refusing(refusals.OUTCOME_UNKNOWN):
-            await money.transfer(from_user_id, to_user_id, amount_kopecks, idempotency_key)
-    bucket = keyspace.bucket_of(from_user_id)
-    [raw] = cast(list[bytes], await redis.zrange(keyspace.outbound_due(bucket), 0, -1))
-    return await reservation_of(redis, bucket, int(raw))
+async def assert_reconciled(redis: RedisClient, engine: AsyncEngine) -> ReconcileReport:
+    """Once the writers stored everything, `wallet reconcile` is clean."""
+    await persist(redis, engine)
+    check = await reconcile(redis, engine, wait_for_writer_s=1)
+    assert check.ok, format_report(check)
+    return check
 
 
 async def voided_transfer(
