@@ -14,6 +14,10 @@ parties read the transfer at once. The record on q
 is the fence: an abort (lua/transfer_abort.lua) moves it from expected to aborted, and
 whichever of credit and abort comes first decides; a reservation whose credit was fenced
 off is voided (lua/transfer_void.lua: the money back to the payer, its key forgotten).
+Recovery fences off only an expectation whose request the payer's bucket says never
+reserved (``_recover_expectation``), so a reservation that was made is credited, whatever
+the timing. A refund across buckets (service/redis/refunds.py) and a batch's legs to other
+buckets (service/redis/batches.py) are the same saga.
 ``finish`` drives a reservation to its end from its record alone: after a reservation, on
 a retry with its key (``complete`` reads the record), and in recovery (``recover``, beside
 the writer) for reservations past their deadline, a crash having left them half-way.

@@ -1,6 +1,7 @@
-"""What the tests of transfers (and refunds) across buckets share: three buckets (user u in
-bucket u % 3, tests/conftest.py's ``several_buckets``), funded users, money in flight read
-from the records, and a transfer left half-way."""
+"""What the tests of transfers, refunds and batches across buckets share: three buckets (user
+u in bucket u % 3, tests/conftest.py's ``several_buckets``), funded users, money in flight
+read from the records, an API that loses Redis after a reservation, and the checks once
+the money settled down."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
