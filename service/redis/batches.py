@@ -175,18 +175,33 @@ class BatchScripts:
     async def _expect(
         self, from_user_id: int, legs: Sequence[Leg], across: list[int], token: str
     ) -> dict[int, str]:
-        """The verdicts of the recipients' buckets on the legs across buckets, asked in
-        order up to the first refusal (the script refuses at it, or before): the rest
-        "unasked"."""
+        """The verdicts of the recipients' buckets on the legs across buckets. A recipient's
+        legs are asked in order, up to the first refusal (the script refuses at it, or
+        before: the rest stay "unasked"), since each keeps headroom the next is checked
+        against; different recipients' at once, since one's headroom is no other's (the
+        calls of one event-loop turn to one primary go in one batch)."""
         verdicts = dict.fromkeys(across, "unasked")
+        by_recipient: dict[int, list[int]] = {}
         for i in across:
             to_user_id = legs[i].to_user_id
             assert to_user_id is not None
-            verdicts[i] = await self._crossing.expect(
-                from_user_id, to_user_id, legs[i].amount_kopecks, leg_token(token, i), token
-            )
-            if verdicts[i] != "expected":
-                break
+            by_recipient.setdefault(to_user_id, []).append(i)
+
+        async def ask(to_user_id: int, indexes: list[int]) -> None:
+            for i in indexes:
+                verdicts[i] = await self._crossing.expect(
+                    from_user_id, to_user_id, legs[i].amount_kopecks, leg_token(token, i), token
+                )
+                if verdicts[i] != "expected":
+                    return
+
+        asked = await asyncio.gather(
+            *(ask(to, indexes) for to, indexes in by_recipient.items()), return_exceptions=True
+        )
+        for outcome in asked:
+            if isinstance(outcome, BaseException):
+                # The expectations made are left to recovery, as after a crash.
+                raise outcome
         return verdicts
 
     async def _complete(
