@@ -16,8 +16,9 @@
 -- (the leg's verdict): its checks take the verdict for the recipient's wallet and ceiling,
 -- its money goes into transit:{b}, and its reservation outbound:{b}:<id> waits in
 -- outbound:due:{b} for the credit (service/redis/crossing.py), as a transfer's does. The
--- caller asks the legs' buckets in order and stops at the first refusal, so a leg not
--- asked ("unasked") comes after one this script refuses; one it reaches is a caller's bug.
+-- caller asks one recipient's legs in order and stops at its first refusal, so a leg not
+-- asked ("unasked") comes after one of the same recipient that this script refuses; one it
+-- reaches is a caller's bug.
 --
 -- KEYS[1]  txn:seq:{b}                  string: last transaction id issued, within its epoch
 -- KEYS[2]  txn:stream:{b}               stream: one entry per transaction
@@ -105,7 +106,8 @@
 -- Stream entry fields, one entry per leg in order: id kind ("transfer") from to amount
 -- created_at_us from_balance to_balance idem_key, the balances right after that leg, and
 -- idem_fp (the fingerprint recorded under the key: by id) iff ARGV[2] is not ""; a leg
--- across buckets has kind "transfer_out" (its reservation) and no to_balance.
+-- across buckets has kind "transfer_out" (its reservation), no to_balance, and leg (its
+-- index from 0: what tells a batch's leg from a transfer, with or without a key).
 
 -- @include bucket
 -- @include validate
@@ -314,7 +316,7 @@ for i, leg in ipairs(legs) do
     redis.call("ZADD", KEYS[transit_index + 1], due_us, txn_id)
     record = {"id", txn_id, "kind", "transfer_out", "from", from_id, "to", leg.to_id,
       "amount", leg.amount_arg, "created_at_us", now_us, "from_balance", from_balance_arg,
-      "idem_key", idem_key}
+      "idem_key", idem_key, "leg", string.format("%d", i - 1)}
   else
     local to_balance = (to_balances[leg.to_id] or wallets[leg.to_id].balance) + leg.amount
     to_balances[leg.to_id] = to_balance

@@ -239,6 +239,9 @@ class LedgerTransferReservation(Base):
     # recorded under its key ("all" or an amount: `wallet rebuild`). NULL for a transfer.
     refund_of: Mapped[int | None] = mapped_column(BigInteger)
     idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # A batch's leg (lua/transfer_batch.lua): its index in the batch, with or without a key;
+    # `wallet rebuild` completes such a leg rather than void it. NULL otherwise.
+    batch_leg: Mapped[int | None] = mapped_column(SmallInteger)
 
     __table_args__ = (
         CheckConstraint(

@@ -230,25 +230,28 @@ async def test_a_batch_broken_by_a_lost_credit_record_keeps_its_key(
     await assert_conserved(redis_client)
 
 
+@pytest.mark.parametrize("key", ["left", None])
 async def test_rebuild_completes_every_leg_of_a_batch_left_after_its_script(
     redis_client: RedisClient,
     db_engine: AsyncEngine,
     funded: MoneyScripts,
     batches: BatchScripts,
     monkeypatch: pytest.MonkeyPatch,
+    key: str | None,
 ) -> None:
     """Redis lost while a batch's legs across buckets were reserved and not credited:
-    rebuild credits them (an expectation first), never voids one, and the key replays."""
-
+    rebuild credits them (an expectation first), never voids one, with a key or without
+    (a leg's row says it is one), and the key replays."""
     with losing_redis_after_reservations(monkeypatch), refusing(refusals.OUTCOME_UNKNOWN):
-        await batches.transfer_batch(4, LEGS, "left")
+        await batches.transfer_batch(4, LEGS, key)
     await persist(redis_client, db_engine)
     await lose_redis(redis_client)
     report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
     assert (report.transfers_settled, report.transfers_voided) == (3, 0)
     assert await balances(redis_client) == paid(LEGS)
     assert [await incoming(redis_client, u) for u in (5, 6)] == [0, 0]
-    assert (await batches.transfer_batch(4, LEGS, "left")).replayed
+    if key is not None:
+        assert (await batches.transfer_batch(4, LEGS, key)).replayed
     await assert_reconciled(redis_client, db_engine)
 
 

@@ -41,6 +41,8 @@ class CrossingRecord:
     # A refund's reservation: the fingerprint recorded under its key ("all" or an amount,
     # which its row alone cannot tell: `wallet rebuild`).
     idempotency_fingerprint: str | None = None
+    # A batch's leg's reservation (lua/transfer_batch.lua): its index in the batch.
+    batch_leg: int | None = None
 
     def __post_init__(self) -> None:
         assert self.amount_kopecks >= 1, self
@@ -50,6 +52,7 @@ class CrossingRecord:
         assert (self.balance_after_kopecks is None) == (self.kind == "transfer_settled"), self
         assert self.refund_of is None or with_payee, self
         assert self.idempotency_fingerprint is None or self.idempotency_key is not None, self
+        assert self.batch_leg is None or (self.kind == "transfer_out" and self.batch_leg >= 0)
 
     # The stream entries (lua/transfer.lua, lua/transfer_credit.lua, lua/transfer_settle.lua,
     # lua/transfer_void.lua).
@@ -64,13 +67,17 @@ class CrossingRecord:
         idem_key = fields[b"idem_key"].decode("ascii") if kind == "transfer_out" else ""
         refund_of = int(fields[b"refund_of"]) if with_payee and b"refund_of" in fields else None
         fingerprint = fields.get(b"idem_fp", b"").decode("ascii") if idem_key else ""
+        leg_raw = fields.get(b"leg") if kind == "transfer_out" else None
+        batch_leg = None if leg_raw is None else int(leg_raw)
         txn_id, from_user_id = int(fields[b"id"]), int(fields[b"from"])
         amount_kopecks = int(fields[b"amount"])
         to_user_id = int(fields[b"to"]) if with_payee else None
         # Checked before the record is made: its invariants assert, and a malformed entry
         # must be refused (the writer dead-letters it), not crash its reader.
-        if min(txn_id, from_user_id, amount_kopecks, to_user_id or 1, refund_of or 1) < 1 or (
-            from_user_id == to_user_id
+        if (
+            min(txn_id, from_user_id, amount_kopecks, to_user_id or 1, refund_of or 1) < 1
+            or (batch_leg is not None and batch_leg < 0)
+            or (from_user_id == to_user_id)
         ):
             raise ValueError(f"malformed {kind} record of transfer {txn_id}")
         return cls(
@@ -84,6 +91,7 @@ class CrossingRecord:
             idempotency_key=idem_key or None,
             refund_of=refund_of,
             idempotency_fingerprint=fingerprint or None,
+            batch_leg=batch_leg,
         )
 
     # The ledger rows (persistence/models.py): one table per kind of record, keyed by the
@@ -104,6 +112,7 @@ class CrossingRecord:
                 "stream_entry_id": stream_entry_id,
                 "refund_of": self.refund_of,
                 "idempotency_fingerprint": self.idempotency_fingerprint,
+                "batch_leg": self.batch_leg,
             }
         if self.kind == "transfer_in":
             return "transfer_credits", {

@@ -21,7 +21,6 @@ from persistence.models import (
     LedgerTransferEnd,
     LedgerTransferReservation,
 )
-from service.domain.transactions import BATCH_FINGERPRINT_PREFIX
 from service.ledger.hold_totals import EntryId, at_or_before, parse_entry_id
 from service.redis import keyspace
 
@@ -102,10 +101,9 @@ async def uncredited_batch_legs(connection: AsyncConnection) -> dict[int, int]:
     """Per payee, the kopecks of batches' legs with no end and no credit in the ledger: what
     rebuild credits again (service/ledger/rebuild_crossings.py)."""
     credited = exists().where(C.transfer_id == R.id)
-    batch_leg = R.idempotency_fingerprint.like(BATCH_FINGERPRINT_PREFIX + "%")
     rows = await connection.execute(
         select(R.to_user_id, func.sum(R.amount_kopecks))
-        .where(batch_leg, ~_ended(None), ~credited)
+        .where(R.batch_leg.is_not(None), ~_ended(None), ~credited)
         .group_by(R.to_user_id)
     )
     return {int(user_id): int(total) for user_id, total in rows}

@@ -44,7 +44,6 @@ from service.ledger.crossing_totals import (
 )
 from service.ledger.hold_totals import incoming_of_payees, pending_holds_of_payers
 from service.ledger.rebuild_errors import RebuildRefused
-from service.ledger.rebuild_keys import is_batch_leg
 from service.ledger.reconcile import ledger_balances
 from service.redis import keyspace
 from service.redis.crossing import (
@@ -184,7 +183,7 @@ async def complete_transfers_half_way(
             if row.credited_at is not None:
                 await restore.credit(row.id, row.to_user_id, row.amount_kopecks, token,
                                      us_from_datetime(row.credited_at))  # fmt: skip
-            elif is_batch_leg(row):
+            elif row.batch_leg is not None:
                 await restore.expectation(row, token, request)
             await restore.end(await restore.reservation(row, token, request))
         after_id = rows[-1].id
@@ -295,7 +294,7 @@ def _tokens(row: Any) -> tuple[str, str]:
     """``(request, token)`` for a reservation put back: a new request, and its token, which
     for a batch's leg is a leg's of it, so that it stays one (lua/transfer_void.lua)."""
     request = secrets.token_urlsafe(16)
-    return request, leg_token(request, 0) if is_batch_leg(row) else request
+    return request, request if row.batch_leg is None else leg_token(request, row.batch_leg)
 
 
 def _optional(refund_of: int | None) -> str:

@@ -206,13 +206,13 @@ async def _page_records(
     transfer_reservations), and its one record is given by the table of its first leg.
     ``emitted``: the batches already given, all of one instant (kept between pages)."""
     async with engine.connect() as connection:
-        wanted = {_batch_id(row) for row in rows if is_batch_leg(row)} - emitted
+        wanted = {_batch_id(row) for row in rows if _is_batch_leg(row)} - emitted
         legs = await _batch_legs(connection, wanted)
     records = []
     for row in rows:
         if emitted and next(iter(emitted))[2] != row.created_at:
             emitted.clear()  # the keyset moved past their instant: they never come again
-        if not is_batch_leg(row):
+        if not _is_batch_leg(row):
             records.append(one(row))
             continue
         batch = _batch_id(row)
@@ -223,7 +223,7 @@ async def _page_records(
     return records
 
 
-def is_batch_leg(row: Any) -> bool:
+def _is_batch_leg(row: Any) -> bool:
     """A leg of a batch: its fingerprint says so (a transfer's row has none, a capture's and
     a refund's another)."""
     fingerprint = row.idempotency_fingerprint
@@ -322,7 +322,7 @@ async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIt
     batch). Not those a void undid, but a batch's legs: the void deleted the record (its
     request never got a 201), so a retry is a new one; a batch's record it keeps (the
     batch's other legs may stand: lua/transfer_void.lua)."""
-    kept = or_(~undone_by_a_void(), R.idempotency_fingerprint.like(BATCH_FINGERPRINT_PREFIX + "%"))
+    kept = or_(~undone_by_a_void(), R.batch_leg.is_not(None))
     query = select(R.id, R.from_user_id, R.to_user_id, R.amount_kopecks, R.created_at,
                    R.idempotency_key, R.refund_of, R.idempotency_fingerprint).where(
         R.idempotency_key.is_not(None), R.created_at > cutoff, kept

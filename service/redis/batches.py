@@ -7,11 +7,11 @@ A refused leg comes back as the catalog's ``Refused`` with the field of the leg 
 the leg's index with the refusal.
 
 A leg to a user of another bucket (docs/scaling.md, "Across buckets") is a transfer across
-buckets inside the batch: its recipient's bucket is asked first (an expectation, in leg
-order, up to the first refusal), the batch's one script then reserves it with the rest, all
-or nothing, and every such leg is credited and settled before the 201. Recovery never fences
-off a reservation that was made (service/redis/crossing.py), so once the script has run
-every leg completes.
+buckets inside the batch: its recipient's bucket is asked first (an expectation; one
+recipient's legs in order, up to its first refusal; the recipients at once), the batch's one
+script then reserves it with the rest, all or nothing, and every such leg is credited and
+settled before the 201. Recovery never fences off a reservation that was made
+(service/redis/crossing.py), so once the script has run every leg completes.
 """
 
 import asyncio
@@ -200,7 +200,9 @@ class BatchScripts:
         )
         for outcome in asked:
             if isinstance(outcome, BaseException):
-                # The expectations made are left to recovery, as after a crash.
+                # No script runs under this token: the expectations made are given back
+                # (by recovery, should that fail too).
+                await self._drop_unused(legs, verdicts, token)
                 raise outcome
         return verdicts
 
@@ -241,8 +243,11 @@ class BatchScripts:
             raise Refused(refusals.INTERNAL_ERROR)
 
     async def _drop_unused(self, legs: Sequence[Leg], verdicts: dict[int, str], token: str) -> None:
-        """Gives back the headroom this request's expectations kept (refused, or a replay)."""
+        """Gives back the headroom this request's expectations kept (refused, a replay, or
+        not sent), all at once."""
+        unused = []
         for i, verdict in verdicts.items():
             to_user_id = legs[i].to_user_id
             if verdict == "expected" and to_user_id is not None:
-                await self._crossing.drop_unused(to_user_id, leg_token(token, i))
+                unused.append(self._crossing.drop_unused(to_user_id, leg_token(token, i)))
+        await asyncio.gather(*unused)
