@@ -107,9 +107,9 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(default=10, ge=1, le=200)
     # The buckets money keys are spread over (service/redis/keyspace.py), fixed when the
-    # deployment is created (service/ledger/bucket_count.py). More than one needs holds,
-    # batches and refunds across buckets, not built yet (docs/scaling.md): refused below
-    # until then.
+    # deployment is created (service/ledger/bucket_count.py). More than one needs holds
+    # across buckets, not built yet (docs/scaling.md; transfers, refunds and batches
+    # across them are): refused below until then.
     buckets: int = Field(default=1, ge=1, le=MAX_BUCKETS)
     # Starting on a Redis whose maxmemory-policy may evict keys (and so balances).
     allow_evicting_redis: bool = False
@@ -269,11 +269,11 @@ class Settings(BaseSettings):
 
     @field_validator("buckets")
     @classmethod
-    def _one_bucket_until_transfers_cross_them(cls, value: int) -> int:
+    def _one_bucket_until_holds_cross_them(cls, value: int) -> int:
         if value != 1:
             raise ValueError(
-                "more than one bucket needs transfers, holds, batches and refunds across"
-                " buckets, which are not built yet (docs/scaling.md): leave it at 1"
+                "more than one bucket needs holds across buckets, which are not built yet"
+                " (docs/scaling.md): leave it at 1"
             )
         return value
 

@@ -98,7 +98,7 @@ async def test_commands_stop_with_one_line_on_another_count(
         assert "created with 2 buckets" in result.output, (command, result.output)
 
 
-def test_more_than_one_bucket_is_refused_until_transfers_cross_buckets() -> None:
+def test_more_than_one_bucket_is_refused_until_holds_cross_buckets() -> None:
     result = CliRunner().invoke(main, ["reconcile"], env={"WALLET_BUCKETS": "4"})
     assert result.exit_code == 1
     assert "WALLET_BUCKETS: " in result.output
