@@ -7,6 +7,7 @@ node, each with the outcome it would have on one Redis; MOVED, ASK and TRYAGAIN 
 import asyncio
 import hashlib
 import signal
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from service.redis.pools import CheckedConnection
 from service.redis.scripts import LuaScript, load_script_source
 from service.settings import Settings
 from tests.support.cluster import ClusterDeployment, cluster_deployment, node_client
-from tests.support.faults.procs import HOST, RedisServer
+from tests.support.faults.procs import HOST, Processes, RedisServer
 
 SCRIPTS = Path(__file__).parent / "cluster_lua"
 
@@ -394,3 +395,21 @@ async def test_a_node_that_serves_no_slot_any_more_has_its_connections_closed(
             await asyncio.gather(*calls._retiring)
             assert not any(connection.is_connected for connection in old._connections)
             assert await count([keys[0]], []) == 2  # on the new primary
+
+
+def test_a_node_whose_port_was_taken_meanwhile_starts_on_another(tmp_path: Path) -> None:
+    """A port free when chosen and taken before the node binds it (as another process's
+    outgoing connection can, in `.ci/run`): the node starts again on new ports and the
+    cluster forms."""
+    processes = Processes(tmp_path)
+    try:
+        deployment = ClusterDeployment(processes, replicas=False)
+        taken = deployment.primaries[0].port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as thief:
+            thief.bind((HOST, taken))
+            thief.listen()
+            deployment.start()
+        assert deployment.primaries[0].port != taken
+        assert node_client(deployment.primaries[0]).cluster("info")["cluster_state"] == "ok"
+    finally:
+        processes.close()

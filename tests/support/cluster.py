@@ -34,6 +34,8 @@ PRIMARIES = 3
 # or declared down meanwhile; short enough for a later failover test.
 NODE_TIMEOUT_MS = 5_000
 POLL_S = 0.05
+# How many times a node that lost the race for its ports starts again on new ones.
+PORT_ATTEMPTS = 5
 # Keys moved per MIGRATE, as redis-cli --cluster reshard moves them.
 MIGRATE_KEYS_PER_CALL = 10
 MIGRATE_TIMEOUT_MS = 5_000
@@ -91,7 +93,7 @@ class ClusterDeployment:
         for server in self.servers:
             server.start()
         for server in self.servers:
-            _wait_until(server.ready, f"{server.name} answers")
+            _answering(server)
         for epoch, shard in enumerate(self.shards, start=1):
             # Distinct epochs before they meet, as redis-cli gives them: no collision to
             # settle, so the slot map is agreed at once.
@@ -195,6 +197,26 @@ def _cluster_options() -> list[str]:
 
 def _bus_port(server: RedisServer) -> int:
     return int(server.extra[server.extra.index("--cluster-port") + 1])
+
+
+def _answering(server: RedisServer) -> None:
+    """Waits until the node answers. One that exits at start has lost a race for its ports:
+    they were free when chosen and another process took one meanwhile (an outgoing
+    connection's local port is drawn from the same range: "Address already in use", seen
+    in `.ci/run`). It starts again on new ones, a few times."""
+    for _ in range(PORT_ATTEMPTS):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while server.alive and not _holds(server.ready):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {START_TIMEOUT_S} s: {server.name} answers")
+            time.sleep(POLL_S)
+        if server.alive:
+            return
+        server.port = free_port()
+        server.name = f"redis:{server.port}"
+        server.extra[server.extra.index("--cluster-port") + 1] = str(free_port())
+        server.start()
+    raise AssertionError(f"{server.name} exited at start {PORT_ATTEMPTS} times: {server.log_path}")
 
 
 def _wait_until(condition: Callable[[], bool], what: str, limit_s: float = START_TIMEOUT_S) -> None:
