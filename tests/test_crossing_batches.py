@@ -286,7 +286,8 @@ async def test_a_request_that_reserved_keeps_its_record_while_a_leg_is_open(
 
 
 @pytest.mark.parametrize(
-    "verdicts", [{1: "maybe", 2: "expected", 3: "expected"}, {1: "unasked", 2: "unasked"}]
+    "verdicts",
+    [{1: "maybe", 2: "expected", 3: "expected"}, {1: "unasked", 2: "unasked", 3: "unasked"}],
 )
 async def test_the_batch_script_refuses_verdicts_it_cannot_take(
     redis_client: RedisClient,
