@@ -52,8 +52,9 @@ from service.settings import Settings
 
 log = logging.getLogger("wallet.money")
 
-# How often a refund of all that is left across buckets expects again when what is left grew
-# past what it expected (a refund voided meanwhile: rare), before it answers "try again".
+# How often a refund of all that is left across buckets expects again when the script found
+# what is left not covered by what it expected (more, after a void; or less, with the payer's
+# ceiling refused for more: both rare), before it answers "try again".
 STALE_ATTEMPTS = 3
 
 
