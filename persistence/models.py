@@ -364,3 +364,21 @@ class TxnIdEpoch(Base):
             f"next_epoch BETWEEN 0 AND {MAX_TXN_ID_EPOCH + 1}", name="txn_id_epoch_range"
         ),
     )
+
+
+class TxnIdEpochBucket(Base):
+    """The bucket each epoch of transaction ids was handed to, written with the epoch
+    (persistence/txn_id_epochs.py): a bucket's counter issues ids only within its epochs, so
+    any id names the bucket that issued it (service/ledger/id_buckets.py). Never changes
+    once written. Epochs handed out before migration 0009 have no row."""
+
+    __tablename__ = "txn_id_epoch_buckets"
+
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    bucket: Mapped[int] = mapped_column(SmallInteger)
+
+    __table_args__ = (
+        CheckConstraint(
+            f"bucket BETWEEN 0 AND {MAX_BUCKETS - 1}", name="txn_id_epoch_buckets_bucket_range"
+        ),
+    )

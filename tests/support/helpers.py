@@ -130,16 +130,18 @@ async def fresh_redis(redis: RedisClient) -> None:
 
 async def fresh_database(engine: AsyncEngine) -> None:
     """No users, no transactions, no holds, no count of buckets recorded; epoch 0 of the
-    transaction ids handed out, to the counter fresh_redis starts (as `wallet serve` takes
-    it on a new system)."""
+    transaction ids handed out, to the counter fresh_redis starts in bucket 0 (as `wallet
+    serve` takes it on a new system)."""
     async with engine.begin() as connection:
         await connection.execute(
             text(
                 "TRUNCATE hold_events, holds, transactions, users, deployment,"
-                " transfer_reservations, transfer_credits, transfer_ends RESTART IDENTITY CASCADE"
+                " transfer_reservations, transfer_credits, transfer_ends, txn_id_epoch_buckets"
+                " RESTART IDENTITY CASCADE"
             )
         )
         await connection.execute(text("UPDATE txn_id_epoch SET next_epoch = 1"))
+        await connection.execute(text("INSERT INTO txn_id_epoch_buckets VALUES (0, 0)"))
 
 
 @contextmanager
