@@ -113,9 +113,9 @@ async def test_the_last_epoch_is_handed_out_then_the_keeper_reports_and_goes_on(
     """Running out of epochs needs an operator; the writer beside the keeper drains on."""
     async with db_engine.begin() as connection:
         await connection.execute(text(f"UPDATE txn_id_epoch SET next_epoch = {MAX_TXN_ID_EPOCH}"))
-    assert await take_txn_id_epoch(db_engine, at_least_id=0) == MAX_TXN_ID_EPOCH
+    assert await take_txn_id_epoch(db_engine, at_least_id=0, bucket=BUCKET) == MAX_TXN_ID_EPOCH
     with pytest.raises(TxnIdEpochsExhausted):
-        await take_txn_id_epoch(db_engine, at_least_id=0)
+        await take_txn_id_epoch(db_engine, at_least_id=0, bucket=BUCKET)
     await redis_client.set(SEQ, E - 1)
     stop = asyncio.Event()
     keeper = asyncio.create_task(run_counter_keeper(redis_client, db_engine, BUCKET, 0.01, stop))

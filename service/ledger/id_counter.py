@@ -131,7 +131,7 @@ async def restart_counter_set_aside(
     # Strictly above the counter set aside, and above the ledger (ids of an older version
     # were issued without epochs).
     at_least_id = max(behind + 1, last_id)
-    epoch = await take_txn_id_epoch(engine, at_least_id=at_least_id)
+    epoch = await take_txn_id_epoch(engine, at_least_id=at_least_id, bucket=bucket)
     epoch_start = epoch * TXN_IDS_PER_EPOCH
     restart = LuaScript(redis, "restart_counter")
     keys = [keyspace.txn_seq(bucket), keyspace.txn_seq_behind(bucket), keyspace.txn_clock(bucket)]
@@ -163,7 +163,7 @@ async def advance_counter_near_its_epochs_end(
     seq = int(raw)
     if TXN_IDS_PER_EPOCH - 1 - seq % TXN_IDS_PER_EPOCH > EPOCH_ROLLOVER_MARGIN_IDS:
         return None
-    epoch = await take_txn_id_epoch(engine, at_least_id=seq + 1)
+    epoch = await take_txn_id_epoch(engine, at_least_id=seq + 1, bucket=bucket)
     epoch_start = epoch * TXN_IDS_PER_EPOCH
     advance = LuaScript(redis, "advance_epoch")
     outcome = (

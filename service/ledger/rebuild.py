@@ -176,7 +176,7 @@ async def rebuild(
         await ensure_consumer_group(redis, bucket)
         await _continue_stream_ids(redis, engine, bucket)
         await _raise_clock(redis, bucket, last_instant_us)
-        epochs.append(await take_txn_id_epoch(engine, at_least_id=last_id))
+        epochs.append(await take_txn_id_epoch(engine, at_least_id=last_id, bucket=bucket))
         # holds:due comes back from the ledger alone, after the wallets (restore_hold.lua).
         await redis.delete(keyspace.holds_due(bucket))
         await forget_transfers_in_flight(redis, bucket)
@@ -372,7 +372,7 @@ async def _ensure_bucket_counter(redis: RedisClient, engine: AsyncEngine, bucket
         last_id = (await connection.execute(select(func.max(T.id)))).scalar()
     if last_id is not None:
         return False
-    epoch = await take_txn_id_epoch(engine, at_least_id=0)
+    epoch = await take_txn_id_epoch(engine, at_least_id=0, bucket=bucket)
     # Two processes starting at once each take an epoch; one counter wins, the other epoch
     # is never used. Ids are unique, not dense.
     await redis.set(keyspace.txn_seq(bucket), epoch * TXN_IDS_PER_EPOCH, nx=True)
