@@ -13,6 +13,13 @@
 -- A hold for a username that resolved to no user comes here with no to_user_id, as in
 -- transfer.lua: refused as recipient_not_found, recorded under the key.
 --
+-- A hold for a user of another bucket (docs/scaling.md, "Holds across buckets") comes here
+-- after lua/transfer_expect.lua ran on the payee's bucket under the same token, for the
+-- hold's amount and its whole life, and answered what it found (ARGV[16]): the payer's side
+-- is as within one bucket, and the payee's side is that expectation, which the capture's
+-- credit applies or the end of the hold aborts; the hash keeps its token (field `token`), and
+-- the record under the token lives as long as the hash.
+--
 -- KEYS[1]  txn:seq:{b}                  string: last id issued (holds and transactions)
 -- KEYS[2]  txn:stream:{b}               stream: one entry per transaction or hold event
 -- KEYS[3]  user:{b}:<from_user_id>      hash: balance_kopecks held_kopecks (the payer)
@@ -24,7 +31,8 @@
 --                                       string, TTL: recipient_not_found answers counted
 --                                       (includes/recipient_misses.lua)
 -- The keys below are present only when their condition holds, in this order:
--- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not ""; hash: incoming_kopecks (payee)
+-- KEYS[n]  user:{b}:<to_user_id>        iff ARGV[2] is not "" and ARGV[16] is ""; hash:
+--                                       incoming_kopecks (payee)
 -- KEYS[n]  txn:clock:{b}                always; string: the bucket's last stamp, microseconds
 -- KEYS[n]  idem:{b}:<from_user_id>:<key>  iff ARGV[5] is not ""; hash: fingerprint
 --                                       ("hold:<to>:<amount>:<expires_in_s>", or
@@ -51,6 +59,10 @@
 --                                       expires_at + this
 -- ARGV[14] recipient misses limit       decimal, 1 .. 10^9: per window, then refused
 -- ARGV[15] recipient misses window_ms   decimal, 1 .. 10^12
+-- ARGV[16] across buckets               "" when the payee is in this bucket; else what
+--                                       lua/transfer_expect.lua answered on the payee's:
+--                                       "expected", "recipient_not_found" or
+--                                       "balance_limit_exceeded" (ARGV[2] is then not "")
 --
 -- Returns  {outcome, hold_id, created_at_us, expires_at_us, replayed}, all strings:
 --   outcome "ok"                      the hold was made (or replayed: replayed = "1")
@@ -64,7 +76,8 @@
 --   outcome "too_many_holds"          the payer has 1000 holds pending (recorded under the key)
 --   outcome "insufficient_funds"      payer's available < amount (recorded under the key)
 --   outcome "balance_limit_exceeded"  payee would pass 10^15 (recorded under the key):
---                                     balance + incoming + amount > 10^15
+--                                     balance + incoming + amount > 10^15 (as the payee's
+--                                     bucket found, across buckets)
 --   outcome "unauthorized"            the session is gone, expired or another user's
 --                                     (checked first; not recorded)
 --   outcome "self_transfer"           from = to (not recorded: a validation error)
@@ -99,12 +112,17 @@ local from_id, to_id, amount_arg, expires_in_arg = ARGV[1], ARGV[2], ARGV[3], AR
 local idem_key, ttl_arg, session_flag, absolute_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local idle_arg, to_name, token, outcome_ttl_arg = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local retention_arg, misses_limit_arg, misses_window_arg = ARGV[13], ARGV[14], ARGV[15]
+local across = ARGV[16]
 local resolved = to_id ~= ""
--- The payee's wallet follows the misses counter, only when the name resolved.
+local crossing = across ~= ""
+-- The payee's wallet follows the misses counter, only when the name resolved to a user of
+-- this bucket.
 local frame = money_frame(from_id, idem_key, ttl_arg, session_flag, absolute_arg, idle_arg,
-                          token, outcome_ttl_arg, resolved and 8 or 7)
+                          token, outcome_ttl_arg, (resolved and not crossing) and 8 or 7)
 
-if #ARGV ~= 15 or not frame.valid or (resolved and not valid_id(to_id))
+if #ARGV ~= 16 or not frame.valid or (resolved and not valid_id(to_id))
+  or (crossing and not (resolved and (across == "expected" or across == "recipient_not_found"
+                                      or across == "balance_limit_exceeded")))
   or (to_name ~= "" and not valid_username(to_name)) or (not resolved and to_name == "")
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or not valid_positive(expires_in_arg, MAX_EXPIRES_IN_S)
@@ -112,7 +130,7 @@ if #ARGV ~= 15 or not frame.valid or (resolved and not valid_id(to_id))
   or not valid_positive(retention_arg, MAX_TTL_S)
   or KEYS[5] ~= bucket_member_key("holds", from_id) or KEYS[6] ~= bucket_key("holds:due")
   or not valid_recipient_misses(KEYS[7], from_id, misses_limit_arg, misses_window_arg)
-  or (resolved and KEYS[8] ~= bucket_member_key("user", to_id)) then
+  or (resolved and not crossing and KEYS[8] ~= bucket_member_key("user", to_id)) then
   return {"invalid_argument", "", "", "", "0"}
 end
 
@@ -154,7 +172,9 @@ if not payer then
   return {"account_not_found", "", "", "", "0"}
 end
 local payee = nil
-if resolved then
+if crossing then
+  payee = across ~= "recipient_not_found"
+elseif resolved then
   payee = wallet_amounts(KEYS[8], to_id)
 end
 if not payee then
@@ -171,7 +191,8 @@ end
 if available_kopecks(payer, due_sum) < amount then
   return idempotency_remember(idem, {"insufficient_funds", "", "", "", "0"})
 end
-if not credit_fits(payee, amount) then
+if (crossing and across == "balance_limit_exceeded")
+  or (not crossing and not credit_fits(payee, amount)) then
   return idempotency_remember(idem, {"balance_limit_exceeded", "", "", "", "0"})
 end
 
@@ -183,13 +204,20 @@ local expires_at_us = string.format("%d", now_us + tonumber(expires_in_arg) * 10
 -- The hold's hash first: it is the one key not in KEYS (see above), so if a server ever
 -- refused it mid-script, no money would have been held yet.
 local hold_key = bucket_member_key("hold", hold_id)
-redis.call("HSET", hold_key, "from", from_id, "to", to_id, "amount", amount_arg,
-  "status", "pending", "captured_amount", "0", "created_at_us", created_at_us,
-  "expires_at_us", expires_at_us, "capture_txn_id", "")
-redis.call("PEXPIREAT", hold_key, string.format("%d",
-  math.floor(tonumber(expires_at_us) / 1000) + tonumber(retention_arg) * 1000))
+local hold_fields = {"from", from_id, "to", to_id, "amount", amount_arg, "status", "pending",
+  "captured_amount", "0", "created_at_us", created_at_us, "expires_at_us", expires_at_us,
+  "capture_txn_id", ""}
+if crossing then
+  hold_fields[#hold_fields + 1], hold_fields[#hold_fields + 2] = "token", token
+end
+redis.call("HSET", hold_key, unpack(hold_fields))
+local hold_gone_at_ms = string.format("%d",
+  math.floor(tonumber(expires_at_us) / 1000) + tonumber(retention_arg) * 1000)
+redis.call("PEXPIREAT", hold_key, hold_gone_at_ms)
 local held = redis.call("HINCRBY", KEYS[3], "held_kopecks", amount_arg)
-redis.call("HINCRBY", KEYS[8], "incoming_kopecks", amount_arg)
+if not crossing then
+  redis.call("HINCRBY", KEYS[8], "incoming_kopecks", amount_arg)
+end
 assert(held <= payer.balance, "invariant: held above balance for user " .. from_id)
 redis.call("ZADD", KEYS[5], expires_at_us, hold_id .. ":" .. to_id .. ":" .. amount_arg)
 redis.call("ZADD", KEYS[6], expires_at_us,
@@ -204,4 +232,9 @@ end
 redis.call("XADD", KEYS[2], "*", unpack(record))
 local made = {"ok", hold_id, created_at_us, expires_at_us, "0"}
 record_request_outcome(KEYS[4], outcome_ttl_arg, made)
+if crossing then
+  -- Recovery of the hold's expectation finds the hold by this record (its txn_id), for as
+  -- long as the hold's hash may tell its status (service/redis/crossing.py).
+  redis.call("PEXPIREAT", KEYS[4], hold_gone_at_ms)
+end
 return idempotency_remember(idem, made)

@@ -3,7 +3,8 @@
 -- inbound:{b}:<to>:<token> that lua/transfer_expect.lua wrote decides. Expected: the payee's
 -- balance grows by the amount, which the expectation checked against the ceiling and kept
 -- in incoming_kopecks (a refund's may be less than expected: all that was left, which a
--- concurrent refund lowered; the whole expected amount leaves incoming_kopecks), so nothing
+-- concurrent refund lowered; a hold's capture less than the hold; the whole expected amount
+-- leaves incoming_kopecks), so nothing
 -- can refuse it; the record becomes applied with the transaction's id and the amount
 -- credited, and a transfer_in record is appended to this bucket's stream.
 -- Applied with this id: only the record's expiry is written again (a retry; the write is
@@ -28,6 +29,8 @@
 --                                         kept once applied (a late credit must find it)
 -- ARGV[7]  refund_of                      decimal: the transfer a refund across buckets
 --                                         refunds, or "" for a transfer
+-- ARGV[8]  hold_id                        decimal: the hold a capture across buckets
+--                                         captures (lua/hold_capture_across.lua), or ""
 --
 -- Returns  {outcome, created_at_us, to_balance_kopecks}:
 --   "applied"            the payee has the money (now, or by an earlier call with this
@@ -38,7 +41,7 @@
 --   "invalid_argument"   KEYS/ARGV fail validation, or the record is of another transfer
 --                        (nothing written)
 -- Stream entry fields: id kind ("transfer_in") from to amount created_at_us to_balance, and
--- refund_of iff ARGV[7] is not "".
+-- refund_of iff ARGV[7] is not "", hold_id iff ARGV[8] is not "".
 
 -- @include bucket
 -- @include validate
@@ -46,12 +49,13 @@
 -- @include holds
 
 local to_id, token, txn_id, from_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local retention_arg, refund_of = ARGV[6], ARGV[7]
-if #KEYS ~= 5 or #ARGV ~= 7 or not valid_id(to_id) or not valid_request_token(token)
+local retention_arg, refund_of, hold_id = ARGV[6], ARGV[7], ARGV[8]
+if #KEYS ~= 5 or #ARGV ~= 8 or not valid_id(to_id) or not valid_request_token(token)
   or not valid_id(txn_id) or not valid_id(from_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or not valid_positive(retention_arg, MAX_TTL_S)
-  or (refund_of ~= "" and not valid_id(refund_of))
+  or (refund_of ~= "" and not valid_id(refund_of)) or (hold_id ~= "" and not valid_id(hold_id))
+  or (refund_of ~= "" and hold_id ~= "")
   or KEYS[1] ~= bucket_key("txn:stream") or KEYS[2] ~= bucket_member_key("user", to_id)
   or KEYS[3] ~= bucket_member_key("inbound", to_id) .. ":" .. token
   or KEYS[4] ~= bucket_key("inbound:due") or KEYS[5] ~= bucket_key("txn:clock") then
@@ -76,7 +80,8 @@ if state ~= "expected" then
   return {"aborted", "", ""}
 end
 local expected = tonumber(record[2])
-if tonumber(amount_arg) > expected or (refund_of == "" and record[2] ~= amount_arg) then
+if tonumber(amount_arg) > expected
+  or (refund_of == "" and hold_id == "" and record[2] ~= amount_arg) then
   return {"invalid_argument", "", ""}
 end
 
@@ -96,6 +101,9 @@ local entry = {"id", txn_id, "kind", "transfer_in", "from", from_id, "to", to_id
   "amount", amount_arg, "created_at_us", stamp, "to_balance", to_balance}
 if refund_of ~= "" then
   entry[#entry + 1], entry[#entry + 2] = "refund_of", refund_of
+end
+if hold_id ~= "" then
+  entry[#entry + 1], entry[#entry + 2] = "hold_id", hold_id
 end
 redis.call("XADD", KEYS[1], "*", unpack(entry))
 return {"applied", stamp, to_balance}

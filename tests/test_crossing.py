@@ -264,18 +264,18 @@ async def test_concurrent_transfers_across_and_within_buckets(
         # Each call has the script's arity and one fault: an amount of 0; another payee's
         # record; a payer who is the payee.
         ("transfer_expect", ["user:{b2}:2", "inbound:{b2}:2:" + "t" * 22, "inbound:due:{b2}"],
-         ["2", "0", "t" * 22, "1000", "1", "t" * 22]),
+         ["2", "0", "t" * 22, "1000", "1", "t" * 22, "0"]),
         ("transfer_expect", ["user:{b2}:2", "inbound:{b2}:5:" + "t" * 22, "inbound:due:{b2}"],
-         ["2", "5", "t" * 22, "1000", "1", "t" * 22]),
+         ["2", "5", "t" * 22, "1000", "1", "t" * 22, "0"]),
         ("transfer_expect", ["user:{b2}:2", "inbound:{b2}:2:" + "t" * 22, "inbound:due:{b2}"],
-         ["2", "5", "t" * 22, "1000", "2", "t" * 22]),
+         ["2", "5", "t" * 22, "1000", "2", "t" * 22, "0"]),
         # A payer who is the payee; a refund_of that is no id.
         ("transfer_credit", ["txn:stream:{b2}", "user:{b2}:2", "inbound:{b2}:2:" + "t" * 22,
                              "inbound:due:{b2}", "txn:clock:{b2}"],
-         ["2", "t" * 22, "7", "2", "5", "60", ""]),
+         ["2", "t" * 22, "7", "2", "5", "60", "", ""]),
         ("transfer_credit", ["txn:stream:{b2}", "user:{b2}:2", "inbound:{b2}:2:" + "t" * 22,
                              "inbound:due:{b2}", "txn:clock:{b2}"],
-         ["2", "t" * 22, "7", "1", "5", "60", "x"]),
+         ["2", "t" * 22, "7", "1", "5", "60", "x", ""]),
         ("transfer_abort", ["user:{b2}:2", "inbound:{b2}:3:" + "t" * 22, "inbound:due:{b2}"],
          ["2", "t" * 22, "60"]),
         # Another reservation's record; a request's record kept for 0 s.

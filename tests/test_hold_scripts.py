@@ -636,23 +636,26 @@ async def test_hold_expire_is_idempotent_and_leaves_what_is_not_due(
         keyspace.hold(BUCKET, hold.hold_id),
         keyspace.user(PAYER),
         keyspace.pending_holds(PAYER),
-        keyspace.user(PAYEE),
         keyspace.holds_due(BUCKET),
         keyspace.txn_stream(BUCKET),
+        keyspace.user(PAYEE),
     ]
     script = load_script_source("hold_expire")
     before = await snapshot(redis_client)
-    assert await redis_client.eval(script, 6, *keys, member) == [b"not_due"]
+    assert await redis_client.eval(script, 6, *keys, member, "0") == [b"not_due", b""]
     assert await snapshot(redis_client) == before
     await move_expiry(redis_client, hold, await redis_now_us(redis_client))
-    assert await redis_client.eval(script, 6, *keys, member) == [b"expired"]
+    assert await redis_client.eval(script, 6, *keys, member, "0") == [b"expired", b""]
     after = await snapshot(redis_client)
-    assert await redis_client.eval(script, 6, *keys, member) == [b"gone"]
+    assert await redis_client.eval(script, 6, *keys, member, "0") == [b"gone", b""]
     assert await snapshot(redis_client) == after
-    for bad in ([*keys[:3], keyspace.user(STRANGER), *keys[4:]], keys[:5]):
-        assert await redis_client.eval(script, len(bad), *bad, member) == [b"invalid_argument"]
-    assert await redis_client.eval(script, 6, *keys, f"{hold.hold_id}:1:1:700") == [
-        b"invalid_argument"
+    # Another payee's wallet; no payee's wallet; a payee's wallet across buckets.
+    for bad, across in (([*keys[:5], keyspace.user(STRANGER)], "0"), (keys[:5], "0"), (keys, "1")):
+        reply = await redis_client.eval(script, len(bad), *bad, member, across)
+        assert reply == [b"invalid_argument", b""]
+    assert await redis_client.eval(script, 6, *keys, f"{hold.hold_id}:1:1:700", "0") == [
+        b"invalid_argument",
+        b"",
     ]
     await assert_invariants(redis_client)
 
@@ -797,7 +800,7 @@ CREATE_KEYS = [
 ]
 # ..., hold retention_s, recipient misses limit and window_ms
 CREATE_ARGS = ["1", "2", "5", "60", "", "86400", *NO_SESSION, "", TOKEN, "60", "600"]
-CREATE_ARGS += ["20", "3600000"]
+CREATE_ARGS += ["20", "3600000", ""]
 ACTION_KEYS = [
     *PAYEE_HEAD,
     keyspace.hold(BUCKET, 2),

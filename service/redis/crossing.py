@@ -16,8 +16,10 @@ whichever of credit and abort comes first decides; a reservation whose credit wa
 off is voided (lua/transfer_void.lua: the money back to the payer, its key forgotten).
 Recovery fences off only an expectation whose request the payer's bucket says never
 reserved (``_recover_expectation``), so a reservation that was made is credited, whatever
-the timing. A refund across buckets (service/redis/refunds.py) and a batch's legs to other
-buckets (service/redis/batches.py) are the same saga.
+the timing. A refund across buckets (service/redis/refunds.py), a batch's legs to other
+buckets (service/redis/batches.py) and the capture of a hold across buckets
+(service/redis/holds_across.py, whose expectation lives as long as the hold) are the same
+saga.
 ``finish`` drives a reservation to its end from its record alone: after a reservation, on
 a retry with its key (``complete`` reads the record), and in recovery (``recover``, beside
 the writer) for reservations past their deadline, a crash having left them half-way.
@@ -85,8 +87,10 @@ class Reservation:
     # A refund across buckets (lua/refund.lua): the transfer it refunds; None for a transfer.
     refund_of: int | None = None
     # The token of the request that made it, where that is not ``token``: a batch's leg
-    # (``leg_token``).
+    # (``leg_token``), or a hold's capture (``token`` is then the hold's expectation's).
     request_token: str | None = None
+    # A hold's capture across buckets (lua/hold_capture_across.lua): the hold captured.
+    hold_id: int | None = None
 
     @property
     def request(self) -> str:
@@ -94,7 +98,7 @@ class Reservation:
 
     @property
     def batch_leg(self) -> bool:
-        return self.request != self.token
+        return self.request != self.token and self.hold_id is None
 
     @classmethod
     def reserved(
@@ -108,6 +112,7 @@ class Reservation:
         idempotency_key: str | None,
         refund_of: int | None = None,
         request_token: str | None = None,
+        hold_id: int | None = None,
     ) -> "Reservation":
         """One just made, or put back, in its payer's bucket: still to be credited."""
         return cls(
@@ -122,6 +127,7 @@ class Reservation:
             created_at_us=created_at_us,
             refund_of=refund_of,
             request_token=request_token,
+            hold_id=hold_id,
         )
 
 
@@ -166,12 +172,18 @@ class CrossingLegs:
         amount_kopecks: int,
         token: str,
         request_token: str | None = None,
+        hold_expires_in_s: int | None = None,
     ) -> str:
         """Step 1; what the reservation takes as the recipient's verdict: "expected",
         "recipient_not_found" or "balance_limit_exceeded". ``token`` names the record: the
-        request's token (``request_token``, the default), or a batch leg's."""
-        args = [str(to_user_id), str(amount_kopecks), token, str(EXPECTATION_DEADLINE_MS)]
-        args += [str(from_user_id), request_token or token]
+        request's token (``request_token``, the default), or a batch leg's. A hold's
+        (``hold_expires_in_s``: its life) is due only once the hold may have ended."""
+        deadline_ms = EXPECTATION_DEADLINE_MS
+        if hold_expires_in_s is not None:
+            deadline_ms += hold_expires_in_s * 1000
+        args = [str(to_user_id), str(amount_kopecks), token, str(deadline_ms)]
+        hold_flag = "0" if hold_expires_in_s is None else "1"
+        args += [str(from_user_id), request_token or token, hold_flag]
         reply: list[bytes] = await self._expect(
             keys=self._inbound_keys(to_user_id, token), args=args, wait_for_replicas=True
         )
@@ -261,9 +273,10 @@ class CrossingLegs:
         if credit == "applied":
             keys = [*self._outbound_keys(reservation), self._request_key(reservation)]
             return await self._end(self._settle, "settled", reservation, keys)
-        if reservation.batch_leg:
-            # Only a lost record of its credit gets here: the batch is broken.
-            log.critical("voiding %s, a leg of a batch whose other legs may stand", reservation)
+        if reservation.batch_leg or reservation.hold_id is not None:
+            # Only a lost record of its credit gets here: the batch is broken, or the hold
+            # stays captured while its money goes back to the payer.
+            log.critical("voiding %s, whose batch or hold stands", reservation)
         keys = [
             *self._outbound_keys(reservation),
             keyspace.user(reservation.from_user_id),
@@ -294,6 +307,7 @@ class CrossingLegs:
             created_at_us=int(fields["created_at_us"]),
             refund_of=int(fields["refund_of"]) if "refund_of" in fields else None,
             request_token=fields["request"] if fields["request"] != fields["token"] else None,
+            hold_id=int(fields["hold_id"]) if "hold_id" in fields else None,
         )
 
     async def recover(self, now_us: int) -> int:
@@ -379,20 +393,46 @@ class CrossingLegs:
         to_user_id, _, token = raw.decode().partition(":")
         record = cast(
             list[bytes | None],
-            await self._redis.hmget(keyspace.inbound(int(to_user_id), token), "from", "request"),
+            await self._redis.hmget(
+                keyspace.inbound(int(to_user_id), token), "from", "request", "hold"
+            ),
         )
-        payer, request = record
+        payer, request, hold = record
         if payer is not None and request is not None:
-            outcome = (await self._lookup(int(payer), request.decode()))[0]
+            reply = await self._lookup(int(payer), request.decode())
+            outcome = reply[0]
             if outcome == b"ok":
-                later_us = now_us + EXPECTATION_DEADLINE_MS * 1000
-                await self._redis.zadd(due_key, {raw: later_us}, xx=True)
-                return False
-            if outcome != b"not_applied":  # not_rebuilt: the payer's bucket lost its data
+                later_us: int | None = now_us + EXPECTATION_DEADLINE_MS * 1000
+                if hold == b"1":
+                    later_us = await self._hold_still_open(int(payer), int(reply[1]), now_us)
+                if later_us is not None:
+                    await self._redis.zadd(due_key, {raw: later_us}, xx=True)
+                    return False
+            elif outcome != b"not_applied":  # not_rebuilt: the payer's bucket lost its data
                 raise ConnectionError(f"the payer's bucket cannot tell ({outcome!r})")
         # No record, or one ended already: the abort writes the tombstone, or does nothing.
         await self.abort(int(to_user_id), token)
         return True
+
+    async def _hold_still_open(self, payer: int, hold_id: int, now_us: int) -> int | None:
+        """When the expectation of a hold made (``hold_id``, of ``payer``'s bucket) is due
+        again: a pending hold's once it may have expired (the sweeper aborts it then), a
+        captured one's once its reservation's recovery may have credited it; None when the
+        hold was voided or expired, or is gone, so no capture can follow it (by the payer's
+        bucket's own clock and status) and the expectation is aborted."""
+        raw = cast(
+            list[bytes | None],
+            await self._redis.hmget(
+                keyspace.hold(keyspace.bucket_of(payer), hold_id), "status", "expires_at_us"
+            ),
+        )
+        status, expires_at_us = raw
+        later_us = now_us + EXPECTATION_DEADLINE_MS * 1000
+        if status == b"captured":
+            return later_us
+        if status == b"pending" and expires_at_us is not None:
+            return max(later_us, int(expires_at_us) + EXPECTATION_DEADLINE_MS * 1000)
+        return None
 
     @staticmethod
     def _older_than_its_records(reservation: Reservation) -> bool:
@@ -418,6 +458,7 @@ class CrossingLegs:
                 str(reservation.amount_kopecks),
                 str(ENDED_RETENTION_S),
                 "" if reservation.refund_of is None else str(reservation.refund_of),
+                "" if reservation.hold_id is None else str(reservation.hold_id),
             ],
             wait_for_replicas=True,
         )

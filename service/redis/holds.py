@@ -15,6 +15,12 @@ request's record (``{"ok", txn_id, created_at_us, "0"}``, service/redis/money.py
 
 So no call reads Redis again after a lost reply, and none guesses.
 
+A hold whose payee is in another bucket (docs/scaling.md, "Holds across buckets") is made
+after an expectation of its capture on the payee's bucket, for its whole life
+(service/redis/crossing.py), and its payee acts on it through service/redis/holds_across.py:
+the caller names the hold's bucket (``hold_bucket``: its id's, service/ledger/id_buckets.py).
+The sweeper aborts the expectation of a hold it expired.
+
 Capture and void first read ``from``/``to``/``amount``/``created_at_us``/``expires_at_us``
 of ``hold:<id>`` (immutable) to name the payer's keys. When the hash is missing (it ended
 long ago, or never was): without an Idempotency-Key, Refused(HOLD_NOT_FOUND) at once; with
@@ -30,6 +36,8 @@ from service.domain.holds import Hold
 from service.domain.limits import MAX_HOLD_EXPIRES_IN_S, MIN_HOLD_EXPIRES_IN_S
 from service.domain.refusals import Refused
 from service.redis import keyspace
+from service.redis.crossing import CrossingLegs
+from service.redis.holds_across import HoldFacts, HoldsAcross
 from service.redis.money import (
     MoneyScriptRunner,
     SessionCheck,
@@ -66,17 +74,6 @@ class CaptureAccepted:
     replayed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Facts:
-    """The immutable fields of ``hold:<id>``, read before a capture or void."""
-
-    from_user_id: int
-    to_user_id: int
-    amount_kopecks: int
-    created_at_us: int
-    expires_at_us: int
-
-
 def check_expires_in_s(expires_in_s: int) -> None:
     if (
         type(expires_in_s) is not int
@@ -103,6 +100,8 @@ class HoldScripts:
         self._capture = LuaScript(redis, "hold_capture")
         self._void = LuaScript(redis, "hold_void")
         self._expire = LuaScript(redis, "hold_expire")
+        self._legs = CrossingLegs(redis)
+        self._across = HoldsAcross(redis, settings)
 
     async def create(
         self,
@@ -127,13 +126,20 @@ class HoldScripts:
         check_expires_in_s(expires_in_s)
         runner = self._runner
         token = new_request_token()
+        across = to_user_id is not None and not keyspace.same_bucket(from_user_id, to_user_id)
+        verdict = ""
+        if across:
+            assert to_user_id is not None
+            verdict = await self._legs.expect(
+                from_user_id, to_user_id, amount_kopecks, token, hold_expires_in_s=expires_in_s
+            )
         keys = [
             *head_keys(from_user_id, token),
             keyspace.pending_holds(from_user_id),
             keyspace.holds_due(keyspace.bucket_of(from_user_id)),
             keyspace.recipient_misses_of_user(from_user_id),
         ]
-        if to_user_id is not None:
+        if to_user_id is not None and not across:
             keys.append(keyspace.user(to_user_id))
         keys += tail_keys(from_user_id, idempotency_key, session)
         args = [
@@ -146,9 +152,12 @@ class HoldScripts:
         ]
         args += session_args(session)
         args += [to_username or "", token, runner.outcome_ttl_s, self._retention_s]
-        args += runner.recipient_misses_args
+        args += [*runner.recipient_misses_args, verdict]
         reply = await runner.run(self._create, keys, args, from_user_id, token)
         outcome = reply[0].decode()
+        if verdict == "expected" and (outcome != "ok" or _replayed(reply)):
+            assert to_user_id is not None
+            await self._legs.drop_unused(to_user_id, token)
         if outcome != "ok":
             raise refused(outcome, _replayed(reply), wait_ms=reply[1])
         # {ok, hold_id, created_at_us, expires_at_us, replayed}, or the lookup's
@@ -179,28 +188,24 @@ class HoldScripts:
         amount_kopecks: int | None,
         idempotency_key: str | None = None,
         session: SessionCheck | None = None,
+        hold_bucket: int | None = None,
     ) -> CaptureAccepted:
-        """The payee ``user_id`` captures ``amount_kopecks`` of the hold (None: all of it)."""
+        """The payee ``user_id`` captures ``amount_kopecks`` of the hold (None: all of it),
+        which is in ``hold_bucket`` (None: the payee's own)."""
         check_user_id(user_id)
         check_hold_id(hold_id)
         if amount_kopecks is not None:
             check_amount(amount_kopecks)
-        facts = await self._facts(user_id, hold_id, idempotency_key)
-        runner = self._runner
-        token = new_request_token()
-        keys, payer = self._action_keys(user_id, hold_id, facts, token)
-        keys += tail_keys(user_id, idempotency_key, session)
-        args = [
-            str(user_id),
-            payer,
-            str(hold_id),
-            "" if amount_kopecks is None else str(amount_kopecks),
-            idempotency_key or "",
-            runner.idempotency_ttl_s,
-        ]
-        args += session_args(session)
-        args += [token, runner.outcome_ttl_s, self._retention_s]
-        reply = await runner.run(self._capture, keys, args, user_id, token)
+        bucket = keyspace.bucket_of(user_id) if hold_bucket is None else hold_bucket
+        facts = await self._facts(user_id, hold_id, idempotency_key, bucket)
+        if bucket != keyspace.bucket_of(user_id):
+            reply = await self._across.capture(
+                user_id, hold_id, amount_kopecks, facts, idempotency_key, session
+            )
+        else:
+            reply = await self._capture_here(
+                user_id, hold_id, amount_kopecks, facts, idempotency_key, session
+            )
         outcome = reply[0].decode()
         if outcome != "ok":
             field = "amount" if outcome == refusals.CAPTURE_EXCEEDS_HOLD.lua_outcome else None
@@ -221,35 +226,61 @@ class HoldScripts:
             replayed=_replayed(reply),
         )
 
+    async def _capture_here(
+        self,
+        user_id: int,
+        hold_id: int,
+        amount_kopecks: int | None,
+        facts: HoldFacts | None,
+        idempotency_key: str | None,
+        session: SessionCheck | None,
+    ) -> list[bytes]:
+        """lua/hold_capture.lua's reply: the hold is in the payee's bucket."""
+        runner = self._runner
+        token = new_request_token()
+        keys, payer = self._action_keys(user_id, hold_id, facts, token)
+        keys += tail_keys(user_id, idempotency_key, session)
+        args = [
+            str(user_id),
+            payer,
+            str(hold_id),
+            "" if amount_kopecks is None else str(amount_kopecks),
+            idempotency_key or "",
+            runner.idempotency_ttl_s,
+        ]
+        args += session_args(session)
+        args += [token, runner.outcome_ttl_s, self._retention_s]
+        return await runner.run(self._capture, keys, args, user_id, token)
+
     async def void(
         self,
         user_id: int,
         hold_id: int,
         idempotency_key: str | None = None,
         session: SessionCheck | None = None,
+        hold_bucket: int | None = None,
     ) -> HoldAccepted:
-        """The payee ``user_id`` lets the hold go; the hold as voided."""
+        """The payee ``user_id`` lets the hold go (in ``hold_bucket``, as for capture); the
+        hold as voided."""
         check_user_id(user_id)
         check_hold_id(hold_id)
-        facts = await self._facts(user_id, hold_id, idempotency_key)
-        runner = self._runner
-        token = new_request_token()
-        keys, payer = self._action_keys(user_id, hold_id, facts, token)
-        keys += tail_keys(user_id, idempotency_key, session)
-        args = [str(user_id), payer, str(hold_id), idempotency_key or "", runner.idempotency_ttl_s]
-        args += session_args(session)
-        args += [token, runner.outcome_ttl_s, self._retention_s]
-        reply = await runner.run(self._void, keys, args, user_id, token)
+        bucket = keyspace.bucket_of(user_id) if hold_bucket is None else hold_bucket
+        facts = await self._facts(user_id, hold_id, idempotency_key, bucket)
+        if bucket != keyspace.bucket_of(user_id):
+            reply = await self._across.void(user_id, hold_id, facts, idempotency_key, session)
+        else:
+            reply = await self._void_here(user_id, hold_id, facts, idempotency_key, session)
         outcome = reply[0].decode()
         if outcome != "ok":
             raise refused(outcome, _replayed(reply))
         if len(reply) == 6:  # {ok, from, amount, created_at_us, expires_at_us, replayed}
-            facts = _Facts(
+            facts = HoldFacts(
                 from_user_id=int(reply[1]),
                 to_user_id=user_id,
                 amount_kopecks=int(reply[2]),
                 created_at_us=int(reply[3]),
                 expires_at_us=int(reply[4]),
+                token=None,
             )
         # Else the lookup's {ok, hold_id, voided_at_us, "0"}: the script ran with facts.
         assert facts is not None
@@ -266,6 +297,24 @@ class HoldScripts:
         )
         return HoldAccepted(hold=hold, replayed=_replayed(reply))
 
+    async def _void_here(
+        self,
+        user_id: int,
+        hold_id: int,
+        facts: HoldFacts | None,
+        idempotency_key: str | None,
+        session: SessionCheck | None,
+    ) -> list[bytes]:
+        """lua/hold_void.lua's reply: the hold is in the payee's bucket."""
+        runner = self._runner
+        token = new_request_token()
+        keys, payer = self._action_keys(user_id, hold_id, facts, token)
+        keys += tail_keys(user_id, idempotency_key, session)
+        args = [str(user_id), payer, str(hold_id), idempotency_key or "", runner.idempotency_ttl_s]
+        args += session_args(session)
+        args += [token, runner.outcome_ttl_s, self._retention_s]
+        return await runner.run(self._void, keys, args, user_id, token)
+
     async def sweep(self, bucket: int, limit: int) -> int:
         """Marks up to ``limit`` of the bucket's holds due now as expired
         (lua/hold_expire.lua); the number marked this pass."""
@@ -279,7 +328,7 @@ class HoldScripts:
         )
         if not members:
             return 0
-        calls = []
+        calls, payees = [], []
         for raw in members:
             member = raw.decode()
             hold_id, from_id, to_id, _ = (int(part) for part in member.split(":"))
@@ -287,51 +336,68 @@ class HoldScripts:
                 keyspace.hold(bucket, hold_id),
                 keyspace.user(from_id),
                 keyspace.pending_holds(from_id),
-                keyspace.user(to_id),
                 keyspace.holds_due(bucket),
                 keyspace.txn_stream(bucket),
             ]
-            calls.append((keys, [member]))
+            across = not keyspace.same_bucket(from_id, to_id)
+            if not across:
+                keys.append(keyspace.user(to_id))
+            calls.append((keys, [member, "1" if across else "0"]))
+            payees.append(to_id)
         replies = cast(list[list[bytes]], await self._expire.call_many(calls))
         marked = 0
-        for reply in replies:
+        for to_id, reply in zip(payees, replies, strict=True):
             outcome = reply[0].decode()
             if outcome == "expired":
                 marked += 1
+                if reply[1]:
+                    # The payee's side in its own bucket; on an outage recovery aborts it,
+                    # by the hold's status, once its deadline is past.
+                    await self._legs.drop_unused(to_id, reply[1].decode())
             elif outcome not in ("not_due", "gone", "not_pending"):
                 raise ScriptArgumentRejected(outcome)
         return marked
 
     async def _facts(
-        self, user_id: int, hold_id: int, idempotency_key: str | None
-    ) -> _Facts | None:
-        """The immutable fields of a hold the payee ``user_id`` acts on; None when the hold
-        is missing and a key was given (the script then looks for a replay); else
-        Refused(HOLD_NOT_FOUND)."""
+        self, user_id: int, hold_id: int, idempotency_key: str | None, bucket: int
+    ) -> HoldFacts | None:
+        """The immutable fields of a hold of ``bucket`` the payee ``user_id`` acts on; None
+        when the hold is missing and a key was given (the script then looks for a replay);
+        else Refused(HOLD_NOT_FOUND)."""
         raw = cast(
             list[bytes | None],
             await self._redis.hmget(
-                keyspace.hold_of_party(user_id, hold_id),
-                ["from", "to", "amount", "created_at_us", "expires_at_us"],
+                keyspace.hold(bucket, hold_id),
+                ["from", "to", "amount", "created_at_us", "expires_at_us", "token"],
             ),
         )
-        if any(value is None for value in raw):
+        *numbers, token = raw
+        if any(value is None for value in numbers):
             if idempotency_key is None:
                 raise Refused(refusals.HOLD_NOT_FOUND)
             return None
-        from_id, to_id, amount, created_at_us, expires_at_us = (int(cast(bytes, v)) for v in raw)
-        return _Facts(from_id, to_id, amount, created_at_us, expires_at_us)
+        from_id, to_id, amount, created_at_us, expires_at_us = (
+            int(cast(bytes, v)) for v in numbers
+        )
+        return HoldFacts(
+            from_user_id=from_id,
+            to_user_id=to_id,
+            amount_kopecks=amount,
+            created_at_us=created_at_us,
+            expires_at_us=expires_at_us,
+            token=None if token is None else token.decode(),
+        )
 
     @staticmethod
     def _action_keys(
-        user_id: int, hold_id: int, facts: _Facts | None, token: str
+        user_id: int, hold_id: int, facts: HoldFacts | None, token: str
     ) -> tuple[list[str], str]:
         """The keys of hold_capture.lua / hold_void.lua before the tail, and the payer
         argument ("" when the hold is unknown)."""
         bucket = keyspace.bucket_of(user_id)
         keys = [
             *head_keys(user_id, token),
-            keyspace.hold_of_party(user_id, hold_id),
+            keyspace.hold(bucket, hold_id),
             keyspace.holds_due(bucket),
         ]
         if facts is None:

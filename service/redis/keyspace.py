@@ -45,6 +45,10 @@ def bucket_of(user_id: int) -> int:
     return user_id % BUCKETS
 
 
+def same_bucket(user_id: int, other_user_id: int) -> bool:
+    return bucket_of(user_id) == bucket_of(other_user_id)
+
+
 def all_buckets() -> Iterator[int]:
     return iter(range(BUCKETS))
 
