@@ -14,9 +14,10 @@ fastest (docs/ledger.md).
 Hold records (docs/holds.md) go in the same database transaction: a ``hold_created``
 record is a ``holds`` row, a ``hold_voided`` or ``hold_expired`` record a ``hold_events``
 row, and a capture (a transfer with ``hold_id``) is its ``transactions`` row plus its
-``captured`` event. They are inserted the same way, ``ON CONFLICT DO NOTHING`` on the hold
-id, and a skipped row must be the same record too: a hold id stored for another hold, or a
-hold's end stored as another event, is refused like an id collision.
+``captured`` event (across buckets, its reservation's row plus the event). They are
+inserted the same way, ``ON CONFLICT DO NOTHING`` on the hold id, and a skipped row must be
+the same record too: a hold id stored for another hold, or a hold's end stored as another
+event, is refused like an id collision.
 
 The sides of a transfer across buckets (service/domain/crossings.py) go the same way into
 ``transfer_reservations``, ``transfer_credits`` and ``transfer_ends``, keyed by the
@@ -229,6 +230,8 @@ async def insert_records(
             assert isinstance(record, CrossingRecord), record
             table, row = record.ledger_row(entry_id)
             sides[table].append(row)
+            if record.hold_id is not None and record.kind == "transfer_out":
+                events.append(capture_event_row(record, entry_id))
     inserted = await insert_transactions(connection, transactions) if transactions else 0
     holds.sort(key=lambda row: row["id"])
     events.sort(key=lambda row: row["hold_id"])
@@ -276,7 +279,9 @@ async def insert_records(
 
 def ledger_row_count(record: StreamRecord) -> int:
     """The rows ``insert_records`` makes of a record: one, or two for a capture (its
-    transaction and its ``captured`` event)."""
+    transaction, or its reservation across buckets, and its ``captured`` event)."""
+    if isinstance(record, CrossingRecord):
+        return 2 if record.hold_id is not None and record.kind == "transfer_out" else 1
     return 2 if isinstance(record, Transaction) and record.hold_id is not None else 1
 
 

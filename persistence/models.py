@@ -188,8 +188,10 @@ class LedgerHoldEvent(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Captured: the amount captured. Voided or expired: the amount released to the payer.
     amount_kopecks: Mapped[int] = mapped_column(BigInteger)
-    # Captured only: the capture's transaction (stored in the same database transaction).
-    transaction_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("transactions.id"))
+    # Captured only: the capture's transaction (stored in the same database transaction),
+    # or, for a hold across buckets, its reservation (``transfer_reservations``, stored with
+    # it): no foreign key (migration 0010).
+    transaction_id: Mapped[int | None] = mapped_column(BigInteger)
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
     stream_entry_id: Mapped[str] = mapped_column(String(48))
     # The fingerprint recorded under the payee's key: void.lua's, or a capture's (as on
@@ -242,6 +244,8 @@ class LedgerTransferReservation(Base):
     # A batch's leg (lua/transfer_batch.lua): its index in the batch, with or without a key;
     # `wallet rebuild` completes such a leg rather than void it. NULL otherwise.
     batch_leg: Mapped[int | None] = mapped_column(SmallInteger)
+    # The capture of a hold across buckets (lua/hold_capture_across.lua): the hold.
+    hold_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(
@@ -275,8 +279,10 @@ class LedgerTransferCredit(Base):
     credited_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     to_balance_after_kopecks: Mapped[int] = mapped_column(BigInteger)
     stream_entry_id: Mapped[str] = mapped_column(String(48))
-    # A refund's credit: the transfer it refunds (as on its reservation).
+    # A refund's credit: the transfer it refunds (as on its reservation); a capture's: the
+    # hold.
     refund_of: Mapped[int | None] = mapped_column(BigInteger)
+    hold_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(

@@ -80,18 +80,18 @@ def test_alembic_upgrades_and_downgrades_the_database_url_as_wallet_migrate_does
     unmigrated_database: str,
 ) -> None:
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database) == ("0009", {"alembic_version", *Base.metadata.tables}, None)
+    assert schema(unmigrated_database) == ("0010", {"alembic_version", *Base.metadata.tables}, None)
     # autogenerate finds nothing between persistence/models.py and the schema.
     assert "No new upgrade operations detected" in alembic(unmigrated_database, "check")
 
-    alembic(unmigrated_database, "downgrade", "-7")
+    alembic(unmigrated_database, "downgrade", "-8")
     revision, tables, problem = schema(unmigrated_database)
     assert revision == "0002"
     assert not {"holds", "hold_events", "deployment", "transfer_credits"} & tables
-    assert problem == "the database has schema revision 0002, not 0009: run `wallet migrate` first"
+    assert problem == "the database has schema revision 0002, not 0010: run `wallet migrate` first"
 
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database)[0] == "0009"
+    assert schema(unmigrated_database)[0] == "0010"
 
 
 def test_the_epochs_handed_out_stay_handed_out_when_epochs_shrink(

@@ -13,6 +13,8 @@ from typing import cast
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import refusals
 from service.domain.holds import Hold
@@ -28,6 +30,7 @@ from tests.support.crossing import (
     DEPOSIT_KOPECKS,
     USERS,
     assert_conserved,
+    assert_reconciled,
     assert_settled_down,
     in_transit,
     incoming,
@@ -460,3 +463,37 @@ async def test_malformed_calls_change_nothing(
     reply = await redis_client.eval(load_script_source(script), len(keys), *keys, *args)
     assert reply[0] == b"invalid_argument"
     assert await snapshot(redis_client) == before
+
+
+async def test_the_ledger_stores_holds_across_buckets_and_reconciles_with_them_pending(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts, holds: HoldScripts
+) -> None:
+    pending = await make_hold(holds, 50)
+    captured_hold, voided_hold = await make_hold(holds, 300), await make_hold(holds, 200)
+    captured = await capture(holds, captured_hold, 120, key="cap")
+    await void(holds, voided_hold, "void")
+    await assert_reconciled(redis_client, db_engine)
+    async with db_engine.connect() as connection:
+        events = dict(
+            (await connection.execute(text("SELECT hold_id, event FROM hold_events"))).all()
+        )
+        capture_of = (
+            await connection.execute(
+                text("SELECT transaction_id, amount_kopecks FROM hold_events WHERE hold_id = :h"),
+                {"h": captured_hold.hold_id},
+            )
+        ).one()
+        sides = (
+            await connection.execute(
+                text(
+                    "SELECT r.hold_id, c.hold_id, c.amount_kopecks FROM transfer_reservations r"
+                    " JOIN transfer_credits c ON c.transfer_id = r.id WHERE r.id = :id"
+                ),
+                {"id": captured.txn_id},
+            )
+        ).one()
+    assert events == {captured_hold.hold_id: "captured", voided_hold.hold_id: "voided"}
+    assert tuple(capture_of) == (captured.txn_id, 120)
+    assert tuple(sides) == (captured_hold.hold_id, captured_hold.hold_id, 120)
+    assert pending.hold_id not in events
+    assert await incoming(redis_client, PAYEE) == 50

@@ -43,6 +43,9 @@ class CrossingRecord:
     idempotency_fingerprint: str | None = None
     # A batch's leg's reservation (lua/transfer_batch.lua): its index in the batch.
     batch_leg: int | None = None
+    # A hold's capture across buckets (lua/hold_capture_across.lua): the hold, on its
+    # reservation and its credit.
+    hold_id: int | None = None
 
     def __post_init__(self) -> None:
         assert self.amount_kopecks >= 1, self
@@ -51,6 +54,7 @@ class CrossingRecord:
         assert (self.at_us is None) == (self.kind == "transfer_settled"), self
         assert (self.balance_after_kopecks is None) == (self.kind == "transfer_settled"), self
         assert self.refund_of is None or with_payee, self
+        assert self.hold_id is None or (with_payee and self.refund_of is None), self
         assert self.idempotency_fingerprint is None or self.idempotency_key is not None, self
         assert self.batch_leg is None or (self.kind == "transfer_out" and self.batch_leg >= 0)
 
@@ -66,6 +70,7 @@ class CrossingRecord:
         settled = kind == "transfer_settled"
         idem_key = fields[b"idem_key"].decode("ascii") if kind == "transfer_out" else ""
         refund_of = int(fields[b"refund_of"]) if with_payee and b"refund_of" in fields else None
+        hold_id = int(fields[b"hold_id"]) if with_payee and b"hold_id" in fields else None
         fingerprint = fields.get(b"idem_fp", b"").decode("ascii") if idem_key else ""
         leg_raw = fields.get(b"leg") if kind == "transfer_out" else None
         batch_leg = None if leg_raw is None else int(leg_raw)
@@ -77,6 +82,7 @@ class CrossingRecord:
         if (
             min(txn_id, from_user_id, amount_kopecks, to_user_id or 1, refund_of or 1) < 1
             or (batch_leg is not None and batch_leg < 0)
+            or (hold_id is not None and (hold_id < 1 or refund_of is not None))
             or (from_user_id == to_user_id)
         ):
             raise ValueError(f"malformed {kind} record of transfer {txn_id}")
@@ -92,6 +98,7 @@ class CrossingRecord:
             refund_of=refund_of,
             idempotency_fingerprint=fingerprint or None,
             batch_leg=batch_leg,
+            hold_id=hold_id,
         )
 
     # The ledger rows (persistence/models.py): one table per kind of record, keyed by the
@@ -113,6 +120,7 @@ class CrossingRecord:
                 "refund_of": self.refund_of,
                 "idempotency_fingerprint": self.idempotency_fingerprint,
                 "batch_leg": self.batch_leg,
+                "hold_id": self.hold_id,
             }
         if self.kind == "transfer_in":
             return "transfer_credits", {
@@ -124,6 +132,7 @@ class CrossingRecord:
                 "to_balance_after_kopecks": self.balance_after_kopecks,
                 "stream_entry_id": stream_entry_id,
                 "refund_of": self.refund_of,
+                "hold_id": self.hold_id,
             }
         return "transfer_ends", {
             "transfer_id": self.txn_id,

@@ -8,6 +8,7 @@ from typing import Any
 
 from service.domain.crossings import CROSSING_KINDS, CrossingRecord
 from service.domain.holds import STREAM_KINDS, HoldEvent
+from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
 
 StreamRecord = Transaction | HoldEvent | CrossingRecord
@@ -24,9 +25,26 @@ def record_from_stream_fields(fields: dict[bytes, bytes]) -> StreamRecord:
     return Transaction.from_stream_fields(fields)
 
 
-def capture_event_row(capture: Transaction, stream_entry_id: str) -> dict[str, Any]:
-    """The ``hold_events`` row a capture's transaction (a transfer with ``hold_id``) ends
-    its hold with: captured, at the transaction's instant, for its amount."""
+def capture_event_row(
+    capture: Transaction | CrossingRecord, stream_entry_id: str
+) -> dict[str, Any]:
+    """The ``hold_events`` row a capture ends its hold with: captured, at the capture's
+    instant, for its amount. A capture is a transaction (a transfer with ``hold_id``), or,
+    for a hold across buckets, the reservation of one (``transfer_out`` with ``hold_id``),
+    whose key is the payee's, recorded in the payee's bucket, not here."""
+    if isinstance(capture, CrossingRecord):
+        if capture.hold_id is None or capture.kind != "transfer_out" or capture.at_us is None:
+            raise ValueError(f"transfer {capture.txn_id} across buckets is not a capture")
+        return {
+            "hold_id": capture.hold_id,
+            "event": "captured",
+            "at": datetime_from_us(capture.at_us),
+            "amount_kopecks": capture.amount_kopecks,
+            "transaction_id": capture.txn_id,
+            "idempotency_key": None,
+            "stream_entry_id": stream_entry_id,
+            "idempotency_fingerprint": None,
+        }
     if capture.hold_id is None or capture.kind != "transfer":
         raise ValueError(f"transaction {capture.txn_id} is not a capture")
     return {

@@ -7,6 +7,11 @@ last entry id then (``through_entry``), and these queries count only the rows of
 appended up to it (their ``stream_entry_id``), so that a hold voided or expired after the
 read (an event with no transaction id) does not count. Stream entry ids are compared as
 numbers, ``<ms>-<seq>``.
+
+A hold whose payee is in another bucket (docs/scaling.md, "Holds across buckets") keeps its
+payee's headroom as an expectation in the payee's bucket, which Redis alone knows (reconcile
+reads it in its snapshot; rebuild makes it again): the payee's incoming counts here only the
+holds of payers of its own bucket.
 """
 
 from collections.abc import Iterable, Sequence
@@ -25,6 +30,7 @@ from persistence.models import (
     LedgerTransferReservation,
 )
 from service.domain.times import us_from_datetime
+from service.redis import keyspace
 
 H = LedgerHold
 E = LedgerHoldEvent
@@ -102,13 +108,14 @@ async def pending_holds_of_payers(
 async def incoming_of_payees(
     connection: AsyncConnection, payee_ids: Sequence[int], through_entry: EntryId | None = None
 ) -> dict[int, int]:
-    """The sum of the pending holds toward each user (0 for none)."""
+    """The sum of the pending holds toward each user from payers of its bucket (0 for none)."""
     incoming = dict.fromkeys(payee_ids, 0)
     if not payee_ids:
         return incoming
+    same_bucket = H.from_user_id % keyspace.BUCKETS == H.to_user_id % keyspace.BUCKETS
     rows = await connection.execute(
         select(H.to_user_id, func.sum(H.amount_kopecks))
-        .where(H.to_user_id.in_(payee_ids), *_pending(through_entry))
+        .where(H.to_user_id.in_(payee_ids), same_bucket, *_pending(through_entry))
         .group_by(H.to_user_id)
     )
     for user_id, total in rows:
