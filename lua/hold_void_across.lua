@@ -71,22 +71,14 @@ if refusal then
   return {refusal, "", "", "", "", "0"}
 end
 
-local hold, refused, recorded = pending_hold_of_payee(KEYS[5], user_id, payer_id,
-                                                      tonumber(now_us))
+local hold, not_pending = pending_hold_across(KEYS[5], KEYS[4], user_id, payer_id,
+                                              tonumber(now_us), outcome_ttl_arg)
 if not hold then
-  if not recorded then
-    return {"hold_missing", "", "", "", "", "0"}
-  end
-  record_request_outcome(KEYS[4], outcome_ttl_arg, {refused, "", "", "0"})
-  return {refused, "", "", "", "", "0"}
+  return not_pending
 end
 local payer = wallet_amounts(KEYS[3], payer_id)
-local payer_member = hold_id .. ":" .. user_id .. ":" .. hold.amount_arg
-local due_member = hold_id .. ":" .. payer_id .. ":" .. user_id .. ":" .. hold.amount_arg
-assert(payer and payer.held >= hold.amount
-  and redis.call("ZSCORE", KEYS[7], payer_member) and redis.call("ZSCORE", KEYS[6], due_member),
-  "invariant: a pending hold across buckets that its payer's side does not count: hold "
-  .. hold_id)
+local payer_member, due_member = payer_side_members(hold_id, hold, payer_id, user_id, payer,
+                                                    KEYS[7], KEYS[6])
 
 -- Every check has passed: from here on the script only writes.
 frame_keep_stamp(frame)

@@ -12,6 +12,11 @@
 -- expires at expires_at + hold_retention_s, as hold_create.lua set it: at once, if that has
 -- passed (holds:due:{b} keeps the member, from which the sweeper settles the hold).
 --
+-- A hold whose payee is in another bucket (docs/scaling.md, "Holds across buckets") comes
+-- back with the token of its expectation, which `wallet rebuild` makes again on the payee's
+-- bucket right after (lua/transfer_expect.lua), and with the record under that token that
+-- recovery finds the hold by, as hold_create.lua wrote them.
+--
 -- KEYS[1]  hold:{b}:<hold_id>        hash: from to amount status captured_amount
 --                                    created_at_us expires_at_us capture_txn_id (overwritten)
 -- KEYS[2]  holds:due:{b}             sorted set: member <hold_id>:<from>:<to>:<amount>,
@@ -22,7 +27,11 @@
 -- ARGV[4]  amount_kopecks            decimal, 1 .. 10^12
 -- ARGV[5]  created_at_us             decimal microseconds, 1..16 digits
 -- ARGV[6]  expires_at_us             decimal microseconds, 1..16 digits, > created_at_us
+-- KEYS[3]  req:{b}:<from>:<token>    iff ARGV[8] is not "": hash: outcome txn_id
+--                                    created_at_us (includes/request_outcome.lua)
 -- ARGV[7]  hold_retention_s          decimal seconds, 1 .. 10^7
+-- ARGV[8]  token                     "" within one bucket; across buckets, the token of the
+--                                    hold's expectation (16..64 of A-Z a-z 0-9 _ -)
 --
 -- Returns  {outcome}:
 --   outcome "restored"          written
@@ -32,10 +41,12 @@
 -- @include validate
 
 local hold_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local created_arg, expires_arg, retention_arg = ARGV[5], ARGV[6], ARGV[7]
+local created_arg, expires_arg, retention_arg, token = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local MAX_US = 9999999999999999
 
-if #KEYS ~= 2 or #ARGV ~= 7 or not valid_id(hold_id) or not valid_id(from_id)
+if #KEYS ~= (token == "" and 2 or 3) or #ARGV ~= 8
+  or (token ~= "" and (not valid_request_token(token)
+                       or KEYS[3] ~= bucket_member_key("req", from_id) .. ":" .. token)) or not valid_id(hold_id) or not valid_id(from_id)
   or not valid_id(to_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS)
   or not valid_positive(created_arg, MAX_US) or not valid_positive(expires_arg, MAX_US)
@@ -49,7 +60,13 @@ redis.call("DEL", KEYS[1])
 redis.call("HSET", KEYS[1], "from", from_id, "to", to_id, "amount", amount_arg,
   "status", "pending", "captured_amount", "0", "created_at_us", created_arg,
   "expires_at_us", expires_arg, "capture_txn_id", "")
-redis.call("PEXPIREAT", KEYS[1], string.format("%d",
-  math.floor(tonumber(expires_arg) / 1000) + tonumber(retention_arg) * 1000))
+local gone_at_ms = string.format("%d",
+  math.floor(tonumber(expires_arg) / 1000) + tonumber(retention_arg) * 1000)
+redis.call("PEXPIREAT", KEYS[1], gone_at_ms)
+if token ~= "" then
+  redis.call("HSET", KEYS[1], "token", token)
+  redis.call("HSET", KEYS[3], "outcome", "ok", "txn_id", hold_id, "created_at_us", created_arg)
+  redis.call("PEXPIREAT", KEYS[3], gone_at_ms)
+end
 redis.call("ZADD", KEYS[2], expires_arg, hold_id .. ":" .. from_id .. ":" .. to_id .. ":" .. amount_arg)
 return {"restored"}

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import refusals
 from service.domain.holds import Hold
+from service.ledger.rebuild import rebuild
 from service.redis import keyspace
 from service.redis.crossing import CrossingLegs
 from service.redis.holds import CaptureAccepted, HoldScripts
@@ -38,7 +39,7 @@ from tests.support.crossing import (
     only_due_reservation,
     stream_kinds,
 )
-from tests.support.helpers import StreamEntries, balance, refusing, snapshot
+from tests.support.helpers import StreamEntries, balance, lose_redis, refusing, snapshot
 
 FAR_FUTURE_US = 2**52
 # Past the deadline recovery gives an expectation it found due again.
@@ -474,9 +475,8 @@ async def test_the_ledger_stores_holds_across_buckets_and_reconciles_with_them_p
     await void(holds, voided_hold, "void")
     await assert_reconciled(redis_client, db_engine)
     async with db_engine.connect() as connection:
-        events = dict(
-            (await connection.execute(text("SELECT hold_id, event FROM hold_events"))).all()
-        )
+        rows = await connection.execute(text("SELECT hold_id, event FROM hold_events"))
+        events: dict[int, str] = {hold_id: event for hold_id, event in rows}
         capture_of = (
             await connection.execute(
                 text("SELECT transaction_id, amount_kopecks FROM hold_events WHERE hold_id = :h"),
@@ -497,3 +497,19 @@ async def test_the_ledger_stores_holds_across_buckets_and_reconciles_with_them_p
     assert tuple(sides) == (captured_hold.hold_id, captured_hold.hold_id, 120)
     assert pending.hold_id not in events
     assert await incoming(redis_client, PAYEE) == 50
+
+
+async def test_rebuild_puts_a_pending_hold_across_buckets_back_with_its_expectation(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts, holds: HoldScripts
+) -> None:
+    pending = await make_hold(holds, 300)
+    await assert_reconciled(redis_client, db_engine)
+    await lose_redis(redis_client)
+    await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert (await held(redis_client, PAYER), await incoming(redis_client, PAYEE)) == (300, 300)
+    await assert_reconciled(redis_client, db_engine)
+    # Recovery finds the hold by the record the rebuild wrote: pending, so it waits.
+    assert await CrossingLegs(redis_client).recover(now_us=FAR_FUTURE_US) == 0
+    assert (await capture(holds, pending, 100)).amount_kopecks == 100
+    await assert_settled_down(redis_client)
+    await assert_reconciled(redis_client, db_engine)

@@ -289,8 +289,10 @@ def idempotency_facts(kind: str, *facts: str) -> tuple[str, list[str], list[str]
     return "restore_idempotency", [keyspace.idempotency(1, "k")], args
 
 
-def hold_case(position: int, value: str, key: str = "hold:9") -> tuple[str, list[str], list[str]]:
-    args = ["9", "1", "2", "5", NOW_US, LATER_US, "60"]
+def hold_case(
+    position: int, value: str, key: str = keyspace.hold(BUCKET, 9)
+) -> tuple[str, list[str], list[str]]:
+    args = ["9", "1", "2", "5", NOW_US, LATER_US, "60", ""]
     args[position] = value
     return "restore_hold", [key, keyspace.holds_due(BUCKET)], args
 
@@ -349,7 +351,21 @@ def hold_case(position: int, value: str, key: str = "hold:9") -> tuple[str, list
         hold_case(5, NOW_US),  # expires when made
         hold_case(6, "0"),
         hold_case(0, "8"),  # not the hold in KEYS[1]
-        ("restore_hold", [keyspace.hold(BUCKET, 9)], ["9", "1", "2", "5", NOW_US, LATER_US, "60"]),
+        (
+            "restore_hold",
+            [keyspace.hold(BUCKET, 9)],
+            ["9", "1", "2", "5", NOW_US, LATER_US, "60", ""],
+        ),
+        hold_case(7, "t" * 22),  # a token without its request's record
+        (  # the record of another payer's request
+            "restore_hold",
+            [
+                keyspace.hold(BUCKET, 9),
+                keyspace.holds_due(BUCKET),
+                keyspace.request_outcome(2, "t" * 22),
+            ],
+            ["9", "1", "2", "5", NOW_US, LATER_US, "60", "t" * 22],
+        ),
     ],
 )
 async def test_restore_scripts_refuse_malformed_arguments_and_write_nothing(

@@ -38,3 +38,35 @@ local function counted_hold_members(hold_id, hold, payer_id, user_id, payer, pay
     "invariant: a pending hold missing from its sorted sets: hold " .. hold_id)
   return payer_member, due_member
 end
+
+-- The pending hold a payee of another bucket acts on (lua/hold_capture_across.lua and
+-- lua/hold_void_across.lua, where the payee's key is not), or nil and the reply to give: a
+-- refusal recorded under the request's token (req_key), so that the payee's claim can be
+-- completed with it after a crash, or hold_missing, unrecorded (the API asks the ledger).
+-- Needs request_outcome.lua included before it.
+local function pending_hold_across(hold_key, req_key, user_id, payer_id, now_us, outcome_ttl_arg)
+  local hold, refused, recorded = pending_hold_of_payee(hold_key, user_id, payer_id, now_us)
+  if hold then
+    return hold, nil
+  end
+  if not recorded then
+    return nil, {"hold_missing", "", "", "", "", "0"}
+  end
+  record_request_outcome(req_key, outcome_ttl_arg, {refused, "", "", "0"})
+  return nil, {refused, "", "", "", "", "0"}
+end
+
+-- The members of holds:{b}:<payer> and holds:due:{b} of a hold across buckets, once it is
+-- checked that its payer's side counts it, as it must while it is pending (its payee's side
+-- is an expectation in the payee's bucket).
+local function payer_side_members(hold_id, hold, payer_id, user_id, payer, payer_holds_key,
+                                  due_key)
+  local payer_member = hold_id .. ":" .. user_id .. ":" .. hold.amount_arg
+  local due_member = hold_id .. ":" .. payer_id .. ":" .. user_id .. ":" .. hold.amount_arg
+  assert(payer and payer.held >= hold.amount
+    and redis.call("ZSCORE", payer_holds_key, payer_member)
+    and redis.call("ZSCORE", due_key, due_member),
+    "invariant: a pending hold across buckets that its payer's side does not count: hold "
+    .. hold_id)
+  return payer_member, due_member
+end

@@ -60,6 +60,7 @@ Rebuilding is idempotent: after an interruption, run it again.
 """
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -96,6 +97,8 @@ from service.ledger.rebuild_keys import restore_idempotency_records
 from service.ledger.reconcile import ledger_balances, user_id_batches
 from service.ledger.refund_totals import refunded_totals_page
 from service.redis import keyspace
+from service.redis.crossing import CrossingLegs
+from service.redis.money import new_request_token
 from service.redis.scripts import LuaScript, ScriptArgumentRejected
 from service.redis.stream_tail import unpersisted_tail
 from service.redis.streams import ensure_consumer_group, stream_id
@@ -299,26 +302,53 @@ async def _restore_wallets(
 
 
 async def _restore_pending_holds(redis: RedisClient, engine: AsyncEngine, retention_s: int) -> int:
+    """Puts the ledger's pending holds back; a hold whose payee is in another bucket with
+    its expectation there, made again under a new token for the rest of its life (the
+    payee's restored incoming counts no such hold: service/ledger/hold_totals.py)."""
     restore_hold = LuaScript(redis, "restore_hold")
+    legs = CrossingLegs(redis)
     restored, after = 0, 0
     while True:
         async with engine.connect() as connection:
             holds = await pending_holds_page(connection, after, BATCH_SIZE)
         if not holds:
             return restored
-        calls = [_restore_hold_call(hold, retention_s) for hold in holds]
+        tokens = {
+            hold.hold_id: new_request_token()
+            for hold in holds
+            if not keyspace.same_bucket(hold.from_user_id, hold.to_user_id)
+        }
+        calls = [_restore_hold_call(hold, retention_s, tokens.get(hold.hold_id)) for hold in holds]
         for hold, reply in zip(
             holds, cast(list[list[bytes]], await restore_hold.call_many(calls)), strict=True
         ):
             if reply[0] != b"restored":
                 raise ScriptArgumentRejected(f"restore_hold: {reply[0]!r} for hold {hold.hold_id}")
+        for hold in holds:
+            token = tokens.get(hold.hold_id)
+            if token is None:
+                continue
+            life_us = max(0, hold.expires_at_us - int(time.time() * 1_000_000))
+            verdict = await legs.expect(
+                hold.from_user_id,
+                hold.to_user_id,
+                hold.amount_kopecks,
+                token,
+                hold_expires_in_s=-(-life_us // 1_000_000),
+            )
+            if verdict != "expected":
+                raise ScriptArgumentRejected(f"transfer_expect of hold {hold.hold_id}: {verdict}")
         restored += len(holds)
         after = holds[-1].hold_id
 
 
-def _restore_hold_call(hold: PendingHold, retention_s: int) -> tuple[list[str], list[str]]:
+def _restore_hold_call(
+    hold: PendingHold, retention_s: int, token: str | None
+) -> tuple[list[str], list[str]]:
     bucket = keyspace.bucket_of(hold.from_user_id)  # a hold is in its payer's bucket
     keys = [keyspace.hold(bucket, hold.hold_id), keyspace.holds_due(bucket)]
+    if token is not None:
+        keys.append(keyspace.request_outcome(hold.from_user_id, token))
     args = [
         str(hold.hold_id),
         str(hold.from_user_id),
@@ -327,6 +357,7 @@ def _restore_hold_call(hold: PendingHold, retention_s: int) -> tuple[list[str], 
         str(hold.created_at_us),
         str(hold.expires_at_us),
         str(retention_s),
+        token or "",
     ]
     return keys, args
 
