@@ -32,6 +32,10 @@
 --                                       long after the capture
 -- ARGV[8]  deadline_ms                  decimal, 1 .. 10^7: from now, when recovery may
 --                                       complete the reservation
+-- ARGV[9]  keyed                        "1" when the request has an Idempotency-Key (claimed
+--                                       on the payee's bucket): refusals are recorded under
+--                                       the token then, for the claim; "0": nothing is
+--                                       written for a refusal, as in one bucket
 --
 -- Returns  {outcome, txn_id, created_at_us, from, amount, replayed}, all strings (from: the
 -- payer; amount: the amount captured):
@@ -39,10 +43,11 @@
 --   outcome "not_applied"             the token already has a record: that record is
 --                                     answered as {outcome, txn_id, created_at_us, "0"}
 --   outcome "hold_not_found"          the hold is another user's, or named with another payer
---                                     (recorded under the token)
+--                                     (recorded under the token when keyed)
 --   outcome "hold_missing"            no hold:<id> in Redis (not recorded: the API asks the
 --                                     ledger, as for hold_not_found in one bucket)
---   outcome "hold_not_pending"        ended, or now >= expires_at_us (recorded under the token)
+--   outcome "hold_not_pending"        ended, or now >= expires_at_us (recorded under the token
+--                                     when keyed)
 --   outcome "capture_exceeds_hold"    amount > the hold's amount (not recorded)
 --   outcome "not_rebuilt"             txn:seq:{b} is missing: Redis lost its data
 --   outcome "epoch_exhausted"         txn:seq:{b} is at the last id of its epoch
@@ -61,10 +66,12 @@
 
 local payer_id, user_id, hold_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local token, outcome_ttl_arg, retention_arg, deadline_arg = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local keyed = ARGV[9]
 -- No key and no session here (checked on the payee's bucket): the frame's own checks only.
 local frame = money_frame(payer_id, "", "1", "0", "1", "1", token, outcome_ttl_arg, 9)
 
-if #ARGV ~= 8 or not frame.valid or not valid_id(user_id) or user_id == payer_id
+if #ARGV ~= 9 or not frame.valid or (keyed ~= "1" and keyed ~= "0")
+  or not valid_id(user_id) or user_id == payer_id
   or not valid_id(hold_id)
   or (amount_arg ~= "" and not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS))
   or not valid_positive(retention_arg, MAX_TTL_S) or not valid_positive(deadline_arg, MAX_TTL_S)
@@ -83,8 +90,8 @@ if refusal then
   return {refusal, "", "", "", "", "0"}
 end
 
-local hold, not_pending = pending_hold_across(KEYS[5], KEYS[4], user_id, payer_id,
-                                              tonumber(created_at_us), outcome_ttl_arg)
+local hold, not_pending = pending_hold_across(KEYS[5], keyed == "1" and KEYS[4], user_id,
+                                              payer_id, tonumber(created_at_us), outcome_ttl_arg)
 if not hold then
   return not_pending
 end

@@ -24,6 +24,10 @@
 -- ARGV[5]  outcome ttl_s                decimal seconds, 1 .. 10^7
 -- ARGV[6]  hold_retention_s             decimal seconds, 1 .. 10^7: hold:<id> lives this
 --                                       long after the void
+-- ARGV[7]  keyed                        "1" when the request has an Idempotency-Key (claimed
+--                                       on the payee's bucket): refusals are recorded under
+--                                       the token then, for the claim; "0": nothing is
+--                                       written for a refusal, as in one bucket
 --
 -- Returns  {outcome, from, amount, created_at_us, expires_at_us, replayed}, all strings, as
 -- lua/hold_void.lua:
@@ -31,10 +35,11 @@
 --   outcome "not_applied"             the token already has a record: that record is
 --                                     answered as {outcome, txn_id, created_at_us, "0"}
 --   outcome "hold_not_found"          the hold is another user's, or named with another payer
---                                     (recorded under the token)
+--                                     (recorded under the token when keyed)
 --   outcome "hold_missing"            no hold:<id> in Redis (not recorded: the API asks the
 --                                     ledger, as for hold_not_found in one bucket)
---   outcome "hold_not_pending"        ended, or now >= expires_at_us (recorded under the token)
+--   outcome "hold_not_pending"        ended, or now >= expires_at_us (recorded under the token
+--                                     when keyed)
 --   outcome "not_rebuilt"             txn:seq:{b} is missing: Redis lost its data
 --   outcome "epoch_exhausted"         txn:seq:{b} is at the last id of its epoch
 --   outcome "invalid_argument"        KEYS/ARGV fail validation (nothing written)
@@ -51,11 +56,11 @@
 -- @include hold_action
 
 local payer_id, user_id, hold_id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local outcome_ttl_arg, retention_arg = ARGV[5], ARGV[6]
+local outcome_ttl_arg, retention_arg, keyed = ARGV[5], ARGV[6], ARGV[7]
 -- No key and no session here (checked on the payee's bucket): the frame's own checks only.
 local frame = money_frame(payer_id, "", "1", "0", "1", "1", token, outcome_ttl_arg, 7)
 
-if #ARGV ~= 6 or not frame.valid or not valid_id(user_id) or user_id == payer_id
+if #ARGV ~= 7 or not frame.valid or (keyed ~= "1" and keyed ~= "0") or not valid_id(user_id) or user_id == payer_id
   or not valid_id(hold_id) or not valid_positive(retention_arg, MAX_TTL_S)
   or KEYS[5] ~= bucket_member_key("hold", hold_id) or KEYS[6] ~= bucket_key("holds:due")
   or KEYS[7] ~= bucket_member_key("holds", payer_id) then
@@ -71,8 +76,8 @@ if refusal then
   return {refusal, "", "", "", "", "0"}
 end
 
-local hold, not_pending = pending_hold_across(KEYS[5], KEYS[4], user_id, payer_id,
-                                              tonumber(now_us), outcome_ttl_arg)
+local hold, not_pending = pending_hold_across(KEYS[5], keyed == "1" and KEYS[4], user_id,
+                                              payer_id, tonumber(now_us), outcome_ttl_arg)
 if not hold then
   return not_pending
 end

@@ -91,7 +91,7 @@ assert(payee and payee.incoming >= expected
   "invariant: an expected credit is kept in the payee's incoming_kopecks")
 local stamp = string.format("%d", stamp_past_clock(KEYS[5], redis.call("TIME")))
 redis.call("SET", KEYS[5], stamp)
-redis.call("HINCRBY", KEYS[2], "incoming_kopecks", "-" .. record[2])
+drop_incoming(KEYS[2], record[2])
 local to_balance = string.format("%d", redis.call("HINCRBY", KEYS[2], "balance_kopecks", amount_arg))
 redis.call("HSET", KEYS[3], "state", "applied", "txn_id", txn_id, "created_at_us", stamp,
   "amount", amount_arg)

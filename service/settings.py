@@ -107,9 +107,8 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(default=10, ge=1, le=200)
     # The buckets money keys are spread over (service/redis/keyspace.py), fixed when the
-    # deployment is created (service/ledger/bucket_count.py). More than one needs the HTTP
-    # layer of holds across buckets, not built yet (docs/scaling.md; transfers, refunds,
-    # batches and holds across them are, below it): refused below until then.
+    # deployment is created (service/ledger/bucket_count.py): one is all a single Redis
+    # needs; a cluster spreads money over its primaries only with more (docs/scaling.md).
     buckets: int = Field(default=1, ge=1, le=MAX_BUCKETS)
     # Starting on a Redis whose maxmemory-policy may evict keys (and so balances).
     allow_evicting_redis: bool = False
@@ -265,17 +264,6 @@ class Settings(BaseSettings):
         # A malformed redis+sentinel:// or redis+cluster:// URL is refused here, at start.
         sentinel_url(value)
         cluster_url(value)
-        return value
-
-    @field_validator("buckets")
-    @classmethod
-    def _one_bucket_until_holds_cross_them(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(
-                "more than one bucket needs the HTTP layer of holds across buckets (a payee"
-                " finding a hold of another bucket by its id), which is not built yet"
-                " (docs/scaling.md): leave it at 1"
-            )
         return value
 
     @model_validator(mode="after")

@@ -98,10 +98,25 @@ async def test_commands_stop_with_one_line_on_another_count(
         assert "created with 2 buckets" in result.output, (command, result.output)
 
 
-def test_more_than_one_bucket_is_refused_until_holds_cross_buckets() -> None:
-    result = CliRunner().invoke(main, ["reconcile"], env={"WALLET_BUCKETS": "4"})
+async def test_a_deployment_of_several_buckets_starts_and_records_its_count(
+    aiohttp_client: AiohttpClient,
+    app_settings: Settings,
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(keyspace, "BUCKETS", keyspace.BUCKETS)  # put back after the test
+    await aiohttp_client(create_app(app_settings.model_copy(update={"buckets": 3})))
+    assert keyspace.BUCKETS == 3
+    assert await recorded_in_postgres(db_engine) == [3]
+    assert await redis_client.get(keyspace.BUCKET_COUNT) == b"3"
+    # Every bucket's counter was started, each in an epoch of its own.
+    seqs = [int(await redis_client.get(keyspace.txn_seq(b)) or -1) for b in range(3)]
+    assert len({seq // 10**9 for seq in seqs}) == 3
+
+
+def test_more_buckets_than_the_limit_are_refused() -> None:
+    result = CliRunner().invoke(main, ["reconcile"], env={"WALLET_BUCKETS": "1025"})
     assert result.exit_code == 1
     assert "WALLET_BUCKETS: " in result.output
-    assert "not built yet" in result.output
-    result = CliRunner().invoke(main, ["reconcile"], env={"WALLET_BUCKETS": "1025"})
     assert "less than or equal to 1024" in result.output

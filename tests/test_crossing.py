@@ -277,7 +277,7 @@ async def test_concurrent_transfers_across_and_within_buckets(
                              "inbound:due:{b2}", "txn:clock:{b2}"],
          ["2", "t" * 22, "7", "1", "5", "60", "x", ""]),
         ("transfer_abort", ["user:{b2}:2", "inbound:{b2}:3:" + "t" * 22, "inbound:due:{b2}"],
-         ["2", "t" * 22, "60"]),
+         ["2", "t" * 22, "60", "0"]),
         # Another reservation's record; a request's record kept for 0 s.
         ("transfer_settle", ["txn:stream:{b1}", "outbound:{b1}:8", "outbound:due:{b1}",
                              "transit:{b1}", "req:{b1}:1:" + "t" * 22], ["7", "60", "60"]),

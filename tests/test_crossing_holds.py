@@ -440,17 +440,17 @@ async def test_holds_across_buckets_under_concurrency_conserve_money(
          ["txn:seq:{b1}", "txn:stream:{b1}", "user:{b1}:4", "req:{b1}:4:" + "t" * 22,
           "hold:{b1}:9", "holds:due:{b1}", "holds:{b1}:4", "transit:{b1}", "outbound:due:{b1}",
           "txn:clock:{b1}"],
-         ["4", "4", "9", "", "t" * 22, "60", "60", "1000"]),
+         ["4", "4", "9", "", "t" * 22, "60", "60", "1000", "1"]),
         ("hold_capture_across",
          ["txn:seq:{b1}", "txn:stream:{b1}", "user:{b1}:4", "req:{b1}:4:" + "t" * 22,
           "hold:{b1}:9", "holds:due:{b1}", "holds:{b1}:4", "transit:{b1}", "outbound:due:{b1}",
           "txn:clock:{b1}"],
-         ["4", "5", "9", "", "t" * 22, "60", "60", "0"]),
+         ["4", "5", "9", "", "t" * 22, "60", "60", "0", "1"]),
         # Another payer's holds.
         ("hold_void_across",
          ["txn:seq:{b1}", "txn:stream:{b1}", "user:{b1}:4", "req:{b1}:4:" + "t" * 22,
           "hold:{b1}:9", "holds:due:{b1}", "holds:{b1}:7", "txn:clock:{b1}"],
-         ["4", "5", "9", "t" * 22, "60", "60"]),
+         ["4", "5", "9", "t" * 22, "60", "60", "0"]),
     ],
 )  # fmt: skip
 async def test_malformed_calls_change_nothing(

@@ -9,7 +9,6 @@ import pytest
 from service.domain.times import parse_rfc3339
 from service.redis import keyspace
 from service.redis.types import RedisClient
-from tests.support.buckets import BUCKET
 from tests.support.helpers import snapshot_of_data
 from tests.support.http_helpers import Client, LoggedIn, error_of, new_user
 
@@ -24,17 +23,20 @@ async def hold(
     return dict(body)
 
 
-async def expire_now(redis: RedisClient, hold_id: int) -> None:
+async def expire_now(redis: RedisClient, hold: dict[str, Any]) -> None:
     """Moves a hold's expiry to Redis's present instant, as if its time had come: the
     scripts and readers must treat it as expired from that instant on, swept or not."""
     seconds, micros = await redis.time()
     now_us = seconds * 1_000_000 + micros
-    fields = await redis.hgetall(keyspace.hold(BUCKET, hold_id))
-    payer = int(fields[b"from"])
-    member = f"{hold_id}:{int(fields[b'to'])}:{int(fields[b'amount'])}"
-    await redis.hset(keyspace.hold(BUCKET, hold_id), "expires_at_us", str(now_us))
-    await redis.zadd(keyspace.pending_holds(payer), {member: now_us}, xx=True)
-    await redis.zadd(keyspace.holds_due(BUCKET), {str(hold_id): now_us}, xx=True)
+    hold_id, payer, payee, amount = (
+        hold[f] for f in ("id", "from_user_id", "to_user_id", "amount")
+    )
+    bucket = keyspace.bucket_of(payer)  # a hold lives in its payer's bucket
+    await redis.hset(keyspace.hold(bucket, hold_id), "expires_at_us", str(now_us))
+    member = f"{hold_id}:{payee}:{amount}"
+    assert await redis.zadd(keyspace.pending_holds(payer), {member: now_us}, xx=True, ch=True)
+    due_member = f"{hold_id}:{payer}:{payee}:{amount}"
+    assert await redis.zadd(keyspace.holds_due(bucket), {due_member: now_us}, xx=True, ch=True)
 
 
 async def test_a_hold_reserves_then_its_payee_captures_part(client: Client) -> None:
@@ -225,7 +227,7 @@ async def test_an_expired_hold_cannot_be_captured_and_its_money_is_available(
     alice = await new_user(client, "alice", deposit_kopecks=1_000)
     bob = await new_user(client, "bob")
     created = await hold(alice, client, bob, 600)
-    await expire_now(redis_client, created["id"])
+    await expire_now(redis_client, created)
     # No sweep has run: the scripts and the reads see the expiry all the same.
     assert await alice.amounts(client) == (1_000, 0, 1_000)
     status, refused = await bob.post(client, f"/api/holds/{created['id']}/capture/", {})

@@ -13,7 +13,6 @@ from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.types import RedisClient
 from service.settings import Settings
-from tests.support.buckets import BUCKET
 from tests.support.helpers import snapshot, snapshot_of_data
 from tests.support.http_helpers import Client, error_of, new_user
 
@@ -228,7 +227,8 @@ async def test_a_name_registered_later_never_turns_a_replay_into_a_payment(
     assert (first[0], error_of(first[1])) == (404, ("recipient_not_found", None))
 
     ghost = await new_user(client, "Ghost")
-    stream_before = await redis_client.xlen(keyspace.txn_stream(BUCKET))
+    alices_stream = keyspace.txn_stream(keyspace.bucket_of(alice.id))
+    stream_before = await redis_client.xlen(alices_stream)
     response = await client.post(
         "/api/balance/transfer/", json=body, cookies=alice.cookies, headers=key
     )
@@ -240,7 +240,7 @@ async def test_a_name_registered_later_never_turns_a_replay_into_a_payment(
     by_id = {"to_user_id": ghost.id, "amount": 100}
     status, refused = await alice.post(client, "/api/balance/transfer/", by_id, **key)
     assert (status, error_of(refused)) == (422, ("idempotency_key_reused", None))
-    assert await redis_client.xlen(keyspace.txn_stream(BUCKET)) == stream_before
+    assert await redis_client.xlen(alices_stream) == stream_before
     assert (await alice.balance(client), await ghost.balance(client)) == (1_000, 0)
     # A new key pays the name as it now is.
     status, paid = await alice.post(
@@ -387,7 +387,7 @@ async def test_money_is_refused_with_503_until_redis_is_rebuilt(
     client: Client, redis_client: RedisClient
 ) -> None:
     alice = await new_user(client, "alice", deposit_kopecks=100)
-    await redis_client.delete(keyspace.txn_seq(BUCKET))
+    await redis_client.delete(keyspace.txn_seq(keyspace.bucket_of(alice.id)))
     status, body = await alice.post(client, "/api/balance/deposit/", {"amount": 5})
     assert (status, body["error"]["code"]) == (503, "wallet_unavailable")
     assert await alice.balance(client) == 100

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.limits import MAX_STATEMENT_ITEMS
 from service.domain.times import parse_rfc3339, rfc3339
+from service.redis import keyspace
 from service.redis.money import MoneyScripts
 from service.redis.streams import ensure_consumer_group
 from service.redis.types import RedisClient
-from tests.support.buckets import BUCKET
 from tests.support.helpers import persist
 from tests.support.http_helpers import Client, LoggedIn, error_of, new_user
 
@@ -47,7 +47,11 @@ async def activity(client: Client) -> tuple[LoggedIn, LoggedIn, list[dict[str, A
     )
     assert status == 201
     done.append(refund)
-    return alice, bob, done
+    # Each as alice's statement lists it: a transfer toward her from another bucket at the
+    # instant her balance moved, by her bucket's clock (docs/scaling.md, "In the ledger").
+    status, page = await alice.get(client, "/api/balance/transfer/", limit="100")
+    hers = {item["id"]: item["created_at"] for item in page["items"]}
+    return alice, bob, [dict(t, created_at=hers.get(t["id"], t["created_at"])) for t in done]
 
 
 async def statement(user: LoggedIn, client: Client, start: str, end: str) -> dict[str, Any]:
@@ -68,7 +72,8 @@ def check_running_balance(body: dict[str, Any]) -> None:
 async def test_a_statement_adds_up_from_opening_to_closing(
     client: Client, redis_client: RedisClient, db_engine: AsyncEngine, persisted: bool
 ) -> None:
-    await ensure_consumer_group(redis_client, BUCKET)
+    for bucket in keyspace.all_buckets():
+        await ensure_consumer_group(redis_client, bucket)
     alice, _, done = await activity(client)
     if persisted:  # else everything is still only in the stream: read-your-writes
         await persist(redis_client, db_engine)

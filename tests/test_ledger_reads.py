@@ -359,7 +359,7 @@ async def test_holds_merge_the_ledger_and_the_tail(
     assert await page(before_id=2) == ([], False)
 
     async def hold(hold_id: int) -> Hold | None:
-        return await read_hold(redis_client, db_engine, READER, hold_id, tail_max_entries=TAIL)
+        return await read_hold(redis_client, db_engine, hold_id, BUCKET, tail_max_entries=TAIL)
 
     captured = await hold(2)
     assert captured is not None
@@ -394,7 +394,7 @@ async def test_read_hold_takes_the_redis_hash_first(
         "capture_txn_id": "77",
     }
     await redis_client.hset(keyspace.hold(BUCKET, 3), mapping=fields)  # type: ignore[arg-type]
-    found = await read_hold(redis_client, db_engine, READER, 3, tail_max_entries=TAIL)
+    found = await read_hold(redis_client, db_engine, 3, BUCKET, tail_max_entries=TAIL)
     assert found == Hold(3, 1, 3, 2_000, "captured", 1_500, T0 + 2, LONG, 77)
 
 
@@ -404,12 +404,12 @@ async def test_read_hold_of_an_ended_hold_needs_no_tail(
     _, records = hold_story()
     await store(records, len(records))
     await append(redis_client, *[Book(100).deposit(1, 1, T0 + 100) for _ in range(5)])
-    found = await read_hold(redis_client, db_engine, READER, 6, tail_max_entries=2)
+    found = await read_hold(redis_client, db_engine, 6, BUCKET, tail_max_entries=2)
     assert found is not None
     assert found.status == "voided"
     with pytest.raises(HistoryUnavailable):
         await read_hold(
-            redis_client, db_engine, READER, 3, tail_max_entries=2
+            redis_client, db_engine, 3, BUCKET, tail_max_entries=2
         )  # pending: maybe not
     with pytest.raises(HistoryUnavailable):
         await list_holds(

@@ -41,8 +41,9 @@ end
 
 -- The pending hold a payee of another bucket acts on (lua/hold_capture_across.lua and
 -- lua/hold_void_across.lua, where the payee's key is not), or nil and the reply to give: a
--- refusal recorded under the request's token (req_key), so that the payee's claim can be
--- completed with it after a crash, or hold_missing, unrecorded (the API asks the ledger).
+-- refusal, recorded under the request's token (req_key, or false when the request has no
+-- key, so no claim) so that the payee's claim can be completed with it after a crash; or
+-- hold_missing, unrecorded (the API asks the ledger).
 -- Needs request_outcome.lua included before it.
 local function pending_hold_across(hold_key, req_key, user_id, payer_id, now_us, outcome_ttl_arg)
   local hold, refused, recorded = pending_hold_of_payee(hold_key, user_id, payer_id, now_us)
@@ -52,7 +53,9 @@ local function pending_hold_across(hold_key, req_key, user_id, payer_id, now_us,
   if not recorded then
     return nil, {"hold_missing", "", "", "", "", "0"}
   end
-  record_request_outcome(req_key, outcome_ttl_arg, {refused, "", "", "0"})
+  if req_key then
+    record_request_outcome(req_key, outcome_ttl_arg, {refused, "", "", "0"})
+  end
   return nil, {refused, "", "", "", "", "0"}
 end
 

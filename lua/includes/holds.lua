@@ -39,6 +39,16 @@ local function wallet_amounts(wallet_key, user_id)
   return wallet
 end
 
+-- Lowers the wallet's incoming_kopecks by amount_arg, which it counts: an expectation of a
+-- credit from another bucket ended (lua/transfer_credit.lua, lua/transfer_abort.lua). At 0
+-- the field goes, as the expectation found it on a wallet that never had one (missing is
+-- 0): a request refused across buckets leaves the wallet as it was.
+local function drop_incoming(wallet_key, amount_arg)
+  if redis.call("HINCRBY", wallet_key, "incoming_kopecks", "-" .. amount_arg) == 0 then
+    redis.call("HDEL", wallet_key, "incoming_kopecks")
+  end
+end
+
 -- Whether a credit of amount (a number) stays within the ceiling, counting what the
 -- wallet's pending holds toward it will bring.
 local function credit_fits(wallet, amount)

@@ -115,5 +115,6 @@ def crossing_posting(record: CrossingRecord) -> Posting | None:
         amount_kopecks=record.amount_kopecks,
         at_us=record.at_us,
         balance_after_kopecks=record.balance_after_kopecks,
+        hold_id=None if reversal else record.hold_id,
         refund_of=record.refund_of,
     )

@@ -22,6 +22,7 @@ from service.http.state import (
     BATCHES,
     DATABASE,
     HOLDS,
+    ID_BUCKETS,
     LOGIN_THROTTLE,
     MONEY,
     OPENAPI_SPEC,
@@ -34,6 +35,7 @@ from service.http.state import (
     SIGN_UP_LIMIT,
 )
 from service.ledger.bucket_count import check_bucket_count
+from service.ledger.id_buckets import IdBuckets
 from service.ledger.rebuild import ensure_transaction_counter
 from service.outages import is_outage
 from service.redis import keyspace
@@ -61,6 +63,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DATABASE] = connect_database(app[SETTINGS])
+    app[ID_BUCKETS] = IdBuckets(app[DATABASE])
     yield
     await app[DATABASE].dispose()
 

@@ -1,6 +1,8 @@
 """/api/holds/: create a hold (the payer), read and list them (either party), capture and
-void them (the payee only). Each change is one Lua script (service/redis/holds.py); reads
-merge the ledger with what the writer has not stored yet (service/ledger/hold_reads.py)."""
+void them (the payee only). Each change is one Lua script (service/redis/holds.py), or a few
+for a hold whose payee is in another bucket (service/redis/holds_across.py); reads merge the
+ledger with what the writer has not stored yet (service/ledger/hold_reads.py). A hold lives
+in its payer's bucket, which its id names (service/ledger/id_buckets.py)."""
 
 import time
 from collections.abc import Awaitable
@@ -26,7 +28,7 @@ from service.http.money_calls import (
     resolve_recipient,
 )
 from service.http.schemas import CaptureRequest, HoldRequest
-from service.http.state import DATABASE, HOLDS, REDIS, SETTINGS
+from service.http.state import DATABASE, HOLDS, ID_BUCKETS, REDIS, SETTINGS
 from service.ledger.hold_reads import list_holds, read_hold
 
 ROLES: tuple[Literal["payer", "payee"], ...] = ("payer", "payee")
@@ -36,12 +38,21 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-async def _read_hold(request: web.Request, reader_id: int, hold_id: int) -> Hold | None:
+async def _hold_bucket(request: web.Request, hold_id: int) -> int:
+    """The bucket of the hold's payer, where the hold lives; 404 for an id no counter of
+    this deployment issued."""
+    bucket = await request.app[ID_BUCKETS].bucket_of_id(hold_id)
+    if bucket is None:
+        raise Refused(refusals.HOLD_NOT_FOUND)
+    return bucket
+
+
+async def _read_hold(request: web.Request, hold_id: int) -> Hold | None:
     return await read_hold(
         request.app[REDIS],
         request.app[DATABASE],
-        reader_id,
         hold_id,
+        await _hold_bucket(request, hold_id),
         tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
     )
 
@@ -49,7 +60,7 @@ async def _read_hold(request: web.Request, reader_id: int, hold_id: int) -> Hold
 async def _not_found_or_ended(request: web.Request, hold_id: int, user_id: int) -> Refused:
     """What to answer when Redis no longer has the hold: it ended long ago (409, when the
     ledger has it and the caller is its payee) or there is none for the caller (404)."""
-    hold = await _read_hold(request, user_id, hold_id)
+    hold = await _read_hold(request, hold_id)
     if hold is not None and hold.to_user_id == user_id:
         return Refused(refusals.HOLD_NOT_PENDING)
     return Refused(refusals.HOLD_NOT_FOUND)
@@ -88,8 +99,9 @@ async def _acting_on_hold(
 async def capture_hold(request: web.Request) -> web.Response:
     money = await money_request(request, CaptureRequest, body_optional=True)
     user_id, hold_id = money.user.user_id, path_id(request, refusals.HOLD_NOT_FOUND)
+    bucket = await _hold_bucket(request, hold_id)
     call = request.app[HOLDS].capture(
-        user_id, hold_id, money.body.amount, money.idempotency_key, money.session
+        user_id, hold_id, money.body.amount, money.idempotency_key, money.session, bucket
     )
     captured = await _acting_on_hold(request, "capture", hold_id, user_id, call)
     body_out = transaction_json(
@@ -108,7 +120,8 @@ async def void_hold(request: web.Request) -> web.Response:
     """The body, if any, is not read: the contract's void takes none."""
     user, session, key = await money_caller(request)
     hold_id = path_id(request, refusals.HOLD_NOT_FOUND)
-    call = request.app[HOLDS].void(user.user_id, hold_id, key, session)
+    bucket = await _hold_bucket(request, hold_id)
+    call = request.app[HOLDS].void(user.user_id, hold_id, key, session, bucket)
     voided = await _acting_on_hold(request, "void", hold_id, user.user_id, call)
     return answer(voided.hold.as_json(_now_us()), voided.replayed, status=200)
 
@@ -116,7 +129,7 @@ async def void_hold(request: web.Request) -> web.Response:
 async def get_hold(request: web.Request) -> web.Response:
     user = await current_user(request)
     refuse_unknown_query(request, set())
-    hold = await _read_hold(request, user.user_id, path_id(request, refusals.HOLD_NOT_FOUND))
+    hold = await _read_hold(request, path_id(request, refusals.HOLD_NOT_FOUND))
     if hold is None or user.user_id not in (hold.from_user_id, hold.to_user_id):
         raise Refused(refusals.HOLD_NOT_FOUND)
     return json_response(hold.as_json(_now_us()))

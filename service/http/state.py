@@ -7,6 +7,7 @@ from service.auth.login_throttle import LoginThrottle
 from service.auth.passwords import Passwords
 from service.auth.sessions import WalletSessionStorage
 from service.auth.window_limit import WindowLimit
+from service.ledger.id_buckets import IdBuckets
 from service.redis.batches import BatchScripts
 from service.redis.holds import HoldScripts
 from service.redis.money import MoneyScripts
@@ -17,6 +18,8 @@ from service.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 DATABASE = web.AppKey("database", AsyncEngine)
+# Which bucket issued an id: a payee's hold may be in its payer's bucket.
+ID_BUCKETS = web.AppKey("id_buckets", IdBuckets)
 MONEY = web.AppKey("money", MoneyScripts)
 HOLDS = web.AppKey("holds", HoldScripts)
 BATCHES = web.AppKey("batches", BatchScripts)

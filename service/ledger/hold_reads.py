@@ -12,6 +12,7 @@ Statuses are as recorded; a reader derives the status at an instant with
 filter of ``list_holds``.
 """
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +33,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from persistence.models import LedgerHold, LedgerHoldEvent
+from service.domain.crossings import CrossingRecord
 from service.domain.holds import Hold, HoldEvent, Status
 from service.domain.times import datetime_from_us
 from service.domain.transactions import Transaction
@@ -90,11 +92,12 @@ def _tail_holds(tail: Tail) -> tuple[dict[int, Hold], dict[int, tuple[Any, int, 
     created: dict[int, Hold] = {}
     ends: dict[int, tuple[Any, int, int | None]] = {}
     for record in tail.records:
-        if isinstance(record, Transaction):
-            if record.hold_id is not None:
+        if isinstance(record, Transaction | CrossingRecord):
+            # A capture: a transaction with hold_id, or across buckets its reservation.
+            if record.hold_id is not None and record.kind in ("transfer", "transfer_out"):
                 ends[record.hold_id] = ("captured", record.amount_kopecks, record.txn_id)
         elif not isinstance(record, HoldEvent):
-            continue  # a side of a transfer across buckets: no hold
+            continue
         elif record.kind == "hold_created":
             if record.at_us < record.expires_at_us:  # else the writer dead-letters it
                 created[record.hold_id] = _created(record)
@@ -142,11 +145,11 @@ def _merged(stored: dict[int, Hold], tail: Tail) -> dict[int, Hold]:
 
 
 async def read_hold(
-    redis: RedisClient, engine: AsyncEngine, reader_id: int, hold_id: int, *, tail_max_entries: int
+    redis: RedisClient, engine: AsyncEngine, hold_id: int, bucket: int, *, tail_max_entries: int
 ) -> Hold | None:
-    """The hold with this id, as a party to it (``reader_id``, payer or payee) finds it,
-    with its status as recorded (``status_at`` gives it at an instant); None if there is
-    none (the caller tells whether the reader is a party).
+    """The hold with this id, in ``bucket`` (its payer's, which its id names), with its
+    status as recorded (``status_at`` gives it at an instant); None if there is none (the
+    caller tells whether the reader is a party).
 
     Redis's ``hold:<id>`` first. Without it, the ledger: a hold that has ended there is
     final. Otherwise the tail (of the hold's payer, when the ledger knows the hold) and the
@@ -155,7 +158,7 @@ async def read_hold(
     """
     if hold_id < 1:
         return None
-    raw = cast(dict[bytes, bytes], await redis.hgetall(keyspace.hold_of_party(reader_id, hold_id)))
+    raw = cast(dict[bytes, bytes], await redis.hgetall(keyspace.hold(bucket, hold_id)))
     if raw:
         return Hold.from_redis_hash(hold_id, raw)
     async with AsyncSession(engine) as session:
@@ -164,13 +167,30 @@ async def read_hold(
     if known is not None and known.status != "pending":
         return known
     payer = None if known is None else known.from_user_id
-    tail = await unpersisted_tail(redis, keyspace.bucket_of(reader_id), tail_max_entries, payer)
+    tail = await unpersisted_tail(redis, bucket, tail_max_entries, payer)
     async with AsyncSession(engine) as session:
         stored = await _stored_holds(session, [hold_id])
     hold = _merged(stored, tail).get(hold_id)
     if tail.overflow and (hold is None or hold.status == "pending"):
         raise HistoryUnavailable(f"more than {tail_max_entries} records are not persisted")
     return hold
+
+
+async def _tails_of(redis: RedisClient, tail_max_entries: int, user_id: int) -> Tail:
+    """The unpersisted records of the user's holds: the user's bucket's tail and, with more
+    than one bucket, those of the holds toward the user in the others' (a hold lives in its
+    payer's bucket): one read per bucket."""
+    tail = await complete_tail(redis, tail_max_entries, user_id)
+    others = [b for b in keyspace.all_buckets() if b != keyspace.bucket_of(user_id)]
+    if not others:
+        return tail
+    tails = await asyncio.gather(
+        *(unpersisted_tail(redis, b, tail_max_entries, user_id) for b in others)
+    )
+    if any(other.overflow for other in tails):
+        raise HistoryUnavailable(f"more than {tail_max_entries} records are not persisted")
+    records = [*tail.records, *(record for other in tails for record in other.records)]
+    return Tail(records=records, overflow=False)
 
 
 def _has_role(hold: Hold, user_id: int, role: Role | None) -> bool:
@@ -201,7 +221,7 @@ async def list_holds(
     are exact, so the first ``limit`` of their union is the page, and one more tells
     whether there are more.
     """
-    tail = await complete_tail(redis, tail_max_entries, user_id)
+    tail = await _tails_of(redis, tail_max_entries, user_id)
     touched = _touched(tail)
     now = datetime_from_us(now_us)
     async with AsyncSession(engine) as session:

@@ -124,7 +124,7 @@ def _crossing_sources(
     found = []
     if incoming:
         credit = (C.transfer_id, _crossing_kind(C.refund_of), C.from_user_id, C.to_user_id,
-                  C.amount_kopecks, C.credited_at, C.to_balance_after_kopecks, _NO_ID,
+                  C.amount_kopecks, C.credited_at, C.to_balance_after_kopecks, C.hold_id,
                   C.refund_of)  # fmt: skip
         found.append(Source(credit, (C.to_user_id == user_id,), C.credited_at, C.transfer_id))
     if outgoing:
@@ -132,7 +132,7 @@ def _crossing_sources(
         if not reversals:
             mine += (~undone_by_a_void(),)
         reservation = (R.id, _crossing_kind(R.refund_of), R.from_user_id, R.to_user_id,
-                       R.amount_kopecks, R.created_at, R.from_balance_after_kopecks, _NO_ID,
+                       R.amount_kopecks, R.created_at, R.from_balance_after_kopecks, R.hold_id,
                        R.refund_of)  # fmt: skip
         found.append(Source(reservation, mine, R.created_at, R.id))
     if reversals:

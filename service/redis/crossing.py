@@ -192,11 +192,13 @@ class CrossingLegs:
             raise ScriptArgumentRejected(f"transfer_expect: {verdict}")
         return verdict
 
-    async def abort(self, to_user_id: int, token: str) -> int | None:
-        """Sets the fence; the transfer's id when its credit came first (None: aborted)."""
+    async def abort(self, to_user_id: int, token: str, unused: bool = False) -> int | None:
+        """Sets the fence; the transfer's id when its credit came first (None: aborted).
+        ``unused``: no reservation was or will be made under the token, so the expectation
+        goes without a tombstone (lua/transfer_abort.lua)."""
         reply: list[bytes] = await self._abort(
             keys=self._inbound_keys(to_user_id, token),
-            args=[str(to_user_id), token, str(ENDED_RETENTION_S)],
+            args=[str(to_user_id), token, str(ENDED_RETENTION_S), "1" if unused else "0"],
             wait_for_replicas=True,
         )
         outcome = reply[0].decode()
@@ -237,10 +239,11 @@ class CrossingLegs:
 
     async def drop_unused(self, to_user_id: int, token: str) -> None:
         """Gives back the headroom a request's expectation kept when no reservation uses
-        it (refused, or a replay); on an outage recovery does, after its deadline, and the
-        request's own answer stands."""
+        it, nor ever will (refused, or a replay; a hold voided or expired), leaving nothing
+        behind; on an outage recovery does, after its deadline, and the request's own
+        answer stands."""
         try:
-            await self.abort(to_user_id, token)
+            await self.abort(to_user_id, token, unused=True)
         except Exception as error:
             if not is_outage(error):
                 raise

@@ -159,6 +159,7 @@ class HoldsAcross:
         else:
             args += [token, self._runner.outcome_ttl_s, self._retention_s]
             script = self._void
+        args.append("0" if action.idempotency_key is None else "1")
         keys.append(keyspace.txn_clock(bucket))
         reply = await self._runner.run(script, keys, args, payer, token)
         return await self._conclude(action, facts, token, reply, replayed=False)

@@ -121,13 +121,6 @@ def hold(bucket: int, hold_id: int) -> str:
     return f"hold:{_tag(bucket)}:{hold_id}"
 
 
-def hold_of_party(user_id: int, hold_id: int) -> str:
-    """The key under which a party to a hold (its payer or payee, ``user_id``) finds it:
-    the hold's bucket is its payer's, which is the payee's too while there is one bucket."""
-    assert BUCKETS == 1, "a payee finds a hold of another bucket by its id alone"
-    return hold(bucket_of(user_id), hold_id)
-
-
 # Transfers across buckets (docs/scaling.md, "Across buckets"): the reservation on the
 # payer's bucket, the expectation (the fence) on the payee's.
 

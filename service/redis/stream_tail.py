@@ -78,12 +78,12 @@ class Tail:
 async def unpersisted_tail(
     redis: RedisClient, bucket: int, max_entries: int, user_id: int | None = None
 ) -> Tail:
-    """Reads the unpersisted tail of a bucket's stream (of one user of the bucket, if
-    given: records whose from or to is the user) with one atomic script.
+    """Reads the unpersisted tail of a bucket's stream (of one user, if given: records
+    whose from or to is the user; of another bucket, those of holds toward the user) with
+    one atomic script.
 
     Call it before querying PostgreSQL; see the header of lua/stream_tail.lua for why.
     """
-    assert user_id is None or keyspace.bucket_of(user_id) == bucket, (user_id, bucket)
     script = LuaScript(redis, "stream_tail")
     reply: list[bytes | list[bytes]] = await script(
         keys=[keyspace.txn_stream(bucket)],
