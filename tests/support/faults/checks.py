@@ -59,9 +59,14 @@ async def ledger_rows(database_url: str) -> list[Row]:
 
 
 async def ledger_ids(database_url: str) -> set[int]:
+    """The ids of the ledger's transactions: a ``transactions`` row, or, for a transfer
+    across buckets, its reservation's row (docs/scaling.md, "In the ledger")."""
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        return {r[0] for r in await connection.fetch("SELECT id FROM transactions")}
+        rows = await connection.fetch(
+            "SELECT id FROM transactions UNION ALL SELECT id FROM transfer_reservations"
+        )
+        return {r[0] for r in rows}
     finally:
         await connection.close()
 
