@@ -20,7 +20,11 @@ from service.loadtest.stats import Histogram, IdSet
 from service.redis import keyspace
 from service.redis.types import RedisClient
 from service.settings import Settings
-from tests.support.buckets import BUCKET
+
+
+@pytest.fixture
+def buckets() -> int:
+    return 1
 
 
 @pytest.fixture
@@ -29,17 +33,27 @@ async def service_url(
     app_settings: Settings,
     redis_client: RedisClient,
     db_engine: AsyncEngine,
+    buckets: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[str]:
-    """The service on a local port, and a writer draining the stream into the ledger."""
-    server = await aiohttp_server(create_app(app_settings))
-    settings = app_settings.model_copy(update={"writer_block_ms": 100})
+    """The service on a local port with ``buckets`` buckets, and a writer per bucket
+    draining its stream into the ledger."""
+    monkeypatch.setattr(keyspace, "BUCKETS", keyspace.BUCKETS)  # put back after the test
+    monkeypatch.setenv("WALLET_BUCKETS", str(buckets))  # the loadtest's checks read it
+    settings = app_settings.model_copy(update={"buckets": buckets, "writer_block_ms": 100})
+    server = await aiohttp_server(create_app(settings))
     stop = asyncio.Event()
-    writer = asyncio.create_task(StreamWriter(settings, redis_client, db_engine, BUCKET).run(stop))
+    writers = [
+        asyncio.create_task(StreamWriter(settings, redis_client, db_engine, bucket).run(stop))
+        for bucket in keyspace.all_buckets()
+    ]
     yield str(server.make_url("/"))
     stop.set()
-    await writer
+    await asyncio.gather(*writers)
 
 
+# Three buckets: most operations cross them (a transfer's saga, a hold's expectation).
+@pytest.mark.parametrize("buckets", [1, 3])
 async def test_a_short_run_of_the_whole_mix_passes_every_check_and_reports_its_figures(
     service_url: str, app_settings: Settings
 ) -> None:

@@ -12,7 +12,8 @@ With the Redis and database URLs: once the writer has stored every acknowledged
 transaction and hold event (waited for up to ``writer_wait_s``), ``service.ledger.reconcile``
 must be clean, and the ledger rows that touch the tool's users must be exactly the
 acknowledged transactions: every acknowledged id once, no other id, each with its kind,
-``hold_id`` (a capture) and ``refund_of`` (a refund) as acknowledged, and per user the same
+``hold_id`` (a capture) and ``refund_of`` (a refund) as acknowledged (a transfer across
+buckets by its reservation, once its credit is stored), and per user the same
 deposits, transfers in and out (sums and count) as the 201 bodies said; no transfer's
 refunds add up to more than it; ``holds`` has every acknowledged hold and no other of the
 tool's users (per payer the same count and sum), and ``hold_events`` has each
@@ -24,7 +25,7 @@ import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import String, case, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
@@ -32,8 +33,13 @@ from persistence.db import connect_database
 from persistence.models import LedgerHold as H
 from persistence.models import LedgerHoldEvent as E
 from persistence.models import LedgerTransaction as T
+from persistence.models import LedgerTransferCredit as C
+from persistence.models import LedgerTransferReservation as R
+from service.domain.crossings import CrossingRecord
 from service.domain.holds import HoldEvent
+from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.domain.transactions import Transaction
+from service.ledger.bucket_count import check_bucket_count
 from service.ledger.reconcile import format_report, reconcile
 from service.loadtest.driver import (
     CHECK_CONCURRENCY,
@@ -55,6 +61,26 @@ PAGE = 10_000
 USER_CHUNK = 1_000
 _SHOWN = 5
 _POLL_S = 0.1
+
+
+# The ledger's transactions: the rows of ``transactions``, and the transfers (and refunds)
+# across buckets whose credit the ledger holds, by their reservation's id (docs/scaling.md,
+# "In the ledger"; one voided has no credit: it moved nothing).
+_CROSSING = select(
+    R.id,
+    case(
+        (R.refund_of.is_(None), literal("transfer", String)), else_=literal("refund", String)
+    ).label("kind"),
+    R.from_user_id,
+    R.to_user_id,
+    C.amount_kopecks,
+    R.hold_id,
+    R.refund_of,
+).join(C, C.transfer_id == R.id)
+M = union_all(
+    select(T.id, T.kind, T.from_user_id, T.to_user_id, T.amount_kopecks, T.hold_id, T.refund_of),
+    _CROSSING,
+).subquery("money")
 
 
 def _listed(items: list[Any]) -> str:
@@ -145,17 +171,24 @@ def hold_figures(rec: Recorder) -> dict[str, int]:
     }
 
 
-def _caught_up(tail: Tail, last_id: int) -> bool:
-    """True once the writer's unpersisted tail starts after every id the tool knows (a void
-    or an expiry, which have no id of their own, first in the tail: not yet)."""
+def _caught_up(tail: Tail, rec: Recorder) -> bool:
+    """True once the writer's unpersisted tail starts after every id of its epoch the tool
+    knows (a record with no id of its own first in the tail: a void or an expiry of a hold,
+    the credit or the end of a transfer across buckets: not yet)."""
     if tail.empty:
         return True
     first = tail.records[0] if tail.records else None
+    own_id = None
     if isinstance(first, Transaction):
-        return first.txn_id > last_id
-    if isinstance(first, HoldEvent) and first.kind == "hold_created":
-        return first.hold_id > last_id
-    return False
+        own_id = first.txn_id
+    elif isinstance(first, HoldEvent) and first.kind == "hold_created":
+        own_id = first.hold_id
+    elif isinstance(first, CrossingRecord) and first.kind == "transfer_out":
+        own_id = first.txn_id
+    if own_id is None:
+        return False
+    epoch = own_id // TXN_IDS_PER_EPOCH
+    return own_id > max(rec.acked.max_in_epoch(epoch), rec.holds.max_in_epoch(epoch))
 
 
 async def check_ledger(
@@ -165,13 +198,14 @@ async def check_ledger(
     loop = asyncio.get_running_loop()
     start = loop.time()
     try:
-        # The stream is in id order: the writer has caught up with the tool once its
-        # unpersisted tail starts after the last acknowledged id (of a transaction or a
-        # hold: both come from one counter).
-        last_id = max(rec.acked.max, rec.holds.max)
+        # WALLET_BUCKETS as the deployment's, or every key below is another's.
+        await check_bucket_count(redis, engine, settings.buckets)
+        # A bucket's stream is in the order of its counter's ids: its writer has caught up
+        # with the tool once its unpersisted tail starts after the last id the tool was
+        # given in that epoch (of a transaction or a hold: both come from one counter).
         while True:
             tails = [await unpersisted_tail(redis, b, 1) for b in keyspace.all_buckets()]
-            behind = [tail for tail in tails if not _caught_up(tail, last_id)]
+            behind = [tail for tail in tails if not _caught_up(tail, rec)]
             caught_up = not behind
             if caught_up or loop.time() - start >= writer_wait_s:
                 break
@@ -206,7 +240,8 @@ async def _compare_rows(
     connection: AsyncConnection, rec: Recorder, violations: list[str]
 ) -> dict[str, int]:
     """Reads the ledger from the first to the last acknowledged id, keeping the rows that
-    touch the tool's users; then counts their rows outside that span (there must be none)."""
+    touch the tool's users; then counts their rows outside that span (there must be none).
+    A transfer across buckets counts once its credit is in the ledger (``_money_rows``)."""
     first, last, users = rec.acked.min, rec.acked.max, rec.totals.keys()
     seen = IdSet()
     totals: dict[int, Totals] = {}
@@ -218,16 +253,16 @@ async def _compare_rows(
         page = (
             await connection.execute(
                 select(
-                    T.id,
-                    T.from_user_id,
-                    T.to_user_id,
-                    T.amount_kopecks,
-                    T.kind,
-                    T.hold_id,
-                    T.refund_of,
+                    M.c.id,
+                    M.c.from_user_id,
+                    M.c.to_user_id,
+                    M.c.amount_kopecks,
+                    M.c.kind,
+                    M.c.hold_id,
+                    M.c.refund_of,
                 )
-                .where(T.id > after, T.id <= last)
-                .order_by(T.id)
+                .where(M.c.id > after, M.c.id <= last)
+                .order_by(M.c.id)
                 .limit(PAGE)
             )
         ).all()
@@ -251,8 +286,8 @@ async def _compare_rows(
         outside += (
             await connection.execute(
                 select(func.count()).where(
-                    or_(T.to_user_id.in_(chunk), T.from_user_id.in_(chunk)),
-                    or_(T.id < first, T.id > last),
+                    or_(M.c.to_user_id.in_(chunk), M.c.from_user_id.in_(chunk)),
+                    or_(M.c.id < first, M.c.id > last),
                 )
             )
         ).scalar_one()
@@ -293,7 +328,7 @@ async def _compare_refunds(
     transfer its refunder received."""
     if not rec.refunds:
         return {"refunds_over_transfer": 0, "refunds_of_no_transfer_received": 0}
-    R = aliased(T)
+    refund, transfer = aliased(M), aliased(M)
     # refund_of -> (refunded so far, the transfer's amount, 0 when there is no transfer)
     refunded: dict[int, tuple[int, int]] = {}
     strays: list[int] = []
@@ -301,23 +336,25 @@ async def _compare_refunds(
     for i in range(0, len(user_list), USER_CHUNK):
         rows = await connection.execute(
             select(
-                R.id,
-                R.refund_of,
-                R.amount_kopecks,
-                R.from_user_id,
-                T.kind,
-                T.to_user_id,
-                T.amount_kopecks,
+                refund.c.id,
+                refund.c.refund_of,
+                refund.c.amount_kopecks,
+                refund.c.from_user_id,
+                transfer.c.kind,
+                transfer.c.to_user_id,
+                transfer.c.amount_kopecks,
             )
-            .join(T, T.id == R.refund_of, isouter=True)
-            .where(R.kind == "refund", R.from_user_id.in_(user_list[i : i + USER_CHUNK]))
+            .join(transfer, transfer.c.id == refund.c.refund_of, isouter=True)
+            .where(
+                refund.c.kind == "refund", refund.c.from_user_id.in_(user_list[i : i + USER_CHUNK])
+            )
         )
-        for refund_id, refund_of, amount, refunder, kind, recipient, transfer in rows:
+        for refund_id, refund_of, amount, refunder, kind, recipient, transferred in rows:
             if refund_of is None or kind != "transfer" or recipient != refunder:
                 strays.append(refund_id)
                 continue
             so_far, _ = refunded.get(refund_of, (0, 0))
-            refunded[refund_of] = (so_far + amount, transfer)
+            refunded[refund_of] = (so_far + amount, transferred)
     over = [f"{t}: {r} of {a}" for t, (r, a) in sorted(refunded.items()) if r > a]
     if over:
         violations.append(f"{len(over)} transfers refunded beyond their amount: {_listed(over)}")

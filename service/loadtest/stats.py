@@ -1,9 +1,12 @@
 """Constant-size records for ``wallet loadtest``, whatever the length of the run: a latency
-histogram and a set of transaction ids kept as a bitmap (ids are dense integers)."""
+histogram and a set of transaction ids kept as a bitmap per epoch (ids are dense integers
+within a bucket's epoch)."""
 
 import math
 from collections import Counter
 from collections.abc import Iterator
+
+from service.domain.limits import TXN_IDS_PER_EPOCH
 
 # Histogram buckets are 0.5 % wide, from 1 microsecond up: a percentile is exact to 0.5 %.
 _STEP = math.log(1.005)
@@ -35,16 +38,14 @@ class Histogram:
         return self.max_ms
 
 
-class IdSet:
+class _Bits:
     """Non-negative integers as bits over the span from the smallest to the largest."""
 
-    __slots__ = ("base", "bits", "count", "max")
+    __slots__ = ("base", "bits")
 
     def __init__(self) -> None:
         self.base = 0
         self.bits = bytearray()
-        self.count = 0
-        self.max = 0
 
     def add(self, value: int) -> bool:
         """True if the value was not in the set yet."""
@@ -61,8 +62,6 @@ class IdSet:
         if self.bits[index >> 3] & mask:
             return False
         self.bits[index >> 3] |= mask
-        self.count += 1
-        self.max = max(self.max, value)
         return True
 
     def __contains__(self, value: int) -> bool:
@@ -73,14 +72,50 @@ class IdSet:
             and bool(self.bits[index >> 3] >> (index & 7) & 1)
         )
 
-    @property
-    def min(self) -> int:
-        return next(iter(self), 0)
-
     def __iter__(self) -> Iterator[int]:
         for position, byte in enumerate(self.bits):
             if byte:
                 yield from (self.base + position * 8 + b for b in range(8) if byte >> b & 1)
+
+
+class IdSet:
+    """Transaction or hold ids, as bits per epoch (service/domain/limits.py): each bucket's
+    counter issues ids in epochs of its own, 10^9 apart, so one span of bits over them all
+    would be mostly empty (docs/scaling.md, "Id epochs")."""
+
+    __slots__ = ("count", "epochs", "max", "max_of_epoch")
+
+    def __init__(self) -> None:
+        self.epochs: dict[int, _Bits] = {}
+        self.max_of_epoch: dict[int, int] = {}
+        self.count = 0
+        self.max = 0
+
+    def add(self, value: int) -> bool:
+        """True if the value was not in the set yet."""
+        epoch = value // TXN_IDS_PER_EPOCH
+        if not self.epochs.setdefault(epoch, _Bits()).add(value):
+            return False
+        self.count += 1
+        self.max = max(self.max, value)
+        self.max_of_epoch[epoch] = max(self.max_of_epoch.get(epoch, -1), value)
+        return True
+
+    def __contains__(self, value: int) -> bool:
+        bits = self.epochs.get(value // TXN_IDS_PER_EPOCH)
+        return bits is not None and value in bits
+
+    @property
+    def min(self) -> int:
+        return next(iter(self), 0)
+
+    def max_in_epoch(self, epoch: int) -> int:
+        """The largest id of the epoch in the set; -1 for none."""
+        return self.max_of_epoch.get(epoch, -1)
+
+    def __iter__(self) -> Iterator[int]:
+        for epoch in sorted(self.epochs):
+            yield from self.epochs[epoch]
 
     def __len__(self) -> int:
         return self.count
