@@ -27,6 +27,9 @@
 -- ARGV[7]  refund_of                      decimal: the transfer the credit's refund refunds,
 --                                         or "" (its refunded total rebuild restored with
 --                                         this reservation counted)
+-- ARGV[8]  hold_id                        decimal: the hold a capture's credit names (its
+--                                         reservation names it again, and the writer stores
+--                                         the hold's captured event from it), or ""
 --
 -- Returns  {outcome}:
 --   "restored"            debited, recorded and due
@@ -35,7 +38,7 @@
 --   "account_not_found"   no wallet for the payer (nothing written)
 --   "invalid_argument"    KEYS/ARGV fail validation (nothing written)
 -- Stream entry fields: as lua/transfer.lua's transfer_out, with an empty idem_key, and
--- refund_of iff ARGV[7] is not "" (lua/refund.lua's).
+-- refund_of iff ARGV[7] is not "" (lua/refund.lua's), hold_id iff ARGV[8] is not "".
 
 -- @include bucket
 -- @include validate
@@ -43,10 +46,11 @@
 -- @include request_outcome
 
 local txn_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local token, due_arg, refund_of = ARGV[5], ARGV[6], ARGV[7]
+local token, due_arg, refund_of, hold_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local MAX_US = 9999999999999999
 
-if #KEYS ~= 7 or #ARGV ~= 7 or not valid_id(txn_id) or not valid_id(from_id)
+if #KEYS ~= 7 or #ARGV ~= 8 or not (hold_id == "" or (valid_id(hold_id) and refund_of == ""))
+  or not valid_id(txn_id) or not valid_id(from_id)
   or not valid_id(to_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
   or not valid_positive(due_arg, MAX_US) or not (refund_of == "" or valid_id(refund_of))
@@ -82,6 +86,10 @@ local entry = {"id", txn_id, "kind", "transfer_out", "from", from_id, "to", to_i
 if refund_of ~= "" then
   redis.call("HSET", KEYS[2], "refund_of", refund_of)
   entry[#entry + 1], entry[#entry + 2] = "refund_of", refund_of
+end
+if hold_id ~= "" then
+  redis.call("HSET", KEYS[2], "hold_id", hold_id)
+  entry[#entry + 1], entry[#entry + 2] = "hold_id", hold_id
 end
 redis.call("XADD", KEYS[1], "*", unpack(entry))
 return {"restored"}

@@ -33,6 +33,8 @@
 -- ARGV[11] request token             16..64 of A-Z a-z 0-9 _ -: the request it is put back
 --                                    under (ARGV[5] for a transfer or a refund; for a batch's
 --                                    leg another, so that it stays a leg: lua/transfer_void.lua)
+-- ARGV[12] hold_id                   decimal: the hold a capture's reservation captured
+--                                    (lua/hold_capture_across.lua), or ""
 --
 -- Returns  {outcome}:
 --   "restored"            written
@@ -46,9 +48,11 @@
 local txn_id, from_id, to_id, amount_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local token, created_arg, balance_arg = ARGV[5], ARGV[6], ARGV[7]
 local idem_key, due_arg, refund_of, request = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local hold_id = ARGV[12]
 local MAX_US = 9999999999999999
 
-if #KEYS ~= 4 or #ARGV ~= 11 or not valid_request_token(request) or not valid_id(txn_id) or not valid_id(from_id)
+if #KEYS ~= 4 or #ARGV ~= 12 or not valid_request_token(request) or not valid_id(txn_id)
+  or not valid_id(from_id) or not (hold_id == "" or (valid_id(hold_id) and refund_of == ""))
   or not valid_id(to_id) or from_id == to_id
   or not valid_positive(amount_arg, MAX_AMOUNT_KOPECKS) or not valid_request_token(token)
   or not valid_positive(created_arg, MAX_US) or not valid_positive(due_arg, MAX_US)
@@ -70,6 +74,9 @@ redis.call("HSET", KEYS[1], "state", "reserved", "from", from_id, "to", to_id,
   "from_balance", balance_arg, "idem_key", idem_key, "request", request)
 if refund_of ~= "" then
   redis.call("HSET", KEYS[1], "refund_of", refund_of)
+end
+if hold_id ~= "" then
+  redis.call("HSET", KEYS[1], "hold_id", hold_id)
 end
 redis.call("DEL", KEYS[4])
 record_request_outcome(KEYS[4], 1, {"ok", txn_id, created_arg, "0"})

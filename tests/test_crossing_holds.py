@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import refusals
 from service.domain.holds import Hold
+from service.domain.refusals import Refused
 from service.ledger.rebuild import rebuild
 from service.redis import keyspace
 from service.redis.crossing import CrossingLegs
@@ -39,7 +40,14 @@ from tests.support.crossing import (
     only_due_reservation,
     stream_kinds,
 )
-from tests.support.helpers import StreamEntries, balance, lose_redis, refusing, snapshot
+from tests.support.helpers import (
+    StreamEntries,
+    balance,
+    lose_redis,
+    persist,
+    refusing,
+    snapshot,
+)
 
 FAR_FUTURE_US = 2**52
 # Past the deadline recovery gives an expectation it found due again.
@@ -440,17 +448,17 @@ async def test_holds_across_buckets_under_concurrency_conserve_money(
          ["txn:seq:{b1}", "txn:stream:{b1}", "user:{b1}:4", "req:{b1}:4:" + "t" * 22,
           "hold:{b1}:9", "holds:due:{b1}", "holds:{b1}:4", "transit:{b1}", "outbound:due:{b1}",
           "txn:clock:{b1}"],
-         ["4", "4", "9", "", "t" * 22, "60", "60", "1000", "1"]),
+         ["4", "4", "9", "", "t" * 22, "60", "1000", "k"]),
         ("hold_capture_across",
          ["txn:seq:{b1}", "txn:stream:{b1}", "user:{b1}:4", "req:{b1}:4:" + "t" * 22,
           "hold:{b1}:9", "holds:due:{b1}", "holds:{b1}:4", "transit:{b1}", "outbound:due:{b1}",
           "txn:clock:{b1}"],
-         ["4", "5", "9", "", "t" * 22, "60", "60", "0", "1"]),
+         ["4", "5", "9", "", "t" * 22, "60", "0", "k"]),
         # Another payer's holds.
         ("hold_void_across",
          ["txn:seq:{b1}", "txn:stream:{b1}", "user:{b1}:4", "req:{b1}:4:" + "t" * 22,
           "hold:{b1}:9", "holds:due:{b1}", "holds:{b1}:7", "txn:clock:{b1}"],
-         ["4", "5", "9", "t" * 22, "60", "60", "0"]),
+         ["4", "5", "9", "t" * 22, "60", "60", ""]),
     ],
 )  # fmt: skip
 async def test_malformed_calls_change_nothing(
@@ -513,3 +521,123 @@ async def test_rebuild_puts_a_pending_hold_across_buckets_back_with_its_expectat
     assert (await capture(holds, pending, 100)).amount_kopecks == 100
     await assert_settled_down(redis_client)
     await assert_reconciled(redis_client, db_engine)
+
+
+async def test_recovery_waits_while_a_captured_holds_reservation_is_open(
+    redis_client: RedisClient,
+    funded: MoneyScripts,
+    holds: HoldScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hold's expectation falls due while its capture's reservation cannot be credited
+    yet (its buckets unreachable at its turn): recovery must not fence the credit off. The
+    hold's hash is kept meanwhile, whatever its retention, so that its status is read."""
+    hold = await make_hold(holds, 300)
+    with losing_redis_after_reservations(monkeypatch), refusing(refusals.OUTCOME_UNKNOWN):
+        await capture(holds, hold, 200)
+    reservation = await only_due_reservation(redis_client, PAYER_BUCKET)
+    hold_key = keyspace.hold(PAYER_BUCKET, hold.hold_id)
+    assert await redis_client.ttl(hold_key) == -1  # kept while the reservation is open
+    later_us = FAR_FUTURE_US + 3 * LATER_US
+    await redis_client.zadd(
+        keyspace.outbound_due(PAYER_BUCKET), {str(reservation.txn_id): later_us}
+    )
+    legs = CrossingLegs(redis_client)
+    assert await legs.recover(now_us=FAR_FUTURE_US) == 0
+    token = cast(bytes, await redis_client.hget(hold_key, "token")).decode()
+    assert await redis_client.hget(keyspace.inbound(PAYEE, token), "state") == b"expected"
+    assert await legs.recover(now_us=later_us) == 1
+    assert await balance(redis_client, PAYEE) == DEPOSIT_KOPECKS + 200
+    assert await balance(redis_client, PAYER) == DEPOSIT_KOPECKS - 200
+    assert await redis_client.ttl(hold_key) > 0  # its retention from the reservation's end
+    await assert_settled_down(redis_client)
+
+
+async def test_a_capture_and_a_void_racing_for_a_hold_end_it_once(
+    redis_client: RedisClient, funded: MoneyScripts, holds: HoldScripts
+) -> None:
+    """Captures, voids and sweeps of the same holds at once: each hold ends once, and each
+    payer pays exactly what was captured of its holds."""
+    made = [await make_hold(holds, 100 + n) for n in range(10)]
+
+    async def race(hold: Hold) -> int:
+        results = await asyncio.gather(
+            capture(holds, hold, 50),
+            void(holds, hold),
+            holds.sweep(PAYER_BUCKET, 10),
+            return_exceptions=True,
+        )
+        captured, voided, _ = results
+        ended = [r for r in (captured, voided) if not isinstance(r, BaseException)]
+        assert len(ended) == 1, results
+        loser = voided if isinstance(captured, CaptureAccepted) else captured
+        assert isinstance(loser, Refused), loser
+        assert loser.refusal is refusals.HOLD_NOT_PENDING
+        return captured.amount_kopecks if isinstance(captured, CaptureAccepted) else 0
+
+    paid = sum(await asyncio.gather(*(race(hold) for hold in made)))
+    assert await balance(redis_client, PAYER) == DEPOSIT_KOPECKS - paid
+    assert await balance(redis_client, PAYEE) == DEPOSIT_KOPECKS + paid
+    await assert_settled_down(redis_client)
+
+
+async def test_rebuild_credits_a_capture_left_after_its_reservation_and_keeps_its_key(
+    redis_client: RedisClient,
+    db_engine: AsyncEngine,
+    funded: MoneyScripts,
+    holds: HoldScripts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis lost with a capture reserved and not credited (its API died, the payee was
+    told outcome_unknown): rebuild credits it (voiding it would give the money back while
+    the hold stays captured), and the payee's retry with its key gets the 201."""
+    hold, voided = await make_hold(holds, 300), await make_hold(holds, 100)
+    with losing_redis_after_reservations(monkeypatch), refusing(refusals.OUTCOME_UNKNOWN):
+        await capture(holds, hold, 200, key="cap")
+    reservation = await only_due_reservation(redis_client, PAYER_BUCKET)
+    await void(holds, voided, "void")
+    await persist(redis_client, db_engine)
+    await lose_redis(redis_client)
+    report = await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert (report.transfers_settled, report.transfers_voided) == (1, 0)
+    assert await balance(redis_client, PAYER) == DEPOSIT_KOPECKS - 200
+    assert await balance(redis_client, PAYEE) == DEPOSIT_KOPECKS + 200
+    again = await capture(holds, hold, 200, key="cap")
+    assert (again.txn_id, again.replayed) == (reservation.txn_id, True)
+    replay = await holds.void(PAYEE, voided.hold_id, "void", hold_bucket=PAYER_BUCKET)
+    assert replay.replayed
+    await assert_settled_down(redis_client)
+    await assert_reconciled(redis_client, db_engine)
+
+
+async def test_rebuild_never_brings_back_a_hold_whose_capture_reached_only_the_payee(
+    redis_client: RedisClient, db_engine: AsyncEngine, funded: MoneyScripts, holds: HoldScripts
+) -> None:
+    """Redis lost after the payee's writer stored a capture's credit and before the payer's
+    stored its reservation (which carries the hold's captured event): rebuild debits the
+    payer again through a reservation naming the hold, and the hold stays captured. It must
+    not come back pending, to be captured a second time."""
+    hold = await make_hold(holds, 300)
+    captured = await capture(holds, hold)
+    await persist(redis_client, db_engine)
+    async with db_engine.begin() as connection:
+        for table, key in (("transfer_ends", "transfer_id"), ("transfer_reservations", "id")):
+            await connection.execute(text(f"DELETE FROM {table} WHERE {key} = :id"),
+                                     {"id": captured.txn_id})  # fmt: skip
+        await connection.execute(
+            text("DELETE FROM hold_events WHERE hold_id = :id"), {"id": hold.hold_id}
+        )
+    await lose_redis(redis_client)
+    await rebuild(redis_client, db_engine, idempotency_ttl_s=3600)
+    assert await balance(redis_client, PAYER) == DEPOSIT_KOPECKS - 300
+    assert await balance(redis_client, PAYEE) == DEPOSIT_KOPECKS + 300
+    assert (await held(redis_client, PAYER), await incoming(redis_client, PAYEE)) == (0, 0)
+    with refusing(refusals.HOLD_NOT_FOUND):  # not in Redis: the API asks the ledger
+        await capture(holds, hold)
+    await assert_settled_down(redis_client)
+    await assert_reconciled(redis_client, db_engine)
+    async with db_engine.connect() as connection:
+        event = await connection.scalar(
+            text("SELECT event FROM hold_events WHERE hold_id = :id"), {"id": hold.hold_id}
+        )
+    assert event == "captured"

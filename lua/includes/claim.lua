@@ -6,7 +6,7 @@
 -- claiming request's token), the hold acted on in p under that token, and the record
 -- completed on q with the reply. While claimed, the key refuses another request's body
 -- (idempotency_key_reused) as any record does; a retry of the same body finds the claim and
--- settles it by asking p what became of its token (service/redis/hold_claims.py).
+-- settles it by asking p what became of its token (service/redis/holds_across.py).
 --
 -- The record is the idempotency record of the same-bucket scripts (includes/idempotency.lua),
 -- with the same fingerprint and reply fields, plus `token` and `claimed_at_us`: a replay

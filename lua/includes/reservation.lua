@@ -12,17 +12,19 @@ local function valid_reservation_call(txn_id, retention_arg, request_ttl_arg)
     and KEYS[3] == bucket_key("outbound:due") and KEYS[4] == bucket_key("transit")
 end
 
--- The reservation's fields {state, amount, from, idem_key, refund_of, token, request}, or nil
--- when there is none; refund_of is nil unless it is a refund's (lua/refund.lua); request is
--- the token of the request that made it, which is its own token but for a batch's leg.
+-- The reservation's fields {state, amount, from, idem_key, refund_of, token, request, hold_id},
+-- or nil when there is none; refund_of is nil unless it is a refund's (lua/refund.lua),
+-- hold_id unless it is a hold's capture (lua/hold_capture_across.lua); request is the token
+-- of the request that made it, which is its own token but for a batch's leg or a capture.
 local function reservation_record(key)
   local record = redis.call("HMGET", key, "state", "amount", "from", "idem_key", "refund_of",
-                            "token", "request")
+                            "token", "request", "hold_id")
   if not record[1] then
     return nil
   end
   return {state = record[1], amount = record[2], from = record[3], idem_key = record[4],
-          refund_of = record[5] or nil, token = record[6], request = record[7]}
+          refund_of = record[5] or nil, token = record[6], request = record[7],
+          hold_id = record[8] or nil}
 end
 
 -- The key of the record of the request that made the reservation (includes/request_outcome.lua).
@@ -44,6 +46,11 @@ local function end_reservation(reservation, key, due_key, transit_key, txn_id, s
   redis.call("HSET", key, "state", state)
   redis.call("EXPIRE", key, retention_arg)
   redis.call("ZREM", due_key, txn_id)
+  if reservation.hold_id then
+    -- The captured hold's hash, kept while this was open, is kept as long as this now (its
+    -- name built here: the hold is in this bucket, the payer's).
+    redis.call("EXPIRE", bucket_member_key("hold", reservation.hold_id), retention_arg)
+  end
   -- The request's record, one reservation fewer open (gone only after a loss of Redis's data).
   if redis.call("EXISTS", request_key) == 1
     and redis.call("HINCRBY", request_key, "open", -1) <= 0 then

@@ -12,7 +12,7 @@ bucket: ``transit:{b}`` in Redis.
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Boolean, ColumnElement, Row, exists, func, literal_column, select
+from sqlalchemy import Boolean, ColumnElement, Row, exists, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.models import (
@@ -97,13 +97,14 @@ async def reservations_in_transit(
     return rows.all()
 
 
-async def uncredited_batch_legs(connection: AsyncConnection) -> dict[int, int]:
-    """Per payee, the kopecks of batches' legs with no end and no credit in the ledger: what
-    rebuild credits again (service/ledger/rebuild_crossings.py)."""
+async def uncredited_legs_and_captures(connection: AsyncConnection) -> dict[int, int]:
+    """Per payee, the kopecks of batches' legs and holds' captures with no end and no credit
+    in the ledger: what rebuild credits again (service/ledger/rebuild_crossings.py)."""
     credited = exists().where(C.transfer_id == R.id)
+    to_credit = or_(R.batch_leg.is_not(None), R.hold_id.is_not(None))
     rows = await connection.execute(
         select(R.to_user_id, func.sum(R.amount_kopecks))
-        .where(R.batch_leg.is_not(None), ~_ended(None), ~credited)
+        .where(to_credit, ~_ended(None), ~credited)
         .group_by(R.to_user_id)
     )
     return {int(user_id): int(total) for user_id, total in rows}

@@ -34,6 +34,7 @@ from service.redis import keyspace
 
 H = LedgerHold
 E = LedgerHoldEvent
+C = LedgerTransferCredit
 T = LedgerTransaction
 
 EntryId = tuple[int, int]
@@ -54,10 +55,16 @@ def at_or_before(column: Any, bound: EntryId) -> ColumnElement[bool]:
 
 
 def _pending(through_entry: EntryId | None) -> list[ColumnElement[bool]]:
-    """A hold with no end (as of ``through_entry``, when given)."""
+    """A hold with no end (as of ``through_entry``, when given). Without a position (for
+    `wallet rebuild`, over a drained ledger), a hold whose capture's credit across buckets
+    is stored has ended too, even if the ledger lost the capture's reservation, which
+    carries the event (rebuild makes that reservation again: the hold must not come back
+    pending and be captured twice). A reconcile, reading as of one bucket's position, waits
+    for the event itself: the credit, from another bucket's writer, may come before it."""
     ended = select(E.hold_id).where(E.hold_id == H.id)
     if through_entry is None:
-        return [~exists(ended)]
+        captured_across = select(C.transfer_id).where(C.hold_id == H.id)
+        return [~exists(ended), ~exists(captured_across)]
     return [
         at_or_before(H.stream_entry_id, through_entry),
         ~exists(ended.where(at_or_before(E.stream_entry_id, through_entry))),
@@ -106,16 +113,22 @@ async def pending_holds_of_payers(
 
 
 async def incoming_of_payees(
-    connection: AsyncConnection, payee_ids: Sequence[int], through_entry: EntryId | None = None
+    connection: AsyncConnection,
+    payee_ids: Sequence[int],
+    through_entry: EntryId | None = None,
+    every_bucket: bool = False,
 ) -> dict[int, int]:
-    """The sum of the pending holds toward each user from payers of its bucket (0 for none)."""
+    """The sum of the pending holds toward each user from payers of its bucket (0 for none);
+    ``every_bucket``: from every payer (what a rebuilt incoming_kopecks holds once the
+    expectations of holds across buckets are made again)."""
     incoming = dict.fromkeys(payee_ids, 0)
     if not payee_ids:
         return incoming
     same_bucket = H.from_user_id % keyspace.BUCKETS == H.to_user_id % keyspace.BUCKETS
+    buckets = [] if every_bucket else [same_bucket]
     rows = await connection.execute(
         select(H.to_user_id, func.sum(H.amount_kopecks))
-        .where(H.to_user_id.in_(payee_ids), same_bucket, *_pending(through_entry))
+        .where(H.to_user_id.in_(payee_ids), *buckets, *_pending(through_entry))
         .group_by(H.to_user_id)
     )
     for user_id, total in rows:

@@ -39,7 +39,7 @@ from service.ledger.crossing_totals import (
     UNEVEN_FINDINGS,
     in_transit,
     reservations_in_transit,
-    uncredited_batch_legs,
+    uncredited_legs_and_captures,
     uneven_sides,
 )
 from service.ledger.hold_totals import incoming_of_payees, pending_holds_of_payers
@@ -129,7 +129,7 @@ async def half_way_transfers(engine: AsyncEngine) -> HalfWay:
                 select(C).where(C.transfer_id.in_(ids["credit_without_reservation"]))
             )
         )
-        credits: dict[int, int] = defaultdict(int, await uncredited_batch_legs(connection))
+        credits: dict[int, int] = defaultdict(int, await uncredited_legs_and_captures(connection))
         debits: dict[int, int] = defaultdict(int)
         for reservation in uncredited:
             credits[reservation.to_user_id] += reservation.amount_kopecks
@@ -138,7 +138,8 @@ async def half_way_transfers(engine: AsyncEngine) -> HalfWay:
         users = sorted(credits.keys() | debits.keys())
         balances = await ledger_balances(connection, users)
         held = await pending_holds_of_payers(connection, users)
-        incoming = await incoming_of_payees(connection, users)
+        # As rebuilt: with the expectations of holds across buckets made again.
+        incoming = await incoming_of_payees(connection, users, every_bucket=True)
     for user_id, kopecks in credits.items():
         if balances[user_id] + incoming[user_id] + kopecks > MAX_BALANCE_KOPECKS:
             raise RebuildRefused(
@@ -183,7 +184,9 @@ async def complete_transfers_half_way(
             if row.credited_at is not None:
                 await restore.credit(row.id, row.to_user_id, row.amount_kopecks, token,
                                      us_from_datetime(row.credited_at))  # fmt: skip
-            elif row.batch_leg is not None:
+            elif row.batch_leg is not None or row.hold_id is not None:
+                # A batch's leg, or a hold's capture: credited, not voided (the batch's other
+                # legs, the hold's capture, stand).
                 await restore.expectation(row, token, request)
             await restore.end(await restore.reservation(row, token, request))
         after_id = rows[-1].id
@@ -240,20 +243,24 @@ class _Restore:
         under ``request``'s record (kept open)."""
         bucket = keyspace.bucket_of(row.from_user_id)
         created_at_us = us_from_datetime(row.created_at)
+        # A capture's key is its payee's (restored from the row: service/ledger/rebuild_keys.py),
+        # which a void must not forget in the payer's name.
+        payers_key = row.idempotency_key if row.hold_id is None else None
         reply = await self._reservation(
             keys=[keyspace.outbound(bucket, row.id), keyspace.outbound_due(bucket),
                   keyspace.user(row.from_user_id),
                   keyspace.request_outcome(row.from_user_id, request)],
             args=[str(row.id), str(row.from_user_id), str(row.to_user_id),
                   str(row.amount_kopecks), token, str(created_at_us),
-                  str(row.from_balance_after_kopecks), row.idempotency_key or "",
-                  str(self._now_us), _optional(row.refund_of), request],
+                  str(row.from_balance_after_kopecks), payers_key or "",
+                  str(self._now_us), _optional(row.refund_of), request,
+                  _optional(row.hold_id)],
         )  # fmt: skip
         _check(reply, b"restored", "restore_reservation", row.id)
         batch_request = request if request != token else None
         return Reservation.reserved(row.id, created_at_us, row.from_user_id, row.to_user_id,
-                                    row.amount_kopecks, token, row.idempotency_key,
-                                    row.refund_of, batch_request)  # fmt: skip
+                                    row.amount_kopecks, token, payers_key, row.refund_of,
+                                    batch_request, row.hold_id)  # fmt: skip
 
     async def lost_reservation(self, credit: Any, token: str) -> Reservation:
         """The reservation of a credit the ledger holds (a transfer_credits row), made
@@ -267,12 +274,12 @@ class _Restore:
                   keyspace.request_outcome(credit.from_user_id, token)],
             args=[str(txn_id), str(credit.from_user_id), str(credit.to_user_id),
                   str(credit.amount_kopecks), token, str(self._now_us),
-                  _optional(credit.refund_of)],
+                  _optional(credit.refund_of), _optional(credit.hold_id)],
         )  # fmt: skip
         _check(reply, b"restored", "restore_lost_reservation", txn_id)
         return Reservation.reserved(txn_id, self._now_us, credit.from_user_id,
                                     credit.to_user_id, credit.amount_kopecks, token, None,
-                                    credit.refund_of)  # fmt: skip
+                                    credit.refund_of, hold_id=credit.hold_id)  # fmt: skip
 
     async def end(self, reservation: Reservation) -> None:
         """Settled or voided now, as recovery would; one whose credit's record may have
@@ -297,8 +304,8 @@ def _tokens(row: Any) -> tuple[str, str]:
     return request, request if row.batch_leg is None else leg_token(request, row.batch_leg)
 
 
-def _optional(refund_of: int | None) -> str:
-    return "" if refund_of is None else str(refund_of)
+def _optional(txn_id: int | None) -> str:
+    return "" if txn_id is None else str(txn_id)
 
 
 def _check(reply: Any, outcome: bytes, script: str, txn_id: int) -> None:

@@ -317,14 +317,15 @@ def _transaction_record(row: Any) -> _Record:
 
 async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIterator[_Record]:
     """Transfers, refunds and batch legs across buckets, under the payer's (the refunder's)
-    key, newest first: as one within a bucket records it (lua/transfer.lua, lua/refund.lua
-    and lua/transfer_batch.lua, with the fingerprint the ledger kept for a refund and a
-    batch). Not those a void undid, but a batch's legs: the void deleted the record (its
+    key, and captures of holds across buckets under the payee's, newest first: as one within
+    a bucket records it (lua/transfer.lua, lua/refund.lua, lua/transfer_batch.lua and
+    lua/hold_capture.lua, with the fingerprint the ledger kept for a refund, a batch and a
+    capture). Not those a void undid, but a batch's legs: the void deleted the record (its
     request never got a 201), so a retry is a new one; a batch's record it keeps (the
     batch's other legs may stand: lua/transfer_void.lua)."""
     kept = or_(~undone_by_a_void(), R.batch_leg.is_not(None))
     query = select(R.id, R.from_user_id, R.to_user_id, R.amount_kopecks, R.created_at,
-                   R.idempotency_key, R.refund_of, R.idempotency_fingerprint).where(
+                   R.idempotency_key, R.refund_of, R.idempotency_fingerprint, R.hold_id).where(
         R.idempotency_key.is_not(None), R.created_at > cutoff, kept
     )  # fmt: skip
     emitted: set[_BatchId] = set()
@@ -335,6 +336,17 @@ async def _reservation_records(engine: AsyncEngine, cutoff: datetime) -> AsyncIt
 
 def _reservation_record(row: Any) -> _Record:
     created_at_us = us_from_datetime(row.created_at)
+    if row.hold_id is not None:  # a capture across buckets: the payee's key
+        return _Record(
+            recorded_at_us=created_at_us,
+            order=row.id,
+            owner=row.to_user_id,
+            key=row.idempotency_key,
+            kind="capture",
+            fingerprint=row.idempotency_fingerprint,
+            facts=(row.id, created_at_us, row.hold_id, row.from_user_id, row.amount_kopecks),
+            what=f"capture {row.id} across buckets",
+        )
     if row.refund_of is None:
         kind, fingerprint = "transfer", None
         facts = (row.id, created_at_us, row.to_user_id, row.amount_kopecks)

@@ -127,9 +127,14 @@ class HoldsAcross:
                 # The hold's hash is gone, and with it the payer to ask: nothing is known.
                 raise Refused(refusals.OUTCOME_UNKNOWN)
             lookup = await self._lookup(facts.from_user_id, earlier)
-            if lookup[0] != b"not_applied":
-                return await self._conclude(action, facts, earlier, lookup, replayed=True)
-            taken_over = earlier
+            found = lookup[0].decode()
+            if found == "not_applied":
+                taken_over = earlier
+                continue
+            if found != "ok" and found not in _RECORDED:
+                # not_rebuilt: the payer's bucket lost its data; the claim stays.
+                raise refused(found, replayed=False)
+            return await self._conclude(action, facts, earlier, lookup, replayed=True)
         raise Refused(refusals.SERVICE_UNAVAILABLE)
 
     async def _apply(self, action: _Action, facts: HoldFacts | None, token: str) -> list[bytes]:
@@ -153,13 +158,12 @@ class HoldsAcross:
         if action.name == "capture":
             keys += [keyspace.transit(bucket), keyspace.outbound_due(bucket)]
             amount = "" if action.amount_kopecks is None else str(action.amount_kopecks)
-            args += [amount, token, self._runner.outcome_ttl_s, self._retention_s]
-            args.append(str(RESERVATION_DEADLINE_MS))
+            args += [amount, token, self._runner.outcome_ttl_s, str(RESERVATION_DEADLINE_MS)]
             script = self._capture
         else:
             args += [token, self._runner.outcome_ttl_s, self._retention_s]
             script = self._void
-        args.append("0" if action.idempotency_key is None else "1")
+        args.append(action.idempotency_key or "")
         keys.append(keyspace.txn_clock(bucket))
         reply = await self._runner.run(script, keys, args, payer, token)
         return await self._conclude(action, facts, token, reply, replayed=False)
@@ -180,6 +184,10 @@ class HoldsAcross:
         if outcome in _RECORDED:
             await self._finish_claim(action, token, [outcome, "", "", "", ""])
             raise refused(outcome, replayed)
+        if outcome == "not_rebuilt":
+            # The payer's bucket lost its data: what became of the request is not known
+            # there, so the claim stays, for a retry once it is rebuilt.
+            raise refused(outcome, replayed=False)
         if outcome != "ok":
             await self._finish_claim(action, token, None)
             if outcome == "hold_missing":
@@ -222,7 +230,8 @@ class HoldsAcross:
             reservation = await self._legs.reservation(bucket, txn_id)
         if reservation is None:
             raise Refused(refusals.OUTCOME_UNKNOWN)  # ended longer ago than it is kept
-        if reservation.hold_id != action.hold_id or reservation.request != token:
+        # (Its request is this one's, unless `wallet rebuild` put it back under its own.)
+        if reservation.hold_id != action.hold_id:
             raise ScriptArgumentRejected(f"{reservation} is not the capture of {action}")
         if await self._legs.drive(reservation, replayed=False) == "voided":
             await self._finish_claim(action, token, None)
