@@ -6,18 +6,23 @@ one run: what the cluster client's routing costs per operation (docs/scaling.md,
 (v)  the same on a standalone Valkey of the wheel the cluster runs (so that (c) against (v)
      is the cluster alone, not Redis 7 against Valkey 9);
 (c)  the same on a Valkey Cluster of three primaries, no replicas (tests/support/cluster.py);
-(cN) with ``--replicas``: three primaries with a replica each and WALLET_REDIS_MIN_REPLICAS=1.
+(cN) with ``--replicas``: three primaries with a replica each and WALLET_REDIS_MIN_REPLICAS=1;
+(c3) with ``--buckets``: (c) with WALLET_BUCKETS=3, each bucket's slot on its own primary:
+     the payer (user 1) is in bucket 1, the payee (user 2) in bucket 2, so every transfer
+     crosses shards (expect, reserve, credit, settle).
 
 The primaries run without an append-only file, as the machine's Redis does; (cN)'s replicas
 keep theirs (appendfsync always: WAITAOF waits for it). With one bucket every money key is in
-the slot of ``{b0}``, on one primary. Load as in benchmarks/transfer_benchmark.py (its (b)):
+the slot of ``{b0}``, on one primary; the "money primary" of (c3) is the payer's, ``{b1}``'s.
+Load as in benchmarks/transfer_benchmark.py (its (b)):
 ``wrk -t1 -c64`` POST /api/balance/transfer/, half with an Idempotency-Key; rounds
 alternate s, v, c, cN, s, ...; medians are reported, and each ratio is the median of the
 per-round ratios. Around every wrk run the primaries' INFO is read: EVALSHA calls and their
 time (commandstats), WAIT/WAITAOF calls, and the server's socket reads (total_reads_processed),
 per 201 (the writer's commands included; on (s) also anyone else's on that server).
 
-    PYTHONPATH=. python benchmarks/cluster_benchmark.py --rounds 3 --seconds 8 [--replicas]
+    PYTHONPATH=. python benchmarks/cluster_benchmark.py --rounds 3 --seconds 8 \
+        [--replicas] [--buckets]
 """
 
 import argparse
@@ -56,6 +61,7 @@ NAMES = {
     "v": "(v) one Valkey 9.1",
     "c": "(c) cluster, 3 primaries",
     "cN": "(cN) cluster + replicas, MIN_REPLICAS=1",
+    "c3": "(c3) cluster, 3 buckets: every transfer across shards",
 }
 
 
@@ -64,7 +70,7 @@ class Side:
     name: str
     env: dict[str, str]
     primaries: list[redis.Redis]
-    money: redis.Redis  # the primary holding {b0}
+    money: redis.Redis  # the primary holding the payer's bucket
     url: str = ""
     script: str = ""
     results: list[Result] = field(default_factory=list)
@@ -102,8 +108,10 @@ def without_aof(nodes: list[redis.Redis]) -> list[redis.Redis]:
     return nodes
 
 
-def money_primary(cluster: ClusterDeployment, primaries: list[redis.Redis]) -> redis.Redis:
-    slot = int(primaries[0].cluster("KEYSLOT", "{b0}"))
+def money_primary(
+    cluster: ClusterDeployment, primaries: list[redis.Redis], tag: str
+) -> redis.Redis:
+    slot = int(primaries[0].cluster("KEYSLOT", tag))
     return primaries[cluster.primaries.index(cluster.owner(slot))]
 
 
@@ -121,11 +129,16 @@ def sides(
         time.sleep(0.05)
     [single] = without_aof([node_client(valkey)])
     result.append(Side("v", env | {"REDIS_URL": valkey.url}, [single], single))
-    for name, replicas in [("c", False), ("cN", True)][: 1 + args.replicas]:
+    clusters = [("c", False, 1)]
+    clusters += [("cN", True, 1)] if args.replicas else []
+    clusters += [("c3", False, 3)] if args.buckets else []
+    for name, replicas, buckets in clusters:
         cluster = stack.enter_context(cluster_deployment(scratch / name, replicas=replicas))
         primaries = without_aof([node_client(server) for server in cluster.primaries])
-        extra = {"REDIS_URL": cluster.url(), "WALLET_REDIS_MIN_REPLICAS": str(int(replicas))}
-        result.append(Side(name, env | extra, primaries, money_primary(cluster, primaries)))
+        extra = {"REDIS_URL": cluster.url(), "WALLET_REDIS_MIN_REPLICAS": str(int(replicas)),
+                 "WALLET_BUCKETS": str(buckets)}  # fmt: skip
+        money = money_primary(cluster, primaries, "{b1}" if buckets > 1 else "{b0}")
+        result.append(Side(name, env | extra, primaries, money))
     for side in result[1:]:
         side.env["DATABASE_URL"] = stack.enter_context(postgres_database(args.admin_dsn))
     return result
@@ -199,6 +212,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--replicas", action="store_true", help="add (cN)")
+    parser.add_argument("--buckets", action="store_true", help="add (c3)")
     parser.add_argument("--admin-dsn", default="postgresql://127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     args = parser.parse_args()

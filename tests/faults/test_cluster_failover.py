@@ -22,9 +22,6 @@ import shutil
 import time
 from typing import cast
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from service.domain.limits import TXN_IDS_PER_EPOCH
 from service.domain.transactions import Transaction
 from service.redis import keyspace
@@ -32,12 +29,15 @@ from tests.support.buckets import BUCKET
 from tests.support.cluster import ClusterDeployment, ask
 from tests.support.faults.cluster_money import (
     MONEY_SLOT,
+    POLL_S,
+    REJOIN_LIMIT_S,
     check_everything_acknowledged_once,
     node,
+    wait_until_primary,
+    wait_until_replica_of,
 )
 from tests.support.faults.load import LoadDriver, Loader
 from tests.support.faults.procs import (
-    HOST,
     DelayProxy,
     Processes,
     RedisServer,
@@ -47,9 +47,6 @@ from tests.support.faults.procs import (
 LOAD_BEFORE_S = 2.0
 REPLICA_BEHIND_S = 0.2
 LOAD_AFTER_S = 3.0
-PROMOTION_LIMIT_S = 30.0
-REJOIN_LIMIT_S = 30.0
-POLL_S = 0.05
 TEST_LIMIT_S = 150.0
 
 
@@ -80,10 +77,10 @@ async def test_the_money_primary_killed_under_load_and_its_replica_promoted(
                     replica_link.drop_connections()  # what it held back dies with the primary
                     killed_at = time.monotonic()
                     old_history = await _old_primary_stream(processes, old)
-                    await _wait_until_primary(replica)
+                    await wait_until_primary(replica)
                     promoted_at = time.monotonic()
                     old.start()  # its nodes.conf and append-only file
-                    rejoined_by = await _wait_until_replica_of(old, replica)
+                    rejoined_by = await wait_until_replica_of(old, replica)
                     rejoined_at = time.monotonic()
                     await asyncio.sleep(LOAD_AFTER_S)
                 stats = driver.stats
@@ -179,43 +176,3 @@ def _same(txn: Transaction, history: dict[int, Transaction]) -> bool:
 
 def _identity(txn: Transaction) -> tuple[object, ...]:
     return (txn.kind, txn.from_user_id, txn.to_user_id, txn.amount_kopecks, txn.idempotency_key)
-
-
-async def _wait_until_primary(server: RedisServer) -> None:
-    deadline = time.monotonic() + PROMOTION_LIMIT_S
-    while await _role(server) != "master":
-        assert time.monotonic() < deadline, f"{server.name} not promoted in {PROMOTION_LIMIT_S} s"
-        await asyncio.sleep(POLL_S)
-
-
-async def _wait_until_replica_of(server: RedisServer, primary: RedisServer) -> str:
-    """Until ``server`` copies ``primary``: by itself (the cluster tells a returning primary
-    that its slots have a newer owner), or told CLUSTER REPLICATE after half the limit;
-    returns which."""
-    started = time.monotonic()
-    told = False
-    while True:
-        info = await _replication(server)
-        if info.get("master_port") == primary.port and info.get("master_link_status") == "up":
-            return "told CLUSTER REPLICATE" if told else "by itself"
-        elapsed = time.monotonic() - started
-        assert elapsed < REJOIN_LIMIT_S, f"{server.name} not a replica again: {info}"
-        if not told and info and elapsed > REJOIN_LIMIT_S / 2:
-            primary_id = (await asyncio.to_thread(ask, primary, "CLUSTER", "MYID")).decode()
-            await asyncio.to_thread(ask, server, "CLUSTER", "REPLICATE", primary_id)
-            told = True
-        await asyncio.sleep(POLL_S)
-
-
-async def _replication(server: RedisServer) -> dict[str, object]:
-    client = Redis(host=HOST, port=server.port, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return cast(dict[str, object], await client.info("replication"))
-    except (RedisError, OSError):  # not started yet, or still loading its files
-        return {}
-    finally:
-        await client.aclose()
-
-
-async def _role(server: RedisServer) -> object:
-    return (await _replication(server)).get("role")

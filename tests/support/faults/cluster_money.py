@@ -1,17 +1,21 @@
 """What the cluster fault tests (tests/faults/test_cluster_*.py) share: the bucket's slot
 and the node that holds it, conservation read in one atomic snapshot on that node, the
-redirections a node answered, and the checks made after the load.
+redirections a node answered, a replica's promotion and a killed primary's return as its
+replica, and the checks made after the load.
 
 With one bucket every money key carries the hash tag ``{b0}`` and lives in one slot, so one
 primary holds all the money, and a plain client of that node (no redirections followed)
 reads it all.
 """
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import RedisError
 
 from service.domain.transactions import Transaction
 from service.redis import keyspace
@@ -30,6 +34,11 @@ from tests.support.faults.procs import HOST, RedisServer, run_wallet
 # The slot of every money key: redis keyslot of the bucket's hash tag.
 MONEY_SLOT = key_slot(f"{{b{BUCKET}}}".encode())
 LEDGER_LIMIT_S = 60.0
+# A replica promoted once its primary is down for NODE_TIMEOUT_MS; a killed primary started
+# again rejoins as its replica.
+PROMOTION_LIMIT_S = 30.0
+REJOIN_LIMIT_S = 30.0
+POLL_S = 0.05
 
 
 def node(server: RedisServer) -> RedisClient:
@@ -112,3 +121,44 @@ async def check_everything_acknowledged_once(
     reconciled, report = await run_wallet(["reconcile", "--wait-for-writer", "30"], env)
     assert reconciled == 0, report
     return len(ledger), round(to_ledger_s)
+
+
+async def wait_until_primary(server: RedisServer) -> None:
+    """Until ``server`` (a replica) has been promoted by the cluster."""
+    deadline = time.monotonic() + PROMOTION_LIMIT_S
+    while await _role(server) != "master":
+        assert time.monotonic() < deadline, f"{server.name} not promoted in {PROMOTION_LIMIT_S} s"
+        await asyncio.sleep(POLL_S)
+
+
+async def wait_until_replica_of(server: RedisServer, primary: RedisServer) -> str:
+    """Until ``server`` copies ``primary``: by itself (the cluster tells a returning primary
+    that its slots have a newer owner), or told CLUSTER REPLICATE after half the limit;
+    returns which."""
+    started = time.monotonic()
+    told = False
+    while True:
+        info = await _replication(server)
+        if info.get("master_port") == primary.port and info.get("master_link_status") == "up":
+            return "told CLUSTER REPLICATE" if told else "by itself"
+        elapsed = time.monotonic() - started
+        assert elapsed < REJOIN_LIMIT_S, f"{server.name} not a replica again: {info}"
+        if not told and info and elapsed > REJOIN_LIMIT_S / 2:
+            primary_id = (await asyncio.to_thread(ask, primary, "CLUSTER", "MYID")).decode()
+            await asyncio.to_thread(ask, server, "CLUSTER", "REPLICATE", primary_id)
+            told = True
+        await asyncio.sleep(POLL_S)
+
+
+async def _replication(server: RedisServer) -> dict[str, object]:
+    client = Redis(host=HOST, port=server.port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return cast(dict[str, object], await client.info("replication"))
+    except (RedisError, OSError):  # not started yet, or still loading its files
+        return {}
+    finally:
+        await client.aclose()
+
+
+async def _role(server: RedisServer) -> object:
+    return (await _replication(server)).get("role")
