@@ -203,8 +203,9 @@ class HoldScripts:
                 user_id, hold_id, amount_kopecks, facts, idempotency_key, session
             )
         else:
-            reply = await self._capture_here(
-                user_id, hold_id, amount_kopecks, facts, idempotency_key, session
+            amount = "" if amount_kopecks is None else str(amount_kopecks)
+            reply = await self._here(
+                self._capture, user_id, hold_id, [amount], facts, idempotency_key, session
             )
         outcome = reply[0].decode()
         if outcome != "ok":
@@ -226,31 +227,26 @@ class HoldScripts:
             replayed=_replayed(reply),
         )
 
-    async def _capture_here(
+    async def _here(
         self,
+        script: LuaScript,
         user_id: int,
         hold_id: int,
-        amount_kopecks: int | None,
+        own_args: list[str],
         facts: HoldFacts | None,
         idempotency_key: str | None,
         session: SessionCheck | None,
     ) -> list[bytes]:
-        """lua/hold_capture.lua's reply: the hold is in the payee's bucket."""
+        """The reply of lua/hold_capture.lua or lua/hold_void.lua (``own_args``: a capture's
+        amount, none for a void): the hold is in the payee's bucket."""
         runner = self._runner
         token = new_request_token()
         keys, payer = self._action_keys(user_id, hold_id, facts, token)
         keys += tail_keys(user_id, idempotency_key, session)
-        args = [
-            str(user_id),
-            payer,
-            str(hold_id),
-            "" if amount_kopecks is None else str(amount_kopecks),
-            idempotency_key or "",
-            runner.idempotency_ttl_s,
-        ]
-        args += session_args(session)
+        args = [str(user_id), payer, str(hold_id), *own_args, idempotency_key or ""]
+        args += [runner.idempotency_ttl_s, *session_args(session)]
         args += [token, runner.outcome_ttl_s, self._retention_s]
-        return await runner.run(self._capture, keys, args, user_id, token)
+        return await runner.run(script, keys, args, user_id, token)
 
     async def void(
         self,
@@ -269,7 +265,9 @@ class HoldScripts:
         if bucket != keyspace.bucket_of(user_id):
             reply = await self._across.void(user_id, hold_id, facts, idempotency_key, session)
         else:
-            reply = await self._void_here(user_id, hold_id, facts, idempotency_key, session)
+            reply = await self._here(
+                self._void, user_id, hold_id, [], facts, idempotency_key, session
+            )
         outcome = reply[0].decode()
         if outcome != "ok":
             raise refused(outcome, _replayed(reply))
@@ -296,24 +294,6 @@ class HoldScripts:
             capture_txn_id=None,
         )
         return HoldAccepted(hold=hold, replayed=_replayed(reply))
-
-    async def _void_here(
-        self,
-        user_id: int,
-        hold_id: int,
-        facts: HoldFacts | None,
-        idempotency_key: str | None,
-        session: SessionCheck | None,
-    ) -> list[bytes]:
-        """lua/hold_void.lua's reply: the hold is in the payee's bucket."""
-        runner = self._runner
-        token = new_request_token()
-        keys, payer = self._action_keys(user_id, hold_id, facts, token)
-        keys += tail_keys(user_id, idempotency_key, session)
-        args = [str(user_id), payer, str(hold_id), idempotency_key or "", runner.idempotency_ttl_s]
-        args += session_args(session)
-        args += [token, runner.outcome_ttl_s, self._retention_s]
-        return await runner.run(self._void, keys, args, user_id, token)
 
     async def sweep(self, bucket: int, limit: int) -> int:
         """Marks up to ``limit`` of the bucket's holds due now as expired
