@@ -162,9 +162,10 @@ class LedgerHold(Base):
         ),
         CheckConstraint("from_user_id <> to_user_id", name="holds_two_parties"),
         CheckConstraint("expires_at > created_at", name="holds_expire_after_creation"),
-        # A user's holds, newest first, keyset on id: as payer and as payee.
-        Index("holds_by_payer", "from_user_id", text("id DESC")),
-        Index("holds_by_payee", "to_user_id", text("id DESC")),
+        # A user's list of holds, newest first by instant then id (migration 0011): as payer
+        # and as payee.
+        Index("holds_by_payer", "from_user_id", text("created_at DESC"), text("id DESC")),
+        Index("holds_by_payee", "to_user_id", text("created_at DESC"), text("id DESC")),
         # rebuild reloads the idempotency keys of the last 24 hours.
         Index(
             "holds_recent_idempotency_keys",

@@ -80,18 +80,18 @@ def test_alembic_upgrades_and_downgrades_the_database_url_as_wallet_migrate_does
     unmigrated_database: str,
 ) -> None:
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database) == ("0010", {"alembic_version", *Base.metadata.tables}, None)
+    assert schema(unmigrated_database) == ("0011", {"alembic_version", *Base.metadata.tables}, None)
     # autogenerate finds nothing between persistence/models.py and the schema.
     assert "No new upgrade operations detected" in alembic(unmigrated_database, "check")
 
-    alembic(unmigrated_database, "downgrade", "-8")
+    alembic(unmigrated_database, "downgrade", "-9")
     revision, tables, problem = schema(unmigrated_database)
     assert revision == "0002"
     assert not {"holds", "hold_events", "deployment", "transfer_credits"} & tables
-    assert problem == "the database has schema revision 0002, not 0010: run `wallet migrate` first"
+    assert problem == "the database has schema revision 0002, not 0011: run `wallet migrate` first"
 
     alembic(unmigrated_database, "upgrade", "head")
-    assert schema(unmigrated_database)[0] == "0010"
+    assert schema(unmigrated_database)[0] == "0011"
 
 
 def test_the_epochs_handed_out_stay_handed_out_when_epochs_shrink(
@@ -153,6 +153,7 @@ def test_alembic_autogenerates_a_revision_from_the_models(
             "0008_*",
             "0009_*",
             "0010_*",
+            "0011_*",
         ),
     )
     ini = (ROOT / "alembic.ini").read_text()

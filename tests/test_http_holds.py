@@ -282,6 +282,15 @@ async def test_listing_by_role_and_status_newest_first(client: Client) -> None:
             break
     assert seen == newest_first
 
+    # Made last by a user of another bucket (with three buckets, ids of another epoch, lower
+    # than alice's): still first, lists being newest first by instant, not by id.
+    carol = await new_user(client, "carol", deposit_kopecks=100)
+    last = await hold(carol, client, bob, 9)
+    assert await ids(bob, role="payee") == [last["id"], *newest_first[1:]]
+    status, page = await bob.get(client, "/api/holds/", role="payee", limit="1")
+    status, page = await bob.get(client, "/api/holds/", role="payee", cursor=page["next_cursor"])
+    assert [item["id"] for item in page["items"]] == newest_first[1:]
+
     for query in ({"status": "open"}, {"role": "both"}, {"limit": "0"}, {"cursor": "x"},
                   {"colour": "red"}):  # fmt: skip
         status, refused = await alice.get(client, "/api/holds/", **query)

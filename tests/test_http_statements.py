@@ -51,6 +51,8 @@ async def activity(client: Client) -> tuple[LoggedIn, LoggedIn, list[dict[str, A
     # instant her balance moved, by her bucket's clock (docs/scaling.md, "In the ledger").
     status, page = await alice.get(client, "/api/balance/transfer/", limit="100")
     hers = {item["id"]: item["created_at"] for item in page["items"]}
+    if keyspace.same_bucket(alice.id, bob.id):  # one instant per transaction
+        assert all(hers[t["id"]] == t["created_at"] for t in done if t["id"] in hers)
     return alice, bob, [dict(t, created_at=hers.get(t["id"], t["created_at"])) for t in done]
 
 

@@ -308,7 +308,7 @@ async def test_holds_merge_the_ledger_and_the_tail(
 ) -> None:
     """Split at every interesting point: hold 2 pending in the ledger and captured in the
     tail, holds created only in the tail, an expiry record still in the tail."""
-    _, records = hold_story()
+    book, records = hold_story()
     await store(records, persisted)
 
     async def page(
@@ -319,13 +319,17 @@ async def test_holds_merge_the_ledger_and_the_tail(
         now_us: int = NOW,
         user_id: int = 1,
     ) -> tuple[list[int], bool]:
+        """The ids of a page, before hold ``before_id`` (its instant and id)."""
+        before = None
+        if before_id is not None:
+            before = (int(book.holds[before_id]["created_at_us"]), before_id)
         result = await list_holds(
             redis_client,
             db_engine,
             user_id=user_id,
             status=status,
             role=role,
-            before_id=before_id,
+            before=before,
             limit=limit,
             now_us=now_us,
             tail_max_entries=TAIL,
@@ -418,7 +422,7 @@ async def test_read_hold_of_an_ended_hold_needs_no_tail(
             user_id=1,
             status=None,
             role=None,
-            before_id=None,
+            before=None,
             limit=10,
             now_us=NOW,
             tail_max_entries=2,
@@ -452,8 +456,11 @@ async def test_list_holds_against_a_model(
             status_of[hold_id] = choice
         else:
             payer, payee = rng.sample([1, 2, 3], 2)
-            expires = at + rng.choice([5 * SECOND, 1_000 * SECOND])
-            records.append(book.hold(payer, payee, rng.randint(1, 1_000), at, expires))
+            # Instants that do not follow the ids (as across buckets, where each bucket
+            # issues its own epoch's), ties included: a list is by instant, then id.
+            made = at + rng.choice([-40, 0, 0, 40])
+            expires = made + rng.choice([5 * SECOND, 1_000 * SECOND])
+            records.append(book.hold(payer, payee, rng.randint(1, 1_000), made, expires))
             hold_id = int(records[-1]["hold"])
             open_holds.append(hold_id)
             parties[hold_id] = (payer, payee)
@@ -473,11 +480,12 @@ async def test_list_holds_against_a_model(
                             or (role != "payer" and payee == user_id)
                         )
                     ),
+                    key=lambda hold_id: (int(book.holds[hold_id]["created_at_us"]), hold_id),
                     reverse=True,
                 )
                 limit = rng.choice([1, 3, 7, 100])
                 seen: list[int] = []
-                before: int | None = None
+                before: tuple[int, int] | None = None
                 while True:
                     result = await list_holds(
                         redis_client,
@@ -485,7 +493,7 @@ async def test_list_holds_against_a_model(
                         user_id=user_id,
                         status=status,
                         role=role,
-                        before_id=before,
+                        before=before,
                         limit=limit,
                         now_us=NOW,
                         tail_max_entries=TAIL,
@@ -494,5 +502,5 @@ async def test_list_holds_against_a_model(
                     seen += [hold.hold_id for hold in result.holds]
                     if not result.has_more:
                         break
-                    before = result.holds[-1].hold_id
+                    before = (result.holds[-1].created_at_us, result.holds[-1].hold_id)
                 assert seen == expected, (user_id, role, status, limit)

@@ -111,6 +111,7 @@ async def test_a_short_run_of_the_whole_mix_passes_every_check_and_reports_its_f
     assert ledger["ledger_rows"] == ledger["acknowledged_transactions"] > 20
     assert ledger["missing"] == ledger["unacknowledged_rows"] == ledger["users_differing"] == 0
     assert ledger["duplicated_ids"] == ledger["kind_hold_or_refund_differing"] == 0
+    assert ledger["reservation_and_credit_differing"] == 0
     assert ledger["refunds_over_transfer"] == ledger["refunds_of_no_transfer_received"] == 0
     assert ledger["hold_rows"] == done["holds"]
     assert ledger["holds_missing"] == ledger["unacknowledged_holds"] == 0

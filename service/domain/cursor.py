@@ -1,14 +1,15 @@
-"""Opaque keyset cursors for history pages: where the next page starts. A list of holds
-pages by id (``v1:`` and the id); a transaction history by the viewer's instant and id
-(``v2:``, 16 digits of microseconds and 15 of the id, zero-padded: a fixed width, so that
-the OpenAPI document can give the pattern of its base64, service/http/docs.py)."""
+"""Opaque keyset cursors for pages of history and of holds: where the next page starts, by
+instant and id (``v2:``, 16 digits of microseconds and 15 of the id, zero-padded: a fixed
+width, so that the OpenAPI document can give the pattern of its base64,
+service/http/docs.py). Ids do not follow time across buckets (each bucket issues its own
+epoch's), so every list of this API pages by instant. ``v1:`` was a list of holds' by id
+(before holds crossed buckets): refused now, as any cursor the server does not give."""
 
 import base64
 import binascii
 
 from service.domain.refusals import VALIDATION_ERROR, Refused
 
-_PREFIX = "v1:"
 _TIME_PREFIX = "v2:"
 _AT_DIGITS, _ID_DIGITS = 16, 15
 
@@ -38,14 +39,6 @@ def _digits(cursor: str, prefix: str, lengths: range) -> str:
     if len(digits) not in lengths:
         raise _unreadable()
     return digits
-
-
-def encode_cursor(before_id: int) -> str:
-    return _encode(f"{_PREFIX}{before_id}")
-
-
-def decode_cursor(cursor: str) -> int:
-    return int(_digits(cursor, _PREFIX, range(1, 17)))
 
 
 def encode_time_cursor(at_us: int, txn_id: int) -> str:

@@ -22,27 +22,20 @@ LIMIT = {
         "default": DEFAULT_PAGE_SIZE,
     },
 }
-# A cursor (service/domain/cursor.py) is base64url("v1:" + 1 to 16 digits), unpadded: "djE6" for
-# "v1:", then 4 characters per 3 digits and 2 or 3 for a last 1 or 2. A digit byte is
-# 0x30-0x39, which leaves these characters at each place of a 4-character group. A history's
-# is base64url("v2:" + 31 digits): "djI6", ten groups, and the characters of a last digit.
+# A cursor (service/domain/cursor.py) is base64url("v2:" + 31 digits), unpadded: "djI6" for
+# "v2:", then ten groups of 4 characters per 3 digits, and 2 for the last digit. A digit byte
+# is 0x30-0x39, which leaves these characters at each place of a 4-character group.
 _DIGITS_HEAD = "(?:[MN][DTjz]|O[DT])"  # the first digit's bits
 _DIGITS3 = f"{_DIGITS_HEAD}[AEIMQUYcgk][w-z0-5]"
 _DIGITS1 = "(?:[MN][AQgw]|O[AQ])"
-_DIGITS2 = f"{_DIGITS_HEAD}[AEIMQUYcgk]"
-_GROUPS = f"(?:{_DIGITS3})"
-CURSOR_PATTERN = f"^djE6(?:{_GROUPS}{{1,5}}|{_GROUPS}{{0,5}}{_DIGITS1}|{_GROUPS}{{0,4}}{_DIGITS2})$"
-TIME_CURSOR_PATTERN = f"^djI6{_GROUPS}{{10}}{_DIGITS1}$"
-CURSOR, TIME_CURSOR = (
-    {
-        "name": "cursor",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "string", "pattern": pattern},
-        "description": "next_cursor of the previous page, as given; anything else is 422",
-    }
-    for pattern in (CURSOR_PATTERN, TIME_CURSOR_PATTERN)
-)
+CURSOR_PATTERN = f"^djI6(?:{_DIGITS3}){{10}}{_DIGITS1}$"
+CURSOR = {
+    "name": "cursor",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+    "description": "next_cursor of the previous page, as given; anything else is 422",
+}
 DIRECTION = {
     "name": "direction",
     "in": "query",

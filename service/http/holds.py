@@ -12,12 +12,18 @@ from aiohttp import web
 
 from service.auth.sessions import current_user
 from service.domain import refusals
-from service.domain.cursor import encode_cursor
+from service.domain.cursor import encode_time_cursor
 from service.domain.holds import STATUSES, Hold
 from service.domain.refusals import Refused
 from service.domain.transactions import transaction_json
 from service.http.errors import json_response
-from service.http.input import cursor_id, page_size, path_id, query_choice, refuse_unknown_query
+from service.http.input import (
+    cursor_position,
+    page_size,
+    path_id,
+    query_choice,
+    refuse_unknown_query,
+)
 from service.http.money_calls import (
     Result,
     answer,
@@ -148,11 +154,14 @@ async def list_my_holds(request: web.Request) -> web.Response:
         user_id=user.user_id,
         status=status,
         role=role,
-        before_id=cursor_id(request),
+        before=cursor_position(request),
         limit=limit,
         now_us=now_us,
         tail_max_entries=request.app[SETTINGS].history_tail_max_entries,
     )
     items = [hold.as_json(now_us) for hold in page.holds]
-    next_cursor = encode_cursor(page.holds[-1].hold_id) if page.has_more else None
+    next_cursor = None
+    if page.has_more:
+        last = page.holds[-1]
+        next_cursor = encode_time_cursor(last.created_at_us, last.hold_id)
     return json_response({"items": items, "next_cursor": next_cursor})

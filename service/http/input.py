@@ -9,7 +9,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from service.domain import refusals
-from service.domain.cursor import decode_cursor, decode_time_cursor
+from service.domain.cursor import decode_time_cursor
 from service.domain.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, is_valid_idempotency_key
 from service.domain.refusals import Refusal, Refused
 from service.http.errors import validation_error
@@ -123,14 +123,8 @@ def page_size(request: web.Request) -> int:
     return int(raw)
 
 
-def cursor_id(request: web.Request) -> int | None:
-    """The id a page starts below: from ``?cursor=`` (a previous page's next_cursor)."""
-    cursor = request.query.get("cursor")
-    return None if cursor is None else decode_cursor(cursor)
-
-
 def cursor_position(request: web.Request) -> tuple[int, int] | None:
-    """``(at_us, txn_id)`` a history page starts before: from ``?cursor=``."""
+    """``(at_us, id)`` a page of history or of holds starts before: from ``?cursor=``."""
     cursor = request.query.get("cursor")
     return None if cursor is None else decode_time_cursor(cursor)
 

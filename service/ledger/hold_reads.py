@@ -24,9 +24,11 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    literal,
     not_,
     or_,
     select,
+    tuple_,
     union_all,
 )
 from sqlalchemy.dialects import postgresql
@@ -49,7 +51,7 @@ E = LedgerHoldEvent
 
 @dataclass(frozen=True, slots=True)
 class HoldPage:
-    holds: list[Hold]  # newest first (by id)
+    holds: list[Hold]  # newest first (by instant, then id)
     has_more: bool
 
 
@@ -176,13 +178,15 @@ async def read_hold(
     return hold
 
 
-async def _tails_of(redis: RedisClient, tail_max_entries: int, user_id: int) -> Tail:
+async def _tails_of(
+    redis: RedisClient, tail_max_entries: int, user_id: int, role: Role | None
+) -> Tail:
     """The unpersisted records of the user's holds: the user's bucket's tail and, with more
-    than one bucket, those of the holds toward the user in the others' (a hold lives in its
-    payer's bucket): one read per bucket."""
+    than one bucket and the user as a payee, those of the holds toward the user in the
+    others' (a hold lives in its payer's bucket): one read per bucket."""
     tail = await complete_tail(redis, tail_max_entries, user_id)
     others = [b for b in keyspace.all_buckets() if b != keyspace.bucket_of(user_id)]
-    if not others:
+    if not others or role == "payer":
         return tail
     tails = await asyncio.gather(
         *(unpersisted_tail(redis, b, tail_max_entries, user_id) for b in others)
@@ -205,14 +209,16 @@ async def list_holds(
     user_id: int,
     status: Status | None,
     role: Role | None,
-    before_id: int | None,
+    before: tuple[int, int] | None,
     limit: int,
     now_us: int,
     tail_max_entries: int,
 ) -> HoldPage:
     """The user's holds as payer, payee or either (``role`` None), with the status
-    ``status`` at ``now_us`` (any, if None) and an id below ``before_id``: one page, newest
-    first. Raises HistoryUnavailable when the tail overflows.
+    ``status`` at ``now_us`` (any, if None) and made before ``before`` (``(created_at_us,
+    hold_id)``, the last of the previous page): one page, newest first, by instant then id
+    (ids follow time only within a bucket). Raises HistoryUnavailable when the tail
+    overflows.
 
     The tail may change what the ledger says of a hold (a hold pending in PostgreSQL may be
     captured in the tail) or add holds. So the holds the tail mentions are read from the
@@ -221,7 +227,7 @@ async def list_holds(
     are exact, so the first ``limit`` of their union is the page, and one more tells
     whether there are more.
     """
-    tail = await _tails_of(redis, tail_max_entries, user_id)
+    tail = await _tails_of(redis, tail_max_entries, user_id, role)
     touched = _touched(tail)
     now = datetime_from_us(now_us)
     async with AsyncSession(engine) as session:
@@ -230,32 +236,39 @@ async def list_holds(
             hold.hold_id: hold
             for hold in _merged(stored, tail).values()
             if _has_role(hold, user_id, role)
-            and (before_id is None or hold.hold_id < before_id)
+            and (before is None or _position(hold) < before)
             and (status is None or hold.status_at(now_us) == status)
         }
-        # Newest first per side, each an index scan (holds_by_payer, holds_by_payee) that
-        # stops after limit + 1 matches.
+        # Newest first per side, each an index scan (holds_by_payer, holds_by_payee, by
+        # instant and id) that stops after limit + 1 matches.
         sides = [H.from_user_id, H.to_user_id]
         if role is not None:
             sides = [H.from_user_id if role == "payer" else H.to_user_id]
         where = [*_status_filter(status, now), not_(H.id == any_(_id_array(sorted(touched))))]
-        if before_id is not None:
-            where.append(H.id < before_id)
+        if before is not None:
+            at = literal(datetime_from_us(before[0]), H.created_at.type)
+            where.append(tuple_(H.created_at, H.id) < tuple_(at, literal(before[1])))
         pages = [
-            select(H.id)
+            select(H.id, H.created_at)
             .outerjoin(E, E.hold_id == H.id)
             .where(side == user_id, *where)
-            .order_by(H.id.desc())
+            .order_by(H.created_at.desc(), H.id.desc())
             .limit(limit + 1)
             .subquery()
             for side in sides
         ]
-        both = union_all(*(select(page.c.id) for page in pages)).subquery()
-        ids = select(both.c.id).order_by(both.c.id.desc()).limit(limit + 1)
+        both = union_all(*(select(page.c.id, page.c.created_at) for page in pages)).subquery()
+        newest = both.c.created_at.desc(), both.c.id.desc()
+        ids = select(both.c.id).order_by(*newest).limit(limit + 1)
         rows = await session.execute(
             select(H, E).outerjoin(E, E.hold_id == H.id).where(H.id.in_(ids.scalar_subquery()))
         )
         for hold, end in rows:
             holds.setdefault(hold.id, Hold.from_ledger(hold, end))
-    newest_first = sorted(holds.values(), key=lambda hold: hold.hold_id, reverse=True)
+    newest_first = sorted(holds.values(), key=_position, reverse=True)
     return HoldPage(holds=newest_first[:limit], has_more=len(newest_first) > limit)
+
+
+def _position(hold: Hold) -> tuple[int, int]:
+    """Where a hold is in a list: by instant, then id."""
+    return hold.created_at_us, hold.hold_id

@@ -40,10 +40,19 @@ class IdBuckets:
         cached = self._bucket_of_epoch.get(epoch)
         if cached is not None:
             return cached
+        # Every row at once: a deployment has few epochs, and a process then asks the
+        # database again only for an epoch taken since.
         async with self._engine.connect() as connection:
-            bucket = await connection.scalar(
-                select(TxnIdEpochBucket.bucket).where(TxnIdEpochBucket.epoch == epoch)
+            rows = await connection.execute(
+                select(TxnIdEpochBucket.epoch, TxnIdEpochBucket.bucket)
+                .order_by(TxnIdEpochBucket.epoch.desc())
+                .limit(MAX_CACHED_EPOCHS)
             )
+            known = {int(row_epoch): int(row_bucket) for row_epoch, row_bucket in rows}
+        for row_epoch, row_bucket in known.items():
+            if row_bucket < keyspace.BUCKETS:
+                self._remember(row_epoch, row_bucket)
+        bucket = known.get(epoch)
         if bucket is None:
             return None
         if bucket >= keyspace.BUCKETS:
@@ -55,7 +64,9 @@ class IdBuckets:
                 keyspace.BUCKETS,
             )
             return None
-        if len(self._bucket_of_epoch) >= MAX_CACHED_EPOCHS:
+        return bucket
+
+    def _remember(self, epoch: int, bucket: int) -> None:
+        if epoch not in self._bucket_of_epoch and len(self._bucket_of_epoch) >= MAX_CACHED_EPOCHS:
             del self._bucket_of_epoch[next(iter(self._bucket_of_epoch))]  # the oldest read
         self._bucket_of_epoch[epoch] = bucket
-        return bucket

@@ -76,9 +76,21 @@ _CROSSING = select(
     C.amount_kopecks,
     R.hold_id,
     R.refund_of,
+    R.amount_kopecks.label("reserved_kopecks"),
 ).join(C, C.transfer_id == R.id)
+# reserved_kopecks: what the payer gave (across buckets, the reservation's amount), which
+# must be what the payee got.
 M = union_all(
-    select(T.id, T.kind, T.from_user_id, T.to_user_id, T.amount_kopecks, T.hold_id, T.refund_of),
+    select(
+        T.id,
+        T.kind,
+        T.from_user_id,
+        T.to_user_id,
+        T.amount_kopecks,
+        T.hold_id,
+        T.refund_of,
+        T.amount_kopecks.label("reserved_kopecks"),
+    ),
     _CROSSING,
 ).subquery("money")
 
@@ -248,6 +260,7 @@ async def _compare_rows(
     extra: list[int] = []
     duplicated: list[int] = []
     unlike: list[int] = []  # kind, hold_id or refund_of not as acknowledged
+    uneven: list[int] = []  # across buckets: the payer gave another amount than the payee got
     after = first - 1
     while after < last:
         page = (
@@ -260,6 +273,7 @@ async def _compare_rows(
                     M.c.kind,
                     M.c.hold_id,
                     M.c.refund_of,
+                    M.c.reserved_kopecks,
                 )
                 .where(M.c.id > after, M.c.id <= last)
                 .order_by(M.c.id)
@@ -269,9 +283,11 @@ async def _compare_rows(
         if not page:
             break
         after = page[-1][0]
-        for txn_id, from_id, to_id, amount, kind, hold_id, refund_of in page:
+        for txn_id, from_id, to_id, amount, kind, hold_id, refund_of, reserved in page:
             if to_id not in users and from_id not in users:
                 continue
+            if reserved != amount:
+                uneven.append(txn_id)
             if not seen.add(txn_id):
                 duplicated.append(txn_id)
             elif txn_id not in rec.acked:
@@ -299,6 +315,7 @@ async def _compare_rows(
         (duplicated, "transaction ids are in the ledger more than once:"),
         (unlike, "ledger rows differ in kind, hold_id or refund_of from their 201s: ids"),
         (differing, "users' ledger rows differ from their 201s: users"),
+        (uneven, "transfers across buckets took from the payer another amount than they gave:"),
     ):
         if ids:
             violations.append(f"{len(ids)} {what} {_listed(ids)}")
@@ -310,6 +327,7 @@ async def _compare_rows(
         "unacknowledged_rows": len(extra) + outside,
         "duplicated_ids": len(duplicated),
         "kind_hold_or_refund_differing": len(unlike),
+        "reservation_and_credit_differing": len(uneven),
         "users_differing": len(differing),
     }
 

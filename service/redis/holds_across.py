@@ -139,10 +139,14 @@ class HoldsAcross:
 
     async def _apply(self, action: _Action, facts: HoldFacts | None, token: str) -> list[bytes]:
         """Steps 2 to 4 under this request's claim."""
-        if facts is None or facts.token is None:
-            # Not in Redis (or not of another bucket's payee: the caller's bug is the
-            # script's invalid_argument, here a missing hold): the ledger is asked.
+        if facts is None:
+            # Not in Redis: the ledger is asked (the claim released, as in one bucket).
             await self._finish_claim(action, token, None)
+            raise Refused(refusals.HOLD_NOT_FOUND)
+        if facts.token is None:
+            # A hold within its payer's bucket, so not this payee's (of another bucket):
+            # recorded under the key, as lua/hold_capture.lua records another user's hold.
+            await self._finish_claim(action, token, ["hold_not_found", "", "", "", ""])
             raise Refused(refusals.HOLD_NOT_FOUND)
         payer, bucket = facts.from_user_id, keyspace.bucket_of(facts.from_user_id)
         keys = [

@@ -92,7 +92,7 @@ def test_installed_package_ships_the_migrations(tmp_path: Path) -> None:
         "print(ScriptDirectory(path('persistence:migrations')).get_current_head())"
     )
     out = _run_installed(code, tmp_path)
-    assert out.strip() == "0010"
+    assert out.strip() == "0011"
 
 
 def test_the_packages_say_they_are_typed(tmp_path: Path) -> None:

@@ -77,24 +77,34 @@ async def _ledger_deposits(database_url: str, user_ids: list[int]) -> int:
     return int(total)
 
 
+def crossing(acks: list[Ack], bucket: int | None = None, after: float = 0.0) -> list[Ack]:
+    """The transfers across buckets among ``acks`` (touching ``bucket``, if given) that were
+    acknowledged after ``after`` (time.monotonic())."""
+    return [
+        a
+        for a in acks
+        if a.from_user_id is not None
+        and not keyspace.same_bucket(a.from_user_id, a.to_user_id)
+        and (bucket is None or bucket in map(keyspace.bucket_of, (a.from_user_id, a.to_user_id)))
+        and a.at > after
+    ]
+
+
 async def check_money_across_buckets(
     redis: RedisClient, acks: list[Ack], database_url: str, env: dict[str, str]
 ) -> None:
     """Once recovery ended everything: every 201 in the ledger (a transfer across buckets
-    with its credit and settle), no id given to two 201s, the balances of the load's users
-    adding up to the deposits the ledger holds, none negative, and reconcile clean."""
+    with its credit and settle), no id given to two 201s, reconcile clean (which waits for
+    every bucket's writer), the balances of the load's users adding up to the deposits the
+    ledger holds, none negative."""
     assert len({ack.txn_id for ack in acks}) == len(acks), "an id was given to two 201s"
     await wait_until_in_ledger(database_url, [a.txn_id for a in acks], 60)
     assert {a.txn_id for a in acks} <= await ledger_ids(database_url)
-    crossing = [
-        a.txn_id
-        for a in acks
-        if a.from_user_id is not None and not keyspace.same_bucket(a.from_user_id, a.to_user_id)
-    ]
-    assert crossing, "no 201 crossed buckets"
-    assert await _credited(database_url, crossing) == set(crossing)
     code, report = await run_wallet(["reconcile", "--wait-for-writer", "30"], env)
     assert code == 0, report
+    across = [a.txn_id for a in crossing(acks)]
+    assert across, "no 201 crossed buckets"
+    assert await _credited(database_url, across) == set(across)
     users = sorted({u for a in acks for u in (a.from_user_id, a.to_user_id) if u is not None})
     balances = [int(await redis.hget(keyspace.user(u), "balance_kopecks") or 0) for u in users]
     assert min(balances) >= 0
