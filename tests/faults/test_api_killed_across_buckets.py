@@ -41,8 +41,8 @@ async def test_the_api_killed_between_the_legs_is_completed_by_recovery(
     _, database_url = shared_servers
     deployment = ClusterDeployment(processes, replicas=False)
     env = wallet_env(deployment.url(), database_url, buckets=str(BUCKETS))
-    # This process reads the deployment's keys too: its keyspace is put back after the test.
-    monkeypatch.setattr(keyspace, "BUCKETS", keyspace.BUCKETS)
+    # This process reads the deployment's keys and buckets too (put back after the test).
+    monkeypatch.setattr(keyspace, "BUCKETS", BUCKETS)
     async with asyncio.timeout(TEST_LIMIT_S):
         await asyncio.to_thread(deployment.start)
         processes.writer(env).start()

@@ -43,7 +43,8 @@ async def test_a_buckets_slot_moved_under_load_across_buckets(
     _, database_url = shared_servers
     deployment = ClusterDeployment(processes, replicas=False)
     env = wallet_env(deployment.url(), database_url, buckets=str(BUCKETS))
-    monkeypatch.setattr(keyspace, "BUCKETS", keyspace.BUCKETS)  # put back after the test
+    # This process reads the deployment's keys and buckets too (put back after the test).
+    monkeypatch.setattr(keyspace, "BUCKETS", BUCKETS)
     async with asyncio.timeout(TEST_LIMIT_S):
         await asyncio.to_thread(deployment.start)
         source = deployment.owner(BUCKET_SLOT)
@@ -76,7 +77,8 @@ async def test_a_buckets_primary_killed_under_load_across_buckets(
     deployment = ClusterDeployment(processes, replicas=True)
     env = wallet_env(deployment.url(), database_url, buckets=str(BUCKETS),
                      redis_min_replicas="1")  # fmt: skip
-    monkeypatch.setattr(keyspace, "BUCKETS", keyspace.BUCKETS)  # put back after the test
+    # This process reads the deployment's keys and buckets too (put back after the test).
+    monkeypatch.setattr(keyspace, "BUCKETS", BUCKETS)
     async with asyncio.timeout(TEST_LIMIT_S):
         await asyncio.to_thread(deployment.start)
         old = deployment.owner(BUCKET_SLOT)
