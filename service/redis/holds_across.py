@@ -92,9 +92,11 @@ class HoldsAcross:
         idempotency_key: str | None,
         session: SessionCheck | None,
     ) -> list[bytes]:
-        """The reply lua/hold_capture.lua gives: ``{ok, txn_id, created_at_us, from, amount,
-        replayed}``. ``facts``: the hold as read in its bucket, None when it is not there.
-        Raises Refused as the script's refusals."""
+        """The reply lua/hold_capture.lua would give: ``{ok, txn_id, created_at_us, from,
+        amount, replayed}``, or a refusal's (HoldScripts raises it). ``facts``: the hold as
+        read in its bucket, None when it is not there. Raises Refused for what only a saga
+        answers (a claim taken over, a pending claim that cannot be settled now, a capture
+        undone)."""
         action = _Action("capture", user_id, hold_id, amount_kopecks, idempotency_key, session)
         return await self._act(action, facts)
 
@@ -106,8 +108,8 @@ class HoldsAcross:
         idempotency_key: str | None,
         session: SessionCheck | None,
     ) -> list[bytes]:
-        """The reply lua/hold_void.lua gives: ``{ok, from, amount, created_at_us,
-        expires_at_us, replayed}``."""
+        """The reply lua/hold_void.lua would give: ``{ok, from, amount, created_at_us,
+        expires_at_us, replayed}``, or a refusal's; raises as ``capture``."""
         action = _Action("void", user_id, hold_id, None, idempotency_key, session)
         return await self._act(action, facts)
 
@@ -120,8 +122,9 @@ class HoldsAcross:
             if outcome == "claimed":
                 return await self._apply(action, facts, token)
             if outcome != "pending":
-                # The key's completed record (replayed), or a refusal of the claim itself.
-                return _answer(action, claim, replayed=claim[-1] == b"1")
+                # The key's completed record (replayed), or a refusal of the claim itself:
+                # the reply of one bucket's script, which HoldScripts answers alike.
+                return claim
             earlier = claim[1].decode()
             if facts is None:
                 # The hold's hash is gone, and with it the payer to ask: nothing is known.
@@ -193,11 +196,12 @@ class HoldsAcross:
             # there, so the claim stays, for a retry once it is rebuilt.
             raise refused(outcome, replayed=False)
         if outcome != "ok":
+            # Not recorded (a validation refusal, a hold missing from Redis): the claim is
+            # released, and the refusal answered as one bucket's script answers it (a hold
+            # missing as hold_not_found, which the API looks for in the ledger).
             await self._finish_claim(action, token, None)
-            if outcome == "hold_missing":
-                raise Refused(refusals.HOLD_NOT_FOUND)
-            field = "amount" if outcome == refusals.CAPTURE_EXCEEDS_HOLD.lua_outcome else None
-            raise refused(outcome, replayed=False, field=field)
+            answered = b"hold_not_found" if outcome == "hold_missing" else reply[0]
+            return [answered, b"", b"", b"", b"", b"0"]
         assert facts.token is not None
         payer = str(facts.from_user_id)
         if action.name == "capture":
@@ -277,13 +281,3 @@ class HoldsAcross:
         ended = reply[0].decode()
         if ended not in ("completed", "released", "taken_over"):
             raise ScriptArgumentRejected(f"complete_claim: {ended}")
-
-
-def _answer(action: _Action, claim: list[bytes], replayed: bool) -> list[bytes]:
-    """A claim's answer that is not a claim: the recorded reply, or a refusal raised."""
-    outcome = claim[0].decode()
-    if outcome != "ok":
-        field = "amount" if outcome == refusals.CAPTURE_EXCEEDS_HOLD.lua_outcome else None
-        raise refused(outcome, replayed, field=field)
-    assert len(claim) == 6, (action, claim)
-    return claim
